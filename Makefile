@@ -1,0 +1,39 @@
+# Every target a person or CI uses. `make` alone lists them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+DATA ?= ../shared/data/fashion-product-images-small
+
+.DEFAULT_GOAL := help
+.PHONY: help install run test test-fast lint proto bench
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(VENV)/.installed: requirements/*.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv and install everything (serving, training, dev tools)
+
+run: install ## start the three services with the embedded Qdrant store and the sample catalogue
+	$(PY) -m fashionsearch.run
+
+test: install ## run every test (unit, integration, e2e, training)
+	$(PY) -m pytest
+
+test-fast: install ## unit and integration tests only
+	$(PY) -m pytest -m "not e2e and not training"
+
+lint: install ## ruff lint and format check
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+proto: install ## regenerate fashionsearch/v1 from proto/ (pinned grpcio-tools from requirements/dev.txt)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fashionsearch/v1/*.proto
+
+bench: install ## run every benchmark under bench/ (each prints a table)
+	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

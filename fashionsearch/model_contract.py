@@ -1,0 +1,291 @@
+"""The model contract: `model.json` beside `model.onnx`, and the one preprocessing function.
+
+Training writes the file, serving and evaluation read it. Everything that turns a decoded RGB image into the
+model's input tensor lives in `preprocess()`, so serving and training evaluation cannot drift apart.
+The JSON may carry more fields than listed here; unknown fields are kept in `extra` and written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from PIL import Image
+
+MODEL_FILE = "model.onnx"
+SPEC_FILE = "model.json"
+
+KINDS = ("classifier", "embedder")
+RESIZE_MODES = ("stretch", "pad")
+
+
+class ModelContractError(ValueError):
+    """model.json is missing, malformed, or does not describe its model.onnx."""
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """How an RGB image becomes the model input: pixel x becomes (x*scale - mean)/std per channel."""
+
+    name: str
+    height: int
+    width: int
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    resize: Literal["stretch", "pad"] = "stretch"
+    pad_value: float | None = None
+    channels: int = 3
+    layout: str = "NHWC"
+    color: str = "RGB"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name:
+            problems.append("input.name is empty")
+        if not (isinstance(self.height, int) and isinstance(self.width, int) and self.height > 0 and self.width > 0):
+            problems.append(f"input.height/width must be positive integers, got {self.height}x{self.width}")
+        if self.channels != 3:
+            problems.append(f"input.channels must be 3, got {self.channels}")
+        if self.layout != "NHWC":
+            problems.append(f"input.layout must be 'NHWC', got {self.layout!r}")
+        if self.color != "RGB":
+            problems.append(f"input.color must be 'RGB', got {self.color!r}")
+        if self.dtype != "float32":
+            problems.append(f"input.dtype must be 'float32', got {self.dtype!r}")
+        if len(self.mean) != 3 or len(self.std) != 3:
+            problems.append("input.mean and input.std need 3 values (one per channel)")
+        elif any(not math.isfinite(s) or s == 0 for s in self.std):
+            problems.append(f"input.std values must be finite and non-zero, got {list(self.std)}")
+        if not math.isfinite(self.scale) or self.scale == 0:
+            problems.append(f"input.scale must be finite and non-zero, got {self.scale}")
+        if self.resize not in RESIZE_MODES:
+            problems.append(f"input.resize must be one of {RESIZE_MODES}, got {self.resize!r}")
+        if self.resize == "pad" and self.pad_value is None:
+            problems.append("input.pad_value is required when input.resize is 'pad'")
+        if problems:
+            raise ModelContractError("; ".join(problems))
+
+
+@dataclass(frozen=True)
+class OutputHead:
+    """One classifier head: an ONNX output holding softmax probabilities over `labels`."""
+
+    name: str
+    attribute: str
+    labels: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class EmbeddingSpec:
+    """The embedder's output vector."""
+
+    output: str
+    dim: int
+    distance: str = "euclid"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """The parsed, validated model.json."""
+
+    name: str
+    kind: Literal["classifier", "embedder"]
+    version: str
+    onnx_sha256: str
+    input: InputSpec
+    outputs: tuple[OutputHead, ...] = ()
+    embedding: EmbeddingSpec | None = None
+    metrics: Mapping[str, Any] = field(default_factory=dict)
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not self.name or not self.version:
+            problems.append("name and version must be non-empty")
+        if self.kind not in KINDS:
+            problems.append(f"kind must be one of {KINDS}, got {self.kind!r}")
+        if self.kind == "classifier":
+            if not self.outputs:
+                problems.append("a classifier needs at least one entry in outputs")
+            for head in self.outputs:
+                if not head.labels:
+                    problems.append(f"output {head.name!r} ({head.attribute}) has no labels")
+            attributes = [h.attribute for h in self.outputs]
+            if len(set(attributes)) != len(attributes):
+                problems.append(f"outputs repeat an attribute: {attributes}")
+        if self.kind == "embedder":
+            if self.embedding is None:
+                problems.append("an embedder needs an embedding section")
+            elif self.embedding.dim <= 0 or self.embedding.distance != "euclid":
+                problems.append(
+                    f"embedding needs dim > 0 and distance 'euclid', got {self.embedding.dim}, "
+                    f"{self.embedding.distance!r}"
+                )
+        if problems:
+            raise ModelContractError(f"model {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def identity(self) -> str:
+        """`name:version`, the string stored beside vectors and shown in logs."""
+        return f"{self.name}:{self.version}"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        try:
+            known = {"name", "kind", "version", "onnx_sha256", "input", "outputs", "embedding", "metrics"}
+            raw_input = dict(data["input"])
+            input_spec = InputSpec(
+                name=raw_input.pop("name"),
+                height=raw_input.pop("height"),
+                width=raw_input.pop("width"),
+                scale=float(raw_input.pop("scale")),
+                mean=tuple(float(v) for v in raw_input.pop("mean")),  # type: ignore[arg-type]
+                std=tuple(float(v) for v in raw_input.pop("std")),  # type: ignore[arg-type]
+                resize=raw_input.pop("resize"),
+                pad_value=raw_input.pop("pad_value", None),
+                channels=raw_input.pop("channels"),
+                layout=raw_input.pop("layout"),
+                color=raw_input.pop("color"),
+                dtype=raw_input.pop("dtype"),
+            )
+            outputs = tuple(
+                OutputHead(name=o["name"], attribute=o["attribute"], labels=tuple(o["labels"]))
+                for o in data.get("outputs", ())
+            )
+            emb = data.get("embedding")
+            embedding = (
+                EmbeddingSpec(output=emb["output"], dim=int(emb["dim"]), distance=emb.get("distance", "euclid"))
+                if emb
+                else None
+            )
+            return cls(
+                name=data["name"],
+                kind=data["kind"],
+                version=str(data["version"]),
+                onnx_sha256=data["onnx_sha256"],
+                input=input_spec,
+                outputs=outputs,
+                embedding=embedding,
+                metrics=dict(data.get("metrics", {})),
+                extra={k: v for k, v in data.items() if k not in known},
+            )
+        except KeyError as missing:
+            raise ModelContractError(f"model.json lacks the required field {missing}") from None
+        except (TypeError, ValueError) as bad:
+            if isinstance(bad, ModelContractError):
+                raise
+            raise ModelContractError(f"model.json has a malformed field: {bad}") from None
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike[str]) -> ModelSpec:
+        """Read and validate `model_dir/model.json`."""
+        path = Path(model_dir) / SPEC_FILE
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ModelContractError(f"no {SPEC_FILE} in {Path(model_dir)}") from None
+        except json.JSONDecodeError as bad:
+            raise ModelContractError(f"{path} is not valid JSON: {bad}") from None
+        if not isinstance(data, dict):
+            raise ModelContractError(f"{path} must hold a JSON object")
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "name": self.name,
+            "kind": self.kind,
+            "version": self.version,
+            "onnx_sha256": self.onnx_sha256,
+            "input": dataclasses.asdict(self.input),
+        }
+        data["input"]["mean"] = list(self.input.mean)
+        data["input"]["std"] = list(self.input.std)
+        if self.input.pad_value is None:
+            del data["input"]["pad_value"]
+        if self.kind == "classifier":
+            data["outputs"] = [
+                {"name": h.name, "attribute": h.attribute, "labels": list(h.labels)} for h in self.outputs
+            ]
+        if self.embedding is not None:
+            data["embedding"] = dataclasses.asdict(self.embedding)
+        data["metrics"] = dict(self.metrics)
+        data.update(self.extra)
+        return data
+
+    def write(self, model_dir: str | os.PathLike[str]) -> Path:
+        """Write model.json atomically (a reader never sees half a file)."""
+        directory = Path(model_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / SPEC_FILE
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.json.")
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(self.to_dict(), out, indent=2)
+            out.write("\n")
+        os.replace(tmp, target)
+        return target
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    if isinstance(image, Image.Image):
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        return np.asarray(image, dtype=np.uint8)
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"expected a uint8 HxWx3 RGB array, got {array.dtype} {array.shape}")
+    return array
+
+
+def resize_to_input(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Resize one RGB image to the model's size as `spec.resize` says; returns uint8 HxWx3."""
+    array = _to_rgb_array(image)
+    h, w = array.shape[:2]
+    if (h, w) == (spec.height, spec.width):
+        return array
+    pil = Image.fromarray(array)
+    if spec.resize == "stretch":
+        return np.asarray(pil.resize((spec.width, spec.height), Image.Resampling.BILINEAR), dtype=np.uint8)
+    # "pad": keep the aspect ratio, centre the image, fill the rest with pad_value.
+    ratio = min(spec.width / w, spec.height / h)
+    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
+    resized = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    assert spec.pad_value is not None  # guaranteed by InputSpec validation
+    canvas = np.full((spec.height, spec.width, 3), np.uint8(round(spec.pad_value)), dtype=np.uint8)
+    top, left = (spec.height - new_h) // 2, (spec.width - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized
+    return canvas
+
+
+def normalize(pixels: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 (N, H, W, 3) at the model's size -> float32 model input."""
+    scale = np.float32(spec.scale)
+    mean = np.asarray(spec.mean, dtype=np.float32)
+    std = np.asarray(spec.std, dtype=np.float32)
+    return (pixels.astype(np.float32) * scale - mean) / std
+
+
+def preprocess(images: Sequence[Image.Image | np.ndarray], spec: InputSpec) -> np.ndarray:
+    """RGB images (PIL or uint8 HxWx3) -> float32 (N, H, W, 3), exactly as the model was trained to see them."""
+    if len(images) == 0:
+        return np.zeros((0, spec.height, spec.width, 3), dtype=np.float32)
+    batch = np.stack([resize_to_input(img, spec) for img in images])
+    return normalize(batch, spec)

@@ -1,0 +1,146 @@
+"""The vector store port: what the gateway needs from a vector database, and nothing more.
+
+Every adapter returns the true Euclidean distance (not its square) and treats a point id as the product id,
+so an upsert of the same product replaces it.  The collection records which embedder made its vectors, so a
+search with vectors from another embedder can be refused instead of returning nonsense.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+
+#: Payload fields a search may filter on (exact match). Each gets a keyword payload index.
+FILTER_FIELDS: tuple[str, ...] = (
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "usage",
+)
+
+
+class StoreError(Exception):
+    """A vector store operation failed."""
+
+
+class CollectionMismatchError(StoreError):
+    """The collection holds vectors from another embedder (model, version or dimension) than the one asked for."""
+
+
+class UnknownFilterFieldError(StoreError, ValueError):
+    """A filter names a payload field that is not one of FILTER_FIELDS."""
+
+
+@dataclass(frozen=True)
+class EmbedderIdentity:
+    """Which embedder made the vectors of a collection."""
+
+    model: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.model}@{self.version}"
+
+
+@dataclass(frozen=True)
+class CollectionInfo:
+    """What a collection records about its vectors."""
+
+    dim: int
+    embedder: EmbedderIdentity
+
+
+@dataclass(frozen=True)
+class StoredPoint:
+    """A catalogue item as stored: product id, its embedding and its payload (name, attributes, image ref)."""
+
+    id: int
+    vector: np.ndarray
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result; distance is the true Euclidean distance to the query vector."""
+
+    id: int
+    distance: float
+    payload: Mapping[str, Any]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    """One collection of catalogue vectors with exact-match payload filters and Euclidean top-k search.
+
+    Methods are synchronous and may block briefly; async callers run them in a worker thread.
+    """
+
+    def ensure_collection(self, dim: int, embedder: EmbedderIdentity) -> None:
+        """Create the collection (payload indexes first) if missing.
+
+        An existing empty collection is re-created for the new dim/embedder; an existing non-empty one with another
+        dim or embedder raises CollectionMismatchError.
+        """
+        ...
+
+    def info(self) -> CollectionInfo | None:
+        """The collection's dim and embedder identity, or None when no collection exists yet."""
+        ...
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        """Insert or replace points by id. Requires ensure_collection first."""
+        ...
+
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete points by id; returns the ids that existed (and are now gone)."""
+        ...
+
+    def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
+        """The stored points (with vectors) for the ids that exist, in the order asked."""
+        ...
+
+    def search(
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        filters: Mapping[str, str] | None = None,
+        exclude_ids: Collection[int] = (),
+    ) -> list[Hit]:
+        """The top_k nearest points by Euclidean distance, ascending, matching every filter exactly."""
+        ...
+
+    def count(self) -> int:
+        """Number of points in the collection (0 when none exists)."""
+        ...
+
+    def close(self) -> None:
+        """Release resources; idempotent."""
+        ...
+
+
+def check_filters(filters: Mapping[str, str] | None) -> dict[str, str]:
+    """Validated copy of a filter mapping; raises UnknownFilterFieldError naming the bad fields."""
+    if not filters:
+        return {}
+    unknown = sorted(set(filters) - set(FILTER_FIELDS))
+    if unknown:
+        raise UnknownFilterFieldError(
+            f"unknown filter field(s) {', '.join(unknown)}; allowed: {', '.join(FILTER_FIELDS)}"
+        )
+    return {k: str(v) for k, v in filters.items()}
+
+
+def as_vector(vector: Any, dim: int | None = None) -> np.ndarray:
+    """A 1-D float32 copy of vector, checked against dim when given."""
+    arr = np.asarray(vector, dtype=np.float32).reshape(-1)
+    if dim is not None and arr.shape[0] != dim:
+        raise StoreError(f"vector has dimension {arr.shape[0]}, collection expects {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise StoreError("vector contains NaN or infinity")
+    return arr

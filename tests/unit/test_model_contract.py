@@ -1,0 +1,109 @@
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fashionsearch.model_contract import (
+    InputSpec,
+    ModelContractError,
+    ModelSpec,
+    OutputHead,
+    file_sha256,
+    preprocess,
+)
+
+
+def _classifier_spec(**overrides) -> ModelSpec:
+    fields = dict(
+        name="tiny",
+        kind="classifier",
+        version="1",
+        onnx_sha256="0" * 64,
+        input=InputSpec(name="image", height=80, width=60, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        outputs=(OutputHead(name="p_gender", attribute="gender", labels=("Men", "Women")),),
+        metrics={"accuracy": {"gender": 0.9}},
+    )
+    fields.update(overrides)
+    return ModelSpec(**fields)
+
+
+def test_round_trip_keeps_every_field_and_unknown_extras(tmp_path):
+    spec = _classifier_spec(extra={"training": {"epochs": 3}})
+    spec.write(tmp_path)
+    loaded = ModelSpec.load(tmp_path)
+    assert loaded == spec
+    assert json.loads((tmp_path / "model.json").read_text())["training"] == {"epochs": 3}
+
+
+def test_written_json_has_the_contract_field_names(tmp_path):
+    _classifier_spec().write(tmp_path)
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert set(data) >= {"name", "kind", "version", "onnx_sha256", "input", "outputs", "metrics"}
+    assert set(data["input"]) >= {"name", "height", "width", "channels", "layout", "color", "dtype", "scale",
+                                  "mean", "std", "resize"}
+    assert data["outputs"][0] == {"name": "p_gender", "attribute": "gender", "labels": ["Men", "Women"]}
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("onnx_sha256"), "onnx_sha256"),
+        (lambda d: d.update(kind="detector"), "kind must be one of"),
+        (lambda d: d["input"].update(layout="NCHW"), "layout"),
+        (lambda d: d["input"].update(resize="pad"), "pad_value"),
+        (lambda d: d["input"].update(std=[1, 0, 1]), "std"),
+        (lambda d: d.update(outputs=[]), "at least one"),
+    ],
+)
+def test_invalid_files_name_what_is_wrong(tmp_path, mutate, message):
+    data = _classifier_spec().to_dict()
+    mutate(data)
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelContractError, match=message):
+        ModelSpec.load(tmp_path)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ModelContractError, match="no model.json"):
+        ModelSpec.load(tmp_path)
+    (tmp_path / "model.json").write_text("{not json")
+    with pytest.raises(ModelContractError, match="not valid JSON"):
+        ModelSpec.load(tmp_path)
+
+
+def test_embedder_needs_an_embedding_section():
+    with pytest.raises(ModelContractError, match="embedding"):
+        ModelSpec(name="e", kind="embedder", version="1", onnx_sha256="x", input=_classifier_spec().input)
+
+
+def test_preprocess_normalizes_per_channel():
+    spec = InputSpec(name="x", height=2, width=2, scale=1 / 255, mean=(0.5, 0.0, 0.0), std=(0.5, 1.0, 2.0))
+    pixels = np.full((2, 2, 3), 255, dtype=np.uint8)
+    out = preprocess([pixels], spec)
+    assert out.shape == (1, 2, 2, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0, 0, 0], [1.0, 1.0, 0.5], rtol=1e-6)
+
+
+def test_preprocess_same_for_pil_and_array_and_converts_modes():
+    spec = InputSpec(name="x", height=80, width=60)
+    rgb = Image.new("RGB", (60, 80), (10, 20, 30))
+    a = preprocess([rgb], spec)
+    b = preprocess([np.asarray(rgb)], spec)
+    c = preprocess([rgb.convert("RGBA")], spec)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(a, c)
+
+
+def test_stretch_and_pad_resize():
+    wide = Image.new("RGB", (120, 40), (200, 0, 0))
+    stretch = preprocess([wide], InputSpec(name="x", height=60, width=60, scale=1.0))
+    assert stretch.shape == (1, 60, 60, 3) and np.all(stretch[..., 0] == 200)
+    pad = preprocess([wide], InputSpec(name="x", height=60, width=60, scale=1.0, resize="pad", pad_value=255))
+    assert pad[0, 0, 30, 1] == 255 and pad[0, 30, 30, 1] == 0  # top row is padding, centre is the image
+
+
+def test_file_sha256(tmp_path):
+    path = tmp_path / "f"
+    path.write_bytes(b"abc")
+    assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
