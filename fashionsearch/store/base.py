@@ -7,13 +7,13 @@ search with vectors from another embedder can be refused instead of returning no
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
-#: Payload fields a search may filter on (exact match). Each gets a keyword payload index.
+#: Payload fields a search may filter on (exact match on one of the given values). Each gets a keyword payload index.
 FILTER_FIELDS: tuple[str, ...] = (
     "gender",
     "masterCategory",
@@ -25,8 +25,16 @@ FILTER_FIELDS: tuple[str, ...] = (
 )
 
 
+#: field -> accepted value, or accepted values (any of them matches); all fields must match.
+Filters: TypeAlias = Mapping[str, str | Sequence[str]]
+
+
 class StoreError(Exception):
     """A vector store operation failed."""
+
+
+class StoreUnavailableError(StoreError):
+    """The store could not be reached or did not answer (a Qdrant server down, a network error)."""
 
 
 class CollectionMismatchError(StoreError):
@@ -109,10 +117,15 @@ class VectorIndex(Protocol):
         self,
         vector: np.ndarray,
         top_k: int,
-        filters: Mapping[str, str] | None = None,
+        filters: Filters | None = None,
         exclude_ids: Collection[int] = (),
     ) -> list[Hit]:
-        """The top_k nearest points by Euclidean distance, ascending, matching every filter exactly."""
+        """The top_k nearest points by Euclidean distance, ascending, matching every filter field (one of its
+        values, exactly), excluding exclude_ids."""
+        ...
+
+    def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every point's id with the named payload fields (no vectors), page by page; for batch jobs."""
         ...
 
     def count(self) -> int:
@@ -124,8 +137,11 @@ class VectorIndex(Protocol):
         ...
 
 
-def check_filters(filters: Mapping[str, str] | None) -> dict[str, str]:
-    """Validated copy of a filter mapping; raises UnknownFilterFieldError naming the bad fields."""
+def check_filters(filters: Filters | None) -> dict[str, tuple[str, ...]]:
+    """Normalised copy of a filter mapping (field -> tuple of accepted values).
+
+    Raises UnknownFilterFieldError naming unknown fields, StoreError for a field without values.
+    """
     if not filters:
         return {}
     unknown = sorted(set(filters) - set(FILTER_FIELDS))
@@ -133,7 +149,13 @@ def check_filters(filters: Mapping[str, str] | None) -> dict[str, str]:
         raise UnknownFilterFieldError(
             f"unknown filter field(s) {', '.join(unknown)}; allowed: {', '.join(FILTER_FIELDS)}"
         )
-    return {k: str(v) for k, v in filters.items()}
+    out: dict[str, tuple[str, ...]] = {}
+    for key, value in filters.items():
+        values = (value,) if isinstance(value, str) else tuple(dict.fromkeys(str(v) for v in value))
+        if not values:
+            raise StoreError(f"filter on {key} has no values")
+        out[key] = values
+    return out
 
 
 def as_vector(vector: Any, dim: int | None = None) -> np.ndarray:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -11,6 +12,7 @@ from fashionsearch.store.base import (
     CollectionInfo,
     CollectionMismatchError,
     EmbedderIdentity,
+    Filters,
     Hit,
     StoredPoint,
     StoreError,
@@ -72,7 +74,7 @@ class BruteForceIndex:
         self,
         vector: np.ndarray,
         top_k: int,
-        filters: Mapping[str, str] | None = None,
+        filters: Filters | None = None,
         exclude_ids: Collection[int] = (),
     ) -> list[Hit]:
         wanted = check_filters(filters)
@@ -84,7 +86,7 @@ class BruteForceIndex:
             ids = [
                 pid
                 for pid, payload in self._payloads.items()
-                if pid not in excluded and all(payload.get(k) == v for k, v in wanted.items())
+                if pid not in excluded and all(payload.get(k) in v for k, v in wanted.items())
             ]
             if not ids:
                 return []
@@ -92,6 +94,12 @@ class BruteForceIndex:
             dist = np.sqrt(((matrix - query) ** 2).sum(axis=1))
             order = np.lexsort((np.asarray(ids), dist))[:top_k]
             return [Hit(id=ids[i], distance=float(dist[i]), payload=dict(self._payloads[ids[i]])) for i in order]
+
+    def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
+        """Every point's id with the named payload fields (no vectors); for batch jobs."""
+        with self._lock:
+            items = [(i, {f: p[f] for f in fields if f in p}) for i, p in sorted(self._payloads.items())]
+        yield from items
 
     def count(self) -> int:
         return len(self._vectors)

@@ -1,0 +1,145 @@
+"""The one exception hierarchy of fashionsearch, each class mapped to the gRPC status code it produces.
+
+Domain code raises these; servicers turn them into a gRPC status with `abort()` (or into a per-item
+`ItemError` in batch and stream RPCs with `item_error()`), so every service answers with the same codes.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any, NoReturn
+
+import grpc
+import grpc.aio
+
+
+class FashionSearchError(Exception):
+    """Base class: a failure with a message a person understands and the gRPC status it maps to."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(FashionSearchError):
+    """The request is bad: undecodable or oversized image, out-of-range number, unknown filter field."""
+
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(FashionSearchError):
+    """The request names something that does not exist, e.g. an unknown product id."""
+
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class FailedPrecondition(FashionSearchError):
+    """The system is not in a state to answer, e.g. stored vectors made by another embedder version."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+class Unavailable(FashionSearchError):
+    """A dependency is down or not ready; retrying later may work."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(FashionSearchError):
+    """A dependency did not answer within the deadline."""
+
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class ResourceExhausted(FashionSearchError):
+    """A limit was hit, e.g. a batch larger than the server accepts."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Internal(FashionSearchError):
+    """A bug or an unexpected failure inside the service."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
+def code_number(code: grpc.StatusCode) -> int:
+    """The numeric value of a status code, as carried in `ItemError.code`."""
+    return int(code.value[0])
+
+
+async def abort(context: grpc.aio.ServicerContext, error: FashionSearchError) -> NoReturn:
+    """End the RPC with the error's status code and message."""
+    await context.abort(error.code, error.message)
+    raise AssertionError("context.abort() returned")  # pragma: no cover - abort always raises
+
+
+def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, what: str) -> FashionSearchError:
+    """Translate a failed call to another service into our hierarchy, naming the dependency in the message.
+
+    INVALID_ARGUMENT and NOT_FOUND pass through (the caller's input was bad); a deadline stays a deadline; every
+    other failure of a dependency is UNAVAILABLE for our own caller.
+    """
+    code = error.code() if hasattr(error, "code") else grpc.StatusCode.UNKNOWN
+    details = error.details() if hasattr(error, "details") else str(error)
+    passthrough: dict[grpc.StatusCode, type[FashionSearchError]] = {
+        grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
+        grpc.StatusCode.NOT_FOUND: NotFound,
+        grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
+        grpc.StatusCode.RESOURCE_EXHAUSTED: ResourceExhausted,
+    }
+    if code in passthrough:
+        return passthrough[code](details or f"{what} refused the request")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return DeadlineExceeded(f"{what} did not answer in time")
+    return Unavailable(f"{what} is unavailable ({code.name if code else 'UNKNOWN'}: {details})")
+
+
+def item_error_fields(error: FashionSearchError) -> dict[str, object]:
+    """Keyword arguments for a `fashionsearch.v1.ItemError` describing `error` (one failed item of a batch)."""
+    return {"code": code_number(error.code), "message": error.message}
+
+
+def rpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Decorate an async servicer method (unary or server-streaming) so that our errors become statuses.
+
+    A FashionSearchError ends the RPC with its code and message; any other exception is logged with its traceback
+    and ends the RPC as INTERNAL with a generic message, so a bug never leaks internals or kills the server.
+    """
+    log = logging.getLogger(method.__module__)
+
+    async def _fail(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:
+        if isinstance(exc, FashionSearchError):
+            await abort(context, exc)
+        log.exception("unexpected error in %s", method.__qualname__)
+        await abort(context, Internal("internal error; the server log has the details"))
+
+    if inspect.isasyncgenfunction(method):
+
+        @functools.wraps(method)
+        async def stream_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in method(self, request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - turned into a status by _fail
+                await _fail(context, exc)
+
+        return stream_wrapper
+
+    @functools.wraps(method)
+    async def unary_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - turned into a status by _fail
+            await _fail(context, exc)
+
+    return unary_wrapper

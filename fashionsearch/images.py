@@ -1,0 +1,132 @@
+"""Turning untrusted image bytes into an RGB picture the models can use, or a clear InvalidArgument.
+
+Accepted: JPEG, PNG (including palette and alpha), WebP; greyscale, CMYK and 16-bit become RGB, transparent
+pixels are put on white (catalogue photos have white backgrounds), EXIF orientation is applied.
+Refused, each with a message a person understands: empty input, more bytes than the limit, anything that is not
+one of the formats, truncated or corrupt data, more pixels than the limit (checked from the header, before any
+pixel is decoded, so a small file declaring 20000x20000 pixels costs nothing), and images smaller than
+`min_side` pixels on a side: a 1x1 image holds no product, and a confident answer for it would be a lie.
+
+Large JPEG photos are decoded in draft mode, straight at a reduced scale (1/2, 1/4 or 1/8) that is still at
+least twice the model's input size, so a 12-megapixel photo costs milliseconds instead of most of a second.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from fashionsearch.errors import InvalidArgument
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_BYTES = 10 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MIN_SIDE = 8
+FORMATS = ("JPEG", "PNG", "WEBP")
+# Catalogue photos have white backgrounds, so transparency becomes white.
+BACKGROUND = (255, 255, 255)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a service accepts; every service reads these from its settings."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE
+
+    def __post_init__(self) -> None:
+        if self.max_bytes <= 0 or self.max_pixels <= 0 or self.min_side <= 0:
+            raise ValueError(f"image limits must be positive, got {self}")
+
+
+def decode_image(
+    data: bytes,
+    limits: ImageLimits = ImageLimits(),  # noqa: B008 - frozen, so a shared default is safe
+    target_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode `data` into an RGB image; `target_size` (width, height) of the model enables JPEG draft mode.
+
+    Raises InvalidArgument for every input the service must refuse.
+    """
+    if not data:
+        raise InvalidArgument("image is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise InvalidArgument(f"image is {len(data)} bytes, more than the limit of {limits.max_bytes} bytes")
+    try:
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
+    except UnidentifiedImageError:
+        raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # Pillow's own guard (about 89 megapixels) fired while reading the header.
+        raise InvalidArgument(f"image has more than the limit of {limits.max_pixels} pixels") from None
+    except (OSError, SyntaxError, ValueError) as bad:
+        raise InvalidArgument(f"image header is corrupt: {bad}") from None
+
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InvalidArgument(
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidArgument(f"image is {width}x{height} pixels; both sides must be at least {limits.min_side}")
+
+    if image.format in ("JPEG", "MPO") and target_size is not None:  # MPO: phone cameras' multi-picture JPEG
+        # Twice the larger model side in both directions, so any EXIF rotation still leaves enough pixels.
+        side = 2 * max(target_size)
+        image.draft("RGB", (side, side))
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as bad:
+        raise InvalidArgument(f"image data is truncated or corrupt ({image.format}: {bad})") from None
+    image = _apply_orientation(image)
+    return to_rgb(image)
+
+
+def _apply_orientation(image: Image.Image) -> Image.Image:
+    try:
+        return ImageOps.exif_transpose(image)
+    except Exception as bad:  # noqa: BLE001 - a broken EXIF block must not cost the picture
+        logger.debug("ignoring unreadable EXIF orientation: %s", bad)
+        return image
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Any Pillow mode -> RGB; transparency is composited onto white, 16-bit greyscale is scaled, not clipped."""
+    if image.mode == "RGB":
+        return image
+    if image.mode == "P":
+        image = image.convert("RGBA" if "transparency" in image.info else "RGB")
+    elif image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        pixels = np.asarray(image, dtype=np.float64)
+        peak = 65535.0 if image.mode.startswith("I;16") or pixels.max(initial=0) > 255 else 255.0
+        grey = np.clip(pixels * (255.0 / peak), 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(grey)
+    elif image.mode == "F":
+        grey = np.clip(np.asarray(image, dtype=np.float64), 0, 255).round().astype(np.uint8)
+        image = Image.fromarray(grey)
+    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (*BACKGROUND, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def decode_images(
+    items: list[bytes],
+    limits: ImageLimits = ImageLimits(),  # noqa: B008 - frozen, so a shared default is safe
+    target_size: tuple[int, int] | None = None,
+) -> list[Image.Image | InvalidArgument]:
+    """Decode every item of a batch; a bad item becomes its InvalidArgument instead of failing the batch."""
+    decoded: list[Image.Image | InvalidArgument] = []
+    for data in items:
+        try:
+            decoded.append(decode_image(data, limits, target_size))
+        except InvalidArgument as bad:
+            decoded.append(bad)
+    return decoded

@@ -1,0 +1,1 @@
+"""Batch jobs that run beside the services (catalogue ingestion and re-embedding)."""

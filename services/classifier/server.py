@@ -1,0 +1,56 @@
+"""Classifier server: load and check the model, bind, warm up, then SERVING until a stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fashionsearch.serving import RunningServer, StopSignal, service_name, start_server
+from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc
+from services.classifier.model import Classifier, OnnxClassifier
+from services.classifier.servicer import ClassifierServicer
+from services.classifier.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def start(settings: Settings, classifier: Classifier | None = None) -> RunningServer:
+    """Start the server and return once it is SERVING (model loaded and warmed up)."""
+    if classifier is None:
+        # Refuses to go on, naming every difference, when model.onnx does not match model.json.
+        classifier = OnnxClassifier.from_dir(
+            settings.model_dir,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+    servicer = ClassifierServicer(
+        classifier,
+        settings.image_limits,
+        max_batch=settings.max_batch,
+        default_top_k=settings.default_top_k,
+        max_top_k=settings.max_top_k,
+    )
+    identity = classifier.identity
+    running = await start_server(
+        lambda server: classifier_pb2_grpc.add_ClassifierServicer_to_server(servicer, server),
+        [service_name(classifier_pb2, "Classifier")],
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        describe={"model": str(identity), "model_sha256": identity.sha256, "model_dir": str(settings.model_dir)},
+    )
+    try:
+        await asyncio.to_thread(classifier.warm_up)
+    except BaseException:
+        await running.stop(0)
+        raise
+    await running.set_serving()
+    logger.info("classifier %s is SERVING on port %s", identity, running.port)
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = StopSignal()  # before loading the model, so a SIGTERM during start-up still shuts down cleanly
+    running = await start(settings)
+    await running.wait_for_signal(settings.grace_s, stop)

@@ -1,0 +1,90 @@
+"""gRPC Classifier servicer: maps protos to the domain and back, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc.aio
+from PIL import Image
+
+from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
+from fashionsearch.images import ImageLimits, decode_image, decode_images
+from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
+from services.classifier.model import Classification, Classifier
+
+
+def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
+    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
+
+
+def to_proto(result: Classification) -> classifier_pb2.Classification:
+    return classifier_pb2.Classification(
+        attributes=[
+            common_pb2.AttributePrediction(
+                attribute=a.attribute,
+                labels=[common_pb2.LabelScore(label=s.label, probability=s.probability) for s in a.labels],
+            )
+            for a in result.attributes
+        ],
+        suggested_name=result.suggested_name,
+        keywords=list(result.keywords),
+    )
+
+
+class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
+    def __init__(
+        self,
+        classifier: Classifier,
+        limits: ImageLimits,
+        *,
+        max_batch: int = 64,
+        default_top_k: int = 3,
+        max_top_k: int = 10,
+    ) -> None:
+        self._classifier = classifier
+        self._limits = limits
+        self._max_batch = max_batch
+        self._default_top_k = default_top_k
+        self._max_top_k = max_top_k
+        self._model_info = model_info(classifier.identity)
+
+    def _top_k(self, requested: int) -> int:
+        if requested > self._max_top_k:
+            raise InvalidArgument(f"top_k must be at most {self._max_top_k}, got {requested}")
+        return requested or self._default_top_k
+
+    def _classify_one(self, data: bytes, top_k: int) -> Classification:
+        image = decode_image(data, self._limits, self._classifier.input_size)
+        return self._classifier.classify([image], top_k)[0]
+
+    @rpc_errors
+    async def Classify(
+        self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ClassifyResponse:
+        top_k = self._top_k(request.top_k)
+        # Decoding and inference block, so they run in a worker thread and the event loop keeps serving.
+        result = await asyncio.to_thread(self._classify_one, request.image, top_k)
+        return classifier_pb2.ClassifyResponse(classification=to_proto(result), model=self._model_info)
+
+    def _classify_batch(self, images: list[bytes], top_k: int) -> list[Classification | InvalidArgument]:
+        decoded = decode_images(images, self._limits, self._classifier.input_size)
+        good = [item for item in decoded if isinstance(item, Image.Image)]
+        classified = iter(self._classifier.classify(good, top_k))
+        return [next(classified) if isinstance(item, Image.Image) else item for item in decoded]
+
+    @rpc_errors
+    async def ClassifyBatch(
+        self, request: classifier_pb2.ClassifyBatchRequest, context: grpc.aio.ServicerContext
+    ) -> classifier_pb2.ClassifyBatchResponse:
+        top_k = self._top_k(request.top_k)
+        if len(request.images) > self._max_batch:
+            raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
+        outcomes = await asyncio.to_thread(self._classify_batch, list(request.images), top_k)
+        results = [
+            classifier_pb2.ClassifyResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
+            if isinstance(outcome, InvalidArgument)
+            else classifier_pb2.ClassifyResult(classification=to_proto(outcome))
+            for outcome in outcomes
+        ]
+        return classifier_pb2.ClassifyBatchResponse(results=results, model=self._model_info)

@@ -1,0 +1,1 @@
+"""Embedder service: turns an apparel photo into a search vector. Run with `python -m services.embedder`."""

@@ -1,0 +1,78 @@
+"""The embedder behind a small Protocol, and its ONNX Runtime adapter."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+from fashionsearch.model_contract import preprocess
+from fashionsearch.onnx_model import ModelIdentity, OnnxModel
+
+
+class Embedder(Protocol):
+    """What the servicer needs from an embedder."""
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) the model sees; lets the decoder skip pixels it would throw away."""
+        ...
+
+    @property
+    def dim(self) -> int: ...
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        """Embed RGB images in one model call: float32 (N, dim), rows in input order."""
+        ...
+
+    def warm_up(self) -> None: ...
+
+
+class OnnxEmbedder:
+    """An ONNX model with one (batch, dim) output, compared by Euclidean distance, described by model.json."""
+
+    def __init__(self, model: OnnxModel) -> None:
+        if model.spec.kind != "embedder" or model.spec.embedding is None:
+            raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not an embedder")
+        self._model = model
+        self._output = model.spec.embedding.output
+        self._dim = model.spec.embedding.dim
+
+    @classmethod
+    def from_dir(
+        cls, model_dir: str | os.PathLike[str], *, intra_op_threads: int = 1, inter_op_threads: int = 1
+    ) -> OnnxEmbedder:
+        model = OnnxModel(
+            model_dir,
+            expected_kind="embedder",
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
+        return cls(model)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._model.identity
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._model.input_size
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    def warm_up(self) -> None:
+        self._model.warm_up()
+
+    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+        if not images:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        vectors = self._model.run(preprocess(images, self._model.spec.input))[self._output]
+        return np.asarray(vectors, dtype=np.float32)

@@ -1,0 +1,59 @@
+"""Embedder server: load and check the model, bind, warm up, then SERVING until a stop signal."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fashionsearch.serving import RunningServer, StopSignal, service_name, start_server
+from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
+from services.embedder.model import Embedder, OnnxEmbedder
+from services.embedder.servicer import EmbedderServicer
+from services.embedder.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+async def start(settings: Settings, embedder: Embedder | None = None) -> RunningServer:
+    """Start the server and return once it is SERVING (model loaded and warmed up)."""
+    if embedder is None:
+        # Refuses to go on, naming every difference, when model.onnx does not match model.json.
+        embedder = OnnxEmbedder.from_dir(
+            settings.model_dir,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+    servicer = EmbedderServicer(
+        embedder,
+        settings.image_limits,
+        max_batch=settings.max_batch,
+    )
+    identity = embedder.identity
+    running = await start_server(
+        lambda server: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, server),
+        [service_name(embedder_pb2, "Embedder")],
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        describe={
+            "model": str(identity),
+            "dim": embedder.dim,
+            "model_sha256": identity.sha256,
+            "model_dir": str(settings.model_dir),
+        },
+    )
+    try:
+        await asyncio.to_thread(embedder.warm_up)
+    except BaseException:
+        await running.stop(0)
+        raise
+    await running.set_serving()
+    logger.info("embedder %s is SERVING on port %s", identity, running.port)
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = StopSignal()  # before loading the model, so a SIGTERM during start-up still shuts down cleanly
+    running = await start(settings)
+    await running.wait_for_signal(settings.grace_s, stop)

@@ -1,0 +1,62 @@
+"""gRPC Embedder servicer: maps protos to the domain and back, nothing else."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc.aio
+import numpy as np
+from PIL import Image
+
+from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
+from fashionsearch.images import ImageLimits, decode_image, decode_images
+from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
+from services.embedder.model import Embedder
+
+
+def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
+    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
+
+
+class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
+    def __init__(self, embedder: Embedder, limits: ImageLimits, *, max_batch: int = 64) -> None:
+        self._embedder = embedder
+        self._limits = limits
+        self._max_batch = max_batch
+        self._model_info = model_info(embedder.identity)
+
+    def _embed_one(self, data: bytes) -> np.ndarray:
+        image = decode_image(data, self._limits, self._embedder.input_size)
+        return self._embedder.embed([image])[0]
+
+    @rpc_errors
+    async def Embed(
+        self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedResponse:
+        # Decoding and inference block, so they run in a worker thread and the event loop keeps serving.
+        vector = await asyncio.to_thread(self._embed_one, request.image)
+        return embedder_pb2.EmbedResponse(
+            embedding=embedder_pb2.Embedding(vector=vector.tolist()), model=self._model_info
+        )
+
+    def _embed_batch(self, images: list[bytes]) -> list[np.ndarray | InvalidArgument]:
+        decoded = decode_images(images, self._limits, self._embedder.input_size)
+        good = [item for item in decoded if isinstance(item, Image.Image)]
+        vectors = iter(self._embedder.embed(good))
+        return [next(vectors) if isinstance(item, Image.Image) else item for item in decoded]
+
+    @rpc_errors
+    async def EmbedBatch(
+        self, request: embedder_pb2.EmbedBatchRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedBatchResponse:
+        if len(request.images) > self._max_batch:
+            raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
+        outcomes = await asyncio.to_thread(self._embed_batch, list(request.images))
+        results = [
+            embedder_pb2.EmbedResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
+            if isinstance(outcome, InvalidArgument)
+            else embedder_pb2.EmbedResult(embedding=embedder_pb2.Embedding(vector=outcome.tolist()))
+            for outcome in outcomes
+        ]
+        return embedder_pb2.EmbedBatchResponse(results=results, model=self._model_info)

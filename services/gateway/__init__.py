@@ -1,0 +1,1 @@
+"""The gateway service: what e-commerce backends call (python -m services.gateway)."""

@@ -1,0 +1,96 @@
+"""The one place that wires settings -> clients and store -> use cases -> servicer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+import grpc.aio
+
+from fashionsearch.store import VectorIndex, open_index
+from services.gateway.clients import (
+    ClassifierPort,
+    EmbedderPort,
+    GrpcClassifier,
+    GrpcEmbedder,
+    channel_options,
+)
+from services.gateway.service import GatewayService, Limits
+from services.gateway.servicer import GatewayServicer
+from services.gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+# Room for protobuf framing around the largest accepted image.
+_MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
+@dataclass
+class Gateway:
+    """The wired gateway: its servicer plus what must be closed at shutdown."""
+
+    servicer: GatewayServicer
+    service: GatewayService
+    index: VectorIndex
+    channels: list[grpc.aio.Channel] = field(default_factory=list)
+    _closed: bool = False
+
+    async def close(self) -> None:
+        """Close the peer channels and the vector store; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for channel in self.channels:
+            await channel.close()
+        await asyncio.to_thread(self.index.close)
+
+
+def max_message_bytes(settings: Settings) -> int:
+    return settings.max_image_bytes + _MESSAGE_OVERHEAD_BYTES
+
+
+def bootstrap(
+    settings: Settings,
+    *,
+    classifier: ClassifierPort | None = None,
+    embedder: EmbedderPort | None = None,
+    index: VectorIndex | None = None,
+) -> Gateway:
+    """Build the gateway from settings; any dependency passed in replaces the one settings would make.
+
+    Must run inside the event loop that will serve (gRPC aio channels bind to it).
+    """
+    channels: list[grpc.aio.Channel] = []
+    options = channel_options(max_message_bytes(settings))
+    if classifier is None:
+        channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options)
+        channels.append(channel)
+        classifier = GrpcClassifier(channel, timeout_s=settings.classify_timeout_s, top_k=settings.attribute_top_k)
+    if embedder is None:
+        channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options)
+        channels.append(channel)
+        embedder = GrpcEmbedder(
+            channel, timeout_s=settings.embed_timeout_s, batch_timeout_s=settings.embed_batch_timeout_s
+        )
+    if index is None:
+        index = open_index(
+            data_dir=str(settings.data_dir),
+            qdrant_url=settings.qdrant_url,
+            collection=settings.collection,
+            search_threads=settings.store_search_threads,
+            timeout_s=max(1, round(settings.store_timeout_s)),
+        )
+    service = GatewayService(
+        classifier,
+        embedder,
+        index,
+        Limits(
+            default_top_k=settings.default_top_k,
+            max_top_k=settings.max_top_k,
+            max_image_bytes=settings.max_image_bytes,
+            store_timeout_s=settings.store_timeout_s,
+            upsert_batch=settings.upsert_batch,
+        ),
+    )
+    return Gateway(servicer=GatewayServicer(service), service=service, index=index, channels=channels)

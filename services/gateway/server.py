@@ -1,0 +1,52 @@
+"""The gateway's gRPC server: health, reflection and graceful shutdown from fashionsearch.serving."""
+
+from __future__ import annotations
+
+import logging
+
+from fashionsearch.serving import RunningServer, service_name, start_server
+from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+from services.gateway.bootstrap import Gateway, bootstrap, max_message_bytes
+from services.gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = service_name(gateway_pb2, "Gateway")
+
+
+async def start(settings: Settings, gateway: Gateway | None = None) -> RunningServer:
+    """Start the gateway (wired by bootstrap() unless given) and mark it SERVING.
+
+    The gateway has no model of its own to warm up: it is ready once its store is open. Its peers have their own
+    health; a peer that is down makes the affected RPCs answer UNAVAILABLE rather than the gateway NOT_SERVING.
+    """
+    gateway = gateway or bootstrap(settings)
+    info = gateway.index.info()
+    try:
+        running = await start_server(
+            lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(gateway.servicer, server),
+            [SERVICE_NAME],
+            host=settings.host,
+            port=settings.port,
+            max_message_bytes=max_message_bytes(settings),
+            describe={
+                "classifier_addr": str(settings.classifier_addr),
+                "embedder_addr": str(settings.embedder_addr),
+                "store": settings.qdrant_url or str(settings.data_dir),
+                "collection": settings.collection,
+                "stored_embedder": str(info.embedder) if info else None,
+                "item_count": gateway.index.count(),
+            },
+            closers=[gateway.close],
+        )
+    except BaseException:
+        await gateway.close()
+        raise
+    await running.set_serving()
+    return running
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully."""
+    running = await start(settings)
+    await running.wait_for_signal(settings.grace_s)

@@ -1,0 +1,340 @@
+"""The gateway's use cases: search, more-like-this and catalogue writes, over injected ports.
+
+The vector store is synchronous (Qdrant Edge runs in process), so its calls run in worker threads with a time
+limit; the classifier and embedder are awaited concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fashionsearch import naming
+from fashionsearch.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FashionSearchError,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from fashionsearch.store import (
+    FILTER_FIELDS,
+    CollectionMismatchError,
+    StoredPoint,
+    StoreError,
+    StoreUnavailableError,
+    UnknownFilterFieldError,
+    VectorIndex,
+)
+from services.gateway.clients import ClassifierPort, EmbedderPort
+from services.gateway.domain import (
+    CONTENT_HASH_KEY,
+    PAYLOAD_FIELDS,
+    CatalogueItem,
+    Classification,
+    Embedding,
+    FilterMode,
+    SearchOptions,
+    SearchResult,
+    SimilarResult,
+    Stats,
+    StoredItem,
+    UpsertOutcome,
+)
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+_END = object()
+
+#: Product ids are Qdrant point ids: unsigned 64-bit, and 0 is not a product.
+MAX_ID = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Limits:
+    default_top_k: int = 5
+    max_top_k: int = 100
+    max_image_bytes: int = 10 * 1024 * 1024
+    store_timeout_s: float = 5.0
+    upsert_batch: int = 32
+
+
+class GatewayService:
+    """Search and catalogue use cases; every dependency is a constructor argument."""
+
+    def __init__(
+        self,
+        classifier: ClassifierPort,
+        embedder: EmbedderPort,
+        index: VectorIndex,
+        limits: Limits = Limits(),  # noqa: B008 - frozen
+    ) -> None:
+        self._classifier = classifier
+        self._embedder = embedder
+        self._index = index
+        self._limits = limits
+        self._collection_lock = asyncio.Lock()
+
+    # ---- validation -------------------------------------------------------------------------------------------
+
+    def _check_image(self, image: bytes) -> None:
+        if not image:
+            raise InvalidArgument("image is empty (0 bytes)")
+        if len(image) > self._limits.max_image_bytes:
+            raise InvalidArgument(
+                f"image is {len(image)} bytes, more than the limit of {self._limits.max_image_bytes} bytes"
+            )
+
+    def _top_k(self, top_k: int | None) -> int:
+        if top_k is None:
+            return self._limits.default_top_k
+        if not 1 <= top_k <= self._limits.max_top_k:
+            raise InvalidArgument(f"top_k must be between 1 and {self._limits.max_top_k}, got {top_k}")
+        return top_k
+
+    @staticmethod
+    def _explicit_filters(options: SearchOptions) -> dict[str, tuple[str, ...]]:
+        if options.mode is not FilterMode.EXPLICIT:
+            if options.filters:
+                raise InvalidArgument("filters are only allowed with the explicit filter mode")
+            return {}
+        if not options.filters:
+            raise InvalidArgument("the explicit filter mode needs at least one filter (use no-filter mode for none)")
+        filters: dict[str, tuple[str, ...]] = {}
+        for name, values in options.filters:
+            if name not in FILTER_FIELDS:
+                raise InvalidArgument(f"unknown filter field {name!r}; allowed: {', '.join(FILTER_FIELDS)}")
+            if name in filters:
+                raise InvalidArgument(f"filter field {name!r} is given twice; list its values in one filter")
+            cleaned = tuple(dict.fromkeys(v for v in values if v.strip()))
+            if not cleaned:
+                raise InvalidArgument(f"filter on {name!r} has no values")
+            filters[name] = cleaned
+        return filters
+
+    @staticmethod
+    def _check_id(item_id: int) -> None:
+        if not 1 <= item_id <= MAX_ID:
+            raise InvalidArgument(f"product id must be between 1 and {MAX_ID}, got {item_id}")
+
+    # ---- store access -----------------------------------------------------------------------------------------
+
+    async def _store(self, what: str, call: Callable[..., T], *args: Any) -> T:
+        try:
+            return await asyncio.wait_for(asyncio.to_thread(call, *args), self._limits.store_timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the vector store did not answer {what} in time") from None
+        except CollectionMismatchError as error:
+            raise FailedPrecondition(str(error)) from None
+        except UnknownFilterFieldError as error:
+            raise InvalidArgument(str(error)) from None
+        except StoreUnavailableError as error:
+            logger.warning("vector store unavailable on %s: %s", what, error)
+            raise Unavailable(f"the vector store is unavailable: {error}") from None
+        except StoreError as error:
+            logger.exception("vector store failed on %s", what)
+            raise Internal(f"the vector store failed on {what}: {error}") from None
+
+    async def _check_embedder(self, embedding: Embedding) -> bool:
+        """False when the catalogue is empty; FailedPrecondition when its vectors come from another embedder."""
+        info = self._index.info()
+        if info is None:
+            return False
+        if info.embedder != embedding.model.identity or info.dim != embedding.vector.shape[0]:
+            if await self._store("count", self._index.count) == 0:
+                return False
+            raise FailedPrecondition(
+                f"the catalogue's vectors were made by embedder {info.embedder} (dim {info.dim}), but the running"
+                f" embedder is {embedding.model.identity} (dim {embedding.vector.shape[0]}); re-index the catalogue"
+            )
+        return True
+
+    # ---- use cases --------------------------------------------------------------------------------------------
+
+    async def search(self, image: bytes, options: SearchOptions) -> SearchResult:
+        self._check_image(image)
+        top_k = self._top_k(options.top_k)
+        explicit = self._explicit_filters(options)
+        classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
+        filters = explicit
+        if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
+            predicted = classification.top_labels().get("subCategory")
+            filters = {"subCategory": (predicted,)} if predicted else {}
+        hits: tuple = ()
+        if await self._check_embedder(embedding):
+            hits = tuple(await self._store("search", self._index.search, embedding.vector, top_k, filters))
+        predicted_labels = classification.top_labels()
+        neighbour_names = [str(h.payload.get("name", "")) for h in hits]
+        return SearchResult(
+            classification=classification,
+            embedder_model=embedding.model,
+            suggested_name=naming.suggest_name(predicted_labels),
+            keywords=tuple(naming.suggest_keywords(predicted_labels, neighbour_names)),
+            hits=hits,
+            applied_filters=filters,
+        )
+
+    async def search_by_id(self, item_id: int, options: SearchOptions) -> SimilarResult:
+        self._check_id(item_id)
+        top_k = self._top_k(options.top_k)
+        filters = self._explicit_filters(options)
+        found = await self._store("retrieve", self._index.retrieve, [item_id])
+        if not found:
+            raise NotFound(f"product {item_id} is not in the catalogue")
+        item = found[0]
+        if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
+            sub_category = item.payload.get("subCategory")
+            filters = {"subCategory": (str(sub_category),)} if sub_category else {}
+        hits = await self._store("search", self._index.search, item.vector, top_k, filters, (item_id,))
+        return SimilarResult(hits=tuple(hits), applied_filters=filters)
+
+    async def upsert(self, items: AsyncIterable[CatalogueItem]) -> AsyncIterator[UpsertOutcome]:
+        """One outcome per item, in order. Items that arrive together are embedded and stored as one batch (up to
+        upsert_batch), while the next ones are read from the stream."""
+        queue: asyncio.Queue[CatalogueItem | object] = asyncio.Queue(maxsize=2 * self._limits.upsert_batch)
+        failure: list[BaseException] = []
+
+        async def read() -> None:
+            try:
+                async for item in items:
+                    await queue.put(item)
+            except Exception as error:  # noqa: BLE001 - re-raised by the consumer below
+                failure.append(error)
+            await queue.put(_END)
+
+        reader = asyncio.create_task(read())
+        try:
+            ended = False
+            while not ended:
+                first = await queue.get()
+                if first is _END:
+                    break
+                batch = [first]
+                while len(batch) < self._limits.upsert_batch and not queue.empty():
+                    following = queue.get_nowait()
+                    if following is _END:
+                        ended = True
+                        break
+                    batch.append(following)
+                for outcome in await self._upsert_batch(batch):  # type: ignore[arg-type]
+                    yield outcome
+            if failure:
+                raise failure[0]
+        finally:
+            reader.cancel()
+
+    async def _upsert_batch(self, batch: list[CatalogueItem]) -> list[UpsertOutcome]:
+        errors: dict[int, FashionSearchError] = {}
+        for index, item in enumerate(batch):
+            try:
+                self._check_id(item.id)
+                self._check_image(item.image)
+                unknown = sorted(set(item.payload) - set(PAYLOAD_FIELDS))
+                if unknown:
+                    raise InvalidArgument(f"unknown payload field(s) {', '.join(unknown)}")
+            except FashionSearchError as error:
+                errors[index] = error
+        todo = [i for i in range(len(batch)) if i not in errors]
+        try:
+            if todo:
+                embeddings = await self._embedder.embed_batch([batch[i].image for i in todo])
+                points: list[StoredPoint] = []
+                for index, embedding in zip(todo, embeddings, strict=True):
+                    if isinstance(embedding, FashionSearchError):
+                        errors[index] = embedding
+                        continue
+                    await self._ensure_collection(embedding)
+                    item = batch[index]
+                    payload = {k: v for k, v in item.payload.items() if v not in ("", None, 0)}
+                    if item.content_hash:
+                        payload[CONTENT_HASH_KEY] = item.content_hash
+                    points.append(StoredPoint(id=item.id, vector=embedding.vector, payload=payload))
+                if points:
+                    await self._store("upsert", self._index.upsert, points)
+        except FashionSearchError as error:
+            # The whole batch failed (embedder down or slow, store refused): every item not yet failed gets it.
+            for index in todo:
+                errors.setdefault(index, error)
+        for index, error in errors.items():
+            logger.info("upsert of product %s failed: %s", batch[index].id, error.message)
+        return [UpsertOutcome(id=item.id, error=errors.get(index)) for index, item in enumerate(batch)]
+
+    async def _ensure_collection(self, embedding: Embedding) -> None:
+        identity, dim = embedding.model.identity, int(embedding.vector.shape[0])
+        info = self._index.info()
+        if info is None or info.embedder != identity or info.dim != dim:
+            async with self._collection_lock:
+                await self._store("ensure_collection", self._index.ensure_collection, dim, identity)
+
+    async def delete(self, ids: Sequence[int]) -> int:
+        for item_id in ids:
+            self._check_id(item_id)
+        await self._store("delete", self._index.delete, list(ids))
+        return await self._store("count", self._index.count)
+
+    async def get(self, item_id: int) -> StoredItem:
+        self._check_id(item_id)
+        found = await self._store("retrieve", self._index.retrieve, [item_id])
+        if not found:
+            raise NotFound(f"product {item_id} is not in the catalogue")
+        return StoredItem(id=found[0].id, payload=found[0].payload)
+
+    async def list_digests(self, page_size: int) -> AsyncIterator[list[tuple[int, str]]]:
+        """Pages of (id, content hash) of every stored item ("" when an item has none)."""
+        pages = iter(self._page_digests(page_size))
+        while True:
+            page = await self._store("scroll", next, pages, None)
+            if page is None:
+                return
+            yield page
+
+    def _page_digests(self, page_size: int) -> Iterator[list[tuple[int, str]]]:
+        page: list[tuple[int, str]] = []
+        for point_id, payload in self._index.scroll([CONTENT_HASH_KEY], page_size):
+            page.append((point_id, str(payload.get(CONTENT_HASH_KEY, ""))))
+            if len(page) >= page_size:
+                yield page
+                page = []
+        if page:
+            yield page
+
+    async def stats(self) -> Stats:
+        count = await self._store("count", self._index.count)
+        info = self._index.info()
+        running_embedder, classifier = await asyncio.gather(self._embedder.model(), self._classifier.model())
+        return Stats(
+            item_count=count,
+            stored_embedder=info.embedder if info is not None else None,
+            running_embedder=running_embedder,
+            classifier=classifier,
+        )
+
+
+async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:
+    """Run both calls concurrently; the first failure cancels the other and is raised."""
+    classify_task = asyncio.ensure_future(classify)
+    embed_task = asyncio.ensure_future(embed)
+    tasks = (classify_task, embed_task)
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task in done and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]
+        return classify_task.result(), embed_task.result()
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def payload_from_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The known payload fields of a mapping, with missing strings as "" and a missing year as 0."""
+    return {k: values.get(k, 0 if k == "year" else "") for k in PAYLOAD_FIELDS}

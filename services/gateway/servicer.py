@@ -1,0 +1,193 @@
+"""gRPC <-> domain mapping for the Gateway service; the use cases live in service.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc.aio
+
+from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
+from fashionsearch.store import Hit
+from fashionsearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
+from services.gateway.domain import (
+    CONTENT_HASH_KEY,
+    AttributePrediction,
+    CatalogueItem,
+    FilterMode,
+    ModelId,
+    SearchOptions,
+)
+from services.gateway.service import GatewayService
+
+logger = logging.getLogger(__name__)
+
+_MODES = {
+    gateway_pb2.FILTER_MODE_UNSPECIFIED: FilterMode.PREDICTED_SUBCATEGORY,
+    gateway_pb2.FILTER_MODE_PREDICTED_SUBCATEGORY: FilterMode.PREDICTED_SUBCATEGORY,
+    gateway_pb2.FILTER_MODE_NONE: FilterMode.NONE,
+    gateway_pb2.FILTER_MODE_EXPLICIT: FilterMode.EXPLICIT,
+}
+
+_DEFAULT_LIST_PAGE = 1000
+_MAX_LIST_PAGE = 10000
+
+# proto ItemPayload field <-> stored payload key (catalogue column names).
+_PAYLOAD_KEYS = {
+    "name": "name",
+    "gender": "gender",
+    "master_category": "masterCategory",
+    "sub_category": "subCategory",
+    "article_type": "articleType",
+    "base_colour": "baseColour",
+    "season": "season",
+    "year": "year",
+    "usage": "usage",
+    "image_ref": "image_ref",
+}
+
+
+def search_options(request: Any) -> SearchOptions:
+    """SearchOptions from a SearchRequest or SearchByIdRequest."""
+    mode = _MODES.get(request.filter_mode)
+    if mode is None:
+        raise InvalidArgument(f"unknown filter_mode {request.filter_mode}")
+    return SearchOptions(
+        top_k=request.top_k if request.HasField("top_k") else None,
+        mode=mode,
+        filters=tuple((f.field, tuple(f.values)) for f in request.filters),
+    )
+
+
+def payload_to_proto(payload: Mapping[str, Any]) -> gateway_pb2.ItemPayload:
+    message = gateway_pb2.ItemPayload()
+    for proto_field, key in _PAYLOAD_KEYS.items():
+        value = payload.get(key)
+        if value in (None, ""):
+            continue
+        if proto_field == "year":
+            try:
+                message.year = int(value)
+            except (TypeError, ValueError):
+                logger.warning("stored year %r is not a number", value)
+        else:
+            setattr(message, proto_field, str(value))
+    return message
+
+
+def payload_from_proto(message: gateway_pb2.ItemPayload) -> dict[str, Any]:
+    return {key: getattr(message, proto_field) for proto_field, key in _PAYLOAD_KEYS.items()}
+
+
+def model_to_proto(model: ModelId | None) -> common_pb2.ModelInfo | None:
+    if model is None:
+        return None
+    return common_pb2.ModelInfo(name=model.name, version=model.version, onnx_sha256=model.onnx_sha256)
+
+
+def hit_to_proto(hit: Hit) -> gateway_pb2.SearchHit:
+    return gateway_pb2.SearchHit(id=hit.id, distance=hit.distance, payload=payload_to_proto(hit.payload))
+
+
+def filters_to_proto(filters: Mapping[str, tuple[str, ...]]) -> list[gateway_pb2.FieldFilter]:
+    return [gateway_pb2.FieldFilter(field=name, values=list(values)) for name, values in filters.items()]
+
+
+def attribute_to_proto(attribute: AttributePrediction) -> common_pb2.AttributePrediction:
+    return common_pb2.AttributePrediction(
+        attribute=attribute.attribute,
+        labels=[common_pb2.LabelScore(label=s.label, probability=s.probability) for s in attribute.labels],
+    )
+
+
+class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
+    """Maps each RPC onto GatewayService and each FashionSearchError onto its status code."""
+
+    def __init__(self, service: GatewayService) -> None:
+        self._service = service
+
+    @rpc_errors
+    async def Search(
+        self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchResponse:
+        result = await self._service.search(request.image, search_options(request))
+        return gateway_pb2.SearchResponse(
+            attributes=[attribute_to_proto(a) for a in result.classification.attributes],
+            suggested_name=result.suggested_name,
+            keywords=list(result.keywords),
+            hits=[hit_to_proto(h) for h in result.hits],
+            applied_filters=filters_to_proto(result.applied_filters),
+            classifier_model=model_to_proto(result.classification.model),
+            embedder_model=model_to_proto(result.embedder_model),
+        )
+
+    @rpc_errors
+    async def SearchById(
+        self, request: gateway_pb2.SearchByIdRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchByIdResponse:
+        result = await self._service.search_by_id(request.id, search_options(request))
+        return gateway_pb2.SearchByIdResponse(
+            hits=[hit_to_proto(h) for h in result.hits], applied_filters=filters_to_proto(result.applied_filters)
+        )
+
+    @rpc_errors
+    async def UpsertItems(
+        self, request_iterator: AsyncIterator[gateway_pb2.UpsertItemsRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.UpsertItemsResponse]:
+        async def items() -> AsyncIterator[CatalogueItem]:
+            async for message in request_iterator:
+                yield CatalogueItem(
+                    id=message.item.id,
+                    image=message.item.image,
+                    payload=payload_from_proto(message.item.payload),
+                    content_hash=message.item.content_hash,
+                )
+
+        async for outcome in self._service.upsert(items()):
+            if outcome.error is None:
+                yield gateway_pb2.UpsertItemsResponse(id=outcome.id, upserted=True)
+            else:
+                yield gateway_pb2.UpsertItemsResponse(
+                    id=outcome.id, upserted=False, error=common_pb2.ItemError(**item_error_fields(outcome.error))
+                )
+
+    @rpc_errors
+    async def DeleteItems(
+        self, request: gateway_pb2.DeleteItemsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.DeleteItemsResponse:
+        count = await self._service.delete(list(request.ids))
+        return gateway_pb2.DeleteItemsResponse(item_count=count)
+
+    @rpc_errors
+    async def GetItem(
+        self, request: gateway_pb2.GetItemRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetItemResponse:
+        item = await self._service.get(request.id)
+        return gateway_pb2.GetItemResponse(
+            id=item.id,
+            payload=payload_to_proto(item.payload),
+            content_hash=str(item.payload.get(CONTENT_HASH_KEY, "")),
+        )
+
+    @rpc_errors
+    async def ListItems(
+        self, request: gateway_pb2.ListItemsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[gateway_pb2.ListItemsResponse]:
+        if request.page_size > _MAX_LIST_PAGE:
+            raise InvalidArgument(f"page_size must be at most {_MAX_LIST_PAGE}, got {request.page_size}")
+        async for page in self._service.list_digests(request.page_size or _DEFAULT_LIST_PAGE):
+            yield gateway_pb2.ListItemsResponse(items=[gateway_pb2.ItemDigest(id=i, content_hash=h) for i, h in page])
+
+    @rpc_errors
+    async def GetStats(
+        self, request: gateway_pb2.GetStatsRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.GetStatsResponse:
+        stats = await self._service.stats()
+        stored = stats.stored_embedder
+        return gateway_pb2.GetStatsResponse(
+            item_count=stats.item_count,
+            stored_embedder=common_pb2.ModelInfo(name=stored.model, version=stored.version) if stored else None,
+            running_embedder=model_to_proto(stats.running_embedder),
+            classifier=model_to_proto(stats.classifier),
+        )

@@ -1,0 +1,69 @@
+"""Gateway settings, from GATEWAY_* environment variables only, validated before anything binds."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from fashionsearch.config import Address, ConfigError, Env
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the gateway reads from its environment."""
+
+    port: int = 50050
+    host: str = "[::]"
+    classifier_addr: Address = Address("localhost", 50051)
+    embedder_addr: Address = Address("localhost", 50052)
+    data_dir: Path = Path("data/qdrant-edge")
+    qdrant_url: str | None = None
+    collection: str = "catalogue"
+    classify_timeout_s: float = 2.0
+    embed_timeout_s: float = 2.0
+    embed_batch_timeout_s: float = 10.0
+    store_timeout_s: float = 5.0
+    default_top_k: int = 5
+    max_top_k: int = 100
+    attribute_top_k: int = 3
+    max_image_bytes: int = 10 * 1024 * 1024
+    upsert_batch: int = 32
+    store_search_threads: int = 1
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = Env("GATEWAY_", environ)
+        qdrant_url = env.get_str("QDRANT_URL", "") or None
+        if qdrant_url is not None and not qdrant_url.startswith(("http://", "https://")):
+            raise ConfigError(f"GATEWAY_QDRANT_URL={qdrant_url!r}: expected an http:// or https:// URL")
+        collection = env.get_str("COLLECTION", cls.collection)
+        if not collection.replace("-", "").replace("_", "").isalnum():
+            raise ConfigError(f"GATEWAY_COLLECTION={collection!r}: use letters, digits, '-' and '_' only")
+        default_top_k = env.get_int("DEFAULT_TOP_K", cls.default_top_k, min=1)
+        max_top_k = env.get_int("MAX_TOP_K", cls.max_top_k, min=1, max=1000)
+        if default_top_k > max_top_k:
+            raise ConfigError(f"GATEWAY_DEFAULT_TOP_K={default_top_k} is above GATEWAY_MAX_TOP_K={max_top_k}")
+        return cls(
+            port=env.port("PORT", cls.port),
+            host=env.get_str("HOST", cls.host),
+            classifier_addr=env.addr("CLASSIFIER_ADDR", str(cls.classifier_addr)),
+            embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
+            data_dir=env.path("DATA_DIR", cls.data_dir),
+            qdrant_url=qdrant_url,
+            collection=collection,
+            classify_timeout_s=env.get_float("CLASSIFY_TIMEOUT_S", cls.classify_timeout_s, min=0.01, max=600),
+            embed_timeout_s=env.get_float("EMBED_TIMEOUT_S", cls.embed_timeout_s, min=0.01, max=600),
+            embed_batch_timeout_s=env.get_float("EMBED_BATCH_TIMEOUT_S", cls.embed_batch_timeout_s, min=0.01, max=600),
+            store_timeout_s=env.get_float("STORE_TIMEOUT_S", cls.store_timeout_s, min=0.01, max=600),
+            default_top_k=default_top_k,
+            max_top_k=max_top_k,
+            attribute_top_k=env.get_int("ATTRIBUTE_TOP_K", cls.attribute_top_k, min=1, max=10),
+            max_image_bytes=env.get_int("MAX_IMAGE_BYTES", cls.max_image_bytes, min=1, max=64 * 1024 * 1024),
+            upsert_batch=env.get_int("UPSERT_BATCH", cls.upsert_batch, min=1, max=1024),
+            store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
+            grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
+            log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        )

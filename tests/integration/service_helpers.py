@@ -1,0 +1,62 @@
+"""Images (good and bad) and small helpers shared by the classifier and embedder service tests."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from PIL import Image
+
+
+def jpeg(colour: tuple[int, int, int] | str, size: tuple[int, int] = (60, 80), stripe: bool = True) -> bytes:
+    """A product-sized JPEG of one colour, with a dark stripe so it is not flat."""
+    image = Image.new("RGB", size, colour)
+    if stripe:
+        image.paste((20, 20, 20), (0, size[1] // 2, size[0], size[1] // 2 + 8))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=92)
+    return buffer.getvalue()
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+GOOD = jpeg("red")
+#: Every bad input of issue 2 that a single image can be, with a fragment of the message it must produce.
+BAD_IMAGES: dict[str, tuple[bytes, str]] = {
+    "zero bytes": (b"", "empty"),
+    "non-image bytes": (b"%PDF-1.7 definitely not a photo" * 4, "not a JPEG, PNG or WebP"),
+    "truncated JPEG": (jpeg("blue", (300, 400))[:700], "truncated or corrupt"),
+    "1x1 image": (png(Image.new("RGB", (1, 1), "white")), "both sides must be at least"),
+    "PNG declaring 20000x20000": (png_declaring(20000, 20000), "pixels"),
+}
+
+
+async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
+    reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
+    return reply.status
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -1,0 +1,293 @@
+"""The indexer job end to end against real grpc.aio services (tiny ONNX models) in this process.
+
+The job runs as a subprocess (``python -m jobs.indexer``), as ops would run it: through the gateway (Qdrant Edge),
+straight into qdrant-client's local mode, and rebuilding an Edge collection beside the gateway's live one after a
+model upgrade.  Images also come over http from a loopback http.server.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fashionsearch.v1 import gateway_pb2
+from services.embedder import server as embedder_server
+from services.embedder.settings import Settings as EmbedderSettings
+from tests.integration.gateway_stack import HOST, Stack, start_stack
+from tests.integration.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
+from tests.tiny_models import write_tiny_embedder
+
+pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")]
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[Stack]:
+    running = start_stack(tmp_path)
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _addr(server: Any) -> str:
+    return f"{HOST}:{server.port}"
+
+
+def _job_command(tmp_path: Path, *args: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "jobs.indexer",
+        *args,
+        "--rejects",
+        str(tmp_path / "rejects.csv"),
+        "--summary-json",
+        str(tmp_path / "summary.json"),
+        "--no-progress",
+    ]
+
+
+def run_job(tmp_path: Path, *args: str, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+    result = subprocess.run(
+        _job_command(tmp_path, *args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s
+    )
+    summary_path = tmp_path / "summary.json"
+    assert summary_path.exists(), f"no summary; stdout={result.stdout}\nstderr={result.stderr}"
+    summary = json.loads(summary_path.read_text())
+    summary_path.unlink()
+    return result.returncode, summary
+
+
+def _counts(summary: dict[str, Any]) -> tuple[int, int, int, int, int]:
+    return summary["added"], summary["updated"], summary["unchanged"], summary["deleted"], summary["rejected"]
+
+
+def _digests(stack: Stack) -> dict[int, str]:
+    return {d.id: d.content_hash for page in stack.stub.ListItems(gateway_pb2.ListItemsRequest(), timeout=10) for d in page.items}
+
+
+def _start_embedder(stack: Stack, tmp_path: Path, version: str) -> Any:
+    settings = EmbedderSettings(
+        port=0,
+        host=HOST,
+        model_dir=write_tiny_embedder(tmp_path / f"embedder-{version}", version=version, seed=23),
+        intra_op_threads=1,
+    )
+    return stack.threads.run(embedder_server.start(settings))
+
+
+def test_through_the_gateway_incremental_prune_and_rejects(stack: Stack, tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "ds", range(1, 41))
+    (dataset / "images" / "5.jpg").unlink()
+    (dataset / "images" / "6.jpg").write_bytes(b"not an image at all")
+    (dataset / "images" / "7.jpg").write_bytes(b"\xff\xd8\xff" + b"garbage" * 20)
+    with open(dataset / "styles.csv", "a", encoding="utf-8") as f:
+        f.write("41,Men,Apparel,Topwear,Tshirts,Blue,Summer,2012,Casual,Ok\n")  # image missing too
+        f.write("42,Men,Apparel\n")  # bad row
+        f.write("43,Men,Apparel,Topwear,Tshirts,,,2012,,No colour/season/usage: predicted\n")
+    (dataset / "images" / "43.jpg").write_bytes(product_jpeg(43))
+    gateway = _addr(stack.gateway)
+
+    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway, "--batch-size", "8")
+    assert code == 2 and first["complete"]
+    assert _counts(first) == (38, 0, 0, 0, 5)
+    rejects = (tmp_path / "rejects.csv").read_text()
+    for fragment in ("missing file", "undecodable image", "gateway refused the item", "bad row: 3 fields"):
+        assert fragment in rejects
+    stored = _digests(stack)
+    assert len(stored) == 38 and all(len(h) == 32 for h in stored.values())
+    item = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=10), timeout=5)
+    assert item.payload.name == "Product 10, size M" and item.content_hash == stored[10]
+    predicted = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=43), timeout=5).payload
+    assert predicted.base_colour and predicted.season and predicted.usage  # filled in by the classifier
+    assert predicted.article_type == "Tshirts"  # given by the manifest, kept
+
+    code, again = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway)
+    assert code == 2 and _counts(again) == (0, 0, 38, 0, 5)
+    assert again["elapsed_s"] < 10
+
+    (dataset / "images" / "8.jpg").write_bytes(product_jpeg(8, variant=3))
+    styles = (dataset / "styles.csv").read_text().replace("Product 9, size M", "Product 9, size L")
+    styles = "\n".join(line for line in styles.splitlines() if not line.startswith(("1,", "2,")))
+    (dataset / "styles.csv").write_text(styles + "\n")
+    code, changed = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway, "--prune")
+    assert code == 2 and _counts(changed) == (0, 2, 34, 2, 5)
+    after = _digests(stack)
+    assert set(after) == set(stored) - {1, 2}
+    assert after[8] != stored[8] and after[9] != stored[9] and after[10] == stored[10]
+
+
+def test_images_over_http_with_unreachable_urls(stack: Stack, tmp_path: Path) -> None:
+    www = tmp_path / "www"
+    www.mkdir()
+    for i in range(1, 6):
+        (www / f"{i}.jpg").write_bytes(product_jpeg(i))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
+    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
+    server = http.server.ThreadingHTTPServer((HOST, 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://{HOST}:{server.server_address[1]}"
+    records = [{"id": i, "image": f"{base}/{i}.jpg", "name": f"P{i}", "gender": "Men"} for i in range(1, 6)]
+    records.append({"id": 6, "image": f"{base}/missing.jpg", "name": "404"})
+    records.append({"id": 7, "image": "http://127.0.0.1:9/nothing.jpg", "name": "closed port"})
+    manifest = write_jsonl(tmp_path / "products.jsonl", records)
+    try:
+        code, summary = run_job(
+            tmp_path, "--manifest", str(manifest), "--gateway", _addr(stack.gateway), "--url-timeout-s", "5"
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 2 and _counts(summary) == (5, 0, 0, 0, 2)
+    rejects = (tmp_path / "rejects.csv").read_text()
+    assert "HTTP 404" in rejects and rejects.count("unreachable URL") == 2
+    assert stack.stub.GetItem(gateway_pb2.GetItemRequest(id=3), timeout=5).payload.image_ref == f"{base}/3.jpg"
+
+
+def test_direct_to_qdrant_local_mode_with_model_upgrade(stack: Stack, tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    dataset = write_dataset(tmp_path / "ds", range(1, 31))
+    qdrant = tmp_path / "qdrant"
+    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--classifier", _addr(stack.classifier)]
+
+    code, first = run_job(tmp_path, *base_args, "--embedder", _addr(stack.embedder))
+    assert code == 0 and _counts(first) == (30, 0, 0, 0, 0)
+    assert "alias catalogue switched to catalogue--tiny-embedder-tiny-1" in first["notes"]
+    code, again = run_job(tmp_path, *base_args, "--embedder", _addr(stack.embedder))
+    assert code == 0 and _counts(again) == (0, 0, 30, 0, 0)
+
+    upgraded = _start_embedder(stack, tmp_path, "tiny-2")
+    try:
+        code, staged = run_job(tmp_path, *base_args, "--embedder", _addr(upgraded), "--no-switch")
+        assert code == 0 and _counts(staged) == (30, 0, 0, 0, 0)
+        client = QdrantClient(path=str(qdrant))
+        try:  # the alias still serves the complete old catalogue
+            alias = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+            assert alias == {"catalogue": "catalogue--tiny-embedder-tiny-1"}
+            assert client.count("catalogue").count == 30
+        finally:
+            client.close()
+        code, switched = run_job(tmp_path, *base_args, "--embedder", _addr(upgraded), "--keep-old")
+        assert code == 0 and _counts(switched) == (0, 0, 30, 0, 0)  # resumed: nothing embedded twice
+    finally:
+        stack.threads.run(upgraded.stop(0))
+    client = QdrantClient(path=str(qdrant))
+    try:
+        alias = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
+        assert alias == {"catalogue": "catalogue--tiny-embedder-tiny-2"}
+        assert client.count("catalogue").count == 30
+        assert client.collection_exists("catalogue--tiny-embedder-tiny-1")  # --keep-old
+        meta = client.get_collection("catalogue").config.metadata["fashionsearch"]
+        assert meta["embedder_version"] == "tiny-2"
+        point = client.retrieve("catalogue", [7], with_payload=True)[0]
+        assert point.payload["name"] == "Product 7, size M" and len(point.payload["content_hash"]) == 32
+    finally:
+        client.close()
+
+
+def test_edge_rebuild_beside_the_live_gateway_then_switch(stack: Stack, tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "ds", range(1, 26))
+    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", _addr(stack.gateway))
+    assert code == 0 and first["added"] == 25
+    store = stack.gateway_settings.data_dir
+    upgraded = _start_embedder(stack, tmp_path, "tiny-2")
+    try:
+        rebuild = ["--dataset", str(dataset), "--edge-dir", str(store), "--embedder", _addr(upgraded)]
+        code, staged = run_job(tmp_path, *rebuild, "--no-switch", "--classifier", _addr(stack.classifier))
+        assert code == 0 and staged["added"] == 25
+        stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+        assert stats.stored_embedder.version == "tiny-1" and stats.item_count == 25  # searches see the old one
+
+        code, switched = run_job(tmp_path, *rebuild)
+        assert code == 0 and _counts(switched) == (0, 0, 25, 0, 0)
+        assert any("dropped" in note for note in switched["notes"])
+    finally:
+        stack.threads.run(upgraded.stop(0))
+    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+    assert stats.stored_embedder.version == "tiny-2" and stats.item_count == 25
+    assert not (store / "catalogue").exists()
+    assert json.loads((store / "catalogue.alias").read_text()) == {"collection": "catalogue--tiny-embedder-tiny-2"}
+
+
+def _kill_when(process: subprocess.Popen[str], ready: Any, timeout_s: float = 60) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if ready():
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(10)
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_mid_run_then_resume_through_the_gateway(stack: Stack, tmp_path: Path) -> None:
+    total = 600
+    dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
+    args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
+
+    def count() -> int:
+        return stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
+
+    process = subprocess.Popen(_job_command(tmp_path, *args), cwd=REPO_ROOT, text=True)
+    assert _kill_when(process, lambda: count() >= 60), "the job finished before it could be killed"
+    assert process.returncode == -signal.SIGKILL
+    time.sleep(0.5)  # let the gateway finish the items it had already received
+    stored_at_kill = count()
+    assert 60 <= stored_at_kill < total
+
+    code, resumed = run_job(tmp_path, *args)
+    assert code == 0 and resumed["complete"]
+    assert resumed["unchanged"] == stored_at_kill  # completed items were not embedded again
+    assert resumed["added"] == total - stored_at_kill
+    digests = _digests(stack)
+    assert sorted(digests) == list(range(1, total + 1))  # none lost, none duplicated
+    assert count() == total and all(len(h) == 32 for h in digests.values())
+
+
+@pytest.mark.slow
+def test_sigkill_during_an_edge_rebuild_then_resume_and_switch(stack: Stack, tmp_path: Path) -> None:
+    total = 1500
+    dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
+    store = stack.gateway_settings.data_dir
+    args = [
+        "--dataset", str(dataset), "--edge-dir", str(store), "--embedder", _addr(stack.embedder),
+        "--batch-size", "8", "--inflight", "1",
+    ]  # fmt: skip
+    rejects_dir = tmp_path / "killed"
+    rejects_dir.mkdir()
+    process = subprocess.Popen(_job_command(rejects_dir, *args), cwd=REPO_ROOT, text=True)
+    shard_dir = store / "catalogue--tiny-embedder-tiny-1" / "shard"
+    # Killed some time after the new collection appeared: at an arbitrary point of the rebuild.
+    assert _kill_when(process, lambda: shard_dir.exists() and time.sleep(0.3) is None)
+    assert not (store / "catalogue.alias").exists()  # killed before the switch
+
+    code, resumed = run_job(tmp_path, *args)
+    assert code == 0 and resumed["added"] + resumed["unchanged"] == total
+    assert 0 < resumed["unchanged"] < total  # what was written before the kill survived it
+    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+    assert stats.item_count == total
+    assert sorted(_digests(stack)) == list(range(1, total + 1))
+
+
+def test_the_job_fails_cleanly_when_the_gateway_is_down(tmp_path: Path) -> None:
+    dataset = write_dataset(tmp_path / "ds", range(1, 4))
+    started = time.monotonic()
+    code, summary = run_job(tmp_path, "--dataset", str(dataset), "--gateway", "127.0.0.1:9", "--timeout-s", "1")
+    assert code == 1 and not summary["complete"] and "GetStats" in summary["error"]
+    assert time.monotonic() - started < 60

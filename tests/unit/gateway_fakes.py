@@ -1,0 +1,107 @@
+"""Fakes for the gateway's ports, shared by the gateway unit tests."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+
+import numpy as np
+
+from fashionsearch.errors import FashionSearchError, InvalidArgument
+from services.gateway.domain import AttributePrediction, Classification, Embedding, LabelScore, ModelId
+
+CLASSIFIER_MODEL = ModelId("fake-classifier", "c1", "aa")
+EMBEDDER_MODEL = ModelId("fake-embedder", "e1", "bb")
+DIM = 4
+
+
+def image(name: str) -> bytes:
+    """Bytes the fakes treat as an image; anything starting with b"bad" is refused like an undecodable image."""
+    return f"img:{name}".encode()
+
+
+def vector_for(data: bytes) -> np.ndarray:
+    digest = hashlib.sha256(data).digest()
+    return np.frombuffer(digest[: 4 * DIM], dtype=np.uint32).astype(np.float32)[:DIM] / 2**32
+
+
+class FakeClassifier:
+    def __init__(self, labels: dict[str, str] | None = None) -> None:
+        self.labels = labels or {
+            "gender": "Men",
+            "baseColour": "Navy Blue",
+            "usage": "Casual",
+            "articleType": "Shirts",
+            "subCategory": "Topwear",
+            "masterCategory": "Apparel",
+        }
+        self.error: FashionSearchError | None = None
+        self.delay_s = 0.0
+        self.calls = 0
+        self.cancelled = False
+
+    async def classify(self, data: bytes) -> Classification:
+        self.calls += 1
+        try:
+            await asyncio.sleep(self.delay_s)
+        except asyncio.CancelledError:
+            self.cancelled = True
+            raise
+        if self.error is not None:
+            raise self.error
+        if data.startswith(b"bad"):
+            raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+        return Classification(
+            attributes=tuple(
+                AttributePrediction(attribute=k, labels=(LabelScore(v, 0.9), LabelScore("Other", 0.1)))
+                for k, v in self.labels.items()
+            ),
+            model=CLASSIFIER_MODEL,
+        )
+
+    async def model(self) -> ModelId | None:
+        return None if self.error else CLASSIFIER_MODEL
+
+
+class FakeEmbedder:
+    def __init__(self, model: ModelId = EMBEDDER_MODEL) -> None:
+        self.model_id = model
+        self.error: FashionSearchError | None = None
+        self.vectors: dict[bytes, np.ndarray] = {}
+        self.calls = 0
+        self.batches: list[int] = []
+
+    async def embed(self, data: bytes) -> Embedding:
+        self.calls += 1
+        await asyncio.sleep(0)
+        if self.error is not None:
+            raise self.error
+        if data.startswith(b"bad"):
+            raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+        return Embedding(vector=self.vectors.get(data, vector_for(data)), model=self.model_id)
+
+    async def embed_batch(self, images: list[bytes]) -> list[Embedding | FashionSearchError]:
+        self.batches.append(len(images))
+        await asyncio.sleep(0)
+        if self.error is not None:
+            raise self.error
+        return [
+            InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+            if data.startswith(b"bad")
+            else Embedding(vector=self.vectors.get(data, vector_for(data)), model=self.model_id)
+            for data in images
+        ]
+
+    async def model(self) -> ModelId | None:
+        return None if self.error else self.model_id
+
+
+def run_async(fn):
+    """Run an async test function in a fresh event loop (the project has no asyncio pytest plugin)."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return asyncio.run(fn(*args, **kwargs))
+
+    return wrapper

@@ -1,0 +1,270 @@
+"""Gateway use cases with fake classifier/embedder and the in-memory reference store."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+
+import numpy as np
+import pytest
+from gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, run_async, vector_for
+
+from fashionsearch.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from fashionsearch.store import StoreUnavailableError
+from fashionsearch.store.brute import BruteForceIndex
+from services.gateway.domain import CatalogueItem, FilterMode, ModelId, SearchOptions
+from services.gateway.service import GatewayService, Limits
+
+CATALOGUE = [
+    (1, "Topwear", "Shirts", "Puma Men Navy Blue Casual Shirt"),
+    (2, "Topwear", "Tshirts", "Nike Men Navy Blue Polo T-shirt"),
+    (3, "Bottomwear", "Jeans", "Levis Men Blue Jeans"),
+    (4, "Topwear", "Shirts", "Wrangler Men Navy Blue Checked Casual Shirt"),
+    (5, "Shoes", "Casual Shoes", "Puma Men Black Casual Shoes"),
+]
+
+
+async def _stream(items: Iterable[CatalogueItem]) -> AsyncIterator[CatalogueItem]:
+    for item in items:
+        yield item
+
+
+def _item(pid: int, sub: str = "Topwear", article: str = "Shirts", name: str = "") -> CatalogueItem:
+    return CatalogueItem(
+        id=pid,
+        image=image(str(pid)),
+        payload={"name": name or f"Brand Men Item {pid}", "subCategory": sub, "articleType": article, "year": 2012},
+    )
+
+
+@pytest.fixture
+def fakes():
+    return FakeClassifier(), FakeEmbedder(), BruteForceIndex()
+
+
+@pytest.fixture
+def service(fakes):
+    classifier, embedder, index = fakes
+    return GatewayService(classifier, embedder, index, Limits(max_top_k=10, max_image_bytes=1000))
+
+
+async def _load(service: GatewayService, items=None) -> list:
+    items = items if items is not None else [_item(p, s, a, n) for p, s, a, n in CATALOGUE]
+    return [o async for o in service.upsert(_stream(items))]
+
+
+@run_async
+async def test_search_filters_by_predicted_subcategory_and_names_the_item(service, fakes):
+    await _load(service)
+    fakes[1].vectors[image("query")] = vector_for(image("4")) + 0.001
+    result = await service.search(image("query"), SearchOptions())
+    assert result.applied_filters == {"subCategory": ("Topwear",)}
+    assert [h.id for h in result.hits][0] == 4
+    assert {h.id for h in result.hits} == {1, 2, 4}
+    assert result.hits[0].distance == pytest.approx(0.002, rel=1e-3)
+    assert result.suggested_name == "Men Navy Blue Casual Shirts"
+    assert result.keywords[:2] == ("shirts", "shirt")
+    assert "casual" in result.keywords and "puma" not in result.keywords and "wrangler" not in result.keywords
+    assert result.embedder_model == EMBEDDER_MODEL
+
+
+@run_async
+async def test_search_modes_and_top_k(service):
+    await _load(service)
+    unfiltered = await service.search(image("q"), SearchOptions(mode=FilterMode.NONE, top_k=3))
+    assert len(unfiltered.hits) == 3 and unfiltered.applied_filters == {}
+    explicit = await service.search(
+        image("q"),
+        SearchOptions(mode=FilterMode.EXPLICIT, filters=(("articleType", ("Jeans", "Casual Shoes")),)),
+    )
+    assert {h.id for h in explicit.hits} == {3, 5}
+    assert explicit.applied_filters == {"articleType": ("Jeans", "Casual Shoes")}
+    assert len((await service.search(image("q"), SearchOptions(mode=FilterMode.NONE))).hits) == 5  # default
+
+
+@pytest.mark.parametrize(
+    ("data", "options", "message"),
+    [
+        (b"", SearchOptions(), "empty"),
+        (b"x" * 1001, SearchOptions(), "more than the limit of 1000 bytes"),
+        (image("q"), SearchOptions(top_k=0), "between 1 and 10, got 0"),
+        (image("q"), SearchOptions(top_k=-1), "got -1"),
+        (image("q"), SearchOptions(top_k=11), "got 11"),
+        (image("q"), SearchOptions(mode=FilterMode.EXPLICIT, filters=(("colour", ("Red",)),)), "unknown filter"),
+        (image("q"), SearchOptions(mode=FilterMode.EXPLICIT), "at least one filter"),
+        (image("q"), SearchOptions(filters=(("gender", ("Men",)),)), "only allowed with the explicit"),
+        (image("q"), SearchOptions(mode=FilterMode.EXPLICIT, filters=(("gender", ("",)),)), "no values"),
+        (
+            image("q"),
+            SearchOptions(mode=FilterMode.EXPLICIT, filters=(("gender", ("Men",)), ("gender", ("Women",)))),
+            "given twice",
+        ),
+        (b"bad image", SearchOptions(), "not a JPEG"),
+    ],
+)
+@run_async
+async def test_search_rejects_bad_input(service, fakes, data, options, message):
+    with pytest.raises(InvalidArgument, match=message):
+        await service.search(data, options)
+
+
+@run_async
+async def test_bad_requests_do_not_reach_the_models(service, fakes):
+    with pytest.raises(InvalidArgument):
+        await service.search(image("q"), SearchOptions(top_k=0))
+    assert fakes[0].calls == 0 and fakes[1].calls == 0
+
+
+@run_async
+async def test_a_failing_dependency_cancels_the_other_call(service, fakes):
+    classifier, embedder, _ = fakes
+    classifier.delay_s = 10
+    embedder.error = Unavailable("the embedder is unavailable")
+    with pytest.raises(Unavailable, match="embedder"):
+        await asyncio.wait_for(service.search(image("q"), SearchOptions()), 2)
+    assert classifier.cancelled
+
+
+@run_async
+async def test_search_on_an_empty_catalogue_returns_predictions_only(service):
+    result = await service.search(image("q"), SearchOptions())
+    assert result.hits == () and result.suggested_name == "Men Navy Blue Casual Shirts"
+
+
+@run_async
+async def test_search_with_another_embedder_version_is_a_failed_precondition(fakes):
+    classifier, embedder, index = fakes
+    service = GatewayService(classifier, embedder, index)
+    await _load(service)
+    embedder.model_id = ModelId("fake-embedder", "e2")
+    with pytest.raises(FailedPrecondition, match="fake-embedder@e1.*fake-embedder@e2"):
+        await service.search(image("q"), SearchOptions())
+    outcomes = await _load(service, [_item(9)])
+    assert outcomes[0].error is not None and isinstance(outcomes[0].error, FailedPrecondition)
+
+
+@run_async
+async def test_search_by_id_excludes_the_item_and_uses_its_subcategory(service):
+    await _load(service)
+    result = await service.search_by_id(1, SearchOptions())
+    assert 1 not in [h.id for h in result.hits]
+    assert {h.id for h in result.hits} == {2, 4}
+    assert result.applied_filters == {"subCategory": ("Topwear",)}
+    everything = await service.search_by_id(1, SearchOptions(mode=FilterMode.NONE, top_k=10))
+    assert sorted(h.id for h in everything.hits) == [2, 3, 4, 5]
+    with pytest.raises(NotFound, match="404"):
+        await service.search_by_id(404, SearchOptions())
+    with pytest.raises(InvalidArgument, match="product id"):
+        await service.search_by_id(0, SearchOptions())
+
+
+@run_async
+async def test_upsert_reports_each_item_and_goes_on_after_a_bad_one(service, fakes):
+    items = [_item(1), CatalogueItem(id=2, image=b"bad bytes"), CatalogueItem(id=3, image=b""), _item(4)]
+    items.append(CatalogueItem(id=0, image=image("0")))
+    outcomes = await _load(service, items)
+    assert [o.id for o in outcomes] == [1, 2, 3, 4, 0]
+    assert [o.error is None for o in outcomes] == [True, False, False, True, False]
+    assert "not a JPEG" in outcomes[1].error.message and "empty" in outcomes[2].error.message
+    assert fakes[2].count() == 2
+    stored = await service.get(1)
+    assert stored.payload["subCategory"] == "Topwear" and stored.payload["year"] == 2012
+
+
+@run_async
+async def test_upsert_batches_what_arrives_together_and_keeps_order(fakes):
+    classifier, embedder, index = fakes
+    service = GatewayService(classifier, embedder, index, Limits(upsert_batch=3))
+    outcomes = await _load(service, [_item(i) for i in range(1, 21)])
+    assert [o.id for o in outcomes] == list(range(1, 21)) and all(o.error is None for o in outcomes)
+    assert max(embedder.batches) <= 3 and sum(embedder.batches) == 20
+    again = await _load(service, [_item(i) for i in range(1, 21)])  # idempotent
+    assert all(o.error is None for o in again) and index.count() == 20
+
+
+@run_async
+async def test_upsert_answers_a_slow_stream_item_by_item(service):
+    async def slow() -> AsyncIterator[CatalogueItem]:
+        for i in (1, 2, 3):
+            yield _item(i)
+            await asyncio.sleep(0.01)
+
+    seen = [o.id async for o in service.upsert(slow())]
+    assert seen == [1, 2, 3]
+
+
+@run_async
+async def test_a_broken_request_stream_ends_the_upsert_with_its_error(service, fakes):
+    async def broken() -> AsyncIterator[CatalogueItem]:
+        yield _item(1)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        async for _ in service.upsert(broken()):
+            pass
+
+
+@run_async
+async def test_upsert_with_the_embedder_down_fails_items_not_the_stream(service, fakes):
+    fakes[1].error = Unavailable("the embedder is unavailable")
+    outcomes = await _load(service, [_item(1), _item(2)])
+    assert all(isinstance(o.error, Unavailable) for o in outcomes)
+
+
+@run_async
+async def test_delete_get_and_stats(service):
+    await _load(service)
+    stats = await service.stats()
+    assert stats.item_count == 5 and stats.stored_embedder == EMBEDDER_MODEL.identity
+    assert stats.running_embedder == EMBEDDER_MODEL and stats.classifier.name == "fake-classifier"
+    assert await service.delete([1, 2, 999]) == 3
+    with pytest.raises(NotFound):
+        await service.get(1)
+    assert (await service.get(3)).payload["articleType"] == "Jeans"
+
+
+@run_async
+async def test_stats_answer_with_dependencies_down(service, fakes):
+    fakes[0].error = Unavailable("down")
+    fakes[1].error = Unavailable("down")
+    stats = await service.stats()
+    assert stats.item_count == 0 and stats.running_embedder is None and stats.classifier is None
+
+
+@run_async
+async def test_a_slow_store_is_a_deadline(fakes):
+    classifier, embedder, index = fakes
+
+    class SlowIndex(BruteForceIndex):
+        def count(self) -> int:
+            import time
+
+            time.sleep(0.5)
+            return 0
+
+    service = GatewayService(classifier, embedder, SlowIndex(), Limits(store_timeout_s=0.05))
+    with pytest.raises(DeadlineExceeded, match="vector store"):
+        await service.stats()
+
+
+@run_async
+async def test_a_broken_store_is_unavailable(fakes):
+    classifier, embedder, _ = fakes
+
+    class BrokenIndex(BruteForceIndex):
+        def retrieve(self, ids):
+            raise StoreUnavailableError("Qdrant did not answer: connection refused")
+
+    service = GatewayService(classifier, embedder, BrokenIndex())
+    with pytest.raises(Unavailable, match="connection refused"):
+        await service.get(1)
+
+
+def test_vector_for_is_deterministic():
+    assert vector_for(b"a").shape == (DIM,) and np.array_equal(vector_for(b"a"), vector_for(b"a"))

@@ -1,0 +1,248 @@
+"""Image decoding: every accepted format becomes RGB, every bad input is a clear InvalidArgument."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from fashionsearch.errors import InvalidArgument
+from fashionsearch.images import ImageLimits, decode_image, decode_images, to_rgb
+
+
+def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **params)
+    return buffer.getvalue()
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    return Image.fromarray(pixels)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """A tiny PNG file whose header claims width x height RGB pixels (its data is a few bytes)."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + png_chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def jpeg_bytes() -> bytes:
+    return encode(noise(120, 160), "JPEG", quality=90)
+
+
+# --- refused inputs -------------------------------------------------------------------------------------------
+
+
+def test_zero_bytes_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="empty"):
+        decode_image(b"")
+
+
+def test_non_image_bytes_are_refused() -> None:
+    with pytest.raises(InvalidArgument, match="not a JPEG, PNG or WebP"):
+        decode_image(b"this is a text file, not a photo\n" * 10)
+
+
+def test_truncated_jpeg_is_refused(jpeg_bytes: bytes) -> None:
+    with pytest.raises(InvalidArgument, match="truncated or corrupt"):
+        decode_image(jpeg_bytes[: len(jpeg_bytes) // 2])
+
+
+def test_png_signature_with_garbage_is_refused() -> None:
+    with pytest.raises(InvalidArgument):
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00garbage" * 20)
+
+
+def test_one_by_one_image_is_refused_with_the_minimum_side() -> None:
+    with pytest.raises(InvalidArgument, match=r"1x1 pixels; both sides must be at least 8"):
+        decode_image(encode(Image.new("RGB", (1, 1), "red"), "PNG"))
+
+
+def test_min_side_is_configurable() -> None:
+    image = decode_image(encode(Image.new("RGB", (1, 1), "red"), "PNG"), ImageLimits(min_side=1))
+    assert image.size == (1, 1)
+    assert image.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_png_declaring_20000_by_20000_pixels_is_refused_from_its_header() -> None:
+    data = png_declaring(20000, 20000)
+    assert len(data) < 200
+    with pytest.raises(InvalidArgument, match="pixels"):
+        decode_image(data)
+
+
+def test_pixel_limit_below_pillows_own_guard() -> None:
+    data = png_declaring(8000, 6000)  # 48 MP: under Pillow's guard, over our default limit of 40 MP
+    with pytest.raises(InvalidArgument, match="8000x6000 = 48000000 pixels, more than the limit of 40000000"):
+        decode_image(data)
+    with pytest.raises(InvalidArgument, match="more than the limit of 5000"):
+        decode_image(encode(noise(100, 100), "PNG"), ImageLimits(max_pixels=5000))
+
+
+def test_byte_limit(jpeg_bytes: bytes) -> None:
+    with pytest.raises(InvalidArgument, match=f"image is {len(jpeg_bytes)} bytes, more than the limit of 100 bytes"):
+        decode_image(jpeg_bytes, ImageLimits(max_bytes=100))
+
+
+def test_default_byte_limit_is_10_mb() -> None:
+    assert ImageLimits().max_bytes == 10 * 1024 * 1024
+    with pytest.raises(InvalidArgument, match="more than the limit of 10485760 bytes"):
+        decode_image(b"\xff\xd8" + b"\x00" * (10 * 1024 * 1024))
+
+
+@pytest.mark.parametrize("fmt", ["BMP", "GIF", "TIFF"])
+def test_formats_outside_the_contract_are_refused(fmt: str) -> None:
+    with pytest.raises(InvalidArgument, match="not a JPEG, PNG or WebP"):
+        decode_image(encode(noise(20, 20), fmt))
+
+
+# --- accepted inputs ------------------------------------------------------------------------------------------
+
+
+def test_jpeg(jpeg_bytes: bytes) -> None:
+    image = decode_image(jpeg_bytes)
+    assert image.mode == "RGB"
+    assert image.size == (120, 160)
+
+
+def test_webp() -> None:
+    image = decode_image(encode(Image.new("RGB", (30, 40), (0, 200, 0)), "WEBP", lossless=True))
+    assert image.mode == "RGB"
+    assert image.getpixel((5, 5)) == (0, 200, 0)
+
+
+def test_greyscale_becomes_rgb() -> None:
+    image = decode_image(encode(Image.new("L", (20, 20), 77), "PNG"))
+    assert image.mode == "RGB"
+    assert image.getpixel((3, 3)) == (77, 77, 77)
+
+
+def test_16_bit_greyscale_png_is_scaled_not_clipped() -> None:
+    grey16 = Image.fromarray(np.full((20, 20), 32768, dtype=np.uint16))
+    image = decode_image(encode(grey16, "PNG"))
+    assert image.mode == "RGB"
+    assert image.getpixel((0, 0)) == (128, 128, 128)
+
+
+def test_cmyk_jpeg_becomes_rgb() -> None:
+    cyan = Image.new("CMYK", (32, 32), (255, 0, 0, 0))
+    image = decode_image(encode(cyan, "JPEG", quality=95))
+    assert image.mode == "RGB"
+    r, g, b = image.getpixel((16, 16))
+    assert r < 30 and g > 225 and b > 225
+
+
+def test_palette_png_with_transparency_goes_on_white() -> None:
+    palette_image = Image.new("P", (20, 20), 1)
+    palette_image.putpalette([0, 0, 0, 200, 0, 0] + [0, 0, 0] * 254)
+    for x in range(10):
+        for y in range(20):
+            palette_image.putpixel((x, y), 0)
+    data = encode(palette_image, "PNG", transparency=0)  # palette index 0 is fully transparent
+    assert Image.open(io.BytesIO(data)).mode == "P"
+    image = decode_image(data)
+    assert image.mode == "RGB"
+    assert image.getpixel((2, 2)) == (255, 255, 255)
+    assert image.getpixel((15, 2)) == (200, 0, 0)
+
+
+def test_rgba_png_is_composited_on_white() -> None:
+    rgba = Image.new("RGBA", (20, 20), (0, 0, 255, 0))
+    rgba.paste((0, 0, 255, 255), (10, 0, 20, 20))
+    image = decode_image(encode(rgba, "PNG"))
+    assert image.getpixel((2, 2)) == (255, 255, 255)
+    assert image.getpixel((15, 2)) == (0, 0, 255)
+
+
+def test_exif_orientation_is_applied() -> None:
+    stored = Image.new("RGB", (40, 20), (255, 0, 0))
+    stored.paste((0, 0, 255), (20, 0, 40, 20))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    image = decode_image(encode(stored, "JPEG", quality=95, exif=exif.tobytes()))
+    assert image.size == (20, 40)
+    top, bottom = image.getpixel((10, 5)), image.getpixel((10, 35))
+    assert top[0] > 200 and top[2] < 60  # red went to the top
+    assert bottom[2] > 200 and bottom[0] < 60
+
+
+def test_twelve_megapixel_jpeg_is_decoded_in_draft_mode() -> None:
+    photo = Image.new("RGB", (4000, 3000), (180, 40, 40))
+    photo.paste((20, 20, 160), (2000, 0, 4000, 3000))
+    data = encode(photo, "JPEG", quality=85)
+    image = decode_image(data, target_size=(60, 80))
+    # Draft mode decodes at 1/8 scale: still at least twice the model size, far fewer pixels than 12 MP.
+    assert image.size == (500, 375)
+    assert image.mode == "RGB"
+    assert image.getpixel((100, 100))[0] > 150 and image.getpixel((400, 100))[2] > 130
+    # Without a target size the full image is decoded.
+    assert decode_image(data).size == (4000, 3000)
+
+
+def test_to_rgb_keeps_rgb_images_as_they_are() -> None:
+    image = Image.new("RGB", (4, 4))
+    assert to_rgb(image) is image
+
+
+def test_decode_images_reports_bad_items_without_failing_the_batch(jpeg_bytes: bytes) -> None:
+    results = decode_images([jpeg_bytes, b"", b"nope", jpeg_bytes])
+    assert isinstance(results[0], Image.Image) and isinstance(results[3], Image.Image)
+    assert isinstance(results[1], InvalidArgument) and "empty" in results[1].message
+    assert isinstance(results[2], InvalidArgument)
+
+
+# --- robustness: nothing but a picture or InvalidArgument comes out ---------------------------------------------
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.binary(max_size=2048))
+def test_random_bytes_never_escape_as_other_errors(data: bytes) -> None:
+    try:
+        image = decode_image(data)
+    except InvalidArgument:
+        return
+    assert image.mode == "RGB"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    fmt=st.sampled_from(["JPEG", "PNG", "WEBP"]),
+    cut=st.integers(min_value=0, max_value=4000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+)
+def test_damaged_images_never_escape_as_other_errors(fmt: str, cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(encode(noise(40, 50, seed=1), fmt))
+    for position, value in flips:
+        data[position % len(data)] = value
+    data = data[: max(1, len(data) - cut)]
+    try:
+        image = decode_image(bytes(data))
+    except InvalidArgument:
+        return
+    assert image.mode == "RGB"
+
+
+def test_multi_picture_jpeg_from_phone_cameras_uses_draft_mode_too() -> None:
+    front, back = Image.new("RGB", (2000, 1600), (250, 0, 0)), Image.new("RGB", (2000, 1600), (0, 0, 250))
+    buffer = io.BytesIO()
+    front.save(buffer, format="MPO", save_all=True, append_images=[back])
+    image = decode_image(buffer.getvalue(), target_size=(60, 80))
+    assert image.size == (250, 200)  # 1/8 scale, first picture
+    assert image.getpixel((10, 10))[0] > 240

@@ -1,0 +1,87 @@
+"""Collection aliases used by the indexer's rebuild: Edge pointer files, Qdrant native aliases, and a reader that
+follows an Edge alias switch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from qdrant_client import QdrantClient
+
+from fashionsearch.store import EmbedderIdentity, StoredPoint, open_index
+from fashionsearch.store.aliases import EdgeCatalog, FollowingEdgeIndex, QdrantCatalog, versioned_name
+from fashionsearch.store.base import StoreError
+
+V1 = EmbedderIdentity("emb", "1")
+V2 = EmbedderIdentity("emb", "2.0/beta")
+
+
+def _fill(index, identity: EmbedderIdentity, ids: range, value: float) -> None:
+    index.ensure_collection(4, identity)
+    index.upsert([StoredPoint(i, np.full(4, value, dtype=np.float32), {"content_hash": f"h{i}"}) for i in ids])
+
+
+def test_versioned_names_are_plain_and_distinct() -> None:
+    assert versioned_name("catalogue", V1) == "catalogue--emb-1"
+    assert versioned_name("catalogue", V2) == "catalogue--emb-2-0-beta"
+
+
+def test_edge_alias_switch_is_followed_by_a_reader(tmp_path: Path) -> None:
+    catalog = EdgeCatalog(tmp_path)
+    assert catalog.resolve("catalogue") is None
+    # The layout before any switch: a plain collection directory named like the alias.
+    plain = catalog.open("catalogue")
+    _fill(plain, V1, range(1, 4), 1.0)
+    plain.close()
+    assert catalog.resolve("catalogue") == "catalogue"
+
+    reader = open_index(data_dir=str(tmp_path), collection="catalogue")
+    assert isinstance(reader, FollowingEdgeIndex)
+    assert reader.count() == 3 and reader.info().embedder == V1
+
+    new = catalog.open(versioned_name("catalogue", V2))
+    _fill(new, V2, range(1, 6), 2.0)
+    assert catalog.info(versioned_name("catalogue", V2)).embedder == V2
+    catalog.release(new)
+    assert reader.count() == 3  # not switched yet: the reader still sees the complete old catalogue
+
+    catalog.switch("catalogue", versioned_name("catalogue", V2))
+    assert catalog.resolve("catalogue") == versioned_name("catalogue", V2)
+    assert reader.count() == 5 and reader.info().embedder == V2
+    assert reader.collection == versioned_name("catalogue", V2)
+    assert [h.id for h in reader.search(np.full(4, 2.0), 2)] and sorted(i for i, _ in reader.scroll()) == [1, 2, 3, 4, 5]
+    catalog.drop("catalogue")
+    assert reader.count() == 5
+    reader.close()
+    reader.close()
+
+    with pytest.raises(StoreError):
+        catalog.switch("catalogue", "no-such-collection")
+    (tmp_path / "catalogue.alias").write_text("{bad json", encoding="utf-8")
+    with pytest.raises(StoreError, match="alias file"):
+        catalog.resolve("catalogue")
+
+
+@pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
+def test_qdrant_alias_switch_is_atomic_and_replaces_a_plain_collection() -> None:
+    client = QdrantClient(":memory:")
+    catalog = QdrantCatalog(client)
+    plain = catalog.open("catalogue")
+    _fill(plain, V1, range(1, 4), 1.0)
+    assert catalog.resolve("catalogue") == "catalogue"
+
+    first = versioned_name("catalogue", V1)
+    _fill(catalog.open(first), V1, range(1, 4), 1.0)
+    catalog.switch("catalogue", first)  # drops the plain collection, then creates the alias
+    assert catalog.resolve("catalogue") == first
+
+    second = versioned_name("catalogue", V2)
+    _fill(catalog.open(second), V2, range(1, 8), 2.0)
+    catalog.switch("catalogue", second)
+    assert catalog.resolve("catalogue") == second
+    assert catalog.open("catalogue").count() == 7  # reading through the alias
+    assert catalog.info(second).embedder == V2
+    catalog.drop(first)
+    assert not client.collection_exists(first)
+    catalog.close()

@@ -1,0 +1,121 @@
+"""OnnxModel refuses a model.onnx that does not match its model.json, listing every difference."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fashionsearch.model_contract import ModelContractError, file_sha256
+from fashionsearch.onnx_model import OnnxModel
+from tests.tiny_models import DEFAULT_HEADS, head_output_name, write_tiny_classifier, write_tiny_embedder
+
+
+def edit_spec(model_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:
+    path = model_dir / "model.json"
+    data = json.loads(path.read_text())
+    change(data)
+    path.write_text(json.dumps(data))
+
+
+def test_tiny_classifier_loads_runs_and_warms_up(tmp_path: Path) -> None:
+    model = OnnxModel(write_tiny_classifier(tmp_path), expected_kind="classifier")
+    model.warm_up(batch_size=2)
+    assert model.identity.name == "tiny-classifier" and model.identity.version == "tiny-1"
+    assert model.identity.sha256 == file_sha256(tmp_path / "model.onnx")
+    assert model.input_size == (60, 80)
+    outputs = model.run(np.random.default_rng(0).random((3, 80, 60, 3), dtype=np.float32))
+    assert set(outputs) == {head_output_name(a) for a in DEFAULT_HEADS}
+    for attribute, labels in DEFAULT_HEADS.items():
+        probabilities = outputs[head_output_name(attribute)]
+        assert probabilities.shape == (3, len(labels))
+        np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_tiny_embedder_loads_and_runs(tmp_path: Path) -> None:
+    model = OnnxModel(write_tiny_embedder(tmp_path, dim=24, version="v9"), expected_kind="embedder")
+    model.warm_up()
+    assert str(model.identity) == "tiny-embedder:v9"
+    assert model.run(np.zeros((5, 80, 60, 3), dtype=np.float32))["embedding"].shape == (5, 24)
+
+
+def test_sha256_mismatch_names_both_hashes(tmp_path: Path) -> None:
+    write_tiny_classifier(tmp_path)
+    edit_spec(tmp_path, lambda d: d.update(onnx_sha256="0" * 64))
+    with pytest.raises(ModelContractError, match=r"onnx_sha256 expected 0{64}, the file has [0-9a-f]{64}"):
+        OnnxModel(tmp_path)
+
+
+def test_every_signature_difference_is_listed(tmp_path: Path) -> None:
+    write_tiny_classifier(tmp_path)
+
+    def break_spec(data: dict[str, Any]) -> None:
+        data["input"]["name"] = "pixels"
+        data["input"]["height"] = 64
+        data["outputs"][0]["name"] = "no_such_output"
+        data["outputs"][1]["labels"] = ["only", "two"]
+
+    edit_spec(tmp_path, break_spec)
+    with pytest.raises(ModelContractError) as caught:
+        OnnxModel(tmp_path)
+    message = str(caught.value)
+    assert "input name: expected 'pixels', the model has 'image'" in message
+    assert "shape: expected [batch, 64, 60, 3] (NHWC, dynamic batch), the model has ['batch', 80, 60, 3]" in message
+    assert "output 'no_such_output' is missing; the model's outputs are" in message
+    assert f"output '{head_output_name('subCategory')}' shape: expected [batch, 2], the model has ['batch', 5]" in (
+        message
+    )
+
+
+def test_fixed_batch_size_is_refused(tmp_path: Path) -> None:
+    write_tiny_classifier(tmp_path, batch=1)
+    with pytest.raises(ModelContractError, match=r"dynamic batch\), the model has \[1, 80, 60, 3\]"):
+        OnnxModel(tmp_path)
+
+
+def test_wrong_kind_is_refused(tmp_path: Path) -> None:
+    write_tiny_embedder(tmp_path)
+    with pytest.raises(ModelContractError, match="holds a embedder .* but a classifier is needed"):
+        OnnxModel(tmp_path, expected_kind="classifier")
+
+
+def test_embedder_dim_mismatch(tmp_path: Path) -> None:
+    write_tiny_embedder(tmp_path, dim=16)
+    edit_spec(tmp_path, lambda d: d["embedding"].update(dim=32))
+    with pytest.raises(ModelContractError, match=r"output 'embedding' shape: expected \[batch, 32\]"):
+        OnnxModel(tmp_path)
+
+
+def test_logits_instead_of_probabilities_fail_the_warm_up(tmp_path: Path) -> None:
+    model = OnnxModel(write_tiny_classifier(tmp_path, softmax=False))
+    with pytest.raises(ModelContractError, match="is not a softmax"):
+        model.warm_up()
+
+
+def test_missing_files(tmp_path: Path) -> None:
+    with pytest.raises(ModelContractError, match="no model.json"):
+        OnnxModel(tmp_path)
+    write_tiny_embedder(tmp_path)
+    (tmp_path / "model.onnx").unlink()
+    with pytest.raises(ModelContractError, match="no model.onnx"):
+        OnnxModel(tmp_path)
+
+
+def test_unloadable_onnx_file(tmp_path: Path) -> None:
+    write_tiny_embedder(tmp_path)
+    (tmp_path / "model.onnx").write_bytes(b"not a protobuf")
+    edit_spec(tmp_path, lambda d: d.update(onnx_sha256=file_sha256(tmp_path / "model.onnx")))
+    with pytest.raises(ModelContractError, match="onnxruntime cannot load"):
+        OnnxModel(tmp_path)
+
+
+def test_run_checks_the_batch(tmp_path: Path) -> None:
+    model = OnnxModel(write_tiny_embedder(tmp_path))
+    with pytest.raises(ValueError, match=r"batch must be float32 \(N, 80, 60, 3\), got float32 \(1, 60, 80, 3\)"):
+        model.run(np.zeros((1, 60, 80, 3), dtype=np.float32))
+    with pytest.raises(ValueError, match="got float64"):
+        model.run(np.zeros((1, 80, 60, 3)))

@@ -1,0 +1,1 @@
+"""Training, export and evaluation of the fashionsearch models (`python -m training --help`)."""

@@ -1,0 +1,159 @@
+"""`python -m training <command>`: split, train (and export), export, evaluate.
+
+    python -m training split    --data DIR
+    python -m training train    paper-cnn --data DIR --out models/paper-cnn
+    python -m training export   paper-cnn --run .cache/runs/paper-cnn --out models/paper-cnn
+    python -m training evaluate models/paper-cnn --data DIR --report reports/paper-cnn
+
+The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from training import data
+from training.recipe import RECIPES, TrainOptions, get_recipe
+
+log = logging.getLogger("training")
+
+
+def _data_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=None, help="dataset folder (default: $FASHIONSEARCH_DATA)")
+    parser.add_argument("--split", type=Path, default=data.DEFAULT_SPLIT_FILE, help="split file (id,split)")
+    parser.add_argument("--cache", type=Path, default=None, help="decoded-image cache (default: .cache/training)")
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow / onnxruntime threads")
+
+
+def _load(args: argparse.Namespace, create_split: bool = False) -> tuple[data.Dataset, dict[int, str]]:
+    dataset = data.load_dataset(args.data, args.cache)
+    return dataset, data.get_split(dataset, args.split, create=create_split)
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    if args.split.exists() and not args.force:
+        log.error("%s exists; pass --force to replace it (every report depends on it)", args.split)
+        return 1
+    dataset = data.load_dataset(args.data, args.cache)
+    assignment = data.make_split(dataset.ids, dataset.labels["articleType"], seed=args.seed)
+    data.write_split(assignment, args.split)
+    log.info("wrote %s", args.split)
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from training.export import export_model, save_trained
+
+    recipe = get_recipe(args.model)
+    dataset, split = _load(args)
+    run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
+    options = TrainOptions(
+        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
+        verbose=args.verbose, limit=args.limit,
+    )
+    started = time.monotonic()
+    trained = recipe(dataset, split, run_dir, options)
+    log.info("training took %.0f s", time.monotonic() - started)
+    save_trained(trained, run_dir)
+    if args.out is not None:
+        spec = export_model(trained, args.out, version=args.version)
+        log.info("exported %s to %s", spec.identity, args.out)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from training.export import export_model, load_trained
+
+    data.configure_tensorflow(args.threads)
+    run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
+    spec = export_model(load_trained(run_dir), args.out, version=args.version)
+    log.info("exported %s to %s", spec.identity, args.out)
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import evaluate_model
+
+    dataset, split = _load(args)
+    report = args.report or data.REPO_ROOT / "reports" / args.model_dir.name
+    path = evaluate_model(args.model_dir, dataset, split, report, threads=args.threads,
+                          update_metrics=not args.keep_metrics)
+    log.info("report written to %s", path)
+    return 0
+
+
+def cmd_install_default(args: argparse.Namespace) -> int:
+    """Copy a model folder to a serving default (models/classifier, models/embedder) unless one is there."""
+    if args.target.exists() and not args.force:
+        log.info("%s exists; left as it is", args.target)
+        return 0
+    if args.target.exists():
+        shutil.rmtree(args.target)
+    shutil.copytree(args.source, args.target)
+    log.info("copied %s to %s", args.source, args.target)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    p = commands.add_parser("split", help="make the seeded, articleType-stratified train/val/test split file")
+    _data_args(p)
+    p.add_argument("--seed", type=int, default=20240601)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_split)
+
+    p = commands.add_parser("train", help="train a model (and export it with --out)")
+    p.add_argument("model", help=f"one of: {', '.join(sorted(RECIPES))}")
+    _data_args(p)
+    p.add_argument("--run", type=Path, default=None, help="working folder (default .cache/runs/<model>)")
+    p.add_argument("--out", type=Path, default=None, help="export model.onnx + model.json here")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most this many train/val images (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default="1")
+    p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")
+    p.set_defaults(func=cmd_train)
+
+    p = commands.add_parser("export", help="export a trained run to ONNX (parity gate included)")
+    p.add_argument("model")
+    p.add_argument("--run", type=Path, default=None)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--version", default="1")
+    p.add_argument("--threads", type=int, default=2)
+    p.set_defaults(func=cmd_export)
+
+    p = commands.add_parser("evaluate", help="write reports/<model>/README.md and its pictures")
+    p.add_argument("model_dir", type=Path, help="folder with model.onnx + model.json")
+    _data_args(p)
+    p.add_argument("--report", type=Path, default=None, help="report folder (default reports/<model folder>)")
+    p.add_argument("--keep-metrics", action="store_true", help="do not write test metrics into model.json")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
+    p.add_argument("source", type=Path)
+    p.add_argument("target", type=Path)
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(func=cmd_install_default)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except data.DataError as bad:
+        log.error("%s", bad)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,67 @@
+"""What a training recipe takes and returns; the CLI runs any recipe registered in `RECIPES`.
+
+A recipe is `train(dataset, split, run_dir, options) -> TrainedModel`. Export turns the TrainedModel into
+model.onnx + model.json; evaluation only needs those two files.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from fashionsearch.model_contract import InputSpec
+
+# name -> "module:function". Other modules add their recipes here (e.g. training.production).
+RECIPES: dict[str, str] = {
+    "paper-cnn": "training.paper:train_cnn",
+    "paper-autoencoder": "training.paper:train_autoencoder",
+}
+
+
+def get_recipe(name: str) -> Callable[..., TrainedModel]:
+    try:
+        target = RECIPES[name]
+    except KeyError:
+        raise SystemExit(f"unknown model {name!r}; known: {', '.join(sorted(RECIPES))}") from None
+    module, func = target.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    epochs: int | None = None  # None: the recipe's default
+    batch_size: int | None = None
+    seed: int = 0
+    threads: int = 2
+    verbose: int = 2  # Keras: 1 progress bar, 2 one line per epoch
+    limit: int | None = None  # use at most this many train and val images (smoke tests)
+
+
+@dataclass(frozen=True)
+class Head:
+    """One softmax output of a classifier, in the order of the Keras model's outputs."""
+
+    attribute: str
+    labels: tuple[str, ...]
+
+
+@dataclass
+class TrainedModel:
+    """A trained Keras model ready for export, and what model.json must say about it."""
+
+    name: str
+    kind: Literal["classifier", "embedder"]
+    model: Any  # keras.Model, exported as model.onnx
+    input_spec: InputSpec
+    heads: tuple[Head, ...] = ()
+    embedding_dim: int | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # validation metrics
+    training: dict[str, Any] = field(default_factory=dict)  # FitResult.to_dict() and recipe settings
+    extra_models: Mapping[str, Any] = field(default_factory=dict)  # file name -> keras.Model, exported beside
+    parity_pixels: np.ndarray | None = None  # uint8 validation images (any size) for the parity gate
+    run_dir: Path | None = None

@@ -1,0 +1,109 @@
+"""Keras training loop shared by every recipe: callbacks, history saved as JSON each epoch, timing."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import keras
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.keras"
+HISTORY_FILE = "history.json"
+
+
+class JsonHistory(keras.callbacks.Callback):
+    """Writes every epoch's logs (and the learning rate) to a JSON file, so curves survive a crash and the
+    report can plot them."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__()
+        self.path = path
+        self.history: dict[str, list[float]] = {}
+        self.started = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = dict(logs or {})
+        logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+        logs["seconds"] = time.monotonic() - self.started
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(float(value))
+        self.path.write_text(json.dumps(self.history, indent=1))
+
+
+@dataclass
+class FitResult:
+    history: dict[str, list[float]]
+    epochs_run: int
+    best_epoch: int  # 1-based
+    seconds: float
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "epochs_run": self.epochs_run,
+            "best_epoch": self.best_epoch,
+            "seconds": round(self.seconds, 1),
+            "settings": self.settings,
+            "history": {k: [round(v, 6) for v in vals] for k, vals in self.history.items()},
+        }
+
+
+def fit(
+    model: keras.Model,
+    train_ds: Any,
+    val_ds: Any,
+    run_dir: Path,
+    epochs: int,
+    monitor: str = "val_loss",
+    mode: str = "min",
+    lr_patience: int = 3,
+    stop_patience: int = 8,
+    verbose: int = 2,
+    steps_per_epoch: int | None = None,
+    settings: dict[str, Any] | None = None,
+) -> FitResult:
+    """model.fit with ReduceLROnPlateau, EarlyStopping (best weights restored) and ModelCheckpoint (best only)
+    on `monitor`; the history goes to run_dir/history.json after every epoch."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history_cb = JsonHistory(run_dir / HISTORY_FILE)
+    callbacks = [
+        keras.callbacks.ReduceLROnPlateau(monitor=monitor, mode=mode, factor=0.5, patience=lr_patience, verbose=1),
+        keras.callbacks.EarlyStopping(
+            monitor=monitor, mode=mode, patience=stop_patience, restore_best_weights=True, verbose=1
+        ),
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / CHECKPOINT_FILE), monitor=monitor, mode=mode, save_best_only=True, verbose=0
+        ),
+        history_cb,
+    ]
+    started = time.monotonic()
+    model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=verbose,
+        steps_per_epoch=steps_per_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles
+    )
+    seconds = time.monotonic() - started
+    hist = history_cb.history
+    values = hist.get(monitor, [])
+    if values:
+        best = (min if mode == "min" else max)(range(len(values)), key=values.__getitem__) + 1
+    else:
+        best = len(hist.get("loss", []))
+    log.info("trained %d epochs in %.0f s; best %s at epoch %d", len(hist.get("loss", [])), seconds, monitor, best)
+    return FitResult(
+        history=hist,
+        epochs_run=len(hist.get("loss", [])),
+        best_epoch=best,
+        seconds=seconds,
+        settings=dict(settings or {}) | {"epochs": epochs, "monitor": monitor},
+    )
