@@ -54,7 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-        verbose=args.verbose, limit=args.limit,
+        verbose=args.verbose, limit=args.limit, max_minutes=args.max_minutes,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -119,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="at most this many train/val images (smoke runs)")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")

@@ -18,6 +18,9 @@ log = logging.getLogger(__name__)
 # Both paper models see 60x60 RGB scaled to [0, 1]; the 80x60 photos are stretched to it, as in the paper.
 PAPER_INPUT = InputSpec(name="image", height=60, width=60, scale=1.0 / 255.0, resize="stretch")
 CNN_PARAMETERS = 146_566
+AUTOENCODER_STEPS = 50
+AUTOENCODER_MINUTES = 20.0
+AUTOENCODER_VAL_IMAGES = 512
 PAPER_ACCURACY = 0.85
 
 
@@ -136,19 +139,31 @@ def train_autoencoder(
     val, _ = _limit(dataset.split(split, "val"), None, options.limit, options.seed)
     log.info("paper autoencoder: %d train, %d validation images", len(train), len(val))
     batch = options.batch_size or 64
-    epochs = options.epochs or 12
+    # One pass over the 32k training images takes 10-30 minutes on the shared 2-core CPU, so an "epoch" here is
+    # AUTOENCODER_STEPS batches of the shuffled, repeated training split and the run has a wall-clock budget;
+    # validation each epoch uses the first AUTOENCODER_VAL_IMAGES validation images, the final number all of them.
+    epochs = options.epochs or 200
+    max_minutes = options.max_minutes if options.max_minutes is not None else AUTOENCODER_MINUTES
+    steps = max(1, min(AUTOENCODER_STEPS, len(train) // batch))
     train_ds = data.make_tf_dataset(
-        data.images_for_input(train.images, PAPER_INPUT), None, PAPER_INPUT, batch, shuffle=True, seed=options.seed
+        data.images_for_input(train.images, PAPER_INPUT), None, PAPER_INPUT, batch, shuffle=True, seed=options.seed,
+        repeat=True,
     )
-    val_ds = data.make_tf_dataset(data.images_for_input(val.images, PAPER_INPUT), None, PAPER_INPUT, 256)
+    val_pixels = data.images_for_input(val.images, PAPER_INPUT)
+    val_ds = data.make_tf_dataset(val_pixels, None, PAPER_INPUT, 256)
+    quick_val_ds = data.make_tf_dataset(val_pixels[:AUTOENCODER_VAL_IMAGES], None, PAPER_INPUT, 256)
     autoencoder, encoder = build_autoencoder(16)
     autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     result = fit(
-        autoencoder, train_ds, val_ds, run_dir, epochs, monitor="val_loss", lr_patience=2, stop_patience=4,
-        verbose=options.verbose,
+        autoencoder, train_ds, quick_val_ds, run_dir, epochs, monitor="val_loss", lr_patience=3, stop_patience=6,
+        verbose=options.verbose, steps_per_epoch=steps, max_seconds=max_minutes * 60,
         settings={"batch_size": batch, "optimizer": "adam 1e-3", "loss": "mse", "augmentation": None,
-                  "train_images": len(train), "val_images": len(val), "latent_dim": 16},
+                  "train_images": len(train), "val_images_per_epoch": min(len(val), AUTOENCODER_VAL_IMAGES),
+                  "latent_dim": 16},
     )
+    images_seen = result.batches * batch
+    result.settings["train_images_seen"] = images_seen
+    result.settings["passes_over_train_split"] = round(images_seen / max(1, len(train)), 2)
     val_loss = float(autoencoder.evaluate(val_ds, verbose=0))
     return TrainedModel(
         name="paper-autoencoder",

@@ -40,6 +40,7 @@ class TrainOptions:
     threads: int = 2
     verbose: int = 2  # Keras: 1 progress bar, 2 one line per epoch
     limit: int | None = None  # use at most this many train and val images (smoke tests)
+    max_minutes: float | None = None  # wall-clock training budget; None: the recipe's default
 
 
 @dataclass(frozen=True)

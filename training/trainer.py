@@ -26,6 +26,10 @@ class JsonHistory(keras.callbacks.Callback):
         self.path = path
         self.history: dict[str, list[float]] = {}
         self.started = time.monotonic()
+        self.batches = 0
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.batches += 1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = dict(logs or {})
@@ -36,12 +40,31 @@ class JsonHistory(keras.callbacks.Callback):
         self.path.write_text(json.dumps(self.history, indent=1))
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training after the batch that exceeds `seconds` (the epoch still ends with its validation)."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+        self.started = time.monotonic()
+        self.exhausted = False
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        if time.monotonic() - self.started > self.seconds:
+            self.exhausted = True
+            self.model.stop_training = True
+
+
 @dataclass
 class FitResult:
     history: dict[str, list[float]]
     epochs_run: int
     best_epoch: int  # 1-based
     seconds: float
+    batches: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -49,6 +72,7 @@ class FitResult:
             "epochs_run": self.epochs_run,
             "best_epoch": self.best_epoch,
             "seconds": round(self.seconds, 1),
+            "batches": self.batches,
             "settings": self.settings,
             "history": {k: [round(v, 6) for v in vals] for k, vals in self.history.items()},
         }
@@ -66,6 +90,8 @@ def fit(
     stop_patience: int = 8,
     verbose: int = 2,
     steps_per_epoch: int | None = None,
+    validation_steps: int | None = None,
+    max_seconds: float | None = None,
     settings: dict[str, Any] | None = None,
 ) -> FitResult:
     """model.fit with ReduceLROnPlateau, EarlyStopping (best weights restored) and ModelCheckpoint (best only)
@@ -82,6 +108,9 @@ def fit(
         ),
         history_cb,
     ]
+    budget = TimeBudget(max_seconds) if max_seconds else None
+    if budget is not None:
+        callbacks.append(budget)
     started = time.monotonic()
     model.fit(
         train_ds,
@@ -90,6 +119,7 @@ def fit(
         callbacks=callbacks,
         verbose=verbose,
         steps_per_epoch=steps_per_epoch,
+        validation_steps=validation_steps,
         shuffle=False,  # the tf.data pipeline shuffles
     )
     seconds = time.monotonic() - started
@@ -105,5 +135,8 @@ def fit(
         epochs_run=len(hist.get("loss", [])),
         best_epoch=best,
         seconds=seconds,
-        settings=dict(settings or {}) | {"epochs": epochs, "monitor": monitor},
+        batches=history_cb.batches,
+        settings=dict(settings or {})
+        | {"epochs": epochs, "monitor": monitor, "steps_per_epoch": steps_per_epoch, "max_seconds": max_seconds,
+           "stopped_by_time_budget": bool(budget and budget.exhausted)},
     )

@@ -86,6 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rejects", type=Path, default=Path("indexer-rejects.csv"), help="reject file (CSV)")
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
+    p.add_argument(
+        "--progress-every-s",
+        type=float,
+        help="seconds between progress lines (default 0.2 on a terminal, else 10: one line each, for logs)",
+    )
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -104,8 +109,10 @@ def make_target(args: argparse.Namespace) -> Target:
     else:
         from qdrant_client import QdrantClient
 
-        client = QdrantClient(url=args.qdrant_url, timeout=int(args.timeout_s)) if args.qdrant_url else (
-            QdrantClient(path=str(args.qdrant_path))
+        client = (
+            QdrantClient(url=args.qdrant_url, timeout=int(args.timeout_s))
+            if args.qdrant_url
+            else (QdrantClient(path=str(args.qdrant_path)))
         )
         catalog = QdrantCatalog(client)
         label = f"qdrant {args.qdrant_url or args.qdrant_path}"
@@ -172,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
             fetcher,
             options,
             rejects_path=args.rejects,
-            progress=Progress(total, enabled=not args.no_progress),
+            progress=Progress(total, enabled=not args.no_progress, every_s=args.progress_every_s),
         )
     finally:
         target.close()

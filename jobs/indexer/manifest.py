@@ -301,4 +301,3 @@ def in_shard(rows: Iterable[Row | BadRow], index: int, count: int) -> Iterator[R
                 owner = 0
             if owner == index:
                 yield row
-

@@ -143,12 +143,14 @@ class RejectWriter:
 class Progress:
     """One status line on stderr: a bar with a percentage when the row count is known, items/s, the counts."""
 
-    def __init__(self, total: int | None, stream: TextIO | None = None, *, enabled: bool = True) -> None:
+    def __init__(
+        self, total: int | None, stream: TextIO | None = None, *, enabled: bool = True, every_s: float | None = None
+    ) -> None:
         self._stream = stream or sys.stderr
         self._total = total
         self._enabled = enabled
         self._tty = hasattr(self._stream, "isatty") and self._stream.isatty()
-        self._interval = 0.2 if self._tty else 10.0
+        self._interval = every_s if every_s is not None else (0.2 if self._tty else 10.0)
         self._last = 0.0
         self._started = time.perf_counter()
         self._drawn = False
@@ -169,10 +171,7 @@ class Progress:
             head = f"[{'#' * filled}{'.' * (24 - filled)}] {frac:6.1%} {done}/{self._total}"
         else:
             head = f"{done} rows"
-        text = (
-            f"{head}  {rate:,.0f} items/s  +{s.added} ~{s.updated} ={s.unchanged} x{s.rejected}"
-            f"  {elapsed:,.0f}s"
-        )
+        text = f"{head}  {rate:,.0f} items/s  +{s.added} ~{s.updated} ={s.unchanged} x{s.rejected}  {elapsed:,.0f}s"
         if self._tty:
             self._stream.write("\r" + text.ljust(100))
         else:
@@ -305,9 +304,10 @@ def _index_rows(
 
     rows = in_shard(manifest.rows(), *options.shard)
     threads = max(1, options.fetch_threads)
-    with ThreadPoolExecutor(threads, thread_name_prefix="fetch") as fetch_pool, ThreadPoolExecutor(
-        max(1, options.inflight), thread_name_prefix="write"
-    ) as write_pool:
+    with (
+        ThreadPoolExecutor(threads, thread_name_prefix="fetch") as fetch_pool,
+        ThreadPoolExecutor(max(1, options.inflight), thread_name_prefix="write") as write_pool,
+    ):
         try:
             for chunk in _chunks(rows, max(options.batch_size, 256)):
                 good: list[tuple[Row, int]] = []

@@ -178,9 +178,7 @@ class ModelClients:
         result = response.results[0]
         if result.WhichOneof("outcome") != "embedding":
             raise JobError(f"the embedder refused the probe image: {result.error.message}")
-        return EmbedderIdentity(model=response.model.name, version=response.model.version), len(
-            result.embedding.vector
-        )
+        return EmbedderIdentity(model=response.model.name, version=response.model.version), len(result.embedding.vector)
 
     def embed(self, images: Sequence[bytes]) -> tuple[list[np.ndarray | str], EmbedderIdentity]:
         out: list[np.ndarray | str] = []
@@ -214,9 +212,7 @@ class ModelClients:
             )
             for result in response.results:
                 if result.WhichOneof("outcome") == "classification":
-                    out.append(
-                        {p.attribute: p.labels[0].label for p in result.classification.attributes if p.labels}
-                    )
+                    out.append({p.attribute: p.labels[0].label for p in result.classification.attributes if p.labels})
                 else:
                     out.append(f"classifier refused the image: {result.error.message}")
         return out
@@ -279,7 +275,11 @@ class DirectTarget:
             held = f"{live_info.embedder}" if live_info else "nothing"
             logger.info(
                 "building collection %s for %s beside the live %s (%s); alias %s switches when complete",
-                self.collection, identity, self.live or "(none)", held, self._alias,
+                self.collection,
+                identity,
+                self.live or "(none)",
+                held,
+                self._alias,
             )
         return f"{identity.model}@{identity.version}"
 
@@ -303,9 +303,11 @@ class DirectTarget:
             raise JobError(f"the embedder changed from {self.identity} to {identity} during the run; run again")
         errors: list[str | None] = [v if isinstance(v, str) else None for v in vectors]
         predictions: list[dict[str, str] | None] = [None] * len(items)
-        wanted = [
-            i for i, item in enumerate(items) if errors[i] is None and item.row.missing_attributes
-        ] if self._models.has_classifier else []
+        wanted = (
+            [i for i, item in enumerate(items) if errors[i] is None and item.row.missing_attributes]
+            if self._models.has_classifier
+            else []
+        )
         if wanted:
             started = time.perf_counter()
             results = self._models.classify([images[i] for i in wanted])

@@ -245,6 +245,7 @@ class GatewayService:
         try:
             if todo:
                 embeddings = await self._embedder.embed_batch([batch[i].image for i in todo])
+                predicted = await self._predict_missing(batch, todo)
                 points: list[StoredPoint] = []
                 for index, embedding in zip(todo, embeddings, strict=True):
                     if isinstance(embedding, FashionSearchError):
@@ -252,7 +253,12 @@ class GatewayService:
                         continue
                     await self._ensure_collection(embedding)
                     item = batch[index]
+                    labels = predicted.get(index, {})
+                    if isinstance(labels, FashionSearchError):
+                        errors[index] = labels
+                        continue
                     payload = {k: v for k, v in item.payload.items() if v not in ("", None, 0)}
+                    payload.update(labels)
                     if item.content_hash:
                         payload[CONTENT_HASH_KEY] = item.content_hash
                     points.append(StoredPoint(id=item.id, vector=embedding.vector, payload=payload))
@@ -265,6 +271,27 @@ class GatewayService:
         for index, error in errors.items():
             logger.info("upsert of product %s failed: %s", batch[index].id, error.message)
         return [UpsertOutcome(id=item.id, error=errors.get(index)) for index, item in enumerate(batch)]
+
+    async def _predict_missing(
+        self, batch: list[CatalogueItem], todo: list[int]
+    ) -> dict[int, dict[str, str] | FashionSearchError]:
+        """For items lacking some filter attributes: the classifier's top label for each missing one (stored, so
+        that filtered searches find the item), or the error that makes the item fail."""
+        missing = {i: [f for f in FILTER_FIELDS if not batch[i].payload.get(f)] for i in todo}
+        wanted = [i for i in todo if missing[i]]
+        results = await asyncio.gather(
+            *(self._classifier.classify(batch[i].image) for i in wanted), return_exceptions=True
+        )
+        predicted: dict[int, dict[str, str] | FashionSearchError] = {}
+        for index, result in zip(wanted, results, strict=True):
+            if isinstance(result, FashionSearchError):
+                predicted[index] = result
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                labels = result.top_labels()
+                predicted[index] = {f: labels[f] for f in missing[index] if labels.get(f)}
+        return predicted
 
     async def _ensure_collection(self, embedding: Embedding) -> None:
         identity, dim = embedding.model.identity, int(embedding.vector.shape[0])

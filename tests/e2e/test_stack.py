@@ -149,3 +149,12 @@ def test_upsert_then_search_finds_the_same_product(gateway_address):
         assert reply.hits[0].distance == pytest.approx(0.0, abs=1e-3)
         assert reply.hits[0].payload.name == query.payload.name
         assert reply.suggested_name and reply.keywords and len(reply.hits) == 5
+
+
+def test_bad_configuration_exits_before_binding(tmp_path):
+    env = {**os.environ, "GATEWAY_PORT": "not-a-port", "GATEWAY_DATA_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "services.gateway"], cwd=REPO_ROOT, env=env, capture_output=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert b"GATEWAY_PORT" in done.stdout + done.stderr

@@ -6,6 +6,8 @@ import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qdrant_client import QdrantClient
 
 from fashionsearch.store import EmbedderIdentity, StoredPoint, VectorIndex
@@ -144,3 +146,54 @@ def test_retrieve_returns_vectors_and_payloads_alike(indexes):
         for p, ref in zip(points, got["brute"], strict=True):
             np.testing.assert_allclose(p.vector, ref.vector, rtol=1e-6)
             assert dict(p.payload) == dict(ref.payload)
+
+
+# Random sequences of upserts (new and existing ids), deletes and filtered searches: every adapter answers alike.
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("upsert"), st.lists(st.integers(1, 40), min_size=1, max_size=12)),
+        st.tuples(st.just("delete"), st.lists(st.integers(1, 45), min_size=1, max_size=6)),
+        st.tuples(
+            st.just("search"),
+            st.integers(1, 8),
+            st.dictionaries(st.sampled_from(["gender", "season", "usage"]), st.just(None), max_size=2),
+            st.lists(st.integers(1, 40), max_size=3),
+        ),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS, seed=st.integers(0, 2**32 - 1))
+def test_random_operation_sequences_agree(tmp_path_factory, ops, seed):
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    made: dict[str, VectorIndex] = {
+        "edge": EdgeIndex(tmp_path_factory.mktemp("edge"), "catalogue", search_threads=1),
+        "qdrant-client": QdrantServerIndex(QdrantClient(":memory:"), "catalogue"),
+        "brute": BruteForceIndex(),
+    }
+    try:
+        _apply(made, "ensure_collection", 8, EMBEDDER)
+        for op in ops:
+            if op[0] == "upsert":
+                points = [
+                    StoredPoint(id=i, vector=nprng.normal(size=8).astype(np.float32), payload=_payload(rng, i))
+                    for i in dict.fromkeys(op[1])
+                ]
+                _apply(made, "upsert", points)
+            elif op[0] == "delete":
+                deleted = _apply(made, "delete", op[1])
+                assert all(d == deleted[0] for d in deleted)
+            else:
+                _, top_k, fields, exclude = op
+                filters = {f: rng.sample(VALUES[f], 2) for f in fields}
+                query = nprng.normal(size=8).astype(np.float32)
+                results = {name: index.search(query, top_k, filters, exclude) for name, index in made.items()}
+                _assert_same(results, f"ops {ops}")
+            counts = _apply(made, "count")
+            assert len(set(counts)) == 1, counts
+    finally:
+        for index in made.values():
+            index.close()

@@ -119,7 +119,9 @@ def test_shards_partition_the_ids_deterministically() -> None:
 def test_content_hash_covers_image_metadata_and_embedder() -> None:
     row = Row(id=1, image="images/1.jpg", name="Shirt", attributes={"gender": "Men"}, year=2011, line=2)
     base = content_hash(row, b"\xff\xd8\xffimage", "emb@1")
-    assert base == content_hash(Row(1, "images/1.jpg", "Shirt", {"gender": "Men"}, 2011, line=99), b"\xff\xd8\xffimage", "emb@1")
+    assert base == content_hash(
+        Row(1, "images/1.jpg", "Shirt", {"gender": "Men"}, 2011, line=99), b"\xff\xd8\xffimage", "emb@1"
+    )
     assert len(base) == 32
     variants = [
         content_hash(row, b"\xff\xd8\xffimagf", "emb@1"),

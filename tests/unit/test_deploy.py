@@ -1,0 +1,60 @@
+"""The compose file is valid, and configures every variable the services read."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "deploy" / "docker-compose.yml"
+SERVICES = {"classifier": "CLASSIFIER_", "embedder": "EMBEDDER_", "gateway": "GATEWAY_"}
+
+
+def variables_read_by(service: str) -> set[str]:
+    """Every `env.<getter>("NAME", ...)` in the service's settings, with the service's prefix."""
+    source = (REPO / "services" / service / "settings.py").read_text()
+    prefix = re.search(r'Env\("([A-Z_]+)"', source)
+    assert prefix, f"services/{service}/settings.py does not build an Env with a prefix"
+    names = re.findall(r'env\.\w+\(\s*"([A-Z0-9_]+)"', source)
+    assert names, f"found no variables in services/{service}/settings.py"
+    return {prefix.group(1) + name for name in names}
+
+
+def compose_services() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())["services"]
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_variable_a_service_reads_is_set_in_compose(service):
+    environment = compose_services()[service]["environment"]
+    missing = variables_read_by(service) - set(environment)
+    assert not missing, f"{service} reads {sorted(missing)} but deploy/docker-compose.yml does not set them"
+    unknown = {name for name in environment if name.startswith(SERVICES[service])} - variables_read_by(service)
+    assert not unknown, f"compose sets {sorted(unknown)} for {service}, which it never reads"
+
+
+def test_only_the_gateway_publishes_ports_and_images_are_pinned():
+    services = compose_services()
+    assert [name for name, spec in services.items() if spec.get("ports")] == ["gateway"]
+    assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", services["qdrant"]["image"])
+    for name, spec in services.items():
+        assert "healthcheck" in spec or name == "indexer", f"{name} has no health check"
+    assert "index" in services["indexer"]["profiles"]
+    dockerfile = (REPO / "deploy" / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:\d+\.\d+\.\d+-slim-\w+ AS", dockerfile, re.M)
+    serving = [line for line in (REPO / "requirements" / "serving.txt").read_text().splitlines() if line[:1] != "#"]
+    assert not [line for line in serving if "tensorflow" in line.lower()], "serving images must not carry TensorFlow"
+    assert "USER app" in dockerfile
+
+
+def test_compose_config_validates():
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install --no-install-recommends docker-compose)")
+    result = subprocess.run([tool, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -1,0 +1,66 @@
+"""Gateway settings come from GATEWAY_* variables only, and bad values fail before anything binds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fashionsearch.config import Address, ConfigError
+from services.gateway.settings import Settings
+
+
+def test_defaults():
+    settings = Settings.from_env({})
+    assert settings.port == 50050
+    assert settings.classifier_addr == Address("localhost", 50051)
+    assert settings.embedder_addr == Address("localhost", 50052)
+    assert settings.qdrant_url is None and settings.collection == "catalogue"
+    assert settings.default_top_k == 5 and settings.max_top_k == 100
+    assert settings.max_image_bytes == 10 * 1024 * 1024
+
+
+def test_every_variable_is_read():
+    settings = Settings.from_env(
+        {
+            "GATEWAY_PORT": "6000",
+            "GATEWAY_CLASSIFIER_ADDR": "classifier:7001",
+            "GATEWAY_EMBEDDER_ADDR": "[::1]:7002",
+            "GATEWAY_DATA_DIR": "/var/lib/fashionsearch",
+            "GATEWAY_QDRANT_URL": "http://qdrant:6333",
+            "GATEWAY_COLLECTION": "catalogue_v2",
+            "GATEWAY_CLASSIFY_TIMEOUT_S": "0.5",
+            "GATEWAY_EMBED_TIMEOUT_S": "0.75",
+            "GATEWAY_MAX_TOP_K": "50",
+            "GATEWAY_DEFAULT_TOP_K": "10",
+            "GATEWAY_MAX_IMAGE_BYTES": "2048",
+            "GATEWAY_UPSERT_BATCH": "8",
+            "OTHER_PORT": "1",
+        }
+    )
+    assert settings.port == 6000
+    assert settings.classifier_addr == Address("classifier", 7001)
+    assert settings.embedder_addr == Address("::1", 7002)
+    assert settings.data_dir == Path("/var/lib/fashionsearch")
+    assert settings.qdrant_url == "http://qdrant:6333" and settings.collection == "catalogue_v2"
+    assert settings.classify_timeout_s == 0.5 and settings.embed_timeout_s == 0.75
+    assert (settings.default_top_k, settings.max_top_k) == (10, 50)
+    assert settings.max_image_bytes == 2048 and settings.upsert_batch == 8
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"GATEWAY_PORT": "http"}, "GATEWAY_PORT"),
+        ({"GATEWAY_CLASSIFIER_ADDR": "classifier"}, "GATEWAY_CLASSIFIER_ADDR"),
+        ({"GATEWAY_EMBED_TIMEOUT_S": "-1"}, "GATEWAY_EMBED_TIMEOUT_S"),
+        ({"GATEWAY_QDRANT_URL": "qdrant:6333"}, "GATEWAY_QDRANT_URL"),
+        ({"GATEWAY_COLLECTION": "../x"}, "GATEWAY_COLLECTION"),
+        ({"GATEWAY_MAX_TOP_K": "0"}, "GATEWAY_MAX_TOP_K"),
+        ({"GATEWAY_DEFAULT_TOP_K": "20", "GATEWAY_MAX_TOP_K": "10"}, "GATEWAY_DEFAULT_TOP_K"),
+        ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+    ],
+)
+def test_bad_values_name_the_variable(environ, message):
+    with pytest.raises(ConfigError, match=message):
+        Settings.from_env(environ)
