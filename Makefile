@@ -20,7 +20,7 @@ $(VENV)/.installed: requirements/*.txt pyproject.toml
 install: $(VENV)/.installed ## create .venv and install everything (serving, training, dev tools)
 
 run: install ## start the three services with the embedded Qdrant store and the sample catalogue
-	$(PY) -m fashionsearch.run
+	$(PY) deploy/run_local.py
 
 test: install ## run every test (unit, integration, e2e, training)
 	$(PY) -m pytest

@@ -165,35 +165,41 @@ _OPS = st.lists(
 )
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(ops=_OPS, seed=st.integers(0, 2**32 - 1))
-def test_random_operation_sequences_agree(tmp_path_factory, ops, seed):
-    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+@pytest.fixture(scope="module")
+def small_indexes(tmp_path_factory):
+    """One set of 8-dim collections for all the random sequences (creating an Edge shard takes ~1 s)."""
     made: dict[str, VectorIndex] = {
         "edge": EdgeIndex(tmp_path_factory.mktemp("edge"), "catalogue", search_threads=1),
         "qdrant-client": QdrantServerIndex(QdrantClient(":memory:"), "catalogue"),
         "brute": BruteForceIndex(),
     }
-    try:
-        _apply(made, "ensure_collection", 8, EMBEDDER)
-        for op in ops:
-            if op[0] == "upsert":
-                points = [
-                    StoredPoint(id=i, vector=nprng.normal(size=8).astype(np.float32), payload=_payload(rng, i))
-                    for i in dict.fromkeys(op[1])
-                ]
-                _apply(made, "upsert", points)
-            elif op[0] == "delete":
-                deleted = _apply(made, "delete", op[1])
-                assert all(d == deleted[0] for d in deleted)
-            else:
-                _, top_k, fields, exclude = op
-                filters = {f: rng.sample(VALUES[f], 2) for f in fields}
-                query = nprng.normal(size=8).astype(np.float32)
-                results = {name: index.search(query, top_k, filters, exclude) for name, index in made.items()}
-                _assert_same(results, f"ops {ops}")
-            counts = _apply(made, "count")
-            assert len(set(counts)) == 1, counts
-    finally:
-        for index in made.values():
-            index.close()
+    _apply(made, "ensure_collection", 8, EMBEDDER)
+    yield made
+    for index in made.values():
+        index.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS, seed=st.integers(0, 2**32 - 1))
+def test_random_operation_sequences_agree(small_indexes, ops, seed):
+    rng, nprng = random.Random(seed), np.random.default_rng(seed)
+    made = small_indexes
+    _apply(made, "delete", list(range(1, 46)))
+    for op in ops:
+        if op[0] == "upsert":
+            points = [
+                StoredPoint(id=i, vector=nprng.normal(size=8).astype(np.float32), payload=_payload(rng, i))
+                for i in dict.fromkeys(op[1])
+            ]
+            _apply(made, "upsert", points)
+        elif op[0] == "delete":
+            deleted = _apply(made, "delete", op[1])
+            assert all(d == deleted[0] for d in deleted)
+        else:
+            _, top_k, fields, exclude = op
+            filters = {f: rng.sample(VALUES[f], 2) for f in fields}
+            query = nprng.normal(size=8).astype(np.float32)
+            results = {name: index.search(query, top_k, filters, exclude) for name, index in made.items()}
+            _assert_same(results, f"ops {ops}")
+        counts = _apply(made, "count")
+        assert len(set(counts)) == 1, counts

@@ -1,0 +1,241 @@
+"""Catalogue re-embedding throughput of the indexer job, and where the time goes.
+
+Starts the classifier, embedder and gateway as separate processes (like ops would; or uses running ones given by
+address), then runs the indexer job (jobs.indexer) over the catalogue:
+
+1. full re-embed straight to a new Qdrant Edge collection (EmbedBatch + ClassifyBatch for missing attributes);
+2. the incremental re-run on the unchanged catalogue (embeds nothing);
+3. full re-embed through the gateway's UpsertItems stream, and its incremental re-run (--mode gateway|both).
+
+It then times the embedder's own stages on a sample (decode, preprocess, ONNX inference) in this process, with the
+same functions the service uses, to show where the embed RPC time goes.
+
+Catalogue: FASHIONSEARCH_DATA (the real dataset, ~40k images) or --data; else sample_catalogue/.  Models:
+models/embedder and models/classifier when present, else the tiny test models (say which in the output).
+
+    python bench/reembed_throughput.py [--data DIR] [--limit N] [--mode direct|gateway|both] [--threads 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from fashionsearch.healthcheck import is_serving  # noqa: E402
+from fashionsearch.store.aliases import EdgeCatalog  # noqa: E402
+from jobs.indexer.fetch import ImageFetcher  # noqa: E402
+from jobs.indexer.manifest import Manifest, Row  # noqa: E402
+from jobs.indexer.runner import Options, Summary, run  # noqa: E402
+from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients  # noqa: E402
+from tests.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
+
+DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
+    with log.open("wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", module], cwd=REPO_ROOT, env={**os.environ, **env}, stdout=out, stderr=out
+        )
+
+
+def wait_serving(process: subprocess.Popen, address: str, log: Path, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{address} exited with {process.returncode}:\n{log.read_text()}")
+        if is_serving(address, timeout_s=1):
+            return
+        time.sleep(0.2)
+    raise SystemExit(f"{address} not SERVING after {timeout_s} s:\n{log.read_text()}")
+
+
+def pick_catalogue(args: argparse.Namespace, tmp: Path) -> tuple[Manifest, str]:
+    data = args.data or Path(os.environ.get("FASHIONSEARCH_DATA", DEFAULT_DATA))
+    if not (data / "styles.csv").is_file():
+        data = REPO_ROOT / "sample_catalogue"
+    manifest = Manifest.dataset(data)
+    if args.limit:
+        # The first N rows, as a styles.csv of their own (same images folder).
+        lines = (data / "styles.csv").read_text(encoding="utf-8").splitlines()[: args.limit + 1]
+        limited = tmp / "limited"
+        limited.mkdir()
+        (limited / "styles.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (limited / "images").symlink_to((data / "images").resolve())
+        manifest = Manifest.dataset(limited)
+    return manifest, str(data)
+
+
+def pick_models(tmp: Path) -> tuple[Path, Path, str]:
+    embedder, classifier = REPO_ROOT / "models" / "embedder", REPO_ROOT / "models" / "classifier"
+    if (embedder / "model.onnx").is_file() and (classifier / "model.onnx").is_file():
+        return embedder, classifier, "trained models (models/embedder, models/classifier)"
+    return (
+        write_tiny_embedder(tmp / "embedder", dim=64),
+        write_tiny_classifier(tmp / "classifier"),
+        "TINY test models (models/embedder or models/classifier missing): inference cost is not representative",
+    )
+
+
+def report(title: str, summary: Summary) -> None:
+    print(f"\n== {title}")
+    print(
+        f"   added {summary.added}  updated {summary.updated}  unchanged {summary.unchanged}  "
+        f"rejected {summary.rejected}  complete {summary.complete}  {summary.error}"
+    )
+    print(
+        f"   elapsed {summary.elapsed_s:.2f} s   {summary.items_per_s:,.0f} items/s handled   "
+        f"{summary.embedded_per_s:,.0f} images/s embedded"
+    )
+    for stage, seconds in summary.stage_s.items():
+        share = seconds / summary.elapsed_s if summary.elapsed_s else 0
+        print(f"   {stage:<40} {seconds:8.2f} s  ({share:5.0%} of wall; batches overlap)")
+
+
+def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample: int) -> None:
+    """Decode / preprocess / inference per image, in this process, with the service's own functions."""
+    from fashionsearch.images import decode_images
+    from fashionsearch.model_contract import preprocess
+    from services.embedder.model import OnnxEmbedder
+
+    embedder = OnnxEmbedder.from_dir(model_dir, intra_op_threads=threads)
+    fetcher = ImageFetcher(root=manifest.image_root)
+    blobs: list[bytes] = []
+    for row in manifest.rows():
+        if isinstance(row, Row):
+            try:
+                blobs.append(fetcher.fetch(row.image))
+            except Exception:  # noqa: BLE001 - rows without an image are skipped here
+                continue
+        if len(blobs) >= sample:
+            break
+    height, width = embedder.input_size
+    spec = embedder._model.spec.input  # noqa: SLF001 - the bench wants the same spec the service uses
+    t = {"decode": 0.0, "preprocess": 0.0, "inference": 0.0}
+    for start_at in range(0, len(blobs), 64):
+        chunk = blobs[start_at : start_at + 64]
+        t0 = time.perf_counter()
+        images = decode_images(chunk, target_size=(width, height))
+        t1 = time.perf_counter()
+        batch = preprocess(images, spec)
+        t2 = time.perf_counter()
+        embedder._model.run(batch)  # noqa: SLF001
+        t3 = time.perf_counter()
+        t["decode"] += t1 - t0
+        t["preprocess"] += t2 - t1
+        t["inference"] += t3 - t2
+    n = max(len(blobs), 1)
+    total = sum(t.values())
+    print(f"\n== inside the embedder ({n} images, batches of 64, intra-op threads {threads}, one process)")
+    for stage, seconds in t.items():
+        print(f"   {stage:<12} {seconds / n * 1e6:8.0f} us/image  ({seconds / total:4.0%})")
+    print(f"   => at most {n / total:,.0f} images/s per embedder process for this model on this machine")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, help="dataset folder (styles.csv + images/)")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N rows")
+    parser.add_argument("--mode", choices=("direct", "gateway", "both"), default="both")
+    parser.add_argument("--threads", type=int, default=2, help="ONNX intra-op threads of each model service")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--inflight", type=int, default=2)
+    parser.add_argument("--sample", type=int, default=2048, help="images for the in-process embedder breakdown")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="reembed-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        manifest, data_label = pick_catalogue(args, tmp)
+        embedder_dir, classifier_dir, models_label = pick_models(tmp)
+        ports = {name: free_port() for name in ("classifier", "embedder", "gateway")}
+        addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
+        envs = {
+            "classifier": {
+                "CLASSIFIER_PORT": str(ports["classifier"]),
+                "CLASSIFIER_HOST": "127.0.0.1",
+                "CLASSIFIER_MODEL_DIR": str(classifier_dir),
+                "CLASSIFIER_INTRA_OP_THREADS": str(args.threads),
+                "CLASSIFIER_LOG_LEVEL": "WARNING",
+            },
+            "embedder": {
+                "EMBEDDER_PORT": str(ports["embedder"]),
+                "EMBEDDER_HOST": "127.0.0.1",
+                "EMBEDDER_MODEL_DIR": str(embedder_dir),
+                "EMBEDDER_INTRA_OP_THREADS": str(args.threads),
+                "EMBEDDER_LOG_LEVEL": "WARNING",
+            },
+            "gateway": {
+                "GATEWAY_PORT": str(ports["gateway"]),
+                "GATEWAY_HOST": "127.0.0.1",
+                "GATEWAY_CLASSIFIER_ADDR": addr["classifier"],
+                "GATEWAY_EMBEDDER_ADDR": addr["embedder"],
+                "GATEWAY_DATA_DIR": str(tmp / "gateway-store"),
+                "GATEWAY_EMBED_TIMEOUT_S": "30",
+                "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
+                "GATEWAY_LOG_LEVEL": "WARNING",
+            },
+        }
+        processes: list[subprocess.Popen] = []
+        try:
+            for name in ("classifier", "embedder", "gateway"):
+                log = tmp / f"{name}.log"
+                process = start(f"services.{name}", envs[name], log)
+                processes.append(process)
+                wait_serving(process, addr[name], log)
+
+            print(f"re-embed throughput: {data_label} ({manifest.approximate_rows()} rows)")
+            print(f"models: {models_label}")
+            print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}")
+            options = Options(batch_size=args.batch_size, inflight=args.inflight, fetch_threads=8)
+            fetcher = ImageFetcher(root=manifest.image_root)
+            if args.mode in ("direct", "both"):
+                for title in ("direct: full re-embed into a new Edge collection", "direct: incremental re-run"):
+                    target = DirectTarget(
+                        EdgeCatalog(tmp / "direct-store"),
+                        ModelClients(addr["embedder"], addr["classifier"], timeout_s=60, max_batch=args.batch_size),
+                        "catalogue",
+                    )
+                    try:
+                        summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
+                    finally:
+                        target.close()
+                    report(title, summary)
+            if args.mode in ("gateway", "both"):
+                for title in ("gateway: full embed via UpsertItems", "gateway: incremental re-run"):
+                    target = GatewayTarget(addr["gateway"], timeout_s=60)
+                    try:
+                        summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
+                    finally:
+                        target.close()
+                    report(title, summary)
+        finally:
+            for process in processes:
+                process.send_signal(signal.SIGTERM)
+            for process in processes:
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+        embedder_internals(manifest, embedder_dir, args.threads, args.sample)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

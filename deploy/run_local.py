@@ -1,0 +1,139 @@
+"""`make run`: the whole stack on this machine, with the embedded Qdrant Edge store and the sample catalogue.
+
+Starts the classifier, embedder and gateway as separate processes (as ops would), waits until each reports
+SERVING on gRPC health, indexes `sample_catalogue/` through the gateway (incremental: a second run finds it
+already indexed and embeds nothing), prints where to go, and stops everything cleanly on Ctrl-C.
+Everything it writes lives under `var/` (store, logs, reject file). Ports: FASHIONSEARCH_*_PORT.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from fashionsearch.healthcheck import is_serving  # noqa: E402
+
+VAR = REPO / "var"
+START_TIMEOUT_S = 90.0
+
+
+def port(name: str, default: int) -> int:
+    raw = os.environ.get(f"FASHIONSEARCH_{name}_PORT", str(default))
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        sys.exit(f"FASHIONSEARCH_{name}_PORT={raw!r}: expected a port number between 1 and 65535")
+    return int(raw)
+
+
+class Stack:
+    """The child processes, started in order and stopped in reverse."""
+
+    def __init__(self) -> None:
+        self.children: list[tuple[str, subprocess.Popen[bytes], Path]] = []
+
+    def start(self, name: str, env: dict[str, str]) -> None:
+        log = VAR / "logs" / f"{name}.log"
+        with open(log, "ab") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=REPO,
+                env={**os.environ, **env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches us only; we stop the children in order.
+            )
+        self.children.append((name, child, log))
+
+    def wait_serving(self, name: str, address: str) -> None:
+        _, child, log = next(c for c in self.children if c[0] == name)
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not is_serving(address, timeout_s=1.0):
+            if child.poll() is not None or time.monotonic() > deadline:
+                tail = log.read_text(errors="replace").splitlines()[-15:]
+                raise SystemExit(f"{name} did not start (see {log}):\n  " + "\n  ".join(tail))
+            time.sleep(0.2)
+        print(f"  {name:<10} SERVING on {address}", flush=True)
+
+    def check_alive(self) -> None:
+        for name, child, log in self.children:
+            if child.poll() is not None:
+                raise SystemExit(f"{name} exited with code {child.returncode}; see {log}")
+
+    def stop(self) -> None:
+        for _, child, _ in reversed(self.children):
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+        for name, child, _ in reversed(self.children):
+            try:
+                child.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                print(f"  {name} did not stop in 15 s; killing it", flush=True)
+                child.kill()
+        self.children.clear()
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    (VAR / "logs").mkdir(parents=True, exist_ok=True)
+    classifier, embedder = port("CLASSIFIER", 50051), port("EMBEDDER", 50052)
+    gateway, http = port("GATEWAY", 50050), port("HTTP", 8080)
+    stack = Stack()
+    # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does.
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        print("Starting fashionsearch (logs in var/logs/):", flush=True)
+        stack.start("classifier", {"CLASSIFIER_PORT": str(classifier), "CLASSIFIER_HOST": "127.0.0.1"})
+        stack.start("embedder", {"EMBEDDER_PORT": str(embedder), "EMBEDDER_HOST": "127.0.0.1"})
+        stack.wait_serving("classifier", f"127.0.0.1:{classifier}")
+        stack.wait_serving("embedder", f"127.0.0.1:{embedder}")
+        stack.start(
+            "gateway",
+            {
+                "GATEWAY_PORT": str(gateway),
+                "GATEWAY_HOST": "127.0.0.1",
+                "GATEWAY_HTTP_PORT": str(http),
+                "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{classifier}",
+                "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
+                "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
+                "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue" / "images"),
+            },
+        )
+        stack.wait_serving("gateway", f"127.0.0.1:{gateway}")
+
+        print("Indexing the sample catalogue (only new or changed items are embedded):", flush=True)
+        indexer = subprocess.run(
+            [sys.executable, "-m", "jobs.indexer", "--dataset", str(REPO / "sample_catalogue"),
+             "--gateway", f"127.0.0.1:{gateway}", "--rejects", str(VAR / "indexer-rejects.csv")],
+            cwd=REPO,
+        )
+        if indexer.returncode not in (0, 2):
+            raise SystemExit(f"indexing failed with exit code {indexer.returncode}")
+
+        print(
+            "\nfashionsearch is running:\n"
+            f"  web page and HTTP API  http://127.0.0.1:{http}/   (OpenAPI: /openapi.json)\n"
+            f"  gRPC gateway           127.0.0.1:{gateway}        (fashionsearch.v1.Gateway, reflection on)\n"
+            "Press Ctrl-C to stop.",
+            flush=True,
+        )
+        while True:
+            stack.check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        print("\nStopping...", flush=True)
+        return 0
+    finally:
+        stack.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
