@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from training import data
+from training.export import ExportError
 from training.recipe import RECIPES, TrainOptions, get_recipe
 
 log = logging.getLogger("training")
@@ -54,14 +55,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
     options = TrainOptions(
         epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-        verbose=args.verbose, limit=args.limit, max_minutes=args.max_minutes,
+        verbose=args.verbose, limit=args.limit, max_minutes=args.max_minutes, jit_compile=not args.no_jit,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
     log.info("training took %.0f s", time.monotonic() - started)
     save_trained(trained, run_dir)
     if args.out is not None:
-        spec = export_model(trained, args.out, version=args.version)
+        spec = export_model(trained, args.out, version=args.version, min_parity_images=args.min_parity_images)
         log.info("exported %s to %s", spec.identity, args.out)
     return 0
 
@@ -71,7 +72,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     data.configure_tensorflow(args.threads)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
-    spec = export_model(load_trained(run_dir), args.out, version=args.version)
+    spec = export_model(load_trained(run_dir), args.out, version=args.version,
+                        min_parity_images=args.min_parity_images)
     log.info("exported %s to %s", spec.identity, args.out)
     return 0
 
@@ -120,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=None)
     p.add_argument("--limit", type=int, default=None, help="at most this many train/val images (smoke runs)")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock training budget")
+    p.add_argument("--no-jit", action="store_true", help="no XLA compilation (faster start for tiny runs)")
+    p.add_argument("--min-parity-images", type=int, default=256, help="parity gate sample size (keep 256)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--version", default="1")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-parity-images", type=int, default=256, help="parity gate sample size (keep 256)")
     p.set_defaults(func=cmd_export)
 
     p = commands.add_parser("evaluate", help="write reports/<model>/README.md and its pictures")
@@ -154,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     except data.DataError as bad:
         log.error("%s", bad)
         return 2
+    except ExportError as bad:
+        log.error("export failed: %s", bad)
+        return 3
 
 
 if __name__ == "__main__":

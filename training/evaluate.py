@@ -311,6 +311,13 @@ def plot_queries(
 # The report
 
 
+def _rel(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(data.REPO_ROOT))
+    except ValueError:
+        return str(path)
+
+
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
@@ -515,7 +522,7 @@ def evaluate_model(
     else:
         body, test_metrics = evaluate_embedder(spec, session, model_dir, dataset, split, report_dir, threads)
     lines += body
-    lines += ["", f"Regenerate: `python -m training evaluate {model_dir} --report {report_dir}`.", ""]
+    lines += ["", f"Regenerate: `python -m training evaluate {_rel(model_dir)} --report {_rel(report_dir)}`.", ""]
     path = report_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     if update_metrics:

@@ -94,10 +94,14 @@ def compare_outputs(
     worst, mismatches, n = 0.0, 0, 0
     for ref, got in zip(reference, candidate, strict=True):
         ref, got = np.asarray(ref), np.asarray(got)
+        if np.isnan(worst):
+            break
         if ref.shape != got.shape:
             raise ExportError(f"output shapes differ: Keras {ref.shape}, ONNX {got.shape}")
         n = len(ref)
-        worst = max(worst, float(np.max(np.abs(ref - got))) if ref.size else 0.0)
+        diff = float(np.max(np.abs(ref - got))) if ref.size else 0.0
+        if np.isnan(diff) or diff > worst:  # a NaN stays the worst value
+            worst = diff
         if classifier:
             mismatches += int(np.sum(np.argmax(ref, axis=-1) != np.argmax(got, axis=-1)))
     result = ParityResult(images=n, max_abs_diff=worst, argmax_mismatches=mismatches)

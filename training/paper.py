@@ -107,7 +107,8 @@ def train_cnn(dataset: data.Dataset, split: dict[int, str], run_dir: Path, optio
     if model.count_params() != CNN_PARAMETERS:
         raise AssertionError(f"paper CNN has {model.count_params()} parameters, expected {CNN_PARAMETERS}")
     model.compile(
-        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"]
+        optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy", metrics=["accuracy"],
+        jit_compile=options.keras_jit,
     )
     result = fit(
         model, train_ds, val_ds, run_dir, epochs, monitor="val_loss", lr_patience=4, stop_patience=10,
@@ -153,7 +154,7 @@ def train_autoencoder(
     val_ds = data.make_tf_dataset(val_pixels, None, PAPER_INPUT, 256)
     quick_val_ds = data.make_tf_dataset(val_pixels[:AUTOENCODER_VAL_IMAGES], None, PAPER_INPUT, 256)
     autoencoder, encoder = build_autoencoder(16)
-    autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse", jit_compile=options.keras_jit)
     result = fit(
         autoencoder, train_ds, quick_val_ds, run_dir, epochs, monitor="val_loss", lr_patience=3, stop_patience=6,
         verbose=options.verbose, steps_per_epoch=steps, max_seconds=max_minutes * 60,

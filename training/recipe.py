@@ -20,6 +20,8 @@ from fashionsearch.model_contract import InputSpec
 RECIPES: dict[str, str] = {
     "paper-cnn": "training.paper:train_cnn",
     "paper-autoencoder": "training.paper:train_autoencoder",
+    "classifier": "training.production:train_classifier",
+    "embedder": "training.production:train_embedder",
 }
 
 
@@ -41,6 +43,11 @@ class TrainOptions:
     verbose: int = 2  # Keras: 1 progress bar, 2 one line per epoch
     limit: int | None = None  # use at most this many train and val images (smoke tests)
     max_minutes: float | None = None  # wall-clock training budget; None: the recipe's default
+    jit_compile: bool = True  # XLA; off for tiny runs, where compiling costs more than it saves
+
+    @property
+    def keras_jit(self) -> bool | str:
+        return "auto" if self.jit_compile else False
 
 
 @dataclass(frozen=True)

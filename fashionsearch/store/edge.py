@@ -110,7 +110,11 @@ class EdgeIndex:
         self._root.mkdir(parents=True, exist_ok=True)
         self._info = _read_meta(self._meta_path)
         if self._info is not None:
-            self._shard = qe.EdgeShard.load(str(self._shard_path), self._config(self._info.dim))
+            try:
+                self._shard = qe.EdgeShard.load(str(self._shard_path), self._config(self._info.dim))
+            except Exception as error:  # qdrant-edge raises plain Exception
+                hint = " (is another process using it?)" if "WouldBlock" in str(error) else ""
+                raise StoreError(f"cannot open the Qdrant Edge shard at {self._shard_path}{hint}: {error}") from None
             logger.info(
                 "opened edge collection %s: %s vectors of %s (dim %s)",
                 self._root,

@@ -8,6 +8,7 @@ service's reason.  Decoding every image twice would cost more than the whole ups
 from __future__ import annotations
 
 import http.client
+import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -46,6 +47,10 @@ class ImageFetcher:
     timeout_s: float = 10.0
     max_bytes: int = DEFAULT_MAX_BYTES
 
+    @property
+    def _root_prefix(self) -> str:
+        return f"{os.fspath(self.root).rstrip('/')}/"
+
     def fetch(self, ref: str) -> bytes:
         data = self._fetch_url(ref) if is_url(ref) else self._read_file(ref)
         if not data:
@@ -55,12 +60,14 @@ class ImageFetcher:
         return data
 
     def _read_file(self, ref: str) -> bytes:
-        path = Path(ref)
-        if not path.is_absolute():
-            path = self.root / path
+        # Plain string paths and one unbuffered read: this runs once per catalogue item, even when unchanged.
+        path = ref if ref.startswith("/") else f"{self._root_prefix}{ref}"
         try:
-            with open(path, "rb") as f:
-                data = f.read(self.max_bytes + 1)
+            with open(path, "rb", buffering=0) as f:
+                size = os.fstat(f.fileno()).st_size
+                if size > self.max_bytes:
+                    raise FetchError(f"image too large: {path} is over {self.max_bytes} bytes")
+                data = f.read(size + 1) if size else f.read()
         except FileNotFoundError:
             raise FetchError(f"missing file: {path}") from None
         except IsADirectoryError:

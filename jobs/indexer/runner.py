@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from jobs.indexer.digest import StoredDigests, content_hash
-from jobs.indexer.fetch import FetchError, ImageFetcher
+from jobs.indexer.fetch import FetchError, ImageFetcher, is_url
 from jobs.indexer.manifest import BadRow, Manifest, Row, in_shard, parse_id, shard_of
 from jobs.indexer.targets import JobError, Target, WriteItem
 
@@ -335,7 +335,10 @@ def _index_rows(
                         added_ids.add(row.id)
                     good.append((row, pos))
                 t0 = time.perf_counter()
-                loaded = list(fetch_pool.map(load, [r for r, _ in good])) if threads > 1 else [load(r) for r, _ in good]
+                # Local files are read inline (a page-cache read is cheaper than a thread hand-off); downloads
+                # wait on the network, so they go to the thread pool.
+                remote = threads > 1 and any(is_url(r.image) for r, _ in good)
+                loaded = list(fetch_pool.map(load, [r for r, _ in good])) if remote else [load(r) for r, _ in good]
                 read_s += time.perf_counter() - t0
                 for (row, pos), result in zip(good, loaded, strict=True):
                     if isinstance(result, FetchError):

@@ -7,6 +7,7 @@ import logging
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.bootstrap import Gateway, bootstrap, max_message_bytes
+from services.gateway.http import start_http
 from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,13 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
     except BaseException:
         await gateway.close()
         raise
+    if settings.http_port is not None:
+        try:
+            http_server = await start_http(settings, gateway.service, gateway.index, running.health)
+        except BaseException:
+            await running.stop(0)
+            raise
+        running.add_closer(http_server.close)
     await running.set_serving()
     return running
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from fashionsearch.config import Address, ConfigError, Env
 
+DEFAULT_HTTP_PORT = 8080
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -32,6 +34,12 @@ class Settings:
     store_search_threads: int = 1
     grace_s: float = 5.0
     log_level: str = "INFO"
+    #: Port of the HTTP/JSON API and web page (services/gateway/http.py) on the same host as gRPC; 0 picks a free
+    #: port, None turns HTTP off (GATEWAY_HTTP_ENABLED=false; also the default when Settings is built in code).
+    http_port: int | None = None
+    http_max_body_bytes: int = 16 * 1024 * 1024
+    #: Folder that relative image references (payload image_ref) resolve against, served under /images/.
+    image_root: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -66,4 +74,9 @@ class Settings:
             store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            http_port=env.port("HTTP_PORT", DEFAULT_HTTP_PORT) if env.get_bool("HTTP_ENABLED", True) else None,
+            http_max_body_bytes=env.get_int(
+                "HTTP_MAX_BODY_BYTES", cls.http_max_body_bytes, min=1024, max=256 * 1024 * 1024
+            ),
+            image_root=env.path("IMAGE_ROOT", "", must_exist="dir") if env.get_str("IMAGE_ROOT", "") else None,
         )

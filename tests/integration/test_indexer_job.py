@@ -306,3 +306,26 @@ def test_the_job_fails_cleanly_when_the_gateway_is_down(tmp_path: Path) -> None:
     code, summary = run_job(tmp_path, "--dataset", str(dataset), "--gateway", "127.0.0.1:9", "--timeout-s", "1")
     assert code == 1 and not summary["complete"] and "GetStats" in summary["error"]
     assert time.monotonic() - started < 60
+
+
+def test_sigterm_stops_after_the_batches_in_flight(stack: Stack, tmp_path: Path) -> None:
+    total = 600
+    dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
+    args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
+    with subprocess.Popen(
+        _job_command(tmp_path, *args, progress=True), cwd=REPO_ROOT, text=True, stderr=subprocess.PIPE
+    ) as process:
+        assert process.stderr is not None
+        for line in process.stderr:
+            match = re.search(r" \+(\d+) ~", line)
+            if match and int(match.group(1)) >= 50:
+                process.send_signal(signal.SIGTERM)
+                break
+        process.stderr.read()
+        assert process.wait(30) == 1
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["interrupted"] and not summary["complete"] and 50 <= summary["added"] < total
+    stored = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
+    assert stored == summary["added"]  # the summary counts exactly what was acknowledged
+    code, resumed = run_job(tmp_path, *args)
+    assert code == 0 and (resumed["added"], resumed["unchanged"]) == (total - stored, stored)

@@ -168,3 +168,20 @@ def test_unflushed_writes_are_replayed_from_the_wal(tmp_path):
         assert recovered.count() == 1 and [p.id for p in recovered.retrieve([1, 2])] == [1]
     finally:
         recovered.close()
+
+
+def test_a_second_process_on_the_same_directory_is_a_clear_error(index):
+    index.ensure_collection(2, V1)
+    with pytest.raises(StoreError, match="another process"):
+        EdgeIndex(index.path.parent, "catalogue")
+
+
+def test_a_missing_shard_is_a_clear_error(tmp_path):
+    import shutil
+
+    first = EdgeIndex(tmp_path, "catalogue")
+    first.ensure_collection(2, V1)
+    first.close()
+    shutil.rmtree(tmp_path / "catalogue" / SHARD_DIR)
+    with pytest.raises(StoreError, match="cannot open the Qdrant Edge shard"):
+        EdgeIndex(tmp_path, "catalogue")

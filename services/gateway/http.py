@@ -1,0 +1,1041 @@
+"""The gateway's HTTP/JSON API and web page, served by aiohttp on the same event loop as the gRPC server.
+
+Every endpoint calls the same GatewayService as the gRPC servicer, so validation and errors are the same; a
+FashionSearchError becomes the HTTP status of its gRPC code (see HTTP_STATUS) with a JSON body
+``{"error": {"status": 400, "code": "INVALID_ARGUMENT", "message": "..."}}``.
+
+Product images: a payload's ``image_ref`` is either an http(s) URL (used as is) or a path relative to
+GATEWAY_IMAGE_ROOT (the catalogue folder the indexer read, e.g. sample_catalogue/), served under ``/images/``.
+The gateway stores no image bytes itself.
+
+Request bodies larger than GATEWAY_HTTP_MAX_BODY_BYTES are refused with 413: from Content-Length before any of the
+body is read (also answering ``Expect: 100-continue`` that way), otherwise while it streams in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import time
+import urllib.parse
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import BodyPartReader, hdrs, web
+from grpc_health.v1 import health, health_pb2
+
+from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, Unavailable
+from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
+from services.gateway.domain import (
+    CONTENT_HASH_KEY,
+    PAYLOAD_FIELDS,
+    AttributePrediction,
+    CatalogueItem,
+    FilterMode,
+    ModelId,
+    SearchOptions,
+)
+from services.gateway.service import GatewayService
+from services.gateway.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+#: gRPC status of our exception hierarchy -> HTTP status.
+HTTP_STATUS: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.FAILED_PRECONDITION: 409,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.INTERNAL: 500,
+}
+
+FILTER_MODES = {mode.value: mode for mode in FilterMode}
+SEARCH_PARAMS = ("top_k", "filter_mode")
+FILTER_PREFIX = "filter."
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
+_READ_CHUNK = 64 * 1024
+_DEFAULT_LIST_PAGE = 1000
+_CATEGORY_FIELD = "subCategory"
+_CATEGORY_TTL_S = 30.0
+
+
+def error_body(status: int, code: str, message: str) -> web.Response:
+    return web.json_response({"error": {"status": status, "code": code, "message": message}}, status=status)
+
+
+def _check_length(request: web.Request, limit: int) -> web.Response | None:
+    length = request.content_length
+    if length is not None and length > limit:
+        return _too_large(limit, length)
+    return None
+
+
+def _too_large(limit: int, size: int | None = None) -> web.Response:
+    size_text = f"{size} bytes" if size is not None else "larger"
+    return error_body(
+        413,
+        "PAYLOAD_TOO_LARGE",
+        f"the request body is {size_text}, more than the limit of {limit} bytes (GATEWAY_HTTP_MAX_BODY_BYTES)",
+    )
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def _errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+        refused = _check_length(request, max_body_bytes)
+        if refused is not None:
+            return refused
+        try:
+            return await handler(request)
+        except FashionSearchError as error:
+            status = HTTP_STATUS.get(error.code, 500)
+            return error_body(status, error.code.name, error.message)
+        except (_BodyTooLarge, web.HTTPRequestEntityTooLarge):
+            return _too_large(max_body_bytes)
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            code = error.reason.upper().replace(" ", "_").replace("-", "_")
+            message = error.text if error.text and not error.text.startswith(f"{error.status}:") else error.reason
+            if error.status == 404:
+                message = f"no such endpoint: {request.method} {request.path} (the API is listed at /openapi.json)"
+            elif isinstance(error, web.HTTPMethodNotAllowed):
+                allowed = ", ".join(sorted(error.allowed_methods))
+                message = f"{request.method} is not allowed on {request.path}; allowed: {allowed}"
+            return error_body(error.status, code, message)
+        except Exception:
+            logger.exception("unexpected error on %s %s", request.method, request.path)
+            return error_body(500, "INTERNAL", "internal error; the server log has the details")
+
+    return errors
+
+
+# ---- request parsing --------------------------------------------------------------------------------------------
+
+
+def _int(value: Any, what: str) -> int:
+    if isinstance(value, bool):
+        raise InvalidArgument(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
+
+
+def _item_id(request: web.Request) -> int:
+    return _int(request.match_info["id"], "product id")
+
+
+def _mode(value: str | None, has_filters: bool) -> FilterMode:
+    """The filter mode; with filters given and no mode, the explicit mode is meant."""
+    if value is None or value == "":
+        return FilterMode.EXPLICIT if has_filters else FilterMode.PREDICTED_SUBCATEGORY
+    mode = FILTER_MODES.get(value)
+    if mode is None:
+        raise InvalidArgument(f"unknown filter_mode {value!r}; allowed: {', '.join(FILTER_MODES)}")
+    return mode
+
+
+def options_from_params(params: list[tuple[str, str]]) -> SearchOptions:
+    """SearchOptions from query or form parameters: top_k, filter_mode and filter.<field>=<value> (repeatable)."""
+    top_k: int | None = None
+    mode: str | None = None
+    filters: dict[str, list[str]] = {}
+    for name, value in params:
+        if name == "top_k":
+            top_k = _int(value, "top_k")
+        elif name == "filter_mode":
+            mode = value.strip()
+        elif name.startswith(FILTER_PREFIX):
+            filters.setdefault(name[len(FILTER_PREFIX) :], []).append(value)
+        else:
+            raise InvalidArgument(
+                f"unknown parameter {name!r}; allowed: top_k, filter_mode, filter.<field> with a field of "
+                f"{', '.join(FILTER_FIELDS)}"
+            )
+    return SearchOptions(
+        top_k=top_k,
+        mode=_mode(mode, bool(filters)),
+        filters=tuple((name, tuple(values)) for name, values in filters.items()),
+    )
+
+
+def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
+    """SearchOptions from a JSON object: top_k, filter_mode and filters {field: value or [values]}."""
+    raw_filters = body.get("filters") or {}
+    if not isinstance(raw_filters, dict):
+        raise InvalidArgument('filters must be an object such as {"subCategory": ["Topwear"]}')
+    filters: list[tuple[str, tuple[str, ...]]] = []
+    for name, values in raw_filters.items():
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise InvalidArgument(f"filter {name!r} must be a string or a list of strings")
+        filters.append((str(name), tuple(values)))
+    top_k = body.get("top_k")
+    mode = body.get("filter_mode")
+    if mode is not None and not isinstance(mode, str):
+        raise InvalidArgument("filter_mode must be a string")
+    return SearchOptions(
+        top_k=None if top_k is None else _int(top_k, "top_k"),
+        mode=_mode(mode, bool(filters)),
+        filters=tuple(filters),
+    )
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    raw = await request.read()
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as bad:
+        raise InvalidArgument(f"the request body is not valid JSON: {bad}") from None
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return body
+
+
+async def _read_multipart(request: web.Request, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
+    """Every part of a multipart/form-data body: name -> [(bytes, filename)], at most `limit` bytes in all."""
+    reader = await request.multipart()
+    fields: dict[str, list[tuple[bytes, str | None]]] = {}
+    total = 0
+    while True:
+        part = await reader.next()
+        if part is None:
+            return fields
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidArgument("every part of the multipart body must be a named form field")
+        data = bytearray()
+        while chunk := await part.read_chunk(_READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise _BodyTooLarge()
+            data.extend(chunk)
+        fields.setdefault(part.name, []).append((bytes(data), part.filename))
+
+
+def _text(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"form field {name!r} is not UTF-8 text") from None
+
+
+def _single(fields: Mapping[str, list[tuple[bytes, str | None]]], name: str) -> bytes | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidArgument(f"form field {name!r} is given {len(values)} times; send it once")
+    return values[0][0]
+
+
+def _payload(value: Any) -> dict[str, Any]:
+    """A catalogue payload from JSON: known fields are type-checked, unknown ones left for the service to refuse."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument('payload must be a JSON object such as {"name": "...", "subCategory": "Topwear"}')
+    payload: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "year":
+            payload[key] = 0 if item in (None, "") else _int(item, "payload year")
+        elif item is None:
+            payload[key] = ""
+        elif isinstance(item, str):
+            payload[key] = item
+        else:
+            raise InvalidArgument(f"payload field {key!r} must be a string, got {item!r}")
+    return payload
+
+
+# ---- response shapes --------------------------------------------------------------------------------------------
+
+
+def model_json(model: ModelId | None) -> dict[str, str] | None:
+    if model is None:
+        return None
+    return {"name": model.name, "version": model.version, "onnx_sha256": model.onnx_sha256}
+
+
+def attribute_json(attribute: AttributePrediction) -> dict[str, Any]:
+    return {
+        "attribute": attribute.attribute,
+        "labels": [{"label": s.label, "probability": round(float(s.probability), 6)} for s in attribute.labels],
+    }
+
+
+def payload_json(payload: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key in PAYLOAD_FIELDS:
+        value = payload.get(key)
+        if key == "year":
+            try:
+                out[key] = int(value or 0)
+            except (TypeError, ValueError):
+                out[key] = 0
+        else:
+            out[key] = "" if value is None else str(value)
+    return out
+
+
+def filters_json(filters: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    return {name: list(values) for name, values in filters.items()}
+
+
+@dataclass(frozen=True)
+class ImageLinks:
+    """Turns a payload's image_ref into a URL the browser can load (or None when the gateway cannot serve it)."""
+
+    root: Path | None
+
+    def url(self, ref: str) -> str | None:
+        ref = ref.strip()
+        if not ref:
+            return None
+        if ref.startswith(("http://", "https://")):
+            return ref
+        if self.root is None:
+            return None
+        path = Path(ref)
+        if path.is_absolute():
+            try:
+                path = path.resolve().relative_to(self.root)
+            except ValueError:
+                return None
+        return "/images/" + urllib.parse.quote(path.as_posix())
+
+    def file(self, relative: str) -> Path | None:
+        """The file under the root for a /images/ path, or None when there is none (or it lies outside)."""
+        if self.root is None:
+            return None
+        target = (self.root / relative).resolve()
+        if not target.is_relative_to(self.root) or target.suffix.lower() not in IMAGE_SUFFIXES:
+            return None
+        return target if target.is_file() else None
+
+
+# ---- the application --------------------------------------------------------------------------------------------
+
+
+class HttpApi:
+    """Request handlers over one GatewayService; health comes from the gRPC server's health servicer."""
+
+    def __init__(
+        self,
+        service: GatewayService,
+        index: VectorIndex,
+        settings: Settings,
+        health_servicer: health.aio.HealthServicer | None = None,
+    ) -> None:
+        self._service = service
+        self._index = index
+        self._settings = settings
+        self._health = health_servicer
+        self._images = ImageLinks(settings.image_root.resolve() if settings.image_root else None)
+        self._categories: tuple[float, list[dict[str, Any]]] | None = None
+
+    def hit_json(self, hit: Hit) -> dict[str, Any]:
+        payload = payload_json(hit.payload)
+        return {
+            "id": hit.id,
+            "distance": round(float(hit.distance), 6),
+            "payload": payload,
+            "image_url": self._images.url(payload["image_ref"]),
+        }
+
+    # -- search --
+
+    async def search(self, request: web.Request) -> web.Response:
+        params = list(request.query.items())
+        content_type = request.content_type
+        if content_type == "multipart/form-data":
+            fields = await _read_multipart(request, self._settings.http_max_body_bytes)
+            image = _single(fields, "image")
+            if image is None:
+                raise InvalidArgument("the multipart body has no 'image' field; attach the photo as image=@photo.jpg")
+            for name, values in fields.items():
+                if name != "image":
+                    params.extend((name, _text(value, name)) for value, _ in values)
+        elif content_type in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
+            raise web.HTTPUnsupportedMediaType(
+                text="send the photo as multipart/form-data (field 'image') or as the raw request body"
+                " with an image/* or application/octet-stream content type"
+            )
+        else:
+            image = await request.read()
+        result = await self._service.search(image, options_from_params(params))
+        return web.json_response(
+            {
+                "attributes": [attribute_json(a) for a in result.classification.attributes],
+                "suggested_name": result.suggested_name,
+                "keywords": list(result.keywords),
+                "hits": [self.hit_json(h) for h in result.hits],
+                "applied_filters": filters_json(result.applied_filters),
+                "classifier_model": model_json(result.classification.model),
+                "embedder_model": model_json(result.embedder_model),
+            }
+        )
+
+    async def similar(self, request: web.Request) -> web.Response:
+        """GET /v1/items/{id}/similar: more like this, options in the query string."""
+        return await self._similar(_item_id(request), options_from_params(list(request.query.items())))
+
+    async def search_by_id(self, request: web.Request) -> web.Response:
+        """POST /v1/search/by-id with a JSON body {id, top_k, filter_mode, filters}."""
+        body = await _read_json(request)
+        if "id" not in body:
+            raise InvalidArgument("the body needs the product 'id'")
+        return await self._similar(_int(body["id"], "id"), options_from_json(body))
+
+    async def _similar(self, item_id: int, options: SearchOptions) -> web.Response:
+        result = await self._service.search_by_id(item_id, options)
+        return web.json_response(
+            {"hits": [self.hit_json(h) for h in result.hits], "applied_filters": filters_json(result.applied_filters)}
+        )
+
+    # -- catalogue --
+
+    async def get_item(self, request: web.Request) -> web.Response:
+        item = await self._service.get(_item_id(request))
+        payload = payload_json(item.payload)
+        return web.json_response(
+            {
+                "id": item.id,
+                "payload": payload,
+                "content_hash": str(item.payload.get(CONTENT_HASH_KEY, "")),
+                "image_url": self._images.url(payload["image_ref"]),
+            }
+        )
+
+    async def item_image(self, request: web.Request) -> web.StreamResponse:
+        item = await self._service.get(_item_id(request))
+        url = self._images.url(str(item.payload.get("image_ref") or ""))
+        if url is None:
+            raise NotFound(f"product {item.id} has no image the gateway can serve (see GATEWAY_IMAGE_ROOT)")
+        raise web.HTTPFound(url)
+
+    async def put_item(self, request: web.Request) -> web.Response:
+        """PUT /v1/items/{id}: multipart with 'image' (the photo), optional 'payload' (JSON) and 'content_hash'."""
+        item_id = _item_id(request)
+        if request.content_type != "multipart/form-data":
+            raise web.HTTPUnsupportedMediaType(
+                text="send multipart/form-data with an 'image' file and an optional 'payload' JSON field"
+            )
+        fields = await _read_multipart(request, self._settings.http_max_body_bytes)
+        unknown = sorted(set(fields) - {"image", "payload", "content_hash"})
+        if unknown:
+            raise InvalidArgument(f"unknown form field(s) {', '.join(unknown)}; allowed: image, payload, content_hash")
+        image = _single(fields, "image")
+        if image is None:
+            raise InvalidArgument("the multipart body has no 'image' field")
+        raw_payload = _single(fields, "payload")
+        try:
+            payload = _payload(json.loads(_text(raw_payload, "payload"))) if raw_payload else {}
+        except json.JSONDecodeError as bad:
+            raise InvalidArgument(f"form field 'payload' is not valid JSON: {bad}") from None
+        content_hash = _single(fields, "content_hash")
+        item = CatalogueItem(
+            id=item_id,
+            image=image,
+            payload=payload,
+            content_hash=_text(content_hash, "content_hash") if content_hash else "",
+        )
+        outcomes = await self._upsert([item])
+        if outcomes[0]["error"] is not None:
+            error = outcomes[0]["error"]
+            return error_body(error["status"], error["code"], error["message"])
+        return web.json_response(outcomes[0])
+
+    async def post_items(self, request: web.Request) -> web.Response:
+        """POST /v1/items: {"items": [{id, image_base64, payload, content_hash}]} -> one result per item."""
+        body = await _read_json(request)
+        raw_items = body.get("items")
+        if not isinstance(raw_items, list) or not raw_items:
+            raise InvalidArgument('the body needs a non-empty "items" list')
+        items = []
+        for position, raw in enumerate(raw_items):
+            if not isinstance(raw, dict):
+                raise InvalidArgument(f"items[{position}] must be an object")
+            try:
+                image = base64.b64decode(str(raw.get("image_base64", "")), validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidArgument(f"items[{position}].image_base64 is not valid base64") from None
+            items.append(
+                CatalogueItem(
+                    id=_int(raw.get("id"), f"items[{position}].id"),
+                    image=image,
+                    payload=_payload(raw.get("payload")),
+                    content_hash=str(raw.get("content_hash") or ""),
+                )
+            )
+        return web.json_response({"results": await self._upsert(items)})
+
+    async def _upsert(self, items: list[CatalogueItem]) -> list[dict[str, Any]]:
+        async def stream() -> AsyncIterator[CatalogueItem]:
+            for item in items:
+                yield item
+
+        results = []
+        async for outcome in self._service.upsert(stream()):
+            error = None
+            if outcome.error is not None:
+                status = HTTP_STATUS.get(outcome.error.code, 500)
+                error = {"status": status, "code": outcome.error.code.name, "message": outcome.error.message}
+            results.append({"id": outcome.id, "upserted": error is None, "error": error})
+        self._categories = None
+        return results
+
+    async def delete_item(self, request: web.Request) -> web.Response:
+        count = await self._service.delete([_item_id(request)])
+        self._categories = None
+        return web.json_response({"item_count": count})
+
+    async def delete_items(self, request: web.Request) -> web.Response:
+        """POST /v1/items/delete {"ids": [...]}: ids that do not exist are ignored, as in gRPC DeleteItems."""
+        body = await _read_json(request)
+        ids = body.get("ids")
+        if not isinstance(ids, list):
+            raise InvalidArgument('the body needs an "ids" list')
+        count = await self._service.delete([_int(i, "id") for i in ids])
+        self._categories = None
+        return web.json_response({"item_count": count})
+
+    async def list_items(self, request: web.Request) -> web.StreamResponse:
+        """GET /v1/items: every item's id and content hash, one JSON object per line (NDJSON), streamed."""
+        params = dict(request.query)
+        page_size = _int(params.pop("page_size", _DEFAULT_LIST_PAGE), "page_size")
+        if params:
+            raise InvalidArgument(f"unknown parameter(s) {', '.join(sorted(params))}; allowed: page_size")
+        if not 1 <= page_size <= 10000:
+            raise InvalidArgument(f"page_size must be between 1 and 10000, got {page_size}")
+        pages = self._service.list_digests(page_size)
+        first = await anext(pages, None)
+        response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson"})
+        await response.prepare(request)
+        page = first
+        while page is not None:
+            lines = "".join(json.dumps({"id": i, "content_hash": h}) + "\n" for i, h in page)
+            await response.write(lines.encode())
+            page = await anext(pages, None)
+        await response.write_eof()
+        return response
+
+    async def stats(self, request: web.Request) -> web.Response:
+        stats = await self._service.stats()
+        stored = stats.stored_embedder
+        return web.json_response(
+            {
+                "item_count": stats.item_count,
+                "stored_embedder": {"name": stored.model, "version": stored.version} if stored else None,
+                "running_embedder": model_json(stats.running_embedder),
+                "classifier": model_json(stats.classifier),
+            }
+        )
+
+    async def categories(self, request: web.Request) -> web.Response:
+        """GET /v1/categories: the subCategory values in the catalogue with their counts (for the page's filter)."""
+        now = time.monotonic()
+        if self._categories is None or now - self._categories[0] > _CATEGORY_TTL_S:
+            self._categories = (now, await self._count_categories())
+        return web.json_response({"field": _CATEGORY_FIELD, "values": self._categories[1]})
+
+    async def _count_categories(self) -> list[dict[str, Any]]:
+        def count() -> dict[str, int]:
+            counts: dict[str, int] = {}
+            if self._index.info() is None:
+                return counts
+            for _, payload in self._index.scroll([_CATEGORY_FIELD], 1000):
+                value = str(payload.get(_CATEGORY_FIELD) or "")
+                if value:
+                    counts[value] = counts.get(value, 0) + 1
+            return counts
+
+        try:
+            counts = await asyncio.wait_for(asyncio.to_thread(count), self._settings.store_timeout_s * 4)
+        except TimeoutError:
+            raise Unavailable("the vector store did not list the categories in time") from None
+        except StoreError as error:
+            raise Unavailable(f"the vector store is unavailable: {error}") from None
+        return [{"value": v, "count": n} for v, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+    # -- operations --
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        """The gRPC health status of the gateway (or of ?service=<full name>): 200 when SERVING, else 503."""
+        service = request.query.get("service", "")
+        status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        if self._health is not None:
+            try:
+                reply = await self._health.Check(health_pb2.HealthCheckRequest(service=service), None)
+                status = reply.status
+            except AttributeError:  # Check() aborts through the (absent) context: the service is unknown.
+                status = health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+        name = health_pb2.HealthCheckResponse.ServingStatus.Name(status)
+        serving = status == health_pb2.HealthCheckResponse.SERVING
+        return web.json_response({"status": name}, status=200 if serving else 503)
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.json_response(openapi_document(self._settings))
+
+    async def images(self, request: web.Request) -> web.StreamResponse:
+        target = self._images.file(request.match_info["path"])
+        if target is None:
+            if self._images.root is None:
+                raise NotFound("product images are not served: GATEWAY_IMAGE_ROOT is not set")
+            raise NotFound(f"no image at {request.match_info['path']!r}")
+        return web.FileResponse(target, headers={hdrs.CACHE_CONTROL: "public, max-age=3600"})
+
+    async def index_page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(WEB_DIR / "index.html", headers={hdrs.CACHE_CONTROL: "no-cache"})
+
+
+def create_app(
+    service: GatewayService,
+    index: VectorIndex,
+    settings: Settings,
+    health_servicer: health.aio.HealthServicer | None = None,
+) -> web.Application:
+    """The aiohttp application: JSON API under /v1, health, OpenAPI, images and the web page."""
+    limit = settings.http_max_body_bytes
+    api = HttpApi(service, index, settings, health_servicer)
+
+    async def expect(request: web.Request) -> web.Response | None:
+        """Answer `Expect: 100-continue` with 413 when Content-Length is over the limit, before the body is sent."""
+        refused = _check_length(request, limit)
+        if refused is not None:
+            return refused
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+        request.writer.output_size = 0
+        return None
+
+    app = web.Application(client_max_size=limit, middlewares=[_errors_middleware(limit)])
+    app.router.add_post("/v1/search", api.search, expect_handler=expect)
+    app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
+    app.router.add_get("/v1/items", api.list_items)
+    app.router.add_post("/v1/items", api.post_items, expect_handler=expect)
+    app.router.add_post("/v1/items/delete", api.delete_items, expect_handler=expect)
+    app.router.add_get("/v1/items/{id}", api.get_item)
+    app.router.add_put("/v1/items/{id}", api.put_item, expect_handler=expect)
+    app.router.add_delete("/v1/items/{id}", api.delete_item)
+    app.router.add_get("/v1/items/{id}/similar", api.similar)
+    app.router.add_get("/v1/items/{id}/image", api.item_image)
+    app.router.add_get("/v1/stats", api.stats)
+    app.router.add_get("/v1/categories", api.categories)
+    app.router.add_get("/healthz", api.healthz)
+    app.router.add_get("/openapi.json", api.openapi)
+    app.router.add_get("/images/{path:.+}", api.images)
+    app.router.add_get("/", api.index_page)
+    app.router.add_static("/static/", WEB_DIR, append_version=False)
+    return app
+
+
+class HttpServer:
+    """The running HTTP site; close() is idempotent."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int) -> None:
+        self._runner = runner
+        self.host = host
+        self.port = port
+        self._closed = False
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await self._runner.cleanup()
+
+
+async def start_http(
+    settings: Settings,
+    service: GatewayService,
+    index: VectorIndex,
+    health_servicer: health.aio.HealthServicer | None = None,
+) -> HttpServer:
+    """Serve the HTTP API and page on settings.host:settings.http_port (0 picks a free port) in this event loop."""
+    if settings.http_port is None:
+        raise ValueError("HTTP is disabled (http_port is None)")
+    host = settings.host.strip("[]") or "0.0.0.0"
+    runner = web.AppRunner(
+        create_app(service, index, settings, health_servicer), access_log=None, shutdown_timeout=settings.grace_s
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, settings.http_port)
+    try:
+        await site.start()
+    except OSError as bad:
+        await runner.cleanup()
+        raise OSError(f"cannot listen for HTTP on {host}:{settings.http_port}: {bad.strerror or bad}") from None
+    port = int(runner.addresses[0][1])
+    logger.info(
+        "HTTP API and web page on %s:%s", host, port, extra={"http_port": port, "image_root": str(settings.image_root)}
+    )
+    return HttpServer(runner, host, port)
+
+
+# ---- OpenAPI ----------------------------------------------------------------------------------------------------
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Invalid argument: undecodable, empty or oversized image, bad top_k, unknown filter field",
+        404: "Unknown product id",
+        409: "Failed precondition: the stored vectors come from another embedder version; re-index",
+        413: "Request body over GATEWAY_HTTP_MAX_BODY_BYTES",
+        415: "Unsupported content type",
+        503: "A dependency (classifier, embedder, vector store) is unavailable",
+        504: "A dependency did not answer within its deadline",
+    }
+    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the HTTP API."""
+    string = {"type": "string"}
+    integer = {"type": "integer"}
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {**integer, "minimum": 1}}
+    search_params = [
+        {
+            "name": "top_k",
+            "in": "query",
+            "schema": {**integer, "minimum": 1, "maximum": settings.max_top_k, "default": settings.default_top_k},
+        },
+        {"name": "filter_mode", "in": "query", "schema": _ref("FilterMode")},
+        {
+            "name": "filter.{field}",
+            "in": "query",
+            "description": "Explicit filter, repeatable: filter.subCategory=Topwear&filter.baseColour=Black. "
+            f"Fields: {', '.join(FILTER_FIELDS)}. Giving one implies filter_mode=explicit.",
+            "schema": string,
+        },
+    ]
+    model = {
+        "type": ["object", "null"],
+        "properties": {"name": string, "version": string, "onnx_sha256": string},
+    }
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": _ref("ErrorDetail")}},
+        "ErrorDetail": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "properties": {
+                "status": integer,
+                "code": {**string, "description": "gRPC status name, e.g. INVALID_ARGUMENT"},
+                "message": string,
+            },
+        },
+        "FilterMode": {
+            "type": "string",
+            "enum": list(FILTER_MODES),
+            "description": "predicted_subcategory (default): the predicted subCategory (or, for by-id, the item's);"
+            " none: the whole catalogue; explicit: the filter.<field> parameters.",
+        },
+        "Payload": {
+            "type": "object",
+            "properties": {k: (integer if k == "year" else string) for k in PAYLOAD_FIELDS},
+        },
+        "Hit": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "distance": {"type": "number", "description": "Euclidean distance between embeddings"},
+                "payload": _ref("Payload"),
+                "image_url": {"type": ["string", "null"]},
+            },
+        },
+        "Filters": {"type": "object", "additionalProperties": {"type": "array", "items": string}},
+        "SearchResponse": {
+            "type": "object",
+            "properties": {
+                "attributes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "attribute": string,
+                            "labels": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"label": string, "probability": {"type": "number"}},
+                                },
+                            },
+                        },
+                    },
+                },
+                "suggested_name": string,
+                "keywords": {"type": "array", "items": string},
+                "hits": {"type": "array", "items": _ref("Hit")},
+                "applied_filters": _ref("Filters"),
+                "classifier_model": model,
+                "embedder_model": model,
+            },
+        },
+        "SimilarResponse": {
+            "type": "object",
+            "properties": {"hits": {"type": "array", "items": _ref("Hit")}, "applied_filters": _ref("Filters")},
+        },
+        "SearchByIdRequest": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": integer,
+                "top_k": integer,
+                "filter_mode": _ref("FilterMode"),
+                "filters": _ref("Filters"),
+            },
+        },
+        "Item": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "payload": _ref("Payload"),
+                "content_hash": string,
+                "image_url": {"type": ["string", "null"]},
+            },
+        },
+        "UpsertResult": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "upserted": {"type": "boolean"},
+                "error": {"oneOf": [{"type": "null"}, _ref("ErrorDetail")]},
+            },
+        },
+        "ItemCount": {"type": "object", "properties": {"item_count": integer}},
+        "Stats": {
+            "type": "object",
+            "properties": {
+                "item_count": integer,
+                "stored_embedder": model,
+                "running_embedder": model,
+                "classifier": model,
+            },
+        },
+        "Health": {"type": "object", "properties": {"status": string}},
+    }
+    image_body = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }
+    paths: dict[str, Any] = {
+        "/v1/search": {
+            "post": {
+                "summary": "Search by photo: predicted attributes, suggested name and keywords, similar products",
+                "parameters": search_params,
+                "requestBody": {"required": True, "content": image_body},
+                "responses": {
+                    "200": _json(_ref("SearchResponse"), "Search result"),
+                    **_errors(400, 409, 413, 415, 503, 504),
+                },
+            }
+        },
+        "/v1/search/by-id": {
+            "post": {
+                "summary": "More like this: products similar to a catalogue product (the product itself excluded)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SearchByIdRequest")}},
+                },
+                "responses": {"200": _json(_ref("SimilarResponse"), "Similar products"), **_errors(400, 404, 503, 504)},
+            }
+        },
+        "/v1/items/{id}/similar": {
+            "get": {
+                "summary": "More like this (query-string form of /v1/search/by-id)",
+                "parameters": [id_param, *search_params],
+                "responses": {"200": _json(_ref("SimilarResponse"), "Similar products"), **_errors(400, 404, 503, 504)},
+            }
+        },
+        "/v1/items": {
+            "get": {
+                "summary": "Every item's id and content hash, one JSON object per line",
+                "parameters": [
+                    {"name": "page_size", "in": "query", "schema": {**integer, "minimum": 1, "maximum": 10000}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "NDJSON lines {id, content_hash}",
+                        "content": {"application/x-ndjson": {"schema": string}},
+                    },
+                    **_errors(400, 503, 504),
+                },
+            },
+            "post": {
+                "summary": "Upsert a batch of items; one result per item, in order",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "image_base64"],
+                                            "properties": {
+                                                "id": integer,
+                                                "image_base64": string,
+                                                "payload": _ref("Payload"),
+                                                "content_hash": string,
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"results": {"type": "array", "items": _ref("UpsertResult")}}},
+                        "Per-item results",
+                    ),
+                    **_errors(400, 413),
+                },
+            },
+        },
+        "/v1/items/delete": {
+            "post": {
+                "summary": "Delete items by id (unknown ids are ignored)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"ids": {"type": "array", "items": integer}}}
+                        }
+                    },
+                },
+                "responses": {"200": _json(_ref("ItemCount"), "Items left"), **_errors(400, 503, 504)},
+            }
+        },
+        "/v1/items/{id}": {
+            "get": {
+                "summary": "One catalogue item",
+                "parameters": [id_param],
+                "responses": {"200": _json(_ref("Item"), "The item"), **_errors(400, 404, 503, 504)},
+            },
+            "put": {
+                "summary": "Upsert one item: its photo and payload",
+                "parameters": [id_param],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image"],
+                                "properties": {
+                                    "image": {"type": "string", "format": "binary"},
+                                    "payload": {"type": "string", "description": "JSON object of Payload fields"},
+                                    "content_hash": string,
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json(_ref("UpsertResult"), "Stored"), **_errors(400, 409, 413, 415, 503, 504)},
+            },
+            "delete": {
+                "summary": "Delete one item (an unknown id is not an error)",
+                "parameters": [id_param],
+                "responses": {"200": _json(_ref("ItemCount"), "Items left"), **_errors(400, 503, 504)},
+            },
+        },
+        "/v1/items/{id}/image": {
+            "get": {
+                "summary": "Redirect to the item's image",
+                "parameters": [id_param],
+                "responses": {"302": {"description": "Location of the image"}, **_errors(400, 404)},
+            }
+        },
+        "/v1/stats": {
+            "get": {
+                "summary": "Item count and the models in use",
+                "responses": {"200": _json(_ref("Stats"), "Statistics"), **_errors(503, 504)},
+            }
+        },
+        "/v1/categories": {
+            "get": {
+                "summary": "The subCategory values in the catalogue, most frequent first",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "field": string,
+                                "values": {
+                                    "type": "array",
+                                    "items": {"type": "object", "properties": {"value": string, "count": integer}},
+                                },
+                            },
+                        },
+                        "Values and counts",
+                    ),
+                    **_errors(503),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The gateway's gRPC health status",
+                "parameters": [{"name": "service", "in": "query", "schema": string}],
+                "responses": {
+                    "200": _json(_ref("Health"), "SERVING"),
+                    "503": _json(_ref("Health"), "NOT_SERVING or SERVICE_UNKNOWN"),
+                },
+            }
+        },
+        "/images/{path}": {
+            "get": {
+                "summary": "A product image under GATEWAY_IMAGE_ROOT",
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": string}],
+                "responses": {"200": {"description": "The image file"}, **_errors(404)},
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fashionsearch gateway HTTP API",
+            "version": "1",
+            "description": "JSON mirror of the fashionsearch.v1.Gateway gRPC service. Errors carry the gRPC code"
+            " name and a message: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 503 UNAVAILABLE,"
+            " 504 DEADLINE_EXCEEDED.",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }

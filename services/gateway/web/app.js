@@ -1,0 +1,409 @@
+// The fashionsearch page: one photo in, attributes and similar products out, over the gateway's /v1 JSON API.
+"use strict";
+
+const TOP_K = 5;
+const $ = (id) => document.getElementById(id);
+
+const state = {
+  file: null,          // the photo being searched (a File or Blob)
+  photoResult: null,   // the last photo search result, to come back to after "more like this"
+};
+
+const ATTRIBUTE_NAMES = {
+  masterCategory: "Category",
+  subCategory: "Sub-category",
+  articleType: "Article type",
+  gender: "Gender",
+  baseColour: "Colour",
+  season: "Season",
+  usage: "Usage",
+};
+
+function showMessage(text) {
+  const box = $("message");
+  box.textContent = text;
+  box.hidden = !text;
+}
+
+function setStatus(text) {
+  $("status").textContent = text || "";
+}
+
+function filterParams() {
+  const mode = document.querySelector('input[name="mode"]:checked').value;
+  const params = new URLSearchParams({ top_k: String(TOP_K) });
+  if (mode === "explicit") {
+    const category = $("category").value;
+    if (!category) {
+      return null;
+    }
+    params.append("filter.subCategory", category);
+  } else {
+    params.set("filter_mode", mode);
+  }
+  return params;
+}
+
+async function callApi(url, options) {
+  let response;
+  try {
+    response = await fetch(url, options);
+  } catch (error) {
+    throw { status: 0, message: "The gateway cannot be reached. Is it running?" };
+  }
+  let body = null;
+  try {
+    body = await response.json();
+  } catch (error) {
+    body = null;
+  }
+  if (!response.ok) {
+    const message = body && body.error ? body.error.message : response.statusText;
+    throw { status: response.status, message };
+  }
+  return body;
+}
+
+function explain(error) {
+  switch (error.status) {
+    case 400:
+      return `That file could not be used: ${error.message}. Try a JPEG, PNG or WebP photo.`;
+    case 413:
+      return `That file is too large: ${error.message}.`;
+    case 404:
+      return `Not found: ${error.message}.`;
+    case 409:
+      return `The catalogue needs re-indexing: ${error.message}.`;
+    case 503:
+    case 504:
+      return `The search service is busy or down right now (${error.message}). Please try again in a moment.`;
+    default:
+      return error.message || "Something went wrong.";
+  }
+}
+
+// ---- photo search --------------------------------------------------------------------------------------------
+
+function looksLikeImage(file) {
+  return !file.type || file.type.startsWith("image/");
+}
+
+function usePhoto(file) {
+  if (!file) {
+    return;
+  }
+  if (!looksLikeImage(file)) {
+    showMessage(`“${file.name}” is not an image (${file.type}). Pick a JPEG, PNG or WebP photo.`);
+    return;
+  }
+  if (file.size === 0) {
+    showMessage(`“${file.name || "The file"}” is empty. Pick a JPEG, PNG or WebP photo.`);
+    return;
+  }
+  state.file = file;
+  const preview = $("preview");
+  if (preview.dataset.url) {
+    URL.revokeObjectURL(preview.dataset.url);
+  }
+  preview.dataset.url = URL.createObjectURL(file);
+  preview.src = preview.dataset.url;
+  preview.alt = file.name ? `Your photo: ${file.name}` : "Your photo";
+  preview.hidden = false;
+  $("drop").classList.add("has-photo");
+  searchPhoto();
+}
+
+async function searchPhoto() {
+  if (!state.file) {
+    return;
+  }
+  const params = filterParams();
+  if (params === null) {
+    showMessage("Choose a category to search in, or pick another option.");
+    return;
+  }
+  showMessage("");
+  setStatus("Searching…");
+  document.body.classList.add("busy");
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "photo");
+  try {
+    const result = await callApi(`/v1/search?${params}`, { method: "POST", body: form });
+    state.photoResult = result;
+    renderPhotoResult(result);
+    setStatus("");
+  } catch (error) {
+    setStatus("");
+    showMessage(explain(error));
+    if (error.status === 400 || error.status === 413) {
+      $("results").hidden = true;
+    }
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+function renderPhotoResult(result) {
+  $("results").hidden = false;
+  $("about-photo").hidden = false;
+  $("back").hidden = true;
+  $("similar-title").textContent = "Similar products";
+  renderAttributes(result.attributes);
+  $("suggested-name").textContent = result.suggested_name || "—";
+  const keywords = $("keywords");
+  keywords.replaceChildren(
+    ...result.keywords.map((word) => {
+      const li = document.createElement("li");
+      li.textContent = word;
+      return li;
+    })
+  );
+  renderHits(result.hits, result.applied_filters);
+}
+
+function renderAttributes(attributes) {
+  const list = $("attributes");
+  list.replaceChildren(
+    ...attributes.map((attribute) => {
+      const [top, ...others] = attribute.labels;
+      const li = document.createElement("li");
+      li.className = "attribute";
+      const name = document.createElement("span");
+      name.className = "attr-name";
+      name.textContent = ATTRIBUTE_NAMES[attribute.attribute] || attribute.attribute;
+      const label = document.createElement("span");
+      label.className = "attr-label";
+      label.textContent = top ? top.label : "—";
+      const pct = top ? Math.round(top.probability * 100) : 0;
+      const bar = document.createElement("span");
+      bar.className = "bar";
+      bar.setAttribute("role", "meter");
+      bar.setAttribute("aria-valuenow", String(pct));
+      bar.setAttribute("aria-valuemin", "0");
+      bar.setAttribute("aria-valuemax", "100");
+      bar.setAttribute("aria-label", `${name.textContent} confidence`);
+      const fill = document.createElement("span");
+      fill.style.width = `${pct}%`;
+      bar.append(fill);
+      const value = document.createElement("span");
+      value.className = "attr-pct";
+      value.textContent = `${pct}%`;
+      li.append(name, label, bar, value);
+      if (others.length) {
+        const alt = document.createElement("span");
+        alt.className = "attr-alt";
+        alt.textContent = "or " + others.map((o) => `${o.label} ${Math.round(o.probability * 100)}%`).join(", ");
+        li.append(alt);
+      }
+      return li;
+    })
+  );
+}
+
+function describeFilters(filters) {
+  const entries = Object.entries(filters || {});
+  if (!entries.length) {
+    return "Searched the whole catalogue.";
+  }
+  return "Searched in " + entries.map(([field, values]) => `${field} = ${values.join(" or ")}`).join(", ") + ".";
+}
+
+function renderHits(hits, filters) {
+  $("applied").textContent = describeFilters(filters);
+  const list = $("hits");
+  if (!hits.length) {
+    const li = document.createElement("li");
+    li.className = "empty";
+    li.textContent = "No similar products found here. Try “any category”.";
+    list.replaceChildren(li);
+    return;
+  }
+  list.replaceChildren(...hits.map(hitCard));
+}
+
+function hitCard(hit) {
+  const li = document.createElement("li");
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "hit";
+  button.title = "More like this";
+  const name = hit.payload.name || `Product ${hit.id}`;
+  let thumb;
+  if (hit.image_url) {
+    thumb = document.createElement("img");
+    thumb.src = hit.image_url;
+    thumb.alt = name;
+    thumb.loading = "lazy";
+  } else {
+    thumb = document.createElement("span");
+    thumb.className = "no-image";
+    thumb.textContent = "no image";
+  }
+  const thumbBox = document.createElement("span");
+  thumbBox.className = "thumb";
+  thumbBox.append(thumb);
+  const title = document.createElement("span");
+  title.className = "hit-name";
+  title.textContent = name;
+  const meta = document.createElement("span");
+  meta.className = "hit-meta";
+  const category = [hit.payload.articleType, hit.payload.baseColour].filter(Boolean).join(" · ");
+  meta.textContent = category;
+  const distance = document.createElement("span");
+  distance.className = "hit-distance";
+  distance.textContent = `distance ${hit.distance.toFixed(3)} · #${hit.id}`;
+  button.append(thumbBox, title, meta, distance);
+  button.addEventListener("click", () => moreLikeThis(hit));
+  li.append(button);
+  return li;
+}
+
+// ---- more like this ------------------------------------------------------------------------------------------
+
+async function moreLikeThis(hit) {
+  let params = filterParams();
+  if (params === null) {
+    params = new URLSearchParams({ top_k: String(TOP_K) });
+  }
+  showMessage("");
+  setStatus("Finding more like this…");
+  document.body.classList.add("busy");
+  try {
+    const result = await callApi(`/v1/items/${hit.id}/similar?${params}`);
+    $("about-photo").hidden = true;
+    $("back").hidden = !state.photoResult;
+    $("similar-title").textContent = `More like “${hit.payload.name || "#" + hit.id}”`;
+    renderHits(result.hits, result.applied_filters);
+    $("results").scrollIntoView({ behavior: "smooth", block: "start" });
+    setStatus("");
+  } catch (error) {
+    setStatus("");
+    showMessage(explain(error));
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+// ---- copying -------------------------------------------------------------------------------------------------
+
+async function copyText(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch (error) {
+    // Plain http on another host is not a secure context: fall back to a selection copy.
+    const area = document.createElement("textarea");
+    area.value = text;
+    document.body.append(area);
+    area.select();
+    document.execCommand("copy");
+    area.remove();
+  }
+  const before = button.textContent;
+  button.textContent = "Copied ✓";
+  setTimeout(() => (button.textContent = before), 1500);
+}
+
+$("copy-name").addEventListener("click", (event) => copyText($("suggested-name").textContent, event.currentTarget));
+$("copy-keywords").addEventListener("click", (event) => {
+  const words = [...$("keywords").children].map((li) => li.textContent);
+  copyText(words.join(", "), event.currentTarget);
+});
+
+// ---- input: pick, drop, paste --------------------------------------------------------------------------------
+
+$("file").addEventListener("change", (event) => {
+  usePhoto(event.target.files[0]);
+  event.target.value = "";
+});
+
+const drop = $("drop");
+drop.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" || event.key === " ") {
+    event.preventDefault();
+    $("file").click();
+  }
+});
+for (const kind of ["dragenter", "dragover"]) {
+  drop.addEventListener(kind, (event) => {
+    event.preventDefault();
+    drop.classList.add("over");
+  });
+}
+for (const kind of ["dragleave", "drop"]) {
+  drop.addEventListener(kind, () => drop.classList.remove("over"));
+}
+drop.addEventListener("drop", (event) => {
+  event.preventDefault();
+  const files = event.dataTransfer.files;
+  if (files.length) {
+    usePhoto(files[0]);
+  } else {
+    showMessage("Drop an image file from your computer (not a link).");
+  }
+});
+document.addEventListener("dragover", (event) => event.preventDefault());
+document.addEventListener("drop", (event) => event.preventDefault());
+
+document.addEventListener("paste", (event) => {
+  const items = [...(event.clipboardData ? event.clipboardData.items : [])];
+  const image = items.find((item) => item.kind === "file" && item.type.startsWith("image/"));
+  if (image) {
+    usePhoto(image.getAsFile());
+  } else if (items.length) {
+    showMessage("The clipboard holds no image. Copy a photo, then paste it here.");
+  }
+});
+
+// ---- filters -------------------------------------------------------------------------------------------------
+
+for (const radio of document.querySelectorAll('input[name="mode"]')) {
+  radio.addEventListener("change", searchPhoto);
+}
+$("category").addEventListener("change", () => {
+  document.querySelector('input[name="mode"][value="explicit"]').checked = true;
+  searchPhoto();
+});
+
+$("back").addEventListener("click", () => {
+  if (state.photoResult) {
+    renderPhotoResult(state.photoResult);
+  }
+});
+
+async function loadCategories() {
+  const select = $("category");
+  try {
+    const body = await callApi("/v1/categories");
+    const options = body.values.map(({ value, count }) => {
+      const option = document.createElement("option");
+      option.value = value;
+      option.textContent = `${value} (${count})`;
+      return option;
+    });
+    const placeholder = document.createElement("option");
+    placeholder.value = "";
+    placeholder.textContent = options.length ? "choose…" : "(catalogue is empty)";
+    select.replaceChildren(placeholder, ...options);
+  } catch (error) {
+    select.replaceChildren(new Option("(unavailable)", ""));
+  }
+}
+
+async function loadStats() {
+  try {
+    const stats = await callApi("/v1/stats");
+    const parts = [`${stats.item_count.toLocaleString()} products`];
+    if (stats.running_embedder) {
+      parts.push(`embedder ${stats.running_embedder.name} ${stats.running_embedder.version}`);
+    }
+    if (stats.classifier) {
+      parts.push(`classifier ${stats.classifier.name} ${stats.classifier.version}`);
+    }
+    $("stats").textContent = parts.join(" · ");
+  } catch (error) {
+    $("stats").textContent = "catalogue status unavailable";
+  }
+}
+
+loadCategories();
+loadStats();

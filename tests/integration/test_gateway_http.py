@@ -1,0 +1,620 @@
+"""The gateway's HTTP/JSON API over a real in-process gateway (tiny ONNX models, Qdrant Edge store in tmp_path).
+
+Requests go through urllib and http.client, like any HTTP client would send them.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from gateway_stack import Stack, jpeg, start_stack
+from grpc_health.v1 import health_pb2
+from service_helpers import BAD_IMAGES
+
+from fashionsearch.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    FashionSearchError,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from fashionsearch.v1 import gateway_pb2
+from services.gateway.http import create_app, start_http
+from services.gateway.settings import Settings as GatewaySettings
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+MAX_BODY = 256 * 1024
+MAX_IMAGE = 128 * 1024
+COLOURS = {
+    "Black": (20, 20, 20),
+    "White": (245, 245, 245),
+    "Red": (200, 30, 30),
+    "Navy Blue": (20, 30, 90),
+    "Green": (30, 150, 60),
+}
+SUBCATEGORIES = ("Topwear", "Bottomwear", "Shoes")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _catalogue(image_root: Path) -> list[gateway_pb2.CatalogueItem]:
+    (image_root / "images").mkdir(parents=True)
+    items = []
+    pid = 200
+    for colour_name, rgb in COLOURS.items():
+        for i, stripe in enumerate((None, (255, 255, 255), (0, 0, 0))):
+            pid += 1
+            sub = SUBCATEGORIES[pid % len(SUBCATEGORIES)]
+            image = jpeg(rgb, stripe=stripe)
+            (image_root / "images" / f"{pid}.jpg").write_bytes(image)
+            items.append(
+                gateway_pb2.CatalogueItem(
+                    id=pid,
+                    image=image,
+                    payload=gateway_pb2.ItemPayload(
+                        name=f"Brand{i} Men {colour_name} {sub}",
+                        gender="Men",
+                        master_category="Apparel",
+                        sub_category=sub,
+                        article_type="Tshirts",
+                        base_colour=colour_name,
+                        season="Summer",
+                        year=2012,
+                        usage="Casual",
+                        image_ref=f"images/{pid}.jpg",
+                    ),
+                )
+            )
+    return items
+
+
+class Http:
+    """A tiny blocking HTTP client for one base URL; 4xx/5xx answers are returned, not raised."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.base = f"http://{HOST}:{port}"
+        self._no_redirect = urllib.request.build_opener(_NoRedirect)
+
+    def call(
+        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+    ) -> tuple[int, dict[str, str], bytes]:
+        headers = {"Content-Type": content_type} if content_type else {}
+        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
+        try:
+            with self._no_redirect.open(request, timeout=30) as response:
+                return response.status, dict(response.headers), response.read()
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers), error.read()
+
+    def json(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
+        if body is not None and not isinstance(body, bytes):
+            body = json.dumps(body).encode()
+            kwargs.setdefault("content_type", "application/json")
+        status, headers, data = self.call(method, path, body, **kwargs)
+        assert headers.get("Content-Type", "").startswith("application/json"), (status, headers, data[:200])
+        return status, json.loads(data)
+
+    def upload(self, path: str, fields: dict[str, bytes | str], method: str = "POST") -> tuple[int, Any]:
+        body, content_type = multipart(fields)
+        return self.json(method, path, body, content_type=content_type)
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+def multipart(fields: dict[str, bytes | str]) -> tuple[bytes, str]:
+    """A multipart/form-data body: bytes values are files, str values are plain fields."""
+    boundary = uuid.uuid4().hex
+    parts = []
+    for name, value in fields.items():
+        if isinstance(value, bytes):
+            head = (
+                f'Content-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n'
+                "Content-Type: image/jpeg\r\n\r\n"
+            )
+            data = value
+        else:
+            head = f'Content-Disposition: form-data; name="{name}"\r\n\r\n'
+            data = value.encode()
+        parts.append(f"--{boundary}\r\n".encode() + head.encode() + data + b"\r\n")
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def error_of(status: int, body: Any, expected_status: int, code: str | None = None) -> str:
+    """The error message of an error answer, after checking its shape."""
+    assert status == expected_status, body
+    error = body["error"]
+    assert error["status"] == expected_status and error["message"], body
+    if code is not None:
+        assert error["code"] == code, body
+    return str(error["message"])
+
+
+@pytest.fixture(scope="module")
+def catalogue_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("catalogue")
+
+
+@pytest.fixture(scope="module")
+def items(catalogue_dir) -> list[gateway_pb2.CatalogueItem]:
+    return _catalogue(catalogue_dir)
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory, catalogue_dir, items) -> Stack:
+    running = start_stack(
+        tmp_path_factory.mktemp("stack"),
+        max_top_k=20,
+        http_port=free_port(),
+        http_max_body_bytes=MAX_BODY,
+        max_image_bytes=MAX_IMAGE,
+        image_root=catalogue_dir,
+    )
+    replies = running.upsert(items)
+    assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
+    yield running
+    running.close()
+
+
+@pytest.fixture(scope="module")
+def api(stack) -> Http:
+    return Http(stack.gateway_settings.http_port)
+
+
+QUERY = jpeg(COLOURS["Red"], stripe=(255, 255, 255))
+
+
+# ---- search by photo ------------------------------------------------------------------------------------------
+
+
+def test_search_by_multipart_upload_mirrors_grpc(api, stack):
+    status, body = api.upload("/v1/search?filter_mode=none", {"image": QUERY})
+    assert status == 200, body
+    reply = stack.stub.Search(
+        gateway_pb2.SearchRequest(image=QUERY, filter_mode=gateway_pb2.FILTER_MODE_NONE), timeout=10
+    )
+    assert [h["id"] for h in body["hits"]] == [h.id for h in reply.hits]
+    assert [h["distance"] for h in body["hits"]] == pytest.approx([h.distance for h in reply.hits], abs=1e-5)
+    assert body["suggested_name"] == reply.suggested_name and body["keywords"] == list(reply.keywords)
+    assert len(body["hits"]) == 5 and body["applied_filters"] == {}
+    top = body["hits"][0]
+    assert top["payload"]["baseColour"] == "Red" and top["payload"]["year"] == 2012
+    assert top["image_url"] == f"/images/images/{top['id']}.jpg"
+    heads = {a["attribute"]: a["labels"] for a in body["attributes"]}
+    assert "subCategory" in heads and 0 < heads["subCategory"][0]["probability"] <= 1
+    assert body["classifier_model"]["name"] and body["embedder_model"]["version"] == "tiny-1"
+
+
+def test_search_by_raw_body_with_top_k(api):
+    status, _, data = api.call("POST", "/v1/search?top_k=3&filter_mode=none", QUERY, "image/jpeg")
+    assert status == 200
+    assert len(json.loads(data)["hits"]) == 3
+
+
+def test_search_default_filter_is_the_predicted_subcategory(api):
+    status, body = api.upload("/v1/search", {"image": QUERY})
+    assert status == 200
+    predicted = next(a["labels"][0]["label"] for a in body["attributes"] if a["attribute"] == "subCategory")
+    assert body["applied_filters"] == {"subCategory": [predicted]}
+    assert all(h["payload"]["subCategory"] == predicted for h in body["hits"])
+
+
+def test_search_with_explicit_filters_in_form_fields(api):
+    status, body = api.upload(
+        "/v1/search", {"image": QUERY, "filter.baseColour": "Green", "filter.subCategory": "Shoes", "top_k": "10"}
+    )
+    assert status == 200, body
+    assert body["applied_filters"] == {"baseColour": ["Green"], "subCategory": ["Shoes"]}
+    assert body["hits"] and all(
+        h["payload"]["baseColour"] == "Green" and h["payload"]["subCategory"] == "Shoes" for h in body["hits"]
+    )
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IMAGES))
+def test_bad_image_is_400_with_the_reason(api, case):
+    data, fragment = BAD_IMAGES[case]
+    message = error_of(*api.upload("/v1/search", {"image": data}), 400, "INVALID_ARGUMENT")
+    assert fragment in message
+
+
+def test_image_over_the_image_limit_is_400(api):
+    big = b"\xff\xd8\xff" + b"\0" * (MAX_IMAGE + 10)
+    message = error_of(*api.json("POST", "/v1/search", big, content_type="image/jpeg"), 400, "INVALID_ARGUMENT")
+    assert "limit" in message
+
+
+@pytest.mark.parametrize(
+    ("query", "fragment"),
+    [
+        ("top_k=0", "top_k must be between 1 and 20"),
+        ("top_k=-1", "top_k must be between 1 and 20"),
+        ("top_k=21", "top_k must be between 1 and 20"),
+        ("top_k=many", "top_k must be an integer"),
+        ("filter.brand=Nike", "unknown filter field 'brand'"),
+        ("colour=red", "unknown parameter 'colour'"),
+        ("filter_mode=fuzzy", "unknown filter_mode 'fuzzy'"),
+        ("filter_mode=explicit", "needs at least one filter"),
+        ("filter_mode=none&filter.gender=Men", "only allowed with the explicit filter mode"),
+    ],
+)
+def test_bad_search_options_are_400(api, query, fragment):
+    message = error_of(*api.upload(f"/v1/search?{query}", {"image": QUERY}), 400, "INVALID_ARGUMENT")
+    assert fragment in message
+
+
+def test_search_needs_an_image(api):
+    assert "no 'image' field" in error_of(*api.upload("/v1/search", {"top_k": "3"}), 400)
+    message = error_of(*api.json("POST", "/v1/search", {"image": "x"}), 415)
+    assert "multipart/form-data" in message
+
+
+# ---- more like this -------------------------------------------------------------------------------------------
+
+
+def test_similar_by_get_and_post_mirror_grpc(api, stack, items):
+    item_id = items[4].id
+    status, by_get = api.json("GET", f"/v1/items/{item_id}/similar?top_k=4&filter_mode=none")
+    assert status == 200
+    status, by_post = api.json("POST", "/v1/search/by-id", {"id": item_id, "top_k": 4, "filter_mode": "none"})
+    assert status == 200
+    reply = stack.stub.SearchById(
+        gateway_pb2.SearchByIdRequest(id=item_id, top_k=4, filter_mode=gateway_pb2.FILTER_MODE_NONE), timeout=10
+    )
+    ids = [h.id for h in reply.hits]
+    assert [h["id"] for h in by_get["hits"]] == ids == [h["id"] for h in by_post["hits"]]
+    assert item_id not in ids
+
+
+def test_similar_default_filter_is_the_items_subcategory(api, items):
+    status, body = api.json("GET", f"/v1/items/{items[0].id}/similar")
+    assert status == 200
+    assert body["applied_filters"] == {"subCategory": [items[0].payload.sub_category]}
+
+
+def test_similar_with_json_filters(api, items):
+    status, body = api.json("POST", "/v1/search/by-id", {"id": items[0].id, "filters": {"baseColour": "Red"}})
+    assert status == 200
+    assert body["applied_filters"] == {"baseColour": ["Red"]}
+    assert all(h["payload"]["baseColour"] == "Red" for h in body["hits"])
+
+
+def test_similar_errors(api):
+    assert "not in the catalogue" in error_of(*api.json("GET", "/v1/items/999999/similar"), 404, "NOT_FOUND")
+    assert "product id must be an integer" in error_of(*api.json("GET", "/v1/items/abc/similar"), 400)
+    assert "between 1 and" in error_of(*api.json("GET", "/v1/items/0/similar"), 400)
+    assert "needs the product 'id'" in error_of(*api.json("POST", "/v1/search/by-id", {"top_k": 3}), 400)
+    assert "not valid JSON" in error_of(*api.json("POST", "/v1/search/by-id", b"{nope", content_type="x"), 400)
+
+
+# ---- catalogue writes -----------------------------------------------------------------------------------------
+
+
+def test_put_get_delete_one_item(api, stack):
+    payload = {"name": "Test Green Shirt", "subCategory": "Topwear", "baseColour": "Green", "year": 2020}
+    status, body = api.upload("/v1/items/9001", {"image": jpeg((0, 200, 0)), "payload": json.dumps(payload)}, "PUT")
+    assert status == 200 and body == {"id": 9001, "upserted": True, "error": None}
+    status, item = api.json("GET", "/v1/items/9001")
+    assert status == 200
+    assert item["payload"]["name"] == "Test Green Shirt" and item["payload"]["year"] == 2020
+    assert item["payload"]["gender"], "missing filter attributes are predicted"
+    assert stack.stub.GetItem(gateway_pb2.GetItemRequest(id=9001), timeout=5).payload.name == "Test Green Shirt"
+    count = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
+    status, body = api.json("DELETE", "/v1/items/9001")
+    assert status == 200 and body == {"item_count": count - 1}
+    error_of(*api.json("GET", "/v1/items/9001"), 404, "NOT_FOUND")
+
+
+def test_put_item_errors(api):
+    assert "empty" in error_of(*api.upload("/v1/items/9002", {"image": b""}, "PUT"), 400, "INVALID_ARGUMENT")
+    message = error_of(*api.upload("/v1/items/9002", {"image": b"%PDF-1.7 not a photo" * 3}, "PUT"), 400)
+    assert "not a JPEG, PNG or WebP" in message
+    bad_field = {"image": jpeg((1, 2, 3)), "payload": json.dumps({"brand": "Nike"})}
+    assert "unknown payload field(s) brand" in error_of(*api.upload("/v1/items/9002", bad_field, "PUT"), 400)
+    bad_year = {"image": jpeg((1, 2, 3)), "payload": json.dumps({"year": "last"})}
+    assert "payload year must be an integer" in error_of(*api.upload("/v1/items/9002", bad_year, "PUT"), 400)
+    assert "not valid JSON" in error_of(*api.upload("/v1/items/9002", {"image": QUERY, "payload": "{"}, "PUT"), 400)
+    assert "unknown form field(s) colour" in error_of(
+        *api.upload("/v1/items/9002", {"image": QUERY, "colour": "red"}, "PUT"), 400
+    )
+    error_of(*api.json("PUT", "/v1/items/9002", {"image": "x"}), 415)
+    error_of(*api.json("GET", "/v1/items/9002"), 404)
+
+
+def test_batch_upsert_reports_each_item_and_batch_delete(api):
+    import base64
+
+    good = base64.b64encode(jpeg((90, 90, 200))).decode()
+    bad = base64.b64encode(b"not an image at all").decode()
+    status, body = api.json(
+        "POST",
+        "/v1/items",
+        {
+            "items": [
+                {"id": 9101, "image_base64": good, "payload": {"name": "Blue one", "subCategory": "Topwear"}},
+                {"id": 9102, "image_base64": bad},
+                {"id": 9103, "image_base64": good, "content_hash": "abc"},
+            ]
+        },
+    )
+    assert status == 200, body
+    results = body["results"]
+    assert [(r["id"], r["upserted"]) for r in results] == [(9101, True), (9102, False), (9103, True)]
+    assert results[1]["error"]["status"] == 400 and results[1]["error"]["code"] == "INVALID_ARGUMENT"
+    assert api.json("GET", "/v1/items/9103")[1]["content_hash"] == "abc"
+    status, body = api.json("POST", "/v1/items/delete", {"ids": [9101, 9103, 424242]})
+    assert status == 200 and isinstance(body["item_count"], int)
+    error_of(*api.json("GET", "/v1/items/9101"), 404)
+    assert "non-empty" in error_of(*api.json("POST", "/v1/items", {"items": []}), 400)
+    assert "base64" in error_of(*api.json("POST", "/v1/items", {"items": [{"id": 1, "image_base64": "@@"}]}), 400)
+    assert '"ids" list' in error_of(*api.json("POST", "/v1/items/delete", {"ids": 3}), 400)
+
+
+def test_list_items_streams_ndjson(api, items):
+    status, headers, data = api.call("GET", "/v1/items?page_size=4")
+    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+    listed = [json.loads(line) for line in data.decode().splitlines()]
+    assert {i.id for i in items} <= {row["id"] for row in listed}
+    assert "page_size must be between" in error_of(*api.json("GET", "/v1/items?page_size=0"), 400)
+
+
+# ---- stats, categories, health --------------------------------------------------------------------------------
+
+
+def test_stats_mirror_grpc(api, stack):
+    status, body = api.json("GET", "/v1/stats")
+    reply = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+    assert status == 200
+    assert body["item_count"] == reply.item_count
+    assert body["stored_embedder"] == {"name": "tiny-embedder", "version": "tiny-1"}
+    assert body["running_embedder"]["name"] == "tiny-embedder" and body["classifier"]["name"]
+
+
+def test_categories_count_the_catalogue(api, items):
+    status, body = api.json("GET", "/v1/categories")
+    assert status == 200 and body["field"] == "subCategory"
+    counts = {v["value"]: v["count"] for v in body["values"]}
+    for sub in SUBCATEGORIES:
+        assert counts[sub] >= sum(1 for i in items if i.payload.sub_category == sub)
+
+
+def test_health_reflects_grpc_health(api, stack):
+    assert api.json("GET", "/healthz") == (200, {"status": "SERVING"})
+    name = "fashionsearch.v1.Gateway"
+    assert api.json("GET", f"/healthz?service={name}") == (200, {"status": "SERVING"})
+    assert api.json("GET", "/healthz?service=nope") == (503, {"status": "SERVICE_UNKNOWN"})
+    health = stack.gateway.health
+    stack.threads.run(health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
+    try:
+        assert api.json("GET", "/healthz") == (503, {"status": "NOT_SERVING"})
+    finally:
+        stack.threads.run(health.set("", health_pb2.HealthCheckResponse.SERVING))
+
+
+def test_classifier_down_is_503_and_the_api_recovers(api, stack):
+    stack.stop_classifier()
+    try:
+        message = error_of(*api.upload("/v1/search", {"image": QUERY}), 503, "UNAVAILABLE")
+        assert "classifier" in message
+    finally:
+        stack.restart_classifier()
+    status, _ = api.upload("/v1/search", {"image": QUERY})
+    assert status == 200
+
+
+# ---- body limit -----------------------------------------------------------------------------------------------
+
+
+def test_body_over_the_limit_is_413_from_content_length(api):
+    message = error_of(*api.json("POST", "/v1/search", b"\xff" * (MAX_BODY + 1), content_type="image/jpeg"), 413)
+    assert str(MAX_BODY) in message and "GATEWAY_HTTP_MAX_BODY_BYTES" in message
+
+
+def test_chunked_body_over_the_limit_is_413_while_streaming(api):
+    for path, content_type in (("/v1/search", "image/jpeg"), ("/v1/items", "application/json")):
+        connection = http.client.HTTPConnection(HOST, api.port, timeout=30)
+        connection.putrequest("POST", path)
+        connection.putheader("Content-Type", content_type)
+        connection.putheader("Transfer-Encoding", "chunked")
+        connection.endheaders()
+        chunk = b"\xff" * 65536
+        try:
+            for _ in range(MAX_BODY // len(chunk) + 2):
+                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            connection.send(b"0\r\n\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the server may answer and close before the rest is sent
+        response = connection.getresponse()
+        assert response.status == 413, path
+        assert "GATEWAY_HTTP_MAX_BODY_BYTES" in json.loads(response.read())["error"]["message"]
+        connection.close()
+
+
+def test_multipart_body_over_the_limit_is_413_while_streaming(api):
+    body, content_type = multipart({"image": b"\xff" * (MAX_BODY + 1)})
+    connection = http.client.HTTPConnection(HOST, api.port, timeout=30)
+    connection.putrequest("POST", "/v1/search")
+    connection.putheader("Content-Type", content_type)
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    try:
+        for start in range(0, len(body), 65536):
+            piece = body[start : start + 65536]
+            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
+        connection.send(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    response = connection.getresponse()
+    assert response.status == 413
+    connection.close()
+
+
+def test_expect_continue_is_refused_before_the_body_is_sent(api):
+    with socket.create_connection((HOST, api.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+            + f"Content-Length: {MAX_BODY * 4}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        head = sock.recv(65536).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413"), head
+    assert "GATEWAY_HTTP_MAX_BODY_BYTES" in head
+
+
+# ---- product images -------------------------------------------------------------------------------------------
+
+
+def test_images_are_served_from_the_image_root(api, items, catalogue_dir):
+    status, headers, data = api.call("GET", f"/images/images/{items[0].id}.jpg")
+    assert status == 200 and headers["Content-Type"] == "image/jpeg"
+    assert data == (catalogue_dir / "images" / f"{items[0].id}.jpg").read_bytes()
+    status, headers, _ = api.call("GET", f"/v1/items/{items[0].id}/image")
+    assert status == 302 and headers["Location"] == f"/images/images/{items[0].id}.jpg"
+
+
+def test_images_outside_the_root_or_not_images_are_404(api, catalogue_dir):
+    (catalogue_dir / "styles.csv").write_text("id\n1\n")
+    (catalogue_dir.parent / "secret.jpg").write_bytes(b"secret")
+    for path in ("/images/styles.csv", "/images/../secret.jpg", "/images/%2e%2e/secret.jpg", "/images/images/1.jpg"):
+        status, _, data = api.call("GET", path)
+        assert status == 404, path
+        assert b"secret" not in data
+
+
+# ---- documents and pages --------------------------------------------------------------------------------------
+
+
+def test_openapi_document_lists_every_route(api, stack):
+    status, document = api.json("GET", "/openapi.json")
+    assert status == 200 and document["openapi"].startswith("3.")
+    app = create_app(None, None, stack.gateway_settings)  # type: ignore[arg-type]
+    documented = {(path, method.upper()) for path, operations in document["paths"].items() for method in operations}
+    for route in app.router.routes():
+        info = route.resource.get_info() if route.resource else {}
+        path = info.get("path") or info.get("formatter", "")
+        if route.method == "HEAD" or path.startswith("/static") or path == "/":
+            continue
+        path = path.replace("{path:.+}", "{path}")
+        assert (path, route.method) in documented, f"{route.method} {path} is not in the OpenAPI document"
+    text = json.dumps(document)
+    for ref in {part.split('"')[0] for part in text.split('"$ref": "#/components/schemas/')[1:]}:
+        assert ref in document["components"]["schemas"], ref
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            assert operation["summary"] and operation["responses"]
+
+
+def test_web_page_and_assets_are_served(api):
+    status, headers, page = api.call("GET", "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    assert b"/static/app.js" in page and b"/static/style.css" in page
+    for asset in ("app.js", "style.css"):
+        assert api.call("GET", f"/static/{asset}")[0] == 200
+    assert "GET /nope" in error_of(*api.json("GET", "/nope"), 404)
+    assert error_of(*api.json("DELETE", "/v1/stats"), 405)
+
+
+# ---- error mapping --------------------------------------------------------------------------------------------
+
+
+class _Failing:
+    """Stands in for GatewayService: every use case raises the given error."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    async def stats(self) -> Any:
+        raise self.error
+
+    async def get(self, item_id: int) -> Any:
+        raise self.error
+
+
+@pytest.mark.parametrize(
+    ("error", "status", "code"),
+    [
+        (InvalidArgument("bad"), 400, "INVALID_ARGUMENT"),
+        (NotFound("gone"), 404, "NOT_FOUND"),
+        (FailedPrecondition("re-index the catalogue"), 409, "FAILED_PRECONDITION"),
+        (ResourceExhausted("too many"), 413, "RESOURCE_EXHAUSTED"),
+        (Unavailable("the embedder is down"), 503, "UNAVAILABLE"),
+        (DeadlineExceeded("the embedder did not answer in time"), 504, "DEADLINE_EXCEEDED"),
+        (RuntimeError("secret internals"), 500, "INTERNAL"),
+    ],
+)
+def test_errors_map_to_http_statuses(stack, error, status, code):
+    settings = replace(stack.gateway_settings, http_port=0)
+    server = stack.threads.run(start_http(settings, _Failing(error), None))  # type: ignore[arg-type]
+    try:
+        client = Http(server.port)
+        for path in ("/v1/stats", "/v1/items/5"):
+            reply_status, body = client.json("GET", path)
+            message = error_of(reply_status, body, status, code)
+            if isinstance(error, FashionSearchError):
+                assert message == error.message
+            else:
+                assert "secret" not in message and "server log" in message
+    finally:
+        stack.threads.run(server.close())
+
+
+def test_grpc_still_serves_beside_http(stack):
+    reply = stack.stub.Search(gateway_pb2.SearchRequest(image=QUERY), timeout=10)
+    assert reply.hits
+    with pytest.raises(grpc.RpcError):
+        stack.stub.Search(gateway_pb2.SearchRequest(image=b""), timeout=10)
+
+
+# ---- settings -------------------------------------------------------------------------------------------------
+
+
+def test_http_settings_from_env(tmp_path):
+    defaults = GatewaySettings.from_env({})
+    assert defaults.http_port == 8080 and defaults.http_max_body_bytes == 16 * 1024 * 1024
+    assert defaults.image_root is None
+    assert GatewaySettings.from_env({"GATEWAY_HTTP_ENABLED": "false"}).http_port is None
+    custom = GatewaySettings.from_env(
+        {"GATEWAY_HTTP_PORT": "0", "GATEWAY_HTTP_MAX_BODY_BYTES": "4096", "GATEWAY_IMAGE_ROOT": str(tmp_path)}
+    )
+    assert (custom.http_port, custom.http_max_body_bytes, custom.image_root) == (0, 4096, tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        ({"GATEWAY_HTTP_PORT": "70000"}, "GATEWAY_HTTP_PORT"),
+        ({"GATEWAY_HTTP_ENABLED": "maybe"}, "GATEWAY_HTTP_ENABLED"),
+        ({"GATEWAY_HTTP_MAX_BODY_BYTES": "10"}, "GATEWAY_HTTP_MAX_BODY_BYTES"),
+        ({"GATEWAY_IMAGE_ROOT": "/no/such/folder"}, "GATEWAY_IMAGE_ROOT"),
+    ],
+)
+def test_bad_http_settings_name_the_variable(env, fragment):
+    from fashionsearch.config import ConfigError
+
+    with pytest.raises(ConfigError, match=fragment):
+        GatewaySettings.from_env(env)
+
+
+def test_http_port_in_use_fails_start_with_a_clear_error(stack):
+    settings = replace(stack.gateway_settings, http_port=stack.gateway_settings.http_port)
+    with pytest.raises(OSError, match="cannot listen for HTTP"):
+        stack.threads.run(start_http(settings, _Failing(RuntimeError()), None))  # type: ignore[arg-type]

@@ -1,0 +1,620 @@
+"""The production models: one multi-head classifier and a retrieval embedder that shares its trunk.
+
+Classifier (`python -m training train classifier`)
+    A compact residual CNN of depthwise-separable blocks at the photos' native 80x60 (no resize), one shared
+    trunk, pooled features from the last two stages (the "features" layer), and one dropout + dense softmax head
+    per attribute. Losses: label-smoothed cross-entropy per head, examples without a usable label masked out
+    (label -1), classes weighted by (count / median count) ** -CLASS_WEIGHT_POWER so rare article types count
+    a little more without giving up top-1 accuracy. The learning rate follows a warm-up + cosine schedule over
+    "progress" = max(step / planned steps, elapsed / time budget), so the run always anneals and ends inside its
+    budget however busy the shared CPU is. A weights checkpoint is written every epoch and a crashed run
+    resumes from it (same run folder). After training, one temperature per head is fitted on the validation
+    split (NLL) and baked into the exported softmax.
+
+Embedder (`python -m training train embedder`)
+    The classifier's trunk, frozen, plus a linear projection to D dimensions, L2-normalised (Euclidean distance
+    on the unit sphere). The projection is trained with a proxy-based metric loss (normalised-softmax / cosine
+    proxies, one set per attribute: articleType, baseColour, gender) on the trunk's features of the training
+    split (original + mirrored images). It trains in minutes, so every D in EMBEDDING_DIMS is trained and the
+    dimension is chosen on the validation split (precision@5); the trade-off table goes into model.json.
+
+Only the validation split is used for any choice; the test split is touched by `python -m training evaluate`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from fashionsearch.model_contract import InputSpec
+from training import data
+from training.recipe import Head, TrainedModel, TrainOptions
+from training.trainer import JsonHistory
+
+log = logging.getLogger(__name__)
+
+# Native size; ImageNet-free, so a plain [-1, 1] scaling.
+PRODUCTION_INPUT = InputSpec(name="image", height=data.NATIVE_HEIGHT, width=data.NATIVE_WIDTH, scale=2.0 / 255.0,
+                             mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), resize="stretch")
+# Head order = ONNX output order. articleType first: it is the hardest and the one retrieval is judged on.
+HEAD_ATTRIBUTES = ("masterCategory", "subCategory", "articleType", "gender", "baseColour", "season", "usage")
+LOSS_WEIGHTS = {"masterCategory": 0.3, "subCategory": 0.6, "articleType": 1.0, "gender": 0.6, "baseColour": 0.8,
+                "season": 0.3, "usage": 0.3}
+MIN_CLASS_COUNT = 10  # rare-class rule (data.Vocabulary): classes with fewer training examples are ignored
+CLASS_WEIGHT_POWER = 0.25
+LABEL_SMOOTHING = 0.1
+
+# Trunk: stem conv (stride 2) then stages of depthwise-separable residual blocks.
+STEM = 24
+WIDTHS = (32, 64, 128, 256)
+DEPTHS = (1, 2, 3, 2)
+HEAD_DROPOUT = 0.2
+
+DEFAULT_EPOCHS = 30
+DEFAULT_BATCH = 64
+DEFAULT_MINUTES = 48.0  # training loop; calibration and export take a few minutes more
+PEAK_LR = 2e-3
+WEIGHT_DECAY = 5e-5
+WARMUP = 0.03
+AUGMENT = data.Augmentation(shift=0.06, zoom=0.08, rotation_deg=6.0, hflip=True)
+
+EMBEDDING_DIMS = (16, 32, 64, 128)
+EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
+DEFAULT_EMBEDDING_DIM = 64
+CLASSIFIER_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier"
+
+WEIGHTS_FILE = "checkpoint.weights.h5"
+PROGRESS_FILE = "progress.json"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Architecture
+
+
+def _bn(x: Any, name: str | None = None) -> Any:
+    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=name)(x)
+
+
+def _separable_block(x: Any, out: int, stride: int, name: str) -> Any:
+    """Depthwise 3x3 + BN + ReLU, pointwise 1x1 + BN, identity shortcut when shapes allow, ReLU."""
+    layers = keras.layers
+    shortcut = x
+    y = layers.DepthwiseConv2D(3, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
+    y = layers.ReLU(name=f"{name}_dw_relu")(_bn(y, f"{name}_dw_bn"))
+    y = layers.Conv2D(out, 1, use_bias=False, name=f"{name}_pw")(y)
+    y = _bn(y, f"{name}_pw_bn")
+    if stride == 1 and int(shortcut.shape[-1]) == out:
+        y = layers.Add(name=f"{name}_add")([shortcut, y])
+    return layers.ReLU(name=f"{name}_relu")(y)
+
+
+def build_trunk(
+    inputs: Any, stem: int = STEM, widths: Sequence[int] = WIDTHS, depths: Sequence[int] = DEPTHS
+) -> Any:
+    """Pooled features: global average pools of the last two stages, concatenated (the layer "features")."""
+    layers = keras.layers
+    x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
+    x = layers.ReLU(name="stem_relu")(_bn(x, "stem_bn"))
+    pooled = []
+    for s, (width, depth) in enumerate(zip(widths, depths, strict=True)):
+        for b in range(depth):
+            x = _separable_block(x, width, 2 if (b == 0 and s > 0) else 1, f"s{s}b{b}")
+        if s >= len(widths) - 2:
+            pooled.append(layers.GlobalAveragePooling2D(name=f"s{s}_pool")(x))
+    return layers.Concatenate(name="features")(pooled)
+
+
+def build_classifier(
+    head_sizes: Mapping[str, int], input_spec: InputSpec = PRODUCTION_INPUT, **trunk_args: Any
+) -> keras.Model:
+    """The training model: image -> one logits output per attribute (named after it)."""
+    layers = keras.layers
+    inputs = keras.Input((input_spec.height, input_spec.width, 3), name=input_spec.name)
+    features = build_trunk(inputs, **trunk_args)
+    outputs = {}
+    for attribute, n in head_sizes.items():
+        h = layers.Dropout(HEAD_DROPOUT, name=f"{attribute}_dropout")(features)
+        outputs[attribute] = layers.Dense(n, name=f"{attribute}_logits")(h)
+    return keras.Model(inputs, outputs, name="production_classifier")
+
+
+def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float]) -> keras.Model:
+    """The exported model: softmax(logits / T) per head, outputs in HEAD order and named after the attribute."""
+    layers = keras.layers
+    outputs = []
+    for attribute, t in temperatures.items():
+        logits = model.get_layer(f"{attribute}_logits").output
+        scaled = layers.Rescaling(1.0 / float(t), name=f"{attribute}_temperature")(logits)
+        outputs.append(layers.Softmax(name=attribute)(scaled))
+    return keras.Model(model.inputs, outputs, name="classifier")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Losses and metrics
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class MaskedSmoothedCrossEntropy(keras.losses.Loss):
+    """Cross-entropy from logits with label smoothing and per-class weights; label -1 contributes nothing."""
+
+    def __init__(self, class_weights: Sequence[float], smoothing: float = LABEL_SMOOTHING,
+                 name: str = "masked_ce", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.class_weights = [float(w) for w in class_weights]
+        self.smoothing = float(smoothing)
+
+    def call(self, y_true: Any, y_pred: Any) -> Any:
+        ops = keras.ops
+        n = len(self.class_weights)
+        y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        valid = ops.cast(y >= 0, y_pred.dtype)
+        safe = ops.maximum(y, 0)
+        target = ops.one_hot(safe, n) * (1.0 - self.smoothing) + self.smoothing / n
+        ce = -ops.sum(target * ops.log_softmax(y_pred, axis=-1), axis=-1)
+        weights = ops.take(ops.convert_to_tensor(self.class_weights, dtype=y_pred.dtype), safe)
+        return ce * weights * valid
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"class_weights": self.class_weights, "smoothing": self.smoothing}
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class MaskedAccuracy(keras.metrics.Metric):
+    """Top-1 accuracy over the examples that have a label (label >= 0)."""
+
+    def __init__(self, name: str = "accuracy", **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        self.correct = self.add_variable(shape=(), initializer="zeros", name="correct")
+        self.total = self.add_variable(shape=(), initializer="zeros", name="total")
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> None:
+        ops = keras.ops
+        y = ops.cast(ops.reshape(y_true, (-1,)), "int32")
+        valid = ops.cast(y >= 0, "float32")
+        hit = ops.cast(ops.equal(ops.cast(ops.argmax(y_pred, axis=-1), "int32"), y), "float32")
+        self.correct.assign_add(ops.sum(hit * valid))
+        self.total.assign_add(ops.sum(valid))
+
+    def result(self) -> Any:
+        return self.correct / keras.ops.maximum(self.total, 1.0)
+
+    def reset_state(self) -> None:
+        self.correct.assign(0.0)
+        self.total.assign(0.0)
+
+
+def class_weights(labels: np.ndarray, n: int, power: float = CLASS_WEIGHT_POWER) -> np.ndarray:
+    """(count / median count) ** -power, normalised to a mean of 1 over the training examples."""
+    counts = np.bincount(labels[labels >= 0], minlength=n).astype(np.float64)
+    counts = np.maximum(counts, 1.0)
+    w = (counts / np.median(counts)) ** -power
+    mean = float((w * counts).sum() / counts.sum())
+    return (w / mean).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Calibration
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def nll(logits: np.ndarray, y: np.ndarray, t: float = 1.0) -> float:
+    z = logits / t
+    z = z - z.max(axis=1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    return float(-logp[np.arange(len(y)), y].mean())
+
+
+def fit_temperature(logits: np.ndarray, y: np.ndarray) -> float:
+    """The temperature minimising validation NLL (log-spaced grid, then a finer one around the best)."""
+    if len(y) == 0:
+        return 1.0
+    grid = np.exp(np.linspace(np.log(0.3), np.log(5.0), 61))
+    best = min(grid, key=lambda t: nll(logits, y, t))
+    fine = np.linspace(best * 0.95, best * 1.05, 21)
+    return float(min(fine, key=lambda t: nll(logits, y, t)))
+
+
+def ece(probabilities: np.ndarray, y: np.ndarray, bins: int = 15) -> float:
+    from training.evaluate import expected_calibration_error
+
+    return expected_calibration_error(probabilities, y, bins) if len(y) else 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Training loop pieces
+
+
+class ProgressSchedule(keras.callbacks.Callback):
+    """Warm-up + cosine learning rate over progress = max(step / total_steps, elapsed / budget); stops at 1.
+
+    `offset_steps` / `offset_seconds` continue a resumed run where it stopped.
+    """
+
+    def __init__(self, peak: float, total_steps: int, budget_s: float, warmup: float = WARMUP,
+                 offset_steps: int = 0, offset_seconds: float = 0.0) -> None:
+        super().__init__()
+        self.peak, self.total_steps, self.budget_s, self.warmup = peak, max(1, total_steps), budget_s, warmup
+        self.steps = offset_steps
+        self.offset_seconds = offset_seconds
+        self.started = time.monotonic()
+        self.progress = 0.0
+
+    def elapsed(self) -> float:
+        return self.offset_seconds + time.monotonic() - self.started
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.progress = min(1.0, max(self.steps / self.total_steps, self.elapsed() / self.budget_s))
+        if self.progress < self.warmup:
+            lr = self.peak * (0.1 + 0.9 * self.progress / self.warmup)
+        else:
+            p = (self.progress - self.warmup) / (1.0 - self.warmup)
+            lr = self.peak * (0.005 + 0.995 * 0.5 * (1.0 + math.cos(math.pi * p)))
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+        if self.progress >= 1.0:
+            self.model.stop_training = True
+
+
+class Validation(keras.callbacks.Callback):
+    """Per-head validation accuracy and loss into the epoch logs (before JsonHistory writes them), a weights
+    checkpoint and progress.json after every epoch, so a crash loses one epoch at most."""
+
+    def __init__(self, pixels: np.ndarray, targets: Mapping[str, np.ndarray], input_spec: InputSpec,
+                 run_dir: Path, schedule: ProgressSchedule, settings: Mapping[str, Any]) -> None:
+        super().__init__()
+        self.ds = data.make_tf_dataset(pixels, None, input_spec, 256)
+        self.targets = targets
+        self.run_dir = run_dir
+        self.schedule = schedule
+        self.settings = dict(settings)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        outputs = predict_logits(self.model, self.ds)
+        total = 0.0
+        for attribute, y in self.targets.items():
+            keep = y >= 0
+            logits = outputs[attribute][keep]
+            logs[f"val_{attribute}_accuracy"] = float((logits.argmax(axis=1) == y[keep]).mean())
+            total += LOSS_WEIGHTS[attribute] * nll(logits, y[keep])
+        logs["val_loss"] = total
+        self.model.save_weights(str(self.run_dir / WEIGHTS_FILE))
+        (self.run_dir / PROGRESS_FILE).write_text(json.dumps({
+            "epochs_done": epoch + 1, "steps": self.schedule.steps, "seconds": self.schedule.elapsed(),
+            "progress": self.schedule.progress, "settings": self.settings,
+        }))
+        log.info("epoch %d: progress %.2f, %.0f s, val accuracy %s", epoch + 1, self.schedule.progress,
+                 self.schedule.elapsed(),
+                 {a: round(logs[f"val_{a}_accuracy"], 4) for a in self.targets})
+
+
+def predict_logits(model: keras.Model, ds: Any) -> dict[str, np.ndarray]:
+    out = model.predict(ds, verbose=0)
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _limit(ds: data.Dataset, limit: int | None, seed: int) -> data.Dataset:
+    if limit is None or limit >= len(ds):
+        return ds
+    return ds.subset(np.sort(np.random.default_rng(seed).choice(len(ds), size=limit, replace=False)))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recipe: classifier
+
+
+def train_classifier(
+    dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions
+) -> TrainedModel:
+    """The multi-head production classifier (see the module docstring)."""
+    data.configure_tensorflow(options.threads, options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    full_train = dataset.split(split, "train")
+    vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
+    train = _limit(full_train, options.limit, options.seed)
+    val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    y_train = {a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES}
+    y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
+    sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
+    log.info("production classifier: %d train, %d validation images; classes per head %s", len(train), len(val),
+             sizes)
+
+    batch = options.batch_size or DEFAULT_BATCH
+    epochs = options.epochs or DEFAULT_EPOCHS
+    budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
+    steps_per_epoch = math.ceil(len(train) / batch)
+    settings = {
+        "batch_size": batch, "epochs": epochs, "max_minutes": budget_s / 60.0, "peak_lr": PEAK_LR,
+        "weight_decay": WEIGHT_DECAY, "optimizer": "AdamW", "schedule": "warm-up + cosine over progress",
+        "label_smoothing": LABEL_SMOOTHING, "class_weight_power": CLASS_WEIGHT_POWER, "loss_weights": LOSS_WEIGHTS,
+        "augmentation": AUGMENT.__dict__, "stem": STEM, "widths": list(WIDTHS), "depths": list(DEPTHS),
+        "head_dropout": HEAD_DROPOUT, "min_class_count": MIN_CLASS_COUNT, "train_images": len(train),
+        "val_images": len(val), "seed": options.seed,
+    }
+
+    model = build_classifier(sizes)
+    losses = {a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a]), name=f"{a}_ce")
+              for a in HEAD_ATTRIBUTES}
+    model.compile(
+        optimizer=keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
+        loss=losses, loss_weights=LOSS_WEIGHTS, metrics={a: [MaskedAccuracy()] for a in HEAD_ATTRIBUTES},
+    )
+
+    # Resume a crashed run with the same settings from its last epoch.
+    initial_epoch, offset_steps, offset_seconds = 0, 0, 0.0
+    progress_path = run_dir / PROGRESS_FILE
+    if progress_path.is_file() and (run_dir / WEIGHTS_FILE).is_file():
+        saved = json.loads(progress_path.read_text())
+        if saved.get("settings") == json.loads(json.dumps(settings)) and saved.get("progress", 1.0) < 1.0:
+            model.load_weights(str(run_dir / WEIGHTS_FILE))
+            initial_epoch, offset_steps, offset_seconds = saved["epochs_done"], saved["steps"], saved["seconds"]
+            log.info("resuming %s at epoch %d (%.0f s done)", run_dir, initial_epoch, offset_seconds)
+        else:
+            log.info("%s holds another or a finished run; starting afresh", run_dir)
+
+    train_ds = data.make_tf_dataset(
+        train.images, y_train, PRODUCTION_INPUT, batch, shuffle=True, augment=AUGMENT, seed=options.seed,
+    )
+    schedule = ProgressSchedule(PEAK_LR, epochs * steps_per_epoch, budget_s, offset_steps=offset_steps,
+                                offset_seconds=offset_seconds)
+    history = JsonHistory(run_dir / "history.json")
+    if initial_epoch and (run_dir / "history.json").is_file():
+        history.history = json.loads((run_dir / "history.json").read_text())
+    validation = Validation(val.images, y_val, PRODUCTION_INPUT, run_dir, schedule, settings)
+    started = time.monotonic()
+    model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=options.verbose,
+              callbacks=[schedule, validation, history])
+    seconds = offset_seconds + time.monotonic() - started
+    log.info("classifier trained for %.0f s (%d steps)", seconds, schedule.steps)
+
+    # Temperature per head on the validation split.
+    val_ds = data.make_tf_dataset(val.images, None, PRODUCTION_INPUT, 256)
+    logits = predict_logits(model, val_ds)
+    temperatures: dict[str, float] = {}
+    calibration: dict[str, Any] = {}
+    accuracy: dict[str, float] = {}
+    for a in HEAD_ATTRIBUTES:
+        keep = y_val[a] >= 0
+        z, y = logits[a][keep], y_val[a][keep]
+        t = fit_temperature(z, y)
+        temperatures[a] = t
+        accuracy[a] = round(float((z.argmax(axis=1) == y).mean()), 4) if len(y) else 0.0
+        calibration[a] = {"temperature": round(t, 4), "ece_before": round(ece(softmax(z), y), 4),
+                          "ece_after": round(ece(softmax(z / t), y), 4),
+                          "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
+                          "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0}
+    log.info("validation accuracy %s; calibration %s", accuracy, calibration)
+    exported = calibrated_classifier(model, temperatures)
+    hist = history.history
+    return TrainedModel(
+        name="classifier",
+        kind="classifier",
+        model=exported,
+        input_spec=PRODUCTION_INPUT,
+        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
+        metrics={"validation": {"accuracy": accuracy, "calibration": calibration}},
+        training={"recipe": "classifier", "parameters": model.count_params(), "seconds": round(seconds, 1),
+                  "steps": schedule.steps, "epochs_run": len(hist.get("loss", [])), "settings": settings,
+                  "vocabularies": {a: {"min_count": MIN_CLASS_COUNT, "policy": "ignore",
+                                       "rare": list(vocabularies[a].rare)} for a in HEAD_ATTRIBUTES},
+                  "history": {k: [round(v, 6) for v in vals] for k, vals in hist.items()}},
+        parity_pixels=dataset.split(split, "val").images[:256],
+        run_dir=run_dir,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recipe: embedder
+
+
+def classifier_run_dir() -> Path:
+    """Where the trained classifier's Keras model is read from: $FASHIONSEARCH_CLASSIFIER_RUN, else the default
+    run folder of `python -m training train classifier`."""
+    import os
+
+    return Path(os.environ.get("FASHIONSEARCH_CLASSIFIER_RUN", CLASSIFIER_RUN))
+
+
+def feature_model(classifier: keras.Model) -> keras.Model:
+    """image -> the classifier's pooled trunk features (layer "features")."""
+    return keras.Model(classifier.inputs, classifier.get_layer("features").output, name="trunk")
+
+
+def compute_features(trunk: keras.Model, images: np.ndarray, flip: bool = False) -> np.ndarray:
+    pixels = images[:, :, ::-1] if flip else images
+    ds = data.make_tf_dataset(np.ascontiguousarray(pixels), None, PRODUCTION_INPUT, 256)
+    return np.asarray(trunk.predict(ds, verbose=0), dtype=np.float32)
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class CosineProxies(keras.layers.Layer):
+    """scale * cos(embedding, proxy_c) for every class c: a normalised-softmax (proxy) metric-learning head."""
+
+    def __init__(self, classes: int, scale: float = 16.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.classes, self.scale = classes, scale
+
+    def build(self, input_shape: Any) -> None:
+        self.proxies = self.add_weight(shape=(int(input_shape[-1]), self.classes), initializer="glorot_uniform",
+                                       name="proxies")
+
+    def call(self, z: Any) -> Any:
+        p = self.proxies / keras.ops.sqrt(keras.ops.sum(self.proxies ** 2, axis=0, keepdims=True) + 1e-12)
+        return self.scale * keras.ops.matmul(z, p)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"classes": self.classes, "scale": self.scale}
+
+
+def build_projection(feature_dim: int, dim: int, head_sizes: Mapping[str, int],
+                     mean: np.ndarray, variance: np.ndarray) -> tuple[keras.Model, keras.Model]:
+    """(training model: features -> proxy logits per attribute, projection: features -> unit embedding)."""
+    layers = keras.layers
+    inputs = keras.Input((feature_dim,), name="features_in")
+    x = layers.Normalization(mean=mean, variance=variance, name="feature_norm")(inputs)
+    x = layers.Dense(dim, use_bias=False, name="projection")(x)
+    z = layers.UnitNormalization(name="embedding")(x)
+    projection = keras.Model(inputs, z, name="projection_model")
+    logits = {a: CosineProxies(n, name=f"{a}_proxies")(z) for a, n in head_sizes.items()}
+    return keras.Model(inputs, logits, name="projection_training"), projection
+
+
+def train_projection(
+    features: np.ndarray, targets: Mapping[str, np.ndarray], dim: int, head_sizes: Mapping[str, int],
+    epochs: int = 25, batch: int = 256, seed: int = 0,
+) -> keras.Model:
+    """Fit the projection with the proxy loss (masked CE per attribute, weights EMBEDDING_ATTRIBUTES)."""
+    keras.utils.set_random_seed(seed)
+    mean, var = features.mean(axis=0), features.var(axis=0) + 1e-6
+    training, projection = build_projection(features.shape[1], dim, head_sizes, mean, var)
+    steps = epochs * math.ceil(len(features) / batch)
+    schedule = keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.01)
+    training.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss={a: MaskedSmoothedCrossEntropy(np.ones(head_sizes[a]), smoothing=0.0, name=f"{a}_ce")
+              for a in head_sizes},
+        loss_weights={a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes},
+    )
+    training.fit(features, dict(targets), batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
+    return projection
+
+
+def search_latency_ms(catalogue: np.ndarray, queries: np.ndarray, k: int = 5, repeats: int = 3) -> float:
+    """Brute-force exact Euclidean top-k, one query at a time (what a flat index does), median ms per query."""
+    cat = np.ascontiguousarray(catalogue, dtype=np.float32)
+    cat_sq = np.einsum("ij,ij->i", cat, cat)
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for q in queries:
+            d = cat_sq - 2.0 * (cat @ q)
+            np.argpartition(d, k)[:k]
+        times.append((time.perf_counter() - started) / len(queries) * 1000.0)
+    return float(np.median(times))
+
+
+def retrieval_summary(queries: np.ndarray, catalogue: np.ndarray, q_labels: Mapping[str, np.ndarray],
+                      c_labels: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+    from training.evaluate import retrieval_metrics
+
+    r = retrieval_metrics(queries, catalogue, q_labels, c_labels)
+    return {m: {a: round(v, 4) for a, v in r[m].items()} for m in ("unfiltered", "filtered")}
+
+
+def choose_dimension(table: Mapping[int, Mapping[str, Any]], tolerance: float = 0.005) -> int:
+    """The smallest dimension whose validation articleType precision@5 (unfiltered) is within `tolerance` of
+    the best one's: memory and search time grow linearly with the dimension."""
+    score = {d: row["precision_at_5"]["unfiltered"]["articleType"] for d, row in table.items()}
+    best = max(score.values())
+    return min(d for d, s in score.items() if s >= best - tolerance)
+
+
+def train_embedder(
+    dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions
+) -> TrainedModel:
+    """The retrieval embedder on the trained classifier's frozen trunk (see the module docstring)."""
+    from training.export import load_trained
+
+    data.configure_tensorflow(options.threads, options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    source = classifier_run_dir()
+    if not (source / "model.keras").is_file():
+        raise data.DataError(f"no trained classifier in {source}: run `python -m training train classifier` "
+                             "first (or set FASHIONSEARCH_CLASSIFIER_RUN)")
+    classifier = load_trained(source)
+    trunk = feature_model(classifier.model)
+    for layer in trunk.layers:
+        layer.trainable = False
+
+    full_train = dataset.split(split, "train")
+    vocabularies = data.build_vocabularies(full_train, tuple(EMBEDDING_ATTRIBUTES), min_count=MIN_CLASS_COUNT)
+    train = _limit(full_train, options.limit, options.seed)
+    val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    sizes = {a: len(vocabularies[a]) for a in EMBEDDING_ATTRIBUTES}
+    log.info("embedder: features of %d train (+ mirrored) and %d validation images from %s", len(train), len(val),
+             source)
+    f_train = compute_features(trunk, train.images)
+    f_train_flip = compute_features(trunk, train.images, flip=True)
+    f_val = compute_features(trunk, val.images)
+    y = {a: np.concatenate([vocabularies[a].encode(train.labels[a])] * 2) for a in EMBEDDING_ATTRIBUTES}
+    features = np.concatenate([f_train, f_train_flip])
+    feature_seconds = time.monotonic() - started
+
+    epochs = options.epochs or 25
+    batch = options.batch_size or 256
+    table: dict[int, dict[str, Any]] = {}
+    projections: dict[int, keras.Model] = {}
+    latency_queries = f_val[:200]
+    unit = f_train / np.linalg.norm(f_train, axis=1, keepdims=True).clip(1e-12)
+    unit_val = f_val / np.linalg.norm(f_val, axis=1, keepdims=True).clip(1e-12)
+    table_raw = {
+        "dim": int(f_train.shape[1]), "bytes_per_vector": int(f_train.shape[1]) * 4,
+        "precision_at_5": retrieval_summary(unit_val, unit, val.labels, train.labels),
+        "search_ms_per_query": round(search_latency_ms(unit, unit_val[:200]), 3),
+    }
+    log.info("trunk features (%d-d, L2-normalised), validation: %s", f_train.shape[1], table_raw)
+    for dim in EMBEDDING_DIMS:
+        t0 = time.monotonic()
+        projection = train_projection(features, y, dim, sizes, epochs=epochs, batch=batch, seed=options.seed)
+        e_train = np.asarray(projection.predict(f_train, batch_size=2048, verbose=0))
+        e_val = np.asarray(projection.predict(f_val, batch_size=2048, verbose=0))
+        table[dim] = {
+            "dim": dim, "bytes_per_vector": dim * 4,
+            "catalogue_mb_per_million": round(dim * 4 / 1.0, 1),
+            "precision_at_5": retrieval_summary(e_val, e_train, val.labels, train.labels),
+            "search_ms_per_query": round(search_latency_ms(e_train, np.asarray(
+                projection.predict(latency_queries, verbose=0))), 3),
+            "train_seconds": round(time.monotonic() - t0, 1),
+        }
+        projections[dim] = projection
+        log.info("dimension %d, validation: %s", dim, table[dim])
+    chosen = choose_dimension(table)
+    log.info("chosen dimension: %d", chosen)
+
+    layers = keras.layers
+    inputs = keras.Input((PRODUCTION_INPUT.height, PRODUCTION_INPUT.width, 3), name=PRODUCTION_INPUT.name)
+    embedding = projections[chosen](trunk(inputs))
+    embedding = layers.Identity(name="embedding")(embedding)
+    model = keras.Model(inputs, embedding, name="embedder")
+    seconds = time.monotonic() - started
+    return TrainedModel(
+        name="embedder",
+        kind="embedder",
+        model=model,
+        input_spec=PRODUCTION_INPUT,
+        embedding_dim=chosen,
+        metrics={"validation": {"precision_at_5": table[chosen]["precision_at_5"],
+                                "dimension_tradeoff": {str(d): row for d, row in table.items()},
+                                "trunk_features_l2": table_raw}},
+        training={"recipe": "embedder", "parameters": model.count_params(), "seconds": round(seconds, 1),
+                  "feature_seconds": round(feature_seconds, 1),
+                  "classifier_seconds": classifier.training.get("seconds"),
+                  "trunk_from": str(source),
+                  "settings": {"loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
+                               "attribute_weights": EMBEDDING_ATTRIBUTES, "epochs": epochs, "batch_size": batch,
+                               "optimizer": "Adam 3e-3 cosine", "dims_tried": list(EMBEDDING_DIMS),
+                               "choice_rule": "smallest dimension within 0.5 points of the best validation "
+                                              "articleType precision@5 (unfiltered)",
+                               "train_images": len(train), "val_images": len(val), "mirrored_copies": True}},
+        parity_pixels=dataset.split(split, "val").images[:256],
+        run_dir=run_dir,
+    )
