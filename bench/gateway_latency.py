@@ -150,6 +150,7 @@ def main() -> int:
                 "GATEWAY_DATA_DIR": str(root / "store"),
             "GATEWAY_HTTP_ENABLED": "false",
                 "GATEWAY_LOG_LEVEL": "WARNING",
+                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },
         }
         processes: list[subprocess.Popen] = []

@@ -190,6 +190,7 @@ def main() -> int:
                 "GATEWAY_EMBED_TIMEOUT_S": "30",
                 "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
                 "GATEWAY_LOG_LEVEL": "WARNING",
+                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },
         }
         processes: list[subprocess.Popen] = []

@@ -3,7 +3,8 @@
 Starts the classifier, embedder and gateway as separate processes (as ops would), waits until each reports
 SERVING on gRPC health, indexes `sample_catalogue/` through the gateway (incremental: a second run finds it
 already indexed and embeds nothing), prints where to go, and stops everything cleanly on Ctrl-C.
-Everything it writes lives under `var/` (store, logs, reject file). Ports: FASHIONSEARCH_*_PORT.
+Everything it writes lives under `var/` (store, logs, reject file; FASHIONSEARCH_VAR_DIR moves it).
+Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50050, 8080).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(REPO))
 
 from fashionsearch.healthcheck import is_serving  # noqa: E402
 
-VAR = REPO / "var"
+VAR = Path(os.environ.get("FASHIONSEARCH_VAR_DIR", REPO / "var")).resolve()
 START_TIMEOUT_S = 90.0
 
 
@@ -90,7 +91,7 @@ def main() -> int:
     # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does.
     signal.signal(signal.SIGTERM, _interrupt)
     try:
-        print("Starting fashionsearch (logs in var/logs/):", flush=True)
+        print(f"Starting fashionsearch (logs in {VAR / 'logs'}):", flush=True)
         stack.start("classifier", {"CLASSIFIER_PORT": str(classifier), "CLASSIFIER_HOST": "127.0.0.1"})
         stack.start("embedder", {"EMBEDDER_PORT": str(embedder), "EMBEDDER_HOST": "127.0.0.1"})
         stack.wait_serving("classifier", f"127.0.0.1:{classifier}")
@@ -105,6 +106,8 @@ def main() -> int:
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
                 "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
                 "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue" / "images"),
+                # Local only (bound to 127.0.0.1): the indexer below writes without an API key.
+                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },
         )
         stack.wait_serving("gateway", f"127.0.0.1:{gateway}")

@@ -159,12 +159,13 @@ async def start_server(
     describe: Mapping[str, Any] | None = None,
     closers: Iterable[Closer] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> RunningServer:
     """Create, wire and start a grpc.aio server; health says NOT_SERVING until `set_serving()`.
 
     `register` adds the service's servicers; `service_names` are their full names (for health and reflection);
     `describe` (e.g. the model identity) is logged with the listen address. Port 0 picks a free port, which
-    `RunningServer.port` reports.
+    `RunningServer.port` reports. With `credentials` (grpc.ssl_server_credentials) the port speaks TLS only.
     """
     server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=list(interceptors))
     register(server)
@@ -176,7 +177,7 @@ async def start_server(
     )
     target = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
     try:
-        bound = server.add_insecure_port(target)
+        bound = server.add_insecure_port(target) if credentials is None else server.add_secure_port(target, credentials)
     except RuntimeError as bad:
         raise OSError(f"cannot listen on {target}: {bad}") from None
     if bound == 0:
@@ -185,9 +186,10 @@ async def start_server(
     await running.set_not_serving()
     await server.start()
     logger.info(
-        "listening on %s:%s for %s",
+        "listening on %s:%s%s for %s",
         host,
         bound,
+        " (TLS)" if credentials is not None else "",
         ", ".join(service_names),
         extra={"listen_host": host, "listen_port": bound, **(describe or {})},
     )

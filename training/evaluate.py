@@ -99,9 +99,8 @@ def most_confused(confusion: np.ndarray, labels: Sequence[str], n: int = 10) -> 
     """The n largest off-diagonal cells: (true label, predicted label, count)."""
     off = confusion.copy()
     np.fill_diagonal(off, 0)
-    order = np.argsort(off, axis=None)[::-1][:n]
-    pairs = [(labels[i // off.shape[1]], labels[i % off.shape[1]], int(off.flat[i])) for i in order]
-    return [p for p in pairs if p[2] > 0]
+    cells = [(-int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off), strict=True)]
+    return [(labels[i], labels[j], -neg) for neg, i, j in sorted(cells)[:n]]
 
 
 def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:

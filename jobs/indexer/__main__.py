@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -60,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
     dest.add_argument("--qdrant-url", metavar="URL", help="Qdrant server URL (e.g. http://localhost:6333)")
     dest.add_argument("--qdrant-path", type=Path, help="qdrant-client local mode folder (tests, small setups)")
     dest.add_argument("--edge-dir", type=Path, help="Qdrant Edge data directory (the gateway's GATEWAY_DATA_DIR)")
+    p.add_argument(
+        "--api-key-env",
+        default="INDEXER_API_KEY",
+        metavar="VAR",
+        help="environment variable holding the gateway's write API key (default INDEXER_API_KEY)",
+    )
+    p.add_argument("--tls-ca", type=Path, help="PEM CA bundle: talk TLS to the gateway, trusting these CAs")
     p.add_argument("--embedder", metavar="HOST:PORT", help="embedder address (direct modes)")
     p.add_argument("--classifier", metavar="HOST:PORT", help="classifier address, for missing attributes")
     p.add_argument("--collection", default="catalogue", help="collection alias (default: catalogue)")
@@ -80,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=int, default=64, help="items per write batch (default 64)")
     p.add_argument("--inflight", type=int, default=2, help="write batches in flight (default 2)")
-    p.add_argument("--fetch-threads", type=int, default=8, help="threads reading images (default 8)")
+    p.add_argument("--fetch-threads", type=int, default=8, help="threads downloading http(s) images (default 8)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one service call (default 30)")
     p.add_argument("--url-timeout-s", type=float, default=10.0, help="deadline of one image download (default 10)")
     p.add_argument("--rejects", type=Path, default=Path("indexer-rejects.csv"), help="reject file (CSV)")
@@ -97,7 +105,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_target(args: argparse.Namespace) -> Target:
     if args.gateway:
-        return GatewayTarget(args.gateway, timeout_s=args.timeout_s)
+        api_key = os.environ.get(args.api_key_env, "") or None
+        tls_ca = args.tls_ca.read_bytes() if args.tls_ca else None
+        return GatewayTarget(args.gateway, timeout_s=args.timeout_s, api_key=api_key, tls_ca=tls_ca)
     if not args.embedder:
         raise SystemExit("error: --embedder is required with --qdrant-url, --qdrant-path and --edge-dir")
     models = ModelClients(args.embedder, args.classifier, timeout_s=args.timeout_s, max_batch=args.batch_size)
@@ -124,6 +134,7 @@ def make_target(args: argparse.Namespace) -> Target:
         args.collection,
         switch=not (args.no_switch or sharded),
         keep_old=args.keep_old,
+        sharded=sharded,
         store_label=label,
     )
 

@@ -115,16 +115,16 @@ def payload_of(row: Row, content_hash: str, predicted: dict[str, str] | None = N
     return payload
 
 
-def _channel(addr: str) -> grpc.Channel:
-    return grpc.insecure_channel(
-        addr,
-        options=[
-            ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-            ("grpc.initial_reconnect_backoff_ms", 200),
-            ("grpc.max_reconnect_backoff_ms", 2000),
-        ],
-    )
+def _channel(addr: str, tls_ca: bytes | None = None) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
+        ("grpc.initial_reconnect_backoff_ms", 200),
+        ("grpc.max_reconnect_backoff_ms", 2000),
+    ]
+    if tls_ca is not None:
+        return grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options)
+    return grpc.insecure_channel(addr, options=options)
 
 
 def _call_with_retries(what: str, fn: Any, *, attempts: int = 5) -> Any:
@@ -234,9 +234,11 @@ class DirectTarget:
         *,
         switch: bool = True,
         keep_old: bool = False,
+        sharded: bool = False,
         store_label: str = "store",
     ) -> None:
         self._catalog = catalog
+        self._sharded = sharded
         self._models = models
         self._alias = alias
         self._switch = switch
@@ -339,6 +341,8 @@ class DirectTarget:
             return []
         if not complete:
             return [f"collection {self.collection} is incomplete; alias {self._alias} not switched (run again)"]
+        if self._sharded and not self._switch:
+            return [f"this shard of {self.collection} is complete; once every shard is, run with --switch-only"]
         if not self._switch:
             return [f"collection {self.collection} is complete; alias {self._alias} not switched (--no-switch)"]
         self._catalog.release(self._index)
@@ -362,12 +366,43 @@ class DirectTarget:
         self._catalog.close()
 
 
+class _MetadataInterceptor(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds fixed metadata (the API key) to every call."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...]) -> None:
+        self._metadata = metadata
+
+    def _details(self, details: Any) -> Any:
+        return details._replace(metadata=tuple(details.metadata or ()) + self._metadata)
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_unary_stream(self, continuation: Any, details: Any, request: Any) -> Any:
+        return continuation(self._details(details), request)
+
+    def intercept_stream_unary(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+    def intercept_stream_stream(self, continuation: Any, details: Any, requests: Any) -> Any:
+        return continuation(self._details(details), requests)
+
+
 class GatewayTarget:
     """Writes through the gateway's catalogue RPCs (the Edge store's single writer)."""
 
-    def __init__(self, addr: str, *, timeout_s: float) -> None:
+    def __init__(self, addr: str, *, timeout_s: float, api_key: str | None = None, tls_ca: bytes | None = None) -> None:
         self._addr = addr
-        self._channel = _channel(addr)
+        self._channel = _channel(addr, tls_ca)
+        if api_key:
+            # The gateway's write key (catalogue writes need one unless the gateway allows unauthenticated ones).
+            auth = (("authorization", f"Bearer {api_key}"),)
+            self._channel = grpc.intercept_channel(self._channel, _MetadataInterceptor(auth))
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._timeout_s = timeout_s
         self.times = StageTimes()

@@ -41,6 +41,7 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
+from services.gateway.security import API_KEY_HEADER, http_middleware, http_ssl_context
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
 
@@ -57,6 +58,8 @@ HTTP_STATUS: dict[grpc.StatusCode, int] = {
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
     grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
 }
 
 FILTER_MODES = {mode.value: mode for mode in FilterMode}
@@ -517,7 +520,9 @@ class HttpApi:
         return web.json_response({"item_count": count})
 
     async def list_items(self, request: web.Request) -> web.StreamResponse:
-        """GET /v1/items: every item's id and content hash, one JSON object per line (NDJSON), streamed."""
+        """GET /v1/items: every item's id and content hash, one JSON object per line (NDJSON), streamed.
+
+        A failure after the first page ends the stream with an {"error": {...}} line."""
         params = dict(request.query)
         page_size = _int(params.pop("page_size", _DEFAULT_LIST_PAGE), "page_size")
         if params:
@@ -529,10 +534,17 @@ class HttpApi:
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson"})
         await response.prepare(request)
         page = first
-        while page is not None:
-            lines = "".join(json.dumps({"id": i, "content_hash": h}) + "\n" for i, h in page)
-            await response.write(lines.encode())
-            page = await anext(pages, None)
+        try:
+            while page is not None:
+                lines = "".join(json.dumps({"id": i, "content_hash": h}) + "\n" for i, h in page)
+                await response.write(lines.encode())
+                page = await anext(pages, None)
+        except FashionSearchError as error:
+            # The status line is gone already: the last line says the listing is incomplete, and why.
+            logger.warning("listing items failed after the first page: %s", error.message)
+            status = HTTP_STATUS.get(error.code, 500)
+            line = {"error": {"status": status, "code": error.code.name, "message": error.message}}
+            await response.write((json.dumps(line) + "\n").encode())
         await response.write_eof()
         return response
 
@@ -624,7 +636,9 @@ def create_app(
         request.writer.output_size = 0
         return None
 
-    app = web.Application(client_max_size=limit, middlewares=[_errors_middleware(limit)])
+    app = web.Application(
+        client_max_size=limit, middlewares=[_errors_middleware(limit), http_middleware(settings.api_keys)]
+    )
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
     app.router.add_get("/v1/items", api.list_items)
@@ -675,7 +689,9 @@ async def start_http(
         create_app(service, index, settings, health_servicer), access_log=None, shutdown_timeout=settings.grace_s
     )
     await runner.setup()
-    site = web.TCPSite(runner, host, settings.http_port)
+    site = web.TCPSite(
+        runner, host, settings.http_port, ssl_context=http_ssl_context(settings.tls_cert_file, settings.tls_key_file)
+    )
     try:
         await site.start()
     except OSError as bad:
@@ -705,6 +721,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         404: "Unknown product id",
         409: "Failed precondition: the stored vectors come from another embedder version; re-index",
         413: "Request body over GATEWAY_HTTP_MAX_BODY_BYTES",
+        401: "No API key, or an unknown one (see GATEWAY_READ_API_KEYS, GATEWAY_WRITE_API_KEYS)",
+        403: "The key allows searches only, or catalogue writes are turned off",
         415: "Unsupported content type",
         503: "A dependency (classifier, embedder, vector store) is unavailable",
         504: "A dependency did not answer within its deadline",
@@ -1019,6 +1037,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {}}}},
+            }
+        },
         "/images/{path}": {
             "get": {
                 "summary": "A product image under GATEWAY_IMAGE_ROOT",
@@ -1027,6 +1051,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             }
         },
     }
+    # /v1 needs a key as services/gateway/security.py decides: writes always, reads when read keys are set.
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, {}]
+                operation["responses"].update(_errors(401, 403))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -1037,5 +1067,11 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             " 504 DEADLINE_EXCEEDED.",
         },
         "paths": paths,
-        "components": {"schemas": schemas},
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+            },
+        },
     }

@@ -8,6 +8,7 @@ from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.bootstrap import Gateway, bootstrap, max_message_bytes
 from services.gateway.http import start_http
+from services.gateway.security import ApiKeyInterceptor, grpc_server_credentials
 from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
     """
     gateway = gateway or bootstrap(settings)
     info = gateway.index.info()
+    keys = settings.api_keys
+    if not keys.write and keys.allow_unauthenticated_writes:
+        logger.warning("catalogue writes need no API key (GATEWAY_ALLOW_UNAUTHENTICATED_WRITES): local use only")
     try:
         running = await start_server(
             lambda server: gateway_pb2_grpc.add_GatewayServicer_to_server(gateway.servicer, server),
@@ -37,8 +41,12 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
                 "collection": settings.collection,
                 "stored_embedder": str(info.embedder) if info else None,
                 "item_count": gateway.index.count(),
+                "access": repr(keys),
+                "tls": settings.tls_cert_file is not None,
             },
             closers=[gateway.close],
+            interceptors=[ApiKeyInterceptor(keys)],
+            credentials=grpc_server_credentials(settings.tls_cert_file, settings.tls_key_file),
         )
     except BaseException:
         await gateway.close()

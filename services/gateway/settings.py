@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionsearch.config import Address, ConfigError, Env
+from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
 
 DEFAULT_HTTP_PORT = 8080
 
@@ -40,6 +41,18 @@ class Settings:
     http_max_body_bytes: int = 16 * 1024 * 1024
     #: Folder that relative image references (payload image_ref) resolve against, served under /images/.
     image_root: Path | None = None
+    #: API keys for reads and catalogue writes (services/gateway/security.py has the policy); never printed.
+    read_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    write_api_keys: tuple[str, ...] = field(default=(), repr=False)
+    #: With no write keys, writes are refused unless this is true (local development and tests only).
+    allow_unauthenticated_writes: bool = False
+    #: PEM certificate chain and private key: both set = TLS on the gRPC and HTTP ports.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+
+    @property
+    def api_keys(self) -> ApiKeys:
+        return ApiKeys(self.read_api_keys, self.write_api_keys, self.allow_unauthenticated_writes)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -54,6 +67,20 @@ class Settings:
         max_top_k = env.get_int("MAX_TOP_K", cls.max_top_k, min=1, max=1000)
         if default_top_k > max_top_k:
             raise ConfigError(f"GATEWAY_DEFAULT_TOP_K={default_top_k} is above GATEWAY_MAX_TOP_K={max_top_k}")
+        write_keys = parse_api_keys(
+            "GATEWAY_WRITE_API_KEYS", env.get_str("WRITE_API_KEYS", ""), env.get_str("WRITE_API_KEYS_FILE", "")
+        )
+        read_keys = parse_api_keys(
+            "GATEWAY_READ_API_KEYS", env.get_str("READ_API_KEYS", ""), env.get_str("READ_API_KEYS_FILE", "")
+        )
+        allow_unauthenticated_writes = env.get_bool("ALLOW_UNAUTHENTICATED_WRITES", False)
+        if write_keys and allow_unauthenticated_writes:
+            raise ConfigError(
+                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true contradicts GATEWAY_WRITE_API_KEYS; set one or the other"
+            )
+        tls_cert = env.path("TLS_CERT_FILE", ".", must_exist="file") if env.get_str("TLS_CERT_FILE", "") else None
+        tls_key = env.path("TLS_KEY_FILE", ".", must_exist="file") if env.get_str("TLS_KEY_FILE", "") else None
+        check_tls_files(tls_cert, tls_key)
         return cls(
             port=env.port("PORT", cls.port),
             host=env.get_str("HOST", cls.host),
@@ -79,4 +106,9 @@ class Settings:
                 "HTTP_MAX_BODY_BYTES", cls.http_max_body_bytes, min=1024, max=256 * 1024 * 1024
             ),
             image_root=env.path("IMAGE_ROOT", "", must_exist="dir") if env.get_str("IMAGE_ROOT", "") else None,
+            read_api_keys=read_keys,
+            write_api_keys=write_keys,
+            allow_unauthenticated_writes=allow_unauthenticated_writes,
+            tls_cert_file=tls_cert,
+            tls_key_file=tls_key,
         )

@@ -85,6 +85,7 @@ def gateway_address(tmp_path_factory) -> Iterator[str]:
             "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{ports['embedder']}",
             "GATEWAY_DATA_DIR": str(root / "store"),
             "GATEWAY_HTTP_ENABLED": "false",
+            "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
         },
     }
     processes = []

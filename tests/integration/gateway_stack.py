@@ -117,6 +117,8 @@ def start_stack(
     )
     classifier = threads.run(classifier_server.start(classifier_settings))
     embedder = threads.run((embedder_start or embedder_server.start)(embedder_settings))
+    # Tests write the catalogue without keys unless they configure some (tests/integration/test_gateway_security.py).
+    gateway_overrides.setdefault("allow_unauthenticated_writes", True)
     gateway_settings = GatewaySettings(
         port=0,
         host=HOST,

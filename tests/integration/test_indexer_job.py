@@ -63,9 +63,16 @@ def _job_command(tmp_path: Path, *args: str, progress: bool = False) -> list[str
     ]
 
 
-def run_job(tmp_path: Path, *args: str, timeout_s: float = 120) -> tuple[int, dict[str, Any]]:
+def run_job(
+    tmp_path: Path, *args: str, timeout_s: float = 120, env: dict[str, str] | None = None
+) -> tuple[int, dict[str, Any]]:
     result = subprocess.run(
-        _job_command(tmp_path, *args), cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout_s
+        _job_command(tmp_path, *args),
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env={**os.environ, **(env or {})},
     )
     summary_path = tmp_path / "summary.json"
     assert summary_path.exists(), f"no summary; stdout={result.stdout}\nstderr={result.stderr}"
@@ -329,3 +336,44 @@ def test_sigterm_stops_after_the_batches_in_flight(stack: Stack, tmp_path: Path)
     assert stored == summary["added"]  # the summary counts exactly what was acknowledged
     code, resumed = run_job(tmp_path, *args)
     assert code == 0 and (resumed["added"], resumed["unchanged"]) == (total - stored, stored)
+
+
+def test_sharded_rebuild_then_switch_only(stack: Stack, tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    dataset = write_dataset(tmp_path / "ds", range(1, 41))
+    qdrant = tmp_path / "qdrant"
+    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--embedder", _addr(stack.embedder)]
+    added = []
+    for shard in ("0/2", "1/2"):  # one after the other: qdrant-client's local mode allows one process at a time
+        code, summary = run_job(tmp_path, *base_args, "--shard", shard)
+        assert code == 0 and summary["complete"] and any("--switch-only" in n for n in summary["notes"])
+        added.append(summary["added"])
+    assert sum(added) == 40 and min(added) > 5
+    result = subprocess.run(
+        [sys.executable, "-m", "jobs.indexer", *base_args, "--switch-only"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0 and "switched to catalogue--tiny-embedder-tiny-1" in result.stdout
+    client = QdrantClient(path=str(qdrant))
+    try:
+        assert client.count("catalogue").count == 40
+    finally:
+        client.close()
+
+
+def test_gateway_write_key_from_the_environment(tmp_path: Path) -> None:
+    key = "indexer-test-key-0123456789"
+    stack = start_stack(tmp_path, write_api_keys=(key,), allow_unauthenticated_writes=False)
+    try:
+        dataset = write_dataset(tmp_path / "ds", range(1, 6))
+        args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway)]
+        code, refused = run_job(tmp_path, *args, env={"INDEXER_API_KEY": ""})
+        assert code == 1 and "UNAUTHENTICATED" in refused["error"]
+        code, accepted = run_job(tmp_path, *args, env={"INDEXER_API_KEY": key})
+        assert code == 0 and accepted["added"] == 5
+    finally:
+        stack.close()

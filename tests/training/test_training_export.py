@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import pytest
@@ -63,19 +61,6 @@ def test_export_classifier_writes_a_valid_contract(tmp_path):
     assert loaded.outputs[0].name == graph.output[0].name
     assert sorted(p.name for p in out.iterdir()) == ["model.json", "model.onnx"]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no staging folder left behind
-
-
-def test_export_embedder_with_its_autoencoder(tmp_path):
-    data.configure_tensorflow(1, 0)
-    autoencoder, encoder = paper.build_autoencoder(16)
-    trained = TrainedModel(
-        name="paper-autoencoder", kind="embedder", model=encoder, input_spec=paper.PAPER_INPUT, embedding_dim=16,
-        extra_models={"autoencoder.onnx": autoencoder}, parity_pixels=_pixels(),
-    )
-    spec = export.export_model(trained, tmp_path / "ae")
-    assert spec.embedding is not None and spec.embedding.dim == 16
-    files = json.loads((tmp_path / "ae" / "model.json").read_text())["files"]
-    assert files["autoencoder.onnx"]["sha256"] == file_sha256(tmp_path / "ae" / "autoencoder.onnx")
 
 
 def test_compare_outputs_fails_on_a_difference_or_an_argmax_change():

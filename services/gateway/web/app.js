@@ -11,7 +11,7 @@ const state = {
 
 const ATTRIBUTE_NAMES = {
   masterCategory: "Category",
-  subCategory: "Sub-category",
+  subCategory: "Subcategory",
   articleType: "Article type",
   gender: "Gender",
   baseColour: "Colour",
@@ -64,12 +64,16 @@ async function callApi(url, options) {
   return body;
 }
 
-function explain(error) {
+function explain(error, fileName) {
+  const file = fileName ? `“${fileName}”` : "That file";
   switch (error.status) {
     case 400:
-      return `That file could not be used: ${error.message}. Try a JPEG, PNG or WebP photo.`;
+      return `${file} could not be used: ${error.message}. Please pick another photo.`;
     case 413:
-      return `That file is too large: ${error.message}.`;
+      return `${file} is too large: ${error.message}.`;
+    case 401:
+    case 403:
+      return `This gateway needs an API key for searches (${error.message}).`;
     case 404:
       return `Not found: ${error.message}.`;
     case 409:
@@ -113,6 +117,17 @@ function usePhoto(file) {
   searchPhoto();
 }
 
+function clearPhoto() {
+  state.file = null;
+  state.photoResult = null;
+  const preview = $("preview");
+  preview.hidden = true;
+  preview.removeAttribute("src");
+  $("drop").classList.remove("has-photo");
+  $("results").hidden = true;
+  $("placeholder").hidden = false;
+}
+
 async function searchPhoto() {
   if (!state.file) {
     return;
@@ -132,11 +147,14 @@ async function searchPhoto() {
     state.photoResult = result;
     renderPhotoResult(result);
     setStatus("");
+    if (window.matchMedia("(max-width: 720px)").matches) {
+      $("results").scrollIntoView({ behavior: "smooth", block: "start" });
+    }
   } catch (error) {
     setStatus("");
-    showMessage(explain(error));
+    showMessage(explain(error, state.file.name));
     if (error.status === 400 || error.status === 413) {
-      $("results").hidden = true;
+      clearPhoto();
     }
   } finally {
     document.body.classList.remove("busy");
@@ -144,6 +162,7 @@ async function searchPhoto() {
 }
 
 function renderPhotoResult(result) {
+  $("placeholder").hidden = true;
   $("results").hidden = false;
   $("about-photo").hidden = false;
   $("back").hidden = true;
@@ -233,7 +252,6 @@ function hitCard(hit) {
     thumb = document.createElement("img");
     thumb.src = hit.image_url;
     thumb.alt = name;
-    thumb.loading = "lazy";
   } else {
     thumb = document.createElement("span");
     thumb.className = "no-image";

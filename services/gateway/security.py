@@ -1,0 +1,322 @@
+"""Access control (API keys) and TLS for the gateway's public endpoints, gRPC and HTTP alike.
+
+Policy (one function, `ApiKeys.authorize`, used by the gRPC interceptor and the HTTP middleware):
+
+- Catalogue writes (UpsertItems, DeleteItems; HTTP POST/PUT/DELETE on /v1/items) need a write key. With no write
+  keys configured, writes are refused (PERMISSION_DENIED) unless GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true, which
+  is meant for local development only (`make run`, tests).
+- Reads (Search, SearchById, GetItem, ListItems, GetStats and their HTTP forms) are open while no read keys are
+  configured; otherwise they need a read key or a write key.
+- Health, reflection, the OpenAPI document, the web page and product images stay open.
+
+A client sends its key as `authorization: Bearer <key>` (gRPC metadata or HTTP header) or as `x-api-key: <key>`.
+A missing or unknown key is UNAUTHENTICATED (HTTP 401); a valid read key on a write is PERMISSION_DENIED (403).
+Keys are compared in constant time, and a refusal is logged with the method and the peer, never the key.
+"""
+
+from __future__ import annotations
+
+import enum
+import hmac
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+import grpc.aio
+from aiohttp import web
+
+from fashionsearch.config import ConfigError
+from fashionsearch.errors import FashionSearchError
+from fashionsearch.v1 import gateway_pb2
+
+logger = logging.getLogger(__name__)
+
+#: Shortest key accepted: a key is a secret, not a password (`python -c "import secrets;
+#: print(secrets.token_urlsafe(32))"` makes a good one).
+MIN_KEY_CHARS = 16
+#: Metadata / header names a client may carry its key in (gRPC metadata keys are lower case).
+AUTHORIZATION = "authorization"
+API_KEY_HEADER = "x-api-key"
+_BEARER = "bearer "
+_KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
+class Unauthenticated(FashionSearchError):
+    """No API key, or a key the gateway does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+class PermissionDenied(FashionSearchError):
+    """A known key that does not allow this call (a read key on a write), or writes turned off."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+class Access(enum.Enum):
+    OPEN = "open"
+    READ = "read"
+    WRITE = "write"
+
+
+GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
+WRITE_METHODS = frozenset({"UpsertItems", "DeleteItems"})
+READ_METHODS = frozenset({"Search", "SearchById", "GetItem", "ListItems", "GetStats"})
+
+
+def grpc_method_access() -> dict[str, Access]:
+    """Full gRPC method path -> access level, for every Gateway method. A method added to the proto and not yet
+    classified here needs a write key (deny by default); health and reflection are not listed, so they stay open."""
+    access = {}
+    for method in GATEWAY_SERVICE.methods:
+        level = Access.READ if method.name in READ_METHODS and method.name not in WRITE_METHODS else Access.WRITE
+        access[f"/{GATEWAY_SERVICE.full_name}/{method.name}"] = level
+    return access
+
+
+@dataclass(frozen=True)
+class ApiKeys:
+    """The configured keys and the one authorisation rule."""
+
+    read: tuple[str, ...] = ()
+    write: tuple[str, ...] = ()
+    allow_unauthenticated_writes: bool = False
+
+    def __repr__(self) -> str:  # never print the keys
+        return (
+            f"ApiKeys(read={len(self.read)} keys, write={len(self.write)} keys, "
+            f"allow_unauthenticated_writes={self.allow_unauthenticated_writes})"
+        )
+
+    @property
+    def reads_open(self) -> bool:
+        return not self.read
+
+    def authorize(self, presented: str | None, access: Access) -> None:
+        """Return when `presented` may make a call of `access`; raise Unauthenticated / PermissionDenied otherwise.
+
+        Every configured key is compared (in constant time) whatever the outcome, so the time taken says nothing
+        about which key or how much of it matched.
+        """
+        if access is Access.OPEN:
+            return
+        is_write_key = _matches(presented, self.write)
+        is_read_key = _matches(presented, self.read)
+        if access is Access.READ:
+            if self.reads_open or is_read_key or is_write_key:
+                return
+            raise Unauthenticated(_missing_or_unknown(presented, "read"))
+        if is_write_key:
+            return
+        if not self.write:
+            if self.allow_unauthenticated_writes:
+                return
+            raise PermissionDenied(
+                "catalogue writes are turned off: the gateway has no write API key configured (set"
+                " GATEWAY_WRITE_API_KEYS, or GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true for local development)"
+            )
+        if is_read_key:
+            raise PermissionDenied("this API key allows searches only, not writes")
+        raise Unauthenticated(_missing_or_unknown(presented, "write"))
+
+
+def log_refusal(error: FashionSearchError, what: str, peer: str, presented: bool) -> None:
+    """Log a refused call: what, from where, why; never the key."""
+    logger.warning(
+        "refused %s from %s: %s",
+        what,
+        peer or "unknown peer",
+        error.code.name,
+        extra={"key_presented": presented},
+    )
+
+
+def _missing_or_unknown(presented: str | None, kind: str) -> str:
+    if presented is None:
+        return (
+            f"this call needs a {kind} API key: send it as 'authorization: Bearer <key>'"
+            f" (or '{API_KEY_HEADER}: <key>') metadata/header"
+        )
+    return f"the API key is not valid for {kind}s"
+
+
+def _matches(presented: str | None, keys: Sequence[str]) -> bool:
+    if presented is None:
+        return False
+    candidate = presented.encode("utf-8", "surrogateescape")
+    found = False
+    for key in keys:
+        found |= hmac.compare_digest(candidate, key.encode())
+    return found
+
+
+def key_from_headers(headers: Mapping[str, str] | Iterable[tuple[str, Any]]) -> str | None:
+    """The key from `authorization: Bearer <key>` or `x-api-key`; None when neither is there."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    for name, value in items:
+        lowered = name.lower()
+        if isinstance(value, bytes):  # binary metadata ("-bin" keys) carries no key
+            continue
+        if lowered == AUTHORIZATION and value[: len(_BEARER)].lower() == _BEARER:
+            return value[len(_BEARER) :].strip()
+        if lowered == API_KEY_HEADER:
+            return value.strip()
+    return None
+
+
+def client_metadata(key: str | None) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata that carries `key` (empty when there is no key), for clients such as the indexer."""
+    return ((AUTHORIZATION, f"Bearer {key}"),) if key else ()
+
+
+# ---- configuration ----------------------------------------------------------------------------------------------
+
+
+def parse_api_keys(variable: str, inline: str, file: str) -> tuple[str, ...]:
+    """Keys from `<variable>` (comma-separated) or from the file named by `<variable>_FILE` (commas or one per
+    line, `#` comments); errors name the variable, never a key."""
+    if inline and file:
+        raise ConfigError(f"set {variable} or {variable}_FILE, not both")
+    text = inline
+    if file:
+        try:
+            text = Path(file).expanduser().read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as bad:
+            raise ConfigError(f"{variable}_FILE={file!r}: cannot read the keys: {bad}") from None
+        text = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    keys = [key.strip() for part in text.splitlines() for key in part.split(",")]
+    keys = [key for key in keys if key]
+    for position, key in enumerate(keys, 1):
+        if len(key) < MIN_KEY_CHARS:
+            raise ConfigError(
+                f"{variable}: key {position} has {len(key)} characters; use at least {MIN_KEY_CHARS} (e.g. {_KEY_HINT})"
+            )
+        if not key.isascii() or not key.isprintable() or " " in key:
+            raise ConfigError(f"{variable}: key {position} must be printable ASCII without spaces")
+    return tuple(dict.fromkeys(keys))
+
+
+def check_tls_files(cert_file: Path | None, key_file: Path | None) -> None:
+    """Both or neither; and the pair must load, so a bad certificate fails before anything binds."""
+    if (cert_file is None) != (key_file is None):
+        raise ConfigError("set both GATEWAY_TLS_CERT_FILE and GATEWAY_TLS_KEY_FILE (PEM), or neither")
+    if cert_file is None or key_file is None:
+        return
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as bad:
+        raise ConfigError(
+            f"GATEWAY_TLS_CERT_FILE={str(cert_file)!r} / GATEWAY_TLS_KEY_FILE={str(key_file)!r}: cannot load the"
+            f" certificate and key: {bad}"
+        ) from None
+
+
+def grpc_server_credentials(cert_file: Path | None, key_file: Path | None) -> grpc.ServerCredentials | None:
+    if cert_file is None or key_file is None:
+        return None
+    return grpc.ssl_server_credentials([(key_file.read_bytes(), cert_file.read_bytes())])
+
+
+def http_ssl_context(cert_file: Path | None, key_file: Path | None) -> ssl.SSLContext | None:
+    if cert_file is None or key_file is None:
+        return None
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+# ---- gRPC -------------------------------------------------------------------------------------------------------
+
+
+class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
+    """Refuses Gateway calls without the key their access level needs, before the servicer (or the request
+    stream) is touched."""
+
+    def __init__(self, keys: ApiKeys, method_access: Mapping[str, Access] | None = None) -> None:
+        self._keys = keys
+        self._access = dict(method_access if method_access is not None else grpc_method_access())
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        access = self._access.get(details.method, Access.OPEN)
+        handler = await continuation(details)
+        if access is Access.OPEN or handler is None:
+            return handler
+        presented = key_from_headers(details.invocation_metadata or ())
+        try:
+            self._keys.authorize(presented, access)
+        except FashionSearchError as error:
+            return _refusing_handler(handler, error, details.method, presented is not None)
+        return handler
+
+
+def _refusing_handler(
+    handler: grpc.RpcMethodHandler, error: FashionSearchError, what: str, presented: bool
+) -> grpc.RpcMethodHandler:
+    """A handler of the same shape as `handler` that ends the call with `error` without reading the request."""
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        log_refusal(error, what, context.peer(), presented)
+        await context.abort(error.code, error.message)
+
+    async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        log_refusal(error, what, context.peer(), presented)
+        await context.abort(error.code, error.message)
+        yield  # pragma: no cover - abort raises; the yield makes this an async generator
+
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
+# ---- HTTP -------------------------------------------------------------------------------------------------------
+
+_HTTP_WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
+_HTTP_READ_POSTS = frozenset({"/v1/search", "/v1/search/by-id"})
+
+
+def http_access(method: str, path: str) -> Access:
+    """Access level of an HTTP request: /v1/ is the API (searches read, item changes write); the rest is open."""
+    if not path.startswith("/v1/"):
+        return Access.OPEN
+    if method in _HTTP_WRITE_METHODS and path not in _HTTP_READ_POSTS:
+        return Access.WRITE
+    return Access.READ
+
+
+def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """aiohttp middleware applying `keys`; place it inside the middleware that turns FashionSearchError into a
+    JSON error, so refusals look like every other error (401 / 403)."""
+
+    @web.middleware
+    async def api_keys(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        access = http_access(request.method, request.path)
+        if access is not Access.OPEN:
+            presented = key_from_headers(request.headers)
+            what = f"{request.method} {request.path}"
+            try:
+                keys.authorize(presented, access)
+            except FashionSearchError as error:
+                log_refusal(error, what, request.remote or "", presented is not None)
+                raise
+        return await handler(request)
+
+    return api_keys

@@ -1,0 +1,87 @@
+"""`make run`'s launcher, as a newcomer runs it: the committed models, the sample catalogue, Ctrl-C, a second run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE = REPO / "sample_catalogue"
+READY = "fashionsearch is running"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _launch(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str], float]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASHIONSEARCH_VAR_DIR": str(var_dir)}
+    env.update({f"FASHIONSEARCH_{name}_PORT": str(port) for name, port in ports.items()})
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        [sys.executable, str(REPO / "deploy" / "run_local.py")],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    lines: list[str] = []
+    assert proc.stdout is not None
+    for line in proc.stdout:  # the launcher prints READY once the catalogue is indexed
+        lines.append(line.rstrip())
+        if READY in line:
+            return proc, lines, time.monotonic() - started
+    proc.wait(10)
+    pytest.fail("launcher exited before it was ready:\n" + "\n".join(lines[-40:]))
+
+
+def _stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGINT)
+    try:
+        return proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_launcher_serves_the_sample_catalogue_and_restarts_fast(tmp_path):
+    for model in ("classifier", "embedder"):
+        if not (REPO / "models" / model / "model.onnx").is_file():
+            pytest.fail(f"models/{model} is missing: a fresh clone must serve without training")
+    ports = {name: _free_port() for name in ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP")}
+
+    proc, _, first_s = _launch(tmp_path, ports)
+    try:
+        query_id = int((SAMPLE / "styles.csv").read_text().splitlines()[1].split(",", 1)[0])
+        with grpc.insecure_channel(f"127.0.0.1:{ports['GATEWAY']}") as channel:
+            gateway = gateway_pb2_grpc.GatewayStub(channel)
+            stats = gateway.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+            assert stats.item_count == len((SAMPLE / "styles.csv").read_text().splitlines()) - 1
+            reply = gateway.Search(
+                gateway_pb2.SearchRequest(
+                    image=(SAMPLE / "images" / f"{query_id}.jpg").read_bytes(),
+                    filter_mode=gateway_pb2.FILTER_MODE_NONE,
+                ),
+                timeout=10,
+            )
+        assert reply.hits[0].id == query_id and reply.hits[0].distance < 1e-3
+        assert len(reply.hits) == 5 and reply.suggested_name
+    finally:
+        assert _stop(proc) == 0
+
+    proc, lines, second_s = _launch(tmp_path, ports)
+    assert _stop(proc) == 0
+    # Nothing changed, so the second start embeds nothing and is quicker than the first.
+    assert any("unchanged" in line for line in lines), "\n".join(lines)
+    assert second_s < first_s, (first_s, second_s)

@@ -1,0 +1,92 @@
+"""Oversized messages and bodies are refused by the transport limits, and the gateway keeps serving.
+
+The gateway's gRPC receive limit is GATEWAY_MAX_IMAGE_BYTES plus room for framing; anything larger ends as
+RESOURCE_EXHAUSTED in the transport, before a servicer sees it. HTTP bodies over GATEWAY_HTTP_MAX_BODY_BYTES are
+refused from their Content-Length before the body is sent (tests/integration/test_gateway_http.py checks the
+streamed cases).
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import grpc
+import pytest
+from gateway_stack import Stack, jpeg, start_stack
+
+from fashionsearch.v1 import gateway_pb2
+from services.gateway.bootstrap import max_message_bytes
+
+pytestmark = pytest.mark.integration
+
+HOST = "127.0.0.1"
+MAX_IMAGE = 64 * 1024
+MAX_BODY = 128 * 1024
+GOOD = jpeg((30, 150, 60))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> Stack:
+    running = start_stack(
+        tmp_path_factory.mktemp("limits"),
+        max_image_bytes=MAX_IMAGE,
+        http_port=free_port(),
+        http_max_body_bytes=MAX_BODY,
+    )
+    yield running
+    running.close()
+
+
+def still_serves(stack: Stack) -> None:
+    reply = stack.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
+    assert reply.attributes
+
+
+def test_message_over_the_receive_limit_is_resource_exhausted(stack):
+    limit = max_message_bytes(stack.gateway_settings)
+    for size in (limit + 1, 8 * 1024 * 1024, 40 * 1024 * 1024):
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stack.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * size), timeout=30)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.value.details()
+        assert str(limit) in refused.value.details()
+        assert time.monotonic() - started < 10
+    still_serves(stack)
+
+
+def test_image_between_the_image_limit_and_the_message_limit_is_invalid_argument(stack):
+    with pytest.raises(grpc.RpcError) as refused:
+        stack.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * (MAX_IMAGE + 1)), timeout=10)
+    assert refused.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert str(MAX_IMAGE) in refused.value.details()
+
+
+def test_oversized_item_in_an_upsert_stream_ends_the_stream(stack):
+    items = [
+        gateway_pb2.CatalogueItem(id=1, image=GOOD, payload=gateway_pb2.ItemPayload(sub_category="Topwear")),
+        gateway_pb2.CatalogueItem(id=2, image=b"\xff" * (4 * 1024 * 1024)),
+    ]
+    with pytest.raises(grpc.RpcError) as refused:
+        stack.upsert(items)
+    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+    still_serves(stack)
+
+
+def test_http_body_declared_over_the_limit_is_refused_before_it_is_sent(stack):
+    """Only the headers go out, declaring 10 GB: the answer is 413 at once, nothing waits for the body."""
+    port = stack.gateway_settings.http_port
+    with socket.create_connection((HOST, port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 10000000000\r\n\r\n"
+        )
+        head = conn.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 413"), head
+    still_serves(stack)

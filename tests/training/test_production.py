@@ -1,0 +1,133 @@
+"""The production classifier and embedder: model shapes, losses, calibration, a few steps, export round trip."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from fashionsearch.model_contract import ModelSpec, preprocess
+from training import data, export, production
+from training.recipe import Head, TrainedModel
+
+pytestmark = pytest.mark.training
+
+SIZES = {"masterCategory": 3, "subCategory": 5, "articleType": 7, "gender": 2, "baseColour": 4, "season": 4,
+         "usage": 3}
+
+
+def _pixels(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 80, 60, 3), dtype=np.uint8)
+
+
+def _targets(n: int, seed: int = 1) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    targets = {a: rng.integers(0, k, size=n).astype(np.int32) for a, k in SIZES.items()}
+    targets["usage"][::3] = -1  # unlabelled examples are masked
+    return targets
+
+
+def _train_a_few_steps() -> tuple[object, dict[str, float]]:
+    import keras
+
+    data.configure_tensorflow(1, 0)
+    model = production.build_classifier(SIZES)
+    targets = _targets(32)
+    model.compile(
+        optimizer=keras.optimizers.AdamW(1e-3),
+        loss={a: production.MaskedSmoothedCrossEntropy(production.class_weights(targets[a], k), name=f"{a}_ce")
+              for a, k in SIZES.items()},
+        metrics={a: [production.MaskedAccuracy()] for a in SIZES},
+    )
+    ds = data.make_tf_dataset(_pixels(32), targets, production.PRODUCTION_INPUT, 16, shuffle=True,
+                              augment=production.AUGMENT)
+    history = model.fit(ds, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    return model, {a: 1.0 + 0.1 * k for k, a in enumerate(production.HEAD_ATTRIBUTES)}
+
+
+def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
+    model, temperatures = _train_a_few_steps()
+    assert production.feature_model(model).output_shape == (None, production.WIDTHS[-1] + production.WIDTHS[-2])
+    exported = production.calibrated_classifier(model, temperatures)
+    trained = TrainedModel(
+        name="classifier", kind="classifier", model=exported, input_spec=production.PRODUCTION_INPUT,
+        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
+        parity_pixels=_pixels(256, seed=3),
+    )
+    spec = export.export_model(trained, tmp_path / "classifier")
+    loaded = ModelSpec.load(tmp_path / "classifier")
+    assert loaded == spec
+    assert [h.attribute for h in loaded.outputs] == list(production.HEAD_ATTRIBUTES)
+    assert loaded.input.height == 80 and loaded.input.width == 60
+    session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = preprocess(list(_pixels(4, seed=5)), loaded.input)
+    outputs = session.run([h.name for h in loaded.outputs], {loaded.input.name: x})
+    logits = model.predict(x, verbose=0)
+    for head, probs in zip(loaded.outputs, outputs, strict=True):
+        assert probs.shape == (4, SIZES[head.attribute])
+        np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
+        # The temperature is baked in: softmax(logits / T).
+        expected = production.softmax(np.asarray(logits[head.attribute]) / temperatures[head.attribute])
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
+def test_masked_loss_ignores_unlabelled_examples_and_weights_classes():
+    loss = production.MaskedSmoothedCrossEntropy([1.0, 3.0], smoothing=0.0)
+    logits = np.asarray([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]], dtype=np.float32)
+    per_example = np.asarray(loss.call(np.asarray([0, 1, -1]), logits))
+    expected = -np.log(production.softmax(logits[:2])[[0, 1], [0, 1]]) * np.asarray([1.0, 3.0])
+    np.testing.assert_allclose(per_example[:2], expected, rtol=1e-5)
+    assert per_example[2] == 0.0
+
+
+def test_class_weights_favour_rare_classes_and_average_one():
+    labels = np.asarray([0] * 90 + [1] * 10 + [-1] * 5)
+    w = production.class_weights(labels, 2)
+    assert w[1] > w[0]
+    assert abs((w[0] * 90 + w[1] * 10) / 100 - 1.0) < 1e-5
+
+
+def test_fit_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(size=(4000, 5)) * 2.0
+    y = np.asarray([rng.choice(5, p=p) for p in production.softmax(true_logits)])
+    t = production.fit_temperature(true_logits * 3.0, y)  # three times too confident
+    assert 2.5 < t < 3.5
+    assert production.nll(true_logits * 3.0, y, t) < production.nll(true_logits * 3.0, y)
+
+
+def test_choose_dimension_prefers_the_smallest_within_tolerance():
+    table = {d: {"precision_at_5": {"unfiltered": {"articleType": p}}}
+             for d, p in ((16, 0.80), (32, 0.871), (64, 0.875), (128, 0.874))}
+    assert production.choose_dimension(table) == 32
+    assert production.choose_dimension(table, tolerance=0.0) == 64
+
+
+def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
+    import keras
+
+    data.configure_tensorflow(1, 0)
+    model = production.build_classifier(SIZES)
+    trunk = production.feature_model(model)
+    rng = np.random.default_rng(0)
+    features = rng.random((64, trunk.output_shape[-1]), dtype=np.float32)
+    targets = {a: rng.integers(0, 3, size=64).astype(np.int32) for a in production.EMBEDDING_ATTRIBUTES}
+    projection = production.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
+    inputs = keras.Input((80, 60, 3), name="image")
+    embedder = keras.Model(inputs, keras.layers.Identity(name="embedding")(projection(trunk(inputs))))
+    trained = TrainedModel(name="embedder", kind="embedder", model=embedder,
+                           input_spec=production.PRODUCTION_INPUT, embedding_dim=16,
+                           parity_pixels=_pixels(256, seed=4))
+    spec = export.export_model(trained, tmp_path / "embedder")
+    assert spec.embedding is not None and spec.embedding.dim == 16 and spec.embedding.distance == "euclid"
+    session = ort.InferenceSession(str(tmp_path / "embedder" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = preprocess(list(_pixels(3, seed=6)), spec.input)
+    (vectors,) = session.run([spec.embedding.output], {spec.input.name: x})
+    assert vectors.shape == (3, 16)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_search_latency_is_measured():
+    rng = np.random.default_rng(0)
+    assert production.search_latency_ms(rng.random((500, 16)), rng.random((5, 16)), repeats=1) > 0.0
