@@ -105,7 +105,7 @@ def main() -> int:
                 "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{classifier}",
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
                 "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
-                "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue" / "images"),
+                "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue"),
                 # Local only (bound to 127.0.0.1): the indexer below writes without an API key.
                 "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },

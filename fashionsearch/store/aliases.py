@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -199,11 +200,21 @@ class FollowingEdgeIndex:
     """A VectorIndex on whatever Edge collection an alias points at, moving over when the pointer file changes.
 
     Each call compares the pointer file's (inode, mtime) with the last one seen (one stat, about a microsecond),
-    so a switch takes effect on the next call; the old collection is closed once no call uses it.
+    so a switch takes effect on the next call.  The previous collection stays open for ``retire_after_s`` more
+    seconds, so calls already running on it (from other threads) finish normally; then it is closed.
     """
 
-    def __init__(self, data_dir: str | os.PathLike[str], alias: str, *, search_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        alias: str,
+        *,
+        search_threads: int | None = None,
+        retire_after_s: float = 30.0,
+    ) -> None:
         self._catalog = EdgeCatalog(data_dir, search_threads=search_threads)
+        self._retire_after_s = retire_after_s
+        self._retired: list[tuple[float, Any]] = []
         self._alias = check_name(alias)
         self._pointer = self._catalog.pointer(alias)
         self._lock = threading.RLock()
@@ -226,6 +237,8 @@ class FollowingEdgeIndex:
             if self._closed:
                 raise StoreError("the vector index is closed")
             if self._index is not None and stamp == self._stamp:
+                if self._retired:
+                    self._close_retired(time.monotonic() - self._retire_after_s)
                 return self._index
             target = self._catalog.resolve(self._alias) or self._alias
             if self._index is None or target != self._current:
@@ -233,12 +246,22 @@ class FollowingEdgeIndex:
                 old, self._index, self._current = self._index, new_index, target
                 if old is not None:
                     logger.info("alias %s switched to collection %s", self._alias, target)
-                    try:
-                        old.close()
-                    except Exception:  # the old collection may already be dropped by the job that switched
-                        logger.warning("closing the previous collection of alias %s failed", self._alias, exc_info=True)
+                    self._retired.append((time.monotonic(), old))
             self._stamp = stamp
+            self._close_retired(time.monotonic() - self._retire_after_s)
             return self._index
+
+    def _close_retired(self, before: float) -> None:
+        keep = []
+        for retired_at, index in self._retired:
+            if retired_at > before:
+                keep.append((retired_at, index))
+                continue
+            try:
+                index.close()
+            except Exception:  # the old collection may already be dropped by the job that switched
+                logger.warning("closing the previous collection of alias %s failed", self._alias, exc_info=True)
+        self._retired = keep
 
     @property
     def collection(self) -> str:
@@ -279,6 +302,7 @@ class FollowingEdgeIndex:
             if self._closed:
                 return
             self._closed = True
+            self._close_retired(float("inf"))
             if self._index is not None:
                 self._index.close()
                 self._index = None

@@ -78,6 +78,9 @@ class Settings:
             raise ConfigError(
                 "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true contradicts GATEWAY_WRITE_API_KEYS; set one or the other"
             )
+        data_dir = env.path("DATA_DIR", cls.data_dir)
+        if qdrant_url is None and data_dir.exists() and not data_dir.is_dir():
+            raise ConfigError(f"GATEWAY_DATA_DIR={str(data_dir)!r}: is a file, not a directory for the vector store")
         tls_cert = env.path("TLS_CERT_FILE", ".", must_exist="file") if env.get_str("TLS_CERT_FILE", "") else None
         tls_key = env.path("TLS_KEY_FILE", ".", must_exist="file") if env.get_str("TLS_KEY_FILE", "") else None
         check_tls_files(tls_cert, tls_key)
@@ -86,7 +89,7 @@ class Settings:
             host=env.get_str("HOST", cls.host),
             classifier_addr=env.addr("CLASSIFIER_ADDR", str(cls.classifier_addr)),
             embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
-            data_dir=env.path("DATA_DIR", cls.data_dir),
+            data_dir=data_dir,
             qdrant_url=qdrant_url,
             collection=collection,
             classify_timeout_s=env.get_float("CLASSIFY_TIMEOUT_S", cls.classify_timeout_s, min=0.01, max=600),

@@ -1,0 +1,159 @@
+"""The three services as separate processes with the tiny fixture models, for fault tests and benchmarks.
+
+stack = ProcessStack(root, gateway_env={...})
+stack.start()                    # classifier, embedder, gateway; each waited for until SERVING
+stack.kill("classifier"); stack.restart("classifier")   # same port, so the gateway can reconnect by itself
+stack.rss_mb("gateway")
+stack.stop()                     # SIGTERM, in reverse order
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fashionsearch.healthcheck import is_serving
+from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+HOST = "127.0.0.1"
+SERVICES = ("classifier", "embedder", "gateway")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, from /proc (Linux)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+class StartError(RuntimeError):
+    pass
+
+
+@dataclass
+class ProcessStack:
+    root: Path
+    gateway_env: dict[str, str] = field(default_factory=dict)
+    classifier_env: dict[str, str] = field(default_factory=dict)
+    embedder_env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def address(self, name: str) -> str:
+        return f"{HOST}:{self.ports[name]}"
+
+    def _model(self, name: str) -> Path:
+        model_dir = self.root / name
+        if not (model_dir / "model.json").is_file():
+            (write_tiny_classifier if name == "classifier" else write_tiny_embedder)(model_dir)
+        return model_dir
+
+    def env(self, name: str) -> dict[str, str]:
+        if name == "classifier":
+            return {
+                "CLASSIFIER_PORT": str(self.ports[name]),
+                "CLASSIFIER_HOST": HOST,
+                "CLASSIFIER_MODEL_DIR": str(self._model("classifier")),
+                "CLASSIFIER_INTRA_OP_THREADS": "1",
+                "CLASSIFIER_LOG_LEVEL": "WARNING",
+                **self.classifier_env,
+            }
+        if name == "embedder":
+            return {
+                "EMBEDDER_PORT": str(self.ports[name]),
+                "EMBEDDER_HOST": HOST,
+                "EMBEDDER_MODEL_DIR": str(self._model("embedder")),
+                "EMBEDDER_INTRA_OP_THREADS": "1",
+                "EMBEDDER_LOG_LEVEL": "WARNING",
+                **self.embedder_env,
+            }
+        return {
+            "GATEWAY_PORT": str(self.ports[name]),
+            "GATEWAY_HOST": HOST,
+            "GATEWAY_CLASSIFIER_ADDR": self.address("classifier"),
+            "GATEWAY_EMBEDDER_ADDR": self.address("embedder"),
+            "GATEWAY_DATA_DIR": str(self.root / "store"),
+            "GATEWAY_HTTP_ENABLED": "false",
+            "GATEWAY_LOG_LEVEL": "WARNING",
+            **self.gateway_env,
+        }
+
+    def log(self, name: str) -> Path:
+        return self.root / f"{name}.log"
+
+    def launch(self, name: str) -> subprocess.Popen:
+        self.root.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env(name)}
+        with self.log(name).open("ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", f"services.{name}"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+            )
+        self.processes[name] = process
+        return process
+
+    def wait_serving(self, name: str, timeout_s: float = 90) -> None:
+        process = self.processes[name]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise StartError(f"{name} exited with {process.returncode}:\n{self.log(name).read_text()[-3000:]}")
+            if is_serving(self.address(name), timeout_s=1):
+                return
+            time.sleep(0.1)
+        raise StartError(f"{name} not SERVING after {timeout_s} s:\n{self.log(name).read_text()[-3000:]}")
+
+    def start(self) -> ProcessStack:
+        try:
+            for name in SERVICES:
+                self.launch(name)
+                self.wait_serving(name)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill(self, name: str) -> None:
+        """SIGKILL: a crash, not a shutdown."""
+        process = self.processes[name]
+        process.send_signal(signal.SIGKILL)
+        process.wait(10)
+
+    def restart(self, name: str) -> None:
+        self.launch(name)
+        self.wait_serving(name)
+
+    def pid(self, name: str) -> int:
+        return self.processes[name].pid
+
+    def rss_mb(self, name: str) -> float:
+        return rss_mb(self.pid(name))
+
+    def stop(self) -> dict[str, int | None]:
+        codes: dict[str, int | None] = {}
+        for name in reversed(SERVICES):
+            process = self.processes.get(name)
+            if process is None:
+                continue
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(15)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(5)
+            codes[name] = process.returncode
+        return codes
