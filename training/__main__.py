@@ -54,8 +54,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     dataset, split = _load(args)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
     options = TrainOptions(
-        epochs=args.epochs, batch_size=args.batch_size, seed=args.seed, threads=args.threads,
-        verbose=args.verbose, limit=args.limit, max_minutes=args.max_minutes, jit_compile=not args.no_jit,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+        verbose=args.verbose,
+        limit=args.limit,
+        max_minutes=args.max_minutes,
+        jit_compile=not args.no_jit,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -72,8 +78,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     data.configure_tensorflow(args.threads)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
-    spec = export_model(load_trained(run_dir), args.out, version=args.version,
-                        min_parity_images=args.min_parity_images)
+    spec = export_model(load_trained(run_dir), args.out, version=args.version, min_parity_images=args.min_parity_images)
     log.info("exported %s to %s", spec.identity, args.out)
     return 0
 
@@ -83,8 +88,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     dataset, split = _load(args)
     report = args.report or data.REPO_ROOT / "reports" / args.model_dir.name
-    path = evaluate_model(args.model_dir, dataset, split, report, threads=args.threads,
-                          update_metrics=not args.keep_metrics)
+    path = evaluate_model(
+        args.model_dir, dataset, split, report, threads=args.threads, update_metrics=not args.keep_metrics
+    )
     log.info("report written to %s", path)
     return 0
 
@@ -102,8 +108,9 @@ def cmd_install_default(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -152,8 +159,9 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_install_default)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     try:
         return args.func(args)
     except data.DataError as bad:

@@ -283,9 +283,7 @@ def load_dataset(
     ok_ids, images, corrupt, resized = _decode_all(image_dir, [r["id"] for r in rows], cache)
     ok_set = set(ok_ids.tolist())
     rows = [r for r in rows if r["id"] in ok_set]
-    labels = {
-        name: np.asarray([r[name] for r in rows], dtype=object) for name in COLUMNS[1:]
-    }
+    labels = {name: np.asarray([r[name] for r in rows], dtype=object) for name in COLUMNS[1:]}
     report = LoadReport(
         rows=len(table.rows) + len(table.malformed),
         kept=len(rows),
@@ -475,8 +473,9 @@ def paper_subset(dataset: Dataset, per_class: int = 400, seed: int = 20240601) -
     """The balanced six-class subset: at most `per_class` items of each class sampled from the whole dataset
     (so about 2,300 in all, as in the paper), returned with int32 targets indexing PAPER_CLASSES. Intersect it
     with the split afterwards, so the test split stays untouched by training."""
-    classes = [paper_class(s, a) for s, a in zip(dataset.labels["subCategory"], dataset.labels["articleType"],
-                                                  strict=True)]
+    classes = [
+        paper_class(s, a) for s, a in zip(dataset.labels["subCategory"], dataset.labels["articleType"], strict=True)
+    ]
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     for cls in PAPER_CLASSES:

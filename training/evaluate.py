@@ -58,8 +58,10 @@ def true_labels(dataset: data.Dataset, attribute: str) -> np.ndarray:
     """The ground truth for a head's attribute; "category" is the paper's six-class label (None elsewhere)."""
     if attribute == "category":
         return np.asarray(
-            [data.paper_class(s, a) for s, a in zip(dataset.labels["subCategory"], dataset.labels["articleType"],
-                                                     strict=True)],
+            [
+                data.paper_class(s, a)
+                for s, a in zip(dataset.labels["subCategory"], dataset.labels["articleType"], strict=True)
+            ],
             dtype=object,
         )
     return dataset.labels[attribute]
@@ -87,8 +89,13 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Seque
         "accuracy": float(tp.sum() / max(1, len(y_true))),
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
         "per_class": [
-            {"label": labels[i], "precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-             "support": int(support[i])}
+            {
+                "label": labels[i],
+                "precision": float(precision[i]),
+                "recall": float(recall[i]),
+                "f1": float(f1[i]),
+                "support": int(support[i]),
+            }
             for i in range(k)
         ],
         "confusion": confusion,
@@ -153,8 +160,11 @@ def knn(
             rows = q_index[start : start + chunk]
             q = queries[rows]
             dist = np.einsum("ij,ij->i", q, q)[:, None] + cat_sq[None, :] - 2.0 * q @ cat.T
-            part = np.argpartition(dist, take - 1, axis=1)[:, :take] if take < len(c_index) else np.tile(
-                np.arange(len(c_index)), (len(rows), 1))
+            part = (
+                np.argpartition(dist, take - 1, axis=1)[:, :take]
+                if take < len(c_index)
+                else np.tile(np.arange(len(c_index)), (len(rows), 1))
+            )
             order = np.take_along_axis(dist, part, axis=1).argsort(axis=1, kind="stable")
             result[rows, :take] = c_index[np.take_along_axis(part, order, axis=1)]
     return result
@@ -266,8 +276,15 @@ def plot_confusion(confusion: np.ndarray, labels: Sequence[str], path: Path, tit
         for i in range(k):
             for j in range(k):
                 if confusion[i, j]:
-                    ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=8,
-                            color="white" if share[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(confusion[i, j]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if share[i, j] > 0.5 else "black",
+                    )
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -295,8 +312,11 @@ def plot_queries(
             ax.axis("off")
             if img is not None:
                 ax.imshow(img)
-            caption = (query_captions[r] if r < len(query_captions) else "") if c == 0 else (
-                neighbour_captions[r][c - 1] if r < len(neighbour_captions) else "")
+            caption = (
+                (query_captions[r] if r < len(query_captions) else "")
+                if c == 0
+                else (neighbour_captions[r][c - 1] if r < len(neighbour_captions) else "")
+            )
             if caption:
                 ax.set_title(caption, fontsize=6, color="darkred" if c == 0 else "black")
     fig.suptitle(title)
@@ -398,16 +418,28 @@ def evaluate_classifier(
         test_metrics["accuracy"][head.attribute] = round(m["accuracy"], 4)
         test_metrics["macro_f1"][head.attribute] = round(m["macro_f1"], 4)
         test_metrics["ece"][head.attribute] = round(ece, 4)
-        summary_rows.append((head.attribute, len(head.labels), m["n"], _pct(m["accuracy"]), f"{m['macro_f1']:.3f}",
-                             f"{ece:.3f}", int((~keep).sum())))
+        summary_rows.append(
+            (
+                head.attribute,
+                len(head.labels),
+                m["n"],
+                _pct(m["accuracy"]),
+                f"{m['macro_f1']:.3f}",
+                f"{ece:.3f}",
+                int((~keep).sum()),
+            )
+        )
         picture = f"confusion-{head.attribute}.png"
-        plot_confusion(m["confusion"], head.labels, report_dir / picture,
-                       f"{spec.name}: {head.attribute} (test, {m['n']} images)")
+        plot_confusion(
+            m["confusion"], head.labels, report_dir / picture, f"{spec.name}: {head.attribute} (test, {m['n']} images)"
+        )
         section = [f"## {head.attribute}", "", f"![confusion matrix]({picture})", ""]
         confused = most_confused(m["confusion"], head.labels)
         if confused:
-            section += ["Most confused (true -> predicted, count): "
-                        + "; ".join(f"{a} -> {b} ({n})" for a, b, n in confused), ""]
+            section += [
+                "Most confused (true -> predicted, count): " + "; ".join(f"{a} -> {b} ({n})" for a, b, n in confused),
+                "",
+            ]
         section += _per_class_table(m)
         if head.attribute == "category":
             # The paper measured on a balanced held-out subset: same six-class sampling, our test split.
@@ -418,20 +450,37 @@ def evaluate_classifier(
             bm = classification_metrics(b_true, b_out.argmax(axis=1), head.labels)
             test_metrics["accuracy"]["category_balanced"] = round(bm["accuracy"], 4)
             paper_rows = [
-                ("accuracy, balanced six-class test subset", f"{bm['n']} images", _pct(bm["accuracy"]),
-                 _pct(PAPER_CNN_ACCURACY)),
-                ("accuracy, every test image of the six classes", f"{m['n']} images", _pct(m["accuracy"]),
-                 _pct(PAPER_CNN_ACCURACY)),
+                (
+                    "accuracy, balanced six-class test subset",
+                    f"{bm['n']} images",
+                    _pct(bm["accuracy"]),
+                    _pct(PAPER_CNN_ACCURACY),
+                ),
+                (
+                    "accuracy, every test image of the six classes",
+                    f"{m['n']} images",
+                    _pct(m["accuracy"]),
+                    _pct(PAPER_CNN_ACCURACY),
+                ),
             ]
-            plot_confusion(bm["confusion"], head.labels, report_dir / "confusion-category-balanced.png",
-                           f"{spec.name}: balanced six-class test subset ({bm['n']} images)")
-            section += ["Balanced six-class test subset (the paper's sampling):", "",
-                        "![confusion matrix, balanced](confusion-category-balanced.png)", ""]
+            plot_confusion(
+                bm["confusion"],
+                head.labels,
+                report_dir / "confusion-category-balanced.png",
+                f"{spec.name}: balanced six-class test subset ({bm['n']} images)",
+            )
+            section += [
+                "Balanced six-class test subset (the paper's sampling):",
+                "",
+                "![confusion matrix, balanced](confusion-category-balanced.png)",
+                "",
+            ]
             section += _per_class_table(bm)
         lines += section
     head_lines = ["## Test accuracy per head", ""]
-    head_lines += _table(("head", "classes", "test images", "accuracy", "macro F1", "ECE", "skipped (label not a "
-                          "class)"), summary_rows)
+    head_lines += _table(
+        ("head", "classes", "test images", "accuracy", "macro F1", "ECE", "skipped (label not a class)"), summary_rows
+    )
     if paper_rows:
         head_lines += ["## Side by side with the paper", ""]
         head_lines += _table(("measure", "n", "ours", "paper"), paper_rows)
@@ -439,8 +488,13 @@ def evaluate_classifier(
 
 
 def evaluate_embedder(
-    spec: ModelSpec, session: Any, model_dir: Path, dataset: data.Dataset, split: Mapping[int, str],
-    report_dir: Path, threads: int = 2,
+    spec: ModelSpec,
+    session: Any,
+    model_dir: Path,
+    dataset: data.Dataset,
+    split: Mapping[int, str],
+    report_dir: Path,
+    threads: int = 2,
 ) -> tuple[list[str], dict[str, Any]]:
     """Markdown lines and test metrics: reconstruction (autoencoders) and retrieval precision@5."""
     assert spec.embedding is not None
@@ -449,14 +503,19 @@ def evaluate_embedder(
     c = predict(session, spec, train.images)[spec.embedding.output]
     r = retrieval_metrics(q, c, test.labels, train.labels)
     test_metrics: dict[str, Any] = {
-        f"precision_at_{RETRIEVAL_K}": {k: {a: round(v, 4) for a, v in r[k].items()} for k in ("unfiltered",
-                                                                                               "filtered")}
+        f"precision_at_{RETRIEVAL_K}": {
+            k: {a: round(v, 4) for a, v in r[k].items()} for k in ("unfiltered", "filtered")
+        }
     }
-    lines = ["## Retrieval", "",
-             f"{r['queries']} test-split queries against the {r['catalogue']}-item train-split catalogue, Euclidean "
-             f"top-{RETRIEVAL_K}. precision@{RETRIEVAL_K} = share of the {RETRIEVAL_K} results whose attribute equals "
-             f"the query's. \"With filter\" restricts the catalogue to the query's true {FILTER_ATTRIBUTE} (an oracle "
-             "filter, as if the classifier were always right).", ""]
+    lines = [
+        "## Retrieval",
+        "",
+        f"{r['queries']} test-split queries against the {r['catalogue']}-item train-split catalogue, Euclidean "
+        f"top-{RETRIEVAL_K}. precision@{RETRIEVAL_K} = share of the {RETRIEVAL_K} results whose attribute equals "
+        f"the query's. \"With filter\" restricts the catalogue to the query's true {FILTER_ATTRIBUTE} (an oracle "
+        "filter, as if the classifier were always right).",
+        "",
+    ]
     lines += _table(
         ("match on", "without filter", f"with {FILTER_ATTRIBUTE} filter"),
         [(a, _pct(r["unfiltered"][a]), _pct(r["filtered"][a])) for a in MATCH_ATTRIBUTES],
@@ -464,11 +523,17 @@ def evaluate_embedder(
     picks = fixed_queries(test)
     for mode in ("unfiltered", "filtered"):
         neighbours = r["neighbours"][mode][picks]
-        captions = [[f"{train.labels['articleType'][i]}\n{train.labels['baseColour'][i]}" if i >= 0 else ""
-                     for i in row] for row in neighbours]
+        captions = [
+            [f"{train.labels['articleType'][i]}\n{train.labels['baseColour'][i]}" if i >= 0 else "" for i in row]
+            for row in neighbours
+        ]
         plot_queries(
-            test.images[picks], train.images, neighbours, report_dir / f"queries-{mode}.png",
-            [f"query: {test.labels['articleType'][i]}\n{test.labels['baseColour'][i]}" for i in picks], captions,
+            test.images[picks],
+            train.images,
+            neighbours,
+            report_dir / f"queries-{mode}.png",
+            [f"query: {test.labels['articleType'][i]}\n{test.labels['baseColour'][i]}" for i in picks],
+            captions,
             f"{spec.name}: 8 fixed test queries, top-{RETRIEVAL_K} ({mode})",
         )
         lines += [f"![8 queries and their top-{RETRIEVAL_K}, {mode}](queries-{mode}.png)", ""]
@@ -487,19 +552,32 @@ def evaluate_embedder(
         x = preprocess(list(test.images[picks]), spec.input)
         y = ae.run(None, {name: x})[0]
         plot_queries(
-            (x * 255).clip(0, 255).astype(np.uint8), (y * 255).clip(0, 255).astype(np.uint8),
-            np.arange(len(picks))[:, None], report_dir / "reconstructions.png",
-            ["input"] * len(picks), [["reconstruction"]] * len(picks), "autoencoder reconstructions (test)",
+            (x * 255).clip(0, 255).astype(np.uint8),
+            (y * 255).clip(0, 255).astype(np.uint8),
+            np.arange(len(picks))[:, None],
+            report_dir / "reconstructions.png",
+            ["input"] * len(picks),
+            [["reconstruction"]] * len(picks),
+            "autoencoder reconstructions (test)",
         )
-        lines = ["## Reconstruction", "", f"Mean squared error per pixel on the {len(test)} test images (inputs in "
-                 f"[0, 1]): **{mse:.5f}**.", "", "![reconstructions](reconstructions.png)", ""] + lines
+        lines = [
+            "## Reconstruction",
+            "",
+            f"Mean squared error per pixel on the {len(test)} test images (inputs in [0, 1]): **{mse:.5f}**.",
+            "",
+            "![reconstructions](reconstructions.png)",
+            "",
+        ] + lines
     history = spec.extra.get("training", {}).get("history", {})
     if plot_history(history, report_dir / "curves.png", f"{spec.name}: training and validation loss"):
         lines += ["## Training curves", "", "![training curves](curves.png)", ""]
-    lines += ["## Side by side with the paper", "",
-              "The paper shows its autoencoder's retrieval as pictures (its Figures 7 and 8) and gives no "
-              "precision@5; the numbers above are the baseline that the production embedder is measured against.",
-              ""]
+    lines += [
+        "## Side by side with the paper",
+        "",
+        "The paper shows its autoencoder's retrieval as pictures (its Figures 7 and 8) and gives no "
+        "precision@5; the numbers above are the baseline that the production embedder is measured against.",
+        "",
+    ]
     return lines, test_metrics
 
 

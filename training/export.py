@@ -50,8 +50,12 @@ class ParityResult:
     argmax_mismatches: int  # summed over classifier heads; 0 for embedders
 
     def to_dict(self) -> dict[str, Any]:
-        return {"images": self.images, "max_abs_diff": float(self.max_abs_diff),
-                "argmax_mismatches": self.argmax_mismatches, "atol": PARITY_ATOL}
+        return {
+            "images": self.images,
+            "max_abs_diff": float(self.max_abs_diff),
+            "argmax_mismatches": self.argmax_mismatches,
+            "atol": PARITY_ATOL,
+        }
 
 
 def keras_to_onnx(model: Any, input_spec: InputSpec, path: Path) -> list[str]:
@@ -114,8 +118,13 @@ def compare_outputs(
 
 
 def parity_check(
-    model: Any, onnx_path: Path, input_spec: InputSpec, images: np.ndarray, classifier: bool,
-    min_images: int = PARITY_MIN_IMAGES, atol: float = PARITY_ATOL,
+    model: Any,
+    onnx_path: Path,
+    input_spec: InputSpec,
+    images: np.ndarray,
+    classifier: bool,
+    min_images: int = PARITY_MIN_IMAGES,
+    atol: float = PARITY_ATOL,
 ) -> ParityResult:
     """Keras vs onnxruntime on `images` (uint8 HxWx3, any size), both fed by the contract's preprocess()."""
     if len(images) < min_images:
@@ -189,8 +198,12 @@ def export_model(
             outputs=outputs,
             embedding=embedding,
             metrics=dict(trained.metrics),
-            extra={"training": trained.training, "parity": parity.to_dict(), "files": extra_files,
-                   "exporter": {"tool": "tf2onnx", "opset": OPSET}},
+            extra={
+                "training": trained.training,
+                "parity": parity.to_dict(),
+                "files": extra_files,
+                "exporter": {"tool": "tf2onnx", "opset": OPSET},
+            },
         )
         spec.write(staging)
         if out.exists():
@@ -221,8 +234,8 @@ def save_trained(trained: TrainedModel, run_dir: Path) -> None:
     meta = {
         "name": trained.name,
         "kind": trained.kind,
-        "input": trained.input_spec.__dict__ | {"mean": list(trained.input_spec.mean),
-                                                "std": list(trained.input_spec.std)},
+        "input": trained.input_spec.__dict__
+        | {"mean": list(trained.input_spec.mean), "std": list(trained.input_spec.std)},
         "heads": [{"attribute": h.attribute, "labels": list(h.labels)} for h in trained.heads],
         "embedding_dim": trained.embedding_dim,
         "metrics": trained.metrics,

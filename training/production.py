@@ -42,12 +42,26 @@ from training.trainer import JsonHistory
 log = logging.getLogger(__name__)
 
 # Native size; ImageNet-free, so a plain [-1, 1] scaling.
-PRODUCTION_INPUT = InputSpec(name="image", height=data.NATIVE_HEIGHT, width=data.NATIVE_WIDTH, scale=2.0 / 255.0,
-                             mean=(1.0, 1.0, 1.0), std=(1.0, 1.0, 1.0), resize="stretch")
+PRODUCTION_INPUT = InputSpec(
+    name="image",
+    height=data.NATIVE_HEIGHT,
+    width=data.NATIVE_WIDTH,
+    scale=2.0 / 255.0,
+    mean=(1.0, 1.0, 1.0),
+    std=(1.0, 1.0, 1.0),
+    resize="stretch",
+)
 # Head order = ONNX output order. articleType first: it is the hardest and the one retrieval is judged on.
 HEAD_ATTRIBUTES = ("masterCategory", "subCategory", "articleType", "gender", "baseColour", "season", "usage")
-LOSS_WEIGHTS = {"masterCategory": 0.3, "subCategory": 0.6, "articleType": 1.0, "gender": 0.6, "baseColour": 0.8,
-                "season": 0.3, "usage": 0.3}
+LOSS_WEIGHTS = {
+    "masterCategory": 0.3,
+    "subCategory": 0.6,
+    "articleType": 1.0,
+    "gender": 0.6,
+    "baseColour": 0.8,
+    "season": 0.3,
+    "usage": 0.3,
+}
 MIN_CLASS_COUNT = 10  # rare-class rule (data.Vocabulary): classes with fewer training examples are ignored
 CLASS_WEIGHT_POWER = 0.25
 LABEL_SMOOTHING = 0.1
@@ -96,9 +110,7 @@ def _separable_block(x: Any, out: int, stride: int, name: str) -> Any:
     return layers.ReLU(name=f"{name}_relu")(y)
 
 
-def build_trunk(
-    inputs: Any, stem: int = STEM, widths: Sequence[int] = WIDTHS, depths: Sequence[int] = DEPTHS
-) -> Any:
+def build_trunk(inputs: Any, stem: int = STEM, widths: Sequence[int] = WIDTHS, depths: Sequence[int] = DEPTHS) -> Any:
     """Pooled features: global average pools of the last two stages, concatenated (the layer "features")."""
     layers = keras.layers
     x = layers.Conv2D(stem, 3, strides=2, padding="same", use_bias=False, name="stem")(inputs)
@@ -145,8 +157,9 @@ def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float])
 class MaskedSmoothedCrossEntropy(keras.losses.Loss):
     """Cross-entropy from logits with label smoothing and per-class weights; label -1 contributes nothing."""
 
-    def __init__(self, class_weights: Sequence[float], smoothing: float = LABEL_SMOOTHING,
-                 name: str = "masked_ce", **kwargs: Any) -> None:
+    def __init__(
+        self, class_weights: Sequence[float], smoothing: float = LABEL_SMOOTHING, name: str = "masked_ce", **kwargs: Any
+    ) -> None:
         super().__init__(name=name, **kwargs)
         self.class_weights = [float(w) for w in class_weights]
         self.smoothing = float(smoothing)
@@ -243,8 +256,15 @@ class ProgressSchedule(keras.callbacks.Callback):
     `offset_steps` / `offset_seconds` continue a resumed run where it stopped.
     """
 
-    def __init__(self, peak: float, total_steps: int, budget_s: float, warmup: float = WARMUP,
-                 offset_steps: int = 0, offset_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        budget_s: float,
+        warmup: float = WARMUP,
+        offset_steps: int = 0,
+        offset_seconds: float = 0.0,
+    ) -> None:
         super().__init__()
         self.peak, self.total_steps, self.budget_s, self.warmup = peak, max(1, total_steps), budget_s, warmup
         self.steps = offset_steps
@@ -277,8 +297,15 @@ class Validation(keras.callbacks.Callback):
     """Per-head validation accuracy and loss into the epoch logs (before JsonHistory writes them), a weights
     checkpoint and progress.json after every epoch, so a crash loses one epoch at most."""
 
-    def __init__(self, pixels: np.ndarray, targets: Mapping[str, np.ndarray], input_spec: InputSpec,
-                 run_dir: Path, schedule: ProgressSchedule, settings: Mapping[str, Any]) -> None:
+    def __init__(
+        self,
+        pixels: np.ndarray,
+        targets: Mapping[str, np.ndarray],
+        input_spec: InputSpec,
+        run_dir: Path,
+        schedule: ProgressSchedule,
+        settings: Mapping[str, Any],
+    ) -> None:
         super().__init__()
         self.ds = data.make_tf_dataset(pixels, None, input_spec, 256)
         self.targets = targets
@@ -297,13 +324,24 @@ class Validation(keras.callbacks.Callback):
             total += LOSS_WEIGHTS[attribute] * nll(logits, y[keep])
         logs["val_loss"] = total
         self.model.save_weights(str(self.run_dir / WEIGHTS_FILE))
-        (self.run_dir / PROGRESS_FILE).write_text(json.dumps({
-            "epochs_done": epoch + 1, "steps": self.schedule.steps, "seconds": self.schedule.elapsed(),
-            "progress": self.schedule.progress, "settings": self.settings,
-        }))
-        log.info("epoch %d: progress %.2f, %.0f s, val accuracy %s", epoch + 1, self.schedule.progress,
-                 self.schedule.elapsed(),
-                 {a: round(logs[f"val_{a}_accuracy"], 4) for a in self.targets})
+        (self.run_dir / PROGRESS_FILE).write_text(
+            json.dumps(
+                {
+                    "epochs_done": epoch + 1,
+                    "steps": self.schedule.steps,
+                    "seconds": self.schedule.elapsed(),
+                    "progress": self.schedule.progress,
+                    "settings": self.settings,
+                }
+            )
+        )
+        log.info(
+            "epoch %d: progress %.2f, %.0f s, val accuracy %s",
+            epoch + 1,
+            self.schedule.progress,
+            self.schedule.elapsed(),
+            {a: round(logs[f"val_{a}_accuracy"], 4) for a in self.targets},
+        )
 
 
 def predict_logits(model: keras.Model, ds: Any) -> dict[str, np.ndarray]:
@@ -334,28 +372,43 @@ def train_classifier(
     y_train = {a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES}
     y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
     sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
-    log.info("production classifier: %d train, %d validation images; classes per head %s", len(train), len(val),
-             sizes)
+    log.info("production classifier: %d train, %d validation images; classes per head %s", len(train), len(val), sizes)
 
     batch = options.batch_size or DEFAULT_BATCH
     epochs = options.epochs or DEFAULT_EPOCHS
     budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
     steps_per_epoch = math.ceil(len(train) / batch)
     settings = {
-        "batch_size": batch, "epochs": epochs, "max_minutes": budget_s / 60.0, "peak_lr": PEAK_LR,
-        "weight_decay": WEIGHT_DECAY, "optimizer": "AdamW", "schedule": "warm-up + cosine over progress",
-        "label_smoothing": LABEL_SMOOTHING, "class_weight_power": CLASS_WEIGHT_POWER, "loss_weights": LOSS_WEIGHTS,
-        "augmentation": AUGMENT.__dict__, "stem": STEM, "widths": list(WIDTHS), "depths": list(DEPTHS),
-        "head_dropout": HEAD_DROPOUT, "min_class_count": MIN_CLASS_COUNT, "train_images": len(train),
-        "val_images": len(val), "seed": options.seed,
+        "batch_size": batch,
+        "epochs": epochs,
+        "max_minutes": budget_s / 60.0,
+        "peak_lr": PEAK_LR,
+        "weight_decay": WEIGHT_DECAY,
+        "optimizer": "AdamW",
+        "schedule": "warm-up + cosine over progress",
+        "label_smoothing": LABEL_SMOOTHING,
+        "class_weight_power": CLASS_WEIGHT_POWER,
+        "loss_weights": LOSS_WEIGHTS,
+        "augmentation": AUGMENT.__dict__,
+        "stem": STEM,
+        "widths": list(WIDTHS),
+        "depths": list(DEPTHS),
+        "head_dropout": HEAD_DROPOUT,
+        "min_class_count": MIN_CLASS_COUNT,
+        "train_images": len(train),
+        "val_images": len(val),
+        "seed": options.seed,
     }
 
     model = build_classifier(sizes)
-    losses = {a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a]), name=f"{a}_ce")
-              for a in HEAD_ATTRIBUTES}
+    losses = {
+        a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a]), name=f"{a}_ce") for a in HEAD_ATTRIBUTES
+    }
     model.compile(
         optimizer=keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
-        loss=losses, loss_weights=LOSS_WEIGHTS, metrics={a: [MaskedAccuracy()] for a in HEAD_ATTRIBUTES},
+        loss=losses,
+        loss_weights=LOSS_WEIGHTS,
+        metrics={a: [MaskedAccuracy()] for a in HEAD_ATTRIBUTES},
     )
 
     # Resume a crashed run with the same settings from its last epoch.
@@ -371,17 +424,30 @@ def train_classifier(
             log.info("%s holds another or a finished run; starting afresh", run_dir)
 
     train_ds = data.make_tf_dataset(
-        train.images, y_train, PRODUCTION_INPUT, batch, shuffle=True, augment=AUGMENT, seed=options.seed,
+        train.images,
+        y_train,
+        PRODUCTION_INPUT,
+        batch,
+        shuffle=True,
+        augment=AUGMENT,
+        seed=options.seed,
     )
-    schedule = ProgressSchedule(PEAK_LR, epochs * steps_per_epoch, budget_s, offset_steps=offset_steps,
-                                offset_seconds=offset_seconds)
+    schedule = ProgressSchedule(
+        PEAK_LR, epochs * steps_per_epoch, budget_s, offset_steps=offset_steps, offset_seconds=offset_seconds
+    )
     history = JsonHistory(run_dir / "history.json")
     if initial_epoch and (run_dir / "history.json").is_file():
         history.history = json.loads((run_dir / "history.json").read_text())
     validation = Validation(val.images, y_val, PRODUCTION_INPUT, run_dir, schedule, settings)
     started = time.monotonic()
-    model.fit(train_ds, epochs=epochs, initial_epoch=initial_epoch, verbose=options.verbose,
-              callbacks=[schedule, validation, history])
+    model.fit(
+        train_ds,
+        epochs=epochs,
+        initial_epoch=initial_epoch,
+        verbose=options.verbose,
+        shuffle=False,
+        callbacks=[schedule, validation, history],
+    )
     seconds = offset_seconds + time.monotonic() - started
     log.info("classifier trained for %.0f s (%d steps)", seconds, schedule.steps)
 
@@ -397,10 +463,13 @@ def train_classifier(
         t = fit_temperature(z, y)
         temperatures[a] = t
         accuracy[a] = round(float((z.argmax(axis=1) == y).mean()), 4) if len(y) else 0.0
-        calibration[a] = {"temperature": round(t, 4), "ece_before": round(ece(softmax(z), y), 4),
-                          "ece_after": round(ece(softmax(z / t), y), 4),
-                          "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
-                          "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0}
+        calibration[a] = {
+            "temperature": round(t, 4),
+            "ece_before": round(ece(softmax(z), y), 4),
+            "ece_after": round(ece(softmax(z / t), y), 4),
+            "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
+            "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0,
+        }
     log.info("validation accuracy %s; calibration %s", accuracy, calibration)
     exported = calibrated_classifier(model, temperatures)
     hist = history.history
@@ -411,11 +480,19 @@ def train_classifier(
         input_spec=PRODUCTION_INPUT,
         heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
         metrics={"validation": {"accuracy": accuracy, "calibration": calibration}},
-        training={"recipe": "classifier", "parameters": model.count_params(), "seconds": round(seconds, 1),
-                  "steps": schedule.steps, "epochs_run": len(hist.get("loss", [])), "settings": settings,
-                  "vocabularies": {a: {"min_count": MIN_CLASS_COUNT, "policy": "ignore",
-                                       "rare": list(vocabularies[a].rare)} for a in HEAD_ATTRIBUTES},
-                  "history": {k: [round(v, 6) for v in vals] for k, vals in hist.items()}},
+        training={
+            "recipe": "classifier",
+            "parameters": model.count_params(),
+            "seconds": round(seconds, 1),
+            "steps": schedule.steps,
+            "epochs_run": len(hist.get("loss", [])),
+            "settings": settings,
+            "vocabularies": {
+                a: {"min_count": MIN_CLASS_COUNT, "policy": "ignore", "rare": list(vocabularies[a].rare)}
+                for a in HEAD_ATTRIBUTES
+            },
+            "history": {k: [round(v, 6) for v in vals] for k, vals in hist.items()},
+        },
         parity_pixels=dataset.split(split, "val").images[:256],
         run_dir=run_dir,
     )
@@ -453,19 +530,21 @@ class CosineProxies(keras.layers.Layer):
         self.classes, self.scale = classes, scale
 
     def build(self, input_shape: Any) -> None:
-        self.proxies = self.add_weight(shape=(int(input_shape[-1]), self.classes), initializer="glorot_uniform",
-                                       name="proxies")
+        self.proxies = self.add_weight(
+            shape=(int(input_shape[-1]), self.classes), initializer="glorot_uniform", name="proxies"
+        )
 
     def call(self, z: Any) -> Any:
-        p = self.proxies / keras.ops.sqrt(keras.ops.sum(self.proxies ** 2, axis=0, keepdims=True) + 1e-12)
+        p = self.proxies / keras.ops.sqrt(keras.ops.sum(self.proxies**2, axis=0, keepdims=True) + 1e-12)
         return self.scale * keras.ops.matmul(z, p)
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"classes": self.classes, "scale": self.scale}
 
 
-def build_projection(feature_dim: int, dim: int, head_sizes: Mapping[str, int],
-                     mean: np.ndarray, variance: np.ndarray) -> tuple[keras.Model, keras.Model]:
+def build_projection(
+    feature_dim: int, dim: int, head_sizes: Mapping[str, int], mean: np.ndarray, variance: np.ndarray
+) -> tuple[keras.Model, keras.Model]:
     """(training model: features -> proxy logits per attribute, projection: features -> unit embedding)."""
     layers = keras.layers
     inputs = keras.Input((feature_dim,), name="features_in")
@@ -478,8 +557,13 @@ def build_projection(feature_dim: int, dim: int, head_sizes: Mapping[str, int],
 
 
 def train_projection(
-    features: np.ndarray, targets: Mapping[str, np.ndarray], dim: int, head_sizes: Mapping[str, int],
-    epochs: int = 25, batch: int = 256, seed: int = 0,
+    features: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    dim: int,
+    head_sizes: Mapping[str, int],
+    epochs: int = 25,
+    batch: int = 256,
+    seed: int = 0,
 ) -> keras.Model:
     """Fit the projection with the proxy loss (masked CE per attribute, weights EMBEDDING_ATTRIBUTES)."""
     keras.utils.set_random_seed(seed)
@@ -489,8 +573,7 @@ def train_projection(
     schedule = keras.optimizers.schedules.CosineDecay(3e-3, steps, alpha=0.01)
     training.compile(
         optimizer=keras.optimizers.Adam(schedule),
-        loss={a: MaskedSmoothedCrossEntropy(np.ones(head_sizes[a]), smoothing=0.0, name=f"{a}_ce")
-              for a in head_sizes},
+        loss={a: MaskedSmoothedCrossEntropy(np.ones(head_sizes[a]), smoothing=0.0, name=f"{a}_ce") for a in head_sizes},
         loss_weights={a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes},
     )
     training.fit(features, dict(targets), batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
@@ -511,8 +594,9 @@ def search_latency_ms(catalogue: np.ndarray, queries: np.ndarray, k: int = 5, re
     return float(min(times[1:]))  # the least disturbed pass: the CPU is shared
 
 
-def retrieval_summary(queries: np.ndarray, catalogue: np.ndarray, q_labels: Mapping[str, np.ndarray],
-                      c_labels: Mapping[str, np.ndarray]) -> dict[str, dict[str, float]]:
+def retrieval_summary(
+    queries: np.ndarray, catalogue: np.ndarray, q_labels: Mapping[str, np.ndarray], c_labels: Mapping[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
     from training.evaluate import retrieval_metrics
 
     r = retrieval_metrics(queries, catalogue, q_labels, c_labels)
@@ -527,9 +611,7 @@ def choose_dimension(table: Mapping[int, Mapping[str, Any]], tolerance: float = 
     return min(d for d, s in score.items() if s >= best - tolerance)
 
 
-def train_embedder(
-    dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions
-) -> TrainedModel:
+def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions) -> TrainedModel:
     """The retrieval embedder on the trained classifier's frozen trunk (see the module docstring)."""
     from training.export import load_trained
 
@@ -538,8 +620,10 @@ def train_embedder(
     started = time.monotonic()
     source = classifier_run_dir()
     if not (source / "model.keras").is_file():
-        raise data.DataError(f"no trained classifier in {source}: run `python -m training train classifier` "
-                             "first (or set FASHIONSEARCH_CLASSIFIER_RUN)")
+        raise data.DataError(
+            f"no trained classifier in {source}: run `python -m training train classifier` "
+            "first (or set FASHIONSEARCH_CLASSIFIER_RUN)"
+        )
     classifier = load_trained(source)
     trunk = feature_model(classifier.model)
     for layer in trunk.layers:
@@ -550,8 +634,9 @@ def train_embedder(
     train = _limit(full_train, options.limit, options.seed)
     val = _limit(dataset.split(split, "val"), options.limit, options.seed)
     sizes = {a: len(vocabularies[a]) for a in EMBEDDING_ATTRIBUTES}
-    log.info("embedder: features of %d train (+ mirrored) and %d validation images from %s", len(train), len(val),
-             source)
+    log.info(
+        "embedder: features of %d train (+ mirrored) and %d validation images from %s", len(train), len(val), source
+    )
     f_train = compute_features(trunk, train.images)
     f_train_flip = compute_features(trunk, train.images, flip=True)
     f_val = compute_features(trunk, val.images)
@@ -567,7 +652,8 @@ def train_embedder(
     unit = f_train / np.linalg.norm(f_train, axis=1, keepdims=True).clip(1e-12)
     unit_val = f_val / np.linalg.norm(f_val, axis=1, keepdims=True).clip(1e-12)
     table_raw = {
-        "dim": int(f_train.shape[1]), "bytes_per_vector": int(f_train.shape[1]) * 4,
+        "dim": int(f_train.shape[1]),
+        "bytes_per_vector": int(f_train.shape[1]) * 4,
         "precision_at_5": retrieval_summary(unit_val, unit, val.labels, train.labels),
         "search_ms_per_query": round(search_latency_ms(unit, unit_val[:200]), 3),
     }
@@ -578,11 +664,13 @@ def train_embedder(
         e_train = np.asarray(projection.predict(f_train, batch_size=2048, verbose=0))
         e_val = np.asarray(projection.predict(f_val, batch_size=2048, verbose=0))
         table[dim] = {
-            "dim": dim, "bytes_per_vector": dim * 4,
+            "dim": dim,
+            "bytes_per_vector": dim * 4,
             "catalogue_mb_per_million": round(dim * 4 / 1.0, 1),
             "precision_at_5": retrieval_summary(e_val, e_train, val.labels, train.labels),
-            "search_ms_per_query": round(search_latency_ms(e_train, np.asarray(
-                projection.predict(latency_queries, verbose=0))), 3),
+            "search_ms_per_query": round(
+                search_latency_ms(e_train, np.asarray(projection.predict(latency_queries, verbose=0))), 3
+            ),
             "train_seconds": round(time.monotonic() - t0, 1),
         }
         projections[dim] = projection
@@ -602,19 +690,34 @@ def train_embedder(
         model=model,
         input_spec=PRODUCTION_INPUT,
         embedding_dim=chosen,
-        metrics={"validation": {"precision_at_5": table[chosen]["precision_at_5"],
-                                "dimension_tradeoff": {str(d): row for d, row in table.items()},
-                                "trunk_features_l2": table_raw}},
-        training={"recipe": "embedder", "parameters": model.count_params(), "seconds": round(seconds, 1),
-                  "feature_seconds": round(feature_seconds, 1),
-                  "classifier_seconds": classifier.training.get("seconds"),
-                  "trunk_from": str(source),
-                  "settings": {"loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
-                               "attribute_weights": EMBEDDING_ATTRIBUTES, "epochs": epochs, "batch_size": batch,
-                               "optimizer": "Adam 3e-3 cosine", "dims_tried": list(EMBEDDING_DIMS),
-                               "choice_rule": "smallest dimension within 0.5 points of the best validation "
-                                              "articleType precision@5 (unfiltered)",
-                               "train_images": len(train), "val_images": len(val), "mirrored_copies": True}},
+        metrics={
+            "validation": {
+                "precision_at_5": table[chosen]["precision_at_5"],
+                "dimension_tradeoff": {str(d): row for d, row in table.items()},
+                "trunk_features_l2": table_raw,
+            }
+        },
+        training={
+            "recipe": "embedder",
+            "parameters": model.count_params(),
+            "seconds": round(seconds, 1),
+            "feature_seconds": round(feature_seconds, 1),
+            "classifier_seconds": classifier.training.get("seconds"),
+            "trunk_from": str(source),
+            "settings": {
+                "loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
+                "attribute_weights": EMBEDDING_ATTRIBUTES,
+                "epochs": epochs,
+                "batch_size": batch,
+                "optimizer": "Adam 3e-3 cosine",
+                "dims_tried": list(EMBEDDING_DIMS),
+                "choice_rule": "smallest dimension within 0.5 points of the best validation "
+                "articleType precision@5 (unfiltered)",
+                "train_images": len(train),
+                "val_images": len(val),
+                "mirrored_copies": True,
+            },
+        },
         parity_pixels=dataset.split(split, "val").images[:256],
         run_dir=run_dir,
     )

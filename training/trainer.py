@@ -137,6 +137,11 @@ def fit(
         seconds=seconds,
         batches=history_cb.batches,
         settings=dict(settings or {})
-        | {"epochs": epochs, "monitor": monitor, "steps_per_epoch": steps_per_epoch, "max_seconds": max_seconds,
-           "stopped_by_time_budget": bool(budget and budget.exhausted)},
+        | {
+            "epochs": epochs,
+            "monitor": monitor,
+            "steps_per_epoch": steps_per_epoch,
+            "max_seconds": max_seconds,
+            "stopped_by_time_budget": bool(budget and budget.exhausted),
+        },
     )

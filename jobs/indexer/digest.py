@@ -12,7 +12,6 @@ re-embeds the changed ones, and never needs a local state file: the store itself
 from __future__ import annotations
 
 import hashlib
-import json
 from array import array
 from collections.abc import Iterable, Sequence
 
@@ -33,7 +32,7 @@ def content_hash(row: Row, image: bytes, embedder: str) -> str:
     h.update(b"\0")
     h.update(embedder.encode())
     h.update(b"\0")
-    h.update(json.dumps(row.metadata(), sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode())
+    h.update(row.metadata_key().encode("utf-8", "surrogatepass"))
     h.update(b"\0")
     h.update(image)
     return h.hexdigest()[: 2 * _DIGEST_BYTES]

@@ -46,6 +46,8 @@ STYLES_COLUMNS: tuple[str, ...] = (
     "productDisplayName",
 )
 
+_STYLES_ATTRIBUTES: tuple[str, ...] = tuple(c for c in STYLES_COLUMNS if c in FILTER_FIELDS)
+_STYLES_ATTRIBUTE_FIELDS: tuple[int, ...] = tuple(STYLES_COLUMNS.index(c) for c in _STYLES_ATTRIBUTES)
 _MAX_ID = 2**63 - 1
 
 
@@ -64,14 +66,11 @@ class Row:
     def missing_attributes(self) -> tuple[str, ...]:
         return tuple(a for a in ATTRIBUTES if not self.attributes.get(a))
 
-    def metadata(self) -> dict[str, Any]:
-        """Everything the manifest says about the item except the image bytes (input to the content hash)."""
-        return {
-            "name": self.name,
-            "attributes": {a: self.attributes[a] for a in ATTRIBUTES if self.attributes.get(a)},
-            "year": self.year,
-            "image_ref": self.image,
-        }
+    def metadata_key(self) -> str:
+        """Everything the manifest says about the item except the image bytes, as one unambiguous string (the
+        repr of a fixed-order tuple: cheap, and every string is quoted and escaped)."""
+        values = (self.name, *(self.attributes.get(a, "") for a in ATTRIBUTES), self.year, self.image)
+        return repr(values)
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def parse_id(value: Any) -> int:
         number = value
     else:
         text = str(value).strip()
-        if not text or not text.isdigit():
+        if not text.isascii() or not text.isdigit():
             raise ValueError(f"id {value!r} is not a positive integer")
         number = int(text)
     if not 0 < number <= _MAX_ID:
@@ -173,14 +172,20 @@ def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
             if len(fields) < len(STYLES_COLUMNS):
                 yield BadRow(line, raw_id, image, f"bad row: {len(fields)} fields, expected {len(STYLES_COLUMNS)}")
                 continue
-            head = fields[: len(STYLES_COLUMNS) - 1]
-            name = ",".join(fields[len(STYLES_COLUMNS) - 1 :])
-            record: dict[str, Any] = dict(zip(STYLES_COLUMNS, [*head, name], strict=True))
-            record["image"] = image
+            # A direct path (no intermediate mapping): this runs for every row of every run.
             try:
-                yield _row_from_mapping(record, line)
+                product_id = parse_id(raw_id)
+                year = parse_year(fields[7].strip())
             except ValueError as exc:
                 yield BadRow(line, raw_id, image, f"bad row: {exc}")
+                continue
+            attributes = {}
+            for column, value in zip(_STYLES_ATTRIBUTES, _STYLES_ATTRIBUTE_FIELDS, strict=True):
+                text = fields[value].strip()
+                if text:
+                    attributes[column] = text
+            name = ",".join(fields[len(STYLES_COLUMNS) - 1 :]).strip()
+            yield Row(id=product_id, image=image, name=name, attributes=attributes, year=year, line=line)
 
 
 def read_csv(path: str | Path) -> Iterator[Row | BadRow]:

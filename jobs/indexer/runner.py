@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from fashionsearch.store.base import StoreError
 from jobs.indexer.digest import StoredDigests, content_hash
 from jobs.indexer.fetch import FetchError, ImageFetcher, is_url
 from jobs.indexer.manifest import BadRow, Manifest, Row, in_shard, parse_id, shard_of
@@ -241,7 +242,7 @@ def run(
     except Interrupted as exc:
         summary.interrupted = True
         summary.error = f"interrupted by {exc}"
-    except (JobError, OSError, ValueError) as exc:
+    except (JobError, StoreError, OSError, ValueError) as exc:
         summary.error = str(exc)
         logger.error("indexer failed: %s", exc)
     finally:

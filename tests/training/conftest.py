@@ -47,8 +47,10 @@ def make_dataset(root: Path, per_kind: int = 4) -> list[int]:
         for j in range(per_kind):
             colour = COLOURS[j % len(COLOURS)]
             gender = "Men" if j % 2 else "Women"
-            lines.append(f"{next_id},{gender},{master},{sub},{article},{colour},Summer,2012,Casual,"
-                         f"Brand {gender} {colour} {article}\n")
+            lines.append(
+                f"{next_id},{gender},{master},{sub},{article},{colour},Summer,2012,Casual,"
+                f"Brand {gender} {colour} {article}\n"
+            )
             write_image(root / "images" / f"{next_id}.jpg", seed=next_id + k)
             ids.append(next_id)
             next_id += 1

@@ -12,8 +12,7 @@ from training.recipe import Head, TrainedModel
 
 pytestmark = pytest.mark.training
 
-SIZES = {"masterCategory": 3, "subCategory": 5, "articleType": 7, "gender": 2, "baseColour": 4, "season": 4,
-         "usage": 3}
+SIZES = {"masterCategory": 3, "subCategory": 5, "articleType": 7, "gender": 2, "baseColour": 4, "season": 4, "usage": 3}
 
 
 def _pixels(n: int, seed: int = 0) -> np.ndarray:
@@ -35,13 +34,16 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
     targets = _targets(32)
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-3),
-        loss={a: production.MaskedSmoothedCrossEntropy(production.class_weights(targets[a], k), name=f"{a}_ce")
-              for a, k in SIZES.items()},
+        loss={
+            a: production.MaskedSmoothedCrossEntropy(production.class_weights(targets[a], k), name=f"{a}_ce")
+            for a, k in SIZES.items()
+        },
         metrics={a: [production.MaskedAccuracy()] for a in SIZES},
     )
-    ds = data.make_tf_dataset(_pixels(32), targets, production.PRODUCTION_INPUT, 16, shuffle=True,
-                              augment=production.AUGMENT)
-    history = model.fit(ds, epochs=1, verbose=0)
+    ds = data.make_tf_dataset(
+        _pixels(32), targets, production.PRODUCTION_INPUT, 16, shuffle=True, augment=production.AUGMENT
+    )
+    history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
     return model, {a: 1.0 + 0.1 * k for k, a in enumerate(production.HEAD_ATTRIBUTES)}
 
@@ -51,7 +53,10 @@ def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
     assert production.feature_model(model).output_shape == (None, production.WIDTHS[-1] + production.WIDTHS[-2])
     exported = production.calibrated_classifier(model, temperatures)
     trained = TrainedModel(
-        name="classifier", kind="classifier", model=exported, input_spec=production.PRODUCTION_INPUT,
+        name="classifier",
+        kind="classifier",
+        model=exported,
+        input_spec=production.PRODUCTION_INPUT,
         heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
         parity_pixels=_pixels(256, seed=3),
     )
@@ -98,8 +103,10 @@ def test_fit_temperature_recovers_overconfidence():
 
 
 def test_choose_dimension_prefers_the_smallest_within_tolerance():
-    table = {d: {"precision_at_5": {"unfiltered": {"articleType": p}}}
-             for d, p in ((16, 0.80), (32, 0.871), (64, 0.875), (128, 0.874))}
+    table = {
+        d: {"precision_at_5": {"unfiltered": {"articleType": p}}}
+        for d, p in ((16, 0.80), (32, 0.871), (64, 0.875), (128, 0.874))
+    }
     assert production.choose_dimension(table) == 32
     assert production.choose_dimension(table, tolerance=0.0) == 64
 
@@ -116,9 +123,14 @@ def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
     projection = production.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
     inputs = keras.Input((80, 60, 3), name="image")
     embedder = keras.Model(inputs, keras.layers.Identity(name="embedding")(projection(trunk(inputs))))
-    trained = TrainedModel(name="embedder", kind="embedder", model=embedder,
-                           input_spec=production.PRODUCTION_INPUT, embedding_dim=16,
-                           parity_pixels=_pixels(256, seed=4))
+    trained = TrainedModel(
+        name="embedder",
+        kind="embedder",
+        model=embedder,
+        input_spec=production.PRODUCTION_INPUT,
+        embedding_dim=16,
+        parity_pixels=_pixels(256, seed=4),
+    )
     spec = export.export_model(trained, tmp_path / "embedder")
     assert spec.embedding is not None and spec.embedding.dim == 16 and spec.embedding.distance == "euclid"
     session = ort.InferenceSession(str(tmp_path / "embedder" / "model.onnx"), providers=["CPUExecutionProvider"])

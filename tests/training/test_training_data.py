@@ -52,7 +52,7 @@ def test_read_styles_handles_commas_quotes_and_malformed_lines(tmp_path):
     assert sorted(by_id) == [1, 2, 3, 4, 5, 8]
     assert by_id[2]["productDisplayName"] == "Myntra Men's Yes, its all about me Black T-shirt"
     assert by_id[2]["baseColour"] == "Black"
-    assert by_id[3]["productDisplayName"] == 'Nike Women\'s EM Tempo 3.5" Pink Short'
+    assert by_id[3]["productDisplayName"] == "Nike Women's EM Tempo 3.5\" Pink Short"
     assert by_id[8]["productDisplayName"] == "Converse Unisex Green Live, Life, Laugh Flip Flops"
     assert by_id[8]["season"] == "" and by_id[8]["usage"] == "NA"
     assert table.commas_in_name == 2
@@ -163,8 +163,10 @@ def test_paper_classes_and_balanced_subset(synthetic_data):
     ds = data.load_dataset(synthetic_data, cache_dir=False)
     subset, targets = data.paper_subset(ds, per_class=3)
     assert Counter(targets.tolist()) == {k: 3 for k in range(6)}
-    assert all(data.PAPER_CLASSES[t] == data.paper_class(s, a) for t, s, a in
-               zip(targets, subset.labels["subCategory"], subset.labels["articleType"], strict=True))
+    assert all(
+        data.PAPER_CLASSES[t] == data.paper_class(s, a)
+        for t, s, a in zip(targets, subset.labels["subCategory"], subset.labels["articleType"], strict=True)
+    )
 
 
 def test_tf_pipeline_matches_the_contract_preprocess_exactly(synthetic_data):

@@ -57,11 +57,14 @@ def test_retrieval_metrics_with_and_without_the_filter():
     rng = np.random.default_rng(0)
     catalogue = rng.random((40, 3))
     queries = catalogue[:6] + 1e-3
-    c_labels = {"articleType": np.asarray(["t%d" % (i % 4) for i in range(40)], dtype=object),
-                "subCategory": np.asarray(["s%d" % (i % 2) for i in range(40)], dtype=object)}
+    c_labels = {
+        "articleType": np.asarray([f"t{i % 4}" for i in range(40)], dtype=object),
+        "subCategory": np.asarray([f"s{i % 2}" for i in range(40)], dtype=object),
+    }
     q_labels = {k: v[:6] for k, v in c_labels.items()}
-    r = evaluate.retrieval_metrics(queries, catalogue, q_labels, c_labels, k=5, match_attributes=("articleType",
-                                                                                                "subCategory"))
+    r = evaluate.retrieval_metrics(
+        queries, catalogue, q_labels, c_labels, k=5, match_attributes=("articleType", "subCategory")
+    )
     assert r["filtered"]["subCategory"] == 1.0
     assert r["k"] == 5 and r["queries"] == 6 and r["catalogue"] == 40
     assert r["neighbours"]["unfiltered"][:, 0].tolist() == list(range(6))
@@ -80,11 +83,19 @@ def test_classifier_report(synthetic):
     root, ds, split = synthetic
     data.configure_tensorflow(1, 0)
     trained = TrainedModel(
-        name="paper-cnn", kind="classifier", model=paper.build_cnn(), input_spec=paper.PAPER_INPUT,
+        name="paper-cnn",
+        kind="classifier",
+        model=paper.build_cnn(),
+        input_spec=paper.PAPER_INPUT,
         heads=(Head("category", data.PAPER_CLASSES),),
-        training={"recipe": "paper-cnn", "parameters": 146566, "epochs_run": 2, "best_epoch": 2, "seconds": 3,
-                  "history": {"loss": [1.5, 1.2], "val_loss": [1.6, 1.4], "accuracy": [0.3, 0.4],
-                              "val_accuracy": [0.2, 0.3]}},
+        training={
+            "recipe": "paper-cnn",
+            "parameters": 146566,
+            "epochs_run": 2,
+            "best_epoch": 2,
+            "seconds": 3,
+            "history": {"loss": [1.5, 1.2], "val_loss": [1.6, 1.4], "accuracy": [0.3, 0.4], "val_accuracy": [0.2, 0.3]},
+        },
         parity_pixels=ds.images[:16],
     )
     export.export_model(trained, root / "cnn", min_parity_images=16)
@@ -104,8 +115,13 @@ def test_embedder_report(synthetic):
     data.configure_tensorflow(1, 0)
     autoencoder, encoder = paper.build_autoencoder(16)
     trained = TrainedModel(
-        name="paper-autoencoder", kind="embedder", model=encoder, input_spec=paper.PAPER_INPUT, embedding_dim=16,
-        extra_models={"autoencoder.onnx": autoencoder}, parity_pixels=ds.images[:16],
+        name="paper-autoencoder",
+        kind="embedder",
+        model=encoder,
+        input_spec=paper.PAPER_INPUT,
+        embedding_dim=16,
+        extra_models={"autoencoder.onnx": autoencoder},
+        parity_pixels=ds.images[:16],
         training={"recipe": "paper-autoencoder", "history": {"loss": [0.1, 0.05], "val_loss": [0.1, 0.07]}},
     )
     spec = export.export_model(trained, root / "ae", min_parity_images=16)

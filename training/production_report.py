@@ -1,0 +1,366 @@
+"""Reports of the production models: `training.evaluate`'s report plus targets, calibration, the paper baselines
+side by side, the embedding-dimension trade-off and throughput.
+
+    python -m training.production_report [--data DIR] [--models models] [--reports reports] [--threads 2]
+
+Runs `training.evaluate.evaluate_model` on models/classifier and models/embedder (test split; writes the test
+metrics into their model.json), then puts a summary against the issue's targets at the top of
+reports/classifier/README.md and reports/embedder/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionsearch.model_contract import ModelSpec
+from training import data, evaluate
+from training.production import softmax
+
+log = logging.getLogger("training.production_report")
+
+CLASSIFIER_TARGETS = {
+    "masterCategory": 0.995,
+    "subCategory": 0.98,
+    "articleType": 0.91,
+    "gender": 0.92,
+    "baseColour": 0.70,
+    "season": None,
+    "usage": None,
+}
+RETRIEVAL_TARGETS = {"unfiltered": 0.85, "filtered": 0.90}  # articleType precision@5
+BUDGET = {"images_per_s": 2000.0, "onnx_mb": 5.0, "train_minutes": 60.0}
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.1f}%"
+
+
+def _verdict(value: float | None, target: float | None, higher: bool = True) -> str:
+    if target is None or value is None:
+        return "report"
+    ok = value >= target if higher else value <= target
+    return "met" if ok else "**not met**"
+
+
+def _throughput(model_dir: Path, threads: int) -> tuple[float, float]:
+    path = Path(__file__).resolve().parent.parent / "bench" / "model_throughput.py"
+    spec = importlib.util.spec_from_file_location("model_throughput", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.measure(model_dir, threads, 6.0, 64)
+
+
+def _prepend(readme: Path, lines: Sequence[str]) -> None:
+    """Put `lines` after the report's first heading (the model identity)."""
+    old = readme.read_text(encoding="utf-8").splitlines()
+    cut = 1 if old and old[0].startswith("#") else 0
+    readme.write_text("\n".join(old[:cut] + [""] + list(lines) + old[cut:]) + "\n", encoding="utf-8")
+
+
+def _budget_lines(rate: float, mb: float, train_s: float | None, extra: str = "") -> list[str]:
+    rows = [
+        (
+            "images/s at batch 64 (onnxruntime, 2 threads, best of 3 windows)",
+            f"{rate:,.0f}",
+            ">= 2,000",
+            _verdict(rate, BUDGET["images_per_s"]),
+        ),
+        ("ONNX size", f"{mb:.2f} MB", "<= 5 MB", _verdict(mb, BUDGET["onnx_mb"], higher=False)),
+    ]
+    if train_s is not None:
+        rows.append(
+            (
+                "training time, committed command" + extra,
+                f"{train_s / 60:.1f} min",
+                "<= 60 min",
+                _verdict(train_s / 60, BUDGET["train_minutes"], higher=False),
+            )
+        )
+    return evaluate._table(("budget", "measured", "target", ""), rows)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Classifier
+
+
+def classifier_summary(
+    model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
+) -> list[str]:
+    spec, session = evaluate.load_model(model_dir, threads)
+    test = dataset.split(split, "test")
+    outputs = evaluate.predict(session, spec, test.images)
+    calibration = spec.metrics.get("validation", {}).get("calibration", {})
+    rows, cal_rows = [], []
+    predicted: dict[str, np.ndarray] = {}
+    for head in spec.outputs:
+        index = {label: i for i, label in enumerate(head.labels)}
+        truth = test.labels[head.attribute]
+        keep = np.asarray([t in index for t in truth])
+        y = np.asarray([index[t] for t in truth[keep]], dtype=np.int64)
+        probs = outputs[head.name]
+        predicted[head.attribute] = np.asarray(head.labels, dtype=object)[probs.argmax(axis=1)]
+        acc = float((probs[keep].argmax(axis=1) == y).mean()) if len(y) else 0.0
+        target = CLASSIFIER_TARGETS.get(head.attribute)
+        rows.append(
+            (
+                head.attribute,
+                len(head.labels),
+                int(keep.sum()),
+                _pct(acc),
+                "-" if target is None else _pct(target),
+                _verdict(acc, target),
+            )
+        )
+        cal = calibration.get(head.attribute, {})
+        t = float(cal.get("temperature", 1.0))
+        # softmax(T * log p) undoes the baked-in temperature: the uncalibrated probabilities on the test split.
+        raw = softmax(t * np.log(np.clip(probs[keep], 1e-30, None)))
+        cal_rows.append(
+            (
+                head.attribute,
+                f"{t:.2f}",
+                f"{cal.get('ece_before', float('nan')):.3f}",
+                f"{cal.get('ece_after', float('nan')):.3f}",
+                f"{evaluate.expected_calibration_error(raw, y):.3f}",
+                f"{evaluate.expected_calibration_error(probs[keep], y):.3f}",
+            )
+        )
+    lines = [
+        "## Summary against the targets (test split)",
+        "",
+        "Accuracy over the test images whose label is one of the head's classes (rare classes, fewer than 10 "
+        "training images, and missing labels are not classes; their count is in the per-head table below).",
+        "",
+    ]
+    lines += evaluate._table(("head", "classes", "test images", "accuracy", "target", ""), rows)
+
+    lines += [
+        "## Calibration",
+        "",
+        "Expected calibration error (15 bins). One temperature per head is fitted on the validation split "
+        "(NLL) and baked into the exported softmax; the test columns show the effect on unseen data.",
+        "",
+    ]
+    lines += evaluate._table(
+        ("head", "temperature", "ECE val, before", "ECE val, after", "ECE test, before", "ECE test, after"), cal_rows
+    )
+
+    # The paper's six classes, derived from the subCategory / articleType predictions.
+    subset, _ = data.paper_subset(dataset, per_class=400, seed=20240601)
+    balanced = subset.split(split, "test")
+    b_out = evaluate.predict(session, spec, balanced.images)
+    heads = {h.attribute: h for h in spec.outputs}
+    sub = np.asarray(heads["subCategory"].labels, dtype=object)[b_out[heads["subCategory"].name].argmax(axis=1)]
+    art = np.asarray(heads["articleType"].labels, dtype=object)[b_out[heads["articleType"].name].argmax(axis=1)]
+    ours = np.asarray([data.paper_class(s, a) for s, a in zip(sub, art, strict=True)], dtype=object)
+    truth = evaluate.true_labels(balanced, "category")
+    six = float((ours == truth).mean())
+    paper_row = ("paper CNN (ours, reproduced)", "-")
+    if (paper_dir / "model.json").is_file():
+        paper_spec = ModelSpec.load(paper_dir)
+        bal = paper_spec.metrics.get("test", {}).get("accuracy", {}).get("category_balanced")
+        paper_row = ("paper CNN (ours, reproduced)", _pct(bal) if bal is not None else "not evaluated")
+    lines += [
+        "## Side by side with the paper's CNN",
+        "",
+        f"The paper's six classes on the balanced six-class test subset ({len(balanced)} images); the "
+        "production classifier's class is derived from its subCategory and articleType predictions.",
+        "",
+    ]
+    lines += evaluate._table(
+        ("model", "six-class accuracy"),
+        [("paper, as published", _pct(evaluate.PAPER_CNN_ACCURACY)), paper_row, ("production classifier", _pct(six))],
+    )
+
+    # Most confused article types, with shares.
+    head = heads["articleType"]
+    index = {label: i for i, label in enumerate(head.labels)}
+    keep = np.asarray([t in index for t in test.labels["articleType"]])
+    y = np.asarray([index[t] for t in test.labels["articleType"][keep]], dtype=np.int64)
+    m = evaluate.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
+    support = m["confusion"].sum(axis=1)
+    pairs = evaluate.most_confused(m["confusion"], head.labels, n=15)
+    lines += ["## articleType: most confused pairs (test)", ""]
+    lines += evaluate._table(
+        ("true", "predicted", "count", "share of the true class"),
+        [(a, b, n, _pct(n / max(1, support[index[a]]))) for a, b, n in pairs],
+    )
+    f1 = sorted((c for c in m["per_class"] if c["support"] > 0), key=lambda c: c["f1"])
+    lines += [
+        "Lowest per-class F1 (all classes are in the table further down): "
+        + ", ".join(f"{c['label']} {c['f1']:.2f} (n={c['support']})" for c in f1[:10]),
+        "",
+    ]
+
+    rate, mb = _throughput(model_dir, threads)
+    training = spec.extra.get("training", {})
+    lines += ["## Budget", ""]
+    lines += _budget_lines(rate, mb, training.get("seconds"), " (training loop)")
+    lines += [
+        f"Parameters: {training.get('parameters', 'n/a'):,}; {training.get('epochs_run')} epochs, "
+        f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images.",
+        "",
+    ]
+    return lines
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Embedder
+
+
+def _retrieval(model_dir: Path, test: data.Dataset, train: data.Dataset, threads: int) -> dict[str, Any]:
+    spec, session = evaluate.load_model(model_dir, threads)
+    assert spec.embedding is not None
+    q = evaluate.predict(session, spec, test.images)[spec.embedding.output]
+    c = evaluate.predict(session, spec, train.images)[spec.embedding.output]
+    return evaluate.retrieval_metrics(q, c, test.labels, train.labels)
+
+
+def embedder_summary(
+    model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
+) -> list[str]:
+    spec = ModelSpec.load(model_dir)
+    test, train = dataset.split(split, "test"), dataset.split(split, "train")
+    ours = _retrieval(model_dir, test, train, threads)
+    paper = _retrieval(paper_dir, test, train, threads) if (paper_dir / "model.json").is_file() else None
+    lines = [
+        "## Summary against the targets (test split)",
+        "",
+        f"{ours['queries']} test queries against the {ours['catalogue']}-item train-split catalogue, Euclidean "
+        "top-5; the filter restricts the catalogue to the query's true subCategory.",
+        "",
+    ]
+    rows = []
+    for mode, label in (("filtered", "with subCategory filter"), ("unfiltered", "without filter")):
+        value = ours[mode]["articleType"]
+        rows.append(
+            (
+                f"articleType precision@5, {label}",
+                _pct(value),
+                _pct(RETRIEVAL_TARGETS[mode]),
+                _verdict(value, RETRIEVAL_TARGETS[mode]),
+            )
+        )
+    lines += evaluate._table(("measure", "measured", "target", ""), rows)
+
+    lines += ["## Side by side with the paper's autoencoder (test split, precision@5)", ""]
+    rows = []
+    for attribute in evaluate.MATCH_ATTRIBUTES:
+        for mode in ("unfiltered", "filtered"):
+            rows.append(
+                (
+                    attribute,
+                    "with filter" if mode == "filtered" else "without filter",
+                    _pct(paper[mode][attribute]) if paper else "n/a",
+                    _pct(ours[mode][attribute]),
+                )
+            )
+    paper_dim = ModelSpec.load(paper_dir).embedding.dim if paper else "n/a"  # type: ignore[union-attr]
+    lines += evaluate._table(
+        ("match on", "filter", f"paper autoencoder ({paper_dim}-d)", f"production embedder ({spec.embedding.dim}-d)"),
+        rows,
+    )  # type: ignore[union-attr]
+
+    validation = spec.metrics.get("validation", {})
+    table = validation.get("dimension_tradeoff", {})
+    if table:
+        lines += [
+            "## Embedding dimension trade-off (validation split)",
+            "",
+            "Each dimension is a separate projection of the same frozen trunk, trained with the same recipe; "
+            "queries are validation images, the catalogue the training split. Memory is float32 vectors; "
+            "search time is exact brute-force top-5 over the "
+            f"{ours['catalogue']}-item catalogue, one query at a time on this shared CPU (numpy).",
+            "",
+        ]
+        rows = []
+        raw = validation.get("trunk_features_l2")
+        entries = [(int(d), row) for d, row in table.items()]
+        if raw:
+            entries.append((int(raw["dim"]), raw | {"note": "trunk features, L2-normalised, no projection"}))
+        for d, row in sorted(entries, key=lambda e: (e[0], "note" in e[1])):
+            p = row["precision_at_5"]
+            name = (
+                f"{d}"
+                + (" (trunk, no projection)" if "note" in row else "")
+                + (" **chosen**" if d == spec.embedding.dim and "note" not in row else "")
+            )  # type: ignore[union-attr]
+            rows.append(
+                (
+                    name,
+                    _pct(p["unfiltered"]["articleType"]),
+                    _pct(p["filtered"]["articleType"]),
+                    _pct(p["unfiltered"]["baseColour"]),
+                    _pct(p["unfiltered"]["gender"]),
+                    f"{d * 4} B",
+                    f"{d * 4:,} MB",
+                    f"{row['search_ms_per_query']:.2f}",
+                )
+            )
+        lines += evaluate._table(
+            (
+                "dim",
+                "articleType p@5",
+                "articleType p@5, filtered",
+                "baseColour p@5",
+                "gender p@5",
+                "per vector",
+                "per million vectors",
+                "search ms/query",
+            ),
+            rows,
+        )
+        rule = spec.extra.get("training", {}).get("settings", {}).get("choice_rule", "")
+        lines += [f"Choice rule: {rule}.", ""]
+
+    rate, mb = _throughput(model_dir, threads)
+    training = spec.extra.get("training", {})
+    lines += ["## Budget", ""]
+    lines += _budget_lines(rate, mb, training.get("seconds"), " (projection; the trunk is the classifier's)")
+    if training.get("classifier_seconds"):
+        lines += [
+            f"The trunk is the production classifier's (trained in {training['classifier_seconds'] / 60:.1f} "
+            "min); the embedder command only trains the projection on the frozen trunk's features.",
+            "",
+        ]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.production_report",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--split", type=Path, default=data.DEFAULT_SPLIT_FILE)
+    parser.add_argument("--models", type=Path, default=data.REPO_ROOT / "models")
+    parser.add_argument("--reports", type=Path, default=data.REPO_ROOT / "reports")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", choices=("classifier", "embedder"), default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    dataset = data.load_dataset(args.data)
+    split = data.get_split(dataset, args.split)
+    jobs = [("classifier", classifier_summary, "paper-cnn"), ("embedder", embedder_summary, "paper-autoencoder")]
+    for name, summary, paper in jobs:
+        if args.only not in (None, name):
+            continue
+        model_dir, report_dir = args.models / name, args.reports / name
+        readme = evaluate.evaluate_model(model_dir, dataset, split, report_dir, threads=args.threads)
+        _prepend(readme, summary(model_dir, dataset, split, args.models / paper, args.threads))
+        log.info("wrote %s", readme)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
