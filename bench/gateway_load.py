@@ -8,10 +8,12 @@ for --seconds from one asyncio client process.
 
     python bench/gateway_load.py [--seconds 5] [--items 998] [--no-http]
 
-The split (concurrency 1, sequential): "decode" is fashionsearch.images.decode_image + preprocess in this process
-(each of classifier and embedder does it once per search); "classify" and "embed" are direct calls to those
-services (their own decode included); "search" is the gateway's SearchById (gRPC hop + filtered top-5 in the
-store, no model call); "Search" is the whole gateway call.
+The split (concurrency 1, sequential): "shrink" is the gateway decoding a large photo once and re-encoding it
+small (services/gateway/prepare.py; 0 when the image is below GATEWAY_SHRINK_ABOVE_PIXELS); "decode x2" is
+fashionsearch.images.decode_image + preprocess of what the services then receive, as each of classifier and
+embedder does it once per search; "classify" and "embed" are direct calls to those services with those bytes
+(their own decode included); "search" is the gateway's SearchById (gRPC hop + filtered top-5 in the store, no
+model call); "Search" is the whole gateway call. --no-shrink measures the gateway without the shrink step.
 """
 
 from __future__ import annotations
@@ -48,9 +50,9 @@ from fashionsearch.v1 import (  # noqa: E402
     gateway_pb2,
     gateway_pb2_grpc,
 )
+from services.gateway.prepare import shrink_photo  # noqa: E402
+from services.gateway.settings import Settings  # noqa: E402
 from tests.process_stack import ProcessStack, free_port  # noqa: E402
-
-CONCURRENCY = (1, 8, 32)
 
 
 def twelve_megapixel_jpeg() -> bytes:
@@ -173,10 +175,16 @@ def split(stack: ProcessStack, image: bytes, stored_id: int, repeats: int) -> di
     """Median ms of each stage, sequentially."""
     specs = {name: ModelSpec.load(stack.root / name) for name in ("classifier", "embedder")}
     limits = ImageLimits()
+    settings = Settings.from_env(stack.env("gateway"))
+
+    def shrink() -> bytes:
+        return shrink_photo(image, above_pixels=settings.shrink_above_pixels, side=settings.shrink_side)
+
+    sent = shrink()  # what the gateway sends on to the classifier and the embedder
 
     def decode() -> None:
         for spec in specs.values():
-            preprocess([decode_image(image, limits, (spec.input.width, spec.input.height))], spec.input)
+            preprocess([decode_image(sent, limits, (spec.input.width, spec.input.height))], spec.input)
 
     with (
         grpc.insecure_channel(stack.address("classifier"), options=[("grpc.max_send_message_length", -1)]) as c,
@@ -187,11 +195,12 @@ def split(stack: ProcessStack, image: bytes, stored_id: int, repeats: int) -> di
         embedder = embedder_pb2_grpc.EmbedderStub(e)
         gateway = gateway_pb2_grpc.GatewayStub(g)
         return {
+            "shrink": timed(shrink, repeats) if sent is not image else 0.0,
             "decode x2": timed(decode, repeats),
             "classify": timed(
-                lambda: classifier.Classify(classifier_pb2.ClassifyRequest(image=image, top_k=3), timeout=30), repeats
+                lambda: classifier.Classify(classifier_pb2.ClassifyRequest(image=sent, top_k=3), timeout=30), repeats
             ),
-            "embed": timed(lambda: embedder.Embed(embedder_pb2.EmbedRequest(image=image), timeout=30), repeats),
+            "embed": timed(lambda: embedder.Embed(embedder_pb2.EmbedRequest(image=sent), timeout=30), repeats),
             "search": timed(
                 lambda: gateway.SearchById(gateway_pb2.SearchByIdRequest(id=stored_id), timeout=30), repeats
             ),
@@ -232,14 +241,25 @@ def main() -> int:
     parser.add_argument("--classifier-model-dir", type=Path)
     parser.add_argument("--embedder-model-dir", type=Path)
     parser.add_argument("--no-http", action="store_true")
+    parser.add_argument("--no-shrink", action="store_true", help="GATEWAY_SHRINK_ABOVE_PIXELS=0")
+    parser.add_argument("--concurrency", default="1,8,32")
+    parser.add_argument("--images", default="catalogue,12mp", help="catalogue and/or 12mp")
     args = parser.parse_args()
 
     items = catalogue_items(args.catalogue, args.items)
-    images = {"catalogue 60x80 JPEG": items[0].image, "12 MP JPEG": twelve_megapixel_jpeg()}
+    wanted = args.images.split(",")
+    images = {}
+    if "catalogue" in wanted:
+        images["catalogue 60x80 JPEG"] = items[0].image
+    if "12mp" in wanted:
+        images["12 MP JPEG"] = twelve_megapixel_jpeg()
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
     http_port = None if args.no_http else free_port()
     results: list[tuple[str, str, int, dict[str, float]]] = []
     with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp:
         gateway_env = {"GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true"}
+        if args.no_shrink:
+            gateway_env["GATEWAY_SHRINK_ABOVE_PIXELS"] = "0"
         if http_port is not None:
             gateway_env.update({"GATEWAY_HTTP_ENABLED": "true", "GATEWAY_HTTP_PORT": str(http_port)})
         classifier_env = {"CLASSIFIER_MODEL_DIR": str(args.classifier_model_dir)} if args.classifier_model_dir else {}
@@ -266,7 +286,7 @@ def main() -> int:
             idle = {name: stack.rss_mb(name) for name in stack.processes}
             with RssSampler(stack) as sampler:
                 for label, image in images.items():
-                    for concurrency in CONCURRENCY:
+                    for concurrency in concurrencies:
                         cell = asyncio.run(grpc_cell(stack.address("gateway"), image, concurrency, args.seconds))
                         results.append(("gRPC", label, concurrency, cell))
                         print(f"  gRPC {label} c={concurrency}: {cell['rps']:.0f}/s", file=sys.stderr, flush=True)
@@ -285,7 +305,7 @@ def main() -> int:
     print(
         f"\nGateway end to end: {len(items)} catalogue items ({len(items) / upsert_s:.0f} items/s upserted), {models};"
         f" Qdrant Edge; 3 services + this client on {os.cpu_count()} shared CPUs ({platform.machine()});"
-        f" {args.seconds:.0f} s per cell\n"
+        f" {args.seconds:.0f} s per cell; large-photo shrink {'off' if args.no_shrink else 'on'}\n"
     )
     print("| protocol | image                | conc. | calls | errors | p50 ms | p95 ms | p99 ms | searches/s |")
     print("|----------|----------------------|------:|------:|-------:|-------:|-------:|-------:|-----------:|")
@@ -300,7 +320,8 @@ def main() -> int:
     print("|----------------------|" + "|".join("-" * 11 for _ in stages) + "|")
     for label, values in splits.items():
         print(f"| {label:<20} | " + " | ".join(f"{values[s]:9.2f}" for s in stages) + " |")
-    print(f"\n12 MP JPEG size: {len(images['12 MP JPEG']) / 1e6:.1f} MB")
+    if "12 MP JPEG" in images:
+        print(f"\n12 MP JPEG size: {len(images['12 MP JPEG']) / 1e6:.1f} MB")
     print("\n| service    | RSS idle MB | RSS peak under load MB |")
     print("|------------|------------:|-----------------------:|")
     for name in idle:

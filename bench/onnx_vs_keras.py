@@ -51,7 +51,8 @@ def catalogue_images(count: int) -> list[Image.Image]:
 
 
 def median_ms(call, repeats: int) -> float:
-    call()  # warm-up (graph tracing, allocations)
+    for _ in range(10):  # warm-up: graph tracing, allocations, caches
+        call()
     times = []
     for _ in range(repeats):
         started = time.perf_counter()
@@ -63,16 +64,23 @@ def median_ms(call, repeats: int) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1, help="CPU threads for both runtimes (as served: 1)")
-    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=100)
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     rows: list[tuple] = []
     missing: list[str] = []
+    seen: dict[str, str] = {}
     images = catalogue_images(max(BATCHES))
     tf = None
     for model_dir in sorted(p.parent for p in (REPO_ROOT / "models").glob("*/model.json")):
         spec = ModelSpec.load(model_dir)
+        if spec.onnx_sha256 in seen:
+            missing.append(
+                f"{model_dir.name} ({spec.name}@{spec.version}): the same ONNX file as {seen[spec.onnx_sha256]}"
+            )
+            continue
+        seen[spec.onnx_sha256] = model_dir.name
         source = keras_file(spec)
         if source is None:
             missing.append(f"{model_dir.name} ({spec.name}@{spec.version}): no saved Keras model under .cache/runs")

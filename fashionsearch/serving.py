@@ -160,14 +160,21 @@ async def start_server(
     closers: Iterable[Closer] = (),
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
+    maximum_concurrent_rpcs: int | None = None,
 ) -> RunningServer:
     """Create, wire and start a grpc.aio server; health says NOT_SERVING until `set_serving()`.
 
     `register` adds the service's servicers; `service_names` are their full names (for health and reflection);
     `describe` (e.g. the model identity) is logged with the listen address. Port 0 picks a free port, which
     `RunningServer.port` reports. With `credentials` (grpc.ssl_server_credentials) the port speaks TLS only.
+    Beyond `maximum_concurrent_rpcs` calls in progress, new calls end at once with RESOURCE_EXHAUSTED, which bounds
+    the memory that in-flight requests hold.
     """
-    server = grpc.aio.server(options=server_options(max_message_bytes), interceptors=list(interceptors))
+    server = grpc.aio.server(
+        options=server_options(max_message_bytes),
+        interceptors=list(interceptors),
+        maximum_concurrent_rpcs=maximum_concurrent_rpcs,
+    )
     register(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

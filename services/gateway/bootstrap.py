@@ -91,6 +91,8 @@ def bootstrap(
             max_image_bytes=settings.max_image_bytes,
             store_timeout_s=settings.store_timeout_s,
             upsert_batch=settings.upsert_batch,
+            shrink_above_pixels=settings.shrink_above_pixels,
+            shrink_side=settings.shrink_side,
         ),
     )
     return Gateway(servicer=GatewayServicer(service), service=service, index=index, channels=channels)

@@ -41,7 +41,7 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
-from services.gateway.security import API_KEY_HEADER, http_middleware, http_ssl_context
+from services.gateway.security import API_KEY_HEADER, http_middleware, http_refusal, http_ssl_context
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
 
@@ -628,10 +628,14 @@ def create_app(
     api = HttpApi(service, index, settings, health_servicer)
 
     async def expect(request: web.Request) -> web.Response | None:
-        """Answer `Expect: 100-continue` with 413 when Content-Length is over the limit, before the body is sent."""
+        """Answer `Expect: 100-continue` with 413 when Content-Length is over the limit, or 401/403 when the API key
+        does not allow the call, before the body is sent."""
         refused = _check_length(request, limit)
         if refused is not None:
             return refused
+        denied = http_refusal(settings.api_keys, request)
+        if denied is not None:
+            return error_body(HTTP_STATUS.get(denied.code, 500), denied.code.name, denied.message)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
         return None

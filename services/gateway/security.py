@@ -300,6 +300,20 @@ def http_access(method: str, path: str) -> Access:
     return Access.READ
 
 
+def http_refusal(keys: ApiKeys, request: web.Request) -> FashionSearchError | None:
+    """The error refusing `request` (logged), or None when its key allows it."""
+    access = http_access(request.method, request.path)
+    if access is Access.OPEN:
+        return None
+    presented = key_from_headers(request.headers)
+    try:
+        keys.authorize(presented, access)
+    except FashionSearchError as error:
+        log_refusal(error, f"{request.method} {request.path}", request.remote or "", presented is not None)
+        return error
+    return None
+
+
 def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp middleware applying `keys`; place it inside the middleware that turns FashionSearchError into a
     JSON error, so refusals look like every other error (401 / 403)."""
@@ -308,15 +322,9 @@ def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse
     async def api_keys(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        access = http_access(request.method, request.path)
-        if access is not Access.OPEN:
-            presented = key_from_headers(request.headers)
-            what = f"{request.method} {request.path}"
-            try:
-                keys.authorize(presented, access)
-            except FashionSearchError as error:
-                log_refusal(error, what, request.remote or "", presented is not None)
-                raise
+        error = http_refusal(keys, request)
+        if error is not None:
+            raise error
         return await handler(request)
 
     return api_keys

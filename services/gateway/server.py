@@ -47,6 +47,7 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
             closers=[gateway.close],
             interceptors=[ApiKeyInterceptor(keys)],
             credentials=grpc_server_credentials(settings.tls_cert_file, settings.tls_key_file),
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         )
     except BaseException:
         await gateway.close()

@@ -46,6 +46,7 @@ from services.gateway.domain import (
     StoredItem,
     UpsertOutcome,
 )
+from services.gateway.prepare import shrink_photo
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,10 @@ class Limits:
     max_image_bytes: int = 10 * 1024 * 1024
     store_timeout_s: float = 5.0
     upsert_batch: int = 32
+    #: JPEG photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
+    #: 0 turns it off.
+    shrink_above_pixels: int = 0
+    shrink_side: int = 256
 
 
 class GatewayService:
@@ -162,6 +167,10 @@ class GatewayService:
         self._check_image(image)
         top_k = self._top_k(options.top_k)
         explicit = self._explicit_filters(options)
+        if self._limits.shrink_above_pixels:
+            image = await asyncio.to_thread(
+                shrink_photo, image, above_pixels=self._limits.shrink_above_pixels, side=self._limits.shrink_side
+            )
         classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:

@@ -49,6 +49,13 @@ class Settings:
     #: PEM certificate chain and private key: both set = TLS on the gRPC and HTTP ports.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
+    #: Search photos (JPEG) above this many pixels are decoded once in the gateway and sent on at a reduced scale
+    #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off (the default in code).
+    shrink_above_pixels: int = 0
+    shrink_side: int = 256
+    #: gRPC calls in progress at once; more end at once with RESOURCE_EXHAUSTED (bounds the memory of in-flight
+    #: requests: at most this many images of up to max_image_bytes).
+    max_concurrent_rpcs: int = 256
 
     @property
     def api_keys(self) -> ApiKeys:
@@ -114,4 +121,7 @@ class Settings:
             allow_unauthenticated_writes=allow_unauthenticated_writes,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
+            shrink_above_pixels=env.get_int("SHRINK_ABOVE_PIXELS", 2_000_000, min=0),
+            shrink_side=env.get_int("SHRINK_SIDE", cls.shrink_side, min=16, max=8192),
+            max_concurrent_rpcs=env.get_int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs, min=1, max=100_000),
         )

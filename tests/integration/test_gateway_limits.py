@@ -3,12 +3,14 @@
 The gateway's gRPC receive limit is GATEWAY_MAX_IMAGE_BYTES plus room for framing; anything larger ends as
 RESOURCE_EXHAUSTED in the transport, before a servicer sees it. HTTP bodies over GATEWAY_HTTP_MAX_BODY_BYTES are
 refused from their Content-Length before the body is sent (tests/integration/test_gateway_http.py checks the
-streamed cases).
+streamed cases). Calls beyond GATEWAY_MAX_CONCURRENT_RPCS in progress are refused at once with RESOURCE_EXHAUSTED,
+so in-flight images cannot pile up without bound.
 """
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import grpc
@@ -90,3 +92,29 @@ def test_http_body_declared_over_the_limit_is_refused_before_it_is_sent(stack):
         head = conn.recv(4096).decode("latin-1")
     assert head.startswith("HTTP/1.1 413"), head
     still_serves(stack)
+
+
+def test_calls_over_the_concurrency_limit_are_resource_exhausted_at_once(tmp_path):
+    limited = start_stack(tmp_path, max_concurrent_rpcs=1)
+    release = threading.Event()
+
+    def held_open():
+        release.wait(30)
+        yield gateway_pb2.UpsertItemsRequest(
+            item=gateway_pb2.CatalogueItem(id=5, image=GOOD, payload=gateway_pb2.ItemPayload(sub_category="Topwear"))
+        )
+
+    try:
+        stream = limited.stub.UpsertItems(held_open(), timeout=30)
+        time.sleep(0.5)  # the stream is now the one call in progress
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 2
+        release.set()
+        assert [r.upserted for r in stream] == [True]
+        still_serves(limited)
+    finally:
+        release.set()
+        limited.close()

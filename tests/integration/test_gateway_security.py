@@ -183,3 +183,16 @@ def test_tls_on_grpc_and_http(tmp_path):
             urllib.request.urlopen(f"http://localhost:{http_port}/v1/stats", timeout=5)
     finally:
         secured.close()
+
+
+def test_http_refuses_an_unauthorised_upload_before_its_body_is_sent(stack):
+    """With `Expect: 100-continue`, a write without a valid key is answered 401 before any of the body goes out."""
+    port = stack.gateway_settings.http_port
+    with socket.create_connection((HOST, port), timeout=10) as conn:
+        conn.sendall(
+            b"PUT /v1/items/5 HTTP/1.1\r\nHost: localhost\r\nContent-Type: multipart/form-data; boundary=x\r\n"
+            b"Content-Length: 5000000\r\nExpect: 100-continue\r\n\r\n"
+        )
+        head = conn.recv(4096).decode("latin-1")
+    assert head.startswith("HTTP/1.1 401"), head
+    assert "UNAUTHENTICATED" in head
