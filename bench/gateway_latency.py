@@ -148,7 +148,7 @@ def main() -> int:
                 "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{ports['classifier']}",
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{ports['embedder']}",
                 "GATEWAY_DATA_DIR": str(root / "store"),
-            "GATEWAY_HTTP_ENABLED": "false",
+                "GATEWAY_HTTP_ENABLED": "false",
                 "GATEWAY_LOG_LEVEL": "WARNING",
                 "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },

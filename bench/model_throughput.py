@@ -65,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         spec = ModelSpec.load(folder)
         rate, mb = measure(folder, args.threads, args.seconds, args.batch)
         ok = "yes" if rate >= BUDGET_IMAGES_PER_S and mb <= BUDGET_MB else "no"
-        print(f"| {folder.name} | {spec.input.height}x{spec.input.width} | {rate:,.0f} | {mb:.2f} | {ok} |",
-              flush=True)
+        print(f"| {folder.name} | {spec.input.height}x{spec.input.width} | {rate:,.0f} | {mb:.2f} | {ok} |", flush=True)
     return 0
 
 

@@ -116,11 +116,15 @@ def main() -> int:
 
     print(f"\nonnxruntime vs Keras/TensorFlow, {args.threads} CPU thread(s), median of {args.repeats} runs")
     print(f"{platform.machine()}, Python {platform.python_version()}\n")
-    print("| model dir  | model            | batch | onnxruntime ms | keras ms | keras / ort | max abs diff |")
-    print("|------------|------------------|-------|----------------|----------|-------------|--------------|")
+    print(
+        "| model dir         | model               | batch | onnxruntime ms | keras ms | keras / ort | max abs diff |"
+    )
+    print(
+        "|-------------------|---------------------|-------|----------------|----------|-------------|--------------|"
+    )
     for name, ident, batch_size, ort_ms, keras_ms, diff in rows:
         print(
-            f"| {name:<10} | {ident:<16} | {batch_size:>5} | {ort_ms:>14.2f} | {keras_ms:>8.2f} |"
+            f"| {name:<17} | {ident:<19} | {batch_size:>5} | {ort_ms:>14.2f} | {keras_ms:>8.2f} |"
             f" {keras_ms / ort_ms:>10.1f}x | {diff:>12.2e} |"
         )
     for line in missing:

@@ -114,8 +114,17 @@ def main() -> int:
 
         print("Indexing the sample catalogue (only new or changed items are embedded):", flush=True)
         indexer = subprocess.run(
-            [sys.executable, "-m", "jobs.indexer", "--dataset", str(REPO / "sample_catalogue"),
-             "--gateway", f"127.0.0.1:{gateway}", "--rejects", str(VAR / "indexer-rejects.csv")],
+            [
+                sys.executable,
+                "-m",
+                "jobs.indexer",
+                "--dataset",
+                str(REPO / "sample_catalogue"),
+                "--gateway",
+                f"127.0.0.1:{gateway}",
+                "--rejects",
+                str(VAR / "indexer-rejects.csv"),
+            ],
             cwd=REPO,
         )
         if indexer.returncode not in (0, 2):

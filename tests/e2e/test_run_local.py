@@ -34,7 +34,11 @@ def _launch(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, lis
     started = time.monotonic()
     proc = subprocess.Popen(
         [sys.executable, str(REPO / "deploy" / "run_local.py")],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     lines: list[str] = []
     assert proc.stdout is not None

@@ -40,8 +40,19 @@ def test_written_json_has_the_contract_field_names(tmp_path):
     _classifier_spec().write(tmp_path)
     data = json.loads((tmp_path / "model.json").read_text())
     assert set(data) >= {"name", "kind", "version", "onnx_sha256", "input", "outputs", "metrics"}
-    assert set(data["input"]) >= {"name", "height", "width", "channels", "layout", "color", "dtype", "scale",
-                                  "mean", "std", "resize"}
+    assert set(data["input"]) >= {
+        "name",
+        "height",
+        "width",
+        "channels",
+        "layout",
+        "color",
+        "dtype",
+        "scale",
+        "mean",
+        "std",
+        "resize",
+    }
     assert data["outputs"][0] == {"name": "p_gender", "attribute": "gender", "labels": ["Men", "Women"]}
 
 
