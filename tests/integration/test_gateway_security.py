@@ -15,6 +15,7 @@ import pytest
 from gateway_stack import Stack, jpeg, start_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fashionsearch.healthcheck import is_serving
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
 
@@ -174,6 +175,9 @@ def test_tls_on_grpc_and_http(tmp_path):
             with pytest.raises(grpc.RpcError) as refused:
                 gateway_pb2_grpc.GatewayStub(plain).GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
             assert refused.value.code() is grpc.StatusCode.UNAVAILABLE
+        # The health probe that compose and the launcher use speaks TLS too when told to.
+        assert is_serving(f"localhost:{port}", tls_ca=cert.read_bytes())
+        assert not is_serving(f"localhost:{port}", timeout_s=1)
 
         context = ssl.create_default_context(cafile=str(cert))
         http_port = secured.gateway_settings.http_port
