@@ -320,7 +320,7 @@ def plot_queries(
             if caption:
                 ax.set_title(caption, fontsize=6, color="darkred" if c == 0 else "black")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / rows))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

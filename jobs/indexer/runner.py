@@ -192,8 +192,19 @@ def _chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield chunk
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise Interrupted(signal.Signals(signum).name)
+class StopRequest:
+    """Set by SIGTERM/SIGINT; the pipeline checks it at safe points (between chunks and batches), so the batches in
+    flight finish and are counted, and nothing is switched or pruned."""
+
+    def __init__(self) -> None:
+        self.reason = ""
+
+    def handle(self, signum: int, frame: Any) -> None:
+        self.reason = signal.Signals(signum).name
+
+    def check(self) -> None:
+        if self.reason:
+            raise Interrupted(self.reason)
 
 
 def run(
@@ -210,10 +221,11 @@ def run(
     started = time.perf_counter()
     rejects = RejectWriter(rejects_path)
     progress = progress or Progress(None, enabled=False)
+    stop = StopRequest()
     previous_handlers = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
-            previous_handlers[sig] = signal.signal(sig, _raise_interrupted)
+            previous_handlers[sig] = signal.signal(sig, stop.handle)
         except ValueError:  # not the main thread (tests calling run() from a worker)
             pass
     try:
@@ -223,7 +235,8 @@ def run(
         stored = StoredDigests(target.digests())
         summary.stage_s["scan store"] = time.perf_counter() - t0
         logger.info("%s holds %d items", summary.target, len(stored))
-        _index_rows(manifest, target, fetcher, options, stored, summary, rejects, progress)
+        stop.check()
+        _index_rows(manifest, target, fetcher, options, stored, summary, rejects, progress, stop)
         total_rows = summary.handled
         too_many = total_rows > 0 and summary.rejected / total_rows > options.max_reject_fraction
         if options.prune:
@@ -231,12 +244,14 @@ def run(
             gone = [i for i in stored.unseen_ids() if shard_of(i, count) == index]
             t0 = time.perf_counter()
             for chunk in _chunks(gone, 1000):
+                stop.check()
                 summary.deleted += target.delete(chunk)
             summary.stage_s["prune"] = time.perf_counter() - t0
         if too_many:
             summary.notes.append(
                 f"{summary.rejected} of {total_rows} rows rejected (over {options.max_reject_fraction:.0%})"
             )
+        stop.check()
         summary.notes.extend(target.finish(complete=not too_many))
         summary.complete = True
     except Interrupted as exc:
@@ -265,6 +280,7 @@ def _index_rows(
     summary: Summary,
     rejects: RejectWriter,
     progress: Progress,
+    stop: StopRequest,
 ) -> None:
     embedder = summary.embedder
     added_ids: set[int] = set()
@@ -311,6 +327,7 @@ def _index_rows(
     ):
         try:
             for chunk in _chunks(rows, max(options.batch_size, 256)):
+                stop.check()
                 good: list[tuple[Row, int]] = []
                 positions = stored.positions([r.id for r in chunk if isinstance(r, Row)])
                 it_pos = iter(positions)
@@ -354,6 +371,7 @@ def _index_rows(
                     batch_is_update.append(pos >= 0)
                     if len(batch) >= options.batch_size:
                         flush(write_pool)
+                        stop.check()
                 progress.update(summary)
             flush(write_pool)
             while pending:
