@@ -47,6 +47,7 @@ def _launch(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, lis
         if READY in line:
             return proc, lines, time.monotonic() - started
     proc.wait(10)
+    proc.stdout.close()
     pytest.fail("launcher exited before it was ready:\n" + "\n".join(lines[-40:]))
 
 
@@ -57,6 +58,9 @@ def _stop(proc: subprocess.Popen) -> int:
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 def test_launcher_serves_the_sample_catalogue_and_restarts_fast(tmp_path):
