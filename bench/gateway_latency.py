@@ -10,13 +10,9 @@ p50/p95/p99 latency and throughput per filter mode.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,67 +23,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import grpc  # noqa: E402
 
-from fashionsearch.healthcheck import is_serving  # noqa: E402
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module],
-            cwd=REPO_ROOT,
-            env={**os.environ, **env},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-
-
-def wait_serving(process: subprocess.Popen, address: str, log: Path, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{address} exited with {process.returncode}:\n{log.read_text()}")
-        if is_serving(address, timeout_s=1):
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"{address} not SERVING after {timeout_s} s:\n{log.read_text()}")
-
-
-def load_items(catalogue: Path, limit: int) -> list[gateway_pb2.CatalogueItem]:
-    items = []
-    with (catalogue / "styles.csv").open(encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            image = catalogue / "images" / f"{row['id']}.jpg"
-            if not image.is_file():
-                continue
-            items.append(
-                gateway_pb2.CatalogueItem(
-                    id=int(row["id"]),
-                    image=image.read_bytes(),
-                    payload=gateway_pb2.ItemPayload(
-                        name=row["productDisplayName"],
-                        gender=row["gender"],
-                        master_category=row["masterCategory"],
-                        sub_category=row["subCategory"],
-                        article_type=row["articleType"],
-                        base_colour=row["baseColour"],
-                        season=row["season"],
-                        year=int(row["year"] or 0),
-                        usage=row["usage"],
-                        image_ref=f"images/{row['id']}.jpg",
-                    ),
-                )
-            )
-            if len(items) == limit:
-                break
-    return items
+from tests.catalogue_items import catalogue_items  # noqa: E402
+from tests.process_stack import ProcessStack  # noqa: E402
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -125,43 +63,11 @@ def main() -> int:
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        root = Path(tmp)
-        ports = {name: free_port() for name in ("classifier", "embedder", "gateway")}
-        envs = {
-            "classifier": {
-                "CLASSIFIER_PORT": str(ports["classifier"]),
-                "CLASSIFIER_HOST": "127.0.0.1",
-                "CLASSIFIER_MODEL_DIR": str(write_tiny_classifier(root / "classifier")),
-                "CLASSIFIER_INTRA_OP_THREADS": "1",
-                "CLASSIFIER_LOG_LEVEL": "WARNING",
-            },
-            "embedder": {
-                "EMBEDDER_PORT": str(ports["embedder"]),
-                "EMBEDDER_HOST": "127.0.0.1",
-                "EMBEDDER_MODEL_DIR": str(write_tiny_embedder(root / "embedder")),
-                "EMBEDDER_INTRA_OP_THREADS": "1",
-                "EMBEDDER_LOG_LEVEL": "WARNING",
-            },
-            "gateway": {
-                "GATEWAY_PORT": str(ports["gateway"]),
-                "GATEWAY_HOST": "127.0.0.1",
-                "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{ports['classifier']}",
-                "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{ports['embedder']}",
-                "GATEWAY_DATA_DIR": str(root / "store"),
-                "GATEWAY_HTTP_ENABLED": "false",
-                "GATEWAY_LOG_LEVEL": "WARNING",
-                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
-            },
-        }
-        processes: list[subprocess.Popen] = []
+        stack = ProcessStack(Path(tmp), gateway_env={"GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true"})
+        stack.start()
         try:
-            for name, env in envs.items():
-                log = root / f"{name}.log"
-                processes.append(start(f"services.{name}", env, log))
-                wait_serving(processes[-1], f"127.0.0.1:{ports[name]}", log)
-
-            items = load_items(args.catalogue, args.items)
-            with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+            items = catalogue_items(args.catalogue, args.items)
+            with grpc.insecure_channel(stack.address("gateway")) as channel:
                 stub = gateway_pb2_grpc.GatewayStub(channel)
                 t0 = time.perf_counter()
                 replies = list(stub.UpsertItems((gateway_pb2.UpsertItemsRequest(item=i) for i in items), timeout=600))
@@ -179,10 +85,7 @@ def main() -> int:
                     "no filter": measure(stub, images, args.searches, gateway_pb2.FILTER_MODE_NONE),
                 }
         finally:
-            for process in reversed(processes):
-                if process.poll() is None:
-                    process.send_signal(signal.SIGTERM)
-                    process.wait(15)
+            stack.stop()
 
     print(
         f"Gateway Search latency: {args.items} catalogue items, tiny fixture models, Qdrant Edge store, "

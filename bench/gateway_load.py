@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import io
 import os
 import platform
@@ -52,6 +51,7 @@ from fashionsearch.v1 import (  # noqa: E402
 )
 from services.gateway.prepare import shrink_photo  # noqa: E402
 from services.gateway.settings import Settings  # noqa: E402
+from tests.catalogue_items import catalogue_items  # noqa: E402
 from tests.process_stack import ProcessStack, free_port  # noqa: E402
 
 
@@ -66,35 +66,6 @@ def twelve_megapixel_jpeg() -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=90)
     return buffer.getvalue()
-
-
-def catalogue_items(catalogue: Path, limit: int) -> list[gateway_pb2.CatalogueItem]:
-    items = []
-    with (catalogue / "styles.csv").open(encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            image = catalogue / "images" / f"{row['id']}.jpg"
-            if image.is_file():
-                items.append(
-                    gateway_pb2.CatalogueItem(
-                        id=int(row["id"]),
-                        image=image.read_bytes(),
-                        payload=gateway_pb2.ItemPayload(
-                            name=row["productDisplayName"],
-                            gender=row["gender"],
-                            master_category=row["masterCategory"],
-                            sub_category=row["subCategory"],
-                            article_type=row["articleType"],
-                            base_colour=row["baseColour"],
-                            season=row["season"],
-                            year=int(row["year"] or 0),
-                            usage=row["usage"],
-                            image_ref=f"images/{row['id']}.jpg",
-                        ),
-                    )
-                )
-            if len(items) == limit:
-                break
-    return items
 
 
 def summary(latencies: list[float], wall_s: float, errors: int) -> dict[str, float]:
@@ -262,15 +233,12 @@ def main() -> int:
             gateway_env["GATEWAY_SHRINK_ABOVE_PIXELS"] = "0"
         if http_port is not None:
             gateway_env.update({"GATEWAY_HTTP_ENABLED": "true", "GATEWAY_HTTP_PORT": str(http_port)})
-        classifier_env = {"CLASSIFIER_MODEL_DIR": str(args.classifier_model_dir)} if args.classifier_model_dir else {}
-        embedder_env = {"EMBEDDER_MODEL_DIR": str(args.embedder_model_dir)} if args.embedder_model_dir else {}
         stack = ProcessStack(
-            Path(tmp), gateway_env=gateway_env, classifier_env=classifier_env, embedder_env=embedder_env
+            Path(tmp),
+            gateway_env=gateway_env,
+            classifier_model_dir=args.classifier_model_dir,
+            embedder_model_dir=args.embedder_model_dir,
         )
-        if args.classifier_model_dir or args.embedder_model_dir:
-            for name, given in (("classifier", args.classifier_model_dir), ("embedder", args.embedder_model_dir)):
-                if given:
-                    (Path(tmp) / name).symlink_to(given.resolve(), target_is_directory=True)
         stack.start()
         try:
             with grpc.insecure_channel(stack.address("gateway")) as channel:

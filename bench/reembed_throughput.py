@@ -21,9 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,39 +29,15 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from fashionsearch.healthcheck import is_serving  # noqa: E402
 from fashionsearch.store.aliases import EdgeCatalog  # noqa: E402
 from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
 from jobs.indexer.runner import Options, Summary, run  # noqa: E402
 from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients  # noqa: E402
+from tests.process_stack import ProcessStack  # noqa: E402
 from tests.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start(module: str, env: dict[str, str], log: Path) -> subprocess.Popen:
-    with log.open("wb") as out:
-        return subprocess.Popen(
-            [sys.executable, "-m", module], cwd=REPO_ROOT, env={**os.environ, **env}, stdout=out, stderr=out
-        )
-
-
-def wait_serving(process: subprocess.Popen, address: str, log: Path, timeout_s: float = 120) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"{address} exited with {process.returncode}:\n{log.read_text()}")
-        if is_serving(address, timeout_s=1):
-            return
-        time.sleep(0.2)
-    raise SystemExit(f"{address} not SERVING after {timeout_s} s:\n{log.read_text()}")
 
 
 def pick_catalogue(args: argparse.Namespace, tmp: Path) -> tuple[Manifest, str]:
@@ -164,43 +137,23 @@ def main() -> int:
         tmp = Path(tmp_name)
         manifest, data_label = pick_catalogue(args, tmp)
         embedder_dir, classifier_dir, models_label = pick_models(tmp)
-        ports = {name: free_port() for name in ("classifier", "embedder", "gateway")}
-        addr = {name: f"127.0.0.1:{port}" for name, port in ports.items()}
-        envs = {
-            "classifier": {
-                "CLASSIFIER_PORT": str(ports["classifier"]),
-                "CLASSIFIER_HOST": "127.0.0.1",
-                "CLASSIFIER_MODEL_DIR": str(classifier_dir),
-                "CLASSIFIER_INTRA_OP_THREADS": str(args.threads),
-                "CLASSIFIER_LOG_LEVEL": "WARNING",
-            },
-            "embedder": {
-                "EMBEDDER_PORT": str(ports["embedder"]),
-                "EMBEDDER_HOST": "127.0.0.1",
-                "EMBEDDER_MODEL_DIR": str(embedder_dir),
-                "EMBEDDER_INTRA_OP_THREADS": str(args.threads),
-                "EMBEDDER_LOG_LEVEL": "WARNING",
-            },
-            "gateway": {
-                "GATEWAY_PORT": str(ports["gateway"]),
-                "GATEWAY_HOST": "127.0.0.1",
-                "GATEWAY_CLASSIFIER_ADDR": addr["classifier"],
-                "GATEWAY_EMBEDDER_ADDR": addr["embedder"],
+        threads = str(args.threads)
+        stack = ProcessStack(
+            tmp,
+            classifier_env={"CLASSIFIER_INTRA_OP_THREADS": threads},
+            embedder_env={"EMBEDDER_INTRA_OP_THREADS": threads},
+            gateway_env={
                 "GATEWAY_DATA_DIR": str(tmp / "gateway-store"),
                 "GATEWAY_EMBED_TIMEOUT_S": "30",
                 "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
-                "GATEWAY_LOG_LEVEL": "WARNING",
                 "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
             },
-        }
-        processes: list[subprocess.Popen] = []
+            classifier_model_dir=classifier_dir,
+            embedder_model_dir=embedder_dir,
+        )
+        addr = {name: stack.address(name) for name in ("classifier", "embedder", "gateway")}
+        stack.start()
         try:
-            for name in ("classifier", "embedder", "gateway"):
-                log = tmp / f"{name}.log"
-                process = start(f"services.{name}", envs[name], log)
-                processes.append(process)
-                wait_serving(process, addr[name], log)
-
             print(f"re-embed throughput: {data_label} ({manifest.approximate_rows()} rows)")
             print(f"models: {models_label}")
             print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}")
@@ -227,13 +180,7 @@ def main() -> int:
                         target.close()
                     report(title, summary)
         finally:
-            for process in processes:
-                process.send_signal(signal.SIGTERM)
-            for process in processes:
-                try:
-                    process.wait(15)
-                except subprocess.TimeoutExpired:
-                    process.kill()
+            stack.stop()
         embedder_internals(manifest, embedder_dir, args.threads, args.sample)
     return 0
 

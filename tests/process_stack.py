@@ -1,6 +1,6 @@
 """The three services as separate processes with the tiny fixture models, for fault tests and benchmarks.
 
-stack = ProcessStack(root, gateway_env={...})
+stack = ProcessStack(root, gateway_env={...})   # *_env override the defaults; *_model_dir serve real models
 stack.start()                    # classifier, embedder, gateway; each waited for until SERVING
 stack.kill("classifier"); stack.restart("classifier")   # same port, so the gateway can reconnect by itself
 stack.rss_mb("gateway")
@@ -50,6 +50,9 @@ class ProcessStack:
     gateway_env: dict[str, str] = field(default_factory=dict)
     classifier_env: dict[str, str] = field(default_factory=dict)
     embedder_env: dict[str, str] = field(default_factory=dict)
+    #: Model folders to serve; None: a tiny fixture model written under root.
+    classifier_model_dir: Path | None = None
+    embedder_model_dir: Path | None = None
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -57,6 +60,9 @@ class ProcessStack:
         return f"{HOST}:{self.ports[name]}"
 
     def _model(self, name: str) -> Path:
+        given = self.classifier_model_dir if name == "classifier" else self.embedder_model_dir
+        if given is not None:
+            return given
         model_dir = self.root / name
         if not (model_dir / "model.json").is_file():
             (write_tiny_classifier if name == "classifier" else write_tiny_embedder)(model_dir)

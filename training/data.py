@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from fashionsearch.catalogue import FILTER_FIELDS, STYLES_COLUMNS, split_styles_line, unquote_name
 from fashionsearch.model_contract import InputSpec, resize_to_input
 
 if TYPE_CHECKING:
@@ -39,20 +40,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "id",
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-    "productDisplayName",
-)
+COLUMNS = STYLES_COLUMNS
 # The attributes a classifier can predict (one head each).
-ATTRIBUTES = ("gender", "masterCategory", "subCategory", "articleType", "baseColour", "season", "usage")
+ATTRIBUTES = FILTER_FIELDS
 # Values that mean "not labelled": such an example gets no target for that attribute.
 MISSING_VALUES = frozenset({"", "NA"})
 
@@ -91,14 +81,6 @@ class StylesTable:
     commas_in_name: int  # rows whose unquoted name held commas (the name took the rest of the line)
 
 
-def _parse_name(raw: str) -> str:
-    if raw.startswith('"'):
-        parsed = next(csv.reader([raw]))
-        if len(parsed) == 1:
-            return parsed[0]
-    return raw
-
-
 def read_styles(path: str | os.PathLike[str]) -> StylesTable:
     """Read styles.csv: each line splits into at most 10 fields, the product name takes the rest.
 
@@ -114,10 +96,9 @@ def read_styles(path: str | os.PathLike[str]) -> StylesTable:
         if tuple(header) != COLUMNS:
             raise DataError(f"{path}: unexpected header {header}, expected {list(COLUMNS)}")
         for lineno, line in enumerate(f, start=2):
-            line = line.rstrip("\r\n")
             if not line.strip():
                 continue
-            parts = line.split(",", len(COLUMNS) - 1)
+            parts = split_styles_line(line)
             if len(parts) < len(COLUMNS):
                 malformed.append((lineno, f"{len(parts)} fields, expected {len(COLUMNS)}"))
                 continue
@@ -131,7 +112,7 @@ def read_styles(path: str | os.PathLike[str]) -> StylesTable:
                 continue
             seen.add(style_id)
             raw_name = parts[-1]
-            name = _parse_name(raw_name)
+            name = unquote_name(raw_name)
             if name == raw_name and "," in raw_name:
                 commas += 1
             row: dict[str, Any] = dict(zip(COLUMNS[1:-1], (p.strip() for p in parts[1:-1]), strict=True))
@@ -551,7 +532,7 @@ class Augmentation:
         b2 = cy - b0 * cx - b1 * cy + ty
         zeros = tf.zeros([n])
         transforms = tf.stack([a0, a1, a2, b0, b1, b2, zeros, zeros], axis=1)
-        return tf.raw_ops.ImageProjectiveTransformV3(
+        moved = tf.raw_ops.ImageProjectiveTransformV3(
             images=pixels,
             transforms=transforms,
             output_shape=shape[1:3],
@@ -559,6 +540,8 @@ class Augmentation:
             interpolation="BILINEAR",
             fill_mode="NEAREST",
         )
+        # Bilinear weights can overshoot by a float rounding step (255.00002): keep pixel values in range.
+        return tf.clip_by_value(moved, 0.0, 255.0)
 
 
 def make_tf_dataset(

@@ -13,16 +13,10 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 
 import numpy as np
 
+from fashionsearch import catalogue
+
 #: Payload fields a search may filter on (exact match on one of the given values). Each gets a keyword payload index.
-FILTER_FIELDS: tuple[str, ...] = (
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "usage",
-)
+FILTER_FIELDS: tuple[str, ...] = catalogue.FILTER_FIELDS
 
 
 #: field -> accepted value, or accepted values (any of them matches); all fields must match.

@@ -27,24 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashionsearch.store.base import FILTER_FIELDS
+from fashionsearch.catalogue import FILTER_FIELDS, STYLES_COLUMNS, split_styles_line, unquote_name
 
 #: Attribute fields of a catalogue item (each also a filter field of the store).
 ATTRIBUTES: tuple[str, ...] = FILTER_FIELDS
-
-#: Column order of the dataset's styles.csv.
-STYLES_COLUMNS: tuple[str, ...] = (
-    "id",
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-    "productDisplayName",
-)
 
 _STYLES_ATTRIBUTES: tuple[str, ...] = tuple(c for c in STYLES_COLUMNS if c in FILTER_FIELDS)
 _STYLES_ATTRIBUTE_FIELDS: tuple[int, ...] = tuple(STYLES_COLUMNS.index(c) for c in _STYLES_ATTRIBUTES)
@@ -153,20 +139,21 @@ def _bad(line: int, record: Any, reason: str, image_key: str = "image") -> BadRo
 def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
     """Rows of the dataset's styles.csv; the image of product <id> is ``images/<id>.jpg`` beside it.
 
-    Some product names contain unquoted commas, so a line splits into more than 10 fields: the name takes the
-    rest (joined back with commas).  Fewer than 10 fields is a bad row.
+    Some product names contain unquoted commas, so a line splits into at most 10 fields and the name takes the
+    rest (`fashionsearch.catalogue.split_styles_line`); a CSV-quoted name is unquoted.  Fewer than 10 fields is a
+    bad row.
     """
     with open(styles_csv, encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
+        first = f.readline()
+        if not first:
             return
+        header = next(csv.reader([first]))
         if [h.strip() for h in header[: len(STYLES_COLUMNS)]] != list(STYLES_COLUMNS):
             raise ValueError(f"{styles_csv}: header is not the styles.csv format ({','.join(STYLES_COLUMNS)})")
-        for fields in reader:
-            line = reader.line_num
-            if not fields or (len(fields) == 1 and not fields[0].strip()):
+        for line, raw in enumerate(f, start=2):
+            if not raw.strip():
                 continue
+            fields = split_styles_line(raw)
             raw_id = fields[0].strip()
             image = f"images/{raw_id}.jpg"
             if len(fields) < len(STYLES_COLUMNS):
@@ -184,7 +171,7 @@ def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
                 text = fields[value].strip()
                 if text:
                     attributes[column] = text
-            name = ",".join(fields[len(STYLES_COLUMNS) - 1 :]).strip()
+            name = unquote_name(fields[-1]).strip()
             yield Row(id=product_id, image=image, name=name, attributes=attributes, year=year, line=line)
 
 

@@ -12,20 +12,6 @@ import numpy as np
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
 
-#: Payload keys as stored beside each vector (catalogue column names, plus the image reference).
-PAYLOAD_FIELDS: tuple[str, ...] = (
-    "name",
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-    "image_ref",
-)
-
 #: Payload key of the content hash an ingestion job stores with each item (not a catalogue field).
 CONTENT_HASH_KEY = "content_hash"
 

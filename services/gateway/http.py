@@ -30,11 +30,11 @@ import grpc
 from aiohttp import BodyPartReader, hdrs, web
 from grpc_health.v1 import health, health_pb2
 
+from fashionsearch.catalogue import PAYLOAD_FIELDS
 from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, Unavailable
 from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
-    PAYLOAD_FIELDS,
     AttributePrediction,
     CatalogueItem,
     FilterMode,

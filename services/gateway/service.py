@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fashionsearch import naming
+from fashionsearch.catalogue import PAYLOAD_FIELDS
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -34,7 +35,6 @@ from fashionsearch.store import (
 from services.gateway.clients import ClassifierPort, EmbedderPort
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
-    PAYLOAD_FIELDS,
     CatalogueItem,
     Classification,
     Embedding,

@@ -10,14 +10,9 @@ instead of the tiny ones.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -28,11 +23,11 @@ import grpc
 import pytest
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
+from tests.catalogue_items import catalogue_item, styles_rows
+from tests.process_stack import REPO_ROOT, ProcessStack, free_port
 
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT / "sample_catalogue"
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -57,15 +52,8 @@ if not CHROMIUM.exists():
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements/dev.txt)")
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _catalogue(everything: bool) -> list[dict[str, str]]:
-    with (SAMPLE / "styles.csv").open(newline="", encoding="utf-8") as f:
-        rows = [r for r in csv.DictReader(f) if (SAMPLE / "images" / f"{r['id']}.jpg").is_file()]
+    rows = styles_rows(SAMPLE)
     if everything:
         return rows
     picked: list[dict[str, str]] = []
@@ -74,41 +62,12 @@ def _catalogue(everything: bool) -> list[dict[str, str]]:
     return picked
 
 
-def _item(row: dict[str, str]) -> gateway_pb2.CatalogueItem:
-    return gateway_pb2.CatalogueItem(
-        id=int(row["id"]),
-        image=(SAMPLE / "images" / f"{row['id']}.jpg").read_bytes(),
-        payload=gateway_pb2.ItemPayload(
-            name=row["productDisplayName"],
-            gender=row["gender"],
-            master_category=row["masterCategory"],
-            sub_category=row["subCategory"],
-            article_type=row["articleType"],
-            base_colour=row["baseColour"],
-            season=row["season"],
-            year=int(float(row["year"])) if row["year"] else 0,
-            usage=row["usage"],
-            image_ref=f"images/{row['id']}.jpg",
-        ),
-    )
-
-
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
-
-
-def _wait_http(url: str, processes: list[tuple[subprocess.Popen, Path]], timeout_s: float = 90) -> None:
+def _wait_http(url: str, stack: ProcessStack, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        for process, log in processes:
+        for name, process in stack.processes.items():
             if process.poll() is not None:
-                pytest.fail(f"a service exited with {process.returncode}:\n{log.read_text()}")
+                pytest.fail(f"{name} exited with {process.returncode}:\n{stack.log(name).read_text()}")
         try:
             with urllib.request.urlopen(url, timeout=1) as response:
                 if response.status == 200:
@@ -123,34 +82,13 @@ def _wait_http(url: str, processes: list[tuple[subprocess.Popen, Path]], timeout
 def base_url(tmp_path_factory) -> Iterator[str]:
     if not (SAMPLE / "styles.csv").is_file():
         pytest.skip(f"{SAMPLE} is missing")
-    root = tmp_path_factory.mktemp("web")
     models = os.environ.get("WEB_PAGE_MODELS")
-    if models:
-        classifier_dir, embedder_dir = Path(models) / "classifier", Path(models) / "embedder"
-    else:
-        classifier_dir = write_tiny_classifier(root / "classifier")
-        embedder_dir = write_tiny_embedder(root / "embedder")
-    ports = {name: _free_port() for name in ("classifier", "embedder", "gateway", "http")}
-    envs = {
-        "services.classifier": {
-            "CLASSIFIER_PORT": str(ports["classifier"]),
-            "CLASSIFIER_HOST": "127.0.0.1",
-            "CLASSIFIER_MODEL_DIR": str(classifier_dir),
-            "CLASSIFIER_INTRA_OP_THREADS": "1",
-        },
-        "services.embedder": {
-            "EMBEDDER_PORT": str(ports["embedder"]),
-            "EMBEDDER_HOST": "127.0.0.1",
-            "EMBEDDER_MODEL_DIR": str(embedder_dir),
-            "EMBEDDER_INTRA_OP_THREADS": "1",
-        },
-        "services.gateway": {
-            "GATEWAY_PORT": str(ports["gateway"]),
-            "GATEWAY_HOST": "127.0.0.1",
-            "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{ports['classifier']}",
-            "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{ports['embedder']}",
-            "GATEWAY_DATA_DIR": str(root / "store"),
-            "GATEWAY_HTTP_PORT": str(ports["http"]),
+    http_port = free_port()
+    stack = ProcessStack(
+        tmp_path_factory.mktemp("web"),
+        gateway_env={
+            "GATEWAY_HTTP_ENABLED": "true",
+            "GATEWAY_HTTP_PORT": str(http_port),
             "GATEWAY_IMAGE_ROOT": str(SAMPLE),
             # Generous deadlines: this test is about the page, not latency, and CPUs may be busy.
             "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
@@ -158,31 +96,22 @@ def base_url(tmp_path_factory) -> Iterator[str]:
             "GATEWAY_EMBED_BATCH_TIMEOUT_S": "60",
             "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
         },
-    }
-    processes: list[tuple[subprocess.Popen, Path]] = []
+        classifier_model_dir=Path(models) / "classifier" if models else None,
+        embedder_model_dir=Path(models) / "embedder" if models else None,
+    )
     try:
-        for module, env in envs.items():
-            log = root / f"{module}.log"
-            with log.open("wb") as out:
-                process = subprocess.Popen(
-                    [sys.executable, "-m", module],
-                    cwd=REPO_ROOT,
-                    env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
-            processes.append((process, log))
-        url = f"http://127.0.0.1:{ports['http']}"
-        _wait_http(url + "/healthz", processes)
-        with grpc.insecure_channel(f"127.0.0.1:{ports['gateway']}") as channel:
+        stack.start()
+        url = f"http://127.0.0.1:{http_port}"
+        _wait_http(url + "/healthz", stack)
+        with grpc.insecure_channel(stack.address("gateway")) as channel:
             stub = gateway_pb2_grpc.GatewayStub(channel)
-            requests = (gateway_pb2.UpsertItemsRequest(item=_item(r)) for r in _catalogue(everything=bool(models)))
+            rows = _catalogue(everything=bool(models))
+            requests = (gateway_pb2.UpsertItemsRequest(item=catalogue_item(SAMPLE, r)) for r in rows)
             replies = list(stub.UpsertItems(requests, timeout=600))
         assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
         yield url
     finally:
-        for process, _ in reversed(processes):
-            _stop(process)
+        stack.stop()
 
 
 @pytest.fixture(scope="module")

@@ -10,18 +10,9 @@ from typing import Any
 
 from PIL import Image
 
-STYLES_HEADER = [
-    "id",
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-    "productDisplayName",
-]
+from fashionsearch.catalogue import STYLES_COLUMNS
+
+STYLES_HEADER = list(STYLES_COLUMNS)
 
 
 def product_jpeg(i: int, *, variant: int = 0) -> bytes:

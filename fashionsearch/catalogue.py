@@ -1,0 +1,63 @@
+"""The catalogue's fields, shared by the indexer, the gateway, the store and training: the dataset's styles.csv
+columns, the attribute (filter) fields, the payload keys stored beside each vector, and the one styles.csv line
+parser.
+"""
+
+from __future__ import annotations
+
+import csv
+
+#: Column order of the dataset's styles.csv.
+STYLES_COLUMNS: tuple[str, ...] = (
+    "id",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "productDisplayName",
+)
+
+#: The attributes of a product: what a classifier predicts and what a search may filter on (exact match).
+FILTER_FIELDS: tuple[str, ...] = (
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "usage",
+)
+
+#: Payload keys as stored beside each vector (catalogue column names, plus the image reference).
+PAYLOAD_FIELDS: tuple[str, ...] = (
+    "name",
+    "gender",
+    "masterCategory",
+    "subCategory",
+    "articleType",
+    "baseColour",
+    "season",
+    "year",
+    "usage",
+    "image_ref",
+)
+
+
+def split_styles_line(line: str) -> list[str]:
+    """The fields of one styles.csv data line, unstripped: at most 10, the product name takes the rest of the line
+    (some names hold unquoted commas).  Fewer than 10 fields means a bad line; the name may still be CSV-quoted
+    (see `unquote_name`)."""
+    return line.rstrip("\r\n").split(",", len(STYLES_COLUMNS) - 1)
+
+
+def unquote_name(raw: str) -> str:
+    """A CSV-quoted product name unquoted (two names in the dataset are); any other name as it is."""
+    if raw.startswith('"'):
+        parsed = next(csv.reader([raw]))
+        if len(parsed) == 1:
+            return parsed[0]
+    return raw
