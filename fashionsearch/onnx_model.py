@@ -13,6 +13,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Self
 
 import numpy as np
 import onnxruntime as ort
@@ -162,6 +163,39 @@ class OnnxModel:
                         "the contract needs probabilities"
                     )
         logger.info("warm-up passed for %s", self.spec.identity)
+
+
+class OnnxAdapter:
+    """The part every service's model adapter shares: the checked OnnxModel it owns, loading by kind, the model's
+    identity and input size, and the warm-up. Subclasses set `kind` and add their own prediction method."""
+
+    kind: ClassVar[str]
+
+    def __init__(self, model: OnnxModel) -> None:
+        self._model = model
+
+    @classmethod
+    def from_dir(
+        cls, model_dir: str | os.PathLike[str], *, intra_op_threads: int = 1, inter_op_threads: int = 1
+    ) -> Self:
+        model = OnnxModel(
+            model_dir,
+            expected_kind=cls.kind,
+            intra_op_threads=intra_op_threads,
+            inter_op_threads=inter_op_threads,
+        )
+        return cls(model)
+
+    @property
+    def identity(self) -> ModelIdentity:
+        return self._model.identity
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._model.input_size
+
+    def warm_up(self) -> None:
+        self._model.warm_up()
 
 
 def _shape_matches(actual: Sequence[object], expected: Sequence[object]) -> bool:

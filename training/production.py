@@ -78,7 +78,7 @@ DEFAULT_MINUTES = 48.0  # training loop; calibration and export take a few minut
 PEAK_LR = 2e-3
 WEIGHT_DECAY = 5e-5
 WARMUP = 0.03
-AUGMENT = data.Augmentation(shift=0.05, zoom=0.05, rotation_deg=3.0, hflip=True)
+AUGMENT = data.Augmentation(shift=0.06, zoom=0.08, rotation_deg=6.0, hflip=True)
 
 EMBEDDING_DIMS = (16, 32, 64, 128)
 EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}

@@ -7,7 +7,7 @@ search with vectors from another embedder can be refused instead of returning no
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
 
@@ -160,3 +160,22 @@ def as_vector(vector: Any, dim: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise StoreError("vector contains NaN or infinity")
     return arr
+
+
+def unique_ids(ids: Sequence[int]) -> list[int]:
+    """The ids as ints, each once, in the order first given."""
+    return [int(i) for i in dict.fromkeys(ids)]
+
+
+def stored_points(wanted: Sequence[int], records: Mapping[int, Any]) -> list[StoredPoint]:
+    """StoredPoints in the order asked, for the ids a Qdrant retrieve found (id -> record with vector and payload)."""
+    return [
+        StoredPoint(id=i, vector=np.asarray(records[i].vector, dtype=np.float32), payload=records[i].payload or {})
+        for i in wanted
+        if i in records
+    ]
+
+
+def scored_hits(points: Iterable[Any]) -> list[Hit]:
+    """Hits from Qdrant scored points, whose score is the Euclidean distance."""
+    return [Hit(id=int(p.id), distance=float(p.score), payload=p.payload or {}) for p in points]

@@ -18,6 +18,7 @@ from fashionsearch.store.base import (
     StoreError,
     as_vector,
     check_filters,
+    unique_ids,
 )
 
 
@@ -56,7 +57,7 @@ class BruteForceIndex:
 
     def delete(self, ids: Sequence[int]) -> list[int]:
         with self._lock:
-            gone = [int(i) for i in dict.fromkeys(ids) if int(i) in self._vectors]
+            gone = [i for i in unique_ids(ids) if i in self._vectors]
             for pid in gone:
                 del self._vectors[pid]
                 del self._payloads[pid]
@@ -65,9 +66,9 @@ class BruteForceIndex:
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
         with self._lock:
             return [
-                StoredPoint(id=int(i), vector=self._vectors[int(i)].copy(), payload=dict(self._payloads[int(i)]))
-                for i in dict.fromkeys(ids)
-                if int(i) in self._vectors
+                StoredPoint(id=i, vector=self._vectors[i].copy(), payload=dict(self._payloads[i]))
+                for i in unique_ids(ids)
+                if i in self._vectors
             ]
 
     def search(

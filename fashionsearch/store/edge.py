@@ -39,6 +39,9 @@ from fashionsearch.store.base import (
     StoreError,
     as_vector,
     check_filters,
+    scored_hits,
+    stored_points,
+    unique_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -198,7 +201,7 @@ class EdgeIndex:
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
     def delete(self, ids: Sequence[int]) -> list[int]:
-        wanted = [int(i) for i in dict.fromkeys(ids)]
+        wanted = unique_ids(ids)
         with self._lock:
             self._require_open()
             if self._shard is None or not wanted:
@@ -209,17 +212,13 @@ class EdgeIndex:
             return [i for i in wanted if i in set(present)]
 
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
-        wanted = [int(i) for i in dict.fromkeys(ids)]
+        wanted = unique_ids(ids)
         with self._lock:
             self._require_open()
             if self._shard is None or not wanted:
                 return []
             records = {int(r.id): r for r in self._shard.retrieve(wanted, with_payload=True, with_vector=True)}
-        return [
-            StoredPoint(id=i, vector=np.asarray(records[i].vector, dtype=np.float32), payload=records[i].payload or {})
-            for i in wanted
-            if i in records
-        ]
+        return stored_points(wanted, records)
 
     def search(
         self,
@@ -243,7 +242,7 @@ class EdgeIndex:
                 params=self._params,
             )
             points = self._shard.query(request)
-        return [Hit(id=int(p.id), distance=float(p.score), payload=p.payload or {}) for p in points]
+        return scored_hits(points)
 
     def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
         """Every point's id with the named payload fields (no vectors), page by page; for batch jobs."""

@@ -29,6 +29,9 @@ from fashionsearch.store.base import (
     StoreUnavailableError,
     as_vector,
     check_filters,
+    scored_hits,
+    stored_points,
+    unique_ids,
 )
 
 logger = logging.getLogger(__name__)
@@ -159,7 +162,7 @@ class QdrantServerIndex:
 
     @_reachable
     def delete(self, ids: Sequence[int]) -> list[int]:
-        wanted = [int(i) for i in dict.fromkeys(ids)]
+        wanted = unique_ids(ids)
         with self._lock:
             self._require_open()
             if self._info is None or not wanted:
@@ -171,7 +174,7 @@ class QdrantServerIndex:
 
     @_reachable
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
-        wanted = [int(i) for i in dict.fromkeys(ids)]
+        wanted = unique_ids(ids)
         with self._lock:
             self._require_open()
             if self._info is None or not wanted:
@@ -179,11 +182,7 @@ class QdrantServerIndex:
             records = {
                 int(r.id): r for r in self._client.retrieve(self._name, wanted, with_payload=True, with_vectors=True)
             }
-        return [
-            StoredPoint(id=i, vector=np.asarray(records[i].vector, dtype=np.float32), payload=records[i].payload or {})
-            for i in wanted
-            if i in records
-        ]
+        return stored_points(wanted, records)
 
     @_reachable
     def search(
@@ -207,7 +206,7 @@ class QdrantServerIndex:
                 with_payload=True,
                 with_vectors=False,
             )
-        return [Hit(id=int(p.id), distance=float(p.score), payload=p.payload or {}) for p in response.points]
+        return scored_hits(response.points)
 
     def _count_raw(self) -> int:
         return int(self._client.count(self._name, exact=True).count)

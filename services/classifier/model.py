@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -12,7 +11,7 @@ from PIL import Image
 
 from fashionsearch.model_contract import preprocess
 from fashionsearch.naming import suggest_keywords, suggest_name
-from fashionsearch.onnx_model import ModelIdentity, OnnxModel
+from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
 
 
 @dataclass(frozen=True)
@@ -56,41 +55,20 @@ class Classifier(Protocol):
     def warm_up(self) -> None: ...
 
 
-class OnnxClassifier:
+class OnnxClassifier(OnnxAdapter):
     """A multi-head softmax classifier in ONNX, described by its model.json."""
+
+    kind = "classifier"
 
     def __init__(self, model: OnnxModel) -> None:
         if model.spec.kind != "classifier":
             raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not a classifier")
-        self._model = model
+        super().__init__(model)
         self._heads = model.spec.outputs
-
-    @classmethod
-    def from_dir(
-        cls, model_dir: str | os.PathLike[str], *, intra_op_threads: int = 1, inter_op_threads: int = 1
-    ) -> OnnxClassifier:
-        model = OnnxModel(
-            model_dir,
-            expected_kind="classifier",
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-        )
-        return cls(model)
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._model.identity
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._model.input_size
 
     @property
     def attributes(self) -> tuple[str, ...]:
         return tuple(head.attribute for head in self._heads)
-
-    def warm_up(self) -> None:
-        self._model.warm_up()
 
     def classify(self, images: Sequence[Image.Image], top_k: int) -> list[Classification]:
         if not images:

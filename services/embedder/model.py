@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -10,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from fashionsearch.model_contract import preprocess
-from fashionsearch.onnx_model import ModelIdentity, OnnxModel
+from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
 
 
 class Embedder(Protocol):
@@ -34,42 +33,21 @@ class Embedder(Protocol):
     def warm_up(self) -> None: ...
 
 
-class OnnxEmbedder:
+class OnnxEmbedder(OnnxAdapter):
     """An ONNX model with one (batch, dim) output, compared by Euclidean distance, described by model.json."""
+
+    kind = "embedder"
 
     def __init__(self, model: OnnxModel) -> None:
         if model.spec.kind != "embedder" or model.spec.embedding is None:
             raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not an embedder")
-        self._model = model
+        super().__init__(model)
         self._output = model.spec.embedding.output
         self._dim = model.spec.embedding.dim
-
-    @classmethod
-    def from_dir(
-        cls, model_dir: str | os.PathLike[str], *, intra_op_threads: int = 1, inter_op_threads: int = 1
-    ) -> OnnxEmbedder:
-        model = OnnxModel(
-            model_dir,
-            expected_kind="embedder",
-            intra_op_threads=intra_op_threads,
-            inter_op_threads=inter_op_threads,
-        )
-        return cls(model)
-
-    @property
-    def identity(self) -> ModelIdentity:
-        return self._model.identity
-
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self._model.input_size
 
     @property
     def dim(self) -> int:
         return self._dim
-
-    def warm_up(self) -> None:
-        self._model.warm_up()
 
     def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
         if not images:

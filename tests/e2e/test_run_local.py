@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,13 @@ import grpc
 import pytest
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+from tests.process_stack import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_catalogue"
 READY = "fashionsearch is running"
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _launch(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str], float]:
@@ -67,7 +61,7 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_fast(tmp_path):
     for model in ("classifier", "embedder"):
         if not (REPO / "models" / model / "model.onnx").is_file():
             pytest.fail(f"models/{model} is missing: a fresh clone must serve without training")
-    ports = {name: _free_port() for name in ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP")}
+    ports = {name: free_port() for name in ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP")}
 
     proc, _, first_s = _launch(tmp_path, ports)
     try:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
+
+from tests.png_bytes import png_declaring
 
 
 def jpeg(colour: tuple[int, int, int] | str, size: tuple[int, int] = (60, 80), stripe: bool = True) -> bytes:
@@ -25,21 +25,6 @@ def png(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
-
-
-def _png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height pixels: a decompression bomb's shape."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + _png_chunk(b"IEND", b"")
-    )
 
 
 GOOD = jpeg("red")

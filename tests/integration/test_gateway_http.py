@@ -34,6 +34,7 @@ from fashionsearch.errors import (
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.http import create_app, start_http
 from services.gateway.settings import Settings as GatewaySettings
+from tests.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -48,12 +49,6 @@ COLOURS = {
     "Green": (30, 150, 60),
 }
 SUBCATEGORIES = ("Topwear", "Bottomwear", "Shoes")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def _catalogue(image_root: Path) -> list[gateway_pb2.CatalogueItem]:

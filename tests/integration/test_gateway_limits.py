@@ -19,6 +19,7 @@ from gateway_stack import Stack, jpeg, start_stack
 
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.bootstrap import max_message_bytes
+from tests.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -26,12 +27,6 @@ HOST = "127.0.0.1"
 MAX_IMAGE = 64 * 1024
 MAX_BODY = 128 * 1024
 GOOD = jpeg((30, 150, 60))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fashionsearch.healthcheck import is_serving
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
+from tests.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +26,6 @@ HOST = "127.0.0.1"
 READ = "read-key-0123456789abcdef"
 WRITE = "write-key-0123456789abcdef"
 IMAGE = jpeg((200, 30, 30))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 def item(item_id: int) -> gateway_pb2.CatalogueItem:

@@ -15,7 +15,6 @@ import os
 import resource
 import struct
 import sys
-import zlib
 from datetime import timedelta
 from typing import Any
 
@@ -35,6 +34,7 @@ from services.gateway.domain import FilterMode, SearchOptions
 from services.gateway.http import options_from_json, options_from_params
 from services.gateway.service import GatewayService, Limits
 from services.gateway.servicer import search_options
+from tests.png_bytes import png_declaring
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 #: No single input may take longer than this to decode or validate (generous: CI machines are shared).
@@ -159,10 +159,6 @@ def test_mutated_images_decode_or_are_refused(seed: str, edits: list, keep: floa
     _check_decoded(bytes(data[: max(1, int(len(data) * keep))]), TARGET if draft else None)
 
 
-def _png_chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
 @FUZZ
 @given(
     width=st.integers(0, 2**31 - 1),
@@ -173,14 +169,7 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
 def test_png_headers_declaring_any_size_never_allocate_it(width: int, height: int, depth_colour, idat: bytes) -> None:
     """A valid-CRC IHDR with any dimensions: refused from the header, or decoded within the pixel limit."""
     depth, colour = depth_colour
-    header = struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0)
-    data = (
-        b"\x89PNG\r\n\x1a\n"
-        + _png_chunk(b"IHDR", header)
-        + _png_chunk(b"IDAT", zlib.compress(idat))
-        + _png_chunk(b"IEND", b"")
-    )
-    _check_decoded(data)
+    _check_decoded(png_declaring(width, height, depth=depth, colour=colour, idat=idat))
 
 
 @FUZZ

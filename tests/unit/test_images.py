@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,6 +12,7 @@ from PIL import Image
 
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.images import ImageLimits, decode_image, decode_images, to_rgb
+from tests.png_bytes import png_declaring
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
@@ -25,21 +24,6 @@ def encode(image: Image.Image, fmt: str, **params: object) -> bytes:
 def noise(width: int, height: int, seed: int = 0) -> Image.Image:
     pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
     return Image.fromarray(pixels)
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A tiny PNG file whose header claims width x height RGB pixels (its data is a few bytes)."""
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", header)
-        + png_chunk(b"IDAT", zlib.compress(b"\x00" * 64))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
