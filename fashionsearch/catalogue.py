@@ -21,30 +21,13 @@ STYLES_COLUMNS: tuple[str, ...] = (
     "productDisplayName",
 )
 
-#: The attributes of a product: what a classifier predicts and what a search may filter on (exact match).
-FILTER_FIELDS: tuple[str, ...] = (
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "usage",
-)
+#: The attributes of a product: what a classifier predicts and what a search may filter on (exact match); the
+#: styles.csv columns between the id and the name, except the year.
+FILTER_FIELDS: tuple[str, ...] = tuple(c for c in STYLES_COLUMNS[1:-1] if c != "year")
 
-#: Payload keys as stored beside each vector (catalogue column names, plus the image reference).
-PAYLOAD_FIELDS: tuple[str, ...] = (
-    "name",
-    "gender",
-    "masterCategory",
-    "subCategory",
-    "articleType",
-    "baseColour",
-    "season",
-    "year",
-    "usage",
-    "image_ref",
-)
+#: Payload keys as stored beside each vector: the name, the styles.csv columns between the id and the name (the
+#: attributes and the year), and the image reference.
+PAYLOAD_FIELDS: tuple[str, ...] = ("name", *STYLES_COLUMNS[1:-1], "image_ref")
 
 
 def split_styles_line(line: str) -> list[str]:
