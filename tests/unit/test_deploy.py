@@ -58,3 +58,29 @@ def test_compose_config_validates():
         pytest.skip("docker-compose is not installed (Debian: apt-get install --no-install-recommends docker-compose)")
     result = subprocess.run([tool, "-f", str(COMPOSE), "config", "-q"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+CLUSTER = REPO / "deploy" / "docker-compose.cluster.yml"
+
+
+def test_cluster_variant_runs_three_replicated_nodes_behind_the_same_address():
+    services = yaml.safe_load(CLUSTER.read_text())["services"]
+    nodes = [name for name in services if name.startswith("qdrant")]
+    assert len(nodes) == 3
+    for name in nodes:
+        env = services[name]["environment"]
+        assert env["QDRANT__CLUSTER__ENABLED"] == "true"
+        assert env["QDRANT__STORAGE__COLLECTION__REPLICATION_FACTOR"] == "2"
+    assert set(services["gateway"]["depends_on"]) >= set(nodes)
+    # The gateway's configuration is untouched: it reaches the cluster through node 1's name.
+    assert "environment" not in services["gateway"]
+    assert compose_services()["gateway"]["environment"]["GATEWAY_QDRANT_URL"] == "http://qdrant:6333"
+
+
+def test_cluster_variant_validates_as_an_override():
+    tool = shutil.which("docker-compose")
+    if tool is None:
+        pytest.skip("docker-compose is not installed (Debian: apt-get install --no-install-recommends docker-compose)")
+    command = [tool, "-f", str(COMPOSE), "-f", str(CLUSTER), "config", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
