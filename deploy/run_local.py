@@ -88,8 +88,10 @@ def main() -> int:
     classifier, embedder = port("CLASSIFIER", 50051), port("EMBEDDER", 50052)
     gateway, http = port("GATEWAY", 50050), port("HTTP", 8080)
     stack = Stack()
-    # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does.
+    # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does. SIGINT is set too: a
+    # shell script's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt.
     signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         print(f"Starting fashionsearch (logs in {VAR / 'logs'}):", flush=True)
         stack.start("classifier", {"CLASSIFIER_PORT": str(classifier), "CLASSIFIER_HOST": "127.0.0.1"})

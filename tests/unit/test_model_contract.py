@@ -10,6 +10,7 @@ from fashionsearch.model_contract import (
     ModelSpec,
     OutputHead,
     file_sha256,
+    normalize,
     preprocess,
 )
 
@@ -94,6 +95,18 @@ def test_preprocess_normalizes_per_channel():
     out = preprocess([pixels], spec)
     assert out.shape == (1, 2, 2, 3) and out.dtype == np.float32
     np.testing.assert_allclose(out[0, 0, 0], [1.0, 1.0, 0.5], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("mean", "std"), [((1.0, 1.0, 1.0), (1.0, 1.0, 1.0)), ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+)
+def test_normalize_is_bit_identical_to_the_broadcast_formula(mean, std):
+    # The fast paths (scalar, strided per channel) must not move a single bit: training evaluation, the parity
+    # gate and serving all rely on this one function.
+    spec = InputSpec(name="x", height=8, width=6, scale=1 / 127.5, mean=mean, std=std)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 8, 6, 3), dtype=np.uint8)
+    expected = ((pixels.astype(np.float32) * np.float32(spec.scale)) - np.float32(mean)) / np.float32(std)
+    np.testing.assert_array_equal(normalize(pixels, spec), expected)
 
 
 def test_preprocess_same_for_pil_and_array_and_converts_modes():
