@@ -74,7 +74,7 @@ HEAD_DROPOUT = 0.2
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 64
-DEFAULT_MINUTES = 48.0  # training loop; calibration and export take a few minutes more
+DEFAULT_MINUTES = 50.0  # training loop; calibration and export take a few minutes more
 PEAK_LR = 2e-3
 WEIGHT_DECAY = 5e-5
 WARMUP = 0.03
@@ -409,6 +409,8 @@ def train_classifier(
         loss=losses,
         loss_weights=LOSS_WEIGHTS,
         metrics={a: [MaskedAccuracy()] for a in HEAD_ATTRIBUTES},
+        # Without XLA: on the 2-core CPU, depthwise convolutions train at 365 img/s against 283 with it.
+        jit_compile=False,
     )
 
     # Resume a crashed run with the same settings from its last epoch.
