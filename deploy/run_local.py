@@ -79,6 +79,40 @@ class Stack:
         self.children.clear()
 
 
+def stored_embedder_is_stale(gateway: int) -> str | None:
+    """ "old -> new" when the catalogue holds vectors of another embedder than the running one (a model upgrade
+    came with a `git pull`), else None."""
+    import grpc
+
+    from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{gateway}") as channel:
+        stats = gateway_pb2_grpc.GatewayStub(channel).GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+    if not stats.HasField("stored_embedder"):
+        return None
+    stored, running = stats.stored_embedder, stats.running_embedder
+    if (stored.name, stored.version) == (running.name, running.version):
+        return None
+    return f"{stored.name}@{stored.version} -> {running.name}@{running.version}"
+
+
+def index_sample_catalogue(gateway: int, embedder: int) -> None:
+    """Through the gateway, embedding only new or changed items. After an embedder upgrade the catalogue is
+    rebuilt beside the live one (the indexer's Edge mode) and the gateway follows the alias once it is complete."""
+    command = [sys.executable, "-m", "jobs.indexer", "--dataset", str(REPO / "sample_catalogue")]
+    command += ["--rejects", str(VAR / "indexer-rejects.csv")]
+    upgrade = stored_embedder_is_stale(gateway)
+    if upgrade:
+        print(f"Re-embedding the sample catalogue for the new embedder ({upgrade}):", flush=True)
+        command += ["--edge-dir", str(VAR / "qdrant-edge"), "--embedder", f"127.0.0.1:{embedder}"]
+    else:
+        print("Indexing the sample catalogue (only new or changed items are embedded):", flush=True)
+        command += ["--gateway", f"127.0.0.1:{gateway}"]
+    indexer = subprocess.run(command, cwd=REPO)
+    if indexer.returncode not in (0, 2):  # 2: some rows rejected (listed in the reject file); the rest is in
+        raise SystemExit(f"indexing failed with exit code {indexer.returncode}")
+
+
 def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
@@ -114,23 +148,7 @@ def main() -> int:
         )
         stack.wait_serving("gateway", f"127.0.0.1:{gateway}")
 
-        print("Indexing the sample catalogue (only new or changed items are embedded):", flush=True)
-        indexer = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "jobs.indexer",
-                "--dataset",
-                str(REPO / "sample_catalogue"),
-                "--gateway",
-                f"127.0.0.1:{gateway}",
-                "--rejects",
-                str(VAR / "indexer-rejects.csv"),
-            ],
-            cwd=REPO,
-        )
-        if indexer.returncode not in (0, 2):
-            raise SystemExit(f"indexing failed with exit code {indexer.returncode}")
+        index_sample_catalogue(gateway, embedder)
 
         print(
             "\nfashionsearch is running:\n"

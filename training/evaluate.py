@@ -374,11 +374,15 @@ def _header(spec: ModelSpec, dataset: data.Dataset, split: Mapping[int, str]) ->
     ]
     training = spec.extra.get("training", {})
     if training:
+        # Only what the recipe recorded: a schedule-driven run has no "best epoch", a projection no epoch count.
+        epochs = training.get("epochs_run", training.get("settings", {}).get("epochs"))
+        run = f"{epochs} epochs" if epochs is not None else "trained"
+        if training.get("best_epoch") is not None:
+            run += f" (best epoch {training['best_epoch']})"
         lines += [
             "## Training",
             "",
-            f"Recipe `{training.get('recipe', '?')}`, {training.get('parameters', '?')} parameters; "
-            f"{training.get('epochs_run', '?')} epochs run (best epoch {training.get('best_epoch', '?')}) in "
+            f"Recipe `{training.get('recipe', '?')}`, {training.get('parameters', '?')} parameters; {run} in "
             f"{training.get('seconds', 0) / 60:.1f} minutes on this machine's CPU; settings: "
             f"`{training.get('settings', {})}`.",
             "",

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,8 +24,10 @@ SAMPLE = REPO / "sample_catalogue"
 READY = "fashionsearch is running"
 
 
-def _launch(var_dir: Path, ports: dict[str, int]) -> tuple[subprocess.Popen, list[str], float]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASHIONSEARCH_VAR_DIR": str(var_dir)}
+def _launch(
+    var_dir: Path, ports: dict[str, int], extra_env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, list[str], float]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "FASHIONSEARCH_VAR_DIR": str(var_dir), **(extra_env or {})}
     env.update({f"FASHIONSEARCH_{name}_PORT": str(port) for name, port in ports.items()})
     started = time.monotonic()
     proc = subprocess.Popen(
@@ -87,3 +91,23 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_fast(tmp_path):
     # Nothing changed, so the second start embeds nothing and is quicker than the first.
     assert any("unchanged" in line for line in lines), "\n".join(lines)
     assert second_s < first_s, (first_s, second_s)
+
+    # A `git pull` brings a new embedder version: the next start re-embeds the catalogue beside the live one and
+    # the gateway serves the new vectors, instead of refusing to index.
+    upgraded = tmp_path / "embedder-upgraded"
+    shutil.copytree(REPO / "models" / "embedder", upgraded)
+    spec = json.loads((upgraded / "model.json").read_text())
+    spec["version"] = f"{spec['version']}-upgraded"
+    (upgraded / "model.json").write_text(json.dumps(spec))
+    proc, lines, _ = _launch(tmp_path, ports, {"EMBEDDER_MODEL_DIR": str(upgraded)})
+    try:
+        assert any("Re-embedding the sample catalogue" in line for line in lines), "\n".join(lines)
+        with grpc.insecure_channel(f"127.0.0.1:{ports['GATEWAY']}") as channel:
+            gateway = gateway_pb2_grpc.GatewayStub(channel)
+            stats = gateway.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+            assert stats.stored_embedder.version == spec["version"]
+            assert stats.item_count == len((SAMPLE / "styles.csv").read_text().splitlines()) - 1
+            reply = gateway.SearchById(gateway_pb2.SearchByIdRequest(id=query_id), timeout=10)
+        assert len(reply.hits) == 5
+    finally:
+        assert _stop(proc) == 0
