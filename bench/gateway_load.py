@@ -144,7 +144,7 @@ def timed(call, repeats: int) -> float:
 
 def split(stack: ProcessStack, image: bytes, stored_id: int, repeats: int) -> dict[str, float]:
     """Median ms of each stage, sequentially."""
-    specs = {name: ModelSpec.load(stack.root / name) for name in ("classifier", "embedder")}
+    specs = {name: ModelSpec.load(stack.model_dir(name)) for name in ("classifier", "embedder")}
     limits = ImageLimits()
     settings = Settings.from_env(stack.env("gateway"))
 

@@ -59,7 +59,8 @@ class ProcessStack:
     def address(self, name: str) -> str:
         return f"{HOST}:{self.ports[name]}"
 
-    def _model(self, name: str) -> Path:
+    def model_dir(self, name: str) -> Path:
+        """The model folder the service `name` ("classifier" or "embedder") runs: the given one, else a tiny model."""
         given = self.classifier_model_dir if name == "classifier" else self.embedder_model_dir
         if given is not None:
             return given
@@ -73,7 +74,7 @@ class ProcessStack:
             return {
                 "CLASSIFIER_PORT": str(self.ports[name]),
                 "CLASSIFIER_HOST": HOST,
-                "CLASSIFIER_MODEL_DIR": str(self._model("classifier")),
+                "CLASSIFIER_MODEL_DIR": str(self.model_dir("classifier")),
                 "CLASSIFIER_INTRA_OP_THREADS": "1",
                 "CLASSIFIER_LOG_LEVEL": "WARNING",
                 **self.classifier_env,
@@ -82,7 +83,7 @@ class ProcessStack:
             return {
                 "EMBEDDER_PORT": str(self.ports[name]),
                 "EMBEDDER_HOST": HOST,
-                "EMBEDDER_MODEL_DIR": str(self._model("embedder")),
+                "EMBEDDER_MODEL_DIR": str(self.model_dir("embedder")),
                 "EMBEDDER_INTRA_OP_THREADS": "1",
                 "EMBEDDER_LOG_LEVEL": "WARNING",
                 **self.embedder_env,
