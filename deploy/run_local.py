@@ -19,7 +19,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+import grpc  # noqa: E402
+
 from fashionsearch.healthcheck import is_serving  # noqa: E402
+from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 
 VAR = Path(os.environ.get("FASHIONSEARCH_VAR_DIR", REPO / "var")).resolve()
 START_TIMEOUT_S = 90.0
@@ -82,10 +85,6 @@ class Stack:
 def stored_embedder_is_stale(gateway: int) -> str | None:
     """ "old -> new" when the catalogue holds vectors of another embedder than the running one (a model upgrade
     came with a `git pull`), else None."""
-    import grpc
-
-    from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
-
     with grpc.insecure_channel(f"127.0.0.1:{gateway}") as channel:
         stats = gateway_pb2_grpc.GatewayStub(channel).GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
     if not stats.HasField("stored_embedder"):
