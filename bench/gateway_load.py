@@ -10,7 +10,7 @@ for --seconds from one asyncio client process.
 
 The split (concurrency 1, sequential): "shrink" is the gateway decoding a large photo once and re-encoding it
 small (services/gateway/prepare.py; 0 when the image is below GATEWAY_SHRINK_ABOVE_PIXELS); "decode x2" is
-fashionsearch.images.decode_image + preprocess of what the services then receive, as each of classifier and
+fashionsearch.images.decode_pixels + preprocess of what the services then receive, as each of classifier and
 embedder does it once per search; "classify" and "embed" are direct calls to those services with those bytes
 (their own decode included); "search" is the gateway's SearchById (gRPC hop + filtered top-5 in the store, no
 model call); "Search" is the whole gateway call. --no-shrink measures the gateway without the shrink step.
@@ -39,7 +39,7 @@ import grpc.aio  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from fashionsearch.images import ImageLimits, decode_image  # noqa: E402
+from fashionsearch.images import ImageLimits, decode_pixels  # noqa: E402
 from fashionsearch.model_contract import ModelSpec, preprocess  # noqa: E402
 from fashionsearch.v1 import (  # noqa: E402
     classifier_pb2,
@@ -155,7 +155,7 @@ def split(stack: ProcessStack, image: bytes, stored_id: int, repeats: int) -> di
 
     def decode() -> None:
         for spec in specs.values():
-            preprocess([decode_image(sent, limits, (spec.input.width, spec.input.height))], spec.input)
+            preprocess([decode_pixels(sent, limits, (spec.input.width, spec.input.height))], spec.input)
 
     with (
         grpc.insecure_channel(stack.address("classifier"), options=[("grpc.max_send_message_length", -1)]) as c,

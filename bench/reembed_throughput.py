@@ -5,7 +5,7 @@ address), then runs the indexer job (jobs.indexer) over the catalogue:
 
 1. full re-embed straight to a new Qdrant Edge collection (EmbedBatch + ClassifyBatch for missing attributes);
 2. the incremental re-run on the unchanged catalogue (embeds nothing);
-3. full re-embed through the gateway's UpsertItems stream, and its incremental re-run (--mode gateway|both).
+3. full re-embed through the gateway's UpsertBatch calls, and its incremental re-run (--mode gateway|both).
 
 It then times the embedder's own stages on a sample (decode, preprocess, ONNX inference) in this process, with the
 same functions the service uses, to show where the embed RPC time goes.
@@ -13,7 +13,8 @@ same functions the service uses, to show where the embed RPC time goes.
 Catalogue: FASHIONSEARCH_DATA (the real dataset, ~40k images) or --data; else sample_catalogue/.  Models:
 models/embedder and models/classifier when present, else the tiny test models (say which in the output).
 
-    python bench/reembed_throughput.py [--data DIR] [--limit N] [--mode direct|gateway|both] [--threads 2]
+    python bench/reembed_throughput.py [--data DIR] [--limit N] [--mode direct|gateway|both] [--threads 1]
+        [--inflight 4]
 """
 
 from __future__ import annotations
@@ -67,7 +68,22 @@ def pick_models(tmp: Path) -> tuple[Path, Path, str]:
     )
 
 
-def report(title: str, summary: Summary) -> None:
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (this one when pid is None), from /proc."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_by_process(stack: ProcessStack) -> dict[str, float]:
+    cpu = {name: cpu_seconds(stack.pid(name)) for name in ("embedder", "classifier", "gateway")}
+    cpu["indexer (this process)"] = cpu_seconds()
+    return cpu
+
+
+def report(title: str, summary: Summary, cpu_before: dict[str, float], cpu_after: dict[str, float]) -> None:
     print(f"\n== {title}")
     print(
         f"   added {summary.added}  updated {summary.updated}  unchanged {summary.unchanged}  "
@@ -80,11 +96,17 @@ def report(title: str, summary: Summary) -> None:
     for stage, seconds in summary.stage_s.items():
         share = seconds / summary.elapsed_s if summary.elapsed_s else 0
         print(f"   {stage:<40} {seconds:8.2f} s  ({share:5.0%} of wall; batches overlap)")
+    used = {name: cpu_after[name] - cpu_before[name] for name in cpu_after}
+    total = sum(used.values())
+    cores = os.cpu_count() or 1
+    print(f"   CPU time by process: {total:.1f} s of the {summary.elapsed_s * cores:.1f} s that {cores} cores offer")
+    for name, seconds in used.items():
+        print(f"     {name:<38} {seconds:8.2f} s  ({seconds / max(summary.elapsed_s, 1e-9):4.0%} of one core)")
 
 
 def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample: int) -> None:
     """Decode / preprocess / inference per image, in this process, with the service's own functions."""
-    from fashionsearch.images import decode_images
+    from fashionsearch.images import decode_batch
     from fashionsearch.model_contract import preprocess
     from services.embedder.model import OnnxEmbedder
 
@@ -105,7 +127,7 @@ def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample
     for start_at in range(0, len(blobs), 64):
         chunk = blobs[start_at : start_at + 64]
         t0 = time.perf_counter()
-        images = decode_images(chunk, target_size=(width, height))
+        images = decode_batch(chunk, target_size=(width, height))
         t1 = time.perf_counter()
         batch = preprocess(images, spec)
         t2 = time.perf_counter()
@@ -127,9 +149,9 @@ def main() -> int:
     parser.add_argument("--data", type=Path, help="dataset folder (styles.csv + images/)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows")
     parser.add_argument("--mode", choices=("direct", "gateway", "both"), default="both")
-    parser.add_argument("--threads", type=int, default=2, help="ONNX intra-op threads of each model service")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads per model service (deployed: 1)")
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--inflight", type=int, default=2)
+    parser.add_argument("--inflight", type=int, default=Options.inflight)
     parser.add_argument("--sample", type=int, default=2048, help="images for the in-process embedder breakdown")
     args = parser.parse_args()
 
@@ -166,19 +188,21 @@ def main() -> int:
                         ModelClients(addr["embedder"], addr["classifier"], timeout_s=60, max_batch=args.batch_size),
                         "catalogue",
                     )
+                    before = cpu_by_process(stack)
                     try:
                         summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
                     finally:
                         target.close()
-                    report(title, summary)
+                    report(title, summary, before, cpu_by_process(stack))
             if args.mode in ("gateway", "both"):
-                for title in ("gateway: full embed via UpsertItems", "gateway: incremental re-run"):
+                for title in ("gateway: full embed via UpsertBatch", "gateway: incremental re-run"):
                     target = GatewayTarget(addr["gateway"], timeout_s=60)
+                    before = cpu_by_process(stack)
                     try:
                         summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
                     finally:
                         target.close()
-                    report(title, summary)
+                    report(title, summary, before, cpu_by_process(stack))
         finally:
             stack.stop()
         embedder_internals(manifest, embedder_dir, args.threads, args.sample)

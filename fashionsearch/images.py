@@ -9,6 +9,13 @@ pixel is decoded, so a small file declaring 20000x20000 pixels costs nothing), a
 
 Large JPEG photos are decoded in draft mode, straight at a reduced scale (1/2, 1/4 or 1/8) that is still at
 least twice the model's input size, so a 12-megapixel photo costs milliseconds instead of most of a second.
+
+`decode_pixels` is what the model services use: the same answer as a uint8 array, with a fast path for the common
+case (a small colour or grey JPEG without EXIF orientation, like every catalogue image) that decodes with
+libjpeg-turbo's TurboJPEG API through simplejpeg: 46 us instead of Pillow's 230 us for a 60x80 image, whose
+per-image Python overhead dominates at that size. Both run libjpeg-turbo with the same settings (accurate integer
+DCT, smooth chroma upsampling), so the pixels are the same bits: checked on all 39,838 dataset images and in
+tests/unit/test_images.py. Anything else, and any error, takes the Pillow path, which owns the error messages.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from fashionsearch.errors import InvalidArgument
@@ -68,13 +76,7 @@ def decode_image(
     except (OSError, SyntaxError, ValueError) as bad:
         raise InvalidArgument(f"image header is corrupt: {bad}") from None
 
-    width, height = image.size
-    if width * height > limits.max_pixels:
-        raise InvalidArgument(
-            f"image is {width}x{height} = {width * height} pixels, more than the limit of {limits.max_pixels}"
-        )
-    if min(width, height) < limits.min_side:
-        raise InvalidArgument(f"image is {width}x{height} pixels; both sides must be at least {limits.min_side}")
+    _check_size(*image.size, limits)
 
     if image.format in ("JPEG", "MPO") and target_size is not None:  # MPO: phone cameras' multi-picture JPEG
         # Twice the larger model side in both directions, so any EXIF rotation still leaves enough pixels.
@@ -86,6 +88,55 @@ def decode_image(
         raise InvalidArgument(f"image data is truncated or corrupt ({image.format}: {bad})") from None
     image = _apply_orientation(image)
     return to_rgb(image)
+
+
+def _check_size(width: int, height: int, limits: ImageLimits) -> None:
+    if width * height > limits.max_pixels:
+        raise InvalidArgument(
+            f"image is {width}x{height} = {width * height} pixels, more than the limit of {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidArgument(f"image is {width}x{height} pixels; both sides must be at least {limits.min_side}")
+
+
+# JPEG colour spaces TurboJPEG turns into RGB exactly as Pillow does (CMYK/YCCK go through Pillow's own inversion).
+_FAST_JPEG_COLOURSPACES = ("YCbCr", "Gray")
+
+
+def _decode_plain_jpeg(data: bytes, limits: ImageLimits, target_size: tuple[int, int] | None) -> np.ndarray | None:
+    """The fast path of decode_pixels, or None when the image needs Pillow (or is bad: Pillow says why)."""
+    if not data.startswith(b"\xff\xd8") or b"Exif" in data:  # EXIF may rotate the picture: Pillow applies it
+        return None
+    try:
+        height, width, colourspace, _ = simplejpeg.decode_jpeg_header(data)
+    except ValueError:
+        return None
+    if colourspace not in _FAST_JPEG_COLOURSPACES:
+        return None
+    if target_size is not None and max(width, height) > 2 * max(target_size):
+        return None  # a large photo: Pillow's draft mode decodes it at a reduced scale
+    _check_size(width, height, limits)
+    try:
+        # strict: a warning (truncated or corrupt data) is an error here, and Pillow then reports it.
+        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+    except ValueError:
+        return None
+
+
+def decode_pixels(
+    data: bytes,
+    limits: ImageLimits = ImageLimits(),  # noqa: B008 - frozen, so a shared default is safe
+    target_size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """decode_image as a uint8 HxWx3 RGB array (what preprocess() takes), through the fast path when it applies.
+
+    Raises InvalidArgument for every input the service must refuse, with decode_image's messages.
+    """
+    if data and len(data) <= limits.max_bytes:
+        pixels = _decode_plain_jpeg(data, limits, target_size)
+        if pixels is not None:
+            return pixels
+    return np.asarray(decode_image(data, limits, target_size), dtype=np.uint8)
 
 
 def _apply_orientation(image: Image.Image) -> Image.Image:
@@ -117,16 +168,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_images(
+def decode_batch(
     items: list[bytes],
     limits: ImageLimits = ImageLimits(),  # noqa: B008 - frozen, so a shared default is safe
     target_size: tuple[int, int] | None = None,
-) -> list[Image.Image | InvalidArgument]:
-    """Decode every item of a batch; a bad item becomes its InvalidArgument instead of failing the batch."""
-    decoded: list[Image.Image | InvalidArgument] = []
+) -> list[np.ndarray | InvalidArgument]:
+    """decode_pixels for every item of a batch; a bad item becomes its InvalidArgument instead of failing the batch."""
+    decoded: list[np.ndarray | InvalidArgument] = []
     for data in items:
         try:
-            decoded.append(decode_image(data, limits, target_size))
+            decoded.append(decode_pixels(data, limits, target_size))
         except InvalidArgument as bad:
             decoded.append(bad)
     return decoded

@@ -162,6 +162,21 @@ def as_vector(vector: Any, dim: int | None = None) -> np.ndarray:
     return arr
 
 
+def as_vectors(vectors: Sequence[Any], dim: int) -> np.ndarray:
+    """Many vectors as one float32 (n, dim) array, checked like as_vector."""
+    try:
+        arr = np.asarray(vectors, dtype=np.float32).reshape(len(vectors), -1)
+    except ValueError:  # ragged: some vector has another length; as_vector names it
+        for vector in vectors:
+            as_vector(vector, dim)
+        raise
+    if arr.shape[1] != dim:
+        raise StoreError(f"vector has dimension {arr.shape[1]}, collection expects {dim}")
+    if not np.all(np.isfinite(arr)):
+        raise StoreError("vector contains NaN or infinity")
+    return arr
+
+
 def unique_ids(ids: Sequence[int]) -> list[int]:
     """The ids as ints, each once, in the order first given."""
     return [int(i) for i in dict.fromkeys(ids)]

@@ -38,6 +38,7 @@ from fashionsearch.store.base import (
     StoredPoint,
     StoreError,
     as_vector,
+    as_vectors,
     check_filters,
     scored_hits,
     stored_points,
@@ -197,7 +198,9 @@ class EdgeIndex:
             shard = self._require_shard()
             assert self._info is not None
             dim = self._info.dim
-            batch = [qe.Point(int(p.id), as_vector(p.vector, dim).tolist(), dict(p.payload)) for p in points]
+            # One conversion and one finiteness check for the whole batch (per point they cost more than the write).
+            vectors = as_vectors([p.vector for p in points], dim).tolist()
+            batch = [qe.Point(int(p.id), v, dict(p.payload)) for p, v in zip(points, vectors, strict=True)]
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
     def delete(self, ids: Sequence[int]) -> list[int]:

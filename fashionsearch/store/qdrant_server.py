@@ -28,6 +28,7 @@ from fashionsearch.store.base import (
     StoreError,
     StoreUnavailableError,
     as_vector,
+    as_vectors,
     check_filters,
     scored_hits,
     stored_points,
@@ -154,9 +155,10 @@ class QdrantServerIndex:
             return
         with self._lock:
             info = self._require_info()
+            vectors = as_vectors([p.vector for p in points], info.dim).tolist()
             batch = [
-                models.PointStruct(id=int(p.id), vector=as_vector(p.vector, info.dim).tolist(), payload=dict(p.payload))
-                for p in points
+                models.PointStruct(id=int(p.id), vector=v, payload=dict(p.payload))
+                for p, v in zip(points, vectors, strict=True)
             ]
             self._client.upsert(self._name, batch, wait=True)
 

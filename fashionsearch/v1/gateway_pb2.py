@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from fashionsearch.v1 import common_pb2 as fashionsearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61shionsearch/v1/gateway.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\",\n\x0b\x46ieldFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xc5\x01\n\x0bItemPayload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x17\n\x0fmaster_category\x18\x03 \x01(\t\x12\x14\n\x0csub_category\x18\x04 \x01(\t\x12\x14\n\x0c\x61rticle_type\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x61se_colour\x18\x06 \x01(\t\x12\x0e\n\x06season\x18\x07 \x01(\t\x12\x0c\n\x04year\x18\x08 \x01(\x05\x12\r\n\x05usage\x18\t \x01(\t\x12\x11\n\timage_ref\x18\n \x01(\t\"Y\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x64istance\x18\x02 \x01(\x02\x12.\n\x07payload\x18\x03 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\"\x9f\x01\n\rSearchRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x0b\x66ilter_mode\x18\x03 \x01(\x0e\x32\x1c.fashionsearch.v1.FilterMode\x12.\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilterB\x08\n\x06_top_k\"\xc4\x02\n\x0eSearchResponse\x12\x39\n\nattributes\x18\x01 \x03(\x0b\x32%.fashionsearch.v1.AttributePrediction\x12\x16\n\x0esuggested_name\x18\x02 \x01(\t\x12\x10\n\x08keywords\x18\x03 \x03(\t\x12)\n\x04hits\x18\x04 \x03(\x0b\x32\x1b.fashionsearch.v1.SearchHit\x12\x36\n\x0f\x61pplied_filters\x18\x05 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilter\x12\x35\n\x10\x63lassifier_model\x18\x06 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x33\n\x0e\x65mbedder_model\x18\x07 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"\xa0\x01\n\x11SearchByIdRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x0b\x66ilter_mode\x18\x03 \x01(\x0e\x32\x1c.fashionsearch.v1.FilterMode\x12.\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilterB\x08\n\x06_top_k\"w\n\x12SearchByIdResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.fashionsearch.v1.SearchHit\x12\x36\n\x0f\x61pplied_filters\x18\x02 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilter\"p\n\rCatalogueItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05image\x18\x02 \x01(\x0c\x12.\n\x07payload\x18\x03 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\"C\n\x12UpsertItemsRequest\x12-\n\x04item\x18\x01 \x01(\x0b\x32\x1f.fashionsearch.v1.CatalogueItem\"_\n\x13UpsertItemsResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\x08\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemError\"!\n\x12\x44\x65leteItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x04\")\n\x13\x44\x65leteItemsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x04\"\x1c\n\x0eGetItemRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"c\n\x0fGetItemResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x07payload\x18\x02 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xc4\x01\n\x10GetStatsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x04\x12\x34\n\x0fstored_embedder\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x35\n\x10running_embedder\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12/\n\nclassifier\x18\x04 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"%\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\".\n\nItemDigest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"@\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.fashionsearch.v1.ItemDigest*\x80\x01\n\nFilterMode\x12\x1b\n\x17\x46ILTER_MODE_UNSPECIFIED\x10\x00\x12%\n!FILTER_MODE_PREDICTED_SUBCATEGORY\x10\x01\x12\x14\n\x10\x46ILTER_MODE_NONE\x10\x02\x12\x18\n\x14\x46ILTER_MODE_EXPLICIT\x10\x03\x32\xe6\x04\n\x07Gateway\x12K\n\x06Search\x12\x1f.fashionsearch.v1.SearchRequest\x1a .fashionsearch.v1.SearchResponse\x12W\n\nSearchById\x12#.fashionsearch.v1.SearchByIdRequest\x1a$.fashionsearch.v1.SearchByIdResponse\x12^\n\x0bUpsertItems\x12$.fashionsearch.v1.UpsertItemsRequest\x1a%.fashionsearch.v1.UpsertItemsResponse(\x01\x30\x01\x12Z\n\x0b\x44\x65leteItems\x12$.fashionsearch.v1.DeleteItemsRequest\x1a%.fashionsearch.v1.DeleteItemsResponse\x12N\n\x07GetItem\x12 .fashionsearch.v1.GetItemRequest\x1a!.fashionsearch.v1.GetItemResponse\x12Q\n\x08GetStats\x12!.fashionsearch.v1.GetStatsRequest\x1a\".fashionsearch.v1.GetStatsResponse\x12V\n\tListItems\x12\".fashionsearch.v1.ListItemsRequest\x1a#.fashionsearch.v1.ListItemsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66\x61shionsearch/v1/gateway.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\",\n\x0b\x46ieldFilter\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"\xc5\x01\n\x0bItemPayload\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06gender\x18\x02 \x01(\t\x12\x17\n\x0fmaster_category\x18\x03 \x01(\t\x12\x14\n\x0csub_category\x18\x04 \x01(\t\x12\x14\n\x0c\x61rticle_type\x18\x05 \x01(\t\x12\x13\n\x0b\x62\x61se_colour\x18\x06 \x01(\t\x12\x0e\n\x06season\x18\x07 \x01(\t\x12\x0c\n\x04year\x18\x08 \x01(\x05\x12\r\n\x05usage\x18\t \x01(\t\x12\x11\n\timage_ref\x18\n \x01(\t\"Y\n\tSearchHit\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08\x64istance\x18\x02 \x01(\x02\x12.\n\x07payload\x18\x03 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\"\x9f\x01\n\rSearchRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x0b\x66ilter_mode\x18\x03 \x01(\x0e\x32\x1c.fashionsearch.v1.FilterMode\x12.\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilterB\x08\n\x06_top_k\"\xc4\x02\n\x0eSearchResponse\x12\x39\n\nattributes\x18\x01 \x03(\x0b\x32%.fashionsearch.v1.AttributePrediction\x12\x16\n\x0esuggested_name\x18\x02 \x01(\t\x12\x10\n\x08keywords\x18\x03 \x03(\t\x12)\n\x04hits\x18\x04 \x03(\x0b\x32\x1b.fashionsearch.v1.SearchHit\x12\x36\n\x0f\x61pplied_filters\x18\x05 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilter\x12\x35\n\x10\x63lassifier_model\x18\x06 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x33\n\x0e\x65mbedder_model\x18\x07 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"\xa0\x01\n\x11SearchByIdRequest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x12\n\x05top_k\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x31\n\x0b\x66ilter_mode\x18\x03 \x01(\x0e\x32\x1c.fashionsearch.v1.FilterMode\x12.\n\x07\x66ilters\x18\x04 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilterB\x08\n\x06_top_k\"w\n\x12SearchByIdResponse\x12)\n\x04hits\x18\x01 \x03(\x0b\x32\x1b.fashionsearch.v1.SearchHit\x12\x36\n\x0f\x61pplied_filters\x18\x02 \x03(\x0b\x32\x1d.fashionsearch.v1.FieldFilter\"p\n\rCatalogueItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12\r\n\x05image\x18\x02 \x01(\x0c\x12.\n\x07payload\x18\x03 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\x12\x14\n\x0c\x63ontent_hash\x18\x04 \x01(\t\"C\n\x12UpsertItemsRequest\x12-\n\x04item\x18\x01 \x01(\x0b\x32\x1f.fashionsearch.v1.CatalogueItem\"_\n\x13UpsertItemsResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x10\n\x08upserted\x18\x02 \x01(\x08\x12*\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemError\"D\n\x12UpsertBatchRequest\x12.\n\x05items\x18\x01 \x03(\x0b\x32\x1f.fashionsearch.v1.CatalogueItem\"M\n\x13UpsertBatchResponse\x12\x36\n\x07results\x18\x01 \x03(\x0b\x32%.fashionsearch.v1.UpsertItemsResponse\"!\n\x12\x44\x65leteItemsRequest\x12\x0b\n\x03ids\x18\x01 \x03(\x04\")\n\x13\x44\x65leteItemsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x04\"\x1c\n\x0eGetItemRequest\x12\n\n\x02id\x18\x01 \x01(\x04\"c\n\x0fGetItemResponse\x12\n\n\x02id\x18\x01 \x01(\x04\x12.\n\x07payload\x18\x02 \x01(\x0b\x32\x1d.fashionsearch.v1.ItemPayload\x12\x14\n\x0c\x63ontent_hash\x18\x03 \x01(\t\"\x11\n\x0fGetStatsRequest\"\xde\x01\n\x10GetStatsResponse\x12\x12\n\nitem_count\x18\x01 \x01(\x04\x12\x34\n\x0fstored_embedder\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x35\n\x10running_embedder\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12/\n\nclassifier\x18\x04 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x18\n\x10max_upsert_batch\x18\x05 \x01(\r\"%\n\x10ListItemsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\".\n\nItemDigest\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"@\n\x11ListItemsResponse\x12+\n\x05items\x18\x01 \x03(\x0b\x32\x1c.fashionsearch.v1.ItemDigest*\x80\x01\n\nFilterMode\x12\x1b\n\x17\x46ILTER_MODE_UNSPECIFIED\x10\x00\x12%\n!FILTER_MODE_PREDICTED_SUBCATEGORY\x10\x01\x12\x14\n\x10\x46ILTER_MODE_NONE\x10\x02\x12\x18\n\x14\x46ILTER_MODE_EXPLICIT\x10\x03\x32\xc2\x05\n\x07Gateway\x12K\n\x06Search\x12\x1f.fashionsearch.v1.SearchRequest\x1a .fashionsearch.v1.SearchResponse\x12W\n\nSearchById\x12#.fashionsearch.v1.SearchByIdRequest\x1a$.fashionsearch.v1.SearchByIdResponse\x12^\n\x0bUpsertItems\x12$.fashionsearch.v1.UpsertItemsRequest\x1a%.fashionsearch.v1.UpsertItemsResponse(\x01\x30\x01\x12Z\n\x0bUpsertBatch\x12$.fashionsearch.v1.UpsertBatchRequest\x1a%.fashionsearch.v1.UpsertBatchResponse\x12Z\n\x0b\x44\x65leteItems\x12$.fashionsearch.v1.DeleteItemsRequest\x1a%.fashionsearch.v1.DeleteItemsResponse\x12N\n\x07GetItem\x12 .fashionsearch.v1.GetItemRequest\x1a!.fashionsearch.v1.GetItemResponse\x12Q\n\x08GetStats\x12!.fashionsearch.v1.GetStatsRequest\x1a\".fashionsearch.v1.GetStatsResponse\x12V\n\tListItems\x12\".fashionsearch.v1.ListItemsRequest\x1a#.fashionsearch.v1.ListItemsResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fashionsearch.v1.gateway_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_FILTERMODE']._serialized_start=2054
-  _globals['_FILTERMODE']._serialized_end=2182
+  _globals['_FILTERMODE']._serialized_start=2229
+  _globals['_FILTERMODE']._serialized_end=2357
   _globals['_FIELDFILTER']._serialized_start=83
   _globals['_FIELDFILTER']._serialized_end=127
   _globals['_ITEMPAYLOAD']._serialized_start=130
@@ -54,24 +54,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_UPSERTITEMSREQUEST']._serialized_end=1374
   _globals['_UPSERTITEMSRESPONSE']._serialized_start=1376
   _globals['_UPSERTITEMSRESPONSE']._serialized_end=1471
-  _globals['_DELETEITEMSREQUEST']._serialized_start=1473
-  _globals['_DELETEITEMSREQUEST']._serialized_end=1506
-  _globals['_DELETEITEMSRESPONSE']._serialized_start=1508
-  _globals['_DELETEITEMSRESPONSE']._serialized_end=1549
-  _globals['_GETITEMREQUEST']._serialized_start=1551
-  _globals['_GETITEMREQUEST']._serialized_end=1579
-  _globals['_GETITEMRESPONSE']._serialized_start=1581
-  _globals['_GETITEMRESPONSE']._serialized_end=1680
-  _globals['_GETSTATSREQUEST']._serialized_start=1682
-  _globals['_GETSTATSREQUEST']._serialized_end=1699
-  _globals['_GETSTATSRESPONSE']._serialized_start=1702
-  _globals['_GETSTATSRESPONSE']._serialized_end=1898
-  _globals['_LISTITEMSREQUEST']._serialized_start=1900
-  _globals['_LISTITEMSREQUEST']._serialized_end=1937
-  _globals['_ITEMDIGEST']._serialized_start=1939
-  _globals['_ITEMDIGEST']._serialized_end=1985
-  _globals['_LISTITEMSRESPONSE']._serialized_start=1987
-  _globals['_LISTITEMSRESPONSE']._serialized_end=2051
-  _globals['_GATEWAY']._serialized_start=2185
-  _globals['_GATEWAY']._serialized_end=2799
+  _globals['_UPSERTBATCHREQUEST']._serialized_start=1473
+  _globals['_UPSERTBATCHREQUEST']._serialized_end=1541
+  _globals['_UPSERTBATCHRESPONSE']._serialized_start=1543
+  _globals['_UPSERTBATCHRESPONSE']._serialized_end=1620
+  _globals['_DELETEITEMSREQUEST']._serialized_start=1622
+  _globals['_DELETEITEMSREQUEST']._serialized_end=1655
+  _globals['_DELETEITEMSRESPONSE']._serialized_start=1657
+  _globals['_DELETEITEMSRESPONSE']._serialized_end=1698
+  _globals['_GETITEMREQUEST']._serialized_start=1700
+  _globals['_GETITEMREQUEST']._serialized_end=1728
+  _globals['_GETITEMRESPONSE']._serialized_start=1730
+  _globals['_GETITEMRESPONSE']._serialized_end=1829
+  _globals['_GETSTATSREQUEST']._serialized_start=1831
+  _globals['_GETSTATSREQUEST']._serialized_end=1848
+  _globals['_GETSTATSRESPONSE']._serialized_start=1851
+  _globals['_GETSTATSRESPONSE']._serialized_end=2073
+  _globals['_LISTITEMSREQUEST']._serialized_start=2075
+  _globals['_LISTITEMSREQUEST']._serialized_end=2112
+  _globals['_ITEMDIGEST']._serialized_start=2114
+  _globals['_ITEMDIGEST']._serialized_end=2160
+  _globals['_LISTITEMSRESPONSE']._serialized_start=2162
+  _globals['_LISTITEMSRESPONSE']._serialized_end=2226
+  _globals['_GATEWAY']._serialized_start=2360
+  _globals['_GATEWAY']._serialized_end=3066
 # @@protoc_insertion_point(module_scope)

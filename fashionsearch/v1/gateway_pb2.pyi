@@ -139,6 +139,18 @@ class UpsertItemsResponse(_message.Message):
     error: _common_pb2.ItemError
     def __init__(self, id: _Optional[int] = ..., upserted: _Optional[bool] = ..., error: _Optional[_Union[_common_pb2.ItemError, _Mapping]] = ...) -> None: ...
 
+class UpsertBatchRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[CatalogueItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[CatalogueItem, _Mapping]]] = ...) -> None: ...
+
+class UpsertBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[UpsertItemsResponse]
+    def __init__(self, results: _Optional[_Iterable[_Union[UpsertItemsResponse, _Mapping]]] = ...) -> None: ...
+
 class DeleteItemsRequest(_message.Message):
     __slots__ = ("ids",)
     IDS_FIELD_NUMBER: _ClassVar[int]
@@ -172,16 +184,18 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("item_count", "stored_embedder", "running_embedder", "classifier")
+    __slots__ = ("item_count", "stored_embedder", "running_embedder", "classifier", "max_upsert_batch")
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     STORED_EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     RUNNING_EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
+    MAX_UPSERT_BATCH_FIELD_NUMBER: _ClassVar[int]
     item_count: int
     stored_embedder: _common_pb2.ModelInfo
     running_embedder: _common_pb2.ModelInfo
     classifier: _common_pb2.ModelInfo
-    def __init__(self, item_count: _Optional[int] = ..., stored_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., running_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., classifier: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
+    max_upsert_batch: int
+    def __init__(self, item_count: _Optional[int] = ..., stored_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., running_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., classifier: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_upsert_batch: _Optional[int] = ...) -> None: ...
 
 class ListItemsRequest(_message.Message):
     __slots__ = ("page_size",)

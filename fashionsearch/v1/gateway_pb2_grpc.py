@@ -50,6 +50,11 @@ class GatewayStub:
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsRequest.SerializeToString,
                 response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsResponse.FromString,
                 _registered_method=True)
+        self.UpsertBatch = channel.unary_unary(
+                '/fashionsearch.v1.Gateway/UpsertBatch',
+                request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchRequest.SerializeToString,
+                response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchResponse.FromString,
+                _registered_method=True)
         self.DeleteItems = channel.unary_unary(
                 '/fashionsearch.v1.Gateway/DeleteItems',
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.DeleteItemsRequest.SerializeToString,
@@ -102,6 +107,15 @@ class GatewayServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertBatch(self, request, context):
+        """Adds or replaces a batch of catalogue items in one call (at most GetStats.max_upsert_batch): the cheaper way
+        for batch jobs, one message each way instead of one per item. One result per item, in order; a bad item gets
+        an error in its result and the others are stored. INVALID_ARGUMENT when the batch is too large.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def DeleteItems(self, request, context):
         """Removes catalogue items by id; ids not in the catalogue are ignored.
         """
@@ -148,6 +162,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.UpsertItems,
                     request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsRequest.FromString,
                     response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'UpsertBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertBatch,
+                    request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchRequest.FromString,
+                    response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchResponse.SerializeToString,
             ),
             'DeleteItems': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteItems,
@@ -252,6 +271,33 @@ class Gateway:
             '/fashionsearch.v1.Gateway/UpsertItems',
             fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsRequest.SerializeToString,
             fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fashionsearch.v1.Gateway/UpsertBatch',
+            fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchRequest.SerializeToString,
+            fashionsearch_dot_v1_dot_gateway__pb2.UpsertBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

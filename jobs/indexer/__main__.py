@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild: do not switch when more rows than this were rejected (default 0.05)",
     )
     p.add_argument("--batch-size", type=int, default=64, help="items per write batch (default 64)")
-    p.add_argument("--inflight", type=int, default=2, help="write batches in flight (default 2)")
+    p.add_argument(
+        "--inflight", type=int, default=Options.inflight, help=f"write batches in flight (default {Options.inflight})"
+    )
     p.add_argument("--fetch-threads", type=int, default=8, help="threads downloading http(s) images (default 8)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one service call (default 30)")
     p.add_argument("--url-timeout-s", type=float, default=10.0, help="deadline of one image download (default 10)")

@@ -37,7 +37,8 @@ class Interrupted(Exception):
 @dataclass(frozen=True)
 class Options:
     batch_size: int = 64
-    inflight: int = 2
+    # Four batches in flight keep a one-thread embedder busy while earlier batches are being stored.
+    inflight: int = 4
     fetch_threads: int = 8
     prune: bool = False
     shard: tuple[int, int] = (0, 1)

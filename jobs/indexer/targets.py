@@ -1,7 +1,7 @@
 """Where the job writes: through the gateway, or straight into a store with the model services.
 
 ``GatewayTarget``: the default with the embedded Qdrant Edge store, which has a single writer (the gateway). The
-gateway embeds, classifies missing attributes and upserts; the job sends items on the UpsertItems stream with
+gateway embeds, classifies missing attributes and upserts; the job sends items in UpsertBatch calls with
 their content hash and reads the stored hashes with ListItems.
 
 ``DirectTarget``: the job calls the embedder (and the classifier, for missing attributes) with batch RPCs and
@@ -366,6 +366,28 @@ class DirectTarget:
         self._catalog.close()
 
 
+def catalogue_item(item: WriteItem) -> gateway_pb2.CatalogueItem:
+    """The gateway's message for an item: the manifest's values (the gateway predicts the missing ones)."""
+    attributes = item.row.attributes
+    return gateway_pb2.CatalogueItem(
+        id=item.row.id,
+        image=item.image,
+        payload=gateway_pb2.ItemPayload(
+            name=item.row.name,
+            gender=attributes.get("gender", ""),
+            master_category=attributes.get("masterCategory", ""),
+            sub_category=attributes.get("subCategory", ""),
+            article_type=attributes.get("articleType", ""),
+            base_colour=attributes.get("baseColour", ""),
+            season=attributes.get("season", ""),
+            year=item.row.year,
+            usage=attributes.get("usage", ""),
+            image_ref=item.row.image,
+        ),
+        content_hash=item.content_hash,
+    )
+
+
 class _MetadataInterceptor(
     grpc.UnaryUnaryClientInterceptor,
     grpc.UnaryStreamClientInterceptor,
@@ -405,6 +427,7 @@ class GatewayTarget:
             self._channel = grpc.intercept_channel(self._channel, _MetadataInterceptor(auth))
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._timeout_s = timeout_s
+        self._max_batch = 32
         self.times = StageTimes()
 
     def prepare(self) -> str:
@@ -414,6 +437,8 @@ class GatewayTarget:
         running = stats.running_embedder
         if not running.name:
             raise JobError(f"the gateway at {self._addr} does not know its embedder (is the embedder up?)")
+        # Writes go in batches of at most what the gateway takes in one UpsertBatch.
+        self._max_batch = stats.max_upsert_batch or 32
         stored = stats.stored_embedder if stats.HasField("stored_embedder") else None
         if stored is not None and stored.name and (stored.name, stored.version) != (running.name, running.version):
             raise JobError(
@@ -436,33 +461,19 @@ class GatewayTarget:
         yield from _call_with_retries("gateway ListItems", call)
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
-        requests = [
-            gateway_pb2.UpsertItemsRequest(
-                item=gateway_pb2.CatalogueItem(
-                    id=item.row.id,
-                    image=item.image,
-                    payload=gateway_pb2.ItemPayload(
-                        name=item.row.name,
-                        gender=item.row.attributes.get("gender", ""),
-                        master_category=item.row.attributes.get("masterCategory", ""),
-                        sub_category=item.row.attributes.get("subCategory", ""),
-                        article_type=item.row.attributes.get("articleType", ""),
-                        base_colour=item.row.attributes.get("baseColour", ""),
-                        season=item.row.attributes.get("season", ""),
-                        year=item.row.year,
-                        usage=item.row.attributes.get("usage", ""),
-                        image_ref=item.row.image,
-                    ),
-                    content_hash=item.content_hash,
-                )
-            )
-            for item in items
-        ]
+        responses: list[gateway_pb2.UpsertItemsResponse] = []
         started = time.perf_counter()
-        responses = _call_with_retries(
-            "gateway UpsertItems",
-            lambda: list(self._stub.UpsertItems(iter(requests), timeout=max(self._timeout_s, 10 + len(items)))),
-        )
+        for start in range(0, len(items), self._max_batch):
+            request = gateway_pb2.UpsertBatchRequest(
+                items=[catalogue_item(item) for item in items[start : start + self._max_batch]]
+            )
+            reply = _call_with_retries(
+                "gateway UpsertBatch",
+                lambda request=request: self._stub.UpsertBatch(
+                    request, timeout=max(self._timeout_s, 10 + len(request.items))
+                ),
+            )
+            responses.extend(reply.results)
         self.times.add("gateway upsert (embed+classify+store)", time.perf_counter() - started)
         by_id = {r.id: r for r in responses}
         errors: list[str | None] = []

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from fashionsearch.model_contract import preprocess
 from fashionsearch.naming import suggest_keywords, suggest_name
@@ -48,8 +47,8 @@ class Classifier(Protocol):
         """(width, height) the model sees; lets the decoder skip pixels it would throw away."""
         ...
 
-    def classify(self, images: Sequence[Image.Image], top_k: int) -> list[Classification]:
-        """Classify RGB images in one model call; one Classification per image, in order."""
+    def classify(self, images: Sequence[np.ndarray], top_k: int) -> list[Classification]:
+        """Classify RGB images (uint8 HxWx3) in one model call; one Classification per image, in order."""
         ...
 
     def warm_up(self) -> None: ...
@@ -70,7 +69,7 @@ class OnnxClassifier(OnnxAdapter):
     def attributes(self) -> tuple[str, ...]:
         return tuple(head.attribute for head in self._heads)
 
-    def classify(self, images: Sequence[Image.Image], top_k: int) -> list[Classification]:
+    def classify(self, images: Sequence[np.ndarray], top_k: int) -> list[Classification]:
         if not images:
             return []
         outputs = self._model.run(preprocess(images, self._model.spec.input))

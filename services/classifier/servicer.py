@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import grpc.aio
-from PIL import Image
+import numpy as np
 
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
-from fashionsearch.images import ImageLimits, decode_image, decode_images
+from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from services.classifier.model import Classification, Classifier
@@ -55,7 +55,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         return requested or self._default_top_k
 
     def _classify_one(self, data: bytes, top_k: int) -> Classification:
-        image = decode_image(data, self._limits, self._classifier.input_size)
+        image = decode_pixels(data, self._limits, self._classifier.input_size)
         return self._classifier.classify([image], top_k)[0]
 
     @rpc_errors
@@ -68,10 +68,10 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         return classifier_pb2.ClassifyResponse(classification=to_proto(result), model=self._model_info)
 
     def _classify_batch(self, images: list[bytes], top_k: int) -> list[Classification | InvalidArgument]:
-        decoded = decode_images(images, self._limits, self._classifier.input_size)
-        good = [item for item in decoded if isinstance(item, Image.Image)]
+        decoded = decode_batch(images, self._limits, self._classifier.input_size)
+        good = [item for item in decoded if isinstance(item, np.ndarray)]
         classified = iter(self._classifier.classify(good, top_k))
-        return [next(classified) if isinstance(item, Image.Image) else item for item in decoded]
+        return [next(classified) if isinstance(item, np.ndarray) else item for item in decoded]
 
     @rpc_errors
     async def ClassifyBatch(

@@ -6,7 +6,6 @@ from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from fashionsearch.model_contract import preprocess
 from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
@@ -26,8 +25,8 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int: ...
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
-        """Embed RGB images in one model call: float32 (N, dim), rows in input order."""
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """Embed RGB images (uint8 HxWx3) in one model call: float32 (N, dim), rows in input order."""
         ...
 
     def warm_up(self) -> None: ...
@@ -49,7 +48,7 @@ class OnnxEmbedder(OnnxAdapter):
     def dim(self) -> int:
         return self._dim
 
-    def embed(self, images: Sequence[Image.Image]) -> np.ndarray:
+    def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
         if not images:
             return np.zeros((0, self._dim), dtype=np.float32)
         vectors = self._model.run(preprocess(images, self._model.spec.input))[self._output]

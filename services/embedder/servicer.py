@@ -6,10 +6,9 @@ import asyncio
 
 import grpc.aio
 import numpy as np
-from PIL import Image
 
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
-from fashionsearch.images import ImageLimits, decode_image, decode_images
+from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder
@@ -27,7 +26,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self._model_info = model_info(embedder.identity)
 
     def _embed_one(self, data: bytes) -> np.ndarray:
-        image = decode_image(data, self._limits, self._embedder.input_size)
+        image = decode_pixels(data, self._limits, self._embedder.input_size)
         return self._embedder.embed([image])[0]
 
     @rpc_errors
@@ -41,10 +40,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         )
 
     def _embed_batch(self, images: list[bytes]) -> list[np.ndarray | InvalidArgument]:
-        decoded = decode_images(images, self._limits, self._embedder.input_size)
-        good = [item for item in decoded if isinstance(item, Image.Image)]
+        decoded = decode_batch(images, self._limits, self._embedder.input_size)
+        good = [item for item in decoded if isinstance(item, np.ndarray)]
         vectors = iter(self._embedder.embed(good))
-        return [next(vectors) if isinstance(item, Image.Image) else item for item in decoded]
+        return [next(vectors) if isinstance(item, np.ndarray) else item for item in decoded]
 
     @rpc_errors
     async def EmbedBatch(

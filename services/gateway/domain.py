@@ -125,3 +125,4 @@ class Stats:
     stored_embedder: EmbedderIdentity | None
     running_embedder: ModelId | None
     classifier: ModelId | None
+    max_upsert_batch: int

@@ -2,9 +2,9 @@
 
 Policy (one function, `ApiKeys.authorize`, used by the gRPC interceptor and the HTTP middleware):
 
-- Catalogue writes (UpsertItems, DeleteItems; HTTP POST/PUT/DELETE on /v1/items) need a write key. With no write
-  keys configured, writes are refused (PERMISSION_DENIED) unless GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true, which
-  is meant for local development only (`make run`, tests).
+- Catalogue writes (UpsertItems, UpsertBatch, DeleteItems; HTTP POST/PUT/DELETE on /v1/items) need a write key.
+  With no write keys configured, writes are refused (PERMISSION_DENIED) unless
+  GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true, which is meant for local development only (`make run`, tests).
 - Reads (Search, SearchById, GetItem, ListItems, GetStats and their HTTP forms) are open while no read keys are
   configured; otherwise they need a read key or a write key.
 - Health, reflection, the OpenAPI document, the web page and product images stay open.
@@ -64,7 +64,7 @@ class Access(enum.Enum):
 
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
-WRITE_METHODS = frozenset({"UpsertItems", "DeleteItems"})
+WRITE_METHODS = frozenset({"UpsertItems", "UpsertBatch", "DeleteItems"})
 READ_METHODS = frozenset({"Search", "SearchById", "GetItem", "ListItems", "GetStats"})
 
 

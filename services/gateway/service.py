@@ -64,7 +64,8 @@ class Limits:
     max_top_k: int = 100
     max_image_bytes: int = 10 * 1024 * 1024
     store_timeout_s: float = 5.0
-    upsert_batch: int = 32
+    #: Items embedded and stored together: the most one UpsertBatch carries, and the embedder's batch size.
+    upsert_batch: int = 64
     #: JPEG photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
     #: 0 turns it off.
     shrink_above_pixels: int = 0
@@ -232,14 +233,25 @@ class GatewayService:
                         ended = True
                         break
                     batch.append(following)
-                for outcome in await self._upsert_batch(batch):  # type: ignore[arg-type]
+                for outcome in await self._upsert_items(batch):  # type: ignore[arg-type]
                     yield outcome
             if failure:
                 raise failure[0]
         finally:
             reader.cancel()
 
-    async def _upsert_batch(self, batch: list[CatalogueItem]) -> list[UpsertOutcome]:
+    async def upsert_batch(self, batch: Sequence[CatalogueItem]) -> list[UpsertOutcome]:
+        """One outcome per item, in order, for a batch given at once (the UpsertBatch call of batch jobs)."""
+        if len(batch) > self._limits.upsert_batch:
+            raise InvalidArgument(f"a batch holds at most {self._limits.upsert_batch} items, got {len(batch)}")
+        seen: set[int] = set()
+        for item in batch:
+            if item.id in seen:
+                raise InvalidArgument(f"product id {item.id} appears more than once in the batch")
+            seen.add(item.id)
+        return await self._upsert_items(list(batch))
+
+    async def _upsert_items(self, batch: list[CatalogueItem]) -> list[UpsertOutcome]:
         errors: dict[int, FashionSearchError] = {}
         for index, item in enumerate(batch):
             try:
@@ -256,11 +268,13 @@ class GatewayService:
                 embeddings = await self._embedder.embed_batch([batch[i].image for i in todo])
                 predicted = await self._predict_missing(batch, todo)
                 points: list[StoredPoint] = []
+                embedded = [e for e in embeddings if not isinstance(e, FashionSearchError)]
+                if embedded:  # one reply, one model: the collection is checked once per batch
+                    await self._ensure_collection(embedded[0])
                 for index, embedding in zip(todo, embeddings, strict=True):
                     if isinstance(embedding, FashionSearchError):
                         errors[index] = embedding
                         continue
-                    await self._ensure_collection(embedding)
                     item = batch[index]
                     labels = predicted.get(index, {})
                     if isinstance(labels, FashionSearchError):
@@ -350,6 +364,7 @@ class GatewayService:
             stored_embedder=info.embedder if info is not None else None,
             running_embedder=running_embedder,
             classifier=classifier,
+            max_upsert_batch=self._limits.upsert_batch,
         )
 
 

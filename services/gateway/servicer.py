@@ -18,6 +18,7 @@ from services.gateway.domain import (
     FilterMode,
     ModelId,
     SearchOptions,
+    UpsertOutcome,
 )
 from services.gateway.service import GatewayService
 
@@ -80,6 +81,23 @@ def payload_from_proto(message: gateway_pb2.ItemPayload) -> dict[str, Any]:
     return {key: getattr(message, proto_field) for proto_field, key in _PAYLOAD_KEYS.items()}
 
 
+def item_from_proto(message: gateway_pb2.CatalogueItem) -> CatalogueItem:
+    return CatalogueItem(
+        id=message.id,
+        image=message.image,
+        payload=payload_from_proto(message.payload),
+        content_hash=message.content_hash,
+    )
+
+
+def outcome_to_proto(outcome: UpsertOutcome) -> gateway_pb2.UpsertItemsResponse:
+    if outcome.error is None:
+        return gateway_pb2.UpsertItemsResponse(id=outcome.id, upserted=True)
+    return gateway_pb2.UpsertItemsResponse(
+        id=outcome.id, upserted=False, error=common_pb2.ItemError(**item_error_fields(outcome.error))
+    )
+
+
 def model_to_proto(model: ModelId | None) -> common_pb2.ModelInfo | None:
     if model is None:
         return None
@@ -137,20 +155,17 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> AsyncIterator[gateway_pb2.UpsertItemsResponse]:
         async def items() -> AsyncIterator[CatalogueItem]:
             async for message in request_iterator:
-                yield CatalogueItem(
-                    id=message.item.id,
-                    image=message.item.image,
-                    payload=payload_from_proto(message.item.payload),
-                    content_hash=message.item.content_hash,
-                )
+                yield item_from_proto(message.item)
 
         async for outcome in self._service.upsert(items()):
-            if outcome.error is None:
-                yield gateway_pb2.UpsertItemsResponse(id=outcome.id, upserted=True)
-            else:
-                yield gateway_pb2.UpsertItemsResponse(
-                    id=outcome.id, upserted=False, error=common_pb2.ItemError(**item_error_fields(outcome.error))
-                )
+            yield outcome_to_proto(outcome)
+
+    @rpc_errors
+    async def UpsertBatch(
+        self, request: gateway_pb2.UpsertBatchRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.UpsertBatchResponse:
+        outcomes = await self._service.upsert_batch([item_from_proto(item) for item in request.items])
+        return gateway_pb2.UpsertBatchResponse(results=[outcome_to_proto(outcome) for outcome in outcomes])
 
     @rpc_errors
     async def DeleteItems(
@@ -190,4 +205,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             stored_embedder=common_pb2.ModelInfo(name=stored.model, version=stored.version) if stored else None,
             running_embedder=model_to_proto(stats.running_embedder),
             classifier=model_to_proto(stats.classifier),
+            max_upsert_batch=stats.max_upsert_batch,
         )

@@ -31,7 +31,7 @@ class Settings:
     max_top_k: int = 100
     attribute_top_k: int = 3
     max_image_bytes: int = 10 * 1024 * 1024
-    upsert_batch: int = 32
+    upsert_batch: int = 64
     store_search_threads: int = 1
     grace_s: float = 5.0
     log_level: str = "INFO"

@@ -81,9 +81,18 @@ def test_grpc_writes_need_a_write_key(stack):
     with pytest.raises(grpc.RpcError) as delete:
         stack.stub.DeleteItems(gateway_pb2.DeleteItemsRequest(ids=[1]), timeout=10, metadata=client_metadata(READ))
     assert delete.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    batch = gateway_pb2.UpsertBatchRequest(items=[item(1)])
+    for key, code in ((None, grpc.StatusCode.UNAUTHENTICATED), (READ, grpc.StatusCode.PERMISSION_DENIED)):
+        with pytest.raises(grpc.RpcError) as batch_refused:
+            stack.stub.UpsertBatch(batch, timeout=10, metadata=client_metadata(key))
+        assert batch_refused.value.code() is code
     assert stack.stub.GetStats(gateway_pb2.GetStatsRequest(), metadata=client_metadata(READ)).item_count == 0
 
-    assert all(r.upserted for r in upsert(stack.stub, WRITE, 1, 2, 3))
+    assert all(r.upserted for r in upsert(stack.stub, WRITE, 1, 2))
+    batch_reply = stack.stub.UpsertBatch(
+        gateway_pb2.UpsertBatchRequest(items=[item(3)]), timeout=30, metadata=client_metadata(WRITE)
+    )
+    assert [(r.id, r.upserted) for r in batch_reply.results] == [(3, True)]
     reply = stack.stub.DeleteItems(gateway_pb2.DeleteItemsRequest(ids=[3]), metadata=client_metadata(WRITE))
     assert reply.item_count == 2
 

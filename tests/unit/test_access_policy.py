@@ -35,7 +35,7 @@ def test_every_gateway_method_has_an_access_level():
     service = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
     assert set(access) == {f"/fashionsearch.v1.Gateway/{m.name}" for m in service.methods}
     writes = {path.rsplit("/", 1)[1] for path, level in access.items() if level is Access.WRITE}
-    assert writes == {"UpsertItems", "DeleteItems"}
+    assert writes == {"UpsertItems", "UpsertBatch", "DeleteItems"}
 
 
 @pytest.mark.parametrize(

@@ -189,6 +189,20 @@ async def test_upsert_batches_what_arrives_together_and_keeps_order(fakes):
 
 
 @run_async
+async def test_upsert_batch_stores_a_batch_at_once_within_the_limit(fakes):
+    classifier, embedder, index = fakes
+    service = GatewayService(classifier, embedder, index, Limits(upsert_batch=4))
+    outcomes = await service.upsert_batch([_item(3), CatalogueItem(id=5, image=b""), _item(1)])
+    assert [(o.id, o.error is None) for o in outcomes] == [(3, True), (5, False), (1, True)]
+    assert embedder.batches == [2] and index.count() == 2  # the empty image never reaches the embedder
+    with pytest.raises(InvalidArgument, match="at most 4 items, got 5"):
+        await service.upsert_batch([_item(i) for i in range(10, 15)])
+    with pytest.raises(InvalidArgument, match="product id 2 appears more than once"):
+        await service.upsert_batch([_item(2), _item(2)])
+    assert index.count() == 2 and (await service.stats()).max_upsert_batch == 4
+
+
+@run_async
 async def test_upsert_answers_a_slow_stream_item_by_item(service):
     async def slow() -> AsyncIterator[CatalogueItem]:
         for i in (1, 2, 3):

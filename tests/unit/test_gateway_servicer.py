@@ -53,6 +53,32 @@ async def _upsert(servicer: GatewayServicer, items: list[gateway_pb2.CatalogueIt
     return [r async for r in servicer.UpsertItems(requests(), FakeContext())]
 
 
+@run_async
+async def test_upsert_batch_answers_each_item_in_order_and_refuses_oversized_batches(servicer):
+    request = gateway_pb2.UpsertBatchRequest(
+        items=[
+            gateway_pb2.CatalogueItem(id=7, image=image("7"), payload=PAYLOAD, content_hash="h7"),
+            gateway_pb2.CatalogueItem(id=8, image=b"", payload=PAYLOAD),
+            gateway_pb2.CatalogueItem(id=9, image=image("9"), payload=PAYLOAD),
+        ]
+    )
+    reply = await servicer.UpsertBatch(request, FakeContext())
+    assert [(r.id, r.upserted) for r in reply.results] == [(7, True), (8, False), (9, True)]
+    assert reply.results[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert "empty" in reply.results[1].error.message
+    stored = await servicer.GetItem(gateway_pb2.GetItemRequest(id=7), FakeContext())
+    assert stored.content_hash == "h7" and stored.payload.article_type == PAYLOAD.article_type
+
+    stats = await servicer.GetStats(gateway_pb2.GetStatsRequest(), FakeContext())
+    too_many = gateway_pb2.UpsertBatchRequest(
+        items=[gateway_pb2.CatalogueItem(id=i, image=image(str(i))) for i in range(1, stats.max_upsert_batch + 2)]
+    )
+    with pytest.raises(Aborted) as aborted:
+        await servicer.UpsertBatch(too_many, FakeContext())
+    assert aborted.value.code is grpc.StatusCode.INVALID_ARGUMENT
+    assert f"at most {stats.max_upsert_batch} items" in aborted.value.details
+
+
 def test_payload_round_trip():
     stored = payload_from_proto(PAYLOAD)
     assert stored["masterCategory"] == "Apparel" and stored["image_ref"] == "images/1.jpg" and stored["year"] == 2012

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fashionsearch.errors import InvalidArgument
-from fashionsearch.images import ImageLimits, decode_image, decode_images, to_rgb
+from fashionsearch.images import ImageLimits, decode_batch, decode_image, decode_pixels, to_rgb
 from tests.png_bytes import png_declaring
 
 
@@ -185,9 +186,9 @@ def test_to_rgb_keeps_rgb_images_as_they_are() -> None:
     assert to_rgb(image) is image
 
 
-def test_decode_images_reports_bad_items_without_failing_the_batch(jpeg_bytes: bytes) -> None:
-    results = decode_images([jpeg_bytes, b"", b"nope", jpeg_bytes])
-    assert isinstance(results[0], Image.Image) and isinstance(results[3], Image.Image)
+def test_decode_batch_reports_bad_items_without_failing_the_batch(jpeg_bytes: bytes) -> None:
+    results = decode_batch([jpeg_bytes, b"", b"nope", jpeg_bytes])
+    assert isinstance(results[0], np.ndarray) and isinstance(results[3], np.ndarray)
     assert isinstance(results[1], InvalidArgument) and "empty" in results[1].message
     assert isinstance(results[2], InvalidArgument)
 
@@ -230,3 +231,84 @@ def test_multi_picture_jpeg_from_phone_cameras_uses_draft_mode_too() -> None:
     image = decode_image(buffer.getvalue(), target_size=(60, 80))
     assert image.size == (250, 200)  # 1/8 scale, first picture
     assert image.getpixel((10, 10))[0] > 240
+
+
+# --- decode_pixels: the services' fast path gives decode_image's answer, bit for bit ---------------------------
+
+
+def _exif_rotated_jpeg() -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(noise(40, 20, seed=3), "JPEG", quality=95, exif=exif.tobytes())
+
+
+SAME_PIXELS_CASES = {
+    "jpeg 4:2:0": lambda: encode(noise(60, 80), "JPEG", quality=90),
+    "jpeg 4:4:4": lambda: encode(noise(60, 80), "JPEG", quality=90, subsampling=0),
+    "jpeg 4:2:2": lambda: encode(noise(61, 79), "JPEG", quality=75, subsampling=1),
+    "jpeg progressive": lambda: encode(noise(60, 80), "JPEG", quality=85, progressive=True),
+    "jpeg optimized, odd size": lambda: encode(noise(33, 17), "JPEG", quality=60, optimize=True),
+    "jpeg grey": lambda: encode(noise(60, 80).convert("L"), "JPEG", quality=90),
+    "jpeg cmyk (Pillow path)": lambda: encode(noise(60, 80).convert("CMYK"), "JPEG", quality=90),
+    "jpeg with exif orientation (Pillow path)": _exif_rotated_jpeg,
+    "png": lambda: encode(noise(60, 80), "PNG"),
+    "webp": lambda: encode(noise(60, 80), "WEBP", lossless=True),
+    "large jpeg (Pillow draft path)": lambda: encode(noise(1200, 1600), "JPEG", quality=80),
+}
+
+
+@pytest.mark.parametrize("make", SAME_PIXELS_CASES.values(), ids=SAME_PIXELS_CASES.keys())
+def test_decode_pixels_gives_the_same_bits_as_decode_image(make) -> None:  # noqa: ANN001
+    data = make()
+    expected = np.asarray(decode_image(data, target_size=(60, 80)))
+    pixels = decode_pixels(data, target_size=(60, 80))
+    assert pixels.dtype == np.uint8 and pixels.shape == expected.shape
+    np.testing.assert_array_equal(pixels, expected)
+
+
+BAD_INPUTS = {
+    "empty": (b"", ImageLimits()),
+    "not an image": (b"hello" * 40, ImageLimits()),
+    "truncated jpeg": (encode(noise(120, 160), "JPEG", quality=90)[:1500], ImageLimits()),
+    "jpeg below min side": (encode(noise(6, 40), "JPEG"), ImageLimits()),
+    "jpeg over the pixel limit": (encode(noise(60, 80), "JPEG"), ImageLimits(max_pixels=1000)),
+    "jpeg over the byte limit": (encode(noise(60, 80), "JPEG"), ImageLimits(max_bytes=100)),
+}
+
+
+@pytest.mark.parametrize(("data", "limits"), BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_decode_pixels_refuses_with_decode_images_message(data: bytes, limits: ImageLimits) -> None:
+    with pytest.raises(InvalidArgument) as slow:
+        decode_image(data, limits, (60, 80))
+    with pytest.raises(InvalidArgument) as fast:
+        decode_pixels(data, limits, (60, 80))
+    assert fast.value.message == slow.value.message
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    cut=st.integers(min_value=0, max_value=3000),
+    flips=st.lists(st.tuples(st.integers(0, 4000), st.integers(0, 255)), max_size=6),
+)
+def test_damaged_jpegs_get_the_same_outcome_on_both_paths(cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(encode(noise(40, 50, seed=1), "JPEG", quality=90))
+    for position, value in flips:
+        data[position % len(data)] = value
+    data = bytes(data[: max(1, len(data) - cut)])
+    try:
+        expected = np.asarray(decode_image(data, target_size=(60, 80)))
+    except InvalidArgument as slow:
+        with pytest.raises(InvalidArgument) as fast:
+            decode_pixels(data, target_size=(60, 80))
+        assert fast.value.message == slow.message
+        return
+    np.testing.assert_array_equal(decode_pixels(data, target_size=(60, 80)), expected)
+
+
+def test_decode_pixels_matches_decode_image_on_dataset_images(data_dir: Path) -> None:
+    images = sorted((data_dir / "images").glob("*.jpg"))[::40][:1000]  # an even spread of 1,000 files
+    for path in images:
+        data = path.read_bytes()
+        np.testing.assert_array_equal(
+            decode_pixels(data, target_size=(60, 80)), np.asarray(decode_image(data, target_size=(60, 80))), path.name
+        )

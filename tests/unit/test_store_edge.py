@@ -125,6 +125,11 @@ def test_bad_inputs(index):
     index.ensure_collection(2, V1)
     with pytest.raises(StoreError, match="dimension 3"):
         index.upsert([_point(1, 0.0, 0.0, 0.0)])
+    with pytest.raises(StoreError, match="dimension 3"):  # one bad vector among good ones
+        index.upsert([_point(1, 0.0, 0.0), _point(2, 0.0, 0.0, 0.0)])
+    with pytest.raises(StoreError, match="NaN"):
+        index.upsert([_point(1, 0.0, 0.0), _point(2, np.inf, 0.0)])
+    assert index.count() == 0  # a refused batch writes nothing
     with pytest.raises(StoreError, match="NaN"):
         index.search(np.array([np.nan, 0.0]), 5)
     with pytest.raises(UnknownFilterFieldError, match="colour"):
