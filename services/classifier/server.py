@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from fashionsearch.serving import RunningServer, StopSignal, service_name, start_server
+from fashionsearch.model_service import start_model_server
+from fashionsearch.serving import RunningServer, StopSignal, service_name
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import Classifier, OnnxClassifier
 from services.classifier.servicer import ClassifierServicer
 from services.classifier.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 
 async def start(settings: Settings, classifier: Classifier | None = None) -> RunningServer:
@@ -30,23 +26,13 @@ async def start(settings: Settings, classifier: Classifier | None = None) -> Run
         default_top_k=settings.default_top_k,
         max_top_k=settings.max_top_k,
     )
-    identity = classifier.identity
-    running = await start_server(
+    return await start_model_server(
+        "classifier",
+        settings,
+        classifier,
         lambda server: classifier_pb2_grpc.add_ClassifierServicer_to_server(servicer, server),
         [service_name(classifier_pb2, "Classifier")],
-        host=settings.host,
-        port=settings.port,
-        max_message_bytes=settings.max_message_bytes,
-        describe={"model": str(identity), "model_sha256": identity.sha256, "model_dir": str(settings.model_dir)},
     )
-    try:
-        await asyncio.to_thread(classifier.warm_up)
-    except BaseException:
-        await running.stop(0)
-        raise
-    await running.set_serving()
-    logger.info("classifier %s is SERVING on port %s", identity, running.port)
-    return running
 
 
 async def serve(settings: Settings) -> None:

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
-
-from fashionsearch.serving import RunningServer, StopSignal, service_name, start_server
+from fashionsearch.model_service import start_model_server
+from fashionsearch.serving import RunningServer, StopSignal, service_name
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder, OnnxEmbedder
 from services.embedder.servicer import EmbedderServicer
 from services.embedder.settings import Settings
-
-logger = logging.getLogger(__name__)
 
 
 async def start(settings: Settings, embedder: Embedder | None = None) -> RunningServer:
@@ -23,33 +19,15 @@ async def start(settings: Settings, embedder: Embedder | None = None) -> Running
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-    servicer = EmbedderServicer(
+    servicer = EmbedderServicer(embedder, settings.image_limits, max_batch=settings.max_batch)
+    return await start_model_server(
+        "embedder",
+        settings,
         embedder,
-        settings.image_limits,
-        max_batch=settings.max_batch,
-    )
-    identity = embedder.identity
-    running = await start_server(
         lambda server: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, server),
         [service_name(embedder_pb2, "Embedder")],
-        host=settings.host,
-        port=settings.port,
-        max_message_bytes=settings.max_message_bytes,
-        describe={
-            "model": str(identity),
-            "dim": embedder.dim,
-            "model_sha256": identity.sha256,
-            "model_dir": str(settings.model_dir),
-        },
+        describe={"dim": embedder.dim},
     )
-    try:
-        await asyncio.to_thread(embedder.warm_up)
-    except BaseException:
-        await running.stop(0)
-        raise
-    await running.set_serving()
-    logger.info("embedder %s is SERVING on port %s", identity, running.port)
-    return running
 
 
 async def serve(settings: Settings) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import re
 import shutil
 import subprocess
@@ -15,14 +16,27 @@ COMPOSE = REPO / "deploy" / "docker-compose.yml"
 SERVICES = {"classifier": "CLASSIFIER_", "embedder": "EMBEDDER_", "gateway": "GATEWAY_"}
 
 
+class RecordingEnviron(dict):
+    """An environment that notes every variable name looked up in it."""
+
+    def __init__(self, values: dict[str, str]) -> None:
+        super().__init__(values)
+        self.read: set[str] = set()
+
+    def get(self, key, default=None):  # noqa: ANN001, ANN201 - dict's own signature
+        self.read.add(key)
+        return super().get(key, default)
+
+
 def variables_read_by(service: str) -> set[str]:
-    """Every `env.<getter>("NAME", ...)` in the service's settings, with the service's prefix."""
-    source = (REPO / "services" / service / "settings.py").read_text()
-    prefix = re.search(r'Env\("([A-Z_]+)"', source)
-    assert prefix, f"services/{service}/settings.py does not build an Env with a prefix"
-    names = re.findall(r'env\.\w+\(\s*"([A-Z0-9_]+)"', source)
-    assert names, f"found no variables in services/{service}/settings.py"
-    return {prefix.group(1) + name for name in names}
+    """Every variable the service's Settings.from_env looks up (run for real, with an empty environment)."""
+    settings = importlib.import_module(f"services.{service}.settings").Settings
+    # The model folder must exist; which folder does not matter here.
+    environ = RecordingEnviron({} if service == "gateway" else {f"{SERVICES[service]}MODEL_DIR": str(REPO)})
+    settings.from_env(environ)
+    assert environ.read, f"services/{service}/settings.py reads no variables"
+    assert all(name.startswith(SERVICES[service]) for name in environ.read), sorted(environ.read)
+    return environ.read
 
 
 def compose_services() -> dict:

@@ -1,0 +1,131 @@
+"""What the two model services (classifier, embedder) share: settings, start-up and `main()`.
+
+Each service keeps what is its own (the model adapter, the servicer, extra settings such as the classifier's
+top_k) and hands the rest to this module:
+
+    settings = Settings.from_env()                  # ModelServiceSettings + the service's own fields
+    running = await start_model_server("embedder", settings, model, register, service_names)
+    # bound, model warmed up, health SERVING; then running.wait_for_signal(...)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import grpc.aio
+
+from fashionsearch.config import ConfigError, Env
+from fashionsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
+from fashionsearch.logs import configure_logging
+from fashionsearch.model_contract import ModelContractError
+from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, start_server
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ModelServiceSettings:
+    """The variables every model service reads, each under its own prefix (CLASSIFIER_PORT, EMBEDDER_PORT, ...).
+
+    A service subclasses it to set its port and model folder defaults and to add its own fields.
+    """
+
+    port: int = 0
+    host: str = "[::]"
+    model_dir: Path = Path("models")
+    intra_op_threads: int = 1
+    inter_op_threads: int = 1
+    max_image_bytes: int = DEFAULT_MAX_BYTES
+    max_image_pixels: int = DEFAULT_MAX_PIXELS
+    min_image_side: int = DEFAULT_MIN_SIDE
+    max_batch: int = 64
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    grace_s: float = 5.0
+    log_level: str = "INFO"
+
+    @property
+    def image_limits(self) -> ImageLimits:
+        return ImageLimits(self.max_image_bytes, self.max_image_pixels, self.min_image_side)
+
+    @classmethod
+    def common_from_env(cls, env: Env) -> dict[str, Any]:
+        """The shared fields read from `env`, with this class's defaults; validated before anything binds."""
+        return {
+            "port": env.port("PORT", cls.port),
+            "host": env.get_str("HOST", cls.host),
+            "model_dir": env.path("MODEL_DIR", cls.model_dir, must_exist="dir"),
+            "intra_op_threads": env.get_int("INTRA_OP_THREADS", cls.intra_op_threads, min=0, max=256),
+            "inter_op_threads": env.get_int("INTER_OP_THREADS", cls.inter_op_threads, min=0, max=256),
+            "max_image_bytes": env.get_int("MAX_IMAGE_BYTES", cls.max_image_bytes, min=1),
+            "max_image_pixels": env.get_int("MAX_IMAGE_PIXELS", cls.max_image_pixels, min=1),
+            "min_image_side": env.get_int("MIN_IMAGE_SIDE", cls.min_image_side, min=1),
+            "max_batch": env.get_int("MAX_BATCH", cls.max_batch, min=1, max=4096),
+            "max_message_bytes": env.get_int("MAX_MESSAGE_BYTES", cls.max_message_bytes, min=1024),
+            "grace_s": env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
+            "log_level": env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+        }
+
+
+class ServedModel(Protocol):
+    """What start-up needs from a model adapter."""
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    def warm_up(self) -> None: ...
+
+
+async def start_model_server(
+    kind: str,
+    settings: ModelServiceSettings,
+    model: ServedModel,
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Sequence[str],
+    describe: Mapping[str, Any] | None = None,
+) -> RunningServer:
+    """Bind, warm the model up, then health SERVING; returns once serving. A failed warm-up stops the server."""
+    identity = model.identity
+    running = await start_server(
+        register,
+        service_names,
+        host=settings.host,
+        port=settings.port,
+        max_message_bytes=settings.max_message_bytes,
+        describe={
+            "model": str(identity),
+            **(describe or {}),
+            "model_sha256": identity.sha256,
+            "model_dir": str(settings.model_dir),
+        },
+    )
+    try:
+        await asyncio.to_thread(model.warm_up)
+    except BaseException:
+        await running.stop(0)
+        raise
+    await running.set_serving()
+    logger.info("%s %s is SERVING on port %s", kind, identity, running.port)
+    return running
+
+
+def run_model_service(
+    kind: str,
+    from_env: Callable[[], ModelServiceSettings],
+    serve: Callable[[Any], Awaitable[None]],
+) -> int:
+    """The body of `python -m services.<kind>`: exit status 2, with the reason logged, when it cannot start."""
+    configure_logging()
+    try:
+        settings = from_env()
+        configure_logging(settings.log_level)
+        asyncio.run(serve(settings))
+    except (ConfigError, ModelContractError, OSError) as bad:
+        logging.getLogger(f"services.{kind}").error("cannot start: %s", bad)
+        return 2
+    return 0
