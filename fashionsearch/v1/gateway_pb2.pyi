@@ -184,18 +184,20 @@ class GetStatsRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class GetStatsResponse(_message.Message):
-    __slots__ = ("item_count", "stored_embedder", "running_embedder", "classifier", "max_upsert_batch")
+    __slots__ = ("item_count", "stored_embedder", "running_embedder", "classifier", "max_upsert_batch", "max_request_bytes")
     ITEM_COUNT_FIELD_NUMBER: _ClassVar[int]
     STORED_EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     RUNNING_EMBEDDER_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     MAX_UPSERT_BATCH_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     item_count: int
     stored_embedder: _common_pb2.ModelInfo
     running_embedder: _common_pb2.ModelInfo
     classifier: _common_pb2.ModelInfo
     max_upsert_batch: int
-    def __init__(self, item_count: _Optional[int] = ..., stored_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., running_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., classifier: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_upsert_batch: _Optional[int] = ...) -> None: ...
+    max_request_bytes: int
+    def __init__(self, item_count: _Optional[int] = ..., stored_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., running_embedder: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., classifier: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., max_upsert_batch: _Optional[int] = ..., max_request_bytes: _Optional[int] = ...) -> None: ...
 
 class ListItemsRequest(_message.Message):
     __slots__ = ("page_size",)

@@ -108,8 +108,8 @@ class GatewayServicer:
         raise NotImplementedError('Method not implemented!')
 
     def UpsertBatch(self, request, context):
-        """Adds or replaces a batch of catalogue items in one call (at most GetStats.max_upsert_batch): the cheaper way
-        for batch jobs, one message each way instead of one per item. One result per item, in order; a bad item gets
+        """Adds or replaces a batch of catalogue items in one call (at most GetStats.max_upsert_batch items and
+        GetStats.max_request_bytes bytes): the cheaper way for batch jobs, one message each way instead of one per item. One result per item, in order; a bad item gets
         an error in its result and the others are stored. INVALID_ARGUMENT when the batch is too large.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)

@@ -23,7 +23,7 @@ import logging
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
@@ -42,6 +42,8 @@ from fashionsearch.v1 import (
 from jobs.indexer.manifest import ATTRIBUTES, Row
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 #: Payload key of the content hash (beside the gateway's payload fields).
 HASH_FIELD = "content_hash"
@@ -101,6 +103,28 @@ class Target(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+#: Bytes per EmbedBatch / ClassifyBatch request: half the model services' default message limit (64 MB), since
+#: shop photos fetched from URLs can be megabytes each and 64 of them would not fit in one message.
+MAX_MODEL_REQUEST_BYTES = 32 * 1024 * 1024
+# Room for a request's own fields and framing beside its items.
+_REQUEST_SLACK_BYTES = 16 * 1024
+
+
+def bounded_chunks(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
+    """Consecutive runs of `items` holding at most `max_items` items and `max_bytes` bytes (by `sizes`); an item
+    larger than `max_bytes` goes alone (the service then refuses it, and says why)."""
+    chunk: list[T] = []
+    used = 0
+    for item, size in zip(items, sizes, strict=True):
+        if chunk and (len(chunk) >= max_items or used + size > max_bytes):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += size
+    if chunk:
+        yield chunk
 
 
 def payload_of(row: Row, content_hash: str, predicted: dict[str, str] | None = None) -> dict[str, Any]:
@@ -180,11 +204,15 @@ class ModelClients:
             raise JobError(f"the embedder refused the probe image: {result.error.message}")
         return EmbedderIdentity(model=response.model.name, version=response.model.version), len(result.embedding.vector)
 
+    def _chunks(self, images: Sequence[bytes]) -> Iterator[list[bytes]]:
+        # Every image is within the fetcher's limit (10 MB), so each fits in a request on its own.
+        sizes = [len(image) for image in images]
+        return bounded_chunks(images, sizes, self.max_batch, MAX_MODEL_REQUEST_BYTES - _REQUEST_SLACK_BYTES)
+
     def embed(self, images: Sequence[bytes]) -> tuple[list[np.ndarray | str], EmbedderIdentity]:
         out: list[np.ndarray | str] = []
         identity = EmbedderIdentity("", "")
-        for start in range(0, len(images), self.max_batch):
-            chunk = list(images[start : start + self.max_batch])
+        for chunk in self._chunks(images):
             response = _call_with_retries(
                 "embedder EmbedBatch",
                 lambda chunk=chunk: self._embedder.EmbedBatch(
@@ -202,8 +230,7 @@ class ModelClients:
     def classify(self, images: Sequence[bytes]) -> list[dict[str, str] | str]:
         assert self._classifier is not None
         out: list[dict[str, str] | str] = []
-        for start in range(0, len(images), self.max_batch):
-            chunk = list(images[start : start + self.max_batch])
+        for chunk in self._chunks(images):
             response = _call_with_retries(
                 "classifier ClassifyBatch",
                 lambda chunk=chunk: self._classifier.ClassifyBatch(  # type: ignore[union-attr]
@@ -428,6 +455,7 @@ class GatewayTarget:
         self._stub = gateway_pb2_grpc.GatewayStub(self._channel)
         self._timeout_s = timeout_s
         self._max_batch = 32
+        self._max_bytes = 4 * 1024 * 1024
         self.times = StageTimes()
 
     def prepare(self) -> str:
@@ -437,8 +465,9 @@ class GatewayTarget:
         running = stats.running_embedder
         if not running.name:
             raise JobError(f"the gateway at {self._addr} does not know its embedder (is the embedder up?)")
-        # Writes go in batches of at most what the gateway takes in one UpsertBatch.
-        self._max_batch = stats.max_upsert_batch or 32
+        # Writes go in batches of at most what the gateway takes in one UpsertBatch (items and bytes).
+        self._max_batch = stats.max_upsert_batch or self._max_batch
+        self._max_bytes = stats.max_request_bytes or self._max_bytes
         stored = stats.stored_embedder if stats.HasField("stored_embedder") else None
         if stored is not None and stored.name and (stored.name, stored.version) != (running.name, running.version):
             raise JobError(
@@ -461,12 +490,14 @@ class GatewayTarget:
         yield from _call_with_retries("gateway ListItems", call)
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
+        budget = self._max_bytes - _REQUEST_SLACK_BYTES
+        messages = [catalogue_item(item) for item in items]
+        sizes = [message.ByteSize() + 8 for message in messages]  # + the field's tag and length
+        fits = [i for i, size in enumerate(sizes) if size <= budget]
         responses: list[gateway_pb2.UpsertItemsResponse] = []
         started = time.perf_counter()
-        for start in range(0, len(items), self._max_batch):
-            request = gateway_pb2.UpsertBatchRequest(
-                items=[catalogue_item(item) for item in items[start : start + self._max_batch]]
-            )
+        for chunk in bounded_chunks([messages[i] for i in fits], [sizes[i] for i in fits], self._max_batch, budget):
+            request = gateway_pb2.UpsertBatchRequest(items=chunk)
             reply = _call_with_retries(
                 "gateway UpsertBatch",
                 lambda request=request: self._stub.UpsertBatch(
@@ -477,9 +508,14 @@ class GatewayTarget:
         self.times.add("gateway upsert (embed+classify+store)", time.perf_counter() - started)
         by_id = {r.id: r for r in responses}
         errors: list[str | None] = []
-        for item in items:
+        for item, size in zip(items, sizes, strict=True):
             response = by_id.get(item.row.id)
-            if response is None:
+            if size > budget:
+                errors.append(
+                    f"item is {size} bytes, more than the gateway accepts in one request ({self._max_bytes} bytes;"
+                    " see GATEWAY_MAX_IMAGE_BYTES)"
+                )
+            elif response is None:
                 errors.append("the gateway gave no answer for this item")
             elif response.upserted:
                 errors.append(None)

@@ -91,6 +91,7 @@ def bootstrap(
             max_image_bytes=settings.max_image_bytes,
             store_timeout_s=settings.store_timeout_s,
             upsert_batch=settings.upsert_batch,
+            max_request_bytes=max_message_bytes(settings),
             shrink_above_pixels=settings.shrink_above_pixels,
             shrink_side=settings.shrink_side,
         ),

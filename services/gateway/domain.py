@@ -126,3 +126,4 @@ class Stats:
     running_embedder: ModelId | None
     classifier: ModelId | None
     max_upsert_batch: int
+    max_request_bytes: int

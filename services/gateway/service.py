@@ -66,6 +66,8 @@ class Limits:
     store_timeout_s: float = 5.0
     #: Items embedded and stored together: the most one UpsertBatch carries, and the embedder's batch size.
     upsert_batch: int = 64
+    #: The gRPC server's request size limit (set from the same number), reported so batch jobs can fit in it.
+    max_request_bytes: int = 10 * 1024 * 1024 + 64 * 1024
     #: JPEG photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
     #: 0 turns it off.
     shrink_above_pixels: int = 0
@@ -365,6 +367,7 @@ class GatewayService:
             running_embedder=running_embedder,
             classifier=classifier,
             max_upsert_batch=self._limits.upsert_batch,
+            max_request_bytes=self._limits.max_request_bytes,
         )
 
 

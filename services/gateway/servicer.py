@@ -206,4 +206,5 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             running_embedder=model_to_proto(stats.running_embedder),
             classifier=model_to_proto(stats.classifier),
             max_upsert_batch=stats.max_upsert_batch,
+            max_request_bytes=stats.max_request_bytes,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import os
 import re
@@ -21,7 +22,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from fashionsearch.v1 import gateway_pb2
 from services.embedder import server as embedder_server
@@ -375,5 +378,35 @@ def test_gateway_write_key_from_the_environment(tmp_path: Path) -> None:
         assert code == 1 and "UNAUTHENTICATED" in refused["error"]
         code, accepted = run_job(tmp_path, *args, env={"INDEXER_API_KEY": key})
         assert code == 0 and accepted["added"] == 5
+    finally:
+        stack.close()
+
+
+def noise_jpeg(seed: int, width: int, height: int) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="JPEG", quality=95)
+    return buffer.getvalue()
+
+
+def test_batches_are_split_to_fit_the_gateways_request_limit(tmp_path: Path) -> None:
+    # A gateway taking images of at most 20 KB accepts requests of about 84 KB; 30 photos of 6 to 7 KB make a
+    # batch three times that, so one UpsertBatch per batch would be refused as a whole.
+    stack = start_stack(tmp_path, max_image_bytes=20_000)
+    try:
+        stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+        assert stats.max_upsert_batch == 64 and 80_000 < stats.max_request_bytes < 90_000
+        dataset = write_dataset(tmp_path / "ds", range(1, 32))
+        for i in range(1, 31):
+            (dataset / "images" / f"{i}.jpg").write_bytes(noise_jpeg(i, 60, 80))
+        assert all(5_000 < (dataset / "images" / f"{i}.jpg").stat().st_size < 20_000 for i in range(1, 31))
+        (dataset / "images" / "31.jpg").write_bytes(noise_jpeg(31, 300, 400))  # too large for any request
+        assert (dataset / "images" / "31.jpg").stat().st_size > stats.max_request_bytes
+
+        code, summary = run_job(tmp_path, "--dataset", str(dataset), "--gateway", _addr(stack.gateway))
+        assert code == 2 and summary["complete"], summary
+        assert _counts(summary) == (30, 0, 0, 0, 1)
+        assert "more than the gateway accepts in one request" in (tmp_path / "rejects.csv").read_text()
+        assert len(_digests(stack)) == 30
     finally:
         stack.close()
