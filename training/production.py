@@ -12,10 +12,13 @@ Classifier (`python -m training train classifier`)
     split (NLL) and baked into the exported softmax.
 
 Embedder (`python -m training train embedder`)
-    The classifier's trunk, frozen, plus a linear projection to D dimensions, L2-normalised (Euclidean distance
-    on the unit sphere). The projection is trained with a proxy-based metric loss (normalised-softmax / cosine
-    proxies, one set per attribute: articleType, baseColour, gender) on the trunk's features of the training
-    split (original + mirrored images). It trains in minutes, so every D in EMBEDDING_DIMS is trained and the
+    The classifier's trunk, frozen, plus a small projection (one hidden layer of EMBEDDING_HIDDEN ReLU units, then
+    D dimensions), L2-normalised (Euclidean distance on the unit sphere). The hidden layer raised validation
+    articleType precision@5 at D=32 from 78.1% to 80.5% (unfiltered) and 82.4% to 84.6% (filtered) over a linear
+    projection; its cost is small beside the trunk's (the embedder still runs at about 6,000 images/s at batch 64).
+    The projection is trained with a proxy-based metric loss (normalised-softmax / cosine proxies, one set per
+    attribute: articleType, baseColour, gender) on the trunk's features of the training split (original +
+    mirrored images). It trains in minutes, so every D in EMBEDDING_DIMS is trained and the
     dimension is chosen on the validation split (precision@5); the trade-off table goes into model.json.
 
 Only the validation split is used for any choice; the test split is touched by `python -m training evaluate`.
@@ -81,6 +84,7 @@ WARMUP = 0.03
 AUGMENT = data.Augmentation(shift=0.06, zoom=0.08, rotation_deg=6.0, hflip=True)
 
 EMBEDDING_DIMS = (16, 32, 64, 128)
+EMBEDDING_HIDDEN = 1024
 EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
 DEFAULT_EMBEDDING_DIM = 64
 CLASSIFIER_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier"
@@ -551,6 +555,7 @@ def build_projection(
     layers = keras.layers
     inputs = keras.Input((feature_dim,), name="features_in")
     x = layers.Normalization(mean=mean, variance=variance, name="feature_norm")(inputs)
+    x = layers.Dense(EMBEDDING_HIDDEN, activation="relu", name="projection_hidden")(x)
     x = layers.Dense(dim, use_bias=False, name="projection")(x)
     z = layers.UnitNormalization(name="embedding")(x)
     projection = keras.Model(inputs, z, name="projection_model")
@@ -707,6 +712,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "classifier_seconds": classifier.training.get("seconds"),
             "trunk_from": str(source),
             "settings": {
+                "projection": f"dense {EMBEDDING_HIDDEN} relu, dense D, L2 normalisation",
                 "loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
                 "attribute_weights": EMBEDDING_ATTRIBUTES,
                 "epochs": epochs,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 import urllib.error
@@ -165,6 +166,8 @@ def test_upload_shows_attributes_name_keywords_and_five_similar_products(page, t
     )
     assert page.locator("#hits img").count() == 5, "every product has a thumbnail"
     page.wait_for_function("() => document.getElementById('stats').textContent.includes('products')")
+    footer = page.locator("#stats").inner_text()
+    assert re.fullmatch(r"[\d,]+ products · \S+@\S+ · \S+@\S+", footer), footer  # count, embedder, classifier
     shot = tmp_path / "web-page.png"
     page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 10_000

@@ -411,11 +411,9 @@ async function loadStats() {
   try {
     const stats = await callApi("/v1/stats");
     const parts = [`${stats.item_count.toLocaleString()} products`];
-    if (stats.running_embedder) {
-      parts.push(`embedder ${stats.running_embedder.name} ${stats.running_embedder.version}`);
-    }
-    if (stats.classifier) {
-      parts.push(`classifier ${stats.classifier.name} ${stats.classifier.version}`);
+    // Model names say what they are ("embedder@3", "paper-autoencoder@1").
+    for (const model of [stats.running_embedder, stats.classifier]) {
+      if (model) parts.push(`${model.name}@${model.version}`);
     }
     $("stats").textContent = parts.join(" · ");
   } catch (error) {
