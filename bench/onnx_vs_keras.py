@@ -31,7 +31,10 @@ BATCHES = (1, 64)
 
 
 def keras_file(spec: ModelSpec) -> Path | None:
+    # The run folder is named after the recipe that made the model (e.g. classifier-heads for the classifier).
+    recipe = str(spec.extra.get("training", {}).get("recipe", spec.name))
     for candidate in (
+        REPO_ROOT / ".cache" / "runs" / recipe / "model.keras",
         REPO_ROOT / ".cache" / "runs" / spec.name / "model.keras",
         REPO_ROOT / "reports" / spec.name / "model.keras",
     ):

@@ -11,6 +11,13 @@ Classifier (`python -m training train classifier`)
     resumes from it (same run folder). After training, one temperature per head is fitted on the validation
     split (NLL) and baked into the exported softmax.
 
+Classifier heads (`python -m training train classifier-heads`, after the classifier)
+    The trained classifier's trunk, frozen, with its heads refitted on the trunk's pooled features of the training
+    split (original + mirrored): one shared hidden layer of HEADS_HIDDEN ReLU units and dropout, then a dense
+    layer per attribute, same losses, then the same temperature calibration. Minutes instead of another
+    training run; it exports the classifier the services run (the embedder keeps reading the trunk from the
+    classifier's run folder, which this step leaves as it is).
+
 Embedder (`python -m training train embedder`)
     The classifier's trunk, frozen, plus a small projection (one hidden layer of EMBEDDING_HIDDEN ReLU units, then
     D dimensions), L2-normalised (Euclidean distance on the unit sphere). The hidden layer raised validation
@@ -83,6 +90,14 @@ WEIGHT_DECAY = 5e-5
 WARMUP = 0.03
 AUGMENT = data.Augmentation(shift=0.06, zoom=0.08, rotation_deg=6.0, hflip=True)
 
+# Head refit (`train classifier-heads`): one shared hidden layer for all heads, on the frozen trunk's features.
+HEADS_HIDDEN = 1024
+HEADS_DROPOUT = 0.2
+HEADS_EPOCHS = 20
+HEADS_BATCH = 256
+HEADS_LR = 2e-3
+CLASSIFIER_HEADS_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier-heads"
+
 EMBEDDING_DIMS = (16, 32, 64, 128)
 EMBEDDING_HIDDEN = 1024
 EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
@@ -142,15 +157,19 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="production_classifier")
 
 
-def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float]) -> keras.Model:
-    """The exported model: softmax(logits / T) per head, outputs in HEAD order and named after the attribute."""
+def calibrated_outputs(logits: Mapping[str, Any], temperatures: Mapping[str, float]) -> list[Any]:
+    """softmax(logits / T) per head, in HEAD order and named after the attribute (the exported outputs)."""
     layers = keras.layers
-    outputs = []
-    for attribute, t in temperatures.items():
-        logits = model.get_layer(f"{attribute}_logits").output
-        scaled = layers.Rescaling(1.0 / float(t), name=f"{attribute}_temperature")(logits)
-        outputs.append(layers.Softmax(name=attribute)(scaled))
-    return keras.Model(model.inputs, outputs, name="classifier")
+    return [
+        layers.Softmax(name=a)(layers.Rescaling(1.0 / float(t), name=f"{a}_temperature")(logits[a]))
+        for a, t in temperatures.items()
+    ]
+
+
+def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float]) -> keras.Model:
+    """The exported model: the training model's logits layers through calibrated_outputs."""
+    logits = {a: model.get_layer(f"{a}_logits").output for a in temperatures}
+    return keras.Model(model.inputs, calibrated_outputs(logits, temperatures), name="classifier")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -348,6 +367,29 @@ class Validation(keras.callbacks.Callback):
         )
 
 
+def calibrate(
+    logits: Mapping[str, np.ndarray], y_val: Mapping[str, np.ndarray]
+) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
+    """Per head on the validation split: (temperature, accuracy, calibration before/after)."""
+    temperatures: dict[str, float] = {}
+    accuracy: dict[str, float] = {}
+    calibration: dict[str, Any] = {}
+    for a in HEAD_ATTRIBUTES:
+        keep = y_val[a] >= 0
+        z, y = logits[a][keep], y_val[a][keep]
+        t = fit_temperature(z, y)
+        temperatures[a] = t
+        accuracy[a] = round(float((z.argmax(axis=1) == y).mean()), 4) if len(y) else 0.0
+        calibration[a] = {
+            "temperature": round(t, 4),
+            "ece_before": round(ece(softmax(z), y), 4),
+            "ece_after": round(ece(softmax(z / t), y), 4),
+            "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
+            "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0,
+        }
+    return temperatures, accuracy, calibration
+
+
 def predict_logits(model: keras.Model, ds: Any) -> dict[str, np.ndarray]:
     out = model.predict(ds, verbose=0)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -460,22 +502,7 @@ def train_classifier(
     # Temperature per head on the validation split.
     val_ds = data.make_tf_dataset(val.images, None, PRODUCTION_INPUT, 256)
     logits = predict_logits(model, val_ds)
-    temperatures: dict[str, float] = {}
-    calibration: dict[str, Any] = {}
-    accuracy: dict[str, float] = {}
-    for a in HEAD_ATTRIBUTES:
-        keep = y_val[a] >= 0
-        z, y = logits[a][keep], y_val[a][keep]
-        t = fit_temperature(z, y)
-        temperatures[a] = t
-        accuracy[a] = round(float((z.argmax(axis=1) == y).mean()), 4) if len(y) else 0.0
-        calibration[a] = {
-            "temperature": round(t, 4),
-            "ece_before": round(ece(softmax(z), y), 4),
-            "ece_after": round(ece(softmax(z / t), y), 4),
-            "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
-            "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0,
-        }
+    temperatures, accuracy, calibration = calibrate(logits, y_val)
     log.info("validation accuracy %s; calibration %s", accuracy, calibration)
     exported = calibrated_classifier(model, temperatures)
     hist = history.history
@@ -498,6 +525,104 @@ def train_classifier(
                 for a in HEAD_ATTRIBUTES
             },
             "history": {k: [round(v, 6) for v in vals] for k, vals in hist.items()},
+        },
+        parity_pixels=dataset.split(split, "val").images[:256],
+        run_dir=run_dir,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Recipe: classifier heads
+
+
+def build_heads(feature_dim: int, head_sizes: Mapping[str, int], mean: np.ndarray, variance: np.ndarray) -> keras.Model:
+    """features -> one logits output per attribute, through one shared hidden layer."""
+    layers = keras.layers
+    inputs = keras.Input((feature_dim,), name="features_in")
+    x = layers.Normalization(mean=mean, variance=variance, name="heads_norm")(inputs)
+    x = layers.Dense(HEADS_HIDDEN, activation="relu", name="heads_hidden")(x)
+    x = layers.Dropout(HEADS_DROPOUT, name="heads_dropout")(x)
+    outputs = {a: layers.Dense(n, name=f"{a}_logits")(x) for a, n in head_sizes.items()}
+    return keras.Model(inputs, outputs, name="heads")
+
+
+def train_classifier_heads(
+    dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions
+) -> TrainedModel:
+    """The trained classifier's trunk, frozen, with its heads refitted: one shared hidden layer of HEADS_HIDDEN
+    ReLU units instead of a linear layer per head, trained in minutes on the trunk's features of the training split
+    (original + mirrored), same losses, then calibrated like the classifier. Runs after `train classifier`."""
+    from training.export import load_trained
+
+    data.configure_tensorflow(options.threads, options.seed)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    source = classifier_run_dir()
+    if not (source / "model.keras").is_file():
+        raise data.DataError(f"no trained classifier in {source}: run `python -m training train classifier` first")
+    classifier = load_trained(source)
+    trunk = feature_model(classifier.model)
+    trunk.trainable = False
+
+    full_train = dataset.split(split, "train")
+    vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
+    train = _limit(full_train, options.limit, options.seed)
+    val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
+    y_train = {a: np.concatenate([vocabularies[a].encode(train.labels[a])] * 2) for a in HEAD_ATTRIBUTES}
+    y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
+    log.info("classifier heads: features of %d train (+ mirrored) and %d validation images", len(train), len(val))
+    features = np.concatenate([compute_features(trunk, train.images), compute_features(trunk, train.images, True)])
+    f_val = compute_features(trunk, val.images)
+
+    keras.utils.set_random_seed(options.seed)
+    epochs = options.epochs or HEADS_EPOCHS
+    batch = options.batch_size or HEADS_BATCH
+    heads = build_heads(features.shape[1], sizes, features.mean(axis=0), features.var(axis=0) + 1e-6)
+    steps = epochs * math.ceil(len(features) / batch)
+    heads.compile(
+        optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(HEADS_LR, steps, alpha=0.01)),
+        loss={
+            a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a]), name=f"{a}_ce") for a in HEAD_ATTRIBUTES
+        },
+        loss_weights=LOSS_WEIGHTS,
+    )
+    heads.fit(features, y_train, batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
+    head_seconds = time.monotonic() - started
+
+    logits = {a: np.asarray(v) for a, v in heads.predict(f_val, batch_size=4096, verbose=0).items()}
+    temperatures, accuracy, calibration = calibrate(logits, y_val)
+    log.info("validation accuracy %s; calibration %s", accuracy, calibration)
+    inputs = keras.Input((PRODUCTION_INPUT.height, PRODUCTION_INPUT.width, 3), name=PRODUCTION_INPUT.name)
+    # The same layers without the training configuration (losses), so the saved model loads anywhere.
+    plain_heads = keras.Model(heads.input, heads.output, name="heads")
+    exported = keras.Model(inputs, calibrated_outputs(plain_heads(trunk(inputs)), temperatures), name="classifier")
+    trunk_training = classifier.training
+    return TrainedModel(
+        name="classifier",
+        kind="classifier",
+        model=exported,
+        input_spec=PRODUCTION_INPUT,
+        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
+        metrics={"validation": {"accuracy": accuracy, "calibration": calibration}},
+        training=trunk_training
+        | {
+            "recipe": "classifier-heads",
+            "parameters": exported.count_params(),
+            # The budget covers both commands: the trunk's training loop and this refit.
+            "seconds": round(float(trunk_training.get("seconds") or 0.0) + head_seconds, 1),
+            "trunk_seconds": trunk_training.get("seconds"),
+            "heads_seconds": round(head_seconds, 1),
+            "trunk_from": str(source),
+            "heads_settings": {
+                "hidden": HEADS_HIDDEN,
+                "dropout": HEADS_DROPOUT,
+                "epochs": epochs,
+                "batch_size": batch,
+                "optimizer": f"Adam {HEADS_LR} cosine",
+                "mirrored_copies": True,
+                "loss": "the classifier's (label smoothing, class weights, loss weights)",
+            },
         },
         parity_pixels=dataset.split(split, "val").images[:256],
         run_dir=run_dir,

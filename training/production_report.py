@@ -207,12 +207,23 @@ def classifier_summary(
     rate, mb = _throughput(model_dir, threads)
     training = spec.extra.get("training", {})
     lines += ["## Budget", ""]
-    lines += _budget_lines(rate, mb, training.get("seconds"), " (training loop)")
+    refit = training.get("heads_seconds") is not None
+    what = " (trunk training loop + head refit)" if refit else " (training loop)"
+    lines += _budget_lines(rate, mb, training.get("seconds"), what)
     lines += [
         f"Parameters: {training.get('parameters', 'n/a'):,}; {training.get('epochs_run')} epochs, "
         f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images.",
         "",
     ]
+    if refit:
+        heads = training.get("heads_settings", {})
+        lines += [
+            f"Two commands: `train classifier` trained the trunk and linear heads in "
+            f"{float(training.get('trunk_seconds') or 0) / 60:.1f} min; `train classifier-heads` refitted the heads "
+            f"on the frozen trunk's features (one shared hidden layer of {heads.get('hidden')} ReLU units, "
+            f"{heads.get('epochs')} epochs) in {float(training['heads_seconds']) / 60:.1f} min.",
+            "",
+        ]
     return lines
 
 

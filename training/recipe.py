@@ -21,6 +21,7 @@ RECIPES: dict[str, str] = {
     "paper-cnn": "training.paper:train_cnn",
     "paper-autoencoder": "training.paper:train_autoencoder",
     "classifier": "training.production:train_classifier",
+    "classifier-heads": "training.production:train_classifier_heads",
     "embedder": "training.production:train_embedder",
 }
 

@@ -81,6 +81,45 @@ def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
         np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
+def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path):
+    import keras
+
+    model, temperatures = _train_a_few_steps()
+    trunk = production.feature_model(model)
+    trunk.trainable = False
+    trunk_weights = [w.copy() for w in trunk.get_weights()]
+    pixels, targets = _pixels(32), _targets(32)
+    features = np.asarray(trunk.predict(preprocess(list(pixels), production.PRODUCTION_INPUT), verbose=0))
+    heads = production.build_heads(features.shape[1], SIZES, features.mean(axis=0), features.var(axis=0) + 1e-6)
+    heads.compile(
+        optimizer=keras.optimizers.Adam(1e-3),
+        loss={a: production.MaskedSmoothedCrossEntropy(np.ones(k), name=f"{a}_ce") for a, k in SIZES.items()},
+    )
+    assert np.isfinite(heads.fit(features, targets, batch_size=16, epochs=1, verbose=0).history["loss"][0])
+    inputs = keras.Input((80, 60, 3), name=production.PRODUCTION_INPUT.name)
+    exported = keras.Model(inputs, production.calibrated_outputs(heads(trunk(inputs)), temperatures))
+    for before, after in zip(trunk_weights, trunk.get_weights(), strict=True):
+        np.testing.assert_array_equal(before, after)  # the trunk stays as trained (the embedder shares it)
+
+    trained = TrainedModel(
+        name="classifier",
+        kind="classifier",
+        model=exported,
+        input_spec=production.PRODUCTION_INPUT,
+        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
+        parity_pixels=_pixels(256, seed=3),
+    )
+    export.export_model(trained, tmp_path / "classifier")  # includes the Keras-vs-onnxruntime parity gate
+    loaded = ModelSpec.load(tmp_path / "classifier")
+    session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = preprocess(list(_pixels(4, seed=5)), loaded.input)
+    outputs = session.run([h.name for h in loaded.outputs], {loaded.input.name: x})
+    logits = heads.predict(trunk.predict(x, verbose=0), verbose=0)
+    for head, probs in zip(loaded.outputs, outputs, strict=True):
+        expected = production.softmax(np.asarray(logits[head.attribute]) / temperatures[head.attribute])
+        np.testing.assert_allclose(probs, expected, atol=1e-4)
+
+
 def test_masked_loss_ignores_unlabelled_examples_and_weights_classes():
     loss = production.MaskedSmoothedCrossEntropy([1.0, 3.0], smoothing=0.0)
     logits = np.asarray([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]], dtype=np.float32)
