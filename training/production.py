@@ -504,15 +504,12 @@ def train_classifier(
     logits = predict_logits(model, val_ds)
     temperatures, accuracy, calibration = calibrate(logits, y_val)
     log.info("validation accuracy %s; calibration %s", accuracy, calibration)
-    exported = calibrated_classifier(model, temperatures)
     hist = history.history
-    return TrainedModel(
-        name="classifier",
-        kind="classifier",
-        model=exported,
-        input_spec=PRODUCTION_INPUT,
-        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
-        metrics={"validation": {"accuracy": accuracy, "calibration": calibration}},
+    return _classifier_model(
+        calibrated_classifier(model, temperatures),
+        vocabularies,
+        accuracy,
+        calibration,
         training={
             "recipe": "classifier",
             "parameters": model.count_params(),
@@ -528,6 +525,25 @@ def train_classifier(
         },
         parity_pixels=dataset.split(split, "val").images[:256],
         run_dir=run_dir,
+    )
+
+
+def _classifier_model(
+    exported: keras.Model,
+    vocabularies: Mapping[str, data.Vocabulary],
+    accuracy: Mapping[str, float],
+    calibration: Mapping[str, Any],
+    **rest: Any,
+) -> TrainedModel:
+    """The classifier both recipes export: heads in HEAD order, validation accuracy and calibration."""
+    return TrainedModel(
+        name="classifier",
+        kind="classifier",
+        model=exported,
+        input_spec=PRODUCTION_INPUT,
+        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
+        metrics={"validation": {"accuracy": dict(accuracy), "calibration": dict(calibration)}},
+        **rest,
     )
 
 
@@ -598,13 +614,11 @@ def train_classifier_heads(
     plain_heads = keras.Model(heads.input, heads.output, name="heads")
     exported = keras.Model(inputs, calibrated_outputs(plain_heads(trunk(inputs)), temperatures), name="classifier")
     trunk_training = classifier.training
-    return TrainedModel(
-        name="classifier",
-        kind="classifier",
-        model=exported,
-        input_spec=PRODUCTION_INPUT,
-        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
-        metrics={"validation": {"accuracy": accuracy, "calibration": calibration}},
+    return _classifier_model(
+        exported,
+        vocabularies,
+        accuracy,
+        calibration,
         training=trunk_training
         | {
             "recipe": "classifier-heads",

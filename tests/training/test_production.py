@@ -52,11 +52,8 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
     return model, {a: 1.0 + 0.1 * k for k, a in enumerate(production.HEAD_ATTRIBUTES)}
 
 
-def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
-    model, temperatures = _train_a_few_steps()
-    assert production.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
-    exported = production.calibrated_classifier(model, temperatures)
-    trained = TrainedModel(
+def _classifier(exported: object) -> TrainedModel:
+    return TrainedModel(
         name="classifier",
         kind="classifier",
         model=exported,
@@ -64,6 +61,13 @@ def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
         heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
         parity_pixels=_pixels(256, seed=3),
     )
+
+
+def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
+    model, temperatures = _train_a_few_steps()
+    assert production.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
+    exported = production.calibrated_classifier(model, temperatures)
+    trained = _classifier(exported)
     spec = export.export_model(trained, tmp_path / "classifier")
     loaded = ModelSpec.load(tmp_path / "classifier")
     assert loaded == spec
@@ -101,14 +105,7 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     for before, after in zip(trunk_weights, trunk.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # the trunk stays as trained (the embedder shares it)
 
-    trained = TrainedModel(
-        name="classifier",
-        kind="classifier",
-        model=exported,
-        input_spec=production.PRODUCTION_INPUT,
-        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
-        parity_pixels=_pixels(256, seed=3),
-    )
+    trained = _classifier(exported)
     export.export_model(trained, tmp_path / "classifier")  # includes the Keras-vs-onnxruntime parity gate
     loaded = ModelSpec.load(tmp_path / "classifier")
     session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
