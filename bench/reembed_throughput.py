@@ -35,7 +35,7 @@ from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
 from jobs.indexer.runner import Options, Summary, run  # noqa: E402
 from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients  # noqa: E402
-from tests.process_stack import ProcessStack  # noqa: E402
+from tests.process_stack import ProcessStack, cpu_seconds  # noqa: E402
 from tests.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
@@ -68,18 +68,9 @@ def pick_models(tmp: Path) -> tuple[Path, Path, str]:
     )
 
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """User + system CPU seconds of a process (this one when pid is None), from /proc."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_by_process(stack: ProcessStack) -> dict[str, float]:
     cpu = {name: cpu_seconds(stack.pid(name)) for name in ("embedder", "classifier", "gateway")}
-    cpu["indexer (this process)"] = cpu_seconds()
+    cpu["indexer (this process)"] = cpu_seconds(os.getpid())
     return cpu
 
 

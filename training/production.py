@@ -568,17 +568,10 @@ def train_classifier_heads(
     """The trained classifier's trunk, frozen, with its heads refitted: one shared hidden layer of HEADS_HIDDEN
     ReLU units instead of a linear layer per head, trained in minutes on the trunk's features of the training split
     (original + mirrored), same losses, then calibrated like the classifier. Runs after `train classifier`."""
-    from training.export import load_trained
-
     data.configure_tensorflow(options.threads, options.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    source = classifier_run_dir()
-    if not (source / "model.keras").is_file():
-        raise data.DataError(f"no trained classifier in {source}: run `python -m training train classifier` first")
-    classifier = load_trained(source)
-    trunk = feature_model(classifier.model)
-    trunk.trainable = False
+    classifier, trunk, source = load_frozen_trunk()
 
     full_train = dataset.split(split, "train")
     vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
@@ -588,8 +581,8 @@ def train_classifier_heads(
     y_train = {a: np.concatenate([vocabularies[a].encode(train.labels[a])] * 2) for a in HEAD_ATTRIBUTES}
     y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
     log.info("classifier heads: features of %d train (+ mirrored) and %d validation images", len(train), len(val))
-    features = np.concatenate([compute_features(trunk, train.images), compute_features(trunk, train.images, True)])
-    f_val = compute_features(trunk, val.images)
+    f_train, f_train_flip, f_val = trunk_features(trunk, train, val)
+    features = np.concatenate([f_train, f_train_flip])
 
     keras.utils.set_random_seed(options.seed)
     epochs = options.epochs or HEADS_EPOCHS
@@ -664,6 +657,34 @@ def compute_features(trunk: keras.Model, images: np.ndarray, flip: bool = False)
     pixels = images[:, :, ::-1] if flip else images
     ds = data.make_tf_dataset(np.ascontiguousarray(pixels), None, PRODUCTION_INPUT, 256)
     return np.asarray(trunk.predict(ds, verbose=0), dtype=np.float32)
+
+
+def load_frozen_trunk() -> tuple[TrainedModel, keras.Model, Path]:
+    """The trained classifier of classifier_run_dir(), its trunk (frozen) and the folder: what the recipes that
+    build on the classifier (heads refit, embedder) start from."""
+    from training.export import load_trained
+
+    source = classifier_run_dir()
+    if not (source / "model.keras").is_file():
+        raise data.DataError(
+            f"no trained classifier in {source}: run `python -m training train classifier` "
+            "first (or set FASHIONSEARCH_CLASSIFIER_RUN)"
+        )
+    classifier = load_trained(source)
+    trunk = feature_model(classifier.model)
+    trunk.trainable = False
+    return classifier, trunk, source
+
+
+def trunk_features(
+    trunk: keras.Model, train: data.Dataset, val: data.Dataset
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(training images, the same mirrored, validation images) through the frozen trunk."""
+    return (
+        compute_features(trunk, train.images),
+        compute_features(trunk, train.images, flip=True),
+        compute_features(trunk, val.images),
+    )
 
 
 @keras.saving.register_keras_serializable(package="fashionsearch")
@@ -759,21 +780,10 @@ def choose_dimension(table: Mapping[int, Mapping[str, Any]], tolerance: float = 
 
 def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions) -> TrainedModel:
     """The retrieval embedder on the trained classifier's frozen trunk (see the module docstring)."""
-    from training.export import load_trained
-
     data.configure_tensorflow(options.threads, options.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    source = classifier_run_dir()
-    if not (source / "model.keras").is_file():
-        raise data.DataError(
-            f"no trained classifier in {source}: run `python -m training train classifier` "
-            "first (or set FASHIONSEARCH_CLASSIFIER_RUN)"
-        )
-    classifier = load_trained(source)
-    trunk = feature_model(classifier.model)
-    for layer in trunk.layers:
-        layer.trainable = False
+    classifier, trunk, source = load_frozen_trunk()
 
     full_train = dataset.split(split, "train")
     vocabularies = data.build_vocabularies(full_train, tuple(EMBEDDING_ATTRIBUTES), min_count=MIN_CLASS_COUNT)
@@ -783,9 +793,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     log.info(
         "embedder: features of %d train (+ mirrored) and %d validation images from %s", len(train), len(val), source
     )
-    f_train = compute_features(trunk, train.images)
-    f_train_flip = compute_features(trunk, train.images, flip=True)
-    f_val = compute_features(trunk, val.images)
+    f_train, f_train_flip, f_val = trunk_features(trunk, train, val)
     y = {a: np.concatenate([vocabularies[a].encode(train.labels[a])] * 2) for a in EMBEDDING_ATTRIBUTES}
     features = np.concatenate([f_train, f_train_flip])
     feature_seconds = time.monotonic() - started

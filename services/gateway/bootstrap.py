@@ -22,9 +22,6 @@ from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-# Room for protobuf framing around the largest accepted image.
-_MESSAGE_OVERHEAD_BYTES = 64 * 1024
-
 
 @dataclass
 class Gateway:
@@ -47,7 +44,7 @@ class Gateway:
 
 
 def max_message_bytes(settings: Settings) -> int:
-    return settings.max_image_bytes + _MESSAGE_OVERHEAD_BYTES
+    return Limits(max_image_bytes=settings.max_image_bytes).max_request_bytes
 
 
 def bootstrap(
@@ -91,7 +88,6 @@ def bootstrap(
             max_image_bytes=settings.max_image_bytes,
             store_timeout_s=settings.store_timeout_s,
             upsert_batch=settings.upsert_batch,
-            max_request_bytes=max_message_bytes(settings),
             shrink_above_pixels=settings.shrink_above_pixels,
             shrink_side=settings.shrink_side,
         ),

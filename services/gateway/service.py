@@ -58,6 +58,10 @@ _END = object()
 MAX_ID = 2**63 - 1
 
 
+# Room for protobuf framing and the other fields around the largest accepted image.
+MESSAGE_OVERHEAD_BYTES = 64 * 1024
+
+
 @dataclass(frozen=True)
 class Limits:
     default_top_k: int = 5
@@ -66,12 +70,16 @@ class Limits:
     store_timeout_s: float = 5.0
     #: Items embedded and stored together: the most one UpsertBatch carries, and the embedder's batch size.
     upsert_batch: int = 64
-    #: The gRPC server's request size limit (set from the same number), reported so batch jobs can fit in it.
-    max_request_bytes: int = 10 * 1024 * 1024 + 64 * 1024
     #: JPEG photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
     #: 0 turns it off.
     shrink_above_pixels: int = 0
     shrink_side: int = 256
+
+    @property
+    def max_request_bytes(self) -> int:
+        """The largest request message: the largest image plus room for framing. The gRPC server and its peer
+        channels are configured with it, and GetStats reports it so batch jobs can fit their requests in it."""
+        return self.max_image_bytes + MESSAGE_OVERHEAD_BYTES
 
 
 class GatewayService:
