@@ -1,9 +1,9 @@
 """Filtered top-5 search: Qdrant Edge vs qdrant-client local mode vs NumPy brute force, through the store adapters.
 
-Synthetic vectors (dim 64, the production embedder's size) with payloads whose subCategory follows the sample
-catalogue's distribution; each query is a perturbed stored vector filtered by a subCategory drawn from the same
-distribution (what the gateway's default search does). Prints build time, latency p50/p95, single-thread
-queries per second and recall@5 against brute force.
+Synthetic vectors (dim 64; the production embedder has 32 since version 4) with payloads whose subCategory
+follows the sample catalogue's distribution; each query is a perturbed stored vector filtered by a subCategory
+drawn from the same distribution (what the gateway's default search does). Prints build time, latency p50/p95,
+single-thread queries per second and recall@5 against brute force.
 
     python bench/store_search.py [--sizes 10000,40000,400000] [--queries 200] [--local-max 40000]
 
