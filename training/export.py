@@ -248,6 +248,8 @@ def save_trained(trained: TrainedModel, run_dir: Path) -> None:
 def load_trained(run_dir: Path) -> TrainedModel:
     import keras
 
+    import training.production  # noqa: F401 - registers the custom layers (ProxyPull...) that saved models use
+
     meta = json.loads((run_dir / TRAINED_FILE).read_text())
     raw_input: Mapping[str, Any] = meta["input"]
     input_spec = InputSpec(**(dict(raw_input) | {"mean": tuple(raw_input["mean"]), "std": tuple(raw_input["std"])}))

@@ -25,8 +25,10 @@ Embedder (`python -m training train embedder`)
     projection; its cost is small beside the trunk's (the embedder runs at about 3,500 images/s at batch 64).
     The projection is trained with a proxy-based metric loss (normalised-softmax / cosine proxies, one set per
     attribute: articleType, baseColour, gender) on the trunk's features of the training split (original +
-    mirrored images). It trains in minutes, so every D in EMBEDDING_DIMS is trained and the
-    dimension is chosen on the validation split (precision@5); the trade-off table goes into model.json.
+    mirrored images). The served vector is then pulled part of the way towards the proxies it most likely
+    belongs to and re-normalised (ProxyPull, inside the exported graph): classes get tighter at the same
+    dimension. It trains in minutes, so every D in EMBEDDING_DIMS is trained and the dimension is chosen on the
+    validation split (precision@5); the trade-off table goes into model.json.
 
 Only the validation split is used for any choice; the test split is touched by `python -m training evaluate`.
 """
@@ -103,6 +105,12 @@ HEADS_LR = 2e-3
 EMBEDDING_DIMS = (16, 32, 64, 128)
 EMBEDDING_HIDDEN = 1024
 EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
+# The served embedding is pulled towards the proxies it most likely belongs to, each attribute with its loss weight
+# (ProxyPull). Validation, v4 trunk, 32-d: articleType precision@5 82.5% / 86.0% (unfiltered / filtered) against
+# 81.3% / 85.3% without the pull, baseColour 62.5% against 60.4%, gender 89.9% against 88.5%; strength 2 gave the
+# same, 4 lost colour; appending the probabilities as extra dimensions (178-d) instead was no better. The pull
+# helps the larger dimensions more, so the choice rule moved from 32-d to 64-d (embedder 5: 83.0% / 86.3%).
+EMBEDDING_PULL = dict(EMBEDDING_ATTRIBUTES)
 DEFAULT_EMBEDDING_DIM = 64
 CLASSIFIER_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier"
 
@@ -689,6 +697,10 @@ def trunk_features(
     )
 
 
+def _unit_columns(proxies: Any) -> Any:
+    return proxies / keras.ops.sqrt(keras.ops.sum(proxies**2, axis=0, keepdims=True) + 1e-12)
+
+
 @keras.saving.register_keras_serializable(package="fashionsearch")
 class CosineProxies(keras.layers.Layer):
     """scale * cos(embedding, proxy_c) for every class c: a normalised-softmax (proxy) metric-learning head."""
@@ -703,11 +715,45 @@ class CosineProxies(keras.layers.Layer):
         )
 
     def call(self, z: Any) -> Any:
-        p = self.proxies / keras.ops.sqrt(keras.ops.sum(self.proxies**2, axis=0, keepdims=True) + 1e-12)
-        return self.scale * keras.ops.matmul(z, p)
+        return self.scale * keras.ops.matmul(z, _unit_columns(self.proxies))
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"classes": self.classes, "scale": self.scale}
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class ProxyPull(keras.layers.Layer):
+    """Pulls a unit embedding towards the proxies it probably belongs to, then re-normalises:
+    unit(z + sum over attributes of strength * softmax(scale * cos(z, proxies)) @ proxies^T).
+
+    The trained proxies are class centres on the sphere; moving each vector part of the way to its expected centre
+    tightens the classes without adding dimensions, so neighbours agree more often on article type, colour and
+    gender. One weight matrix holds every attribute's proxies side by side (copied from the trained CosineProxies
+    layers, not trained here)."""
+
+    def __init__(self, classes: Sequence[int], strengths: Sequence[float], scale: float = 16.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if len(classes) != len(strengths):
+            raise ValueError(f"{len(classes)} attributes but {len(strengths)} strengths")
+        self.classes, self.strengths, self.scale = [int(c) for c in classes], [float(s) for s in strengths], scale
+
+    def build(self, input_shape: Any) -> None:
+        self.proxies = self.add_weight(
+            shape=(int(input_shape[-1]), sum(self.classes)), initializer="zeros", trainable=False, name="proxies"
+        )
+
+    def call(self, z: Any) -> Any:
+        ops = keras.ops
+        pulled, start = z, 0
+        for n, strength in zip(self.classes, self.strengths, strict=True):
+            p = _unit_columns(self.proxies[:, start : start + n])
+            probabilities = ops.softmax(self.scale * ops.matmul(z, p), axis=-1)
+            pulled = pulled + strength * ops.matmul(probabilities, ops.transpose(p))
+            start += n
+        return pulled / ops.sqrt(ops.sum(pulled**2, axis=-1, keepdims=True) + 1e-12)
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"classes": self.classes, "strengths": self.strengths, "scale": self.scale}
 
 
 def build_projection(
@@ -734,7 +780,8 @@ def train_projection(
     batch: int = 256,
     seed: int = 0,
 ) -> keras.Model:
-    """Fit the projection with the proxy loss (masked CE per attribute, weights EMBEDDING_ATTRIBUTES)."""
+    """Fit the projection with the proxy loss (masked CE per attribute, weights EMBEDDING_ATTRIBUTES); returns the
+    served model: features -> the pulled unit embedding (pulled_projection)."""
     keras.utils.set_random_seed(seed)
     mean, var = features.mean(axis=0), features.var(axis=0) + 1e-6
     training, projection = build_projection(features.shape[1], dim, head_sizes, mean, var)
@@ -746,7 +793,17 @@ def train_projection(
         loss_weights={a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes},
     )
     training.fit(features, dict(targets), batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
-    return projection
+    return pulled_projection(training, projection, {a: EMBEDDING_PULL[a] for a in head_sizes})
+
+
+def pulled_projection(training: keras.Model, projection: keras.Model, strengths: Mapping[str, float]) -> keras.Model:
+    """features -> the served embedding: the projection's unit vector through ProxyPull, with the proxies that
+    `training` learned for each attribute of `strengths`."""
+    proxies = [training.get_layer(f"{a}_proxies") for a in strengths]
+    pull = ProxyPull([p.classes for p in proxies], list(strengths.values()), scale=proxies[0].scale, name="proxy_pull")
+    embedding = pull(projection.output)
+    pull.set_weights([np.concatenate([p.get_weights()[0] for p in proxies], axis=1)])
+    return keras.Model(projection.input, embedding, name="pulled_projection")
 
 
 def search_latency_ms(catalogue: np.ndarray, queries: np.ndarray, k: int = 5, repeats: int = 3) -> float:
@@ -861,7 +918,8 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "classifier_seconds": classifier.training.get("seconds"),
             "trunk_from": str(source),
             "settings": {
-                "projection": f"dense {EMBEDDING_HIDDEN} relu, dense D, L2 normalisation",
+                "projection": f"dense {EMBEDDING_HIDDEN} relu, dense D, L2 normalisation, pulled towards the proxies",
+                "pull_strengths": EMBEDDING_PULL,
                 "loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
                 "attribute_weights": EMBEDDING_ATTRIBUTES,
                 "epochs": epochs,

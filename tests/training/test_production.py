@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -11,6 +14,11 @@ from training import data, export, production
 from training.recipe import Head, TrainedModel
 
 pytestmark = pytest.mark.training
+
+LOAD_AND_PRINT_SHAPE = (
+    "import sys; from pathlib import Path; from training.export import load_trained; "
+    "print(load_trained(Path(sys.argv[1])).model.output_shape)"
+)
 
 SIZES = {"masterCategory": 3, "subCategory": 5, "articleType": 7, "gender": 2, "baseColour": 4, "season": 4, "usage": 3}
 
@@ -179,6 +187,19 @@ def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
     assert vectors.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
+    # The run folder loads in a process that never imported training.production (re-export, benches): the saved
+    # model holds the custom ProxyPull layer.
+    export.save_trained(trained, tmp_path / "run")
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PRINT_SHAPE, str(tmp_path / "run")],
+        cwd=data.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().endswith("(None, 16)")
+
 
 def test_production_trunk_fits_the_budget():
     data.configure_tensorflow(1, 0)
@@ -190,3 +211,30 @@ def test_production_trunk_fits_the_budget():
 def test_search_latency_is_measured():
     rng = np.random.default_rng(0)
     assert production.search_latency_ms(rng.random((500, 16)), rng.random((5, 16)), repeats=1) > 0.0
+
+
+def test_proxy_pull_moves_vectors_towards_their_likely_proxy():
+    import keras
+
+    rng = np.random.default_rng(0)
+    proxies = rng.normal(size=(8, 5 + 3)).astype(np.float32)  # two attributes: 5 and 3 classes
+    z = rng.normal(size=(16, 8)).astype(np.float32)
+    z /= np.linalg.norm(z, axis=1, keepdims=True)
+
+    def pulled(strengths):
+        layer = production.ProxyPull([5, 3], strengths)
+        layer.build((None, 8))
+        layer.set_weights([proxies])
+        return keras.ops.convert_to_numpy(layer(z))
+
+    np.testing.assert_allclose(pulled([0.0, 0.0]), z, atol=1e-6)  # no strength: the vector as it was
+    out = pulled([1.0, 0.5])
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    first = proxies[:, :5] / np.linalg.norm(proxies[:, :5], axis=0)
+    nearest = (z @ first).argmax(axis=1)
+    before, after = (z @ first)[np.arange(16), nearest], (out @ first)[np.arange(16), nearest]
+    assert np.all(after > before)  # closer to the proxy it most likely belongs to
+    config = production.ProxyPull([5, 3], [1.0, 0.5]).get_config()
+    assert production.ProxyPull.from_config(config).strengths == [1.0, 0.5]
+    with pytest.raises(ValueError, match="strengths"):
+        production.ProxyPull([5, 3], [1.0])
