@@ -1,6 +1,6 @@
 """Filtered top-5 search: Qdrant Edge vs qdrant-client local mode vs NumPy brute force, through the store adapters.
 
-Synthetic vectors (dim 64; the production embedder has 32 since version 4) with payloads whose subCategory
+Synthetic vectors (dim 64, the production embedder's size since version 5) with payloads whose subCategory
 follows the sample catalogue's distribution; each query is a perturbed stored vector filtered by a subCategory
 drawn from the same distribution (what the gateway's default search does). Prints build time, latency p50/p95,
 single-thread queries per second and recall@5 against brute force.

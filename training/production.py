@@ -106,11 +106,11 @@ EMBEDDING_DIMS = (16, 32, 64, 128)
 EMBEDDING_HIDDEN = 1024
 EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
 # The served embedding is pulled towards the proxies it most likely belongs to, each attribute with its loss weight
-# (ProxyPull). Validation, v4 trunk, 32-d: articleType precision@5 82.5% / 86.0% (unfiltered / filtered) against
-# 81.3% / 85.3% without the pull, baseColour 62.5% against 60.4%, gender 89.9% against 88.5%; strength 2 gave the
-# same, 4 lost colour; appending the probabilities as extra dimensions (178-d) instead was no better. The pull
-# helps the larger dimensions more, so the choice rule moved from 32-d to 64-d (embedder 5: 83.0% / 86.3%).
-EMBEDDING_PULL = dict(EMBEDDING_ATTRIBUTES)
+# above as its strength (ProxyPull). Validation, v4 trunk, 32-d: articleType precision@5 82.5% / 86.0% (unfiltered /
+# filtered) against 81.3% / 85.3% without the pull, baseColour 62.5% against 60.4%, gender 89.9% against 88.5%;
+# strength 2 gave the same, 4 lost colour; appending the probabilities as extra dimensions (178-d) instead was no
+# better. The pull helps the larger dimensions more, so the choice rule moved from 32-d to 64-d (embedder 5: 83.0% /
+# 86.3%).
 DEFAULT_EMBEDDING_DIM = 64
 CLASSIFIER_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier"
 
@@ -793,7 +793,7 @@ def train_projection(
         loss_weights={a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes},
     )
     training.fit(features, dict(targets), batch_size=batch, epochs=epochs, shuffle=True, verbose=0)
-    return pulled_projection(training, projection, {a: EMBEDDING_PULL[a] for a in head_sizes})
+    return pulled_projection(training, projection, {a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes})
 
 
 def pulled_projection(training: keras.Model, projection: keras.Model, strengths: Mapping[str, float]) -> keras.Model:
@@ -919,7 +919,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "trunk_from": str(source),
             "settings": {
                 "projection": f"dense {EMBEDDING_HIDDEN} relu, dense D, L2 normalisation, pulled towards the proxies",
-                "pull_strengths": EMBEDDING_PULL,
+                "pull_strengths": EMBEDDING_ATTRIBUTES,
                 "loss": "normalised-softmax proxies (cosine, scale 16), masked CE",
                 "attribute_weights": EMBEDDING_ATTRIBUTES,
                 "epochs": epochs,
