@@ -4,6 +4,7 @@
     python -m training train    paper-cnn --data DIR --out models/paper-cnn
     python -m training export   paper-cnn --run .cache/runs/paper-cnn --out models/paper-cnn
     python -m training evaluate models/paper-cnn --data DIR --report reports/paper-cnn
+    python -m training evaluate models/embedder --data HELD_OUT_DIR --held-out --catalogue-data DIR
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
 """
@@ -84,12 +85,31 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from fashionsearch.model_contract import ModelSpec
     from training.evaluate import evaluate_model
 
-    dataset, split = _load(args)
-    report = args.report or data.REPO_ROOT / "reports" / args.model_dir.name
+    if not args.held_out:
+        dataset, split = _load(args)
+        catalogue = None
+        report = args.report or data.REPO_ROOT / "reports" / args.model_dir.name
+    else:
+        # A labelled set of the user's own (e.g. a held-back set): every image is a query, the split file is not
+        # consulted for it, and neither model.json nor the committed reports are touched.
+        dataset = data.load_dataset(args.data, args.cache)
+        split = {int(i): "test" for i in dataset.ids}
+        catalogue = None
+        if ModelSpec.load(args.model_dir).kind != "classifier":
+            training_data = data.load_dataset(args.catalogue_data, args.cache)
+            catalogue = training_data.split(data.get_split(training_data, args.split), "train")
+        report = args.report or data.REPO_ROOT / "reports" / "held-out" / args.model_dir.name
     path = evaluate_model(
-        args.model_dir, dataset, split, report, threads=args.threads, update_metrics=not args.keep_metrics
+        args.model_dir,
+        dataset,
+        split,
+        report,
+        threads=args.threads,
+        update_metrics=not (args.keep_metrics or args.held_out),
+        catalogue=catalogue,
     )
     log.info("report written to %s", path)
     return 0
@@ -150,6 +170,19 @@ def main(argv: list[str] | None = None) -> int:
     _data_args(p)
     p.add_argument("--report", type=Path, default=None, help="report folder (default reports/<model folder>)")
     p.add_argument("--keep-metrics", action="store_true", help="do not write test metrics into model.json")
+    p.add_argument(
+        "--held-out",
+        action="store_true",
+        help="every image in --data is a test image (a labelled set of your own; styles.csv + images/): no split "
+        "file, model.json left alone, report in reports/held-out/<model folder> unless --report",
+    )
+    p.add_argument(
+        "--catalogue-data",
+        type=Path,
+        default=None,
+        help="with --held-out, embedders: retrieval searches this training dataset's train split (--split) "
+        "(default: $FASHIONSEARCH_DATA)",
+    )
     p.set_defaults(func=cmd_evaluate)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")

@@ -348,7 +348,10 @@ def get_split(
         assignment = load_split(target)
         unknown = [int(i) for i in dataset.ids if int(i) not in assignment]
         if unknown:
-            raise DataError(f"{target} does not cover {len(unknown)} ids of the dataset (e.g. {unknown[:5]})")
+            raise DataError(
+                f"{target} does not cover {len(unknown)} ids of the dataset (e.g. {unknown[:5]}); to evaluate a "
+                "labelled set of your own, pass --held-out to `python -m training evaluate`"
+            )
         return assignment
     if not create:
         raise DataError(f"no split file {target}; run `python -m training split` to make one")

@@ -356,9 +356,21 @@ def _per_class_table(metrics: Mapping[str, Any]) -> list[str]:
     return _table(("class", "precision", "recall", "F1", "support"), rows)
 
 
-def _header(spec: ModelSpec, dataset: data.Dataset, split: Mapping[int, str]) -> list[str]:
+def _header(
+    spec: ModelSpec, dataset: data.Dataset, split: Mapping[int, str], catalogue: data.Dataset | None = None
+) -> list[str]:
     counts = {s: sum(1 for i in dataset.ids if split.get(int(i)) == s) for s in data.SPLITS}
     report = dataset.report
+    if counts["train"] or counts["val"]:
+        where = (
+            f"Split `training/splits/split-v1.csv` (seeded, stratified by articleType): {counts['train']} train, "
+            f"{counts['val']} validation, {counts['test']} test. Everything below is measured on the test split"
+        )
+    else:
+        where = f"A held-out set: every one of its {counts['test']} images is a test image (no split file)"
+        if catalogue is not None:
+            where += f"; the retrieval catalogue is the {len(catalogue)}-image train split of the training dataset"
+        where += ". Everything below is measured on the held-out set"
     lines = [
         f"# {spec.name} (version {spec.version})",
         "",
@@ -366,10 +378,8 @@ def _header(spec: ModelSpec, dataset: data.Dataset, split: Mapping[int, str]) ->
         f"resize `{spec.input.resize}`, scale {spec.input.scale:.6g}, mean {list(spec.input.mean)}, "
         f"std {list(spec.input.std)}.",
         "",
-        f"Data: {report.summary() if report else f'{len(dataset)} images'}. Split `training/splits/split-v1.csv` "
-        f"(seeded, stratified by articleType): {counts['train']} train, {counts['val']} validation, "
-        f"{counts['test']} test. Everything below is measured on the test split with onnxruntime, inputs made by "
-        "`fashionsearch.model_contract.preprocess` from model.json.",
+        f"Data: {report.summary() if report else f'{len(dataset)} images'}. {where} with onnxruntime, inputs made "
+        "by `fashionsearch.model_contract.preprocess` from model.json.",
         "",
     ]
     training = spec.extra.get("training", {})
@@ -499,10 +509,19 @@ def evaluate_embedder(
     split: Mapping[int, str],
     report_dir: Path,
     threads: int = 2,
+    catalogue: data.Dataset | None = None,
 ) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and test metrics: reconstruction (autoencoders) and retrieval precision@5."""
+    """Markdown lines and test metrics: reconstruction (autoencoders) and retrieval precision@5 against
+    `catalogue` (default: the split's train images)."""
     assert spec.embedding is not None
-    test, train = dataset.split(split, "test"), dataset.split(split, "train")
+    test = dataset.split(split, "test")
+    train = dataset.split(split, "train") if catalogue is None else catalogue
+    if not len(train):
+        raise data.DataError("the retrieval catalogue is empty (no train images); a held-out set needs a catalogue")
+    shared = np.intersect1d(test.ids, train.ids)
+    if len(shared):
+        # Same ids on both sides means the same products: those queries find themselves and flatter the numbers.
+        log.warning("%d query ids are also in the catalogue (e.g. %s)", len(shared), shared[:5].tolist())
     q = predict(session, spec, test.images)[spec.embedding.output]
     c = predict(session, spec, train.images)[spec.embedding.output]
     r = retrieval_metrics(q, c, test.labels, train.labels)
@@ -514,7 +533,7 @@ def evaluate_embedder(
     lines = [
         "## Retrieval",
         "",
-        f"{r['queries']} test-split queries against the {r['catalogue']}-item train-split catalogue, Euclidean "
+        f"{r['queries']} test queries against the {r['catalogue']}-item train-split catalogue, Euclidean "
         f"top-{RETRIEVAL_K}. precision@{RETRIEVAL_K} = share of the {RETRIEVAL_K} results whose attribute equals "
         f"the query's. \"With filter\" restricts the catalogue to the query's true {FILTER_ATTRIBUTE} (an oracle "
         "filter, as if the classifier were always right).",
@@ -592,18 +611,26 @@ def evaluate_model(
     report_dir: str | Path,
     threads: int = 2,
     update_metrics: bool = True,
+    catalogue: data.Dataset | None = None,
 ) -> Path:
-    """Write report_dir/README.md (+ PNGs); with `update_metrics`, model.json's metrics gain a "test" entry."""
+    """Write report_dir/README.md (+ PNGs); with `update_metrics`, model.json's metrics gain a "test" entry.
+
+    `catalogue`: what retrieval searches (default: the split's train images); a held-out evaluation (every
+    image of `dataset` a test image) passes the training dataset's train split."""
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    report_dir.mkdir(parents=True, exist_ok=True)
+    if not any(s == "test" for s in (split.get(int(i)) for i in dataset.ids)):
+        raise data.DataError(f"no test images: the split assigns none of the {len(dataset)} images to test")
     spec, session = load_model(model_dir, threads)
-    lines = _header(spec, dataset, split)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    lines = _header(spec, dataset, split, catalogue)
     if spec.kind == "classifier":
         body, test_metrics = evaluate_classifier(spec, session, dataset, split, report_dir)
     else:
-        body, test_metrics = evaluate_embedder(spec, session, model_dir, dataset, split, report_dir, threads)
+        body, test_metrics = evaluate_embedder(spec, session, model_dir, dataset, split, report_dir, threads, catalogue)
     lines += body
-    lines += ["", f"Regenerate: `python -m training evaluate {_rel(model_dir)} --report {_rel(report_dir)}`.", ""]
+    held_out = " --data HELD_OUT_DIR --held-out" if all(split.get(int(i)) == "test" for i in dataset.ids) else ""
+    command = f"python -m training evaluate {_rel(model_dir)}{held_out} --report {_rel(report_dir)}"
+    lines += ["", f"Regenerate: `{command}`.", ""]
     path = report_dir / "README.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     if update_metrics:

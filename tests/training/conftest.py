@@ -37,11 +37,11 @@ def write_image(path: Path, seed: int, size: tuple[int, int] = (60, 80)) -> None
     Image.fromarray(pixels).save(path, quality=90)
 
 
-def make_dataset(root: Path, per_kind: int = 4) -> list[int]:
-    """styles.csv + images/ with per_kind rows of each KINDS entry; returns the ids."""
+def make_dataset(root: Path, per_kind: int = 4, first_id: int = 1000) -> list[int]:
+    """styles.csv + images/ with per_kind rows of each KINDS entry, ids from first_id; returns the ids."""
     (root / "images").mkdir(parents=True, exist_ok=True)
     lines, ids = [HEADER], []
-    next_id = 1000
+    next_id = first_id
     for k, (sub, article) in enumerate(KINDS):
         master = "Apparel" if sub not in ("Shoes", "Watches") else ("Footwear" if sub == "Shoes" else "Accessories")
         for j in range(per_kind):

@@ -10,6 +10,7 @@ from conftest import make_dataset
 
 from fashionsearch.model_contract import ModelContractError, ModelSpec, file_sha256
 from training import data, evaluate, export, paper
+from training.__main__ import main
 from training.recipe import Head, TrainedModel
 
 pytestmark = pytest.mark.training
@@ -79,8 +80,7 @@ def synthetic(tmp_path_factory):
     return root, ds, split
 
 
-def test_classifier_report(synthetic):
-    root, ds, split = synthetic
+def _export_cnn(ds: data.Dataset, out: Path) -> ModelSpec:
     data.configure_tensorflow(1, 0)
     trained = TrainedModel(
         name="paper-cnn",
@@ -98,7 +98,12 @@ def test_classifier_report(synthetic):
         },
         parity_pixels=ds.images[:16],
     )
-    export.export_model(trained, root / "cnn", min_parity_images=16)
+    return export.export_model(trained, out, min_parity_images=16)
+
+
+def test_classifier_report(synthetic):
+    root, ds, split = synthetic
+    _export_cnn(ds, root / "cnn")
     report = evaluate.evaluate_model(root / "cnn", ds, split, root / "report-cnn", threads=1)
     text = report.read_text()
     assert "## Test accuracy per head" in text and "| category | 6 |" in text
@@ -110,8 +115,7 @@ def test_classifier_report(synthetic):
     assert 0.0 <= metrics["accuracy"]["category"] <= 1.0 and "category_balanced" in metrics["accuracy"]
 
 
-def test_embedder_report(synthetic):
-    root, ds, split = synthetic
+def _export_autoencoder(ds: data.Dataset, out: Path) -> ModelSpec:
     data.configure_tensorflow(1, 0)
     autoencoder, encoder = paper.build_autoencoder(16)
     trained = TrainedModel(
@@ -124,7 +128,12 @@ def test_embedder_report(synthetic):
         parity_pixels=ds.images[:16],
         training={"recipe": "paper-autoencoder", "history": {"loss": [0.1, 0.05], "val_loss": [0.1, 0.07]}},
     )
-    spec = export.export_model(trained, root / "ae", min_parity_images=16)
+    return export.export_model(trained, out, min_parity_images=16)
+
+
+def test_embedder_report(synthetic):
+    root, ds, split = synthetic
+    spec = _export_autoencoder(ds, root / "ae")
     assert spec.embedding is not None and spec.embedding.dim == 16
     assert spec.extra["files"]["autoencoder.onnx"]["sha256"] == file_sha256(root / "ae" / "autoencoder.onnx")
     report = evaluate.evaluate_model(root / "ae", ds, split, root / "report-ae", threads=1)
@@ -148,6 +157,49 @@ def test_evaluation_refuses_a_model_whose_sha256_does_not_match(synthetic, tmp_p
     (model_dir / "model.json").write_text((root / "cnn" / "model.json").read_text())
     with pytest.raises(ModelContractError, match="sha256"):
         evaluate.evaluate_model(model_dir, ds, split, tmp_path / "r")
+
+
+def test_held_out_set_is_evaluated_against_the_training_catalogue_and_leaves_model_json_alone(synthetic, tmp_path):
+    root, ds, split = synthetic
+    model_dir = tmp_path / "ae"
+    _export_autoencoder(ds, model_dir)
+    before = (model_dir / "model.json").read_text()
+    held_out = tmp_path / "held-out"
+    make_dataset(held_out, per_kind=3, first_id=5000)  # ids the split file has never seen
+    split_file = tmp_path / "split.csv"
+    data.write_split(split, split_file)
+    common = ["--split", str(split_file), "--cache", str(tmp_path / "cache"), "--threads", "1"]
+
+    # Without --held-out the split file must cover every id; the error says what to do instead.
+    assert main(["-q", "evaluate", str(model_dir), "--data", str(held_out), *common]) == 2
+
+    report = tmp_path / "report"
+    args = ["--data", str(held_out), "--held-out", "--catalogue-data", str(root / "data"), "--report", str(report)]
+    assert main(["-q", "evaluate", str(model_dir), *args, *common]) == 0
+    text = (report / "README.md").read_text()
+    n_train = sum(1 for s in split.values() if s == "train")
+    assert "A held-out set: every one of its 24 images is a test image" in text
+    assert f"the retrieval catalogue is the {n_train}-image train split" in text
+    assert f"24 test queries against the {n_train}-item train-split catalogue" in text
+    assert "--held-out" in text  # the regenerate line
+    assert (model_dir / "model.json").read_text() == before  # held-out numbers never overwrite the test metrics
+
+    # A classifier needs no catalogue: the training dataset is not read at all.
+    _export_cnn(ds, tmp_path / "cnn")
+    args = ["--data", str(held_out), "--held-out", "--catalogue-data", str(tmp_path / "nowhere")]
+    assert main(["-q", "evaluate", str(tmp_path / "cnn"), *args, "--report", str(tmp_path / "r-cnn"), *common]) == 0
+    text = (tmp_path / "r-cnn" / "README.md").read_text()
+    assert "A held-out set: every one of its 24 images" in text and "| category | 6 |" in text
+
+
+def test_evaluation_explains_a_split_without_test_images_or_catalogue(synthetic, tmp_path):
+    root, ds, split = synthetic
+    model_dir = tmp_path / "ae"
+    _export_autoencoder(ds, model_dir)
+    with pytest.raises(data.DataError, match="no test images"):
+        evaluate.evaluate_model(model_dir, ds, {int(i): "train" for i in ds.ids}, tmp_path / "r1")
+    with pytest.raises(data.DataError, match="catalogue is empty"):
+        evaluate.evaluate_model(model_dir, ds, {int(i): "test" for i in ds.ids}, tmp_path / "r2")
 
 
 def test_fixed_queries_are_stable_and_cover_different_subcategories(synthetic):
