@@ -14,7 +14,9 @@ Classifier (`python -m training train classifier`)
 Classifier heads (`python -m training train classifier-heads`, after the classifier)
     The trained classifier's trunk, frozen, with its heads refitted on the trunk's pooled features of the training
     split (original + mirrored): one shared hidden layer of HEADS_HIDDEN ReLU units and dropout, then a dense
-    layer per attribute, same losses, then the same temperature calibration. Minutes instead of another
+    layer per attribute, same losses, then the same temperature calibration. The masterCategory, subCategory and
+    articleType answers are then made to agree (HierarchicalDecoding, inside the exported graph: each article
+    type scored with its parents' probabilities, the coarse heads summed from it). Minutes instead of another
     training run; it exports the classifier the services run (the embedder keeps reading the trunk from the
     classifier's run folder, which this step leaves as it is).
 
@@ -167,13 +169,23 @@ def build_classifier(
     return keras.Model(inputs, outputs, name="production_classifier")
 
 
-def calibrated_outputs(logits: Mapping[str, Any], temperatures: Mapping[str, float]) -> list[Any]:
-    """softmax(logits / T) per head, in HEAD order and named after the attribute (the exported outputs)."""
+def calibrated_outputs(
+    logits: Mapping[str, Any], temperatures: Mapping[str, float], decoding: HierarchicalDecoding | None = None
+) -> list[Any]:
+    """softmax(logits / T) per head, in HEAD order and named after the attribute (the exported outputs); with
+    `decoding`, the HIERARCHY heads' probabilities go through it first."""
     layers = keras.layers
-    return [
-        layers.Softmax(name=a)(layers.Rescaling(1.0 / float(t), name=f"{a}_temperature")(logits[a]))
+    decoded = set(HIERARCHY) if decoding is not None else set()
+    out = {
+        a: layers.Softmax(name=f"{a}_independent" if a in decoded else a)(
+            layers.Rescaling(1.0 / float(t), name=f"{a}_temperature")(logits[a])
+        )
         for a, t in temperatures.items()
-    ]
+    }
+    if decoding is not None:
+        agreed = decoding([out[a] for a in HIERARCHY])
+        out |= {a: layers.Identity(name=a)(q) for a, q in zip(HIERARCHY, agreed, strict=True)}
+    return [out[a] for a in temperatures]
 
 
 def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float]) -> keras.Model:
@@ -400,6 +412,126 @@ def calibrate(
     return temperatures, accuracy, calibration
 
 
+# Hierarchical decoding: masterCategory > subCategory > articleType. Independent heads disagree on about 1.5% of
+# validation images ("Apparel / Topwear / Casual Shoes"); scoring each article type with its parents' probabilities
+# makes the three answers agree and corrects the coarse heads (validation, classifier 4: masterCategory 99.20 ->
+# 99.37%, subCategory 96.08 -> 96.31%, articleType 85.06 -> 84.99%).
+HIERARCHY = ("masterCategory", "subCategory", "articleType")
+HIERARCHY_WEIGHT = 0.5  # parents enter as p ** weight (validation: 0.25 and 0.5 alike; 1.0 lost 0.1 on sub and article)
+
+
+def hierarchy_matrices(dataset: data.Dataset, labels: Mapping[str, Sequence[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """(article type -> subCategory, subCategory -> masterCategory) one-hot matrices over the heads' `labels`: each
+    class's most common parent among the dataset's rows (a row stays zero when the parent is not a class)."""
+    import collections
+
+    def parents(child: str, parent: str) -> np.ndarray:
+        counts = collections.Counter(zip(dataset.labels[child], dataset.labels[parent], strict=True))
+        index = {label: i for i, label in enumerate(labels[parent])}
+        matrix = np.zeros((len(labels[child]), len(index)), dtype=np.float32)
+        for row, label in enumerate(labels[child]):
+            found = [(n, p) for (c, p), n in counts.items() if c == label and p in index]
+            if found:
+                matrix[row, index[max(found)[1]]] = 1.0
+        return matrix
+
+    return parents("articleType", "subCategory"), parents("subCategory", "masterCategory")
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class HierarchicalDecoding(keras.layers.Layer):
+    """(masterCategory, subCategory, articleType) probabilities -> the same three, made to agree.
+
+    Each article type is scored with its parents' probabilities, log q_a = log p_a + weight * (log p_s(parent) +
+    log p_m(grandparent)), re-normalised with its own temperature; subCategory is then the sum of its article types
+    (a subCategory none of whose article types is a class keeps its own probability, the rest is shared out),
+    masterCategory the sum of its subCategories. The parent matrices are constants (hierarchy_matrices)."""
+
+    def __init__(self, weight: float, temperature: float, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.weight, self.temperature = float(weight), float(temperature)
+
+    def build(self, input_shape: Any) -> None:
+        masters, subs, articles = (int(shape[-1]) for shape in input_shape)
+        self.article_sub = self.add_weight(shape=(articles, subs), initializer="zeros", trainable=False, name="a2s")
+        self.sub_master = self.add_weight(shape=(subs, masters), initializer="zeros", trainable=False, name="s2m")
+
+    def call(self, inputs: Any) -> Any:
+        ops = keras.ops
+        p_master, p_sub, p_article = inputs
+        article_master = ops.matmul(self.article_sub, self.sub_master)
+        # An article type without a parent class gets factor 1 (no evidence), not 0.
+        no_sub = 1.0 - ops.sum(self.article_sub, axis=1)
+        no_master = 1.0 - ops.sum(article_master, axis=1)
+        score = ops.log(p_article + 1e-12) + self.weight * (
+            ops.log(ops.matmul(p_sub, ops.transpose(self.article_sub)) + no_sub + 1e-12)
+            + ops.log(ops.matmul(p_master, ops.transpose(article_master)) + no_master + 1e-12)
+        )
+        q_article = ops.softmax(score / self.temperature, axis=-1)
+        orphans = 1.0 - ops.minimum(ops.sum(self.article_sub, axis=0), 1.0)  # subCategories without an article type
+        orphan_mass = ops.sum(p_sub * orphans, axis=-1, keepdims=True)
+        q_sub = (1.0 - orphan_mass) * ops.matmul(q_article, self.article_sub) + p_sub * orphans
+        q_sub = q_sub / ops.sum(q_sub, axis=-1, keepdims=True)
+        q_master = ops.matmul(q_sub, self.sub_master)
+        q_master = q_master / (ops.sum(q_master, axis=-1, keepdims=True) + 1e-12)
+        return q_master, q_sub, q_article
+
+    def get_config(self) -> dict[str, Any]:
+        return super().get_config() | {"weight": self.weight, "temperature": self.temperature}
+
+
+def hierarchical_decoding(
+    probabilities: Sequence[np.ndarray], matrices: tuple[np.ndarray, np.ndarray], temperature: float
+) -> HierarchicalDecoding:
+    """A built HierarchicalDecoding layer with the parent matrices set (probabilities in HIERARCHY order, for the
+    shapes)."""
+    layer = HierarchicalDecoding(HIERARCHY_WEIGHT, temperature, name="hierarchy")
+    layer([keras.ops.convert_to_tensor(p[:1]) for p in probabilities])
+    layer.set_weights(list(matrices))
+    return layer
+
+
+def agreeing_answers(probabilities: Sequence[np.ndarray], matrices: tuple[np.ndarray, np.ndarray]) -> float:
+    """Share of images whose top masterCategory, subCategory and articleType (HIERARCHY order) fit together: the
+    article type's parent is the subCategory (or it has none among the classes), whose parent is the master."""
+    article, sub, master = (p.argmax(axis=1) for p in probabilities[::-1])
+    article_sub, sub_master = matrices
+    sub_ok = (article_sub.argmax(axis=1)[article] == sub) | (article_sub.sum(axis=1)[article] == 0)
+    master_ok = sub_master.argmax(axis=1)[sub] == master
+    return round(float((sub_ok & master_ok).mean()), 4)
+
+
+def decode_hierarchy(
+    logits: Mapping[str, np.ndarray],
+    temperatures: Mapping[str, float],
+    y_val: Mapping[str, np.ndarray],
+    matrices: tuple[np.ndarray, np.ndarray],
+) -> tuple[HierarchicalDecoding, dict[str, Any]]:
+    """The decoding layer for calibrated validation logits, its article-type temperature fitted on validation NLL
+    (the parents' scores sharpen the article types), and what it changed on validation."""
+    calibrated = [softmax(logits[a] / temperatures[a]) for a in HIERARCHY]
+    sharp = np.asarray(hierarchical_decoding(calibrated, matrices, 1.0)(calibrated)[2])
+    keep = y_val["articleType"] >= 0
+    temperature = fit_temperature(np.log(sharp[keep] + 1e-12), y_val["articleType"][keep])
+    layer = hierarchical_decoding(calibrated, matrices, temperature)
+    decoded = [np.asarray(q) for q in layer(calibrated)]
+
+    def accuracy(p: np.ndarray, y: np.ndarray) -> float:
+        return round(float((p[y >= 0].argmax(axis=1) == y[y >= 0]).mean()), 4) if (y >= 0).any() else 0.0
+
+    return layer, {
+        "weight": HIERARCHY_WEIGHT,
+        "article_temperature": round(temperature, 4),
+        "accuracy": {a: accuracy(q, y_val[a]) for a, q in zip(HIERARCHY, decoded, strict=True)},
+        "accuracy_independent": {a: accuracy(p, y_val[a]) for a, p in zip(HIERARCHY, calibrated, strict=True)},
+        "ece": {
+            a: round(ece(q[y_val[a] >= 0], y_val[a][y_val[a] >= 0]), 4) for a, q in zip(HIERARCHY, decoded, strict=True)
+        },
+        "agreeing_answers": agreeing_answers(decoded, matrices),
+        "agreeing_answers_independent": agreeing_answers(calibrated, matrices),
+    }
+
+
 def predict_logits(model: keras.Model, ds: Any) -> dict[str, np.ndarray]:
     out = model.predict(ds, verbose=0)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -611,11 +743,16 @@ def train_classifier_heads(
 
     logits = {a: np.asarray(v) for a, v in heads.predict(f_val, batch_size=4096, verbose=0).items()}
     temperatures, accuracy, calibration = calibrate(logits, y_val)
-    log.info("validation accuracy %s; calibration %s", accuracy, calibration)
+    decoding, hierarchy = decode_hierarchy(
+        logits, temperatures, y_val, hierarchy_matrices(full_train, {a: vocabularies[a].labels for a in HIERARCHY})
+    )
+    accuracy |= hierarchy["accuracy"]
+    log.info("validation accuracy %s; calibration %s; hierarchy %s", accuracy, calibration, hierarchy)
     inputs = keras.Input((PRODUCTION_INPUT.height, PRODUCTION_INPUT.width, 3), name=PRODUCTION_INPUT.name)
     # The same layers without the training configuration (losses), so the saved model loads anywhere.
     plain_heads = keras.Model(heads.input, heads.output, name="heads")
-    exported = keras.Model(inputs, calibrated_outputs(plain_heads(trunk(inputs)), temperatures), name="classifier")
+    outputs = calibrated_outputs(plain_heads(trunk(inputs)), temperatures, decoding)
+    exported = keras.Model(inputs, outputs, name="classifier")
     trunk_training = classifier.training
     return _classifier_model(
         exported,
@@ -631,6 +768,7 @@ def train_classifier_heads(
             "trunk_seconds": trunk_training.get("seconds"),
             "heads_seconds": round(head_seconds, 1),
             "trunk_from": str(source),
+            "hierarchy": hierarchy,
             "heads_settings": {
                 "hidden": HEADS_HIDDEN,
                 "dropout": HEADS_DROPOUT,

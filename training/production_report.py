@@ -95,6 +95,44 @@ def _budget_lines(rate: float, mb: float, train_s: float | None, extra: str = ""
 # Classifier
 
 
+def hierarchy_section(
+    spec: ModelSpec,
+    outputs: Mapping[str, np.ndarray],
+    train: data.Dataset,
+    hierarchy: Mapping[str, Any],
+    rows: Sequence[Sequence[Any]],
+) -> list[str]:
+    """What the hierarchical decoding changed: validation before/after (model.json), test after."""
+    heads = {h.attribute: h for h in spec.outputs}
+    matrices = production.hierarchy_matrices(train, {a: heads[a].labels for a in production.HIERARCHY})
+    agree = production.agreeing_answers([outputs[heads[a].name] for a in production.HIERARCHY], matrices)
+    test = {row[0]: row[3] for row in rows}
+    lines = [
+        "## masterCategory, subCategory and articleType agree (hierarchical decoding)",
+        "",
+        "Each article type is scored with its parent subCategory's and masterCategory's probabilities (weight "
+        f"{hierarchy['weight']}, then a temperature of {hierarchy['article_temperature']:.2f} fitted on validation); "
+        "the coarse heads are the sums over their article types. Validation numbers from model.json.",
+        "",
+    ]
+    lines += evaluate._table(
+        ("head", "validation, independent heads", "validation, decoded", "test, decoded"),
+        [
+            (a, _pct(hierarchy["accuracy_independent"][a]), _pct(hierarchy["accuracy"][a]), test[a])
+            for a in production.HIERARCHY
+        ]
+        + [
+            (
+                "images whose three answers fit together",
+                _pct(hierarchy["agreeing_answers_independent"]),
+                _pct(hierarchy["agreeing_answers"]),
+                _pct(agree),
+            )
+        ],
+    )
+    return lines
+
+
 def classifier_summary(
     model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
 ) -> list[str]:
@@ -102,6 +140,8 @@ def classifier_summary(
     test = dataset.split(split, "test")
     outputs = evaluate.predict(session, spec, test.images)
     calibration = spec.metrics.get("validation", {}).get("calibration", {})
+    hierarchy = spec.extra.get("training", {}).get("hierarchy")
+    decoded = set(production.HIERARCHY) if hierarchy else set()
     rows, cal_rows = [], []
     predicted: dict[str, np.ndarray] = {}
     for head in spec.outputs:
@@ -125,15 +165,23 @@ def classifier_summary(
         )
         cal = calibration.get(head.attribute, {})
         t = float(cal.get("temperature", 1.0))
-        # softmax(T * log p) undoes the baked-in temperature: the uncalibrated probabilities on the test split.
-        raw = softmax(t * np.log(np.clip(probs[keep], 1e-30, None)))
+        if head.attribute in decoded:
+            # The output is the decoded one: the independent head's raw probabilities are not recoverable from it.
+            val_after, test_before = hierarchy["ece"][head.attribute], "-"
+        else:
+            # softmax(T * log p) undoes the baked-in temperature: the uncalibrated probabilities on the test split.
+            raw = softmax(t * np.log(np.clip(probs[keep], 1e-30, None)))
+            val_after, test_before = (
+                cal.get("ece_after", float("nan")),
+                f"{evaluate.expected_calibration_error(raw, y):.3f}",
+            )
         cal_rows.append(
             (
-                head.attribute,
+                head.attribute + (" (decoded)" if head.attribute in decoded else ""),
                 f"{t:.2f}",
                 f"{cal.get('ece_before', float('nan')):.3f}",
-                f"{cal.get('ece_after', float('nan')):.3f}",
-                f"{evaluate.expected_calibration_error(raw, y):.3f}",
+                f"{val_after:.3f}",
+                test_before,
                 f"{evaluate.expected_calibration_error(probs[keep], y):.3f}",
             )
         )
@@ -150,12 +198,20 @@ def classifier_summary(
         "## Calibration",
         "",
         "Expected calibration error (15 bins). One temperature per head is fitted on the validation split "
-        "(NLL) and baked into the exported softmax; the test columns show the effect on unseen data.",
+        "(NLL) and baked into the exported softmax; the test columns show the effect on unseen data."
+        + (
+            ' The decoded heads\' "after" columns measure the decoded output (see the next section); their '
+            'independent raw probabilities are not in the exported model, so their test "before" is not shown.'
+            if hierarchy
+            else ""
+        ),
         "",
     ]
     lines += evaluate._table(
         ("head", "temperature", "ECE val, before", "ECE val, after", "ECE test, before", "ECE test, after"), cal_rows
     )
+    if hierarchy:
+        lines += hierarchy_section(spec, outputs, dataset.split(split, "train"), hierarchy, rows)
 
     # The paper's six classes, derived from the subCategory / articleType predictions.
     subset, _ = data.paper_subset(dataset, per_class=400, seed=20240601)

@@ -60,6 +60,21 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
     return model, {a: 1.0 + 0.1 * k for k, a in enumerate(production.HEAD_ATTRIBUTES)}
 
 
+def _saved_run_loads_in_a_fresh_process(trained: TrainedModel, run_dir) -> str:
+    """Save the run, load it in a process that never imported training.production (as re-export and the benches
+    do: custom layers must come back from the file), and return what it printed (the output shape)."""
+    export.save_trained(trained, run_dir)
+    loaded = subprocess.run(
+        [sys.executable, "-c", LOAD_AND_PRINT_SHAPE, str(run_dir)],
+        cwd=data.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    return loaded.stdout.strip()
+
+
 def _classifier(exported: object) -> TrainedModel:
     return TrainedModel(
         name="classifier",
@@ -120,9 +135,24 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     x = preprocess(list(_pixels(4, seed=5)), loaded.input)
     outputs = session.run([h.name for h in loaded.outputs], {loaded.input.name: x})
     logits = heads.predict(trunk.predict(x, verbose=0), verbose=0)
+    independent = {a: production.softmax(np.asarray(logits[a]) / t) for a, t in temperatures.items()}
     for head, probs in zip(loaded.outputs, outputs, strict=True):
-        expected = production.softmax(np.asarray(logits[head.attribute]) / temperatures[head.attribute])
-        np.testing.assert_allclose(probs, expected, atol=1e-4)
+        np.testing.assert_allclose(probs, independent[head.attribute], atol=1e-4)
+
+    # With hierarchical decoding the three hierarchy heads come out decoded under the same names, the rest as
+    # before; the run folder loads in a fresh process (the layer is registered by training.production).
+    decoding = production.hierarchical_decoding([independent[a] for a in production.HIERARCHY], _hierarchy(), 1.2)
+    decoded = keras.Model(inputs, production.calibrated_outputs(heads(trunk(inputs)), temperatures, decoding))
+    trained = _classifier(decoded)
+    export.export_model(trained, tmp_path / "decoded")
+    session = ort.InferenceSession(str(tmp_path / "decoded" / "model.onnx"), providers=["CPUExecutionProvider"])
+    names = [h.name for h in loaded.outputs]
+    outputs = dict(zip(names, session.run(names, {loaded.input.name: x}), strict=True))
+    by_hand = _decode_by_hand(*(independent[a] for a in production.HIERARCHY), production.HIERARCHY_WEIGHT, 1.2)
+    expected = independent | dict(zip(production.HIERARCHY, by_hand, strict=True))
+    for head in loaded.outputs:
+        np.testing.assert_allclose(outputs[head.name], expected[head.attribute], atol=1e-4)
+    _saved_run_loads_in_a_fresh_process(trained, tmp_path / "run")
 
 
 def test_masked_loss_ignores_unlabelled_examples_and_weights_classes():
@@ -187,18 +217,8 @@ def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
     assert vectors.shape == (3, 16)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
-    # The run folder loads in a process that never imported training.production (re-export, benches): the saved
-    # model holds the custom ProxyPull layer.
-    export.save_trained(trained, tmp_path / "run")
-    loaded = subprocess.run(
-        [sys.executable, "-c", LOAD_AND_PRINT_SHAPE, str(tmp_path / "run")],
-        cwd=data.REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert loaded.returncode == 0, loaded.stderr[-2000:]
-    assert loaded.stdout.strip().endswith("(None, 16)")
+    # The saved model holds the custom ProxyPull layer.
+    assert _saved_run_loads_in_a_fresh_process(trained, tmp_path / "run").endswith("(None, 16)")
 
 
 def test_production_trunk_fits_the_budget():
@@ -238,3 +258,75 @@ def test_proxy_pull_moves_vectors_towards_their_likely_proxy():
     assert production.ProxyPull.from_config(config).strengths == [1.0, 0.5]
     with pytest.raises(ValueError, match="strengths"):
         production.ProxyPull([5, 3], [1.0])
+
+
+# articleType -> subCategory: article 6 has no parent class, subCategory 4 no article type (an "orphan").
+ARTICLE_SUB = [0, 0, 1, 2, 2, 3, None]
+SUB_MASTER = [0, 0, 1, 2, 2]
+
+
+def _hierarchy() -> tuple[np.ndarray, np.ndarray]:
+    a2s = np.zeros((7, 5), dtype=np.float32)
+    for a, s in enumerate(ARTICLE_SUB):
+        if s is not None:
+            a2s[a, s] = 1
+    s2m = np.zeros((5, 3), dtype=np.float32)
+    s2m[np.arange(5), SUB_MASTER] = 1
+    return a2s, s2m
+
+
+def _decode_by_hand(p_master, p_sub, p_article, weight, temperature):
+    """The decoding written out with loops, one image at a time."""
+    q_master, q_sub, q_article = [], [], []
+    for pm, ps, pa in zip(p_master, p_sub, p_article, strict=True):
+        score = np.log(pa + 1e-12)
+        for a, s in enumerate(ARTICLE_SUB):
+            if s is not None:
+                score[a] += weight * (np.log(ps[s] + 1e-12) + np.log(pm[SUB_MASTER[s]] + 1e-12))
+        qa = production.softmax(score[None] / temperature)[0]
+        qs = np.zeros(5)
+        for a, s in enumerate(ARTICLE_SUB):
+            if s is not None:
+                qs[s] += qa[a] * (1 - ps[4])  # the orphan subCategory keeps its own probability
+        qs[4] = ps[4]
+        qs /= qs.sum()
+        qm = np.zeros(3)
+        for s, m in enumerate(SUB_MASTER):
+            qm[m] += qs[s]
+        q_master.append(qm), q_sub.append(qs), q_article.append(qa)
+    return np.array(q_master), np.array(q_sub), np.array(q_article)
+
+
+def test_hierarchical_decoding_makes_the_coarse_heads_agree_with_the_article_type():
+    rng = np.random.default_rng(0)
+    probs = [production.softmax(rng.normal(size=(16, n)) * 2).astype(np.float32) for n in (3, 5, 7)]
+    layer = production.hierarchical_decoding(probs, _hierarchy(), temperature=1.3)
+    decoded = [np.asarray(q) for q in layer(probs)]
+    for got, expected in zip(decoded, _decode_by_hand(*probs, production.HIERARCHY_WEIGHT, 1.3), strict=True):
+        np.testing.assert_allclose(got, expected, atol=1e-5)
+        np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
+
+    # The article head slightly prefers article 2 (subCategory 1, master 0), but the coarse heads are sure of
+    # subCategory 2 / master 1: the decoded answer is article 3 or 4, and all three agree.
+    p_master = np.array([[0.05, 0.9, 0.05]], dtype=np.float32)
+    p_sub = np.array([[0.02, 0.03, 0.9, 0.03, 0.02]], dtype=np.float32)
+    p_article = np.array([[0.02, 0.02, 0.36, 0.3, 0.26, 0.02, 0.02]], dtype=np.float32)
+    q_master, q_sub, q_article = (np.asarray(q) for q in layer([p_master, p_sub, p_article]))
+    assert q_article.argmax() == 3 and q_sub.argmax() == 2 and q_master.argmax() == 1
+
+
+def test_decode_hierarchy_fits_a_temperature_and_reports_what_changed():
+    rng = np.random.default_rng(1)
+    y = {"articleType": rng.integers(0, 7, 200)}
+    y["subCategory"] = np.array([ARTICLE_SUB[a] if ARTICLE_SUB[a] is not None else 4 for a in y["articleType"]])
+    y["masterCategory"] = np.array([SUB_MASTER[s] for s in y["subCategory"]])
+    # Noisy logits that know the truth a little better than chance.
+    logits = {
+        a: rng.normal(size=(200, n)) + 2.0 * np.eye(n)[y[a]]
+        for a, n in zip(production.HIERARCHY, (3, 5, 7), strict=True)
+    }
+    layer, info = production.decode_hierarchy(logits, dict.fromkeys(production.HIERARCHY, 1.0), y, _hierarchy())
+    assert 0.3 < info["article_temperature"] < 5.0
+    assert info["agreeing_answers"] >= info["agreeing_answers_independent"]
+    assert set(info["accuracy"]) == set(production.HIERARCHY) == set(info["ece"])
+    assert abs(layer.temperature - info["article_temperature"]) < 1e-3
