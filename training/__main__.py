@@ -88,16 +88,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from fashionsearch.model_contract import ModelSpec
     from training.evaluate import evaluate_model
 
+    catalogue = None  # retrieval searches the split's train images unless a held-out set brings its own
     if not args.held_out:
         dataset, split = _load(args)
-        catalogue = None
         report = args.report or data.REPO_ROOT / "reports" / args.model_dir.name
     else:
         # A labelled set of the user's own (e.g. a held-back set): every image is a query, the split file is not
         # consulted for it, and neither model.json nor the committed reports are touched.
         dataset = data.load_dataset(args.data, args.cache)
         split = {int(i): "test" for i in dataset.ids}
-        catalogue = None
         if ModelSpec.load(args.model_dir).kind != "classifier":
             training_data = data.load_dataset(args.catalogue_data, args.cache)
             catalogue = training_data.split(data.get_split(training_data, args.split), "train")
