@@ -357,11 +357,11 @@ def _per_class_table(metrics: Mapping[str, Any]) -> list[str]:
 
 
 def _header(
-    spec: ModelSpec, dataset: data.Dataset, split: Mapping[int, str], catalogue: data.Dataset | None = None
+    spec: ModelSpec, dataset: data.Dataset, counts: Mapping[str, int], catalogue: data.Dataset | None = None
 ) -> list[str]:
-    counts = {s: sum(1 for i in dataset.ids if split.get(int(i)) == s) for s in data.SPLITS}
+    """`counts`: images per split; a held-out set has test images only."""
     report = dataset.report
-    if counts["train"] or counts["val"]:
+    if counts["test"] < len(dataset):
         where = (
             f"Split `training/splits/split-v1.csv` (seeded, stratified by articleType): {counts['train']} train, "
             f"{counts['val']} validation, {counts['test']} test. Everything below is measured on the test split"
@@ -618,17 +618,18 @@ def evaluate_model(
     `catalogue`: what retrieval searches (default: the split's train images); a held-out evaluation (every
     image of `dataset` a test image) passes the training dataset's train split."""
     model_dir, report_dir = Path(model_dir), Path(report_dir)
-    if not any(s == "test" for s in (split.get(int(i)) for i in dataset.ids)):
+    counts = {s: sum(1 for i in dataset.ids if split.get(int(i)) == s) for s in data.SPLITS}
+    if not counts["test"]:
         raise data.DataError(f"no test images: the split assigns none of the {len(dataset)} images to test")
     spec, session = load_model(model_dir, threads)
     report_dir.mkdir(parents=True, exist_ok=True)
-    lines = _header(spec, dataset, split, catalogue)
+    lines = _header(spec, dataset, counts, catalogue)
     if spec.kind == "classifier":
         body, test_metrics = evaluate_classifier(spec, session, dataset, split, report_dir)
     else:
         body, test_metrics = evaluate_embedder(spec, session, model_dir, dataset, split, report_dir, threads, catalogue)
     lines += body
-    held_out = " --data HELD_OUT_DIR --held-out" if all(split.get(int(i)) == "test" for i in dataset.ids) else ""
+    held_out = " --data HELD_OUT_DIR --held-out" if counts["test"] == len(dataset) else ""
     command = f"python -m training evaluate {_rel(model_dir)}{held_out} --report {_rel(report_dir)}"
     lines += ["", f"Regenerate: `{command}`.", ""]
     path = report_dir / "README.md"

@@ -389,6 +389,12 @@ class Validation(keras.callbacks.Callback):
         )
 
 
+def top1_accuracy(scores: np.ndarray, y: np.ndarray) -> float:
+    """Share of the labelled rows (y >= 0) whose highest score is the label, rounded to 4 places."""
+    keep = y >= 0
+    return round(float((scores[keep].argmax(axis=1) == y[keep]).mean()), 4) if keep.any() else 0.0
+
+
 def calibrate(
     logits: Mapping[str, np.ndarray], y_val: Mapping[str, np.ndarray]
 ) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
@@ -401,7 +407,7 @@ def calibrate(
         z, y = logits[a][keep], y_val[a][keep]
         t = fit_temperature(z, y)
         temperatures[a] = t
-        accuracy[a] = round(float((z.argmax(axis=1) == y).mean()), 4) if len(y) else 0.0
+        accuracy[a] = top1_accuracy(z, y)
         calibration[a] = {
             "temperature": round(t, 4),
             "ece_before": round(ece(softmax(z), y), 4),
@@ -516,17 +522,13 @@ def decode_hierarchy(
     layer = hierarchical_decoding(calibrated, matrices, temperature)
     decoded = [np.asarray(q) for q in layer(calibrated)]
 
-    def accuracy(p: np.ndarray, y: np.ndarray) -> float:
-        return round(float((p[y >= 0].argmax(axis=1) == y[y >= 0]).mean()), 4) if (y >= 0).any() else 0.0
-
+    labelled = [y_val[a] >= 0 for a in HIERARCHY]
     return layer, {
         "weight": HIERARCHY_WEIGHT,
         "article_temperature": round(temperature, 4),
-        "accuracy": {a: accuracy(q, y_val[a]) for a, q in zip(HIERARCHY, decoded, strict=True)},
-        "accuracy_independent": {a: accuracy(p, y_val[a]) for a, p in zip(HIERARCHY, calibrated, strict=True)},
-        "ece": {
-            a: round(ece(q[y_val[a] >= 0], y_val[a][y_val[a] >= 0]), 4) for a, q in zip(HIERARCHY, decoded, strict=True)
-        },
+        "accuracy": {a: top1_accuracy(q, y_val[a]) for a, q in zip(HIERARCHY, decoded, strict=True)},
+        "accuracy_independent": {a: top1_accuracy(p, y_val[a]) for a, p in zip(HIERARCHY, calibrated, strict=True)},
+        "ece": {a: round(ece(q[k], y_val[a][k]), 4) for a, q, k in zip(HIERARCHY, decoded, labelled, strict=True)},
         "agreeing_answers": agreeing_answers(decoded, matrices),
         "agreeing_answers_independent": agreeing_answers(calibrated, matrices),
     }
