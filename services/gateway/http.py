@@ -41,7 +41,13 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
-from services.gateway.security import API_KEY_HEADER, http_middleware, http_refusal, http_ssl_context
+from services.gateway.security import (
+    API_KEY_HEADER,
+    MalformedRequestLog,
+    http_middleware,
+    http_refusal,
+    http_ssl_context,
+)
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
 
@@ -690,7 +696,10 @@ async def start_http(
         raise ValueError("HTTP is disabled (http_port is None)")
     host = settings.host.strip("[]") or "0.0.0.0"
     runner = web.AppRunner(
-        create_app(service, index, settings, health_servicer), access_log=None, shutdown_timeout=settings.grace_s
+        create_app(service, index, settings, health_servicer),
+        access_log=None,
+        shutdown_timeout=settings.grace_s,
+        logger=MalformedRequestLog(),
     )
     await runner.setup()
     site = web.TCPSite(

@@ -11,7 +11,9 @@ Policy (one function, `ApiKeys.authorize`, used by the gRPC interceptor and the 
 
 A client sends its key as `authorization: Bearer <key>` (gRPC metadata or HTTP header) or as `x-api-key: <key>`.
 A missing or unknown key is UNAUTHENTICATED (HTTP 401); a valid read key on a write is PERMISSION_DENIED (403).
-Keys are compared in constant time, and a refusal is logged with the method and the peer, never the key.
+Keys are compared in constant time, and a refusal is logged with the method and the peer, never the key. A request
+that is not valid HTTP is logged as one short line without its bytes, at most once per interval
+(`MalformedRequestLog`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import enum
 import hmac
 import logging
 import ssl
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +30,7 @@ from typing import Any
 
 import grpc
 import grpc.aio
-from aiohttp import web
+from aiohttp import http_exceptions, web
 
 from fashionsearch.config import ConfigError
 from fashionsearch.errors import FashionSearchError
@@ -328,3 +331,44 @@ def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse
         return await handler(request)
 
     return api_keys
+
+
+class MalformedRequestLog(logging.LoggerAdapter):
+    """The logger given to the gateway's aiohttp server, so a request that is not valid HTTP does not reach the log.
+
+    aiohttp reports such a request (`Authorization : Bearer <key>`, bare-LF line endings, a bad header byte) with
+    an ERROR, a traceback and the raw request bytes, API keys included, and any client can send one per
+    connection. Here it becomes one WARNING naming the peer and the kind of error, never the bytes, at most one
+    per `interval_s` (the next one says how many were left out). Everything else aiohttp logs goes on to
+    aiohttp.server unchanged.
+    """
+
+    def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._interval_s = interval_s
+        self._clock = clock
+        self._last: float | None = None
+        self._left_out = 0
+
+    def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
+        error = kwargs.get("exc_info")
+        if isinstance(error, http_exceptions.HttpProcessingError):
+            self._malformed(str(args[0]) if args else "", error)
+            return
+        super().log(level, msg, *args, **kwargs)
+
+    def _malformed(self, peer: str, error: http_exceptions.HttpProcessingError) -> None:
+        now = self._clock()
+        if self._last is not None and now - self._last < self._interval_s:
+            self._left_out += 1
+            return
+        left_out, self._left_out, self._last = self._left_out, 0, now
+        also = f"; {left_out} more not logged since the last such line" if left_out else ""
+        logger.warning(
+            "refused a malformed HTTP request from %s with %s (%s)%s",
+            peer or "unknown peer",
+            error.code,
+            type(error).__name__,
+            also,
+            extra={"left_out": left_out},
+        )

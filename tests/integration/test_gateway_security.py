@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import ssl
 import subprocess
@@ -204,3 +205,24 @@ def test_http_refuses_an_unauthorised_upload_before_its_body_is_sent(stack):
         head = conn.recv(4096).decode("latin-1")
     assert head.startswith("HTTP/1.1 401"), head
     assert "UNAUTHENTICATED" in head
+
+
+def test_a_malformed_request_leaves_one_short_log_line_and_no_key(stack, caplog):
+    """aiohttp logs a request it cannot parse with its raw bytes; the gateway logs one line without them."""
+    caplog.set_level(logging.DEBUG)
+    port = stack.gateway_settings.http_port
+    key = READ.encode()
+    malformed = (
+        b"GET /v1/stats HTTP/1.1\r\nHost: localhost\r\nAuthorization : Bearer " + key + b"\r\n\r\n",
+        b"GET /v1/stats HTTP/1.1\nHost: localhost\nAuthorization: Bearer " + key + b"\n\n",
+        b"GET /v1/stats HTTP/1.1\r\nHost: localhost\r\nX-API-Key: " + key + b"\x01\r\n\r\n",
+    )
+    for raw in malformed:
+        with socket.create_connection((HOST, port), timeout=10) as conn:
+            conn.sendall(raw)
+            assert conn.recv(4096).startswith(b"HTTP/1.0 400 "), raw
+    assert http(port, "GET", "/v1/stats", READ)[0] == 200  # the gateway serves on
+    assert READ not in caplog.text
+    assert not any(READ in str(r.args) or r.exc_info for r in caplog.records)
+    lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
+    assert lines == ["refused a malformed HTTP request from 127.0.0.1 with 400 (BadHttpMessage)"], lines

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import grpc
 import pytest
+from aiohttp import http_exceptions
 
 from fashionsearch.config import ConfigError
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.security import (
     Access,
     ApiKeys,
+    MalformedRequestLog,
     PermissionDenied,
     Unauthenticated,
     client_metadata,
@@ -202,3 +204,29 @@ def test_tls_settings(tmp_path):
         Settings.from_env({"GATEWAY_TLS_CERT_FILE": str(cert), "GATEWAY_TLS_KEY_FILE": str(tmp_path / "nope.pem")})
     with pytest.raises(ConfigError, match="cannot load"):
         Settings.from_env({"GATEWAY_TLS_CERT_FILE": str(key), "GATEWAY_TLS_KEY_FILE": str(cert)})
+
+
+def test_malformed_requests_are_one_line_per_interval_without_their_bytes(caplog):
+    caplog.set_level(logging.DEBUG)
+    now = [100.0]
+    log = MalformedRequestLog(interval_s=10.0, clock=lambda: now[0])
+    bad = http_exceptions.BadHttpMessage(f"Invalid header token:\n\n  b'Authorization : Bearer {READ}'")
+    for _ in range(3):
+        log.exception("Error handling request from %s", "192.0.2.7", exc_info=bad)
+    now[0] += 10.0
+    log.debug("Error handling request from %s", "192.0.2.7", exc_info=http_exceptions.BadStatusLine(READ))
+    assert [r.getMessage() for r in caplog.records] == [
+        "refused a malformed HTTP request from 192.0.2.7 with 400 (BadHttpMessage)",
+        "refused a malformed HTTP request from 192.0.2.7 with 400 (BadStatusLine); 2 more not logged since the last"
+        " such line",
+    ]
+    assert all(r.levelno == logging.WARNING and r.exc_info is None for r in caplog.records)
+    assert READ not in caplog.text
+
+    caplog.clear()
+    try:
+        raise RuntimeError("a handler bug")
+    except RuntimeError as error:
+        log.exception("Unhandled exception", exc_info=error)
+    (record,) = caplog.records
+    assert record.name == "aiohttp.server" and record.exc_info is not None  # other errors keep their traceback
