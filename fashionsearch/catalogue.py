@@ -1,11 +1,17 @@
 """The catalogue's fields, shared by the indexer, the gateway, the store and training: the dataset's styles.csv
-columns, the attribute (filter) fields, the payload keys stored beside each vector, and the one styles.csv line
-parser.
+columns, the attribute (filter) fields, the payload keys stored beside each vector, the one styles.csv line
+parser, and the one product id parser.
 """
 
 from __future__ import annotations
 
 import csv
+from typing import Any
+
+from fashionsearch.parsing import parse_int
+
+#: Largest product id: Qdrant point ids are unsigned 64-bit, the gRPC API carries them as int64.
+MAX_ID = 2**63 - 1
 
 #: Column order of the dataset's styles.csv.
 STYLES_COLUMNS: tuple[str, ...] = (
@@ -44,3 +50,8 @@ def unquote_name(raw: str) -> str:
         if len(parsed) == 1:
             return parsed[0]
     return raw
+
+
+def parse_id(value: Any) -> int:
+    """A product id (1 .. MAX_ID), read by `fashionsearch.parsing.parse_int`'s strict rules."""
+    return parse_int(value, "product id", 1, MAX_ID)

@@ -21,20 +21,19 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fashionsearch.catalogue import FILTER_FIELDS, STYLES_COLUMNS, split_styles_line, unquote_name
+from fashionsearch.catalogue import FILTER_FIELDS, STYLES_COLUMNS, parse_id, split_styles_line, unquote_name
+from fashionsearch.parsing import parse_json
 
 #: Attribute fields of a catalogue item (each also a filter field of the store).
 ATTRIBUTES: tuple[str, ...] = FILTER_FIELDS
 
 _STYLES_ATTRIBUTES: tuple[str, ...] = tuple(c for c in STYLES_COLUMNS if c in FILTER_FIELDS)
 _STYLES_ATTRIBUTE_FIELDS: tuple[int, ...] = tuple(STYLES_COLUMNS.index(c) for c in _STYLES_ATTRIBUTES)
-_MAX_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -67,22 +66,6 @@ class BadRow:
     raw_id: str
     image: str
     reason: str
-
-
-def parse_id(value: Any) -> int:
-    """A product id: a positive integer below 2**63 (Qdrant point ids are unsigned 64-bit)."""
-    if isinstance(value, bool):
-        raise ValueError(f"id {value!r} is not an integer")
-    if isinstance(value, int):
-        number = value
-    else:
-        text = str(value).strip()
-        if not text.isascii() or not text.isdigit():
-            raise ValueError(f"id {value!r} is not a positive integer")
-        number = int(text)
-    if not 0 < number <= _MAX_ID:
-        raise ValueError(f"id {number} is out of range (1 .. 2**63-1)")
-    return number
 
 
 def parse_year(value: Any) -> int:
@@ -206,9 +189,9 @@ def read_jsonl(path: str | Path) -> Iterator[Row | BadRow]:
             if not text.strip():
                 continue
             try:
-                record = json.loads(text)
-            except json.JSONDecodeError as exc:
-                yield BadRow(line_no, "", "", f"bad row: invalid JSON ({exc.msg})")
+                record = parse_json(text)
+            except ValueError as exc:
+                yield BadRow(line_no, "", "", f"bad row: {exc}")
                 continue
             if not isinstance(record, dict):
                 yield BadRow(line_no, "", "", "bad row: not a JSON object")

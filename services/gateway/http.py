@@ -4,9 +4,9 @@ Every endpoint calls the same GatewayService as the gRPC servicer, so validation
 FashionSearchError becomes the HTTP status of its gRPC code (see HTTP_STATUS) with a JSON body
 ``{"error": {"status": 400, "code": "INVALID_ARGUMENT", "message": "..."}}``.
 
-Product images: a payload's ``image_ref`` is either an http(s) URL (used as is) or a path relative to
-GATEWAY_IMAGE_ROOT (the catalogue folder the indexer read, e.g. sample_catalogue/), served under ``/images/``.
-The gateway stores no image bytes itself.
+Product images: a payload's ``image_ref`` is either an http(s) URL (handed to browsers only when its host is in
+GATEWAY_IMAGE_URL_HOSTS) or a path relative to GATEWAY_IMAGE_ROOT (the catalogue folder the indexer read, e.g.
+sample_catalogue/), served under ``/images/``. The gateway stores no image bytes itself.
 
 Request bodies larger than GATEWAY_HTTP_MAX_BODY_BYTES are refused with 413: from Content-Length before any of the
 body is read (also answering ``Expect: 100-continue`` that way), otherwise while it streams in.
@@ -27,11 +27,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from aiohttp import BodyPartReader, hdrs, web
+from aiohttp import BodyPartReader, MultipartReader, hdrs, http_exceptions, web
 from grpc_health.v1 import health, health_pb2
 
 from fashionsearch.catalogue import PAYLOAD_FIELDS
 from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, Unavailable
+from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
@@ -72,6 +73,7 @@ FILTER_MODES = {mode.value: mode for mode in FilterMode}
 SEARCH_PARAMS = ("top_k", "filter_mode")
 FILTER_PREFIX = "filter."
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
+SERVER_HEADER = "fashionsearch"
 _READ_CHUNK = 64 * 1024
 _DEFAULT_LIST_PAGE = 1000
 _CATEGORY_FIELD = "subCategory"
@@ -137,14 +139,11 @@ def _errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.Strea
 
 
 def _int(value: Any, what: str) -> int:
-    if isinstance(value, bool):
-        raise InvalidArgument(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, int):
-        return value
+    """An integer by `fashionsearch.parsing.parse_int`'s strict rules (the indexer's too); its error as a 400."""
     try:
-        return int(str(value).strip())
-    except ValueError:
-        raise InvalidArgument(f"{what} must be an integer, got {value!r}") from None
+        return parse_int(value, what)
+    except ValueError as bad:
+        raise InvalidArgument(str(bad)) from None
 
 
 def _item_id(request: web.Request) -> int:
@@ -207,12 +206,16 @@ def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
     )
 
 
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    raw = await request.read()
+def _loads(text: bytes | str, what: str) -> Any:
+    """`fashionsearch.parsing.parse_json`; its error as a 400."""
     try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as bad:
-        raise InvalidArgument(f"the request body is not valid JSON: {bad}") from None
+        return parse_json(text)
+    except ValueError as bad:
+        raise InvalidArgument(f"{what} is {bad}") from None
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    body = _loads(await request.read(), "the request body")
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return body
@@ -220,7 +223,15 @@ async def _read_json(request: web.Request) -> dict[str, Any]:
 
 async def _read_multipart(request: web.Request, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
     """Every part of a multipart/form-data body: name -> [(bytes, filename)], at most `limit` bytes in all."""
-    reader = await request.multipart()
+    try:
+        return await _read_parts(await request.multipart(), limit)
+    except ValueError as bad:  # aiohttp's word for a body (or boundary) that is not multipart
+        raise InvalidArgument(f"the body is not valid multipart/form-data: {bad}") from None
+    except http_exceptions.HttpProcessingError as bad:  # a part's headers are not valid HTTP headers
+        raise InvalidArgument(f"the body is not valid multipart/form-data: {bad.message}") from None
+
+
+async def _read_parts(reader: MultipartReader, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
     fields: dict[str, list[tuple[bytes, str | None]]] = {}
     total = 0
     while True:
@@ -309,34 +320,57 @@ def filters_json(filters: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]
 
 @dataclass(frozen=True)
 class ImageLinks:
-    """Turns a payload's image_ref into a URL the browser can load (or None when the gateway cannot serve it)."""
+    """Turns a payload's image_ref into a URL the browser can load (or None when the gateway cannot serve it).
+
+    A path is served from `root` under /images/; an http(s) URL is handed on (as the hit's image_url and as the
+    redirect of /v1/items/{id}/image) only when its host is in `url_hosts` (GATEWAY_IMAGE_URL_HOSTS), so the
+    gateway never sends a browser to a host its operator did not name.
+    """
 
     root: Path | None
+    url_hosts: frozenset[str] = frozenset()
 
     def url(self, ref: str) -> str | None:
         ref = ref.strip()
         if not ref:
             return None
         if ref.startswith(("http://", "https://")):
-            return ref
-        if self.root is None:
+            return ref if self.allows(ref) else None
+        if self.root is None or "\x00" in ref:
             return None
         path = Path(ref)
         if path.is_absolute():
             try:
                 path = path.resolve().relative_to(self.root)
-            except ValueError:
+            except (ValueError, OSError):
                 return None
         return "/images/" + urllib.parse.quote(path.as_posix())
 
+    def allows(self, url: str) -> bool:
+        """Whether `url` is an http(s) URL on an allowed host. Nothing a browser could read differently from
+        urllib passes: no backslash (`https://elsewhere\\@allowed/` takes a browser to elsewhere), no user-info,
+        space, control or non-ASCII character."""
+        if not url.isascii() or not url.isprintable() or any(c in url for c in " \\@"):
+            return False
+        try:
+            parts = urllib.parse.urlsplit(url)
+            host = (parts.hostname or "").rstrip(".")
+            parts.port  # noqa: B018 - raises ValueError on a port that is not a number
+        except ValueError:
+            return False
+        return parts.scheme in ("http", "https") and host in self.url_hosts
+
     def file(self, relative: str) -> Path | None:
         """The file under the root for a /images/ path, or None when there is none (or it lies outside)."""
-        if self.root is None:
+        if self.root is None or "\x00" in relative:
             return None
-        target = (self.root / relative).resolve()
-        if not target.is_relative_to(self.root) or target.suffix.lower() not in IMAGE_SUFFIXES:
+        try:
+            target = (self.root / relative).resolve()
+            if not target.is_relative_to(self.root) or target.suffix.lower() not in IMAGE_SUFFIXES:
+                return None
+            return target if target.is_file() else None
+        except OSError:  # a name too long for the file system, a loop of links
             return None
-        return target if target.is_file() else None
 
 
 # ---- the application --------------------------------------------------------------------------------------------
@@ -356,7 +390,9 @@ class HttpApi:
         self._index = index
         self._settings = settings
         self._health = health_servicer
-        self._images = ImageLinks(settings.image_root.resolve() if settings.image_root else None)
+        self._images = ImageLinks(
+            settings.image_root.resolve() if settings.image_root else None, frozenset(settings.image_url_hosts)
+        )
         self._categories: tuple[float, list[dict[str, Any]]] | None = None
 
     def hit_json(self, hit: Hit) -> dict[str, Any]:
@@ -410,7 +446,7 @@ class HttpApi:
         body = await _read_json(request)
         if "id" not in body:
             raise InvalidArgument("the body needs the product 'id'")
-        return await self._similar(_int(body["id"], "id"), options_from_json(body))
+        return await self._similar(_int(body["id"], "product id"), options_from_json(body))
 
     async def _similar(self, item_id: int, options: SearchOptions) -> web.Response:
         result = await self._service.search_by_id(item_id, options)
@@ -436,7 +472,10 @@ class HttpApi:
         item = await self._service.get(_item_id(request))
         url = self._images.url(str(item.payload.get("image_ref") or ""))
         if url is None:
-            raise NotFound(f"product {item.id} has no image the gateway can serve (see GATEWAY_IMAGE_ROOT)")
+            raise NotFound(
+                f"product {item.id} has no image the gateway can serve (files under GATEWAY_IMAGE_ROOT, URLs on the"
+                " hosts of GATEWAY_IMAGE_URL_HOSTS)"
+            )
         raise web.HTTPFound(url)
 
     async def put_item(self, request: web.Request) -> web.Response:
@@ -454,10 +493,7 @@ class HttpApi:
         if image is None:
             raise InvalidArgument("the multipart body has no 'image' field")
         raw_payload = _single(fields, "payload")
-        try:
-            payload = _payload(json.loads(_text(raw_payload, "payload"))) if raw_payload else {}
-        except json.JSONDecodeError as bad:
-            raise InvalidArgument(f"form field 'payload' is not valid JSON: {bad}") from None
+        payload = _payload(_loads(_text(raw_payload, "payload"), "form field 'payload'")) if raw_payload else {}
         content_hash = _single(fields, "content_hash")
         item = CatalogueItem(
             id=item_id,
@@ -521,7 +557,7 @@ class HttpApi:
         ids = body.get("ids")
         if not isinstance(ids, list):
             raise InvalidArgument('the body needs an "ids" list')
-        count = await self._service.delete([_int(i, "id") for i in ids])
+        count = await self._service.delete([_int(i, "product id") for i in ids])
         self._categories = None
         return web.json_response({"item_count": count})
 
@@ -612,6 +648,8 @@ class HttpApi:
         return web.json_response(openapi_document(self._settings))
 
     async def images(self, request: web.Request) -> web.StreamResponse:
+        if "\x00" in request.match_info["path"]:  # as nginx does: no file name holds one, so the request is bad
+            raise InvalidArgument("the image path holds a NUL character (%00)")
         target = self._images.file(request.match_info["path"])
         if target is None:
             if self._images.root is None:
@@ -621,6 +659,13 @@ class HttpApi:
 
     async def index_page(self, request: web.Request) -> web.StreamResponse:
         return web.FileResponse(WEB_DIR / "index.html", headers={hdrs.CACHE_CONTROL: "no-cache"})
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the product, not aiohttp and its version (RFC 9110 leaves the detail to the server; nginx's
+    server_tokens off is the usual practice). aiohttp's own 400 for a request it cannot parse is sent before the
+    application sees it, and keeps aiohttp's header (aio-libs/aiohttp#6463)."""
+    response.headers[hdrs.SERVER] = SERVER_HEADER
 
 
 def create_app(
@@ -649,6 +694,7 @@ def create_app(
     app = web.Application(
         client_max_size=limit, middlewares=[_errors_middleware(limit), http_middleware(settings.api_keys)]
     )
+    app.on_response_prepare.append(_server_header)
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
     app.router.add_get("/v1/items", api.list_items)

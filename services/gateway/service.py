@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from fashionsearch import naming
-from fashionsearch.catalogue import PAYLOAD_FIELDS
+from fashionsearch.catalogue import MAX_ID, PAYLOAD_FIELDS
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -53,9 +53,6 @@ logger = logging.getLogger(__name__)
 T = TypeVar("T")
 
 _END = object()
-
-#: Product ids are Qdrant point ids: unsigned 64-bit, and 0 is not a product.
-MAX_ID = 2**63 - 1
 
 
 # Room for protobuf framing and the other fields around the largest accepted image.

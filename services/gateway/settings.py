@@ -41,6 +41,9 @@ class Settings:
     http_max_body_bytes: int = 16 * 1024 * 1024
     #: Folder that relative image references (payload image_ref) resolve against, served under /images/.
     image_root: Path | None = None
+    #: Hosts whose http(s) image_ref URLs the gateway hands to browsers (hit image_url, the /image redirect); an
+    #: image URL on any other host is not shown, so a catalogue writer cannot make the gateway an open redirect.
+    image_url_hosts: tuple[str, ...] = ()
     #: API keys for reads and catalogue writes (services/gateway/security.py has the policy); never printed.
     read_api_keys: tuple[str, ...] = field(default=(), repr=False)
     write_api_keys: tuple[str, ...] = field(default=(), repr=False)
@@ -116,6 +119,7 @@ class Settings:
                 "HTTP_MAX_BODY_BYTES", cls.http_max_body_bytes, min=1024, max=256 * 1024 * 1024
             ),
             image_root=env.path("IMAGE_ROOT", "", must_exist="dir") if env.get_str("IMAGE_ROOT", "") else None,
+            image_url_hosts=parse_hosts(env.get_str("IMAGE_URL_HOSTS", "")),
             read_api_keys=read_keys,
             write_api_keys=write_keys,
             allow_unauthenticated_writes=allow_unauthenticated_writes,
@@ -125,3 +129,15 @@ class Settings:
             shrink_side=env.get_int("SHRINK_SIDE", cls.shrink_side, min=16, max=8192),
             max_concurrent_rpcs=env.get_int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs, min=1, max=100_000),
         )
+
+
+def parse_hosts(text: str) -> tuple[str, ...]:
+    """GATEWAY_IMAGE_URL_HOSTS: comma-separated host names (cdn.example.com), compared exactly, lower case."""
+    hosts = [host.strip().lower().rstrip(".") for host in text.split(",") if host.strip()]
+    for host in hosts:
+        if not all(c.isascii() and (c.isalnum() or c in ".-") for c in host) or host.startswith((".", "-")):
+            raise ConfigError(
+                f"GATEWAY_IMAGE_URL_HOSTS: {host!r} is not a host name; give names such as cdn.example.com, without"
+                " scheme, port or path"
+            )
+    return tuple(dict.fromkeys(hosts))

@@ -79,14 +79,17 @@ def _wait_http(url: str, stack: ProcessStack, timeout_s: float = 90) -> None:
     pytest.fail(f"{url} not ready after {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def base_url(tmp_path_factory) -> Iterator[str]:
+READ_KEY = "page-read-key-0123456789abcdef"
+
+
+def _serve(folder: Path, **gateway_env: str) -> Iterator[str]:
+    """The three services with the sample catalogue slice indexed; yields the page's base URL."""
     if not (SAMPLE / "styles.csv").is_file():
         pytest.skip(f"{SAMPLE} is missing")
     models = os.environ.get("WEB_PAGE_MODELS")
     http_port = free_port()
     stack = ProcessStack(
-        tmp_path_factory.mktemp("web"),
+        folder,
         gateway_env={
             "GATEWAY_HTTP_ENABLED": "true",
             "GATEWAY_HTTP_PORT": str(http_port),
@@ -96,6 +99,7 @@ def base_url(tmp_path_factory) -> Iterator[str]:
             "GATEWAY_EMBED_TIMEOUT_S": "30",
             "GATEWAY_EMBED_BATCH_TIMEOUT_S": "60",
             "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
+            **gateway_env,
         },
         classifier_model_dir=Path(models) / "classifier" if models else None,
         embedder_model_dir=Path(models) / "embedder" if models else None,
@@ -113,6 +117,17 @@ def base_url(tmp_path_factory) -> Iterator[str]:
         yield url
     finally:
         stack.stop()
+
+
+@pytest.fixture(scope="module")
+def base_url(tmp_path_factory) -> Iterator[str]:
+    yield from _serve(tmp_path_factory.mktemp("web"))
+
+
+@pytest.fixture(scope="module")
+def keyed_url(tmp_path_factory) -> Iterator[str]:
+    """A gateway whose searches need a read key (writes stay open, for the fixture's own indexing)."""
+    yield from _serve(tmp_path_factory.mktemp("web-keyed"), GATEWAY_READ_API_KEYS=READ_KEY)
 
 
 @pytest.fixture(scope="module")
@@ -277,3 +292,50 @@ def test_openapi_link_serves_the_document(page, base_url):
         document = json.loads(response.read())
     assert "/v1/search" in document["paths"]
     assert page.locator("footer a").get_attribute("href") == "/openapi.json"
+
+
+def test_a_read_key_entered_on_the_page_is_kept_for_the_tab_only(browser, keyed_url):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    sent: list[tuple[str, str | None]] = []
+    page.on("request", lambda r: sent.append((r.url, r.headers.get("authorization"))) if "/v1/" in r.url else None)
+    try:
+        page.goto(keyed_url + "/")
+        page.locator("#key-form").wait_for(state="visible")  # the category list answered 401
+        page.set_input_files("#file", str(_query_image()))
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('needs an API key')")
+
+        page.fill("#key", "not-the-key-0123456789abcdef")
+        page.click("#key-form button[type=submit]")
+        page.wait_for_function("() => document.getElementById('message').textContent.includes('did not accept')")
+        assert page.locator("#key-form").is_visible()
+
+        page.fill("#key", READ_KEY)
+        page.click("#key-form button[type=submit]")
+        _wait_results(page)  # the photo is searched again, with the key
+        assert page.locator("#key-form").is_hidden() and page.locator("#key-in-use").is_visible()
+        page.wait_for_function("() => document.querySelectorAll('#category option').length > 2")
+        searches = [header for url, header in sent if "/v1/search" in url]
+        assert searches[-1] == f"Bearer {READ_KEY}" and searches[0] is None
+        assert not any(READ_KEY in url for url, _ in sent), "the key never goes into a URL"
+        kept = page.evaluate(
+            "() => [sessionStorage.getItem('fashionsearch.apiKey'), localStorage.length, document.cookie]"
+        )
+        assert kept == [READ_KEY, 0, ""]
+
+        page.reload()  # the same tab keeps it
+        page.locator("#key-in-use").wait_for(state="visible")
+        page.wait_for_function("() => document.querySelectorAll('#category option').length > 2")
+        other = context.new_page()  # another tab does not
+        other.goto(keyed_url + "/")
+        other.locator("#key-form").wait_for(state="visible")
+        assert other.evaluate("() => sessionStorage.length") == 0
+
+        page.click("#forget-key")
+        page.locator("#key-form").wait_for(state="visible")
+        assert page.evaluate("() => sessionStorage.length") == 0
+    finally:
+        context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"

@@ -10,6 +10,7 @@ import json
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from dataclasses import replace
@@ -32,6 +33,7 @@ from fashionsearch.errors import (
     Unavailable,
 )
 from fashionsearch.v1 import gateway_pb2
+from services.gateway.domain import StoredItem
 from services.gateway.http import create_app, start_http
 from services.gateway.settings import Settings as GatewaySettings
 from tests.process_stack import free_port
@@ -303,6 +305,50 @@ def test_similar_errors(api):
     assert "not valid JSON" in error_of(*api.json("POST", "/v1/search/by-id", b"{nope", content_type="x"), 400)
 
 
+HOSTILE = {
+    "JSON nested 100,000 deep": ("POST", "/v1/search/by-id", b"[" * 100_000 + b"]" * 100_000, "application/json"),
+    "an id of 10,000 digits": ("POST", "/v1/search/by-id", b'{"id": ' + b"7" * 10_000 + b"}", "application/json"),
+    "a year of 10,000 digits": ("POST", "/v1/items", b'{"items": [{"id": 1, "payload": {"year": ' + b"7" * 10_000
+                                + b"}}]}", "application/json"),
+    "multipart without a boundary": ("POST", "/v1/search", b"hello", "multipart/form-data"),
+    "multipart with a body that is not": ("PUT", "/v1/items/5", b"hello", "multipart/form-data; boundary=xyz"),
+    "a part header that is not HTTP": ("POST", "/v1/search", b"--x\r\nnot a header\r\n\r\nabc\r\n--x--\r\n",
+                                       "multipart/form-data; boundary=x"),
+    "a NUL in an image path": ("GET", "/images/images/%00.jpg", None, None),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_bodies_and_paths_are_400_without_a_traceback(api, caplog, case):
+    method, path, body, content_type = HOSTILE[case]
+    status, headers, data = api.call(method, path, body, content_type)
+    assert status == 400, (status, data[:300])
+    assert json.loads(data)["error"]["code"] == "INVALID_ARGUMENT"
+    assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], caplog.text[:2000]
+
+
+@pytest.mark.parametrize("text", ["1_580", "\u0661\u0665\u0668\u0660", "1580 ", " 1580", "+1580", "1580.0"])
+def test_ids_top_k_and_page_size_are_read_strictly(api, items, text):
+    """Python's int() takes all of these; the gRPC API and the indexer take none, and neither does HTTP."""
+    item_id = str(items[0].id)
+    quoted = urllib.parse.quote(text)
+    requests = [
+        ("GET", f"/v1/items/{quoted}", None),
+        ("GET", f"/v1/items/{quoted}/similar", None),
+        ("DELETE", f"/v1/items/{quoted}", None),
+        ("GET", f"/v1/items/{item_id}/similar?top_k={quoted}", None),
+        ("GET", f"/v1/items?page_size={quoted}", None),
+        ("POST", "/v1/search/by-id", {"id": text}),
+        ("POST", "/v1/search/by-id", {"id": int(item_id), "top_k": text}),
+        ("POST", "/v1/items/delete", {"ids": [text]}),
+    ]
+    for method, path, body in requests:
+        message = error_of(*api.json(method, path, body), 400, "INVALID_ARGUMENT")
+        assert "digits 0-9" in message, (method, path, body, message)
+    message = error_of(*api.upload(f"/v1/search?top_k={quoted}", {"image": QUERY}), 400)
+    assert "top_k must be an integer written with the digits 0-9" in message
+
+
 # ---- catalogue writes -----------------------------------------------------------------------------------------
 
 
@@ -500,6 +546,54 @@ def test_images_outside_the_root_or_not_images_are_404(api, catalogue_dir):
         assert b"TOP-SECRET-BYTES" not in data and b"id\n1" not in data
 
 
+class _Stored:
+    """Stands in for GatewayService: every product exists, with the image_ref given for its id."""
+
+    def __init__(self, refs: dict[int, str]) -> None:
+        self.refs = refs
+
+    async def get(self, item_id: int) -> StoredItem:
+        return StoredItem(id=item_id, payload={"image_ref": self.refs[item_id]})
+
+
+def test_item_image_redirects_only_to_the_allowed_hosts(stack):
+    """A catalogue writer chooses image_ref: the gateway must not send browsers to whatever host it names."""
+    refs = {
+        1: "https://cdn.example.com/a.jpg",
+        2: "https://elsewhere.example/a.jpg",
+        3: "https://elsewhere.example\\@cdn.example.com/a.jpg",  # urllib's host is cdn, a browser's elsewhere
+        4: "https://cdn.example.com@elsewhere.example/a.jpg",
+        5: "https://cdn.example.com.elsewhere.example/a.jpg",
+        6: "//elsewhere.example/a.jpg",
+        7: "images/201.jpg",
+        8: "https://cdn.example.com/a.jpg\r\nSet-Cookie: x=1",
+    }
+    allowed = replace(stack.gateway_settings, http_port=0, image_url_hosts=("cdn.example.com",))
+    for settings, redirected in ((allowed, {1: refs[1], 7: "/images/images/201.jpg"}),
+                                 (replace(allowed, image_url_hosts=()), {7: "/images/images/201.jpg"})):  # fmt: skip
+        server = stack.threads.run(start_http(settings, _Stored(refs), None))  # type: ignore[arg-type]
+        try:
+            client = Http(server.port)
+            for item_id, ref in refs.items():
+                status, headers, data = client.call("GET", f"/v1/items/{item_id}/image")
+                if item_id in redirected:
+                    assert (status, headers["Location"]) == (302, redirected[item_id]), ref
+                else:
+                    assert status == 404 and "Location" not in headers, (ref, status, headers)
+                    assert "GATEWAY_IMAGE_URL_HOSTS" in json.loads(data)["error"]["message"]
+                    assert client.json("GET", f"/v1/items/{item_id}")[1]["image_url"] is None
+        finally:
+            stack.threads.run(server.close())
+
+
+def test_the_server_header_names_no_library_or_version(api, items):
+    for method, path in (("GET", "/healthz"), ("GET", "/v1/stats"), ("GET", "/nope"), ("GET", "/"),
+                         ("GET", "/static/app.js"), ("GET", f"/images/images/{items[0].id}.jpg"),
+                         ("GET", f"/v1/items/{items[0].id}/image"), ("POST", "/v1/search/by-id")):  # fmt: skip
+        _, headers, _ = api.call(method, path)
+        assert headers["Server"] == "fashionsearch", (path, headers["Server"])
+
+
 # ---- documents and pages --------------------------------------------------------------------------------------
 
 
@@ -597,6 +691,9 @@ def test_http_settings_from_env(tmp_path):
         {"GATEWAY_HTTP_PORT": "0", "GATEWAY_HTTP_MAX_BODY_BYTES": "4096", "GATEWAY_IMAGE_ROOT": str(tmp_path)}
     )
     assert (custom.http_port, custom.http_max_body_bytes, custom.image_root) == (0, 4096, tmp_path)
+    assert defaults.image_url_hosts == ()
+    hosts = GatewaySettings.from_env({"GATEWAY_IMAGE_URL_HOSTS": "CDN.example.com, img.example.org.,"})
+    assert hosts.image_url_hosts == ("cdn.example.com", "img.example.org")
 
 
 @pytest.mark.parametrize(
@@ -606,6 +703,8 @@ def test_http_settings_from_env(tmp_path):
         ({"GATEWAY_HTTP_ENABLED": "maybe"}, "GATEWAY_HTTP_ENABLED"),
         ({"GATEWAY_HTTP_MAX_BODY_BYTES": "10"}, "GATEWAY_HTTP_MAX_BODY_BYTES"),
         ({"GATEWAY_IMAGE_ROOT": "/no/such/folder"}, "GATEWAY_IMAGE_ROOT"),
+        ({"GATEWAY_IMAGE_URL_HOSTS": "https://cdn.example.com"}, "GATEWAY_IMAGE_URL_HOSTS"),
+        ({"GATEWAY_IMAGE_URL_HOSTS": "cdn.example.com:8443"}, "GATEWAY_IMAGE_URL_HOSTS"),
     ],
 )
 def test_bad_http_settings_name_the_variable(env, fragment):

@@ -40,7 +40,11 @@ def test_styles_csv_names_with_commas_quotes_and_bad_rows(tmp_path: Path) -> Non
     assert by_id[13].missing_attributes == ("baseColour", "season") and by_id[13].year == 0
     reasons = {b.raw_id: b.reason for b in bad}
     assert set(reasons) == {"14", "abc", "15"}
-    assert "3 fields" in reasons["14"] and "not a positive integer" in reasons["abc"] and "year" in reasons["15"]
+    assert (
+        "3 fields" in reasons["14"]
+        and "integer written with the digits 0-9" in reasons["abc"]
+        and "year" in reasons["15"]
+    )
     assert all(r.startswith("bad row:") for r in reasons.values())
 
 
@@ -94,7 +98,7 @@ def test_jsonl_manifest(tmp_path: Path) -> None:
         (8, {"baseColour": "Red"}, 2020),
     ]
     assert [b.line for b in bad] == [3, 4, 5, 6]
-    assert "invalid JSON" in bad[0].reason and "image" in bad[2].reason
+    assert "not valid JSON" in bad[0].reason and "image" in bad[2].reason
     assert Manifest.file(path, image_root=tmp_path / "imgs").image_root == tmp_path / "imgs"
 
 
@@ -147,3 +151,21 @@ def test_stored_digests_lookup_seen_and_unseen() -> None:
     assert digests.was_seen(int(pos[0])) and not digests.was_seen(int(pos[3]))
     assert digests.unseen_ids() == [20, 30, 40]
     assert StoredDigests([]).positions([1, 2]).tolist() == [-1, -1]
+
+
+def test_jsonl_lines_that_break_the_json_module_are_bad_rows(tmp_path: Path) -> None:
+    """A number of 5,000 digits raises a bare ValueError and deep nesting a RecursionError out of json.loads; both
+    are bad rows like any other invalid line, and the rows after them are read."""
+    path = tmp_path / "m.jsonl"
+    lines = [
+        '{"id": ' + "7" * 5000 + ', "image": "a.jpg"}',
+        "[" * 100_000 + "]" * 100_000,
+        '{"id": "1580 ", "image": "b.jpg"}',
+    ]
+    lines.append(json.dumps({"id": 5, "image": "c.jpg"}))
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    good, bad = _rows(Manifest.file(path))
+    assert [r.id for r in good] == [5]
+    reasons = [b.reason for b in bad]
+    assert "more than 4300 digits" in reasons[0] and "nested too deeply" in reasons[1], reasons
+    assert "integer written with the digits 0-9" in reasons[2]

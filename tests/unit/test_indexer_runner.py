@@ -140,7 +140,7 @@ def test_rejects_are_written_with_reasons_and_the_rest_continue(tmp_path: Path) 
     assert reasons["2"].startswith("missing file")
     assert reasons["3"].startswith("undecodable image")
     assert reasons["4"] == "embedder refused the image: corrupt"
-    assert reasons["8"].startswith("bad row: invalid JSON")
+    assert reasons["8"].startswith("bad row: not valid JSON")
     assert reasons["5"].startswith("duplicate id 5")
     assert sorted(target.points) == [1, 5, 6, 7]
 

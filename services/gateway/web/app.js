@@ -44,10 +44,65 @@ function filterParams() {
   return params;
 }
 
-async function callApi(url, options) {
+// ---- API key ---------------------------------------------------------------------------------------------------
+// With GATEWAY_READ_API_KEYS set, searches need a key. The person enters it here; it stays in this tab's
+// sessionStorage (gone when the tab closes, never shared with other tabs, never a cookie) and goes out as the
+// Authorization header of the page's own requests, nothing else.
+
+const KEY_ITEM = "fashionsearch.apiKey";
+
+function storedKey() {
+  try {
+    return sessionStorage.getItem(KEY_ITEM) || "";
+  } catch (error) {
+    return "";  // storage turned off: the person enters the key again after a reload
+  }
+}
+
+function showKeyState(needed, message) {
+  const key = storedKey();
+  $("key-form").hidden = !needed;
+  $("key-in-use").hidden = needed || !key;
+  if (needed && message) {
+    showMessage(message);
+  }
+}
+
+$("key-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const key = $("key").value.trim();
+  if (!/^[\x21-\x7e]+$/.test(key)) {
+    showMessage("An API key is printable ASCII without spaces; check what you pasted.");
+    return;
+  }
+  try {
+    sessionStorage.setItem(KEY_ITEM, key);
+  } catch (error) {
+    showMessage("This browser does not let the page keep the key (storage is turned off).");
+    return;
+  }
+  $("key").value = "";
+  showMessage("");
+  showKeyState(false);
+  reload();
+});
+
+$("forget-key").addEventListener("click", () => {
+  try {
+    sessionStorage.removeItem(KEY_ITEM);
+  } catch (error) {
+    // nothing kept, nothing to forget
+  }
+  showKeyState(false);
+  reload();
+});
+
+async function callApi(url, options = {}) {
+  const key = storedKey();
+  const headers = key ? { ...options.headers, Authorization: `Bearer ${key}` } : options.headers;
   let response;
   try {
-    response = await fetch(url, options);
+    response = await fetch(url, { ...options, headers });
   } catch (error) {
     throw { status: 0, message: "The gateway cannot be reached. Is it running?" };
   }
@@ -59,6 +114,9 @@ async function callApi(url, options) {
   }
   if (!response.ok) {
     const message = body && body.error ? body.error.message : response.statusText;
+    if (response.status === 401) {
+      showKeyState(true);
+    }
     throw { status: response.status, message };
   }
   return body;
@@ -72,8 +130,11 @@ function explain(error, fileName) {
     case 413:
       return `${file} is too large: ${error.message}.`;
     case 401:
+      return storedKey()
+        ? `The gateway did not accept your API key (${error.message}). Enter another one.`
+        : "This gateway needs an API key for searches: enter it above.";
     case 403:
-      return `This gateway needs an API key for searches (${error.message}).`;
+      return `Your API key does not allow this (${error.message}).`;
     case 404:
       return `Not found: ${error.message}.`;
     case 409:
@@ -421,5 +482,14 @@ async function loadStats() {
   }
 }
 
-loadCategories();
-loadStats();
+// Everything the page loads from /v1, again: at start, and after a key is entered or forgotten.
+function reload() {
+  loadCategories();
+  loadStats();
+  if (state.file) {
+    searchPhoto();
+  }
+}
+
+showKeyState(false);
+reload();
