@@ -92,7 +92,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--fetch-threads", type=int, default=8, help="threads downloading http(s) images (default 8)")
     p.add_argument("--timeout-s", type=float, default=30.0, help="deadline of one service call (default 30)")
-    p.add_argument("--url-timeout-s", type=float, default=10.0, help="deadline of one image download (default 10)")
+    p.add_argument(
+        "--url-timeout-s",
+        type=float,
+        default=10.0,
+        help="total deadline of one image download: name lookup, connection, redirects and body (default 10)",
+    )
+    p.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="also fetch image URLs on loopback, private and link-local addresses (an intranet image server)",
+    )
+    p.add_argument(
+        "--allow-paths-outside-root",
+        action="store_true",
+        help="a trusted manifest: also read absolute image paths and paths with '..' out of the image root",
+    )
     p.add_argument("--rejects", type=Path, default=Path("indexer-rejects.csv"), help="reject file (CSV)")
     p.add_argument("--summary-json", type=Path, help="also write the summary as JSON here")
     p.add_argument("--no-progress", action="store_true", help="no progress line on stderr")
@@ -180,7 +195,12 @@ def main(argv: list[str] | None = None) -> int:
         shard=shard,
         max_reject_fraction=args.max_reject_fraction,
     )
-    fetcher = ImageFetcher(root=manifest.image_root, timeout_s=args.url_timeout_s)
+    fetcher = ImageFetcher(
+        root=manifest.image_root,
+        timeout_s=args.url_timeout_s,
+        allow_private_urls=args.allow_private_urls,
+        allow_outside_root=args.allow_paths_outside_root,
+    )
     total = None if args.no_progress else manifest.approximate_rows() // shard[1]
     target = make_target(args)
     if args.switch_only:

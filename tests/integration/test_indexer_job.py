@@ -152,19 +152,26 @@ def test_images_over_http_with_unreachable_urls(stack: Stack, tmp_path: Path) ->
     www.mkdir()
     for i in range(1, 6):
         (www / f"{i}.jpg").write_bytes(product_jpeg(i))
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(www))
-    handler.log_message = lambda *a, **k: None  # type: ignore[attr-defined]
-    server = http.server.ThreadingHTTPServer((HOST, 0), handler)
+    requests: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            requests.append(self.path)
+
+    server = http.server.ThreadingHTTPServer((HOST, 0), functools.partial(Handler, directory=str(www)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     base = f"http://{HOST}:{server.server_address[1]}"
     records = [{"id": i, "image": f"{base}/{i}.jpg", "name": f"P{i}", "gender": "Men"} for i in range(1, 6)]
     records.append({"id": 6, "image": f"{base}/missing.jpg", "name": "404"})
     records.append({"id": 7, "image": "http://127.0.0.1:9/nothing.jpg", "name": "closed port"})
     manifest = write_jsonl(tmp_path / "products.jsonl", records)
+    job = ["--manifest", str(manifest), "--gateway", _addr(stack.gateway), "--url-timeout-s", "5"]
     try:
-        code, summary = run_job(
-            tmp_path, "--manifest", str(manifest), "--gateway", _addr(stack.gateway), "--url-timeout-s", "5"
-        )
+        # A manifest from elsewhere cannot make the job fetch from loopback: every row is refused unasked.
+        code, refused = run_job(tmp_path, *job)
+        assert code == 2 and _counts(refused) == (0, 0, 0, 0, 7) and requests == []
+        assert (tmp_path / "rejects.csv").read_text().count("refused URL") == 7
+        code, summary = run_job(tmp_path, *job, "--allow-private-urls")  # an intranet image server
     finally:
         server.shutdown()
         server.server_close()
