@@ -658,14 +658,28 @@ class HttpApi:
         return web.FileResponse(target, headers={hdrs.CACHE_CONTROL: "public, max-age=3600"})
 
     async def index_page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(WEB_DIR / "index.html", headers={hdrs.CACHE_CONTROL: "no-cache"})
+        headers = {hdrs.CACHE_CONTROL: "no-cache", "Content-Security-Policy": self._page_policy}
+        return web.FileResponse(WEB_DIR / "index.html", headers=headers)
+
+    @property
+    def _page_policy(self) -> str:
+        """The page loads only its own script, style and API, and images from itself (thumbnails, the photo's
+        blob: preview) and the allowed image hosts: an injected script could neither run nor send a read key the
+        page keeps in sessionStorage anywhere else."""
+        hosts = " ".join(f"http://{host} https://{host}" for host in sorted(self._images.url_hosts))
+        return (
+            f"default-src 'self'; img-src 'self' blob: data: {hosts}".rstrip()
+            + "; object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+        )
 
 
 async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
     """Name the product, not aiohttp and its version (RFC 9110 leaves the detail to the server; nginx's
-    server_tokens off is the usual practice). aiohttp's own 400 for a request it cannot parse is sent before the
-    application sees it, and keeps aiohttp's header (aio-libs/aiohttp#6463)."""
+    server_tokens off is the usual practice), and have browsers take each response as its declared type.
+    aiohttp's own 400 for a request it cannot parse is sent before the application sees it, and keeps aiohttp's
+    header (aio-libs/aiohttp#6463)."""
     response.headers[hdrs.SERVER] = SERVER_HEADER
+    response.headers["X-Content-Type-Options"] = "nosniff"
 
 
 def create_app(
@@ -1054,7 +1068,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "/v1/items/{id}/image": {
             "get": {
-                "summary": "Redirect to the item's image",
+                "summary": "Redirect to the item's image: a GATEWAY_IMAGE_ROOT file or a URL on a"
+                " GATEWAY_IMAGE_URL_HOSTS host",
                 "parameters": [id_param],
                 "responses": {"302": {"description": "Location of the image"}, **_errors(400, 404)},
             }

@@ -592,6 +592,23 @@ def test_the_server_header_names_no_library_or_version(api, items):
                          ("GET", f"/v1/items/{items[0].id}/image"), ("POST", "/v1/search/by-id")):  # fmt: skip
         _, headers, _ = api.call(method, path)
         assert headers["Server"] == "fashionsearch", (path, headers["Server"])
+        assert headers["X-Content-Type-Options"] == "nosniff"
+
+
+def test_the_page_may_load_scripts_and_data_only_from_the_gateway(api, stack):
+    _, headers, _ = api.call("GET", "/")
+    policy = headers["Content-Security-Policy"]
+    assert "default-src 'self'" in policy and "img-src 'self' blob: data:;" in policy, policy
+    settings = replace(stack.gateway_settings, http_port=0, image_url_hosts=("cdn.example.com",))
+    server = stack.threads.run(start_http(settings, _Stored({}), None))  # type: ignore[arg-type]
+    try:
+        _, headers, _ = Http(server.port).call("GET", "/")
+        assert (
+            "img-src 'self' blob: data: http://cdn.example.com https://cdn.example.com;"
+            in headers["Content-Security-Policy"]
+        )
+    finally:
+        stack.threads.run(server.close())
 
 
 # ---- documents and pages --------------------------------------------------------------------------------------
