@@ -117,6 +117,18 @@ def _errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.Strea
             return error_body(status, error.code.name, error.message)
         except (_BodyTooLarge, web.HTTPRequestEntityTooLarge):
             return _too_large(max_body_bytes)
+        except (web.RequestPayloadError, ConnectionResetError) as error:
+            # The body breaks its Content-Encoding or chunked framing, or the client left in the middle of it: the
+            # client's doing, not a server error. Closing the connection stops aiohttp reading (and reporting) the
+            # rest; a client that left gets nothing, and only a debug line is logged, as nginx does.
+            if isinstance(error, ConnectionResetError):
+                logger.debug("%s %s: the client closed the connection during the body", request.method, request.path)
+                detail = "the connection closed before the whole body arrived"
+            else:
+                detail = str(error).strip().splitlines()[-1].strip()[:200]
+            response = error_body(400, "INVALID_ARGUMENT", f"the request body could not be read: {detail}")
+            response.force_close()
+            return response
         except web.HTTPException as error:
             if error.status < 400:
                 raise

@@ -355,9 +355,14 @@ class MalformedRequestLog(logging.LoggerAdapter):
         if isinstance(error, http_exceptions.HttpProcessingError):
             self._malformed(str(args[0]) if args else "", error)
             return
+        if isinstance(error, web.RequestPayloadError):
+            # A body that breaks its encoding: the handler already answered 400; aiohttp meets the error again
+            # while it drains the rest of the body, and has no peer to name then.
+            self._malformed("", error)
+            return
         super().log(level, msg, *args, **kwargs)
 
-    def _malformed(self, peer: str, error: http_exceptions.HttpProcessingError) -> None:
+    def _malformed(self, peer: str, error: Exception) -> None:
         now = self._clock()
         if self._last is not None and now - self._last < self._interval_s:
             self._left_out += 1
@@ -365,9 +370,8 @@ class MalformedRequestLog(logging.LoggerAdapter):
         left_out, self._left_out, self._last = self._left_out, 0, now
         also = f"; {left_out} more not logged since the last such line" if left_out else ""
         logger.warning(
-            "refused a malformed HTTP request from %s with %s (%s)%s",
-            peer or "unknown peer",
-            error.code,
+            "refused a malformed HTTP request from %s with 400 (%s)%s",
+            peer or "an unnamed peer",
             type(error).__name__,
             also,
             extra={"left_out": left_out},

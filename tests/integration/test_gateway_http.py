@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import logging
 import socket
 import time
 import urllib.error
@@ -325,6 +326,29 @@ def test_hostile_bodies_and_paths_are_400_without_a_traceback(api, caplog, case)
     assert status == 400, (status, data[:300])
     assert json.loads(data)["error"]["code"] == "INVALID_ARGUMENT"
     assert not [r for r in caplog.records if r.levelname == "ERROR" or r.exc_info], caplog.text[:2000]
+
+
+def test_a_body_the_client_breaks_or_abandons_is_no_server_error(api, caplog):
+    """A gzip body that is not gzip is a 400; a client that leaves in the middle of its body leaves a debug line.
+    Neither logs an error with a traceback."""
+    caplog.set_level(logging.DEBUG, logger="services.gateway.http")
+    with socket.create_connection((HOST, api.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Encoding: gzip\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        head = conn.recv(4096)
+    assert head.startswith(b"HTTP/1.1 400 ") and b"could not be read" in head, head
+    with socket.create_connection((HOST, api.port), timeout=10) as conn:
+        conn.sendall(
+            b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/jpeg\r\n"
+            b"Content-Length: 50000\r\n\r\n" + QUERY[:1000]
+        )
+    deadline = time.monotonic() + 10
+    while "closed the connection during the body" not in caplog.text and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "closed the connection during the body" in caplog.text
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info], caplog.text[:3000]
 
 
 @pytest.mark.parametrize("text", ["1_580", "\u0661\u0665\u0668\u0660", "1580 ", " 1580", "+1580", "1580.0"])
