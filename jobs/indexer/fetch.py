@@ -260,6 +260,11 @@ def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple[socket.Add
     """`host`'s addresses, looked up once (the addresses checked are the ones connected to) within the deadline:
     getaddrinfo() cannot be interrupted, so it runs in a thread that is left to finish on its own if it is slow."""
     found: list = []
+    try:
+        ipaddress.ip_address(host)
+        literal = True  # an address, not a name: getaddrinfo() answers at once
+    except ValueError:
+        literal = False
 
     def lookup() -> None:
         try:
@@ -267,9 +272,12 @@ def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple[socket.Add
         except OSError as exc:
             found.append(exc)
 
-    thread = threading.Thread(target=lookup, name="resolve", daemon=True)
-    thread.start()
-    thread.join(deadline.left())
+    if literal:
+        lookup()
+    else:
+        thread = threading.Thread(target=lookup, name="resolve", daemon=True)
+        thread.start()
+        thread.join(deadline.left())
     if not found:
         raise deadline.expired()
     if isinstance(found[0], OSError):
