@@ -35,5 +35,10 @@ lint: install ## ruff lint and format check
 proto: install ## regenerate fashionsearch/v1 from proto/ (pinned grpcio-tools from requirements/dev.txt)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fashionsearch/v1/*.proto
 
-bench: install ## run every benchmark under bench/ (each prints a table)
+# The load client of bench/gateway_batching.py runs on Node.js, outside the services' Python processes.
+bench/client/node_modules/.installed: bench/client/package.json bench/client/package-lock.json
+	npm ci --prefix bench/client --no-audit --no-fund
+	touch $@
+
+bench: install bench/client/node_modules/.installed ## run every benchmark under bench/ (each prints a table; needs Node.js >= 18)
 	@for script in bench/*.py; do echo "== $$script"; $(PY) $$script || exit 1; done

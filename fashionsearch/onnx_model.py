@@ -18,7 +18,7 @@ from typing import ClassVar, Self
 import numpy as np
 import onnxruntime as ort
 
-from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256
+from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256, preprocess
 
 logger = logging.getLogger(__name__)
 
@@ -194,8 +194,15 @@ class OnnxAdapter:
     def input_size(self) -> tuple[int, int]:
         return self._model.input_size
 
-    def warm_up(self) -> None:
-        self._model.warm_up()
+    def warm_up(self, batch_size: int = 1) -> None:
+        self._model.warm_up(batch_size)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One decoded RGB image (uint8 HxWx3) -> its float32 (H, W, 3) model input; rows of a batch stack these.
+
+        The same bits as that image's row of `preprocess()` on a whole batch (every step is per pixel).
+        """
+        return preprocess([image], self._model.spec.input)[0]
 
 
 def _shape_matches(actual: Sequence[object], expected: Sequence[object]) -> bool:

@@ -51,7 +51,15 @@ class Classifier(Protocol):
         """Classify RGB images (uint8 HxWx3) in one model call; one Classification per image, in order."""
         ...
 
-    def warm_up(self) -> None: ...
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One RGB image (uint8 HxWx3) -> its model input row, for classify_prepared."""
+        ...
+
+    def classify_prepared(self, batch: np.ndarray, top_k: Sequence[int]) -> list[Classification]:
+        """Classify a stack of prepare() rows in one model call, each row with its own top_k."""
+        ...
+
+    def warm_up(self, batch_size: int = 1) -> None: ...
 
 
 class OnnxClassifier(OnnxAdapter):
@@ -72,20 +80,24 @@ class OnnxClassifier(OnnxAdapter):
     def classify(self, images: Sequence[np.ndarray], top_k: int) -> list[Classification]:
         if not images:
             return []
-        outputs = self._model.run(preprocess(images, self._model.spec.input))
+        return self.classify_prepared(preprocess(images, self._model.spec.input), [top_k] * len(images))
+
+    def classify_prepared(self, batch: np.ndarray, top_k: Sequence[int]) -> list[Classification]:
+        if len(batch) == 0:
+            return []
+        outputs = self._model.run(batch)
         per_head = []
         for head in self._heads:
             probabilities = outputs[head.name]
-            k = min(top_k, len(head.labels))
             # Stable sort, so equal probabilities keep the model's label order.
-            order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+            order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(max(top_k), len(head.labels))]
             per_head.append((head, probabilities, order))
         results = []
-        for row in range(len(images)):
+        for row, k in enumerate(top_k):
             attributes = tuple(
                 AttributePrediction(
                     head.attribute,
-                    tuple(LabelScore(head.labels[i], float(probabilities[row, i])) for i in order[row]),
+                    tuple(LabelScore(head.labels[i], float(probabilities[row, i])) for i in order[row, :k]),
                 )
                 for head, probabilities, order in per_head
             )

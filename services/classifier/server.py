@@ -25,14 +25,17 @@ async def start(settings: Settings, classifier: Classifier | None = None) -> Run
         max_batch=settings.max_batch,
         default_top_k=settings.default_top_k,
         max_top_k=settings.max_top_k,
+        batching=settings.batch_policy,
     )
-    return await start_model_server(
+    running = await start_model_server(
         "classifier",
         settings,
         classifier,
         lambda server: classifier_pb2_grpc.add_ClassifierServicer_to_server(servicer, server),
         [service_name(classifier_pb2, "Classifier")],
     )
+    running.add_closer(servicer.batcher.close)
+    return running
 
 
 async def serve(settings: Settings) -> None:

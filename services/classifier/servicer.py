@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc.aio
 import numpy as np
 
+from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
 from fashionsearch.onnx_model import ModelIdentity
@@ -41,6 +43,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         max_batch: int = 64,
         default_top_k: int = 3,
         max_top_k: int = 10,
+        batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
     ) -> None:
         self._classifier = classifier
         self._limits = limits
@@ -48,23 +51,27 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self._default_top_k = default_top_k
         self._max_top_k = max_top_k
         self._model_info = model_info(classifier.identity)
+        # Concurrent Classify calls share model calls (off when batching.max_delay_ms is 0).
+        self.batcher = DynamicBatcher(self._classify_rows, batching, name="classifier")
 
     def _top_k(self, requested: int) -> int:
         if requested > self._max_top_k:
             raise InvalidArgument(f"top_k must be at most {self._max_top_k}, got {requested}")
         return requested or self._default_top_k
 
-    def _classify_one(self, data: bytes, top_k: int) -> Classification:
-        image = decode_pixels(data, self._limits, self._classifier.input_size)
-        return self._classifier.classify([image], top_k)[0]
+    def _prepare(self, data: bytes, top_k: int) -> tuple[np.ndarray, int]:
+        return self._classifier.prepare(decode_pixels(data, self._limits, self._classifier.input_size)), top_k
+
+    def _classify_rows(self, rows: list[tuple[np.ndarray, int]]) -> list[Classification]:
+        return self._classifier.classify_prepared(np.stack([row for row, _ in rows]), [k for _, k in rows])
 
     @rpc_errors
     async def Classify(
         self, request: classifier_pb2.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> classifier_pb2.ClassifyResponse:
         top_k = self._top_k(request.top_k)
-        # Decoding and inference block, so they run in a worker thread and the event loop keeps serving.
-        result = await asyncio.to_thread(self._classify_one, request.image, top_k)
+        # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
+        result = await self.batcher.submit(functools.partial(self._prepare, request.image, top_k))
         return classifier_pb2.ClassifyResponse(classification=to_proto(result), model=self._model_info)
 
     def _classify_batch(self, images: list[bytes], top_k: int) -> list[Classification | InvalidArgument]:

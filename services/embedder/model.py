@@ -29,7 +29,15 @@ class Embedder(Protocol):
         """Embed RGB images (uint8 HxWx3) in one model call: float32 (N, dim), rows in input order."""
         ...
 
-    def warm_up(self) -> None: ...
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One RGB image (uint8 HxWx3) -> its model input row, for embed_prepared."""
+        ...
+
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
+        """Embed a stack of prepare() rows in one model call: float32 (N, dim)."""
+        ...
+
+    def warm_up(self, batch_size: int = 1) -> None: ...
 
 
 class OnnxEmbedder(OnnxAdapter):
@@ -49,7 +57,9 @@ class OnnxEmbedder(OnnxAdapter):
         return self._dim
 
     def embed(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        if not images:
+        return self.embed_prepared(preprocess(images, self._model.spec.input))
+
+    def embed_prepared(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
             return np.zeros((0, self._dim), dtype=np.float32)
-        vectors = self._model.run(preprocess(images, self._model.spec.input))[self._output]
-        return np.asarray(vectors, dtype=np.float32)
+        return np.asarray(self._model.run(batch)[self._output], dtype=np.float32)

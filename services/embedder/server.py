@@ -19,8 +19,10 @@ async def start(settings: Settings, embedder: Embedder | None = None) -> Running
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
-    servicer = EmbedderServicer(embedder, settings.image_limits, max_batch=settings.max_batch)
-    return await start_model_server(
+    servicer = EmbedderServicer(
+        embedder, settings.image_limits, max_batch=settings.max_batch, batching=settings.batch_policy
+    )
+    running = await start_model_server(
         "embedder",
         settings,
         embedder,
@@ -28,6 +30,8 @@ async def start(settings: Settings, embedder: Embedder | None = None) -> Running
         [service_name(embedder_pb2, "Embedder")],
         describe={"dim": embedder.dim},
     )
+    running.add_closer(servicer.batcher.close)
+    return running
 
 
 async def serve(settings: Settings) -> None:

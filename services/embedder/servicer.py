@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 
 import grpc.aio
 import numpy as np
 
+from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
 from fashionsearch.onnx_model import ModelIdentity
@@ -19,22 +21,33 @@ def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
-    def __init__(self, embedder: Embedder, limits: ImageLimits, *, max_batch: int = 64) -> None:
+    def __init__(
+        self,
+        embedder: Embedder,
+        limits: ImageLimits,
+        *,
+        max_batch: int = 64,
+        batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
+    ) -> None:
         self._embedder = embedder
         self._limits = limits
         self._max_batch = max_batch
         self._model_info = model_info(embedder.identity)
+        # Concurrent Embed calls share model calls (off when batching.max_delay_ms is 0).
+        self.batcher = DynamicBatcher(self._embed_rows, batching, name="embedder")
 
-    def _embed_one(self, data: bytes) -> np.ndarray:
-        image = decode_pixels(data, self._limits, self._embedder.input_size)
-        return self._embedder.embed([image])[0]
+    def _prepare(self, data: bytes) -> np.ndarray:
+        return self._embedder.prepare(decode_pixels(data, self._limits, self._embedder.input_size))
+
+    def _embed_rows(self, rows: list[np.ndarray]) -> np.ndarray:
+        return self._embedder.embed_prepared(np.stack(rows))
 
     @rpc_errors
     async def Embed(
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.EmbedResponse:
-        # Decoding and inference block, so they run in a worker thread and the event loop keeps serving.
-        vector = await asyncio.to_thread(self._embed_one, request.image)
+        # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
+        vector = await self.batcher.submit(functools.partial(self._prepare, request.image))
         return embedder_pb2.EmbedResponse(
             embedding=embedder_pb2.Embedding(vector=vector.tolist()), model=self._model_info
         )

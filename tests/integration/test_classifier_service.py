@@ -182,14 +182,17 @@ class ExplodingClassifier:
     def input_size(self) -> tuple[int, int]:
         return self.real.input_size
 
-    def warm_up(self) -> None:
-        self.real.warm_up()
+    def warm_up(self, batch_size: int = 1) -> None:
+        self.real.warm_up(batch_size)
 
-    def classify(self, images, top_k):  # type: ignore[no-untyped-def]
+    def prepare(self, image):  # type: ignore[no-untyped-def]
+        return self.real.prepare(image)
+
+    def classify_prepared(self, batch, top_k):  # type: ignore[no-untyped-def]
         self.calls += 1
         if self.calls == 1:
             raise RuntimeError("boom: a bug in the model adapter")
-        return self.real.classify(images, top_k)
+        return self.real.classify_prepared(batch, top_k)
 
 
 def test_unexpected_error_is_internal_and_the_service_survives(settings: Settings) -> None:

@@ -86,12 +86,15 @@ class SlowClassifier:
         self.identity = real.identity
         self.input_size = real.input_size
 
-    def warm_up(self) -> None:
-        self.real.warm_up()
+    def warm_up(self, batch_size: int = 1) -> None:
+        self.real.warm_up(batch_size)
 
-    def classify(self, images, top_k):  # type: ignore[no-untyped-def]
+    def prepare(self, image):  # type: ignore[no-untyped-def]
+        return self.real.prepare(image)
+
+    def classify_prepared(self, batch, top_k):  # type: ignore[no-untyped-def]
         time.sleep(self.delay_s)
-        return self.real.classify(images, top_k)
+        return self.real.classify_prepared(batch, top_k)
 
 
 def test_in_flight_calls_finish_during_the_grace_period(tmp_path: Path) -> None:

@@ -1,0 +1,380 @@
+"""Gateway throughput against the machine's limit, with dynamic batching off and on, in one run on the same cores.
+
+Prints:
+- the limit: images/s of a bare loop (no RPC) that decodes, preprocesses and runs both served models on the
+  catalogue images, at the best batch size and thread layout; measured at the start and at the end of the run;
+- the bare per-image latency of each model at batch 1 (one onnxruntime thread, as served);
+- Search through the gateway at each concurrency, gRPC and HTTP, with batching off and on: calls, errors, p50,
+  p99, searches/s, the fraction of the limit and on/off; each service's RSS before and after the load;
+- where the time of one search goes at concurrency 1 (direct Classify and Embed calls, SearchById, Search).
+
+Two stacks run side by side (classifier, embedder and gateway as processes, Qdrant Edge, the sample catalogue
+upserted into each): one with *_BATCH_MAX_DELAY_MS=0 and one with the delay and size given here. Cells
+alternate off/on, so both see the same machine. The load comes from a separate Node.js process
+(bench/client/loadgen.mjs: @grpc/grpc-js, or node:http), which costs the services' cores far less than a Python
+client; its own CPU seconds are printed. Needs Node.js >= 18 and `npm ci --prefix bench/client` (`make bench`
+does it).
+
+    python bench/gateway_batching.py [--classifier-model-dir models/classifier] [--embedder-model-dir
+        models/embedder] [--seconds 5] [--concurrency 1,8,32,128] [--protocols grpc,http] [--delay-ms 2]
+        [--max-size 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+import grpc  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+
+from fashionsearch.images import ImageLimits, decode_pixels  # noqa: E402
+from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess  # noqa: E402
+from fashionsearch.v1 import classifier_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc  # noqa: E402
+from tests.catalogue_items import catalogue_items  # noqa: E402
+from tests.process_stack import ProcessStack, cpu_seconds, free_port  # noqa: E402
+
+CLIENT_DIR = REPO_ROOT / "bench" / "client"
+SERVICES = ("classifier", "embedder", "gateway")
+
+
+# ---- the limit: no RPC ------------------------------------------------------------------------------------------
+
+
+def session(model_dir: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(str(model_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+
+
+class BareModels:
+    """Both served models with their preprocessing, called directly."""
+
+    def __init__(self, model_dirs: dict[str, Path], threads: int) -> None:
+        self.specs = {name: ModelSpec.load(d) for name, d in model_dirs.items()}
+        self.sessions = {name: session(d, threads) for name, d in model_dirs.items()}
+        self.input_names = {name: s.get_inputs()[0].name for name, s in self.sessions.items()}
+
+    def search_work(self, images: list[bytes]) -> None:
+        """What the two model services do for these images: decode, preprocess, one inference per model."""
+        for name, spec in self.specs.items():
+            size = (spec.input.width, spec.input.height)
+            batch = preprocess([decode_pixels(data, ImageLimits(), size) for data in images], spec.input)
+            self.sessions[name].run(None, {self.input_names[name]: batch})
+
+
+def images_per_s(models: BareModels, images: list[bytes], batch: int, loops: int, seconds: float) -> float:
+    """Images/s of `loops` threads each running search_work on batches of `batch` images for `seconds`."""
+    counts = [0] * loops
+    start = threading.Barrier(loops + 1)
+
+    def loop(i: int) -> None:
+        start.wait()
+        deadline = time.perf_counter() + seconds
+        at = i * batch
+        while time.perf_counter() < deadline:
+            chunk = [images[(at + j) % len(images)] for j in range(batch)]
+            models.search_work(chunk)
+            counts[i] += batch
+            at += batch * loops
+
+    threads = [threading.Thread(target=loop, args=(i,)) for i in range(loops)]
+    for t in threads:
+        t.start()
+    start.wait()
+    t0 = time.perf_counter()
+    for t in threads:
+        t.join()
+    return sum(counts) / (time.perf_counter() - t0)
+
+
+def limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> tuple[float, str]:
+    """The best images/s over batch sizes and thread layouts (all cores in onnxruntime, or one loop per core)."""
+    cores = os.cpu_count() or 1
+    layouts = {f"1 loop x {cores} ort threads": (BareModels(model_dirs, cores), 1)}
+    if cores > 1:
+        layouts[f"{cores} loops x 1 ort thread"] = (BareModels(model_dirs, 1), cores)
+    best = (0.0, "")
+    for label, (models, loops) in layouts.items():
+        models.search_work(images[:8])  # warm-up
+        for batch in (1, 8, 32, 64):
+            rate = images_per_s(models, images, batch, loops, seconds)
+            if rate > best[0]:
+                best = (rate, f"batch {batch}, {label}")
+    return best
+
+
+def bare_latency_ms(model_dirs: dict[str, Path], image: bytes, repeats: int = 300) -> dict[str, float]:
+    """Median ms of one onnxruntime call at batch 1 per model (one thread, as served), preprocessing excluded."""
+    models = BareModels(model_dirs, 1)
+    out = {}
+    for name, spec in models.specs.items():
+        size = (spec.input.width, spec.input.height)
+        batch = preprocess([decode_pixels(image, ImageLimits(), size)], spec.input)
+        feed = {models.input_names[name]: batch}
+        for _ in range(20):
+            models.sessions[name].run(None, feed)
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            models.sessions[name].run(None, feed)
+            times.append(time.perf_counter() - t0)
+        out[name] = statistics.median(times) * 1000
+    return out
+
+
+# ---- load through the gateway -----------------------------------------------------------------------------------
+
+
+def check_client() -> None:
+    if shutil.which("node") is None or not (CLIENT_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir():
+        raise SystemExit(
+            "bench/gateway_batching.py needs Node.js >= 18 and the load client's package: "
+            "run `npm ci --prefix bench/client` (make bench does it)"
+        )
+
+
+def load(
+    protocol: str, target: str, method: str, body: Path, concurrency: int, seconds: float
+) -> dict[str, float | int | dict[str, int]]:
+    command = [
+        "node",
+        str(CLIENT_DIR / "loadgen.mjs"),
+        *("--protocol", protocol, "--target", target, "--method", method, "--body", str(body)),
+        *("--concurrency", str(concurrency), "--seconds", str(seconds), "--warmup", "1"),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=seconds + 120, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"load client failed ({done.returncode}): {done.stderr.strip()}")
+    return json.loads(done.stdout)
+
+
+def start_stack(root: Path, model_dirs: dict[str, Path], batching: dict[str, str], http_port: int) -> ProcessStack:
+    env = {f"{prefix}_{name}": value for prefix in ("CLASSIFIER", "EMBEDDER") for name, value in batching.items()}
+    stack = ProcessStack(
+        root,
+        gateway_env={
+            "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
+            "GATEWAY_HTTP_ENABLED": "true",
+            "GATEWAY_HTTP_PORT": str(http_port),
+        },
+        classifier_env={k: v for k, v in env.items() if k.startswith("CLASSIFIER")},
+        embedder_env={k: v for k, v in env.items() if k.startswith("EMBEDDER")},
+        classifier_model_dir=model_dirs["classifier"],
+        embedder_model_dir=model_dirs["embedder"],
+    )
+    return stack.start()
+
+
+def upsert(stack: ProcessStack, items: list[gateway_pb2.CatalogueItem]) -> None:
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        replies = list(
+            gateway_pb2_grpc.GatewayStub(channel).UpsertItems(
+                (gateway_pb2.UpsertItemsRequest(item=i) for i in items), timeout=600
+            )
+        )
+    failed = [r.error.message for r in replies if not r.upserted]
+    if failed:
+        raise SystemExit(f"{len(failed)} upserts failed, e.g. {failed[0]}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--classifier-model-dir", type=Path, default=REPO_ROOT / "models" / "classifier")
+    parser.add_argument("--embedder-model-dir", type=Path, default=REPO_ROOT / "models" / "embedder")
+    parser.add_argument("--catalogue", type=Path, default=REPO_ROOT / "sample_catalogue")
+    parser.add_argument("--items", type=int, default=998)
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per load cell")
+    parser.add_argument("--limit-seconds", type=float, default=1.5, help="seconds per batch size in the limit")
+    parser.add_argument("--concurrency", default="1,8,32,128")
+    parser.add_argument("--protocols", default="grpc,http")
+    parser.add_argument("--delay-ms", type=float, default=2.0, help="*_BATCH_MAX_DELAY_MS of the batching stack")
+    parser.add_argument("--max-size", type=int, default=32, help="*_BATCH_MAX_SIZE of the batching stack")
+    args = parser.parse_args()
+    check_client()
+
+    model_dirs = {"classifier": args.classifier_model_dir, "embedder": args.embedder_model_dir}
+    identities = {name: str(ModelSpec.load(d).identity) for name, d in model_dirs.items()}
+    items = catalogue_items(args.catalogue, args.items)
+    images = [item.image for item in items[:256]]
+    query = items[0].image
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    protocols = args.protocols.split(",")
+    modes = {
+        "off": {"BATCH_MAX_DELAY_MS": "0"},
+        "on": {"BATCH_MAX_DELAY_MS": f"{args.delay_ms:g}", "BATCH_MAX_SIZE": str(args.max_size)},
+    }
+
+    load_before = os.getloadavg()
+    print("measuring the limit (no RPC) ...", file=sys.stderr, flush=True)
+    limit_start = limit(model_dirs, images, args.limit_seconds)
+    bare = bare_latency_ms(model_dirs, query)
+
+    rows: list[tuple[str, int, str, dict]] = []
+    rss: dict[str, dict[str, tuple[float, float]]] = {}
+    hops: dict[str, dict[str, float]] = {}
+    client_cpu = 0.0
+    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
+        bodies = Path(tmp) / "bodies"
+        bodies.mkdir()
+        (bodies / "image.jpg").write_bytes(query)
+        (bodies / "search.bin").write_bytes(gateway_pb2.SearchRequest(image=query).SerializeToString())
+        (bodies / "classify.bin").write_bytes(classifier_pb2.ClassifyRequest(image=query, top_k=3).SerializeToString())
+        (bodies / "embed.bin").write_bytes(embedder_pb2.EmbedRequest(image=query).SerializeToString())
+        (bodies / "by_id.bin").write_bytes(gateway_pb2.SearchByIdRequest(id=items[1].id).SerializeToString())
+        http_ports = {mode: free_port() for mode in modes}
+        stacks: dict[str, ProcessStack] = {}
+        try:
+            for mode, batching in modes.items():
+                print(f"starting the stack with batching {mode} ...", file=sys.stderr, flush=True)
+                stacks[mode] = start_stack(Path(tmp) / mode, model_dirs, batching, http_ports[mode])
+                upsert(stacks[mode], items)
+            idle = {mode: {n: stack.rss_mb(n) for n in SERVICES} for mode, stack in stacks.items()}
+
+            for mode, stack in stacks.items():  # where one search's time goes, at concurrency 1
+                calls = {
+                    "Classify (classifier)": (
+                        stack.address("classifier"),
+                        "/fashionsearch.v1.Classifier/Classify",
+                        "classify.bin",
+                    ),
+                    "Embed (embedder)": (stack.address("embedder"), "/fashionsearch.v1.Embedder/Embed", "embed.bin"),
+                    "SearchById (gateway + store)": (
+                        stack.address("gateway"),
+                        "/fashionsearch.v1.Gateway/SearchById",
+                        "by_id.bin",
+                    ),
+                    "Search (gateway)": (stack.address("gateway"), "/fashionsearch.v1.Gateway/Search", "search.bin"),
+                }
+                hops[mode] = {}
+                for label, (target, method, body) in calls.items():
+                    result = load("grpc", target, method, bodies / body, 1, min(args.seconds, 3))
+                    hops[mode][label] = float(result["p50_ms"])
+                    client_cpu += float(result["client_cpu_s"])
+
+            for concurrency in concurrencies:
+                for protocol in protocols:
+                    for mode, stack in stacks.items():
+                        if protocol == "grpc":
+                            target, method, body = (
+                                stack.address("gateway"),
+                                "/fashionsearch.v1.Gateway/Search",
+                                "search.bin",
+                            )
+                        else:
+                            target, method, body = f"127.0.0.1:{http_ports[mode]}", "/v1/search", "image.jpg"
+                        cpu_before = {n: cpu_seconds(stack.pid(n)) for n in SERVICES}
+                        result = load(protocol, target, method, bodies / body, concurrency, args.seconds)
+                        result["service_cpu_s"] = sum(cpu_seconds(stack.pid(n)) - cpu_before[n] for n in SERVICES)
+                        client_cpu += float(result["client_cpu_s"])
+                        rows.append((protocol, concurrency, mode, result))
+                        print(
+                            f"  {protocol} c={concurrency} batching {mode}: {result['per_s']:.0f}/s,"
+                            f" p50 {result['p50_ms']:.1f} ms, errors {result['errors']}",
+                            file=sys.stderr,
+                            flush=True,
+                        )
+            rss = {mode: {n: (idle[mode][n], stack.rss_mb(n)) for n in SERVICES} for mode, stack in stacks.items()}
+        finally:
+            for stack in stacks.values():
+                stack.stop()
+
+    print("measuring the limit again ...", file=sys.stderr, flush=True)
+    limit_end = limit(model_dirs, images, args.limit_seconds)
+    the_limit = (limit_start[0] + limit_end[0]) / 2
+    load_after = os.getloadavg()
+
+    cores = os.cpu_count()
+    print(
+        f"\nGateway Search with dynamic batching off and on, against the limit; {identities['classifier']},"
+        f" {identities['embedder']}; {len(items)} catalogue items in Qdrant Edge; a catalogue 60x80 JPEG query;"
+        f" the services, the load client (Node.js, a separate process) and the limit loop on the same {cores} CPUs"
+        f" ({platform.machine()}); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after;"
+        f" batching on = *_BATCH_MAX_DELAY_MS={args.delay_ms:g}, *_BATCH_MAX_SIZE={args.max_size};"
+        f" {args.seconds:g} s per cell\n"
+    )
+    print(
+        f"Limit (decode + preprocess + both models, no RPC): {limit_start[0]:,.0f} images/s at the start"
+        f" ({limit_start[1]}), {limit_end[0]:,.0f} at the end ({limit_end[1]}); the ratios use the mean,"
+        f" {the_limit:,.0f}/s."
+    )
+    print(
+        f"Bare model latency at batch 1 (one onnxruntime thread): classifier {bare['classifier']:.2f} ms,"
+        f" embedder {bare['embedder']:.2f} ms\n"
+    )
+    print(
+        "| protocol | conc. | batching | calls | errors | p50 ms | p99 ms | searches/s | x limit | on / off |", end=""
+    )
+    print(" services CPU s |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    by_key = {(p, c, m): r for p, c, m, r in rows}
+    for protocol, concurrency, mode, r in rows:
+        ratio = ""
+        if mode == "on":
+            off = by_key[(protocol, concurrency, "off")]
+            ratio = f"{r['per_s'] / off['per_s']:.2f}x" if off["per_s"] else "-"
+        p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
+        p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
+        print(
+            f"| {protocol} | {concurrency} | {mode} | {r['calls']} | {r['errors']} | {p50} | {p99}"
+            f" | {r['per_s']:.0f} | {r['per_s'] / the_limit:.2f} | {ratio} | {r['service_cpu_s']:.1f} |"
+        )
+    errors = {f"{p} c={c} {m}": r["error_kinds"] for p, c, m, r in rows if r["errors"]}
+    if errors:
+        print(f"\nErrors: {errors}")
+    print(f"\nThe load client used {client_cpu:.1f} CPU s in all.")
+
+    print(
+        "\nOne call at a time (p50 ms, gRPC from the load client; Classify and Embed run concurrently in a Search):\n"
+    )
+    labels = list(next(iter(hops.values())))
+    print("| batching | " + " | ".join(labels) + " |")
+    print("| --- |" + " ---: |" * len(labels))
+    for mode, values in hops.items():
+        print(f"| {mode} | " + " | ".join(f"{values[label]:.2f}" for label in labels) + " |")
+
+    print("\n| service | batching | RSS before load MB | RSS after load MB |")
+    print("| --- | --- | ---: | ---: |")
+    for mode, services in rss.items():
+        for name, (before, after) in services.items():
+            print(f"| {name} | {mode} | {before:.1f} | {after:.1f} |")
+
+    print("\nGoals:")
+    for protocol in protocols:
+        if 32 in concurrencies:
+            on, off = by_key[(protocol, 32, "on")], by_key[(protocol, 32, "off")]
+            print(
+                f"  {protocol} c=32: on {on['per_s']:.0f}/s = {on['per_s'] / the_limit:.2f}x the limit (goal >= 0.7),"
+                f" {on['per_s'] / max(off['per_s'], 1e-9):.2f}x off (goal >= 2.5)"
+            )
+        if 1 in concurrencies:
+            on, off = by_key[(protocol, 1, "on")], by_key[(protocol, 1, "off")]
+            print(
+                f"  {protocol} c=1: p50 on {on['p50_ms']:.2f} ms = {on['p50_ms'] / off['p50_ms']:.2f}x off"
+                " (goal <= 1.1),"
+                f" {on['p50_ms'] - sum(bare.values()):.2f} ms above both bare models one after the other,"
+                f" {on['p50_ms'] - max(bare.values()):.2f} ms above the slower one (goal <= 2)"
+            )
+    total_errors = sum(int(r["errors"]) for _, _, _, r in rows)
+    print(f"  errors: {total_errors} (goal 0)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

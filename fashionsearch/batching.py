@@ -1,0 +1,229 @@
+"""Dynamic batching of concurrent single-image requests, shared by the classifier and the embedder.
+
+Served one at a time, each image pays a whole onnxruntime call and a thread hop of its own; on a small CPU that
+overhead, not the model, sets the throughput. `DynamicBatcher` runs concurrent requests as one model call, the
+way Triton's dynamic batcher does:
+
+    batcher = DynamicBatcher(run_batch, BatchPolicy(max_size=32, max_delay_ms=2), name="classifier")
+    result = await batcher.submit(prepare)     # prepare(): decode + preprocess one request, in a worker thread
+
+Each request is prepared (decoded, preprocessed) on its own in a worker thread, then queued. One batch at a time
+runs on a dedicated inference thread: it takes what is queued, up to `max_size`. Before starting it waits for the
+requests that are still being prepared, but never longer than `max_delay_ms` after its first request was queued
+and never for requests that have not arrived: a lone request starts at once, so batching costs a request at
+concurrency 1 nothing but a thread hop, and under load the queue fills while the previous batch runs.
+
+Per request: a request whose RPC is cancelled (a client cancel or its deadline; grpc.aio cancels the handler)
+leaves the queue and never reaches the model; if its batch already runs, its row is computed and dropped. A
+request that fails to prepare (a bad image) fails alone, before it joins a batch. A batch whose model call
+fails fails only its own requests: a FashionSearchError reaches each of them as it is, anything else is logged
+once and each request gets its own Internal error.
+
+`max_delay_ms` 0 turns batching off: `submit` prepares and runs each request by itself in one worker-thread hop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+from fashionsearch.errors import FashionSearchError, Internal
+
+logger = logging.getLogger(__name__)
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+@dataclass(frozen=True)
+class BatchPolicy:
+    """How a model service batches single-image calls (*_BATCH_MAX_SIZE, *_BATCH_MAX_DELAY_MS)."""
+
+    max_size: int = 32
+    #: How long a batch may wait for requests still being prepared; 0 turns batching off.
+    max_delay_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.max_size < 1:
+            raise ValueError(f"max_size must be at least 1, got {self.max_size}")
+        if self.max_delay_ms < 0:
+            raise ValueError(f"max_delay_ms must not be negative, got {self.max_delay_ms}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_delay_ms > 0
+
+
+@dataclass
+class BatchStats:
+    """What the batcher did, for logs, benchmarks and tests."""
+
+    batches: int = 0
+    items: int = 0
+    largest: int = 0
+    #: Requests that left the queue before their batch ran (cancelled or past their deadline).
+    left: int = 0
+    #: batch size -> how many batches had it (at most max_size keys)
+    sizes: Counter[int] = field(default_factory=Counter)
+
+    def record(self, size: int) -> None:
+        self.batches += 1
+        self.items += size
+        self.largest = max(self.largest, size)
+        self.sizes[size] += 1
+
+    def __str__(self) -> str:
+        mean = self.items / self.batches if self.batches else 0.0
+        return (
+            f"{self.batches} batches, {self.items} requests (mean {mean:.1f}, largest {self.largest}), {self.left} left"
+        )
+
+
+@dataclass(eq=False)  # identity: leaving the queue must find this request, never compare its arrays
+class _Queued(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    queued_at: float
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Concurrent `submit()` calls -> one `run_batch(items)` call per batch, results fanned back out in order.
+
+    `run_batch` takes a list of prepared items and returns one output per item, in order; it runs in a thread.
+    """
+
+    def __init__(self, run_batch: Callable[[list[In]], Sequence[Out]], policy: BatchPolicy, *, name: str) -> None:
+        self._run_batch = run_batch
+        self.policy = policy
+        self.max_size = policy.max_size
+        self.max_delay_s = policy.max_delay_ms / 1000
+        self.name = name
+        self.stats = BatchStats()
+        self._queue: deque[_Queued[In, Out]] = deque()
+        self._preparing = 0
+        self._wake = asyncio.Event()
+        self._worker: asyncio.Task[None] | None = None
+        # One thread runs the model: batches never compete with each other, nor wait behind decodes in the
+        # default executor.
+        self._executor: ThreadPoolExecutor | None = None
+
+    async def submit(self, prepare: Callable[[], In]) -> Out:
+        """Prepare one request in a worker thread, then run it in a batch; returns its output or raises its error."""
+        if not self.policy.enabled:
+            return await asyncio.to_thread(self._run_alone, prepare)
+        self._preparing += 1
+        try:
+            item = await asyncio.to_thread(prepare)
+        finally:
+            self._preparing -= 1
+            self._wake.set()  # a batch may be waiting for this request (or, if it failed, no longer needs to)
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        queued = _Queued(item, future, time.monotonic())
+        self._queue.append(queued)
+        self._ensure_worker()
+        self._wake.set()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            # Cancelled RPC (client cancel or deadline): leave the queue if the batch has not started.
+            try:
+                self._queue.remove(queued)
+                self.stats.left += 1
+            except ValueError:
+                pass  # already in a running batch: its row is computed and dropped
+            raise
+
+    def _run_alone(self, prepare: Callable[[], In]) -> Out:
+        return self._run_batch([prepare()])[0]
+
+    def _ensure_worker(self) -> None:
+        if self._worker is None or self._worker.done():
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-batch")
+            self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{self.name} batcher")
+
+    async def _work(self) -> None:
+        while True:
+            batch = await self._next_batch()
+            if batch:
+                await self._run(batch)
+
+    async def _next_batch(self) -> list[_Queued[In, Out]]:
+        """Wait until a batch should start, then take it from the queue (cancelled requests are left out)."""
+        while not self._queue:
+            self._wake.clear()
+            await self._wake.wait()
+        start_by = self._queue[0].queued_at + self.max_delay_s
+        # Wait only for requests already inside the service (being prepared), never for ones that may come.
+        while len(self._queue) < self.max_size and self._preparing > 0:
+            remaining = start_by - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except TimeoutError:
+                break
+        batch: list[_Queued[In, Out]] = []
+        while self._queue and len(batch) < self.max_size:
+            queued = self._queue.popleft()
+            if not queued.future.done():
+                batch.append(queued)
+        return batch
+
+    async def _run(self, batch: list[_Queued[In, Out]]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            outputs = await loop.run_in_executor(self._executor, self._run_batch, [q.item for q in batch])
+            if len(outputs) != len(batch):
+                raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(batch)} items")
+        except asyncio.CancelledError:  # close() while the batch ran
+            for queued in batch:
+                queued.future.cancel()
+            raise
+        except FashionSearchError as error:
+            for queued in batch:
+                _settle(queued.future, error=type(error)(error.message))
+            return
+        except Exception:
+            logger.exception("%s: a batch of %d failed", self.name, len(batch))
+            for queued in batch:
+                _settle(queued.future, error=Internal("internal error; the server log has the details"))
+            return
+        self.stats.record(len(batch))
+        for queued, output in zip(batch, outputs, strict=True):
+            _settle(queued.future, result=output)
+
+    async def close(self) -> None:
+        """Stop the worker and its thread (after the server stopped: nothing is queued then). Idempotent."""
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        for queued in self._queue:
+            queued.future.cancel()
+        self._queue.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False)
+            self._executor = None
+        if self.stats.batches:
+            logger.info("%s batching: %s", self.name, self.stats)
+
+
+def _settle(future: asyncio.Future[Out], *, result: Out | None = None, error: BaseException | None = None) -> None:
+    """Complete a request's future unless it already left (cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]

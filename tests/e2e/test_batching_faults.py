@@ -1,0 +1,92 @@
+"""A model service killed while batches are in flight (services as separate processes, batching on, tiny models).
+
+Under load at concurrency 32 the classifier and the embedder batch concurrent calls. Killing one (frozen for
+0.3 s first, so calls are surely inside it, then SIGKILL) fails the searches that were inside it with a fast
+UNAVAILABLE, nothing else; the gateway stays up and, once the
+service is back, searches succeed again, batched as before (the restarted service's batch statistics, logged at
+shutdown, show batches of more than one request).
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import time
+
+import grpc
+import pytest
+
+from tests.e2e.test_faults import BackgroundLoad
+from tests.process_stack import ProcessStack
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+BATCHING = {"BATCH_MAX_DELAY_MS": "5", "BATCH_MAX_SIZE": "32", "LOG_LEVEL": "INFO"}
+FAST_FAILURE_S = 1.0
+RECOVERY_S = 10.0
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory) -> ProcessStack:
+    running = ProcessStack(
+        tmp_path_factory.mktemp("batching-faults"),
+        classifier_env={f"CLASSIFIER_{k}": v for k, v in BATCHING.items()},
+        embedder_env={f"EMBEDDER_{k}": v for k, v in BATCHING.items()},
+    ).start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+def batch_stats(stack: ProcessStack, name: str) -> list[str]:
+    """The batch statistics lines the service logged at its clean shutdowns."""
+    lines = []
+    for line in stack.log(name).read_text().splitlines():
+        if line.startswith("{") and "batching:" in line:
+            lines.append(json.loads(line)["message"])
+    return lines
+
+
+@pytest.mark.parametrize("victim", ["embedder", "classifier"])
+def test_a_model_service_killed_with_batches_in_flight(stack, victim):
+    background = BackgroundLoad(stack.address("gateway"), concurrency=32)
+    time.sleep(2.0)
+    # Frozen first, so the kill surely finds calls inside it (being decoded, queued for a batch, or in one).
+    os.kill(stack.pid(victim), signal.SIGSTOP)
+    time.sleep(0.3)
+    killed_at = time.monotonic()
+    stack.kill(victim)
+    time.sleep(2.0)
+    stack.restart(victim)
+    back_at = time.monotonic()
+    time.sleep(4.0)
+    result = background.stop()
+
+    assert stack.processes["gateway"].poll() is None
+    unexpected = {c.name for c in result.codes} - {"OK", "UNAVAILABLE"}
+    assert not unexpected, result.codes
+    # The calls in flight at the kill (their batch was inside the victim, or queued for it) end fast.
+    in_flight = [(s, d, c) for s, d, c in result.calls if s < killed_at < s + d]
+    assert in_flight, "no call was in flight at the kill"
+    slowest_end = max(s + d for s, d, _ in in_flight) - killed_at
+    assert slowest_end < FAST_FAILURE_S, f"an in-flight call ended {slowest_end:.2f} s after the kill"
+    failed = collections.Counter(c.name for _, _, c in in_flight)
+    assert failed["UNAVAILABLE"] > 0, failed
+    # While it is down, fast UNAVAILABLE; once it is back, OK again.
+    down = [d for s, d, c in result.calls if killed_at + 0.5 < s and s + d < back_at]
+    assert down and max(down) < FAST_FAILURE_S
+    late = [c for s, _, c in result.calls if s > back_at + 2.0]
+    assert late and all(c is grpc.StatusCode.OK for c in late), collections.Counter(late)
+    print(f"\n{victim} killed with {len(in_flight)} searches in flight: {dict(failed)}; back after restart")
+
+    # The restarted service batched the same load: stop it cleanly and read its statistics.
+    stack.processes[victim].terminate()
+    stack.processes[victim].wait(15)
+    stats = batch_stats(stack, victim)
+    assert stats, f"{victim} logged no batch statistics"
+    mean = float(stats[-1].split("mean ")[1].split(",")[0])
+    assert mean > 1.0, stats[-1]
+    stack.restart(victim)

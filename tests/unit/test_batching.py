@@ -1,0 +1,254 @@
+"""DynamicBatcher (fashionsearch/batching.py) with a recording run_batch: who shares a batch, who leaves, who fails."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from fashionsearch.batching import BatchPolicy, DynamicBatcher
+from fashionsearch.errors import Internal, InvalidArgument, Unavailable
+
+
+class Model:
+    """run_batch that records each batch; `gate` (when given) holds a batch inside the model until set; a batch
+    holding the item 7 raises `error`."""
+
+    def __init__(self, gate: threading.Event | None = None, error: BaseException | None = None) -> None:
+        self.batches: list[list[int]] = []
+        self.gate = gate
+        self.entered = threading.Event()
+        self.error = error
+
+    def __call__(self, items: list[int]) -> list[int]:
+        self.batches.append(list(items))
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(10)
+        if self.error is not None and 7 in items:
+            raise self.error
+        return [item * 10 for item in items]
+
+
+def batcher(model: Model, max_size: int = 32, max_delay_ms: float = 200) -> DynamicBatcher[int, int]:
+    return DynamicBatcher(model, BatchPolicy(max_size=max_size, max_delay_ms=max_delay_ms), name="test")
+
+
+async def busy(model: Model, runner: DynamicBatcher[int, int]) -> asyncio.Task[int]:
+    """Occupy the model with request -1 (held at the gate), so the next requests queue up behind it."""
+    task = asyncio.ensure_future(runner.submit(lambda: -1))
+    assert await asyncio.to_thread(model.entered.wait, 5)
+    return task
+
+
+def test_concurrent_requests_share_one_model_call_and_get_their_own_rows() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate)
+        runner = batcher(model)
+        first = await busy(model, runner)
+        rest = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(1, 9)]
+        await asyncio.sleep(0.05)  # all eight queued behind the running batch
+        gate.set()
+        assert await first == -10
+        assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 9)]
+        assert model.batches == [[-1], list(range(1, 9))]
+        assert runner.stats.batches == 2 and runner.stats.largest == 8
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_batches_are_cut_at_max_size() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate)
+        runner = batcher(model, max_size=3)
+        first = await busy(model, runner)
+        rest = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(7)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        assert await asyncio.gather(*rest) == [i * 10 for i in range(7)]
+        assert [len(b) for b in model.batches] == [1, 3, 3, 1]
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_lone_request_does_not_wait_for_the_delay() -> None:
+    async def scenario() -> None:
+        runner = batcher(Model(), max_delay_ms=1000)
+        started = time.perf_counter()
+        assert await runner.submit(lambda: 4) == 40
+        assert time.perf_counter() - started < 0.5  # nothing else was in the service: no reason to wait
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_waits_for_requests_being_prepared_but_at_most_the_delay() -> None:
+    async def scenario() -> None:
+        model = Model()
+        runner = batcher(model, max_delay_ms=300)
+
+        def slow(value: int, seconds: float) -> int:
+            time.sleep(seconds)
+            return value
+
+        started = time.perf_counter()
+        quick = asyncio.ensure_future(runner.submit(lambda: 1))
+        soon = asyncio.ensure_future(runner.submit(lambda: slow(2, 0.1)))  # prepared within the delay: joins
+        late = asyncio.ensure_future(runner.submit(lambda: slow(3, 1.0)))  # not: the batch leaves without it
+        assert await quick == 10 and await soon == 20
+        waited = time.perf_counter() - started
+        assert await late == 30
+        assert model.batches == [[1, 2], [3]]
+        assert 0.08 < waited < 0.9, waited
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_cancelled_request_leaves_the_queue_and_the_batch_runs_without_it() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate)
+        runner = batcher(model)
+        first = await busy(model, runner)
+        keep = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (1, 2)]
+        leaving = asyncio.ensure_future(runner.submit(lambda: 99))
+        more = asyncio.ensure_future(runner.submit(lambda: 3))
+        await asyncio.sleep(0.05)
+        leaving.cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        await first
+        assert await asyncio.gather(*keep, more) == [10, 20, 30]
+        with pytest.raises(asyncio.CancelledError):
+            await leaving
+        assert model.batches[1] == [1, 2, 3]
+        assert runner.stats.left == 1
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_cancelled_while_its_batch_runs_does_not_fail_the_others() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate)
+        runner = batcher(model)
+        tasks = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(4)]
+        assert await asyncio.to_thread(model.entered.wait, 5)
+        await asyncio.sleep(0.05)  # the batch (all four, or the first and then the rest) is inside the model
+        tasks[0].cancel()
+        gate.set()
+        with pytest.raises(asyncio.CancelledError):
+            await tasks[0]
+        assert await asyncio.gather(*tasks[1:]) == [10, 20, 30]
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_a_request_that_fails_to_prepare_fails_alone() -> None:
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate)
+        runner = batcher(model)
+        first = await busy(model, runner)
+
+        def bad() -> int:
+            raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+
+        good = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (1, 2)]
+        broken = asyncio.ensure_future(runner.submit(bad))
+        await asyncio.sleep(0.05)
+        gate.set()
+        await first
+        assert await asyncio.gather(*good) == [10, 20]
+        with pytest.raises(InvalidArgument, match="not a JPEG"):
+            await broken
+        assert model.batches[1] == [1, 2]
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("error", "expected", "message"),
+    [
+        (RuntimeError("boom: a bug"), Internal, "internal error"),
+        (Unavailable("the model is reloading"), Unavailable, "reloading"),
+    ],
+)
+def test_a_failed_batch_fails_only_its_own_requests_each_with_its_own_error(error, expected, message) -> None:  # type: ignore[no-untyped-def]
+    async def scenario() -> None:
+        gate = threading.Event()
+        model = Model(gate, error)
+        runner = batcher(model)
+        first = await busy(model, runner)
+        failing = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (7, 8)]  # one batch, which fails
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await first == -10
+        errors = await asyncio.gather(*failing, return_exceptions=True)
+        assert model.batches[1] == [7, 8]
+        assert all(isinstance(e, expected) and message in str(e) and "boom" not in str(e) for e in errors), errors
+        assert errors[0] is not errors[1]
+        assert await asyncio.gather(*(runner.submit(lambda i=i: i) for i in (1, 2))) == [10, 20]
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_off_runs_each_request_alone_in_one_thread_hop() -> None:
+    async def scenario() -> None:
+        model = Model()
+        runner = batcher(model, max_delay_ms=0)
+        assert await asyncio.gather(*(runner.submit(lambda i=i: i) for i in range(5))) == [0, 10, 20, 30, 40]
+        assert sorted(model.batches) == [[0], [1], [2], [3], [4]]
+        await runner.close()
+        await runner.close()  # idempotent
+
+    asyncio.run(scenario())
+
+
+def test_policy_refuses_nonsense() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        BatchPolicy(max_size=0)
+    with pytest.raises(ValueError, match="max_delay_ms"):
+        BatchPolicy(max_delay_ms=-1)
+    assert not BatchPolicy(max_delay_ms=0).enabled and BatchPolicy(max_delay_ms=0.5).enabled
+
+
+def test_a_cancelled_request_leaves_the_queue_when_the_items_are_arrays() -> None:
+    """Leaving the queue finds the request itself; comparing queued NumPy rows would raise instead."""
+
+    async def scenario() -> None:
+        gate = threading.Event()
+        seen: list[list[float]] = []
+
+        def run(rows: list[np.ndarray]) -> list[float]:
+            seen.append([float(r.sum()) for r in rows])
+            assert gate.wait(10)
+            return [float(r.sum()) for r in rows]
+
+        runner: DynamicBatcher[np.ndarray, float] = DynamicBatcher(run, BatchPolicy(8, 200), name="arrays")
+        first = asyncio.ensure_future(runner.submit(lambda: np.ones(3)))
+        await asyncio.sleep(0.1)
+        queued = [asyncio.ensure_future(runner.submit(lambda v=v: np.full(3, v))) for v in (2.0, 3.0, 4.0)]
+        await asyncio.sleep(0.05)
+        queued[2].cancel()
+        await asyncio.sleep(0)
+        gate.set()
+        assert await first == 3.0
+        assert await asyncio.gather(*queued[:2]) == [6.0, 9.0]
+        assert seen == [[3.0], [6.0, 9.0]] and runner.stats.left == 1
+        await runner.close()
+
+    asyncio.run(scenario())
