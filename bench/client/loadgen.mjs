@@ -1,7 +1,7 @@
 // Closed-loop load client for bench/gateway_batching.py, in its own Node.js process.
 //
 // `concurrency` loops each send one request, wait for its answer, send the next, for `seconds` (after
-// `warmup` seconds that are not counted); prints one JSON line: calls, errors by kind, p50/p95/p99 in ms,
+// `warmup` seconds that are not counted but reported); prints one JSON line: calls, errors by kind, p50/p95/p99 in ms,
 // requests/s and the CPU seconds this client used. The request body is prepared by the caller and sent as is:
 // for gRPC a serialized request message (no protobuf work here: bytes in, bytes out, over @grpc/grpc-js), for
 // HTTP the image bytes POSTed to the path.
@@ -88,6 +88,7 @@ async function main() {
   let end = Infinity;
   const latencies = [];
   const errors = {};
+  let warmupCalls = 0;
   let cpuStart;
 
   async function loop() {
@@ -102,7 +103,10 @@ async function main() {
       }
       const counted = measuring;
       const error = await caller.call(body);
-      if (!counted) continue;
+      if (!counted) {
+        warmupCalls += 1;
+        continue;
+      }
       if (error === null) latencies.push(performance.now() - started);
       else errors[error] = (errors[error] ?? 0) + 1;
     }
@@ -116,6 +120,7 @@ async function main() {
   process.stdout.write(
     JSON.stringify({
       calls: latencies.length + errorCount,
+      warmup_calls: warmupCalls,
       ok: latencies.length,
       errors: errorCount,
       error_kinds: errors,
