@@ -44,8 +44,8 @@ import onnxruntime as ort  # noqa: E402
 from fashionsearch.images import ImageLimits, decode_pixels  # noqa: E402
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess  # noqa: E402
 from fashionsearch.v1 import classifier_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc  # noqa: E402
-from tests.catalogue_items import catalogue_items  # noqa: E402
-from tests.process_stack import ProcessStack, cpu_seconds, free_port  # noqa: E402
+from testkit.catalogue_items import catalogue_items  # noqa: E402
+from testkit.process_stack import ProcessStack, cpu_seconds, free_port  # noqa: E402
 
 CLIENT_DIR = REPO_ROOT / "bench" / "client"
 SERVICES = ("classifier", "embedder", "gateway")

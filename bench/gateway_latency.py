@@ -24,8 +24,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import grpc  # noqa: E402
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
-from tests.catalogue_items import catalogue_items  # noqa: E402
-from tests.process_stack import ProcessStack  # noqa: E402
+from testkit.catalogue_items import catalogue_items  # noqa: E402
+from testkit.process_stack import ProcessStack  # noqa: E402
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -51,8 +51,8 @@ from fashionsearch.v1 import (  # noqa: E402
 )
 from services.gateway.prepare import shrink_photo  # noqa: E402
 from services.gateway.settings import Settings  # noqa: E402
-from tests.catalogue_items import catalogue_items  # noqa: E402
-from tests.process_stack import ProcessStack, free_port  # noqa: E402
+from testkit.catalogue_items import catalogue_items  # noqa: E402
+from testkit.process_stack import ProcessStack, free_port  # noqa: E402
 
 
 def twelve_megapixel_jpeg() -> bytes:

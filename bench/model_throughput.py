@@ -10,40 +10,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
-import numpy as np
 import onnxruntime as ort
 
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec
-
-BUDGET_IMAGES_PER_S = 2000.0
-BUDGET_MB = 5.0
-
-
-def measure(model_dir: Path, threads: int, seconds: float, batch: int) -> tuple[float, float]:
-    """(images per second, ONNX megabytes) for one model folder."""
-    spec = ModelSpec.load(model_dir)
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    session = ort.InferenceSession(str(model_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    x = rng.random((batch, spec.input.height, spec.input.width, 3), dtype=np.float32)
-    feed = {session.get_inputs()[0].name: x}
-    for _ in range(5):
-        session.run(None, feed)
-    # Best of a few windows: the CPU is shared, the fastest window is the least disturbed one.
-    best = 0.0
-    windows = 3
-    for _ in range(windows):
-        n, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds / windows:
-            session.run(None, feed)
-            n += batch
-        best = max(best, n / (time.perf_counter() - started))
-    return best, (model_dir / MODEL_FILE).stat().st_size / 1e6
+from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| --- | --- | --- | --- | --- |")
     for folder in folders:
         spec = ModelSpec.load(folder)
-        rate, mb = measure(folder, args.threads, args.seconds, args.batch)
-        ok = "yes" if rate >= BUDGET_IMAGES_PER_S and mb <= BUDGET_MB else "no"
+        rate, mb = measure_throughput(folder, args.threads, args.seconds, args.batch)
+        ok = "yes" if rate >= BUDGET_IMAGES_PER_S and mb <= BUDGET_ONNX_MB else "no"
         print(f"| {folder.name} | {spec.input.height}x{spec.input.width} | {rate:,.0f} | {mb:.2f} | {ok} |", flush=True)
     return 0
 

@@ -95,7 +95,7 @@ def main() -> int:
             tf.config.threading.set_inter_op_parallelism_threads(1)
         import keras  # noqa: PLC0415
 
-        import training.production  # noqa: F401, PLC0415 - registers the custom layers the saved models use
+        import training.layers  # noqa: F401, PLC0415 - registers the custom layers the saved models use
 
         onnx = OnnxModel(model_dir, intra_op_threads=args.threads, inter_op_threads=1)
         model = keras.saving.load_model(source, compile=False)

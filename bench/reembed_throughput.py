@@ -35,8 +35,8 @@ from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
 from jobs.indexer.runner import Options, Summary, run  # noqa: E402
 from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients  # noqa: E402
-from tests.process_stack import ProcessStack, cpu_seconds  # noqa: E402
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
+from testkit.process_stack import ProcessStack, cpu_seconds  # noqa: E402
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
 
 DEFAULT_DATA = REPO_ROOT.parent / "shared" / "data" / "fashion-product-images-small"
 

@@ -18,8 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+from fashionsearch.model_contract import ModelSpec
 from training import data
-from training.export import ExportError
+from training.evaluate import evaluate_model
+from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import RECIPES, TrainOptions, get_recipe
 
 log = logging.getLogger("training")
@@ -49,8 +51,6 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from training.export import export_model, save_trained
-
     recipe = get_recipe(args.model)
     dataset, split = _load(args)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
@@ -75,8 +75,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from training.export import export_model, load_trained
-
     data.configure_tensorflow(args.threads)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
     spec = export_model(load_trained(run_dir), args.out, version=args.version, min_parity_images=args.min_parity_images)
@@ -85,9 +83,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from fashionsearch.model_contract import ModelSpec
-    from training.evaluate import evaluate_model
-
     catalogue = None  # retrieval searches the split's train images unless a held-out set brings its own
     if not args.held_out:
         dataset, split = _load(args)

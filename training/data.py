@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -167,6 +168,13 @@ class Dataset:
             images=self.images[index],
             report=self.report,
         )
+
+    def at_most(self, limit: int | None, seed: int) -> Dataset:
+        """At most `limit` rows, drawn at random with `seed`, in their order (all rows when limit is None): the
+        recipes' smoke-test option."""
+        if limit is None or limit >= len(self):
+            return self
+        return self.subset(np.sort(np.random.default_rng(seed).choice(len(self), size=limit, replace=False)))
 
     def split(self, assignment: Mapping[int, str], name: str) -> Dataset:
         """The rows the split assigns to `name` ("train", "val" or "test"); rows it does not know are dropped."""
@@ -594,8 +602,6 @@ def make_tf_dataset(
 
 def configure_tensorflow(threads: int = 2, seed: int = 0) -> None:
     """Thread counts (the CPU is shared) and seeds for numpy, Python and TensorFlow; call before building models."""
-    import random
-
     import tensorflow as tf
 
     try:

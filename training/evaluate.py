@@ -1,9 +1,8 @@
 """Evaluation of an exported model (model.onnx + model.json) on the test split; writes a Markdown report + PNGs.
 
 Inputs go through `fashionsearch.model_contract.preprocess` reading model.json, and the model runs in
-onnxruntime, exactly as in serving. The metric, retrieval and plotting functions are reusable on their own:
-`predict`, `classification_metrics`, `most_confused`, `knn`, `precision_at_k`, `retrieval_metrics`,
-`plot_history`, `plot_confusion`, `plot_queries`, `fixed_queries`.
+onnxruntime, exactly as in serving. The numbers come from `training.metrics`; the running and plotting functions
+are reusable on their own: `predict`, `plot_history`, `plot_confusion`, `plot_queries`, `fixed_queries`.
 """
 
 from __future__ import annotations
@@ -18,14 +17,20 @@ import numpy as np
 
 from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256, preprocess
 from training import data
-from training.export import onnx_session
+from training.inference import onnx_session
+from training.metrics import (
+    FILTER_ATTRIBUTE,
+    MATCH_ATTRIBUTES,
+    RETRIEVAL_K,
+    classification_metrics,
+    expected_calibration_error,
+    most_confused,
+    retrieval_metrics,
+)
 
 log = logging.getLogger(__name__)
 
 PAPER_CNN_ACCURACY = 0.85
-RETRIEVAL_K = 5
-MATCH_ATTRIBUTES = ("articleType", "subCategory", "baseColour", "gender")
-FILTER_ATTRIBUTE = "subCategory"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -65,146 +70,6 @@ def true_labels(dataset: data.Dataset, attribute: str) -> np.ndarray:
             dtype=object,
         )
     return dataset.labels[attribute]
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Classification metrics
-
-
-def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[str]) -> dict[str, Any]:
-    """Accuracy, per-class precision/recall/F1/support, macro F1 and the confusion matrix (rows: truth)."""
-    k = len(labels)
-    y_true = np.asarray(y_true, dtype=np.int64)
-    y_pred = np.asarray(y_pred, dtype=np.int64)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (y_true, y_pred), 1)
-    tp = np.diag(confusion).astype(np.float64)
-    predicted, support = confusion.sum(axis=0), confusion.sum(axis=1)
-    precision = np.divide(tp, predicted, out=np.zeros(k), where=predicted > 0)
-    recall = np.divide(tp, support, out=np.zeros(k), where=support > 0)
-    f1 = np.divide(2 * precision * recall, precision + recall, out=np.zeros(k), where=(precision + recall) > 0)
-    present = support > 0
-    return {
-        "n": int(len(y_true)),
-        "accuracy": float(tp.sum() / max(1, len(y_true))),
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": [
-            {
-                "label": labels[i],
-                "precision": float(precision[i]),
-                "recall": float(recall[i]),
-                "f1": float(f1[i]),
-                "support": int(support[i]),
-            }
-            for i in range(k)
-        ],
-        "confusion": confusion,
-    }
-
-
-def most_confused(confusion: np.ndarray, labels: Sequence[str], n: int = 10) -> list[tuple[str, str, int]]:
-    """The n largest off-diagonal cells: (true label, predicted label, count)."""
-    off = confusion.copy()
-    np.fill_diagonal(off, 0)
-    cells = [(-int(off[i, j]), i, j) for i, j in zip(*np.nonzero(off), strict=True)]
-    return [(labels[i], labels[j], -neg) for neg, i, j in sorted(cells)[:n]]
-
-
-def expected_calibration_error(probabilities: np.ndarray, y_true: np.ndarray, bins: int = 15) -> float:
-    """ECE with equal-width confidence bins."""
-    confidence = probabilities.max(axis=1)
-    correct = probabilities.argmax(axis=1) == y_true
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
-        in_bin = (confidence > lo) & (confidence <= hi)
-        if in_bin.any():
-            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
-    return float(ece)
-
-
-# --------------------------------------------------------------------------------------------------------------
-# Retrieval metrics
-
-
-def knn(
-    queries: np.ndarray,
-    catalogue: np.ndarray,
-    k: int = RETRIEVAL_K,
-    query_groups: np.ndarray | None = None,
-    catalogue_groups: np.ndarray | None = None,
-    chunk: int = 512,
-) -> np.ndarray:
-    """Indices (Q, k) of each query's k nearest catalogue vectors by Euclidean distance, nearest first.
-
-    With groups, a query only sees catalogue items of its own group (e.g. the same subCategory); missing
-    neighbours (a group with fewer than k items) are -1.
-    """
-    queries = np.asarray(queries, dtype=np.float64)
-    catalogue = np.asarray(catalogue, dtype=np.float64)
-    result = np.full((len(queries), k), -1, dtype=np.int64)
-    if query_groups is None or catalogue_groups is None:
-        groups = [(np.arange(len(queries)), np.arange(len(catalogue)))]
-    else:
-        query_groups, catalogue_groups = np.asarray(query_groups), np.asarray(catalogue_groups)
-        groups = [
-            (np.flatnonzero(query_groups == g), np.flatnonzero(catalogue_groups == g)) for g in np.unique(query_groups)
-        ]
-    for q_index, c_index in groups:
-        if len(c_index) == 0:
-            continue
-        cat = catalogue[c_index]
-        cat_sq = np.einsum("ij,ij->i", cat, cat)
-        take = min(k, len(c_index))
-        for start in range(0, len(q_index), chunk):
-            rows = q_index[start : start + chunk]
-            q = queries[rows]
-            dist = np.einsum("ij,ij->i", q, q)[:, None] + cat_sq[None, :] - 2.0 * q @ cat.T
-            part = (
-                np.argpartition(dist, take - 1, axis=1)[:, :take]
-                if take < len(c_index)
-                else np.tile(np.arange(len(c_index)), (len(rows), 1))
-            )
-            order = np.take_along_axis(dist, part, axis=1).argsort(axis=1, kind="stable")
-            result[rows, :take] = c_index[np.take_along_axis(part, order, axis=1)]
-    return result
-
-
-def precision_at_k(neighbours: np.ndarray, query_labels: np.ndarray, catalogue_labels: np.ndarray) -> float:
-    """Mean share of each query's k neighbours whose label equals the query's (a missing neighbour is a miss)."""
-    if len(neighbours) == 0:
-        return 0.0
-    catalogue_labels = np.asarray(catalogue_labels, dtype=object)
-    found = np.where(neighbours >= 0, catalogue_labels[np.maximum(neighbours, 0)], None)
-    hits = (found == np.asarray(query_labels, dtype=object)[:, None]) & (neighbours >= 0)
-    return float(hits.mean())
-
-
-def retrieval_metrics(
-    query_vectors: np.ndarray,
-    catalogue_vectors: np.ndarray,
-    query_labels: Mapping[str, np.ndarray],
-    catalogue_labels: Mapping[str, np.ndarray],
-    k: int = RETRIEVAL_K,
-    match_attributes: Sequence[str] = MATCH_ATTRIBUTES,
-    filter_attribute: str = FILTER_ATTRIBUTE,
-    query_filter_values: np.ndarray | None = None,
-) -> dict[str, Any]:
-    """precision@k per attribute, without and with the filter (catalogue restricted to the query's
-    `filter_attribute` value: the true one unless `query_filter_values`, e.g. a classifier's predictions, is
-    given). Returns {"unfiltered": {attr: p}, "filtered": {attr: p}, "neighbours": {...}}."""
-    plain = knn(query_vectors, catalogue_vectors, k)
-    groups = query_labels[filter_attribute] if query_filter_values is None else query_filter_values
-    filtered = knn(query_vectors, catalogue_vectors, k, groups, catalogue_labels[filter_attribute])
-    return {
-        "k": k,
-        "queries": int(len(query_vectors)),
-        "catalogue": int(len(catalogue_vectors)),
-        "filter": filter_attribute,
-        "unfiltered": {a: precision_at_k(plain, query_labels[a], catalogue_labels[a]) for a in match_attributes},
-        "filtered": {a: precision_at_k(filtered, query_labels[a], catalogue_labels[a]) for a in match_attributes},
-        "neighbours": {"unfiltered": plain, "filtered": filtered},
-    }
 
 
 def fixed_queries(test: data.Dataset, n: int = 8, seed: int = 8) -> np.ndarray:
@@ -428,7 +293,7 @@ def evaluate_classifier(
         y_true = np.asarray([index[t] for t in truth[keep]], dtype=np.int64)
         probs = outputs[head.name][keep]
         m = classification_metrics(y_true, probs.argmax(axis=1), head.labels)
-        ece = expected_calibration_error(probs, y_true) if len(y_true) else 0.0
+        ece = expected_calibration_error(probs, y_true)
         test_metrics["accuracy"][head.attribute] = round(m["accuracy"], 4)
         test_metrics["macro_f1"][head.attribute] = round(m["macro_f1"], 4)
         test_metrics["ece"][head.attribute] = round(ece, 4)

@@ -16,8 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import keras
 import numpy as np
+import onnx
+import tensorflow as tf
+import tf2onnx
 
+import training.layers  # noqa: F401 - registers the custom layers (ProxyPull...) that saved models use
 from fashionsearch.model_contract import (
     MODEL_FILE,
     EmbeddingSpec,
@@ -27,6 +32,7 @@ from fashionsearch.model_contract import (
     file_sha256,
     preprocess,
 )
+from training.inference import onnx_session
 from training.recipe import Head, TrainedModel
 
 log = logging.getLogger(__name__)
@@ -61,11 +67,6 @@ class ParityResult:
 def keras_to_onnx(model: Any, input_spec: InputSpec, path: Path) -> list[str]:
     """Convert with tf2onnx (a Sequential is wrapped as a functional model first), name the dynamic batch
     dimension "batch" on every input and output, and return the ONNX output names in the model's order."""
-    import keras
-    import onnx
-    import tensorflow as tf
-    import tf2onnx
-
     functional = keras.Model(model.inputs, model.outputs)
     signature = [tf.TensorSpec((None, input_spec.height, input_spec.width, 3), tf.float32, name=input_spec.name)]
     proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=OPSET)
@@ -77,15 +78,6 @@ def keras_to_onnx(model: Any, input_spec: InputSpec, path: Path) -> list[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, str(path))
     return [o.name for o in proto.graph.output]
-
-
-def onnx_session(path: str | Path, threads: int = 2) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def compare_outputs(
@@ -246,10 +238,6 @@ def save_trained(trained: TrainedModel, run_dir: Path) -> None:
 
 
 def load_trained(run_dir: Path) -> TrainedModel:
-    import keras
-
-    import training.production  # noqa: F401 - registers the custom layers (ProxyPull...) that saved models use
-
     meta = json.loads((run_dir / TRAINED_FILE).read_text())
     raw_input: Mapping[str, Any] = meta["input"]
     input_spec = InputSpec(**(dict(raw_input) | {"mean": tuple(raw_input["mean"]), "std": tuple(raw_input["std"])}))

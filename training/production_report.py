@@ -11,7 +11,6 @@ reports/classifier/README.md and reports/embedder/README.md.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import sys
@@ -22,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, evaluate, production
-from training.production import softmax
+from training import data, evaluate, metrics
+from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
+from training.metrics import softmax
+from training.recipes import hierarchy as decoding
 
 log = logging.getLogger("training.production_report")
 
@@ -37,7 +38,7 @@ CLASSIFIER_TARGETS = {
     "usage": None,
 }
 RETRIEVAL_TARGETS = {"unfiltered": 0.85, "filtered": 0.90}  # articleType precision@5
-BUDGET = {"images_per_s": 2000.0, "onnx_mb": 5.0, "train_minutes": 60.0}
+BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 60.0}
 
 
 def _pct(x: float | None) -> str:
@@ -49,15 +50,6 @@ def _verdict(value: float | None, target: float | None, higher: bool = True) -> 
         return "report"
     ok = value >= target if higher else value <= target
     return "met" if ok else "**not met**"
-
-
-def _throughput(model_dir: Path, threads: int) -> tuple[float, float]:
-    path = Path(__file__).resolve().parent.parent / "bench" / "model_throughput.py"
-    spec = importlib.util.spec_from_file_location("model_throughput", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.measure(model_dir, threads, 6.0, 64)
 
 
 def _prepend(readme: Path, lines: Sequence[str]) -> None:
@@ -104,8 +96,8 @@ def hierarchy_section(
 ) -> list[str]:
     """What the hierarchical decoding changed: validation before/after (model.json), test after."""
     heads = {h.attribute: h for h in spec.outputs}
-    matrices = production.hierarchy_matrices(train, {a: heads[a].labels for a in production.HIERARCHY})
-    agree = production.agreeing_answers([outputs[heads[a].name] for a in production.HIERARCHY], matrices)
+    matrices = decoding.hierarchy_matrices(train, {a: heads[a].labels for a in decoding.HIERARCHY})
+    agree = decoding.agreeing_answers([outputs[heads[a].name] for a in decoding.HIERARCHY], matrices)
     test = {row[0]: row[3] for row in rows}
     lines = [
         "## masterCategory, subCategory and articleType agree (hierarchical decoding)",
@@ -119,7 +111,7 @@ def hierarchy_section(
         ("head", "validation, independent heads", "validation, decoded", "test, decoded"),
         [
             (a, _pct(hierarchy["accuracy_independent"][a]), _pct(hierarchy["accuracy"][a]), test[a])
-            for a in production.HIERARCHY
+            for a in decoding.HIERARCHY
         ]
         + [
             (
@@ -141,7 +133,7 @@ def classifier_summary(
     outputs = evaluate.predict(session, spec, test.images)
     calibration = spec.metrics.get("validation", {}).get("calibration", {})
     hierarchy = spec.extra.get("training", {}).get("hierarchy")
-    decoded = set(production.HIERARCHY) if hierarchy else set()
+    decoded = set(decoding.HIERARCHY) if hierarchy else set()
     rows, cal_rows = [], []
     predicted: dict[str, np.ndarray] = {}
     for head in spec.outputs:
@@ -173,7 +165,7 @@ def classifier_summary(
             raw = softmax(t * np.log(np.clip(probs[keep], 1e-30, None)))
             val_after, test_before = (
                 cal.get("ece_after", float("nan")),
-                f"{evaluate.expected_calibration_error(raw, y):.3f}",
+                f"{metrics.expected_calibration_error(raw, y):.3f}",
             )
         cal_rows.append(
             (
@@ -182,7 +174,7 @@ def classifier_summary(
                 f"{cal.get('ece_before', float('nan')):.3f}",
                 f"{val_after:.3f}",
                 test_before,
-                f"{evaluate.expected_calibration_error(probs[keep], y):.3f}",
+                f"{metrics.expected_calibration_error(probs[keep], y):.3f}",
             )
         )
     lines = [
@@ -245,9 +237,9 @@ def classifier_summary(
     index = {label: i for i, label in enumerate(head.labels)}
     keep = np.asarray([t in index for t in test.labels["articleType"]])
     y = np.asarray([index[t] for t in test.labels["articleType"][keep]], dtype=np.int64)
-    m = evaluate.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
+    m = metrics.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
     support = m["confusion"].sum(axis=1)
-    pairs = evaluate.most_confused(m["confusion"], head.labels, n=15)
+    pairs = metrics.most_confused(m["confusion"], head.labels, n=15)
     lines += ["## articleType: most confused pairs (test)", ""]
     lines += evaluate._table(
         ("true", "predicted", "count", "share of the true class"),
@@ -260,7 +252,7 @@ def classifier_summary(
         "",
     ]
 
-    rate, mb = _throughput(model_dir, threads)
+    rate, mb = measure_throughput(model_dir, threads, seconds=6.0, batch=64)
     training = spec.extra.get("training", {})
     lines += ["## Budget", ""]
     refit = training.get("heads_seconds") is not None
@@ -292,7 +284,7 @@ def _retrieval(model_dir: Path, test: data.Dataset, train: data.Dataset, threads
     assert spec.embedding is not None
     q = evaluate.predict(session, spec, test.images)[spec.embedding.output]
     c = evaluate.predict(session, spec, train.images)[spec.embedding.output]
-    return evaluate.retrieval_metrics(q, c, test.labels, train.labels)
+    return metrics.retrieval_metrics(q, c, test.labels, train.labels)
 
 
 def embedder_summary(
@@ -324,7 +316,7 @@ def embedder_summary(
 
     lines += ["## Side by side with the paper's autoencoder (test split, precision@5)", ""]
     rows = []
-    for attribute in evaluate.MATCH_ATTRIBUTES:
+    for attribute in metrics.MATCH_ATTRIBUTES:
         for mode in ("unfiltered", "filtered"):
             rows.append(
                 (
@@ -358,7 +350,7 @@ def embedder_summary(
             {int(validation["trunk_features_l2"]["dim"])} if validation.get("trunk_features_l2") else set()
         )
         latency = {
-            d: production.search_latency_ms(
+            d: metrics.search_latency_ms(
                 rng.random((ours["catalogue"], d), dtype=np.float32), rng.random((200, d), dtype=np.float32), repeats=5
             )
             for d in dims
@@ -403,7 +395,7 @@ def embedder_summary(
         rule = spec.extra.get("training", {}).get("settings", {}).get("choice_rule", "")
         lines += [f"Choice rule: {rule}.", ""]
 
-    rate, mb = _throughput(model_dir, threads)
+    rate, mb = measure_throughput(model_dir, threads, seconds=6.0, batch=64)
     training = spec.extra.get("training", {})
     lines += ["## Budget", ""]
     lines += _budget_lines(rate, mb, training.get("seconds"), " (projection; the trunk is the classifier's)")

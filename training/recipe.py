@@ -16,13 +16,13 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec
 
-# name -> "module:function". Other modules add their recipes here (e.g. training.production).
+# name -> "module:function"; a new recipe is a module in training/recipes/ and one line here.
 RECIPES: dict[str, str] = {
-    "paper-cnn": "training.paper:train_cnn",
-    "paper-autoencoder": "training.paper:train_autoencoder",
-    "classifier": "training.production:train_classifier",
-    "classifier-heads": "training.production:train_classifier_heads",
-    "embedder": "training.production:train_embedder",
+    "paper-cnn": "training.recipes.paper:train_cnn",
+    "paper-autoencoder": "training.recipes.paper:train_autoencoder",
+    "classifier": "training.recipes.classifier:train_classifier",
+    "classifier-heads": "training.recipes.classifier:train_classifier_heads",
+    "embedder": "training.recipes.embedder:train_embedder",
 }
 
 

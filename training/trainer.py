@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +56,49 @@ class TimeBudget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         if time.monotonic() - self.started > self.seconds:
             self.exhausted = True
+            self.model.stop_training = True
+
+
+class ProgressSchedule(keras.callbacks.Callback):
+    """Warm-up + cosine learning rate over progress = max(step / total_steps, elapsed / budget); stops at 1.
+
+    `offset_steps` / `offset_seconds` continue a resumed run where it stopped.
+    """
+
+    def __init__(
+        self,
+        peak: float,
+        total_steps: int,
+        budget_s: float,
+        warmup: float,
+        offset_steps: int = 0,
+        offset_seconds: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.peak, self.total_steps, self.budget_s, self.warmup = peak, max(1, total_steps), budget_s, warmup
+        self.steps = offset_steps
+        self.offset_seconds = offset_seconds
+        self.started = time.monotonic()
+        self.progress = 0.0
+
+    def elapsed(self) -> float:
+        return self.offset_seconds + time.monotonic() - self.started
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_begin(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.progress = min(1.0, max(self.steps / self.total_steps, self.elapsed() / self.budget_s))
+        if self.progress < self.warmup:
+            lr = self.peak * (0.1 + 0.9 * self.progress / self.warmup)
+        else:
+            p = (self.progress - self.warmup) / (1.0 - self.warmup)
+            lr = self.peak * (0.005 + 0.995 * 0.5 * (1.0 + math.cos(math.pi * p)))
+        self.model.optimizer.learning_rate.assign(lr)
+
+    def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
+        self.steps += 1
+        if self.progress >= 1.0:
             self.model.stop_training = True
 
 

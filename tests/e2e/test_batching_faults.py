@@ -18,8 +18,8 @@ import time
 import grpc
 import pytest
 
+from testkit.process_stack import ProcessStack
 from tests.e2e.test_faults import BackgroundLoad
-from tests.process_stack import ProcessStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

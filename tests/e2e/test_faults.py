@@ -32,7 +32,7 @@ from PIL import Image
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
-from tests.process_stack import REPO_ROOT, ProcessStack
+from testkit.process_stack import REPO_ROOT, ProcessStack
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

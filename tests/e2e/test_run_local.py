@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.process_stack import free_port
+from testkit.process_stack import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

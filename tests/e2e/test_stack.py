@@ -11,8 +11,8 @@ import grpc
 import pytest
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.catalogue_items import catalogue_items
-from tests.process_stack import REPO_ROOT, ProcessStack
+from testkit.catalogue_items import catalogue_items
+from testkit.process_stack import REPO_ROOT, ProcessStack
 
 pytestmark = pytest.mark.e2e
 

@@ -24,8 +24,8 @@ import grpc
 import pytest
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
-from tests.catalogue_items import catalogue_item, styles_rows
-from tests.process_stack import REPO_ROOT, ProcessStack, free_port
+from testkit.catalogue_items import catalogue_item, styles_rows
+from testkit.process_stack import REPO_ROOT, ProcessStack, free_port
 
 pytestmark = pytest.mark.e2e
 

@@ -27,7 +27,7 @@ from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway import server as gateway_server
 from services.gateway.settings import Settings as GatewaySettings
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
 
 T = TypeVar("T")
 HOST = "127.0.0.1"

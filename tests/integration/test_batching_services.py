@@ -24,8 +24,8 @@ from services.classifier.settings import Settings as ClassifierSettings
 from services.embedder.model import OnnxEmbedder
 from services.embedder.server import start as start_embedder
 from services.embedder.settings import Settings as EmbedderSettings
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
 from tests.integration.service_helpers import BAD_IMAGES, GOOD, jpeg
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
 
 pytestmark = pytest.mark.integration
 

@@ -37,7 +37,7 @@ from fashionsearch.v1 import gateway_pb2
 from services.gateway.domain import StoredItem
 from services.gateway.http import create_app, start_http
 from services.gateway.settings import Settings as GatewaySettings
-from tests.process_stack import free_port
+from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 

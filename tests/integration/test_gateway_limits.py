@@ -19,7 +19,7 @@ from gateway_stack import Stack, jpeg, start_stack
 
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.bootstrap import max_message_bytes
-from tests.process_stack import free_port
+from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fashionsearch.healthcheck import is_serving
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
-from tests.process_stack import free_port
+from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 

@@ -29,9 +29,9 @@ from PIL import Image
 from fashionsearch.v1 import gateway_pb2
 from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
+from testkit.tiny_models import write_tiny_embedder
 from tests.integration.gateway_stack import HOST, Stack, start_stack
 from tests.integration.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
-from tests.tiny_models import write_tiny_embedder
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")]
 

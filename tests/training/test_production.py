@@ -10,8 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from fashionsearch.model_contract import ModelSpec, preprocess
-from training import data, export, production
+from training import data, export, layers, metrics
 from training.recipe import Head, TrainedModel
+from training.recipes import classifier, embedder, hierarchy
 
 pytestmark = pytest.mark.training
 
@@ -42,26 +43,30 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
     import keras
 
     data.configure_tensorflow(1, 0)
-    model = production.build_classifier(SIZES, **TINY_TRUNK)
+    model = classifier.build_classifier(SIZES, **TINY_TRUNK)
     targets = _targets(32)
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-3),
         loss={
-            a: production.MaskedSmoothedCrossEntropy(production.class_weights(targets[a], k), name=f"{a}_ce")
+            a: layers.MaskedSmoothedCrossEntropy(
+                metrics.class_weights(targets[a], k, classifier.CLASS_WEIGHT_POWER),
+                classifier.LABEL_SMOOTHING,
+                name=f"{a}_ce",
+            )
             for a, k in SIZES.items()
         },
-        metrics={a: [production.MaskedAccuracy()] for a in SIZES},
+        metrics={a: [layers.MaskedAccuracy()] for a in SIZES},
     )
     ds = data.make_tf_dataset(
-        _pixels(32), targets, production.PRODUCTION_INPUT, 16, shuffle=True, augment=production.AUGMENT
+        _pixels(32), targets, classifier.PRODUCTION_INPUT, 16, shuffle=True, augment=classifier.AUGMENT
     )
     history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
-    return model, {a: 1.0 + 0.1 * k for k, a in enumerate(production.HEAD_ATTRIBUTES)}
+    return model, {a: 1.0 + 0.1 * k for k, a in enumerate(classifier.HEAD_ATTRIBUTES)}
 
 
 def _saved_run_loads_in_a_fresh_process(trained: TrainedModel, run_dir) -> str:
-    """Save the run, load it in a process that never imported training.production (as re-export and the benches
+    """Save the run, load it in a process that never imported the recipes (as re-export and the benches
     do: custom layers must come back from the file), and return what it printed (the output shape)."""
     export.save_trained(trained, run_dir)
     loaded = subprocess.run(
@@ -80,21 +85,21 @@ def _classifier(exported: object) -> TrainedModel:
         name="classifier",
         kind="classifier",
         model=exported,
-        input_spec=production.PRODUCTION_INPUT,
-        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in production.HEAD_ATTRIBUTES),
+        input_spec=classifier.PRODUCTION_INPUT,
+        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in classifier.HEAD_ATTRIBUTES),
         parity_pixels=_pixels(256, seed=3),
     )
 
 
 def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
     model, temperatures = _train_a_few_steps()
-    assert production.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
-    exported = production.calibrated_classifier(model, temperatures)
+    assert classifier.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
+    exported = classifier.calibrated_classifier(model, temperatures)
     trained = _classifier(exported)
     spec = export.export_model(trained, tmp_path / "classifier")
     loaded = ModelSpec.load(tmp_path / "classifier")
     assert loaded == spec
-    assert [h.attribute for h in loaded.outputs] == list(production.HEAD_ATTRIBUTES)
+    assert [h.attribute for h in loaded.outputs] == list(classifier.HEAD_ATTRIBUTES)
     assert loaded.input.height == 80 and loaded.input.width == 60
     session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = preprocess(list(_pixels(4, seed=5)), loaded.input)
@@ -104,7 +109,7 @@ def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
         assert probs.shape == (4, SIZES[head.attribute])
         np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-5)
         # The temperature is baked in: softmax(logits / T).
-        expected = production.softmax(np.asarray(logits[head.attribute]) / temperatures[head.attribute])
+        expected = metrics.softmax(np.asarray(logits[head.attribute]) / temperatures[head.attribute])
         np.testing.assert_allclose(probs, expected, atol=1e-4)
 
 
@@ -112,19 +117,22 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     import keras
 
     model, temperatures = _train_a_few_steps()
-    trunk = production.feature_model(model)
+    trunk = classifier.feature_model(model)
     trunk.trainable = False
     trunk_weights = [w.copy() for w in trunk.get_weights()]
     pixels, targets = _pixels(32), _targets(32)
-    features = np.asarray(trunk.predict(preprocess(list(pixels), production.PRODUCTION_INPUT), verbose=0))
-    heads = production.build_heads(features.shape[1], SIZES, features.mean(axis=0), features.var(axis=0) + 1e-6)
+    features = np.asarray(trunk.predict(preprocess(list(pixels), classifier.PRODUCTION_INPUT), verbose=0))
+    heads = classifier.build_heads(features.shape[1], SIZES, features.mean(axis=0), features.var(axis=0) + 1e-6)
     heads.compile(
         optimizer=keras.optimizers.Adam(1e-3),
-        loss={a: production.MaskedSmoothedCrossEntropy(np.ones(k), name=f"{a}_ce") for a, k in SIZES.items()},
+        loss={
+            a: layers.MaskedSmoothedCrossEntropy(np.ones(k), classifier.LABEL_SMOOTHING, name=f"{a}_ce")
+            for a, k in SIZES.items()
+        },
     )
     assert np.isfinite(heads.fit(features, targets, batch_size=16, epochs=1, verbose=0).history["loss"][0])
-    inputs = keras.Input((80, 60, 3), name=production.PRODUCTION_INPUT.name)
-    exported = keras.Model(inputs, production.calibrated_outputs(heads(trunk(inputs)), temperatures))
+    inputs = keras.Input((80, 60, 3), name=classifier.PRODUCTION_INPUT.name)
+    exported = keras.Model(inputs, classifier.calibrated_outputs(heads(trunk(inputs)), temperatures))
     for before, after in zip(trunk_weights, trunk.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # the trunk stays as trained (the embedder shares it)
 
@@ -135,38 +143,38 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     x = preprocess(list(_pixels(4, seed=5)), loaded.input)
     outputs = session.run([h.name for h in loaded.outputs], {loaded.input.name: x})
     logits = heads.predict(trunk.predict(x, verbose=0), verbose=0)
-    independent = {a: production.softmax(np.asarray(logits[a]) / t) for a, t in temperatures.items()}
+    independent = {a: metrics.softmax(np.asarray(logits[a]) / t) for a, t in temperatures.items()}
     for head, probs in zip(loaded.outputs, outputs, strict=True):
         np.testing.assert_allclose(probs, independent[head.attribute], atol=1e-4)
 
     # With hierarchical decoding the three hierarchy heads come out decoded under the same names, the rest as
-    # before; the run folder loads in a fresh process (the layer is registered by training.production).
-    decoding = production.hierarchical_decoding([independent[a] for a in production.HIERARCHY], _hierarchy(), 1.2)
-    decoded = keras.Model(inputs, production.calibrated_outputs(heads(trunk(inputs)), temperatures, decoding))
+    # before; the run folder loads in a fresh process (training.export registers the layer).
+    decoding = hierarchy.hierarchical_decoding([independent[a] for a in hierarchy.HIERARCHY], _hierarchy(), 1.2)
+    decoded = keras.Model(inputs, classifier.calibrated_outputs(heads(trunk(inputs)), temperatures, decoding))
     trained = _classifier(decoded)
     export.export_model(trained, tmp_path / "decoded")
     session = ort.InferenceSession(str(tmp_path / "decoded" / "model.onnx"), providers=["CPUExecutionProvider"])
     names = [h.name for h in loaded.outputs]
     outputs = dict(zip(names, session.run(names, {loaded.input.name: x}), strict=True))
-    by_hand = _decode_by_hand(*(independent[a] for a in production.HIERARCHY), production.HIERARCHY_WEIGHT, 1.2)
-    expected = independent | dict(zip(production.HIERARCHY, by_hand, strict=True))
+    by_hand = _decode_by_hand(*(independent[a] for a in hierarchy.HIERARCHY), hierarchy.HIERARCHY_WEIGHT, 1.2)
+    expected = independent | dict(zip(hierarchy.HIERARCHY, by_hand, strict=True))
     for head in loaded.outputs:
         np.testing.assert_allclose(outputs[head.name], expected[head.attribute], atol=1e-4)
     _saved_run_loads_in_a_fresh_process(trained, tmp_path / "run")
 
 
 def test_masked_loss_ignores_unlabelled_examples_and_weights_classes():
-    loss = production.MaskedSmoothedCrossEntropy([1.0, 3.0], smoothing=0.0)
+    loss = layers.MaskedSmoothedCrossEntropy([1.0, 3.0], smoothing=0.0)
     logits = np.asarray([[2.0, 0.0], [0.0, 2.0], [5.0, -5.0]], dtype=np.float32)
     per_example = np.asarray(loss.call(np.asarray([0, 1, -1]), logits))
-    expected = -np.log(production.softmax(logits[:2])[[0, 1], [0, 1]]) * np.asarray([1.0, 3.0])
+    expected = -np.log(metrics.softmax(logits[:2])[[0, 1], [0, 1]]) * np.asarray([1.0, 3.0])
     np.testing.assert_allclose(per_example[:2], expected, rtol=1e-5)
     assert per_example[2] == 0.0
 
 
 def test_class_weights_favour_rare_classes_and_average_one():
     labels = np.asarray([0] * 90 + [1] * 10 + [-1] * 5)
-    w = production.class_weights(labels, 2)
+    w = metrics.class_weights(labels, 2, classifier.CLASS_WEIGHT_POWER)
     assert w[1] > w[0]
     assert abs((w[0] * 90 + w[1] * 10) / 100 - 1.0) < 1e-5
 
@@ -174,10 +182,10 @@ def test_class_weights_favour_rare_classes_and_average_one():
 def test_fit_temperature_recovers_overconfidence():
     rng = np.random.default_rng(0)
     true_logits = rng.normal(size=(4000, 5)) * 2.0
-    y = np.asarray([rng.choice(5, p=p) for p in production.softmax(true_logits)])
-    t = production.fit_temperature(true_logits * 3.0, y)  # three times too confident
+    y = np.asarray([rng.choice(5, p=p) for p in metrics.softmax(true_logits)])
+    t = metrics.fit_temperature(true_logits * 3.0, y)  # three times too confident
     assert 2.5 < t < 3.5
-    assert production.nll(true_logits * 3.0, y, t) < production.nll(true_logits * 3.0, y)
+    assert metrics.nll(true_logits * 3.0, y, t) < metrics.nll(true_logits * 3.0, y)
 
 
 def test_choose_dimension_prefers_the_smallest_within_tolerance():
@@ -185,27 +193,27 @@ def test_choose_dimension_prefers_the_smallest_within_tolerance():
         d: {"precision_at_5": {"unfiltered": {"articleType": p}}}
         for d, p in ((16, 0.80), (32, 0.871), (64, 0.875), (128, 0.874))
     }
-    assert production.choose_dimension(table) == 32
-    assert production.choose_dimension(table, tolerance=0.0) == 64
+    assert embedder.choose_dimension(table) == 32
+    assert embedder.choose_dimension(table, tolerance=0.0) == 64
 
 
 def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
     import keras
 
     data.configure_tensorflow(1, 0)
-    model = production.build_classifier(SIZES, **TINY_TRUNK)
-    trunk = production.feature_model(model)
+    model = classifier.build_classifier(SIZES, **TINY_TRUNK)
+    trunk = classifier.feature_model(model)
     rng = np.random.default_rng(0)
     features = rng.random((64, trunk.output_shape[-1]), dtype=np.float32)
-    targets = {a: rng.integers(0, 3, size=64).astype(np.int32) for a in production.EMBEDDING_ATTRIBUTES}
-    projection = production.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
+    targets = {a: rng.integers(0, 3, size=64).astype(np.int32) for a in embedder.EMBEDDING_ATTRIBUTES}
+    projection = embedder.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
     inputs = keras.Input((80, 60, 3), name="image")
-    embedder = keras.Model(inputs, keras.layers.Identity(name="embedding")(projection(trunk(inputs))))
+    embedder_model = keras.Model(inputs, keras.layers.Identity(name="embedding")(projection(trunk(inputs))))
     trained = TrainedModel(
         name="embedder",
         kind="embedder",
-        model=embedder,
-        input_spec=production.PRODUCTION_INPUT,
+        model=embedder_model,
+        input_spec=classifier.PRODUCTION_INPUT,
         embedding_dim=16,
         parity_pixels=_pixels(256, seed=4),
     )
@@ -223,14 +231,14 @@ def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
 
 def test_production_trunk_fits_the_budget():
     data.configure_tensorflow(1, 0)
-    model = production.build_classifier({"articleType": 98, "baseColour": 43})
+    model = classifier.build_classifier({"articleType": 98, "baseColour": 43})
     assert model.count_params() < 1_250_000  # float32 ONNX well under 5 MB
-    assert production.feature_model(model).output_shape == (None, production.WIDTHS[-1] + production.WIDTHS[-2])
+    assert classifier.feature_model(model).output_shape == (None, classifier.WIDTHS[-1] + classifier.WIDTHS[-2])
 
 
 def test_search_latency_is_measured():
     rng = np.random.default_rng(0)
-    assert production.search_latency_ms(rng.random((500, 16)), rng.random((5, 16)), repeats=1) > 0.0
+    assert metrics.search_latency_ms(rng.random((500, 16)), rng.random((5, 16)), repeats=1) > 0.0
 
 
 def test_proxy_pull_moves_vectors_towards_their_likely_proxy():
@@ -242,7 +250,7 @@ def test_proxy_pull_moves_vectors_towards_their_likely_proxy():
     z /= np.linalg.norm(z, axis=1, keepdims=True)
 
     def pulled(strengths):
-        layer = production.ProxyPull([5, 3], strengths)
+        layer = layers.ProxyPull([5, 3], strengths)
         layer.build((None, 8))
         layer.set_weights([proxies])
         return keras.ops.convert_to_numpy(layer(z))
@@ -254,10 +262,10 @@ def test_proxy_pull_moves_vectors_towards_their_likely_proxy():
     nearest = (z @ first).argmax(axis=1)
     before, after = (z @ first)[np.arange(16), nearest], (out @ first)[np.arange(16), nearest]
     assert np.all(after > before)  # closer to the proxy it most likely belongs to
-    config = production.ProxyPull([5, 3], [1.0, 0.5]).get_config()
-    assert production.ProxyPull.from_config(config).strengths == [1.0, 0.5]
+    config = layers.ProxyPull([5, 3], [1.0, 0.5]).get_config()
+    assert layers.ProxyPull.from_config(config).strengths == [1.0, 0.5]
     with pytest.raises(ValueError, match="strengths"):
-        production.ProxyPull([5, 3], [1.0])
+        layers.ProxyPull([5, 3], [1.0])
 
 
 # articleType -> subCategory: article 6 has no parent class, subCategory 4 no article type (an "orphan").
@@ -283,7 +291,7 @@ def _decode_by_hand(p_master, p_sub, p_article, weight, temperature):
         for a, s in enumerate(ARTICLE_SUB):
             if s is not None:
                 score[a] += weight * (np.log(ps[s] + 1e-12) + np.log(pm[SUB_MASTER[s]] + 1e-12))
-        qa = production.softmax(score[None] / temperature)[0]
+        qa = metrics.softmax(score[None] / temperature)[0]
         qs = np.zeros(5)
         for a, s in enumerate(ARTICLE_SUB):
             if s is not None:
@@ -299,10 +307,10 @@ def _decode_by_hand(p_master, p_sub, p_article, weight, temperature):
 
 def test_hierarchical_decoding_makes_the_coarse_heads_agree_with_the_article_type():
     rng = np.random.default_rng(0)
-    probs = [production.softmax(rng.normal(size=(16, n)) * 2).astype(np.float32) for n in (3, 5, 7)]
-    layer = production.hierarchical_decoding(probs, _hierarchy(), temperature=1.3)
+    probs = [metrics.softmax(rng.normal(size=(16, n)) * 2).astype(np.float32) for n in (3, 5, 7)]
+    layer = hierarchy.hierarchical_decoding(probs, _hierarchy(), temperature=1.3)
     decoded = [np.asarray(q) for q in layer(probs)]
-    for got, expected in zip(decoded, _decode_by_hand(*probs, production.HIERARCHY_WEIGHT, 1.3), strict=True):
+    for got, expected in zip(decoded, _decode_by_hand(*probs, hierarchy.HIERARCHY_WEIGHT, 1.3), strict=True):
         np.testing.assert_allclose(got, expected, atol=1e-5)
         np.testing.assert_allclose(got.sum(axis=1), 1.0, atol=1e-5)
 
@@ -323,10 +331,10 @@ def test_decode_hierarchy_fits_a_temperature_and_reports_what_changed():
     # Noisy logits that know the truth a little better than chance.
     logits = {
         a: rng.normal(size=(200, n)) + 2.0 * np.eye(n)[y[a]]
-        for a, n in zip(production.HIERARCHY, (3, 5, 7), strict=True)
+        for a, n in zip(hierarchy.HIERARCHY, (3, 5, 7), strict=True)
     }
-    layer, info = production.decode_hierarchy(logits, dict.fromkeys(production.HIERARCHY, 1.0), y, _hierarchy())
+    layer, info = hierarchy.decode_hierarchy(logits, dict.fromkeys(hierarchy.HIERARCHY, 1.0), y, _hierarchy())
     assert 0.3 < info["article_temperature"] < 5.0
     assert info["agreeing_answers"] >= info["agreeing_answers_independent"]
-    assert set(info["accuracy"]) == set(production.HIERARCHY) == set(info["ece"])
+    assert set(info["accuracy"]) == set(hierarchy.HIERARCHY) == set(info["ece"])
     assert abs(layer.temperature - info["article_temperature"]) < 1e-3

@@ -9,9 +9,10 @@ import pytest
 from conftest import make_dataset
 
 from fashionsearch.model_contract import ModelContractError, ModelSpec, file_sha256
-from training import data, evaluate, export, paper
+from training import data, evaluate, export, metrics
 from training.__main__ import main
 from training.recipe import Head, TrainedModel
+from training.recipes import paper
 
 pytestmark = pytest.mark.training
 
@@ -19,39 +20,39 @@ pytestmark = pytest.mark.training
 def test_classification_metrics_on_a_known_confusion():
     y_true = np.asarray([0, 0, 0, 1, 1, 2])
     y_pred = np.asarray([0, 0, 1, 1, 1, 1])
-    m = evaluate.classification_metrics(y_true, y_pred, ["a", "b", "c"])
+    m = metrics.classification_metrics(y_true, y_pred, ["a", "b", "c"])
     assert m["accuracy"] == pytest.approx(4 / 6)
     assert m["confusion"].tolist() == [[2, 1, 0], [0, 2, 0], [0, 1, 0]]
     a, b, c = m["per_class"]
     assert (a["precision"], a["recall"]) == (1.0, pytest.approx(2 / 3))
     assert (b["precision"], b["recall"]) == (0.5, 1.0)
     assert (c["precision"], c["recall"], c["f1"], c["support"]) == (0.0, 0.0, 0.0, 1)
-    assert evaluate.most_confused(m["confusion"], ["a", "b", "c"], 5) == [("a", "b", 1), ("c", "b", 1)]
-    assert evaluate.most_confused(m["confusion"], ["a", "b", "c"], 1) == [("a", "b", 1)]
+    assert metrics.most_confused(m["confusion"], ["a", "b", "c"], 5) == [("a", "b", 1), ("c", "b", 1)]
+    assert metrics.most_confused(m["confusion"], ["a", "b", "c"], 1) == [("a", "b", 1)]
 
 
 def test_calibration_error():
     probs = np.asarray([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
-    assert evaluate.expected_calibration_error(probs, np.asarray([0, 0, 0, 0])) == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
-    assert evaluate.expected_calibration_error(np.asarray([[1.0, 0.0]]), np.asarray([0])) == 0.0
+    assert metrics.expected_calibration_error(probs, np.asarray([0, 0, 0, 0])) == pytest.approx(0.5 * 0.1 + 0.5 * 0.4)
+    assert metrics.expected_calibration_error(np.asarray([[1.0, 0.0]]), np.asarray([0])) == 0.0
 
 
 def test_knn_is_euclidean_nearest_first_and_respects_groups():
     catalogue = np.asarray([[0.0, 0.0], [1.0, 0.0], [5.0, 5.0], [0.2, 0.1], [9.0, 9.0]])
     queries = np.asarray([[0.1, 0.0], [8.0, 8.0]])
-    assert evaluate.knn(queries, catalogue, k=3).tolist() == [[0, 3, 1], [4, 2, 1]]
+    assert metrics.knn(queries, catalogue, k=3).tolist() == [[0, 3, 1], [4, 2, 1]]
     groups_c = np.asarray(["x", "y", "x", "y", "y"])
     groups_q = np.asarray(["x", "z"])
-    assert evaluate.knn(queries, catalogue, 3, groups_q, groups_c).tolist() == [[0, 2, -1], [-1, -1, -1]]
+    assert metrics.knn(queries, catalogue, 3, groups_q, groups_c).tolist() == [[0, 2, -1], [-1, -1, -1]]
     many = np.random.default_rng(0).random((50, 4))
     brute = np.argsort(((many[:7, None] - many[None]) ** 2).sum(-1), axis=1)[:, :5]
-    assert evaluate.knn(many[:7], many, 5, chunk=3).tolist() == brute.tolist()
+    assert metrics.knn(many[:7], many, 5, chunk=3).tolist() == brute.tolist()
 
 
 def test_precision_at_k_counts_missing_neighbours_as_misses():
     neighbours = np.asarray([[0, 1, -1], [2, 2, 2]])
     labels = np.asarray(["a", "b", "a"], dtype=object)
-    assert evaluate.precision_at_k(neighbours, np.asarray(["a", "a"]), labels) == pytest.approx((1 + 3) / 6)
+    assert metrics.precision_at_k(neighbours, np.asarray(["a", "a"]), labels) == pytest.approx((1 + 3) / 6)
 
 
 def test_retrieval_metrics_with_and_without_the_filter():
@@ -63,7 +64,7 @@ def test_retrieval_metrics_with_and_without_the_filter():
         "subCategory": np.asarray([f"s{i % 2}" for i in range(40)], dtype=object),
     }
     q_labels = {k: v[:6] for k, v in c_labels.items()}
-    r = evaluate.retrieval_metrics(
+    r = metrics.retrieval_metrics(
         queries, catalogue, q_labels, c_labels, k=5, match_attributes=("articleType", "subCategory")
     )
     assert r["filtered"]["subCategory"] == 1.0

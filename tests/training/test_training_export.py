@@ -7,8 +7,9 @@ import onnx
 import pytest
 
 from fashionsearch.model_contract import ModelSpec, file_sha256
-from training import data, export, paper
+from training import data, export
 from training.recipe import Head, TrainedModel
+from training.recipes import paper
 
 pytestmark = pytest.mark.training
 

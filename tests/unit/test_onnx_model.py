@@ -12,7 +12,7 @@ import pytest
 
 from fashionsearch.model_contract import ModelContractError, file_sha256
 from fashionsearch.onnx_model import OnnxModel
-from tests.tiny_models import DEFAULT_HEADS, head_output_name, write_tiny_classifier, write_tiny_embedder
+from testkit.tiny_models import DEFAULT_HEADS, head_output_name, write_tiny_classifier, write_tiny_embedder
 
 
 def edit_spec(model_dir: Path, change: Callable[[dict[str, Any]], None]) -> None:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionsearch.healthcheck import is_serving
-from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"

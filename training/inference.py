@@ -1,0 +1,50 @@
+"""An exported model in onnxruntime on the CPU, as evaluation, the parity gate and the throughput bench run it
+(no TensorFlow needed).
+
+`measure_throughput` is what `bench/model_throughput.py` prints and `training.production_report` puts in the
+reports, against the production models' budget.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+
+from fashionsearch.model_contract import MODEL_FILE, ModelSpec
+
+# The production models' budget (a model at batch 64 on 2 threads, and its ONNX file).
+BUDGET_IMAGES_PER_S = 2000.0
+BUDGET_ONNX_MB = 5.0
+
+
+def onnx_session(path: str | Path, threads: int = 2) -> Any:
+    """A CPU session with `threads` intra-op threads and one inter-op thread."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def measure_throughput(model_dir: Path, threads: int, seconds: float, batch: int) -> tuple[float, float]:
+    """(images per second, ONNX megabytes) for one model folder, on random input of the model's size."""
+    spec = ModelSpec.load(model_dir)
+    session = onnx_session(model_dir / MODEL_FILE, threads)
+    rng = np.random.default_rng(0)
+    x = rng.random((batch, spec.input.height, spec.input.width, 3), dtype=np.float32)
+    feed = {session.get_inputs()[0].name: x}
+    for _ in range(5):
+        session.run(None, feed)
+    # Best of a few windows: the CPU is shared, the fastest window is the least disturbed one.
+    best = 0.0
+    windows = 3
+    for _ in range(windows):
+        n, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds / windows:
+            session.run(None, feed)
+            n += batch
+        best = max(best, n / (time.perf_counter() - started))
+    return best, (model_dir / MODEL_FILE).stat().st_size / 1e6
