@@ -235,10 +235,10 @@ class ImageFetcher:
         addresses = _resolve(host, port, deadline)
         refused = {} if self.allow_private_urls else {a: why for _, a in addresses if (why := refused_address(a[0]))}
         allowed = [(family, address) for family, address in addresses if address not in refused]
-        if not allowed:
-            address, why = next(iter(refused.items()))
+        if not allowed:  # the reject file may go back to whoever wrote the manifest: no address in it
+            why = next(iter(refused.values()))
             raise FetchError(
-                f"refused URL: {url}: {host} is {why} ({address[0]}); the job fetches from public addresses only"
+                f"refused URL: {url}: {host} is {why}; the job fetches from public addresses only"
                 " (--allow-private-urls for an intranet image server)"
             )
         error: OSError | None = None
