@@ -317,6 +317,7 @@ def test_a_read_key_entered_on_the_page_is_kept_for_the_tab_only(browser, keyed_
         _wait_results(page)  # the photo is searched again, with the key
         assert page.locator("#key-form").is_hidden() and page.locator("#key-in-use").is_visible()
         page.wait_for_function("() => document.querySelectorAll('#category option').length > 2")
+        page.wait_for_function("() => document.getElementById('stats').textContent.includes('products')")
         searches = [header for url, header in sent if "/v1/search" in url]
         assert searches[-1] == f"Bearer {READ_KEY}" and searches[0] is None
         assert not any(READ_KEY in url for url, _ in sent), "the key never goes into a URL"
