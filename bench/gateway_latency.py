@@ -16,6 +16,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +34,13 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[index]
 
 
-def measure(stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: int) -> dict[str, float]:
+def timed(call: Callable[[int], object], n: int) -> dict[str, float]:
+    """n sequential calls call(0) .. call(n-1): latency percentiles in ms and calls per second."""
     latencies = []
     started = time.perf_counter()
     for i in range(n):
-        request = gateway_pb2.SearchRequest(image=images[i % len(images)], filter_mode=mode)
         t0 = time.perf_counter()
-        stub.Search(request, timeout=10)
+        call(i)
         latencies.append((time.perf_counter() - t0) * 1000)
     wall = time.perf_counter() - started
     latencies.sort()
@@ -52,6 +53,13 @@ def measure(stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mod
         "max": latencies[-1],
         "rps": n / wall,
     }
+
+
+def measure(stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: int) -> dict[str, float]:
+    def search(i: int) -> object:
+        return stub.Search(gateway_pb2.SearchRequest(image=images[i % len(images)], filter_mode=mode), timeout=10)
+
+    return timed(search, n)
 
 
 def main() -> int:

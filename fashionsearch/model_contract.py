@@ -190,16 +190,7 @@ class ModelSpec:
     @classmethod
     def load(cls, model_dir: str | os.PathLike[str]) -> ModelSpec:
         """Read and validate `model_dir/model.json`."""
-        path = Path(model_dir) / SPEC_FILE
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise ModelContractError(f"no {SPEC_FILE} in {Path(model_dir)}") from None
-        except json.JSONDecodeError as bad:
-            raise ModelContractError(f"{path} is not valid JSON: {bad}") from None
-        if not isinstance(data, dict):
-            raise ModelContractError(f"{path} must hold a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(read_spec_file(model_dir))
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -225,15 +216,34 @@ class ModelSpec:
 
     def write(self, model_dir: str | os.PathLike[str]) -> Path:
         """Write model.json atomically (a reader never sees half a file)."""
-        directory = Path(model_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        target = directory / SPEC_FILE
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.json.")
-        with os.fdopen(fd, "w", encoding="utf-8") as out:
-            json.dump(self.to_dict(), out, indent=2)
-            out.write("\n")
-        os.replace(tmp, target)
-        return target
+        return write_spec_file(model_dir, self.to_dict())
+
+
+def read_spec_file(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON object in `model_dir/model.json`, or ModelContractError saying why there is none."""
+    path = Path(model_dir) / SPEC_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelContractError(f"no {SPEC_FILE} in {Path(model_dir)}") from None
+    except json.JSONDecodeError as bad:
+        raise ModelContractError(f"{path} is not valid JSON: {bad}") from None
+    if not isinstance(data, dict):
+        raise ModelContractError(f"{path} must hold a JSON object")
+    return data
+
+
+def write_spec_file(model_dir: str | os.PathLike[str], data: Mapping[str, Any], indent: int = 2) -> Path:
+    """Write `data` as model_dir/model.json atomically (a reader never sees half a file)."""
+    directory = Path(model_dir)
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / SPEC_FILE
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.json.")
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=indent)
+        out.write("\n")
+    os.replace(tmp, target)
+    return target
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:

@@ -37,6 +37,36 @@ class ModelIdentity:
         return f"{self.name}:{self.version}"
 
 
+def checked_onnx_file(model_dir: Path, expected_sha256: str) -> tuple[Path, str]:
+    """model_dir/model.onnx and its sha256; ModelContractError when it is missing or not the file model.json names."""
+    onnx_path = model_dir / MODEL_FILE
+    if not onnx_path.is_file():
+        raise ModelContractError(f"no {MODEL_FILE} in {model_dir}")
+    sha256 = file_sha256(onnx_path)
+    if sha256 != expected_sha256:
+        raise ModelContractError(
+            f"{onnx_path} does not match {model_dir / 'model.json'}: onnx_sha256 expected {expected_sha256}, the file "
+            f"has {sha256}"
+        )
+    return onnx_path, sha256
+
+
+def open_session(
+    onnx_path: Path, intra_op_threads: int, inter_op_threads: int, providers: Sequence[str] = _DEFAULT_PROVIDERS
+) -> ort.InferenceSession:
+    """An onnxruntime session with the services' settings; ModelContractError when onnxruntime cannot load it."""
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = inter_op_threads
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3  # errors only; onnxruntime's warnings are noise in our logs
+    try:
+        return ort.InferenceSession(str(onnx_path), sess_options=options, providers=list(providers))
+    except Exception as bad:  # onnxruntime raises its own untyped errors
+        raise ModelContractError(f"onnxruntime cannot load {onnx_path}: {bad}") from None
+
+
 class OnnxModel:
     """An onnxruntime session whose input and outputs were checked against model.json."""
 
@@ -55,27 +85,9 @@ class OnnxModel:
             raise ModelContractError(
                 f"{self.model_dir} holds a {self.spec.kind} ({self.spec.identity}), but a {expected_kind} is needed"
             )
-        onnx_path = self.model_dir / MODEL_FILE
-        if not onnx_path.is_file():
-            raise ModelContractError(f"no {MODEL_FILE} in {self.model_dir}")
-        self.sha256 = file_sha256(onnx_path)
-        if self.sha256 != self.spec.onnx_sha256:
-            raise ModelContractError(
-                f"{onnx_path} does not match {self.model_dir / 'model.json'}: onnx_sha256 expected "
-                f"{self.spec.onnx_sha256}, the file has {self.sha256}"
-            )
+        onnx_path, self.sha256 = checked_onnx_file(self.model_dir, self.spec.onnx_sha256)
 
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
-        options.inter_op_num_threads = inter_op_threads
-        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.log_severity_level = 3  # errors only; onnxruntime's warnings are noise in our logs
-        try:
-            self.session = ort.InferenceSession(str(onnx_path), sess_options=options, providers=list(providers))
-        except Exception as bad:  # onnxruntime raises its own untyped errors
-            raise ModelContractError(f"onnxruntime cannot load {onnx_path}: {bad}") from None
-
+        self.session = open_session(onnx_path, intra_op_threads, inter_op_threads, providers)
         self.output_names = self._expected_outputs()
         problems = self._check_signature()
         if problems:
@@ -112,7 +124,7 @@ class OnnxModel:
             if got.type != "tensor(float)":
                 problems.append(f"input {got.name!r} type: expected tensor(float), the model has {got.type}")
             expected_shape = ["batch", want.height, want.width, want.channels]
-            if not _shape_matches(got.shape, expected_shape):
+            if not shape_matches(got.shape, expected_shape):
                 problems.append(
                     f"input {got.name!r} shape: expected [batch, {want.height}, {want.width}, {want.channels}] "
                     f"(NHWC, dynamic batch), the model has {list(got.shape)}"
@@ -126,7 +138,7 @@ class OnnxModel:
                 continue
             if output.type != "tensor(float)":
                 problems.append(f"output {name!r} type: expected tensor(float), the model has {output.type}")
-            if not _shape_matches(output.shape, ["batch", size]):
+            if not shape_matches(output.shape, ["batch", size]):
                 problems.append(f"output {name!r} shape: expected [batch, {size}], the model has {list(output.shape)}")
         return problems
 
@@ -205,7 +217,7 @@ class OnnxAdapter:
         return preprocess([image], self._model.spec.input)[0]
 
 
-def _shape_matches(actual: Sequence[object], expected: Sequence[object]) -> bool:
+def shape_matches(actual: Sequence[object], expected: Sequence[object]) -> bool:
     """Compare an onnxruntime shape (ints, names or None for dynamic dims) with the expected one.
 
     "batch" in `expected` must be dynamic in the model, so batches of any size can run; other dims must be

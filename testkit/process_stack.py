@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionsearch.healthcheck import is_serving
-from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
+from fashionsearch.model_contract import ModelSpec
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
@@ -59,6 +60,8 @@ class ProcessStack:
     #: Model folders to serve; None: a tiny fixture model written under root.
     classifier_model_dir: Path | None = None
     embedder_model_dir: Path | None = None
+    #: Write a tiny text model beside the tiny embedder (a given embedder folder brings its own, if any).
+    text_model: bool = False
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
@@ -73,6 +76,8 @@ class ProcessStack:
         model_dir = self.root / name
         if not (model_dir / "model.json").is_file():
             (write_tiny_classifier if name == "classifier" else write_tiny_embedder)(model_dir)
+        if name == "embedder" and self.text_model and not (self.root / "text-embedder" / "model.json").is_file():
+            write_tiny_text_embedder(self.root / "text-embedder", ModelSpec.load(model_dir))
         return model_dir
 
     def env(self, name: str) -> dict[str, str]:

@@ -23,6 +23,7 @@ from fashionsearch.model_contract import (
     OutputHead,
     file_sha256,
 )
+from fashionsearch.text_contract import Target, Term, TextModelSpec, TokenizerSpec
 
 INPUT_NAME = "image"
 OPSET = 17
@@ -154,6 +155,87 @@ def write_tiny_embedder(
         onnx_sha256=sha,
         input=_input_spec(height, width),
         embedding=EmbeddingSpec(output="embedding", dim=dim),
+        metrics={"note": "tiny test model, untrained"},
+    ).write(model_dir)
+    return model_dir
+
+
+#: The query vocabulary of the tiny text model: a few terms as training would write them.
+TINY_TERMS = (
+    Term("tshirt", "articleType", "Tshirts", 0.97, 700),
+    Term("tee", "articleType", "Tshirts", 0.9, 0),
+    Term("jean", "articleType", "Jeans", 0.98, 600),
+    Term("saree", "articleType", "Sarees", 0.99, 400),
+    Term("sari", "articleType", "Sarees", 0.9, 0),
+    Term("kurta", "articleType", "Kurtas", 0.99, 1500),
+    Term("red", "baseColour", "Red", 0.92, 2800),
+    Term("blue", "baseColour", "Blue", 0.6, 6000),
+    Term("navy blue", "baseColour", "Navy Blue", 0.93, 1600),
+    Term("white", "baseColour", "White", 0.45, 5000),
+    Term("men", "gender", "Men", 0.98, 19000),
+    Term("women", "gender", "Women", 0.99, 13000),
+    Term("formal", "usage", "Formal", 0.6, 700),
+)
+
+
+def write_tiny_text_embedder(
+    model_dir: str | os.PathLike[str],
+    target: ModelSpec | tuple[str, str] = ("tiny-embedder", "tiny-1"),
+    dim: int = 16,
+    *,
+    version: str = "tiny-text-1",
+    buckets: int = 512,
+    seed: int = 13,
+) -> Path:
+    """Write a text embedder (the L2-normalised mean of fixed random n-gram vectors) for the image embedder `target`
+    (a ModelSpec, or (name, version)), with TINY_TERMS as its vocabulary."""
+    model_dir = Path(model_dir)
+    name, target_version = (target.name, target.version) if isinstance(target, ModelSpec) else target
+    rng = np.random.default_rng(seed)
+    table = rng.normal(0.0, 1.0, size=(buckets + 1, dim)).astype(np.float32)
+    table[0] = 0.0
+    nodes = [
+        helper.make_node("Gather", ["table", "tokens"], ["vectors"]),
+        helper.make_node("Greater", ["tokens", "zero_i"], ["is_token"]),
+        helper.make_node("Cast", ["is_token"], ["mask2"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["mask2", "axis2"], ["mask"]),
+        helper.make_node("Mul", ["vectors", "mask"], ["masked"]),
+        helper.make_node("ReduceSum", ["masked", "axis1"], ["total"], keepdims=0),
+        helper.make_node("ReduceSum", ["mask2", "axis1"], ["count"], keepdims=1),
+        helper.make_node("Max", ["count", "one"], ["safe_count"]),
+        helper.make_node("Div", ["total", "safe_count"], ["mean"]),
+        helper.make_node("Mul", ["mean", "mean"], ["squares"]),
+        helper.make_node("ReduceSum", ["squares", "axis1"], ["sum_squares"], keepdims=1),
+        helper.make_node("Add", ["sum_squares", "epsilon"], ["safe_squares"]),
+        helper.make_node("Sqrt", ["safe_squares"], ["norm"]),
+        helper.make_node("Div", ["mean", "norm"], ["embedding"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "tiny-text-embedder",
+        [helper.make_tensor_value_info("tokens", TensorProto.INT32, ["batch", "length"])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["batch", dim])],
+        [
+            numpy_helper.from_array(table, "table"),
+            numpy_helper.from_array(np.array(0, dtype=np.int32), "zero_i"),
+            numpy_helper.from_array(np.array([2], dtype=np.int64), "axis2"),
+            numpy_helper.from_array(np.array([1], dtype=np.int64), "axis1"),
+            numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one"),
+            numpy_helper.from_array(np.array(1e-12, dtype=np.float32), "epsilon"),
+        ],
+    )
+    sha = _save(graph, model_dir)
+    known = {w: 10 for t in TINY_TERMS for w in t.phrase.split()} | {"shirt": 50, "puma": 40, "kurti": 30}
+    TextModelSpec(
+        name="tiny-text-embedder",
+        version=version,
+        onnx_sha256=sha,
+        input="tokens",
+        tokenizer=TokenizerSpec(buckets=buckets),
+        embedding=EmbeddingSpec(output="embedding", dim=dim),
+        target=Target(name, target_version),
+        terms=TINY_TERMS,
+        known_words=known,
         metrics={"note": "tiny test model, untrained"},
     ).write(model_dir)
     return model_dir

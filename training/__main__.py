@@ -5,6 +5,7 @@
     python -m training export   paper-cnn --run .cache/runs/paper-cnn --out models/paper-cnn
     python -m training evaluate models/paper-cnn --data DIR --report reports/paper-cnn
     python -m training evaluate models/embedder --data HELD_OUT_DIR --held-out --catalogue-data DIR
+    python -m training train-text --embedder models/embedder --out models/text-embedder
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
 """
@@ -23,6 +24,7 @@ from training import data
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import RECIPES, TrainOptions, get_recipe
+from training.recipes.text import TextSettings, train_text
 
 log = logging.getLogger("training")
 
@@ -109,6 +111,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_text(args: argparse.Namespace) -> int:
+    dataset, split = _load(args)
+    settings = TextSettings() if args.epochs is None else TextSettings(epochs=args.epochs)
+    spec = train_text(
+        dataset, split, args.embedder, args.out, settings, args.version, args.seed, args.threads, args.limit
+    )
+    log.info("exported %s (targets %s) to %s", spec.identity, spec.target, args.out)
+    return 0
+
+
 def cmd_install_default(args: argparse.Namespace) -> int:
     """Copy a model folder to a serving default (models/classifier, models/embedder) unless one is there."""
     if args.target.exists() and not args.force:
@@ -178,6 +190,18 @@ def main(argv: list[str] | None = None) -> int:
         "(default: $FASHIONSEARCH_DATA)",
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "train-text", help="train the text encoder against the served image embedder's frozen vectors, and export it"
+    )
+    _data_args(p)
+    p.add_argument("--embedder", type=Path, default=Path("models/embedder"), help="the image embedder to meet")
+    p.add_argument("--out", type=Path, default=Path("models/text-embedder"))
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--limit", type=int, default=None, help="at most this many train/val products (smoke runs)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--version", default="1")
+    p.set_defaults(func=cmd_train_text)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
     p.add_argument("source", type=Path)

@@ -64,11 +64,16 @@ class ParityResult:
         }
 
 
-def keras_to_onnx(model: Any, input_spec: InputSpec, path: Path) -> list[str]:
+def keras_to_onnx(
+    model: Any, input_spec: InputSpec | None, path: Path, signature: Sequence[Any] | None = None
+) -> list[str]:
     """Convert with tf2onnx (a Sequential is wrapped as a functional model first), name the dynamic batch
-    dimension "batch" on every input and output, and return the ONNX output names in the model's order."""
+    dimension "batch" on every input and output, and return the ONNX output names in the model's order. The input
+    is the image `input_spec` describes, unless a `signature` (tf.TensorSpec list, e.g. a text model's ids) is given."""
     functional = keras.Model(model.inputs, model.outputs)
-    signature = [tf.TensorSpec((None, input_spec.height, input_spec.width, 3), tf.float32, name=input_spec.name)]
+    if signature is None:
+        assert input_spec is not None
+        signature = [tf.TensorSpec((None, input_spec.height, input_spec.width, 3), tf.float32, name=input_spec.name)]
     proto, _ = tf2onnx.convert.from_keras(functional, input_signature=signature, opset=OPSET)
     for value in list(proto.graph.input) + list(proto.graph.output):
         dims = value.type.tensor_type.shape.dim

@@ -1,5 +1,6 @@
 """The custom Keras objects of the production models: the masked loss and accuracy the recipes train with, and the
-layers inside the exported graphs (HierarchicalDecoding, CosineProxies, ProxyPull).
+layers inside the exported graphs (HierarchicalDecoding, CosineProxies, ProxyPull; the text encoder's MaskedMean and
+UnitNorm).
 
 Every class is registered with Keras when this module is imported, so a saved run (model.keras) loads wherever
 `training.export` is imported (it imports this module).
@@ -170,3 +171,27 @@ class ProxyPull(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return super().get_config() | {"classes": self.classes, "strengths": self.strengths, "scale": self.scale}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The text encoder's layers (training/recipes/text.py)
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class MaskedMean(keras.layers.Layer):
+    """Mean of the n-gram vectors over the real ids (id 0 pads a batch)."""
+
+    def call(self, inputs: Any) -> Any:
+        vectors, ids = inputs
+        mask = keras.ops.expand_dims(keras.ops.cast(keras.ops.greater(ids, 0), vectors.dtype), -1)
+        total = keras.ops.sum(vectors * mask, axis=1)
+        return total / keras.ops.maximum(keras.ops.sum(mask, axis=1), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class UnitNorm(keras.layers.Layer):
+    """L2 normalisation, as the image embedder's vectors have."""
+
+    def call(self, x: Any) -> Any:
+        norm = keras.ops.sqrt(keras.ops.maximum(keras.ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
+        return x / norm

@@ -39,3 +39,17 @@ class ItemError(_message.Message):
     code: int
     message: str
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
+class QueryTerm(_message.Message):
+    __slots__ = ("field", "value", "words", "confidence", "corrected")
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    WORDS_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CORRECTED_FIELD_NUMBER: _ClassVar[int]
+    field: str
+    value: str
+    words: str
+    confidence: float
+    corrected: bool
+    def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., words: _Optional[str] = ..., confidence: _Optional[float] = ..., corrected: _Optional[bool] = ...) -> None: ...

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fashionsearch.v1 import common_pb2 as fashionsearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x61shionsearch/v1/embedder.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06vector\x18\x01 \x03(\x02\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"k\n\rEmbedResponse\x12.\n\tembedding\x18\x01 \x01(\x0b\x32\x1b.fashionsearch.v1.Embedding\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"#\n\x11\x45mbedBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"x\n\x0b\x45mbedResult\x12\x30\n\tembedding\x18\x01 \x01(\x0b\x32\x1b.fashionsearch.v1.EmbeddingH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"p\n\x12\x45mbedBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.fashionsearch.v1.EmbedResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xad\x01\n\x08\x45mbedder\x12H\n\x05\x45mbed\x12\x1e.fashionsearch.v1.EmbedRequest\x1a\x1f.fashionsearch.v1.EmbedResponse\x12W\n\nEmbedBatch\x12#.fashionsearch.v1.EmbedBatchRequest\x1a$.fashionsearch.v1.EmbedBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x61shionsearch/v1/embedder.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"\x1b\n\tEmbedding\x12\x0e\n\x06vector\x18\x01 \x03(\x02\"\x1d\n\x0c\x45mbedRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\"k\n\rEmbedResponse\x12.\n\tembedding\x18\x01 \x01(\x0b\x32\x1b.fashionsearch.v1.Embedding\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"#\n\x11\x45mbedBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\"x\n\x0b\x45mbedResult\x12\x30\n\tembedding\x18\x01 \x01(\x0b\x32\x1b.fashionsearch.v1.EmbeddingH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"p\n\x12\x45mbedBatchResponse\x12.\n\x07results\x18\x01 \x03(\x0b\x32\x1d.fashionsearch.v1.EmbedResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"\x96\x01\n\rTextEmbedding\x12.\n\tembedding\x18\x01 \x01(\x0b\x32\x1b.fashionsearch.v1.Embedding\x12*\n\x05terms\x18\x02 \x03(\x0b\x32\x1b.fashionsearch.v1.QueryTerm\x12\x15\n\runknown_words\x18\x03 \x03(\t\x12\x12\n\nword_count\x18\x04 \x01(\r\"!\n\x10\x45mbedTextRequest\x12\r\n\x05query\x18\x01 \x01(\t\"\xa0\x01\n\x11\x45mbedTextResponse\x12-\n\x04text\x18\x01 \x01(\x0b\x32\x1f.fashionsearch.v1.TextEmbedding\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x30\n\x0bimage_model\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"(\n\x15\x45mbedTextBatchRequest\x12\x0f\n\x07queries\x18\x01 \x03(\t\"{\n\x0f\x45mbedTextResult\x12/\n\x04text\x18\x01 \x01(\x0b\x32\x1f.fashionsearch.v1.TextEmbeddingH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\xaa\x01\n\x16\x45mbedTextBatchResponse\x12\x32\n\x07results\x18\x01 \x03(\x0b\x32!.fashionsearch.v1.EmbedTextResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x30\n\x0bimage_model\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xe8\x02\n\x08\x45mbedder\x12H\n\x05\x45mbed\x12\x1e.fashionsearch.v1.EmbedRequest\x1a\x1f.fashionsearch.v1.EmbedResponse\x12W\n\nEmbedBatch\x12#.fashionsearch.v1.EmbedBatchRequest\x1a$.fashionsearch.v1.EmbedBatchResponse\x12T\n\tEmbedText\x12\".fashionsearch.v1.EmbedTextRequest\x1a#.fashionsearch.v1.EmbedTextResponse\x12\x63\n\x0e\x45mbedTextBatch\x12\'.fashionsearch.v1.EmbedTextBatchRequest\x1a(.fashionsearch.v1.EmbedTextBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,6 +44,18 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EMBEDRESULT']._serialized_end=410
   _globals['_EMBEDBATCHRESPONSE']._serialized_start=412
   _globals['_EMBEDBATCHRESPONSE']._serialized_end=524
-  _globals['_EMBEDDER']._serialized_start=527
-  _globals['_EMBEDDER']._serialized_end=700
+  _globals['_TEXTEMBEDDING']._serialized_start=527
+  _globals['_TEXTEMBEDDING']._serialized_end=677
+  _globals['_EMBEDTEXTREQUEST']._serialized_start=679
+  _globals['_EMBEDTEXTREQUEST']._serialized_end=712
+  _globals['_EMBEDTEXTRESPONSE']._serialized_start=715
+  _globals['_EMBEDTEXTRESPONSE']._serialized_end=875
+  _globals['_EMBEDTEXTBATCHREQUEST']._serialized_start=877
+  _globals['_EMBEDTEXTBATCHREQUEST']._serialized_end=917
+  _globals['_EMBEDTEXTRESULT']._serialized_start=919
+  _globals['_EMBEDTEXTRESULT']._serialized_end=1042
+  _globals['_EMBEDTEXTBATCHRESPONSE']._serialized_start=1045
+  _globals['_EMBEDTEXTBATCHRESPONSE']._serialized_end=1215
+  _globals['_EMBEDDER']._serialized_start=1218
+  _globals['_EMBEDDER']._serialized_end=1578
 # @@protoc_insertion_point(module_scope)

@@ -45,6 +45,16 @@ class EmbedderStub:
                 request_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchRequest.SerializeToString,
                 response_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchResponse.FromString,
                 _registered_method=True)
+        self.EmbedText = channel.unary_unary(
+                '/fashionsearch.v1.Embedder/EmbedText',
+                request_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextRequest.SerializeToString,
+                response_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextResponse.FromString,
+                _registered_method=True)
+        self.EmbedTextBatch = channel.unary_unary(
+                '/fashionsearch.v1.Embedder/EmbedTextBatch',
+                request_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchRequest.SerializeToString,
+                response_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchResponse.FromString,
+                _registered_method=True)
 
 
 class EmbedderServicer:
@@ -66,6 +76,23 @@ class EmbedderServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def EmbedText(self, request, context):
+        """Embeds a text query into the same space as the photos, and says which of its words name attribute values.
+        INVALID_ARGUMENT when the query is empty or whitespace only, longer than 256 characters, holds control
+        characters or no letter or digit. FAILED_PRECONDITION when this embedder serves no text model.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def EmbedTextBatch(self, request, context):
+        """Embeds a batch of text queries in one model call. A bad query gives an error for that item only; the call
+        fails with INVALID_ARGUMENT only when the request itself is bad (too many queries).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_EmbedderServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -78,6 +105,16 @@ def add_EmbedderServicer_to_server(servicer, server):
                     servicer.EmbedBatch,
                     request_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchRequest.FromString,
                     response_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchResponse.SerializeToString,
+            ),
+            'EmbedText': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedText,
+                    request_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextRequest.FromString,
+                    response_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextResponse.SerializeToString,
+            ),
+            'EmbedTextBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.EmbedTextBatch,
+                    request_deserializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchRequest.FromString,
+                    response_serializer=fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -135,6 +172,60 @@ class Embedder:
             '/fashionsearch.v1.Embedder/EmbedBatch',
             fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchRequest.SerializeToString,
             fashionsearch_dot_v1_dot_embedder__pb2.EmbedBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fashionsearch.v1.Embedder/EmbedText',
+            fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextRequest.SerializeToString,
+            fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def EmbedTextBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fashionsearch.v1.Embedder/EmbedTextBatch',
+            fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchRequest.SerializeToString,
+            fashionsearch_dot_v1_dot_embedder__pb2.EmbedTextBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

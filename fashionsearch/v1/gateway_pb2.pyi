@@ -14,10 +14,21 @@ class FilterMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILTER_MODE_PREDICTED_SUBCATEGORY: _ClassVar[FilterMode]
     FILTER_MODE_NONE: _ClassVar[FilterMode]
     FILTER_MODE_EXPLICIT: _ClassVar[FilterMode]
+
+class TextMatch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TEXT_MATCH_UNSPECIFIED: _ClassVar[TextMatch]
+    TEXT_MATCH_VECTOR: _ClassVar[TextMatch]
+    TEXT_MATCH_FILTERS: _ClassVar[TextMatch]
+    TEXT_MATCH_BOTH: _ClassVar[TextMatch]
 FILTER_MODE_UNSPECIFIED: FilterMode
 FILTER_MODE_PREDICTED_SUBCATEGORY: FilterMode
 FILTER_MODE_NONE: FilterMode
 FILTER_MODE_EXPLICIT: FilterMode
+TEXT_MATCH_UNSPECIFIED: TextMatch
+TEXT_MATCH_VECTOR: TextMatch
+TEXT_MATCH_FILTERS: TextMatch
+TEXT_MATCH_BOTH: TextMatch
 
 class FieldFilter(_message.Message):
     __slots__ = ("field", "values")
@@ -62,19 +73,21 @@ class SearchHit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., distance: _Optional[float] = ..., payload: _Optional[_Union[ItemPayload, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "top_k", "filter_mode", "filters")
+    __slots__ = ("image", "top_k", "filter_mode", "filters", "refine_text")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_MODE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TEXT_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     filter_mode: FilterMode
     filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ...) -> None: ...
+    refine_text: str
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("attributes", "suggested_name", "keywords", "hits", "applied_filters", "classifier_model", "embedder_model")
+    __slots__ = ("attributes", "suggested_name", "keywords", "hits", "applied_filters", "classifier_model", "embedder_model", "refine_terms")
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     SUGGESTED_NAME_FIELD_NUMBER: _ClassVar[int]
     KEYWORDS_FIELD_NUMBER: _ClassVar[int]
@@ -82,6 +95,7 @@ class SearchResponse(_message.Message):
     APPLIED_FILTERS_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TERMS_FIELD_NUMBER: _ClassVar[int]
     attributes: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributePrediction]
     suggested_name: str
     keywords: _containers.RepeatedScalarFieldContainer[str]
@@ -89,27 +103,62 @@ class SearchResponse(_message.Message):
     applied_filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
     classifier_model: _common_pb2.ModelInfo
     embedder_model: _common_pb2.ModelInfo
-    def __init__(self, attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
+    refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
+    def __init__(self, attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ...) -> None: ...
 
 class SearchByIdRequest(_message.Message):
-    __slots__ = ("id", "top_k", "filter_mode", "filters")
+    __slots__ = ("id", "top_k", "filter_mode", "filters", "refine_text")
     ID_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_MODE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TEXT_FIELD_NUMBER: _ClassVar[int]
     id: int
     top_k: int
     filter_mode: FilterMode
     filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
-    def __init__(self, id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ...) -> None: ...
+    refine_text: str
+    def __init__(self, id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ...) -> None: ...
 
 class SearchByIdResponse(_message.Message):
-    __slots__ = ("hits", "applied_filters")
+    __slots__ = ("hits", "applied_filters", "refine_terms")
     HITS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TERMS_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     applied_filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ...) -> None: ...
+    refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ...) -> None: ...
+
+class SearchTextRequest(_message.Message):
+    __slots__ = ("query", "top_k", "match", "filters")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    MATCH_FIELD_NUMBER: _ClassVar[int]
+    FILTERS_FIELD_NUMBER: _ClassVar[int]
+    query: str
+    top_k: int
+    match: TextMatch
+    filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
+    def __init__(self, query: _Optional[str] = ..., top_k: _Optional[int] = ..., match: _Optional[_Union[TextMatch, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ...) -> None: ...
+
+class SearchTextResponse(_message.Message):
+    __slots__ = ("hits", "terms", "unknown_words", "applied_filters", "reason", "text_model", "embedder_model")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    TERMS_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_WORDS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    TEXT_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
+    unknown_words: _containers.RepeatedScalarFieldContainer[str]
+    applied_filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
+    reason: str
+    text_model: _common_pb2.ModelInfo
+    embedder_model: _common_pb2.ModelInfo
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ..., unknown_words: _Optional[_Iterable[str]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., reason: _Optional[str] = ..., text_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class CatalogueItem(_message.Message):
     __slots__ = ("id", "image", "payload", "content_hash")

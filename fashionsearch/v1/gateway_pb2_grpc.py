@@ -45,6 +45,11 @@ class GatewayStub:
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdRequest.SerializeToString,
                 response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdResponse.FromString,
                 _registered_method=True)
+        self.SearchText = channel.unary_unary(
+                '/fashionsearch.v1.Gateway/SearchText',
+                request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchTextRequest.SerializeToString,
+                response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchTextResponse.FromString,
+                _registered_method=True)
         self.UpsertItems = channel.stream_stream(
                 '/fashionsearch.v1.Gateway/UpsertItems',
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.UpsertItemsRequest.SerializeToString,
@@ -94,6 +99,17 @@ class GatewayServicer:
     def SearchById(self, request, context):
         """"More like this": the products most similar to one already in the catalogue, the item itself excluded.
         NOT_FOUND when the id is not in the catalogue.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchText(self, request, context):
+        """Finds catalogue products by words ("blue denim jacket women"): the text's vector is in the photos' space, and
+        words that name an attribute value can become filters (see TextMatch). INVALID_ARGUMENT: empty or
+        whitespace-only query, over 256 characters, control characters, top_k out of range, bad filters. A query
+        whose words are all unknown gets no hits and a reason. FAILED_PRECONDITION: the embedder serves no text model,
+        or the stored vectors were made by another embedder version than the one the text model targets.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -157,6 +173,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     servicer.SearchById,
                     request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdRequest.FromString,
                     response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdResponse.SerializeToString,
+            ),
+            'SearchText': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchText,
+                    request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchTextRequest.FromString,
+                    response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchTextResponse.SerializeToString,
             ),
             'UpsertItems': grpc.stream_stream_rpc_method_handler(
                     servicer.UpsertItems,
@@ -244,6 +265,33 @@ class Gateway:
             '/fashionsearch.v1.Gateway/SearchById',
             fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdRequest.SerializeToString,
             fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchText(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fashionsearch.v1.Gateway/SearchText',
+            fashionsearch_dot_v1_dot_gateway__pb2.SearchTextRequest.SerializeToString,
+            fashionsearch_dot_v1_dot_gateway__pb2.SearchTextResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fashionsearch.model_service import start_model_server
 from fashionsearch.serving import RunningServer, StopSignal, service_name
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder, OnnxEmbedder
 from services.embedder.servicer import EmbedderServicer
 from services.embedder.settings import Settings
+from services.embedder.text_model import OnnxTextEmbedder, TextEmbedder
 
 
-async def start(settings: Settings, embedder: Embedder | None = None) -> RunningServer:
-    """Start the server and return once it is SERVING (model loaded and warmed up)."""
+async def start(
+    settings: Settings, embedder: Embedder | None = None, text_embedder: TextEmbedder | None = None
+) -> RunningServer:
+    """Start the server and return once it is SERVING (models loaded and warmed up)."""
     if embedder is None:
         # Refuses to go on, naming every difference, when model.onnx does not match model.json.
         embedder = OnnxEmbedder.from_dir(
@@ -19,8 +24,22 @@ async def start(settings: Settings, embedder: Embedder | None = None) -> Running
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
+    if text_embedder is None and settings.text_model_dir is not None:
+        # Refuses, too, a text model trained for another image embedder: its vectors would not meet the photos'.
+        text_embedder = OnnxTextEmbedder(
+            settings.text_model_dir,
+            embedder.identity,
+            intra_op_threads=settings.intra_op_threads,
+            inter_op_threads=settings.inter_op_threads,
+        )
+    if text_embedder is not None:
+        await asyncio.to_thread(text_embedder.warm_up)
     servicer = EmbedderServicer(
-        embedder, settings.image_limits, max_batch=settings.max_batch, batching=settings.batch_policy
+        embedder,
+        settings.image_limits,
+        max_batch=settings.max_batch,
+        batching=settings.batch_policy,
+        text=text_embedder,
     )
     running = await start_model_server(
         "embedder",
@@ -28,7 +47,7 @@ async def start(settings: Settings, embedder: Embedder | None = None) -> Running
         embedder,
         lambda server: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, server),
         [service_name(embedder_pb2, "Embedder")],
-        describe={"dim": embedder.dim},
+        describe={"dim": embedder.dim, "text_model": str(text_embedder.identity) if text_embedder else None},
     )
     running.add_closer(servicer.batcher.close)
     return running

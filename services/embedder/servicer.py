@@ -9,11 +9,12 @@ import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
-from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
+from fashionsearch.errors import FailedPrecondition, InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder
+from services.embedder.text_model import TextEmbedder, TextVector
 
 
 def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
@@ -28,6 +29,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         *,
         max_batch: int = 64,
         batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
+        text: TextEmbedder | None = None,
     ) -> None:
         self._embedder = embedder
         self._limits = limits
@@ -35,6 +37,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self._model_info = model_info(embedder.identity)
         # Concurrent Embed calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._embed_rows, batching, name="embedder")
+        self._text = text
+        self._text_info = model_info(text.identity) if text is not None else None
 
     def _prepare(self, data: bytes) -> np.ndarray:
         return self._embedder.prepare(decode_pixels(data, self._limits, self._embedder.input_size))
@@ -72,3 +76,52 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
             for outcome in outcomes
         ]
         return embedder_pb2.EmbedBatchResponse(results=results, model=self._model_info)
+
+    def _text_model(self) -> TextEmbedder:
+        if self._text is None:
+            raise FailedPrecondition(
+                "this embedder serves no text model (put one in EMBEDDER_TEXT_MODEL_DIR: python -m training train-text)"
+            )
+        return self._text
+
+    @rpc_errors
+    async def EmbedText(
+        self, request: embedder_pb2.EmbedTextRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedTextResponse:
+        [outcome] = await asyncio.to_thread(self._text_model().embed, [request.query])
+        if isinstance(outcome, InvalidArgument):
+            raise outcome
+        return embedder_pb2.EmbedTextResponse(
+            text=text_embedding(outcome), model=self._text_info, image_model=self._model_info
+        )
+
+    @rpc_errors
+    async def EmbedTextBatch(
+        self, request: embedder_pb2.EmbedTextBatchRequest, context: grpc.aio.ServicerContext
+    ) -> embedder_pb2.EmbedTextBatchResponse:
+        text = self._text_model()
+        if len(request.queries) > self._max_batch:
+            raise InvalidArgument(f"a batch holds at most {self._max_batch} queries, got {len(request.queries)}")
+        outcomes = await asyncio.to_thread(text.embed, list(request.queries))
+        results = [
+            embedder_pb2.EmbedTextResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
+            if isinstance(outcome, InvalidArgument)
+            else embedder_pb2.EmbedTextResult(text=text_embedding(outcome))
+            for outcome in outcomes
+        ]
+        return embedder_pb2.EmbedTextBatchResponse(results=results, model=self._text_info, image_model=self._model_info)
+
+
+def text_embedding(outcome: TextVector) -> embedder_pb2.TextEmbedding:
+    understanding = outcome.understanding
+    return embedder_pb2.TextEmbedding(
+        embedding=embedder_pb2.Embedding(vector=outcome.vector.tolist()),
+        terms=[
+            common_pb2.QueryTerm(
+                field=t.field, value=t.value, words=t.words, confidence=t.confidence, corrected=t.corrected
+            )
+            for t in understanding.terms
+        ],
+        unknown_words=list(understanding.unknown_words),
+        word_count=understanding.word_count,
+    )

@@ -9,14 +9,29 @@ from pathlib import Path
 from fashionsearch.config import Env
 from fashionsearch.model_service import ModelServiceSettings
 
+#: The text model's folder name beside the image model's (models/embedder -> models/text-embedder).
+TEXT_MODEL_FOLDER = "text-embedder"
+
 
 @dataclass(frozen=True)
 class Settings(ModelServiceSettings):
-    """Everything the embedder reads from its environment: the model services' shared variables."""
+    """Everything the embedder reads from its environment: the model services' shared variables, and the text model
+    served beside the image model (EMBEDDER_TEXT_MODEL_DIR; by default the text-embedder folder beside the model
+    folder when it holds a model.json; EMBEDDER_TEXT_ENABLED=false serves none)."""
 
     port: int = 50052
     model_dir: Path = Path("models/embedder")
+    text_model_dir: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
-        return cls(**cls.common_from_env(Env("EMBEDDER_", environ)))
+        env = Env("EMBEDDER_", environ)
+        common = cls.common_from_env(env)
+        text_model_dir = None
+        if env.get_bool("TEXT_ENABLED", True):
+            beside = common["model_dir"].parent / TEXT_MODEL_FOLDER
+            if env.get_str("TEXT_MODEL_DIR", ""):
+                text_model_dir = env.path("TEXT_MODEL_DIR", beside, must_exist="dir")
+            elif (beside / "model.json").is_file():
+                text_model_dir = beside
+        return cls(**common, text_model_dir=text_model_dir)

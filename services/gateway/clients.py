@@ -37,7 +37,15 @@ from fashionsearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
 )
-from services.gateway.domain import AttributePrediction, Classification, Embedding, LabelScore, ModelId
+from services.gateway.domain import (
+    AttributePrediction,
+    Classification,
+    Embedding,
+    LabelScore,
+    ModelId,
+    QueryTerm,
+    TextEmbedding,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +71,10 @@ class EmbedderPort(Protocol):
 
     async def model(self) -> ModelId | None:
         """The running model, from the last answer or a probe; None when the embedder cannot be reached."""
+        ...
+
+    async def embed_text(self, query: str) -> TextEmbedding:
+        """A text query's vector in the image space, with the attribute values its words name."""
         ...
 
 
@@ -169,6 +181,24 @@ class GrpcEmbedder:
             else item_error(r.error)
             for r in reply.results
         ]
+
+    async def embed_text(self, query: str) -> TextEmbedding:
+        try:
+            reply = await self._stub.EmbedText(embedder_pb2.EmbedTextRequest(query=query), timeout=self._timeout_s)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "the embedder") from None
+        text = reply.text
+        return TextEmbedding(
+            vector=np.asarray(text.embedding.vector, dtype=np.float32),
+            terms=tuple(
+                QueryTerm(field=t.field, value=t.value, words=t.words, confidence=t.confidence, corrected=t.corrected)
+                for t in text.terms
+            ),
+            unknown_words=tuple(text.unknown_words),
+            word_count=text.word_count,
+            model=model_id(reply.model),
+            image_model=model_id(reply.image_model),
+        )
 
     async def model(self) -> ModelId | None:
         if self._model is None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
+from fashionsearch.text_query import QueryTerm
 
 #: Payload key of the content hash an ingestion job stores with each item (not a catalogue field).
 CONTENT_HASH_KEY = "content_hash"
@@ -63,6 +64,49 @@ class Embedding:
     model: ModelId
 
 
+@dataclass(frozen=True)
+class TextEmbedding:
+    """A text query's vector (in the image embedder's space) and what its words were read as."""
+
+    vector: np.ndarray
+    terms: tuple[QueryTerm, ...]
+    unknown_words: tuple[str, ...]
+    word_count: int
+    model: ModelId
+    #: The image embedder whose space the vector is in.
+    image_model: ModelId
+
+
+class TextMatch(enum.Enum):
+    """How a text query finds products (mirrors the proto enum)."""
+
+    VECTOR = "vector"
+    FILTERS = "filters"
+    BOTH = "both"
+
+
+@dataclass(frozen=True)
+class TextSearchOptions:
+    """top_k None means the default; match None the measured default (services/gateway/words.py); filters must
+    match as well as what the words name."""
+
+    top_k: int | None = None
+    match: TextMatch | None = None
+    filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+
+@dataclass(frozen=True)
+class TextSearchResult:
+    hits: tuple[Hit, ...]
+    terms: tuple[QueryTerm, ...]
+    unknown_words: tuple[str, ...]
+    applied_filters: Mapping[str, tuple[str, ...]]
+    #: Why there are no hits, when there are none and it is not just an empty catalogue.
+    reason: str
+    text_model: ModelId | None
+    embedder_model: ModelId | None
+
+
 class FilterMode(enum.Enum):
     """How a search is filtered (mirrors the proto enum)."""
 
@@ -73,11 +117,13 @@ class FilterMode(enum.Enum):
 
 @dataclass(frozen=True)
 class SearchOptions:
-    """top_k None means the default; filters are only allowed with FilterMode.EXPLICIT."""
+    """top_k None means the default; filters are only allowed with FilterMode.EXPLICIT; refine_text: words that
+    refine a photo or item search ("" for none)."""
 
     top_k: int | None = None
     mode: FilterMode = FilterMode.PREDICTED_SUBCATEGORY
     filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    refine_text: str = ""
 
 
 @dataclass(frozen=True)
@@ -88,12 +134,14 @@ class SearchResult:
     keywords: tuple[str, ...]
     hits: tuple[Hit, ...]
     applied_filters: Mapping[str, tuple[str, ...]]
+    refine_terms: tuple[QueryTerm, ...] = ()
 
 
 @dataclass(frozen=True)
 class SimilarResult:
     hits: tuple[Hit, ...]
     applied_filters: Mapping[str, tuple[str, ...]]
+    refine_terms: tuple[QueryTerm, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -34,6 +34,7 @@ from fashionsearch.catalogue import PAYLOAD_FIELDS
 from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, Unavailable
 from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
+from services.gateway import text_http
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
     AttributePrediction,
@@ -51,6 +52,7 @@ from services.gateway.security import (
 )
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
+from services.gateway.text_http import REFINE_PARAM, REFINE_PARAMETER, search_text_handler, terms_json
 
 logger = logging.getLogger(__name__)
 
@@ -176,23 +178,27 @@ def options_from_params(params: list[tuple[str, str]]) -> SearchOptions:
     """SearchOptions from query or form parameters: top_k, filter_mode and filter.<field>=<value> (repeatable)."""
     top_k: int | None = None
     mode: str | None = None
+    refine = ""
     filters: dict[str, list[str]] = {}
     for name, value in params:
         if name == "top_k":
             top_k = _int(value, "top_k")
         elif name == "filter_mode":
             mode = value.strip()
+        elif name == REFINE_PARAM:
+            refine = value
         elif name.startswith(FILTER_PREFIX):
             filters.setdefault(name[len(FILTER_PREFIX) :], []).append(value)
         else:
             raise InvalidArgument(
-                f"unknown parameter {name!r}; allowed: top_k, filter_mode, filter.<field> with a field of "
+                f"unknown parameter {name!r}; allowed: top_k, filter_mode, refine, filter.<field> with a field of "
                 f"{', '.join(FILTER_FIELDS)}"
             )
     return SearchOptions(
         top_k=top_k,
         mode=_mode(mode, bool(filters)),
         filters=tuple((name, tuple(values)) for name, values in filters.items()),
+        refine_text=refine,
     )
 
 
@@ -211,10 +217,14 @@ def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
     mode = body.get("filter_mode")
     if mode is not None and not isinstance(mode, str):
         raise InvalidArgument("filter_mode must be a string")
+    refine = body.get(REFINE_PARAM) or ""
+    if not isinstance(refine, str):
+        raise InvalidArgument(f"{REFINE_PARAM} must be a string of words")
     return SearchOptions(
         top_k=None if top_k is None else _int(top_k, "top_k"),
         mode=_mode(mode, bool(filters)),
         filters=tuple(filters),
+        refine_text=refine,
     )
 
 
@@ -446,6 +456,7 @@ class HttpApi:
                 "applied_filters": filters_json(result.applied_filters),
                 "classifier_model": model_json(result.classification.model),
                 "embedder_model": model_json(result.embedder_model),
+                "refine_terms": terms_json(result.refine_terms),
             }
         )
 
@@ -463,7 +474,11 @@ class HttpApi:
     async def _similar(self, item_id: int, options: SearchOptions) -> web.Response:
         result = await self._service.search_by_id(item_id, options)
         return web.json_response(
-            {"hits": [self.hit_json(h) for h in result.hits], "applied_filters": filters_json(result.applied_filters)}
+            {
+                "hits": [self.hit_json(h) for h in result.hits],
+                "applied_filters": filters_json(result.applied_filters),
+                "refine_terms": terms_json(result.refine_terms),
+            }
         )
 
     # -- catalogue --
@@ -723,6 +738,7 @@ def create_app(
     app.on_response_prepare.append(_server_header)
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
+    app.router.add_post("/v1/search/text", search_text_handler(service, api), expect_handler=expect)
     app.router.add_get("/v1/items", api.list_items)
     app.router.add_post("/v1/items", api.post_items, expect_handler=expect)
     app.router.add_post("/v1/items/delete", api.delete_items, expect_handler=expect)
@@ -834,6 +850,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             f"Fields: {', '.join(FILTER_FIELDS)}. Giving one implies filter_mode=explicit.",
             "schema": string,
         },
+        REFINE_PARAMETER,
     ]
     model = {
         "type": ["object", "null"],
@@ -895,11 +912,16 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "applied_filters": _ref("Filters"),
                 "classifier_model": model,
                 "embedder_model": model,
+                "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
             },
         },
         "SimilarResponse": {
             "type": "object",
-            "properties": {"hits": {"type": "array", "items": _ref("Hit")}, "applied_filters": _ref("Filters")},
+            "properties": {
+                "hits": {"type": "array", "items": _ref("Hit")},
+                "applied_filters": _ref("Filters"),
+                "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
+            },
         },
         "SearchByIdRequest": {
             "type": "object",
@@ -909,6 +931,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "top_k": integer,
                 "filter_mode": _ref("FilterMode"),
                 "filters": _ref("Filters"),
+                "refine": {**string, "description": "words that refine the search, e.g. 'in red'"},
             },
         },
         "Item": {
@@ -939,6 +962,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
         "Health": {"type": "object", "properties": {"status": string}},
+        **text_http.openapi_schemas(settings.max_top_k),
     }
     image_body = {
         "multipart/form-data": {
@@ -1137,6 +1161,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             }
         },
     }
+    paths.update(text_http.openapi_paths(_errors))
     # /v1 needs a key as services/gateway/security.py decides: writes always, reads when read keys are set.
     for path, operations in paths.items():
         if path.startswith("/v1/"):

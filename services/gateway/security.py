@@ -68,7 +68,7 @@ class Access(enum.Enum):
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 WRITE_METHODS = frozenset({"UpsertItems", "UpsertBatch", "DeleteItems"})
-READ_METHODS = frozenset({"Search", "SearchById", "GetItem", "ListItems", "GetStats"})
+READ_METHODS = frozenset({"Search", "SearchById", "SearchText", "GetItem", "ListItems", "GetStats"})
 
 
 def grpc_method_access() -> dict[str, Access]:
@@ -291,7 +291,7 @@ def _refusing_handler(
 # ---- HTTP -------------------------------------------------------------------------------------------------------
 
 _HTTP_WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
-_HTTP_READ_POSTS = frozenset({"/v1/search", "/v1/search/by-id"})
+_HTTP_READ_POSTS = frozenset({"/v1/search", "/v1/search/by-id", "/v1/search/text"})
 
 
 def http_access(method: str, path: str) -> Access:

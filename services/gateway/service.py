@@ -12,6 +12,8 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Ma
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import numpy as np
+
 from fashionsearch import naming
 from fashionsearch.catalogue import MAX_ID, PAYLOAD_FIELDS
 from fashionsearch.errors import (
@@ -32,6 +34,9 @@ from fashionsearch.store import (
     UnknownFilterFieldError,
     VectorIndex,
 )
+from fashionsearch.text_contract import check_query
+from fashionsearch.text_query import refine_vector
+from services.gateway import words
 from services.gateway.clients import ClassifierPort, EmbedderPort
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
@@ -39,11 +44,15 @@ from services.gateway.domain import (
     Classification,
     Embedding,
     FilterMode,
+    QueryTerm,
     SearchOptions,
     SearchResult,
     SimilarResult,
     Stats,
     StoredItem,
+    TextMatch,
+    TextSearchOptions,
+    TextSearchResult,
     UpsertOutcome,
 )
 from services.gateway.prepare import shrink_photo
@@ -184,9 +193,10 @@ class GatewayService:
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             predicted = classification.top_labels().get("subCategory")
             filters = {"subCategory": (predicted,)} if predicted else {}
+        vector, filters, refine_terms = await self._refine(embedding.vector, filters, options)
         hits: tuple = ()
         if await self._check_embedder(embedding):
-            hits = tuple(await self._store("search", self._index.search, embedding.vector, top_k, filters))
+            hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
         predicted_labels = classification.top_labels()
         neighbour_names = [str(h.payload.get("name", "")) for h in hits]
         return SearchResult(
@@ -196,6 +206,7 @@ class GatewayService:
             keywords=tuple(naming.suggest_keywords(predicted_labels, neighbour_names)),
             hits=hits,
             applied_filters=filters,
+            refine_terms=refine_terms,
         )
 
     async def search_by_id(self, item_id: int, options: SearchOptions) -> SimilarResult:
@@ -209,8 +220,60 @@ class GatewayService:
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             sub_category = item.payload.get("subCategory")
             filters = {"subCategory": (str(sub_category),)} if sub_category else {}
-        hits = await self._store("search", self._index.search, item.vector, top_k, filters, (item_id,))
-        return SimilarResult(hits=tuple(hits), applied_filters=filters)
+        vector, filters, refine_terms = await self._refine(item.vector, filters, options)
+        hits = await self._store("search", self._index.search, vector, top_k, filters, (item_id,))
+        return SimilarResult(hits=tuple(hits), applied_filters=filters, refine_terms=refine_terms)
+
+    async def _refine(
+        self, vector: np.ndarray, filters: dict[str, tuple[str, ...]], options: SearchOptions
+    ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], tuple[QueryTerm, ...]]:
+        """The photo's vector and filters refined by options.refine_text (services/gateway/words.py)."""
+        if not options.refine_text:
+            return vector, filters, ()
+        try:
+            text = await self._embedder.embed_text(check_query(options.refine_text))
+        except InvalidArgument as error:
+            raise InvalidArgument(f"refine_text: {error.message}") from None
+        words.check_refinement(text)
+        refined = words.refine_filters(
+            filters, words.word_filters(text.terms, words.REFINE_MIN_CONFIDENCE), options.mode
+        )
+        return refine_vector(vector, text.vector, words.REFINE_WEIGHT), refined, text.terms
+
+    async def search_text(self, query: str, options: TextSearchOptions) -> TextSearchResult:
+        """Products for a text query: its vector in the photos' space, the attribute values its words name as
+        filters, or both (options.match)."""
+        query = check_query(query)
+        top_k = self._top_k(options.top_k)
+        explicit = (
+            self._explicit_filters(SearchOptions(mode=FilterMode.EXPLICIT, filters=options.filters))
+            if options.filters
+            else {}
+        )
+        text = await self._embedder.embed_text(query)
+        match = options.match or words.DEFAULT_MATCH
+        understood = words.word_filters(text.terms) if match is not TextMatch.VECTOR else {}
+        filters = words.combine(understood, explicit)
+        reason = words.nothing_known(text)
+        if not reason and match is TextMatch.FILTERS and not understood:
+            reason = "no word names a colour, gender, article type, usage or season; match by vector instead"
+        hits: tuple = ()
+        searched = not reason and await self._check_embedder(Embedding(text.vector, text.image_model))
+        if searched:
+            # Filters alone have no ranking: a zero vector is equally far from every (unit) photo vector.
+            vector = np.zeros_like(text.vector) if match is TextMatch.FILTERS else text.vector
+            hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
+            if not hits and filters:
+                reason = f"no product in the catalogue has {words.describe(filters)}"
+        return TextSearchResult(
+            hits=hits,
+            terms=text.terms,
+            unknown_words=text.unknown_words,
+            applied_filters=filters if searched else {},
+            reason=reason,
+            text_model=text.model,
+            embedder_model=text.image_model,
+        )
 
     async def upsert(self, items: AsyncIterable[CatalogueItem]) -> AsyncIterator[UpsertOutcome]:
         """One outcome per item, in order. Items that arrive together are embedded and stored as one batch (up to

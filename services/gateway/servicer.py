@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc.aio
@@ -17,7 +17,10 @@ from services.gateway.domain import (
     CatalogueItem,
     FilterMode,
     ModelId,
+    QueryTerm,
     SearchOptions,
+    TextMatch,
+    TextSearchOptions,
     UpsertOutcome,
 )
 from services.gateway.service import GatewayService
@@ -29,6 +32,13 @@ _MODES = {
     gateway_pb2.FILTER_MODE_PREDICTED_SUBCATEGORY: FilterMode.PREDICTED_SUBCATEGORY,
     gateway_pb2.FILTER_MODE_NONE: FilterMode.NONE,
     gateway_pb2.FILTER_MODE_EXPLICIT: FilterMode.EXPLICIT,
+}
+
+_TEXT_MATCHES = {
+    gateway_pb2.TEXT_MATCH_UNSPECIFIED: None,
+    gateway_pb2.TEXT_MATCH_VECTOR: TextMatch.VECTOR,
+    gateway_pb2.TEXT_MATCH_FILTERS: TextMatch.FILTERS,
+    gateway_pb2.TEXT_MATCH_BOTH: TextMatch.BOTH,
 }
 
 _DEFAULT_LIST_PAGE = 1000
@@ -58,7 +68,28 @@ def search_options(request: Any) -> SearchOptions:
         top_k=request.top_k if request.HasField("top_k") else None,
         mode=mode,
         filters=tuple((f.field, tuple(f.values)) for f in request.filters),
+        refine_text=request.refine_text,
     )
+
+
+def text_search_options(request: gateway_pb2.SearchTextRequest) -> TextSearchOptions:
+    if request.match not in _TEXT_MATCHES:
+        raise InvalidArgument(f"unknown match {request.match}")
+    match = _TEXT_MATCHES[request.match]
+    return TextSearchOptions(
+        top_k=request.top_k if request.HasField("top_k") else None,
+        match=match,
+        filters=tuple((f.field, tuple(f.values)) for f in request.filters),
+    )
+
+
+def terms_to_proto(terms: Sequence[QueryTerm]) -> list[common_pb2.QueryTerm]:
+    return [
+        common_pb2.QueryTerm(
+            field=t.field, value=t.value, words=t.words, confidence=t.confidence, corrected=t.corrected
+        )
+        for t in terms
+    ]
 
 
 def payload_to_proto(payload: Mapping[str, Any]) -> gateway_pb2.ItemPayload:
@@ -138,6 +169,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             applied_filters=filters_to_proto(result.applied_filters),
             classifier_model=model_to_proto(result.classification.model),
             embedder_model=model_to_proto(result.embedder_model),
+            refine_terms=terms_to_proto(result.refine_terms),
         )
 
     @rpc_errors
@@ -146,7 +178,24 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     ) -> gateway_pb2.SearchByIdResponse:
         result = await self._service.search_by_id(request.id, search_options(request))
         return gateway_pb2.SearchByIdResponse(
-            hits=[hit_to_proto(h) for h in result.hits], applied_filters=filters_to_proto(result.applied_filters)
+            hits=[hit_to_proto(h) for h in result.hits],
+            applied_filters=filters_to_proto(result.applied_filters),
+            refine_terms=terms_to_proto(result.refine_terms),
+        )
+
+    @rpc_errors
+    async def SearchText(
+        self, request: gateway_pb2.SearchTextRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchTextResponse:
+        result = await self._service.search_text(request.query, text_search_options(request))
+        return gateway_pb2.SearchTextResponse(
+            hits=[hit_to_proto(h) for h in result.hits],
+            terms=terms_to_proto(result.terms),
+            unknown_words=list(result.unknown_words),
+            applied_filters=filters_to_proto(result.applied_filters),
+            reason=result.reason,
+            text_model=model_to_proto(result.text_model),
+            embedder_model=model_to_proto(result.embedder_model),
         )
 
     @rpc_errors

@@ -103,6 +103,7 @@ def _serve(folder: Path, **gateway_env: str) -> Iterator[str]:
         },
         classifier_model_dir=Path(models) / "classifier" if models else None,
         embedder_model_dir=Path(models) / "embedder" if models else None,
+        text_model=True,
     )
     try:
         stack.start()
@@ -244,6 +245,50 @@ def test_filter_choices(page):
     page.wait_for_function("() => document.getElementById('applied').textContent.includes('subCategory = Shoes')")
     _wait_results(page)
     assert page.locator('input[name="mode"][value="explicit"]').is_checked()
+
+
+def _wait_understood(page, text: str) -> None:
+    page.wait_for_function(
+        "t => document.getElementById('understood').textContent.includes(t)"
+        " && !document.body.classList.contains('busy')",
+        arg=text,
+        timeout=30000,
+    )
+
+
+def test_search_by_words(page):
+    page.fill("#text-query", "red")
+    page.locator("#text-form button").click()
+    _wait_understood(page, "Colour Red")
+    assert page.locator("#similar-title").inner_text() == "Products for “red”"
+    assert page.locator("#hits .hit").count() == 5  # the default match ranks the catalogue by the text's vector
+    assert page.locator("#refine-form").is_hidden()
+
+    page.fill("#text-query", "xqzt blorp")
+    page.locator("#text-form button").click()
+    _wait_understood(page, "Unknown words: xqzt, blorp")
+    assert "None of the words" in page.locator("#understood").inner_text()
+    assert page.locator("#hits .empty").is_visible()
+    page.fill("#text-query", "x" * 256 + "y")  # the field stops at 256 characters: no error to show
+    assert len(page.locator("#text-query").input_value()) == 256
+
+
+def test_refine_a_photo_with_words(page):
+    page.set_input_files("#file", str(_query_image()))
+    _wait_results(page)
+    assert page.locator("#refine-form").is_visible()
+    page.fill("#refine-text", "red")
+    page.locator("#refine-form button").click()
+    _wait_understood(page, "Colour Red")
+    assert "baseColour = Red" in page.locator("#applied").inner_text()
+    metas = page.locator("#hits .hit-meta").all_inner_texts()
+    assert all(m.endswith("Red") for m in metas), metas
+    page.fill("#refine-text", "xqzt")
+    page.locator("#refine-form button").click()
+    message = page.locator("#message")
+    message.wait_for(state="visible")
+    assert "Check your words" in message.inner_text() and "none of the words" in message.inner_text()
+    assert page.locator("#preview").is_visible(), "bad words do not drop the photo"
 
 
 def test_paste_and_drop_an_image(page):

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from fashionsearch.config import Address
+from fashionsearch.model_contract import ModelSpec
 from fashionsearch.serving import RunningServer
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.classifier import server as classifier_server
@@ -27,7 +28,7 @@ from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway import server as gateway_server
 from services.gateway.settings import Settings as GatewaySettings
-from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
+from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 
 T = TypeVar("T")
 HOST = "127.0.0.1"
@@ -98,22 +99,31 @@ class Stack:
 
 
 def start_stack(
-    tmp_path: Path, *, embedder_start: Any = None, embedder_version: str = "tiny-1", **gateway_overrides: Any
+    tmp_path: Path,
+    *,
+    embedder_start: Any = None,
+    embedder_version: str = "tiny-1",
+    text_model: bool = False,
+    **gateway_overrides: Any,
 ) -> Stack:
     """Start tiny-model classifier and embedder and a gateway on an Edge store in tmp_path.
 
     `embedder_start` replaces the embedder (a coroutine function taking EmbedderSettings and returning a
-    RunningServer), e.g. a deliberately slow one.
+    RunningServer), e.g. a deliberately slow one. `text_model`: the embedder serves a tiny text model too.
     """
     threads = LoopThread()
     classifier_settings = ClassifierSettings(
         port=0, host=HOST, model_dir=write_tiny_classifier(tmp_path / "classifier"), intra_op_threads=1
     )
+    image_model = write_tiny_embedder(tmp_path / "embedder", version=embedder_version)
     embedder_settings = EmbedderSettings(
         port=0,
         host=HOST,
-        model_dir=write_tiny_embedder(tmp_path / "embedder", version=embedder_version),
+        model_dir=image_model,
         intra_op_threads=1,
+        text_model_dir=(
+            write_tiny_text_embedder(tmp_path / "text-embedder", ModelSpec.load(image_model)) if text_model else None
+        ),
     )
     classifier = threads.run(classifier_server.start(classifier_settings))
     embedder = threads.run((embedder_start or embedder_server.start)(embedder_settings))

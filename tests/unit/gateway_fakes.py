@@ -8,10 +8,22 @@ import hashlib
 import numpy as np
 
 from fashionsearch.errors import FashionSearchError, InvalidArgument
-from services.gateway.domain import AttributePrediction, Classification, Embedding, LabelScore, ModelId
+from fashionsearch.text_query import QueryVocabulary
+from services.gateway.domain import (
+    AttributePrediction,
+    Classification,
+    Embedding,
+    LabelScore,
+    ModelId,
+    TextEmbedding,
+)
+from testkit.tiny_models import TINY_TERMS
 
 CLASSIFIER_MODEL = ModelId("fake-classifier", "c1", "aa")
 EMBEDDER_MODEL = ModelId("fake-embedder", "e1", "bb")
+TEXT_MODEL = ModelId("fake-text", "t1", "cc")
+#: The fake text model's reading of words: the tiny text model's terms, and a few more known words.
+TEXT_VOCABULARY = QueryVocabulary(TINY_TERMS, {"shirt": 50, "t": 40, "puma": 20, "like": 5, "this": 5})
 DIM = 4
 
 
@@ -70,6 +82,8 @@ class FakeEmbedder:
         self.vectors: dict[bytes, np.ndarray] = {}
         self.calls = 0
         self.batches: list[int] = []
+        self.text_vectors: dict[str, np.ndarray] = {}
+        self.text_queries: list[str] = []
 
     async def embed(self, data: bytes) -> Embedding:
         self.calls += 1
@@ -94,6 +108,22 @@ class FakeEmbedder:
 
     async def model(self) -> ModelId | None:
         return None if self.error else self.model_id
+
+    async def embed_text(self, query: str) -> TextEmbedding:
+        """The real query understanding over TINY_TERMS; the vector is set in text_vectors or derived from the query."""
+        self.text_queries.append(query)
+        await asyncio.sleep(0)
+        if self.error is not None:
+            raise self.error
+        found = TEXT_VOCABULARY.understand(query)
+        return TextEmbedding(
+            vector=self.text_vectors.get(query, vector_for(query.encode())),
+            terms=found.terms,
+            unknown_words=found.unknown_words,
+            word_count=found.word_count,
+            model=TEXT_MODEL,
+            image_model=self.model_id,
+        )
 
 
 def run_async(fn):

@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   file: null,          // the photo being searched (a File or Blob)
   photoResult: null,   // the last photo search result, to come back to after "more like this"
+  similarTo: null,     // the hit whose "more like this" is shown (null: the photo's results)
 };
 
 const ATTRIBUTE_NAMES = {
@@ -203,9 +204,14 @@ async function searchPhoto() {
   document.body.classList.add("busy");
   const form = new FormData();
   form.append("image", state.file, state.file.name || "photo");
+  const refine = refineWords();
+  if (refine) {
+    params.set("refine", refine);
+  }
   try {
     const result = await callApi(`/v1/search?${params}`, { method: "POST", body: form });
     state.photoResult = result;
+    state.similarTo = null;
     renderPhotoResult(result);
     setStatus("");
     if (window.matchMedia("(max-width: 720px)").matches) {
@@ -213,6 +219,10 @@ async function searchPhoto() {
     }
   } catch (error) {
     setStatus("");
+    if (isAboutWords(error)) {
+      showMessage(explainWords(error));
+      return;
+    }
     showMessage(explain(error, state.file.name));
     if (error.status === 400 || error.status === 413) {
       clearPhoto();
@@ -228,6 +238,8 @@ function renderPhotoResult(result) {
   $("about-photo").hidden = false;
   $("back").hidden = true;
   $("similar-title").textContent = "Similar products";
+  $("refine-form").hidden = false;
+  renderTerms(result.refine_terms || [], [], "");
   renderAttributes(result.attributes);
   $("suggested-name").textContent = result.suggested_name || "—";
   const keywords = $("keywords");
@@ -347,8 +359,17 @@ async function moreLikeThis(hit) {
   showMessage("");
   setStatus("Finding more like this…");
   document.body.classList.add("busy");
+  const refine = state.similarTo === hit ? refineWords() : "";
+  if (!refine) {
+    $("refine-text").value = "";
+  } else {
+    params.set("refine", refine);
+  }
   try {
     const result = await callApi(`/v1/items/${hit.id}/similar?${params}`);
+    state.similarTo = hit;
+    $("refine-form").hidden = false;
+    renderTerms(result.refine_terms || [], [], "");
     $("about-photo").hidden = true;
     $("back").hidden = !state.photoResult;
     $("similar-title").textContent = `More like “${hit.payload.name || "#" + hit.id}”`;
@@ -357,11 +378,93 @@ async function moreLikeThis(hit) {
     setStatus("");
   } catch (error) {
     setStatus("");
-    showMessage(explain(error));
+    showMessage(isAboutWords(error) ? explainWords(error) : explain(error));
   } finally {
     document.body.classList.remove("busy");
   }
 }
+
+// ---- words: text search and refinement ------------------------------------------------------------------------
+
+function isAboutWords(error) {
+  return (error.status === 400 || error.status === 409) && String(error.message).startsWith("refine_text");
+}
+
+function refineWords() {
+  return $("refine-text").value.trim();
+}
+
+function renderTerms(terms, unknownWords, reason) {
+  const parts = [];
+  if (terms.length) {
+    const read = terms.map((t) => `${ATTRIBUTE_NAMES[t.field] || t.field} ${t.value} (${Math.round(t.confidence * 100)}%)`);
+    parts.push("Words read as: " + read.join(", ") + ".");
+  }
+  if (unknownWords.length) {
+    parts.push(`Unknown words: ${unknownWords.join(", ")}.`);
+  }
+  if (reason) {
+    parts.push(reason.charAt(0).toUpperCase() + reason.slice(1) + ".");
+  }
+  $("understood").textContent = parts.join(" ");
+  $("understood").hidden = !parts.length;
+}
+
+async function searchText(query) {
+  showMessage("");
+  setStatus("Searching…");
+  document.body.classList.add("busy");
+  try {
+    const result = await callApi("/v1/search/text", {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ query, top_k: TOP_K }),
+    });
+    $("placeholder").hidden = true;
+    $("results").hidden = false;
+    $("about-photo").hidden = true;
+    $("back").hidden = !state.photoResult;
+    $("refine-form").hidden = true;
+    $("similar-title").textContent = `Products for “${query}”`;
+    renderHits(result.hits, result.applied_filters);
+    renderTerms(result.terms, result.unknown_words, result.reason);
+    setStatus("");
+  } catch (error) {
+    setStatus("");
+    showMessage(explainWords(error));
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+function explainWords(error) {
+  if (error.status === 400) {
+    return `Check your words: ${error.message}.`;
+  }
+  if (error.status === 409) {
+    return `Search by words is not available right now: ${error.message}.`;
+  }
+  return explain(error);
+}
+
+$("text-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  const query = $("text-query").value.trim();
+  if (!query) {
+    showMessage("Type a few words first, e.g. “women blue kurtas”.");
+    return;
+  }
+  searchText(query);
+});
+
+$("refine-form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (state.similarTo) {
+    moreLikeThis(state.similarTo);
+  } else {
+    searchPhoto();
+  }
+});
 
 // ---- copying -------------------------------------------------------------------------------------------------
 
