@@ -33,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -79,8 +80,16 @@ class BareModels:
             self.sessions[name].run(None, {self.input_names[name]: batch})
 
 
-def images_per_s(models: BareModels, images: list[bytes], batch: int, loops: int, seconds: float) -> float:
-    """Images/s of `loops` threads each running search_work on batches of `batch` images for `seconds`."""
+@dataclass
+class Limit:
+    per_s: float
+    #: CPU ms (this process, all threads) per image: what one image costs with no RPC, however busy the machine.
+    cpu_ms: float
+    config: str
+
+
+def bare_rate(models: BareModels, images: list[bytes], batch: int, loops: int, seconds: float) -> tuple[float, float]:
+    """(images/s, CPU ms per image) of `loops` threads each running search_work on batches of `batch` images."""
     counts = [0] * loops
     start = threading.Barrier(loops + 1)
 
@@ -98,26 +107,27 @@ def images_per_s(models: BareModels, images: list[bytes], batch: int, loops: int
     for t in threads:
         t.start()
     start.wait()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return sum(counts) / (time.perf_counter() - t0)
+    done = sum(counts)
+    return done / (time.perf_counter() - t0), (time.process_time() - cpu0) * 1000 / done
 
 
-def limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> tuple[float, str]:
-    """The best images/s over batch sizes and thread layouts (all cores in onnxruntime, or one loop per core)."""
+def limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> tuple[Limit, Limit]:
+    """The best images/s and the least CPU per image over batch sizes and thread layouts (all cores in
+    onnxruntime, or one loop per core)."""
     cores = os.cpu_count() or 1
     layouts = {f"1 loop x {cores} ort threads": (BareModels(model_dirs, cores), 1)}
     if cores > 1:
         layouts[f"{cores} loops x 1 ort thread"] = (BareModels(model_dirs, 1), cores)
-    best = (0.0, "")
+    measured = []
     for label, (models, loops) in layouts.items():
         models.search_work(images[:8])  # warm-up
         for batch in (1, 8, 32, 64):
-            rate = images_per_s(models, images, batch, loops, seconds)
-            if rate > best[0]:
-                best = (rate, f"batch {batch}, {label}")
-    return best
+            rate, cpu_ms = bare_rate(models, images, batch, loops, seconds)
+            measured.append(Limit(rate, cpu_ms, f"batch {batch}, {label}"))
+    return max(measured, key=lambda m: m.per_s), min(measured, key=lambda m: m.cpu_ms)
 
 
 def bare_latency_ms(model_dirs: dict[str, Path], image: bytes, repeats: int = 300) -> dict[str, float]:
@@ -194,13 +204,32 @@ def upsert(stack: ProcessStack, items: list[gateway_pb2.CatalogueItem]) -> None:
         raise SystemExit(f"{len(failed)} upserts failed, e.g. {failed[0]}")
 
 
+def cell(results: list[dict], cpu_ms: dict[str, float]) -> dict:
+    """The repeats of one cell in one row: medians of rate and percentiles, summed calls and errors."""
+    errors: dict[str, int] = {}
+    for r in results:
+        for kind, n in r["error_kinds"].items():
+            errors[kind] = errors.get(kind, 0) + n
+    finite = [r for r in results if r["p50_ms"] is not None]
+    return {
+        "calls": sum(int(r["calls"]) for r in results),
+        "errors": sum(int(r["errors"]) for r in results),
+        "error_kinds": errors,
+        "per_s": statistics.median(float(r["per_s"]) for r in results),
+        "p50_ms": statistics.median(float(r["p50_ms"]) for r in finite) if finite else None,
+        "p99_ms": statistics.median(float(r["p99_ms"]) for r in finite) if finite else None,
+        "cpu_ms": cpu_ms,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--classifier-model-dir", type=Path, default=REPO_ROOT / "models" / "classifier")
     parser.add_argument("--embedder-model-dir", type=Path, default=REPO_ROOT / "models" / "embedder")
     parser.add_argument("--catalogue", type=Path, default=REPO_ROOT / "sample_catalogue")
     parser.add_argument("--items", type=int, default=998)
-    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per load cell")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured seconds per load cell")
+    parser.add_argument("--repeats", type=int, default=2, help="off/on pairs per cell (the table shows medians)")
     parser.add_argument("--limit-seconds", type=float, default=1.5, help="seconds per batch size in the limit")
     parser.add_argument("--concurrency", default="1,8,32,128")
     parser.add_argument("--protocols", default="grpc,http")
@@ -223,11 +252,11 @@ def main() -> int:
 
     load_before = os.getloadavg()
     print("measuring the limit (no RPC) ...", file=sys.stderr, flush=True)
-    limit_start = limit(model_dirs, images, args.limit_seconds)
+    limits = list(limit(model_dirs, images, args.limit_seconds))
     bare = bare_latency_ms(model_dirs, query)
 
-    rows: list[tuple[str, int, str, dict]] = []
-    rss: dict[str, dict[str, tuple[float, float]]] = {}
+    rows: dict[tuple[str, int, str], dict] = {}
+    rss: dict[str, dict[str, list[float]]] = {}
     hops: dict[str, dict[str, float]] = {}
     client_cpu = 0.0
     with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
@@ -245,22 +274,14 @@ def main() -> int:
                 print(f"starting the stack with batching {mode} ...", file=sys.stderr, flush=True)
                 stacks[mode] = start_stack(Path(tmp) / mode, model_dirs, batching, http_ports[mode])
                 upsert(stacks[mode], items)
-            idle = {mode: {n: stack.rss_mb(n) for n in SERVICES} for mode, stack in stacks.items()}
+            rss = {mode: {n: [stack.rss_mb(n)] for n in SERVICES} for mode, stack in stacks.items()}
 
             for mode, stack in stacks.items():  # where one search's time goes, at concurrency 1
                 calls = {
-                    "Classify (classifier)": (
-                        stack.address("classifier"),
-                        "/fashionsearch.v1.Classifier/Classify",
-                        "classify.bin",
-                    ),
-                    "Embed (embedder)": (stack.address("embedder"), "/fashionsearch.v1.Embedder/Embed", "embed.bin"),
-                    "SearchById (gateway + store)": (
-                        stack.address("gateway"),
-                        "/fashionsearch.v1.Gateway/SearchById",
-                        "by_id.bin",
-                    ),
-                    "Search (gateway)": (stack.address("gateway"), "/fashionsearch.v1.Gateway/Search", "search.bin"),
+                    "Classify": (stack.address("classifier"), "/fashionsearch.v1.Classifier/Classify", "classify.bin"),
+                    "Embed": (stack.address("embedder"), "/fashionsearch.v1.Embedder/Embed", "embed.bin"),
+                    "SearchById": (stack.address("gateway"), "/fashionsearch.v1.Gateway/SearchById", "by_id.bin"),
+                    "Search": (stack.address("gateway"), "/fashionsearch.v1.Gateway/Search", "search.bin"),
                 }
                 hops[mode] = {}
                 for label, (target, method, body) in calls.items():
@@ -270,78 +291,94 @@ def main() -> int:
 
             for concurrency in concurrencies:
                 for protocol in protocols:
-                    for mode, stack in stacks.items():
-                        if protocol == "grpc":
-                            target, method, body = (
-                                stack.address("gateway"),
-                                "/fashionsearch.v1.Gateway/Search",
-                                "search.bin",
+                    results: dict[str, list[dict]] = {mode: [] for mode in modes}
+                    cpu_s = {mode: dict.fromkeys(SERVICES, 0.0) for mode in modes}
+                    searches = dict.fromkeys(modes, 0)
+                    for _ in range(args.repeats):  # off, on, off, on: both see the same machine
+                        for mode, stack in stacks.items():
+                            if protocol == "grpc":
+                                target, method = stack.address("gateway"), "/fashionsearch.v1.Gateway/Search"
+                                body = "search.bin"
+                            else:
+                                target, method, body = f"127.0.0.1:{http_ports[mode]}", "/v1/search", "image.jpg"
+                            before = {n: cpu_seconds(stack.pid(n)) for n in SERVICES}
+                            result = load(protocol, target, method, bodies / body, concurrency, args.seconds)
+                            for n in SERVICES:
+                                cpu_s[mode][n] += cpu_seconds(stack.pid(n)) - before[n]
+                            # The client's 1 s warm-up is inside the CPU window, so its calls count too.
+                            searches[mode] += int(result["calls"]) + int(result["warmup_calls"])
+                            client_cpu += float(result["client_cpu_s"])
+                            results[mode].append(result)
+                            print(
+                                f"  {protocol} c={concurrency} batching {mode}: {result['per_s']:.0f}/s,"
+                                f" p50 {result['p50_ms'] or 0:.1f} ms, errors {result['errors']}",
+                                file=sys.stderr,
+                                flush=True,
                             )
-                        else:
-                            target, method, body = f"127.0.0.1:{http_ports[mode]}", "/v1/search", "image.jpg"
-                        cpu_before = {n: cpu_seconds(stack.pid(n)) for n in SERVICES}
-                        result = load(protocol, target, method, bodies / body, concurrency, args.seconds)
-                        # CPU ms per search of each service, warm-up calls included (the client's warm-up is 1 s).
-                        searches = max(int(result["calls"]) + int(result["warmup_calls"]), 1)
-                        result["cpu_ms"] = {
-                            n: (cpu_seconds(stack.pid(n)) - cpu_before[n]) * 1000 / searches for n in SERVICES
-                        }
-                        client_cpu += float(result["client_cpu_s"])
-                        rows.append((protocol, concurrency, mode, result))
-                        print(
-                            f"  {protocol} c={concurrency} batching {mode}: {result['per_s']:.0f}/s,"
-                            f" p50 {result['p50_ms']:.1f} ms, errors {result['errors']}",
-                            file=sys.stderr,
-                            flush=True,
-                        )
-            rss = {mode: {n: (idle[mode][n], stack.rss_mb(n)) for n in SERVICES} for mode, stack in stacks.items()}
+                    for mode in modes:
+                        cpu_ms = {n: cpu_s[mode][n] * 1000 / max(searches[mode], 1) for n in SERVICES}
+                        rows[(protocol, concurrency, mode)] = cell(results[mode], cpu_ms)
+                for mode, stack in stacks.items():
+                    for n in SERVICES:
+                        rss[mode][n].append(stack.rss_mb(n))
         finally:
             for stack in stacks.values():
                 stack.stop()
 
     print("measuring the limit again ...", file=sys.stderr, flush=True)
-    limit_end = limit(model_dirs, images, args.limit_seconds)
-    the_limit = (limit_start[0] + limit_end[0]) / 2
+    limits += limit(model_dirs, images, args.limit_seconds)
+    rate_limits, cpu_limits = limits[0::2], limits[1::2]
     load_after = os.getloadavg()
+    report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu)
+    return 0
 
-    cores = os.cpu_count()
+
+def report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu):  # type: ignore[no-untyped-def]
+    the_limit = statistics.fmean(m.per_s for m in rate_limits)
+    limit_cpu_ms = statistics.fmean(m.cpu_ms for m in cpu_limits)
+    cores = os.cpu_count() or 1
     print(
         f"\nGateway Search with dynamic batching off and on, against the limit; {identities['classifier']},"
-        f" {identities['embedder']}; {len(items)} catalogue items in Qdrant Edge; a catalogue 60x80 JPEG query;"
+        f" {identities['embedder']}; {args.items} catalogue items in Qdrant Edge; a catalogue 60x80 JPEG query;"
         f" the services, the load client (Node.js, a separate process) and the limit loop on the same {cores} CPUs"
         f" ({platform.machine()}); load average {load_before[0]:.1f} before, {load_after[0]:.1f} after;"
         f" batching on = *_BATCH_MAX_DELAY_MS={args.delay_ms:g}, *_BATCH_MAX_SIZE={args.max_size};"
-        f" {args.seconds:g} s per cell\n"
+        f" {args.repeats} x {args.seconds:g} s per cell, alternating off and on\n"
     )
     print(
-        f"Limit (decode + preprocess + both models, no RPC): {limit_start[0]:,.0f} images/s at the start"
-        f" ({limit_start[1]}), {limit_end[0]:,.0f} at the end ({limit_end[1]}); the ratios use the mean,"
-        f" {the_limit:,.0f}/s."
+        "Limit (decode + preprocess + both models, no RPC): "
+        + ", ".join(f"{m.per_s:,.0f} images/s ({m.config})" for m in rate_limits)
+        + f" at the start and the end; the ratios use the mean, {the_limit:,.0f}/s. CPU per image: "
+        + ", ".join(f"{m.cpu_ms:.2f} ms ({m.config})" for m in cpu_limits)
+        + f"; mean {limit_cpu_ms:.2f} ms, i.e. {cores * 1000 / limit_cpu_ms:,.0f} images/s on {cores} idle cores."
     )
     print(
         f"Bare model latency at batch 1 (one onnxruntime thread): classifier {bare['classifier']:.2f} ms,"
         f" embedder {bare['embedder']:.2f} ms\n"
     )
     print(
-        "| protocol | conc. | batching | calls | errors | p50 ms | p99 ms | searches/s | x limit | on / off |", end=""
+        "searches/s and x limit are wall-clock, so they move with the machine's other load; CPU ms per search"
+        " (all three services) and x limit by CPU (the bare loop's CPU per image over it) hardly do.\n"
     )
-    print(" CPU ms per search: gateway / classifier / embedder |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
-    by_key = {(p, c, m): r for p, c, m, r in rows}
-    for protocol, concurrency, mode, r in rows:
-        ratio = ""
+    print("| protocol | conc. | batching | calls | errors | p50 ms | p99 ms | searches/s | x limit | on / off", end="")
+    print(" | CPU ms per search: gateway + classifier + embedder | x limit by CPU | on / off by CPU |")
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
+    for (protocol, concurrency, mode), r in rows.items():
+        ratio = cpu_ratio = ""
+        cpu = sum(r["cpu_ms"].values())
         if mode == "on":
-            off = by_key[(protocol, concurrency, "off")]
+            off = rows[(protocol, concurrency, "off")]
             ratio = f"{r['per_s'] / off['per_s']:.2f}x" if off["per_s"] else "-"
+            cpu_ratio = f"{sum(off['cpu_ms'].values()) / cpu:.2f}x"
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
         p99 = f"{r['p99_ms']:.1f}" if r["p99_ms"] is not None else "-"
+        split = " + ".join(f"{r['cpu_ms'][n]:.2f}" for n in SERVICES)
         print(
             f"| {protocol} | {concurrency} | {mode} | {r['calls']} | {r['errors']} | {p50} | {p99}"
-            f" | {r['per_s']:.0f} | {r['per_s'] / the_limit:.2f} | {ratio} | "
-            + " / ".join(f"{r['cpu_ms'][n]:.2f}" for n in SERVICES)
-            + " |"
+            f" | {r['per_s']:.0f} | {r['per_s'] / the_limit:.2f} | {ratio} | {split} = {cpu:.2f}"
+            f" | {limit_cpu_ms / cpu:.2f} | {cpu_ratio} |"
         )
-    errors = {f"{p} c={c} {m}": r["error_kinds"] for p, c, m, r in rows if r["errors"]}
+    errors = {f"{p} c={c} {m}": r["error_kinds"] for (p, c, m), r in rows.items() if r["errors"]}
     if errors:
         print(f"\nErrors: {errors}")
     print(f"\nThe load client used {client_cpu:.1f} CPU s in all.")
@@ -355,31 +392,33 @@ def main() -> int:
     for mode, values in hops.items():
         print(f"| {mode} | " + " | ".join(f"{values[label]:.2f}" for label in labels) + " |")
 
-    print("\n| service | batching | RSS before load MB | RSS after load MB |")
-    print("| --- | --- | ---: | ---: |")
+    print("\n| service | batching | RSS MB: idle, after each concurrency |")
+    print("| --- | --- | --- |")
     for mode, services in rss.items():
-        for name, (before, after) in services.items():
-            print(f"| {name} | {mode} | {before:.1f} | {after:.1f} |")
+        for name, values in services.items():
+            print(f"| {name} | {mode} | " + ", ".join(f"{v:.1f}" for v in values) + " |")
 
     print("\nGoals:")
-    for protocol in protocols:
+    concurrencies = sorted({c for _, c, _ in rows})
+    for protocol in sorted({p for p, _, _ in rows}):
         if 32 in concurrencies:
-            on, off = by_key[(protocol, 32, "on")], by_key[(protocol, 32, "off")]
+            on, off = rows[(protocol, 32, "on")], rows[(protocol, 32, "off")]
+            on_cpu, off_cpu = sum(on["cpu_ms"].values()), sum(off["cpu_ms"].values())
             print(
-                f"  {protocol} c=32: on {on['per_s']:.0f}/s = {on['per_s'] / the_limit:.2f}x the limit (goal >= 0.7),"
-                f" {on['per_s'] / max(off['per_s'], 1e-9):.2f}x off (goal >= 2.5)"
+                f"  {protocol} c=32: on {on['per_s']:.0f}/s = {on['per_s'] / the_limit:.2f}x the limit,"
+                f" {limit_cpu_ms / on_cpu:.2f}x by CPU (goal >= 0.7); {on['per_s'] / max(off['per_s'], 1e-9):.2f}x"
+                f" off, {off_cpu / on_cpu:.2f}x by CPU (goal >= 2.5)"
             )
         if 1 in concurrencies:
-            on, off = by_key[(protocol, 1, "on")], by_key[(protocol, 1, "off")]
+            on, off = rows[(protocol, 1, "on")], rows[(protocol, 1, "off")]
             print(
                 f"  {protocol} c=1: p50 on {on['p50_ms']:.2f} ms = {on['p50_ms'] / off['p50_ms']:.2f}x off"
                 " (goal <= 1.1),"
                 f" {on['p50_ms'] - sum(bare.values()):.2f} ms above both bare models one after the other,"
                 f" {on['p50_ms'] - max(bare.values()):.2f} ms above the slower one (goal <= 2)"
             )
-    total_errors = sum(int(r["errors"]) for _, _, _, r in rows)
+    total_errors = sum(int(r["errors"]) for r in rows.values())
     print(f"  errors: {total_errors} (goal 0)")
-    return 0
 
 
 if __name__ == "__main__":
