@@ -25,10 +25,11 @@ once and each request gets its own Internal error.
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -96,10 +97,21 @@ class DynamicBatcher(Generic[In, Out]):
     """Concurrent `submit()` calls -> one `run_batch(items)` call per batch, results fanned back out in order.
 
     `run_batch` takes a list of prepared items and returns one output per item, in order; it runs in a thread.
+    When `run_batch` is a coroutine function (e.g. one batch RPC to another service), batches are awaited on the
+    event loop instead, and `submit_ready()` queues items that need no preparing. An output that is a
+    FashionSearchError fails its own request only.
     """
 
-    def __init__(self, run_batch: Callable[[list[In]], Sequence[Out]], policy: BatchPolicy, *, name: str) -> None:
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Sequence[Out | FashionSearchError]]
+        | Callable[[list[In]], Awaitable[Sequence[Out | FashionSearchError]]],
+        policy: BatchPolicy,
+        *,
+        name: str,
+    ) -> None:
         self._run_batch = run_batch
+        self._on_loop = inspect.iscoroutinefunction(run_batch)
         self.policy = policy
         self.max_size = policy.max_size
         self.max_delay_s = policy.max_delay_ms / 1000
@@ -124,12 +136,14 @@ class DynamicBatcher(Generic[In, Out]):
             self._preparing -= 1
             self._wake.set()  # a batch may be waiting for this request (or, if it failed, no longer needs to)
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
-        queued = _Queued(item, future, time.monotonic())
+        return await self._join(_Queued(item, future, time.monotonic()))
+
+    async def _join(self, queued: _Queued[In, Out]) -> Out:
         self._queue.append(queued)
         self._ensure_worker()
         self._wake.set()
         try:
-            return await future
+            return await queued.future
         except asyncio.CancelledError:
             # Cancelled RPC (client cancel or deadline): leave the queue if the batch has not started.
             try:
@@ -139,12 +153,20 @@ class DynamicBatcher(Generic[In, Out]):
                 pass  # already in a running batch: its row is computed and dropped
             raise
 
+    async def submit_ready(self, item: In) -> Out:
+        """Queue an item that needs no preparing (no thread hop) and run it in a batch."""
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        return await self._join(_Queued(item, future, time.monotonic()))
+
     def _run_alone(self, prepare: Callable[[], In]) -> Out:
-        return self._run_batch([prepare()])[0]
+        output = self._run_batch([prepare()])[0]  # type: ignore[index]
+        if isinstance(output, FashionSearchError):
+            raise output
+        return output
 
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
-            if self._executor is None:
+            if self._executor is None and not self._on_loop:
                 self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-batch")
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{self.name} batcher")
 
@@ -180,7 +202,11 @@ class DynamicBatcher(Generic[In, Out]):
     async def _run(self, batch: list[_Queued[In, Out]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            outputs = await loop.run_in_executor(self._executor, self._run_batch, [q.item for q in batch])
+            items = [q.item for q in batch]
+            if self._on_loop:
+                outputs = await self._run_batch(items)  # type: ignore[misc]
+            else:
+                outputs = await loop.run_in_executor(self._executor, self._run_batch, items)
             if len(outputs) != len(batch):
                 raise RuntimeError(f"run_batch returned {len(outputs)} outputs for {len(batch)} items")
         except asyncio.CancelledError:  # close() while the batch ran
@@ -198,7 +224,10 @@ class DynamicBatcher(Generic[In, Out]):
             return
         self.stats.record(len(batch))
         for queued, output in zip(batch, outputs, strict=True):
-            _settle(queued.future, result=output)
+            if isinstance(output, FashionSearchError):
+                _settle(queued.future, error=output)
+            else:
+                _settle(queued.future, result=output)
 
     async def close(self) -> None:
         """Stop the worker and its thread (after the server stopped: nothing is queued then). Idempotent."""

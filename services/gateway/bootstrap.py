@@ -10,6 +10,7 @@ import grpc.aio
 
 from fashionsearch.store import VectorIndex, open_index
 from services.gateway.clients import (
+    CallBatcher,
     ClassifierPort,
     EmbedderPort,
     GrpcClassifier,
@@ -31,6 +32,7 @@ class Gateway:
     service: GatewayService
     index: VectorIndex
     channels: list[grpc.aio.Channel] = field(default_factory=list)
+    batchers: list[CallBatcher] = field(default_factory=list)
     _closed: bool = False
 
     async def close(self) -> None:
@@ -38,6 +40,8 @@ class Gateway:
         if self._closed:
             return
         self._closed = True
+        for batcher in self.batchers:
+            await batcher.close()
         for channel in self.channels:
             await channel.close()
         await asyncio.to_thread(self.index.close)
@@ -59,17 +63,30 @@ def bootstrap(
     Must run inside the event loop that will serve (gRPC aio channels bind to it).
     """
     channels: list[grpc.aio.Channel] = []
+    batchers: list[CallBatcher] = []
     options = channel_options(max_message_bytes(settings))
     if classifier is None:
         channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options)
         channels.append(channel)
-        classifier = GrpcClassifier(channel, timeout_s=settings.classify_timeout_s, top_k=settings.attribute_top_k)
+        classifier = GrpcClassifier(
+            channel,
+            timeout_s=settings.classify_timeout_s,
+            top_k=settings.attribute_top_k,
+            batch_max_size=settings.batch_max_size,
+            max_message_bytes=max_message_bytes(settings),
+        )
+        batchers.append(classifier.batching)
     if embedder is None:
         channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options)
         channels.append(channel)
         embedder = GrpcEmbedder(
-            channel, timeout_s=settings.embed_timeout_s, batch_timeout_s=settings.embed_batch_timeout_s
+            channel,
+            timeout_s=settings.embed_timeout_s,
+            batch_timeout_s=settings.embed_batch_timeout_s,
+            batch_max_size=settings.batch_max_size,
+            max_message_bytes=max_message_bytes(settings),
         )
+        batchers.append(embedder.batching)
     if index is None:
         index = open_index(
             data_dir=str(settings.data_dir),
@@ -92,4 +109,6 @@ def bootstrap(
             shrink_side=settings.shrink_side,
         ),
     )
-    return Gateway(servicer=GatewayServicer(service), service=service, index=index, channels=channels)
+    return Gateway(
+        servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers
+    )

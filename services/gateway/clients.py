@@ -3,10 +3,16 @@
 Each adapter reuses one channel and gives every call its own deadline. A dependency that is down fails fast with
 UNAVAILABLE (calls are not wait_for_ready), one that is too slow with DEADLINE_EXCEEDED, so the gateway never
 hangs on a peer.
+
+With `batch_max_size` > 1, concurrent searches' single-image calls go out together as one ClassifyBatch /
+EmbedBatch call (fashionsearch/batching.py): while one is in flight the next searches queue, and the next call
+takes them all (a lone search goes at once). A model service then handles one RPC per batch instead of one per
+search, which is most of its CPU per search. An image too large to share a message goes alone.
 """
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 from collections.abc import Sequence
@@ -18,6 +24,7 @@ import grpc.aio
 import numpy as np
 from PIL import Image
 
+from fashionsearch.batching import BatchPolicy, BatchStats, DynamicBatcher
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -111,16 +118,68 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-class GrpcClassifier:
-    """ClassifierPort over the classifier service's Classify RPC."""
+class CallBatcher:
+    """Concurrent single-image calls of one client sent as one batch call (off when max_size is 1).
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, top_k: int = 3) -> None:
+    `send(images, timeout_s)` makes the batch call. Each call keeps its own deadline, `timeout_s` from the moment
+    it is queued, whether it waits for the batch in flight or is inside its own; a call that gives up (or whose
+    search is cancelled) leaves the queue. A batch call gets the time its latest deadline
+    leaves, so no call in it is cut short.
+    """
+
+    def __init__(self, send, max_size: int, max_message_bytes: int, timeout_s: float, peer: str) -> None:  # type: ignore[no-untyped-def]
+        self._send = send
+        self._batcher = DynamicBatcher(self._run, BatchPolicy(max_size), name=f"gateway to {peer}")
+        #: Larger images go alone, so a full batch always fits in one message.
+        self._max_image_bytes = max_message_bytes // max_size if max_size > 1 else -1
+        self._timeout_s = timeout_s
+        self._peer = peer
+
+    @property
+    def stats(self) -> BatchStats:
+        return self._batcher.stats
+
+    def takes(self, image: bytes) -> bool:
+        return len(image) <= self._max_image_bytes
+
+    async def submit(self, image: bytes):  # type: ignore[no-untyped-def]
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
+        try:
+            return await asyncio.wait_for(self._batcher.submit_ready((image, deadline)), self._timeout_s)
+        except TimeoutError:
+            raise DeadlineExceeded(f"the {self._peer} did not answer in time") from None
+
+    async def _run(self, calls: list[tuple[bytes, float]]):  # type: ignore[no-untyped-def]
+        timeout_s = max(deadline for _, deadline in calls) - asyncio.get_running_loop().time()
+        if timeout_s <= 0:  # all of them are giving up this very moment
+            return [DeadlineExceeded(f"the {self._peer} did not answer in time") for _ in calls]
+        return await self._send([image for image, _ in calls], timeout_s)
+
+    async def close(self) -> None:
+        await self._batcher.close()
+
+
+class GrpcClassifier:
+    """ClassifierPort over the classifier service's Classify RPC (ClassifyBatch for concurrent calls)."""
+
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_s: float,
+        top_k: int = 3,
+        batch_max_size: int = 1,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._stub = classifier_pb2_grpc.ClassifierStub(channel)
         self._timeout_s = timeout_s
         self._top_k = top_k
         self._model: ModelId | None = None
+        self.batching = CallBatcher(self._classify_batch, batch_max_size, max_message_bytes, timeout_s, "classifier")
 
     async def classify(self, image: bytes) -> Classification:
+        if self.batching.takes(image):
+            return await self.batching.submit(image)
         try:
             reply = await self._stub.Classify(
                 classifier_pb2.ClassifyRequest(image=image, top_k=self._top_k), timeout=self._timeout_s
@@ -128,13 +187,34 @@ class GrpcClassifier:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the classifier") from None
         self._model = model_id(reply.model)
+        return self._classification(reply.classification)
+
+    async def _classify_batch(self, images: list[bytes], timeout_s: float) -> list[Classification | FashionSearchError]:
+        try:
+            reply = await self._stub.ClassifyBatch(
+                classifier_pb2.ClassifyBatchRequest(images=images, top_k=self._top_k), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "the classifier") from None
+        if len(reply.results) != len(images):
+            raise Internal(f"the classifier answered {len(reply.results)} results for {len(images)} images")
+        self._model = model_id(reply.model)
+        return [
+            self._classification(r.classification)
+            if r.WhichOneof("outcome") == "classification"
+            else item_error(r.error)
+            for r in reply.results
+        ]
+
+    def _classification(self, reply: classifier_pb2.Classification) -> Classification:
+        assert self._model is not None
         return Classification(
             attributes=tuple(
                 AttributePrediction(
                     attribute=head.attribute,
                     labels=tuple(LabelScore(label=s.label, probability=s.probability) for s in head.labels),
                 )
-                for head in reply.classification.attributes
+                for head in reply.attributes
             ),
             model=self._model,
         )
@@ -149,15 +229,26 @@ class GrpcClassifier:
 
 
 class GrpcEmbedder:
-    """EmbedderPort over the embedder service's Embed RPC."""
+    """EmbedderPort over the embedder service's Embed RPC (EmbedBatch for batches and concurrent calls)."""
 
-    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float, batch_timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        channel: grpc.aio.Channel,
+        *,
+        timeout_s: float,
+        batch_timeout_s: float | None = None,
+        batch_max_size: int = 1,
+        max_message_bytes: int = 4 * 1024 * 1024,
+    ) -> None:
         self._stub = embedder_pb2_grpc.EmbedderStub(channel)
         self._timeout_s = timeout_s
         self._batch_timeout_s = batch_timeout_s or timeout_s
         self._model: ModelId | None = None
+        self.batching = CallBatcher(self._embed_many, batch_max_size, max_message_bytes, timeout_s, "embedder")
 
     async def embed(self, image: bytes) -> Embedding:
+        if self.batching.takes(image):
+            return await self.batching.submit(image)
         try:
             reply = await self._stub.Embed(embedder_pb2.EmbedRequest(image=image), timeout=self._timeout_s)
         except grpc.aio.AioRpcError as error:
@@ -166,10 +257,11 @@ class GrpcEmbedder:
         return Embedding(vector=np.asarray(reply.embedding.vector, dtype=np.float32), model=self._model)
 
     async def embed_batch(self, images: Sequence[bytes]) -> list[Embedding | FashionSearchError]:
+        return await self._embed_many(images, self._batch_timeout_s)
+
+    async def _embed_many(self, images: Sequence[bytes], timeout_s: float) -> list[Embedding | FashionSearchError]:
         try:
-            reply = await self._stub.EmbedBatch(
-                embedder_pb2.EmbedBatchRequest(images=list(images)), timeout=self._batch_timeout_s
-            )
+            reply = await self._stub.EmbedBatch(embedder_pb2.EmbedBatchRequest(images=list(images)), timeout=timeout_s)
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the embedder") from None
         if len(reply.results) != len(images):

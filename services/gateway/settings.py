@@ -27,6 +27,9 @@ class Settings:
     embed_timeout_s: float = 2.0
     embed_batch_timeout_s: float = 10.0
     store_timeout_s: float = 5.0
+    #: Concurrent searches' Classify / Embed calls sent together as one batch call of up to this many images
+    #: (services/gateway/clients.py); 1 sends each alone. At most the model services' *_MAX_BATCH.
+    batch_max_size: int = 32
     default_top_k: int = 5
     max_top_k: int = 100
     attribute_top_k: int = 3
@@ -106,6 +109,7 @@ class Settings:
             embed_timeout_s=env.get_float("EMBED_TIMEOUT_S", cls.embed_timeout_s, min=0.01, max=600),
             embed_batch_timeout_s=env.get_float("EMBED_BATCH_TIMEOUT_S", cls.embed_batch_timeout_s, min=0.01, max=600),
             store_timeout_s=env.get_float("STORE_TIMEOUT_S", cls.store_timeout_s, min=0.01, max=600),
+            batch_max_size=env.get_int("BATCH_MAX_SIZE", cls.batch_max_size, min=1, max=1024),
             default_top_k=default_top_k,
             max_top_k=max_top_k,
             attribute_top_k=env.get_int("ATTRIBUTE_TOP_K", cls.attribute_top_k, min=1, max=10),

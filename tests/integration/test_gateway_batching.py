@@ -1,0 +1,148 @@
+"""The gateway's clients sending concurrent calls as one batch call (GATEWAY_BATCH_MAX_SIZE), against real servers.
+
+A gate holds a batch inside the classifier's model, so the next calls queue in the client and go out together.
+Checked: one ClassifyBatch / EmbedBatch for the queued calls, answers equal to calls sent alone, a bad image fails
+alone, a call past its deadline leaves the queue, and a service that is down fails each call of a batch fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc.aio
+import numpy as np
+import pytest
+
+from fashionsearch.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from services.classifier.model import OnnxClassifier
+from services.classifier.server import start as start_classifier
+from services.classifier.settings import Settings as ClassifierSettings
+from services.embedder.server import start as start_embedder
+from services.embedder.settings import Settings as EmbedderSettings
+from services.gateway.clients import GrpcClassifier, GrpcEmbedder
+from tests.integration.service_helpers import BAD_IMAGES, jpeg
+from tests.integration.test_batching_services import COLOURS, Gated
+from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
+
+pytestmark = pytest.mark.integration
+
+MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class GatedBatches(Gated):
+    """Gated, also for the batch RPC (which calls classify on the decoded images)."""
+
+    def classify(self, images, top_k):  # type: ignore[no-untyped-def]
+        self._enter(np.zeros(len(images)))
+        return self.real.classify(images, top_k)
+
+
+@pytest.fixture(scope="module")
+def classifier_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_classifier(tmp_path_factory.mktemp("classifier"))
+
+
+def labels(classification) -> list[tuple[str, str]]:  # type: ignore[no-untyped-def]
+    return [(a.attribute, a.labels[0].label) for a in classification.attributes]
+
+
+def test_queued_calls_go_out_as_one_batch_call_and_a_bad_image_fails_alone(classifier_dir: Path) -> None:
+    model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
+    settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+    images = [jpeg(c) for c in COLOURS]
+    bad, fragment = BAD_IMAGES["non-image bytes"]
+
+    async def scenario() -> None:
+        running = await start_classifier(settings, model)  # type: ignore[arg-type]
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                batched = GrpcClassifier(channel, timeout_s=10, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+                alone = GrpcClassifier(channel, timeout_s=10, batch_max_size=1)
+                model.gate.clear()
+                first = asyncio.ensure_future(batched.classify(jpeg("black")))
+                assert await asyncio.to_thread(model.entered.wait, 5)
+                model.batches.clear()
+                queued = [asyncio.ensure_future(batched.classify(image)) for image in [*images, bad]]
+                await asyncio.sleep(0.2)
+                model.gate.set()
+                await first
+                outcomes = await asyncio.gather(*queued, return_exceptions=True)
+                assert model.batches == [len(images)], model.batches  # one model call: the bad image never got there
+                assert isinstance(outcomes[-1], InvalidArgument) and fragment in outcomes[-1].message
+                for image, outcome in zip(images, outcomes[:-1], strict=True):
+                    single = await alone.classify(image)
+                    assert labels(outcome) == labels(single)
+                    assert outcome.model == single.model
+                await batched.batching.close()
+        finally:
+            await running.stop(settings.grace_s)
+
+    asyncio.run(scenario())
+
+
+def test_a_queued_call_keeps_its_own_deadline_and_a_cancelled_one_leaves_the_queue(classifier_dir: Path) -> None:
+    model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
+    settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+
+    async def scenario() -> None:
+        running = await start_classifier(settings, model)  # type: ignore[arg-type]
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                client = GrpcClassifier(channel, timeout_s=0.4, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+                model.gate.clear()
+                first = asyncio.ensure_future(client.classify(jpeg("black")))
+                assert await asyncio.to_thread(model.entered.wait, 5)
+                started = time.monotonic()
+                with pytest.raises(DeadlineExceeded, match="the classifier did not answer in time"):
+                    await client.classify(jpeg("red"))  # queued behind the held batch, then out of time
+                assert time.monotonic() - started < 0.8
+                with pytest.raises(DeadlineExceeded):
+                    await first
+                model.gate.set()
+                await asyncio.sleep(0.3)
+
+                patient = GrpcClassifier(channel, timeout_s=10, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+                model.gate.clear()
+                model.entered.clear()
+                held = asyncio.ensure_future(patient.classify(jpeg("black")))
+                assert await asyncio.to_thread(model.entered.wait, 5)
+                model.batches.clear()
+                leaving = asyncio.ensure_future(patient.classify(jpeg("red")))
+                staying = asyncio.ensure_future(patient.classify(jpeg("blue")))
+                await asyncio.sleep(0.1)
+                leaving.cancel()  # its search was cancelled by its caller
+                await asyncio.sleep(0.1)
+                model.gate.set()
+                await held
+                assert labels(await staying)
+                assert model.batches == [1], model.batches  # the batch after the held one ran without it
+                assert patient.batching.stats.left == 1
+                await client.batching.close()
+                await patient.batching.close()
+        finally:
+            await running.stop(settings.grace_s)
+
+    asyncio.run(scenario())
+
+
+def test_a_service_that_is_down_fails_each_call_of_a_batch_fast(tmp_path: Path) -> None:
+    settings = EmbedderSettings(port=0, host="127.0.0.1", model_dir=write_tiny_embedder(tmp_path), grace_s=0.5)
+
+    async def scenario() -> None:
+        running = await start_embedder(settings)
+        address = running.address
+        async with grpc.aio.insecure_channel(address) as channel:
+            client = GrpcEmbedder(channel, timeout_s=2, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+            vectors = await asyncio.gather(*(client.embed(jpeg(c)) for c in COLOURS))
+            assert len({v.vector.tobytes() for v in vectors}) == len(COLOURS)
+            await running.stop(0)
+            started = time.monotonic()
+            outcomes = await asyncio.gather(*(client.embed(jpeg(c)) for c in COLOURS), return_exceptions=True)
+            assert time.monotonic() - started < 1.0
+            assert all(isinstance(o, Unavailable) for o in outcomes), outcomes
+            assert len({id(o) for o in outcomes}) == len(outcomes)  # each call its own error
+            await client.batching.close()
+
+    asyncio.run(scenario())
