@@ -252,3 +252,32 @@ def test_a_cancelled_request_leaves_the_queue_when_the_items_are_arrays() -> Non
         await runner.close()
 
     asyncio.run(scenario())
+
+
+def test_a_coroutine_batch_call_takes_what_queued_while_it_ran_and_item_errors_fail_alone() -> None:
+    """The gateway's use: run_batch is one batch RPC awaited on the loop; an item error fails its own call only."""
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+        batches: list[list[int]] = []
+
+        async def call(items: list[int]) -> list[int | InvalidArgument]:
+            batches.append(items)
+            await release.wait()
+            return [InvalidArgument(f"item {i} is bad") if i == 7 else i * 10 for i in items]
+
+        runner: DynamicBatcher[int, int] = DynamicBatcher(call, BatchPolicy(8), name="rpc")
+        first = asyncio.ensure_future(runner.submit_ready(1))
+        await asyncio.sleep(0.01)  # a lone call goes at once
+        assert batches == [[1]]
+        queued = [asyncio.ensure_future(runner.submit_ready(i)) for i in (2, 7, 3)]
+        await asyncio.sleep(0.01)
+        release.set()
+        assert await first == 10
+        outcomes = await asyncio.gather(*queued, return_exceptions=True)
+        assert outcomes[0] == 20 and outcomes[2] == 30
+        assert isinstance(outcomes[1], InvalidArgument) and "item 7" in str(outcomes[1])
+        assert batches == [[1], [2, 7, 3]]
+        await runner.close()
+
+    asyncio.run(scenario())
