@@ -46,10 +46,11 @@ class ModelServiceSettings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     min_image_side: int = DEFAULT_MIN_SIDE
     max_batch: int = 64
-    #: Dynamic batching on by default: it never waits for requests that have not arrived, so a lone request pays
-    #: only a thread hop, and under load fewer, larger model calls cost less CPU per image (README, Benchmarks).
+    #: Dynamic batching of single-image calls, off by default: the gateway already sends concurrent searches as
+    #: batch calls, and alone it saved no CPU at concurrency 32 or below while a lone call paid one thread hop
+    #: more (README, Benchmarks); worth turning on for other clients that send many single calls at once.
     batch_max_size: int = 32
-    batch_max_delay_ms: float = 2.0
+    batch_max_delay_ms: float = 0.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
     log_level: str = "INFO"

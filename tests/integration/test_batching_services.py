@@ -161,7 +161,7 @@ def test_a_bad_image_inside_a_batch_fails_alone(embedder_dir: Path) -> None:
                 await hold_the_model(model, first)
                 good = [embed(jpeg(c)) for c in COLOURS]
                 bad = [embed(data) for _, (data, _) in bad_cases]
-                await asyncio.sleep(0.1)
+                await asyncio.sleep(0.5)  # all decoded and queued (on a loaded machine some may still be decoding)
                 model.gate.set()
                 await first
                 replies = await asyncio.gather(*good)
@@ -170,7 +170,8 @@ def test_a_bad_image_inside_a_batch_fails_alone(embedder_dir: Path) -> None:
                         await task
                     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
                     assert fragment in refused.value.details(), case
-                assert model.batches == [len(COLOURS)], model.batches
+                # The good images shared model calls (one, unless some were still decoding); the bad ones none.
+                assert sum(model.batches) == len(COLOURS) and max(model.batches) > 1, model.batches
                 alone = model.real.embed([decoded(c) for c in COLOURS])
                 for reply, vector in zip(replies, alone, strict=True):
                     np.testing.assert_allclose(reply.embedding.vector, vector, rtol=1e-5, atol=1e-5)
