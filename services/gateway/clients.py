@@ -15,9 +15,9 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from functools import cache
-from typing import Protocol
+from typing import Generic, Protocol, TypeVar
 
 import grpc
 import grpc.aio
@@ -55,6 +55,8 @@ from services.gateway.domain import (
 )
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 
 class ClassifierPort(Protocol):
@@ -118,18 +120,27 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
-class CallBatcher:
+class CallBatcher(Generic[T]):
     """Concurrent single-image calls of one client sent as one batch call (off when max_size is 1).
 
-    `send(images, timeout_s)` makes the batch call. Each call keeps its own deadline, `timeout_s` from the moment
-    it is queued, whether it waits for the batch in flight or is inside its own; a call that gives up (or whose
-    search is cancelled) leaves the queue. A batch call gets the time its latest deadline
-    leaves, so no call in it is cut short.
+    `send(images, timeout_s)` makes the batch call and returns one answer or FashionSearchError per image. Each
+    call keeps its own deadline, `timeout_s` from the moment it is queued, whether it waits for the batch in
+    flight or is inside its own; a call that gives up (or whose search is cancelled) leaves the queue. A batch
+    call gets the time left to the latest deadline in it, so no call in it is cut short.
     """
 
-    def __init__(self, send, max_size: int, max_message_bytes: int, timeout_s: float, peer: str) -> None:  # type: ignore[no-untyped-def]
+    def __init__(
+        self,
+        send: Callable[[list[bytes], float], Awaitable[Sequence[T | FashionSearchError]]],
+        max_size: int,
+        max_message_bytes: int,
+        timeout_s: float,
+        peer: str,
+    ) -> None:
         self._send = send
-        self._batcher = DynamicBatcher(self._run, BatchPolicy(max_size), name=f"gateway to {peer}")
+        self._batcher: DynamicBatcher[tuple[bytes, float], T] = DynamicBatcher(
+            self._run, BatchPolicy(max_size), name=f"gateway to {peer}"
+        )
         #: Larger images go alone, so a full batch always fits in one message.
         self._max_image_bytes = max_message_bytes // max_size if max_size > 1 else -1
         self._timeout_s = timeout_s
@@ -142,14 +153,14 @@ class CallBatcher:
     def takes(self, image: bytes) -> bool:
         return len(image) <= self._max_image_bytes
 
-    async def submit(self, image: bytes):  # type: ignore[no-untyped-def]
+    async def submit(self, image: bytes) -> T:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
             return await asyncio.wait_for(self._batcher.submit_ready((image, deadline)), self._timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the {self._peer} did not answer in time") from None
 
-    async def _run(self, calls: list[tuple[bytes, float]]):  # type: ignore[no-untyped-def]
+    async def _run(self, calls: list[tuple[bytes, float]]) -> Sequence[T | FashionSearchError]:
         timeout_s = max(deadline for _, deadline in calls) - asyncio.get_running_loop().time()
         if timeout_s <= 0:  # all of them are giving up this very moment
             return [DeadlineExceeded(f"the {self._peer} did not answer in time") for _ in calls]
