@@ -9,6 +9,12 @@ search sees either the old catalogue or the new one, never a half-built or mixed
   with ``os.replace`` (atomic on POSIX) after an fsync.  A plain collection directory named like the alias (the
   layout before any switch) is what the alias means while no pointer file exists.  ``FollowingEdgeIndex`` is the
   reader's side: a VectorIndex that notices a switch and moves to the new collection between two calls.
+
+Locks (``fashionsearch.store.lock``): the gateway's reader holds ``<data_dir>/.lock`` for as long as it serves the
+directory (one gateway per directory), and every open collection holds ``<data_dir>/<collection>.lock`` (one writer
+per collection), so a rebuild may fill a new collection beside the one the gateway serves but never write into it.
+A collection is deleted only under its lock: one still open elsewhere is marked (``drop-requested`` in its folder)
+and its holder deletes it when it lets go.
 """
 
 from __future__ import annotations
@@ -27,10 +33,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, StoreError
+from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 
 logger = logging.getLogger(__name__)
 
 ALIAS_SUFFIX = ".alias"
+DIRECTORY_LOCK = ".lock"
+DROP_MARKER = "drop-requested"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -69,8 +78,9 @@ class CollectionCatalog(Protocol):
         """Point the alias at the collection, atomically."""
         ...
 
-    def drop(self, collection: str) -> None:
-        """Delete a concrete collection and its data."""
+    def drop(self, collection: str) -> bool:
+        """Delete a concrete collection and its data; False when another process still has it open and will
+        delete it itself when it lets go."""
         ...
 
     def close(self) -> None: ...
@@ -94,6 +104,9 @@ class EdgeCatalog:
         self._root = Path(data_dir)
         self._root.mkdir(parents=True, exist_ok=True)
         self._search_threads = search_threads
+
+    def path(self, collection: str) -> Path:
+        return self._root / check_name(collection)
 
     def pointer(self, alias: str) -> Path:
         return self._root / f"{check_name(alias)}{ALIAS_SUFFIX}"
@@ -125,6 +138,7 @@ class EdgeCatalog:
     def switch(self, alias: str, collection: str) -> None:
         if not (self._root / check_name(collection)).is_dir():
             raise StoreError(f"cannot point alias {alias} at {collection}: no such collection under {self._root}")
+        (self._root / collection / DROP_MARKER).unlink(missing_ok=True)  # switching back to a kept collection
         pointer = self.pointer(alias)
         tmp = pointer.with_name(f".{pointer.name}.tmp")
         with open(tmp, "w", encoding="utf-8") as f:
@@ -135,11 +149,36 @@ class EdgeCatalog:
         _fsync_dir(self._root)
         logger.info("alias %s now points at edge collection %s", alias, collection)
 
-    def drop(self, collection: str) -> None:
+    def drop(self, collection: str) -> bool:
         path = self._root / check_name(collection)
-        if path.is_dir():
-            shutil.rmtree(path)
-            logger.info("dropped edge collection %s", path)
+        if self._drop_if_free(path):
+            return True
+        # Still open, e.g. by the gateway until its next request moves it over to the new collection: mark it for
+        # the holder, then look again, in case the holder let go before the mark was there to be seen.
+        (path / DROP_MARKER).touch()
+        if self._drop_if_free(path):
+            return True
+        logger.info("edge collection %s is still open elsewhere: its holder drops it when it lets go", path)
+        return False
+
+    def drop_requested(self, keep: str) -> None:
+        """Delete the collections marked for dropping that nobody holds (left by a holder that died), except keep."""
+        for marker in self._root.glob(f"*/{DROP_MARKER}"):
+            if marker.parent.name != keep:
+                self._drop_if_free(marker.parent)
+
+    def _drop_if_free(self, path: Path) -> bool:
+        try:
+            lock = StoreLock(lock_path(self._root, path.name), guards=f"the Qdrant Edge collection {path}")
+        except StoreLockedError:
+            return False
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+                logger.info("dropped edge collection %s", path)
+        finally:
+            lock.release()
+        return True
 
     def close(self) -> None:
         return None
@@ -187,10 +226,11 @@ class QdrantCatalog:
         self._client.update_collection_aliases(change_aliases_operations=operations)
         logger.info("alias %s now points at qdrant collection %s", alias, collection)
 
-    def drop(self, collection: str) -> None:
+    def drop(self, collection: str) -> bool:
         if self._client.collection_exists(collection):
             self._client.delete_collection(collection)
             logger.info("dropped qdrant collection %s", collection)
+        return True
 
     def close(self) -> None:
         self._client.close()
@@ -201,7 +241,8 @@ class FollowingEdgeIndex:
 
     Each call compares the pointer file's (inode, mtime) with the last one seen (one stat, about a microsecond),
     so a switch takes effect on the next call.  The previous collection stays open for ``retire_after_s`` more
-    seconds, so calls already running on it (from other threads) finish normally; then it is closed.
+    seconds, so calls already running on it (from other threads) finish normally; then it is closed, and deleted
+    if the job that switched asked for it.  It holds the data directory's lock from construction until close().
     """
 
     def __init__(
@@ -212,17 +253,24 @@ class FollowingEdgeIndex:
         search_threads: int | None = None,
         retire_after_s: float = 30.0,
     ) -> None:
+        self._alias = check_name(alias)
+        root = Path(data_dir)
+        self._dir_lock = StoreLock(root / DIRECTORY_LOCK, guards=f"the Qdrant Edge data directory {root}")
         self._catalog = EdgeCatalog(data_dir, search_threads=search_threads)
         self._retire_after_s = retire_after_s
-        self._retired: list[tuple[float, Any]] = []
-        self._alias = check_name(alias)
+        self._retired: list[tuple[float, str, Any]] = []
         self._pointer = self._catalog.pointer(alias)
         self._lock = threading.RLock()
         self._stamp: tuple[int, int] | None = None
         self._current: str = ""
         self._index: Any = None
         self._closed = False
-        self._follow()
+        try:
+            self._follow()
+            self._catalog.drop_requested(keep=self._current)
+        except BaseException:
+            self.close()
+            raise
 
     def _stat(self) -> tuple[int, int] | None:
         try:
@@ -242,25 +290,36 @@ class FollowingEdgeIndex:
                 return self._index
             target = self._catalog.resolve(self._alias) or self._alias
             if self._index is None or target != self._current:
-                new_index = self._catalog.open(target)
-                old, self._index, self._current = self._index, new_index, target
+                try:
+                    new_index = self._catalog.open(target)
+                except StoreLockedError:
+                    if self._index is None:
+                        raise
+                    # Whoever switched has not let go of the new collection yet: keep serving, look again next call.
+                    logger.warning("alias %s points at %s, still open elsewhere", self._alias, target, exc_info=True)
+                    return self._index
+                old, old_name, self._index, self._current = self._index, self._current, new_index, target
                 if old is not None:
                     logger.info("alias %s switched to collection %s", self._alias, target)
-                    self._retired.append((time.monotonic(), old))
+                    self._retired.append((time.monotonic(), old_name, old))
             self._stamp = stamp
             self._close_retired(time.monotonic() - self._retire_after_s)
             return self._index
 
     def _close_retired(self, before: float) -> None:
         keep = []
-        for retired_at, index in self._retired:
+        for retired_at, name, index in self._retired:
             if retired_at > before:
-                keep.append((retired_at, index))
+                keep.append((retired_at, name, index))
                 continue
             try:
                 index.close()
-            except Exception:  # the old collection may already be dropped by the job that switched
-                logger.warning("closing the previous collection of alias %s failed", self._alias, exc_info=True)
+                if name != self._current and (self._catalog.path(name) / DROP_MARKER).exists():
+                    self._catalog.drop(name)
+            except Exception:
+                logger.warning(
+                    "closing the previous collection %s of alias %s failed", name, self._alias, exc_info=True
+                )
         self._retired = keep
 
     @property
@@ -302,7 +361,10 @@ class FollowingEdgeIndex:
             if self._closed:
                 return
             self._closed = True
-            self._close_retired(float("inf"))
-            if self._index is not None:
-                self._index.close()
-                self._index = None
+            try:
+                self._close_retired(float("inf"))
+                if self._index is not None:
+                    self._index.close()
+                    self._index = None
+            finally:
+                self._dir_lock.release()

@@ -1,6 +1,6 @@
 """Qdrant Edge adapter: Qdrant's own engine in process, persisted under a data directory.
 
-Layout under ``data_dir/<collection>/``:
+Layout under ``data_dir/<collection>/``, with ``data_dir/<collection>.lock`` beside it (held while open):
 
 - ``shard/``: the Edge shard (segments, WAL, edge_config.json), owned by qdrant-edge.
 - ``collection.json``: what this module records about the vectors (dim, embedder model/version, distance),
@@ -44,6 +44,7 @@ from fashionsearch.store.base import (
     stored_points,
     unique_ids,
 )
+from fashionsearch.store.lock import StoreLock, lock_path
 
 logger = logging.getLogger(__name__)
 
@@ -111,14 +112,24 @@ class EdgeIndex:
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
         self._closed = False
-        self._root.mkdir(parents=True, exist_ok=True)
-        self._info = _read_meta(self._meta_path)
+        # One writer per collection, from before its folder exists until close(): Qdrant Edge's own lock comes
+        # with the shard, too late for two processes that both find no shard and both create (and delete) it.
+        self._dir_lock = StoreLock(lock_path(data_dir, collection), guards=f"the Qdrant Edge collection {self._root}")
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+            self._info = _read_meta(self._meta_path)
+            if self._info is not None:
+                try:
+                    self._shard = qe.EdgeShard.load(str(self._shard_path), self._config(self._info.dim))
+                except Exception as error:  # qdrant-edge raises plain Exception
+                    hint = " (is another process using it?)" if "WouldBlock" in str(error) else ""
+                    raise StoreError(
+                        f"cannot open the Qdrant Edge shard at {self._shard_path}{hint}: {error}"
+                    ) from None
+        except BaseException:
+            self._dir_lock.release()
+            raise
         if self._info is not None:
-            try:
-                self._shard = qe.EdgeShard.load(str(self._shard_path), self._config(self._info.dim))
-            except Exception as error:  # qdrant-edge raises plain Exception
-                hint = " (is another process using it?)" if "WouldBlock" in str(error) else ""
-                raise StoreError(f"cannot open the Qdrant Edge shard at {self._shard_path}{hint}: {error}") from None
             logger.info(
                 "opened edge collection %s: %s vectors of %s (dim %s)",
                 self._root,
@@ -276,7 +287,10 @@ class EdgeIndex:
             if self._closed:
                 return
             self._closed = True
-            if self._shard is not None:
-                self._shard.flush()
-                self._shard.close()
-                self._shard = None
+            try:
+                if self._shard is not None:
+                    self._shard.flush()
+                    self._shard.close()
+                    self._shard = None
+            finally:
+                self._dir_lock.release()

@@ -31,6 +31,7 @@ from PIL import Image
 
 from fashionsearch.store.aliases import CollectionCatalog, versioned_name
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
+from fashionsearch.store.lock import StoreLockedError
 from fashionsearch.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -291,7 +292,10 @@ class DirectTarget:
             raise JobError(f"collection {self.collection} is live and holds other vectors than {identity}")
         for attempt in (1, 2):
             # Shards of one rebuild may race to create the new collection: the loser re-opens it.
-            self._index = self._catalog.open(self.collection)
+            try:
+                self._index = self._catalog.open(self.collection)
+            except StoreLockedError as held:
+                raise JobError(f"{held} (while the gateway runs, write its catalogue through it: --gateway)") from None
             try:
                 self._index.ensure_collection(dim, identity)
                 break
@@ -380,9 +384,10 @@ class DirectTarget:
         if old is not None and old != self.collection:
             if self._keep_old:
                 notes.append(f"previous collection {old} kept (--keep-old)")
-            else:
-                self._catalog.drop(old)
+            elif self._catalog.drop(old):
                 notes.append(f"previous collection {old} dropped")
+            else:
+                notes.append(f"previous collection {old} is still open (the gateway): it drops it when it moves over")
         return notes
 
     def close(self) -> None:

@@ -337,3 +337,78 @@ def test_gateway_killed_during_ingestion_then_a_rerun_loses_and_duplicates_nothi
         assert summary["unchanged"] >= len(after_kill) - 2 * 16  # the kill's in-flight batches may be re-sent
     finally:
         stack.stop()
+
+
+# ---- two processes on one data directory --------------------------------------------------------------------------
+
+
+def _upsert(stack: ProcessStack, ids: range) -> None:
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        requests = (
+            gateway_pb2.UpsertItemsRequest(
+                item=gateway_pb2.CatalogueItem(id=i, image=photo(i), payload=gateway_pb2.ItemPayload(name=f"Item {i}"))
+            )
+            for i in ids
+        )
+        replies = list(
+            gateway_pb2_grpc.GatewayStub(channel).UpsertItems(requests, timeout=60, metadata=client_metadata(WRITE_KEY))
+        )
+    assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
+
+
+def test_a_second_process_on_the_data_directory_exits_at_once_and_no_write_is_lost(tmp_path):
+    stack = ProcessStack(tmp_path, gateway_env={"GATEWAY_WRITE_API_KEYS": WRITE_KEY}).start()
+    data_dir = tmp_path / "store"
+    try:
+        # A second gateway on the same, still empty, directory: refused before it creates anything.
+        env = {**os.environ, **stack.env("gateway"), "GATEWAY_PORT": "0"}
+        started = time.monotonic()
+        with subprocess.Popen(
+            [sys.executable, "-m", "services.gateway"], cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True,
+        ) as second:  # fmt: skip
+            try:
+                output = second.communicate(timeout=30)[0].strip()
+            except subprocess.TimeoutExpired:
+                second.kill()
+                pytest.fail(f"a second gateway on {data_dir} started: {second.communicate()[0][-2000:]}")
+        assert second.returncode == 1, output
+        assert "Traceback" not in output, output
+        assert str(data_dir) in output and f"pid {stack.pid('gateway')}" in output, output
+        print(f"\nsecond gateway refused in {time.monotonic() - started:.1f} s: {output.splitlines()[-1]}")
+
+        _upsert(stack, range(1, 11))
+        # The indexer writing the live collection directly while the gateway serves it: refused too.
+        indexer = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "jobs.indexer",
+                "--dataset",
+                str(SAMPLE),
+                "--edge-dir",
+                str(data_dir),
+                "--embedder",
+                stack.address("embedder"),
+                "--no-progress",
+                "--rejects",
+                str(tmp_path / "rejects.csv"),
+                "--summary-json",
+                str(tmp_path / "indexer.json"),
+            ],  # fmt: skip
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert indexer.returncode == 1, indexer.stdout + indexer.stderr
+        error = json.loads((tmp_path / "indexer.json").read_text())["error"]
+        assert f"{data_dir}/catalogue" in error and f"pid {stack.pid('gateway')}" in error, error
+
+        _upsert(stack, range(11, 16))
+        assert _item_count(stack) == 15
+        stack.stop()
+        stack.restart("gateway")
+        assert _item_count(stack) == 15  # every acknowledged write survived the restart
+    finally:
+        stack.stop()
