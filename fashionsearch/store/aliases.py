@@ -151,6 +151,8 @@ class EdgeCatalog:
 
     def drop(self, collection: str) -> bool:
         path = self._root / check_name(collection)
+        if not path.is_dir():
+            return True
         if self._drop_if_free(path):
             return True
         # Still open, e.g. by the gateway until its next request moves it over to the new collection: mark it for

@@ -102,7 +102,7 @@ def test_a_collection_held_elsewhere_is_dropped_by_its_holder_when_it_lets_go(tm
     assert reader.count() == 5
     assert not (tmp_path / "catalogue").exists()  # closed and dropped by its holder
     reader.close()
-    assert catalog.drop("catalogue--unknown") is True
+    assert catalog.drop("catalogue--unknown") is True and not (tmp_path / "catalogue--unknown.lock").exists()
 
 
 def test_a_drop_left_by_a_holder_that_died_is_done_at_the_next_start(tmp_path: Path) -> None:
