@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
+from fashionsearch.model_contract import ModelContractError
 from fashionsearch.model_service import start_model_server
 from fashionsearch.serving import RunningServer, StopSignal, service_name
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
@@ -11,6 +13,8 @@ from services.embedder.model import Embedder, OnnxEmbedder
 from services.embedder.servicer import EmbedderServicer
 from services.embedder.settings import Settings
 from services.embedder.text_model import OnnxTextEmbedder, TextEmbedder
+
+logger = logging.getLogger(__name__)
 
 
 async def start(
@@ -24,14 +28,21 @@ async def start(
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
         )
+    text_refused = ""
     if text_embedder is None and settings.text_model_dir is not None:
         # Refuses, too, a text model trained for another image embedder: its vectors would not meet the photos'.
-        text_embedder = OnnxTextEmbedder(
-            settings.text_model_dir,
-            embedder.identity,
-            intra_op_threads=settings.intra_op_threads,
-            inter_op_threads=settings.inter_op_threads,
-        )
+        try:
+            text_embedder = OnnxTextEmbedder(
+                settings.text_model_dir,
+                embedder.identity,
+                intra_op_threads=settings.intra_op_threads,
+                inter_op_threads=settings.inter_op_threads,
+            )
+        except ModelContractError as refused:
+            if settings.text_model_required:
+                raise
+            text_refused = str(refused)
+            logger.error("serving no text model: %s", refused)
     if text_embedder is not None:
         await asyncio.to_thread(text_embedder.warm_up)
     servicer = EmbedderServicer(
@@ -40,6 +51,7 @@ async def start(
         max_batch=settings.max_batch,
         batching=settings.batch_policy,
         text=text_embedder,
+        text_refused=text_refused,
     )
     running = await start_model_server(
         "embedder",

@@ -30,6 +30,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         max_batch: int = 64,
         batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
         text: TextEmbedder | None = None,
+        text_refused: str = "",
     ) -> None:
         self._embedder = embedder
         self._limits = limits
@@ -38,6 +39,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         # Concurrent Embed calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._embed_rows, batching, name="embedder")
         self._text = text
+        self._text_refused = text_refused
         self._text_info = model_info(text.identity) if text is not None else None
 
     def _prepare(self, data: bytes) -> np.ndarray:
@@ -79,6 +81,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
 
     def _text_model(self) -> TextEmbedder:
         if self._text is None:
+            if self._text_refused:
+                raise FailedPrecondition(f"this embedder serves no text model: {self._text_refused}")
             raise FailedPrecondition(
                 "this embedder serves no text model (put one in EMBEDDER_TEXT_MODEL_DIR: python -m training train-text)"
             )

@@ -139,3 +139,24 @@ def test_a_text_model_for_another_image_embedder_version_is_refused_at_start(mod
         broken = replace(broken, target=replace(broken.target, version="tiny-7"))
         broken.write(other)
         asyncio.run(start(settings))
+
+
+def test_a_text_model_only_found_beside_that_does_not_fit_is_left_out_and_text_calls_say_why(models, tmp_path):
+    image, _ = models
+    beside = write_tiny_text_embedder(tmp_path / "text-embedder", ("tiny-embedder", "tiny-6"), dim=16)
+    image_copy = write_tiny_embedder(tmp_path / "embedder", dim=16, version="tiny-7")
+    settings = Settings.from_env({"EMBEDDER_MODEL_DIR": str(image_copy), "EMBEDDER_PORT": "0"})
+    assert settings.text_model_dir == beside and not settings.text_model_required
+    settings = replace(settings, host="127.0.0.1")
+
+    async def body(stub: embedder_pb2_grpc.EmbedderStub) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.EmbedText(embedder_pb2.EmbedTextRequest(query="red"), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "trained for the image embedder tiny-embedder@tiny-6" in caught.value.details()
+
+    run(settings, body)
+    explicit = Settings.from_env({"EMBEDDER_MODEL_DIR": str(image_copy), "EMBEDDER_TEXT_MODEL_DIR": str(beside)})
+    assert explicit.text_model_required
+    with pytest.raises(ModelContractError, match="tiny-6"):
+        asyncio.run(start(replace(explicit, port=0, host="127.0.0.1")))
