@@ -20,6 +20,10 @@ fails fails only its own requests: a FashionSearchError reaches each of them as 
 once and each request gets its own Internal error.
 
 `max_delay_ms` 0 turns batching off: `submit` prepares and runs each request by itself in one worker-thread hop.
+
+The other way round, `bounded_chunks` splits a batch a client has into requests that each fit what the receiving
+service accepts, in items and in bytes (the indexer's and the gateway's calls to the model services and the
+gateway).
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import inspect
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -40,6 +44,10 @@ logger = logging.getLogger(__name__)
 
 In = TypeVar("In")
 Out = TypeVar("Out")
+T = TypeVar("T")
+
+#: Room for a request's own fields and each item's protobuf framing (tag and length, a few bytes an item).
+REQUEST_SLACK_BYTES = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -256,3 +264,18 @@ def _settle(future: asyncio.Future[Out], *, result: Out | None = None, error: Ba
         future.set_exception(error)
     else:
         future.set_result(result)  # type: ignore[arg-type]
+
+
+def bounded_chunks(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
+    """Consecutive runs of `items` holding at most `max_items` items and `max_bytes` bytes (by `sizes`); an item
+    larger than `max_bytes` goes alone (the service then refuses it, and says why)."""
+    chunk: list[T] = []
+    used = 0
+    for item, size in zip(items, sizes, strict=True):
+        if chunk and (len(chunk) >= max_items or used + size > max_bytes):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append(item)
+        used += size
+    if chunk:
+        yield chunk

@@ -29,6 +29,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from fashionsearch.batching import REQUEST_SLACK_BYTES, bounded_chunks
 from fashionsearch.store.aliases import CollectionCatalog, versioned_name
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
 from fashionsearch.store.lock import StoreLockedError
@@ -109,23 +110,6 @@ class Target(Protocol):
 #: Bytes per EmbedBatch / ClassifyBatch request: half the model services' default message limit (64 MB), since
 #: shop photos fetched from URLs can be megabytes each and 64 of them would not fit in one message.
 MAX_MODEL_REQUEST_BYTES = 32 * 1024 * 1024
-# Room for a request's own fields and framing beside its items.
-_REQUEST_SLACK_BYTES = 16 * 1024
-
-
-def bounded_chunks(items: Sequence[T], sizes: Sequence[int], max_items: int, max_bytes: int) -> Iterator[list[T]]:
-    """Consecutive runs of `items` holding at most `max_items` items and `max_bytes` bytes (by `sizes`); an item
-    larger than `max_bytes` goes alone (the service then refuses it, and says why)."""
-    chunk: list[T] = []
-    used = 0
-    for item, size in zip(items, sizes, strict=True):
-        if chunk and (len(chunk) >= max_items or used + size > max_bytes):
-            yield chunk
-            chunk, used = [], 0
-        chunk.append(item)
-        used += size
-    if chunk:
-        yield chunk
 
 
 def payload_of(row: Row, content_hash: str, predicted: dict[str, str] | None = None) -> dict[str, Any]:
@@ -208,7 +192,7 @@ class ModelClients:
     def _chunks(self, images: Sequence[bytes]) -> Iterator[list[bytes]]:
         # Every image is within the fetcher's limit (10 MB), so each fits in a request on its own.
         sizes = [len(image) for image in images]
-        return bounded_chunks(images, sizes, self.max_batch, MAX_MODEL_REQUEST_BYTES - _REQUEST_SLACK_BYTES)
+        return bounded_chunks(images, sizes, self.max_batch, MAX_MODEL_REQUEST_BYTES - REQUEST_SLACK_BYTES)
 
     def embed(self, images: Sequence[bytes]) -> tuple[list[np.ndarray | str], EmbedderIdentity]:
         out: list[np.ndarray | str] = []
@@ -495,7 +479,7 @@ class GatewayTarget:
         yield from _call_with_retries("gateway ListItems", call)
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
-        budget = self._max_bytes - _REQUEST_SLACK_BYTES
+        budget = self._max_bytes - REQUEST_SLACK_BYTES
         messages = [catalogue_item(item) for item in items]
         sizes = [message.ByteSize() + 8 for message in messages]  # + the field's tag and length
         fits = [i for i, size in enumerate(sizes) if size <= budget]

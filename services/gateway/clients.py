@@ -24,7 +24,7 @@ import grpc.aio
 import numpy as np
 from PIL import Image
 
-from fashionsearch.batching import BatchPolicy, BatchStats, DynamicBatcher
+from fashionsearch.batching import REQUEST_SLACK_BYTES, BatchPolicy, BatchStats, DynamicBatcher, bounded_chunks
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -251,9 +251,11 @@ class GrpcEmbedder:
         batch_max_size: int = 1,
         max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
+        """`max_message_bytes`: the channel's message limit; a batch is sent in as many calls as fit in it."""
         self._stub = embedder_pb2_grpc.EmbedderStub(channel)
         self._timeout_s = timeout_s
         self._batch_timeout_s = batch_timeout_s or timeout_s
+        self._max_message_bytes = max_message_bytes
         self._model: ModelId | None = None
         self.batching = CallBatcher(self._embed_many, batch_max_size, max_message_bytes, timeout_s, "embedder")
 
@@ -268,7 +270,18 @@ class GrpcEmbedder:
         return Embedding(vector=np.asarray(reply.embedding.vector, dtype=np.float32), model=self._model)
 
     async def embed_batch(self, images: Sequence[bytes]) -> list[Embedding | FashionSearchError]:
-        return await self._embed_many(images, self._batch_timeout_s)
+        # Every image the gateway accepts fits in one message, but a few of them together may not: split by bytes.
+        sizes = [len(image) + 16 for image in images]  # + the field's tag and length
+        budget = self._max_message_bytes - REQUEST_SLACK_BYTES
+        outcomes: list[Embedding | FashionSearchError] = []
+        models: set[ModelId] = set()
+        for chunk in bounded_chunks(images, sizes, len(images), budget):
+            part = await self._embed_many(chunk, self._batch_timeout_s)
+            models.update(e.model for e in part if isinstance(e, Embedding))
+            if len(models) > 1:
+                raise Unavailable("the embedder changed version during a batch; try again")
+            outcomes.extend(part)
+        return outcomes
 
     async def _embed_many(self, images: Sequence[bytes], timeout_s: float) -> list[Embedding | FashionSearchError]:
         try:

@@ -9,13 +9,19 @@ so in-flight images cannot pile up without bound.
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 import socket
 import threading
 import time
+import urllib.request
 
 import grpc
+import numpy as np
 import pytest
 from gateway_stack import Stack, jpeg, start_stack
+from PIL import Image
 
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.bootstrap import max_message_bytes
@@ -112,4 +118,46 @@ def test_calls_over_the_concurrency_limit_are_resource_exhausted_at_once(tmp_pat
         still_serves(limited)
     finally:
         release.set()
+        limited.close()
+
+
+def _noise_png(side: int, seed: int) -> bytes:
+    """A PNG that does not compress: about 3 * side**2 bytes."""
+    pixels = np.random.default_rng(seed).integers(0, 256, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def test_every_image_the_gateway_accepts_can_be_stored_however_many_come_together(tmp_path):
+    """Each image is under the image limit, together they are far over the gateway-to-embedder message limit: the
+    gateway splits its calls to the embedder by bytes, on the upsert stream and on POST /v1/items alike."""
+    limited = start_stack(tmp_path, max_image_bytes=MAX_IMAGE, http_port=free_port(), http_max_body_bytes=1 << 20)
+    try:
+        images = [_noise_png(140, seed) for seed in range(9)]
+        assert all(50_000 < len(image) <= MAX_IMAGE for image in images)
+        assert sum(len(image) for image in images[:6]) > 2 * max_message_bytes(limited.gateway_settings)
+        payload = gateway_pb2.ItemPayload(sub_category="Topwear", gender="Men", master_category="Apparel")
+        replies = limited.upsert(
+            [gateway_pb2.CatalogueItem(id=i + 1, image=image, payload=payload) for i, image in enumerate(images[:6])]
+        )
+        assert [r.error.message for r in replies if not r.upserted] == []
+
+        body = {
+            "items": [
+                {"id": 100 + i, "image_base64": base64.b64encode(image).decode(), "payload": {"gender": "Men"}}
+                for i, image in enumerate(images[6:])
+            ]
+        }
+        request = urllib.request.Request(
+            f"http://{HOST}:{limited.gateway_settings.http_port}/v1/items",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+            method="POST",
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            results = json.loads(response.read())["results"]
+        assert [r.get("error") for r in results] == [None, None, None], results
+        assert limited.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=10).item_count == 9
+    finally:
         limited.close()

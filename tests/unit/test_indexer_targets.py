@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from jobs.indexer.targets import bounded_chunks
+from fashionsearch.batching import bounded_chunks
 
 
 def test_chunks_respect_the_item_count_and_keep_order() -> None:
