@@ -29,6 +29,7 @@ gateway).
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 import time
@@ -38,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
+from fashionsearch.decode_threads import run_off_loop
 from fashionsearch.errors import FashionSearchError, Internal
 
 logger = logging.getLogger(__name__)
@@ -133,13 +135,14 @@ class DynamicBatcher(Generic[In, Out]):
         # default executor.
         self._executor: ThreadPoolExecutor | None = None
 
-    async def submit(self, prepare: Callable[[], In]) -> Out:
-        """Prepare one request in a worker thread, then run it in a batch; returns its output or raises its error."""
+    async def submit(self, prepare: Callable[[], In], *, heavy: bool = False) -> Out:
+        """Prepare one request in a worker thread (the heavy-image thread when `heavy`, see
+        fashionsearch.decode_threads), then run it in a batch; returns its output or raises its error."""
         if not self.policy.enabled:
-            return await asyncio.to_thread(self._run_alone, prepare)
+            return await run_off_loop(functools.partial(self._run_alone, prepare), heavy=heavy)
         self._preparing += 1
         try:
-            item = await asyncio.to_thread(prepare)
+            item = await run_off_loop(prepare, heavy=heavy)
         finally:
             self._preparing -= 1
             self._wake.set()  # a batch may be waiting for this request (or, if it failed, no longer needs to)

@@ -9,6 +9,10 @@ pixel is decoded, so a small file declaring 20000x20000 pixels costs nothing), a
 
 Large JPEG photos are decoded in draft mode, straight at a reduced scale (1/2, 1/4 or 1/8) that is still at
 least twice the model's input size, so a 12-megapixel photo costs milliseconds instead of most of a second.
+PNG and WebP have no such mode: a large one is decoded in full, then at once reduced by an integer factor to the
+same size (at least twice the model's input) before any conversion copies it, so a batch never holds full-size
+pictures. Their full-size decode is what makes an image "heavy" (`is_heavy`): fashionsearch.decode_threads runs
+those one at a time per process.
 
 `decode_pixels` is what the model services use: the same answer as a uint8 array, with a fast path for the common
 case (a small colour or grey JPEG without EXIF orientation, like every catalogue image) that decodes with
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +40,9 @@ logger = logging.getLogger(__name__)
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MIN_SIDE = 8
+#: Above this many pixels a PNG or WebP costs tens of megabytes and a good part of a second to decode (it has no
+#: reduced-scale decoding): a heavy image.
+HEAVY_PIXELS = 4_000_000
 FORMATS = ("JPEG", "PNG", "WEBP")
 # Catalogue photos have white backgrounds, so transparency becomes white.
 BACKGROUND = (255, 255, 255)
@@ -78,16 +86,44 @@ def decode_image(
 
     _check_size(*image.size, limits)
 
-    if image.format in ("JPEG", "MPO") and target_size is not None:  # MPO: phone cameras' multi-picture JPEG
-        # Twice the larger model side in both directions, so any EXIF rotation still leaves enough pixels.
-        side = 2 * max(target_size)
+    jpeg = image.format in ("JPEG", "MPO")  # MPO: phone cameras' multi-picture JPEG
+    # Twice the larger model side in both directions, so any EXIF rotation still leaves enough pixels.
+    side = 2 * max(target_size) if target_size is not None else 0
+    if jpeg and side:
         image.draft("RGB", (side, side))
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, EOFError) as bad:
         raise InvalidArgument(f"image data is truncated or corrupt ({image.format}: {bad})") from None
+    if side and not jpeg:
+        image = reduce_to(image, side)
     image = _apply_orientation(image)
     return to_rgb(image)
+
+
+def reduce_to(image: Image.Image, side: int) -> Image.Image:
+    """Shrink by the largest integer factor that keeps both sides at least `side` (what JPEG draft mode keeps)."""
+    factor = min(image.width // side, image.height // side)
+    if factor < 2:
+        return image
+    size = (image.width // factor, image.height // factor)
+    if image.mode in ("P", "PA", "1") or image.mode.startswith("I;16"):
+        # Averaging palette indices would mix unrelated colours; these modes are sampled instead.
+        return image.resize(size, Image.Resampling.NEAREST)
+    return image.reduce(factor)  # a box filter (alpha premultiplied), one pass over the pixels
+
+
+def is_heavy(data: bytes) -> bool:
+    """True for a PNG or WebP of more than HEAVY_PIXELS pixels (read from the header; bad data is not heavy)."""
+    if data[:2] == b"\xff\xd8":  # JPEG: decoded at a reduced scale
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a decompression-bomb warning: decode_image refuses it, quickly
+            width, height = Image.open(io.BytesIO(data), formats=FORMATS).size
+    except Exception:  # noqa: BLE001 - whatever is wrong, decode_image says it (without a full decode)
+        return False
+    return width * height > HEAVY_PIXELS
 
 
 def _check_size(width: int, height: int, limits: ImageLimits) -> None:

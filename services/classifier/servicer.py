@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import functools
 
 import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
+from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
-from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
+from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from services.classifier.model import Classification, Classifier
@@ -71,7 +71,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     ) -> classifier_pb2.ClassifyResponse:
         top_k = self._top_k(request.top_k)
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
-        result = await self.batcher.submit(functools.partial(self._prepare, request.image, top_k))
+        prepare = functools.partial(self._prepare, request.image, top_k)
+        result = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         return classifier_pb2.ClassifyResponse(classification=to_proto(result), model=self._model_info)
 
     def _classify_batch(self, images: list[bytes], top_k: int) -> list[Classification | InvalidArgument]:
@@ -87,7 +88,8 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         top_k = self._top_k(request.top_k)
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
-        outcomes = await asyncio.to_thread(self._classify_batch, list(request.images), top_k)
+        images = list(request.images)
+        outcomes = await run_decoding(functools.partial(self._classify_batch, images, top_k), images)
         results = [
             classifier_pb2.ClassifyResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)

@@ -9,8 +9,9 @@ import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
+from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import FailedPrecondition, InvalidArgument, item_error_fields, rpc_errors
-from fashionsearch.images import ImageLimits, decode_batch, decode_pixels
+from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder
@@ -53,7 +54,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self, request: embedder_pb2.EmbedRequest, context: grpc.aio.ServicerContext
     ) -> embedder_pb2.EmbedResponse:
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
-        vector = await self.batcher.submit(functools.partial(self._prepare, request.image))
+        prepare = functools.partial(self._prepare, request.image)
+        vector = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         return embedder_pb2.EmbedResponse(
             embedding=embedder_pb2.Embedding(vector=vector.tolist()), model=self._model_info
         )
@@ -70,7 +72,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     ) -> embedder_pb2.EmbedBatchResponse:
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
-        outcomes = await asyncio.to_thread(self._embed_batch, list(request.images))
+        images = list(request.images)
+        outcomes = await run_decoding(functools.partial(self._embed_batch, images), images)
         results = [
             embedder_pb2.EmbedResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)

@@ -8,8 +8,12 @@ GATEWAY_SHRINK_SIDE pixels on its shorter side (set it to at least twice the lar
 what the services' own draft decoding keeps), EXIF orientation applied, and re-encoded as a small high-quality
 JPEG. The models see the photo at the resolution they would have used anyway, up to JPEG noise at quality 95.
 
-Anything else (small images, PNG, WebP, undecodable or over-limit data) passes through unchanged, so the
-services still validate it and give their usual errors.
+A PNG or WebP above the threshold has no reduced-scale decoding: it is decoded here in full, once instead of once
+in each service, reduced at once by an integer factor to keep at least GATEWAY_SHRINK_SIDE pixels a side, put on
+white where transparent (as the services would), and sent on as a small lossless PNG.
+
+Anything else (small images, undecodable or over-limit data) passes through unchanged, so the services still
+validate it and give their usual errors.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 
 from PIL import Image, ImageOps
 
-from fashionsearch.images import DEFAULT_MAX_PIXELS, to_rgb
+from fashionsearch.images import DEFAULT_MAX_PIXELS, FORMATS, reduce_to, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -31,17 +35,24 @@ def shrink_photo(data: bytes, *, above_pixels: int, side: int, max_pixels: int =
     if above_pixels <= 0:
         return data
     try:
-        image = Image.open(io.BytesIO(data), formats=("JPEG",))
+        image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = image.size
         if width * height <= above_pixels or width * height > max_pixels:
             return data
-        image.draft("RGB", (side, side))
+        jpeg = image.format == "JPEG"
+        if jpeg:
+            image.draft("RGB", (side, side))
         image.load()
+        if not jpeg:
+            image = reduce_to(image, side)
         image = to_rgb(ImageOps.exif_transpose(image))
-        if image.width * image.height >= width * height:  # draft could not reduce it: nothing gained
+        if image.width * image.height >= width * height:  # it could not be reduced: nothing gained
             return data
         buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=QUALITY)
+        if jpeg:
+            image.save(buffer, format="JPEG", quality=QUALITY)
+        else:
+            image.save(buffer, format="PNG", compress_level=1)
     except Exception as bad:  # noqa: BLE001 - the services decode it themselves and report what is wrong
         logger.debug("not shrinking the photo: %s", bad)
         return data

@@ -10,12 +10,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 import numpy as np
 
 from fashionsearch import naming
 from fashionsearch.catalogue import MAX_ID, PAYLOAD_FIELDS
+from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -76,7 +78,7 @@ class Limits:
     store_timeout_s: float = 5.0
     #: Items embedded and stored together: the most one UpsertBatch carries, and the embedder's batch size.
     upsert_batch: int = 64
-    #: JPEG photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
+    #: Photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
     #: 0 turns it off.
     shrink_above_pixels: int = 0
     shrink_side: int = 256
@@ -185,9 +187,10 @@ class GatewayService:
         top_k = self._top_k(options.top_k)
         explicit = self._explicit_filters(options)
         if self._limits.shrink_above_pixels:
-            image = await asyncio.to_thread(
+            shrink = partial(
                 shrink_photo, image, above_pixels=self._limits.shrink_above_pixels, side=self._limits.shrink_side
             )
+            image = await run_decoding(shrink, [image])
         classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:

@@ -55,7 +55,7 @@ class Settings:
     #: PEM certificate chain and private key: both set = TLS on the gRPC and HTTP ports.
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
-    #: Search photos (JPEG) above this many pixels are decoded once in the gateway and sent on at a reduced scale
+    #: Search photos above this many pixels are decoded once in the gateway and sent on at a reduced scale
     #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off (the default in code).
     shrink_above_pixels: int = 0
     shrink_side: int = 256

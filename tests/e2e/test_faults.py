@@ -7,6 +7,10 @@
 - A corrupt or unwritable data directory: one readable error line at start-up, a non-zero exit, no traceback.
 - The gateway killed during ingestion: after its restart the store opens, and a re-run of the batch job completes
   with no item lost or duplicated (items stored before the kill are skipped as unchanged).
+- A second gateway (or an indexer writing the live collection) on the same data directory exits at once, and no
+  acknowledged write is lost.
+- A burst of large PNGs during ordinary searches: every call answers, ordinary searches keep answering, and each
+  service's memory is back near idle afterwards.
 
 Bounded for CI (FAULT_LOAD_S=10 seconds of load by default); FAULT_LOAD_S=60 runs the issue's full minute.
 """
@@ -24,15 +28,24 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
 from PIL import Image
 
-from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+from fashionsearch.v1 import (
+    classifier_pb2,
+    classifier_pb2_grpc,
+    embedder_pb2,
+    embedder_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+)
 from services.gateway.security import client_metadata
-from testkit.process_stack import REPO_ROOT, ProcessStack
+from testkit.images import large_png
+from testkit.process_stack import REPO_ROOT, ProcessStack, peak_rss_mb, reset_peak_rss
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -412,3 +425,71 @@ def test_a_second_process_on_the_data_directory_exits_at_once_and_no_write_is_lo
         assert _item_count(stack) == 15  # every acknowledged write survived the restart
     finally:
         stack.stop()
+
+
+# ---- a burst of large PNGs during ordinary searches ---------------------------------------------------------------
+
+#: What a service may keep after the burst, over its idle RSS (allocator and inference arenas): before the fix the
+#: model services kept about a gigabyte.
+SETTLED_GROWTH_MB = 80
+#: One 25-megapixel decode at a time per process (RGBA 100 MB) and its copies; before the fix, well over 1 GB.
+PEAK_GROWTH_MB = 400
+
+
+async def _large_burst(stack: ProcessStack, png: bytes, searches: int, n: int) -> collections.Counter:
+    """`searches` gateway Searches with `png` at once, and `n` Embed and `n` Classify calls straight to the model
+    services (the path of a client that bypasses the gateway's own reduction)."""
+    codes: collections.Counter = collections.Counter()
+    options = [("grpc.max_send_message_length", -1)]
+    async with (
+        grpc.aio.insecure_channel(stack.address("gateway")) as gateway,
+        grpc.aio.insecure_channel(stack.address("embedder"), options=options) as embedder,
+        grpc.aio.insecure_channel(stack.address("classifier"), options=options) as classifier,
+    ):
+
+        async def call(what: str, rpc: Any) -> None:
+            try:
+                await rpc
+                codes[(what, "OK")] += 1
+            except grpc.aio.AioRpcError as error:
+                codes[(what, error.code().name)] += 1
+
+        search = gateway_pb2_grpc.GatewayStub(gateway).Search
+        embed = embedder_pb2_grpc.EmbedderStub(embedder).Embed
+        classify = classifier_pb2_grpc.ClassifierStub(classifier).Classify
+        await asyncio.gather(
+            *(call("Search", search(gateway_pb2.SearchRequest(image=png), timeout=120)) for _ in range(searches)),
+            *(call("Embed", embed(embedder_pb2.EmbedRequest(image=png), timeout=120)) for _ in range(n)),
+            *(call("Classify", classify(classifier_pb2.ClassifyRequest(image=png), timeout=120)) for _ in range(n)),
+        )
+    return codes
+
+
+def test_a_burst_of_large_pngs_leaves_ordinary_searches_answering_and_memory_at_idle(stack):
+    png = large_png(5000, 5000)  # 25 megapixels in about 100 KB: PNG has no reduced-scale decoding
+    warm = load(stack.address("gateway"), 2, concurrency=4)
+    assert not warm.errors, warm.errors
+    names = ("classifier", "embedder", "gateway")
+    idle = {name: stack.rss_mb(name) for name in names}
+    for name in names:
+        reset_peak_rss(stack.pid(name))
+
+    background = BackgroundLoad(stack.address("gateway"), concurrency=4)
+    time.sleep(1)
+    started = time.monotonic()
+    burst = asyncio.run(_large_burst(stack, png, searches=8, n=3))
+    burst_s = time.monotonic() - started
+    time.sleep(1)
+    ordinary = background.stop()
+    peak = {name: peak_rss_mb(stack.pid(name)) for name in names}
+    time.sleep(2)
+    settled = {name: stack.rss_mb(name) for name in names}
+
+    print(f"\nburst of large PNGs: {dict(burst)} in {burst_s:.1f} s; ordinary searches {dict(ordinary.codes)}")
+    for name in names:
+        print(f"  {name:<10} RSS idle {idle[name]:.0f}, peak {peak[name]:.0f}, settled {settled[name]:.0f} MB")
+    assert set(burst) == {("Search", "OK"), ("Embed", "OK"), ("Classify", "OK")}, burst
+    assert not ordinary.errors and sum(ordinary.codes.values()) > 0, ordinary.codes
+    for name in names:
+        assert peak[name] - idle[name] < PEAK_GROWTH_MB, f"{name} grew {peak[name] - idle[name]:.0f} MB"
+        assert settled[name] - idle[name] < SETTLED_GROWTH_MB, f"{name} kept {settled[name] - idle[name]:.0f} MB"

@@ -68,7 +68,7 @@ def test_exif_orientation_is_applied_before_the_exif_is_dropped():
     ("data", "above"),
     [
         (photo(600, 800), 2_000_000),  # small: nothing to gain
-        (photo(2000, 1500, fmt="PNG"), 1_000_000),  # not a JPEG: the services decode it
+        (photo(2000, 1500, fmt="PNG"), 4_000_000),  # a PNG under the threshold
         (b"\xff\xd8\xff\xe0 not really a jpeg", 1),  # broken: the services report it
         (b"", 1),
         (photo(2000, 1500), 0),  # turned off
@@ -77,6 +77,24 @@ def test_exif_orientation_is_applied_before_the_exif_is_dropped():
 )
 def test_everything_else_passes_through_unchanged(data, above):
     assert shrink_photo(data, above_pixels=above, side=256) is data
+
+
+def test_a_large_png_is_decoded_once_here_and_sent_on_small_and_lossless():
+    """A PNG has no reduced-scale decoding: the gateway decodes it once (not once per model service), reduces it,
+    puts transparent pixels on white as the services would, and sends a small PNG of the same picture."""
+    rgba = Image.open(io.BytesIO(photo(3000, 2000, fmt="PNG"))).convert("RGBA")
+    rgba.paste((0, 0, 0, 0), (0, 0, 1500, 400))  # a transparent band
+    buffer = io.BytesIO()
+    rgba.save(buffer, format="PNG")
+    large_png = buffer.getvalue()
+    small = shrink_photo(large_png, above_pixels=2_000_000, side=256)
+    image = Image.open(io.BytesIO(small))
+    assert image.format == "PNG" and image.mode == "RGB" and image.size == (429, 286)  # 3000/7, 2000/7, rounded up
+    assert image.getpixel((10, 10)) == (255, 255, 255)
+    direct = preprocess([decode_image(large_png, ImageLimits(), (SPEC.width, SPEC.height))], SPEC)
+    shrunk = preprocess([decode_image(small, ImageLimits(), (SPEC.width, SPEC.height))], SPEC)
+    difference = np.abs(direct - shrunk)
+    assert float(difference.mean()) < 0.01 and float(difference.max()) < 0.1
 
 
 def test_over_the_pixel_limit_passes_through_for_the_services_to_refuse(large):

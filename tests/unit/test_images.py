@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import io
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fashionsearch.errors import InvalidArgument
-from fashionsearch.images import ImageLimits, decode_batch, decode_image, decode_pixels, to_rgb
+from fashionsearch.images import ImageLimits, decode_batch, decode_image, decode_pixels, is_heavy, to_rgb
+from testkit.images import large_png
 from tests.png_bytes import png_declaring
 
 
@@ -312,3 +316,63 @@ def test_decode_pixels_matches_decode_image_on_dataset_images(data_dir: Path) ->
         np.testing.assert_array_equal(
             decode_pixels(data, target_size=(60, 80)), np.asarray(decode_image(data, target_size=(60, 80))), path.name
         )
+
+
+# ---- large PNG and WebP: decoded in full, reduced at once ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def nine_megapixel_png() -> bytes:
+    return large_png(3000, 3000)
+
+
+def test_a_large_png_is_reduced_as_it_is_decoded(nine_megapixel_png: bytes) -> None:
+    assert len(nine_megapixel_png) < 200_000 and is_heavy(nine_megapixel_png)
+    pixels = decode_pixels(nine_megapixel_png, target_size=(60, 80))
+    # The largest integer factor keeping both sides at least twice the larger model side (like JPEG draft mode).
+    assert pixels.shape == (167, 167, 3)  # 3000 / 18, rounded up
+    full = np.asarray(decode_image(nine_megapixel_png).resize((167, 167), Image.Resampling.BOX))
+    assert np.abs(pixels.astype(int) - full.astype(int)).mean() < 2  # the same picture
+    assert decode_image(nine_megapixel_png).size == (3000, 3000)  # without a target size: full size
+
+
+def test_reduced_transparent_and_palette_pngs_keep_their_colours() -> None:
+    rgba = Image.new("RGBA", (2400, 2400), (0, 0, 255, 0))  # transparent blue: must become white, not blue
+    rgba.paste((200, 0, 0, 255), (1200, 0, 2400, 2400))
+    image = decode_image(encode(rgba, "PNG"), target_size=(60, 80))
+    assert image.size == (160, 160)
+    assert image.getpixel((10, 10)) == (255, 255, 255) and image.getpixel((150, 10)) == (200, 0, 0)
+    palette = rgba.convert("RGB").quantize(4)
+    image = decode_image(encode(palette, "PNG"), target_size=(60, 80))
+    assert image.size == (160, 160) and image.getpixel((150, 10)) == (200, 0, 0)
+
+
+def test_heavy_images_are_large_pngs_and_webps_only(nine_megapixel_png: bytes, jpeg_bytes: bytes) -> None:
+    assert is_heavy(encode(Image.new("RGB", (2500, 2000)), "WEBP"))
+    assert not is_heavy(encode(Image.new("RGB", (2000, 2000)), "PNG"))  # 4 MP: not above HEAVY_PIXELS
+    assert not is_heavy(encode(Image.new("RGB", (4000, 3000)), "JPEG"))  # draft mode
+    assert not is_heavy(jpeg_bytes) and not is_heavy(b"") and not is_heavy(b"\x89PNG garbage")
+    assert not is_heavy(png_declaring(20000, 20000))  # refused from its header, never decoded
+
+
+def test_a_batch_of_large_pngs_never_holds_their_full_size_decodes() -> None:
+    """Peak memory of decode_batch over four 16-megapixel PNGs, in a fresh process: about one full-size decode
+    (48 MB), not four (192 MB and more, as when every item was kept at full size until the batch was done)."""
+    script = (
+        "import resource, sys\n"
+        "from fashionsearch.images import decode_batch\n"
+        "from testkit.images import large_png\n"
+        "items = [large_png(4000, 4000, seed=i) for i in range(4)]\n"
+        "before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+        "decoded = decode_batch(items, target_size=(60, 80))\n"
+        "assert all(d.shape == (160, 160, 3) for d in decoded), [d.shape for d in decoded]\n"
+        "print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)\n"
+    )
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, "-c", script], cwd=root, env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    growth_mb = float(done.stdout.strip())
+    assert growth_mb < 120, f"decoding the batch grew the process by {growth_mb:.0f} MB"
