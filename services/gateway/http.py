@@ -8,8 +8,11 @@ Product images: a payload's ``image_ref`` is either an http(s) URL (handed to br
 GATEWAY_IMAGE_URL_HOSTS) or a path relative to GATEWAY_IMAGE_ROOT (the catalogue folder the indexer read, e.g.
 sample_catalogue/), served under ``/images/``. The gateway stores no image bytes itself.
 
-Request bodies larger than GATEWAY_HTTP_MAX_BODY_BYTES are refused with 413: from Content-Length before any of the
-body is read (also answering ``Expect: 100-continue`` that way), otherwise while it streams in.
+Request bodies larger than the body limit (Settings.http_body_limit: what one image of GATEWAY_MAX_IMAGE_BYTES
+needs in the largest form a request can carry it; GATEWAY_HTTP_MAX_BODY_BYTES can lower it) are refused with 413:
+from Content-Length before any of the body is read (also answering ``Expect: 100-continue`` that way), otherwise
+while it streams in. Requests beyond the gateway's cap on work in flight, shared with gRPC, are answered 503 with
+Retry-After before their body is read (services/gateway/admission.py).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, 
 from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
 from services.gateway import text_http
+from services.gateway.admission import Admission, http_admission, refused_response, request_bytes
 from services.gateway.domain import (
     CONTENT_HASH_KEY,
     AttributePrediction,
@@ -98,7 +102,8 @@ def _too_large(limit: int, size: int | None = None) -> web.Response:
     return error_body(
         413,
         "PAYLOAD_TOO_LARGE",
-        f"the request body is {size_text}, more than the limit of {limit} bytes (GATEWAY_HTTP_MAX_BODY_BYTES)",
+        f"the request body is {size_text}, more than the limit of {limit} bytes (derived from"
+        " GATEWAY_MAX_IMAGE_BYTES, lowered by GATEWAY_HTTP_MAX_BODY_BYTES)",
     )
 
 
@@ -432,7 +437,7 @@ class HttpApi:
         params = list(request.query.items())
         content_type = request.content_type
         if content_type == "multipart/form-data":
-            fields = await _read_multipart(request, self._settings.http_max_body_bytes)
+            fields = await _read_multipart(request, self._settings.http_body_limit)
             image = _single(fields, "image")
             if image is None:
                 raise InvalidArgument("the multipart body has no 'image' field; attach the photo as image=@photo.jpg")
@@ -512,7 +517,7 @@ class HttpApi:
             raise web.HTTPUnsupportedMediaType(
                 text="send multipart/form-data with an 'image' file and an optional 'payload' JSON field"
             )
-        fields = await _read_multipart(request, self._settings.http_max_body_bytes)
+        fields = await _read_multipart(request, self._settings.http_body_limit)
         unknown = sorted(set(fields) - {"image", "payload", "content_hash"})
         if unknown:
             raise InvalidArgument(f"unknown form field(s) {', '.join(unknown)}; allowed: image, payload, content_hash")
@@ -714,9 +719,12 @@ def create_app(
     index: VectorIndex,
     settings: Settings,
     health_servicer: health.aio.HealthServicer | None = None,
+    admission: Admission | None = None,
 ) -> web.Application:
-    """The aiohttp application: JSON API under /v1, health, OpenAPI, images and the web page."""
-    limit = settings.http_max_body_bytes
+    """The aiohttp application: JSON API under /v1, health, OpenAPI, images and the web page. `admission` is the
+    cap on work in flight it shares with the gRPC server (its own one when not given)."""
+    limit = settings.http_body_limit
+    admission = admission or Admission(settings.max_concurrent_rpcs, settings.max_bytes_in_flight)
     api = HttpApi(service, index, settings, health_servicer)
 
     async def expect(request: web.Request) -> web.Response | None:
@@ -728,13 +736,14 @@ def create_app(
         denied = http_refusal(settings.api_keys, request)
         if denied is not None:
             return error_body(HTTP_STATUS.get(denied.code, 500), denied.code.name, denied.message)
+        if not admission.has_room(request_bytes(request, limit)):
+            return refused_response(admission)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
         return None
 
-    app = web.Application(
-        client_max_size=limit, middlewares=[_errors_middleware(limit), http_middleware(settings.api_keys)]
-    )
+    middlewares = [_errors_middleware(limit), http_middleware(settings.api_keys), http_admission(admission, limit)]
+    app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
@@ -778,13 +787,14 @@ async def start_http(
     service: GatewayService,
     index: VectorIndex,
     health_servicer: health.aio.HealthServicer | None = None,
+    admission: Admission | None = None,
 ) -> HttpServer:
     """Serve the HTTP API and page on settings.host:settings.http_port (0 picks a free port) in this event loop."""
     if settings.http_port is None:
         raise ValueError("HTTP is disabled (http_port is None)")
     host = settings.host.strip("[]") or "0.0.0.0"
     runner = web.AppRunner(
-        create_app(service, index, settings, health_servicer),
+        create_app(service, index, settings, health_servicer, admission),
         access_log=None,
         shutdown_timeout=settings.grace_s,
         logger=MalformedRequestLog(),
@@ -821,11 +831,12 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "Invalid argument: undecodable, empty or oversized image, bad top_k, unknown filter field",
         404: "Unknown product id",
         409: "Failed precondition: the stored vectors come from another embedder version; re-index",
-        413: "Request body over GATEWAY_HTTP_MAX_BODY_BYTES",
+        413: "Request body over the limit (derived from GATEWAY_MAX_IMAGE_BYTES; GATEWAY_HTTP_MAX_BODY_BYTES)",
         401: "No API key, or an unknown one (see GATEWAY_READ_API_KEYS, GATEWAY_WRITE_API_KEYS)",
         403: "The key allows searches only, or catalogue writes are turned off",
         415: "Unsupported content type",
-        503: "A dependency (classifier, embedder, vector store) is unavailable",
+        503: "A dependency (classifier, embedder, vector store) is unavailable, or the gateway is at its limit of"
+        " requests in flight (then with Retry-After)",
         504: "A dependency did not answer within its deadline",
     }
     return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}

@@ -6,6 +6,7 @@ import logging
 
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+from services.gateway.admission import Admission, AdmissionInterceptor
 from services.gateway.bootstrap import Gateway, bootstrap, max_message_bytes
 from services.gateway.http import start_http
 from services.gateway.security import ApiKeyInterceptor, grpc_server_credentials
@@ -23,6 +24,7 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
     health; a peer that is down makes the affected RPCs answer UNAVAILABLE rather than the gateway NOT_SERVING.
     """
     gateway = gateway or bootstrap(settings)
+    admission = Admission(settings.max_concurrent_rpcs, settings.max_bytes_in_flight)
     info = gateway.index.info()
     keys = settings.api_keys
     if not keys.write and keys.allow_unauthenticated_writes:
@@ -45,16 +47,17 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
                 "tls": settings.tls_cert_file is not None,
             },
             closers=[gateway.close],
-            interceptors=[ApiKeyInterceptor(keys)],
+            interceptors=[ApiKeyInterceptor(keys), AdmissionInterceptor(admission, max_message_bytes(settings))],
             credentials=grpc_server_credentials(settings.tls_cert_file, settings.tls_key_file),
-            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            # A backstop only: the admission above answers first (with a retry hint), for gRPC and HTTP together.
+            maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,
         )
     except BaseException:
         await gateway.close()
         raise
     if settings.http_port is not None:
         try:
-            http_server = await start_http(settings, gateway.service, gateway.index, running.health)
+            http_server = await start_http(settings, gateway.service, gateway.index, running.health, admission)
         except BaseException:
             await running.stop(0)
             raise

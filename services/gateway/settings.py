@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fashionsearch.config import Address, ConfigError, Env
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
+from services.gateway.service import MESSAGE_OVERHEAD_BYTES, Limits
 
 DEFAULT_HTTP_PORT = 8080
 
@@ -41,7 +42,8 @@ class Settings:
     #: Port of the HTTP/JSON API and web page (services/gateway/http.py) on the same host as gRPC; 0 picks a free
     #: port, None turns HTTP off (GATEWAY_HTTP_ENABLED=false; also the default when Settings is built in code).
     http_port: int | None = None
-    http_max_body_bytes: int = 16 * 1024 * 1024
+    #: None: derived from max_image_bytes (http_body_limit); a value caps it lower.
+    http_max_body_bytes: int | None = None
     #: Folder that relative image references (payload image_ref) resolve against, served under /images/.
     image_root: Path | None = None
     #: Hosts whose http(s) image_ref URLs the gateway hands to browsers (hit image_url, the /image redirect); an
@@ -59,9 +61,20 @@ class Settings:
     #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off (the default in code).
     shrink_above_pixels: int = 0
     shrink_side: int = 256
-    #: gRPC calls in progress at once; more end at once with RESOURCE_EXHAUSTED (bounds the memory of in-flight
-    #: requests: at most this many images of up to max_image_bytes).
+    #: gRPC calls and HTTP requests in progress at once, together (services/gateway/admission.py); more are refused
+    #: at once: RESOURCE_EXHAUSTED / 503, with a retry hint.
     max_concurrent_rpcs: int = 256
+    #: Request bytes in flight (gRPC messages and HTTP bodies together); more are refused at once, with a retry hint.
+    max_bytes_in_flight: int = 256 * 1024 * 1024
+
+    @property
+    def http_body_limit(self) -> int:
+        """The largest HTTP body any request could need: one image of max_image_bytes base64-encoded in a POST
+        /v1/items (the largest form an accepted image takes), plus room for the JSON around it. Anything larger is
+        refused from its Content-Length, before it is read."""
+        request = Limits(max_image_bytes=self.max_image_bytes).max_request_bytes
+        derived = 4 * -(-request // 3) + MESSAGE_OVERHEAD_BYTES
+        return min(self.http_max_body_bytes or derived, derived)
 
     @property
     def api_keys(self) -> ApiKeys:
@@ -119,8 +132,10 @@ class Settings:
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             http_port=env.port("HTTP_PORT", DEFAULT_HTTP_PORT) if env.get_bool("HTTP_ENABLED", True) else None,
-            http_max_body_bytes=env.get_int(
-                "HTTP_MAX_BODY_BYTES", cls.http_max_body_bytes, min=1024, max=256 * 1024 * 1024
+            http_max_body_bytes=(
+                env.get_int("HTTP_MAX_BODY_BYTES", 0, min=1024, max=1024**3)
+                if env.get_str("HTTP_MAX_BODY_BYTES", "")
+                else None
             ),
             image_root=env.path("IMAGE_ROOT", "", must_exist="dir") if env.get_str("IMAGE_ROOT", "") else None,
             image_url_hosts=parse_hosts(env.get_str("IMAGE_URL_HOSTS", "")),
@@ -132,6 +147,9 @@ class Settings:
             shrink_above_pixels=env.get_int("SHRINK_ABOVE_PIXELS", 2_000_000, min=0),
             shrink_side=env.get_int("SHRINK_SIDE", cls.shrink_side, min=16, max=8192),
             max_concurrent_rpcs=env.get_int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs, min=1, max=100_000),
+            max_bytes_in_flight=env.get_int(
+                "MAX_BYTES_IN_FLIGHT", cls.max_bytes_in_flight, min=1024 * 1024, max=64 * 1024**3
+            ),
         )
 
 

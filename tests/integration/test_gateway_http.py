@@ -725,13 +725,21 @@ def test_grpc_still_serves_beside_http(stack):
 
 def test_http_settings_from_env(tmp_path):
     defaults = GatewaySettings.from_env({})
-    assert defaults.http_port == 8080 and defaults.http_max_body_bytes == 16 * 1024 * 1024
+    assert defaults.http_port == 8080 and defaults.http_max_body_bytes is None
+    # Derived from the image limit: one 10 MiB image (+ 64 KiB of room) base64-encoded, + 64 KiB for the JSON.
+    assert defaults.http_body_limit == 4 * -(-(10 * 1024 * 1024 + 65536) // 3) + 65536
+    smaller = GatewaySettings.from_env({"GATEWAY_MAX_IMAGE_BYTES": "1048576"})
+    assert smaller.http_body_limit < 1.5 * 1024 * 1024
     assert defaults.image_root is None
     assert GatewaySettings.from_env({"GATEWAY_HTTP_ENABLED": "false"}).http_port is None
     custom = GatewaySettings.from_env(
         {"GATEWAY_HTTP_PORT": "0", "GATEWAY_HTTP_MAX_BODY_BYTES": "4096", "GATEWAY_IMAGE_ROOT": str(tmp_path)}
     )
-    assert (custom.http_port, custom.http_max_body_bytes, custom.image_root) == (0, 4096, tmp_path)
+    assert (custom.http_port, custom.http_body_limit, custom.image_root) == (0, 4096, tmp_path)
+    # A value can lower the derived limit, never raise it over what a request could use.
+    assert GatewaySettings.from_env({"GATEWAY_HTTP_MAX_BODY_BYTES": str(1 << 30)}).http_body_limit == (
+        defaults.http_body_limit
+    )
     assert defaults.image_url_hosts == ()
     hosts = GatewaySettings.from_env({"GATEWAY_IMAGE_URL_HOSTS": "CDN.example.com, img.example.org.,"})
     assert hosts.image_url_hosts == ("cdn.example.com", "img.example.org")

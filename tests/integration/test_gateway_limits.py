@@ -161,3 +161,69 @@ def test_every_image_the_gateway_accepts_can_be_stored_however_many_come_togethe
         assert limited.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=10).item_count == 9
     finally:
         limited.close()
+
+
+def _http_head(port: int, method: str, path: str, length: int, body: bytes = b"") -> socket.socket:
+    """A connection that has sent a request's headers (declaring `length` body bytes) and `body`, and waits."""
+    conn = socket.create_connection((HOST, port), timeout=10)
+    conn.sendall(
+        f"{method} {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+        f"Content-Length: {length}\r\n\r\n".encode()
+        + body
+    )
+    return conn
+
+
+def _answer(conn: socket.socket) -> str:
+    return conn.recv(4096).decode("latin-1")
+
+
+def test_one_cap_on_requests_in_flight_for_grpc_and_http_answered_with_a_retry_hint(tmp_path):
+    """GATEWAY_MAX_CONCURRENT_RPCS counts gRPC calls and HTTP requests together; beyond it, both protocols are
+    answered at once (503 + Retry-After, RESOURCE_EXHAUSTED + retry trailers), HTTP before its body is read."""
+    limited = start_stack(tmp_path, max_concurrent_rpcs=1, http_port=free_port())
+    port = limited.gateway_settings.http_port
+    try:
+        # An HTTP upload in progress (half its body sent) holds the one place...
+        upload = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD[: len(GOOD) // 2])
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as refused:
+            limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(refused.value.trailing_metadata())
+        assert trailers["retry-after"] == "1" and trailers["grpc-retry-pushback-ms"] == "1000"
+        assert "GATEWAY_MAX_CONCURRENT_RPCS" in refused.value.details()
+        # ...and another HTTP request is refused from its headers: its body is never read.
+        with _http_head(port, "POST", "/v1/search", 1_000_000) as other:
+            head = _answer(other)
+        assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head, head
+        # Health checks are not counted: an overloaded gateway still answers its probes.
+        with _http_head(port, "GET", "/healthz", 0) as probe:
+            assert _answer(probe).startswith("HTTP/1.1 200")
+        upload.sendall(GOOD[len(GOOD) // 2 :])
+        assert _answer(upload).startswith("HTTP/1.1 200")
+        upload.close()
+        still_serves(limited)  # the place is free again
+    finally:
+        limited.close()
+
+
+def test_bytes_in_flight_are_capped_across_requests(tmp_path):
+    limited = start_stack(tmp_path, max_bytes_in_flight=300_000, http_port=free_port())
+    port = limited.gateway_settings.http_port
+    try:
+        upload = _http_head(port, "POST", "/v1/search", 200_000, b"\x89PNG")  # 200 KB declared, in flight
+        time.sleep(0.5)
+        with _http_head(port, "POST", "/v1/search", 150_000) as other:  # would make 350 KB
+            assert _answer(other).startswith("HTTP/1.1 503")
+        with pytest.raises(grpc.RpcError) as refused:  # a gRPC message counts its bytes too
+            limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 120_000), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        still_serves(limited)  # a catalogue-sized photo still fits
+        upload.close()
+        time.sleep(0.5)
+        with pytest.raises(grpc.RpcError) as invalid:  # admitted once the upload is gone (and then not an image)
+            limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 120_000), timeout=10)
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        limited.close()
