@@ -48,6 +48,24 @@ def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[t
     ]
 
 
+def handler_like(
+    handler: grpc.RpcMethodHandler, unary: Callable[..., Any], streaming: Callable[..., Any]
+) -> grpc.RpcMethodHandler:
+    """A method handler of the same kind as `handler` (same (de)serializers), running `unary` where its response
+    is a single message and the async generator `streaming` where it is a stream; for server interceptors."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
 class RunningServer:
     """A started grpc.aio server with its health service; stop it with `stop()` (idempotent)."""
 

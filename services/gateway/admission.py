@@ -22,6 +22,8 @@ import grpc
 import grpc.aio
 from aiohttp import web
 
+from fashionsearch.serving import handler_like
+
 logger = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 1
@@ -134,17 +136,7 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 admission.leave(nbytes)
 
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
-        return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+        return handler_like(handler, unary, streaming)
 
 
 # ---- HTTP -------------------------------------------------------------------------------------------------------

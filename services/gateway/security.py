@@ -34,6 +34,7 @@ from aiohttp import http_exceptions, web
 
 from fashionsearch.config import ConfigError
 from fashionsearch.errors import FashionSearchError
+from fashionsearch.serving import handler_like
 from fashionsearch.v1 import gateway_pb2
 
 logger = logging.getLogger(__name__)
@@ -275,17 +276,7 @@ def _refusing_handler(
         await context.abort(error.code, error.message)
         yield  # pragma: no cover - abort raises; the yield makes this an async generator
 
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+    return handler_like(handler, unary, streaming)
 
 
 # ---- HTTP -------------------------------------------------------------------------------------------------------
