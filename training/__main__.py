@@ -121,6 +121,36 @@ def cmd_train_text(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_robustness(args: argparse.Namespace) -> int:
+    import json
+
+    from training import robustness
+
+    pairs = {}
+    for item in args.pair:
+        name, _, dirs = item.partition("=")
+        classifier, _, embedder = dirs.partition(",")
+        if not (name and classifier and embedder):
+            raise data.DataError(f"--pair wants NAME=CLASSIFIER_DIR,EMBEDDER_DIR, got {item!r}")
+        pairs[name] = (Path(classifier), Path(embedder))
+    dataset, split = _load(args)
+    results = robustness.measure(pairs, dataset, split, args.images, threads=args.threads)
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = [
+        f"Test split, {results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
+        f"precision@5 of articleType x 100 against the clean training split ({results['catalogue']} packshots), "
+        "unfiltered and filtered by the true subCategory. In brackets: the change against the clean photo.",
+        "",
+        "Models: " + "; ".join(f"{m} = {r['classifier']} + {r['embedder']}" for m, r in results["models"].items()),
+        "",
+        *robustness.markdown(results),
+    ]
+    args.report.write_text("\n".join(lines) + "\n")
+    log.info("robustness table written to %s", args.report)
+    return 0
+
+
 def cmd_install_default(args: argparse.Namespace) -> int:
     """Copy a model folder to a serving default (models/classifier, models/embedder) unless one is there."""
     if args.target.exists() and not args.force:
@@ -202,6 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--version", default="1")
     p.set_defaults(func=cmd_train_text)
+    p = commands.add_parser("robustness", help="the robustness table: models on shifted test photos, side by side")
+    p.add_argument("--pair", action="append", required=True, help="NAME=CLASSIFIER_DIR,EMBEDDER_DIR (repeat)")
+    _data_args(p)
+    p.add_argument("--images", type=int, default=1500, help="test photos in the fixed sample")
+    p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "robustness" / "README.md")
+    p.set_defaults(func=cmd_robustness)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
     p.add_argument("source", type=Path)

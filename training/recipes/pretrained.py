@@ -227,6 +227,8 @@ def train_classifier(
     vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
     train = _limit(full_train, options.limit, options.seed)
     val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    if not len(val):
+        raise data.DataError("the split has no validation images: temperatures and choices need them")
     sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
     embedding_sizes = {a: sizes[a] for a in EMBEDDING_ATTRIBUTES}
     y_train = {a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES}

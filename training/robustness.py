@@ -1,0 +1,206 @@
+"""The robustness suite: served models on test photos changed the way shoppers' photos differ, one change at a time.
+
+Every family of training/shopper.py at three fixed severities (and the clean photo), applied to a fixed sample of
+the test split. The classifier answers on the changed photo; for the embedder the changed photo is the query and
+the catalogue is the clean training split (a shopper's photo against packshots, as the gateway searches).
+`python -m training robustness` writes the table for any number of (classifier, embedder) pairs side by side.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from training import data, shopper
+from training.evaluate import load_model, predict, retrieval_metrics, true_labels
+
+HEADS = ("articleType", "masterCategory", "subCategory", "gender", "baseColour")
+# Goals of the issue: the most a shift may cost against the clean photo (points, or precision@5 x 100).
+MAX_DROP = {"articleType": 6.0, "masterCategory": 1.0, "p@5": 8.0}
+
+
+@dataclass(frozen=True)
+class Shift:
+    family: str
+    severity: int  # 0 = the clean photo, 1..3 mild to strong
+    describe: str
+    apply: Callable[[np.ndarray, np.random.Generator, np.ndarray], np.ndarray]  # (image, rng, donors) -> image
+
+
+def _background(kind: str, connected: bool, texture_scale: float = 1.0) -> Callable[..., np.ndarray]:
+    def apply(img: np.ndarray, rng: np.random.Generator, donors: np.ndarray) -> np.ndarray:
+        h, w = img.shape[:2]
+        if kind == "beige":  # a textured beige-grey surface, as in the issue's measurement
+            base = np.array([196.0, 186.0, 170.0])
+            n = shopper.smooth_noise(rng, h, w, cell=4.0)[..., None]
+            bg = base + (n - 0.5) * 70.0 * texture_scale + rng.normal(0, 6 * texture_scale, size=(h, w, 1))
+        elif kind == "dark":
+            bg = np.broadcast_to(np.array([70.0, 66.0, 62.0]), (h, w, 3)) + rng.normal(0, 4, size=(h, w, 1))
+        else:
+            bg = shopper.texture(rng, h, w, kind, donors)
+        alpha = shopper.background_mask(img[None], connected=connected)[0]
+        return shopper.composite(img.astype(np.float32), bg, alpha)
+
+    return apply
+
+
+def _suite() -> list[Shift]:
+    s: list[Shift] = [Shift("clean", 0, "the test photo as it is", lambda img, rng, d: img)]
+
+    def family(name: str, items: Sequence[tuple[str, Callable[..., np.ndarray]]]) -> None:
+        s.extend(Shift(name, k + 1, describe, fn) for k, (describe, fn) in enumerate(items))
+
+    family(
+        "background: textured",
+        [
+            ("every white pixel replaced by a faint beige-grey texture", _background("beige", False, 0.5)),
+            ("... a beige-grey texture", _background("beige", False, 1.0)),
+            ("... a strong beige-grey texture", _background("beige", False, 1.8)),
+        ],
+    )
+    family(
+        "background: surfaces",
+        [
+            ("dark grey surface", _background("dark", True)),
+            ("striped or checked cloth", _background("stripes", True)),
+            ("clutter (other products, blurred)", _background("clutter", True)),
+        ],
+    )
+    family("dim light", [(f"brightness x{b}", _light(brightness=b)) for b in (0.8, 0.6, 0.4)])
+    family("low contrast", [(f"contrast x{c}", _light(contrast=c)) for c in (0.7, 0.5, 0.35)])
+    family(
+        "colour cast",
+        [
+            ("warm light (R +6%, B -6%)", _light(gains=shopper.temperature(0.06))),
+            ("warm light (R +12%, B -12%)", _light(gains=shopper.temperature(0.12))),
+            ("cool light (R -12%, B +12%)", _light(gains=shopper.temperature(-0.12))),
+        ],
+    )
+    family("sensor noise", [(f"Gaussian, sigma {n}", _noise(n)) for n in (6, 12, 20)])
+    family("blur", [(f"Gaussian, radius {r}", _blur(r)) for r in (0.8, 1.2, 2.0)])
+    family("JPEG", [(f"quality {q}", _jpeg(q)) for q in (30, 15, 8)])
+    family("tilt", [(f"rotated {a} degrees", _affine(angle=a)) for a in (8, 15, 25)])
+    family("crop", [(f"central {round(f * 100)}%", _crop(f)) for f in (0.9, 0.8, 0.65)])
+    family("zoomed out", [(f"product at {round(z * 100)}% size", _affine(scale=z)) for z in (0.85, 0.7, 0.55)])
+    family("occlusion", [(f"{round(a * 100)}% of the photo covered", _occlude(a)) for a in (0.1, 0.2, 0.3)])
+    return s
+
+
+def _light(**kwargs: Any) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.light(img, **kwargs)
+
+
+def _noise(sigma: float) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.noise(img, sigma, rng)
+
+
+def _blur(radius: float) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.blur(img, radius)
+
+
+def _jpeg(quality: int) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.jpeg(img, quality)
+
+
+def _affine(**kwargs: Any) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.affine(img, **kwargs)
+
+
+def _crop(fraction: float) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.crop(img, fraction)
+
+
+def _occlude(area: float) -> Callable[..., np.ndarray]:
+    return lambda img, rng, d: shopper.occlude(img, area, rng)
+
+
+SUITE = _suite()
+
+
+def shifted(images: np.ndarray, shift: Shift, donors: np.ndarray) -> np.ndarray:
+    """The shift applied to every image, with randomness seeded by the shift's name (the same photos every run)."""
+    seed = int(hashlib.sha256(f"{shift.family}/{shift.severity}".encode()).hexdigest()[:8], 16)
+    rng = np.random.default_rng(seed)
+    return np.stack([shift.apply(np.ascontiguousarray(img), rng, donors) for img in images])
+
+
+def sample(test: data.Dataset, n: int, seed: int = 20261130) -> data.Dataset:
+    if n >= len(test):
+        return test
+    return test.subset(np.sort(np.random.default_rng(seed).permutation(len(test))[:n]))
+
+
+def measure(
+    pairs: Mapping[str, tuple[Path, Path]],
+    dataset: data.Dataset,
+    split: dict[int, str],
+    n: int,
+    threads: int = 2,
+    shifts: Sequence[Shift] = SUITE,
+) -> dict[str, Any]:
+    """{model: {shift key: {head accuracies, p@5 unfiltered/filtered}}} for every (classifier, embedder) pair."""
+    test = sample(dataset.split(split, "test"), n)
+    if not len(test):
+        raise data.DataError("the split has no test images to measure robustness on")
+    train = dataset.split(split, "train")
+    donors = train.images[np.random.default_rng(7).permutation(len(train))[:500]]
+    photos = {f"{s.family}/{s.severity}": shifted(test.images, s, donors) for s in shifts}
+    truth = {a: true_labels(test, a) for a in HEADS}
+    results: dict[str, Any] = {"images": len(test), "catalogue": len(train), "models": {}}
+    for name, (classifier_dir, embedder_dir) in pairs.items():
+        c_spec, c_session = load_model(classifier_dir, threads)
+        e_spec, e_session = load_model(embedder_dir, threads)
+        catalogue = predict(e_session, e_spec, train.images)[e_spec.embedding.output]  # type: ignore[union-attr]
+        rows = {}
+        for key, images in photos.items():
+            probabilities = predict(c_session, c_spec, images)
+            row = {}
+            for head in c_spec.outputs:
+                if head.attribute in HEADS:
+                    labels = np.asarray(head.labels)
+                    predicted = labels[probabilities[head.name].argmax(axis=1)]
+                    keep = truth[head.attribute] != ""
+                    row[head.attribute] = float((predicted[keep] == truth[head.attribute][keep]).mean())
+            queries = predict(e_session, e_spec, images)[e_spec.embedding.output]  # type: ignore[union-attr]
+            r = retrieval_metrics(queries, catalogue, test.labels, train.labels)
+            row["p@5"] = r["unfiltered"]["articleType"]
+            row["p@5 filtered"] = r["filtered"]["articleType"]
+            rows[key] = row
+        results["models"][name] = {"classifier": c_spec.identity, "embedder": e_spec.identity, "rows": rows}
+    return results
+
+
+def markdown(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> list[str]:
+    """The table (accuracy in %, precision@5 x 100), each shift's change against clean in brackets, and which
+    goals every model meets."""
+    names = list(results["models"])
+    columns = [("articleType", "articleType"), ("masterCategory", "master"), ("p@5", "P@5"), ("p@5 filtered", "P@5 f")]
+    header = ["family", "shift"] + [f"{m}: {label}" for m in names for _, label in columns]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    worst: dict[str, dict[str, float]] = {m: {} for m in names}
+    for s in shifts:
+        key = f"{s.family}/{s.severity}"
+        cells = [s.family, s.describe]
+        for m in names:
+            rows = results["models"][m]["rows"]
+            for metric, _ in columns:
+                value, clean = 100 * rows[key][metric], 100 * rows["clean/0"][metric]
+                cells.append(f"{value:.1f}" if s.severity == 0 else f"{value:.1f} ({value - clean:+.1f})")
+                if s.severity:
+                    worst[m][metric] = min(worst[m].get(metric, 0.0), value - clean)
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Largest loss against the clean photo over every shift (goal in brackets):", ""]
+    lines += [
+        "| model | articleType (>= -6) | masterCategory (>= -1) | P@5 (>= -8) | P@5 filtered |",
+        "|---|---|---|---|---|",
+    ]
+    for m in names:
+        w = worst[m]
+        cells = [f"{w[metric]:+.1f}" for metric in ("articleType", "masterCategory", "p@5", "p@5 filtered")]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
