@@ -18,6 +18,14 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path):
     pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
     synthetic_data = tmp_path / "data"
     make_dataset(synthetic_data, per_kind=12)  # a validation image of every kind
+    styles = synthetic_data / "styles.csv"
+    rows = styles.read_text().splitlines(keepends=True)
+    # Two seasons and usages, so that every head has more than one class.
+    styles.write_text(
+        "".join(
+            r.replace(",Summer,2012,Casual,", ",Winter,2012,Formal,") if k % 3 == 0 else r for k, r in enumerate(rows)
+        )
+    )
     common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
     assert main(["-q", "split", *common]) == 0
     runs = tmp_path / "runs"
