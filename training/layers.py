@@ -195,3 +195,12 @@ class UnitNorm(keras.layers.Layer):
     def call(self, x: Any) -> Any:
         norm = keras.ops.sqrt(keras.ops.maximum(keras.ops.sum(x * x, axis=-1, keepdims=True), 1e-12))
         return x / norm
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+class StopGradient(keras.layers.Layer):
+    """Identity forward, no gradient back: the lite recipe's embedder projections learn on the trunk's features
+    without moving the trunk."""
+
+    def call(self, x: Any) -> Any:
+        return keras.ops.stop_gradient(x)

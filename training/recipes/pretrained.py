@@ -36,25 +36,22 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec, normalize
 from training import data, lite, shopper
-from training.production import (
-    EMBEDDING_ATTRIBUTES,
+from training.export import keras_to_onnx
+from training.inference import onnx_session
+from training.layers import CosineProxies, MaskedSmoothedCrossEntropy, StopGradient
+from training.metrics import class_weights
+from training.recipe import Head, TrainedModel, TrainOptions
+from training.recipes.classifier import (
+    CLASS_WEIGHT_POWER,
     HEAD_ATTRIBUTES,
-    HIERARCHY,
     LOSS_WEIGHTS,
     MIN_CLASS_COUNT,
-    CosineProxies,
-    MaskedSmoothedCrossEntropy,
-    ProgressSchedule,
     calibrate,
     calibrated_outputs,
-    choose_dimension,
-    class_weights,
-    decode_hierarchy,
-    hierarchy_matrices,
-    pulled_projection,
-    retrieval_summary,
 )
-from training.recipe import Head, TrainedModel, TrainOptions
+from training.recipes.embedder import EMBEDDING_ATTRIBUTES, choose_dimension, pulled_projection, retrieval_summary
+from training.recipes.hierarchy import HIERARCHY, decode_hierarchy, hierarchy_matrices
+from training.trainer import ProgressSchedule
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +73,6 @@ EMBEDDING_HIDDEN = 1024
 
 def early_session(early: keras.Model, threads: int, work: Path) -> Any:
     """The frozen blocks in onnxruntime: about 3x Keras' speed on this CPU, and the same numbers within 1e-5."""
-    from training.export import keras_to_onnx, onnx_session
-
     path = work / "early.onnx"
     spec = InputSpec(name="scaled_image", height=LITE_INPUT.height, width=LITE_INPUT.width, **lite.LITE_SCALING)
     keras_to_onnx(early, spec, path)
@@ -165,14 +160,6 @@ class ViewBatches(keras.utils.PyDataset):
 # The model
 
 
-@keras.saving.register_keras_serializable(package="fashionsearch")
-class StopGradient(keras.layers.Layer):
-    """Identity forward, no gradient back: the embedder's projections learn on the trunk without moving it."""
-
-    def call(self, x: Any) -> Any:
-        return keras.ops.stop_gradient(x)
-
-
 def build_projection(dim: int, name: str) -> keras.Model:
     """pooled trunk features (1280) -> unit embedding of `dim`."""
     inputs = keras.Input((lite.HEAD,), name=f"{name}_in")
@@ -242,7 +229,8 @@ def train_classifier(
 
     model, projections = build_training_model(late, sizes, embedding_sizes)
     losses: dict[str, Any] = {
-        a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a]), name=f"{a}_ce") for a in HEAD_ATTRIBUTES
+        a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), name=f"{a}_ce")
+        for a in HEAD_ATTRIBUTES
     }
     weights: dict[str, float] = dict(LOSS_WEIGHTS)
     for d in EMBEDDING_DIMS:
