@@ -13,6 +13,7 @@ The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-pro
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
@@ -20,7 +21,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data
+from training import data, robustness
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import RECIPES, TrainOptions, get_recipe
@@ -122,10 +123,6 @@ def cmd_train_text(args: argparse.Namespace) -> int:
 
 
 def cmd_robustness(args: argparse.Namespace) -> int:
-    import json
-
-    from training import robustness
-
     pairs = {}
     for item in args.pair:
         name, _, dirs = item.partition("=")

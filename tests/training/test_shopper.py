@@ -65,8 +65,7 @@ def test_every_shift_of_the_suite_is_deterministic_and_the_clean_one_is_the_phot
 
 
 def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data, tmp_path) -> None:
-    from tests.tiny_models import write_tiny_classifier, write_tiny_embedder
-
+    from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
     from training import data
 
     dataset = data.load_dataset(synthetic_data, tmp_path / "cache")
