@@ -135,6 +135,10 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
+        "# Robustness of the served models to shoppers' photos",
+        "",
+        "`python -m training robustness " + " ".join(f"--pair {p}" for p in args.pair) + f" --images {args.images}`",
+        "",
         f"Test split, {results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
         f"precision@5 of articleType x 100 against the clean training split ({results['catalogue']} packshots), "
         "unfiltered and filtered by the true subCategory. In brackets: the change against the clean photo.",

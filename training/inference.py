@@ -17,8 +17,8 @@ import onnxruntime as ort
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec
 
 # The production models' budget (a model at batch 64 on 2 threads, and its ONNX file).
-BUDGET_IMAGES_PER_S = 2000.0
-BUDGET_ONNX_MB = 5.0
+BUDGET_IMAGES_PER_S = 500.0  # issue 20: the pretrained trunk at >= 500 images/s at batch 64 on 2 threads
+BUDGET_ONNX_MB = 20.0
 
 
 def onnx_session(path: str | Path, threads: int = 2) -> Any:

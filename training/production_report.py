@@ -38,7 +38,7 @@ CLASSIFIER_TARGETS = {
     "usage": None,
 }
 RETRIEVAL_TARGETS = {"unfiltered": 0.85, "filtered": 0.90}  # articleType precision@5
-BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 60.0}
+BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 90.0}
 
 
 def _pct(x: float | None) -> str:
@@ -66,17 +66,17 @@ def _budget_lines(rate: float, mb: float, train_s: float | None, extra: str = ""
             f"images/s at batch 64 (onnxruntime, 2 threads, best of 3 windows; load average {load:.1f} on the "
             "2 shared cores while measuring)",
             f"{rate:,.0f}",
-            ">= 2,000",
+            f">= {BUDGET['images_per_s']:,.0f}",
             _verdict(rate, BUDGET["images_per_s"]),
         ),
-        ("ONNX size", f"{mb:.2f} MB", "<= 5 MB", _verdict(mb, BUDGET["onnx_mb"], higher=False)),
+        ("ONNX size", f"{mb:.2f} MB", f"<= {BUDGET['onnx_mb']:.0f} MB", _verdict(mb, BUDGET["onnx_mb"], higher=False)),
     ]
     if train_s is not None:
         rows.append(
             (
                 "training time, committed command" + extra,
                 f"{train_s / 60:.1f} min",
-                "<= 60 min",
+                f"<= {BUDGET['train_minutes']:.0f} min",
                 _verdict(train_s / 60, BUDGET["train_minutes"], higher=False),
             )
         )
