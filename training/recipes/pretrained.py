@@ -44,6 +44,7 @@ from training.recipe import Head, TrainedModel, TrainOptions
 from training.recipes.classifier import (
     CLASS_WEIGHT_POWER,
     HEAD_ATTRIBUTES,
+    LABEL_SMOOTHING,
     LOSS_WEIGHTS,
     MIN_CLASS_COUNT,
     calibrate,
@@ -229,7 +230,9 @@ def train_classifier(
 
     model, projections = build_training_model(late, sizes, embedding_sizes)
     losses: dict[str, Any] = {
-        a: MaskedSmoothedCrossEntropy(class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), name=f"{a}_ce")
+        a: MaskedSmoothedCrossEntropy(
+            class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), smoothing=LABEL_SMOOTHING, name=f"{a}_ce"
+        )
         for a in HEAD_ATTRIBUTES
     }
     weights: dict[str, float] = dict(LOSS_WEIGHTS)
