@@ -47,6 +47,7 @@ from training.recipes.classifier import (
     LABEL_SMOOTHING,
     LOSS_WEIGHTS,
     MIN_CLASS_COUNT,
+    WARMUP,
     calibrate,
     calibrated_outputs,
 )
@@ -250,7 +251,7 @@ def train_classifier(
     epochs = options.epochs or 3  # passes over all cached views; the wall-clock budget usually ends it first
     budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
     batches = ViewBatches(views["train"], targets, batch, options.seed)
-    schedule = ProgressSchedule(PEAK_LR, epochs * len(batches), budget_s)
+    schedule = ProgressSchedule(PEAK_LR, epochs * len(batches), budget_s, WARMUP)
     fit_started = time.monotonic()
     model.fit(batches, epochs=epochs, verbose=options.verbose, callbacks=[schedule])
     fit_seconds = time.monotonic() - fit_started
