@@ -13,9 +13,9 @@ from services.gateway.domain import FilterMode, QueryTerm, TextEmbedding, TextMa
 # (reports/text-embedder/README.md; model.json metrics.test holds them, and a test keeps the two in step).
 
 #: How SearchText matches when the caller does not say.
-DEFAULT_MATCH = TextMatch.VECTOR
+DEFAULT_MATCH = TextMatch.BOTH
 #: A word of a text query becomes a filter (in the filters and both modes) at this confidence or more.
-MIN_FILTER_CONFIDENCE = 0.9
+MIN_FILTER_CONFIDENCE = 0.7
 #: How far refine_text moves a photo's vector towards the words' vector: 0 not at all, 1 the words alone.
 REFINE_WEIGHT = 0.3
 #: A refinement word becomes a filter at this confidence or more; None: refinement words never filter.
