@@ -39,7 +39,7 @@ from training import data, lite, shopper
 from training.export import keras_to_onnx
 from training.inference import onnx_session
 from training.layers import CosineProxies, MaskedSmoothedCrossEntropy, StopGradient
-from training.metrics import class_weights
+from training.metrics import class_weights, top1_accuracy
 from training.recipe import Head, TrainedModel, TrainOptions
 from training.recipes.classifier import (
     CLASS_WEIGHT_POWER,
@@ -267,8 +267,8 @@ def train_classifier(
         both, temperatures, y_both, hierarchy_matrices(full_train, {a: vocabularies[a].labels for a in HIERARCHY})
     )
     accuracy = {
-        "packshot": {a: _top1(clean[a], y_val[a]) for a in HEAD_ATTRIBUTES},
-        "shopper_view": {a: _top1(shopped[a], y_val[a]) for a in HEAD_ATTRIBUTES},
+        "packshot": {a: top1_accuracy(clean[a], y_val[a]) for a in HEAD_ATTRIBUTES},
+        "shopper_view": {a: top1_accuracy(shopped[a], y_val[a]) for a in HEAD_ATTRIBUTES},
     }
     log.info("validation accuracy (independent heads) %s; hierarchy %s", accuracy, hierarchy)
 
@@ -327,11 +327,6 @@ def train_classifier(
         parity_pixels=val.images[:256],
         run_dir=run_dir,
     )
-
-
-def _top1(scores: np.ndarray, y: np.ndarray) -> float:
-    keep = y >= 0
-    return round(float((scores[keep].argmax(axis=1) == y[keep]).mean()), 4)
 
 
 def _limit(ds: data.Dataset, limit: int | None, seed: int) -> data.Dataset:
