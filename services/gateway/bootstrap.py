@@ -48,7 +48,7 @@ class Gateway:
 
 
 def max_message_bytes(settings: Settings) -> int:
-    return Limits(max_image_bytes=settings.max_image_bytes).max_request_bytes
+    return Limits.from_settings(settings).max_request_bytes
 
 
 def bootstrap(
@@ -99,15 +99,7 @@ def bootstrap(
         classifier,
         embedder,
         index,
-        Limits(
-            default_top_k=settings.default_top_k,
-            max_top_k=settings.max_top_k,
-            max_image_bytes=settings.max_image_bytes,
-            store_timeout_s=settings.store_timeout_s,
-            upsert_batch=settings.upsert_batch,
-            shrink_above_pixels=settings.shrink_above_pixels,
-            shrink_side=settings.shrink_side,
-        ),
+        Limits.from_settings(settings),
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

@@ -11,7 +11,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -59,6 +59,9 @@ from services.gateway.domain import (
 )
 from services.gateway.prepare import shrink_photo
 
+if TYPE_CHECKING:
+    from services.gateway.settings import Settings
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -72,6 +75,9 @@ MESSAGE_OVERHEAD_BYTES = 64 * 1024
 
 @dataclass(frozen=True)
 class Limits:
+    """The gateway settings the use cases need, with the settings' defaults (a test keeps the two in step; settings.py
+    imports this module, so it cannot import Settings)."""
+
     default_top_k: int = 5
     max_top_k: int = 100
     max_image_bytes: int = 10 * 1024 * 1024
@@ -80,8 +86,20 @@ class Limits:
     upsert_batch: int = 64
     #: Photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
     #: 0 turns it off.
-    shrink_above_pixels: int = 0
+    shrink_above_pixels: int = 2_000_000
     shrink_side: int = 256
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Limits:
+        return cls(
+            default_top_k=settings.default_top_k,
+            max_top_k=settings.max_top_k,
+            max_image_bytes=settings.max_image_bytes,
+            store_timeout_s=settings.store_timeout_s,
+            upsert_batch=settings.upsert_batch,
+            shrink_above_pixels=settings.shrink_above_pixels,
+            shrink_side=settings.shrink_side,
+        )
 
     @property
     def max_request_bytes(self) -> int:

@@ -15,7 +15,8 @@ DEFAULT_HTTP_PORT = 8080
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything the gateway reads from its environment."""
+    """Everything the gateway reads from its environment. Each default is the one the environment gets: from_env()
+    reads the class's own defaults."""
 
     port: int = 50050
     host: str = "[::]"
@@ -40,8 +41,8 @@ class Settings:
     grace_s: float = 5.0
     log_level: str = "INFO"
     #: Port of the HTTP/JSON API and web page (services/gateway/http.py) on the same host as gRPC; 0 picks a free
-    #: port, None turns HTTP off (GATEWAY_HTTP_ENABLED=false; also the default when Settings is built in code).
-    http_port: int | None = None
+    #: port, None turns HTTP off (GATEWAY_HTTP_ENABLED=false).
+    http_port: int | None = DEFAULT_HTTP_PORT
     #: None: derived from max_image_bytes (http_body_limit); a value caps it lower.
     http_max_body_bytes: int | None = None
     #: Folder that relative image references (payload image_ref) resolve against, served under /images/.
@@ -58,8 +59,8 @@ class Settings:
     tls_cert_file: Path | None = None
     tls_key_file: Path | None = None
     #: Search photos above this many pixels are decoded once in the gateway and sent on at a reduced scale
-    #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off (the default in code).
-    shrink_above_pixels: int = 0
+    #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off.
+    shrink_above_pixels: int = 2_000_000
     shrink_side: int = 256
     #: gRPC calls and HTTP requests in progress at once, together (services/gateway/admission.py); more are refused
     #: at once: RESOURCE_EXHAUSTED / 503, with a retry hint.
@@ -144,7 +145,7 @@ class Settings:
             allow_unauthenticated_writes=allow_unauthenticated_writes,
             tls_cert_file=tls_cert,
             tls_key_file=tls_key,
-            shrink_above_pixels=env.get_int("SHRINK_ABOVE_PIXELS", 2_000_000, min=0),
+            shrink_above_pixels=env.get_int("SHRINK_ABOVE_PIXELS", cls.shrink_above_pixels, min=0),
             shrink_side=env.get_int("SHRINK_SIDE", cls.shrink_side, min=16, max=8192),
             max_concurrent_rpcs=env.get_int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs, min=1, max=100_000),
             max_bytes_in_flight=env.get_int(

@@ -129,6 +129,8 @@ def start_stack(
     embedder = threads.run((embedder_start or embedder_server.start)(embedder_settings))
     # Tests write the catalogue without keys unless they configure some (tests/integration/test_gateway_security.py).
     gateway_overrides.setdefault("allow_unauthenticated_writes", True)
+    # HTTP only where a test asks for it (with a free port): the default port, 8080, may be taken.
+    gateway_overrides.setdefault("http_port", None)
     gateway_settings = GatewaySettings(
         port=0,
         host=HOST,

@@ -121,7 +121,6 @@ def test_search_sends_the_shrunk_photo_to_the_models(large):
 
 
 def test_settings():
-    assert Settings().shrink_above_pixels == 0  # built in code: off
     from_env = Settings.from_env({})
     assert (from_env.shrink_above_pixels, from_env.shrink_side) == (2_000_000, 256)
     custom = Settings.from_env({"GATEWAY_SHRINK_ABOVE_PIXELS": "0", "GATEWAY_SHRINK_SIDE": "512"})

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from fashionsearch.config import Address, ConfigError
+from services.gateway.service import Limits
 from services.gateway.settings import Settings
 
 
@@ -18,6 +19,14 @@ def test_defaults():
     assert settings.qdrant_url is None and settings.collection == "catalogue"
     assert settings.default_top_k == 5 and settings.max_top_k == 100
     assert settings.max_image_bytes == 10 * 1024 * 1024
+
+
+def test_settings_built_in_code_have_the_environment_defaults():
+    # One source for each default: the class's, which from_env() reads (http_port and shrink_above_pixels once
+    # differed), and the use cases' Limits take theirs from it.
+    assert Settings() == Settings.from_env({})
+    assert Settings().http_port == 8080 and Settings().shrink_above_pixels == 2_000_000
+    assert Limits() == Limits.from_settings(Settings())
 
 
 def test_every_variable_is_read():
