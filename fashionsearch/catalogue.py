@@ -1,14 +1,17 @@
 """The catalogue's fields, shared by the indexer, the gateway, the store and training: the dataset's styles.csv
-columns, the attribute (filter) fields, the payload keys stored beside each vector, the one styles.csv line
-parser, and the one product id parser.
+columns, the attribute (filter) fields, the one styles.csv line parser, the one product id parser, and the stored
+item: the payload kept beside each vector (what every writer stores, `stored_payload`, and how every reader shows it,
+`payload_record` and the protobuf `ItemPayload`), with the content hash.
 """
 
 from __future__ import annotations
 
 import csv
+from collections.abc import Mapping
 from typing import Any
 
 from fashionsearch.parsing import parse_int
+from fashionsearch.v1 import gateway_pb2
 
 #: Largest product id: Qdrant point ids are unsigned 64-bit, the gRPC API carries them as int64.
 MAX_ID = 2**63 - 1
@@ -34,6 +37,73 @@ FILTER_FIELDS: tuple[str, ...] = tuple(c for c in STYLES_COLUMNS[1:-1] if c != "
 #: Payload keys as stored beside each vector: the name, the styles.csv columns between the id and the name (the
 #: attributes and the year), and the image reference.
 PAYLOAD_FIELDS: tuple[str, ...] = ("name", *STYLES_COLUMNS[1:-1], "image_ref")
+
+#: Payload key of the content hash an ingestion job stores with each item (its fingerprint; not a catalogue field).
+CONTENT_HASH_KEY = "content_hash"
+
+#: Protobuf ItemPayload field -> payload key, for every payload field.
+PROTO_PAYLOAD_FIELDS: dict[str, str] = {
+    "name": "name",
+    "gender": "gender",
+    "master_category": "masterCategory",
+    "sub_category": "subCategory",
+    "article_type": "articleType",
+    "base_colour": "baseColour",
+    "season": "season",
+    "year": "year",
+    "usage": "usage",
+    "image_ref": "image_ref",
+}
+
+
+def unknown_fields(values: Mapping[str, Any]) -> list[str]:
+    """The keys of `values` that are not payload fields, sorted."""
+    return sorted(set(values) - set(PAYLOAD_FIELDS))
+
+
+def stored_payload(
+    values: Mapping[str, Any], predicted: Mapping[str, str] | None = None, content_hash: str = ""
+) -> dict[str, Any]:
+    """The payload every writer stores beside a vector: the payload fields of `values` that have a value (an empty
+    string, None or a 0 year is left out), the `predicted` attributes where `values` has none, and the content hash
+    when there is one. Raises ValueError for a key that is not a payload field (writers check their input first)."""
+    unknown = unknown_fields(values)
+    if unknown:
+        raise ValueError(f"unknown payload field(s) {', '.join(unknown)}")
+    payload = {k: v for k, v in values.items() if v not in ("", None, 0)}
+    for attribute, label in (predicted or {}).items():
+        if label:
+            payload.setdefault(attribute, label)
+    if content_hash:
+        payload[CONTENT_HASH_KEY] = content_hash
+    return payload
+
+
+def payload_record(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored payload as readers show it: every payload field, strings ("" when missing) and the year as an
+    integer (0 when missing or not a number)."""
+    record: dict[str, Any] = {}
+    for key in PAYLOAD_FIELDS:
+        value = payload.get(key)
+        if key == "year":
+            try:
+                record[key] = int(value or 0)
+            except (TypeError, ValueError):
+                record[key] = 0
+        else:
+            record[key] = "" if value is None else str(value)
+    return record
+
+
+def payload_to_proto(payload: Mapping[str, Any]) -> gateway_pb2.ItemPayload:
+    """A stored payload (or a writer's values) as the protobuf ItemPayload."""
+    record = payload_record(payload)
+    return gateway_pb2.ItemPayload(**{field: record[key] for field, key in PROTO_PAYLOAD_FIELDS.items()})
+
+
+def payload_from_proto(message: gateway_pb2.ItemPayload) -> dict[str, Any]:
+    """The payload values a protobuf ItemPayload carries (unset fields as "" and 0)."""
+    return {key: getattr(message, field) for field, key in PROTO_PAYLOAD_FIELDS.items()}
 
 
 def split_styles_line(line: str) -> list[str]:

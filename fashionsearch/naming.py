@@ -1,11 +1,12 @@
 """A suggested product name and search keywords from predicted attributes and the nearest catalogue products.
 
 The name follows the catalogue's own pattern, gender, colour, usage, article type: "Men Navy Blue Casual Shirts".
-Keywords are what a shop's text search matches: the attribute values lower-cased, common synonyms ("tee" for
-Tshirts) and the words that recur in the neighbours' product names once their brands are removed.  Myntra names
-put the brand first and the gender word after it ("Puma Men Grey T-shirt", "Gini and Jony Girls Navy Top"), so
-the words before the gender word are the brand; in a name without a gender word the first word is taken as the
-brand, and every brand word seen among the neighbours is removed from all their names.
+Keywords are what a shop's text search matches: the attribute values lower-cased and common synonyms ("tee" for
+Tshirts), which the classifier suggests (suggest_keywords), then the words that recur in the neighbours' product
+names once their brands are removed, which the gateway adds (add_neighbour_words).  Myntra names put the brand first
+and the gender word after it ("Puma Men Grey T-shirt", "Gini and Jony Girls Navy Top"), so the words before the gender
+word are the brand; in a name without a gender word the first word is taken as the brand, and every brand word
+seen among the neighbours is removed from all their names.
 """
 
 from __future__ import annotations
@@ -170,33 +171,35 @@ def neighbour_words(names: Sequence[str], *, min_count: int = 2, limit: int = 8)
     return ranked[:limit]
 
 
-def suggest_keywords(
-    attributes: Mapping[str, str],
-    neighbour_names: Sequence[str] = (),
-    *,
-    limit: int = 20,
-) -> list[str]:
-    """Search keywords: attribute values lower-cased, their synonyms, then words common in the neighbours' names.
+def suggest_keywords(attributes: Mapping[str, str], *, limit: int = 20) -> list[str]:
+    """Search keywords from the predicted attributes: their values lower-cased and their synonyms.
 
     Order is most specific first (article type and its synonyms before gender, colour, usage, categories, season),
-    duplicates removed, at most `limit`.
+    duplicates removed, at most `limit`. The classifier computes them; the gateway adds the neighbours' words
+    (add_neighbour_words).
     """
     keywords: dict[str, None] = {}
-
-    def add(word: str) -> None:
-        word = word.strip().lower()
-        if word and word not in _MISSING:
-            keywords.setdefault(word, None)
-
     for field in _KEYWORD_ORDER:
         value = _present(attributes.get(field))
         if value is None:
             continue
-        add(value)
-        for synonym in SYNONYMS.get(value.lower(), ()):
-            add(synonym)
-    taken = {part for kw in keywords for part in kw.split()}
+        for word in (value, *SYNONYMS.get(value.lower(), ())):
+            _add(keywords, word)
+    return list(keywords)[:limit]
+
+
+def add_neighbour_words(keywords: Sequence[str], neighbour_names: Sequence[str], *, limit: int = 20) -> list[str]:
+    """`keywords`, then the words common in the neighbours' names (neighbour_words) that they do not already
+    cover, at most `limit` in all."""
+    out = dict.fromkeys(keywords)
+    taken = {part for kw in out for part in kw.split()}
     for word in neighbour_words(neighbour_names):
         if word not in taken:
-            add(word)
-    return list(keywords)[:limit]
+            _add(out, word)
+    return list(out)[:limit]
+
+
+def _add(keywords: dict[str, None], word: str) -> None:
+    word = word.strip().lower()
+    if word and word not in _MISSING:
+        keywords.setdefault(word, None)

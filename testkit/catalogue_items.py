@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from fashionsearch.catalogue import FILTER_FIELDS, payload_to_proto
 from fashionsearch.v1 import gateway_pb2
 
 
@@ -21,17 +22,13 @@ def catalogue_item(catalogue: Path, row: dict[str, str]) -> gateway_pb2.Catalogu
     return gateway_pb2.CatalogueItem(
         id=int(row["id"]),
         image=(catalogue / "images" / f"{row['id']}.jpg").read_bytes(),
-        payload=gateway_pb2.ItemPayload(
-            name=row["productDisplayName"],
-            gender=row["gender"],
-            master_category=row["masterCategory"],
-            sub_category=row["subCategory"],
-            article_type=row["articleType"],
-            base_colour=row["baseColour"],
-            season=row["season"],
-            year=int(float(row["year"])) if row["year"] else 0,
-            usage=row["usage"],
-            image_ref=f"images/{row['id']}.jpg",
+        payload=payload_to_proto(
+            {a: row[a] for a in FILTER_FIELDS}
+            | {
+                "name": row["productDisplayName"],
+                "year": int(float(row["year"])) if row["year"] else 0,
+                "image_ref": f"images/{row['id']}.jpg",
+            }
         ),
     )
 

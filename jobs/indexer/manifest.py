@@ -51,6 +51,10 @@ class Row:
     def missing_attributes(self) -> tuple[str, ...]:
         return tuple(a for a in ATTRIBUTES if not self.attributes.get(a))
 
+    def payload_values(self) -> dict[str, Any]:
+        """What the manifest says about the item, under the payload's keys (fashionsearch.catalogue)."""
+        return {"name": self.name, **self.attributes, "year": self.year, "image_ref": self.image}
+
     def metadata_key(self) -> str:
         """Everything the manifest says about the item except the image bytes, as one unambiguous string (the
         repr of a fixed-order tuple: cheap, and every string is quoted and escaped)."""

@@ -18,7 +18,6 @@ has open (the rebuild after a model upgrade).  It handles the collection life cy
 
 from __future__ import annotations
 
-import io
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -27,9 +26,10 @@ from typing import Any, Protocol, TypeVar
 
 import grpc
 import numpy as np
-from PIL import Image
 
 from fashionsearch.batching import REQUEST_SLACK_BYTES, bounded_chunks
+from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_to_proto, stored_payload
+from fashionsearch.channels import channel_options, probe_image
 from fashionsearch.store.aliases import CollectionCatalog, versioned_name
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
 from fashionsearch.store.lock import StoreLockedError
@@ -41,14 +41,11 @@ from fashionsearch.v1 import (
     gateway_pb2,
     gateway_pb2_grpc,
 )
-from jobs.indexer.manifest import ATTRIBUTES, Row
+from jobs.indexer.manifest import Row
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-#: Payload key of the content hash (beside the gateway's payload fields).
-HASH_FIELD = "content_hash"
 
 _MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 _RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -112,25 +109,8 @@ class Target(Protocol):
 MAX_MODEL_REQUEST_BYTES = 32 * 1024 * 1024
 
 
-def payload_of(row: Row, content_hash: str, predicted: dict[str, str] | None = None) -> dict[str, Any]:
-    """The stored payload: the gateway's fields (manifest values, predictions where the manifest has none)."""
-    attributes = dict(predicted or {})
-    attributes.update({k: v for k, v in row.attributes.items() if v})
-    payload: dict[str, Any] = {"name": row.name}
-    payload.update({a: attributes.get(a, "") for a in ATTRIBUTES})
-    payload["year"] = row.year
-    payload["image_ref"] = row.image
-    payload[HASH_FIELD] = content_hash
-    return payload
-
-
 def _channel(addr: str, tls_ca: bytes | None = None) -> grpc.Channel:
-    options = [
-        ("grpc.max_send_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.max_receive_message_length", _MAX_MESSAGE_BYTES),
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
+    options = channel_options(_MAX_MESSAGE_BYTES)
     if tls_ca is not None:
         return grpc.secure_channel(addr, grpc.ssl_channel_credentials(root_certificates=tls_ca), options=options)
     return grpc.insecure_channel(addr, options=options)
@@ -151,12 +131,6 @@ def _call_with_retries(what: str, fn: Any, *, attempts: int = 5) -> Any:
             time.sleep(delay)
             delay = min(delay * 2, 5.0)
     raise AssertionError("unreachable")
-
-
-def probe_image() -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 200, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class ModelClients:
@@ -308,8 +282,8 @@ class DirectTarget:
         return f"{self._store_label} collection {self.collection}, {mode}"
 
     def digests(self) -> Iterator[tuple[int, str]]:
-        for point_id, payload in self._index.scroll([HASH_FIELD], 2000):
-            yield point_id, str(payload.get(HASH_FIELD, ""))
+        for point_id, payload in self._index.scroll([CONTENT_HASH_KEY], 2000):
+            yield point_id, str(payload.get(CONTENT_HASH_KEY, ""))
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
         images = [item.image for item in items]
@@ -338,7 +312,7 @@ class DirectTarget:
             StoredPoint(
                 id=item.row.id,
                 vector=vectors[i],  # type: ignore[arg-type]
-                payload=payload_of(item.row, item.content_hash, predictions[i]),
+                payload=stored_payload(item.row.payload_values(), predictions[i], item.content_hash),
             )
             for i, item in enumerate(items)
             if errors[i] is None
@@ -384,22 +358,10 @@ class DirectTarget:
 
 def catalogue_item(item: WriteItem) -> gateway_pb2.CatalogueItem:
     """The gateway's message for an item: the manifest's values (the gateway predicts the missing ones)."""
-    attributes = item.row.attributes
     return gateway_pb2.CatalogueItem(
         id=item.row.id,
         image=item.image,
-        payload=gateway_pb2.ItemPayload(
-            name=item.row.name,
-            gender=attributes.get("gender", ""),
-            master_category=attributes.get("masterCategory", ""),
-            sub_category=attributes.get("subCategory", ""),
-            article_type=attributes.get("articleType", ""),
-            base_colour=attributes.get("baseColour", ""),
-            season=attributes.get("season", ""),
-            year=item.row.year,
-            usage=attributes.get("usage", ""),
-            image_ref=item.row.image,
-        ),
+        payload=payload_to_proto(item.row.payload_values()),
         content_hash=item.content_hash,
     )
 

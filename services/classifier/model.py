@@ -3,37 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
 
+from fashionsearch.classification import AttributePrediction, Classification, LabelScore
 from fashionsearch.model_contract import preprocess
-from fashionsearch.naming import suggest_keywords, suggest_name
 from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
-
-
-@dataclass(frozen=True)
-class LabelScore:
-    label: str
-    probability: float
-
-
-@dataclass(frozen=True)
-class AttributePrediction:
-    """The top labels of one attribute head, most probable first."""
-
-    attribute: str
-    labels: tuple[LabelScore, ...]
-
-
-@dataclass(frozen=True)
-class Classification:
-    """Everything predicted for one image."""
-
-    attributes: tuple[AttributePrediction, ...]
-    suggested_name: str
-    keywords: tuple[str, ...]
 
 
 class Classifier(Protocol):
@@ -101,6 +77,5 @@ class OnnxClassifier(OnnxAdapter):
                 )
                 for head, probabilities, order in per_head
             )
-            top = {a.attribute: a.labels[0].label for a in attributes}
-            results.append(Classification(attributes, suggest_name(top), tuple(suggest_keywords(top))))
+            results.append(Classification.of(attributes))
         return results

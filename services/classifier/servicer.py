@@ -8,12 +8,13 @@ import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
+from fashionsearch.classification import Classification
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
-from services.classifier.model import Classification, Classifier
+from services.classifier.model import Classifier
 
 
 def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:

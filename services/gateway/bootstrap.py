@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import grpc.aio
 
+from fashionsearch.channels import channel_options
 from fashionsearch.store import VectorIndex, open_index
 from services.gateway.clients import (
     CallBatcher,
@@ -15,7 +16,6 @@ from services.gateway.clients import (
     EmbedderPort,
     GrpcClassifier,
     GrpcEmbedder,
-    channel_options,
 )
 from services.gateway.service import GatewayService, Limits
 from services.gateway.servicer import GatewayServicer

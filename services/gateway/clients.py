@@ -13,18 +13,17 @@ search, which is most of its CPU per search. An image too large to share a messa
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from functools import cache
 from typing import Generic, Protocol, TypeVar
 
 import grpc
 import grpc.aio
 import numpy as np
-from PIL import Image
 
 from fashionsearch.batching import REQUEST_SLACK_BYTES, BatchPolicy, BatchStats, DynamicBatcher, bounded_chunks
+from fashionsearch.channels import probe_image
+from fashionsearch.classification import AttributePrediction, LabelScore
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -44,15 +43,7 @@ from fashionsearch.v1 import (
     embedder_pb2,
     embedder_pb2_grpc,
 )
-from services.gateway.domain import (
-    AttributePrediction,
-    Classification,
-    Embedding,
-    LabelScore,
-    ModelId,
-    QueryTerm,
-    TextEmbedding,
-)
+from services.gateway.domain import Classification, Embedding, ModelId, QueryTerm, TextEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -100,24 +91,6 @@ def item_error(error: common_pb2.ItemError) -> FashionSearchError:
 
 def model_id(info: common_pb2.ModelInfo) -> ModelId:
     return ModelId(name=info.name, version=info.version, onnx_sha256=info.onnx_sha256)
-
-
-@cache
-def probe_image() -> bytes:
-    """A small plain PNG that any image model accepts; used only to learn which model is running."""
-    buffer = io.BytesIO()
-    Image.new("RGB", (64, 64), (200, 200, 200)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-        # Reconnect quickly after a peer restarts, so UNAVAILABLE does not outlast the peer's outage by much.
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ]
 
 
 class CallBatcher(Generic[T]):
@@ -227,6 +200,8 @@ class GrpcClassifier:
                 )
                 for head in reply.attributes
             ),
+            suggested_name=reply.suggested_name,
+            keywords=tuple(reply.keywords),
             model=self._model,
         )
 

@@ -9,12 +9,10 @@ from typing import Any
 
 import numpy as np
 
+from fashionsearch import classification
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
 from fashionsearch.text_query import QueryTerm
-
-#: Payload key of the content hash an ingestion job stores with each item (not a catalogue field).
-CONTENT_HASH_KEY = "content_hash"
 
 
 @dataclass(frozen=True)
@@ -31,31 +29,11 @@ class ModelId:
 
 
 @dataclass(frozen=True)
-class LabelScore:
-    label: str
-    probability: float
+class Classification(classification.Classification):
+    """The classifier's answer as the gateway receives it: the prediction, with its name and keywords, and which
+    model made it."""
 
-
-@dataclass(frozen=True)
-class AttributePrediction:
-    """The top labels of one classifier head, most probable first."""
-
-    attribute: str
-    labels: tuple[LabelScore, ...]
-
-    @property
-    def top(self) -> str | None:
-        return self.labels[0].label if self.labels else None
-
-
-@dataclass(frozen=True)
-class Classification:
-    attributes: tuple[AttributePrediction, ...]
     model: ModelId
-
-    def top_labels(self) -> dict[str, str]:
-        """attribute -> most probable label."""
-        return {a.attribute: a.top for a in self.attributes if a.top is not None}
 
 
 @dataclass(frozen=True)
@@ -149,7 +127,7 @@ class CatalogueItem:
     id: int
     image: bytes
     payload: Mapping[str, Any] = field(default_factory=dict)
-    #: The ingestion job's fingerprint of the item, stored under CONTENT_HASH_KEY; "" when not given.
+    #: The ingestion job's fingerprint of the item, stored under catalogue.CONTENT_HASH_KEY; "" when not given.
     content_hash: str = ""
 
 

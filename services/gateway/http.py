@@ -33,15 +33,14 @@ import grpc
 from aiohttp import BodyPartReader, MultipartReader, hdrs, http_exceptions, web
 from grpc_health.v1 import health, health_pb2
 
-from fashionsearch.catalogue import PAYLOAD_FIELDS
+from fashionsearch.catalogue import CONTENT_HASH_KEY, PAYLOAD_FIELDS, payload_record
+from fashionsearch.classification import AttributePrediction
 from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound, Unavailable
 from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS, Hit, StoreError, VectorIndex
 from services.gateway import text_http
 from services.gateway.admission import Admission, http_admission, refused_response, request_bytes
 from services.gateway.domain import (
-    CONTENT_HASH_KEY,
-    AttributePrediction,
     CatalogueItem,
     FilterMode,
     ModelId,
@@ -327,20 +326,6 @@ def attribute_json(attribute: AttributePrediction) -> dict[str, Any]:
     }
 
 
-def payload_json(payload: Mapping[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in PAYLOAD_FIELDS:
-        value = payload.get(key)
-        if key == "year":
-            try:
-                out[key] = int(value or 0)
-            except (TypeError, ValueError):
-                out[key] = 0
-        else:
-            out[key] = "" if value is None else str(value)
-    return out
-
-
 def filters_json(filters: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
     return {name: list(values) for name, values in filters.items()}
 
@@ -423,7 +408,7 @@ class HttpApi:
         self._categories: tuple[float, list[dict[str, Any]]] | None = None
 
     def hit_json(self, hit: Hit) -> dict[str, Any]:
-        payload = payload_json(hit.payload)
+        payload = payload_record(hit.payload)
         return {
             "id": hit.id,
             "distance": round(float(hit.distance), 6),
@@ -490,7 +475,7 @@ class HttpApi:
 
     async def get_item(self, request: web.Request) -> web.Response:
         item = await self._service.get(_item_id(request))
-        payload = payload_json(item.payload)
+        payload = payload_record(item.payload)
         return web.json_response(
             {
                 "id": item.id,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 
 from fashionsearch import naming
-from fashionsearch.catalogue import MAX_ID, PAYLOAD_FIELDS
+from fashionsearch.catalogue import CONTENT_HASH_KEY, MAX_ID, stored_payload, unknown_fields
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import (
     DeadlineExceeded,
@@ -41,7 +41,6 @@ from fashionsearch.text_query import refine_vector
 from services.gateway import words
 from services.gateway.clients import ClassifierPort, EmbedderPort
 from services.gateway.domain import (
-    CONTENT_HASH_KEY,
     CatalogueItem,
     Classification,
     Embedding,
@@ -218,13 +217,12 @@ class GatewayService:
         hits: tuple = ()
         if await self._check_embedder(embedding):
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
-        predicted_labels = classification.top_labels()
         neighbour_names = [str(h.payload.get("name", "")) for h in hits]
         return SearchResult(
             classification=classification,
             embedder_model=embedding.model,
-            suggested_name=naming.suggest_name(predicted_labels),
-            keywords=tuple(naming.suggest_keywords(predicted_labels, neighbour_names)),
+            suggested_name=classification.suggested_name,
+            keywords=tuple(naming.add_neighbour_words(classification.keywords, neighbour_names)),
             hits=hits,
             applied_filters=filters,
             refine_terms=refine_terms,
@@ -348,7 +346,7 @@ class GatewayService:
             try:
                 self._check_id(item.id)
                 self._check_image(item.image)
-                unknown = sorted(set(item.payload) - set(PAYLOAD_FIELDS))
+                unknown = unknown_fields(item.payload)
                 if unknown:
                     raise InvalidArgument(f"unknown payload field(s) {', '.join(unknown)}")
             except FashionSearchError as error:
@@ -371,10 +369,7 @@ class GatewayService:
                     if isinstance(labels, FashionSearchError):
                         errors[index] = labels
                         continue
-                    payload = {k: v for k, v in item.payload.items() if v not in ("", None, 0)}
-                    payload.update(labels)
-                    if item.content_hash:
-                        payload[CONTENT_HASH_KEY] = item.content_hash
+                    payload = stored_payload(item.payload, labels, item.content_hash)
                     points.append(StoredPoint(id=item.id, vector=embedding.vector, payload=payload))
                 if points:
                     await self._store("upsert", self._index.upsert, points)
@@ -476,8 +471,3 @@ async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:
             if not task.done():
                 task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def payload_from_mapping(values: Mapping[str, Any]) -> dict[str, Any]:
-    """The known payload fields of a mapping, with missing strings as "" and a missing year as 0."""
-    return {k: values.get(k, 0 if k == "year" else "") for k in PAYLOAD_FIELDS}

@@ -8,12 +8,12 @@ from typing import Any
 
 import grpc.aio
 
+from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_from_proto, payload_to_proto
+from fashionsearch.classification import AttributePrediction
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.store import Hit
 from fashionsearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.domain import (
-    CONTENT_HASH_KEY,
-    AttributePrediction,
     CatalogueItem,
     FilterMode,
     ModelId,
@@ -43,20 +43,6 @@ _TEXT_MATCHES = {
 
 _DEFAULT_LIST_PAGE = 1000
 _MAX_LIST_PAGE = 10000
-
-# proto ItemPayload field <-> stored payload key (catalogue column names).
-_PAYLOAD_KEYS = {
-    "name": "name",
-    "gender": "gender",
-    "master_category": "masterCategory",
-    "sub_category": "subCategory",
-    "article_type": "articleType",
-    "base_colour": "baseColour",
-    "season": "season",
-    "year": "year",
-    "usage": "usage",
-    "image_ref": "image_ref",
-}
 
 
 def search_options(request: Any) -> SearchOptions:
@@ -90,26 +76,6 @@ def terms_to_proto(terms: Sequence[QueryTerm]) -> list[common_pb2.QueryTerm]:
         )
         for t in terms
     ]
-
-
-def payload_to_proto(payload: Mapping[str, Any]) -> gateway_pb2.ItemPayload:
-    message = gateway_pb2.ItemPayload()
-    for proto_field, key in _PAYLOAD_KEYS.items():
-        value = payload.get(key)
-        if value in (None, ""):
-            continue
-        if proto_field == "year":
-            try:
-                message.year = int(value)
-            except (TypeError, ValueError):
-                logger.warning("stored year %r is not a number", value)
-        else:
-            setattr(message, proto_field, str(value))
-    return message
-
-
-def payload_from_proto(message: gateway_pb2.ItemPayload) -> dict[str, Any]:
-    return {key: getattr(message, proto_field) for proto_field, key in _PAYLOAD_KEYS.items()}
 
 
 def item_from_proto(message: gateway_pb2.CatalogueItem) -> CatalogueItem:

@@ -7,16 +7,10 @@ import hashlib
 
 import numpy as np
 
+from fashionsearch.classification import AttributePrediction, LabelScore
 from fashionsearch.errors import FashionSearchError, InvalidArgument
 from fashionsearch.text_query import QueryVocabulary
-from services.gateway.domain import (
-    AttributePrediction,
-    Classification,
-    Embedding,
-    LabelScore,
-    ModelId,
-    TextEmbedding,
-)
+from services.gateway.domain import Classification, Embedding, ModelId, TextEmbedding
 from testkit.tiny_models import TINY_TERMS
 
 CLASSIFIER_MODEL = ModelId("fake-classifier", "c1", "aa")
@@ -63,11 +57,11 @@ class FakeClassifier:
             raise self.error
         if data.startswith(b"bad"):
             raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
-        return Classification(
-            attributes=tuple(
+        return Classification.of(
+            [
                 AttributePrediction(attribute=k, labels=(LabelScore(v, 0.9), LabelScore("Other", 0.1)))
                 for k, v in self.labels.items()
-            ),
+            ],
             model=CLASSIFIER_MODEL,
         )
 

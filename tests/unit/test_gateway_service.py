@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Iterable
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from fashionsearch.errors import (
 )
 from fashionsearch.store import StoreUnavailableError
 from fashionsearch.store.brute import BruteForceIndex
-from services.gateway.domain import CatalogueItem, FilterMode, ModelId, SearchOptions
+from services.gateway.domain import CatalogueItem, Classification, FilterMode, ModelId, SearchOptions
 from services.gateway.service import GatewayService, Limits
 
 CATALOGUE = [
@@ -72,6 +73,23 @@ async def test_search_filters_by_predicted_subcategory_and_names_the_item(servic
     assert result.keywords[:2] == ("shirts", "shirt")
     assert "casual" in result.keywords and "puma" not in result.keywords and "wrangler" not in result.keywords
     assert result.embedder_model == EMBEDDER_MODEL
+
+
+@run_async
+async def test_search_takes_the_name_and_keywords_from_the_classifier_and_adds_the_neighbours_words(fakes):
+    class NamingClassifier(FakeClassifier):
+        async def classify(self, data: bytes) -> Classification:
+            answer = await super().classify(data)
+            return replace(answer, suggested_name="Named By The Classifier", keywords=("from-classifier",))
+
+    _, embedder, index = fakes
+    service = GatewayService(NamingClassifier(), embedder, index, Limits(max_top_k=10, max_image_bytes=1000))
+    await _load(service)
+    embedder.vectors[image("query")] = vector_for(image("4")) + 0.001
+    result = await service.search(image("query"), SearchOptions())
+    assert result.suggested_name == "Named By The Classifier"  # not computed again from the labels
+    assert result.keywords[0] == "from-classifier"
+    assert "casual" in result.keywords and "shirts" not in result.keywords  # neighbours' words, not the labels'
 
 
 @run_async

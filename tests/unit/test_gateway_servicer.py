@@ -8,10 +8,11 @@ import grpc
 import pytest
 from gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async
 
+from fashionsearch.catalogue import payload_from_proto, payload_to_proto
 from fashionsearch.store.brute import BruteForceIndex
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.service import GatewayService, Limits
-from services.gateway.servicer import GatewayServicer, payload_from_proto, payload_to_proto
+from services.gateway.servicer import GatewayServicer
 
 
 class Aborted(Exception):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fashionsearch.naming import neighbour_words, split_brand, suggest_keywords, suggest_name
+from fashionsearch.naming import add_neighbour_words, neighbour_words, split_brand, suggest_keywords, suggest_name
 
 
 @pytest.mark.parametrize(
@@ -85,7 +85,7 @@ def test_suggest_keywords_example():
         "Puma Men Blue Striped Polo T-shirt",
         "United Colors of Benetton Men Striped Navy T-shirt",
     ]
-    keywords = suggest_keywords(attributes, neighbours)
+    keywords = add_neighbour_words(suggest_keywords(attributes), neighbours)
     assert keywords[:6] == ["tshirts", "t-shirt", "tshirt", "tee", "tees", "men"]
     for expected in ("navy blue", "navy", "casual", "topwear", "apparel", "summer", "polo", "striped"):
         assert expected in keywords
