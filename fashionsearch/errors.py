@@ -1,7 +1,10 @@
-"""The one exception hierarchy of fashionsearch, each class mapped to the gRPC status code it produces.
+"""The one exception hierarchy of fashionsearch: each class carries the gRPC status code and the HTTP status it
+produces.
 
 Domain code raises these; servicers turn them into a gRPC status with `abort()` (or into a per-item
-`ItemError` in batch and stream RPCs with `item_error()`), so every service answers with the same codes.
+`ItemError` in batch and stream RPCs with `item_error_fields()`), and the gateway's HTTP API into the error's
+`http_status`, so every service and both APIs answer with the same codes. The vector store's errors (StoreError and
+its subclasses) and the gateway's access errors (Unauthenticated, PermissionDenied) are part of the tree.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class FashionSearchError(Exception):
     """Base class: a failure with a message a person understands and the gRPC status it maps to."""
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    http_status: int = 500
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -30,42 +34,83 @@ class InvalidArgument(FashionSearchError):
     """The request is bad: undecodable or oversized image, out-of-range number, unknown filter field."""
 
     code = grpc.StatusCode.INVALID_ARGUMENT
+    http_status = 400
 
 
 class NotFound(FashionSearchError):
     """The request names something that does not exist, e.g. an unknown product id."""
 
     code = grpc.StatusCode.NOT_FOUND
+    http_status = 404
 
 
 class FailedPrecondition(FashionSearchError):
     """The system is not in a state to answer, e.g. stored vectors made by another embedder version."""
 
     code = grpc.StatusCode.FAILED_PRECONDITION
+    http_status = 409
 
 
 class Unavailable(FashionSearchError):
     """A dependency is down or not ready; retrying later may work."""
 
     code = grpc.StatusCode.UNAVAILABLE
+    http_status = 503
 
 
 class DeadlineExceeded(FashionSearchError):
     """A dependency did not answer within the deadline."""
 
     code = grpc.StatusCode.DEADLINE_EXCEEDED
+    http_status = 504
 
 
 class ResourceExhausted(FashionSearchError):
     """A limit was hit, e.g. a batch larger than the server accepts."""
 
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    http_status = 413
 
 
 class Internal(FashionSearchError):
     """A bug or an unexpected failure inside the service."""
 
     code = grpc.StatusCode.INTERNAL
+    http_status = 500
+
+
+class Unauthenticated(FashionSearchError):
+    """No API key, or a key the gateway does not know."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
+    http_status = 401
+
+
+class PermissionDenied(FashionSearchError):
+    """A known key that does not allow this call (a read key on a write), or writes turned off."""
+
+    code = grpc.StatusCode.PERMISSION_DENIED
+    http_status = 403
+
+
+# The vector store's errors: a plain StoreError is an internal failure; the subclasses say more. The store adapters
+# raise them, fashionsearch.store exports them, and they reach the APIs with the codes below.
+
+
+class StoreError(FashionSearchError):
+    """A vector store operation failed."""
+
+
+class StoreUnavailableError(StoreError, Unavailable):
+    """The store could not be reached or did not answer (a Qdrant server down, a network error)."""
+
+
+class CollectionMismatchError(StoreError, FailedPrecondition):
+    """The collection holds vectors from another embedder (model, version or dimension) than the one asked for."""
+
+
+class UnknownFilterFieldError(StoreError, InvalidArgument, ValueError):
+    """A filter names a payload field that is not one of the filter fields."""
 
 
 def code_number(code: grpc.StatusCode) -> int:

@@ -1,15 +1,12 @@
 """Vector store port (VectorIndex) and its adapters: Qdrant Edge (default), Qdrant server, NumPy brute force."""
 
+from fashionsearch.errors import CollectionMismatchError, StoreError, StoreUnavailableError, UnknownFilterFieldError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionInfo,
-    CollectionMismatchError,
     EmbedderIdentity,
     Hit,
     StoredPoint,
-    StoreError,
-    StoreUnavailableError,
-    UnknownFilterFieldError,
     VectorIndex,
     check_filters,
 )

@@ -32,7 +32,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, StoreError
+from fashionsearch.errors import StoreError
+from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 
 logger = logging.getLogger(__name__)

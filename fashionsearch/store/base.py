@@ -14,6 +14,7 @@ from typing import Any, Protocol, TypeAlias, runtime_checkable
 import numpy as np
 
 from fashionsearch import catalogue
+from fashionsearch.errors import StoreError, UnknownFilterFieldError
 
 #: Payload fields a search may filter on (exact match on one of the given values). Each gets a keyword payload index.
 FILTER_FIELDS: tuple[str, ...] = catalogue.FILTER_FIELDS
@@ -21,22 +22,6 @@ FILTER_FIELDS: tuple[str, ...] = catalogue.FILTER_FIELDS
 
 #: field -> accepted value, or accepted values (any of them matches); all fields must match.
 Filters: TypeAlias = Mapping[str, str | Sequence[str]]
-
-
-class StoreError(Exception):
-    """A vector store operation failed."""
-
-
-class StoreUnavailableError(StoreError):
-    """The store could not be reached or did not answer (a Qdrant server down, a network error)."""
-
-
-class CollectionMismatchError(StoreError):
-    """The collection holds vectors from another embedder (model, version or dimension) than the one asked for."""
-
-
-class UnknownFilterFieldError(StoreError, ValueError):
-    """A filter names a payload field that is not one of FILTER_FIELDS."""
 
 
 @dataclass(frozen=True)

@@ -8,14 +8,13 @@ from typing import Any
 
 import numpy as np
 
+from fashionsearch.errors import CollectionMismatchError, StoreError
 from fashionsearch.store.base import (
     CollectionInfo,
-    CollectionMismatchError,
     EmbedderIdentity,
     Filters,
     Hit,
     StoredPoint,
-    StoreError,
     as_vector,
     check_filters,
     unique_ids,

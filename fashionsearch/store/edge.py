@@ -28,15 +28,14 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
+from fashionsearch.errors import CollectionMismatchError, StoreError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionInfo,
-    CollectionMismatchError,
     EmbedderIdentity,
     Filters,
     Hit,
     StoredPoint,
-    StoreError,
     as_vector,
     as_vectors,
     check_filters,

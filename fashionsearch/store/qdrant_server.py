@@ -17,16 +17,14 @@ import numpy as np
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ApiException
 
+from fashionsearch.errors import CollectionMismatchError, StoreError, StoreUnavailableError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionInfo,
-    CollectionMismatchError,
     EmbedderIdentity,
     Filters,
     Hit,
     StoredPoint,
-    StoreError,
-    StoreUnavailableError,
     as_vector,
     as_vectors,
     check_filters,

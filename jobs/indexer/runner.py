@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import IO, Any, TextIO
 
 from fashionsearch.catalogue import parse_id
-from fashionsearch.store.base import StoreError
+from fashionsearch.errors import StoreError
 from jobs.indexer.digest import StoredDigests, content_hash
 from jobs.indexer.fetch import FetchError, ImageFetcher, is_url
 from jobs.indexer.manifest import BadRow, Manifest, Row, in_shard, shard_of

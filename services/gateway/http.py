@@ -1,7 +1,7 @@
 """The gateway's HTTP/JSON API and web page, served by aiohttp on the same event loop as the gRPC server.
 
 Every endpoint calls the same GatewayService as the gRPC servicer, so validation and errors are the same; a
-FashionSearchError becomes the HTTP status of its gRPC code (see HTTP_STATUS) with a JSON body
+FashionSearchError becomes its HTTP status (fashionsearch/errors.py) with a JSON body
 ``{"error": {"status": 400, "code": "INVALID_ARGUMENT", "message": "..."}}``.
 
 Product images: a payload's ``image_ref`` is either an http(s) URL (handed to browsers only when its host is in
@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
 from aiohttp import BodyPartReader, MultipartReader, hdrs, http_exceptions, web
 from grpc_health.v1 import health, health_pb2
 
@@ -60,19 +59,6 @@ from services.gateway.text_http import REFINE_PARAM, REFINE_PARAMETER, search_te
 logger = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent / "web"
-
-#: gRPC status of our exception hierarchy -> HTTP status.
-HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.FAILED_PRECONDITION: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 413,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-}
 
 FILTER_MODES = {mode.value: mode for mode in FilterMode}
 SEARCH_PARAMS = ("top_k", "filter_mode")
@@ -119,7 +105,7 @@ def _errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.Strea
         try:
             return await handler(request)
         except FashionSearchError as error:
-            status = HTTP_STATUS.get(error.code, 500)
+            status = error.http_status
             return error_body(status, error.code.name, error.message)
         except (_BodyTooLarge, web.HTTPRequestEntityTooLarge):
             return _too_large(max_body_bytes)
@@ -557,7 +543,7 @@ class HttpApi:
         async for outcome in self._service.upsert(stream()):
             error = None
             if outcome.error is not None:
-                status = HTTP_STATUS.get(outcome.error.code, 500)
+                status = outcome.error.http_status
                 error = {"status": status, "code": outcome.error.code.name, "message": outcome.error.message}
             results.append({"id": outcome.id, "upserted": error is None, "error": error})
         self._categories = None
@@ -601,7 +587,7 @@ class HttpApi:
         except FashionSearchError as error:
             # The status line is gone already: the last line says the listing is incomplete, and why.
             logger.warning("listing items failed after the first page: %s", error.message)
-            status = HTTP_STATUS.get(error.code, 500)
+            status = error.http_status
             line = {"error": {"status": status, "code": error.code.name, "message": error.message}}
             await response.write((json.dumps(line) + "\n").encode())
         await response.write_eof()
@@ -720,7 +706,7 @@ def create_app(
             return refused
         denied = http_refusal(settings.api_keys, request)
         if denied is not None:
-            return error_body(HTTP_STATUS.get(denied.code, 500), denied.code.name, denied.message)
+            return error_body(denied.http_status, denied.code.name, denied.message)
         if not admission.has_room(request_bytes(request, limit)):
             return refused_response(admission)
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")

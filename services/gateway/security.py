@@ -33,7 +33,7 @@ import grpc.aio
 from aiohttp import http_exceptions, web
 
 from fashionsearch.config import ConfigError
-from fashionsearch.errors import FashionSearchError
+from fashionsearch.errors import FashionSearchError, PermissionDenied, Unauthenticated
 from fashionsearch.serving import handler_like
 from fashionsearch.v1 import gateway_pb2
 
@@ -47,18 +47,6 @@ AUTHORIZATION = "authorization"
 API_KEY_HEADER = "x-api-key"
 _BEARER = "bearer "
 _KEY_HINT = "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
-
-
-class Unauthenticated(FashionSearchError):
-    """No API key, or a key the gateway does not know."""
-
-    code = grpc.StatusCode.UNAUTHENTICATED
-
-
-class PermissionDenied(FashionSearchError):
-    """A known key that does not allow this call (a read key on a write), or writes turned off."""
-
-    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class Access(enum.Enum):

@@ -22,10 +22,8 @@ from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FashionSearchError,
-    Internal,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from fashionsearch.store import (
     FILTER_FIELDS,
@@ -172,16 +170,14 @@ class GatewayService:
             return await asyncio.wait_for(asyncio.to_thread(call, *args), self._limits.store_timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the vector store did not answer {what} in time") from None
-        except CollectionMismatchError as error:
-            raise FailedPrecondition(str(error)) from None
-        except UnknownFilterFieldError as error:
-            raise InvalidArgument(str(error)) from None
         except StoreUnavailableError as error:
             logger.warning("vector store unavailable on %s: %s", what, error)
-            raise Unavailable(f"the vector store is unavailable: {error}") from None
-        except StoreError as error:
+            raise
+        except (CollectionMismatchError, UnknownFilterFieldError):
+            raise  # the catalogue's state or the request: their own status says it (fashionsearch/errors.py)
+        except StoreError:
             logger.exception("vector store failed on %s", what)
-            raise Internal(f"the vector store failed on {what}: {error}") from None
+            raise
 
     async def _check_embedder(self, embedding: Embedding) -> bool:
         """False when the catalogue is empty; FailedPrecondition when its vectors come from another embedder."""

@@ -11,13 +11,12 @@ import pytest
 from aiohttp import http_exceptions
 
 from fashionsearch.config import ConfigError
+from fashionsearch.errors import PermissionDenied, Unauthenticated
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.security import (
     Access,
     ApiKeys,
     MalformedRequestLog,
-    PermissionDenied,
-    Unauthenticated,
     client_metadata,
     grpc_method_access,
     http_access,

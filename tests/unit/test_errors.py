@@ -22,21 +22,30 @@ class FakeContext:
 
 
 @pytest.mark.parametrize(
-    ("error", "code"),
+    ("error", "code", "http_status"),
     [
-        (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-        (errors.NotFound, grpc.StatusCode.NOT_FOUND),
-        (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
-        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
-        (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED),
-        (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED),
-        (errors.Internal, grpc.StatusCode.INTERNAL),
+        (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (errors.NotFound, grpc.StatusCode.NOT_FOUND, 404),
+        (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION, 409),
+        (errors.Unavailable, grpc.StatusCode.UNAVAILABLE, 503),
+        (errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, 504),
+        (errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, 413),
+        (errors.Internal, grpc.StatusCode.INTERNAL, 500),
+        (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED, 401),
+        (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED, 403),
+        # The vector store's errors are part of the tree, so nothing translates them.
+        (errors.StoreError, grpc.StatusCode.INTERNAL, 500),
+        (errors.StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, 503),
+        (errors.CollectionMismatchError, grpc.StatusCode.FAILED_PRECONDITION, 409),
+        (errors.UnknownFilterFieldError, grpc.StatusCode.INVALID_ARGUMENT, 400),
     ],
 )
-def test_each_error_has_its_status(error: type[errors.FashionSearchError], code: grpc.StatusCode) -> None:
+def test_each_error_has_its_status(
+    error: type[errors.FashionSearchError], code: grpc.StatusCode, http_status: int
+) -> None:
     instance = error("what went wrong")
     assert isinstance(instance, errors.FashionSearchError)
-    assert instance.code == code and instance.message == "what went wrong"
+    assert instance.code == code and instance.http_status == http_status and instance.message == "what went wrong"
     assert errors.item_error_fields(instance) == {"code": code.value[0], "message": "what went wrong"}
 
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
+from fashionsearch.errors import StoreError
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_index
 from fashionsearch.store.aliases import EdgeCatalog, FollowingEdgeIndex, QdrantCatalog, versioned_name
-from fashionsearch.store.base import StoreError
 
 V1 = EmbedderIdentity("emb", "1")
 V2 = EmbedderIdentity("emb", "2.0/beta")
