@@ -5,21 +5,29 @@ PY := $(VENV)/bin/python
 DATA ?= ../shared/data/fashion-product-images-small
 
 .DEFAULT_GOAL := help
-.PHONY: help install run test test-fast lint proto bench
+.PHONY: help install install-serving run test test-fast lint proto bench
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-15s %s\n", $$1, $$2}'
 
-$(VENV)/.installed: requirements/*.txt pyproject.toml
+# Two stamps: `make run` needs only what the services need (requirements/serving.txt: no TensorFlow, tf2onnx or
+# Playwright); tests, linting and training add the rest (requirements/dev.txt) into the same .venv.
+$(VENV)/.serving: requirements/serving.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q -r requirements/serving.txt
 	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.serving requirements/*.txt
+	$(PY) -m pip install -q -r requirements/dev.txt
 	touch $@
 
 install: $(VENV)/.installed ## create .venv and install everything (serving, training, dev tools)
 
-run: install ## start the three services with the embedded Qdrant store and the sample catalogue
+install-serving: $(VENV)/.serving ## create .venv with only what the services need (what `make run` does)
+
+run: install-serving ## start the three services with the embedded Qdrant store and the sample catalogue
 	$(PY) deploy/run_local.py
 
 test: install ## run every test (unit, integration, e2e, training)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import re
 import shutil
 import subprocess
@@ -11,32 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.settings_env import PREFIXES as SERVICES
+from tests.settings_env import variables_read_by
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"
-SERVICES = {"classifier": "CLASSIFIER_", "embedder": "EMBEDDER_", "gateway": "GATEWAY_"}
-
-
-class RecordingEnviron(dict):
-    """An environment that notes every variable name looked up in it."""
-
-    def __init__(self, values: dict[str, str]) -> None:
-        super().__init__(values)
-        self.read: set[str] = set()
-
-    def get(self, key, default=None):  # noqa: ANN001, ANN201 - dict's own signature
-        self.read.add(key)
-        return super().get(key, default)
-
-
-def variables_read_by(service: str) -> set[str]:
-    """Every variable the service's Settings.from_env looks up (run for real, with an empty environment)."""
-    settings = importlib.import_module(f"services.{service}.settings").Settings
-    # The model folder must exist; which folder does not matter here.
-    environ = RecordingEnviron({} if service == "gateway" else {f"{SERVICES[service]}MODEL_DIR": str(REPO)})
-    settings.from_env(environ)
-    assert environ.read, f"services/{service}/settings.py reads no variables"
-    assert all(name.startswith(SERVICES[service]) for name in environ.read), sorted(environ.read)
-    return environ.read
 
 
 def compose_services() -> dict:
@@ -54,7 +32,11 @@ def test_every_variable_a_service_reads_is_set_in_compose(service):
 
 def test_only_the_gateway_publishes_ports_and_images_are_pinned():
     services = compose_services()
-    assert [name for name, spec in services.items() if spec.get("ports")] == ["gateway"]
+    # Of the services that run by default; the monitoring profile's publish on loopback (tests/unit/test_monitoring.py).
+    published = [
+        name for name, spec in services.items() if spec.get("ports") and "monitoring" not in spec.get("profiles", ())
+    ]
+    assert published == ["gateway"]
     assert re.fullmatch(r"qdrant/qdrant:v\d+\.\d+\.\d+", services["qdrant"]["image"])
     for name, spec in services.items():
         assert "healthcheck" in spec or name == "indexer", f"{name} has no health check"
