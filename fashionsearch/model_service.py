@@ -29,6 +29,10 @@ from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, star
 
 logger = logging.getLogger(__name__)
 
+# Model services are stateless and scaled out behind one name: clients reconnect this often, and so find new replicas.
+# Their calls are short (seconds at most), so the same time again to finish in-flight calls is plenty.
+MAX_CONNECTION_AGE_S = 60.0
+
 
 @dataclass(frozen=True)
 class ModelServiceSettings:
@@ -110,6 +114,7 @@ async def start_model_server(
         host=settings.host,
         port=settings.port,
         max_message_bytes=settings.max_message_bytes,
+        max_connection_age_s=MAX_CONNECTION_AGE_S,
         describe={
             "model": str(identity),
             **(describe or {}),

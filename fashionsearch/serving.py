@@ -39,13 +39,23 @@ def service_name(module: Any, service: str) -> str:
     return str(module.DESCRIPTOR.services_by_name[service].full_name)
 
 
-def server_options(max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> list[tuple[str, Any]]:
-    """Channel options of every server: message size limits (images are larger than gRPC's 4 MB default)."""
-    return [
+def server_options(
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_connection_age_s: float | None = None
+) -> list[tuple[str, Any]]:
+    """Channel options of every server: message size limits (images are larger than gRPC's 4 MB default).
+
+    With `max_connection_age_s`, clients are asked to reconnect after that long (in-flight calls get as long again
+    to finish), so a round_robin client resolves the name again and finds the replicas added since it connected.
+    """
+    options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
         ("grpc.so_reuseport", 0),
     ]
+    if max_connection_age_s is not None:
+        age_ms = int(max_connection_age_s * 1000)
+        options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+    return options
 
 
 def handler_like(
@@ -179,6 +189,7 @@ async def start_server(
     interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
     credentials: grpc.ServerCredentials | None = None,
     maximum_concurrent_rpcs: int | None = None,
+    max_connection_age_s: float | None = None,
 ) -> RunningServer:
     """Create, wire and start a grpc.aio server; health says NOT_SERVING until `set_serving()`.
 
@@ -186,10 +197,10 @@ async def start_server(
     `describe` (e.g. the model identity) is logged with the listen address. Port 0 picks a free port, which
     `RunningServer.port` reports. With `credentials` (grpc.ssl_server_credentials) the port speaks TLS only.
     Beyond `maximum_concurrent_rpcs` calls in progress, new calls end at once with RESOURCE_EXHAUSTED, which bounds
-    the memory that in-flight requests hold.
+    the memory that in-flight requests hold. `max_connection_age_s`: see `server_options`.
     """
     server = grpc.aio.server(
-        options=server_options(max_message_bytes),
+        options=server_options(max_message_bytes, max_connection_age_s),
         interceptors=list(interceptors),
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
