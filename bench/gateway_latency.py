@@ -68,10 +68,21 @@ def main() -> int:
     parser.add_argument("--searches", type=int, default=1000, help="sequential Search calls per filter mode")
     parser.add_argument("--warmup", type=int, default=50, help="untimed Search calls first")
     parser.add_argument("--catalogue", type=Path, default=REPO_ROOT / "sample_catalogue")
+    parser.add_argument(
+        "--log-level",
+        default="WARNING",
+        choices=("DEBUG", "INFO", "WARNING", "ERROR"),
+        help="the services' log level (INFO: one access line per call, as deployed)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="gateway-bench-") as tmp:
-        stack = ProcessStack(Path(tmp), gateway_env={"GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true"})
+        stack = ProcessStack(
+            Path(tmp),
+            gateway_env={"GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true", "GATEWAY_LOG_LEVEL": args.log_level},
+            classifier_env={"CLASSIFIER_LOG_LEVEL": args.log_level},
+            embedder_env={"EMBEDDER_LOG_LEVEL": args.log_level},
+        )
         stack.start()
         try:
             items = catalogue_items(args.catalogue, args.items)
@@ -97,7 +108,8 @@ def main() -> int:
 
     print(
         f"Gateway Search latency: {args.items} catalogue items, tiny fixture models, Qdrant Edge store, "
-        f"3 services as processes on {os.cpu_count()} CPUs ({platform.machine()}), one sequential client"
+        f"3 services as processes on {os.cpu_count()} CPUs ({platform.machine()}), one sequential client, "
+        f"log level {args.log_level}"
     )
     print(f"upsert of {len(items)} items (one stream): {upsert_s:.2f} s = {len(items) / upsert_s:.0f} items/s")
     print()

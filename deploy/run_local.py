@@ -4,7 +4,8 @@ Starts the classifier, embedder and gateway as separate processes (as ops would)
 SERVING on gRPC health, indexes `sample_catalogue/` through the gateway (incremental: a second run finds it
 already indexed and embeds nothing), prints where to go, and stops everything cleanly on Ctrl-C.
 Everything it writes lives under `var/` (store, logs, reject file; FASHIONSEARCH_VAR_DIR moves it).
-Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50050, 8080).
+Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50050, 8080) and
+FASHIONSEARCH_{CLASSIFIER,EMBEDDER}_METRICS_PORT (9101, 9102; the gateway's /metrics is on the HTTP port).
 """
 
 from __future__ import annotations
@@ -120,6 +121,7 @@ def main() -> int:
     (VAR / "logs").mkdir(parents=True, exist_ok=True)
     classifier, embedder = port("CLASSIFIER", 50051), port("EMBEDDER", 50052)
     gateway, http = port("GATEWAY", 50050), port("HTTP", 8080)
+    classifier_metrics, embedder_metrics = port("CLASSIFIER_METRICS", 9101), port("EMBEDDER_METRICS", 9102)
     stack = Stack()
     # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does. SIGINT is set too: a
     # shell script's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt.
@@ -127,8 +129,22 @@ def main() -> int:
     signal.signal(signal.SIGINT, _interrupt)
     try:
         print(f"Starting fashionsearch (logs in {VAR / 'logs'}):", flush=True)
-        stack.start("classifier", {"CLASSIFIER_PORT": str(classifier), "CLASSIFIER_HOST": "127.0.0.1"})
-        stack.start("embedder", {"EMBEDDER_PORT": str(embedder), "EMBEDDER_HOST": "127.0.0.1"})
+        stack.start(
+            "classifier",
+            {
+                "CLASSIFIER_PORT": str(classifier),
+                "CLASSIFIER_HOST": "127.0.0.1",
+                "CLASSIFIER_METRICS_PORT": str(classifier_metrics),
+            },
+        )
+        stack.start(
+            "embedder",
+            {
+                "EMBEDDER_PORT": str(embedder),
+                "EMBEDDER_HOST": "127.0.0.1",
+                "EMBEDDER_METRICS_PORT": str(embedder_metrics),
+            },
+        )
         stack.wait_serving("classifier", f"127.0.0.1:{classifier}")
         stack.wait_serving("embedder", f"127.0.0.1:{embedder}")
         stack.start(
@@ -137,6 +153,7 @@ def main() -> int:
                 "GATEWAY_PORT": str(gateway),
                 "GATEWAY_HOST": "127.0.0.1",
                 "GATEWAY_HTTP_PORT": str(http),
+                "GATEWAY_METRICS_PORT": str(http),
                 "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{classifier}",
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
                 "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
@@ -153,6 +170,8 @@ def main() -> int:
             "\nfashionsearch is running:\n"
             f"  web page and HTTP API  http://127.0.0.1:{http}/   (OpenAPI: /openapi.json)\n"
             f"  gRPC gateway           127.0.0.1:{gateway}        (fashionsearch.v1.Gateway, reflection on)\n"
+            f"  metrics (Prometheus)   http://127.0.0.1:{http}/metrics  http://127.0.0.1:{classifier_metrics}/metrics"
+            f"  http://127.0.0.1:{embedder_metrics}/metrics\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

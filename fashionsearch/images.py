@@ -33,6 +33,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from fashionsearch import metrics
 from fashionsearch.errors import InvalidArgument
 
 logger = logging.getLogger(__name__)
@@ -159,6 +160,7 @@ def _decode_plain_jpeg(data: bytes, limits: ImageLimits, target_size: tuple[int,
         return None
 
 
+@metrics.observe_decode
 def decode_pixels(
     data: bytes,
     limits: ImageLimits = ImageLimits(),  # noqa: B008 - frozen, so a shared default is safe

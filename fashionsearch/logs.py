@@ -1,12 +1,35 @@
-"""Structured logs: one JSON object per line on stdout, configured once in each service's main."""
+"""Structured logs: one JSON object per line on stdout, configured once in each service's main.
+
+Every line written while a request is being served carries its `request_id` (set by fashionsearch.interceptors for
+gRPC and by the gateway's HTTP middleware), so one search can be followed through the three services' logs.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
+import uuid
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import Any
+
+#: The header (HTTP) and metadata key (gRPC) that carries a request id, both ways.
+REQUEST_ID_HEADER = "x-request-id"
+#: The id of the request being served in this task (and the threads it hands work to), or None.
+request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
+# What a caller may choose as an id: short, and nothing that could forge or break a log line.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def accept_request_id(incoming: str | None) -> str:
+    """The caller's request id when it is an acceptable one (up to 128 letters, digits, '.', '_', ':', '-'),
+    else a new one."""
+    if incoming is not None and _ACCEPTABLE_ID.fullmatch(incoming):
+        return incoming
+    return uuid.uuid4().hex
+
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON object.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -22,6 +45,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        current = request_id.get()
+        if current is not None:
+            entry["request_id"] = current
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_"):
                 entry[key] = value

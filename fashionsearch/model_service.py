@@ -15,10 +15,11 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import grpc.aio
 
+from fashionsearch import metrics
 from fashionsearch.batching import BatchPolicy
 from fashionsearch.config import ConfigError, Env
 from fashionsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
@@ -58,6 +59,10 @@ class ModelServiceSettings:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     grace_s: float = 5.0
     log_level: str = "INFO"
+    #: Port of the Prometheus /metrics listener; None (the default in code, or 0 in the environment) = none.
+    metrics_port: int | None = None
+    #: What *_METRICS_PORT defaults to when unset: each service has its own.
+    DEFAULT_METRICS_PORT: ClassVar[int] = 0
 
     @property
     def image_limits(self) -> ImageLimits:
@@ -86,6 +91,7 @@ class ModelServiceSettings:
             "max_message_bytes": env.get_int("MAX_MESSAGE_BYTES", cls.max_message_bytes, min=1024),
             "grace_s": env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
             "log_level": env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
+            "metrics_port": env.port("METRICS_PORT", cls.DEFAULT_METRICS_PORT) or None,
         }
 
 
@@ -124,6 +130,8 @@ async def start_model_server(
             "batch_max_delay_ms": settings.batch_max_delay_ms,
         },
     )
+    metrics.describe_model(kind, identity.name, identity.version, identity.sha256)
+    running.serve_metrics(settings.metrics_port)
     try:
         # At the largest batch when batching: the memory a full batch needs is taken before SERVING, not under load.
         await asyncio.to_thread(model.warm_up, settings.batch_max_size if settings.batch_policy.enabled else 1)

@@ -18,6 +18,7 @@ from typing import ClassVar, Self
 import numpy as np
 import onnxruntime as ort
 
+from fashionsearch import metrics
 from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256, preprocess
 
 logger = logging.getLogger(__name__)
@@ -152,7 +153,9 @@ class OnnxModel:
                 f"got {batch.dtype} {batch.shape}"
             )
         names = list(self.output_names)
-        results = self.session.run(names, {want.name: batch})
+        metrics.INFERENCE_BATCH_SIZE.labels(self.spec.kind).observe(len(batch))
+        with metrics.timed(metrics.INFERENCE_SECONDS.labels(self.spec.kind)):
+            results = self.session.run(names, {want.name: batch})
         return dict(zip(names, results, strict=True))
 
     def warm_up(self, batch_size: int = 1) -> None:

@@ -25,6 +25,9 @@ import grpc.aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fashionsearch import metrics
+from fashionsearch.interceptors import ObservingInterceptor
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -95,6 +98,8 @@ class RunningServer:
         self.port = port
         self._closers = list(closers)
         self._stopping: asyncio.Task[None] | None = None
+        #: Port of the /metrics listener started by `serve_metrics`, None when there is none.
+        self.metrics_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -104,6 +109,22 @@ class RunningServer:
         if ":" in self.host and not self.host.startswith("["):
             return f"[{self.host}]:{self.port}"
         return f"{self.host}:{self.port}"
+
+    def serve_metrics(self, port: int | None) -> None:
+        """Serve /metrics on its own port (0: a free one) until shutdown; None does nothing.
+
+        A port that cannot be bound is logged as an error and the service goes on without metrics: metrics are
+        never a reason to stop serving searches.
+        """
+        if port is None:
+            return
+        try:
+            listener = metrics.start_listener(self.host, port)
+        except OSError as error:
+            logger.error("metrics not served: cannot listen on port %s: %s", port, error)
+            return
+        self.metrics_port = listener.port
+        self.add_closer(listener.close)
 
     def add_closer(self, closer: Closer) -> None:
         """Run `closer` (sync or async) at shutdown, after the server stopped; last added runs first."""
@@ -197,11 +218,13 @@ async def start_server(
     `describe` (e.g. the model identity) is logged with the listen address. Port 0 picks a free port, which
     `RunningServer.port` reports. With `credentials` (grpc.ssl_server_credentials) the port speaks TLS only.
     Beyond `maximum_concurrent_rpcs` calls in progress, new calls end at once with RESOURCE_EXHAUSTED, which bounds
-    the memory that in-flight requests hold. `max_connection_age_s`: see `server_options`.
+    the memory that in-flight requests hold. `max_connection_age_s`: see `server_options`. Every call gets a request
+    id, metrics and an access log line (fashionsearch.interceptors) before `interceptors` see it.
     """
     server = grpc.aio.server(
         options=server_options(max_message_bytes, max_connection_age_s),
-        interceptors=list(interceptors),
+        # First, so that request ids, metrics and access logs also cover what the other interceptors refuse.
+        interceptors=[ObservingInterceptor(), *interceptors],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)

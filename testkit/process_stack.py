@@ -76,6 +76,8 @@ class ProcessStack:
     #: Write a tiny text model beside the tiny embedder (a given embedder folder brings its own, if any).
     text_model: bool = False
     ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    #: Each service's /metrics port (never the defaults 9101, 9102, 8080, which another run may hold).
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def address(self, name: str) -> str:
@@ -101,6 +103,7 @@ class ProcessStack:
                 "CLASSIFIER_MODEL_DIR": str(self.model_dir("classifier")),
                 "CLASSIFIER_INTRA_OP_THREADS": "1",
                 "CLASSIFIER_LOG_LEVEL": "WARNING",
+                "CLASSIFIER_METRICS_PORT": str(self.metrics_ports[name]),
                 **self.classifier_env,
             }
         if name == "embedder":
@@ -110,6 +113,7 @@ class ProcessStack:
                 "EMBEDDER_MODEL_DIR": str(self.model_dir("embedder")),
                 "EMBEDDER_INTRA_OP_THREADS": "1",
                 "EMBEDDER_LOG_LEVEL": "WARNING",
+                "EMBEDDER_METRICS_PORT": str(self.metrics_ports[name]),
                 **self.embedder_env,
             }
         return {
@@ -120,6 +124,7 @@ class ProcessStack:
             "GATEWAY_DATA_DIR": str(self.root / "store"),
             "GATEWAY_HTTP_ENABLED": "false",
             "GATEWAY_LOG_LEVEL": "WARNING",
+            "GATEWAY_METRICS_PORT": str(self.metrics_ports[name]),
             **self.gateway_env,
         }
 

@@ -13,9 +13,10 @@ import os
 import sys
 from pathlib import Path
 
+from fashionsearch import metrics
 from jobs.indexer.fetch import ImageFetcher
 from jobs.indexer.manifest import Manifest, parse_shard
-from jobs.indexer.runner import Options, Progress, run
+from jobs.indexer.runner import Options, Progress, ProgressMetrics, run
 from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients, Target
 
 EXIT_OK = 0
@@ -116,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         help="seconds between progress lines (default 0.2 on a terminal, else 10: one line each, for logs)",
     )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="PORT",
+        help="serve the run's progress as Prometheus metrics on this port (/metrics) while it runs",
+    )
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
 
@@ -201,7 +208,16 @@ def main(argv: list[str] | None = None) -> int:
         allow_private_urls=args.allow_private_urls,
         allow_outside_root=args.allow_paths_outside_root,
     )
-    total = None if args.no_progress else manifest.approximate_rows() // shard[1]
+    measured = args.metrics_port is not None
+    total = None if args.no_progress and not measured else manifest.approximate_rows() // shard[1]
+    progress_metrics = None
+    if measured:
+        try:
+            listener = metrics.start_listener("::", args.metrics_port)
+        except OSError as exc:
+            print(f"error: --metrics-port {args.metrics_port}: {exc}", file=sys.stderr)
+            return EXIT_FAILED
+        progress_metrics = ProgressMetrics(total)
     target = make_target(args)
     if args.switch_only:
         return switch_only(target, args)
@@ -212,10 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             fetcher,
             options,
             rejects_path=args.rejects,
-            progress=Progress(total, enabled=not args.no_progress, every_s=args.progress_every_s),
+            progress=Progress(
+                total, enabled=not args.no_progress, every_s=args.progress_every_s, metrics=progress_metrics
+            ),
         )
     finally:
         target.close()
+        if measured:
+            listener.close()
     print(summary.render(args.rejects))
     if args.summary_json:
         args.summary_json.write_text(json.dumps(summary.as_dict(), indent=2) + "\n", encoding="utf-8")

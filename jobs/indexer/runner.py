@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, TextIO
 
+from fashionsearch import metrics
 from fashionsearch.catalogue import parse_id
 from fashionsearch.errors import StoreError
 from jobs.indexer.digest import StoredDigests, content_hash
@@ -143,12 +144,39 @@ class RejectWriter:
             self._file = None
 
 
+class ProgressMetrics:
+    """The run's counts as Prometheus counters (fashionsearch_indexer_items_total by outcome), for --metrics-port."""
+
+    OUTCOMES = ("added", "updated", "unchanged", "rejected", "deleted")
+
+    def __init__(self, expected: int | None) -> None:
+        self._counted = dict.fromkeys(self.OUTCOMES, 0)
+        self._counters = {outcome: metrics.INDEXER_ITEMS.labels(outcome) for outcome in self.OUTCOMES}
+        if expected:
+            metrics.INDEXER_ITEMS_EXPECTED.set(expected)
+
+    def sync(self, s: Summary) -> None:
+        for outcome, counted in self._counted.items():
+            now = getattr(s, outcome)
+            if now > counted:
+                self._counters[outcome].inc(now - counted)
+                self._counted[outcome] = now
+
+
 class Progress:
-    """One status line on stderr: a bar with a percentage when the row count is known, items/s, the counts."""
+    """One status line on stderr: a bar with a percentage when the row count is known, items/s, the counts; and
+    the same counts as metrics when given a ProgressMetrics."""
 
     def __init__(
-        self, total: int | None, stream: TextIO | None = None, *, enabled: bool = True, every_s: float | None = None
+        self,
+        total: int | None,
+        stream: TextIO | None = None,
+        *,
+        enabled: bool = True,
+        every_s: float | None = None,
+        metrics: ProgressMetrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._stream = stream or sys.stderr
         self._total = total
         self._enabled = enabled
@@ -159,6 +187,8 @@ class Progress:
         self._drawn = False
 
     def update(self, s: Summary, *, force: bool = False) -> None:
+        if self._metrics is not None:
+            self._metrics.sync(s)
         if not self._enabled:
             return
         now = time.perf_counter()

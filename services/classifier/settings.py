@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fashionsearch.config import Env
 from fashionsearch.model_service import ModelServiceSettings
@@ -16,6 +17,7 @@ class Settings(ModelServiceSettings):
 
     port: int = 50051
     model_dir: Path = Path("models/classifier")
+    DEFAULT_METRICS_PORT: ClassVar[int] = 9101
     default_top_k: int = 3
     max_top_k: int = 10
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 from fashionsearch.config import Env
 from fashionsearch.model_service import ModelServiceSettings
@@ -28,6 +29,7 @@ class Settings(ModelServiceSettings):
     text_model_dir: Path | None = None
     #: True when text_model_dir was configured explicitly (then a text model that does not fit stops the start).
     text_model_required: bool = True
+    DEFAULT_METRICS_PORT: ClassVar[int] = 9102
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:

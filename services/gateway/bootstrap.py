@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import grpc.aio
 
 from fashionsearch.channels import channel_options
+from fashionsearch.interceptors import RequestIdClientInterceptor
 from fashionsearch.store import VectorIndex, open_index
 from services.gateway.clients import (
     CallBatcher,
@@ -65,8 +66,10 @@ def bootstrap(
     channels: list[grpc.aio.Channel] = []
     batchers: list[CallBatcher] = []
     options = channel_options(max_message_bytes(settings))
+    # The request id of the search being served goes on to the classifier and embedder (their logs carry it).
+    interceptors = [RequestIdClientInterceptor()]
     if classifier is None:
-        channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options)
+        channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options, interceptors=interceptors)
         channels.append(channel)
         classifier = GrpcClassifier(
             channel,
@@ -77,7 +80,7 @@ def bootstrap(
         )
         batchers.append(classifier.batching)
     if embedder is None:
-        channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options)
+        channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options, interceptors=interceptors)
         channels.append(channel)
         embedder = GrpcEmbedder(
             channel,

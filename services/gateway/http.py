@@ -45,6 +45,7 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
+from services.gateway.observability import metrics_endpoint, observing_middleware, send_request_id
 from services.gateway.security import (
     API_KEY_HEADER,
     MalformedRequestLog,
@@ -713,9 +714,16 @@ def create_app(
         request.writer.output_size = 0
         return None
 
-    middlewares = [_errors_middleware(limit), http_middleware(settings.api_keys), http_admission(admission, limit)]
+    observe = observing_middleware({status: code for code, status in HTTP_STATUS.items()})
+    middlewares = [
+        observe,
+        _errors_middleware(limit),
+        http_middleware(settings.api_keys),
+        http_admission(admission, limit),
+    ]
     app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(_server_header)
+    app.on_response_prepare.append(send_request_id)
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
     app.router.add_post("/v1/search/text", search_text_handler(service, api), expect_handler=expect)
@@ -731,6 +739,8 @@ def create_app(
     app.router.add_get("/v1/categories", api.categories)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/openapi.json", api.openapi)
+    if settings.metrics_port is not None and settings.metrics_port == settings.http_port:
+        app.router.add_get("/metrics", metrics_endpoint)
     app.router.add_get("/images/{path:.+}", api.images)
     app.router.add_get("/", api.index_page)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
@@ -1127,6 +1137,12 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                     "200": _json(_ref("Health"), "SERVING"),
                     "503": _json(_ref("Health"), "NOT_SERVING or SERVICE_UNKNOWN"),
                 },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "summary": "Prometheus metrics (no API key; on GATEWAY_METRICS_PORT instead when that is set apart)",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
             }
         },
         "/openapi.json": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from fashionsearch import metrics
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.admission import Admission, AdmissionInterceptor
@@ -25,6 +26,7 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
     """
     gateway = gateway or bootstrap(settings)
     admission = Admission(settings.max_concurrent_rpcs, settings.max_bytes_in_flight)
+    metrics.count_catalogue(gateway.index.count)
     info = gateway.index.info()
     keys = settings.api_keys
     if not keys.write and keys.allow_unauthenticated_writes:
@@ -62,6 +64,8 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
             await running.stop(0)
             raise
         running.add_closer(http_server.close)
+    if settings.metrics_port != settings.http_port:
+        running.serve_metrics(settings.metrics_port)
     await running.set_serving()
     return running
 

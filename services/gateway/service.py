@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from fashionsearch import naming
+from fashionsearch import metrics, naming
 from fashionsearch.catalogue import CONTENT_HASH_KEY, MAX_ID, stored_payload, unknown_fields
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import (
@@ -167,7 +167,8 @@ class GatewayService:
 
     async def _store(self, what: str, call: Callable[..., T], *args: Any) -> T:
         try:
-            return await asyncio.wait_for(asyncio.to_thread(call, *args), self._limits.store_timeout_s)
+            with metrics.timed(metrics.STORE_SECONDS.labels(what)):
+                return await asyncio.wait_for(asyncio.to_thread(call, *args), self._limits.store_timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the vector store did not answer {what} in time") from None
         except StoreUnavailableError as error:

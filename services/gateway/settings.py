@@ -68,6 +68,10 @@ class Settings:
     #: Request bytes in flight (gRPC messages and HTTP bodies together); more are refused at once, with a retry hint.
     max_bytes_in_flight: int = 256 * 1024 * 1024
 
+    #: Port of GET /metrics (Prometheus): the same as http_port serves it beside the API, another port on a listener
+    #: of its own; None = none (GATEWAY_METRICS_PORT=0, and the default in code).
+    metrics_port: int | None = None
+
     @property
     def http_body_limit(self) -> int:
         """The largest HTTP body any request could need: one image of max_image_bytes base64-encoded in a POST
@@ -108,6 +112,7 @@ class Settings:
         data_dir = env.path("DATA_DIR", cls.data_dir)
         if qdrant_url is None and data_dir.exists() and not data_dir.is_dir():
             raise ConfigError(f"GATEWAY_DATA_DIR={str(data_dir)!r}: is a file, not a directory for the vector store")
+        http_port = env.port("HTTP_PORT", DEFAULT_HTTP_PORT) if env.get_bool("HTTP_ENABLED", True) else None
         tls_cert = env.path("TLS_CERT_FILE", ".", must_exist="file") if env.get_str("TLS_CERT_FILE", "") else None
         tls_key = env.path("TLS_KEY_FILE", ".", must_exist="file") if env.get_str("TLS_KEY_FILE", "") else None
         check_tls_files(tls_cert, tls_key)
@@ -132,7 +137,7 @@ class Settings:
             store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
-            http_port=env.port("HTTP_PORT", DEFAULT_HTTP_PORT) if env.get_bool("HTTP_ENABLED", True) else None,
+            http_port=http_port,
             http_max_body_bytes=(
                 env.get_int("HTTP_MAX_BODY_BYTES", 0, min=1024, max=1024**3)
                 if env.get_str("HTTP_MAX_BODY_BYTES", "")
@@ -151,6 +156,7 @@ class Settings:
             max_bytes_in_flight=env.get_int(
                 "MAX_BYTES_IN_FLIGHT", cls.max_bytes_in_flight, min=1024 * 1024, max=64 * 1024**3
             ),
+            metrics_port=env.port("METRICS_PORT", DEFAULT_HTTP_PORT if http_port is None else http_port) or None,
         )
 
 

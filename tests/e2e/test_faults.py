@@ -268,6 +268,7 @@ def test_bad_data_directory_is_one_clear_line_at_start_up(tmp_path, make):
         "GATEWAY_DATA_DIR": str(data_dir),
         "GATEWAY_PORT": "0",
         "GATEWAY_HTTP_ENABLED": "false",
+        "GATEWAY_METRICS_PORT": "0",
     }
     done = subprocess.run(
         [sys.executable, "-m", "services.gateway"], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=60

@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -75,7 +76,8 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
     for model in ("classifier", "embedder"):
         if not (REPO / "models" / model / "model.onnx").is_file():
             pytest.fail(f"models/{model} is missing: a fresh clone must serve without training")
-    ports = {name: free_port() for name in ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP")}
+    names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS")
+    ports = {name: free_port() for name in names}
 
     proc, lines = _launch(tmp_path, ports)
     try:
@@ -94,6 +96,12 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
         assert reply.hits[0].id == query_id and reply.hits[0].distance < 1e-3
         assert len(reply.hits) == 5 and reply.suggested_name
         assert _indexer_counts(lines)["added"] == stats.item_count  # the first start embeds everything
+        # The launcher prints each service's metrics URL, and each answers in Prometheus's text format.
+        for metrics_port in (ports["HTTP"], ports["CLASSIFIER_METRICS"], ports["EMBEDDER_METRICS"]):
+            url = f"http://127.0.0.1:{metrics_port}/metrics"
+            assert url in "\n".join(lines)
+            with urllib.request.urlopen(url, timeout=10) as answer:
+                assert b"grpc_server_handled_total{" in answer.read()
     finally:
         assert _stop(proc) == 0
 

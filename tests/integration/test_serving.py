@@ -135,7 +135,12 @@ def _launch(module: str, env: dict[str, str]) -> subprocess.Popen[str]:
 )
 def test_entry_point_serves_and_stops_on_sigterm(tmp_path: Path, module: str, prefix: str, writer) -> None:  # type: ignore[no-untyped-def]
     model_dir = writer(tmp_path / "model")
-    env = {f"{prefix}MODEL_DIR": str(model_dir), f"{prefix}PORT": "0", f"{prefix}HOST": "127.0.0.1"}
+    env = {
+        f"{prefix}MODEL_DIR": str(model_dir),
+        f"{prefix}PORT": "0",
+        f"{prefix}HOST": "127.0.0.1",
+        f"{prefix}METRICS_PORT": "0",
+    }
     with _launch(module, env) as process:
         try:
             assert process.stdout is not None

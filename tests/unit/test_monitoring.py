@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 import yaml
+from prometheus_client import REGISTRY
 
+import fashionsearch.metrics  # noqa: F401 - registers every metric the services export
 from tests.settings_env import REPO
 
 MONITORING = REPO / "deploy" / "monitoring"
@@ -56,6 +58,24 @@ def test_dashboard_loads_and_every_panel_has_a_query_on_the_provisioned_datasour
         assert wanted in titles, f"the dashboard has no {wanted!r} panel"
 
 
+def exported_names() -> set[str]:
+    """Every sample name the services' metrics produce (a counter's _total, a histogram's _bucket, ...)."""
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "info": ("_info",)}
+    return {family.name + suffix for family in REGISTRY.collect() for suffix in suffixes.get(family.type, ("",))}
+
+
+def test_every_metric_the_dashboard_queries_is_one_the_services_export():
+    exported = exported_names()
+    # Metric names, not label names (those are followed by a matcher: =, !=, =~, !~).
+    queried = {
+        name
+        for expr in queries()
+        for name in re.findall(r"\b(?:grpc|http|fashionsearch)_[a-z0-9_]+\b(?!\s*[=!])", expr)
+    }
+    assert queried, "the dashboard queries no fashionsearch metric"
+    assert not queried - exported, f"the dashboard queries metrics no service exports: {sorted(queried - exported)}"
+
+
 def test_grafana_provisioning_loads_the_dashboard_folder_the_compose_file_mounts():
     (provider,) = yaml.safe_load((MONITORING / "grafana/provisioning/dashboards/fashionsearch.yml").read_text())[
         "providers"
@@ -97,8 +117,15 @@ def test_prometheus_scrapes_every_service():
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job["dns_sd_configs"][0] for job in config["scrape_configs"]}
     assert set(jobs) == {"gateway", "classifier", "embedder", "indexer"}
+    services = compose_services()
     for name, discovery in jobs.items():
         assert discovery["names"] == [name]
+        if name == "indexer":
+            command = services["indexer"]["command"]
+            port = command[command.index("--metrics-port") + 1]
+        else:
+            port = services[name]["environment"][f"{name.upper()}_METRICS_PORT"]
+        assert discovery["port"] == int(port), f"Prometheus scrapes {name} on {discovery['port']}, it serves on {port}"
 
 
 def test_monitoring_profile_images_are_pinned_and_published_on_loopback_only():

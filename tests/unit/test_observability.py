@@ -1,0 +1,125 @@
+"""Request ids in the JSON logs, the metrics settings, error kinds, and the indexer's progress as metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from pathlib import Path
+
+import grpc
+import pytest
+from prometheus_client import REGISTRY
+
+from fashionsearch import metrics
+from fashionsearch.logs import accept_request_id, configure_logging, request_id
+from jobs.indexer.fetch import ImageFetcher
+from jobs.indexer.manifest import Manifest
+from jobs.indexer.runner import Options, Progress, ProgressMetrics, run
+from services.classifier.settings import Settings as ClassifierSettings
+from services.embedder.settings import Settings as EmbedderSettings
+from services.gateway.settings import Settings as GatewaySettings
+from tests.unit.test_indexer_runner import FakeTarget, _catalogue
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def sample(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def test_acceptable_request_ids_are_kept_and_others_replaced() -> None:
+    assert accept_request_id("shop-7f3a:checkout.1_x") == "shop-7f3a:checkout.1_x"
+    for bad in (None, "", "two words", "x" * 129, 'quote"s', "line\nbreak", "é"):
+        made = accept_request_id(bad)
+        assert made != bad and len(made) == 32 and int(made, 16) >= 0
+
+
+@pytest.fixture
+def restore_root_logger():  # type: ignore[no-untyped-def]
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+def test_every_log_line_written_while_serving_carries_the_request_id(restore_root_logger: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("services.example")
+
+    async def serve(rid: str) -> None:
+        request_id.set(rid)
+        log.info("in the handler")
+        await asyncio.to_thread(log.info, "in a worker thread")  # to_thread copies the context
+
+    log.info("before")
+
+    async def both() -> None:
+        await asyncio.gather(serve("first"), serve("second"))
+
+    asyncio.run(both())
+    log.info("after")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("request_id") for line in lines if line["message"] == "before"] == [None]
+    assert [line.get("request_id") for line in lines if line["message"] == "after"] == [None]
+    for message in ("in the handler", "in a worker thread"):
+        assert sorted(line["request_id"] for line in lines if line["message"] == message) == ["first", "second"]
+
+
+def test_metrics_ports_default_per_service_and_zero_turns_them_off() -> None:
+    model_dir = {"CLASSIFIER_MODEL_DIR": str(REPO), "EMBEDDER_MODEL_DIR": str(REPO)}
+    assert ClassifierSettings.from_env(model_dir).metrics_port == 9101
+    assert EmbedderSettings.from_env(model_dir).metrics_port == 9102
+    assert ClassifierSettings.from_env({**model_dir, "CLASSIFIER_METRICS_PORT": "0"}).metrics_port is None
+    assert ClassifierSettings().metrics_port is None  # built in code (tests): none unless asked for
+    assert GatewaySettings.from_env({}).metrics_port == 8080  # beside the API, on the HTTP port
+    assert GatewaySettings.from_env({"GATEWAY_HTTP_PORT": "9000"}).metrics_port == 9000
+    assert GatewaySettings.from_env({"GATEWAY_METRICS_PORT": "9100"}).metrics_port == 9100
+    assert GatewaySettings.from_env({"GATEWAY_METRICS_PORT": "0"}).metrics_port is None
+
+
+def test_errors_and_refusals_are_counted_by_kind() -> None:
+    cases = {
+        grpc.StatusCode.INVALID_ARGUMENT: ("fashionsearch_errors_total", {"kind": "invalid_argument"}),
+        grpc.StatusCode.UNAVAILABLE: ("fashionsearch_errors_total", {"kind": "unavailable"}),
+        grpc.StatusCode.DEADLINE_EXCEEDED: ("fashionsearch_errors_total", {"kind": "deadline_exceeded"}),
+        grpc.StatusCode.UNAUTHENTICATED: ("fashionsearch_requests_refused_total", {"reason": "api_key"}),
+        grpc.StatusCode.PERMISSION_DENIED: ("fashionsearch_requests_refused_total", {"reason": "api_key"}),
+        grpc.StatusCode.RESOURCE_EXHAUSTED: ("fashionsearch_requests_refused_total", {"reason": "limit"}),
+    }
+    for code, (name, labels) in cases.items():
+        before = sample(name, **labels)
+        metrics.count_outcome(code)
+        assert sample(name, **labels) == before + 1, code
+    errors = sum(sample("fashionsearch_errors_total", kind=k) for k in ("ok", "OK"))
+    metrics.count_outcome(grpc.StatusCode.OK)
+    assert sum(sample("fashionsearch_errors_total", kind=k) for k in ("ok", "OK")) == errors == 0
+
+
+def test_the_indexer_reports_its_progress_as_metrics(tmp_path: Path) -> None:
+    outcomes = ("added", "updated", "unchanged", "rejected", "deleted")
+    before = {outcome: sample("fashionsearch_indexer_items_total", outcome=outcome) for outcome in outcomes}
+    target = FakeTarget()
+    manifest: Manifest = _catalogue(tmp_path, range(1, 11))
+
+    def indexed(manifest: Manifest, **options: object) -> None:
+        progress = Progress(10, enabled=False, metrics=ProgressMetrics(10))
+        run(
+            manifest,
+            target,
+            ImageFetcher(root=manifest.image_root),
+            Options(batch_size=4, inflight=2, fetch_threads=2, **options),  # type: ignore[arg-type]
+            rejects_path=tmp_path / "rejects.csv",
+            progress=progress,
+        )
+
+    indexed(manifest)
+    indexed(_catalogue(tmp_path, range(3, 13)), prune=True)
+    moved = {
+        outcome: sample("fashionsearch_indexer_items_total", outcome=outcome) - before[outcome] for outcome in outcomes
+    }
+    assert moved == {"added": 12, "updated": 0, "unchanged": 8, "rejected": 0, "deleted": 2}
+    assert sample("fashionsearch_indexer_items_expected") == 10
