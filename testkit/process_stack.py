@@ -79,6 +79,12 @@ class ProcessStack:
     #: Each service's /metrics port (never the defaults 9101, 9102, 8080, which another run may hold).
     metrics_ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
+    #: The gateway's HTTP API (and its /metrics, beside it) on this port; None: no HTTP.
+    http_port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.http_port is not None:
+            self.metrics_ports["gateway"] = self.http_port
 
     def address(self, name: str) -> str:
         return f"{HOST}:{self.ports[name]}"
@@ -122,7 +128,8 @@ class ProcessStack:
             "GATEWAY_CLASSIFIER_ADDR": self.address("classifier"),
             "GATEWAY_EMBEDDER_ADDR": self.address("embedder"),
             "GATEWAY_DATA_DIR": str(self.root / "store"),
-            "GATEWAY_HTTP_ENABLED": "false",
+            "GATEWAY_HTTP_ENABLED": "false" if self.http_port is None else "true",
+            "GATEWAY_HTTP_PORT": str(self.http_port or 0),
             "GATEWAY_LOG_LEVEL": "WARNING",
             "GATEWAY_METRICS_PORT": str(self.metrics_ports[name]),
             **self.gateway_env,

@@ -42,16 +42,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     if not (SAMPLE / "styles.csv").is_file():
         pytest.skip(f"{SAMPLE} is missing")
     root = tmp_path_factory.mktemp("dashboard")
-    http = free_port()
-    stack = ProcessStack(
-        root,
-        gateway_env={
-            "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
-            "GATEWAY_HTTP_ENABLED": "true",
-            "GATEWAY_HTTP_PORT": str(http),
-        },
-    )
-    stack.metrics_ports["gateway"] = http
+    stack = ProcessStack(root, gateway_env={"GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true"}, http_port=free_port())
     stack.start()
     config = {
         "global": {"scrape_interval": "1s"},

@@ -29,21 +29,18 @@ Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProcessStack]:
     if not (SAMPLE / "styles.csv").is_file():
         pytest.skip(f"{SAMPLE} is missing")
-    http = free_port()
     stack = ProcessStack(
         tmp_path_factory.mktemp("observability"),
         gateway_env={
             "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
-            "GATEWAY_HTTP_ENABLED": "true",
-            "GATEWAY_HTTP_PORT": str(http),
             "GATEWAY_HTTP_MAX_BODY_BYTES": str(MAX_BODY),
             "GATEWAY_LOG_LEVEL": "INFO",
         },
         classifier_env={"CLASSIFIER_LOG_LEVEL": "INFO"},
         embedder_env={"EMBEDDER_LOG_LEVEL": "INFO"},
+        # The gateway serves /metrics beside its API, on the HTTP port (the default); the model services on their own.
+        http_port=free_port(),
     )
-    # The gateway serves /metrics beside its API, on the HTTP port (the default); the model services on their own.
-    stack.metrics_ports["gateway"] = http
     stack.start()
     try:
         with grpc.insecure_channel(stack.address("gateway")) as channel:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
 
 import pytest
 
-from fashionsearch.logs import configure_logging
+from fashionsearch.logs import configure_logging, request_id
 
 
 @pytest.fixture
@@ -43,3 +44,27 @@ def test_configuring_twice_keeps_one_handler(restore_root_logger: None) -> None:
     configure_logging("WARNING")
     assert len(logging.getLogger().handlers) == 1
     assert logging.getLogger().level == logging.WARNING
+
+
+def test_every_log_line_written_while_serving_carries_the_request_id(restore_root_logger: None) -> None:
+    stream = io.StringIO()
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("services.example")
+
+    async def serve(rid: str) -> None:
+        request_id.set(rid)
+        log.info("in the handler")
+        await asyncio.to_thread(log.info, "in a worker thread")  # to_thread copies the context
+
+    log.info("before")
+
+    async def both() -> None:
+        await asyncio.gather(serve("first"), serve("second"))
+
+    asyncio.run(both())
+    log.info("after")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line.get("request_id") for line in lines if line["message"] == "before"] == [None]
+    assert [line.get("request_id") for line in lines if line["message"] == "after"] == [None]
+    for message in ("in the handler", "in a worker thread"):
+        assert sorted(line["request_id"] for line in lines if line["message"] == message) == ["first", "second"]

@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
-import io
-import json
-import logging
 from pathlib import Path
 
 import grpc
-import pytest
 from prometheus_client import REGISTRY
 
 from fashionsearch import metrics
-from fashionsearch.logs import accept_request_id, configure_logging, request_id
+from fashionsearch.logs import accept_request_id
 from jobs.indexer.fetch import ImageFetcher
 from jobs.indexer.manifest import Manifest
 from jobs.indexer.runner import Options, Progress, ProgressMetrics, run
@@ -34,39 +29,6 @@ def test_acceptable_request_ids_are_kept_and_others_replaced() -> None:
     for bad in (None, "", "two words", "x" * 129, 'quote"s', "line\nbreak", "é"):
         made = accept_request_id(bad)
         assert made != bad and len(made) == 32 and int(made, 16) >= 0
-
-
-@pytest.fixture
-def restore_root_logger():  # type: ignore[no-untyped-def]
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    yield
-    root.handlers[:] = handlers
-    root.setLevel(level)
-
-
-def test_every_log_line_written_while_serving_carries_the_request_id(restore_root_logger: None) -> None:
-    stream = io.StringIO()
-    configure_logging("INFO", stream=stream)
-    log = logging.getLogger("services.example")
-
-    async def serve(rid: str) -> None:
-        request_id.set(rid)
-        log.info("in the handler")
-        await asyncio.to_thread(log.info, "in a worker thread")  # to_thread copies the context
-
-    log.info("before")
-
-    async def both() -> None:
-        await asyncio.gather(serve("first"), serve("second"))
-
-    asyncio.run(both())
-    log.info("after")
-    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
-    assert [line.get("request_id") for line in lines if line["message"] == "before"] == [None]
-    assert [line.get("request_id") for line in lines if line["message"] == "after"] == [None]
-    for message in ("in the handler", "in a worker thread"):
-        assert sorted(line["request_id"] for line in lines if line["message"] == message) == ["first", "second"]
 
 
 def test_metrics_ports_default_per_service_and_zero_turns_them_off() -> None:
