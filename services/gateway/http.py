@@ -67,7 +67,9 @@ FILTER_PREFIX = "filter."
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 SERVER_HEADER = "fashionsearch"
 _READ_CHUNK = 64 * 1024
-_DEFAULT_LIST_PAGE = 1000
+_DEFAULT_LIST_CHUNK = 1000
+#: Where the files under GATEWAY_IMAGE_ROOT (the catalogue folder the image_ref paths are relative to) are served.
+CATALOGUE_PREFIX = "/catalogue/"
 _CATEGORY_FIELD = "subCategory"
 _CATEGORY_TTL_S = 30.0
 
@@ -321,7 +323,9 @@ def filters_json(filters: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]
 class ImageLinks:
     """Turns a payload's image_ref into a URL the browser can load (or None when the gateway cannot serve it).
 
-    A path is served from `root` under /images/; an http(s) URL is handed on (as the hit's image_url and as the
+    A path is served from `root` (the catalogue folder) under /catalogue/, so `images/11292.jpg` is
+    /catalogue/images/11292.jpg (until version 0.1 it was /images/images/11292.jpg; that prefix still answers, for
+    one version); an http(s) URL is handed on (as the hit's image_url and as the
     redirect of /v1/items/{id}/image) only when its host is in `url_hosts` (GATEWAY_IMAGE_URL_HOSTS), so the
     gateway never sends a browser to a host its operator did not name.
     """
@@ -343,7 +347,7 @@ class ImageLinks:
                 path = path.resolve().relative_to(self.root)
             except (ValueError, OSError):
                 return None
-        return "/images/" + urllib.parse.quote(path.as_posix())
+        return CATALOGUE_PREFIX + urllib.parse.quote(path.as_posix())
 
     def allows(self, url: str) -> bool:
         """Whether `url` is an http(s) URL on an allowed host. Nothing a browser could read differently from
@@ -360,7 +364,7 @@ class ImageLinks:
         return parts.scheme in ("http", "https") and host in self.url_hosts
 
     def file(self, relative: str) -> Path | None:
-        """The file under the root for a /images/ path, or None when there is none (or it lies outside)."""
+        """The file under the root for a /catalogue/ path, or None when there is none (or it lies outside)."""
         if self.root is None or "\x00" in relative:
             return None
         try:
@@ -568,23 +572,32 @@ class HttpApi:
     async def list_items(self, request: web.Request) -> web.StreamResponse:
         """GET /v1/items: every item's id and content hash, one JSON object per line (NDJSON), streamed.
 
-        A failure after the first page ends the stream with an {"error": {...}} line."""
+        `chunk_size` is how many lines are read from the store and written at a time, not a page: the response
+        always holds every item. (`page_size`, its name until version 0.1, is still read, for one version.)
+        A failure after the first chunk ends the stream with an {"error": {...}} line; a client that goes away
+        mid-stream is an ordinary event, logged as one INFO line."""
         params = dict(request.query)
-        page_size = _int(params.pop("page_size", _DEFAULT_LIST_PAGE), "page_size")
+        if "page_size" in params and "chunk_size" not in params:
+            params["chunk_size"] = params.pop("page_size")
+        chunk_size = _int(params.pop("chunk_size", _DEFAULT_LIST_CHUNK), "chunk_size")
         if params:
-            raise InvalidArgument(f"unknown parameter(s) {', '.join(sorted(params))}; allowed: page_size")
-        if not 1 <= page_size <= 10000:
-            raise InvalidArgument(f"page_size must be between 1 and 10000, got {page_size}")
-        pages = self._service.list_digests(page_size)
+            raise InvalidArgument(f"unknown parameter(s) {', '.join(sorted(params))}; allowed: chunk_size")
+        if not 1 <= chunk_size <= 10000:
+            raise InvalidArgument(f"chunk_size must be between 1 and 10000, got {chunk_size}")
+        pages = self._service.list_digests(chunk_size)
         first = await anext(pages, None)
         response = web.StreamResponse(headers={hdrs.CONTENT_TYPE: "application/x-ndjson"})
         await response.prepare(request)
-        page = first
+        page, written = first, 0
         try:
             while page is not None:
                 lines = "".join(json.dumps({"id": i, "content_hash": h}) + "\n" for i, h in page)
                 await response.write(lines.encode())
+                written += len(page)
                 page = await anext(pages, None)
+        except ConnectionResetError:  # aiohttp's ClientConnectionResetError: the client closed the connection
+            logger.info("the client closed the connection after %d items of GET /v1/items", written)
+            return response
         except FashionSearchError as error:
             # The status line is gone already: the last line says the listing is incomplete, and why.
             logger.warning("listing items failed after the first page: %s", error.message)
@@ -741,7 +754,8 @@ def create_app(
     app.router.add_get("/openapi.json", api.openapi)
     if settings.metrics_port is not None and settings.metrics_port == settings.http_port:
         app.router.add_get("/metrics", metrics_endpoint)
-    app.router.add_get("/images/{path:.+}", api.images)
+    app.router.add_get(CATALOGUE_PREFIX + "{path:.+}", api.images)
+    app.router.add_get("/images/{path:.+}", api.images)  # the 0.1 prefix, kept for one version (deprecated)
     app.router.add_get("/", api.index_page)
     app.router.add_static("/static/", WEB_DIR, append_version=False)
     return app
@@ -1000,7 +1014,19 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "get": {
                 "summary": "Every item's id and content hash, one JSON object per line",
                 "parameters": [
-                    {"name": "page_size", "in": "query", "schema": {**integer, "minimum": 1, "maximum": 10000}}
+                    {
+                        "name": "chunk_size",
+                        "in": "query",
+                        "description": "Lines read and written at a time (every item is listed whatever its value)",
+                        "schema": {**integer, "minimum": 1, "maximum": 10000, "default": _DEFAULT_LIST_CHUNK},
+                    },
+                    {
+                        "name": "page_size",
+                        "in": "query",
+                        "description": "chunk_size's name until version 0.1",
+                        "deprecated": True,
+                        "schema": {**integer, "minimum": 1, "maximum": 10000},
+                    },
                 ],
                 "responses": {
                     "200": {
@@ -1151,9 +1177,17 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {}}}},
             }
         },
+        "/catalogue/{path}": {
+            "get": {
+                "summary": "A product image under GATEWAY_IMAGE_ROOT (what a hit's image_url points to)",
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": string}],
+                "responses": {"200": {"description": "The image file"}, **_errors(404)},
+            }
+        },
         "/images/{path}": {
             "get": {
-                "summary": "A product image under GATEWAY_IMAGE_ROOT",
+                "summary": "The same as /catalogue/{path}: the prefix of version 0.1, answered for one more version",
+                "deprecated": True,
                 "parameters": [{"name": "path", "in": "path", "required": True, "schema": string}],
                 "responses": {"200": {"description": "The image file"}, **_errors(404)},
             }

@@ -9,6 +9,7 @@ import http.client
 import json
 import logging
 import socket
+import struct
 import time
 import urllib.error
 import urllib.parse
@@ -199,7 +200,7 @@ def test_search_by_multipart_upload_mirrors_grpc(api, stack):
     assert len(body["hits"]) == 5 and body["applied_filters"] == {}
     top = body["hits"][0]
     assert top["payload"]["baseColour"] == "Red" and top["payload"]["year"] == 2012
-    assert top["image_url"] == f"/images/images/{top['id']}.jpg"
+    assert top["image_url"] == f"/catalogue/images/{top['id']}.jpg"  # image_ref images/<id>.jpg, no folder doubled
     heads = {a["attribute"]: a["labels"] for a in body["attributes"]}
     assert "subCategory" in heads and 0 < heads["subCategory"][0]["probability"] <= 1
     assert body["classifier_model"]["name"] and body["embedder_model"]["version"] == "tiny-1"
@@ -315,7 +316,7 @@ HOSTILE = {
     "multipart with a body that is not": ("PUT", "/v1/items/5", b"hello", "multipart/form-data; boundary=xyz"),
     "a part header that is not HTTP": ("POST", "/v1/search", b"--x\r\nnot a header\r\n\r\nabc\r\n--x--\r\n",
                                        "multipart/form-data; boundary=x"),
-    "a NUL in an image path": ("GET", "/images/images/%00.jpg", None, None),
+    "a NUL in an image path": ("GET", "/catalogue/images/%00.jpg", None, None),
 }  # fmt: skip
 
 
@@ -352,7 +353,7 @@ def test_a_body_the_client_breaks_or_abandons_is_no_server_error(api, caplog):
 
 
 @pytest.mark.parametrize("text", ["1_580", "\u0661\u0665\u0668\u0660", "1580 ", " 1580", "+1580", "1580.0"])
-def test_ids_top_k_and_page_size_are_read_strictly(api, items, text):
+def test_ids_top_k_and_chunk_size_are_read_strictly(api, items, text):
     """Python's int() takes all of these; the gRPC API and the indexer take none, and neither does HTTP."""
     item_id = str(items[0].id)
     quoted = urllib.parse.quote(text)
@@ -361,7 +362,7 @@ def test_ids_top_k_and_page_size_are_read_strictly(api, items, text):
         ("GET", f"/v1/items/{quoted}/similar", None),
         ("DELETE", f"/v1/items/{quoted}", None),
         ("GET", f"/v1/items/{item_id}/similar?top_k={quoted}", None),
-        ("GET", f"/v1/items?page_size={quoted}", None),
+        ("GET", f"/v1/items?chunk_size={quoted}", None),
         ("POST", "/v1/search/by-id", {"id": text}),
         ("POST", "/v1/search/by-id", {"id": int(item_id), "top_k": text}),
         ("POST", "/v1/items/delete", {"ids": [text]}),
@@ -436,12 +437,33 @@ def test_batch_upsert_reports_each_item_and_batch_delete(api):
     assert '"ids" list' in error_of(*api.json("POST", "/v1/items/delete", {"ids": 3}), 400)
 
 
-def test_list_items_streams_ndjson(api, items):
-    status, headers, data = api.call("GET", "/v1/items?page_size=4")
-    assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
-    listed = [json.loads(line) for line in data.decode().splitlines()]
-    assert {i.id for i in items} <= {row["id"] for row in listed}
-    assert "page_size must be between" in error_of(*api.json("GET", "/v1/items?page_size=0"), 400)
+def test_list_items_streams_every_item_whatever_the_chunk_size(api, items):
+    listings = []
+    for query in ("", "?chunk_size=3", "?page_size=3"):  # page_size: chunk_size's old name, read for one version
+        status, headers, data = api.call("GET", "/v1/items" + query)
+        assert status == 200 and headers["Content-Type"].startswith("application/x-ndjson")
+        listings.append(sorted(json.loads(line)["id"] for line in data.decode().splitlines()))
+    assert listings[0] == listings[1] == listings[2] and {i.id for i in items} <= set(listings[0])
+    assert len(listings[0]) > 3
+    assert "chunk_size must be between" in error_of(*api.json("GET", "/v1/items?chunk_size=0"), 400)
+    assert "allowed: chunk_size" in error_of(*api.json("GET", "/v1/items?limit=3"), 400)
+
+
+def test_a_client_leaving_mid_listing_is_one_info_line(stack, caplog):
+    """Closing the connection while GET /v1/items streams is ordinary: no ERROR, no traceback."""
+    with caplog.at_level(logging.INFO, logger="services.gateway"):
+        with socket.create_connection((HOST, stack.gateway_settings.http_port), timeout=10) as client:
+            client.sendall(b"GET /v1/items?chunk_size=1 HTTP/1.1\r\nHost: test\r\n\r\n")
+            assert client.recv(64).startswith(b"HTTP/1.1 200")
+            # Reset at once (SO_LINGER 0): the gateway's next write finds the connection gone.
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not any("closed the connection" in r.message for r in caplog.records):
+            time.sleep(0.05)
+    records = [r for r in caplog.records if r.name.startswith("services.gateway")]
+    gone = [r for r in records if "closed the connection" in r.message]
+    assert len(gone) == 1 and gone[0].levelno == logging.INFO and gone[0].exc_info is None, gone
+    assert not [r for r in records if r.levelno >= logging.WARNING], [r.getMessage() for r in records]
 
 
 # ---- stats, categories, health --------------------------------------------------------------------------------
@@ -554,17 +576,20 @@ def test_expect_continue_is_refused_before_the_body_is_sent(api):
 
 
 def test_images_are_served_from_the_image_root(api, items, catalogue_dir):
-    status, headers, data = api.call("GET", f"/images/images/{items[0].id}.jpg")
-    assert status == 200 and headers["Content-Type"] == "image/jpeg"
-    assert data == (catalogue_dir / "images" / f"{items[0].id}.jpg").read_bytes()
+    expected = (catalogue_dir / "images" / f"{items[0].id}.jpg").read_bytes()
+    # /catalogue/ is the image root; /images/ its name until version 0.1, still answered for one version.
+    for prefix in ("/catalogue/", "/images/"):
+        status, headers, data = api.call("GET", f"{prefix}images/{items[0].id}.jpg")
+        assert status == 200 and headers["Content-Type"] == "image/jpeg" and data == expected, prefix
     status, headers, _ = api.call("GET", f"/v1/items/{items[0].id}/image")
-    assert status == 302 and headers["Location"] == f"/images/images/{items[0].id}.jpg"
+    assert status == 302 and headers["Location"] == f"/catalogue/images/{items[0].id}.jpg"
 
 
 def test_images_outside_the_root_or_not_images_are_404(api, catalogue_dir):
     (catalogue_dir / "styles.csv").write_text("id\n1\n")
     (catalogue_dir.parent / "secret.jpg").write_bytes(b"TOP-SECRET-BYTES")
-    for path in ("/images/styles.csv", "/images/../secret.jpg", "/images/%2e%2e/secret.jpg", "/images/images/1.jpg"):
+    paths = ("styles.csv", "../secret.jpg", "%2e%2e/secret.jpg", "images/1.jpg")
+    for path in [prefix + path for prefix in ("/catalogue/", "/images/") for path in paths]:
         status, _, data = api.call("GET", path)
         assert status == 404, path
         assert b"TOP-SECRET-BYTES" not in data and b"id\n1" not in data
@@ -593,8 +618,8 @@ def test_item_image_redirects_only_to_the_allowed_hosts(stack):
         8: "https://cdn.example.com/a.jpg\r\nSet-Cookie: x=1",
     }
     allowed = replace(stack.gateway_settings, http_port=0, image_url_hosts=("cdn.example.com",))
-    for settings, redirected in ((allowed, {1: refs[1], 7: "/images/images/201.jpg"}),
-                                 (replace(allowed, image_url_hosts=()), {7: "/images/images/201.jpg"})):  # fmt: skip
+    for settings, redirected in ((allowed, {1: refs[1], 7: "/catalogue/images/201.jpg"}),
+                                 (replace(allowed, image_url_hosts=()), {7: "/catalogue/images/201.jpg"})):  # fmt: skip
         server = stack.threads.run(start_http(settings, _Stored(refs), None))  # type: ignore[arg-type]
         try:
             client = Http(server.port)
@@ -612,7 +637,7 @@ def test_item_image_redirects_only_to_the_allowed_hosts(stack):
 
 def test_the_server_header_names_no_library_or_version(api, items):
     for method, path in (("GET", "/healthz"), ("GET", "/v1/stats"), ("GET", "/nope"), ("GET", "/"),
-                         ("GET", "/static/app.js"), ("GET", f"/images/images/{items[0].id}.jpg"),
+                         ("GET", "/static/app.js"), ("GET", f"/catalogue/images/{items[0].id}.jpg"),
                          ("GET", f"/v1/items/{items[0].id}/image"), ("POST", "/v1/search/by-id")):  # fmt: skip
         _, headers, _ = api.call(method, path)
         assert headers["Server"] == "fashionsearch", (path, headers["Server"])
