@@ -65,7 +65,7 @@ def bootstrap(
     """
     channels: list[grpc.aio.Channel] = []
     batchers: list[CallBatcher] = []
-    options = channel_options(max_message_bytes(settings))
+    options = channel_options(max_message_bytes(settings), settings.peer_lb_policy)
     # The request id of the search being served goes on to the classifier and embedder (their logs carry it).
     interceptors = [RequestIdClientInterceptor()]
     if classifier is None:

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fashionsearch.config import Address, ConfigError, Env
+from fashionsearch.channels import LB_POLICIES
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
 from services.gateway.service import MESSAGE_OVERHEAD_BYTES, Limits
 
@@ -71,6 +72,9 @@ class Settings:
     #: Port of GET /metrics (Prometheus): the same as http_port serves it beside the API, another port on a listener
     #: of its own; None = none (GATEWAY_METRICS_PORT=0, and the default in code).
     metrics_port: int | None = None
+    #: How calls spread over the addresses a peer's name resolves to: pick_first (one connection, gRPC's default)
+    #: or round_robin (every address, per call: replicas behind a Kubernetes headless Service).
+    peer_lb_policy: str = "pick_first"
 
     @property
     def http_body_limit(self) -> int:
@@ -156,6 +160,7 @@ class Settings:
             max_bytes_in_flight=env.get_int(
                 "MAX_BYTES_IN_FLIGHT", cls.max_bytes_in_flight, min=1024 * 1024, max=64 * 1024**3
             ),
+            peer_lb_policy=env.choice("PEER_LB_POLICY", cls.peer_lb_policy, LB_POLICIES),
             metrics_port=env.port("METRICS_PORT", DEFAULT_HTTP_PORT if http_port is None else http_port) or None,
         )
 

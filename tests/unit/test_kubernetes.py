@@ -135,6 +135,7 @@ def test_model_services_are_headless_and_autoscaled():
     assert config["GATEWAY_CLASSIFIER_ADDR"] == "classifier:50051"
     assert config["GATEWAY_EMBEDDER_ADDR"] == "embedder:50052"
     assert config["GATEWAY_QDRANT_URL"] == "http://qdrant:6333"
+    assert config["GATEWAY_PEER_LB_POLICY"] == "round_robin", "without it one connection goes to one pod only"
     assert services["gateway"]["spec"].get("clusterIP") != "None"
 
 
