@@ -26,7 +26,7 @@ import grpc  # noqa: E402
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from testkit.catalogue_items import catalogue_items  # noqa: E402
-from testkit.process_stack import ProcessStack  # noqa: E402
+from testkit.process_stack import SERVICES, ProcessStack, cpu_seconds  # noqa: E402
 
 
 def percentile(sorted_values: list[float], q: float) -> float:
@@ -55,11 +55,17 @@ def timed(call: Callable[[int], object], n: int) -> dict[str, float]:
     }
 
 
-def measure(stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: int) -> dict[str, float]:
+def measure(
+    stack: ProcessStack, stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: int
+) -> dict[str, float]:
+    """timed() Search calls, plus each service's CPU ms per search (user + system, over the calls)."""
+
     def search(i: int) -> object:
         return stub.Search(gateway_pb2.SearchRequest(image=images[i % len(images)], filter_mode=mode), timeout=10)
 
-    return timed(search, n)
+    before = {name: cpu_seconds(stack.pid(name)) for name in SERVICES}
+    row = timed(search, n)
+    return row | {f"cpu_{name}": (cpu_seconds(stack.pid(name)) - before[name]) * 1000 / n for name in SERVICES}
 
 
 def main() -> int:
@@ -99,9 +105,9 @@ def main() -> int:
                     stub.Search(gateway_pb2.SearchRequest(image=images[i % len(images)]), timeout=10)
                 rows = {
                     "predicted subCategory (default)": measure(
-                        stub, images, args.searches, gateway_pb2.FILTER_MODE_PREDICTED_SUBCATEGORY
+                        stack, stub, images, args.searches, gateway_pb2.FILTER_MODE_PREDICTED_SUBCATEGORY
                     ),
-                    "no filter": measure(stub, images, args.searches, gateway_pb2.FILTER_MODE_NONE),
+                    "no filter": measure(stack, stub, images, args.searches, gateway_pb2.FILTER_MODE_NONE),
                 }
         finally:
             stack.stop()
@@ -113,12 +119,16 @@ def main() -> int:
     )
     print(f"upsert of {len(items)} items (one stream): {upsert_s:.2f} s = {len(items) / upsert_s:.0f} items/s")
     print()
-    print(f"| {'filter mode':<32} | calls | p50 ms | p95 ms | p99 ms | mean ms | max ms | searches/s |")
-    print(f"|{'-' * 34}|------:|-------:|-------:|-------:|--------:|-------:|-----------:|")
+    print(
+        f"| {'filter mode':<32} | calls | p50 ms | p95 ms | p99 ms | mean ms | max ms | searches/s "
+        "| CPU ms/search: classifier | embedder | gateway |"
+    )
+    print(f"|{'-' * 34}|------:|-------:|-------:|-------:|--------:|-------:|-----------:|------:|------:|------:|")
     for label, r in rows.items():
         print(
             f"| {label:<32} | {r['calls']:>5} | {r['p50']:6.2f} | {r['p95']:6.2f} | {r['p99']:6.2f} "
-            f"| {r['mean']:7.2f} | {r['max']:6.1f} | {r['rps']:10.0f} |"
+            f"| {r['mean']:7.2f} | {r['max']:6.1f} | {r['rps']:10.0f} "
+            f"| {r['cpu_classifier']:5.2f} | {r['cpu_embedder']:5.2f} | {r['cpu_gateway']:5.2f} |"
         )
     return 0
 
