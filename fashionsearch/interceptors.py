@@ -2,9 +2,9 @@
 
 `ObservingInterceptor` (server side, first in every service's interceptor list) gives each call the request id its
 caller sent in the `x-request-id` metadata, or a new one; every log line written while serving the call carries it
-(fashionsearch.logs), and the caller gets it back in the response's initial metadata. It counts the call in
+(fashionsearch.logs), and the caller gets it back in the response's trailing metadata. It counts the call in
 fashionsearch.metrics and writes one INFO line when the call ends (health checks and reflection: metrics only).
-`RequestIdClientInterceptor` passes the current request id on to the services a service calls.
+A service passes the id on to the services it calls with `fashionsearch.logs.request_metadata()`.
 """
 
 from __future__ import annotations
@@ -24,6 +24,8 @@ from fashionsearch.logs import REQUEST_ID_HEADER, accept_request_id, request_id
 
 logger = logging.getLogger(__name__)
 
+#: Methods remembered (each service has a handful); past this, calls are still observed, only not cached.
+MAX_METHODS = 256
 #: Services whose calls are counted but not logged: probes call them every few seconds.
 QUIET_SERVICES = frozenset({"grpc.health.v1.Health", "grpc.reflection.v1alpha.ServerReflection"})
 
@@ -40,83 +42,103 @@ def _code(context: grpc.aio.ServicerContext, failure: BaseException | None) -> g
     return grpc.StatusCode.OK
 
 
-class _Call:
-    """One call's bookkeeping: its request id, in-flight gauge, and what is recorded when it ends."""
+class _Method:
+    """One method's metric children and wrapped handler, made once and reused by every call."""
 
-    def __init__(self, full_method: str, metadata: Any) -> None:
-        service, _, self.method = full_method.lstrip("/").rpartition("/")
-        self.service = service
-        self.quiet = service in QUIET_SERVICES
-        incoming = next((value for key, value in metadata or () if key == REQUEST_ID_HEADER), None)
-        self.request_id = accept_request_id(incoming if isinstance(incoming, str) else None)
-        self.in_flight = metrics.GRPC_IN_FLIGHT.labels(service, self.method)
+    def __init__(self, full_method: str) -> None:
+        self.service, _, self.name = full_method.lstrip("/").rpartition("/")
+        self.quiet = self.service in QUIET_SERVICES
+        self.in_flight = metrics.GRPC_IN_FLIGHT.labels(self.service, self.name)
+        self.seconds = metrics.GRPC_SECONDS.labels(self.service, self.name)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+        self.handler: grpc.RpcMethodHandler | None = None
+        self.wrapped: grpc.RpcMethodHandler | None = None
 
-    async def begin(self, context: grpc.aio.ServicerContext) -> float:
-        request_id.set(self.request_id)
+    def begin(self, context: grpc.aio.ServicerContext) -> float:
+        incoming = next((v for k, v in context.invocation_metadata() or () if k == REQUEST_ID_HEADER), None)
+        current = accept_request_id(incoming if isinstance(incoming, str) else None)
+        request_id.set(current)
+        # In the trailers: no extra write on the wire (initial metadata sent apart costs one per call).
+        context.set_trailing_metadata(((REQUEST_ID_HEADER, current),))
         self.in_flight.inc()
-        await context.send_initial_metadata(((REQUEST_ID_HEADER, self.request_id),))
         return time.perf_counter()
 
     def end(self, context: grpc.aio.ServicerContext, started: float, failure: BaseException | None) -> None:
         elapsed = time.perf_counter() - started
         self.in_flight.dec()
         code = _code(context, failure)
-        metrics.GRPC_HANDLED.labels(self.service, self.method, code.name).inc()
-        metrics.GRPC_SECONDS.labels(self.service, self.method).observe(elapsed)
+        handled = self._handled.get(code)
+        if handled is None:
+            handled = self._handled[code] = metrics.GRPC_HANDLED.labels(self.service, self.name, code.name)
+        handled.inc()
+        self.seconds.observe(elapsed)
         if self.quiet:
             return
         metrics.count_outcome(code)
         logger.info(
             "%s %s %.1f ms",
-            self.method,
+            self.name,
             code.name,
             elapsed * 1000,
             extra={
                 "grpc_service": self.service,
-                "grpc_method": self.method,
+                "grpc_method": self.name,
                 "grpc_code": code.name,
                 "duration_ms": round(elapsed * 1000, 2),
                 "peer": context.peer(),
             },
         )
 
+    def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        kwargs = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(self._observed(handler.stream_stream), **kwargs)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(self._observed(handler.stream_unary), **kwargs)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(self._observed(handler.unary_stream), **kwargs)
+        return grpc.unary_unary_rpc_method_handler(self._observed(handler.unary_unary), **kwargs)
 
-def _observed(behaviour: Callable[..., Any], call_of: Callable[[], _Call]) -> Callable[..., Any]:
-    """`behaviour` (a handler's function, coroutine or async generator) wrapped in a _Call."""
-    if inspect.isasyncgenfunction(behaviour):
+    def _observed(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+        """`behaviour` (a handler's coroutine or async generator function) between begin() and end()."""
+        if inspect.isasyncgenfunction(behaviour):
 
-        async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            call = call_of()
-            started = await call.begin(context)
+            async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+                started = self.begin(context)
+                failure: BaseException | None = None
+                try:
+                    async for response in behaviour(request, context):
+                        yield response
+                except BaseException as error:
+                    failure = error
+                    raise
+                finally:
+                    self.end(context, started, failure)
+
+            return stream
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            started = self.begin(context)
             failure: BaseException | None = None
             try:
-                async for response in behaviour(request, context):
-                    yield response
+                return await behaviour(request, context)
             except BaseException as error:
                 failure = error
                 raise
             finally:
-                call.end(context, started, failure)
+                self.end(context, started, failure)
 
-        return stream
-
-    async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        call = call_of()
-        started = await call.begin(context)
-        failure: BaseException | None = None
-        try:
-            return await behaviour(request, context)
-        except BaseException as error:
-            failure = error
-            raise
-        finally:
-            call.end(context, started, failure)
-
-    return unary
+        return unary
 
 
 class ObservingInterceptor(grpc.aio.ServerInterceptor):
     """Request id, metrics and access log for every call; put it first, so it sees what the others refuse."""
+
+    def __init__(self) -> None:
+        self._methods: dict[str, _Method] = {}
 
     async def intercept_service(
         self,
@@ -126,36 +148,17 @@ class ObservingInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(details)
         if handler is None:
             return handler
-
-        def call_of() -> _Call:
-            return _Call(details.method, details.invocation_metadata)
-
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(_observed(handler.stream_stream, call_of), **kwargs)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(_observed(handler.stream_unary, call_of), **kwargs)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(_observed(handler.unary_stream, call_of), **kwargs)
-        return grpc.unary_unary_rpc_method_handler(_observed(handler.unary_unary, call_of), **kwargs)
-
-
-class RequestIdClientInterceptor(grpc.aio.UnaryUnaryClientInterceptor):
-    """Sends the request id of the call being served (if any) with every call made on this channel."""
-
-    async def intercept_unary_unary(
-        self,
-        continuation: Callable[[grpc.aio.ClientCallDetails, Any], Awaitable[Any]],
-        details: grpc.aio.ClientCallDetails,
-        request: Any,
-    ) -> Any:
-        current = request_id.get()
-        if current is not None:
-            metadata = grpc.aio.Metadata(*(details.metadata or ()), (REQUEST_ID_HEADER, current))
-            details = grpc.aio.ClientCallDetails(
-                details.method, details.timeout, metadata, details.credentials, details.wait_for_ready
-            )
-        return await continuation(details, request)
+        method = self._methods.get(details.method)
+        if method is None:
+            if len(self._methods) >= MAX_METHODS:  # unknown method names are not registered handlers: bounded
+                return _Method(details.method).wrap(handler)
+            method = self._methods[details.method] = _Method(details.method)
+        # The registered handler is the same object every call: wrap it once. (A refusal handler, made for one
+        # call by the API-key interceptor, is wrapped for that call alone.)
+        if method.handler is not handler:
+            wrapped = method.wrap(handler)
+            if method.handler is None:
+                method.handler, method.wrapped = handler, wrapped
+            return wrapped
+        assert method.wrapped is not None
+        return method.wrapped

@@ -19,13 +19,20 @@ from typing import Any
 REQUEST_ID_HEADER = "x-request-id"
 #: The id of the request being served in this task (and the threads it hands work to), or None.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-# What a caller may choose as an id: short, and nothing that could forge or break a log line.
-_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# What a caller may choose as an id: short, and nothing that could forge or break a log line. A call made on behalf
+# of several requests (the gateway's batch calls) carries their ids comma-separated.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}(?:,[A-Za-z0-9._:-]{1,128}){0,255}")
+
+
+def request_metadata() -> tuple[tuple[str, str], ...] | None:
+    """gRPC metadata passing the request id being served on to a call this service makes (None outside a request)."""
+    current = request_id.get()
+    return None if current is None else ((REQUEST_ID_HEADER, current),)
 
 
 def accept_request_id(incoming: str | None) -> str:
-    """The caller's request id when it is an acceptable one (up to 128 letters, digits, '.', '_', ':', '-'),
-    else a new one."""
+    """The caller's request id when it is an acceptable one (up to 128 letters, digits, '.', '_', ':', '-'; or
+    several, comma-separated), else a new one."""
     if incoming is not None and _ACCEPTABLE_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex

@@ -9,7 +9,6 @@ from dataclasses import dataclass, field
 import grpc.aio
 
 from fashionsearch.channels import channel_options
-from fashionsearch.interceptors import RequestIdClientInterceptor
 from fashionsearch.store import VectorIndex, open_index
 from services.gateway.clients import (
     CallBatcher,
@@ -66,10 +65,8 @@ def bootstrap(
     channels: list[grpc.aio.Channel] = []
     batchers: list[CallBatcher] = []
     options = channel_options(max_message_bytes(settings), settings.peer_lb_policy)
-    # The request id of the search being served goes on to the classifier and embedder (their logs carry it).
-    interceptors = [RequestIdClientInterceptor()]
     if classifier is None:
-        channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options, interceptors=interceptors)
+        channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options)
         channels.append(channel)
         classifier = GrpcClassifier(
             channel,
@@ -80,7 +77,7 @@ def bootstrap(
         )
         batchers.append(classifier.batching)
     if embedder is None:
-        channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options, interceptors=interceptors)
+        channel = grpc.aio.insecure_channel(str(settings.embedder_addr), options=options)
         channels.append(channel)
         embedder = GrpcEmbedder(
             channel,

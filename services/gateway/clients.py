@@ -1,5 +1,7 @@
 """Ports for the gateway's dependencies (classifier, embedder) and their gRPC adapters.
 
+Every call carries the request id being served (x-request-id metadata), so the peers' logs carry it too.
+
 Each adapter reuses one channel and gives every call its own deadline. A dependency that is down fails fast with
 UNAVAILABLE (calls are not wait_for_ready), one that is too slow with DEADLINE_EXCEEDED, so the gateway never
 hangs on a peer.
@@ -36,6 +38,7 @@ from fashionsearch.errors import (
     code_number,
     from_rpc_error,
 )
+from fashionsearch.logs import request_id, request_metadata
 from fashionsearch.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -111,7 +114,7 @@ class CallBatcher(Generic[T]):
         peer: str,
     ) -> None:
         self._send = send
-        self._batcher: DynamicBatcher[tuple[bytes, float], T] = DynamicBatcher(
+        self._batcher: DynamicBatcher[tuple[bytes, float, str | None], T] = DynamicBatcher(
             self._run, BatchPolicy(max_size), name=f"gateway to {peer}"
         )
         #: Larger images go alone, so a full batch always fits in one message.
@@ -129,15 +132,22 @@ class CallBatcher(Generic[T]):
     async def submit(self, image: bytes) -> T:
         deadline = asyncio.get_running_loop().time() + self._timeout_s
         try:
-            return await asyncio.wait_for(self._batcher.submit_ready((image, deadline)), self._timeout_s)
+            call = (image, deadline, request_id.get())
+            return await asyncio.wait_for(self._batcher.submit_ready(call), self._timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the {self._peer} did not answer in time") from None
 
-    async def _run(self, calls: list[tuple[bytes, float]]) -> Sequence[T | FashionSearchError]:
-        timeout_s = max(deadline for _, deadline in calls) - asyncio.get_running_loop().time()
+    async def _run(self, calls: list[tuple[bytes, float, str | None]]) -> Sequence[T | FashionSearchError]:
+        timeout_s = max(deadline for _, deadline, _ in calls) - asyncio.get_running_loop().time()
         if timeout_s <= 0:  # all of them are giving up this very moment
             return [DeadlineExceeded(f"the {self._peer} did not answer in time") for _ in calls]
-        return await self._send([image for image, _ in calls], timeout_s)
+        # The batch call carries the request ids of every search in it (comma-separated), for the peer's logs.
+        ids = ",".join(dict.fromkeys(rid for _, _, rid in calls if rid is not None))
+        token = request_id.set(ids or None)
+        try:
+            return await self._send([image for image, _, _ in calls], timeout_s)
+        finally:
+            request_id.reset(token)
 
     async def close(self) -> None:
         await self._batcher.close()
@@ -166,7 +176,9 @@ class GrpcClassifier:
             return await self.batching.submit(image)
         try:
             reply = await self._stub.Classify(
-                classifier_pb2.ClassifyRequest(image=image, top_k=self._top_k), timeout=self._timeout_s
+                classifier_pb2.ClassifyRequest(image=image, top_k=self._top_k),
+                timeout=self._timeout_s,
+                metadata=request_metadata(),
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the classifier") from None
@@ -176,7 +188,9 @@ class GrpcClassifier:
     async def _classify_batch(self, images: list[bytes], timeout_s: float) -> list[Classification | FashionSearchError]:
         try:
             reply = await self._stub.ClassifyBatch(
-                classifier_pb2.ClassifyBatchRequest(images=images, top_k=self._top_k), timeout=timeout_s
+                classifier_pb2.ClassifyBatchRequest(images=images, top_k=self._top_k),
+                timeout=timeout_s,
+                metadata=request_metadata(),
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the classifier") from None
@@ -238,7 +252,9 @@ class GrpcEmbedder:
         if self.batching.takes(image):
             return await self.batching.submit(image)
         try:
-            reply = await self._stub.Embed(embedder_pb2.EmbedRequest(image=image), timeout=self._timeout_s)
+            reply = await self._stub.Embed(
+                embedder_pb2.EmbedRequest(image=image), timeout=self._timeout_s, metadata=request_metadata()
+            )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the embedder") from None
         self._model = model_id(reply.model)
@@ -260,7 +276,9 @@ class GrpcEmbedder:
 
     async def _embed_many(self, images: Sequence[bytes], timeout_s: float) -> list[Embedding | FashionSearchError]:
         try:
-            reply = await self._stub.EmbedBatch(embedder_pb2.EmbedBatchRequest(images=list(images)), timeout=timeout_s)
+            reply = await self._stub.EmbedBatch(
+                embedder_pb2.EmbedBatchRequest(images=list(images)), timeout=timeout_s, metadata=request_metadata()
+            )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the embedder") from None
         if len(reply.results) != len(images):
