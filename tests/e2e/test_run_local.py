@@ -22,7 +22,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_catalogue"
-READY = "fashionsearch is running"
+#: The last line the launcher prints once the catalogue is indexed ("fashionsearch is running:", then the URLs).
+DONE_PRINTING = "Press Ctrl-C to stop."
 
 
 def _launch(
@@ -40,9 +41,9 @@ def _launch(
     )
     lines: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:  # the launcher prints READY once the catalogue is indexed
+    for line in proc.stdout:
         lines.append(line.rstrip())
-        if READY in line:
+        if DONE_PRINTING in line:
             return proc, lines
     proc.wait(10)
     proc.stdout.close()
