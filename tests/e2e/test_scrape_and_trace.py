@@ -153,8 +153,8 @@ def test_counters_and_histograms_move_by_what_was_asked(stack: ProcessStack) -> 
     assert moved(gw_before, gw, "fashionsearch_store_duration_seconds_count", operation="search") == 5
     assert value(gw, "fashionsearch_catalogue_items") == ITEMS
 
-    # Each model service: every search reached it once (the bad image too), with its inference, batch and decode.
-    # (As single calls or, when the gateway batches concurrent searches, batch calls: either way six calls.)
+    # Each model service: every good search reached it once (as a single call or, when the gateway batches concurrent
+    # searches, a batch call), with its inference (exactly five), batch and decode.
     for service, grpc_service, methods in (
         ("classifier", CLASSIFIER, ("Classify", "ClassifyBatch")),
         ("embedder", EMBEDDER, ("Embed", "EmbedBatch")),
@@ -165,7 +165,8 @@ def test_counters_and_histograms_move_by_what_was_asked(stack: ProcessStack) -> 
             for method in methods
             for code in ("OK", "INVALID_ARGUMENT")
         )
-        assert calls == 6, service
+        # The bad image may reach a model service or not: the gateway drops a search's other call once one failed.
+        assert calls in (5, 6), service
         assert moved(was, now, "fashionsearch_inference_seconds_count", service=service) == 5, service
         assert moved(was, now, "fashionsearch_inference_batch_size_sum", service=service) == 5, service
         assert (
