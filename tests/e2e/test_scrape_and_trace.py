@@ -169,11 +169,9 @@ def test_counters_and_histograms_move_by_what_was_asked(stack: ProcessStack) -> 
         assert calls in (5, 6), service
         assert moved(was, now, "fashionsearch_inference_seconds_count", service=service) == 5, service
         assert moved(was, now, "fashionsearch_inference_batch_size_sum", service=service) == 5, service
-        assert (
-            moved(was, now, "fashionsearch_image_decode_seconds_count")
-            == moved(was, now, "fashionsearch_image_bytes_count")
-            >= 5
-        )
+        # The bad image may still be decoding in a worker thread (its search already answered): counted or not yet.
+        decoded = moved(was, now, "fashionsearch_image_decode_seconds_count")
+        assert 5 <= decoded <= moved(was, now, "fashionsearch_image_bytes_count") <= 6, service
         assert moved(was, now, "fashionsearch_image_bytes_sum") >= 5 * len(image)
         info = [labels for (name, labels) in now if name == "fashionsearch_model_info"]
         assert len(info) == 1 and ("service", service) in info[0] and ("version", "tiny-1") in info[0], info
