@@ -70,8 +70,8 @@ class Settings:
     max_bytes_in_flight: int = 256 * 1024 * 1024
 
     #: Port of GET /metrics (Prometheus): the same as http_port serves it beside the API, another port on a listener
-    #: of its own; None = none (GATEWAY_METRICS_PORT=0, and the default in code).
-    metrics_port: int | None = None
+    #: of its own; None = none (GATEWAY_METRICS_PORT=0). By default the HTTP port's default.
+    metrics_port: int | None = DEFAULT_HTTP_PORT
     #: How calls spread over the addresses a peer's name resolves to: pick_first (one connection, gRPC's default)
     #: or round_robin (every address, per call: replicas behind a Kubernetes headless Service).
     peer_lb_policy: str = "pick_first"

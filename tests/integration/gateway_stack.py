@@ -131,6 +131,7 @@ def start_stack(
     gateway_overrides.setdefault("allow_unauthenticated_writes", True)
     # HTTP only where a test asks for it (with a free port): the default port, 8080, may be taken.
     gateway_overrides.setdefault("http_port", None)
+    gateway_overrides.setdefault("metrics_port", None)  # in-process gateways never take the default port 8080
     gateway_settings = GatewaySettings(
         port=0,
         host=HOST,
