@@ -45,7 +45,7 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
-from services.gateway.observability import metrics_endpoint, observing_middleware, send_request_id
+from services.gateway.observability import http_status_codes, metrics_endpoint, observing_middleware, send_request_id
 from services.gateway.security import (
     API_KEY_HEADER,
     MalformedRequestLog,
@@ -727,7 +727,8 @@ def create_app(
         request.writer.output_size = 0
         return None
 
-    observe = observing_middleware({status: code for code, status in HTTP_STATUS.items()})
+    # HTTP status -> the gRPC code of the error that answers with it, so errors are counted by the same kinds.
+    observe = observing_middleware(http_status_codes())
     middlewares = [
         observe,
         _errors_middleware(limit),

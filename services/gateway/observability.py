@@ -15,6 +15,7 @@ import grpc
 from aiohttp import web
 
 from fashionsearch import metrics
+from fashionsearch.errors import FashionSearchError
 from fashionsearch.logs import REQUEST_ID_HEADER, accept_request_id, request_id
 
 logger = logging.getLogger(__name__)
@@ -34,6 +35,17 @@ def route_of(request: web.Request) -> str:
     """The route template that matched ("/v1/items/{id}"), never the raw path; "unmatched" for unknown paths."""
     resource = request.match_info.route.resource
     return resource.canonical if resource is not None else "unmatched"
+
+
+def http_status_codes() -> dict[int, grpc.StatusCode]:
+    """Each HTTP error status -> the gRPC code of the error class that answers with it (fashionsearch.errors)."""
+    codes: dict[int, grpc.StatusCode] = {}
+    pending = [FashionSearchError]
+    while pending:
+        cls = pending.pop()
+        codes.setdefault(cls.http_status, cls.code)
+        pending.extend(cls.__subclasses__())
+    return codes
 
 
 def observing_middleware(codes: Mapping[int, grpc.StatusCode]) -> Callable[..., Awaitable[web.StreamResponse]]:

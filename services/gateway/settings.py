@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fashionsearch.config import Address, ConfigError, Env
 from fashionsearch.channels import LB_POLICIES
+from fashionsearch.config import Address, ConfigError, Env
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
 from services.gateway.service import MESSAGE_OVERHEAD_BYTES, Limits
 
