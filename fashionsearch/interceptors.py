@@ -90,17 +90,13 @@ class _Method:
         )
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        kwargs = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-        if handler.request_streaming and handler.response_streaming:
-            return grpc.stream_stream_rpc_method_handler(self._observed(handler.stream_stream), **kwargs)
-        if handler.request_streaming:
-            return grpc.stream_unary_rpc_method_handler(self._observed(handler.stream_unary), **kwargs)
-        if handler.response_streaming:
-            return grpc.unary_stream_rpc_method_handler(self._observed(handler.unary_stream), **kwargs)
-        return grpc.unary_unary_rpc_method_handler(self._observed(handler.unary_unary), **kwargs)
+        from fashionsearch.serving import handler_like  # serving imports this module
+
+        unary = handler.unary_unary or handler.stream_unary
+        streaming = handler.unary_stream or handler.stream_stream
+        return handler_like(
+            handler, self._observed(unary) if unary else unary, self._observed(streaming) if streaming else streaming
+        )
 
     def _observed(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
         """`behaviour` (a handler's coroutine or async generator function) between begin() and end()."""
