@@ -214,8 +214,8 @@ def train_classifier(
     started = time.monotonic()
     full_train = dataset.split(split, "train")
     vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
-    train = _limit(full_train, options.limit, options.seed)
-    val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    train = full_train.at_most(options.limit, options.seed)
+    val = dataset.split(split, "val").at_most(options.limit, options.seed)
     if not len(val):
         raise data.DataError("the split has no validation images: temperatures and choices need them")
     sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
@@ -329,12 +329,6 @@ def train_classifier(
     )
 
 
-def _limit(ds: data.Dataset, limit: int | None, seed: int) -> data.Dataset:
-    if limit is None or limit >= len(ds):
-        return ds
-    return ds.subset(np.sort(np.random.default_rng(seed).permutation(len(ds))[:limit]))
-
-
 # --------------------------------------------------------------------------------------------------------------
 # Embedder
 
@@ -348,8 +342,8 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     trunk = keras.models.load_model(source / "trunk.keras")
     full_train = dataset.split(split, "train")
     vocabularies = data.build_vocabularies(full_train, tuple(EMBEDDING_ATTRIBUTES), min_count=MIN_CLASS_COUNT)
-    train = _limit(full_train, options.limit, options.seed)
-    val = _limit(dataset.split(split, "val"), options.limit, options.seed)
+    train = full_train.at_most(options.limit, options.seed)
+    val = dataset.split(split, "val").at_most(options.limit, options.seed)
     sizes = {a: len(vocabularies[a]) for a in EMBEDDING_ATTRIBUTES}
 
     def pooled(images: np.ndarray) -> np.ndarray:
