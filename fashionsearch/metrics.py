@@ -63,7 +63,8 @@ ERRORS = Counter(
 )
 REFUSED = Counter(
     "fashionsearch_requests_refused",
-    "Requests turned away before any work: api_key (missing or wrong key), limit (too large, too many)",
+    "Requests turned away before any work: api_key (missing or wrong key), limit (too large, or too many in flight: "
+    "the gateway's HTTP 503 and gRPC RESOURCE_EXHAUSTED with a retry hint)",
     ["reason"],
 )
 

@@ -5,8 +5,10 @@ to the gateway. Now every API call takes a ticket from one Admission before its 
 request's bytes: for HTTP its Content-Length (the body limit when the length is not given), before the body is
 read; for gRPC the request message's size (one message's limit for a request stream). A call that does not fit is
 answered at once, never queued: HTTP 503 with ``Retry-After``, gRPC RESOURCE_EXHAUSTED with ``retry-after`` and
-``grpc-retry-pushback-ms`` trailing metadata (the latter is what gRPC's own retry policy honours). Health checks
-are not counted, so an overloaded gateway still answers its probes.
+``grpc-retry-pushback-ms`` trailing metadata (the latter is what gRPC's own retry policy honours). Both are counted
+as refusals by a limit (fashionsearch_requests_refused_total{reason="limit"}), not as errors: the 503 says "not
+now", not "a dependency is down". Health checks and metrics scrapes are not counted, so an overloaded gateway still
+answers its probes and can be watched.
 
 Both APIs run on one event loop, so the counters need no lock.
 """
@@ -23,6 +25,7 @@ import grpc.aio
 from aiohttp import web
 
 from fashionsearch.serving import handler_like
+from services.gateway.observability import GRPC_CODE_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +33,7 @@ RETRY_AFTER_S = 1
 #: Refusals are logged once per this many seconds, with their count: an overload must not also flood the log.
 _LOG_EVERY_S = 10.0
 _GATEWAY_METHODS = "/fashionsearch.v1.Gateway/"
-_UNCOUNTED_HTTP_PATHS = frozenset({"/healthz"})
+_UNCOUNTED_HTTP_PATHS = frozenset({"/healthz", "/metrics"})
 
 
 class Admission:
@@ -143,11 +146,14 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
 
 
 def refused_response(admission: Admission) -> web.Response:
-    return web.json_response(
+    """503 with Retry-After, counted in the metrics as what it is over gRPC: RESOURCE_EXHAUSTED, a refusal."""
+    response = web.json_response(
         {"error": {"status": 503, "code": "OVERLOADED", "message": admission.refusal()}},
         status=503,
         headers={"Retry-After": str(RETRY_AFTER_S)},
     )
+    response[GRPC_CODE_KEY] = grpc.StatusCode.RESOURCE_EXHAUSTED
+    return response
 
 
 def request_bytes(request: web.Request, body_limit: int) -> int:

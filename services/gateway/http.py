@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
 from aiohttp import BodyPartReader, MultipartReader, hdrs, http_exceptions, web
 from grpc_health.v1 import health, health_pb2
 
@@ -45,7 +46,13 @@ from services.gateway.domain import (
     ModelId,
     SearchOptions,
 )
-from services.gateway.observability import http_status_codes, metrics_endpoint, observing_middleware, send_request_id
+from services.gateway.observability import (
+    http_status_codes,
+    metrics_endpoint,
+    observe_early_answer,
+    observing_middleware,
+    send_request_id,
+)
 from services.gateway.security import (
     API_KEY_HEADER,
     MalformedRequestLog,
@@ -712,17 +719,26 @@ def create_app(
     admission = admission or Admission(settings.max_concurrent_rpcs, settings.max_bytes_in_flight)
     api = HttpApi(service, index, settings, health_servicer)
 
-    async def expect(request: web.Request) -> web.Response | None:
-        """Answer `Expect: 100-continue` with 413 when Content-Length is over the limit, or 401/403 when the API key
-        does not allow the call, before the body is sent."""
-        refused = _check_length(request, limit)
-        if refused is not None:
-            return refused
+    def early_refusal(request: web.Request) -> tuple[web.Response, grpc.StatusCode] | None:
+        """The answer refusing a request from its headers alone, with the gRPC code it stands for, or None."""
+        too_large = _check_length(request, limit)
+        if too_large is not None:
+            return too_large, grpc.StatusCode.RESOURCE_EXHAUSTED
         denied = http_refusal(settings.api_keys, request)
         if denied is not None:
-            return error_body(denied.http_status, denied.code.name, denied.message)
+            return error_body(denied.http_status, denied.code.name, denied.message), denied.code
         if not admission.has_room(request_bytes(request, limit)):
-            return refused_response(admission)
+            admission.note_refusal(request.remote)
+            return refused_response(admission), grpc.StatusCode.RESOURCE_EXHAUSTED
+        return None
+
+    async def expect(request: web.Request) -> web.Response | None:
+        """Answer `Expect: 100-continue` with 413 when Content-Length is over the limit, 401/403 when the API key
+        does not allow the call, or 503 when the gateway is at its cap on work in flight, before the body is sent."""
+        answer = early_refusal(request)
+        if answer is not None:  # aiohttp sends it without running the middlewares: counted and logged here
+            observe_early_answer(request, *answer)
+            return answer[0]
         await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
         request.writer.output_size = 0
         return None

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from gateway_stack import Stack, jpeg, start_stack
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.bootstrap import max_message_bytes
@@ -225,5 +226,73 @@ def test_bytes_in_flight_are_capped_across_requests(tmp_path):
         with pytest.raises(grpc.RpcError) as invalid:  # admitted once the upload is gone (and then not an image)
             limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 120_000), timeout=10)
         assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    finally:
+        limited.close()
+
+
+def _scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The gateway's GET /metrics: sample (name, sorted labels) -> value."""
+    with urllib.request.urlopen(f"http://{HOST}:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _moved(before: dict, after: dict, name: str, **labels: str) -> float:
+    key = (name, tuple(sorted(labels.items())))
+    return after.get(key, 0.0) - before.get(key, 0.0)
+
+
+def test_refusals_at_the_cap_are_counted_as_refused_by_a_limit_not_as_errors(tmp_path):
+    """The cap's 503 is "not now", not "a dependency is down": over HTTP (from the headers, or answering
+    Expect: 100-continue) and gRPC alike it moves fashionsearch_requests_refused_total{reason="limit"}, never
+    fashionsearch_errors_total{kind="unavailable"}. And /metrics itself is not counted: it answers while full."""
+    port = free_port()
+    limited = start_stack(tmp_path, max_concurrent_rpcs=1, http_port=port, metrics_port=port)
+    try:
+        before = _scrape(port)
+        upload = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD[: len(GOOD) // 2])  # holds the one place
+        time.sleep(0.5)
+        with _http_head(port, "POST", "/v1/search", 1_000_000) as other:
+            assert _answer(other).startswith("HTTP/1.1 503")
+        with socket.create_connection((HOST, port), timeout=10) as expecting:
+            expecting.sendall(
+                b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n"
+                b"Content-Length: 1000\r\nExpect: 100-continue\r\nx-request-id: expect-refused-1\r\n\r\n"
+            )
+            head = _answer(expecting)
+        assert head.startswith("HTTP/1.1 503") and "Retry-After: 1" in head, head
+        assert "x-request-id: expect-refused-1" in head.lower(), head
+        with pytest.raises(grpc.RpcError) as refused:
+            limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
+        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
+        # An aborted call's status leaves before its interceptor counts it: give the count a moment.
+        deadline = time.monotonic() + 5
+        after = _scrape(port)
+        while _moved(before, after, "fashionsearch_requests_refused_total", reason="limit") < 3:
+            if time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+            after = _scrape(port)
+        assert _moved(before, after, "fashionsearch_requests_refused_total", reason="limit") == 3
+        assert _moved(before, after, "fashionsearch_errors_total", kind="unavailable") == 0
+        assert _moved(before, after, "http_server_requests_total", method="POST", route="/v1/search", code="503") == 2
+        assert (
+            _moved(
+                before,
+                after,
+                "grpc_server_handled_total",
+                grpc_service="fashionsearch.v1.Gateway",
+                grpc_method="Search",
+                grpc_code="RESOURCE_EXHAUSTED",
+            )
+            == 1
+        )
+        upload.sendall(GOOD[len(GOOD) // 2 :])
+        assert _answer(upload).startswith("HTTP/1.1 200")
+        upload.close()
     finally:
         limited.close()
