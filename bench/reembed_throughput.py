@@ -30,7 +30,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from fashionsearch.store.aliases import EdgeCatalog  # noqa: E402
+from fashionsearch.store.edge import EdgeCatalog  # noqa: E402
 from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
 from jobs.indexer.runner import Options, Summary, run  # noqa: E402

@@ -1,8 +1,13 @@
-"""Vector store port (VectorIndex) and its adapters: Qdrant Edge (default), Qdrant server, NumPy brute force."""
+"""Vector store ports (VectorIndex, CollectionCatalog) and their adapters: Qdrant Edge (default, edge.py), Qdrant
+server (qdrant_server.py), NumPy brute force (brute.py, a reference for tests). A backend is one module holding its
+VectorIndex and its CollectionCatalog, and one branch in open_catalog."""
+
+import os
 
 from fashionsearch.errors import CollectionMismatchError, StoreError, StoreUnavailableError, UnknownFilterFieldError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
+    CollectionCatalog,
     CollectionInfo,
     EmbedderIdentity,
     Hit,
@@ -13,6 +18,7 @@ from fashionsearch.store.base import (
 
 __all__ = [
     "FILTER_FIELDS",
+    "CollectionCatalog",
     "CollectionInfo",
     "CollectionMismatchError",
     "EmbedderIdentity",
@@ -23,29 +29,30 @@ __all__ = [
     "UnknownFilterFieldError",
     "VectorIndex",
     "check_filters",
-    "open_index",
+    "open_catalog",
 ]
 
 
-def open_index(
+def open_catalog(
     *,
-    data_dir: str | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
     qdrant_url: str | None = None,
-    collection: str = "catalogue",
+    qdrant_path: str | os.PathLike[str] | None = None,
     search_threads: int | None = None,
     timeout_s: int = 5,
-) -> VectorIndex:
-    """The Qdrant server adapter when a URL is given, else the embedded Qdrant Edge store under data_dir.
+) -> CollectionCatalog:
+    """The one store factory, for the gateway and the indexer alike: a Qdrant server by URL (or qdrant-client's local
+    mode on a folder), else the embedded Qdrant Edge store under data_dir. The gateway serves from
+    ``open_catalog(...).live(alias)``, which follows the alias when a batch job switches it to a new collection; a
+    batch job builds and switches collections through the catalog.
 
-    Either way ``collection`` may be an alias that a re-embedding job switches to a new collection: Qdrant resolves
-    its own aliases, and the Edge index follows the alias pointer file (see fashionsearch.store.aliases).
-    """
-    if qdrant_url:
-        from fashionsearch.store.qdrant_server import QdrantServerIndex
+    Each backend is imported only when chosen, so a gateway on Qdrant Edge does not load qdrant-client."""
+    if qdrant_url or qdrant_path:
+        from fashionsearch.store.qdrant_server import QdrantCatalog
 
-        return QdrantServerIndex.from_url(qdrant_url, collection, timeout_s=timeout_s)
-    if not data_dir:
-        raise StoreError("either a data directory (Qdrant Edge) or a Qdrant URL is required")
-    from fashionsearch.store.aliases import FollowingEdgeIndex
+        return QdrantCatalog.connect(url=qdrant_url, path=qdrant_path, timeout_s=timeout_s)
+    if data_dir:
+        from fashionsearch.store.edge import EdgeCatalog
 
-    return FollowingEdgeIndex(data_dir, collection, search_threads=search_threads)
+        return EdgeCatalog(data_dir, search_threads=search_threads)
+    raise StoreError("either a data directory (Qdrant Edge) or a Qdrant URL is required")

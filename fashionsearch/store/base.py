@@ -7,6 +7,7 @@ search with vectors from another embedder can be refused instead of returning no
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeAlias, runtime_checkable
@@ -179,3 +180,65 @@ def stored_points(wanted: Sequence[int], records: Mapping[int, Any]) -> list[Sto
 def scored_hits(points: Iterable[Any]) -> list[Hit]:
     """Hits from Qdrant scored points, whose score is the Euclidean distance."""
     return [Hit(id=int(p.id), distance=float(p.score), payload=p.payload or {}) for p in points]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Collections and aliases
+
+_COLLECTION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+
+def check_name(name: str) -> str:
+    if not _COLLECTION_NAME.match(name or ""):
+        raise StoreError(f"collection/alias name {name!r}: use letters, digits, '-' and '_' (not first)")
+    return name
+
+
+def versioned_name(alias: str, embedder: EmbedderIdentity) -> str:
+    """The concrete collection name for an alias and an embedder, e.g. ``catalogue--embedder-v1-2026-11-27``."""
+    slug = re.sub(r"[^A-Za-z0-9_-]+", "-", f"{embedder.model}-{embedder.version}").strip("-_") or "x"
+    return check_name(f"{alias}--{slug}")
+
+
+class CollectionCatalog(Protocol):
+    """The collections of one store and the aliases over them: a backend's second port beside VectorIndex, for the
+    gateway (``live``) and for batch jobs that build a collection beside the live one and switch the alias.
+
+    An alias is one stable name (e.g. ``catalogue``) that points at a concrete collection and is switched
+    atomically, so a search sees either the old catalogue or the new one, never a half-built or mixed-version one.
+    """
+
+    #: Which store, for people: e.g. "edge data/qdrant-edge" or "qdrant http://qdrant:6333".
+    label: str
+
+    def resolve(self, alias: str) -> str | None:
+        """The concrete collection the alias names (itself when it is a plain collection); None when neither."""
+        ...
+
+    def open(self, collection: str) -> VectorIndex:
+        """A VectorIndex on one concrete collection (created on ensure_collection)."""
+        ...
+
+    def info(self, collection: str) -> CollectionInfo | None:
+        """What the collection records about its vectors, without opening it for writing; None when unrecorded."""
+        ...
+
+    def live(self, alias: str) -> VectorIndex:
+        """A VectorIndex on whatever collection the alias points at now and after a switch (what the gateway
+        serves from); closing it closes what it holds of the catalog."""
+        ...
+
+    def release(self, index: VectorIndex) -> None:
+        """Close an index obtained from open()."""
+        ...
+
+    def switch(self, alias: str, collection: str) -> None:
+        """Point the alias at the collection, atomically."""
+        ...
+
+    def drop(self, collection: str) -> bool:
+        """Delete a concrete collection and its data; False when another process still has it open and will
+        delete it itself when it lets go."""
+        ...
+
+    def close(self) -> None: ...

@@ -11,6 +11,17 @@ Qdrant Edge 0.9 reports Euclid scores as the true Euclidean distance (checked by
 are passed through unchanged.  Writes are durable through the shard's write-ahead log (replayed on load), so they
 are not flushed one by one (a flush costs ~15 ms); close() flushes.  Searches are exact by default: at catalogue
 sizes (40k vectors of dim 64) a filtered full scan costs about 3 ms and returns the brute-force answer.
+
+Aliases (EdgeCatalog): a pointer file ``<data_dir>/<alias>.alias`` holding the target collection's directory name,
+replaced with ``os.replace`` (atomic on POSIX) after an fsync.  A plain collection directory named like the alias
+(the layout before any switch) is what the alias means while no pointer file exists.  ``FollowingEdgeIndex`` is the
+reader's side (the gateway's): a VectorIndex that notices a switch and moves to the new collection between two calls.
+
+Locks (``fashionsearch.store.lock``): the gateway's reader holds ``<data_dir>/.lock`` for as long as it serves the
+directory (one gateway per directory), and every open collection holds ``<data_dir>/<collection>.lock`` (one writer
+per collection), so a rebuild may fill a new collection beside the one the gateway serves but never write into it.
+A collection is deleted only under its lock: one still open elsewhere is marked (``drop-requested`` in its folder)
+and its holder deletes it when it lets go.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -36,19 +48,24 @@ from fashionsearch.store.base import (
     Filters,
     Hit,
     StoredPoint,
+    VectorIndex,
     as_vector,
     as_vectors,
     check_filters,
+    check_name,
     scored_hits,
     stored_points,
     unique_ids,
 )
-from fashionsearch.store.lock import StoreLock, lock_path
+from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 
 logger = logging.getLogger(__name__)
 
 META_FILE = "collection.json"
 SHARD_DIR = "shard"
+ALIAS_SUFFIX = ".alias"
+DIRECTORY_LOCK = ".lock"
+DROP_MARKER = "drop-requested"
 _META_SCHEMA = 1
 
 
@@ -291,5 +308,237 @@ class EdgeIndex:
                     self._shard.flush()
                     self._shard.close()
                     self._shard = None
+            finally:
+                self._dir_lock.release()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Collections and aliases: pointer files beside the collections
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class EdgeCatalog:
+    """Edge collections under one data directory; aliases are pointer files beside them."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], *, search_threads: int | None = None) -> None:
+        self.label = f"edge {data_dir}"
+        self.root = Path(data_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._search_threads = search_threads
+
+    def path(self, collection: str) -> Path:
+        return self.root / check_name(collection)
+
+    def pointer(self, alias: str) -> Path:
+        return self.root / f"{check_name(alias)}{ALIAS_SUFFIX}"
+
+    def resolve(self, alias: str) -> str | None:
+        pointer = self.pointer(alias)
+        try:
+            target = json.loads(pointer.read_text(encoding="utf-8"))["collection"]
+        except FileNotFoundError:
+            return alias if (self.root / alias).is_dir() else None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StoreError(f"{pointer} is not a valid alias file: {exc}") from exc
+        return check_name(str(target))
+
+    def open(self, collection: str) -> EdgeIndex:
+        return EdgeIndex(self.root, check_name(collection), search_threads=self._search_threads)
+
+    def info(self, collection: str) -> CollectionInfo | None:
+        # Read the record file only: the live shard may be open in the gateway, the single writer.
+        return _read_meta(self.path(collection) / META_FILE)
+
+    def live(self, alias: str) -> FollowingEdgeIndex:
+        return FollowingEdgeIndex(self, alias)
+
+    def release(self, index: VectorIndex) -> None:
+        index.close()
+
+    def switch(self, alias: str, collection: str) -> None:
+        if not self.path(collection).is_dir():
+            raise StoreError(f"cannot point alias {alias} at {collection}: no such collection under {self.root}")
+        (self.root / collection / DROP_MARKER).unlink(missing_ok=True)  # switching back to a kept collection
+        pointer = self.pointer(alias)
+        tmp = pointer.with_name(f".{pointer.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump({"collection": collection}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, pointer)
+        _fsync_dir(self.root)
+        logger.info("alias %s now points at edge collection %s", alias, collection)
+
+    def drop(self, collection: str) -> bool:
+        path = self.path(collection)
+        if not path.is_dir():
+            return True
+        if self._drop_if_free(path):
+            return True
+        # Still open, e.g. by the gateway until its next request moves it over to the new collection: mark it for
+        # the holder, then look again, in case the holder let go before the mark was there to be seen.
+        (path / DROP_MARKER).touch()
+        if self._drop_if_free(path):
+            return True
+        logger.info("edge collection %s is still open elsewhere: its holder drops it when it lets go", path)
+        return False
+
+    def drop_requested(self, keep: str) -> None:
+        """Delete the collections marked for dropping that nobody holds (left by a holder that died), except keep."""
+        for marker in self.root.glob(f"*/{DROP_MARKER}"):
+            if marker.parent.name != keep:
+                self._drop_if_free(marker.parent)
+
+    def _drop_if_free(self, path: Path) -> bool:
+        try:
+            lock = StoreLock(lock_path(self.root, path.name), guards=f"the Qdrant Edge collection {path}")
+        except StoreLockedError:
+            return False
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+                logger.info("dropped edge collection %s", path)
+        finally:
+            lock.release()
+        return True
+
+    def close(self) -> None:
+        return None
+
+
+class FollowingEdgeIndex:
+    """A VectorIndex on whatever Edge collection an alias points at, moving over when the pointer file changes.
+
+    Each call compares the pointer file's (inode, mtime) with the last one seen (one stat, about a microsecond),
+    so a switch takes effect on the next call.  The previous collection stays open for ``retire_after_s`` more
+    seconds, so calls already running on it (from other threads) finish normally; then it is closed, and deleted
+    if the job that switched asked for it.  It holds the data directory's lock from construction until close().
+    """
+
+    def __init__(self, catalog: EdgeCatalog, alias: str, *, retire_after_s: float = 30.0) -> None:
+        self._alias = check_name(alias)
+        self._dir_lock = StoreLock(
+            catalog.root / DIRECTORY_LOCK, guards=f"the Qdrant Edge data directory {catalog.root}"
+        )
+        self._catalog = catalog
+        self._retire_after_s = retire_after_s
+        self._retired: list[tuple[float, str, EdgeIndex]] = []
+        self._pointer = catalog.pointer(alias)
+        self._lock = threading.RLock()
+        self._stamp: tuple[int, int] | None = None
+        self._current: str = ""
+        self._index: EdgeIndex | None = None
+        self._closed = False
+        try:
+            self._follow()
+            self._catalog.drop_requested(keep=self._current)
+        except BaseException:
+            self.close()
+            raise
+
+    def _stat(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._pointer)
+        except FileNotFoundError:
+            return None
+        return (st.st_ino, st.st_mtime_ns)
+
+    def _follow(self) -> EdgeIndex:
+        stamp = self._stat()
+        with self._lock:
+            if self._closed:
+                raise StoreError("the vector index is closed")
+            if self._index is not None and stamp == self._stamp:
+                if self._retired:
+                    self._close_retired(time.monotonic() - self._retire_after_s)
+                return self._index
+            target = self._catalog.resolve(self._alias) or self._alias
+            if self._index is None or target != self._current:
+                try:
+                    new_index = self._catalog.open(target)
+                except StoreLockedError:
+                    if self._index is None:
+                        raise
+                    # Whoever switched has not let go of the new collection yet: keep serving, look again next call.
+                    logger.warning("alias %s points at %s, still open elsewhere", self._alias, target, exc_info=True)
+                    return self._index
+                old, old_name, self._index, self._current = self._index, self._current, new_index, target
+                if old is not None:
+                    logger.info("alias %s switched to collection %s", self._alias, target)
+                    self._retired.append((time.monotonic(), old_name, old))
+            self._stamp = stamp
+            self._close_retired(time.monotonic() - self._retire_after_s)
+            return self._index
+
+    def _close_retired(self, before: float) -> None:
+        keep = []
+        for retired_at, name, index in self._retired:
+            if retired_at > before:
+                keep.append((retired_at, name, index))
+                continue
+            try:
+                index.close()
+                if name != self._current and (self._catalog.path(name) / DROP_MARKER).exists():
+                    self._catalog.drop(name)
+            except Exception:
+                logger.warning(
+                    "closing the previous collection %s of alias %s failed", name, self._alias, exc_info=True
+                )
+        self._retired = keep
+
+    @property
+    def collection(self) -> str:
+        return self._current
+
+    def ensure_collection(self, dim: int, embedder: EmbedderIdentity) -> None:
+        self._follow().ensure_collection(dim, embedder)
+
+    def info(self) -> CollectionInfo | None:
+        return self._follow().info()
+
+    def upsert(self, points: Sequence[StoredPoint]) -> None:
+        self._follow().upsert(points)
+
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        return self._follow().delete(ids)
+
+    def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
+        return self._follow().retrieve(ids)
+
+    def search(
+        self,
+        vector: np.ndarray,
+        top_k: int,
+        filters: Mapping[str, Any] | None = None,
+        exclude_ids: Collection[int] = (),
+    ) -> list[Hit]:
+        return self._follow().search(vector, top_k, filters, exclude_ids)
+
+    def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
+        return self._follow().scroll(fields, page_size)
+
+    def count(self) -> int:
+        return self._follow().count()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                self._close_retired(float("inf"))
+                if self._index is not None:
+                    self._index.close()
+                    self._index = None
             finally:
                 self._dir_lock.release()

@@ -3,12 +3,16 @@
 The embedder model/version and dim are recorded in the collection's own ``metadata`` (Qdrant >= 1.16), under the
 key ``fashionsearch``, so the record travels with the collection (snapshots, other clients).  Qdrant reports
 Euclid scores as the true Euclidean distance, which is passed through unchanged.
+
+Aliases (QdrantCatalog) are Qdrant's own: ``switch`` sends the delete and the create in one
+``update_collection_aliases`` request, which Qdrant applies atomically.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import os
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
@@ -25,9 +29,11 @@ from fashionsearch.store.base import (
     Filters,
     Hit,
     StoredPoint,
+    VectorIndex,
     as_vector,
     as_vectors,
     check_filters,
+    check_name,
     scored_hits,
     stored_points,
     unique_ids,
@@ -77,12 +83,6 @@ class QdrantServerIndex:
         self._closed = False
         self._info: CollectionInfo | None = None
         self._info = self._read_info()
-
-    @classmethod
-    def from_url(
-        cls, url: str, collection: str = "catalogue", *, timeout_s: int = 5, **kwargs: Any
-    ) -> QdrantServerIndex:
-        return cls(QdrantClient(url=url, timeout=timeout_s, check_compatibility=False), collection, **kwargs)
 
     @_reachable
     def _read_info(self) -> CollectionInfo | None:
@@ -245,3 +245,65 @@ class QdrantServerIndex:
                 return
             self._closed = True
             self._client.close()
+
+
+class QdrantCatalog:
+    """Collections and native aliases of a Qdrant server (or qdrant-client local mode), over one shared client."""
+
+    def __init__(self, client: QdrantClient, label: str = "qdrant") -> None:
+        self._client = client
+        self.label = label
+
+    @classmethod
+    def connect(
+        cls, *, url: str | None = None, path: str | os.PathLike[str] | None = None, timeout_s: int = 5
+    ) -> QdrantCatalog:
+        """A Qdrant server by URL, or qdrant-client's local mode on a folder."""
+        if url:
+            return cls(QdrantClient(url=url, timeout=timeout_s, check_compatibility=False), f"qdrant {url}")
+        return cls(QdrantClient(path=str(path)), f"qdrant {path}")
+
+    def resolve(self, alias: str) -> str | None:
+        for description in self._client.get_aliases().aliases:
+            if description.alias_name == alias:
+                return str(description.collection_name)
+        return alias if self._client.collection_exists(alias) else None
+
+    def open(self, collection: str) -> QdrantServerIndex:
+        return QdrantServerIndex(self._client, check_name(collection))
+
+    def info(self, collection: str) -> CollectionInfo | None:
+        return self.open(collection).info()
+
+    def live(self, alias: str) -> QdrantServerIndex:
+        # Qdrant resolves its own aliases; the index owns the client from now on (its close() closes it).
+        return QdrantServerIndex(self._client, alias)
+
+    def release(self, index: VectorIndex) -> None:
+        # QdrantServerIndex.close() would close the shared client; close() below does that once.
+        return None
+
+    def switch(self, alias: str, collection: str) -> None:
+        current = self.resolve(alias)
+        if current == alias:
+            # A plain collection holds the alias's name; Qdrant cannot have both, so it has to go first (the only
+            # non-atomic step, once, when moving a deployment onto aliases).
+            logger.warning("dropping plain collection %s so that an alias of that name can replace it", alias)
+            self._client.delete_collection(alias)
+        operations: list[Any] = []
+        if current is not None and current != alias:
+            operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=alias)))
+        operations.append(
+            models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=collection, alias_name=alias))
+        )
+        self._client.update_collection_aliases(change_aliases_operations=operations)
+        logger.info("alias %s now points at qdrant collection %s", alias, collection)
+
+    def drop(self, collection: str) -> bool:
+        if self._client.collection_exists(collection):
+            self._client.delete_collection(collection)
+            logger.info("dropped qdrant collection %s", collection)
+        return True
+
+    def close(self) -> None:
+        self._client.close()

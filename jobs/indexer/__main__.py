@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from fashionsearch import metrics
+from fashionsearch.store import open_catalog
 from jobs.indexer.fetch import ImageFetcher
 from jobs.indexer.manifest import Manifest, parse_shard
 from jobs.indexer.runner import Options, Progress, ProgressMetrics, run
@@ -135,21 +136,9 @@ def make_target(args: argparse.Namespace) -> Target:
     if not args.embedder:
         raise SystemExit("error: --embedder is required with --qdrant-url, --qdrant-path and --edge-dir")
     models = ModelClients(args.embedder, args.classifier, timeout_s=args.timeout_s, max_batch=args.batch_size)
-    from fashionsearch.store.aliases import EdgeCatalog, QdrantCatalog
-
-    if args.edge_dir:
-        catalog: EdgeCatalog | QdrantCatalog = EdgeCatalog(args.edge_dir)
-        label = f"edge {args.edge_dir}"
-    else:
-        from qdrant_client import QdrantClient
-
-        client = (
-            QdrantClient(url=args.qdrant_url, timeout=int(args.timeout_s))
-            if args.qdrant_url
-            else (QdrantClient(path=str(args.qdrant_path)))
-        )
-        catalog = QdrantCatalog(client)
-        label = f"qdrant {args.qdrant_url or args.qdrant_path}"
+    catalog = open_catalog(
+        data_dir=args.edge_dir, qdrant_url=args.qdrant_url, qdrant_path=args.qdrant_path, timeout_s=int(args.timeout_s)
+    )
     # With several shards no worker knows when the others are done: the alias is switched by --switch-only.
     sharded = parse_shard(args.shard)[1] > 1
     return DirectTarget(
@@ -159,7 +148,6 @@ def make_target(args: argparse.Namespace) -> Target:
         switch=not (args.no_switch or sharded),
         keep_old=args.keep_old,
         sharded=sharded,
-        store_label=label,
     )
 
 

@@ -30,8 +30,8 @@ import numpy as np
 from fashionsearch.batching import REQUEST_SLACK_BYTES, bounded_chunks
 from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_to_proto, stored_payload
 from fashionsearch.channels import channel_options, probe_image
-from fashionsearch.store.aliases import CollectionCatalog, versioned_name
-from fashionsearch.store.base import EmbedderIdentity, StoredPoint
+from fashionsearch.store import CollectionCatalog, VectorIndex
+from fashionsearch.store.base import EmbedderIdentity, StoredPoint, versioned_name
 from fashionsearch.store.lock import StoreLockedError
 from fashionsearch.v1 import (
     classifier_pb2,
@@ -221,7 +221,6 @@ class DirectTarget:
         switch: bool = True,
         keep_old: bool = False,
         sharded: bool = False,
-        store_label: str = "store",
     ) -> None:
         self._catalog = catalog
         self._sharded = sharded
@@ -229,8 +228,7 @@ class DirectTarget:
         self._alias = alias
         self._switch = switch
         self._keep_old = keep_old
-        self._store_label = store_label
-        self._index: Any = None
+        self._index: VectorIndex | None = None
         self.identity: EmbedderIdentity | None = None
         self.live: str | None = None
         self.collection = ""
@@ -279,7 +277,7 @@ class DirectTarget:
 
     def describe(self) -> str:
         mode = f"rebuild into {self.collection} (live: {self.live or 'none'})" if self.rebuilding else "in place"
-        return f"{self._store_label} collection {self.collection}, {mode}"
+        return f"{self._catalog.label} collection {self.collection}, {mode}"
 
     def digests(self) -> Iterator[tuple[int, str]]:
         for point_id, payload in self._index.scroll([CONTENT_HASH_KEY], 2000):

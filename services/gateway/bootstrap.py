@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import grpc.aio
 
 from fashionsearch.channels import channel_options
-from fashionsearch.store import VectorIndex, open_index
+from fashionsearch.store import VectorIndex, open_catalog
 from services.gateway.clients import (
     CallBatcher,
     ClassifierPort,
@@ -88,13 +88,12 @@ def bootstrap(
         )
         batchers.append(embedder.batching)
     if index is None:
-        index = open_index(
-            data_dir=str(settings.data_dir),
+        index = open_catalog(
+            data_dir=settings.data_dir,
             qdrant_url=settings.qdrant_url,
-            collection=settings.collection,
             search_threads=settings.store_search_threads,
             timeout_s=max(1, round(settings.store_timeout_s)),
-        )
+        ).live(settings.collection)
     service = GatewayService(
         classifier,
         embedder,

@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fashionsearch.store import EmbedderIdentity, StoredPoint, open_index
-from fashionsearch.store.aliases import DROP_MARKER, EdgeCatalog, FollowingEdgeIndex
-from fashionsearch.store.edge import EdgeIndex
+from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
+from fashionsearch.store.edge import DROP_MARKER, EdgeCatalog, EdgeIndex, FollowingEdgeIndex
 from fashionsearch.store.lock import StoreLockedError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,8 +23,8 @@ V2 = EmbedderIdentity("emb", "2")
 # Opens the gateway's reader on an Edge directory, says so, and waits to be killed.
 HOLDER = """
 import sys, time
-from fashionsearch.store import open_index
-index = open_index(data_dir=sys.argv[1], collection="catalogue")
+from fashionsearch.store import open_catalog
+index = open_catalog(data_dir=sys.argv[1]).live("catalogue")
 print("open", flush=True)
 time.sleep(60)
 """
@@ -52,7 +51,7 @@ def test_a_second_process_on_an_empty_directory_is_refused_before_it_creates_any
     holder = _hold(tmp_path)
     try:
         with pytest.raises(StoreLockedError) as refused:
-            open_index(data_dir=str(tmp_path), collection="catalogue")
+            open_catalog(data_dir=tmp_path).live("catalogue")
         message = str(refused.value)
         assert str(tmp_path) in message and f"pid {holder.pid}" in message, message
         # Nor can anyone write the collection the holder serves, even though it holds no shard yet.
@@ -63,7 +62,7 @@ def test_a_second_process_on_an_empty_directory_is_refused_before_it_creates_any
         holder.send_signal(signal.SIGKILL)
         holder.communicate(timeout=10)
     # A holder that died leaves no stale lock: the kernel dropped it with the process.
-    reopened = open_index(data_dir=str(tmp_path), collection="catalogue")
+    reopened = open_catalog(data_dir=tmp_path).live("catalogue")
     _fill(reopened, V1, range(1, 4))
     assert reopened.count() == 3
     reopened.close()
@@ -75,11 +74,11 @@ def test_locks_are_released_on_close_and_refused_to_a_second_handle(tmp_path: Pa
         EdgeIndex(tmp_path, "catalogue")
     first.close()
     EdgeIndex(tmp_path, "catalogue").close()
-    reader = FollowingEdgeIndex(tmp_path, "catalogue")
+    reader = EdgeCatalog(tmp_path).live("catalogue")
     with pytest.raises(StoreLockedError, match="data directory"):
-        FollowingEdgeIndex(tmp_path, "catalogue")
+        EdgeCatalog(tmp_path).live("catalogue")
     reader.close()
-    FollowingEdgeIndex(tmp_path, "catalogue").close()
+    EdgeCatalog(tmp_path).live("catalogue").close()
 
 
 def test_a_collection_held_elsewhere_is_dropped_by_its_holder_when_it_lets_go(tmp_path: Path) -> None:
@@ -87,7 +86,7 @@ def test_a_collection_held_elsewhere_is_dropped_by_its_holder_when_it_lets_go(tm
     old = catalog.open("catalogue")
     _fill(old, V1, range(1, 4))
     catalog.release(old)
-    reader = FollowingEdgeIndex(tmp_path, "catalogue", retire_after_s=0.2)
+    reader = FollowingEdgeIndex(EdgeCatalog(tmp_path), "catalogue", retire_after_s=0.2)
     assert reader.count() == 3
 
     new = catalog.open("catalogue--v2")
@@ -113,6 +112,6 @@ def test_a_drop_left_by_a_holder_that_died_is_done_at_the_next_start(tmp_path: P
         catalog.release(index)
     catalog.switch("catalogue", "catalogue--v2")
     (tmp_path / "catalogue" / DROP_MARKER).touch()  # as if the holder died before it could drop it
-    reader = open_index(data_dir=str(tmp_path), collection="catalogue")
+    reader = open_catalog(data_dir=tmp_path).live("catalogue")
     assert not (tmp_path / "catalogue").exists() and reader.count() == 2
     reader.close()

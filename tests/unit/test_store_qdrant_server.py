@@ -42,7 +42,7 @@ def test_embedder_is_recorded_in_collection_metadata_and_read_back():
 
 
 def test_an_unreachable_server_is_store_unavailable():
-    from fashionsearch.store import StoreUnavailableError
+    from fashionsearch.store import StoreUnavailableError, open_catalog
 
     with pytest.raises(StoreUnavailableError, match="Qdrant did not answer"):
-        QdrantServerIndex.from_url("http://127.0.0.1:9", "catalogue", timeout_s=1)
+        open_catalog(qdrant_url="http://127.0.0.1:9", timeout_s=1).live("catalogue")

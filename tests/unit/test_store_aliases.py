@@ -10,8 +10,10 @@ import pytest
 from qdrant_client import QdrantClient
 
 from fashionsearch.errors import StoreError
-from fashionsearch.store import EmbedderIdentity, StoredPoint, open_index
-from fashionsearch.store.aliases import EdgeCatalog, FollowingEdgeIndex, QdrantCatalog, versioned_name
+from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
+from fashionsearch.store.base import versioned_name
+from fashionsearch.store.edge import EdgeCatalog, FollowingEdgeIndex
+from fashionsearch.store.qdrant_server import QdrantCatalog
 
 V1 = EmbedderIdentity("emb", "1")
 V2 = EmbedderIdentity("emb", "2.0/beta")
@@ -36,7 +38,7 @@ def test_edge_alias_switch_is_followed_by_a_reader(tmp_path: Path) -> None:
     plain.close()
     assert catalog.resolve("catalogue") == "catalogue"
 
-    reader = open_index(data_dir=str(tmp_path), collection="catalogue")
+    reader = open_catalog(data_dir=tmp_path).live("catalogue")
     assert isinstance(reader, FollowingEdgeIndex)
     assert reader.count() == 3 and reader.info().embedder == V1
 
@@ -86,3 +88,16 @@ def test_qdrant_alias_switch_is_atomic_and_replaces_a_plain_collection() -> None
     catalog.drop(first)
     assert not client.collection_exists(first)
     catalog.close()
+
+
+def test_one_factory_opens_every_backend(tmp_path: Path) -> None:
+    edge = open_catalog(data_dir=tmp_path / "edge")
+    assert isinstance(edge, EdgeCatalog) and edge.label == f"edge {tmp_path / 'edge'}"
+    local = open_catalog(qdrant_path=tmp_path / "qdrant")
+    try:
+        assert isinstance(local, QdrantCatalog) and local.label == f"qdrant {tmp_path / 'qdrant'}"
+        assert local.resolve("catalogue") is None
+    finally:
+        local.close()
+    with pytest.raises(StoreError, match="data directory"):
+        open_catalog()
