@@ -36,9 +36,10 @@ test: install ## run every test (unit, integration, e2e, training)
 test-fast: install ## unit and integration tests only
 	$(PY) -m pytest -m "not e2e and not training"
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, mypy (strict for fashionsearch/ and services/; pyproject.toml)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) -m mypy
 
 proto: install ## regenerate fashionsearch/v1 from proto/ (pinned grpcio-tools from requirements/dev.txt)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/fashionsearch/v1/*.proto

@@ -36,6 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -161,9 +162,7 @@ def check_client() -> None:
         )
 
 
-def load(
-    protocol: str, target: str, method: str, body: Path, concurrency: int, seconds: float
-) -> dict[str, float | int | dict[str, int]]:
+def load(protocol: str, target: str, method: str, body: Path, concurrency: int, seconds: float) -> dict[str, Any]:
     command = [
         "node",
         str(CLIENT_DIR / "loadgen.mjs"),
@@ -343,7 +342,7 @@ def main() -> int:
     return 0
 
 
-def report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu):  # type: ignore[no-untyped-def]
+def report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu):
     the_limit = statistics.fmean(m.per_s for m in rate_limits)
     limit_cpu_ms = statistics.fmean(m.cpu_ms for m in cpu_limits)
     cores = os.cpu_count() or 1

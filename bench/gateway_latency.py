@@ -56,7 +56,7 @@ def timed(call: Callable[[int], object], n: int) -> dict[str, float]:
 
 
 def measure(
-    stack: ProcessStack, stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: int
+    stack: ProcessStack, stub: gateway_pb2_grpc.GatewayStub, images: list[bytes], n: int, mode: gateway_pb2.FilterMode
 ) -> dict[str, float]:
     """timed() Search calls, plus each service's CPU ms per search (user + system, over the calls)."""
 

@@ -17,6 +17,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -75,7 +76,7 @@ def main() -> int:
     missing: list[str] = []
     seen: dict[str, str] = {}
     images = catalogue_images(max(BATCHES))
-    tf = None
+    tf: Any = None
     for model_dir in sorted(p.parent for p in (REPO_ROOT / "models").glob("*/model.json")):
         spec = ModelSpec.load(model_dir)
         if spec.onnx_sha256 in seen:
@@ -89,7 +90,9 @@ def main() -> int:
             missing.append(f"{model_dir.name} ({spec.name}@{spec.version}): no saved Keras model under .cache/runs")
             continue
         if tf is None:
-            import tensorflow as tf  # noqa: PLC0415 - heavy, only when a Keras model exists
+            import tensorflow  # noqa: PLC0415 - heavy, only when a Keras model exists
+
+            tf = tensorflow
 
             tf.config.threading.set_intra_op_parallelism_threads(args.threads)
             tf.config.threading.set_inter_op_parallelism_threads(1)

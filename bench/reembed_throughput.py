@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, cast
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
@@ -34,7 +35,7 @@ from fashionsearch.store.edge import EdgeCatalog  # noqa: E402
 from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
 from jobs.indexer.runner import Options, Summary, run  # noqa: E402
-from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients  # noqa: E402
+from jobs.indexer.targets import DirectTarget, GatewayTarget, ModelClients, Target  # noqa: E402
 from testkit.process_stack import ProcessStack, cpu_seconds  # noqa: E402
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder  # noqa: E402
 
@@ -120,7 +121,7 @@ def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample
         t0 = time.perf_counter()
         images = decode_batch(chunk, target_size=(width, height))
         t1 = time.perf_counter()
-        batch = preprocess(images, spec)
+        batch = preprocess(cast(list[Any], images), spec)  # the sample's images all decode
         t2 = time.perf_counter()
         embedder._model.run(batch)  # noqa: SLF001
         t3 = time.perf_counter()
@@ -174,7 +175,7 @@ def main() -> int:
             fetcher = ImageFetcher(root=manifest.image_root)
             if args.mode in ("direct", "both"):
                 for title in ("direct: full re-embed into a new Edge collection", "direct: incremental re-run"):
-                    target = DirectTarget(
+                    target: Target = DirectTarget(
                         EdgeCatalog(tmp / "direct-store"),
                         ModelClients(addr["embedder"], addr["classifier"], timeout_s=60, max_batch=args.batch_size),
                         "catalogue",

@@ -21,7 +21,9 @@ import sys
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +143,7 @@ def main() -> int:
 
     warnings.filterwarnings("ignore", message="(Local mode|Payload indexes)")
     names, p = subcategory_distribution()
-    rows = []
+    rows: list[tuple[Any, ...]] = []
     for n in (int(s) for s in args.sizes.split(",")):
         rng = np.random.default_rng(args.seed)
         vectors, categories = make_points(n, rng, names, p)
@@ -152,7 +154,7 @@ def main() -> int:
         ]
         reference: list[list[int]] | None = None
         with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-            engines = [
+            engines: list[tuple[str, Callable[[], Any], int]] = [
                 ("numpy brute force", NumpyBruteForce, args.queries),
                 ("qdrant edge (exact)", lambda: EdgeIndex(Path(tmp) / "edge", "bench", search_threads=1), args.queries),
                 (

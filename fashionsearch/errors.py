@@ -13,7 +13,7 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypedDict
 
 import grpc
 import grpc.aio
@@ -145,7 +145,12 @@ def from_rpc_error(error: grpc.aio.AioRpcError | grpc.RpcError, what: str) -> Fa
     return Unavailable(f"{what} is unavailable ({code.name if code else 'UNKNOWN'}: {details})")
 
 
-def item_error_fields(error: FashionSearchError) -> dict[str, object]:
+class ItemErrorFields(TypedDict):
+    code: int
+    message: str
+
+
+def item_error_fields(error: FashionSearchError) -> ItemErrorFields:
     """Keyword arguments for a `fashionsearch.v1.ItemError` describing `error` (one failed item of a batch)."""
     return {"code": code_number(error.code), "message": error.message}
 

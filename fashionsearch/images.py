@@ -76,7 +76,7 @@ def decode_image(
     if len(data) > limits.max_bytes:
         raise InvalidArgument(f"image is {len(data)} bytes, more than the limit of {limits.max_bytes} bytes")
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -155,7 +155,8 @@ def _decode_plain_jpeg(data: bytes, limits: ImageLimits, target_size: tuple[int,
     _check_size(width, height, limits)
     try:
         # strict: a warning (truncated or corrupt data) is an error here, and Pillow then reports it.
-        return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        pixels: np.ndarray = simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        return pixels
     except ValueError:
         return None
 

@@ -40,8 +40,9 @@ class InputSpec:
     height: int
     width: int
     scale: float = 1.0 / 255.0
-    mean: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    std: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    # Three values each; model.json may say otherwise, which validation reports.
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
     resize: Literal["stretch", "pad"] = "stretch"
     pad_value: float | None = None
     channels: int = 3
@@ -150,8 +151,8 @@ class ModelSpec:
                 height=raw_input.pop("height"),
                 width=raw_input.pop("width"),
                 scale=float(raw_input.pop("scale")),
-                mean=tuple(float(v) for v in raw_input.pop("mean")),  # type: ignore[arg-type]
-                std=tuple(float(v) for v in raw_input.pop("std")),  # type: ignore[arg-type]
+                mean=tuple(float(v) for v in raw_input.pop("mean")),
+                std=tuple(float(v) for v in raw_input.pop("std")),
                 resize=raw_input.pop("resize"),
                 pad_value=raw_input.pop("pad_value", None),
                 channels=raw_input.pop("channels"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -146,7 +146,7 @@ async def start_model_server(
 def run_model_service(
     kind: str,
     from_env: Callable[[], ModelServiceSettings],
-    serve: Callable[[Any], Awaitable[None]],
+    serve: Callable[[Any], Coroutine[Any, Any, None]],
 ) -> int:
     """The body of `python -m services.<kind>`: exit status 2, with the reason logged, when it cannot start."""
     configure_logging()

@@ -161,7 +161,7 @@ class OnnxModel:
     def warm_up(self, batch_size: int = 1) -> None:
         """Run one inference on a grey batch and check what comes out; raises ModelContractError when wrong."""
         want = self.spec.input
-        grey = np.full((batch_size, want.height, want.width, want.channels), 128, dtype=np.float32)
+        grey: np.ndarray = np.full((batch_size, want.height, want.width, want.channels), 128, dtype=np.float32)
         grey = (grey * np.float32(want.scale) - np.asarray(want.mean, np.float32)) / np.asarray(want.std, np.float32)
         outputs = self.run(grey.astype(np.float32))
         for name, array in outputs.items():
@@ -217,7 +217,8 @@ class OnnxAdapter:
 
         The same bits as that image's row of `preprocess()` on a whole batch (every step is per pixel).
         """
-        return preprocess([image], self._model.spec.input)[0]
+        row: np.ndarray = preprocess([image], self._model.spec.input)[0]
+        return row
 
 
 def shape_matches(actual: Sequence[object], expected: Sequence[object]) -> bool:

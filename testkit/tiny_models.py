@@ -116,7 +116,8 @@ def write_tiny_classifier(
         onnx_sha256=sha,
         input=_input_spec(height, width),
         outputs=tuple(
-            OutputHead(name=head_output_name(attr), attribute=attr, labels=labels) for attr, labels in heads.items()
+            OutputHead(name=head_output_name(attr), attribute=attr, labels=tuple(labels))
+            for attr, labels in heads.items()
         ),
         metrics={"note": "tiny test model, untrained"},
     ).write(model_dir)

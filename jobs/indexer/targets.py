@@ -192,7 +192,7 @@ class ModelClients:
         for chunk in self._chunks(images):
             response = _call_with_retries(
                 "classifier ClassifyBatch",
-                lambda chunk=chunk: self._classifier.ClassifyBatch(  # type: ignore[union-attr]
+                lambda chunk=chunk: self._classifier.ClassifyBatch(
                     classifier_pb2.ClassifyBatchRequest(images=chunk, top_k=1), timeout=self._timeout_s
                 ),
             )
@@ -250,8 +250,10 @@ class DirectTarget:
             # Shards of one rebuild may race to create the new collection: the loser re-opens it.
             try:
                 self._index = self._catalog.open(self.collection)
-            except StoreLockedError as held:
-                raise JobError(f"{held} (while the gateway runs, write its catalogue through it: --gateway)") from None
+            except StoreLockedError as locked:
+                raise JobError(
+                    f"{locked} (while the gateway runs, write its catalogue through it: --gateway)"
+                ) from None
             try:
                 self._index.ensure_collection(dim, identity)
                 break
@@ -272,6 +274,11 @@ class DirectTarget:
             )
         return f"{identity.model}@{identity.version}"
 
+    def _open_index(self) -> VectorIndex:
+        if self._index is None:
+            raise JobError("the target is not prepared (or already finished)")
+        return self._index
+
     def force_switch(self) -> None:
         self._switch = True
 
@@ -280,7 +287,7 @@ class DirectTarget:
         return f"{self._catalog.label} collection {self.collection}, {mode}"
 
     def digests(self) -> Iterator[tuple[int, str]]:
-        for point_id, payload in self._index.scroll([CONTENT_HASH_KEY], 2000):
+        for point_id, payload in self._open_index().scroll([CONTENT_HASH_KEY], 2000):
             yield point_id, str(payload.get(CONTENT_HASH_KEY, ""))
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
@@ -316,12 +323,12 @@ class DirectTarget:
             if errors[i] is None
         ]
         started = time.perf_counter()
-        self._index.upsert(points)
+        self._open_index().upsert(points)
         self.times.add("upsert", time.perf_counter() - started)
         return errors
 
     def delete(self, ids: Sequence[int]) -> int:
-        return len(self._index.delete(list(ids)))
+        return len(self._open_index().delete(list(ids)))
 
     def finish(self, *, complete: bool) -> list[str]:
         if not self.rebuilding:
@@ -332,7 +339,7 @@ class DirectTarget:
             return [f"this shard of {self.collection} is complete; once every shard is, run with --switch-only"]
         if not self._switch:
             return [f"collection {self.collection} is complete; alias {self._alias} not switched (--no-switch)"]
-        self._catalog.release(self._index)
+        self._catalog.release(self._open_index())
         self._index = None
         old = self.live
         self._catalog.switch(self._alias, self.collection)

@@ -46,8 +46,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
     def _prepare(self, data: bytes) -> np.ndarray:
         return self._embedder.prepare(decode_pixels(data, self._limits, self._embedder.input_size))
 
-    def _embed_rows(self, rows: list[np.ndarray]) -> np.ndarray:
-        return self._embedder.embed_prepared(np.stack(rows))
+    def _embed_rows(self, rows: list[np.ndarray]) -> list[np.ndarray]:
+        return list(self._embedder.embed_prepared(np.stack(rows)))
 
     @rpc_errors
     async def Embed(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc.aio
 
@@ -32,7 +33,7 @@ class Gateway:
     service: GatewayService
     index: VectorIndex
     channels: list[grpc.aio.Channel] = field(default_factory=list)
-    batchers: list[CallBatcher] = field(default_factory=list)
+    batchers: list[CallBatcher[Any]] = field(default_factory=list)
     _closed: bool = False
 
     async def close(self) -> None:
@@ -63,7 +64,7 @@ def bootstrap(
     Must run inside the event loop that will serve (gRPC aio channels bind to it).
     """
     channels: list[grpc.aio.Channel] = []
-    batchers: list[CallBatcher] = []
+    batchers: list[CallBatcher[Any]] = []
     options = channel_options(max_message_bytes(settings), settings.peer_lb_policy)
     if classifier is None:
         channel = grpc.aio.insecure_channel(str(settings.classifier_addr), options=options)

@@ -12,7 +12,7 @@ import numpy as np
 from fashionsearch import classification
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
-from fashionsearch.text_query import QueryTerm
+from fashionsearch.text_query import QueryTerm as QueryTerm  # part of the gateway's domain vocabulary
 
 
 @dataclass(frozen=True)

@@ -108,7 +108,9 @@ class _BodyTooLarge(Exception):
 
 def _errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.StreamResponse]]:
     @web.middleware
-    async def errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]):
+    async def errors(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
         refused = _check_length(request, max_body_bytes)
         if refused is not None:
             return refused

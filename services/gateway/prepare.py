@@ -35,7 +35,7 @@ def shrink_photo(data: bytes, *, above_pixels: int, side: int, max_pixels: int =
     if above_pixels <= 0:
         return data
     try:
-        image = Image.open(io.BytesIO(data), formats=FORMATS)
+        image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
         width, height = image.size
         if width * height <= above_pixels or width * height > max_pixels:
             return data

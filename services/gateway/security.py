@@ -312,7 +312,7 @@ def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse
     return api_keys
 
 
-class MalformedRequestLog(logging.LoggerAdapter):
+class MalformedRequestLog(logging.LoggerAdapter[logging.Logger]):
     """The logger given to the gateway's aiohttp server, so a request that is not valid HTTP does not reach the log.
 
     aiohttp reports such a request (`Authorization : Bearer <key>`, bare-LF line endings, a bad header byte) with

@@ -28,6 +28,7 @@ from fashionsearch.errors import (
 from fashionsearch.store import (
     FILTER_FIELDS,
     CollectionMismatchError,
+    Hit,
     StoredPoint,
     StoreError,
     StoreUnavailableError,
@@ -211,7 +212,7 @@ class GatewayService:
             predicted = classification.top_labels().get("subCategory")
             filters = {"subCategory": (predicted,)} if predicted else {}
         vector, filters, refine_terms = await self._refine(embedding.vector, filters, options)
-        hits: tuple = ()
+        hits: tuple[Hit, ...] = ()
         if await self._check_embedder(embedding):
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
         neighbour_names = [str(h.payload.get("name", "")) for h in hits]
@@ -273,7 +274,7 @@ class GatewayService:
         reason = words.nothing_known(text)
         if not reason and match is TextMatch.FILTERS and not understood:
             reason = "no word names a colour, gender, article type, usage or season; match by vector instead"
-        hits: tuple = ()
+        hits: tuple[Hit, ...] = ()
         searched = not reason and await self._check_embedder(Embedding(text.vector, text.image_model))
         if searched:
             # Filters alone have no ranking: a zero vector is equally far from every (unit) photo vector.
@@ -374,8 +375,8 @@ class GatewayService:
             # The whole batch failed (embedder down or slow, store refused): every item not yet failed gets it.
             for index in todo:
                 errors.setdefault(index, error)
-        for index, error in errors.items():
-            logger.info("upsert of product %s failed: %s", batch[index].id, error.message)
+        for index, failure in errors.items():
+            logger.info("upsert of product %s failed: %s", batch[index].id, failure.message)
         return [UpsertOutcome(id=item.id, error=errors.get(index)) for index, item in enumerate(batch)]
 
     async def _predict_missing(
@@ -461,7 +462,7 @@ async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for task in tasks:
             if task in done and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
+                raise task.exception()
         return classify_task.result(), embed_task.result()
     finally:
         for task in tasks:

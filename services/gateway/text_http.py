@@ -55,7 +55,7 @@ def text_options(body: dict[str, Any]) -> tuple[str, TextSearchOptions]:
     if match is not None and match not in TEXT_MATCHES:
         raise InvalidArgument(f"unknown match {match!r}; allowed: {', '.join(TEXT_MATCHES)}")
     base = options_from_json({k: body[k] for k in ("top_k", "filters") if k in body})
-    return query, TextSearchOptions(top_k=base.top_k, match=TEXT_MATCHES.get(match), filters=base.filters)
+    return query, TextSearchOptions(top_k=base.top_k, match=TEXT_MATCHES.get(match or ""), filters=base.filters)
 
 
 def search_text_handler(service: GatewayService, api: HttpApi) -> Callable[[web.Request], Awaitable[web.Response]]:
