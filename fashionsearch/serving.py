@@ -79,13 +79,23 @@ def handler_like(
     return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
 
 
+class HealthServicer(health.aio.HealthServicer):
+    """grpc's health servicer, which also answers the process it runs in (the gateway's HTTP /healthz)."""
+
+    def status(self, service: str = "") -> int:
+        """What Check answers for `service` (a HealthCheckResponse.ServingStatus), SERVICE_UNKNOWN for a name never
+        set; graceful shutdown included."""
+        # grpc keeps the state in this mapping and has no public reader for it (unit test: test_health_state.py).
+        return int(self._server_status.get(service, health_pb2.HealthCheckResponse.SERVICE_UNKNOWN))
+
+
 class RunningServer:
     """A started grpc.aio server with its health service; stop it with `stop()` (idempotent)."""
 
     def __init__(
         self,
         server: grpc.aio.Server,
-        health_servicer: health.aio.HealthServicer,
+        health_servicer: HealthServicer,
         service_names: Sequence[str],
         host: str,
         port: int,
@@ -228,7 +238,7 @@ async def start_server(
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,
     )
     register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (*service_names, HEALTH_SERVICE_NAME, reflection.SERVICE_NAME),

@@ -9,7 +9,7 @@ from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.admission import Admission, AdmissionInterceptor
 from services.gateway.bootstrap import Gateway, bootstrap, max_message_bytes
-from services.gateway.http import start_http
+from services.gateway.http.app import start_http
 from services.gateway.security import ApiKeyInterceptor, grpc_server_credentials
 from services.gateway.settings import Settings
 
@@ -59,7 +59,7 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
         raise
     if settings.http_port is not None:
         try:
-            http_server = await start_http(settings, gateway.service, gateway.index, running.health, admission)
+            http_server = await start_http(settings, gateway.service, running.health, admission)
         except BaseException:
             await running.stop(0)
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -66,6 +67,10 @@ T = TypeVar("T")
 
 _END = object()
 
+#: The field the catalogue's categories are counted on (the web page's filter), and how long a count is kept: a
+#: count reads every stored item, and every write through this service drops it.
+CATEGORY_FIELD = "subCategory"
+CATEGORY_TTL_S = 30.0
 
 # Room for protobuf framing and the other fields around the largest accepted image.
 MESSAGE_OVERHEAD_BYTES = 64 * 1024
@@ -121,6 +126,7 @@ class GatewayService:
         self._index = index
         self._limits = limits
         self._collection_lock = asyncio.Lock()
+        self._categories: tuple[float, list[tuple[str, int]]] | None = None
 
     # ---- validation -------------------------------------------------------------------------------------------
 
@@ -166,10 +172,10 @@ class GatewayService:
 
     # ---- store access -----------------------------------------------------------------------------------------
 
-    async def _store(self, what: str, call: Callable[..., T], *args: Any) -> T:
+    async def _store(self, what: str, call: Callable[..., T], *args: Any, timeout_s: float | None = None) -> T:
         try:
             with metrics.timed(metrics.STORE_SECONDS.labels(what)):
-                return await asyncio.wait_for(asyncio.to_thread(call, *args), self._limits.store_timeout_s)
+                return await asyncio.wait_for(asyncio.to_thread(call, *args), timeout_s or self._limits.store_timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the vector store did not answer {what} in time") from None
         except StoreUnavailableError as error:
@@ -371,6 +377,7 @@ class GatewayService:
                     points.append(StoredPoint(id=item.id, vector=embedding.vector, payload=payload))
                 if points:
                     await self._store("upsert", self._index.upsert, points)
+                    self._categories = None
         except FashionSearchError as error:
             # The whole batch failed (embedder down or slow, store refused): every item not yet failed gets it.
             for index in todo:
@@ -411,6 +418,7 @@ class GatewayService:
         for item_id in ids:
             self._check_id(item_id)
         await self._store("delete", self._index.delete, list(ids))
+        self._categories = None
         return await self._store("count", self._index.count)
 
     async def get(self, item_id: int) -> StoredItem:
@@ -438,6 +446,25 @@ class GatewayService:
                 page = []
         if page:
             yield page
+
+    async def categories(self) -> list[tuple[str, int]]:
+        """The CATEGORY_FIELD values in the catalogue with their counts, most common first (kept CATEGORY_TTL_S)."""
+        now = time.monotonic()
+        if self._categories is None or now - self._categories[0] > CATEGORY_TTL_S:
+            # A scan of the whole catalogue: a longer limit than one call's.
+            counts = await self._store("categories", self._count_categories, timeout_s=4 * self._limits.store_timeout_s)
+            self._categories = (now, sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+        return self._categories[1]
+
+    def _count_categories(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        if self._index.info() is None:
+            return counts
+        for _, payload in self._index.scroll([CATEGORY_FIELD], 1000):
+            value = str(payload.get(CATEGORY_FIELD) or "")
+            if value:
+                counts[value] = counts.get(value, 0) + 1
+        return counts
 
     async def stats(self) -> Stats:
         count = await self._store("count", self._index.count)

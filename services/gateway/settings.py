@@ -41,7 +41,7 @@ class Settings:
     store_search_threads: int = 1
     grace_s: float = 5.0
     log_level: str = "INFO"
-    #: Port of the HTTP/JSON API and web page (services/gateway/http.py) on the same host as gRPC; 0 picks a free
+    #: Port of the HTTP/JSON API and web page (services/gateway/http/) on the same host as gRPC; 0 picks a free
     #: port, None turns HTTP off (GATEWAY_HTTP_ENABLED=false).
     http_port: int | None = DEFAULT_HTTP_PORT
     #: None: derived from max_image_bytes (http_body_limit); a value caps it lower.
@@ -84,6 +84,11 @@ class Settings:
         request = Limits(max_image_bytes=self.max_image_bytes).max_request_bytes
         derived = 4 * -(-request // 3) + MESSAGE_OVERHEAD_BYTES
         return min(self.http_max_body_bytes or derived, derived)
+
+    @property
+    def metrics_on_http_port(self) -> bool:
+        """Whether the HTTP API serves /metrics itself (the metrics port is its port), not a server of its own."""
+        return self.metrics_port is not None and self.metrics_port == self.http_port
 
     @property
     def api_keys(self) -> ApiKeys:

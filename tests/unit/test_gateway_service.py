@@ -300,3 +300,21 @@ async def test_a_broken_store_is_unavailable(fakes):
 
 def test_vector_for_is_deterministic():
     assert vector_for(b"a").shape == (DIM,) and np.array_equal(vector_for(b"a"), vector_for(b"a"))
+
+
+@run_async
+async def test_categories_are_counted_kept_and_recounted_after_any_write(service, fakes):
+    _, _, index = fakes
+    assert await service.categories() == []  # no collection yet
+    await _load(service)
+    assert await service.categories() == [("Topwear", 3), ("Bottomwear", 1), ("Shoes", 1)]
+    scans = []
+    original = index.scroll
+    index.scroll = lambda *args: (scans.append(args), original(*args))[1]
+    assert await service.categories() == [("Topwear", 3), ("Bottomwear", 1), ("Shoes", 1)]
+    assert scans == []  # kept, not counted again
+    await service.delete([3])  # a write through any API (gRPC or HTTP) drops the count
+    assert await service.categories() == [("Topwear", 3), ("Shoes", 1)]
+    await _load(service, [_item(9, "Shoes", "Casual Shoes")])
+    assert await service.categories() == [("Topwear", 3), ("Shoes", 2)]
+    assert len(scans) == 2

@@ -16,15 +16,15 @@ from aiohttp import web
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.text_contract import MAX_QUERY_CHARS
 from services.gateway.domain import QueryTerm, TextMatch, TextSearchOptions
+from services.gateway.http.parsing import REFINE_PARAM, options_from_json, read_json
+from services.gateway.http.responses import filters_json, model_json
 
-if TYPE_CHECKING:
-    from services.gateway.http import HttpApi
+if TYPE_CHECKING:  # the handler's owner, which imports this module
+    from services.gateway.http.handlers import HttpApi
     from services.gateway.service import GatewayService
 
 TEXT_MATCHES = {match.value: match for match in TextMatch}
 _TEXT_FIELDS = ("query", "top_k", "match", "filters")
-#: The refinement words' parameter (form, query string) and JSON field of photo and by-id searches.
-REFINE_PARAM = "refine"
 
 
 def term_json(term: QueryTerm) -> dict[str, Any]:
@@ -43,8 +43,6 @@ def terms_json(terms: Sequence[QueryTerm]) -> list[dict[str, Any]]:
 
 def text_options(body: dict[str, Any]) -> tuple[str, TextSearchOptions]:
     """The query and options of a /v1/search/text body."""
-    from services.gateway.http import options_from_json
-
     unknown = sorted(set(body) - set(_TEXT_FIELDS))
     if unknown:
         raise InvalidArgument(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_TEXT_FIELDS)}")
@@ -60,10 +58,9 @@ def text_options(body: dict[str, Any]) -> tuple[str, TextSearchOptions]:
 
 def search_text_handler(service: GatewayService, api: HttpApi) -> Callable[[web.Request], Awaitable[web.Response]]:
     """POST /v1/search/text over the GatewayService."""
-    from services.gateway.http import _read_json, filters_json, model_json
 
     async def search_text(request: web.Request) -> web.Response:
-        query, options = text_options(await _read_json(request))
+        query, options = text_options(await read_json(request))
         result = await service.search_text(query, options)
         return web.json_response(
             {

@@ -1,0 +1,421 @@
+"""The OpenAPI document of the HTTP API, served at /openapi.json; a test checks that it lists exactly the routes of
+app.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fashionsearch.catalogue import PAYLOAD_FIELDS
+from fashionsearch.store import FILTER_FIELDS
+from services.gateway.http import text
+from services.gateway.http.parsing import DEFAULT_LIST_CHUNK, FILTER_MODES
+from services.gateway.security import API_KEY_HEADER
+from services.gateway.settings import Settings
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _errors(*statuses: int) -> dict[str, Any]:
+    reasons = {
+        400: "Invalid argument: undecodable, empty or oversized image, bad top_k, unknown filter field",
+        404: "Unknown product id",
+        409: "Failed precondition: the stored vectors come from another embedder version; re-index",
+        413: "Request body over the limit (derived from GATEWAY_MAX_IMAGE_BYTES; GATEWAY_HTTP_MAX_BODY_BYTES)",
+        401: "No API key, or an unknown one (see GATEWAY_READ_API_KEYS, GATEWAY_WRITE_API_KEYS)",
+        403: "The key allows searches only, or catalogue writes are turned off",
+        415: "Unsupported content type",
+        503: "A dependency (classifier, embedder, vector store) is unavailable, or the gateway is at its limit of"
+        " requests in flight (then with Retry-After)",
+        504: "A dependency did not answer within its deadline",
+    }
+    return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
+
+
+def openapi_document(settings: Settings) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the HTTP API."""
+    string = {"type": "string"}
+    integer = {"type": "integer"}
+    id_param = {"name": "id", "in": "path", "required": True, "schema": {**integer, "minimum": 1}}
+    search_params = [
+        {
+            "name": "top_k",
+            "in": "query",
+            "schema": {**integer, "minimum": 1, "maximum": settings.max_top_k, "default": settings.default_top_k},
+        },
+        {"name": "filter_mode", "in": "query", "schema": _ref("FilterMode")},
+        {
+            "name": "filter.{field}",
+            "in": "query",
+            "description": "Explicit filter, repeatable: filter.subCategory=Topwear&filter.baseColour=Black. "
+            f"Fields: {', '.join(FILTER_FIELDS)}. Giving one implies filter_mode=explicit.",
+            "schema": string,
+        },
+        text.REFINE_PARAMETER,
+    ]
+    model = {
+        "type": ["object", "null"],
+        "properties": {"name": string, "version": string, "onnx_sha256": string},
+    }
+    schemas: dict[str, Any] = {
+        "Error": {"type": "object", "required": ["error"], "properties": {"error": _ref("ErrorDetail")}},
+        "ErrorDetail": {
+            "type": "object",
+            "required": ["status", "code", "message"],
+            "properties": {
+                "status": integer,
+                "code": {**string, "description": "gRPC status name, e.g. INVALID_ARGUMENT"},
+                "message": string,
+            },
+        },
+        "FilterMode": {
+            "type": "string",
+            "enum": list(FILTER_MODES),
+            "description": "predicted_subcategory (default): the predicted subCategory (or, for by-id, the item's);"
+            " none: the whole catalogue; explicit: the filter.<field> parameters.",
+        },
+        "Payload": {
+            "type": "object",
+            "properties": {k: (integer if k == "year" else string) for k in PAYLOAD_FIELDS},
+        },
+        "Hit": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "distance": {"type": "number", "description": "Euclidean distance between embeddings"},
+                "payload": _ref("Payload"),
+                "image_url": {"type": ["string", "null"]},
+            },
+        },
+        "Filters": {"type": "object", "additionalProperties": {"type": "array", "items": string}},
+        "SearchResponse": {
+            "type": "object",
+            "properties": {
+                "attributes": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "attribute": string,
+                            "labels": {
+                                "type": "array",
+                                "items": {
+                                    "type": "object",
+                                    "properties": {"label": string, "probability": {"type": "number"}},
+                                },
+                            },
+                        },
+                    },
+                },
+                "suggested_name": string,
+                "keywords": {"type": "array", "items": string},
+                "hits": {"type": "array", "items": _ref("Hit")},
+                "applied_filters": _ref("Filters"),
+                "classifier_model": model,
+                "embedder_model": model,
+                "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
+            },
+        },
+        "SimilarResponse": {
+            "type": "object",
+            "properties": {
+                "hits": {"type": "array", "items": _ref("Hit")},
+                "applied_filters": _ref("Filters"),
+                "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
+            },
+        },
+        "SearchByIdRequest": {
+            "type": "object",
+            "required": ["id"],
+            "properties": {
+                "id": integer,
+                "top_k": integer,
+                "filter_mode": _ref("FilterMode"),
+                "filters": _ref("Filters"),
+                "refine": {**string, "description": "words that refine the search, e.g. 'in red'"},
+            },
+        },
+        "Item": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "payload": _ref("Payload"),
+                "content_hash": string,
+                "image_url": {"type": ["string", "null"]},
+            },
+        },
+        "UpsertResult": {
+            "type": "object",
+            "properties": {
+                "id": integer,
+                "upserted": {"type": "boolean"},
+                "error": {"oneOf": [{"type": "null"}, _ref("ErrorDetail")]},
+            },
+        },
+        "ItemCount": {"type": "object", "properties": {"item_count": integer}},
+        "Stats": {
+            "type": "object",
+            "properties": {
+                "item_count": integer,
+                "stored_embedder": model,
+                "running_embedder": model,
+                "classifier": model,
+            },
+        },
+        "Health": {"type": "object", "properties": {"status": string}},
+        **text.openapi_schemas(settings.max_top_k),
+    }
+    image_body = {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["image"],
+                "properties": {"image": {"type": "string", "format": "binary"}},
+            }
+        },
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
+    }
+    paths: dict[str, Any] = {
+        "/v1/search": {
+            "post": {
+                "summary": "Search by photo: predicted attributes, suggested name and keywords, similar products",
+                "parameters": search_params,
+                "requestBody": {"required": True, "content": image_body},
+                "responses": {
+                    "200": _json(_ref("SearchResponse"), "Search result"),
+                    **_errors(400, 409, 413, 415, 503, 504),
+                },
+            }
+        },
+        "/v1/search/by-id": {
+            "post": {
+                "summary": "More like this: products similar to a catalogue product (the product itself excluded)",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _ref("SearchByIdRequest")}},
+                },
+                "responses": {"200": _json(_ref("SimilarResponse"), "Similar products"), **_errors(400, 404, 503, 504)},
+            }
+        },
+        "/v1/items/{id}/similar": {
+            "get": {
+                "summary": "More like this (query-string form of /v1/search/by-id)",
+                "parameters": [id_param, *search_params],
+                "responses": {"200": _json(_ref("SimilarResponse"), "Similar products"), **_errors(400, 404, 503, 504)},
+            }
+        },
+        "/v1/items": {
+            "get": {
+                "summary": "Every item's id and content hash, one JSON object per line",
+                "parameters": [
+                    {
+                        "name": "chunk_size",
+                        "in": "query",
+                        "description": "Lines read and written at a time (every item is listed whatever its value)",
+                        "schema": {**integer, "minimum": 1, "maximum": 10000, "default": DEFAULT_LIST_CHUNK},
+                    },
+                    {
+                        "name": "page_size",
+                        "in": "query",
+                        "description": "chunk_size's name until version 0.1",
+                        "deprecated": True,
+                        "schema": {**integer, "minimum": 1, "maximum": 10000},
+                    },
+                ],
+                "responses": {
+                    "200": {
+                        "description": "NDJSON lines {id, content_hash}",
+                        "content": {"application/x-ndjson": {"schema": string}},
+                    },
+                    **_errors(400, 503, 504),
+                },
+            },
+            "post": {
+                "summary": "Upsert a batch of items; one result per item, in order",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["items"],
+                                "properties": {
+                                    "items": {
+                                        "type": "array",
+                                        "items": {
+                                            "type": "object",
+                                            "required": ["id", "image_base64"],
+                                            "properties": {
+                                                "id": integer,
+                                                "image_base64": string,
+                                                "payload": _ref("Payload"),
+                                                "content_hash": string,
+                                            },
+                                        },
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "properties": {"results": {"type": "array", "items": _ref("UpsertResult")}}},
+                        "Per-item results",
+                    ),
+                    **_errors(400, 413),
+                },
+            },
+        },
+        "/v1/items/delete": {
+            "post": {
+                "summary": "Delete items by id (unknown ids are ignored)",
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"type": "object", "properties": {"ids": {"type": "array", "items": integer}}}
+                        }
+                    },
+                },
+                "responses": {"200": _json(_ref("ItemCount"), "Items left"), **_errors(400, 503, 504)},
+            }
+        },
+        "/v1/items/{id}": {
+            "get": {
+                "summary": "One catalogue item",
+                "parameters": [id_param],
+                "responses": {"200": _json(_ref("Item"), "The item"), **_errors(400, 404, 503, 504)},
+            },
+            "put": {
+                "summary": "Upsert one item: its photo and payload",
+                "parameters": [id_param],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "multipart/form-data": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["image"],
+                                "properties": {
+                                    "image": {"type": "string", "format": "binary"},
+                                    "payload": {"type": "string", "description": "JSON object of Payload fields"},
+                                    "content_hash": string,
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {"200": _json(_ref("UpsertResult"), "Stored"), **_errors(400, 409, 413, 415, 503, 504)},
+            },
+            "delete": {
+                "summary": "Delete one item (an unknown id is not an error)",
+                "parameters": [id_param],
+                "responses": {"200": _json(_ref("ItemCount"), "Items left"), **_errors(400, 503, 504)},
+            },
+        },
+        "/v1/items/{id}/image": {
+            "get": {
+                "summary": "Redirect to the item's image: a GATEWAY_IMAGE_ROOT file or a URL on a"
+                " GATEWAY_IMAGE_URL_HOSTS host",
+                "parameters": [id_param],
+                "responses": {"302": {"description": "Location of the image"}, **_errors(400, 404)},
+            }
+        },
+        "/v1/stats": {
+            "get": {
+                "summary": "Item count and the models in use",
+                "responses": {"200": _json(_ref("Stats"), "Statistics"), **_errors(503, 504)},
+            }
+        },
+        "/v1/categories": {
+            "get": {
+                "summary": "The subCategory values in the catalogue, most frequent first",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "field": string,
+                                "values": {
+                                    "type": "array",
+                                    "items": {"type": "object", "properties": {"value": string, "count": integer}},
+                                },
+                            },
+                        },
+                        "Values and counts",
+                    ),
+                    **_errors(503, 504),
+                },
+            }
+        },
+        "/healthz": {
+            "get": {
+                "summary": "The gateway's gRPC health status",
+                "parameters": [{"name": "service", "in": "query", "schema": string}],
+                "responses": {
+                    "200": _json(_ref("Health"), "SERVING"),
+                    "503": _json(_ref("Health"), "NOT_SERVING or SERVICE_UNKNOWN"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "responses": {"200": {"description": "The OpenAPI document", "content": {"application/json": {}}}},
+            }
+        },
+        "/catalogue/{path}": {
+            "get": {
+                "summary": "A product image under GATEWAY_IMAGE_ROOT (what a hit's image_url points to)",
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": string}],
+                "responses": {"200": {"description": "The image file"}, **_errors(404)},
+            }
+        },
+        "/images/{path}": {
+            "get": {
+                "summary": "The same as /catalogue/{path}: the prefix of version 0.1, answered for one more version",
+                "deprecated": True,
+                "parameters": [{"name": "path", "in": "path", "required": True, "schema": string}],
+                "responses": {"200": {"description": "The image file"}, **_errors(404)},
+            }
+        },
+    }
+    if settings.metrics_on_http_port:
+        paths["/metrics"] = {
+            "get": {
+                "summary": "Prometheus metrics (no API key; on GATEWAY_METRICS_PORT instead when that is set apart)",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
+            }
+        }
+    paths.update(text.openapi_paths(_errors))
+    # /v1 needs a key as services/gateway/security.py decides: writes always, reads when read keys are set.
+    for path, operations in paths.items():
+        if path.startswith("/v1/"):
+            for operation in operations.values():
+                operation["security"] = [{"bearer": []}, {"apiKey": []}, {}]
+                operation["responses"].update(_errors(401, 403))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "fashionsearch gateway HTTP API",
+            "version": "1",
+            "description": "JSON mirror of the fashionsearch.v1.Gateway gRPC service. Errors carry the gRPC code"
+            " name and a message: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 503 UNAVAILABLE,"
+            " 504 DEADLINE_EXCEEDED.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER},
+            },
+        },
+    }

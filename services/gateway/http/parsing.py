@@ -1,0 +1,181 @@
+"""Reading HTTP requests into the gateway's domain: numbers, search options from a query string, a form or JSON,
+JSON and multipart bodies (within the body limit), catalogue payloads. Every bad input is an InvalidArgument (400)
+that says what was wrong."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from aiohttp import BodyPartReader, MultipartReader, http_exceptions, web
+
+from fashionsearch.errors import InvalidArgument
+from fashionsearch.parsing import parse_int, parse_json
+from fashionsearch.store import FILTER_FIELDS
+from services.gateway.domain import FilterMode, SearchOptions
+
+FILTER_MODES = {mode.value: mode for mode in FilterMode}
+FILTER_PREFIX = "filter."
+#: The refinement words' parameter (form, query string) and JSON field of photo and by-id searches.
+REFINE_PARAM = "refine"
+READ_CHUNK = 64 * 1024
+#: GET /v1/items: lines read from the store and written at a time.
+DEFAULT_LIST_CHUNK = 1000
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+def int_field(value: Any, what: str) -> int:
+    """An integer by `fashionsearch.parsing.parse_int`'s strict rules (the indexer's too); its error as a 400."""
+    try:
+        return parse_int(value, what)
+    except ValueError as bad:
+        raise InvalidArgument(str(bad)) from None
+
+
+def item_id_of(request: web.Request) -> int:
+    return int_field(request.match_info["id"], "product id")
+
+
+def filter_mode(value: str | None, has_filters: bool) -> FilterMode:
+    """The filter mode; with filters given and no mode, the explicit mode is meant."""
+    if value is None or value == "":
+        return FilterMode.EXPLICIT if has_filters else FilterMode.PREDICTED_SUBCATEGORY
+    mode = FILTER_MODES.get(value)
+    if mode is None:
+        raise InvalidArgument(f"unknown filter_mode {value!r}; allowed: {', '.join(FILTER_MODES)}")
+    return mode
+
+
+def options_from_params(params: list[tuple[str, str]]) -> SearchOptions:
+    """SearchOptions from query or form parameters: top_k, filter_mode and filter.<field>=<value> (repeatable)."""
+    top_k: int | None = None
+    mode: str | None = None
+    refine = ""
+    filters: dict[str, list[str]] = {}
+    for name, value in params:
+        if name == "top_k":
+            top_k = int_field(value, "top_k")
+        elif name == "filter_mode":
+            mode = value.strip()
+        elif name == REFINE_PARAM:
+            refine = value
+        elif name.startswith(FILTER_PREFIX):
+            filters.setdefault(name[len(FILTER_PREFIX) :], []).append(value)
+        else:
+            raise InvalidArgument(
+                f"unknown parameter {name!r}; allowed: top_k, filter_mode, refine, filter.<field> with a field of "
+                f"{', '.join(FILTER_FIELDS)}"
+            )
+    return SearchOptions(
+        top_k=top_k,
+        mode=filter_mode(mode, bool(filters)),
+        filters=tuple((name, tuple(values)) for name, values in filters.items()),
+        refine_text=refine,
+    )
+
+
+def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
+    """SearchOptions from a JSON object: top_k, filter_mode and filters {field: value or [values]}."""
+    raw_filters = body.get("filters") or {}
+    if not isinstance(raw_filters, dict):
+        raise InvalidArgument('filters must be an object such as {"subCategory": ["Topwear"]}')
+    filters: list[tuple[str, tuple[str, ...]]] = []
+    for name, values in raw_filters.items():
+        values = [values] if isinstance(values, str) else values
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            raise InvalidArgument(f"filter {name!r} must be a string or a list of strings")
+        filters.append((str(name), tuple(values)))
+    top_k = body.get("top_k")
+    mode = body.get("filter_mode")
+    if mode is not None and not isinstance(mode, str):
+        raise InvalidArgument("filter_mode must be a string")
+    refine = body.get(REFINE_PARAM) or ""
+    if not isinstance(refine, str):
+        raise InvalidArgument(f"{REFINE_PARAM} must be a string of words")
+    return SearchOptions(
+        top_k=None if top_k is None else int_field(top_k, "top_k"),
+        mode=filter_mode(mode, bool(filters)),
+        filters=tuple(filters),
+        refine_text=refine,
+    )
+
+
+def load_json(text: bytes | str, what: str) -> Any:
+    """`fashionsearch.parsing.parse_json`; its error as a 400."""
+    try:
+        return parse_json(text)
+    except ValueError as bad:
+        raise InvalidArgument(f"{what} is {bad}") from None
+
+
+async def read_json(request: web.Request) -> dict[str, Any]:
+    body = load_json(await request.read(), "the request body")
+    if not isinstance(body, dict):
+        raise InvalidArgument("the request body must be a JSON object")
+    return body
+
+
+async def read_multipart(request: web.Request, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
+    """Every part of a multipart/form-data body: name -> [(bytes, filename)], at most `limit` bytes in all."""
+    try:
+        return await _read_parts(await request.multipart(), limit)
+    except ValueError as bad:  # aiohttp's word for a body (or boundary) that is not multipart
+        raise InvalidArgument(f"the body is not valid multipart/form-data: {bad}") from None
+    except http_exceptions.HttpProcessingError as bad:  # a part's headers are not valid HTTP headers
+        raise InvalidArgument(f"the body is not valid multipart/form-data: {bad.message}") from None
+
+
+async def _read_parts(reader: MultipartReader, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
+    fields: dict[str, list[tuple[bytes, str | None]]] = {}
+    total = 0
+    while True:
+        part = await reader.next()
+        if part is None:
+            return fields
+        if not isinstance(part, BodyPartReader) or not part.name:
+            raise InvalidArgument("every part of the multipart body must be a named form field")
+        data = bytearray()
+        while chunk := await part.read_chunk(READ_CHUNK):
+            total += len(chunk)
+            if total > limit:
+                raise BodyTooLarge()
+            data.extend(chunk)
+        fields.setdefault(part.name, []).append((bytes(data), part.filename))
+
+
+def form_text(value: bytes, name: str) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"form field {name!r} is not UTF-8 text") from None
+
+
+def single_field(fields: Mapping[str, list[tuple[bytes, str | None]]], name: str) -> bytes | None:
+    values = fields.get(name)
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidArgument(f"form field {name!r} is given {len(values)} times; send it once")
+    return values[0][0]
+
+
+def payload_from_json(value: Any) -> dict[str, Any]:
+    """A catalogue payload from JSON: known fields are type-checked, unknown ones left for the service to refuse."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise InvalidArgument('payload must be a JSON object such as {"name": "...", "subCategory": "Topwear"}')
+    payload: dict[str, Any] = {}
+    for key, item in value.items():
+        if key == "year":
+            payload[key] = 0 if item in (None, "") else int_field(item, "payload year")
+        elif item is None:
+            payload[key] = ""
+        elif isinstance(item, str):
+            payload[key] = item
+        else:
+            raise InvalidArgument(f"payload field {key!r} must be a string, got {item!r}")
+    return payload
