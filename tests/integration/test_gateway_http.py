@@ -1,11 +1,12 @@
-"""The gateway's HTTP/JSON API over a real in-process gateway (tiny ONNX models, Qdrant Edge store in tmp_path).
+"""The gateway's HTTP/JSON API over a real in-process gateway (tiny ONNX models, Qdrant Edge store in tmp_path):
+searches, catalogue writes, stats, health, documents and error mapping. Body limits, images, headers and HTTP
+settings are in test_gateway_http_server.py; the gateway and the client both modules use, in http_api.py.
 
-Requests go through urllib and http.client, like any HTTP client would send them.
+Requests go through urllib and raw sockets, like any HTTP client would send them.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
 import logging
 import socket
@@ -14,15 +15,15 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import uuid
 from dataclasses import replace
-from pathlib import Path
 from typing import Any
 
 import grpc
+import http_api
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
+from gateway_stack import jpeg
 from grpc_health.v1 import health_pb2
+from http_api import HOST, MAX_IMAGE, QUERY, SUBCATEGORIES, Http, error_of
 from service_helpers import BAD_IMAGES
 
 from fashionsearch.errors import (
@@ -35,154 +36,12 @@ from fashionsearch.errors import (
     Unavailable,
 )
 from fashionsearch.v1 import gateway_pb2
-from services.gateway.domain import StoredItem
 from services.gateway.http.app import create_app, start_http
-from services.gateway.settings import Settings as GatewaySettings
-from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration
 
-HOST = "127.0.0.1"
-MAX_BODY = 256 * 1024
-MAX_IMAGE = 128 * 1024
-COLOURS = {
-    "Black": (20, 20, 20),
-    "White": (245, 245, 245),
-    "Red": (200, 30, 30),
-    "Navy Blue": (20, 30, 90),
-    "Green": (30, 150, 60),
-}
-SUBCATEGORIES = ("Topwear", "Bottomwear", "Shoes")
-
-
-def _catalogue(image_root: Path) -> list[gateway_pb2.CatalogueItem]:
-    (image_root / "images").mkdir(parents=True)
-    items = []
-    pid = 200
-    for colour_name, rgb in COLOURS.items():
-        for i, stripe in enumerate((None, (255, 255, 255), (0, 0, 0))):
-            pid += 1
-            sub = SUBCATEGORIES[pid % len(SUBCATEGORIES)]
-            image = jpeg(rgb, stripe=stripe)
-            (image_root / "images" / f"{pid}.jpg").write_bytes(image)
-            items.append(
-                gateway_pb2.CatalogueItem(
-                    id=pid,
-                    image=image,
-                    payload=gateway_pb2.ItemPayload(
-                        name=f"Brand{i} Men {colour_name} {sub}",
-                        gender="Men",
-                        master_category="Apparel",
-                        sub_category=sub,
-                        article_type="Tshirts",
-                        base_colour=colour_name,
-                        season="Summer",
-                        year=2012,
-                        usage="Casual",
-                        image_ref=f"images/{pid}.jpg",
-                    ),
-                )
-            )
-    return items
-
-
-class Http:
-    """A tiny blocking HTTP client for one base URL; 4xx/5xx answers are returned, not raised."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.base = f"http://{HOST}:{port}"
-        self._no_redirect = urllib.request.build_opener(_NoRedirect)
-
-    def call(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
-    ) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Content-Type": content_type} if content_type else {}
-        request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
-        try:
-            with self._no_redirect.open(request, timeout=30) as response:
-                return response.status, dict(response.headers), response.read()
-        except urllib.error.HTTPError as error:
-            return error.code, dict(error.headers), error.read()
-
-    def json(self, method: str, path: str, body: Any = None, **kwargs: Any) -> tuple[int, Any]:
-        if body is not None and not isinstance(body, bytes):
-            body = json.dumps(body).encode()
-            kwargs.setdefault("content_type", "application/json")
-        status, headers, data = self.call(method, path, body, **kwargs)
-        assert headers.get("Content-Type", "").startswith("application/json"), (status, headers, data[:200])
-        return status, json.loads(data)
-
-    def upload(self, path: str, fields: dict[str, bytes | str], method: str = "POST") -> tuple[int, Any]:
-        body, content_type = multipart(fields)
-        return self.json(method, path, body, content_type=content_type)
-
-
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-
-def multipart(fields: dict[str, bytes | str]) -> tuple[bytes, str]:
-    """A multipart/form-data body: bytes values are files, str values are plain fields."""
-    boundary = uuid.uuid4().hex
-    parts = []
-    for name, value in fields.items():
-        if isinstance(value, bytes):
-            head = (
-                f'Content-Disposition: form-data; name="{name}"; filename="{name}.jpg"\r\n'
-                "Content-Type: image/jpeg\r\n\r\n"
-            )
-            data = value
-        else:
-            head = f'Content-Disposition: form-data; name="{name}"\r\n\r\n'
-            data = value.encode()
-        parts.append(f"--{boundary}\r\n".encode() + head.encode() + data + b"\r\n")
-    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def error_of(status: int, body: Any, expected_status: int, code: str | None = None) -> str:
-    """The error message of an error answer, after checking its shape."""
-    assert status == expected_status, body
-    error = body["error"]
-    assert error["status"] == expected_status and error["message"], body
-    if code is not None:
-        assert error["code"] == code, body
-    return str(error["message"])
-
-
-@pytest.fixture(scope="module")
-def catalogue_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("catalogue")
-
-
-@pytest.fixture(scope="module")
-def items(catalogue_dir) -> list[gateway_pb2.CatalogueItem]:
-    return _catalogue(catalogue_dir)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory, catalogue_dir, items) -> Stack:
-    running = start_stack(
-        tmp_path_factory.mktemp("stack"),
-        max_top_k=20,
-        http_port=free_port(),
-        http_max_body_bytes=MAX_BODY,
-        max_image_bytes=MAX_IMAGE,
-        image_root=catalogue_dir,
-    )
-    replies = running.upsert(items)
-    assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
-    yield running
-    running.close()
-
-
-@pytest.fixture(scope="module")
-def api(stack) -> Http:
-    return Http(stack.gateway_settings.http_port)
-
-
-QUERY = jpeg(COLOURS["Red"], stripe=(255, 255, 255))
+# The shared module-scoped fixtures (one gateway for this module).
+api, catalogue_dir, items, stack = http_api.api, http_api.catalogue_dir, http_api.items, http_api.stack
 
 
 # ---- search by photo ------------------------------------------------------------------------------------------
@@ -514,152 +373,6 @@ def test_classifier_down_is_503_and_the_api_recovers(api, stack):
     assert status == 200
 
 
-# ---- body limit -----------------------------------------------------------------------------------------------
-
-
-def test_body_over_the_limit_is_413_from_content_length(api):
-    message = error_of(*api.json("POST", "/v1/search", b"\xff" * (MAX_BODY + 1), content_type="image/jpeg"), 413)
-    assert str(MAX_BODY) in message and "GATEWAY_HTTP_MAX_BODY_BYTES" in message
-
-
-def test_chunked_body_over_the_limit_is_413_while_streaming(api):
-    for path, content_type in (("/v1/search", "image/jpeg"), ("/v1/items", "application/json")):
-        connection = http.client.HTTPConnection(HOST, api.port, timeout=30)
-        connection.putrequest("POST", path)
-        connection.putheader("Content-Type", content_type)
-        connection.putheader("Transfer-Encoding", "chunked")
-        connection.endheaders()
-        chunk = b"\xff" * 65536
-        try:
-            for _ in range(MAX_BODY // len(chunk) + 2):
-                connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            connection.send(b"0\r\n\r\n")
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the server may answer and close before the rest is sent
-        response = connection.getresponse()
-        assert response.status == 413, path
-        assert "GATEWAY_HTTP_MAX_BODY_BYTES" in json.loads(response.read())["error"]["message"]
-        connection.close()
-
-
-def test_multipart_body_over_the_limit_is_413_while_streaming(api):
-    body, content_type = multipart({"image": b"\xff" * (MAX_BODY + 1)})
-    connection = http.client.HTTPConnection(HOST, api.port, timeout=30)
-    connection.putrequest("POST", "/v1/search")
-    connection.putheader("Content-Type", content_type)
-    connection.putheader("Transfer-Encoding", "chunked")
-    connection.endheaders()
-    try:
-        for start in range(0, len(body), 65536):
-            piece = body[start : start + 65536]
-            connection.send(b"%x\r\n%s\r\n" % (len(piece), piece))
-        connection.send(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    response = connection.getresponse()
-    assert response.status == 413
-    connection.close()
-
-
-def test_expect_continue_is_refused_before_the_body_is_sent(api):
-    with socket.create_connection((HOST, api.port), timeout=10) as sock:
-        sock.sendall(
-            b"POST /v1/search HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
-            + f"Content-Length: {MAX_BODY * 4}\r\nExpect: 100-continue\r\n\r\n".encode()
-        )
-        head = sock.recv(65536).decode("latin-1")
-    assert head.startswith("HTTP/1.1 413"), head
-    assert "GATEWAY_HTTP_MAX_BODY_BYTES" in head
-
-
-# ---- product images -------------------------------------------------------------------------------------------
-
-
-def test_images_are_served_from_the_image_root(api, items, catalogue_dir):
-    expected = (catalogue_dir / "images" / f"{items[0].id}.jpg").read_bytes()
-    # /catalogue/ is the image root; /images/ its name until version 0.1, still answered for one version.
-    for prefix in ("/catalogue/", "/images/"):
-        status, headers, data = api.call("GET", f"{prefix}images/{items[0].id}.jpg")
-        assert status == 200 and headers["Content-Type"] == "image/jpeg" and data == expected, prefix
-    status, headers, _ = api.call("GET", f"/v1/items/{items[0].id}/image")
-    assert status == 302 and headers["Location"] == f"/catalogue/images/{items[0].id}.jpg"
-
-
-def test_images_outside_the_root_or_not_images_are_404(api, catalogue_dir):
-    (catalogue_dir / "styles.csv").write_text("id\n1\n")
-    (catalogue_dir.parent / "secret.jpg").write_bytes(b"TOP-SECRET-BYTES")
-    paths = ("styles.csv", "../secret.jpg", "%2e%2e/secret.jpg", "images/1.jpg")
-    for path in [prefix + path for prefix in ("/catalogue/", "/images/") for path in paths]:
-        status, _, data = api.call("GET", path)
-        assert status == 404, path
-        assert b"TOP-SECRET-BYTES" not in data and b"id\n1" not in data
-
-
-class _Stored:
-    """Stands in for GatewayService: every product exists, with the image_ref given for its id."""
-
-    def __init__(self, refs: dict[int, str]) -> None:
-        self.refs = refs
-
-    async def get(self, item_id: int) -> StoredItem:
-        return StoredItem(id=item_id, payload={"image_ref": self.refs[item_id]})
-
-
-def test_item_image_redirects_only_to_the_allowed_hosts(stack):
-    """A catalogue writer chooses image_ref: the gateway must not send browsers to whatever host it names."""
-    refs = {
-        1: "https://cdn.example.com/a.jpg",
-        2: "https://elsewhere.example/a.jpg",
-        3: "https://elsewhere.example\\@cdn.example.com/a.jpg",  # urllib's host is cdn, a browser's elsewhere
-        4: "https://cdn.example.com@elsewhere.example/a.jpg",
-        5: "https://cdn.example.com.elsewhere.example/a.jpg",
-        6: "//elsewhere.example/a.jpg",
-        7: "images/201.jpg",
-        8: "https://cdn.example.com/a.jpg\r\nSet-Cookie: x=1",
-    }
-    allowed = replace(stack.gateway_settings, http_port=0, image_url_hosts=("cdn.example.com",))
-    for settings, redirected in ((allowed, {1: refs[1], 7: "/catalogue/images/201.jpg"}),
-                                 (replace(allowed, image_url_hosts=()), {7: "/catalogue/images/201.jpg"})):  # fmt: skip
-        server = stack.threads.run(start_http(settings, _Stored(refs), None))  # type: ignore[arg-type]
-        try:
-            client = Http(server.port)
-            for item_id, ref in refs.items():
-                status, headers, data = client.call("GET", f"/v1/items/{item_id}/image")
-                if item_id in redirected:
-                    assert (status, headers["Location"]) == (302, redirected[item_id]), ref
-                else:
-                    assert status == 404 and "Location" not in headers, (ref, status, headers)
-                    assert "GATEWAY_IMAGE_URL_HOSTS" in json.loads(data)["error"]["message"]
-                    assert client.json("GET", f"/v1/items/{item_id}")[1]["image_url"] is None
-        finally:
-            stack.threads.run(server.close())
-
-
-def test_the_server_header_names_no_library_or_version(api, items):
-    for method, path in (("GET", "/healthz"), ("GET", "/v1/stats"), ("GET", "/nope"), ("GET", "/"),
-                         ("GET", "/static/app.js"), ("GET", f"/catalogue/images/{items[0].id}.jpg"),
-                         ("GET", f"/v1/items/{items[0].id}/image"), ("POST", "/v1/search/by-id")):  # fmt: skip
-        _, headers, _ = api.call(method, path)
-        assert headers["Server"] == "fashionsearch", (path, headers["Server"])
-        assert headers["X-Content-Type-Options"] == "nosniff"
-
-
-def test_the_page_may_load_scripts_and_data_only_from_the_gateway(api, stack):
-    _, headers, _ = api.call("GET", "/")
-    policy = headers["Content-Security-Policy"]
-    assert "default-src 'self'" in policy and "img-src 'self' blob: data:;" in policy, policy
-    settings = replace(stack.gateway_settings, http_port=0, image_url_hosts=("cdn.example.com",))
-    server = stack.threads.run(start_http(settings, _Stored({}), None))  # type: ignore[arg-type]
-    try:
-        _, headers, _ = Http(server.port).call("GET", "/")
-        assert (
-            "img-src 'self' blob: data: http://cdn.example.com https://cdn.example.com;"
-            in headers["Content-Security-Policy"]
-        )
-    finally:
-        stack.threads.run(server.close())
-
-
 # ---- documents and pages --------------------------------------------------------------------------------------
 
 
@@ -745,52 +458,3 @@ def test_grpc_still_serves_beside_http(stack):
     assert reply.hits
     with pytest.raises(grpc.RpcError):
         stack.stub.Search(gateway_pb2.SearchRequest(image=b""), timeout=10)
-
-
-# ---- settings -------------------------------------------------------------------------------------------------
-
-
-def test_http_settings_from_env(tmp_path):
-    defaults = GatewaySettings.from_env({})
-    assert defaults.http_port == 8080 and defaults.http_max_body_bytes is None
-    # Derived from the image limit: one 10 MiB image (+ 64 KiB of room) base64-encoded, + 64 KiB for the JSON.
-    assert defaults.http_body_limit == 4 * -(-(10 * 1024 * 1024 + 65536) // 3) + 65536
-    smaller = GatewaySettings.from_env({"GATEWAY_MAX_IMAGE_BYTES": "1048576"})
-    assert smaller.http_body_limit < 1.5 * 1024 * 1024
-    assert defaults.image_root is None
-    assert GatewaySettings.from_env({"GATEWAY_HTTP_ENABLED": "false"}).http_port is None
-    custom = GatewaySettings.from_env(
-        {"GATEWAY_HTTP_PORT": "0", "GATEWAY_HTTP_MAX_BODY_BYTES": "4096", "GATEWAY_IMAGE_ROOT": str(tmp_path)}
-    )
-    assert (custom.http_port, custom.http_body_limit, custom.image_root) == (0, 4096, tmp_path)
-    # A value can lower the derived limit, never raise it over what a request could use.
-    assert GatewaySettings.from_env({"GATEWAY_HTTP_MAX_BODY_BYTES": str(1 << 30)}).http_body_limit == (
-        defaults.http_body_limit
-    )
-    assert defaults.image_url_hosts == ()
-    hosts = GatewaySettings.from_env({"GATEWAY_IMAGE_URL_HOSTS": "CDN.example.com, img.example.org.,"})
-    assert hosts.image_url_hosts == ("cdn.example.com", "img.example.org")
-
-
-@pytest.mark.parametrize(
-    ("env", "fragment"),
-    [
-        ({"GATEWAY_HTTP_PORT": "70000"}, "GATEWAY_HTTP_PORT"),
-        ({"GATEWAY_HTTP_ENABLED": "maybe"}, "GATEWAY_HTTP_ENABLED"),
-        ({"GATEWAY_HTTP_MAX_BODY_BYTES": "10"}, "GATEWAY_HTTP_MAX_BODY_BYTES"),
-        ({"GATEWAY_IMAGE_ROOT": "/no/such/folder"}, "GATEWAY_IMAGE_ROOT"),
-        ({"GATEWAY_IMAGE_URL_HOSTS": "https://cdn.example.com"}, "GATEWAY_IMAGE_URL_HOSTS"),
-        ({"GATEWAY_IMAGE_URL_HOSTS": "cdn.example.com:8443"}, "GATEWAY_IMAGE_URL_HOSTS"),
-    ],
-)
-def test_bad_http_settings_name_the_variable(env, fragment):
-    from fashionsearch.config import ConfigError
-
-    with pytest.raises(ConfigError, match=fragment):
-        GatewaySettings.from_env(env)
-
-
-def test_http_port_in_use_fails_start_with_a_clear_error(stack):
-    settings = replace(stack.gateway_settings, http_port=stack.gateway_settings.http_port)
-    with pytest.raises(OSError, match="cannot listen for HTTP"):
-        stack.threads.run(start_http(settings, _Failing(RuntimeError()), None))  # type: ignore[arg-type]
