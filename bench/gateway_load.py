@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -80,56 +81,55 @@ def summary(latencies: list[float], wall_s: float, errors: int) -> dict[str, flo
     }
 
 
-async def grpc_cell(address: str, image: bytes, concurrency: int, seconds: float) -> dict[str, float]:
+async def closed_loop(call: Callable[[], Awaitable[bool]], concurrency: int, seconds: float) -> dict[str, float]:
+    """`concurrency` workers calling `call` (True when it answered OK) back to back for `seconds`, after one warm-up
+    call; the latency of each successful call."""
+    await call()
     latencies: list[float] = []
     errors = 0
+    started = time.perf_counter()
+    deadline = started + seconds
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            if await call():
+                latencies.append(time.perf_counter() - t0)
+            else:
+                errors += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summary(latencies, time.perf_counter() - started, errors)
+
+
+async def grpc_cell(address: str, image: bytes, concurrency: int, seconds: float) -> dict[str, float]:
     async with grpc.aio.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
         request = gateway_pb2.SearchRequest(image=image)
-        await stub.Search(request, timeout=30)
-        started = time.perf_counter()
-        deadline = started + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                try:
-                    await stub.Search(request, timeout=30)
-                except grpc.aio.AioRpcError:
-                    errors += 1
-                    continue
-                latencies.append(time.perf_counter() - t0)
+        async def search() -> bool:
+            try:
+                await stub.Search(request, timeout=30)
+            except grpc.aio.AioRpcError:
+                return False
+            return True
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return summary(latencies, time.perf_counter() - started, errors)
+        return await closed_loop(search, concurrency, seconds)
 
 
 async def http_cell(port: int, image: bytes, concurrency: int, seconds: float) -> dict[str, float]:
-    latencies: list[float] = []
-    errors = 0
     url = f"http://127.0.0.1:{port}/v1/search"
     headers = {"Content-Type": "image/jpeg"}
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
-        async with session.post(url, data=image, headers=headers) as response:
-            await response.read()
-        started = time.perf_counter()
-        deadline = started + seconds
 
-        async def worker() -> None:
-            nonlocal errors
-            while time.perf_counter() < deadline:
-                t0 = time.perf_counter()
-                async with session.post(url, data=image, headers=headers) as response:
-                    await response.read()
-                    if response.status != 200:
-                        errors += 1
-                        continue
-                latencies.append(time.perf_counter() - t0)
+        async def search() -> bool:
+            async with session.post(url, data=image, headers=headers) as response:
+                await response.read()
+                return response.status == 200
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return summary(latencies, time.perf_counter() - started, errors)
+        return await closed_loop(search, concurrency, seconds)
 
 
 def timed(call, repeats: int) -> float:

@@ -173,28 +173,22 @@ def main() -> int:
             print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}")
             options = Options(batch_size=args.batch_size, inflight=args.inflight, fetch_threads=8)
             fetcher = ImageFetcher(root=manifest.image_root)
+
+            def measure(title: str, target: Target) -> None:
+                before = cpu_by_process(stack)
+                try:
+                    summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
+                finally:
+                    target.close()
+                report(title, summary, before, cpu_by_process(stack))
+
             if args.mode in ("direct", "both"):
                 for title in ("direct: full re-embed into a new Edge collection", "direct: incremental re-run"):
-                    target: Target = DirectTarget(
-                        EdgeCatalog(tmp / "direct-store"),
-                        ModelClients(addr["embedder"], addr["classifier"], timeout_s=60, max_batch=args.batch_size),
-                        "catalogue",
-                    )
-                    before = cpu_by_process(stack)
-                    try:
-                        summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
-                    finally:
-                        target.close()
-                    report(title, summary, before, cpu_by_process(stack))
+                    models = ModelClients(addr["embedder"], addr["classifier"], timeout_s=60, max_batch=args.batch_size)
+                    measure(title, DirectTarget(EdgeCatalog(tmp / "direct-store"), models, "catalogue"))
             if args.mode in ("gateway", "both"):
                 for title in ("gateway: full embed via UpsertBatch", "gateway: incremental re-run"):
-                    target = GatewayTarget(addr["gateway"], timeout_s=60)
-                    before = cpu_by_process(stack)
-                    try:
-                        summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
-                    finally:
-                        target.close()
-                    report(title, summary, before, cpu_by_process(stack))
+                    measure(title, GatewayTarget(addr["gateway"], timeout_s=60))
         finally:
             stack.stop()
         embedder_internals(manifest, embedder_dir, args.threads, args.sample)

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import grpc.aio
 
@@ -26,7 +26,7 @@ from fashionsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_
 from fashionsearch.logs import configure_logging
 from fashionsearch.model_contract import ModelContractError
 from fashionsearch.onnx_model import ModelIdentity
-from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, start_server
+from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, StopSignal, start_server
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +141,16 @@ async def start_model_server(
     await running.set_serving()
     logger.info("%s %s is SERVING on port %s", kind, identity, running.port)
     return running
+
+
+S = TypeVar("S", bound=ModelServiceSettings)
+
+
+async def serve_until_stopped(start: Callable[[S], Awaitable[RunningServer]], settings: S) -> None:
+    """Start a model service, run it until SIGTERM or SIGINT, then shut down gracefully."""
+    stop = StopSignal()  # before loading the model, so a SIGTERM during start-up still shuts down cleanly
+    running = await start(settings)
+    await running.wait_for_signal(settings.grace_s, stop)
 
 
 def run_model_service(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fashionsearch.model_service import start_model_server
-from fashionsearch.serving import RunningServer, StopSignal, service_name
+from fashionsearch.model_service import serve_until_stopped, start_model_server
+from fashionsearch.serving import RunningServer, service_name
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import Classifier, OnnxClassifier
 from services.classifier.servicer import ClassifierServicer
@@ -40,6 +40,4 @@ async def start(settings: Settings, classifier: Classifier | None = None) -> Run
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = StopSignal()  # before loading the model, so a SIGTERM during start-up still shuts down cleanly
-    running = await start(settings)
-    await running.wait_for_signal(settings.grace_s, stop)
+    await serve_until_stopped(start, settings)

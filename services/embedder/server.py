@@ -6,8 +6,8 @@ import asyncio
 import logging
 
 from fashionsearch.model_contract import ModelContractError
-from fashionsearch.model_service import start_model_server
-from fashionsearch.serving import RunningServer, StopSignal, service_name
+from fashionsearch.model_service import serve_until_stopped, start_model_server
+from fashionsearch.serving import RunningServer, service_name
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder, OnnxEmbedder
 from services.embedder.servicer import EmbedderServicer
@@ -67,6 +67,4 @@ async def start(
 
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    stop = StopSignal()  # before loading the model, so a SIGTERM during start-up still shuts down cleanly
-    running = await start(settings)
-    await running.wait_for_signal(settings.grace_s, stop)
+    await serve_until_stopped(start, settings)
