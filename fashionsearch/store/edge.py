@@ -230,28 +230,26 @@ class EdgeIndex:
             batch = [qe.Point(int(p.id), v, dict(p.payload)) for p, v in zip(points, vectors, strict=True)]
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
+    def _records(self, wanted: list[int], *, with_data: bool) -> list[Any]:
+        """The shard's records of those ids that exist, with payload and vector or without; the caller holds the
+        lock."""
+        self._require_open()
+        if self._shard is None or not wanted:
+            return []
+        return list(self._shard.retrieve(list[Any](wanted), with_payload=with_data, with_vector=with_data))
+
     def delete(self, ids: Sequence[int]) -> list[int]:
         wanted = unique_ids(ids)
         with self._lock:
-            self._require_open()
-            if self._shard is None or not wanted:
-                return []
-            present = [
-                int(r.id) for r in self._shard.retrieve(list[Any](wanted), with_payload=False, with_vector=False)
-            ]
-            if present:
+            present = [int(r.id) for r in self._records(wanted, with_data=False)]
+            if present and self._shard is not None:
                 self._shard.update(qe.UpdateOperation.delete_points(list[Any](present)))
             return [i for i in wanted if i in set(present)]
 
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
         wanted = unique_ids(ids)
         with self._lock:
-            self._require_open()
-            if self._shard is None or not wanted:
-                return []
-            records = {
-                int(r.id): r for r in self._shard.retrieve(list[Any](wanted), with_payload=True, with_vector=True)
-            }
+            records = {int(r.id): r for r in self._records(wanted, with_data=True)}
         return stored_points(wanted, records)
 
     def search(
