@@ -1,7 +1,7 @@
 """The catalogue's fields, shared by the indexer, the gateway, the store and training: the dataset's styles.csv
 columns, the attribute (filter) fields, the one styles.csv line parser, the one product id parser, and the stored
 item: the payload kept beside each vector (what every writer stores, `stored_payload`, and how every reader shows it,
-`payload_record` and the protobuf `ItemPayload`), with the content hash.
+`payload_record`, and by ItemPayload's field names, `payload_by_field_name`), with the content hash.
 """
 
 from __future__ import annotations
@@ -95,10 +95,16 @@ def payload_record(payload: Mapping[str, Any]) -> dict[str, Any]:
     return record
 
 
+def payload_by_field_name(payload: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored payload as `payload_record` shows it, keyed by ItemPayload's field names (snake_case): the
+    protobuf message's fields, and the payload of the gateway's HTTP JSON."""
+    record = payload_record(payload)
+    return {field: record[key] for field, key in PROTO_PAYLOAD_FIELDS.items()}
+
+
 def payload_to_proto(payload: Mapping[str, Any]) -> gateway_pb2.ItemPayload:
     """A stored payload (or a writer's values) as the protobuf ItemPayload."""
-    record = payload_record(payload)
-    return gateway_pb2.ItemPayload(**{field: record[key] for field, key in PROTO_PAYLOAD_FIELDS.items()})
+    return gateway_pb2.ItemPayload(**payload_by_field_name(payload))
 
 
 def payload_from_proto(message: gateway_pb2.ItemPayload) -> dict[str, Any]:

@@ -69,9 +69,14 @@ class Http:
         self._no_redirect = urllib.request.build_opener(_NoRedirect)
 
     def call(
-        self, method: str, path: str, body: bytes | None = None, content_type: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        content_type: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> tuple[int, dict[str, str], bytes]:
-        headers = {"Content-Type": content_type} if content_type else {}
+        headers = {**(headers or {}), **({"Content-Type": content_type} if content_type else {})}
         request = urllib.request.Request(self.base + path, data=body, method=method, headers=headers)
         try:
             with self._no_redirect.open(request, timeout=30) as response:
@@ -87,9 +92,9 @@ class Http:
         assert headers.get("Content-Type", "").startswith("application/json"), (status, headers, data[:200])
         return status, json.loads(data)
 
-    def upload(self, path: str, fields: dict[str, bytes | str], method: str = "POST") -> tuple[int, Any]:
+    def upload(self, path: str, fields: dict[str, bytes | str], method: str = "POST", **kwargs: Any) -> tuple[int, Any]:
         body, content_type = multipart(fields)
-        return self.json(method, path, body, content_type=content_type)
+        return self.json(method, path, body, content_type=content_type, **kwargs)
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import struct
 import time
@@ -26,6 +27,7 @@ from grpc_health.v1 import health_pb2
 from http_api import HOST, MAX_IMAGE, QUERY, SUBCATEGORIES, Http, error_of
 from service_helpers import BAD_IMAGES
 
+from fashionsearch.catalogue import PAYLOAD_FIELDS, PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -37,6 +39,7 @@ from fashionsearch.errors import (
 )
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.http.app import create_app, start_http
+from services.gateway.http.responses import JSON_VERSION_HEADER
 
 pytestmark = pytest.mark.integration
 
@@ -56,9 +59,9 @@ def test_search_by_multipart_upload_mirrors_grpc(api, stack):
     assert [h["id"] for h in body["hits"]] == [h.id for h in reply.hits]
     assert [h["distance"] for h in body["hits"]] == pytest.approx([h.distance for h in reply.hits], abs=1e-5)
     assert body["suggested_name"] == reply.suggested_name and body["keywords"] == list(reply.keywords)
-    assert len(body["hits"]) == 5 and body["applied_filters"] == {}
+    assert len(body["hits"]) == 5 and body["applied_filters"] == []
     top = body["hits"][0]
-    assert top["payload"]["baseColour"] == "Red" and top["payload"]["year"] == 2012
+    assert top["payload"]["base_colour"] == "Red" and top["payload"]["year"] == 2012
     assert top["image_url"] == f"/catalogue/images/{top['id']}.jpg"  # image_ref images/<id>.jpg, no folder doubled
     heads = {a["attribute"]: a["labels"] for a in body["attributes"]}
     assert "subCategory" in heads and 0 < heads["subCategory"][0]["probability"] <= 1
@@ -75,8 +78,8 @@ def test_search_default_filter_is_the_predicted_subcategory(api):
     status, body = api.upload("/v1/search", {"image": QUERY})
     assert status == 200
     predicted = next(a["labels"][0]["label"] for a in body["attributes"] if a["attribute"] == "subCategory")
-    assert body["applied_filters"] == {"subCategory": [predicted]}
-    assert all(h["payload"]["subCategory"] == predicted for h in body["hits"])
+    assert body["applied_filters"] == [{"field": "subCategory", "values": [predicted]}]
+    assert all(h["payload"]["sub_category"] == predicted for h in body["hits"])
 
 
 def test_search_with_explicit_filters_in_form_fields(api):
@@ -84,9 +87,12 @@ def test_search_with_explicit_filters_in_form_fields(api):
         "/v1/search", {"image": QUERY, "filter.baseColour": "Green", "filter.subCategory": "Shoes", "top_k": "10"}
     )
     assert status == 200, body
-    assert body["applied_filters"] == {"baseColour": ["Green"], "subCategory": ["Shoes"]}
+    assert body["applied_filters"] == [
+        {"field": "baseColour", "values": ["Green"]},
+        {"field": "subCategory", "values": ["Shoes"]},
+    ]
     assert body["hits"] and all(
-        h["payload"]["baseColour"] == "Green" and h["payload"]["subCategory"] == "Shoes" for h in body["hits"]
+        h["payload"]["base_colour"] == "Green" and h["payload"]["sub_category"] == "Shoes" for h in body["hits"]
     )
 
 
@@ -148,14 +154,14 @@ def test_similar_by_get_and_post_mirror_grpc(api, stack, items):
 def test_similar_default_filter_is_the_items_subcategory(api, items):
     status, body = api.json("GET", f"/v1/items/{items[0].id}/similar")
     assert status == 200
-    assert body["applied_filters"] == {"subCategory": [items[0].payload.sub_category]}
+    assert body["applied_filters"] == [{"field": "subCategory", "values": [items[0].payload.sub_category]}]
 
 
 def test_similar_with_json_filters(api, items):
     status, body = api.json("POST", "/v1/search/by-id", {"id": items[0].id, "filters": {"baseColour": "Red"}})
     assert status == 200
-    assert body["applied_filters"] == {"baseColour": ["Red"]}
-    assert all(h["payload"]["baseColour"] == "Red" for h in body["hits"])
+    assert body["applied_filters"] == [{"field": "baseColour", "values": ["Red"]}]
+    assert all(h["payload"]["base_colour"] == "Red" for h in body["hits"])
 
 
 def test_similar_errors(api):
@@ -233,16 +239,126 @@ def test_ids_top_k_and_chunk_size_are_read_strictly(api, items, text):
     assert "top_k must be an integer written with the digits 0-9" in message
 
 
+# ---- JSON names -----------------------------------------------------------------------------------------------
+
+SNAKE_CASE = re.compile(r"[a-z][a-z0-9_]*")
+VERSION_0_1 = {JSON_VERSION_HEADER: "0.1"}
+
+
+def keys_of(value: Any) -> set[str]:
+    """Every key of every object in a JSON value."""
+    if isinstance(value, dict):
+        return set(value) | {k for v in value.values() for k in keys_of(v)}
+    if isinstance(value, list):
+        return {k for v in value for k in keys_of(v)}
+    return set()
+
+
+def answers(api: Http, item_id: int, headers: dict[str, str] | None = None) -> dict[str, Any]:
+    """The answers that hold payloads or applied filters, with `headers`."""
+    search = {"image": QUERY, "filter.baseColour": "Red", "top_k": "3"}
+    requests = {
+        "search": lambda: api.upload("/v1/search", search, headers=headers),
+        "similar": lambda: api.json("GET", f"/v1/items/{item_id}/similar?top_k=3", headers=headers),
+        "by-id": lambda: api.json(
+            "POST", "/v1/search/by-id", {"id": item_id, "filters": {"subCategory": "Topwear"}}, headers=headers
+        ),
+        "item": lambda: api.json("GET", f"/v1/items/{item_id}", headers=headers),
+    }
+    out = {}
+    for name, request in requests.items():
+        status, body = request()
+        assert status == 200, (name, body)
+        out[name] = body
+    return out
+
+
+def test_every_json_key_is_snake_case_and_applied_filters_a_list_as_over_grpc(api, items):
+    found = answers(api, items[0].id)
+    for name, body in found.items():
+        assert all(SNAKE_CASE.fullmatch(key) for key in keys_of(body)), (name, sorted(keys_of(body)))
+    payload_keys = list(PROTO_PAYLOAD_FIELDS)  # ItemPayload's field names, in its order
+    assert list(found["item"]["payload"]) == payload_keys
+    assert all(
+        list(h["payload"]) == payload_keys for name in ("search", "similar", "by-id") for h in found[name]["hits"]
+    )
+    assert found["search"]["applied_filters"] == [{"field": "baseColour", "values": ["Red"]}]
+    assert found["by-id"]["applied_filters"] == [{"field": "subCategory", "values": ["Topwear"]}]
+    assert found["similar"]["applied_filters"] == [{"field": "subCategory", "values": [items[0].payload.sub_category]}]
+
+
+def test_version_0_1_json_names_on_request_for_one_version(api, items):
+    """X-Fashionsearch-Json-Version: 0.1 gets the old shape: the same answers, payload keys as the catalogue's
+    columns (masterCategory) and applied_filters an object."""
+    current, old = answers(api, items[0].id), answers(api, items[0].id, VERSION_0_1)
+
+    def as_0_1(payload: dict[str, Any]) -> dict[str, Any]:
+        return {PROTO_PAYLOAD_FIELDS[k]: v for k, v in payload.items()}
+
+    assert list(old["item"]["payload"]) == list(PAYLOAD_FIELDS)
+    assert old["item"] == {**current["item"], "payload": as_0_1(current["item"]["payload"])}
+    for name in ("search", "similar", "by-id"):
+        assert [h["payload"] for h in old[name]["hits"]] == [as_0_1(h["payload"]) for h in current[name]["hits"]]
+        assert old[name]["applied_filters"] == {f["field"]: f["values"] for f in current[name]["applied_filters"]}
+        assert [h["id"] for h in old[name]["hits"]] == [h["id"] for h in current[name]["hits"]]
+    assert old["search"]["applied_filters"] == {"baseColour": ["Red"]}
+    assert "masterCategory" in old["search"]["hits"][0]["payload"]
+    status, body = api.json("GET", f"/v1/items/{items[0].id}", headers={JSON_VERSION_HEADER: "0.2"})
+    assert "0.1" in error_of(status, body, 400, "INVALID_ARGUMENT")
+
+
+def test_payloads_in_version_0_1_names_are_still_read(api):
+    old_names = {"name": "Old Names Tee", "subCategory": "Topwear", "baseColour": "Olive", "articleType": "Tshirts"}
+    status, body = api.upload("/v1/items/9301", {"image": jpeg((90, 110, 30)), "payload": json.dumps(old_names)}, "PUT")
+    assert status == 200, body
+    status, item = api.json("GET", "/v1/items/9301")
+    assert status == 200
+    assert (item["payload"]["sub_category"], item["payload"]["base_colour"], item["payload"]["article_type"]) == (
+        "Topwear",
+        "Olive",
+        "Tshirts",
+    )
+    both = {"image": jpeg((90, 110, 30)), "payload": json.dumps({"sub_category": "Topwear", "subCategory": "Shoes"})}
+    assert "given twice" in error_of(*api.upload("/v1/items/9301", both, "PUT"), 400, "INVALID_ARGUMENT")
+    assert api.json("DELETE", "/v1/items/9301")[0] == 200
+
+
+def test_openapi_documents_the_json_names_and_the_deprecated_shape(api):
+    status, document = api.json("GET", "/openapi.json")
+    assert status == 200
+    schemas = document["components"]["schemas"]
+    assert list(schemas["Payload"]["properties"]) == list(PROTO_PAYLOAD_FIELDS)
+    assert schemas["AppliedFilters"]["items"] == {"$ref": "#/components/schemas/FieldFilter"}
+    for response in ("SearchResponse", "SimilarResponse", "SearchTextResponse"):
+        assert schemas[response]["properties"]["applied_filters"] == {"$ref": "#/components/schemas/AppliedFilters"}
+    # Every operation whose answer holds payloads or applied filters takes the deprecated header.
+    shaped = [
+        f'"#/components/schemas/{name}"' for name in ("SearchResponse", "SimilarResponse", "SearchTextResponse", "Item")
+    ]
+    operations = {
+        f"{method.upper()} {path}": operation
+        for path, methods in document["paths"].items()
+        for method, operation in methods.items()
+        if any(ref in json.dumps(operation["responses"].get("200", {})) for ref in shaped)
+    }
+    assert len(operations) == 5, sorted(operations)
+    for name, operation in operations.items():
+        (header,) = [p for p in operation["parameters"] if p["in"] == "header"]
+        assert header["name"] == JSON_VERSION_HEADER and header["deprecated"] is True, (name, header)
+    assert "snake_case" in document["info"]["description"]
+
+
 # ---- catalogue writes -----------------------------------------------------------------------------------------
 
 
 def test_put_get_delete_one_item(api, stack):
-    payload = {"name": "Test Green Shirt", "subCategory": "Topwear", "baseColour": "Green", "year": 2020}
+    payload = {"name": "Test Green Shirt", "sub_category": "Topwear", "base_colour": "Green", "year": 2020}
     status, body = api.upload("/v1/items/9001", {"image": jpeg((0, 200, 0)), "payload": json.dumps(payload)}, "PUT")
     assert status == 200 and body == {"id": 9001, "upserted": True, "error": None}
     status, item = api.json("GET", "/v1/items/9001")
     assert status == 200
     assert item["payload"]["name"] == "Test Green Shirt" and item["payload"]["year"] == 2020
+    assert item["payload"]["sub_category"] == "Topwear" and item["payload"]["base_colour"] == "Green"
     assert item["payload"]["gender"], "missing filter attributes are predicted"
     assert stack.stub.GetItem(gateway_pb2.GetItemRequest(id=9001), timeout=5).payload.name == "Test Green Shirt"
     count = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
@@ -277,7 +393,7 @@ def test_batch_upsert_reports_each_item_and_batch_delete(api):
         "/v1/items",
         {
             "items": [
-                {"id": 9101, "image_base64": good, "payload": {"name": "Blue one", "subCategory": "Topwear"}},
+                {"id": 9101, "image_base64": good, "payload": {"name": "Blue one", "sub_category": "Topwear"}},
                 {"id": 9102, "image_base64": bad},
                 {"id": 9103, "image_base64": good, "content_hash": "abc"},
             ]

@@ -102,7 +102,10 @@ def test_http_search_text_mirrors_grpc(api, stack):
         gateway_pb2.SearchTextRequest(query="women kurta", top_k=3, match=gateway_pb2.TEXT_MATCH_BOTH), timeout=10
     )
     assert [h["id"] for h in body["hits"]] == [h.id for h in reply.hits]
-    assert body["applied_filters"] == {"gender": ["Women"], "articleType": ["Kurtas"]}
+    assert body["applied_filters"] == [
+        {"field": "gender", "values": ["Women"]},
+        {"field": "articleType", "values": ["Kurtas"]},
+    ]
     assert body["terms"][0] == {
         "field": "gender",
         "value": "Women",
@@ -138,10 +141,10 @@ def test_http_search_text_bad_input_is_400(api, body, fragment):
 
 def test_http_refine_and_openapi(api):
     status, body = api.upload("/v1/search?filter_mode=none&refine=navy%20blue", {"image": jpeg(COLOURS["Red"])})
-    assert status == 200 and {h["payload"]["baseColour"] for h in body["hits"]} == {"Navy Blue"}, body
+    assert status == 200 and {h["payload"]["base_colour"] for h in body["hits"]} == {"Navy Blue"}, body
     assert body["refine_terms"][0]["value"] == "Navy Blue"
     status, body = api.json("GET", "/v1/items/304/similar?filter_mode=none&refine=red")
-    assert status == 200 and {h["payload"]["baseColour"] for h in body["hits"]} == {"Red"}, body
+    assert status == 200 and {h["payload"]["base_colour"] for h in body["hits"]} == {"Red"}, body
     status, body = api.json("POST", "/v1/search/by-id", {"id": 301, "filter_mode": "none", "refine": "xqzt"})
     assert "refine_text" in error_of(status, body, 400)
     status, spec = api.json("GET", "/openapi.json")

@@ -7,6 +7,13 @@ Every endpoint calls the same GatewayService as the gRPC servicer, so validation
 FashionSearchError becomes its HTTP status (fashionsearch/errors.py) with a JSON body
 ``{"error": {"status": 400, "code": "INVALID_ARGUMENT", "message": "..."}}``.
 
+JSON names: every key is snake_case, the gRPC messages' field names (a payload's keys are ItemPayload's:
+``sub_category``, ``base_colour``), and ``applied_filters`` is a list of ``{"field", "values"}`` as over gRPC. A
+catalogue attribute named as a value (a filter's field, ``filter.<field>``, the keys of a ``filters`` object, an
+attribute's name) is its catalogue column name, ``subCategory``, as in gRPC's FieldFilter. Version 0.1 wrote payload
+keys as column names and ``applied_filters`` as an object; for one version, requests may still use those payload
+keys, and a request with ``X-Fashionsearch-Json-Version: 0.1`` gets its answer in that shape (deprecated).
+
 Product images: a payload's ``image_ref`` is either an http(s) URL (handed to browsers only when its host is in
 GATEWAY_IMAGE_URL_HOSTS) or a path relative to GATEWAY_IMAGE_ROOT (the catalogue folder the indexer read, e.g.
 sample_catalogue/), served under ``/catalogue/``. The gateway stores no image bytes itself.

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import hdrs, web
 from grpc_health.v1 import health_pb2
 
-from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_record
+from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_by_field_name
 from fashionsearch.errors import FashionSearchError, InvalidArgument, NotFound
 from fashionsearch.serving import HealthServicer
 from fashionsearch.store import Hit
@@ -33,7 +33,14 @@ from services.gateway.http.parsing import (
     read_multipart,
     single_field,
 )
-from services.gateway.http.responses import ImageLinks, attribute_json, error_body, filters_json, model_json
+from services.gateway.http.responses import (
+    ImageLinks,
+    answer,
+    attribute_json,
+    error_body,
+    filters_json,
+    model_json,
+)
 from services.gateway.http.text import terms_json
 from services.gateway.service import CATEGORY_FIELD, GatewayService
 from services.gateway.settings import Settings
@@ -57,7 +64,7 @@ class HttpApi:
         )
 
     def hit_json(self, hit: Hit) -> dict[str, Any]:
-        payload = payload_record(hit.payload)
+        payload = payload_by_field_name(hit.payload)
         return {
             "id": hit.id,
             "distance": round(float(hit.distance), 6),
@@ -86,7 +93,8 @@ class HttpApi:
         else:
             image = await request.read()
         result = await self._service.search(image, options_from_params(params))
-        return web.json_response(
+        return answer(
+            request,
             {
                 "attributes": [attribute_json(a) for a in result.classification.attributes],
                 "suggested_name": result.suggested_name,
@@ -96,42 +104,44 @@ class HttpApi:
                 "classifier_model": model_json(result.classification.model),
                 "embedder_model": model_json(result.embedder_model),
                 "refine_terms": terms_json(result.refine_terms),
-            }
+            },
         )
 
     async def similar(self, request: web.Request) -> web.Response:
         """GET /v1/items/{id}/similar: more like this, options in the query string."""
-        return await self._similar(item_id_of(request), options_from_params(list(request.query.items())))
+        return await self._similar(request, item_id_of(request), options_from_params(list(request.query.items())))
 
     async def search_by_id(self, request: web.Request) -> web.Response:
         """POST /v1/search/by-id with a JSON body {id, top_k, filter_mode, filters}."""
         body = await read_json(request)
         if "id" not in body:
             raise InvalidArgument("the body needs the product 'id'")
-        return await self._similar(int_field(body["id"], "product id"), options_from_json(body))
+        return await self._similar(request, int_field(body["id"], "product id"), options_from_json(body))
 
-    async def _similar(self, item_id: int, options: SearchOptions) -> web.Response:
+    async def _similar(self, request: web.Request, item_id: int, options: SearchOptions) -> web.Response:
         result = await self._service.search_by_id(item_id, options)
-        return web.json_response(
+        return answer(
+            request,
             {
                 "hits": [self.hit_json(h) for h in result.hits],
                 "applied_filters": filters_json(result.applied_filters),
                 "refine_terms": terms_json(result.refine_terms),
-            }
+            },
         )
 
     # -- catalogue --
 
     async def get_item(self, request: web.Request) -> web.Response:
         item = await self._service.get(item_id_of(request))
-        payload = payload_record(item.payload)
-        return web.json_response(
+        payload = payload_by_field_name(item.payload)
+        return answer(
+            request,
             {
                 "id": item.id,
                 "payload": payload,
                 "content_hash": str(item.payload.get(CONTENT_HASH_KEY, "")),
                 "image_url": self._images.url(payload["image_ref"]),
-            }
+            },
         )
 
     async def item_image(self, request: web.Request) -> web.StreamResponse:

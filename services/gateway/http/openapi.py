@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fashionsearch.catalogue import PAYLOAD_FIELDS
+from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.store import FILTER_FIELDS
 from services.gateway.http import text
 from services.gateway.http.parsing import DEFAULT_LIST_CHUNK, FILTER_MODES
+from services.gateway.http.responses import JSON_0_1, JSON_VERSION_HEADER
 from services.gateway.security import API_KEY_HEADER
 from services.gateway.settings import Settings
 
@@ -81,7 +82,9 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "Payload": {
             "type": "object",
-            "properties": {k: (integer if k == "year" else string) for k in PAYLOAD_FIELDS},
+            "description": "ItemPayload's field names. Version 0.1's names (the catalogue's columns: masterCategory,"
+            " subCategory, articleType, baseColour) are still read in requests, for one version (deprecated).",
+            "properties": {k: (integer if k == "year" else string) for k in PROTO_PAYLOAD_FIELDS},
         },
         "Hit": {
             "type": "object",
@@ -92,7 +95,25 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "image_url": {"type": ["string", "null"]},
             },
         },
-        "Filters": {"type": "object", "additionalProperties": {"type": "array", "items": string}},
+        "Filters": {
+            "type": "object",
+            "description": f"Field name ({', '.join(FILTER_FIELDS)}) -> accepted values (a string or a list)",
+            "additionalProperties": {"oneOf": [string, {"type": "array", "items": string}]},
+        },
+        "FieldFilter": {
+            "type": "object",
+            "description": "A filter on one field, as gRPC's FieldFilter: the product has one of the values",
+            "properties": {
+                "field": {**string, "enum": list(FILTER_FIELDS)},
+                "values": {"type": "array", "items": string},
+            },
+        },
+        "AppliedFilters": {
+            "type": "array",
+            "description": f"The filters the search applied (an object field -> values with {JSON_VERSION_HEADER}:"
+            f" {JSON_0_1}, as version 0.1 wrote it)",
+            "items": _ref("FieldFilter"),
+        },
         "SearchResponse": {
             "type": "object",
             "properties": {
@@ -115,7 +136,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "suggested_name": string,
                 "keywords": {"type": "array", "items": string},
                 "hits": {"type": "array", "items": _ref("Hit")},
-                "applied_filters": _ref("Filters"),
+                "applied_filters": _ref("AppliedFilters"),
                 "classifier_model": model,
                 "embedder_model": model,
                 "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
@@ -125,7 +146,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             "type": "object",
             "properties": {
                 "hits": {"type": "array", "items": _ref("Hit")},
-                "applied_filters": _ref("Filters"),
+                "applied_filters": _ref("AppliedFilters"),
                 "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
             },
         },
@@ -395,6 +416,23 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             }
         }
     paths.update(text.openapi_paths(_errors))
+    # The answers that hold payloads or applied filters can still be asked for in version 0.1's shape.
+    json_version = {
+        "name": JSON_VERSION_HEADER,
+        "in": "header",
+        "deprecated": True,
+        "description": f"{JSON_0_1}: the answer in version 0.1's shape (payload keys masterCategory, subCategory,"
+        " ...; applied_filters an object field -> values), for one more version",
+        "schema": {**string, "enum": [JSON_0_1]},
+    }
+    for path, method in (
+        ("/v1/search", "post"),
+        ("/v1/search/by-id", "post"),
+        ("/v1/search/text", "post"),
+        ("/v1/items/{id}/similar", "get"),
+        ("/v1/items/{id}", "get"),
+    ):
+        paths[path][method].setdefault("parameters", []).append(json_version)
     # /v1 needs a key as services/gateway/security.py decides: writes always, reads when read keys are set.
     for path, operations in paths.items():
         if path.startswith("/v1/"):
@@ -406,9 +444,15 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "info": {
             "title": "fashionsearch gateway HTTP API",
             "version": "1",
-            "description": "JSON mirror of the fashionsearch.v1.Gateway gRPC service. Errors carry the gRPC code"
-            " name and a message: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 FAILED_PRECONDITION, 503 UNAVAILABLE,"
-            " 504 DEADLINE_EXCEEDED.",
+            "description": "JSON mirror of the fashionsearch.v1.Gateway gRPC service. Every JSON key is snake_case,"
+            " the gRPC messages' field names (payload keys are ItemPayload's: sub_category, base_colour), and"
+            " applied_filters is a list of {field, values} as over gRPC; a catalogue attribute named as a value (a"
+            " filter's field, filter.<field>, the keys of filters, an attribute's name) is its catalogue column name,"
+            " e.g. subCategory, as in gRPC's FieldFilter. Version 0.1 wrote payload keys as column names and"
+            " applied_filters as an object: requests may still use those payload keys, and"
+            f" {JSON_VERSION_HEADER}: {JSON_0_1} gets that shape back, for one version (deprecated). Errors carry"
+            " the gRPC code name and a message: 400 INVALID_ARGUMENT, 404 NOT_FOUND, 409 FAILED_PRECONDITION,"
+            " 503 UNAVAILABLE, 504 DEADLINE_EXCEEDED.",
         },
         "paths": paths,
         "components": {

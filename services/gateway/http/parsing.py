@@ -9,6 +9,7 @@ from typing import Any
 
 from aiohttp import BodyPartReader, MultipartReader, http_exceptions, web
 
+from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS
@@ -162,14 +163,23 @@ def single_field(fields: Mapping[str, list[tuple[bytes, str | None]]], name: str
     return values[0][0]
 
 
+#: A request payload's JSON key -> the stored payload key: ItemPayload's field names, and (deprecated, read for one
+#: version) version 0.1's, the stored keys themselves.
+PAYLOAD_KEYS = {**{key: key for key in PROTO_PAYLOAD_FIELDS.values()}, **PROTO_PAYLOAD_FIELDS}
+
+
 def payload_from_json(value: Any) -> dict[str, Any]:
-    """A catalogue payload from JSON: known fields are type-checked, unknown ones left for the service to refuse."""
+    """A catalogue payload from JSON (ItemPayload's field names, or version 0.1's): known fields are type-checked,
+    unknown ones left for the service to refuse."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise InvalidArgument('payload must be a JSON object such as {"name": "...", "subCategory": "Topwear"}')
+        raise InvalidArgument('payload must be a JSON object such as {"name": "...", "sub_category": "Topwear"}')
     payload: dict[str, Any] = {}
-    for key, item in value.items():
+    for name, item in value.items():
+        key = PAYLOAD_KEYS.get(name, str(name))
+        if key in payload:
+            raise InvalidArgument(f"payload field {name!r} is given twice: under its name and its version 0.1 name")
         if key == "year":
             payload[key] = 0 if item in (None, "") else int_field(item, "payload year")
         elif item is None:
@@ -177,5 +187,5 @@ def payload_from_json(value: Any) -> dict[str, Any]:
         elif isinstance(item, str):
             payload[key] = item
         else:
-            raise InvalidArgument(f"payload field {key!r} must be a string, got {item!r}")
+            raise InvalidArgument(f"payload field {name!r} must be a string, got {item!r}")
     return payload

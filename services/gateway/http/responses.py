@@ -10,7 +10,9 @@ from typing import Any
 
 from aiohttp import web
 
+from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.classification import AttributePrediction
+from fashionsearch.errors import InvalidArgument
 from services.gateway.domain import ModelId
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
@@ -52,8 +54,47 @@ def attribute_json(attribute: AttributePrediction) -> dict[str, Any]:
     }
 
 
-def filters_json(filters: Mapping[str, tuple[str, ...]]) -> dict[str, list[str]]:
-    return {name: list(values) for name, values in filters.items()}
+def filters_json(filters: Mapping[str, tuple[str, ...]]) -> list[dict[str, Any]]:
+    """Filters as gRPC's repeated FieldFilter: [{"field": "subCategory", "values": ["Topwear"]}]."""
+    return [{"field": name, "values": list(values)} for name, values in filters.items()]
+
+
+#: The request header asking for version 0.1's JSON names in the answer (deprecated; read for one more version).
+JSON_VERSION_HEADER = "X-Fashionsearch-Json-Version"
+JSON_0_1 = "0.1"
+
+
+def wants_json_0_1(request: web.Request) -> bool:
+    """Whether the request asks for version 0.1's JSON shape; another version than 0.1 is a 400."""
+    version = request.headers.get(JSON_VERSION_HEADER, "").strip()
+    if version in ("", JSON_0_1):
+        return version == JSON_0_1
+    raise InvalidArgument(
+        f"{JSON_VERSION_HEADER}: {version[:20]!r} is not a JSON version this gateway writes: leave the header out"
+        f" for the current names, or send {JSON_0_1} for version 0.1's (deprecated)"
+    )
+
+
+def json_0_1(body: dict[str, Any]) -> dict[str, Any]:
+    """An answer in version 0.1's shape: payload keys are the stored keys (masterCategory), and applied_filters an
+    object {field: [values]}."""
+
+    def payload(fields: Mapping[str, Any]) -> dict[str, Any]:
+        return {PROTO_PAYLOAD_FIELDS[name]: value for name, value in fields.items()}
+
+    old = dict(body)
+    if "payload" in old:
+        old["payload"] = payload(old["payload"])
+    if "hits" in old:
+        old["hits"] = [{**hit, "payload": payload(hit["payload"])} for hit in old["hits"]]
+    if "applied_filters" in old:
+        old["applied_filters"] = {f["field"]: f["values"] for f in old["applied_filters"]}
+    return old
+
+
+def answer(request: web.Request, body: dict[str, Any]) -> web.Response:
+    """A JSON answer holding payloads or filters: in version 0.1's shape when the request asks for it."""
+    return web.json_response(json_0_1(body) if wants_json_0_1(request) else body)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from fashionsearch.errors import InvalidArgument
 from fashionsearch.text_contract import MAX_QUERY_CHARS
 from services.gateway.domain import QueryTerm, TextMatch, TextSearchOptions
 from services.gateway.http.parsing import REFINE_PARAM, options_from_json, read_json
-from services.gateway.http.responses import filters_json, model_json
+from services.gateway.http.responses import answer, filters_json, model_json
 
 if TYPE_CHECKING:  # the handler's owner, which imports this module
     from services.gateway.http.handlers import HttpApi
@@ -62,7 +62,8 @@ def search_text_handler(service: GatewayService, api: HttpApi) -> Callable[[web.
     async def search_text(request: web.Request) -> web.Response:
         query, options = text_options(await read_json(request))
         result = await service.search_text(query, options)
-        return web.json_response(
+        return answer(
+            request,
             {
                 "hits": [api.hit_json(h) for h in result.hits],
                 "terms": terms_json(result.terms),
@@ -71,7 +72,7 @@ def search_text_handler(service: GatewayService, api: HttpApi) -> Callable[[web.
                 "reason": result.reason,
                 "text_model": model_json(result.text_model),
                 "embedder_model": model_json(result.embedder_model),
-            }
+            },
         )
 
     return search_text
@@ -118,7 +119,7 @@ def openapi_schemas(settings_max_top_k: int) -> dict[str, Any]:
                 "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
                 "terms": {"type": "array", "items": {"$ref": "#/components/schemas/QueryTerm"}},
                 "unknown_words": {"type": "array", "items": string},
-                "applied_filters": {"$ref": "#/components/schemas/Filters"},
+                "applied_filters": {"$ref": "#/components/schemas/AppliedFilters"},
                 "reason": {**string, "description": "why there are no hits, when there are none"},
                 "text_model": model,
                 "embedder_model": model,

@@ -293,11 +293,11 @@ function renderAttributes(attributes) {
 }
 
 function describeFilters(filters) {
-  const entries = Object.entries(filters || {});
-  if (!entries.length) {
+  // applied_filters: [{field, values}], as over gRPC.
+  if (!filters || !filters.length) {
     return "Searched the whole catalogue.";
   }
-  return "Searched in " + entries.map(([field, values]) => `${field} = ${values.join(" or ")}`).join(", ") + ".";
+  return "Searched in " + filters.map((f) => `${f.field} = ${f.values.join(" or ")}`).join(", ") + ".";
 }
 
 function renderHits(hits, filters) {
@@ -338,7 +338,7 @@ function hitCard(hit) {
   title.textContent = name;
   const meta = document.createElement("span");
   meta.className = "hit-meta";
-  const category = [hit.payload.articleType, hit.payload.baseColour].filter(Boolean).join(" · ");
+  const category = [hit.payload.article_type, hit.payload.base_colour].filter(Boolean).join(" · ");
   meta.textContent = category;
   const distance = document.createElement("span");
   distance.className = "hit-distance";
