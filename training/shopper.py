@@ -212,6 +212,10 @@ def occlude(img: np.ndarray, area: float, rng: np.random.Generator, patch: np.nd
 # Random training views
 
 
+# Bumped whenever augment_views changes, so cached views of an older version are not reused.
+AUGMENT_VERSION = 2
+
+
 def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None) -> np.ndarray:
     """One random shopper-like view of each uint8 (N, H, W, 3) packshot. `donors` are other packshots, cut up for
     clutter backgrounds and occluders."""
@@ -225,13 +229,13 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
             img = affine(
                 np.ascontiguousarray(img),
                 angle=rng.uniform(-22, 22) if rng.random() < 0.7 else 0.0,
-                scale=rng.uniform(0.7, 1.15),
+                scale=rng.uniform(0.5, 1.15),  # down to half size: zoomed-out photos were the weakest in v6
                 dx=rng.uniform(-0.08, 0.08),
                 dy=rng.uniform(-0.08, 0.08),
                 aspect=rng.uniform(0.88, 1.12),
             )
         if rng.random() < 0.3:
-            img = crop(np.ascontiguousarray(img), rng.uniform(0.7, 0.95), rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6))
+            img = crop(np.ascontiguousarray(img), rng.uniform(0.6, 0.95), rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6))
         out[k] = img
     # Backgrounds for about 60% of the views, masks computed for the whole batch at once.
     replace = rng.random(n) < 0.6
@@ -244,9 +248,9 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
         out[idx] = composite(out[idx].astype(np.float32), backgrounds, alpha)
     for k in range(n):
         img = out[k]
-        if rng.random() < 0.15:
+        if rng.random() < 0.25:
             patch = donors[rng.integers(0, len(donors))] if donors is not None and rng.random() < 0.5 else None
-            img = occlude(img, rng.uniform(0.04, 0.2), rng, patch)
+            img = occlude(img, rng.uniform(0.05, 0.35), rng, patch)
         if rng.random() < 0.8:
             img = light(
                 img,
@@ -256,10 +260,10 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
                 gains=tuple(np.asarray(temperature(rng.uniform(-0.12, 0.12))) * rng.uniform(0.94, 1.06, size=3)),
             )
         if rng.random() < 0.3:
-            img = blur(img, rng.uniform(0.3, 1.7))
+            img = blur(img, rng.uniform(0.3, 2.4))
         if rng.random() < 0.35:
             img = noise(img, rng.uniform(2, 22), rng, chroma=rng.uniform(0.0, 0.5))
         if rng.random() < 0.35:
-            img = jpeg(img, int(rng.integers(8, 75)))
+            img = jpeg(img, int(rng.integers(5, 75)))
         out[k] = img
     return out

