@@ -66,6 +66,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         limit=args.limit,
         max_minutes=args.max_minutes,
         jit_compile=not args.no_jit,
+        teacher=tuple(args.teacher),
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -131,15 +132,22 @@ def cmd_robustness(args: argparse.Namespace) -> int:
             raise data.DataError(f"--pair wants NAME=CLASSIFIER_DIR,EMBEDDER_DIR, got {item!r}")
         pairs[name] = (Path(classifier), Path(embedder))
     dataset, split = _load(args)
-    results = robustness.measure(pairs, dataset, split, args.images, threads=args.threads)
+    results = robustness.measure(pairs, dataset, split, args.images, threads=args.threads, on=args.on)
+    if args.report is None:
+        name = "README.md" if args.on == "test" else "validation.md"
+        args.report = data.REPO_ROOT / "reports" / "robustness" / name
     args.report.parent.mkdir(parents=True, exist_ok=True)
     args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     lines = [
         "# Robustness of the served models to shoppers' photos",
         "",
-        "`python -m training robustness " + " ".join(f"--pair {p}" for p in args.pair) + f" --images {args.images}`",
+        "`python -m training robustness "
+        + " ".join(f"--pair {p}" for p in args.pair)
+        + f" --images {args.images}"
+        + (f" --on {args.on}`" if args.on != "test" else "`"),
         "",
-        f"Test split, {results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
+        f"{'Test' if args.on == 'test' else 'Validation'} split, "
+        f"{results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
         f"precision@5 of articleType x 100 against the clean training split ({results['catalogue']} packshots), "
         "unfiltered and filtered by the true subCategory. In brackets: the change against the clean photo.",
         "",
@@ -189,6 +197,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-jit", action="store_true", help="no XLA compilation (faster start for tiny runs)")
     p.add_argument("--min-parity-images", type=int, default=256, help="parity gate sample size (keep 256)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--teacher",
+        type=Path,
+        nargs="+",
+        default=(),
+        help="distillation recipes (lite-student): the teacher's served classifier and embedder folders "
+        "(default models/classifier models/embedder)",
+    )
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")
     p.set_defaults(func=cmd_train)
@@ -237,7 +253,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pair", action="append", required=True, help="NAME=CLASSIFIER_DIR,EMBEDDER_DIR (repeat)")
     _data_args(p)
     p.add_argument("--images", type=int, default=1500, help="test photos in the fixed sample")
-    p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "robustness" / "README.md")
+    p.add_argument(
+        "--on", choices=("test", "val"), default="test", help="the split: val to choose between models, test to report"
+    )
+    p.add_argument(
+        "--report", type=Path, default=None, help="default reports/robustness/README.md (test), validation.md (val)"
+    )
     p.set_defaults(func=cmd_robustness)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")

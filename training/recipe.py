@@ -25,6 +25,8 @@ RECIPES: dict[str, str] = {
     "embedder": "training.recipes.embedder:train_embedder",
     "lite-classifier": "training.recipes.pretrained:train_classifier",
     "lite-embedder": "training.recipes.pretrained:train_embedder",
+    "lite-student": "training.recipes.student:train_classifier",
+    "lite-student-embedder": "training.recipes.student:train_embedder",
 }
 
 
@@ -47,6 +49,7 @@ class TrainOptions:
     limit: int | None = None  # use at most this many train and val images (smoke tests)
     max_minutes: float | None = None  # wall-clock training budget; None: the recipe's default
     jit_compile: bool = True  # XLA; off for tiny runs, where compiling costs more than it saves
+    teacher: tuple[Path, ...] = ()  # served model folders a distillation recipe learns from; () its default
 
     @property
     def keras_jit(self) -> bool | str:

@@ -142,16 +142,18 @@ def measure(
     n: int,
     threads: int = 2,
     shifts: Sequence[Shift] = SUITE,
+    on: str = "test",
 ) -> dict[str, Any]:
-    """{model: {shift key: {head accuracies, p@5 unfiltered/filtered}}} for every (classifier, embedder) pair."""
-    test = sample(dataset.split(split, "test"), n)
+    """{model: {shift key: {head accuracies, p@5 unfiltered/filtered}}} for every (classifier, embedder) pair, on
+    a fixed sample of the `on` split ("val" to choose between models, "test" to report)."""
+    test = sample(dataset.split(split, on), n)
     if not len(test):
-        raise data.DataError("the split has no test images to measure robustness on")
+        raise data.DataError(f"the split has no {on} images to measure robustness on")
     train = dataset.split(split, "train")
     donors = train.images[np.random.default_rng(7).permutation(len(train))[:500]]
     photos = {f"{s.family}/{s.severity}": shifted(test.images, s, donors) for s in shifts}
     truth = {a: true_labels(test, a) for a in HEADS}
-    results: dict[str, Any] = {"images": len(test), "catalogue": len(train), "models": {}}
+    results: dict[str, Any] = {"split": on, "images": len(test), "catalogue": len(train), "models": {}}
     for name, (classifier_dir, embedder_dir) in pairs.items():
         c_spec, c_session = load_model(classifier_dir, threads)
         e_spec, e_session = load_model(embedder_dir, threads)

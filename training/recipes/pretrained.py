@@ -27,7 +27,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -73,20 +73,22 @@ EMBEDDING_HIDDEN = 1024
 # Cached views of the frozen blocks
 
 
-def early_session(early: keras.Model, threads: int, work: Path) -> Any:
+def early_session(early: keras.Model, threads: int, work: Path, input_spec: InputSpec = LITE_INPUT) -> Any:
     """The frozen blocks in onnxruntime: about 3x Keras' speed on this CPU, and the same numbers within 1e-5."""
     path = work / "early.onnx"
-    spec = InputSpec(name="scaled_image", height=LITE_INPUT.height, width=LITE_INPUT.width, **lite.LITE_SCALING)
+    spec = InputSpec(name="scaled_image", height=input_spec.height, width=input_spec.width, **lite.LITE_SCALING)
     keras_to_onnx(early, spec, path)
     return onnx_session(path, threads=threads)
 
 
-def early_features(session: Any, images: np.ndarray, chunk: int = 256) -> np.ndarray:
+def early_features(
+    session: Any, images: np.ndarray, input_spec: InputSpec = LITE_INPUT, chunk: int = 256
+) -> np.ndarray:
     """uint8 packshot-size images -> float16 outputs of the frozen blocks."""
     name = session.get_inputs()[0].name
     out = []
     for start in range(0, len(images), chunk):
-        pixels = normalize(data.images_for_input(images[start : start + chunk], LITE_INPUT), LITE_INPUT)
+        pixels = normalize(data.images_for_input(images[start : start + chunk], input_spec), input_spec)
         out.append(session.run(None, {name: pixels})[0].astype(np.float16))
     return np.concatenate(out)
 
@@ -96,6 +98,19 @@ def shopper_views(images: np.ndarray, seed: int, donors: np.ndarray, chunk: int 
     return np.concatenate(
         [shopper.augment_views(images[s : s + chunk], rng, donors) for s in range(0, len(images), chunk)]
     )
+
+
+def training_views(images: np.ndarray, seed: int, count: int) -> Iterator[np.ndarray]:
+    """`count` views of every uint8 packshot, one array per view: view 0 the packshots, each mirrored at random;
+    the others random shopper views (seeded, clutter cut from other packshots of the same set)."""
+    rng = np.random.default_rng(seed)
+    for v in range(count):
+        if v == 0:
+            flip = rng.random(len(images)) < 0.5
+            yield np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+        else:
+            donors = images[rng.permutation(len(images))[:2000]]
+            yield shopper_views(images, seed + v, donors)
 
 
 def cached_views(
@@ -121,15 +136,8 @@ def cached_views(
         return {n: np.load(run_dir / f"views-{n}.npy", mmap_mode="r") for n in names}
     started = time.monotonic()
     session = early_session(early, threads, run_dir)
-    rng = np.random.default_rng(seed)
     parts = []
-    for v in range(VIEWS):
-        if v == 0:
-            flip = rng.random(len(train_images)) < 0.5
-            views = np.where(flip[:, None, None, None], train_images[:, :, ::-1], train_images)
-        else:
-            donors = train_images[rng.permutation(len(train_images))[:2000]]
-            views = shopper_views(train_images, seed + v, donors)
+    for v, views in enumerate(training_views(train_images, seed, VIEWS)):
         parts.append(early_features(session, views))
         log.info("view %d of %d cached (%.0f s)", v + 1, VIEWS, time.monotonic() - started)
     out = {
@@ -265,24 +273,9 @@ def train_classifier(
     log.info("trained %d steps in %.0f s (progress %.2f)", schedule.steps, fit_seconds, schedule.progress)
     model.save_weights(str(run_dir / "lite.weights.h5"))
 
-    # Temperatures on packshots and shopper views together: what the service will be sent.
-    clean, shopped = _predict(model, views["val"]), _predict(model, views["val_shopper"])
-    both = {a: np.concatenate([clean[a], shopped[a]]) for a in HEAD_ATTRIBUTES}
-    y_both = {a: np.concatenate([y_val[a], y_val[a]]) for a in HEAD_ATTRIBUTES}
-    temperatures, _, calibration = calibrate(both, y_both)
-    decoding, hierarchy = decode_hierarchy(
-        both, temperatures, y_both, hierarchy_matrices(full_train, {a: vocabularies[a].labels for a in HIERARCHY})
-    )
-    accuracy = {
-        "packshot": {a: top1_accuracy(clean[a], y_val[a]) for a in HEAD_ATTRIBUTES},
-        "shopper_view": {a: top1_accuracy(shopped[a], y_val[a]) for a in HEAD_ATTRIBUTES},
-    }
-    log.info("validation accuracy (independent heads) %s; hierarchy %s", accuracy, hierarchy)
-
     inputs = keras.Input((LITE_INPUT.height, LITE_INPUT.width, 3), name=LITE_INPUT.name)
     pooled = late(early(inputs))
-    logits = {a: model.get_layer(f"{a}_logits")(pooled) for a in HEAD_ATTRIBUTES}
-    exported = keras.Model(inputs, calibrated_outputs(logits, temperatures, decoding), name="classifier")
+    exported, validation = calibrated_classifier(model, inputs, pooled, views, y_val, full_train, vocabularies)
     for d, projection in projections.items():
         projection.save(run_dir / f"projection{d}.keras")
         proxies = {a: model.get_layer(f"emb{d}_{a}_proxies").get_weights()[0] for a in EMBEDDING_ATTRIBUTES}
@@ -312,14 +305,7 @@ def train_classifier(
         model=exported,
         input_spec=LITE_INPUT,
         heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
-        metrics={
-            "validation": {
-                "accuracy": hierarchy["accuracy"]
-                | {a: accuracy["packshot"][a] for a in HEAD_ATTRIBUTES if a not in HIERARCHY},
-                "accuracy_independent_heads": accuracy,
-                "calibration": calibration,
-            }
-        },
+        metrics={"validation": {k: v for k, v in validation.items() if k != "hierarchy"}},
         training={
             "recipe": "lite-classifier",
             "parameters": exported.count_params(),
@@ -329,11 +315,46 @@ def train_classifier(
             "steps": schedule.steps,
             "pretrained": provenance,
             "settings": settings,
-            "hierarchy": hierarchy,
+            "hierarchy": validation["hierarchy"],
         },
         parity_pixels=val.images[:256],
         run_dir=run_dir,
     )
+
+
+def calibrated_classifier(
+    model: keras.Model,
+    inputs: Any,
+    pooled: Any,
+    views: Mapping[str, np.ndarray],
+    y_val: Mapping[str, np.ndarray],
+    full_train: data.Dataset,
+    vocabularies: Mapping[str, Any],
+) -> tuple[keras.Model, dict[str, Any]]:
+    """image -> calibrated, hierarchy-decoded probabilities (the exported classifier), and its validation metrics.
+    `model` maps cached early features to `{attribute}_logits`; `pooled` is the trunk's output on `inputs`.
+    Temperatures are fitted on packshots and shopper views together: what the service will be sent."""
+    clean, shopped = _predict(model, views["val"]), _predict(model, views["val_shopper"])
+    both = {a: np.concatenate([clean[a], shopped[a]]) for a in HEAD_ATTRIBUTES}
+    y_both = {a: np.concatenate([y_val[a], y_val[a]]) for a in HEAD_ATTRIBUTES}
+    temperatures, _, calibration = calibrate(both, y_both)
+    decoding, hierarchy = decode_hierarchy(
+        both, temperatures, y_both, hierarchy_matrices(full_train, {a: vocabularies[a].labels for a in HIERARCHY})
+    )
+    accuracy = {
+        "packshot": {a: top1_accuracy(clean[a], y_val[a]) for a in HEAD_ATTRIBUTES},
+        "shopper_view": {a: top1_accuracy(shopped[a], y_val[a]) for a in HEAD_ATTRIBUTES},
+    }
+    log.info("validation accuracy (independent heads) %s; hierarchy %s", accuracy, hierarchy)
+    logits = {a: model.get_layer(f"{a}_logits")(pooled) for a in HEAD_ATTRIBUTES}
+    exported = keras.Model(inputs, calibrated_outputs(logits, temperatures, decoding), name="classifier")
+    validation = {
+        "accuracy": hierarchy["accuracy"] | {a: accuracy["packshot"][a] for a in HEAD_ATTRIBUTES if a not in HIERARCHY},
+        "accuracy_independent_heads": accuracy,
+        "calibration": calibration,
+        "hierarchy": hierarchy,
+    }
+    return exported, validation
 
 
 # --------------------------------------------------------------------------------------------------------------
