@@ -429,7 +429,7 @@ def side_by_side(models: Path, reports: Path, threads: int) -> list[str]:
     }
     robust_file = reports / "robustness" / "README.json"
     robust = json.loads(robust_file.read_text())["models"] if robust_file.is_file() else {}
-    rows: list[tuple[str, str, str]] = []
+    rows: list[tuple[str, ...]] = []
     for attribute in CLASSIFIER_TARGETS:
         rows.append(
             (f"{attribute} accuracy",)

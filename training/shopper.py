@@ -56,7 +56,11 @@ def background_mask(images: np.ndarray, connected: bool = True) -> np.ndarray:
     alpha = near_white.astype(np.float32)
     padded = np.pad(alpha, ((0, 0), (1, 1), (1, 1)), mode="edge")
     h, w = alpha.shape[1:]
-    return sum(padded[:, i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+    total = np.zeros_like(alpha)
+    for i in range(3):
+        for j in range(3):
+            total += padded[:, i : i + h, j : j + w]
+    return total / 9.0
 
 
 def composite(images: np.ndarray, backgrounds: np.ndarray, alpha: np.ndarray) -> np.ndarray:
@@ -68,7 +72,7 @@ def smooth_noise(rng: np.random.Generator, h: int, w: int, cell: float) -> np.nd
     """(h, w) values in [0, 1]: random values on a coarse grid, upsampled bicubically (a blotchy texture)."""
     gh, gw = max(2, int(h / cell) + 2), max(2, int(w / cell) + 2)
     grid = Image.fromarray((rng.random((gh, gw)) * 255).astype(np.uint8))
-    return np.asarray(grid.resize((w, h), Image.BICUBIC), dtype=np.float32) / 255.0
+    return np.asarray(grid.resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32) / 255.0
 
 
 def random_colour(rng: np.random.Generator, lo: int = 40, hi: int = 235) -> np.ndarray:
@@ -103,7 +107,7 @@ def texture(rng: np.random.Generator, h: int, w: int, kind: str, donors: np.ndar
     if kind == "clutter" and donors is not None and len(donors):  # other things lying around
         tiles = donors[rng.integers(0, len(donors), size=4)].astype(np.float32)
         mosaic = np.concatenate([np.concatenate(tiles[:2], axis=1), np.concatenate(tiles[2:], axis=1)], axis=0)
-        img = Image.fromarray(mosaic.astype(np.uint8)).resize((w, h), Image.BILINEAR)
+        img = Image.fromarray(mosaic.astype(np.uint8)).resize((w, h), Image.Resampling.BILINEAR)
         img = img.filter(ImageFilter.GaussianBlur(rng.uniform(0.5, 2.0)))
         tint = random_colour(rng, 60, 200)
         mix = rng.uniform(0.2, 0.6)
@@ -140,7 +144,9 @@ def affine(
     c0 = cx - inv[0, 0] * (cx + tx) - inv[0, 1] * (cy + ty)
     c1 = cy - inv[1, 0] * (cx + tx) - inv[1, 1] * (cy + ty)
     coeffs = (inv[0, 0], inv[0, 1], c0, inv[1, 0], inv[1, 1], c1)
-    out = Image.fromarray(img).transform((w, h), Image.AFFINE, coeffs, Image.BILINEAR, fillcolor=fill)
+    out = Image.fromarray(img).transform(
+        (w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.BILINEAR, fillcolor=fill
+    )
     return np.asarray(out)
 
 
@@ -150,7 +156,7 @@ def crop(img: np.ndarray, fraction: float, cx: float = 0.5, cy: float = 0.5) -> 
     ch, cw = max(2, round(h * fraction)), max(2, round(w * fraction))
     top = int(np.clip(round(cy * h - ch / 2), 0, h - ch))
     left = int(np.clip(round(cx * w - cw / 2), 0, w - cw))
-    return np.asarray(Image.fromarray(img[top : top + ch, left : left + cw]).resize((w, h), Image.BILINEAR))
+    return np.asarray(Image.fromarray(img[top : top + ch, left : left + cw]).resize((w, h), Image.Resampling.BILINEAR))
 
 
 def light(
@@ -202,7 +208,9 @@ def occlude(img: np.ndarray, area: float, rng: np.random.Generator, patch: np.nd
     top, left = int(rng.integers(0, h - ph + 1)), int(rng.integers(0, w - pw + 1))
     out = img.copy()
     if patch is not None:
-        out[top : top + ph, left : left + pw] = np.asarray(Image.fromarray(patch).resize((pw, ph), Image.BILINEAR))
+        out[top : top + ph, left : left + pw] = np.asarray(
+            Image.fromarray(patch).resize((pw, ph), Image.Resampling.BILINEAR)
+        )
     else:
         out[top : top + ph, left : left + pw] = random_colour(rng, 0, 255).astype(np.uint8)
     return out
@@ -238,7 +246,7 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
             img = crop(np.ascontiguousarray(img), rng.uniform(0.6, 0.95), rng.uniform(0.4, 0.6), rng.uniform(0.4, 0.6))
         out[k] = img
     # Backgrounds for about 60% of the views, masks computed for the whole batch at once.
-    replace = rng.random(n) < 0.6
+    replace = np.asarray(rng.random(n) < 0.6)
     if replace.any():
         idx = np.flatnonzero(replace)
         connected = rng.random() < 0.85
