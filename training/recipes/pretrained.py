@@ -173,6 +173,44 @@ class ViewBatches(keras.utils.PyDataset):
         self.order = self.rng.permutation(len(self.features))
 
 
+def head_losses(y_train: Mapping[str, np.ndarray], sizes: Mapping[str, int]) -> dict[str, Any]:
+    """The classifier's loss per head: label smoothing, class weights, missing labels masked."""
+    return {
+        a: MaskedSmoothedCrossEntropy(
+            class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), smoothing=LABEL_SMOOTHING, name=f"{a}_ce"
+        )
+        for a in HEAD_ATTRIBUTES
+    }
+
+
+def fit_on_views(
+    model: keras.Model,
+    features: np.ndarray,
+    targets: Mapping[str, np.ndarray],
+    losses: Mapping[str, Any],
+    weights: Mapping[str, float],
+    options: TrainOptions,
+    epochs: int,
+    minutes: float,
+    peak_lr: float = PEAK_LR,
+) -> tuple[ProgressSchedule, float]:
+    """AdamW with warm-up + cosine over progress (steps or the wall-clock budget, whichever runs out first) on
+    shuffled batches of cached views; the schedule (steps, progress) and the seconds it took."""
+    model.compile(
+        optimizer=keras.optimizers.AdamW(peak_lr, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
+        loss=dict(losses),
+        loss_weights=dict(weights),
+        jit_compile=False,
+    )
+    batches = ViewBatches(features, targets, options.batch_size or DEFAULT_BATCH, options.seed)
+    schedule = ProgressSchedule(peak_lr, epochs * len(batches), 60.0 * minutes, WARMUP)
+    started = time.monotonic()
+    model.fit(batches, epochs=epochs, verbose=options.verbose, callbacks=[schedule])
+    seconds = time.monotonic() - started
+    log.info("trained %d steps in %.0f s (progress %.2f)", schedule.steps, seconds, schedule.progress)
+    return schedule, seconds
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The model
 
@@ -245,32 +283,16 @@ def train_classifier(
     targets |= {f"emb{d}_{a}": targets[a] for d in EMBEDDING_DIMS for a in EMBEDDING_ATTRIBUTES}
 
     model, projections = build_training_model(late, sizes, embedding_sizes)
-    losses: dict[str, Any] = {
-        a: MaskedSmoothedCrossEntropy(
-            class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), smoothing=LABEL_SMOOTHING, name=f"{a}_ce"
-        )
-        for a in HEAD_ATTRIBUTES
-    }
+    losses = head_losses(y_train, sizes)
     weights: dict[str, float] = dict(LOSS_WEIGHTS)
     for d in EMBEDDING_DIMS:
         for a in EMBEDDING_ATTRIBUTES:
             losses[f"emb{d}_{a}"] = MaskedSmoothedCrossEntropy(np.ones(sizes[a]), smoothing=0.0, name=f"emb{d}_{a}_ce")
             weights[f"emb{d}_{a}"] = EMBEDDING_ATTRIBUTES[a]
-    model.compile(
-        optimizer=keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
-        loss=losses,
-        loss_weights=weights,
-        jit_compile=False,
-    )
     batch = options.batch_size or DEFAULT_BATCH
     epochs = options.epochs or 3  # passes over all cached views; the wall-clock budget usually ends it first
-    budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
-    batches = ViewBatches(views["train"], targets, batch, options.seed)
-    schedule = ProgressSchedule(PEAK_LR, epochs * len(batches), budget_s, WARMUP)
-    fit_started = time.monotonic()
-    model.fit(batches, epochs=epochs, verbose=options.verbose, callbacks=[schedule])
-    fit_seconds = time.monotonic() - fit_started
-    log.info("trained %d steps in %.0f s (progress %.2f)", schedule.steps, fit_seconds, schedule.progress)
+    minutes = DEFAULT_MINUTES if options.max_minutes is None else options.max_minutes
+    schedule, fit_seconds = fit_on_views(model, views["train"], targets, losses, weights, options, epochs, minutes)
     model.save_weights(str(run_dir / "lite.weights.h5"))
 
     inputs = keras.Input((LITE_INPUT.height, LITE_INPUT.width, 3), name=LITE_INPUT.name)
@@ -288,7 +310,7 @@ def train_classifier(
         "views_per_image": VIEWS,
         "batch_size": batch,
         "epochs_planned": epochs,
-        "max_minutes": budget_s / 60.0,
+        "max_minutes": minutes,
         "peak_lr": PEAK_LR,
         "weight_decay": WEIGHT_DECAY,
         "optimizer": "AdamW, warm-up + cosine over progress",

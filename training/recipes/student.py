@@ -32,30 +32,25 @@ import numpy as np
 from fashionsearch.model_contract import InputSpec, ModelSpec
 from training import data, lite
 from training.evaluate import load_model, predict
-from training.layers import MaskedSmoothedCrossEntropy
-from training.metrics import class_weights
 from training.recipe import Head, TrainedModel, TrainOptions
 from training.recipes.classifier import (
-    CLASS_WEIGHT_POWER,
     HEAD_ATTRIBUTES,
-    LABEL_SMOOTHING,
     LOSS_WEIGHTS,
     MIN_CLASS_COUNT,
-    WARMUP,
 )
 from training.recipes.embedder import retrieval_summary
 from training.recipes.pretrained import (
+    DEFAULT_BATCH,
     HEAD_DROPOUT,
     SPLIT_AT,
-    WEIGHT_DECAY,
-    ViewBatches,
     calibrated_classifier,
     early_features,
     early_session,
+    fit_on_views,
+    head_losses,
     shopper_views,
     training_views,
 )
-from training.trainer import ProgressSchedule
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +58,6 @@ STUDENT_INPUT = InputSpec(name="image", height=80, width=60, **lite.LITE_SCALING
 STUDENT_VIEWS = 3  # per training image: the packshot and two shopper views, each labelled by the teacher
 VIEW_SEED = 7  # added to the run's seed: views the teacher was not trained on
 DEFAULT_MINUTES = 15.0
-DEFAULT_BATCH = 64
 PEAK_LR = 3e-4  # lower than the teacher's: the student starts from the teacher's weights
 SOFT_WEIGHT = 0.7  # of each head's loss: the teacher's probabilities; the label has the rest
 EMBEDDING_WEIGHT = 4.0  # on 1 - cosine(student, teacher); about the size of a head's loss early on
@@ -158,32 +152,18 @@ def train_classifier(
     targets: dict[str, np.ndarray] = {a: np.tile(y_train[a], STUDENT_VIEWS) for a in HEAD_ATTRIBUTES}
     targets |= {f"{a}_soft": np.concatenate([s[a] for s in soft]) for a in HEAD_ATTRIBUTES}
     targets["embedding"] = np.concatenate([s["embedding"] for s in soft])
-    losses: dict[str, Any] = {
-        a: MaskedSmoothedCrossEntropy(
-            class_weights(y_train[a], sizes[a], CLASS_WEIGHT_POWER), smoothing=LABEL_SMOOTHING, name=f"{a}_ce"
-        )
-        for a in HEAD_ATTRIBUTES
-    }
+    losses = head_losses(y_train, sizes)
     losses |= {f"{a}_soft": keras.losses.CategoricalCrossentropy(from_logits=True) for a in HEAD_ATTRIBUTES}
     losses["embedding"] = CosineDistance(name="embedding_cosine")
     weights = {a: (1 - SOFT_WEIGHT) * w for a, w in LOSS_WEIGHTS.items()}
     weights |= {f"{a}_soft": SOFT_WEIGHT * w for a, w in LOSS_WEIGHTS.items()}
     weights["embedding"] = EMBEDDING_WEIGHT
-    model.compile(
-        optimizer=keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
-        loss=losses,
-        loss_weights=weights,
-        jit_compile=False,
-    )
     batch = options.batch_size or DEFAULT_BATCH
     epochs = options.epochs or 6
-    budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
-    batches = ViewBatches(np.concatenate(features), targets, batch, options.seed)
-    schedule = ProgressSchedule(PEAK_LR, epochs * len(batches), budget_s, WARMUP)
-    fit_started = time.monotonic()
-    model.fit(batches, epochs=epochs, verbose=options.verbose, callbacks=[schedule])
-    fit_seconds = time.monotonic() - fit_started
-    log.info("trained %d steps in %.0f s (progress %.2f)", schedule.steps, fit_seconds, schedule.progress)
+    minutes = DEFAULT_MINUTES if options.max_minutes is None else options.max_minutes
+    schedule, fit_seconds = fit_on_views(
+        model, np.concatenate(features), targets, losses, weights, options, epochs, minutes, PEAK_LR
+    )
 
     inputs = keras.Input((STUDENT_INPUT.height, STUDENT_INPUT.width, 3), name=STUDENT_INPUT.name)
     pooled = late(early(inputs))
@@ -216,7 +196,7 @@ def train_classifier(
                 "embedding_weight": EMBEDDING_WEIGHT,
                 "batch_size": batch,
                 "epochs_planned": epochs,
-                "max_minutes": budget_s / 60.0,
+                "max_minutes": minutes,
                 "peak_lr": PEAK_LR,
                 "train_images": len(train),
                 "val_images": len(val),
