@@ -28,6 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -211,6 +212,59 @@ def fit_on_views(
     return schedule, seconds
 
 
+@dataclass(frozen=True)
+class LabelledSplits:
+    """What a lite classifier recipe trains and validates on: the splits (at most options.limit images), the
+    vocabularies of the full training split and the encoded labels."""
+
+    full_train: data.Dataset
+    train: data.Dataset
+    val: data.Dataset
+    vocabularies: Mapping[str, Any]
+    sizes: Mapping[str, int]
+    y_train: Mapping[str, np.ndarray]
+    y_val: Mapping[str, np.ndarray]
+
+    @classmethod
+    def of(cls, dataset: data.Dataset, split: dict[int, str], options: TrainOptions) -> LabelledSplits:
+        full_train = dataset.split(split, "train")
+        vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
+        train = full_train.at_most(options.limit, options.seed)
+        val = dataset.split(split, "val").at_most(options.limit, options.seed)
+        if not len(val):
+            raise data.DataError("the split has no validation images: temperatures and choices need them")
+        return cls(
+            full_train=full_train,
+            train=train,
+            val=val,
+            vocabularies=vocabularies,
+            sizes={a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES},
+            y_train={a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES},
+            y_val={a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES},
+        )
+
+    def classifier(
+        self,
+        exported: keras.Model,
+        input_spec: InputSpec,
+        validation: Mapping[str, Any],
+        run_dir: Path,
+        training: dict[str, Any],
+    ) -> TrainedModel:
+        """The exported classifier (calibrated_classifier's model and metrics) as a TrainedModel."""
+        return TrainedModel(
+            name="classifier",
+            kind="classifier",
+            model=exported,
+            input_spec=input_spec,
+            heads=tuple(Head(attribute=a, labels=self.vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
+            metrics={"validation": {k: v for k, v in validation.items() if k != "hierarchy"}},
+            training=training | {"hierarchy": validation["hierarchy"]},
+            parity_pixels=self.val.images[:256],
+            run_dir=run_dir,
+        )
+
+
 # --------------------------------------------------------------------------------------------------------------
 # The model
 
@@ -265,16 +319,10 @@ def train_classifier(
     data.configure_tensorflow(options.threads, options.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    full_train = dataset.split(split, "train")
-    vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
-    train = full_train.at_most(options.limit, options.seed)
-    val = dataset.split(split, "val").at_most(options.limit, options.seed)
-    if not len(val):
-        raise data.DataError("the split has no validation images: temperatures and choices need them")
-    sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
+    labelled = LabelledSplits.of(dataset, split, options)
+    full_train, vocabularies, train, val = labelled.full_train, labelled.vocabularies, labelled.train, labelled.val
+    sizes, y_train, y_val = labelled.sizes, labelled.y_train, labelled.y_val
     embedding_sizes = {a: sizes[a] for a in EMBEDDING_ATTRIBUTES}
-    y_train = {a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES}
-    y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
 
     early, late, provenance = pretrained_trunk()
     views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads)
@@ -321,14 +369,12 @@ def train_classifier(
         "val_images": len(val),
         "seed": options.seed,
     }
-    return TrainedModel(
-        name="classifier",
-        kind="classifier",
-        model=exported,
-        input_spec=LITE_INPUT,
-        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
-        metrics={"validation": {k: v for k, v in validation.items() if k != "hierarchy"}},
-        training={
+    return labelled.classifier(
+        exported,
+        LITE_INPUT,
+        validation,
+        run_dir,
+        {
             "recipe": "lite-classifier",
             "parameters": exported.count_params(),
             "seconds": round(time.monotonic() - started, 1),
@@ -337,10 +383,7 @@ def train_classifier(
             "steps": schedule.steps,
             "pretrained": provenance,
             "settings": settings,
-            "hierarchy": validation["hierarchy"],
         },
-        parity_pixels=val.images[:256],
-        run_dir=run_dir,
     )
 
 

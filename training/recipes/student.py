@@ -32,17 +32,17 @@ import numpy as np
 from fashionsearch.model_contract import InputSpec, ModelSpec
 from training import data, lite
 from training.evaluate import load_model, predict
-from training.recipe import Head, TrainedModel, TrainOptions
+from training.recipe import TrainedModel, TrainOptions
 from training.recipes.classifier import (
     HEAD_ATTRIBUTES,
     LOSS_WEIGHTS,
-    MIN_CLASS_COUNT,
 )
 from training.recipes.embedder import retrieval_summary
 from training.recipes.pretrained import (
     DEFAULT_BATCH,
     HEAD_DROPOUT,
     SPLIT_AT,
+    LabelledSplits,
     calibrated_classifier,
     early_features,
     early_session,
@@ -118,20 +118,14 @@ def train_classifier(
             f"no trained lite classifier in {teacher_run}: run `python -m training train lite-classifier`"
         )
     specs = [ModelSpec.load(t) for t in teacher]
-    _check_same_teacher(specs, teacher_run)
-    full_train = dataset.split(split, "train")
-    vocabularies = data.build_vocabularies(full_train, HEAD_ATTRIBUTES, min_count=MIN_CLASS_COUNT)
+    teacher_training = _check_same_teacher(specs, teacher_run)
+    labelled = LabelledSplits.of(dataset, split, options)
+    full_train, vocabularies, train, val = labelled.full_train, labelled.vocabularies, labelled.train, labelled.val
+    sizes, y_train, y_val = labelled.sizes, labelled.y_train, labelled.y_val
     for spec in specs:  # the student's heads are the teacher's: same classes in the same order
         for head in spec.outputs:
             if tuple(head.labels) != tuple(vocabularies[head.attribute].labels):
                 raise data.DataError(f"{head.attribute}: the teacher's classes differ from this split's")
-    train = full_train.at_most(options.limit, options.seed)
-    val = dataset.split(split, "val").at_most(options.limit, options.seed)
-    if not len(val):
-        raise data.DataError("the split has no validation images: temperatures and choices need them")
-    sizes = {a: len(vocabularies[a]) for a in HEAD_ATTRIBUTES}
-    y_train = {a: vocabularies[a].encode(train.labels[a]) for a in HEAD_ATTRIBUTES}
-    y_val = {a: vocabularies[a].encode(val.labels[a]) for a in HEAD_ATTRIBUTES}
 
     teacher_trunk = keras.models.load_model(teacher_run / "trunk.keras")
     early, late = student_trunk(teacher_trunk)
@@ -170,14 +164,12 @@ def train_classifier(
     exported, validation = calibrated_classifier(model, inputs, pooled, val_views, y_val, full_train, vocabularies)
     embedding = projection(pooled)
     keras.Model(inputs, embedding, name="embedder").save(run_dir / "embedder.keras")
-    return TrainedModel(
-        name="classifier",
-        kind="classifier",
-        model=exported,
-        input_spec=STUDENT_INPUT,
-        heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
-        metrics={"validation": {k: v for k, v in validation.items() if k != "hierarchy"}},
-        training={
+    return labelled.classifier(
+        exported,
+        STUDENT_INPUT,
+        validation,
+        run_dir,
+        {
             "recipe": "lite-student",
             "parameters": exported.count_params(),
             "seconds": round(time.monotonic() - started, 1),
@@ -185,8 +177,7 @@ def train_classifier(
             "fit_seconds": round(fit_seconds, 1),
             "steps": schedule.steps,
             "teacher": [f"{s.name}:{s.version}" for s in specs],
-            "pretrained": teacher_trunk_provenance(teacher_run),
-            "hierarchy": validation["hierarchy"],
+            "pretrained": teacher_training.get("pretrained"),
             "settings": {
                 "input": f"{STUDENT_INPUT.height}x{STUDENT_INPUT.width} (the packshots as stored)",
                 "trunk": "EfficientNet-Lite0, started from the teacher's fine-tuned weights",
@@ -203,8 +194,6 @@ def train_classifier(
                 "seed": options.seed,
             },
         },
-        parity_pixels=val.images[:256],
-        run_dir=run_dir,
     )
 
 
@@ -231,21 +220,19 @@ def _training_model(late: keras.Model, sizes: Mapping[str, int], teacher_run: Pa
     return keras.Model(inputs, outputs, name="student_training"), projection
 
 
-def _check_same_teacher(specs: Sequence[ModelSpec], teacher_run: Path) -> None:
+def _check_same_teacher(specs: Sequence[ModelSpec], teacher_run: Path) -> dict[str, Any]:
     """The student starts from the weights in teacher_run and learns the served teacher's answers: they must be
-    the same training run (compared by its recorded training time, which every export copies)."""
-    run = json.loads((teacher_run / "trained.json").read_text()).get("training", {}).get("seconds")
+    the same training run (compared by its recorded training time, which every export copies). Returns the run's
+    training record."""
+    training: dict[str, Any] = json.loads((teacher_run / "trained.json").read_text()).get("training", {})
+    run = training.get("seconds")
     served = next((s.extra.get("training", {}).get("seconds") for s in specs if s.kind == "classifier"), None)
     if run != served:
         raise data.DataError(
             f"the served teacher classifier (training {served} s) is not the run in {teacher_run} ({run} s): "
             "pass --teacher with the folders that run exported"
         )
-
-
-def teacher_trunk_provenance(teacher_run: Path) -> Any:
-    trained = teacher_run / "trained.json"
-    return json.loads(trained.read_text()).get("training", {}).get("pretrained") if trained.is_file() else None
+    return training
 
 
 def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions) -> TrainedModel:
