@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, robustness
+from training import data, probe, robustness
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import RECIPES, TrainOptions, get_recipe
@@ -120,6 +120,23 @@ def cmd_train_text(args: argparse.Namespace) -> int:
         dataset, split, args.embedder, args.out, settings, args.version, args.seed, args.threads, args.limit
     )
     log.info("exported %s (targets %s) to %s", spec.identity, spec.target, args.out)
+    return 0
+
+
+def cmd_probe_lite(args: argparse.Namespace) -> int:
+    plans = [probe.parse_plan(p, args.views, args.minutes) for p in args.plan]
+    settings = probe.ProbeSettings(args.train_images, args.seed, args.threads)
+    dataset, split = _load(args)
+    results = [probe.probe(dataset, split, plan, minutes, settings, args.runs) for plan, minutes in plans]
+    command = (
+        "python -m training probe-lite "
+        + " ".join(f"--plan {p}" for p in args.plan)
+        + f" --views {args.views} --train-images {args.train_images} --minutes {args.minutes:g}"
+    )
+    args.report.parent.mkdir(parents=True, exist_ok=True)
+    args.report.write_text(probe.markdown(results, command, settings))
+    args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    log.info("wrote %s", args.report)
     return 0
 
 
@@ -260,6 +277,26 @@ def main(argv: list[str] | None = None) -> int:
         "--report", type=Path, default=None, help="default reports/robustness/README.md (test), validation.md (val)"
     )
     p.set_defaults(func=cmd_robustness)
+
+    p = commands.add_parser(
+        "probe-lite", help="the lite classifier's recipe with other input sizes / frozen blocks, equal minutes each"
+    )
+    p.add_argument(
+        "--plan", action="append", required=True, help="HEIGHTxWIDTH:FROZEN_BLOCKS[@MINUTES], e.g. 128x96:8 (repeat)"
+    )
+    _data_args(p)
+    p.add_argument("--views", type=int, default=2, help="views per training photo: the packshot and VIEWS-1 shopper")
+    p.add_argument("--train-images", type=int, default=12000, help="training photos (the same random subset)")
+    p.add_argument("--minutes", type=float, default=8.0, help="training minutes of a plan without @MINUTES")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=data.REPO_ROOT / ".cache" / "runs" / "probe-lite",
+        help="one folder per plan: cached views and result.json (reused)",
+    )
+    p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "classifier" / "probes.md")
+    p.set_defaults(func=cmd_probe_lite)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
     p.add_argument("source", type=Path)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, evaluate, metrics
+from training import data, evaluate, metrics, probe
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 from training.metrics import softmax
 from training.recipes import hierarchy as decoding
@@ -507,7 +507,22 @@ def main(argv: list[str] | None = None) -> int:
         text = readme.read_text(encoding="utf-8")
         cut = text.index("## Calibration")  # after the summary against the targets
         readme.write_text(text[:cut] + "\n".join(section) + "\n" + text[cut:], encoding="utf-8")
+    if args.only in (None, "classifier"):
+        insert_probes(args.reports / "classifier")
     return 0
+
+
+def insert_probes(report_dir: Path) -> None:
+    """The trunk-plan probes (probes.json, written by `python -m training probe-lite`) in short, before the
+    calibration section of report_dir/README.md; nothing when they were not run."""
+    probes_file = report_dir / "probes.json"
+    if not probes_file.is_file():
+        return
+    readme = report_dir / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    cut = text.index("## Calibration")
+    section = "\n".join(probe.summary_section(json.loads(probes_file.read_text()))) + "\n"
+    readme.write_text(text[:cut] + section + text[cut:], encoding="utf-8")
 
 
 if __name__ == "__main__":

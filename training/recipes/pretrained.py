@@ -70,6 +70,20 @@ EMBEDDING_DIMS = (32, 64, 128)
 EMBEDDING_HIDDEN = 1024
 
 
+@dataclass(frozen=True)
+class TrunkPlan:
+    """What the trunk sees and where it is cut: the input size, the blocks frozen and cached, views per image.
+    The recipe's plan is the default; `python -m training probe-lite` measures others."""
+
+    input_spec: InputSpec = LITE_INPUT
+    split_at: int = SPLIT_AT
+    views: int = VIEWS
+
+    @property
+    def name(self) -> str:
+        return f"{self.input_spec.height}x{self.input_spec.width}-frozen{self.split_at}-views{self.views}"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Cached views of the frozen blocks
 
@@ -115,16 +129,23 @@ def training_views(images: np.ndarray, seed: int, count: int) -> Iterator[np.nda
 
 
 def cached_views(
-    train_images: np.ndarray, val_images: np.ndarray, early: keras.Model, run_dir: Path, seed: int, threads: int
+    train_images: np.ndarray,
+    val_images: np.ndarray,
+    early: keras.Model,
+    run_dir: Path,
+    seed: int,
+    threads: int,
+    plan: TrunkPlan = TrunkPlan(),
 ) -> dict[str, np.ndarray]:
-    """{"train": (VIEWS * N, ...) view-major, "val": packshots, "val_shopper": one shopper view each}, cached in
+    """{"train": (plan.views * N, ...) view-major, "val": packshots, "val_shopper": one shopper view each}, cached in
     run_dir/views-*.npy (reused when the images, views and seed are the same)."""
     key = {
         "train": len(train_images),
         "val": len(val_images),
-        "views": VIEWS,
+        "views": plan.views,
         "seed": seed,
-        "split_at": SPLIT_AT,
+        "split_at": plan.split_at,
+        "input": [plan.input_spec.height, plan.input_spec.width],
         "augment": shopper.AUGMENT_VERSION,
     }
     meta = run_dir / "views.json"
@@ -136,16 +157,18 @@ def cached_views(
     ):
         return {n: np.load(run_dir / f"views-{n}.npy", mmap_mode="r") for n in names}
     started = time.monotonic()
-    session = early_session(early, threads, run_dir)
+    session = early_session(early, threads, run_dir, plan.input_spec)
     parts = []
-    for v, views in enumerate(training_views(train_images, seed, VIEWS)):
-        parts.append(early_features(session, views))
-        log.info("view %d of %d cached (%.0f s)", v + 1, VIEWS, time.monotonic() - started)
+    for v, views in enumerate(training_views(train_images, seed, plan.views)):
+        parts.append(early_features(session, views, plan.input_spec))
+        log.info("view %d of %d cached (%.0f s)", v + 1, plan.views, time.monotonic() - started)
     out = {
         "train": np.concatenate(parts),
-        "val": early_features(session, val_images),
+        "val": early_features(session, val_images, plan.input_spec),
         # A fixed seed of its own: validation shopper views never match a training view.
-        "val_shopper": early_features(session, shopper_views(val_images, seed + 1000, train_images[:2000])),
+        "val_shopper": early_features(
+            session, shopper_views(val_images, seed + 1000, train_images[:2000]), plan.input_spec
+        ),
     }
     for n, a in out.items():
         np.save(run_dir / f"views-{n}.npy", a)
@@ -297,15 +320,34 @@ def build_training_model(
     return keras.Model(inputs, outputs, name="lite_training"), projections
 
 
-def pretrained_trunk() -> tuple[keras.Model, keras.Model, dict[str, Any]]:
-    early, late = lite.build_trunk(LITE_INPUT.height, LITE_INPUT.width, SPLIT_AT)
+def training_losses(
+    y_train: Mapping[str, np.ndarray], sizes: Mapping[str, int]
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """build_training_model's losses and their weights: the heads' and the embedding projections' proxy losses."""
+    losses = head_losses(y_train, sizes)
+    weights: dict[str, float] = dict(LOSS_WEIGHTS)
+    for d in EMBEDDING_DIMS:
+        for a in EMBEDDING_ATTRIBUTES:
+            losses[f"emb{d}_{a}"] = MaskedSmoothedCrossEntropy(np.ones(sizes[a]), smoothing=0.0, name=f"emb{d}_{a}_ce")
+            weights[f"emb{d}_{a}"] = EMBEDDING_ATTRIBUTES[a]
+    return losses, weights
+
+
+def training_targets(y_train: Mapping[str, np.ndarray], views: int) -> dict[str, np.ndarray]:
+    """The labels of `views` view-major copies of the training images, for every output of build_training_model."""
+    targets = {a: np.tile(y_train[a], views) for a in HEAD_ATTRIBUTES}
+    return targets | {f"emb{d}_{a}": targets[a] for d in EMBEDDING_DIMS for a in EMBEDDING_ATTRIBUTES}
+
+
+def pretrained_trunk(plan: TrunkPlan = TrunkPlan()) -> tuple[keras.Model, keras.Model, dict[str, Any]]:
+    early, late = lite.build_trunk(plan.input_spec.height, plan.input_spec.width, plan.split_at)
     weights, provenance = lite.load_converted()
     lite.load_weights([early, late], weights)
     early.trainable = False
     return early, late, provenance
 
 
-def _predict(model: keras.Model, features: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
+def predict_on_views(model: keras.Model, features: np.ndarray, batch: int = 512) -> dict[str, np.ndarray]:
     out: dict[str, list[np.ndarray]] = {}
     for s in range(0, len(features), batch):
         for k, v in model(np.asarray(features[s : s + batch], dtype=np.float32), training=False).items():
@@ -327,16 +369,10 @@ def train_classifier(
     early, late, provenance = pretrained_trunk()
     views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads)
     cache_seconds = time.monotonic() - started
-    targets = {a: np.tile(y_train[a], VIEWS) for a in HEAD_ATTRIBUTES}
-    targets |= {f"emb{d}_{a}": targets[a] for d in EMBEDDING_DIMS for a in EMBEDDING_ATTRIBUTES}
+    targets = training_targets(y_train, VIEWS)
 
     model, projections = build_training_model(late, sizes, embedding_sizes)
-    losses = head_losses(y_train, sizes)
-    weights: dict[str, float] = dict(LOSS_WEIGHTS)
-    for d in EMBEDDING_DIMS:
-        for a in EMBEDDING_ATTRIBUTES:
-            losses[f"emb{d}_{a}"] = MaskedSmoothedCrossEntropy(np.ones(sizes[a]), smoothing=0.0, name=f"emb{d}_{a}_ce")
-            weights[f"emb{d}_{a}"] = EMBEDDING_ATTRIBUTES[a]
+    losses, weights = training_losses(y_train, sizes)
     batch = options.batch_size or DEFAULT_BATCH
     epochs = options.epochs or 3  # passes over all cached views; the wall-clock budget usually ends it first
     minutes = DEFAULT_MINUTES if options.max_minutes is None else options.max_minutes
@@ -399,7 +435,7 @@ def calibrated_classifier(
     """image -> calibrated, hierarchy-decoded probabilities (the exported classifier), and its validation metrics.
     `model` maps cached early features to `{attribute}_logits`; `pooled` is the trunk's output on `inputs`.
     Temperatures are fitted on packshots and shopper views together: what the service will be sent."""
-    clean, shopped = _predict(model, views["val"]), _predict(model, views["val_shopper"])
+    clean, shopped = predict_on_views(model, views["val"]), predict_on_views(model, views["val_shopper"])
     both = {a: np.concatenate([clean[a], shopped[a]]) for a in HEAD_ATTRIBUTES}
     y_both = {a: np.concatenate([y_val[a], y_val[a]]) for a in HEAD_ATTRIBUTES}
     temperatures, _, calibration = calibrate(both, y_both)
