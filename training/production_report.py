@@ -514,15 +514,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def insert_probes(report_dir: Path) -> None:
     """The trunk-plan probes (probes.json, written by `python -m training probe-lite`) in short, before the
-    calibration section of report_dir/README.md; nothing when they were not run."""
+    calibration section of report_dir/README.md (replacing an earlier copy); nothing when they were not run."""
     probes_file = report_dir / "probes.json"
     if not probes_file.is_file():
         return
     readme = report_dir / "README.md"
+    section = probe.summary_section(json.loads(probes_file.read_text()))
     text = readme.read_text(encoding="utf-8")
+    if section[0] in text:  # an earlier insertion is replaced, not repeated
+        start = text.index(section[0])
+        text = text[:start] + text[text.index("\n## ", start + 1) + 1 :]
     cut = text.index("## Calibration")
-    section = "\n".join(probe.summary_section(json.loads(probes_file.read_text()))) + "\n"
-    readme.write_text(text[:cut] + section + text[cut:], encoding="utf-8")
+    readme.write_text(text[:cut] + "\n".join(section) + "\n" + text[cut:], encoding="utf-8")
 
 
 if __name__ == "__main__":

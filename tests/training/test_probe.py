@@ -89,3 +89,5 @@ def test_the_production_report_shows_the_probes_before_calibration(tmp_path):
     text = readme.read_text()
     assert text.index("## Summary") < text.index("## Resolution, frozen blocks") < text.index("## Calibration")
     assert "| 128x96 | 8 | 8 | 1303 | 369 | 84.1 | 84.1 | 99.2 |" in text
+    insert_probes(tmp_path)  # again: one copy
+    assert readme.read_text() == text
