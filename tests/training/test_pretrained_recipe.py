@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_dataset
+from conftest import make_lite_dataset
 
 from fashionsearch.model_contract import ModelSpec
 from training import data
@@ -19,15 +19,7 @@ pytestmark = [pytest.mark.training, pytest.mark.slow]
 def test_lite_classifier_and_embedder_train_and_export(tmp_path):
     pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
     synthetic_data = tmp_path / "data"
-    make_dataset(synthetic_data, per_kind=12)  # a validation image of every kind
-    styles = synthetic_data / "styles.csv"
-    rows = styles.read_text().splitlines(keepends=True)
-    # Two seasons and usages, so that every head has more than one class.
-    styles.write_text(
-        "".join(
-            r.replace(",Summer,2012,Casual,", ",Winter,2012,Formal,") if k % 3 == 0 else r for k, r in enumerate(rows)
-        )
-    )
+    make_lite_dataset(synthetic_data)
     common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
     assert main(["-q", "split", *common]) == 0
     runs = tmp_path / "runs"

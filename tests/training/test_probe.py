@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_dataset
+from conftest import make_lite_dataset
 
 from training import data, probe
 from training.__main__ import main
@@ -38,13 +38,13 @@ def test_a_bad_plan_is_refused_with_what_is_wanted(text, message):
 def test_probes_train_each_plan_for_the_same_minutes_and_reuse_their_results(tmp_path):
     pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
     synthetic_data = tmp_path / "data"
-    make_dataset(synthetic_data, per_kind=8)
+    make_lite_dataset(synthetic_data)
     common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
     assert main(["-q", "split", *common]) == 0
     report = tmp_path / "probes.md"
     probe_args = [
         "--train-images",
-        "20",
+        "10",
         "--minutes",
         "0.02",
         "--runs",
@@ -57,8 +57,8 @@ def test_probes_train_each_plan_for_the_same_minutes_and_reuse_their_results(tmp
 
     results = json.loads(report.with_suffix(".json").read_text())
     assert [(r["frozen_blocks"], r["input"], r["train_images"], r["minutes"]) for r in results] == [
-        (8, [64, 48], 20, 0.02),
-        (11, [64, 48], 20, 0.03),
+        (8, [64, 48], 10, 0.02),
+        (11, [64, 48], 10, 0.03),
     ]
     assert results[0]["trained_parameters"] > results[1]["trained_parameters"]  # fewer blocks frozen, more trained
     assert all(r["steps"] > 0 and 0 <= r["accuracy"]["shopper_view"]["articleType"] <= 1 for r in results)
