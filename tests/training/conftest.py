@@ -76,3 +76,16 @@ def make_lite_dataset(root: Path) -> None:
             r.replace(",Summer,2012,Casual,", ",Winter,2012,Formal,") if k % 3 == 0 else r for k, r in enumerate(rows)
         )
     )
+
+
+@pytest.fixture
+def lite_data_args(tmp_path: Path) -> list[str]:
+    """`--data --cache --split` of a split synthetic lite dataset in tmp_path, for `python -m training` commands;
+    skipped without torch, which reads the pretrained weights."""
+    pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
+    from training.__main__ import main
+
+    make_lite_dataset(tmp_path / "data")
+    common = ["--data", str(tmp_path / "data"), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
+    assert main(["-q", "split", *common]) == 0
+    return common

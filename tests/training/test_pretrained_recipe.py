@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_lite_dataset
 
 from fashionsearch.model_contract import ModelSpec
 from training import data
@@ -16,12 +15,8 @@ from training.recipes import student
 pytestmark = [pytest.mark.training, pytest.mark.slow]
 
 
-def test_lite_classifier_and_embedder_train_and_export(tmp_path):
-    pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
-    synthetic_data = tmp_path / "data"
-    make_lite_dataset(synthetic_data)
-    common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
-    assert main(["-q", "split", *common]) == 0
+def test_lite_classifier_and_embedder_train_and_export(tmp_path, lite_data_args):
+    common = lite_data_args
     runs = tmp_path / "runs"
     assert (
         main(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import make_lite_dataset
 
 from training import data, probe
 from training.__main__ import main
@@ -35,12 +34,8 @@ def test_a_bad_plan_is_refused_with_what_is_wanted(text, message):
 
 @pytest.mark.training
 @pytest.mark.slow
-def test_probes_train_each_plan_for_the_same_minutes_and_reuse_their_results(tmp_path):
-    pytest.importorskip("torch", reason="torch reads the pretrained weights (requirements/training.txt installs it)")
-    synthetic_data = tmp_path / "data"
-    make_lite_dataset(synthetic_data)
-    common = ["--data", str(synthetic_data), "--cache", str(tmp_path / "cache"), "--split", str(tmp_path / "s.csv")]
-    assert main(["-q", "split", *common]) == 0
+def test_probes_train_each_plan_for_the_same_minutes_and_reuse_their_results(tmp_path, lite_data_args):
+    common = lite_data_args
     report = tmp_path / "probes.md"
     probe_args = [
         "--train-images",
