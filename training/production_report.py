@@ -502,11 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         if (student / "model.json").is_file():
             log.info("wrote %s", evaluate.evaluate_model(student, dataset, split, args.reports / student.name))
     if args.only is None and (args.models / "classifier-student" / "model.json").is_file():
-        readme = args.reports / "classifier" / "README.md"
-        section = side_by_side(args.models, args.reports, args.threads)
-        text = readme.read_text(encoding="utf-8")
-        cut = text.index("## Calibration")  # after the summary against the targets
-        readme.write_text(text[:cut] + "\n".join(section) + "\n" + text[cut:], encoding="utf-8")
+        insert_section(args.reports / "classifier" / "README.md", side_by_side(args.models, args.reports, args.threads))
     if args.only in (None, "classifier"):
         insert_probes(args.reports / "classifier")
     return 0
@@ -518,10 +514,14 @@ def insert_probes(report_dir: Path) -> None:
     probes_file = report_dir / "probes.json"
     if not probes_file.is_file():
         return
-    readme = report_dir / "README.md"
-    section = probe.summary_section(json.loads(probes_file.read_text()))
+    insert_section(report_dir / "README.md", probe.summary_section(json.loads(probes_file.read_text())))
+
+
+def insert_section(readme: Path, section: list[str]) -> None:
+    """`section` (its first line the heading) into readme before "## Calibration", after the summary against the
+    targets; a section under the same heading is replaced, not repeated."""
     text = readme.read_text(encoding="utf-8")
-    if section[0] in text:  # an earlier insertion is replaced, not repeated
+    if section[0] in text:
         start = text.index(section[0])
         text = text[:start] + text[text.index("\n## ", start + 1) + 1 :]
     cut = text.index("## Calibration")
