@@ -23,6 +23,7 @@ import csv
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -326,9 +327,12 @@ def test_gateway_killed_during_ingestion_then_a_rerun_loses_and_duplicates_nothi
     try:
         first = _run_indexer(stack, "first", wait=False)
         deadline = time.monotonic() + 300
-        while _item_count(stack) < len(listed) // 4 and first.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert first.poll() is None, "the first run ended before the gateway could be killed"
+        while _item_count(stack) < 1 and first.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # Frozen as soon as it has stored something: with tiny models the whole run takes a fraction of a second,
+        # and it must not finish between this check and the kill (it did once, on CI).
+        os.kill(stack.pid("gateway"), signal.SIGSTOP)
+        assert first.poll() is None, "the first run ended before the gateway could be frozen"
         stack.kill("gateway")
         assert first.wait(120) == 1, (tmp_path / "first.log").read_text()[-2000:]
 
