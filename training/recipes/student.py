@@ -1,7 +1,7 @@
 """Students: the served lite teacher distilled into the same Lite0 trunk at the photo's own 80x60.
 
 The teacher (classifier + embedder, `--teacher`, the served models by default) sees every photo upsampled to
-128x96; the student sees it as the dataset stores it, 80x60, so its trunk does 2.6x less work per image.
+144x108; the student sees it as the dataset stores it, 80x60, so its trunk does 3.2x less work per image.
 
 Classifier (`python -m training train lite-student`)
     Every training packshot and STUDENT_VIEWS - 1 shopper views of it (training/shopper.py, a seed of their own)
