@@ -39,6 +39,8 @@ CLASSIFIER_TARGETS = {
     "usage": None,
 }
 RETRIEVAL_TARGETS = {"unfiltered": 0.87, "filtered": 0.90}  # articleType precision@5 (issue 20's goals)
+#: The classifiers served before models/classifier, kept beside it so a user can choose (those present are compared).
+PREVIOUS_CLASSIFIERS = ("classifier-v7", "classifier-scratch")
 BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 90.0}
 
 
@@ -234,13 +236,11 @@ def classifier_summary(
     )
 
     # Most confused article types, with shares.
-    head = heads["articleType"]
-    index = {label: i for i, label in enumerate(head.labels)}
-    keep = np.asarray([t in index for t in test.labels["articleType"]])
-    y = np.asarray([index[t] for t in test.labels["articleType"][keep]], dtype=np.int64)
-    m = metrics.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
+    m = _article_metrics(spec, outputs, test)
+    labels = heads["articleType"].labels
+    index = {label: i for i, label in enumerate(labels)}
     support = m["confusion"].sum(axis=1)
-    pairs = metrics.most_confused(m["confusion"], head.labels, n=15)
+    pairs = metrics.most_confused(m["confusion"], labels, n=15)
     lines += ["## articleType: most confused pairs (test)", ""]
     lines += evaluate._table(
         ("true", "predicted", "count", "share of the true class"),
@@ -260,8 +260,9 @@ def classifier_summary(
     what = " (trunk training loop + head refit)" if refit else " (training loop)"
     lines += _budget_lines(rate, mb, training.get("seconds"), what)
     lines += [
-        f"Parameters: {training.get('parameters', 'n/a'):,}; {training.get('epochs_run')} epochs, "
-        f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images.",
+        f"Parameters: {training.get('parameters', 'n/a'):,}; "
+        + (f"{training['epochs_run']} epochs, " if training.get("epochs_run") is not None else "")
+        + f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images.",
         "",
     ]
     if refit:
@@ -273,6 +274,61 @@ def classifier_summary(
             f"{heads.get('epochs')} epochs) in {float(training['heads_seconds']) / 60:.1f} min.",
             "",
         ]
+    return lines
+
+
+def _article_metrics(spec: ModelSpec, outputs: Mapping[str, np.ndarray], test: data.Dataset) -> dict[str, Any]:
+    """articleType metrics (confusion and per class) of a classifier's outputs, over the test images whose label is
+    one of its classes."""
+    head = next(h for h in spec.outputs if h.attribute == "articleType")
+    index = {label: i for i, label in enumerate(head.labels)}
+    keep = np.asarray([t in index for t in test.labels["articleType"]])
+    y = np.asarray([index[t] for t in test.labels["articleType"][keep]], dtype=np.int64)
+    return metrics.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
+
+
+def against_previous(models: Path, dataset: data.Dataset, split: Mapping[int, str], threads: int) -> list[str]:
+    """models/classifier against the classifiers served before it (PREVIOUS_CLASSIFIERS, those present): test
+    accuracy and macro F1 per head from their model.json, and the articleType pairs any of them confuses most,
+    counted for each (predicted here); nothing when none is present."""
+    names = ["classifier"] + [n for n in PREVIOUS_CLASSIFIERS if (models / n / "model.json").is_file()]
+    if len(names) == 1:
+        return []
+    test = dataset.split(split, "test")
+    specs: dict[str, ModelSpec] = {}
+    confused: dict[str, dict[tuple[str, str], int]] = {}
+    for name in names:
+        spec, session = evaluate.load_model(models / name, threads)
+        m = _article_metrics(spec, evaluate.predict(session, spec, test.images), test)
+        labels = next(h.labels for h in spec.outputs if h.attribute == "articleType")
+        nonzero = zip(*np.nonzero(m["confusion"]), strict=True)
+        specs[name] = spec
+        confused[name] = {(labels[i], labels[j]): int(m["confusion"][i, j]) for i, j in nonzero}
+    header = ("head", *(f"{n}:{specs[n].version} accuracy / macro F1" for n in names))
+    rows = []
+    for head in specs["classifier"].outputs:
+        cells = []
+        for name in names:
+            test_metrics = specs[name].metrics.get("test", {})
+            acc = test_metrics.get("accuracy", {}).get(head.attribute)
+            f1 = test_metrics.get("macro_f1", {}).get(head.attribute)
+            cells.append("n/a" if acc is None or f1 is None else f"{_pct(acc)} / {f1:.3f}")
+        rows.append((head.attribute, *cells))
+    pairs = {pair for counts in confused.values() for pair in counts if pair[0] != pair[1]}
+    worst = sorted(pairs, key=lambda p: -max(confused[n].get(p, 0) for n in names))[:12]
+    lines = [
+        "## Against the classifiers served before (test split)",
+        "",
+        f"{', '.join(names[1:])} are kept in models/ beside the served classifier. Accuracy and macro F1 from each "
+        "model.json (`training.evaluate`); the confused pairs are the 12 articleType (true, predicted) pairs with the "
+        "largest count under any of them, counted for each.",
+        "",
+    ]
+    lines += evaluate._table(header, rows)
+    lines += evaluate._table(
+        ("true", "predicted", *(f"{n}:{specs[n].version}" for n in names)),
+        [(a, b, *(confused[n].get((a, b), 0) for n in names)) for a, b in worst],
+    )
     return lines
 
 
@@ -504,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.only is None and (args.models / "classifier-student" / "model.json").is_file():
         insert_section(args.reports / "classifier" / "README.md", side_by_side(args.models, args.reports, args.threads))
     if args.only in (None, "classifier"):
+        previous = against_previous(args.models, dataset, split, args.threads)
+        if previous:
+            insert_section(args.reports / "classifier" / "README.md", previous)
         insert_probes(args.reports / "classifier")
     return 0
 
