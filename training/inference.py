@@ -32,9 +32,15 @@ def onnx_session(path: str | Path, threads: int = 2) -> Any:
 def measure_throughput(model_dir: Path, threads: int, seconds: float, batch: int) -> tuple[float, float]:
     """(images per second, ONNX megabytes) for one model folder, on random input of the model's size."""
     spec = ModelSpec.load(model_dir)
-    session = onnx_session(model_dir / MODEL_FILE, threads)
+    rate = images_per_second(model_dir / MODEL_FILE, spec.input.height, spec.input.width, threads, seconds, batch)
+    return rate, (model_dir / MODEL_FILE).stat().st_size / 1e6
+
+
+def images_per_second(onnx_file: Path, height: int, width: int, threads: int, seconds: float, batch: int) -> float:
+    """Images per second of an image model's ONNX file on random (batch, height, width, 3) input."""
+    session = onnx_session(onnx_file, threads)
     rng = np.random.default_rng(0)
-    x = rng.random((batch, spec.input.height, spec.input.width, 3), dtype=np.float32)
+    x = rng.random((batch, height, width, 3), dtype=np.float32)
     feed = {session.get_inputs()[0].name: x}
     for _ in range(5):
         session.run(None, feed)
@@ -47,4 +53,4 @@ def measure_throughput(model_dir: Path, threads: int, seconds: float, batch: int
             session.run(None, feed)
             n += batch
         best = max(best, n / (time.perf_counter() - started))
-    return best, (model_dir / MODEL_FILE).stat().st_size / 1e6
+    return best

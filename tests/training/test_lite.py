@@ -70,3 +70,22 @@ def test_a_trunk_layer_without_weights_is_an_error() -> None:
     early, _ = lite.build_trunk(64, 48, split=2)
     with pytest.raises(ValueError, match="no pretrained weights for layer 'stem_conv'"):
         lite.load_weights([early], {})
+
+
+@pytest.mark.parametrize(
+    ("variant", "count", "channels"),
+    [
+        ("lite0", 16, (16, 24, 40, 80, 112, 192, 320)),
+        ("lite1", 21, (16, 24, 40, 80, 112, 192, 320)),
+        ("lite2", 21, (16, 24, 48, 88, 120, 208, 352)),
+    ],
+)
+def test_the_lite_variants_have_the_published_shapes(variant: str, count: int, channels: tuple[int, ...]) -> None:
+    # Shapes of the efficientnet-lite1/-lite2 wheels' state dicts (checked against them once; the wheels are not a
+    # dependency): repeats scaled by depth except the first and last stage, channels by width to multiples of 8.
+    blocks = lite.blocks(variant)
+    assert len(blocks) == count
+    assert tuple(dict.fromkeys(b.outputs for b in blocks)) == channels
+    assert blocks[0].inputs == lite.STEM and sum(b.stride == 2 for b in blocks) == 4
+    early, late = lite.build_trunk(64, 48, split=5, variant=variant)
+    assert late.output.shape[1:] == (lite.HEAD,)
