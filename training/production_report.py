@@ -315,7 +315,7 @@ def against_previous(models: Path, dataset: data.Dataset, split: Mapping[int, st
             cells.append("n/a" if acc is None or f1 is None else f"{_pct(acc)} / {f1:.3f}")
         rows.append((head.attribute, *cells))
     pairs = {pair for counts in confused.values() for pair in counts if pair[0] != pair[1]}
-    worst = sorted(pairs, key=lambda p: -max(confused[n].get(p, 0) for n in names))[:12]
+    worst = sorted(pairs, key=lambda p: (-max(confused[n].get(p, 0) for n in names), p))[:12]  # ties by name
     lines = [
         "## Against the classifiers served before (test split)",
         "",
