@@ -52,7 +52,7 @@ class ModelServiceSettings:
     min_image_side: int = DEFAULT_MIN_SIDE
     max_batch: int = 64
     #: Dynamic batching of single-image calls, off by default: the gateway already sends concurrent searches as
-    #: batch calls, and batching here alone changed CPU per search by only 0.9x to 1.4x (README, Benchmarks);
+    #: batch calls, and batching here alone changed CPU per search by only 0.9x to 1.4x (bench/README.md);
     #: worth turning on for other clients that send many single calls at once.
     batch_max_size: int = 32
     batch_max_delay_ms: float = 0.0
