@@ -19,9 +19,10 @@ from typing import Any
 REQUEST_ID_HEADER = "x-request-id"
 #: The id of the request being served in this task (and the threads it hands work to), or None.
 request_id: ContextVar[str | None] = ContextVar("request_id", default=None)
-# What a caller may choose as an id: short, and nothing that could forge or break a log line. A call made on behalf
-# of several requests (the gateway's batch calls) carries their ids comma-separated.
-_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}(?:,[A-Za-z0-9._:-]{1,128}){0,255}")
+# What a caller may choose as an id: one, short, and nothing that could forge or break a log line. A call made on
+# behalf of several requests (the gateway's batch calls) carries a batch id of its own, logged with its members
+# where the batch is made: a list of ids would let one caller's long ids push a batch's metadata past gRPC's limit.
+_ACCEPTABLE_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def request_metadata() -> tuple[tuple[str, str], ...] | None:
@@ -31,11 +32,16 @@ def request_metadata() -> tuple[tuple[str, str], ...] | None:
 
 
 def accept_request_id(incoming: str | None) -> str:
-    """The caller's request id when it is an acceptable one (up to 128 letters, digits, '.', '_', ':', '-'; or
-    several, comma-separated), else a new one."""
+    """The caller's request id when it is an acceptable one (one id of up to 128 letters, digits, '.', '_', ':',
+    '-'), else a new one."""
     if incoming is not None and _ACCEPTABLE_ID.fullmatch(incoming):
         return incoming
     return uuid.uuid4().hex
+
+
+def new_batch_id() -> str:
+    """The id of a call made on behalf of several requests: an acceptable request id, told apart by its prefix."""
+    return "batch-" + uuid.uuid4().hex
 
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into the JSON object.

@@ -38,7 +38,7 @@ from fashionsearch.errors import (
     code_number,
     from_rpc_error,
 )
-from fashionsearch.logs import request_id, request_metadata
+from fashionsearch.logs import new_batch_id, request_id, request_metadata
 from fashionsearch.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
@@ -141,9 +141,19 @@ class CallBatcher(Generic[T]):
         timeout_s = max(deadline for _, deadline, _ in calls) - asyncio.get_running_loop().time()
         if timeout_s <= 0:  # all of them are giving up this very moment
             return [DeadlineExceeded(f"the {self._peer} did not answer in time") for _ in calls]
-        # The batch call carries the request ids of every search in it (comma-separated), for the peer's logs.
-        ids = ",".join(dict.fromkeys(rid for _, _, rid in calls if rid is not None))
-        token = request_id.set(ids or None)
+        # A batch of one carries its search's own id; a larger one an id of its own, logged here with its members,
+        # so the peer's metadata stays one short id whatever the callers sent and each search can be followed.
+        ids = [rid for _, _, rid in calls if rid is not None]
+        carried = calls[0][2] if len(calls) == 1 else new_batch_id()
+        token = request_id.set(carried)  # the log line below belongs to the batch, not to its first search
+        if len(calls) > 1:
+            logger.info(
+                "batch %s to the %s: %s searches",
+                carried,
+                self._peer,
+                len(calls),
+                extra={"batch_id": carried, "request_ids": ids},
+            )
         try:
             return await self._send([image for image, _, _ in calls], timeout_s)
         finally:

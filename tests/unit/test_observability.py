@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from pathlib import Path
 
 import grpc
+import pytest
 from prometheus_client import REGISTRY
 
 from fashionsearch import metrics
-from fashionsearch.logs import accept_request_id
+from fashionsearch.logs import accept_request_id, request_id
 from jobs.indexer.fetch import ImageFetcher
 from jobs.indexer.manifest import Manifest
 from jobs.indexer.runner import Options, Progress, ProgressMetrics, run
 from services.classifier.settings import Settings as ClassifierSettings
 from services.embedder.settings import Settings as EmbedderSettings
+from services.gateway.clients import CallBatcher
 from services.gateway.settings import Settings as GatewaySettings
 from tests.unit.test_indexer_runner import FakeTarget, _catalogue
 
@@ -26,9 +30,52 @@ def sample(name: str, **labels: str) -> float:
 
 def test_acceptable_request_ids_are_kept_and_others_replaced() -> None:
     assert accept_request_id("shop-7f3a:checkout.1_x") == "shop-7f3a:checkout.1_x"
-    for bad in (None, "", "two words", "x" * 129, 'quote"s', "line\nbreak", "é"):
+    assert accept_request_id("x" * 128) == "x" * 128
+    # One id per request: a list of ids (which the gateway's batch calls once sent, and any caller could) is refused,
+    # so no caller can grow the metadata of a batch call that carries other callers' searches.
+    for bad in (None, "", "two words", "x" * 129, 'quote"s', "line\nbreak", "é", "a,b", "x" * 128 + ",y"):
         made = accept_request_id(bad)
         assert made != bad and len(made) == 32 and int(made, 16) >= 0
+
+
+def test_a_batch_call_carries_one_batch_id_and_logs_the_request_ids_it_holds(caplog: pytest.LogCaptureFixture) -> None:
+    """32 searches with 128-character ids in one batch call: the call's metadata is one id of at most 128
+    characters (gRPC refuses metadata past 8 KB, failing every search in the batch), and the gateway's log names
+    the batch id with its members, so each search can still be followed into the model service's log."""
+    sent: list[str | None] = []
+    gate = asyncio.Event()
+
+    async def send(images: list[bytes], timeout_s: float) -> list[str]:
+        sent.append(request_id.get())
+        if len(sent) == 1:
+            await gate.wait()
+        return ["ok"] * len(images)
+
+    async def scenario() -> None:
+        batcher: CallBatcher[str] = CallBatcher(send, 32, 1 << 20, 10.0, "classifier")
+
+        async def search(number: int) -> str:
+            request_id.set(f"{number:03d}" + "x" * 125)
+            return await batcher.submit(b"image")
+
+        first = asyncio.ensure_future(search(0))
+        while not sent:  # the first batch is inside the call; the next 32 queue behind it
+            await asyncio.sleep(0.001)
+        held = [asyncio.ensure_future(search(n)) for n in range(1, 33)]
+        while len(batcher._batcher._queue) < 32:
+            await asyncio.sleep(0.001)
+        gate.set()
+        assert await asyncio.gather(first, *held) == ["ok"] * 33
+        await batcher.close()
+
+    with caplog.at_level(logging.INFO, logger="services.gateway.clients"):
+        asyncio.run(scenario())
+    assert sent[0] == "000" + "x" * 125  # a batch of one carries its search's own id
+    batch_id = sent[1]
+    assert batch_id is not None and len(batch_id) <= 128 and "," not in batch_id
+    assert accept_request_id(batch_id) == batch_id
+    (line,) = [r for r in caplog.records if getattr(r, "batch_id", None) == batch_id]
+    assert line.request_ids == [f"{n:03d}" + "x" * 125 for n in range(1, 33)]  # type: ignore[attr-defined]
 
 
 def test_metrics_ports_default_per_service_and_zero_turns_them_off() -> None:
