@@ -1,7 +1,8 @@
 """The model contract: `model.json` beside `model.onnx`, and the one preprocessing function.
 
 Training writes the file, serving and evaluation read it. Everything that turns a decoded RGB image into the
-model's input tensor lives in `preprocess()`, so serving and training evaluation cannot drift apart.
+model's input tensor lives in `preprocess()`, so serving and training evaluation cannot drift apart; a detector's
+boxes map back to the photo through `letterbox()`, the same geometry `preprocess()` used (fashionsearch/detection.py).
 The JSON may carry more fields than listed here; unknown fields are kept in `extra` and written back.
 """
 
@@ -24,7 +25,7 @@ from PIL import Image
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 
-KINDS = ("classifier", "embedder")
+KINDS = ("classifier", "embedder", "detector")
 RESIZE_MODES = ("stretch", "pad")
 
 
@@ -97,16 +98,108 @@ class EmbeddingSpec:
 
 
 @dataclass(frozen=True)
+class DetectionGroup:
+    """One heatmap channel of a detector: a coarse product group and the catalogue labels it covers."""
+
+    name: str
+    sub_categories: tuple[str, ...] = ()
+    #: Only when a group needs a finer cut than subCategory (optional in model.json).
+    article_types: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DetectionSpec:
+    """A detector's outputs (CenterNet-style, one scale) and its post-processing (DETECTOR_CONTRACT.md)."""
+
+    heatmap: str
+    box_size: str
+    offset: str
+    groups: tuple[DetectionGroup, ...]
+    stride: int = 8
+    score_threshold: float = 0.3
+    max_detections: int = 50
+    nms_iou: float = 0.6
+
+    def problems(self, input_spec: InputSpec) -> list[str]:
+        """What is wrong with this section for a model with `input_spec`; empty when it is valid."""
+        problems = []
+        names = [self.heatmap, self.box_size, self.offset]
+        if not all(isinstance(n, str) and n for n in names) or len(set(names)) != 3:
+            problems.append(f"detection.heatmap/box_size/offset must be 3 distinct output names, got {names}")
+        if not isinstance(self.stride, int) or self.stride <= 0:
+            problems.append(f"detection.stride must be a positive integer, got {self.stride!r}")
+        elif input_spec.height % self.stride or input_spec.width % self.stride:
+            problems.append(
+                f"input {input_spec.height}x{input_spec.width} is not a multiple of detection.stride {self.stride}"
+            )
+        if not self.groups:
+            problems.append("detection.groups needs at least one group")
+        group_names = [g.name for g in self.groups]
+        if len(set(group_names)) != len(group_names) or not all(group_names):
+            problems.append(f"detection.groups need distinct non-empty names, got {group_names}")
+        for group in self.groups:
+            if not group.sub_categories and not group.article_types:
+                problems.append(f"detection group {group.name!r} lists no sub_categories or article_types")
+        if not (isinstance(self.score_threshold, int | float) and 0.0 <= self.score_threshold <= 1.0):
+            problems.append(f"detection.score_threshold must be in [0, 1], got {self.score_threshold!r}")
+        if not isinstance(self.max_detections, int) or self.max_detections < 1:
+            problems.append(f"detection.max_detections must be a positive integer, got {self.max_detections!r}")
+        if not (isinstance(self.nms_iou, int | float) and 0.0 < self.nms_iou <= 1.0):
+            problems.append(f"detection.nms_iou must be in (0, 1], got {self.nms_iou!r}")
+        if input_spec.resize != "pad":
+            problems.append(
+                f"a detector needs input.resize 'pad' (letterbox), so boxes map back to the photo; got "
+                f"{input_spec.resize!r}"
+            )
+        return problems
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> DetectionSpec:
+        try:
+            groups = tuple(
+                DetectionGroup(
+                    name=g["name"],
+                    sub_categories=tuple(g.get("sub_categories", ())),
+                    article_types=tuple(g.get("article_types", ())),
+                )
+                for g in data["groups"]
+            )
+            names = data["heatmap"], data["box_size"], data["offset"]
+        except KeyError as missing:
+            raise ModelContractError(f"model.json's detection section lacks the required field {missing}") from None
+        return cls(
+            heatmap=names[0],
+            box_size=names[1],
+            offset=names[2],
+            groups=groups,
+            stride=data.get("stride", cls.stride),
+            score_threshold=data.get("score_threshold", cls.score_threshold),
+            max_detections=data.get("max_detections", cls.max_detections),
+            nms_iou=data.get("nms_iou", cls.nms_iou),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["groups"] = [
+            {"name": g.name, "sub_categories": list(g.sub_categories)}
+            | ({"article_types": list(g.article_types)} if g.article_types else {})
+            for g in self.groups
+        ]
+        return data
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """The parsed, validated model.json."""
 
     name: str
-    kind: Literal["classifier", "embedder"]
+    kind: Literal["classifier", "embedder", "detector"]
     version: str
     onnx_sha256: str
     input: InputSpec
     outputs: tuple[OutputHead, ...] = ()
     embedding: EmbeddingSpec | None = None
+    detection: DetectionSpec | None = None
     metrics: Mapping[str, Any] = field(default_factory=dict)
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -133,6 +226,11 @@ class ModelSpec:
                     f"embedding needs dim > 0 and distance 'euclid', got {self.embedding.dim}, "
                     f"{self.embedding.distance!r}"
                 )
+        if self.kind == "detector":
+            if self.detection is None:
+                problems.append("a detector needs a detection section")
+            else:
+                problems.extend(self.detection.problems(self.input))
         if problems:
             raise ModelContractError(f"model {self.name!r}: " + "; ".join(problems))
 
@@ -144,7 +242,7 @@ class ModelSpec:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
         try:
-            known = {"name", "kind", "version", "onnx_sha256", "input", "outputs", "embedding", "metrics"}
+            known = {"name", "kind", "version", "onnx_sha256", "input", "outputs", "embedding", "detection", "metrics"}
             raw_input = dict(data["input"])
             input_spec = InputSpec(
                 name=raw_input.pop("name"),
@@ -170,6 +268,8 @@ class ModelSpec:
                 if emb
                 else None
             )
+            det = data.get("detection")
+            detection = DetectionSpec.from_dict(det) if det else None
             return cls(
                 name=data["name"],
                 kind=data["kind"],
@@ -178,6 +278,7 @@ class ModelSpec:
                 input=input_spec,
                 outputs=outputs,
                 embedding=embedding,
+                detection=detection,
                 metrics=dict(data.get("metrics", {})),
                 extra={k: v for k, v in data.items() if k not in known},
             )
@@ -211,6 +312,8 @@ class ModelSpec:
             ]
         if self.embedding is not None:
             data["embedding"] = dataclasses.asdict(self.embedding)
+        if self.detection is not None:
+            data["detection"] = self.detection.to_dict()
         data["metrics"] = dict(self.metrics)
         data.update(self.extra)
         return data
@@ -266,6 +369,25 @@ def _to_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return array
 
 
+@dataclass(frozen=True)
+class Letterbox:
+    """Where a photo lands inside the model input under `resize: pad`: at (left, top), resized to width x height."""
+
+    left: int
+    top: int
+    width: int
+    height: int
+
+
+def letterbox(width: int, height: int, spec: InputSpec) -> Letterbox:
+    """The placement `resize_to_input` gives a width x height photo ("pad": aspect kept, centred)."""
+    if (height, width) == (spec.height, spec.width):
+        return Letterbox(0, 0, width, height)
+    ratio = min(spec.width / width, spec.height / height)
+    new_w, new_h = max(1, round(width * ratio)), max(1, round(height * ratio))
+    return Letterbox((spec.width - new_w) // 2, (spec.height - new_h) // 2, new_w, new_h)
+
+
 def resize_to_input(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndarray:
     """Resize one RGB image to the model's size as `spec.resize` says; returns uint8 HxWx3."""
     array = _to_rgb_array(image)
@@ -276,13 +398,11 @@ def resize_to_input(image: Image.Image | np.ndarray, spec: InputSpec) -> np.ndar
     if spec.resize == "stretch":
         return np.asarray(pil.resize((spec.width, spec.height), Image.Resampling.BILINEAR), dtype=np.uint8)
     # "pad": keep the aspect ratio, centre the image, fill the rest with pad_value.
-    ratio = min(spec.width / w, spec.height / h)
-    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
-    resized = np.asarray(pil.resize((new_w, new_h), Image.Resampling.BILINEAR), dtype=np.uint8)
+    box = letterbox(w, h, spec)
+    resized = np.asarray(pil.resize((box.width, box.height), Image.Resampling.BILINEAR), dtype=np.uint8)
     assert spec.pad_value is not None  # guaranteed by InputSpec validation
     canvas = np.full((spec.height, spec.width, 3), np.uint8(round(spec.pad_value)), dtype=np.uint8)
-    top, left = (spec.height - new_h) // 2, (spec.width - new_w) // 2
-    canvas[top : top + new_h, left : left + new_w] = resized
+    canvas[box.top : box.top + box.height, box.left : box.left + box.width] = resized
     return canvas
 
 

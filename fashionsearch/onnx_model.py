@@ -3,7 +3,8 @@
 `OnnxModel` owns the onnxruntime session. At load it checks the file's sha256, the input name, type and shape
 and the output names and shapes against the spec, and raises one ModelContractError that lists every
 difference, so a service refuses to start instead of serving wrong answers. `warm_up()` runs one inference and
-checks the outputs (finite, softmax rows summing to 1 for a classifier) before health says SERVING.
+checks the outputs (finite, softmax rows summing to 1 for a classifier, a detector's heatmap in [0, 1]) before
+health says SERVING.
 """
 
 from __future__ import annotations
@@ -105,12 +106,17 @@ class OnnxModel:
         """(width, height) of the model input, as Pillow orders sizes."""
         return self.spec.input.width, self.spec.input.height
 
-    def _expected_outputs(self) -> dict[str, int]:
-        """ONNX output name -> expected size of its second dimension."""
+    def _expected_outputs(self) -> dict[str, tuple[int, ...]]:
+        """ONNX output name -> its expected shape after the batch dimension."""
         if self.spec.kind == "classifier":
-            return {head.name: len(head.labels) for head in self.spec.outputs}
+            return {head.name: (len(head.labels),) for head in self.spec.outputs}
+        if self.spec.kind == "detector":
+            det = self.spec.detection
+            assert det is not None  # guaranteed by ModelSpec validation
+            grid = (self.spec.input.height // det.stride, self.spec.input.width // det.stride)
+            return {det.heatmap: (*grid, len(det.groups)), det.box_size: (*grid, 2), det.offset: (*grid, 2)}
         assert self.spec.embedding is not None  # guaranteed by ModelSpec validation
-        return {self.spec.embedding.output: self.spec.embedding.dim}
+        return {self.spec.embedding.output: (self.spec.embedding.dim,)}
 
     def _check_signature(self) -> list[str]:
         problems: list[str] = []
@@ -132,15 +138,16 @@ class OnnxModel:
                 )
 
         available = {o.name: o for o in self.session.get_outputs()}
-        for name, size in self.output_names.items():
+        for name, dims in self.output_names.items():
             output = available.get(name)
             if output is None:
                 problems.append(f"output {name!r} is missing; the model's outputs are {sorted(available)}")
                 continue
             if output.type != "tensor(float)":
                 problems.append(f"output {name!r} type: expected tensor(float), the model has {output.type}")
-            if not shape_matches(output.shape, ["batch", size]):
-                problems.append(f"output {name!r} shape: expected [batch, {size}], the model has {list(output.shape)}")
+            if not shape_matches(output.shape, ["batch", *dims]):
+                expected = ", ".join(["batch", *map(str, dims)])
+                problems.append(f"output {name!r} shape: expected [{expected}], the model has {list(output.shape)}")
         return problems
 
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -165,7 +172,7 @@ class OnnxModel:
         grey = (grey * np.float32(want.scale) - np.asarray(want.mean, np.float32)) / np.asarray(want.std, np.float32)
         outputs = self.run(grey.astype(np.float32))
         for name, array in outputs.items():
-            expected = (batch_size, self.output_names[name])
+            expected = (batch_size, *self.output_names[name])
             if array.shape != expected:
                 raise ModelContractError(f"warm-up: output {name!r} has shape {array.shape}, expected {expected}")
             if not np.all(np.isfinite(array)):
@@ -176,6 +183,12 @@ class OnnxModel:
                     raise ModelContractError(
                         f"warm-up: output {name!r} is not a softmax (row sums {sums.tolist()}); "
                         "the contract needs probabilities"
+                    )
+            if self.spec.detection is not None and name == self.spec.detection.heatmap:
+                if array.min() < 0 or array.max() > 1:
+                    raise ModelContractError(
+                        f"warm-up: heatmap {name!r} holds values outside [0, 1]; the contract needs the sigmoid "
+                        "inside the graph"
                     )
         logger.info("warm-up passed for %s", self.spec.identity)
 

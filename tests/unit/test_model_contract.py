@@ -1,15 +1,19 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fashionsearch.model_contract import (
+    DetectionGroup,
+    DetectionSpec,
     InputSpec,
     ModelContractError,
     ModelSpec,
     OutputHead,
     file_sha256,
+    letterbox,
     normalize,
     preprocess,
 )
@@ -61,7 +65,7 @@ def test_written_json_has_the_contract_field_names(tmp_path):
     "mutate, message",
     [
         (lambda d: d.pop("onnx_sha256"), "onnx_sha256"),
-        (lambda d: d.update(kind="detector"), "kind must be one of"),
+        (lambda d: d.update(kind="segmenter"), "kind must be one of"),
         (lambda d: d["input"].update(layout="NCHW"), "layout"),
         (lambda d: d["input"].update(resize="pad"), "pad_value"),
         (lambda d: d["input"].update(std=[1, 0, 1]), "std"),
@@ -131,3 +135,104 @@ def test_file_sha256(tmp_path):
     path = tmp_path / "f"
     path.write_bytes(b"abc")
     assert file_sha256(path) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def _detector_spec(**detection) -> ModelSpec:
+    return ModelSpec(
+        name="tiny-detector",
+        kind="detector",
+        version="1",
+        onnx_sha256="0" * 64,
+        input=InputSpec(name="image", height=320, width=256, resize="pad", pad_value=255),
+        detection=DetectionSpec(
+            heatmap="heatmap",
+            box_size="box_size",
+            offset="offset",
+            groups=(
+                DetectionGroup("top", ("Topwear",)),
+                DetectionGroup("eyewear", ("Eyewear",), article_types=("Sunglasses",)),
+            ),
+            **detection,
+        ),
+    )
+
+
+def test_a_detector_round_trips_with_its_detection_section(tmp_path):
+    spec = _detector_spec(score_threshold=0.25)
+    spec.write(tmp_path)
+    assert ModelSpec.load(tmp_path) == spec
+    data = json.loads((tmp_path / "model.json").read_text())
+    assert data["detection"] == {
+        "heatmap": "heatmap",
+        "box_size": "box_size",
+        "offset": "offset",
+        "groups": [
+            {"name": "top", "sub_categories": ["Topwear"]},
+            {"name": "eyewear", "sub_categories": ["Eyewear"], "article_types": ["Sunglasses"]},
+        ],
+        "stride": 8,
+        "score_threshold": 0.25,
+        "max_detections": 50,
+        "nms_iou": 0.6,
+    }
+
+
+def test_the_detection_section_defaults_what_it_leaves_out(tmp_path):
+    data = _detector_spec().to_dict()
+    data["detection"] = {k: data["detection"][k] for k in ("heatmap", "box_size", "offset", "groups")}
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    assert ModelSpec.load(tmp_path).detection == _detector_spec().detection
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("detection"), "needs a detection section"),
+        (lambda d: d["detection"].pop("groups"), "detection section lacks the required field 'groups'"),
+        (lambda d: d["detection"].update(groups=[]), "at least one group"),
+        (lambda d: d["detection"]["groups"].append({"name": "top", "sub_categories": ["x"]}), "distinct"),
+        (lambda d: d["detection"]["groups"].append({"name": "bag"}), "'bag' lists no sub_categories"),
+        (lambda d: d["detection"].update(stride=12), "not a multiple of detection.stride 12"),
+        (lambda d: d["detection"].update(stride=0), "stride must be a positive integer"),
+        (lambda d: d["detection"].update(offset="heatmap"), "3 distinct output names"),
+        (lambda d: d["detection"].update(score_threshold=1.5), "score_threshold"),
+        (lambda d: d["detection"].update(max_detections=0), "max_detections"),
+        (lambda d: d["detection"].update(nms_iou=0), "nms_iou"),
+        (lambda d: d["input"].update(resize="stretch"), "needs input.resize 'pad'"),
+    ],
+)
+def test_invalid_detectors_name_what_is_wrong(tmp_path, mutate, message):
+    data = _detector_spec().to_dict()
+    mutate(data)
+    (tmp_path / "model.json").write_text(json.dumps(data))
+    with pytest.raises(ModelContractError, match=message):
+        ModelSpec.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "model_dir",
+    sorted(
+        p.parent
+        for p in (Path(__file__).parents[2] / "models").glob("*/model.json")
+        if json.loads(p.read_text())["kind"] in ("classifier", "embedder")
+    ),
+    ids=lambda p: p.name,
+)
+def test_committed_models_load_and_write_back_unchanged(model_dir):
+    data = json.loads((model_dir / "model.json").read_text())
+    spec = ModelSpec.load(model_dir)
+    assert spec.detection is None and spec.to_dict() == data
+
+
+@pytest.mark.parametrize("size", [(300, 200), (200, 300), (256, 320), (1, 1), (4000, 3)])
+def test_letterbox_is_where_preprocess_puts_the_photo(size):
+    spec = InputSpec(name="x", height=320, width=256, scale=1.0, resize="pad", pad_value=255)
+    placed = letterbox(*size, spec)
+    out = preprocess([Image.new("RGB", size, (0, 0, 0))], spec)[0, ..., 0]
+    ys, xs = np.nonzero(out < 128)
+    assert (xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()) == (
+        placed.left,
+        placed.top,
+        placed.width,
+        placed.height,
+    )

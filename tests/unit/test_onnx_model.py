@@ -10,8 +10,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fashionsearch.model_contract import ModelContractError, file_sha256
+from fashionsearch.detection import decode_detections
+from fashionsearch.model_contract import ModelContractError, file_sha256, preprocess
 from fashionsearch.onnx_model import OnnxModel
+from testkit.tiny_detector import write_tiny_detector
 from testkit.tiny_models import DEFAULT_HEADS, head_output_name, write_tiny_classifier, write_tiny_embedder
 
 
@@ -119,3 +121,24 @@ def test_run_checks_the_batch(tmp_path: Path) -> None:
         model.run(np.zeros((1, 60, 80, 3), dtype=np.float32))
     with pytest.raises(ValueError, match="got float64"):
         model.run(np.zeros((1, 80, 60, 3)))
+
+
+def test_tiny_detector_loads_warms_up_and_finds_its_squares(tmp_path: Path) -> None:
+    model = OnnxModel(write_tiny_detector(tmp_path), expected_kind="detector")
+    model.warm_up(batch_size=2)
+    # A 192x256 photo is the 96x128 input at twice the size: no padding. A blue square of 3x3 cells (48 photo
+    # pixels) at cells 2..4 x 4..6 is a "top"; its centre cell is the one peak.
+    photo = np.full((256, 192, 3), 255, np.uint8)
+    photo[64:112, 32:80] = (0, 0, 255)
+    [[found]] = decode_detections(model.run(preprocess([photo], model.spec.input)), model.spec, [(192, 256)])
+    assert found.group == "top" and found.xyxy == pytest.approx((32, 64, 80, 112), abs=0.01)
+
+
+def test_detector_outputs_must_match_its_groups(tmp_path: Path) -> None:
+    write_tiny_detector(tmp_path)
+    edit_spec(tmp_path, lambda d: d["detection"]["groups"].append({"name": "bag", "sub_categories": ["Bags"]}))
+    with pytest.raises(ModelContractError, match=r"output 'heatmap' shape: expected \[batch, 16, 12, 3\]"):
+        OnnxModel(tmp_path)
+    edit_spec(tmp_path, lambda d: d["detection"].update(stride=16))
+    with pytest.raises(ModelContractError, match=r"'box_size' shape: expected \[batch, 8, 6, 2\]"):
+        OnnxModel(tmp_path)

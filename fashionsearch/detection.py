@@ -1,0 +1,174 @@
+"""A detector's outputs -> boxes on the original photo: the one decoding function serving and evaluation share.
+
+The detector (DETECTOR_CONTRACT.md) sees the photo letterboxed into its input and answers, per cell of a grid
+`stride` pixels apart, a centre probability per group (`heatmap`), the box's (width, height) in input pixels
+(`box_size`) and the centre's (dx, dy) inside its cell (`offset`). `decode_detections` picks the heatmap's local
+maxima (3x3), keeps those at or above the score threshold, builds each box around its centre, maps it back
+through the same letterbox `preprocess()` applied, clips it to the photo, and removes boxes that overlap a
+better one (class-agnostic NMS). Plain NumPy: the services import no TensorFlow.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fashionsearch.model_contract import DetectionSpec, ModelContractError, ModelSpec, letterbox
+
+
+@dataclass(frozen=True)
+class Detection:
+    """One product found in a photo: its box in pixels of the original photo, its group and score."""
+
+    left: float
+    top: float
+    width: float
+    height: float
+    group: str
+    score: float
+
+    @property
+    def xyxy(self) -> tuple[float, float, float, float]:
+        return self.left, self.top, self.left + self.width, self.top + self.height
+
+
+def detection_spec(spec: ModelSpec) -> DetectionSpec:
+    if spec.detection is None:
+        raise ModelContractError(f"{spec.identity} is a {spec.kind}, not a detector: it has no detection section")
+    return spec.detection
+
+
+def decode_detections(
+    outputs: Mapping[str, np.ndarray],
+    spec: ModelSpec,
+    original_sizes: Sequence[tuple[int, int]],
+    *,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+) -> list[list[Detection]]:
+    """Per photo of the batch, its detections sorted by score (highest first), boxes in original pixels.
+
+    `original_sizes` holds each photo's (width, height) before preprocessing. `score_threshold` and
+    `max_detections` default to model.json's; evaluation (mAP) passes a lower threshold to see the whole curve.
+    """
+    det = detection_spec(spec)
+    threshold = det.score_threshold if score_threshold is None else score_threshold
+    limit = det.max_detections if max_detections is None else max_detections
+    heatmap, box_size, offset = _checked_outputs(outputs, spec, det, len(original_sizes))
+    peaks = _local_maxima(heatmap) & (heatmap >= threshold)
+    return [
+        _decode_one(heatmap[i], box_size[i], offset[i], peaks[i], spec, det, size, limit)
+        for i, size in enumerate(original_sizes)
+    ]
+
+
+def _checked_outputs(
+    outputs: Mapping[str, np.ndarray], spec: ModelSpec, det: DetectionSpec, batch: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    grid = (spec.input.height // det.stride, spec.input.width // det.stride)
+    expected = {
+        det.heatmap: (batch, *grid, len(det.groups)),
+        det.box_size: (batch, *grid, 2),
+        det.offset: (batch, *grid, 2),
+    }
+    arrays = []
+    for name, shape in expected.items():
+        if name not in outputs:
+            raise ModelContractError(f"detector output {name!r} is missing; got {sorted(outputs)}")
+        array = np.asarray(outputs[name])
+        if array.shape != shape:
+            raise ModelContractError(f"detector output {name!r} has shape {array.shape}, expected {shape}")
+        arrays.append(array)
+    return arrays[0], arrays[1], arrays[2]
+
+
+def _local_maxima(heatmap: np.ndarray) -> np.ndarray:
+    """True where a cell is the maximum of its 3x3 neighbourhood in its channel (CenterNet's max-pool NMS)."""
+    _, rows, cols, _ = heatmap.shape
+    padded = np.pad(heatmap, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=-np.inf)
+    pooled = heatmap.copy()
+    for dy in range(3):
+        for dx in range(3):
+            np.maximum(pooled, padded[:, dy : dy + rows, dx : dx + cols], out=pooled)
+    is_max: np.ndarray = heatmap >= pooled
+    return is_max
+
+
+def _decode_one(
+    heatmap: np.ndarray,
+    box_size: np.ndarray,
+    offset: np.ndarray,
+    peaks: np.ndarray,
+    spec: ModelSpec,
+    det: DetectionSpec,
+    original_size: tuple[int, int],
+    limit: int,
+) -> list[Detection]:
+    rows, cols, groups = np.nonzero(peaks)
+    if len(rows) == 0:
+        return []
+    scores = heatmap[rows, cols, groups].astype(np.float64)
+    centre_x = (cols + offset[rows, cols, 0].astype(np.float64)) * det.stride
+    centre_y = (rows + offset[rows, cols, 1].astype(np.float64)) * det.stride
+    half_w = np.maximum(box_size[rows, cols, 0].astype(np.float64), 0.0) / 2
+    half_h = np.maximum(box_size[rows, cols, 1].astype(np.float64), 0.0) / 2
+
+    # Undo the letterbox: model-input pixels -> original pixels, per axis (the resize rounds each side).
+    width, height = original_size
+    placed = letterbox(width, height, spec.input)
+    sx, sy = width / placed.width, height / placed.height
+    x1 = np.clip((centre_x - half_w - placed.left) * sx, 0, width)
+    x2 = np.clip((centre_x + half_w - placed.left) * sx, 0, width)
+    y1 = np.clip((centre_y - half_h - placed.top) * sy, 0, height)
+    y2 = np.clip((centre_y + half_h - placed.top) * sy, 0, height)
+
+    # A box wholly in the padding clips to nothing; it is not a product of the photo.
+    real = (x2 > x1) & (y2 > y1)
+    order = np.argsort(-scores[real], kind="stable")
+    boxes = np.stack([x1, y1, x2, y2], axis=1)[real][order]
+    kept = non_max_suppression(boxes, det.nms_iou, limit)
+    chosen_scores, chosen_groups = scores[real][order][kept], groups[real][order][kept]
+    return [
+        Detection(
+            left=float(b[0]),
+            top=float(b[1]),
+            width=float(b[2] - b[0]),
+            height=float(b[3] - b[1]),
+            group=det.groups[g].name,
+            score=float(s),
+        )
+        for b, g, s in zip(boxes[kept], chosen_groups, chosen_scores, strict=True)
+    ]
+
+
+def box_iou(boxes: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """IoU matrix (len(boxes), len(others)) of boxes given as (x1, y1, x2, y2) rows."""
+    a = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    b = np.asarray(others, dtype=np.float64).reshape(-1, 4)
+    iw = np.clip(np.minimum(a[:, None, 2], b[None, :, 2]) - np.maximum(a[:, None, 0], b[None, :, 0]), 0, None)
+    ih = np.clip(np.minimum(a[:, None, 3], b[None, :, 3]) - np.maximum(a[:, None, 1], b[None, :, 1]), 0, None)
+    inter = iw * ih
+    area_a = (a[:, 2] - a[:, 0]) * (a[:, 3] - a[:, 1])
+    area_b = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    iou: np.ndarray = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    return iou
+
+
+def non_max_suppression(boxes: np.ndarray, iou_threshold: float, limit: int) -> np.ndarray:
+    """Indices of the boxes kept by greedy NMS, at most `limit`; `boxes` are (x1, y1, x2, y2) rows, best first.
+
+    A box is dropped when its IoU with a kept box is above `iou_threshold`.
+    """
+    alive = np.ones(len(boxes), dtype=bool)
+    kept: list[int] = []
+    for i in range(len(boxes)):
+        if len(kept) == limit:
+            break
+        if not alive[i]:
+            continue
+        kept.append(i)
+        alive[i + 1 :] &= box_iou(boxes[i], boxes[i + 1 :])[0] <= iou_threshold
+    return np.asarray(kept, dtype=np.int64)
