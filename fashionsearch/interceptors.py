@@ -42,6 +42,24 @@ def _code(context: grpc.aio.ServicerContext, failure: BaseException | None) -> g
     return grpc.StatusCode.OK
 
 
+def handler_like(
+    handler: grpc.RpcMethodHandler, unary: Callable[..., Any], streaming: Callable[..., Any]
+) -> grpc.RpcMethodHandler:
+    """A method handler of the same kind as `handler` (same (de)serializers), running `unary` where its response
+    is a single message and the async generator `streaming` where it is a stream; for server interceptors."""
+    kwargs = {
+        "request_deserializer": handler.request_deserializer,
+        "response_serializer": handler.response_serializer,
+    }
+    if handler.request_streaming and handler.response_streaming:
+        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
+    if handler.request_streaming:
+        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
+    if handler.response_streaming:
+        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
+    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
+
+
 class _Method:
     """One method's metric children and wrapped handler, made once and reused by every call."""
 
@@ -90,8 +108,6 @@ class _Method:
         )
 
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-        from fashionsearch.serving import handler_like  # serving imports this module
-
         unary = handler.unary_unary or handler.stream_unary
         streaming = handler.unary_stream or handler.stream_stream
         return handler_like(

@@ -61,24 +61,6 @@ def server_options(
     return options
 
 
-def handler_like(
-    handler: grpc.RpcMethodHandler, unary: Callable[..., Any], streaming: Callable[..., Any]
-) -> grpc.RpcMethodHandler:
-    """A method handler of the same kind as `handler` (same (de)serializers), running `unary` where its response
-    is a single message and the async generator `streaming` where it is a stream; for server interceptors."""
-    kwargs = {
-        "request_deserializer": handler.request_deserializer,
-        "response_serializer": handler.response_serializer,
-    }
-    if handler.request_streaming and handler.response_streaming:
-        return grpc.stream_stream_rpc_method_handler(streaming, **kwargs)
-    if handler.request_streaming:
-        return grpc.stream_unary_rpc_method_handler(unary, **kwargs)
-    if handler.response_streaming:
-        return grpc.unary_stream_rpc_method_handler(streaming, **kwargs)
-    return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
-
-
 class HealthServicer(health.aio.HealthServicer):
     """grpc's health servicer, which also answers the process it runs in (the gateway's HTTP /healthz)."""
 

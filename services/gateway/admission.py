@@ -24,7 +24,7 @@ import grpc
 import grpc.aio
 from aiohttp import web
 
-from fashionsearch.serving import handler_like
+from fashionsearch.interceptors import handler_like
 from services.gateway.observability import GRPC_CODE_KEY
 
 logger = logging.getLogger(__name__)

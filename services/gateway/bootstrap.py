@@ -18,7 +18,7 @@ from services.gateway.clients import (
     GrpcClassifier,
     GrpcEmbedder,
 )
-from services.gateway.service import GatewayService, Limits
+from services.gateway.service import GatewayService
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import Settings
 
@@ -49,7 +49,7 @@ class Gateway:
 
 
 def max_message_bytes(settings: Settings) -> int:
-    return Limits.from_settings(settings).max_request_bytes
+    return settings.limits.max_request_bytes
 
 
 def bootstrap(
@@ -99,7 +99,7 @@ def bootstrap(
         classifier,
         embedder,
         index,
-        Limits.from_settings(settings),
+        settings.limits,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

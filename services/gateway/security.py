@@ -34,7 +34,7 @@ from aiohttp import http_exceptions, web
 
 from fashionsearch.config import ConfigError
 from fashionsearch.errors import FashionSearchError, PermissionDenied, Unauthenticated
-from fashionsearch.serving import handler_like
+from fashionsearch.interceptors import handler_like
 from fashionsearch.v1 import gateway_pb2
 
 logger = logging.getLogger(__name__)

@@ -10,9 +10,8 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -56,10 +55,8 @@ from services.gateway.domain import (
     TextSearchResult,
     UpsertOutcome,
 )
+from services.gateway.limits import Limits
 from services.gateway.prepare import shrink_photo
-
-if TYPE_CHECKING:
-    from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -71,44 +68,6 @@ _END = object()
 #: count reads every stored item, and every write through this service drops it.
 CATEGORY_FIELD = "subCategory"
 CATEGORY_TTL_S = 30.0
-
-# Room for protobuf framing and the other fields around the largest accepted image.
-MESSAGE_OVERHEAD_BYTES = 64 * 1024
-
-
-@dataclass(frozen=True)
-class Limits:
-    """The gateway settings the use cases need, with the settings' defaults (a test keeps the two in step; settings.py
-    imports this module, so it cannot import Settings)."""
-
-    default_top_k: int = 5
-    max_top_k: int = 100
-    max_image_bytes: int = 10 * 1024 * 1024
-    store_timeout_s: float = 5.0
-    #: Items embedded and stored together: the most one UpsertBatch carries, and the embedder's batch size.
-    upsert_batch: int = 64
-    #: Photos above this many pixels are decoded once here and sent on small (services/gateway/prepare.py);
-    #: 0 turns it off.
-    shrink_above_pixels: int = 2_000_000
-    shrink_side: int = 256
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Limits:
-        return cls(
-            default_top_k=settings.default_top_k,
-            max_top_k=settings.max_top_k,
-            max_image_bytes=settings.max_image_bytes,
-            store_timeout_s=settings.store_timeout_s,
-            upsert_batch=settings.upsert_batch,
-            shrink_above_pixels=settings.shrink_above_pixels,
-            shrink_side=settings.shrink_side,
-        )
-
-    @property
-    def max_request_bytes(self) -> int:
-        """The largest request message: the largest image plus room for framing. The gRPC server and its peer
-        channels are configured with it, and GetStats reports it so batch jobs can fit their requests in it."""
-        return self.max_image_bytes + MESSAGE_OVERHEAD_BYTES
 
 
 class GatewayService:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 from fashionsearch.channels import LB_POLICIES
 from fashionsearch.config import Address, ConfigError, Env
+from services.gateway.limits import MESSAGE_OVERHEAD_BYTES, Limits
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
-from services.gateway.service import MESSAGE_OVERHEAD_BYTES, Limits
 
 DEFAULT_HTTP_PORT = 8080
 
@@ -29,15 +29,15 @@ class Settings:
     classify_timeout_s: float = 2.0
     embed_timeout_s: float = 2.0
     embed_batch_timeout_s: float = 10.0
-    store_timeout_s: float = 5.0
+    store_timeout_s: float = Limits.store_timeout_s
     #: Concurrent searches' Classify / Embed calls sent together as one batch call of up to this many images
     #: (services/gateway/clients.py); 1 sends each alone. At most the model services' *_MAX_BATCH.
     batch_max_size: int = 32
-    default_top_k: int = 5
-    max_top_k: int = 100
+    default_top_k: int = Limits.default_top_k
+    max_top_k: int = Limits.max_top_k
     attribute_top_k: int = 3
-    max_image_bytes: int = 10 * 1024 * 1024
-    upsert_batch: int = 64
+    max_image_bytes: int = Limits.max_image_bytes
+    upsert_batch: int = Limits.upsert_batch
     store_search_threads: int = 1
     grace_s: float = 5.0
     log_level: str = "INFO"
@@ -61,8 +61,8 @@ class Settings:
     tls_key_file: Path | None = None
     #: Search photos above this many pixels are decoded once in the gateway and sent on at a reduced scale
     #: keeping at least shrink_side pixels a side (services/gateway/prepare.py); 0 = off.
-    shrink_above_pixels: int = 2_000_000
-    shrink_side: int = 256
+    shrink_above_pixels: int = Limits.shrink_above_pixels
+    shrink_side: int = Limits.shrink_side
     #: gRPC calls and HTTP requests in progress at once, together (services/gateway/admission.py); more are refused
     #: at once: RESOURCE_EXHAUSTED / 503, with a retry hint.
     max_concurrent_rpcs: int = 256
@@ -81,9 +81,22 @@ class Settings:
         """The largest HTTP body any request could need: one image of max_image_bytes base64-encoded in a POST
         /v1/items (the largest form an accepted image takes), plus room for the JSON around it. Anything larger is
         refused from its Content-Length, before it is read."""
-        request = Limits(max_image_bytes=self.max_image_bytes).max_request_bytes
+        request = self.limits.max_request_bytes
         derived = 4 * -(-request // 3) + MESSAGE_OVERHEAD_BYTES
         return min(self.http_max_body_bytes or derived, derived)
+
+    @property
+    def limits(self) -> Limits:
+        """What the use cases need of these settings."""
+        return Limits(
+            default_top_k=self.default_top_k,
+            max_top_k=self.max_top_k,
+            max_image_bytes=self.max_image_bytes,
+            store_timeout_s=self.store_timeout_s,
+            upsert_batch=self.upsert_batch,
+            shrink_above_pixels=self.shrink_above_pixels,
+            shrink_side=self.shrink_side,
+        )
 
     @property
     def metrics_on_http_port(self) -> bool:

@@ -32,7 +32,8 @@ from fashionsearch.store.brute import BruteForceIndex
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.domain import FilterMode, SearchOptions
 from services.gateway.http.parsing import options_from_json, options_from_params
-from services.gateway.service import GatewayService, Limits
+from services.gateway.limits import Limits
+from services.gateway.service import GatewayService
 from services.gateway.servicer import search_options
 from tests.png_bytes import png_declaring
 

@@ -14,8 +14,9 @@ from fashionsearch.images import ImageLimits, decode_image
 from fashionsearch.model_contract import InputSpec, preprocess
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import SearchOptions
+from services.gateway.limits import Limits
 from services.gateway.prepare import shrink_photo
-from services.gateway.service import GatewayService, Limits
+from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
 
 SPEC = InputSpec(name="image", height=80, width=60, scale=1 / 255, mean=(0, 0, 0), std=(1, 1, 1), resize="stretch")

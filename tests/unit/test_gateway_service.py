@@ -20,7 +20,8 @@ from fashionsearch.errors import (
 from fashionsearch.store import StoreUnavailableError
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import CatalogueItem, Classification, FilterMode, ModelId, SearchOptions
-from services.gateway.service import GatewayService, Limits
+from services.gateway.limits import Limits
+from services.gateway.service import GatewayService
 
 CATALOGUE = [
     (1, "Topwear", "Shirts", "Puma Men Navy Blue Casual Shirt"),

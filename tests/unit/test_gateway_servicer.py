@@ -11,7 +11,8 @@ from gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async
 from fashionsearch.catalogue import payload_from_proto, payload_to_proto
 from fashionsearch.store.brute import BruteForceIndex
 from fashionsearch.v1 import gateway_pb2
-from services.gateway.service import GatewayService, Limits
+from services.gateway.limits import Limits
+from services.gateway.service import GatewayService
 from services.gateway.servicer import GatewayServicer
 
 

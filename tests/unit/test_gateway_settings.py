@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fashionsearch.config import Address, ConfigError
-from services.gateway.service import Limits
+from services.gateway.limits import Limits
 from services.gateway.settings import Settings
 
 
@@ -23,10 +23,10 @@ def test_defaults():
 
 def test_settings_built_in_code_have_the_environment_defaults():
     # One source for each default: the class's, which from_env() reads (http_port and shrink_above_pixels once
-    # differed), and the use cases' Limits take theirs from it.
+    # differed); the use cases' limits are written in Limits and Settings reads them from there.
     assert Settings() == Settings.from_env({})
     assert Settings().http_port == 8080 and Settings().shrink_above_pixels == 2_000_000
-    assert Limits() == Limits.from_settings(Settings())
+    assert Limits() == Settings().limits
 
 
 def test_every_variable_is_read():

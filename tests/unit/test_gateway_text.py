@@ -21,7 +21,8 @@ from services.gateway.domain import (
     TextMatch,
     TextSearchOptions,
 )
-from services.gateway.service import GatewayService, Limits
+from services.gateway.limits import Limits
+from services.gateway.service import GatewayService
 
 # id, gender, subCategory, articleType, baseColour
 CATALOGUE = [

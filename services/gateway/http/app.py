@@ -15,7 +15,6 @@ from services.gateway.admission import Admission, http_admission, refused_respon
 from services.gateway.http.handlers import WEB_DIR, HttpApi
 from services.gateway.http.parsing import BodyTooLarge
 from services.gateway.http.responses import CATALOGUE_PREFIX, check_length, error_body, too_large
-from services.gateway.http.text import search_text_handler
 from services.gateway.observability import (
     http_status_codes,
     metrics_endpoint,
@@ -135,7 +134,7 @@ def create_app(
     app.on_response_prepare.append(send_request_id)
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
-    app.router.add_post("/v1/search/text", search_text_handler(service, api), expect_handler=expect)
+    app.router.add_post("/v1/search/text", api.search_text, expect_handler=expect)
     app.router.add_get("/v1/items", api.list_items)
     app.router.add_post("/v1/items", api.post_items, expect_handler=expect)
     app.router.add_post("/v1/items/delete", api.delete_items, expect_handler=expect)

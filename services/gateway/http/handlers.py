@@ -32,6 +32,7 @@ from services.gateway.http.parsing import (
     read_json,
     read_multipart,
     single_field,
+    text_options,
 )
 from services.gateway.http.responses import (
     ImageLinks,
@@ -40,8 +41,8 @@ from services.gateway.http.responses import (
     error_body,
     filters_json,
     model_json,
+    terms_json,
 )
-from services.gateway.http.text import terms_json
 from services.gateway.service import CATEGORY_FIELD, GatewayService
 from services.gateway.settings import Settings
 
@@ -104,6 +105,23 @@ class HttpApi:
                 "classifier_model": model_json(result.classification.model),
                 "embedder_model": model_json(result.embedder_model),
                 "refine_terms": terms_json(result.refine_terms),
+            },
+        )
+
+    async def search_text(self, request: web.Request) -> web.Response:
+        """POST /v1/search/text {"query": "women blue kurtas", "top_k": 5, "match": "both", "filters": {...}}."""
+        query, options = text_options(await read_json(request))
+        result = await self._service.search_text(query, options)
+        return answer(
+            request,
+            {
+                "hits": [self.hit_json(h) for h in result.hits],
+                "terms": terms_json(result.terms),
+                "unknown_words": list(result.unknown_words),
+                "applied_filters": filters_json(result.applied_filters),
+                "reason": result.reason,
+                "text_model": model_json(result.text_model),
+                "embedder_model": model_json(result.embedder_model),
             },
         )
 

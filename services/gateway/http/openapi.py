@@ -7,8 +7,8 @@ from typing import Any
 
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.store import FILTER_FIELDS
-from services.gateway.http import text
-from services.gateway.http.parsing import DEFAULT_LIST_CHUNK, FILTER_MODES
+from fashionsearch.text_contract import MAX_QUERY_CHARS
+from services.gateway.http.parsing import DEFAULT_LIST_CHUNK, FILTER_MODES, REFINE_PARAM, TEXT_MATCHES
 from services.gateway.http.responses import JSON_0_1, JSON_VERSION_HEADER
 from services.gateway.security import API_KEY_HEADER
 from services.gateway.settings import Settings
@@ -38,6 +38,88 @@ def _errors(*statuses: int) -> dict[str, Any]:
     return {str(s): _json(_ref("Error"), reasons[s]) for s in statuses}
 
 
+# Searching by words: POST /v1/search/text and the refine parameter of photo searches.
+
+REFINE_PARAMETER = {
+    "name": REFINE_PARAM,
+    "in": "query",
+    "description": "Words that refine the search, e.g. 'in red' or 'for women': the vector moves towards the "
+    "words' vector and the values they name become filters (a multipart field of /v1/search works too)",
+    "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS},
+}
+
+
+def _text_schemas(settings_max_top_k: int) -> dict[str, Any]:
+    string, number = {"type": "string"}, {"type": "number"}
+    model = {"type": ["object", "null"], "properties": {"name": string, "version": string, "onnx_sha256": string}}
+    return {
+        "QueryTerm": {
+            "type": "object",
+            "description": "Words of the query that name an attribute value",
+            "properties": {
+                "field": string,
+                "value": string,
+                "words": string,
+                "confidence": {**number, "description": "share of training names with these words that have it"},
+                "corrected": {"type": "boolean", "description": "a word was read one letter away (jeens: jeans)"},
+            },
+        },
+        "TextMatch": {
+            "type": "string",
+            "enum": list(TEXT_MATCHES),
+            "description": "vector: the products nearest to the text's vector; both: products with the attribute "
+            "values the words name, nearest first; filters: only the named values, unranked. Not given: the mode "
+            "that measured best (reports/text-embedder)",
+        },
+        "SearchTextRequest": {
+            "type": "object",
+            "required": ["query"],
+            "properties": {
+                "query": {**string, "minLength": 1, "maxLength": MAX_QUERY_CHARS, "example": "women blue kurtas"},
+                "top_k": {"type": "integer", "minimum": 1, "maximum": settings_max_top_k},
+                "match": {"$ref": "#/components/schemas/TextMatch"},
+                "filters": {"$ref": "#/components/schemas/Filters"},
+            },
+        },
+        "SearchTextResponse": {
+            "type": "object",
+            "properties": {
+                "hits": {"type": "array", "items": {"$ref": "#/components/schemas/Hit"}},
+                "terms": {"type": "array", "items": {"$ref": "#/components/schemas/QueryTerm"}},
+                "unknown_words": {"type": "array", "items": string},
+                "applied_filters": {"$ref": "#/components/schemas/AppliedFilters"},
+                "reason": {**string, "description": "why there are no hits, when there are none"},
+                "text_model": model,
+                "embedder_model": model,
+            },
+        },
+    }
+
+
+def _text_paths() -> dict[str, Any]:
+    return {
+        "/v1/search/text": {
+            "post": {
+                "summary": "Search by words, in the photos' vector space; words naming a colour, gender, article "
+                "type, usage or season can become filters",
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SearchTextRequest"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "Matching products; no hits and a reason when no word is known",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/SearchTextResponse"}}
+                        },
+                    },
+                    **_errors(400, 409, 503, 504),
+                },
+            }
+        }
+    }
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the HTTP API."""
     string = {"type": "string"}
@@ -57,7 +139,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             f"Fields: {', '.join(FILTER_FIELDS)}. Giving one implies filter_mode=explicit.",
             "schema": string,
         },
-        text.REFINE_PARAMETER,
+        REFINE_PARAMETER,
     ]
     model = {
         "type": ["object", "null"],
@@ -189,7 +271,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             },
         },
         "Health": {"type": "object", "properties": {"status": string}},
-        **text.openapi_schemas(settings.max_top_k),
+        **_text_schemas(settings.max_top_k),
     }
     image_body = {
         "multipart/form-data": {
@@ -415,7 +497,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}},
             }
         }
-    paths.update(text.openapi_paths(_errors))
+    paths.update(_text_paths())
     # The answers that hold payloads or applied filters can still be asked for in version 0.1's shape.
     json_version = {
         "name": JSON_VERSION_HEADER,

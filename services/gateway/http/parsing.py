@@ -13,7 +13,7 @@ from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.parsing import parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS
-from services.gateway.domain import FilterMode, SearchOptions
+from services.gateway.domain import FilterMode, SearchOptions, TextMatch, TextSearchOptions
 
 FILTER_MODES = {mode.value: mode for mode in FilterMode}
 FILTER_PREFIX = "filter."
@@ -22,6 +22,9 @@ REFINE_PARAM = "refine"
 READ_CHUNK = 64 * 1024
 #: GET /v1/items: lines read from the store and written at a time.
 DEFAULT_LIST_CHUNK = 1000
+#: POST /v1/search/text: its match modes and the fields of its body.
+TEXT_MATCHES = {match.value: match for match in TextMatch}
+_TEXT_FIELDS = ("query", "top_k", "match", "filters")
 
 
 class BodyTooLarge(Exception):
@@ -102,6 +105,21 @@ def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
         filters=tuple(filters),
         refine_text=refine,
     )
+
+
+def text_options(body: dict[str, Any]) -> tuple[str, TextSearchOptions]:
+    """The query and options of a /v1/search/text body."""
+    unknown = sorted(set(body) - set(_TEXT_FIELDS))
+    if unknown:
+        raise InvalidArgument(f"unknown field(s) {', '.join(unknown)}; allowed: {', '.join(_TEXT_FIELDS)}")
+    query = body.get("query")
+    if not isinstance(query, str):
+        raise InvalidArgument('the body needs the "query" as a string, e.g. {"query": "black formal shoes men"}')
+    match = body.get("match")
+    if match is not None and match not in TEXT_MATCHES:
+        raise InvalidArgument(f"unknown match {match!r}; allowed: {', '.join(TEXT_MATCHES)}")
+    base = options_from_json({k: body[k] for k in ("top_k", "filters") if k in body})
+    return query, TextSearchOptions(top_k=base.top_k, match=TEXT_MATCHES.get(match or ""), filters=base.filters)
 
 
 def load_json(text: bytes | str, what: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import urllib.parse
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,7 @@ from aiohttp import web
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.classification import AttributePrediction
 from fashionsearch.errors import InvalidArgument
-from services.gateway.domain import ModelId
+from services.gateway.domain import ModelId, QueryTerm
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif"})
 #: Where the files under GATEWAY_IMAGE_ROOT (the catalogue folder the image_ref paths are relative to) are served.
@@ -57,6 +57,21 @@ def attribute_json(attribute: AttributePrediction) -> dict[str, Any]:
 def filters_json(filters: Mapping[str, tuple[str, ...]]) -> list[dict[str, Any]]:
     """Filters as gRPC's repeated FieldFilter: [{"field": "subCategory", "values": ["Topwear"]}]."""
     return [{"field": name, "values": list(values)} for name, values in filters.items()]
+
+
+def term_json(term: QueryTerm) -> dict[str, Any]:
+    return {
+        "field": term.field,
+        "value": term.value,
+        "words": term.words,
+        "confidence": round(float(term.confidence), 4),
+        "corrected": term.corrected,
+    }
+
+
+def terms_json(terms: Sequence[QueryTerm]) -> list[dict[str, Any]]:
+    """The words of a query that name an attribute value (search by words, and a photo search's refinement)."""
+    return [term_json(t) for t in terms]
 
 
 #: The request header asking for version 0.1's JSON names in the answer (deprecated; read for one more version).
