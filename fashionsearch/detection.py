@@ -10,15 +10,15 @@ better one (class-agnostic NMS). Plain NumPy: the services import no TensorFlow.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from fashionsearch.model_contract import DetectionSpec, ModelContractError, ModelSpec, letterbox
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Detection:
     """One product found in a photo: its box in pixels of the original photo, its group and score."""
 
@@ -32,6 +32,12 @@ class Detection:
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
         return self.left, self.top, self.left + self.width, self.top + self.height
+
+    def scaled(self, sx: float, sy: float) -> Detection:
+        """The same detection on the photo resized by (sx, sy), e.g. from a reduced-scale decode to full size."""
+        return dataclasses.replace(
+            self, left=self.left * sx, top=self.top * sy, width=self.width * sx, height=self.height * sy
+        )
 
 
 def detection_spec(spec: ModelSpec) -> DetectionSpec:
@@ -172,3 +178,20 @@ def non_max_suppression(boxes: np.ndarray, iou_threshold: float, limit: int) -> 
         kept.append(i)
         alive[i + 1 :] &= box_iou(boxes[i], boxes[i + 1 :])[0] <= iou_threshold
     return np.asarray(kept, dtype=np.int64)
+
+
+#: Context kept around a product when it is cut out: this share of its box's width and height on each side (the
+#: catalogue's packshots show the whole product with a little room around it).
+CROP_MARGIN = 0.08
+
+
+def crop_box(detection: Detection, width: int, height: int, margin: float = CROP_MARGIN) -> tuple[int, int, int, int]:
+    """The pixels (left, top, right, bottom) to cut out of a width x height photo for `detection`: its box grown by
+    `margin` on each side, to whole pixels, within the photo and at least one pixel each way."""
+    x1, y1, x2, y2 = detection.xyxy
+    grow_x, grow_y = detection.width * margin, detection.height * margin
+    left = min(max(0, int(np.floor(x1 - grow_x))), width - 1)
+    top = min(max(0, int(np.floor(y1 - grow_y))), height - 1)
+    right = max(min(width, int(np.ceil(x2 + grow_x))), left + 1)
+    bottom = max(min(height, int(np.ceil(y2 + grow_y))), top + 1)
+    return left, top, right, bottom

@@ -178,6 +178,27 @@ def decode_pixels(
     return np.asarray(decode_image(data, limits, target_size), dtype=np.uint8)
 
 
+#: EXIF orientations that turn the picture by 90 degrees (width and height swap).
+_TURNED = (5, 6, 7, 8)
+
+
+def displayed_size(data: bytes) -> tuple[int, int]:
+    """(width, height) of the full picture as decode_image shows it (EXIF orientation applied), from the header.
+
+    For data decode_image accepted: a picture decoded at a reduced scale (draft mode) is that much smaller, and
+    a detector's boxes are scaled back to this size.
+    """
+    with Image.open(io.BytesIO(data), formats=FORMATS) as image:
+        width, height = image.size
+        try:
+            # A JPEG without an APP1 "Exif" block has no orientation: skip parsing (the common case).
+            jpeg_without_exif = data[:2] == b"\xff\xd8" and b"Exif" not in data
+            orientation = 1 if jpeg_without_exif else image.getexif().get(0x0112, 1)
+        except Exception:  # noqa: BLE001 - decode_image ignores an unreadable EXIF block too
+            orientation = 1
+    return (height, width) if orientation in _TURNED else (width, height)
+
+
 def _apply_orientation(image: Image.Image) -> Image.Image:
     try:
         return ImageOps.exif_transpose(image)

@@ -10,11 +10,14 @@ a photo therefore come back within a cell of where they were drawn; tests check 
 
 from __future__ import annotations
 
+import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
+from PIL import Image
 
 from fashionsearch.model_contract import DetectionGroup, DetectionSpec, InputSpec, ModelSpec
 from testkit.tiny_models import INPUT_NAME, _input_info, _save
@@ -102,3 +105,28 @@ def write_tiny_detector(
         metrics={"note": "tiny test model, finds coloured squares"},
     ).write(model_dir)
     return model_dir
+
+
+#: Colours the tiny detector reads as each group (dark in the red channel: "top"; in the blue channel: "shoes").
+TOP_COLOUR = (0, 0, 255)
+SHOES_COLOUR = (255, 255, 0)
+
+
+def photo_of_squares(
+    size: tuple[int, int],
+    squares: Sequence[tuple[int, int, int, tuple[int, int, int]]],
+    *,
+    image_format: str = "PNG",
+    background: tuple[int, int, int] = (255, 255, 255),
+) -> bytes:
+    """An encoded photo of `size` (width, height) with squares (left, top, side, colour) on `background`.
+
+    With the tiny detector's defaults, a photo of 4x its input (384x512) has cells of 32 pixels: a square of 96
+    pixels at multiples of 32 covers 3x3 cells and comes back exactly.
+    """
+    image = Image.new("RGB", size, background)
+    for left, top, side, colour in squares:
+        image.paste(colour, (left, top, left + side, top + side))
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
+    return buffer.getvalue()

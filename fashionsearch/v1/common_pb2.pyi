@@ -53,3 +53,15 @@ class QueryTerm(_message.Message):
     confidence: float
     corrected: bool
     def __init__(self, field: _Optional[str] = ..., value: _Optional[str] = ..., words: _Optional[str] = ..., confidence: _Optional[float] = ..., corrected: _Optional[bool] = ...) -> None: ...
+
+class Box(_message.Message):
+    __slots__ = ("left", "top", "width", "height")
+    LEFT_FIELD_NUMBER: _ClassVar[int]
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    WIDTH_FIELD_NUMBER: _ClassVar[int]
+    HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    left: float
+    top: float
+    width: float
+    height: float
+    def __init__(self, left: _Optional[float] = ..., top: _Optional[float] = ..., width: _Optional[float] = ..., height: _Optional[float] = ...) -> None: ...

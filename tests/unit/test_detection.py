@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fashionsearch.detection import Detection, box_iou, decode_detections, non_max_suppression
+from fashionsearch.detection import Detection, box_iou, crop_box, decode_detections, non_max_suppression
 from fashionsearch.model_contract import (
     DetectionGroup,
     DetectionSpec,
@@ -183,3 +183,12 @@ def test_box_iou_and_nms():
     assert non_max_suppression(boxes, 0.5, 10).tolist() == [0, 1, 2]
     assert non_max_suppression(boxes, 0.5, 2).tolist() == [0, 1]
     assert non_max_suppression(np.zeros((0, 4)), 0.5, 2).tolist() == []
+
+
+def test_crop_box_adds_a_margin_in_whole_pixels_inside_the_photo():
+    box = Detection(left=10.2, top=20.0, width=50.0, height=100.0, group="top", score=0.9)
+    assert crop_box(box, 200, 300, margin=0.1) == (5, 10, 66, 130)
+    assert crop_box(box, 40, 60, margin=0.1) == (5, 10, 40, 60)  # clipped to a small photo
+    edge = Detection(left=199.5, top=299.9, width=0.5, height=0.1, group="top", score=0.9)
+    assert crop_box(edge, 200, 300, margin=0.0) == (199, 299, 200, 300)  # never empty
+    assert box.scaled(2, 0.5).xyxy == pytest.approx((20.4, 10.0, 120.4, 60.0))

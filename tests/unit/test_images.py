@@ -15,7 +15,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from fashionsearch.errors import InvalidArgument
-from fashionsearch.images import ImageLimits, decode_batch, decode_image, decode_pixels, is_heavy, to_rgb
+from fashionsearch.images import (
+    ImageLimits,
+    decode_batch,
+    decode_image,
+    decode_pixels,
+    displayed_size,
+    is_heavy,
+    to_rgb,
+)
 from testkit.images import large_png
 from tests.png_bytes import png_declaring
 
@@ -170,6 +178,16 @@ def test_exif_orientation_is_applied() -> None:
     top, bottom = image.getpixel((10, 5)), image.getpixel((10, 35))
     assert top[0] > 200 and top[2] < 60  # red went to the top
     assert bottom[2] > 200 and bottom[0] < 60
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+@pytest.mark.parametrize(("orientation", "shown"), [(None, (40, 20)), (1, (40, 20)), (3, (40, 20)), (6, (20, 40))])
+def test_displayed_size_is_the_full_size_decode_images_shows(fmt: str, orientation: int | None, shown) -> None:  # noqa: ANN001
+    exif = Image.Exif()
+    if orientation is not None:
+        exif[0x0112] = orientation
+    data = encode(Image.new("RGB", (40, 20), "red"), fmt, exif=exif.tobytes())
+    assert displayed_size(data) == shown == decode_image(data).size
 
 
 def test_twelve_megapixel_jpeg_is_decoded_in_draft_mode() -> None:

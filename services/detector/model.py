@@ -1,0 +1,65 @@
+"""The detector behind a small Protocol, and its ONNX Runtime adapter."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+from fashionsearch.detection import Detection, decode_detections
+from fashionsearch.model_contract import preprocess
+from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
+
+
+class Detector(Protocol):
+    """What the servicer needs from a detector."""
+
+    @property
+    def identity(self) -> ModelIdentity: ...
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(width, height) the model sees; lets the decoder skip pixels it would throw away."""
+        ...
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detect in RGB images (uint8 HxWx3) in one model call; per image its detections, in that image's pixels."""
+        ...
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """One RGB image (uint8 HxWx3) -> its model input row, for detect_prepared."""
+        ...
+
+    def detect_prepared(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
+        """Detect in a stack of prepare() rows in one model call; `sizes` are the images' (width, height)."""
+        ...
+
+    def warm_up(self, batch_size: int = 1) -> None: ...
+
+
+class OnnxDetector(OnnxAdapter):
+    """A CenterNet-style detector in ONNX, described by its model.json (DETECTOR_CONTRACT.md)."""
+
+    kind = "detector"
+
+    def __init__(self, model: OnnxModel) -> None:
+        if model.spec.kind != "detector":
+            raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not a detector")
+        super().__init__(model)
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        assert self._model.spec.detection is not None  # guaranteed by ModelSpec validation
+        return tuple(group.name for group in self._model.spec.detection.groups)
+
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        if not images:
+            return []
+        sizes = [(image.shape[1], image.shape[0]) for image in images]
+        return self.detect_prepared(preprocess(images, self._model.spec.input), sizes)
+
+    def detect_prepared(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
+        if len(batch) == 0:
+            return []
+        return decode_detections(self._model.run(batch), self._model.spec, sizes)

@@ -1,0 +1,224 @@
+"""The detector as a real grpc.aio server on a free port, with the tiny ONNX detector (it finds coloured squares)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from PIL import Image
+
+from fashionsearch.detection import box_iou
+from fashionsearch.model_contract import ModelContractError
+from fashionsearch.v1 import detector_pb2, detector_pb2_grpc
+from services.detector.server import start
+from services.detector.settings import Settings
+from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
+from testkit.tiny_models import write_tiny_classifier
+from tests.integration.service_helpers import BAD_IMAGES, SERVING, health_status
+
+pytestmark = pytest.mark.integration
+
+Body = Callable[[detector_pb2_grpc.DetectorStub, grpc.aio.Channel], Awaitable[None]]
+
+#: A 384x512 photo, 4x the tiny detector's input: a blue "top" and a yellow "shoes" of 3x3 cells each.
+SQUARES = [(64, 128, 96, TOP_COLOUR), (224, 320, 96, SHOES_COLOUR)]
+EXPECTED = [("top", (64, 128, 160, 224)), ("shoes", (224, 320, 320, 416))]
+SCENE = photo_of_squares((384, 512), SQUARES)
+WHITE = photo_of_squares((300, 200), [])
+#: Boxes are float32 on the wire: left + width may pass the edge by a rounding error.
+TOLERANCE = 1e-3
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    model_dir = write_tiny_detector(tmp_path_factory.mktemp("detector"))
+    return Settings(port=0, host="127.0.0.1", model_dir=model_dir, grace_s=0.5)
+
+
+def run(settings: Settings, body: Body) -> None:
+    async def scenario() -> None:
+        running = await start(settings)
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                await body(detector_pb2_grpc.DetectorStub(channel), channel)
+        finally:
+            await running.stop(settings.grace_s)
+
+    asyncio.run(scenario())
+
+
+def found(detections: detector_pb2.Detections) -> list[tuple[str, tuple[float, ...]]]:
+    return [
+        (d.group, (d.box.left, d.box.top, d.box.left + d.box.width, d.box.top + d.box.height))
+        for d in detections.detections
+    ]
+
+
+def assert_found(detections: detector_pb2.Detections, expected, min_iou: float = 0.99) -> None:  # type: ignore[no-untyped-def]
+    got = found(detections)
+    assert sorted(g for g, _ in got) == sorted(g for g, _ in expected), got
+    for group, box in expected:
+        [match] = [b for g, b in got if g == group]
+        assert box_iou(np.array(match), np.array(box))[0, 0] >= min_iou, (group, match, box)
+
+
+def test_settings_from_the_detector_environment(tmp_path: Path) -> None:
+    settings = Settings.from_env({"DETECTOR_MODEL_DIR": str(tmp_path), "DETECTOR_BATCH_MAX_DELAY_MS": "2"})
+    assert settings.port == 50053 and settings.metrics_port == 9104 and settings.model_dir == tmp_path
+    assert settings.batch_policy.enabled
+
+
+def test_health_is_serving_and_reflection_lists_the_services(settings: Settings) -> None:
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        assert await health_status(channel) == SERVING
+        assert await health_status(channel, "fashionsearch.v1.Detector") == SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        request = reflection_pb2.ServerReflectionRequest(list_services="")
+        async for reply in reflection.ServerReflectionInfo(iter([request])):
+            names = {s.name for s in reply.list_services_response.service}
+        assert {"fashionsearch.v1.Detector", "grpc.health.v1.Health"} <= names
+
+    run(settings, body)
+
+
+def test_detect_finds_each_product_in_pixels_of_the_photo(settings: Settings) -> None:
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)
+        assert reply.model.name == "tiny-detector" and len(reply.model.onnx_sha256) == 64
+        assert (reply.detections.image_width, reply.detections.image_height) == (384, 512)
+        assert_found(reply.detections, EXPECTED)
+        scores = [d.score for d in reply.detections.detections]
+        assert scores == sorted(scores, reverse=True) and all(0.3 <= s <= 1 for s in scores)
+
+    run(settings, body)
+
+
+def test_a_photo_without_a_product_has_no_detections(settings: Settings) -> None:
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=WHITE), timeout=5)
+        assert list(reply.detections.detections) == []
+        assert (reply.detections.image_width, reply.detections.image_height) == (300, 200)
+
+    run(settings, body)
+
+
+def test_a_12_megapixel_jpeg_decoded_at_a_reduced_scale_gives_boxes_at_full_size(settings: Settings) -> None:
+    # 3072x4096 is the scene at 8x: decoded in draft mode at 1/8 or 1/4, the boxes are scaled back.
+    big = photo_of_squares((3072, 4096), [(x * 8, y * 8, s * 8, c) for x, y, s, c in SQUARES], image_format="JPEG")
+    expected = [(g, tuple(v * 8 for v in box)) for g, box in EXPECTED]
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=big), timeout=10)
+        assert (reply.detections.image_width, reply.detections.image_height) == (3072, 4096)
+        assert_found(reply.detections, expected, min_iou=0.95)
+
+    run(settings, body)
+
+
+def test_boxes_are_in_the_frame_of_the_photo_as_shown_after_its_exif_orientation(settings: Settings) -> None:
+    # Stored on its side with orientation 6 ("turn 90 degrees clockwise to show"): shown as the 384x512 scene.
+    stored = Image.open(io.BytesIO(SCENE)).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    buffer = io.BytesIO()
+    stored.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=buffer.getvalue()), timeout=5)
+        assert (reply.detections.image_width, reply.detections.image_height) == (384, 512)
+        assert_found(reply.detections, EXPECTED, min_iou=0.95)
+
+    run(settings, body)
+
+
+def test_a_panorama_and_a_narrow_strip(settings: Settings) -> None:
+    panorama = photo_of_squares((4000, 500), [(1800, 50, 400, TOP_COLOUR)], image_format="JPEG")
+    strip = photo_of_squares((60, 3000), [(0, 2900, 60, SHOES_COLOUR)])
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=panorama), timeout=5)
+        assert (reply.detections.image_width, reply.detections.image_height) == (4000, 500)
+        # The photo is 12 input pixels high: the tiny model places the square only to within a cell (333 pixels).
+        [(group, (left, top, right, bottom))] = found(reply.detections)
+        assert group == "top" and 1800 <= (left + right) / 2 <= 2200
+        assert 0 <= left < right <= 4000 + TOLERANCE and 0 <= top < bottom <= 500 + TOLERANCE
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=strip), timeout=5)
+        assert (reply.detections.image_width, reply.detections.image_height) == (60, 3000)
+        for _, (left, top, right, bottom) in found(reply.detections):  # whatever it finds lies inside the photo
+            assert 0 <= left < right <= 60 + TOLERANCE and 0 <= top < bottom <= 3000 + TOLERANCE
+
+    run(settings, body)
+
+
+def test_batch_matches_single_calls_and_reports_bad_items(settings: Settings) -> None:
+    bad = [data for data, _ in BAD_IMAGES.values()]
+    images = [SCENE, *bad, WHITE]
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.DetectBatch(detector_pb2.DetectBatchRequest(images=images), timeout=5)
+        assert len(reply.results) == len(images) and reply.model.name == "tiny-detector"
+        for result, (_, fragment) in zip(reply.results[1:-1], BAD_IMAGES.values(), strict=True):
+            assert result.WhichOneof("outcome") == "error"
+            assert result.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            assert fragment in result.error.message
+        for index in (0, -1):
+            single = await stub.Detect(detector_pb2.DetectRequest(image=images[index]), timeout=5)
+            assert reply.results[index].detections == single.detections
+        assert list((await stub.DetectBatch(detector_pb2.DetectBatchRequest(), timeout=5)).results) == []
+
+    run(settings, body)
+
+
+@pytest.mark.parametrize("case", list(BAD_IMAGES))
+def test_bad_image_is_invalid_argument_and_the_service_keeps_serving(settings: Settings, case: str) -> None:
+    data, fragment = BAD_IMAGES[case]
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Detect(detector_pb2.DetectRequest(image=data), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert fragment in caught.value.details()
+        assert (await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)).detections.detections
+        assert await health_status(channel) == SERVING
+
+    run(settings, body)
+
+
+def test_batch_limit(settings: Settings) -> None:
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.DetectBatch(detector_pb2.DetectBatchRequest(images=[SCENE] * 3), timeout=5)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "at most 2 images, got 3" in caught.value.details()
+
+    run(replace(settings, max_batch=2), body)
+
+
+def test_concurrent_calls_batched_answer_like_single_ones(settings: Settings) -> None:
+    batched = replace(settings, batch_max_delay_ms=50.0, batch_max_size=8)
+    images = [SCENE, WHITE] * 6
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        replies = await asyncio.gather(*(stub.Detect(detector_pb2.DetectRequest(image=i), timeout=10) for i in images))
+        for reply, image in zip(replies, images, strict=True):
+            assert found(reply.detections) == (found(replies[0].detections) if image == SCENE else [])
+        assert_found(replies[0].detections, EXPECTED)
+
+    run(batched, body)
+
+
+def test_a_classifier_folder_is_refused(tmp_path: Path, settings: Settings) -> None:
+    wrong = replace(settings, model_dir=write_tiny_classifier(tmp_path))
+
+    async def scenario() -> None:
+        with pytest.raises(ModelContractError, match="but a detector is needed"):
+            await start(wrong)
+
+    asyncio.run(scenario())
