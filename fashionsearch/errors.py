@@ -109,6 +109,13 @@ class CollectionMismatchError(StoreError, FailedPrecondition):
     """The collection holds vectors from another embedder (model, version or dimension) than the one asked for."""
 
 
+class StoreFullError(StoreError, ResourceExhausted):
+    """The disk under the store has less free space than the reserve kept for it, so a write is refused (HTTP 507
+    Insufficient Storage) before the store's memory-mapped files could meet a full disk."""
+
+    http_status = 507
+
+
 class UnknownFilterFieldError(StoreError, InvalidArgument, ValueError):
     """A filter names a payload field that is not one of the filter fields."""
 

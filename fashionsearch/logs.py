@@ -66,7 +66,14 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str, ensure_ascii=False)
+        line = json.dumps(entry, default=str, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate (a client's "\ud800" in JSON) cannot be written as UTF-8: escaped, the line stays one
+            # JSON object instead of a lost line and a traceback.
+            line = json.dumps(entry, default=str, ensure_ascii=True)
+        return line
 
 
 def configure_logging(level: str | int = "INFO", stream: Any = None) -> None:

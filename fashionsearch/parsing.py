@@ -46,6 +46,19 @@ def parse_json(text: str | bytes) -> Any:
         raise ValueError("JSON nested too deeply, which is refused") from None
 
 
+def check_text(value: str, what: str) -> str:
+    """`value` when it is text UTF-8 can carry. JSON's escapes let a client send a lone surrogate ("\\ud800"), which
+    Python's json reads into a str that no store, protobuf message or UTF-8 log can write; ValueError names `what`."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as bad:
+        raise ValueError(
+            f"{what} is not valid Unicode text: it holds a lone surrogate ({ascii(value[bad.start])}) at character"
+            f" {bad.start}"
+        ) from None
+    return value
+
+
 def _shown(value: Any) -> str:
     """`value` for an error message, cut short: a client may send a number of thousands of digits."""
     if isinstance(value, int) and value.bit_length() > 128:

@@ -4,7 +4,13 @@ VectorIndex and its CollectionCatalog, and one branch in open_catalog."""
 
 import os
 
-from fashionsearch.errors import CollectionMismatchError, StoreError, StoreUnavailableError, UnknownFilterFieldError
+from fashionsearch.errors import (
+    CollectionMismatchError,
+    StoreError,
+    StoreFullError,
+    StoreUnavailableError,
+    UnknownFilterFieldError,
+)
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionCatalog,
@@ -24,6 +30,7 @@ __all__ = [
     "EmbedderIdentity",
     "Hit",
     "StoreError",
+    "StoreFullError",
     "StoreUnavailableError",
     "StoredPoint",
     "UnknownFilterFieldError",
@@ -40,19 +47,22 @@ def open_catalog(
     qdrant_path: str | os.PathLike[str] | None = None,
     search_threads: int | None = None,
     timeout_s: int = 5,
+    min_free_bytes: int | None = None,
 ) -> CollectionCatalog:
     """The one store factory, for the gateway and the indexer alike: a Qdrant server by URL (or qdrant-client's local
     mode on a folder), else the embedded Qdrant Edge store under data_dir. The gateway serves from
     ``open_catalog(...).live(alias)``, which follows the alias when a batch job switches it to a new collection; a
     batch job builds and switches collections through the catalog.
 
-    Each backend is imported only when chosen, so a gateway on Qdrant Edge does not load qdrant-client."""
+    Each backend is imported only when chosen, so a gateway on Qdrant Edge does not load qdrant-client.
+    min_free_bytes: Qdrant Edge's free-space reserve (None: its default), below which writes are refused."""
     if qdrant_url or qdrant_path:
         from fashionsearch.store.qdrant_server import QdrantCatalog
 
         return QdrantCatalog.connect(url=qdrant_url, path=qdrant_path, timeout_s=timeout_s)
     if data_dir:
-        from fashionsearch.store.edge import EdgeCatalog
+        from fashionsearch.store.edge import DEFAULT_MIN_FREE_BYTES, EdgeCatalog
 
-        return EdgeCatalog(data_dir, search_threads=search_threads)
+        reserve = DEFAULT_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
+        return EdgeCatalog(data_dir, search_threads=search_threads, min_free_bytes=reserve)
     raise StoreError("either a data directory (Qdrant Edge) or a Qdrant URL is required")

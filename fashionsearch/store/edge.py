@@ -22,6 +22,15 @@ directory (one gateway per directory), and every open collection holds ``<data_d
 per collection), so a rebuild may fill a new collection beside the one the gateway serves but never write into it.
 A collection is deleted only under its lock: one still open elsewhere is marked (``drop-requested`` in its folder)
 and its holder deletes it when it lets go.
+
+A full disk: qdrant-edge writes through memory-mapped files (WAL segments, vectors, payload), and a page that a full
+disk cannot back kills the process with SIGBUS, on every restart too. So every write first checks the free space
+(statvfs) against a reserve (``min_free_bytes``) and is refused with StoreFullError (RESOURCE_EXHAUSTED, HTTP 507)
+below it; reads go on. The reserve must exceed what one write can add (a batch of points is some KiB, a new
+collection about 16 MiB). Opening a shard needs more: loading maps the segments' files populated, which allocates
+their sparse parts (measured on tmpfs: a shard using 22 MiB used 88 MiB once reopened, the 32 MiB vector chunk and
+4 MiB per keyword index filled in; the WAL's preallocated segments stayed sparse), so opening needs those bytes plus
+the reserve, and says so when the disk has less.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from fashionsearch.errors import CollectionMismatchError, StoreError
+from fashionsearch.errors import CollectionMismatchError, StoreError, StoreFullError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionInfo,
@@ -67,6 +76,25 @@ ALIAS_SUFFIX = ".alias"
 DIRECTORY_LOCK = ".lock"
 DROP_MARKER = "drop-requested"
 _META_SCHEMA = 1
+#: Free space kept on the data directory's disk (see the module docstring); below it writes are refused.
+DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
+_MIB = 1024 * 1024
+
+
+def free_bytes(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the file system holding path."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def _sparse_bytes(shard: Path) -> int:
+    """What loading the shard may allocate: the unallocated parts of its segment files (see the module docstring)."""
+    total = 0
+    for path in (shard / "segments").rglob("*"):
+        stat = path.lstat()
+        if path.is_file():
+            total += max(0, stat.st_size - stat.st_blocks * 512)
+    return total
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -117,6 +145,7 @@ class EdgeIndex:
         *,
         search_threads: int | None = None,
         exact: bool = True,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise StoreError(f"collection name {collection!r} is not a plain directory name")
@@ -124,6 +153,7 @@ class EdgeIndex:
         self._meta_path = self._root / META_FILE
         self._shard_path = self._root / SHARD_DIR
         self._search_threads = search_threads
+        self._min_free_bytes = min_free_bytes
         self._params = qe.SearchParams(exact=exact)
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
@@ -134,7 +164,10 @@ class EdgeIndex:
         try:
             self._root.mkdir(parents=True, exist_ok=True)
             self._info = _read_meta(self._meta_path)
+            if self._info is None and self._shard_path.exists():
+                self._refuse_unrecorded_shard()
             if self._info is not None:
+                self._require_space("opening the collection", loading=True)
                 try:
                     self._shard = qe.EdgeShard.load(str(self._shard_path), self._config(self._info.dim))
                 except Exception as error:  # qdrant-edge raises plain Exception
@@ -164,6 +197,41 @@ class EdgeIndex:
             max_search_threads=self._search_threads,
         )
 
+    def _require_space(self, doing: str, loading: bool = False) -> None:
+        free = free_bytes(self._root)
+        needed = self._min_free_bytes + (_sparse_bytes(self._shard_path) if loading else 0)
+        if free < needed:
+            what = "its files' unallocated parts, which loading fills in, and " if loading else ""
+            raise StoreFullError(
+                f"{doing} refused: the disk holding {self._root} has {free / _MIB:.1f} MiB free, less than the"
+                f" {needed / _MIB:.1f} MiB needed ({what}the {self._min_free_bytes / _MIB:.1f} MiB kept free so that"
+                " the store never meets a full disk); make room on it"
+            )
+
+    def _refuse_unrecorded_shard(self) -> None:
+        """A shard without its record is an interrupted creation (empty: ensure_collection rebuilds it), or one that
+        lost its record: that one holds points, which are never deleted implicitly."""
+        self._require_space("opening the collection", loading=True)
+        try:
+            shard = qe.EdgeShard.load(str(self._shard_path))
+        except Exception as error:  # qdrant-edge raises plain Exception
+            if not any((self._shard_path / "segments").glob("*")):
+                return  # died before the first segment: nothing to keep
+            raise StoreError(
+                f"{self._meta_path} is missing and the shard at {self._shard_path} cannot be opened ({error}); restore"
+                " the file, or move the shard away to start an empty collection"
+            ) from None
+        try:
+            points = int(shard.count(qe.CountRequest(exact=True)))
+        finally:
+            shard.close()
+        if points:
+            raise StoreError(
+                f"{self._meta_path} is missing but the shard at {self._shard_path} holds {points} points: restore the"
+                " file (dim, embedder_model, embedder_version), or move the shard away to start an empty collection;"
+                " a shard with points is never deleted implicitly"
+            )
+
     def _require_open(self) -> None:
         if self._closed:
             raise StoreError("the vector index is closed")
@@ -190,6 +258,7 @@ class EdgeIndex:
             self._create(wanted)
 
     def _create(self, info: CollectionInfo) -> None:
+        self._require_space("creating the collection")
         if self._shard is not None:
             self._shard.close()
             self._shard = None
@@ -224,6 +293,7 @@ class EdgeIndex:
         with self._lock:
             shard = self._require_shard()
             assert self._info is not None
+            self._require_space("storing items")
             dim = self._info.dim
             # One conversion and one finiteness check for the whole batch (per point they cost more than the write).
             vectors = as_vectors([p.vector for p in points], dim).tolist()
@@ -243,6 +313,7 @@ class EdgeIndex:
         with self._lock:
             present = [int(r.id) for r in self._records(wanted, with_data=False)]
             if present and self._shard is not None:
+                self._require_space("deleting items")  # a delete is a write-ahead log record too
                 self._shard.update(qe.UpdateOperation.delete_points(list[Any](present)))
             return [i for i in wanted if i in set(present)]
 
@@ -332,11 +403,18 @@ def _fsync_dir(path: Path) -> None:
 class EdgeCatalog:
     """Edge collections under one data directory; aliases are pointer files beside them."""
 
-    def __init__(self, data_dir: str | os.PathLike[str], *, search_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        *,
+        search_threads: int | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    ) -> None:
         self.label = f"edge {data_dir}"
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._search_threads = search_threads
+        self._min_free_bytes = min_free_bytes
 
     def path(self, collection: str) -> Path:
         return self.root / check_name(collection)
@@ -355,7 +433,9 @@ class EdgeCatalog:
         return check_name(str(target))
 
     def open(self, collection: str) -> EdgeIndex:
-        return EdgeIndex(self.root, check_name(collection), search_threads=self._search_threads)
+        return EdgeIndex(
+            self.root, check_name(collection), search_threads=self._search_threads, min_free_bytes=self._min_free_bytes
+        )
 
     def info(self, collection: str) -> CollectionInfo | None:
         # Read the record file only: the live shard may be open in the gateway, the single writer.
@@ -468,10 +548,11 @@ class FollowingEdgeIndex:
             if self._index is None or target != self._current:
                 try:
                     new_index = self._catalog.open(target)
-                except StoreLockedError:
+                except (StoreLockedError, StoreFullError):
                     if self._index is None:
                         raise
-                    # Whoever switched has not let go of the new collection yet: keep serving, look again next call.
+                    # Whoever switched has not let go of the new collection yet, or the disk is too full to open it:
+                    # keep serving, look again next call.
                     logger.warning("alias %s points at %s, still open elsewhere", self._alias, target, exc_info=True)
                     return self._index
                 old, old_name, self._index, self._current = self._index, self._current, new_index, target

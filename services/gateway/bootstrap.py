@@ -93,6 +93,7 @@ def bootstrap(
             data_dir=settings.data_dir,
             qdrant_url=settings.qdrant_url,
             search_threads=settings.store_search_threads,
+            min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
             timeout_s=max(1, round(settings.store_timeout_s)),
         ).live(settings.collection)
     service = GatewayService(

@@ -25,12 +25,14 @@ from fashionsearch.errors import (
     InvalidArgument,
     NotFound,
 )
+from fashionsearch.parsing import check_text
 from fashionsearch.store import (
     FILTER_FIELDS,
     CollectionMismatchError,
     Hit,
     StoredPoint,
     StoreError,
+    StoreFullError,
     StoreUnavailableError,
     UnknownFilterFieldError,
     VectorIndex,
@@ -137,8 +139,8 @@ class GatewayService:
                 return await asyncio.wait_for(asyncio.to_thread(call, *args), timeout_s or self._limits.store_timeout_s)
         except TimeoutError:
             raise DeadlineExceeded(f"the vector store did not answer {what} in time") from None
-        except StoreUnavailableError as error:
-            logger.warning("vector store unavailable on %s: %s", what, error)
+        except (StoreUnavailableError, StoreFullError) as error:
+            logger.warning("vector store refused %s: %s", what, error)
             raise
         except (CollectionMismatchError, UnknownFilterFieldError):
             raise  # the catalogue's state or the request: their own status says it (fashionsearch/errors.py)
@@ -312,6 +314,7 @@ class GatewayService:
                 unknown = unknown_fields(item.payload)
                 if unknown:
                     raise InvalidArgument(f"unknown payload field(s) {', '.join(unknown)}")
+                _check_texts(item)
             except FashionSearchError as error:
                 errors[index] = error
         todo = [i for i in range(len(batch)) if i not in errors]
@@ -437,6 +440,17 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
+
+
+def _check_texts(item: CatalogueItem) -> None:
+    """InvalidArgument naming the payload field (or the content hash) that holds text no store can write."""
+    try:
+        for key, value in item.payload.items():
+            if isinstance(value, str):
+                check_text(value, f"payload field {key!r}")
+        check_text(item.content_hash, "content_hash")
+    except ValueError as bad:
+        raise InvalidArgument(str(bad)) from None
 
 
 async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:

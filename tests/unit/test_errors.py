@@ -38,6 +38,7 @@ class FakeContext:
         (errors.StoreUnavailableError, grpc.StatusCode.UNAVAILABLE, 503),
         (errors.CollectionMismatchError, grpc.StatusCode.FAILED_PRECONDITION, 409),
         (errors.UnknownFilterFieldError, grpc.StatusCode.INVALID_ARGUMENT, 400),
+        (errors.StoreFullError, grpc.StatusCode.RESOURCE_EXHAUSTED, 507),
     ],
 )
 def test_each_error_has_its_status(

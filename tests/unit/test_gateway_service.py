@@ -319,3 +319,40 @@ async def test_categories_are_counted_kept_and_recounted_after_any_write(service
     await _load(service, [_item(9, "Shoes", "Casual Shoes")])
     assert await service.categories() == [("Topwear", 3), ("Shoes", 2)]
     assert len(scans) == 2
+
+
+@run_async
+async def test_a_full_store_fails_the_writes_with_507_and_a_warning_reads_go_on(fakes, caplog):
+    from fashionsearch.store import StoreFullError
+
+    classifier, embedder, _ = fakes
+
+    class FullIndex(BruteForceIndex):
+        full = False
+
+        def upsert(self, points):
+            if self.full:
+                raise StoreFullError("storing items refused: the disk holding data has 1.0 MiB free")
+            super().upsert(points)
+
+    index = FullIndex()
+    service = GatewayService(classifier, embedder, index)
+    await _load(service, [_item(1)])
+    index.full = True
+    outcomes = await _load(service, [_item(2), _item(3)])
+    assert [o.error.http_status for o in outcomes] == [507, 507]
+    assert all(o.error.code.name == "RESOURCE_EXHAUSTED" and "MiB free" in o.error.message for o in outcomes)
+    refusals = [r for r in caplog.records if "refused upsert" in r.getMessage()]
+    assert refusals and all(r.levelname == "WARNING" and not r.exc_info for r in refusals)
+    assert (await service.get(1)).id == 1 and (await service.stats()).item_count == 1
+
+
+@run_async
+async def test_a_lone_surrogate_in_a_payload_fails_that_item_naming_the_field(service, fakes):
+    bad_name = replace(_item(2), payload={**_item(2).payload, "name": "Shirt \ud800"})
+    bad_hash = replace(_item(3), content_hash="abc\udfff")
+    outcomes = await _load(service, [_item(1), bad_name, bad_hash, _item(4)])
+    assert [o.error is None for o in outcomes] == [True, False, False, True]
+    assert isinstance(outcomes[1].error, InvalidArgument) and "payload field 'name'" in outcomes[1].error.message
+    assert isinstance(outcomes[2].error, InvalidArgument) and "content_hash" in outcomes[2].error.message
+    assert fakes[2].count() == 2

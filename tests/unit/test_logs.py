@@ -68,3 +68,19 @@ def test_every_log_line_written_while_serving_carries_the_request_id(restore_roo
     assert [line.get("request_id") for line in lines if line["message"] == "after"] == [None]
     for message in ("in the handler", "in a worker thread"):
         assert sorted(line["request_id"] for line in lines if line["message"] == message) == ["first", "second"]
+
+
+def test_a_lone_surrogate_anywhere_leaves_one_json_line(restore_root_logger: None, capsys) -> None:
+    """A client can put "\\ud800" (valid JSON, not encodable text) in a payload field name; the log line must stay one
+    JSON object on a strict UTF-8 stdout, with non-ASCII text kept readable otherwise."""
+    raw = io.BytesIO()
+    stream = io.TextIOWrapper(raw, encoding="utf-8", errors="strict", write_through=True)
+    configure_logging("INFO", stream=stream)
+    log = logging.getLogger("services.example")
+    log.info("unknown payload field(s) %s", "na\ud800me", extra={"field": "\udcff"})
+    log.info("café")
+    lines = raw.getvalue().decode("utf-8").splitlines()
+    assert len(lines) == 2, capsys.readouterr().err[-2000:]
+    first, second = (json.loads(line) for line in lines)
+    assert first["message"] == "unknown payload field(s) na\ud800me" and first["field"] == "\udcff"
+    assert second["message"] == "café" and "café" in lines[1]

@@ -190,3 +190,44 @@ def test_a_missing_shard_is_a_clear_error(tmp_path):
     shutil.rmtree(tmp_path / "catalogue" / SHARD_DIR)
     with pytest.raises(StoreError, match="cannot open the Qdrant Edge shard"):
         EdgeIndex(tmp_path, "catalogue")
+
+
+def test_a_missing_record_beside_a_filled_shard_refuses_to_open(tmp_path):
+    """A lost collection.json never costs the vectors: the shard is kept and the error names the file."""
+    first = EdgeIndex(tmp_path, "catalogue")
+    first.ensure_collection(2, V1)
+    first.upsert([_point(1, 0.0, 1.0), _point(2, 1.0, 0.0)])
+    first.close()
+    (tmp_path / "catalogue" / META_FILE).unlink()
+    with pytest.raises(StoreError, match=rf"{META_FILE} is missing.*holds 2 points"):
+        EdgeIndex(tmp_path, "catalogue")
+    (tmp_path / "catalogue" / META_FILE).write_text(
+        json.dumps({"dim": 2, "embedder_model": "embedder", "embedder_version": "1"})
+    )
+    restored = EdgeIndex(tmp_path, "catalogue")  # the record put back: every point is still there
+    try:
+        assert restored.count() == 2
+    finally:
+        restored.close()
+
+
+def test_writes_below_the_free_space_reserve_are_refused_and_reads_go_on(tmp_path, monkeypatch):
+    from fashionsearch.errors import StoreFullError
+    from fashionsearch.store import edge
+
+    mib = 1024 * 1024
+    index = EdgeIndex(tmp_path, "catalogue", min_free_bytes=10 * mib)
+    try:
+        index.ensure_collection(2, V1)
+        index.upsert([_point(1, 0.0, 1.0, gender="Men")])
+        monkeypatch.setattr(edge, "free_bytes", lambda path: 9 * mib)  # the disk fills up under the store
+        with pytest.raises(StoreFullError, match=r"storing items refused.*9\.0 MiB free.*10\.0 MiB") as refused:
+            index.upsert([_point(2, 1.0, 0.0)])
+        assert refused.value.code.name == "RESOURCE_EXHAUSTED" and refused.value.http_status == 507
+        with pytest.raises(StoreFullError, match="deleting items refused"):
+            index.delete([1])
+        assert index.count() == 1 and [h.id for h in index.search(np.zeros(2), 5, {"gender": "Men"})] == [1]
+    finally:
+        index.close()
+    with pytest.raises(StoreFullError, match="opening the collection refused.*unallocated parts"):
+        EdgeIndex(tmp_path, "catalogue", min_free_bytes=10 * mib)

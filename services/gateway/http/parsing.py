@@ -11,7 +11,7 @@ from aiohttp import BodyPartReader, MultipartReader, http_exceptions, web
 
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import InvalidArgument
-from fashionsearch.parsing import parse_int, parse_json
+from fashionsearch.parsing import check_text, parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS
 from services.gateway.domain import FilterMode, SearchOptions, TextMatch, TextSearchOptions
 
@@ -91,6 +91,12 @@ def options_from_json(body: Mapping[str, Any]) -> SearchOptions:
         values = [values] if isinstance(values, str) else values
         if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
             raise InvalidArgument(f"filter {name!r} must be a string or a list of strings")
+        try:
+            check_text(name, "a filter field name")
+            for value in values:
+                check_text(value, f"filter {name!r}")
+        except ValueError as bad:
+            raise InvalidArgument(str(bad)) from None
         filters.append((str(name), tuple(values)))
     top_k = body.get("top_k")
     mode = body.get("filter_mode")

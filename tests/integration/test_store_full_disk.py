@@ -1,0 +1,109 @@
+"""A full disk under the Qdrant Edge store: writes are refused with a clear error before qdrant-edge's memory-mapped
+files could fault (SIGBUS), reads go on, and a restart on the full disk says why instead of dying.
+
+The disk is a 40 MiB tmpfs mounted for the test (root only; skipped, saying why, where mounting is not allowed).
+Each step runs in a child process, so a SIGBUS shows as the child's exit status instead of killing pytest; every
+child is bounded by a batch count and a timeout.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RESERVE_BYTES = 4 * 1024 * 1024
+CHILD_TIMEOUT_S = 180
+
+_FILL = """
+import json, sys
+import numpy as np
+from fashionsearch.errors import StoreFullError
+from fashionsearch.store.base import EmbedderIdentity, StoredPoint
+from fashionsearch.store.edge import EdgeIndex
+
+index = EdgeIndex(sys.argv[1], "catalogue", min_free_bytes=int(sys.argv[2]))
+index.ensure_collection(64, EmbedderIdentity("embedder", "1"))
+rng = np.random.default_rng(0)
+stored, refused = 0, None
+for batch in range(2000):  # 40 MiB holds far fewer: the loop ends on the refusal
+    points = [
+        StoredPoint(stored + i + 1, rng.standard_normal(64).astype(np.float32), {"name": "x" * 200, "gender": "Men"})
+        for i in range(64)
+    ]
+    try:
+        index.upsert(points)
+    except StoreFullError as full:
+        refused = full.message
+        break
+    stored += len(points)
+hits = index.search(np.zeros(64, dtype=np.float32), 3, {"gender": "Men"})
+print(json.dumps({"stored": stored, "refused": refused, "count": index.count(), "hits": len(hits)}))
+index.close()
+"""
+
+_REOPEN = """
+import json, sys
+from fashionsearch.errors import StoreFullError
+from fashionsearch.store.edge import EdgeIndex
+
+try:
+    index = EdgeIndex(sys.argv[1], "catalogue", min_free_bytes=int(sys.argv[2]))
+except StoreFullError as full:
+    print(json.dumps({"refused": full.message}))
+else:
+    print(json.dumps({"count": index.count()}))
+    index.close()
+"""
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path):
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired) as error:
+        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {error}")
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs for the full-disk test (needs root): {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True, timeout=30, check=False)
+
+
+def _child(script: str, *args: str) -> dict[str, object]:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), *args],
+        capture_output=True,
+        text=True,
+        timeout=CHILD_TIMEOUT_S,
+        cwd=REPO_ROOT,
+    )
+    assert done.returncode == 0, f"the store process died with status {done.returncode}: {done.stderr[-2000:]}"
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_full_disk_refuses_writes_keeps_reads_and_says_why_at_start(small_disk: Path) -> None:
+    filled = _child(_FILL, str(small_disk), str(RESERVE_BYTES))
+    assert filled["refused"] is not None, filled
+    assert "free" in str(filled["refused"]) and str(small_disk) in str(filled["refused"])
+    assert int(filled["stored"]) > 0 and filled["count"] == filled["stored"]  # every acknowledged write is there
+    assert filled["hits"] == 3  # reads go on after the refusal
+
+    # A restart on the full disk: loading a shard fills in its files' sparse parts (more than this disk has left),
+    # which killed every restart with SIGBUS; now it says why, even with no reserve at all.
+    for reserve in (RESERVE_BYTES, 0):
+        reopened = _child(_REOPEN, str(small_disk), str(reserve))
+        assert "unallocated parts" in str(reopened.get("refused")), reopened
