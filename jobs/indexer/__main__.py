@@ -69,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="VAR",
         help="environment variable holding the gateway's write API key (default INDEXER_API_KEY)",
     )
+    p.add_argument(
+        "--qdrant-api-key-env",
+        default="QDRANT_API_KEY",
+        metavar="VAR",
+        help="environment variable holding Qdrant's API key, for --qdrant-url (default QDRANT_API_KEY; unset: none)",
+    )
     p.add_argument("--tls-ca", type=Path, help="PEM CA bundle: talk TLS to the gateway, trusting these CAs")
     p.add_argument("--embedder", metavar="HOST:PORT", help="embedder address (direct modes)")
     p.add_argument("--classifier", metavar="HOST:PORT", help="classifier address, for missing attributes")
@@ -137,7 +143,11 @@ def make_target(args: argparse.Namespace) -> Target:
         raise SystemExit("error: --embedder is required with --qdrant-url, --qdrant-path and --edge-dir")
     models = ModelClients(args.embedder, args.classifier, timeout_s=args.timeout_s, max_batch=args.batch_size)
     catalog = open_catalog(
-        data_dir=args.edge_dir, qdrant_url=args.qdrant_url, qdrant_path=args.qdrant_path, timeout_s=int(args.timeout_s)
+        data_dir=args.edge_dir,
+        qdrant_url=args.qdrant_url,
+        qdrant_api_key=os.environ.get(args.qdrant_api_key_env, "") or None,
+        qdrant_path=args.qdrant_path,
+        timeout_s=int(args.timeout_s),
     )
     # With several shards no worker knows when the others are done: the alias is switched by --switch-only.
     sharded = parse_shard(args.shard)[1] > 1

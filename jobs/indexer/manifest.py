@@ -2,7 +2,8 @@
 
 Nothing here holds the whole manifest in memory: every reader is a generator, so a catalogue of millions of rows
 costs the same memory as one of ten.  A row that cannot be understood becomes a ``BadRow`` in the stream (with
-its line number and the reason) instead of stopping the run.
+its line number and the reason) instead of stopping the run; so does a row whose text UTF-8 cannot carry (the
+files are decoded with ``surrogateescape``, so a byte that is not UTF-8 costs its row, not the run).
 
 Generic manifests
 -----------------
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fashionsearch.catalogue import FILTER_FIELDS, STYLES_COLUMNS, parse_id, split_styles_line, unquote_name
-from fashionsearch.parsing import parse_json
+from fashionsearch.parsing import check_text, parse_json
 
 #: Attribute fields of a catalogue item (each also a filter field of the store).
 ATTRIBUTES: tuple[str, ...] = FILTER_FIELDS
@@ -84,6 +85,17 @@ def parse_year(value: Any) -> int:
     return year
 
 
+def _text(value: str, what: str) -> str:
+    """`value` when UTF-8 can carry it; a byte that is not UTF-8 (read as a lone surrogate by ``surrogateescape``) or
+    a JSON lone surrogate escape is a ValueError naming `what`."""
+    try:
+        return check_text(value, what)
+    except ValueError:
+        raise ValueError(
+            f"{what} is not UTF-8 text (a byte that is not UTF-8, or a lone surrogate escape such as \\ud800)"
+        ) from None
+
+
 def _row_from_mapping(record: Mapping[str, Any], line: int, image_key: str = "image") -> Row:
     nested = record.get("attributes")
     if nested is not None and not isinstance(nested, Mapping):
@@ -97,7 +109,7 @@ def _row_from_mapping(record: Mapping[str, Any], line: int, image_key: str = "im
             continue
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
             raise ValueError(f"attribute {key} must be a string")
-        text = str(value).strip()
+        text = _text(str(value), key).strip()
         if text:
             attributes[key] = text
     image = record.get(image_key)
@@ -109,8 +121,8 @@ def _row_from_mapping(record: Mapping[str, Any], line: int, image_key: str = "im
     year = merged.get("year", record.get("year"))
     return Row(
         id=parse_id(record.get("id")),
-        image=image.strip(),
-        name=name.strip(),
+        image=_text(image, image_key).strip(),
+        name=_text(name, "name").strip(),
         attributes=attributes,
         year=parse_year(year),
         line=line,
@@ -130,7 +142,7 @@ def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
     rest (`fashionsearch.catalogue.split_styles_line`); a CSV-quoted name is unquoted.  Fewer than 10 fields is a
     bad row.
     """
-    with open(styles_csv, encoding="utf-8", newline="") as f:
+    with open(styles_csv, encoding="utf-8", errors="surrogateescape", newline="") as f:
         first = f.readline()
         if not first:
             return
@@ -143,6 +155,11 @@ def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
             fields = split_styles_line(raw)
             raw_id = fields[0].strip()
             image = f"images/{raw_id}.jpg"
+            try:
+                _text(raw, "the line")
+            except ValueError as exc:
+                yield BadRow(line, raw_id, image, f"bad row: {exc}")
+                continue
             if len(fields) < len(STYLES_COLUMNS):
                 yield BadRow(line, raw_id, image, f"bad row: {len(fields)} fields, expected {len(STYLES_COLUMNS)}")
                 continue
@@ -164,7 +181,7 @@ def read_styles(styles_csv: str | Path) -> Iterator[Row | BadRow]:
 
 def read_csv(path: str | Path) -> Iterator[Row | BadRow]:
     """Rows of a generic CSV manifest (header row required, see the module docs)."""
-    with open(path, encoding="utf-8", newline="") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         if reader.fieldnames is None:
             return
@@ -188,7 +205,7 @@ def read_csv(path: str | Path) -> Iterator[Row | BadRow]:
 
 def read_jsonl(path: str | Path) -> Iterator[Row | BadRow]:
     """Rows of a JSON Lines manifest (one object per line, see the module docs)."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8", errors="surrogateescape") as f:
         for line_no, text in enumerate(f, start=1):
             if not text.strip():
                 continue

@@ -128,7 +128,8 @@ class RejectWriter:
         self._writer: Any = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(path, "w", encoding="utf-8", newline="")
+            # A rejected row's id or image may hold what UTF-8 cannot carry (the very reason it was rejected).
+            self._file = open(path, "w", encoding="utf-8", errors="backslashreplace", newline="")
             self._writer = csv.writer(self._file)
             self._writer.writerow(["line", "id", "image", "reason"])
             self._file.flush()
