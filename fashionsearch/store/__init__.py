@@ -44,6 +44,7 @@ def open_catalog(
     *,
     data_dir: str | os.PathLike[str] | None = None,
     qdrant_url: str | None = None,
+    qdrant_api_key: str | None = None,
     qdrant_path: str | os.PathLike[str] | None = None,
     search_threads: int | None = None,
     timeout_s: int = 5,
@@ -59,7 +60,7 @@ def open_catalog(
     if qdrant_url or qdrant_path:
         from fashionsearch.store.qdrant_server import QdrantCatalog
 
-        return QdrantCatalog.connect(url=qdrant_url, path=qdrant_path, timeout_s=timeout_s)
+        return QdrantCatalog.connect(url=qdrant_url, path=qdrant_path, timeout_s=timeout_s, api_key=qdrant_api_key)
     if data_dir:
         from fashionsearch.store.edge import DEFAULT_MIN_FREE_BYTES, EdgeCatalog
 

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import threading
+import warnings
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from typing import Any, ParamSpec, TypeVar
 
@@ -256,11 +257,21 @@ class QdrantCatalog:
 
     @classmethod
     def connect(
-        cls, *, url: str | None = None, path: str | os.PathLike[str] | None = None, timeout_s: int = 5
+        cls,
+        *,
+        url: str | None = None,
+        path: str | os.PathLike[str] | None = None,
+        timeout_s: int = 5,
+        api_key: str | None = None,
     ) -> QdrantCatalog:
-        """A Qdrant server by URL, or qdrant-client's local mode on a folder."""
+        """A Qdrant server by URL (with its API key when it has one), or qdrant-client's local mode on a folder."""
         if url:
-            return cls(QdrantClient(url=url, timeout=timeout_s, check_compatibility=False), f"qdrant {url}")
+            with warnings.catch_warnings():
+                # qdrant-client warns about a key over plain http: inside a cluster behind its NetworkPolicy
+                # (deploy/kubernetes) that is the deployment's choice, not news on every start.
+                warnings.filterwarnings("ignore", message="Api key is used with an insecure connection")
+                client = QdrantClient(url=url, api_key=api_key, timeout=timeout_s, check_compatibility=False)
+            return cls(client, f"qdrant {url}")
         return cls(QdrantClient(path=str(path)), f"qdrant {path}")
 
     def resolve(self, alias: str) -> str | None:

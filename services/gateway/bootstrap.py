@@ -92,6 +92,7 @@ def bootstrap(
         index = open_catalog(
             data_dir=settings.data_dir,
             qdrant_url=settings.qdrant_url,
+            qdrant_api_key=settings.qdrant_api_key,
             search_threads=settings.store_search_threads,
             min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
             timeout_s=max(1, round(settings.store_timeout_s)),

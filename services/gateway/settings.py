@@ -25,6 +25,8 @@ class Settings:
     embedder_addr: Address = Address("localhost", 50052)
     data_dir: Path = Path("data/qdrant-edge")
     qdrant_url: str | None = None
+    #: Qdrant's API key (QDRANT__SERVICE__API_KEY on the server), from the file GATEWAY_QDRANT_API_KEY_FILE names.
+    qdrant_api_key: str | None = field(default=None, repr=False)
     collection: str = "catalogue"
     classify_timeout_s: float = 2.0
     embed_timeout_s: float = 2.0
@@ -148,6 +150,7 @@ class Settings:
             embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
             data_dir=data_dir,
             qdrant_url=qdrant_url,
+            qdrant_api_key=read_key_file("GATEWAY_QDRANT_API_KEY_FILE", env.get_str("QDRANT_API_KEY_FILE", "")),
             collection=collection,
             classify_timeout_s=env.get_float("CLASSIFY_TIMEOUT_S", cls.classify_timeout_s, min=0.01, max=600),
             embed_timeout_s=env.get_float("EMBED_TIMEOUT_S", cls.embed_timeout_s, min=0.01, max=600),
@@ -185,6 +188,19 @@ class Settings:
             peer_lb_policy=env.choice("PEER_LB_POLICY", cls.peer_lb_policy, LB_POLICIES),
             metrics_port=env.port("METRICS_PORT", DEFAULT_HTTP_PORT if http_port is None else http_port) or None,
         )
+
+
+def read_key_file(variable: str, file: str) -> str | None:
+    """The one secret a file holds (a mounted Kubernetes or Docker secret), stripped; None when no file is named."""
+    if not file:
+        return None
+    try:
+        key = Path(file).expanduser().read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as bad:
+        raise ConfigError(f"{variable}={file!r}: cannot read the key: {bad}") from None
+    if not key:
+        raise ConfigError(f"{variable}={file!r}: the file is empty")
+    return key
 
 
 def parse_hosts(text: str) -> tuple[str, ...]:

@@ -73,3 +73,26 @@ def test_every_variable_is_read():
 def test_bad_values_name_the_variable(environ, message):
     with pytest.raises(ConfigError, match=message):
         Settings.from_env(environ)
+
+
+def test_the_qdrant_api_key_comes_from_a_file_and_is_never_printed(tmp_path: Path):
+    key_file = tmp_path / "api-key"
+    key_file.write_text("s3cret-qdrant-key-0123456789\n")
+    settings = Settings.from_env(
+        {"GATEWAY_QDRANT_URL": "http://qdrant:6333", "GATEWAY_QDRANT_API_KEY_FILE": str(key_file)}
+    )
+    assert settings.qdrant_api_key == "s3cret-qdrant-key-0123456789"
+    assert "s3cret" not in repr(settings)
+    assert Settings.from_env({}).qdrant_api_key is None
+    with pytest.raises(ConfigError, match="GATEWAY_QDRANT_API_KEY_FILE"):
+        Settings.from_env({"GATEWAY_QDRANT_API_KEY_FILE": str(tmp_path / "missing")})
+    key_file.write_text("\n")
+    with pytest.raises(ConfigError, match="GATEWAY_QDRANT_API_KEY_FILE.*empty"):
+        Settings.from_env({"GATEWAY_QDRANT_API_KEY_FILE": str(key_file)})
+
+
+def test_the_store_reserve_is_read_in_mib():
+    assert Settings.from_env({}).store_min_free_mb == 64
+    assert Settings.from_env({"GATEWAY_STORE_MIN_FREE_MB": "0"}).store_min_free_mb == 0
+    with pytest.raises(ConfigError, match="GATEWAY_STORE_MIN_FREE_MB"):
+        Settings.from_env({"GATEWAY_STORE_MIN_FREE_MB": "-1"})

@@ -46,3 +46,15 @@ def test_an_unreachable_server_is_store_unavailable():
 
     with pytest.raises(StoreUnavailableError, match="Qdrant did not answer"):
         open_catalog(qdrant_url="http://127.0.0.1:9", timeout_s=1).live("catalogue")
+
+
+def test_a_qdrant_api_key_reaches_the_client_without_a_warning_on_every_start():
+    """Qdrant's key (deploy/kubernetes: the qdrant-api-key Secret) goes with every call; over http inside the cluster
+    qdrant-client's "insecure connection" warning is the deployment's choice (warnings are errors in the tests)."""
+    from fashionsearch.store import open_catalog
+
+    catalog = open_catalog(qdrant_url="http://127.0.0.1:9", qdrant_api_key="k" * 32, timeout_s=1)
+    try:
+        assert catalog._client._client._api_key == "k" * 32  # type: ignore[attr-defined]  # no public accessor
+    finally:
+        catalog.close()
