@@ -22,6 +22,8 @@ from typing import Any, Literal
 import numpy as np
 from PIL import Image
 
+from fashionsearch.parsing import parse_json
+
 MODEL_FILE = "model.onnx"
 SPEC_FILE = "model.json"
 
@@ -327,10 +329,12 @@ def read_spec_file(model_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """The JSON object in `model_dir/model.json`, or ModelContractError saying why there is none."""
     path = Path(model_dir) / SPEC_FILE
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # parse_json: every way the text can break the json module (deep nesting, huge numbers, bytes that are not
+        # UTF-8) is a ValueError, so each is this refusal rather than a RecursionError out of the service's start.
+        data = parse_json(path.read_bytes())
     except FileNotFoundError:
         raise ModelContractError(f"no {SPEC_FILE} in {Path(model_dir)}") from None
-    except json.JSONDecodeError as bad:
+    except ValueError as bad:
         raise ModelContractError(f"{path} is not valid JSON: {bad}") from None
     if not isinstance(data, dict):
         raise ModelContractError(f"{path} must hold a JSON object")

@@ -236,3 +236,20 @@ def test_letterbox_is_where_preprocess_puts_the_photo(size):
         placed.width,
         placed.height,
     )
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"version": ' + b"7" * 5000 + b"}", "more than 4300 digits"),
+        (b'{"name": "caf\xe9"}', "not UTF-8 text"),
+    ],
+    ids=["nested 100,000 deep", "a 5,000-digit number", "Latin-1 bytes"],
+)
+def test_a_model_json_that_breaks_the_json_module_is_a_named_refusal(tmp_path, content, message):
+    """Each of these raised out of json.loads as something other than JSONDecodeError (a RecursionError with its
+    traceback for the nesting) instead of the refusal every other broken model.json gets."""
+    (tmp_path / "model.json").write_bytes(content)
+    with pytest.raises(ModelContractError, match=rf"model.json is not valid JSON.*{message}"):
+        ModelSpec.load(tmp_path)
