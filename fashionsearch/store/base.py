@@ -112,6 +112,11 @@ class VectorIndex(Protocol):
         """Number of points in the collection (0 when none exists)."""
         ...
 
+    def optimize(self) -> bool:
+        """Build the collection's search index now, after a bulk load (blocking); False when there was nothing to
+        do. A Qdrant server optimises by itself; Qdrant Edge only when asked (edge.py says why not in the gateway)."""
+        ...
+
     def close(self) -> None:
         """Release resources; idempotent."""
         ...

@@ -104,5 +104,8 @@ class BruteForceIndex:
     def count(self) -> int:
         return len(self._vectors)
 
+    def optimize(self) -> bool:
+        return False
+
     def close(self) -> None:
         """Nothing to release; kept for the VectorIndex protocol."""

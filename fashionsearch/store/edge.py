@@ -9,8 +9,13 @@ Layout under ``data_dir/<collection>/``, with ``data_dir/<collection>.lock`` bes
 
 Qdrant Edge 0.9 reports Euclid scores as the true Euclidean distance (checked by the congruence test), so scores
 are passed through unchanged.  Writes are durable through the shard's write-ahead log (replayed on load), so they
-are not flushed one by one (a flush costs ~15 ms); close() flushes.  Searches are exact by default: at catalogue
-sizes (40k vectors of dim 64) a filtered full scan costs about 3 ms and returns the brute-force answer.
+are not flushed one by one (a flush costs ~15 ms); close() flushes.  The graph index (HNSW) is built by optimize(),
+never on a write: a bulk load (the indexer's rebuild, a restore) optimises before it switches the alias; a
+collection smaller than ``EdgeTuning.index_from_points`` has no graph and is scanned exactly, which is faster there
+(edge_tuning.py).  Qdrant Edge's optimize() holds the GIL for the whole build (measured: 65 s at 100k points, with
+searches and writes of the same process waiting), so the gateway never optimises its live collection: its own
+upserts land in a small unindexed segment that every search scans exactly, and the next rebuild or restore
+compacts them into the graph (deploy/README.md, the store's capacity planning).
 
 Aliases (EdgeCatalog): a pointer file ``<data_dir>/<alias>.alias`` holding the target collection's directory name,
 replaced with ``os.replace`` (atomic on POSIX) after an fsync.  A plain collection directory named like the alias
@@ -66,6 +71,7 @@ from fashionsearch.store.base import (
     stored_points,
     unique_ids,
 )
+from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 
 logger = logging.getLogger(__name__)
@@ -144,8 +150,9 @@ class EdgeIndex:
         collection: str = "catalogue",
         *,
         search_threads: int | None = None,
-        exact: bool = True,
+        exact: bool = False,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        tuning: EdgeTuning | None = None,
     ) -> None:
         if not collection or "/" in collection or collection.startswith("."):
             raise StoreError(f"collection name {collection!r} is not a plain directory name")
@@ -154,7 +161,8 @@ class EdgeIndex:
         self._shard_path = self._root / SHARD_DIR
         self._search_threads = search_threads
         self._min_free_bytes = min_free_bytes
-        self._params = qe.SearchParams(exact=exact)
+        self._tuning = tuning or EdgeTuning()
+        self._params = self._tuning.search_params(exact=exact)
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
         self._closed = False
@@ -192,10 +200,7 @@ class EdgeIndex:
         return self._root
 
     def _config(self, dim: int) -> qe.EdgeConfig:
-        return qe.EdgeConfig(
-            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Euclid),
-            max_search_threads=self._search_threads,
-        )
+        return self._tuning.config(dim, search_threads=self._search_threads)
 
     def _require_space(self, doing: str, loading: bool = False) -> None:
         free = free_bytes(self._root)
@@ -286,6 +291,32 @@ class EdgeIndex:
 
     def info(self) -> CollectionInfo | None:
         return self._info
+
+    def optimize(self) -> bool:
+        """Build the graph index of every segment large enough for one and merge small segments (blocking: this
+        process's searches and writes wait until it is done); False when there was nothing to do."""
+        with self._lock:
+            shard = self._require_shard()
+            self._require_space("optimising")  # a graph build writes new segments before it drops the old ones
+            started = time.perf_counter()
+            changed = bool(shard.optimize())
+            shard.flush()
+            if changed:
+                info = shard.info()
+                logger.info(
+                    "optimised edge collection %s in %.1f s: %s of %s points in a graph, %s segments",
+                    self._root,
+                    time.perf_counter() - started,
+                    info.indexed_vectors_count,
+                    info.points_count,
+                    info.segments_count,
+                )
+            return changed
+
+    def graph_points(self) -> int:
+        """How many points the graph index covers (0 before optimize(), or below index_from_points)."""
+        with self._lock:
+            return int(self._require_shard().info().indexed_vectors_count)
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         if not points:
@@ -409,12 +440,14 @@ class EdgeCatalog:
         *,
         search_threads: int | None = None,
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+        tuning: EdgeTuning | None = None,
     ) -> None:
         self.label = f"edge {data_dir}"
         self.root = Path(data_dir)
         self.root.mkdir(parents=True, exist_ok=True)
         self._search_threads = search_threads
         self._min_free_bytes = min_free_bytes
+        self._tuning = tuning
 
     def path(self, collection: str) -> Path:
         return self.root / check_name(collection)
@@ -434,7 +467,11 @@ class EdgeCatalog:
 
     def open(self, collection: str) -> EdgeIndex:
         return EdgeIndex(
-            self.root, check_name(collection), search_threads=self._search_threads, min_free_bytes=self._min_free_bytes
+            self.root,
+            check_name(collection),
+            search_threads=self._search_threads,
+            min_free_bytes=self._min_free_bytes,
+            tuning=self._tuning,
         )
 
     def info(self, collection: str) -> CollectionInfo | None:
@@ -588,6 +625,9 @@ class FollowingEdgeIndex:
 
     def info(self) -> CollectionInfo | None:
         return self._follow().info()
+
+    def optimize(self) -> bool:
+        return self._follow().optimize()
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
         self._follow().upsert(points)

@@ -240,6 +240,9 @@ class QdrantServerIndex:
                 return 0
             return self._count_raw()
 
+    def optimize(self) -> bool:
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

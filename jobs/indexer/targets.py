@@ -332,6 +332,8 @@ class DirectTarget:
 
     def finish(self, *, complete: bool) -> list[str]:
         if not self.rebuilding:
+            if complete:
+                self._optimize()  # in place, so no gateway holds the collection: fold this run's writes in
             return []
         if not complete:
             return [f"collection {self.collection} is incomplete; alias {self._alias} not switched (run again)"]
@@ -339,6 +341,7 @@ class DirectTarget:
             return [f"this shard of {self.collection} is complete; once every shard is, run with --switch-only"]
         if not self._switch:
             return [f"collection {self.collection} is complete; alias {self._alias} not switched (--no-switch)"]
+        self._optimize()  # the graph index, built before any search sees the collection
         self._catalog.release(self._open_index())
         self._index = None
         old = self.live
@@ -352,6 +355,11 @@ class DirectTarget:
             else:
                 notes.append(f"previous collection {old} is still open (the gateway): it drops it when it moves over")
         return notes
+
+    def _optimize(self) -> None:
+        started = time.perf_counter()
+        if self._open_index().optimize():
+            self.times.add("optimize", time.perf_counter() - started)
 
     def close(self) -> None:
         if self._index is not None:

@@ -1,0 +1,93 @@
+"""How the embedded Qdrant Edge store indexes and searches: the graph (HNSW) parameters, when a segment gets a graph
+at all, and the search parameters, with the defaults measured by ``bench/store_search.py`` (see bench/README.md).
+
+Qdrant decides per segment and per query between the graph and an exact scan, from two sizes given here in points
+(Qdrant takes kilobytes of vectors, which depend on the dimension):
+
+- ``index_from_points``: a segment gets a graph once it holds this many points, when ``optimize()`` runs; below
+  it, an exact scan is faster than a graph search (measured crossover), so small catalogues stay exact.
+- ``full_scan_points``: a filtered search whose filter matches fewer points than this scans those points exactly
+  through the payload index, so a rare filter value (a subCategory with 10 items) is answered exactly.
+
+Filtered searches above that use ACORN (Qdrant's filtered graph search that also walks through non-matching
+neighbours), which keeps recall where a plain filtered graph walk loses it (0.78-0.89 at hnsw_ef 512 measured on
+1M points without it, issue 29).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import qdrant_edge as qe
+
+
+@dataclass(frozen=True)
+class EdgeTuning:
+    """Index and search parameters of the embedded store; every field has the measured default."""
+
+    #: Graph edges per node, and per node within one payload value's subgraph (filtered search).
+    hnsw_m: int = 16
+    hnsw_payload_m: int = 16
+    hnsw_ef_construct: int = 100
+    #: Candidates a graph search keeps; recall@5 against exact rises with it, and so does latency.
+    hnsw_ef: int = 128
+    #: ACORN for filters that keep at most this fraction of the points; 0 turns ACORN off.
+    acorn_max_selectivity: float = 0.5
+    #: A segment gets a graph from this many points (below: exact scan, faster there).
+    index_from_points: int = 20_000
+    #: A filter matching fewer points than this is answered by an exact scan of those points.
+    full_scan_points: int = 20_000
+    #: Segments the optimiser aims for (fewer: less per-search overhead on one search thread).
+    segments: int = 2
+    #: Keep int8 copies of the vectors for the graph walk (4x less vector memory; rescored with the originals).
+    scalar_quantization: bool = False
+    #: Threads that build a graph (0: as many as cores).
+    indexing_threads: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "index_from_points", "full_scan_points", "segments"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"EdgeTuning.{name} must be at least 1, not {getattr(self, name)}")
+        if not 0.0 <= self.acorn_max_selectivity <= 1.0:
+            raise ValueError(f"EdgeTuning.acorn_max_selectivity must be in [0, 1], not {self.acorn_max_selectivity}")
+
+    def config(self, dim: int, *, search_threads: int | None = None) -> qe.EdgeConfig:
+        """The shard configuration for vectors of dim (Euclidean distance)."""
+        quantization = (
+            qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            if self.scalar_quantization
+            else None
+        )
+        return qe.EdgeConfig(
+            vectors=qe.EdgeVectorParams(size=dim, distance=qe.Distance.Euclid),
+            hnsw_config=qe.HnswIndexConfig(
+                m=self.hnsw_m,
+                ef_construct=self.hnsw_ef_construct,
+                full_scan_threshold=_kilobytes(self.full_scan_points, dim),
+                max_indexing_threads=self.indexing_threads,
+                payload_m=self.hnsw_payload_m,
+            ),
+            quantization_config=quantization,
+            optimizers=qe.EdgeOptimizersConfig(
+                default_segment_number=self.segments,
+                indexing_threshold=_kilobytes(self.index_from_points, dim),
+            ),
+            max_search_threads=search_threads,
+        )
+
+    def search_params(self, *, exact: bool = False) -> qe.SearchParams:
+        if exact:
+            return qe.SearchParams(exact=True)
+        acorn = (
+            qe.AcornSearchParams(enable=True, max_selectivity=self.acorn_max_selectivity)
+            if self.acorn_max_selectivity > 0
+            else None
+        )
+        quantization = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.scalar_quantization else None
+        return qe.SearchParams(hnsw_ef=self.hnsw_ef, acorn=acorn, quantization=quantization)
+
+
+def _kilobytes(points: int, dim: int) -> int:
+    """Qdrant's thresholds are kilobytes of float32 vectors."""
+    return max(1, math.ceil(points * dim * 4 / 1024))
