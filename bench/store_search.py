@@ -1,27 +1,37 @@
-"""Filtered top-5 search: Qdrant Edge vs qdrant-client local mode vs NumPy brute force, through the store adapters.
+"""The embedded store (Qdrant Edge) at catalogue scale: build, memory, disk, latency and recall@5 against exact search.
 
-Synthetic vectors (dim 64, the production embedder's size since version 5) with payloads whose subCategory
-follows the sample catalogue's distribution; each query is a perturbed stored vector filtered by a subCategory
-drawn from the same distribution (what the gateway's default search does). Prints build time, latency p50/p95,
-single-thread queries per second and recall@5 against brute force.
+Points: the served embedder's vectors of the dataset's photos (bench/catalogue_vectors.py, cached) with their real
+subCategory; beyond those, synthetic points around them (a real point plus noise at a quarter of its distance to
+its nearest neighbour's scale, keeping its subCategory), so the clusters and the subCategory distribution stay the
+catalogue's; plus a rare subCategory of 10 points. Without the dataset or the model: clustered synthetic points.
 
-    python bench/store_search.py [--sizes 10000,40000,400000] [--queries 200] [--local-max 40000]
+For each size and each quantization setting, a child process builds the collection through the store adapter
+(EdgeIndex.upsert in batches of 1000, then optimize(): the indexer's rebuild), and another child opens it and
+searches, so each reports its own memory (RSS, the peak during the build). Query sets: unfiltered, filtered by one
+subCategory drawn from the catalogue's distribution (the gateway's default search), and the rare value; each query
+is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters).
+Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurrency (its store calls run in
+asyncio.to_thread, min(32, cores + 4) threads).
 
-qdrant-client's local mode is a pure-Python scan; above --local-max points it is skipped (the table says so).
+    python bench/store_search.py [--sizes 40000,1000000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
+        [--concurrency 6] [--dir /var/tmp] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import csv
+import concurrent.futures
+import multiprocessing
+import os
 import platform
-import statistics
+import resource
+import shutil
 import sys
 import tempfile
+import threading
 import time
-import warnings
-from collections.abc import Callable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,182 +40,290 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from qdrant_client import QdrantClient  # noqa: E402
-
 from fashionsearch.store import EmbedderIdentity, StoredPoint  # noqa: E402
 from fashionsearch.store.edge import EdgeIndex  # noqa: E402
-from fashionsearch.store.qdrant_server import QdrantServerIndex  # noqa: E402
+from fashionsearch.store.edge_tuning import EdgeTuning  # noqa: E402
 
-DIM = 64
 TOP_K = 5
-EMBEDDER = EmbedderIdentity("synthetic", "1")
 BATCH = 1000
+RARE = "RareTestValue"
+RARE_COUNT = 10
+EMBEDDER = EmbedderIdentity("bench", "1")
 
 
-def subcategory_distribution() -> tuple[list[str], np.ndarray]:
-    styles = REPO_ROOT / "sample_catalogue" / "styles.csv"
-    counts: collections.Counter[str] = collections.Counter()
-    if styles.is_file():
-        with styles.open(encoding="utf-8") as f:
-            counts.update(row["subCategory"] for row in csv.DictReader(f) if row["subCategory"])
-    if not counts:
-        counts.update({f"Category{i}": 40 - i for i in range(40)})
-    names = sorted(counts)
-    weights = np.array([counts[n] for n in names], dtype=np.float64)
-    return names, weights / weights.sum()
+# --------------------------------------------------------------------------------------------------------------
+# Points and the exact answers
 
 
-class NumpyBruteForce:
-    """Exact filtered search as a plain NumPy scan: one matrix, an index of rows per subCategory."""
+def seed_points(dim: int, rng: np.random.Generator, real: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    """Real vectors and subCategories when the dataset and the model are here, else clustered synthetic ones."""
+    try:
+        if not real:
+            raise ValueError("--synthetic")
+        from bench.catalogue_vectors import DEFAULT_DATA, load_or_embed
 
-    def __init__(self) -> None:
-        self._ids: list[int] = []
-        self._vectors: list[np.ndarray] = []
-        self._categories: list[str] = []
-        self._matrix = np.empty((0, DIM), np.float32)
-        self._rows: dict[str, np.ndarray] = {}
-
-    def ensure_collection(self, dim: int, embedder: EmbedderIdentity) -> None:
-        pass
-
-    def upsert(self, points: list[StoredPoint]) -> None:
-        for point in points:
-            self._ids.append(point.id)
-            self._vectors.append(point.vector)
-            self._categories.append(point.payload["subCategory"])
-        self._rows = {}
-
-    def search(self, vector: np.ndarray, top_k: int, filters: dict[str, tuple[str, ...]]) -> list[StoredPoint]:
-        if not self._rows:
-            self._matrix = np.asarray(self._vectors, dtype=np.float32)
-            by_category: dict[str, list[int]] = collections.defaultdict(list)
-            for row, category in enumerate(self._categories):
-                by_category[category].append(row)
-            self._rows = {k: np.asarray(v) for k, v in by_category.items()}
-        rows = np.concatenate([self._rows.get(v, np.empty(0, np.int64)) for v in filters["subCategory"]])
-        if rows.size == 0:
-            return []
-        distances = np.linalg.norm(self._matrix[rows] - vector, axis=1)
-        best = np.argpartition(distances, min(top_k, rows.size - 1))[:top_k]
-        best = best[np.argsort(distances[best])]
-        return [StoredPoint(id=self._ids[rows[i]], vector=vector, payload={}) for i in best]
-
-    def close(self) -> None:
-        pass
+        _, vectors, subcategories = load_or_embed(DEFAULT_DATA, REPO_ROOT / "models" / "embedder")
+        if vectors.shape[1] == dim:
+            return vectors, subcategories, f"{len(vectors)} real embedder vectors + synthetic around them"
+    except (OSError, ValueError) as missing:
+        print(f"  no real vectors ({missing}): synthetic ones", file=sys.stderr)
+    centres = rng.normal(size=(300, dim)).astype(np.float32)
+    picks = rng.integers(0, 300, size=40_000)
+    names = np.asarray([f"Category{i % 45}" for i in range(300)])
+    vectors = centres[picks] + 0.3 * rng.normal(size=(40_000, dim)).astype(np.float32)
+    return vectors.astype(np.float32), names[picks], "clustered synthetic vectors"
 
 
-def make_points(n: int, rng: np.random.Generator, names: list[str], p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
-    categories = rng.choice(len(names), size=n, p=p)
-    return vectors, categories
+def make_catalogue(n: int, dim: int, seed: int, real: bool) -> tuple[np.ndarray, np.ndarray, str]:
+    rng = np.random.default_rng(seed)
+    base, categories, source = seed_points(dim, rng, real)
+    if n <= len(base):
+        vectors, cats = base[:n].copy(), categories[:n].copy()
+    else:
+        # Noise at the scale of each seed point's neighbourhood: the mean distance to a sample of 2,000 points,
+        # scaled down, so a synthetic point lies among the real ones of its kind rather than in empty space.
+        sample = base[rng.integers(0, len(base), 2000)]
+        scale = 0.1 * float(np.median(np.linalg.norm(base[:2000, None, :] - sample[None, :200, :], axis=2)))
+        picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), n - len(base))])
+        vectors = np.empty((n, dim), np.float32)
+        for start in range(0, n, 1_000_000):
+            rows = picks[start : start + 1_000_000]
+            noise = rng.normal(scale=scale / np.sqrt(dim), size=(len(rows), dim)).astype(np.float32)
+            noise[: max(0, len(base) - start)] = 0.0  # the real points themselves
+            vectors[start : start + len(rows)] = base[rows] + noise
+        cats = categories[picks]
+    cats = cats.astype(object)
+    cats[rng.choice(n, RARE_COUNT, replace=False)] = RARE
+    return vectors, cats.astype(str), source
 
 
-def build(index, vectors: np.ndarray, categories: np.ndarray, names: list[str]) -> float:
+def exact_answers(
+    vectors: np.ndarray, cats: np.ndarray, queries: np.ndarray, filters: Sequence[str | None]
+) -> list[list[int]]:
+    """Top-5 ids (point id = row + 1) by exact Euclidean distance, in float64 to break no ties by rounding."""
+    answers = []
+    for q, value in zip(queries, filters, strict=True):
+        rows = np.flatnonzero(cats == value) if value is not None else None
+        chosen = vectors[rows] if rows is not None else vectors
+        d = ((chosen - q) ** 2).sum(axis=1, dtype=np.float64)
+        best = np.argsort(d, kind="stable")[:TOP_K] if len(d) <= TOP_K else np.argpartition(d, TOP_K)[:TOP_K]
+        best = best[np.argsort(d[best], kind="stable")]
+        answers.append([int((rows[i] if rows is not None else i) + 1) for i in best])
+    return answers
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Children: build, then search
+
+
+def _rss_mib() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MiB."""
+    fields = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+
+
+def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
+    vectors = np.load(f"{data}/vectors.npy", mmap_mode="r")
+    cats = np.load(f"{data}/cats.npy")
+    index = EdgeIndex(folder, "bench", search_threads=1, tuning=tuning)
     started = time.perf_counter()
-    index.ensure_collection(DIM, EMBEDDER)
+    index.ensure_collection(vectors.shape[1], EMBEDDER)
     for start in range(0, len(vectors), BATCH):
+        chunk = np.asarray(vectors[start : start + BATCH])
         index.upsert(
             [
-                StoredPoint(
-                    id=i + 1,
-                    vector=vectors[i],
-                    payload={"subCategory": names[categories[i]], "name": f"item {i + 1}", "gender": "Men"},
-                )
-                for i in range(start, min(start + BATCH, len(vectors)))
+                StoredPoint(id=start + i + 1, vector=v, payload={"subCategory": str(cats[start + i]), "name": "x"})
+                for i, v in enumerate(chunk)
             ]
         )
-    return time.perf_counter() - started
+    loaded = time.perf_counter()
+    index.optimize()
+    optimised = time.perf_counter()
+    graph = index.graph_points()
+    index.close()
+    return {
+        "load_s": loaded - started,
+        "optimize_s": optimised - loaded,
+        "graph_points": graph,
+        "peak_rss_mib": _rss_mib()[1],
+        "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
+    }
 
 
-def run_queries(index, queries: list[tuple[np.ndarray, str]]) -> tuple[list[float], list[list[int]]]:
-    index.search(queries[0][0], TOP_K, {"subCategory": (queries[0][1],)})  # warm-up
+def _timed(index: EdgeIndex, queries: np.ndarray, filters: Sequence[str | None]) -> tuple[list[float], list[list[int]]]:
     latencies, answers = [], []
-    for vector, category in queries:
+    for q, value in zip(queries, filters, strict=True):
         started = time.perf_counter()
-        hits = index.search(vector, TOP_K, {"subCategory": (category,)})
+        hits = index.search(q, TOP_K, {"subCategory": value} if value else None)
         latencies.append(time.perf_counter() - started)
         answers.append([h.id for h in hits])
     return latencies, answers
+
+
+def search_child(
+    folder: str, data: str, tuning: EdgeTuning, settings: list[tuple[str, bool, int]], concurrency: int
+) -> dict[str, Any]:
+    queries = np.load(f"{data}/queries.npy")
+    kinds = np.load(f"{data}/query_kinds.npy", allow_pickle=True).item()
+    results: dict[str, Any] = {"latency": {}, "answers": {}}
+    for label, exact, ef in settings:
+        index = EdgeIndex(folder, "bench", search_threads=1, exact=exact, tuning=_with_ef(tuning, ef))
+        try:
+            _timed(index, queries[:20], [None] * 20)  # warm-up: the first searches page the graph in
+            for kind, filters in kinds.items():
+                latencies, answers = _timed(index, queries, filters)
+                results["latency"][(label, kind)] = latencies
+                results["answers"][(label, kind)] = answers
+        finally:
+            index.close()
+    index = EdgeIndex(folder, "bench", search_threads=1, tuning=tuning)
+    try:
+        filters = kinds["filtered"]
+        per_thread: list[list[float]] = [[] for _ in range(concurrency)]
+        barrier = threading.Barrier(concurrency)
+
+        def worker(k: int) -> None:
+            barrier.wait()
+            for i in range(k, len(queries), concurrency):
+                started = time.perf_counter()
+                index.search(queries[i], TOP_K, {"subCategory": filters[i]})
+                per_thread[k].append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        threads = [threading.Thread(target=worker, args=(k,)) for k in range(concurrency)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        results["concurrent"] = ([x for xs in per_thread for x in xs], time.perf_counter() - started)
+    finally:
+        index.close()
+    results["rss_mib"] = _rss_mib()[0]
+    return results
+
+
+def _with_ef(tuning: EdgeTuning, ef: int) -> EdgeTuning:
+    return EdgeTuning(**{**tuning.__dict__, "hnsw_ef": ef}) if ef else tuning
+
+
+def in_child(fn: Any, *args: Any) -> Any:
+    with concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def disk_mib(folder: Path) -> float:
+    """Disk space in use (allocated blocks: Qdrant preallocates sparse files of 32 MiB)."""
+    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file()) / 2**20
+
+
+# --------------------------------------------------------------------------------------------------------------
 
 
 def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) * 1000
 
 
+def recall(answers: list[list[int]], exact: list[list[int]]) -> float:
+    return float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(answers, exact, strict=True)]))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="10000,40000,400000")
-    parser.add_argument("--queries", type=int, default=200)
-    parser.add_argument("--local-max", type=int, default=40000, help="largest size to run qdrant-client local at")
-    parser.add_argument("--local-queries", type=int, default=50, help="queries for qdrant-client local mode")
+    parser.add_argument("--sizes", default="40000,1000000")
+    parser.add_argument("--dim", type=int, default=32)
+    parser.add_argument("--queries", type=int, default=300)
+    parser.add_argument("--ef", default="64,128,256", help="hnsw_ef values to measure (the default setting: 128)")
+    parser.add_argument("--quantization", default="off,on", help="off, on or both (scalar int8)")
+    parser.add_argument("--concurrency", type=int, default=min(32, (os.cpu_count() or 1) + 4))
+    parser.add_argument("--index-from", type=int, default=None, help="EdgeTuning.index_from_points (default: its own)")
+    parser.add_argument("--dir", default=None, help="where to build (default: the system's temp folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the built collections")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--synthetic", action="store_true", help="synthetic vectors only (no embedding run)")
     args = parser.parse_args()
 
-    warnings.filterwarnings("ignore", message="(Local mode|Payload indexes)")
-    names, p = subcategory_distribution()
-    rows: list[tuple[Any, ...]] = []
+    efs = [int(e) for e in args.ef.split(",") if e]
+    settings: list[tuple[str, bool, int]] = [("exact", True, 0)] + [(f"graph ef {ef}", False, ef) for ef in efs]
+    rows: list[str] = []
+    builds: list[str] = []
+    source = ""
     for n in (int(s) for s in args.sizes.split(",")):
-        rng = np.random.default_rng(args.seed)
-        vectors, categories = make_points(n, rng, names, p)
+        started = time.perf_counter()
+        vectors, cats, source = make_catalogue(n, args.dim, args.seed, not args.synthetic)
+        rng = np.random.default_rng(args.seed + 1)
         picks = rng.integers(0, n, size=args.queries)
-        queries = [
-            (vectors[i] + rng.normal(scale=0.3, size=DIM).astype(np.float32), names[rng.choice(len(names), p=p)])
-            for i in picks
-        ]
-        reference: list[list[int]] | None = None
-        with tempfile.TemporaryDirectory(prefix="bench-store-") as tmp:
-            engines: list[tuple[str, Callable[[], Any], int]] = [
-                ("numpy brute force", NumpyBruteForce, args.queries),
-                ("qdrant edge (exact)", lambda: EdgeIndex(Path(tmp) / "edge", "bench", search_threads=1), args.queries),
-                (
-                    "qdrant-client local",
-                    lambda: QdrantServerIndex(QdrantClient(location=":memory:"), "bench"),
-                    args.local_queries,
-                ),
-            ]
-            for label, factory, count in engines:
-                if label.startswith("qdrant-client") and n > args.local_max:
-                    rows.append(
-                        (n, label, None, None, None, None, None, f"skipped: above --local-max {args.local_max}")
-                    )
-                    continue
-                index = factory()
-                try:
-                    build_s = build(index, vectors, categories, names)
-                    latencies, answers = run_queries(index, queries[:count])
-                finally:
-                    index.close()
-                if reference is None:
-                    reference = answers
-                recall = statistics.mean(
-                    len(set(a) & set(r)) / max(1, len(r)) for a, r in zip(answers, reference, strict=False)
+        sample = vectors[rng.integers(0, n, size=(2, 500))]
+        spread = float(np.median(np.linalg.norm(sample[0] - sample[1], axis=1)))  # a typical distance
+        noise = rng.normal(scale=0.03 * spread / np.sqrt(args.dim), size=(args.queries, args.dim))
+        queries = (vectors[picks] + noise).astype(np.float32)
+        counts = collections.Counter(cats[rng.integers(0, n, size=20_000)].tolist())
+        names = sorted(counts)
+        weights = np.asarray([counts[c] for c in names], np.float64)
+        drawn = [str(c) for c in rng.choice(names, size=args.queries, p=weights / weights.sum())]
+        kinds: dict[str, list[str | None]] = {
+            "unfiltered": [None] * args.queries,
+            "filtered": list[str | None](drawn),
+            f"rare ({RARE_COUNT} points)": [RARE] * args.queries,
+        }
+        reference = {kind: exact_answers(vectors, cats, queries, f) for kind, f in kinds.items()}
+        print(f"  {n}: points and exact answers in {time.perf_counter() - started:.0f} s", file=sys.stderr, flush=True)
+        work = Path(tempfile.mkdtemp(prefix="bench-store-", dir=args.dir))
+        try:
+            data = work / "data"
+            data.mkdir()
+            np.save(data / "vectors.npy", vectors)
+            np.save(data / "cats.npy", cats)
+            np.save(data / "queries.npy", queries)
+            np.save(data / "query_kinds.npy", np.asarray(kinds, dtype=object), allow_pickle=True)
+            del vectors
+            for quantization in args.quantization.split(","):
+                tuning = EdgeTuning(scalar_quantization=quantization == "on")
+                if args.index_from:
+                    tuning = EdgeTuning(**{**tuning.__dict__, "index_from_points": args.index_from})
+                folder = work / f"edge-{quantization}"
+                built = in_child(build_child, str(folder), str(data), tuning)
+                size = disk_mib(folder / "bench")
+                print(f"  {n} sq {quantization}: built {built}", file=sys.stderr, flush=True)
+                res = in_child(search_child, str(folder), str(data), tuning, settings, args.concurrency)
+                builds.append(
+                    f"| {n:>9,} | {quantization:>3} | {built['load_s']:7.0f} | {built['optimize_s']:8.0f} |"
+                    f" {built['cpu_s']:7.0f} | {built['graph_points']:>9,} | {built['peak_rss_mib']:8.0f} |"
+                    f" {res['rss_mib']:8.0f} | {size:8.0f} |"
                 )
+                for label, _, _ in settings:
+                    for kind in kinds:
+                        lat = res["latency"][(label, kind)]
+                        rows.append(
+                            f"| {n:>9,} | {quantization:>3} | {label:<12} | {kind:<16} | {pct(lat, 50):7.2f} |"
+                            f" {pct(lat, 95):7.2f} | {pct(lat, 99):7.2f} | {1 / np.mean(lat):7.0f} |"
+                            f" {recall(res['answers'][(label, kind)], reference[kind]):6.3f} |"
+                        )
+                lat, wall = res["concurrent"]
                 rows.append(
-                    (
-                        n,
-                        label,
-                        build_s,
-                        pct(latencies, 50),
-                        pct(latencies, 95),
-                        1 / statistics.mean(latencies),
-                        recall,
-                        "",
-                    )
+                    f"| {n:>9,} | {quantization:>3} | ef {tuning.hnsw_ef} x{args.concurrency:<3} | filtered"
+                    f"{'':8} | {pct(lat, 50):7.2f} | {pct(lat, 95):7.2f} | {pct(lat, 99):7.2f} |"
+                    f" {len(lat) / wall:7.0f} |    --- |"
                 )
-                print(f"  done {label} at {n}", file=sys.stderr, flush=True)
+        finally:
+            if args.keep:
+                print(f"  kept {work}", file=sys.stderr)
+            else:
+                shutil.rmtree(work, ignore_errors=True)
 
-    print(f"\nFiltered top-{TOP_K} search, dim {DIM}, filter = one subCategory (sample catalogue distribution)")
-    print(f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, one search thread\n")
-    header = (
-        f"| {'points':>7} | {'engine':<21} | {'build s':>8} | {'p50 ms':>8} | {'p95 ms':>8} | {'q/s':>8} | recall@5 |"
+    print(f"\nQdrant Edge through EdgeIndex, dim {args.dim}, top-{TOP_K}, {source}; {args.queries} queries per set")
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print("\nBuild (load = upserts in batches of 1000; optimize = graph and segment merge; peak RSS of the build")
+    print("process; RSS of the search process after its queries; disk = the collection folder)\n")
+    print("| points    | sq  | load s  | optimize s | cpu s | graph pts | peak MiB | serve MiB | disk MiB |")
+    print("|-----------|-----|---------|------------|-------|-----------|----------|-----------|----------|")
+    print("\n".join(builds))
+    print(
+        f"\nSearch (one thread, then filtered at concurrency {args.concurrency}: per-search latency,"
+        " total searches/s)\n"
     )
-    print(header)
-    print("|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|")
-    for n, label, build_s, p50, p95, qps, recall, note in rows:
-        if build_s is None:
-            print(f"| {n:>7} | {label:<21} | {note}")
-            continue
-        print(f"| {n:>7} | {label:<21} | {build_s:8.1f} | {p50:8.2f} | {p95:8.2f} | {qps:8.1f} | {recall:8.3f} |")
+    print("| points    | sq  | setting      | filter           | p50 ms  | p95 ms  | p99 ms  | q/s     | recall@5 |")
+    print("|-----------|-----|--------------|------------------|---------|---------|---------|---------|----------|")
+    print("\n".join(rows))
     return 0
 
 

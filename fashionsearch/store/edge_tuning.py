@@ -35,7 +35,7 @@ class EdgeTuning:
     #: ACORN for filters that keep at most this fraction of the points; 0 turns ACORN off.
     acorn_max_selectivity: float = 0.5
     #: A segment gets a graph from this many points (below: exact scan, faster there).
-    index_from_points: int = 20_000
+    index_from_points: int = 10_000
     #: A filter matching fewer points than this is answered by an exact scan of those points.
     full_scan_points: int = 20_000
     #: Segments the optimiser aims for (fewer: less per-search overhead on one search thread).

@@ -1,0 +1,140 @@
+"""python -m jobs.backup: a backup restored blue/green holds every id, vector and payload of the collection; writes
+during a backup are in it as of its end; a backup of another embedder is refused."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
+from fashionsearch.store import backup as backups
+from fashionsearch.store.backup import WriteJournal, list_backups, read_backup, write_backup
+from jobs.backup.__main__ import EXIT_OK, EXIT_REFUSED, main
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning"),
+    pytest.mark.filterwarnings("ignore:Local mode performs exact:UserWarning"),
+]
+
+DIM = 8
+EMBEDDER = EmbedderIdentity("embedder", "8")
+
+
+def _points(ids, rng: np.random.Generator, tag: str = "") -> list[StoredPoint]:
+    return [
+        StoredPoint(
+            id=int(i),
+            vector=rng.normal(size=DIM).astype(np.float32),
+            payload={"subCategory": ["Topwear", "Shoes"][int(i) % 2], "name": f"item {i}{tag} é", "year": int(i)},
+        )
+        for i in ids
+    ]
+
+
+def _everything(index) -> dict[int, tuple[list[float], dict]]:
+    ids = [i for i, _ in index.scroll((), 1000)]
+    return {p.id: (p.vector.tolist(), dict(p.payload)) for p in index.retrieve(ids)}
+
+
+@pytest.fixture
+def edge_dir(tmp_path, monkeypatch):
+    monkeypatch.setattr(backups, "CHUNK_POINTS", 1500)  # several chunk files from a few thousand points
+    monkeypatch.setattr(backups, "PAGE", 500)
+    folder = tmp_path / "edge"
+    catalog = open_catalog(data_dir=folder)
+    index = catalog.open("catalogue--embedder-8")
+    index.ensure_collection(DIM, EMBEDDER)
+    index.upsert(_points(range(1, 4001), np.random.default_rng(1)))
+    catalog.release(index)
+    catalog.switch("catalogue", "catalogue--embedder-8")
+    return folder
+
+
+def test_backup_and_restore_keep_every_id_vector_and_payload(edge_dir, tmp_path, capsys):
+    store = ["--edge-dir", str(edge_dir)]
+    live = open_catalog(data_dir=edge_dir).live("catalogue")
+    before = _everything(live)
+    live.close()  # an offline backup: no gateway holds the store
+
+    assert main(["create", "--backups", str(tmp_path / "b"), *store]) == EXIT_OK
+    (made,) = list_backups(tmp_path / "b")
+    assert made.points == 4000 and made.embedder == EMBEDDER
+    assert sum(1 for _ in read_backup(made)) >= 3
+    assert main(["list", "--backups", str(tmp_path / "b")]) == EXIT_OK
+    assert made.name in capsys.readouterr().out
+
+    assert main(["restore", made.name, "--backups", str(tmp_path / "b"), *store]) == EXIT_OK
+    catalog = open_catalog(data_dir=edge_dir)
+    restored_name = catalog.resolve("catalogue")
+    assert restored_name is not None and "restored" in restored_name
+    assert not (edge_dir / "catalogue--embedder-8").exists()  # the previous collection dropped
+    live = catalog.live("catalogue")
+    try:
+        after = _everything(live)
+        assert after == before  # every id, every vector (float32, bit for bit) and every payload
+        assert live.info() is not None and live.info().embedder == EMBEDDER
+    finally:
+        live.close()
+
+    # The same backup into a Qdrant (qdrant-client's local mode): the format is the store port's, not Edge's.
+    assert main(["restore", "latest", "--backups", str(tmp_path / "b"), "--qdrant-path", str(tmp_path / "q")]) == 0
+    qdrant = open_catalog(qdrant_path=tmp_path / "q").live("catalogue")
+    try:
+        assert _everything(qdrant) == before
+    finally:
+        qdrant.close()
+
+
+def test_restore_refuses_a_backup_of_another_embedder(edge_dir, tmp_path, capsys):
+    store = ["--edge-dir", str(edge_dir)]
+    assert main(["create", "--backups", str(tmp_path / "b"), *store]) == EXIT_OK
+    (made,) = list_backups(tmp_path / "b")
+    code = main(["restore", made.name, "--backups", str(tmp_path / "b"), *store, "--expect-embedder", "embedder@9"])
+    assert code == EXIT_REFUSED
+    assert "embedder@8" in capsys.readouterr().err
+    # The live collection serves another embedder now: the backup of version 8 is refused without being told.
+    catalog = open_catalog(data_dir=edge_dir)
+    newer = catalog.open("catalogue--embedder-9")
+    newer.ensure_collection(DIM, EmbedderIdentity("embedder", "9"))
+    newer.upsert(_points([1], np.random.default_rng(2)))
+    catalog.release(newer)
+    catalog.switch("catalogue", "catalogue--embedder-9")
+    assert main(["restore", made.name, "--backups", str(tmp_path / "b"), *store]) == EXIT_REFUSED
+    assert catalog.resolve("catalogue") == "catalogue--embedder-9"
+
+
+class _WritesDuringCopy(WriteJournal):
+    """Writes through the journal while the backup copies its second page: an update and a delete of points
+    already copied, an update of one not yet copied, and a new point."""
+
+    def __init__(self, index) -> None:
+        super().__init__(index)
+        self.pages = 0
+
+    def retrieve(self, ids):
+        self.pages += 1
+        if self.pages == 2:
+            rng = np.random.default_rng(3)
+            self.upsert(_points([1, 3999, 9000], rng, tag=" v2"))
+            self.delete([2, 424242])
+        return super().retrieve(ids)
+
+
+def test_a_backup_taken_while_writes_go_on_is_the_collection_at_its_end(edge_dir, tmp_path):
+    catalog = open_catalog(data_dir=edge_dir)
+    live = catalog.live("catalogue")
+    journal = _WritesDuringCopy(live)
+    try:
+        made = write_backup(journal, tmp_path / "b", "during", source="test", journal=journal)
+        at_end = _everything(live)
+    finally:
+        live.close()
+    assert journal.pages > 2 and made.points == 4000  # +9000, -2
+    target = open_catalog(data_dir=tmp_path / "restored").open("copy")
+    try:
+        backups.restore_into(target, made)
+        assert _everything(target) == at_end
+        assert _everything(target)[1][1]["name"] == "item 1 v2 é"
+    finally:
+        target.close()
