@@ -21,6 +21,7 @@ import grpc.aio
 
 from fashionsearch import metrics
 from fashionsearch.logs import REQUEST_ID_HEADER, accept_request_id, request_id
+from fashionsearch.throttle import Throttle, left_out_note
 
 logger = logging.getLogger(__name__)
 
@@ -43,12 +44,16 @@ def _code(context: grpc.aio.ServicerContext, failure: BaseException | None) -> g
 
 
 def handler_like(
-    handler: grpc.RpcMethodHandler, unary: Callable[..., Any], streaming: Callable[..., Any]
+    handler: grpc.RpcMethodHandler,
+    unary: Callable[..., Any],
+    streaming: Callable[..., Any],
+    request_deserializer: Callable[[bytes], Any] | None = None,
 ) -> grpc.RpcMethodHandler:
-    """A method handler of the same kind as `handler` (same (de)serializers), running `unary` where its response
-    is a single message and the async generator `streaming` where it is a stream; for server interceptors."""
+    """A method handler of the same kind as `handler` (same (de)serializers, unless `request_deserializer` is given),
+    running `unary` where its response is a single message and the async generator `streaming` where it is a
+    stream; for server interceptors."""
     kwargs = {
-        "request_deserializer": handler.request_deserializer,
+        "request_deserializer": request_deserializer or handler.request_deserializer,
         "response_serializer": handler.response_serializer,
     }
     if handler.request_streaming and handler.response_streaming:
@@ -60,11 +65,30 @@ def handler_like(
     return grpc.unary_unary_rpc_method_handler(unary, **kwargs)
 
 
+class Malformed:
+    """What a request that is not a valid message (garbage bytes, invalid UTF-8 in a string field) parses to, so
+    the call can be answered INVALID_ARGUMENT after the interceptors that refuse callers (an API key first)."""
+
+    def __init__(self, error: Exception) -> None:
+        self.reason = (str(error).strip().splitlines() or [type(error).__name__])[-1][:200]
+
+
+def _tolerant(parse: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    def parse_or_mark(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except Exception as error:  # noqa: BLE001 - protobuf's DecodeError, or whatever a deserializer raises
+            return Malformed(error)
+
+    return parse_or_mark
+
+
 class _Method:
     """One method's metric children and wrapped handler, made once and reused by every call."""
 
     def __init__(self, full_method: str) -> None:
         self.service, _, self.name = full_method.lstrip("/").rpartition("/")
+        self.malformed = Throttle()
         self.quiet = self.service in QUIET_SERVICES
         self.in_flight = metrics.GRPC_IN_FLIGHT.labels(self.service, self.name)
         self.seconds = metrics.GRPC_SECONDS.labels(self.service, self.name)
@@ -110,11 +134,44 @@ class _Method:
     def wrap(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         unary = handler.unary_unary or handler.stream_unary
         streaming = handler.unary_stream or handler.stream_stream
+        parse = handler.request_deserializer
         return handler_like(
-            handler, self._observed(unary) if unary else unary, self._observed(streaming) if streaming else streaming
+            handler,
+            self._observed(unary, handler.request_streaming) if unary else unary,
+            self._observed(streaming, handler.request_streaming) if streaming else streaming,
+            request_deserializer=_tolerant(parse) if parse is not None else None,
         )
 
-    def _observed(self, behaviour: Callable[..., Any]) -> Callable[..., Any]:
+    async def _refuse_malformed(self, request: Malformed, context: grpc.aio.ServicerContext) -> None:
+        """INVALID_ARGUMENT for a request that is not a valid message, with a WARNING per interval, no traceback
+        (grpc's own answer was UNKNOWN and an ERROR with a traceback per call: any client could flood the log)."""
+        left_out = self.malformed.allow()
+        if left_out is not None:
+            logger.warning(
+                "refused a malformed %s request from %s: %s%s",
+                self.name,
+                context.peer(),
+                request.reason,
+                left_out_note(left_out),
+                extra={"grpc_method": self.name, "left_out": left_out},
+            )
+        message = f"the request is not a valid {self.name} request message: {request.reason}"
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, message)
+
+    def _checked(self, request: Any, context: grpc.aio.ServicerContext, streaming: bool) -> Any:
+        """A request stream whose malformed messages end the call, as a malformed single request does."""
+        if not streaming:
+            return request
+
+        async def messages() -> AsyncIterator[Any]:
+            async for message in request:
+                if isinstance(message, Malformed):
+                    await self._refuse_malformed(message, context)
+                yield message
+
+        return messages()
+
+    def _observed(self, behaviour: Callable[..., Any], request_streaming: bool) -> Callable[..., Any]:
         """`behaviour` (a handler's coroutine or async generator function) between begin() and end()."""
         if inspect.isasyncgenfunction(behaviour):
 
@@ -122,7 +179,9 @@ class _Method:
                 started = self.begin(context)
                 failure: BaseException | None = None
                 try:
-                    async for response in behaviour(request, context):
+                    if isinstance(request, Malformed):
+                        await self._refuse_malformed(request, context)
+                    async for response in behaviour(self._checked(request, context, request_streaming), context):
                         yield response
                 except BaseException as error:
                     failure = error
@@ -136,7 +195,9 @@ class _Method:
             started = self.begin(context)
             failure: BaseException | None = None
             try:
-                return await behaviour(request, context)
+                if isinstance(request, Malformed):
+                    await self._refuse_malformed(request, context)
+                return await behaviour(self._checked(request, context, request_streaming), context)
             except BaseException as error:
                 failure = error
                 raise

@@ -1,23 +1,35 @@
 """One cap on the work in flight in the gateway, shared by its gRPC and HTTP APIs: requests, and request bytes.
 
 gRPC had a cap of its own (grpc's maximum_concurrent_rpcs) and HTTP none: 40 concurrent 15 MB bodies added 773 MB
-to the gateway. Now every API call takes a ticket from one Admission before its handler runs. It reserves the
-request's bytes: for HTTP its Content-Length (the body limit when the length is not given), before the body is
-read; for gRPC the request message's size (one message's limit for a request stream). A call that does not fit is
-answered at once, never queued: HTTP 503 with ``Retry-After``, gRPC RESOURCE_EXHAUSTED with ``retry-after`` and
-``grpc-retry-pushback-ms`` trailing metadata (the latter is what gRPC's own retry policy honours). Both are counted
-as refusals by a limit (fashionsearch_requests_refused_total{reason="limit"}), not as errors: the 503 says "not
-now", not "a dependency is down". Health checks and metrics scrapes are not counted, so an overloaded gateway still
-answers its probes and can be watched.
+to the gateway. Now every API call takes a ticket from one Admission before its handler runs.
+
+A ticket holds what the caller has actually sent, never what it promised: a request's bytes are reserved as they
+arrive, and its place among the requests in flight once all of it is there. Reserving a declared Content-Length and
+a place before the body came let 19 connections that sent only headers fail every photo search for a minute, and
+32 that trickled a byte at a time block every call. So an HTTP body is read here, chunk by chunk, each chunk
+reserved as it comes, with GATEWAY_HTTP_BODY_TIMEOUT_S for the next chunk to come (nginx's client_body_timeout:
+408 and the connection closed); the handler then gets the body read. Headers must arrive within
+GATEWAY_HTTP_HEADER_TIMEOUT_S (aiohttp's keep-alive timer: an idle connection, or one whose headers are not all
+there, is closed). A gRPC unary request arrives whole before its handler runs and reserves its size; a request
+stream (UpsertItems) reserves each message from its arrival until its answer is sent, holds a place only while it
+has a message in hand, and is ended (DEADLINE_EXCEEDED) when no message comes for GATEWAY_STREAM_IDLE_TIMEOUT_S.
+
+A call that does not fit is answered at once, never queued: HTTP 503 with ``Retry-After``, gRPC RESOURCE_EXHAUSTED
+with ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata (the latter is what gRPC's own retry policy
+honours). Both are counted as refusals by a limit (fashionsearch_requests_refused_total{reason="limit"}), not as
+errors: the 503 says "not now", not "a dependency is down". Health checks and metrics scrapes are not counted, so
+an overloaded gateway still answers its probes and can be watched.
 
 Both APIs run on one event loop, so the counters need no lock.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections import deque
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -68,6 +80,25 @@ class Admission:
         self.requests -= 1
         self.bytes -= nbytes
 
+    def take_bytes(self, nbytes: int, held: int) -> bool:
+        """Reserve `nbytes` more for a call that already holds `held`; False (nothing taken) when they do not fit.
+        A call whose bytes are the only ones in flight may go over the cap alone, as in has_room()."""
+        if self.bytes != held and self.bytes + nbytes > self.max_bytes:
+            return False
+        self.bytes += nbytes
+        return True
+
+    def take_place(self) -> bool:
+        if self.requests >= self.max_requests:
+            return False
+        self.requests += 1
+        return True
+
+    def give_back(self, nbytes: int, place: bool) -> None:
+        self.bytes -= nbytes
+        if place:
+            self.requests -= 1
+
     def note_refusal(self, peer: object) -> None:
         self.refused += 1
         now = time.monotonic()
@@ -91,11 +122,12 @@ class Admission:
 
 
 class AdmissionInterceptor(grpc.aio.ServerInterceptor):
-    """Runs every Gateway call under a ticket of `admission`; `stream_bytes` is what a request stream reserves."""
+    """Runs every Gateway call under a ticket of `admission`. A request stream's ticket follows its messages
+    (_StreamTicket); a stream with none in hand for `idle_timeout_s` is ended."""
 
-    def __init__(self, admission: Admission, stream_bytes: int) -> None:
+    def __init__(self, admission: Admission, idle_timeout_s: float) -> None:
         self._admission = admission
-        self._stream_bytes = stream_bytes
+        self._idle_timeout_s = idle_timeout_s
 
     async def intercept_service(
         self,
@@ -112,34 +144,111 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
         trailers = (("retry-after", str(RETRY_AFTER_S)), ("grpc-retry-pushback-ms", str(RETRY_AFTER_S * 1000)))
         await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, self._admission.refusal(), trailers)
 
+    async def _messages(
+        self, requests: AsyncIterator[Any], ticket: _StreamTicket, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[Any]:
+        """The request stream's messages, each reserved as it arrives; the stream is ended when it sends nothing
+        for the idle timeout while the gateway has nothing of it in hand (a client waiting for answers is not
+        idle)."""
+        iterator = aiter(requests)
+        while True:
+            try:
+                if ticket.pending:
+                    message = await anext(iterator)
+                else:
+                    message = await asyncio.wait_for(anext(iterator), self._idle_timeout_s)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                await context.abort(
+                    grpc.StatusCode.DEADLINE_EXCEEDED,
+                    f"no message came for {self._idle_timeout_s:g} s (GATEWAY_STREAM_IDLE_TIMEOUT_S): the stream is"
+                    " ended; send the next message within it, or close the stream when done",
+                )
+            if not ticket.receive(int(message.ByteSize())):
+                await self._refuse(context)
+            yield message
+
     def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
         admission = self._admission
 
-        def size(request: Any) -> int:
-            return self._stream_bytes if handler.request_streaming else int(request.ByteSize())
-
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            nbytes = size(request)
+            if handler.request_streaming:
+                ticket = _StreamTicket(admission)
+                try:
+                    return await handler.stream_unary(self._messages(request, ticket, context), context)
+                finally:
+                    ticket.close()
+            nbytes = int(request.ByteSize())
             if not admission.enter(nbytes):
                 await self._refuse(context)
             try:
-                inner = handler.stream_unary if handler.request_streaming else handler.unary_unary
-                return await inner(request, context)
+                return await handler.unary_unary(request, context)
             finally:
                 admission.leave(nbytes)
 
         async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            nbytes = size(request)
+            if handler.request_streaming:
+                # One answer per message (UpsertItems): a message's bytes are held until its answer is sent.
+                ticket = _StreamTicket(admission)
+                try:
+                    async for response in handler.stream_stream(self._messages(request, ticket, context), context):
+                        ticket.answered()
+                        yield response
+                finally:
+                    ticket.close()
+                return
+            nbytes = int(request.ByteSize())
             if not admission.enter(nbytes):
                 await self._refuse(context)
             try:
-                inner = handler.stream_stream if handler.request_streaming else handler.unary_stream
-                async for response in inner(request, context):
+                async for response in handler.unary_stream(request, context):
                     yield response
             finally:
                 admission.leave(nbytes)
 
         return handler_like(handler, unary, streaming)
+
+
+class _StreamTicket:
+    """What a request stream holds: the bytes of the messages it received and has not answered yet, and a place
+    among the requests in flight while it holds any."""
+
+    def __init__(self, admission: Admission) -> None:
+        self._admission = admission
+        self.pending: deque[int] = deque()
+        self._bytes = 0
+        self._place = False
+
+    def receive(self, nbytes: int) -> bool:
+        """Reserve a message that arrived; False (nothing more held) when it does not fit."""
+        if not self._place:
+            if not self._admission.take_place():
+                return False
+            self._place = True
+        if not self._admission.take_bytes(nbytes, self._bytes):
+            self._release_place_if_idle()
+            return False
+        self.pending.append(nbytes)
+        self._bytes += nbytes
+        return True
+
+    def answered(self) -> None:
+        if self.pending:
+            nbytes = self.pending.popleft()
+            self._bytes -= nbytes
+            self._admission.give_back(nbytes, False)
+        self._release_place_if_idle()
+
+    def _release_place_if_idle(self) -> None:
+        if self._place and not self.pending:
+            self._admission.give_back(0, True)
+            self._place = False
+
+    def close(self) -> None:
+        self._admission.give_back(self._bytes, self._place)
+        self.pending.clear()
+        self._bytes, self._place = 0, False
 
 
 # ---- HTTP -------------------------------------------------------------------------------------------------------
@@ -163,8 +272,53 @@ def request_bytes(request: web.Request, body_limit: int) -> int:
     return body_limit if request.body_exists else 0
 
 
-def http_admission(admission: Admission, body_limit: int) -> Callable[..., Awaitable[web.StreamResponse]]:
-    """aiohttp middleware running each request (but health checks) under a ticket, taken before the body is read."""
+#: Where the admission middleware leaves the body it read, for the handler (services.gateway.http.parsing.body_of).
+BODY_KEY = web.RequestKey("fashionsearch_body", bytes)
+
+
+class BodyTooLarge(Exception):
+    """The body grew past the body limit while it was read (chunked, or longer than its Content-Length said)."""
+
+
+class _BodyRefused(Exception):
+    """The body's next chunk does not fit in the bytes in flight."""
+
+
+def body_timeout_response(timeout_s: float) -> web.Response:
+    response = web.json_response(
+        {
+            "error": {
+                "status": 408,
+                "code": "REQUEST_TIMEOUT",
+                "message": f"the request body stopped arriving: nothing came for {timeout_s:g} s"
+                " (GATEWAY_HTTP_BODY_TIMEOUT_S)",
+            }
+        },
+        status=408,
+    )
+    response[GRPC_CODE_KEY] = grpc.StatusCode.DEADLINE_EXCEEDED
+    response.force_close()
+    return response
+
+
+def http_admission(
+    admission: Admission, body_limit: int, body_timeout_s: float
+) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """aiohttp middleware running each request (but health checks and scrapes) under a ticket: the body is read
+    here, its bytes reserved as they arrive, then the request takes its place and the handler runs."""
+
+    async def read_body(request: web.Request, held: list[int]) -> bytes:
+        body = bytearray()
+        while True:
+            chunk = await asyncio.wait_for(request.content.readany(), body_timeout_s)
+            if not chunk:
+                return bytes(body)
+            if len(body) + len(chunk) > body_limit:
+                raise BodyTooLarge()
+            if not admission.take_bytes(len(chunk), held[0]):
+                raise _BodyRefused()
+            held[0] += len(chunk)
+            body.extend(chunk)
 
     @web.middleware
     async def admit(
@@ -172,13 +326,31 @@ def http_admission(admission: Admission, body_limit: int) -> Callable[..., Await
     ) -> web.StreamResponse:
         if request.path in _UNCOUNTED_HTTP_PATHS:
             return await handler(request)
-        nbytes = request_bytes(request, body_limit)
-        if not admission.enter(nbytes):
+        # Refused from its headers when it could not fit now (nothing is reserved until the bytes come).
+        if not admission.has_room(request_bytes(request, body_limit)):
             admission.note_refusal(request.remote)
             return refused_response(admission)
+        held = [0]
         try:
-            return await handler(request)
+            if request.body_exists:
+                try:
+                    request[BODY_KEY] = await read_body(request, held)
+                except TimeoutError:
+                    logger.info("%s %s: %s", request.method, request.path, "the body stopped arriving")
+                    return body_timeout_response(body_timeout_s)
+                except _BodyRefused:
+                    admission.note_refusal(request.remote)
+                    refused = refused_response(admission)
+                    refused.force_close()  # the rest of the body is not read
+                    return refused
+            if not admission.take_place():
+                admission.note_refusal(request.remote)
+                return refused_response(admission)
+            try:
+                return await handler(request)
+            finally:
+                admission.give_back(0, True)
         finally:
-            admission.leave(nbytes)
+            admission.give_back(held[0], False)
 
     return admit

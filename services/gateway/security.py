@@ -35,6 +35,7 @@ from aiohttp import http_exceptions, web
 from fashionsearch.config import ConfigError
 from fashionsearch.errors import FashionSearchError, PermissionDenied, Unauthenticated
 from fashionsearch.interceptors import handler_like
+from fashionsearch.throttle import Throttle, left_out_note
 from fashionsearch.v1 import gateway_pb2
 
 logger = logging.getLogger(__name__)
@@ -116,14 +117,21 @@ class ApiKeys:
         raise Unauthenticated(_missing_or_unknown(presented, "write"))
 
 
-def log_refusal(error: FashionSearchError, what: str, peer: str, presented: bool) -> None:
-    """Log a refused call: what, from where, why; never the key."""
+def log_refusal(
+    error: FashionSearchError, what: str, peer: str, presented: bool, throttle: Throttle | None = None
+) -> None:
+    """Log a refused call: what, from where, why; never the key. With a `throttle`, at most one line per its
+    interval, counting the ones left out: any client can send a wrong key thousands of times a second."""
+    left_out = throttle.allow() if throttle is not None else 0
+    if left_out is None:
+        return
     logger.warning(
-        "refused %s from %s: %s",
+        "refused %s from %s: %s%s",
         what,
         peer or "unknown peer",
         error.code.name,
-        extra={"key_presented": presented},
+        left_out_note(left_out),
+        extra={"key_presented": presented, "left_out": left_out},
     )
 
 
@@ -232,6 +240,7 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, keys: ApiKeys, method_access: Mapping[str, Access] | None = None) -> None:
         self._keys = keys
         self._access = dict(method_access if method_access is not None else grpc_method_access())
+        self._throttle = Throttle()
 
     async def intercept_service(
         self,
@@ -246,25 +255,30 @@ class ApiKeyInterceptor(grpc.aio.ServerInterceptor):
         try:
             self._keys.authorize(presented, access)
         except FashionSearchError as error:
-            return _refusing_handler(handler, error, details.method, presented is not None)
+            return _refusing_handler(handler, error, details.method, presented is not None, self._throttle)
         return handler
 
 
 def _refusing_handler(
-    handler: grpc.RpcMethodHandler, error: FashionSearchError, what: str, presented: bool
+    handler: grpc.RpcMethodHandler, error: FashionSearchError, what: str, presented: bool, throttle: Throttle
 ) -> grpc.RpcMethodHandler:
     """A handler of the same shape as `handler` that ends the call with `error` without reading the request."""
 
     async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        log_refusal(error, what, context.peer(), presented)
+        log_refusal(error, what, context.peer(), presented, throttle)
         await context.abort(error.code, error.message)
 
     async def streaming(request: Any, context: grpc.aio.ServicerContext) -> Any:
-        log_refusal(error, what, context.peer(), presented)
+        log_refusal(error, what, context.peer(), presented, throttle)
         await context.abort(error.code, error.message)
         yield  # pragma: no cover - abort raises; the yield makes this an async generator
 
-    return handler_like(handler, unary, streaming)
+    # The request is never parsed: a refused caller learns nothing from sending a malformed one.
+    return handler_like(handler, unary, streaming, request_deserializer=_unread)
+
+
+def _unread(raw: bytes) -> None:
+    return None
 
 
 # ---- HTTP -------------------------------------------------------------------------------------------------------
@@ -282,8 +296,8 @@ def http_access(method: str, path: str) -> Access:
     return Access.READ
 
 
-def http_refusal(keys: ApiKeys, request: web.Request) -> FashionSearchError | None:
-    """The error refusing `request` (logged), or None when its key allows it."""
+def http_refusal(keys: ApiKeys, request: web.Request, throttle: Throttle) -> FashionSearchError | None:
+    """The error refusing `request` (logged through `throttle`), or None when its key allows it."""
     access = http_access(request.method, request.path)
     if access is Access.OPEN:
         return None
@@ -291,12 +305,12 @@ def http_refusal(keys: ApiKeys, request: web.Request) -> FashionSearchError | No
     try:
         keys.authorize(presented, access)
     except FashionSearchError as error:
-        log_refusal(error, f"{request.method} {request.path}", request.remote or "", presented is not None)
+        log_refusal(error, f"{request.method} {request.path}", request.remote or "", presented is not None, throttle)
         return error
     return None
 
 
-def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse]]:
+def http_middleware(keys: ApiKeys, throttle: Throttle) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp middleware applying `keys`; place it inside the middleware that turns FashionSearchError into a
     JSON error, so refusals look like every other error (401 / 403)."""
 
@@ -304,7 +318,7 @@ def http_middleware(keys: ApiKeys) -> Callable[..., Awaitable[web.StreamResponse
     async def api_keys(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        error = http_refusal(keys, request)
+        error = http_refusal(keys, request, throttle)
         if error is not None:
             raise error
         return await handler(request)
@@ -324,10 +338,7 @@ class MalformedRequestLog(logging.LoggerAdapter[logging.Logger]):
 
     def __init__(self, interval_s: float = 10.0, clock: Callable[[], float] = time.monotonic) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
-        self._interval_s = interval_s
-        self._clock = clock
-        self._last: float | None = None
-        self._left_out = 0
+        self._throttle = Throttle(interval_s, clock)
 
     def log(self, level: int, msg: object, *args: object, **kwargs: Any) -> None:
         error = kwargs.get("exc_info")
@@ -342,16 +353,13 @@ class MalformedRequestLog(logging.LoggerAdapter[logging.Logger]):
         super().log(level, msg, *args, **kwargs)
 
     def _malformed(self, peer: str, error: Exception) -> None:
-        now = self._clock()
-        if self._last is not None and now - self._last < self._interval_s:
-            self._left_out += 1
+        left_out = self._throttle.allow()
+        if left_out is None:
             return
-        left_out, self._left_out, self._last = self._left_out, 0, now
-        also = f"; {left_out} more not logged since the last such line" if left_out else ""
         logger.warning(
             "refused a malformed HTTP request from %s with 400 (%s)%s",
             peer or "an unnamed peer",
             type(error).__name__,
-            also,
+            left_out_note(left_out),
             extra={"left_out": left_out},
         )

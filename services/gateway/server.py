@@ -49,7 +49,7 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
                 "tls": settings.tls_cert_file is not None,
             },
             closers=[gateway.close],
-            interceptors=[ApiKeyInterceptor(keys), AdmissionInterceptor(admission, max_message_bytes(settings))],
+            interceptors=[ApiKeyInterceptor(keys), AdmissionInterceptor(admission, settings.stream_idle_timeout_s)],
             credentials=grpc_server_credentials(settings.tls_cert_file, settings.tls_key_file),
             # A backstop only: the admission above answers first (with a retry hint), for gRPC and HTTP together.
             maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,

@@ -73,6 +73,13 @@ class Settings:
     max_concurrent_rpcs: int = 256
     #: Request bytes in flight (gRPC messages and HTTP bodies together); more are refused at once, with a retry hint.
     max_bytes_in_flight: int = 256 * 1024 * 1024
+    #: The longest an HTTP connection may take to send a request's headers (from its opening or its last answer;
+    #: the keep-alive timeout too), the longest wait for the next part of a body (408), and the longest an
+    #: UpsertItems stream may send nothing while the gateway has nothing of it in hand (DEADLINE_EXCEEDED). Bodies
+    #: and stream messages hold the cap only for the bytes that arrived (services/gateway/admission.py).
+    http_header_timeout_s: float = 10.0
+    http_body_timeout_s: float = 10.0
+    stream_idle_timeout_s: float = 30.0
 
     #: Port of GET /metrics (Prometheus): the same as http_port serves it beside the API, another port on a listener
     #: of its own; None = none (GATEWAY_METRICS_PORT=0). By default the HTTP port's default.
@@ -185,6 +192,9 @@ class Settings:
             max_bytes_in_flight=env.get_int(
                 "MAX_BYTES_IN_FLIGHT", cls.max_bytes_in_flight, min=1024 * 1024, max=64 * 1024**3
             ),
+            http_header_timeout_s=env.get_float("HTTP_HEADER_TIMEOUT_S", cls.http_header_timeout_s, min=0.01, max=3600),
+            http_body_timeout_s=env.get_float("HTTP_BODY_TIMEOUT_S", cls.http_body_timeout_s, min=0.01, max=3600),
+            stream_idle_timeout_s=env.get_float("STREAM_IDLE_TIMEOUT_S", cls.stream_idle_timeout_s, min=0.01, max=3600),
             peer_lb_policy=env.choice("PEER_LB_POLICY", cls.peer_lb_policy, LB_POLICIES),
             metrics_port=env.port("METRICS_PORT", DEFAULT_HTTP_PORT if http_port is None else http_port) or None,
         )

@@ -22,11 +22,15 @@ import numpy as np
 import pytest
 from gateway_stack import Stack, jpeg, start_stack
 from PIL import Image
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashionsearch.v1 import gateway_pb2
+from services.embedder import server as embedder_server
+from services.embedder.model import OnnxEmbedder
 from services.gateway.bootstrap import max_message_bytes
 from testkit.process_stack import free_port
+from tests.integration.test_batching_services import Gated
 
 pytestmark = pytest.mark.integration
 
@@ -46,6 +50,26 @@ def stack(tmp_path_factory) -> Stack:
     )
     yield running
     running.close()
+
+
+class GatedEmbeds(Gated):
+    """Gated, also for the batch RPC: a search or upsert waits inside the embedder while the gate is closed."""
+
+    def embed(self, images):  # type: ignore[no-untyped-def]
+        self._enter(np.zeros(len(images)))
+        return self.real.embed(images)
+
+
+def gated_stack(tmp_path, **overrides) -> tuple[Stack, GatedEmbeds]:  # type: ignore[no-untyped-def]
+    """A stack whose embedder holds every call at a gate while the test keeps it closed: a call in progress that
+    holds its place in the gateway for as long as the test needs."""
+    models: list[GatedEmbeds] = []
+
+    async def start(settings):  # type: ignore[no-untyped-def]
+        models.append(GatedEmbeds(OnnxEmbedder.from_dir(settings.model_dir)))
+        return await embedder_server.start(settings, models[0])
+
+    return start_stack(tmp_path, embedder_start=start, **overrides), models[0]
 
 
 def still_serves(stack: Stack) -> None:
@@ -97,28 +121,23 @@ def test_http_body_declared_over_the_limit_is_refused_before_it_is_sent(stack):
 
 
 def test_calls_over_the_concurrency_limit_are_resource_exhausted_at_once(tmp_path):
-    limited = start_stack(tmp_path, max_concurrent_rpcs=1)
-    release = threading.Event()
-
-    def held_open():
-        release.wait(30)
-        yield gateway_pb2.UpsertItemsRequest(
-            item=gateway_pb2.CatalogueItem(id=5, image=GOOD, payload=gateway_pb2.ItemPayload(sub_category="Topwear"))
-        )
-
+    limited, model = gated_stack(tmp_path, max_concurrent_rpcs=1)
+    item = gateway_pb2.CatalogueItem(id=5, image=GOOD, payload=gateway_pb2.ItemPayload(sub_category="Topwear"))
     try:
-        stream = limited.stub.UpsertItems(held_open(), timeout=30)
-        time.sleep(0.5)  # the stream is now the one call in progress
+        model.gate.clear()
+        model.entered.clear()
+        stream = limited.stub.UpsertItems(iter([gateway_pb2.UpsertItemsRequest(item=item)]), timeout=30)
+        assert model.entered.wait(10)  # the stream's item is inside the embedder: the one call in progress
         started = time.monotonic()
         with pytest.raises(grpc.RpcError) as refused:
             limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         assert time.monotonic() - started < 2
-        release.set()
+        model.gate.set()
         assert [r.upserted for r in stream] == [True]
         still_serves(limited)
     finally:
-        release.set()
+        model.gate.set()
         limited.close()
 
 
@@ -182,12 +201,14 @@ def _answer(conn: socket.socket) -> str:
 def test_one_cap_on_requests_in_flight_for_grpc_and_http_answered_with_a_retry_hint(tmp_path):
     """GATEWAY_MAX_CONCURRENT_RPCS counts gRPC calls and HTTP requests together; beyond it, both protocols are
     answered at once (503 + Retry-After, RESOURCE_EXHAUSTED + retry trailers), HTTP before its body is read."""
-    limited = start_stack(tmp_path, max_concurrent_rpcs=1, http_port=free_port())
+    limited, model = gated_stack(tmp_path, max_concurrent_rpcs=1, http_port=free_port())
     port = limited.gateway_settings.http_port
     try:
-        # An HTTP upload in progress (half its body sent) holds the one place...
-        upload = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD[: len(GOOD) // 2])
-        time.sleep(0.5)
+        # An HTTP search being served (held inside the embedder) holds the one place...
+        model.gate.clear()
+        model.entered.clear()
+        search = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD)
+        assert model.entered.wait(10)
         with pytest.raises(grpc.RpcError) as refused:
             limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -201,31 +222,37 @@ def test_one_cap_on_requests_in_flight_for_grpc_and_http_answered_with_a_retry_h
         # Health checks are not counted: an overloaded gateway still answers its probes.
         with _http_head(port, "GET", "/healthz", 0) as probe:
             assert _answer(probe).startswith("HTTP/1.1 200")
-        upload.sendall(GOOD[len(GOOD) // 2 :])
-        assert _answer(upload).startswith("HTTP/1.1 200")
-        upload.close()
+        model.gate.set()
+        assert _answer(search).startswith("HTTP/1.1 200")
+        search.close()
         still_serves(limited)  # the place is free again
     finally:
+        model.gate.set()
         limited.close()
 
 
+def _search_code(stack: Stack, image: bytes) -> grpc.StatusCode:
+    try:
+        stack.stub.Search(gateway_pb2.SearchRequest(image=image), timeout=10)
+    except grpc.RpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK
+
+
 def test_bytes_in_flight_are_capped_across_requests(tmp_path):
+    """A body's bytes count as they arrive: 199,999 of an upload's 200,000 bytes in, a request declaring 150 KB
+    more is refused from its headers and a 120 KB gRPC message at once; a small photo still fits."""
     limited = start_stack(tmp_path, max_bytes_in_flight=300_000, http_port=free_port())
     port = limited.gateway_settings.http_port
     try:
-        upload = _http_head(port, "POST", "/v1/search", 200_000, b"\x89PNG")  # 200 KB declared, in flight
-        time.sleep(0.5)
+        upload = _http_head(port, "POST", "/v1/search", 200_000, b"\x89PNG" + b"\0" * 199_995)
+        _wait_for(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.RESOURCE_EXHAUSTED, "the upload")
         with _http_head(port, "POST", "/v1/search", 150_000) as other:  # would make 350 KB
             assert _answer(other).startswith("HTTP/1.1 503")
-        with pytest.raises(grpc.RpcError) as refused:  # a gRPC message counts its bytes too
-            limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 120_000), timeout=10)
-        assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
         still_serves(limited)  # a catalogue-sized photo still fits
         upload.close()
-        time.sleep(0.5)
-        with pytest.raises(grpc.RpcError) as invalid:  # admitted once the upload is gone (and then not an image)
-            limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 120_000), timeout=10)
-        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        # Admitted once the upload is gone (and then not an image).
+        _wait_for(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.INVALID_ARGUMENT, "the release")
     finally:
         limited.close()
 
@@ -251,11 +278,13 @@ def test_refusals_at_the_cap_are_counted_as_refused_by_a_limit_not_as_errors(tmp
     Expect: 100-continue) and gRPC alike it moves fashionsearch_requests_refused_total{reason="limit"}, never
     fashionsearch_errors_total{kind="unavailable"}. And /metrics itself is not counted: it answers while full."""
     port = free_port()
-    limited = start_stack(tmp_path, max_concurrent_rpcs=1, http_port=port, metrics_port=port)
+    limited, model = gated_stack(tmp_path, max_concurrent_rpcs=1, http_port=port, metrics_port=port)
     try:
         before = _scrape(port)
-        upload = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD[: len(GOOD) // 2])  # holds the one place
-        time.sleep(0.5)
+        model.gate.clear()
+        model.entered.clear()
+        upload = _http_head(port, "POST", "/v1/search", len(GOOD), GOOD)  # held in the embedder: the one place
+        assert model.entered.wait(10)
         with _http_head(port, "POST", "/v1/search", 1_000_000) as other:
             assert _answer(other).startswith("HTTP/1.1 503")
         with socket.create_connection((HOST, port), timeout=10) as expecting:
@@ -291,8 +320,109 @@ def test_refusals_at_the_cap_are_counted_as_refused_by_a_limit_not_as_errors(tmp
             )
             == 1
         )
-        upload.sendall(GOOD[len(GOOD) // 2 :])
+        model.gate.set()
         assert _answer(upload).startswith("HTTP/1.1 200")
         upload.close()
     finally:
+        model.gate.set()
+        limited.close()
+
+
+def _gauge(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+def _wait_for(condition, what: str, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def _read_until_closed(conn: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (the socket's own timeout bounds the wait)."""
+    received = b""
+    while chunk := conn.recv(4096):
+        received += chunk
+    return received
+
+
+def test_bodies_that_never_arrive_hold_no_place_and_no_bytes_and_are_timed_out(tmp_path):
+    """Connections that send only headers declaring a large body (or one byte of it), then nothing: the gateway
+    goes on serving everyone else at once, over gRPC and HTTP, and answers each of them 408 once nothing came for
+    GATEWAY_HTTP_BODY_TIMEOUT_S (nginx's client_body_timeout). Before, each held a place and its declared bytes
+    until the client went away: 19 such connections made every photo search fail for 60 s."""
+    body_timeout_s = header_timeout_s = 0.3
+    limited = start_stack(
+        tmp_path,
+        max_concurrent_rpcs=3,
+        max_bytes_in_flight=2_800_000,  # the three declared bodies would leave no room for 200 KB more
+        http_port=free_port(),
+        http_body_timeout_s=body_timeout_s,
+        http_header_timeout_s=header_timeout_s,
+    )
+    port = limited.gateway_settings.http_port
+    silent: list[socket.socket] = []
+    try:
+        in_flight = _gauge("http_server_requests_in_flight")
+        for first_bytes in (b"", b"\x89", b""):
+            silent.append(_http_head(port, "POST", "/v1/search", 900_000, first_bytes))
+        started = time.monotonic()
+        _wait_for(lambda: _gauge("http_server_requests_in_flight") >= in_flight + 3, "the three requests to arrive")
+        still_serves(limited)  # a place and the bytes of a photo are free
+        with pytest.raises(grpc.RpcError) as invalid:  # 200 KB are admitted (and then not an image)
+            limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 200_000), timeout=10)
+        assert invalid.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        with urllib.request.urlopen(f"http://{HOST}:{port}/v1/stats", timeout=10) as answer:
+            assert answer.status == 200
+        for conn in silent:
+            conn.settimeout(30 * body_timeout_s + 10)
+            answer = _read_until_closed(conn).decode("latin-1")
+            assert answer.startswith("HTTP/1.1 408"), answer[:300]
+            assert "GATEWAY_HTTP_BODY_TIMEOUT_S" in answer
+        assert time.monotonic() - started >= body_timeout_s
+        # Headers that never end are cut off too, after the header timeout (aiohttp's keep-alive timer).
+        with socket.create_connection((HOST, port), timeout=30 * header_timeout_s + 10) as slow:
+            slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n")
+            assert _read_until_closed(slow) == b""
+        _wait_for(lambda: _gauge("http_server_requests_in_flight") == in_flight, "the requests to end")
+        still_serves(limited)
+    finally:
+        for conn in silent:
+            conn.close()
+        limited.close()
+
+
+def test_idle_upsert_streams_hold_no_place_and_are_ended(tmp_path):
+    """UpsertItems streams that send nothing: a search goes through at once, and each stream ends with
+    DEADLINE_EXCEEDED once it sent nothing for GATEWAY_STREAM_IDLE_TIMEOUT_S. Before, each held a place and one
+    message's worth of the bytes in flight for as long as it stayed open (25 reserved 98% of the bytes)."""
+    idle_timeout_s = 0.3
+    limited = start_stack(tmp_path, max_concurrent_rpcs=2, stream_idle_timeout_s=idle_timeout_s)
+    release = threading.Event()
+
+    def nothing_yet():
+        release.wait(60)
+        yield from ()
+
+    try:
+        labels = {"grpc_service": "fashionsearch.v1.Gateway", "grpc_method": "UpsertItems"}
+        in_flight = _gauge("grpc_server_requests_in_flight", **labels)
+        streams = [limited.stub.UpsertItems(nothing_yet(), timeout=60) for _ in range(2)]
+        started = time.monotonic()
+        _wait_for(
+            lambda: _gauge("grpc_server_requests_in_flight", **labels) >= in_flight + 2, "the two streams to start"
+        )
+        still_serves(limited)
+        for stream in streams:
+            with pytest.raises(grpc.RpcError) as ended:
+                list(stream)
+            assert ended.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED, ended.value.details()
+            assert "GATEWAY_STREAM_IDLE_TIMEOUT_S" in ended.value.details()
+        assert time.monotonic() - started >= idle_timeout_s
+        # A stream that keeps sending is served as before.
+        replies = limited.upsert([gateway_pb2.CatalogueItem(id=7, image=GOOD, payload=gateway_pb2.ItemPayload())])
+        assert [r.upserted for r in replies] == [True]
+    finally:
+        release.set()
         limited.close()

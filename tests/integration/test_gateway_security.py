@@ -112,13 +112,6 @@ def test_grpc_reads_need_a_read_or_write_key_and_health_stays_open(stack):
     assert health.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def test_refusals_are_logged_without_the_key(stack, caplog):
-    with pytest.raises(grpc.RpcError):
-        upsert(stack.stub, "leaked-secret-0123456789", 9)
-    assert "UpsertItems" in caplog.text and "UNAUTHENTICATED" in caplog.text
-    assert "leaked-secret" not in caplog.text
-
-
 def test_http_applies_the_same_rule(stack):
     port = stack.gateway_settings.http_port
     status, body = http(port, "POST", "/v1/search?filter_mode=none", body=IMAGE)
@@ -226,3 +219,31 @@ def test_a_malformed_request_leaves_one_short_log_line_and_no_key(stack, caplog)
     assert not any(READ in str(r.args) or r.exc_info for r in caplog.records)
     lines = [r.getMessage() for r in caplog.records if "malformed" in r.getMessage()]
     assert lines == ["refused a malformed HTTP request from 127.0.0.1 with 400 (BadHttpMessage)"], lines
+
+
+def test_refusals_are_logged_without_the_key_once_per_interval_not_once_per_call(tmp_path, caplog):
+    """Refusals name the call and the reason, never the key. Any client can send a wrong key thousands of times a
+    second: 20 refusals over each API leave one WARNING per API (the next one, an interval later, counts the ones
+    left out), not 40. (A gateway of its own: its refusals are the first it logs.)"""
+    secured = start_stack(
+        tmp_path,
+        read_api_keys=(READ,),
+        write_api_keys=(WRITE,),
+        allow_unauthenticated_writes=False,
+        http_port=free_port(),
+    )
+    leaked = "leaked-secret-0123456789"
+    try:
+        with caplog.at_level(logging.WARNING, logger="services.gateway.security"):
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError) as refused:
+                    upsert(secured.stub, leaked, 9)
+                assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+                status, _ = http(secured.gateway_settings.http_port, "POST", "/v1/search", leaked, IMAGE)
+                assert status == 401
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+        assert len(lines) == 2 and all("UNAUTHENTICATED" in line for line in lines), lines
+        assert "UpsertItems" in lines[0] and "/v1/search" in lines[1], lines
+        assert "leaked-secret" not in caplog.text
+    finally:
+        secured.close()

@@ -44,6 +44,9 @@ def test_every_variable_is_read():
             "GATEWAY_DEFAULT_TOP_K": "10",
             "GATEWAY_MAX_IMAGE_BYTES": "2048",
             "GATEWAY_UPSERT_BATCH": "8",
+            "GATEWAY_HTTP_HEADER_TIMEOUT_S": "5",
+            "GATEWAY_HTTP_BODY_TIMEOUT_S": "2.5",
+            "GATEWAY_STREAM_IDLE_TIMEOUT_S": "60",
             "OTHER_PORT": "1",
         }
     )
@@ -55,6 +58,8 @@ def test_every_variable_is_read():
     assert settings.classify_timeout_s == 0.5 and settings.embed_timeout_s == 0.75
     assert (settings.default_top_k, settings.max_top_k) == (10, 50)
     assert settings.max_image_bytes == 2048 and settings.upsert_batch == 8
+    timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s, settings.stream_idle_timeout_s)
+    assert timeouts == (5, 2.5, 60)
 
 
 @pytest.mark.parametrize(
@@ -68,6 +73,7 @@ def test_every_variable_is_read():
         ({"GATEWAY_MAX_TOP_K": "0"}, "GATEWAY_MAX_TOP_K"),
         ({"GATEWAY_DEFAULT_TOP_K": "20", "GATEWAY_MAX_TOP_K": "10"}, "GATEWAY_DEFAULT_TOP_K"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
+        ({"GATEWAY_HTTP_BODY_TIMEOUT_S": "0"}, "GATEWAY_HTTP_BODY_TIMEOUT_S"),
     ],
 )
 def test_bad_values_name_the_variable(environ, message):

@@ -11,9 +11,9 @@ from aiohttp import hdrs, web
 
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.serving import HealthServicer
-from services.gateway.admission import Admission, http_admission, refused_response, request_bytes
+from fashionsearch.throttle import Throttle
+from services.gateway.admission import Admission, BodyTooLarge, http_admission, refused_response, request_bytes
 from services.gateway.http.handlers import WEB_DIR, HttpApi
-from services.gateway.http.parsing import BodyTooLarge
 from services.gateway.http.responses import CATALOGUE_PREFIX, check_length, error_body, too_large
 from services.gateway.observability import (
     http_status_codes,
@@ -96,13 +96,14 @@ def create_app(
     limit = settings.http_body_limit
     admission = admission or Admission(settings.max_concurrent_rpcs, settings.max_bytes_in_flight)
     api = HttpApi(service, settings, health_servicer)
+    refusals = Throttle()  # refused keys: one log line per interval
 
     def early_refusal(request: web.Request) -> tuple[web.Response, grpc.StatusCode] | None:
         """The answer refusing a request from its headers alone, with the gRPC code it stands for, or None."""
         too_large = check_length(request, limit)
         if too_large is not None:
             return too_large, grpc.StatusCode.RESOURCE_EXHAUSTED
-        denied = http_refusal(settings.api_keys, request)
+        denied = http_refusal(settings.api_keys, request, refusals)
         if denied is not None:
             return error_body(denied.http_status, denied.code.name, denied.message), denied.code
         if not admission.has_room(request_bytes(request, limit)):
@@ -126,8 +127,8 @@ def create_app(
     middlewares = [
         observe,
         errors_middleware(limit),
-        http_middleware(settings.api_keys),
-        http_admission(admission, limit),
+        http_middleware(settings.api_keys, refusals),
+        http_admission(admission, limit, settings.http_body_timeout_s),
     ]
     app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(server_header)
@@ -186,6 +187,9 @@ async def start_http(
         create_app(service, settings, health_servicer, admission),
         access_log=None,
         shutdown_timeout=settings.grace_s,
+        # aiohttp closes a connection that is idle, or whose request headers are not all there, this long after it
+        # opened or its last answer: the header deadline (nginx's client_header_timeout), keep-alive included.
+        keepalive_timeout=settings.http_header_timeout_s,
         logger=MalformedRequestLog(),
     )
     await runner.setup()

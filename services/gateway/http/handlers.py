@@ -22,6 +22,7 @@ from services.gateway.domain import CatalogueItem, SearchOptions
 from services.gateway.http.openapi import openapi_document
 from services.gateway.http.parsing import (
     DEFAULT_LIST_CHUNK,
+    body_of,
     form_text,
     int_field,
     item_id_of,
@@ -92,7 +93,7 @@ class HttpApi:
                 " with an image/* or application/octet-stream content type"
             )
         else:
-            image = await request.read()
+            image = await body_of(request)
         result = await self._service.search(image, options_from_params(params))
         return answer(
             request,

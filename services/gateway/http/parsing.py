@@ -4,15 +4,17 @@ that says what was wrong."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any
 
-from aiohttp import BodyPartReader, MultipartReader, http_exceptions, web
+from aiohttp import BodyPartReader, MultipartReader, StreamReader, http_exceptions, web
 
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.parsing import check_text, parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS
+from services.gateway.admission import BODY_KEY, BodyTooLarge
 from services.gateway.domain import FilterMode, SearchOptions, TextMatch, TextSearchOptions
 
 FILTER_MODES = {mode.value: mode for mode in FilterMode}
@@ -27,8 +29,11 @@ TEXT_MATCHES = {match.value: match for match in TextMatch}
 _TEXT_FIELDS = ("query", "top_k", "match", "filters")
 
 
-class BodyTooLarge(Exception):
-    pass
+async def body_of(request: web.Request) -> bytes:
+    """The request's body: read by the admission middleware (services/gateway/admission.py), which reserves its
+    bytes as they arrive and times out a body that stops coming, or read here for a route it does not count."""
+    body = request.get(BODY_KEY)
+    return body if isinstance(body, bytes) else await request.read()
 
 
 def int_field(value: Any, what: str) -> int:
@@ -137,7 +142,7 @@ def load_json(text: bytes | str, what: str) -> Any:
 
 
 async def read_json(request: web.Request) -> dict[str, Any]:
-    body = load_json(await request.read(), "the request body")
+    body = load_json(await body_of(request), "the request body")
     if not isinstance(body, dict):
         raise InvalidArgument("the request body must be a JSON object")
     return body
@@ -145,8 +150,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 async def read_multipart(request: web.Request, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
     """Every part of a multipart/form-data body: name -> [(bytes, filename)], at most `limit` bytes in all."""
+    stream = StreamReader(request.protocol, READ_CHUNK, loop=asyncio.get_running_loop())
+    stream.feed_data(await body_of(request))
+    stream.feed_eof()
     try:
-        return await _read_parts(await request.multipart(), limit)
+        return await _read_parts(MultipartReader(request.headers, stream), limit)
     except ValueError as bad:  # aiohttp's word for a body (or boundary) that is not multipart
         raise InvalidArgument(f"the body is not valid multipart/form-data: {bad}") from None
     except http_exceptions.HttpProcessingError as bad:  # a part's headers are not valid HTTP headers
