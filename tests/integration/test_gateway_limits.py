@@ -408,8 +408,8 @@ def test_idle_upsert_streams_hold_no_place_and_are_ended(tmp_path):
     try:
         labels = {"grpc_service": "fashionsearch.v1.Gateway", "grpc_method": "UpsertItems"}
         in_flight = _gauge("grpc_server_requests_in_flight", **labels)
-        streams = [limited.stub.UpsertItems(nothing_yet(), timeout=60) for _ in range(2)]
         started = time.monotonic()
+        streams = [limited.stub.UpsertItems(nothing_yet(), timeout=60) for _ in range(2)]
         _wait_for(
             lambda: _gauge("grpc_server_requests_in_flight", **labels) >= in_flight + 2, "the two streams to start"
         )

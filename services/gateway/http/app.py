@@ -190,6 +190,9 @@ async def start_http(
         # aiohttp closes a connection that is idle, or whose request headers are not all there, this long after it
         # opened or its last answer: the header deadline (nginx's client_header_timeout), keep-alive included.
         keepalive_timeout=settings.http_header_timeout_s,
+        # After an answer that left a body unread (408, 413, 503), aiohttp reads and drops the rest so the client
+        # gets the answer, for at most this long: no longer than the body timeout gives a body that stopped.
+        lingering_time=settings.http_body_timeout_s,
         logger=MalformedRequestLog(),
     )
     await runner.setup()
