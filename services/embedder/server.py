@@ -49,6 +49,7 @@ async def start(
         embedder,
         settings.image_limits,
         max_batch=settings.max_batch,
+        max_concurrent_batches=settings.max_concurrent_batches,
         batching=settings.batch_policy,
         text=text_embedder,
         text_refused=text_refused,

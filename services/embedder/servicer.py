@@ -29,6 +29,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         limits: ImageLimits,
         *,
         max_batch: int = 64,
+        max_concurrent_batches: int = 1,
         batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
         text: TextEmbedder | None = None,
         text_refused: str = "",
@@ -36,6 +37,10 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self._embedder = embedder
         self._limits = limits
         self._max_batch = max_batch
+        # Each batch inference holds its activations (~190 MB for 64 photos with models/embedder) and onnxruntime's
+        # arena keeps the peak afterwards; callers wait here, holding only their request, so the peak stays about
+        # max_concurrent_batches batches whatever they send (bench/embedder_batch_memory.py).
+        self._batch_slots = asyncio.Semaphore(max_concurrent_batches)
         self._model_info = model_info(embedder.identity)
         # Concurrent Embed calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._embed_rows, batching, name="embedder")
@@ -73,7 +78,8 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
-        outcomes = await run_decoding(functools.partial(self._embed_batch, images), images)
+        async with self._batch_slots:
+            outcomes = await run_decoding(functools.partial(self._embed_batch, images), images)
         results = [
             embedder_pb2.EmbedResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)
