@@ -11,6 +11,7 @@ import grpc.aio
 
 from fashionsearch.channels import channel_options
 from fashionsearch.store import VectorIndex, open_catalog
+from fashionsearch.store.backup import WriteJournal
 from services.gateway.clients import (
     CallBatcher,
     ClassifierPort,
@@ -97,11 +98,16 @@ def bootstrap(
             min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
             timeout_s=max(1, round(settings.store_timeout_s)),
         ).live(settings.collection)
+        if settings.backup_dir is not None:
+            index = WriteJournal(
+                index
+            )  # a backup taken while writes go on records them (fashionsearch/store/backup.py)
     service = GatewayService(
         classifier,
         embedder,
         index,
         settings.limits,
+        backups=settings.backup_dir,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

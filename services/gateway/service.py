@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -37,6 +38,7 @@ from fashionsearch.store import (
     UnknownFilterFieldError,
     VectorIndex,
 )
+from fashionsearch.store.backup import BackupInfo, WriteJournal, backup_name, write_backup
 from fashionsearch.text_contract import check_query
 from fashionsearch.text_query import refine_vector
 from services.gateway import words
@@ -81,7 +83,10 @@ class GatewayService:
         embedder: EmbedderPort,
         index: VectorIndex,
         limits: Limits = Limits(),  # noqa: B008 - frozen
+        *,
+        backups: Path | None = None,
     ) -> None:
+        self._backups = backups
         self._classifier = classifier
         self._embedder = embedder
         self._index = index
@@ -427,6 +432,20 @@ class GatewayService:
             if value:
                 counts[value] = counts.get(value, 0) + 1
         return counts
+
+    async def backup(self) -> BackupInfo:
+        """Write a backup of the live collection into the backup folder while searches and writes go on; consistent
+        as of its end (fashionsearch/store/backup.py). FailedPrecondition when backups are off or one is running."""
+        if self._backups is None:
+            raise FailedPrecondition("backups are off: set GATEWAY_BACKUP_DIR to the folder they go to")
+        journal = self._index if isinstance(self._index, WriteJournal) else None
+        name = backup_name(str(getattr(self._index, "collection", "") or "catalogue"))
+        try:
+            return await asyncio.to_thread(
+                write_backup, self._index, self._backups, name, source="gateway", journal=journal
+            )
+        except StoreError as failed:
+            raise FailedPrecondition(f"backup {name} failed: {failed}") from None
 
     async def stats(self) -> Stats:
         count = await self._store("count", self._index.count)

@@ -44,6 +44,8 @@ class Settings:
     #: Qdrant Edge: writes are refused (HTTP 507) while the data directory's disk has less free space than this, so
     #: the store's memory-mapped files never meet a full disk (fashionsearch/store/edge.py).
     store_min_free_mb: int = 64
+    #: Folder the gateway writes catalogue backups into (POST /v1/admin/backup, python -m jobs.backup); None: off.
+    backup_dir: Path | None = None
     grace_s: float = 5.0
     log_level: str = "INFO"
     #: Port of the HTTP/JSON API and web page (services/gateway/http/) on the same host as gRPC; 0 picks a free
@@ -171,6 +173,7 @@ class Settings:
             upsert_batch=env.get_int("UPSERT_BATCH", cls.upsert_batch, min=1, max=1024),
             store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
             store_min_free_mb=env.get_int("STORE_MIN_FREE_MB", cls.store_min_free_mb, min=0, max=1024**2),
+            backup_dir=env.path("BACKUP_DIR", ".") if env.get_str("BACKUP_DIR", "") else None,
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
             log_level=env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             http_port=http_port,

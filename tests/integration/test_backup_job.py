@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from gateway_stack import jpeg, start_stack
 
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
 from fashionsearch.store import backup as backups
 from fashionsearch.store.backup import WriteJournal, list_backups, read_backup, write_backup
+from fashionsearch.v1 import gateway_pb2
 from jobs.backup.__main__ import EXIT_OK, EXIT_REFUSED, main
+from testkit.process_stack import free_port
 
 pytestmark = [
     pytest.mark.integration,
@@ -138,3 +141,46 @@ def test_a_backup_taken_while_writes_go_on_is_the_collection_at_its_end(edge_dir
         assert _everything(target)[1][1]["name"] == "item 1 v2 é"
     finally:
         target.close()
+
+
+def _item(pid: int, colour: tuple[int, int, int]) -> gateway_pb2.CatalogueItem:
+    return gateway_pb2.CatalogueItem(
+        id=pid,
+        image=jpeg(colour, stripe=(pid % 255, 0, 0)),
+        payload=gateway_pb2.ItemPayload(name=f"item {pid}", gender="Men", sub_category="Topwear", year=2012),
+    )
+
+
+def test_the_gateway_backs_up_while_it_serves_and_a_restore_switches_it(tmp_path):
+    stack = start_stack(tmp_path, http_port=free_port(), backup_dir=tmp_path / "backups")
+    try:
+        assert all(r.upserted for r in stack.upsert([_item(i, (i * 20 % 255, 90, 40)) for i in range(1, 13)]))
+        query = gateway_pb2.SearchRequest(image=jpeg((100, 90, 40)), top_k=3, filter_mode=gateway_pb2.FILTER_MODE_NONE)
+        url = f"http://127.0.0.1:{stack.gateway_settings.http_port}"
+        backups_dir = str(tmp_path / "backups")
+        assert main(["create", "--gateway-http", url, "--backups", backups_dir]) == EXIT_OK
+        (made,) = list_backups(tmp_path / "backups")
+        assert made.points == 12 and made.embedder == EmbedderIdentity("tiny-embedder", "tiny-1")
+
+        # After the backup: one more item and one deleted; the restore brings the catalogue back to the backup.
+        assert all(r.upserted for r in stack.upsert([_item(99, (1, 2, 3))]))
+        stack.stub.DeleteItems(gateway_pb2.DeleteItemsRequest(ids=[5]), timeout=10)
+        assert stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count == 12
+        store = ["--edge-dir", str(stack.gateway_settings.data_dir)]
+        assert main(["restore", "latest", "--backups", backups_dir, *store]) == EXIT_OK
+        # The gateway follows the alias on its next call, searching all along.
+        assert len(stack.stub.Search(query, timeout=10).hits) == 3
+        got = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=5), timeout=5)
+        assert got.payload.name == "item 5"
+        assert stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count == 12
+    finally:
+        stack.close()
+
+
+def test_gateway_backups_are_off_without_a_folder(tmp_path):
+    stack = start_stack(tmp_path, http_port=free_port())
+    try:
+        url = f"http://127.0.0.1:{stack.gateway_settings.http_port}"
+        assert main(["create", "--gateway-http", url, "--backups", str(tmp_path / "b")]) == 1
+    finally:
+        stack.close()

@@ -307,6 +307,12 @@ class HttpApi:
             }
         )
 
+    async def backup(self, request: web.Request) -> web.Response:
+        made = await self._service.backup()
+        return web.json_response(
+            {"backup": made.name, "points": made.points, "seconds": made.seconds, "embedder": str(made.embedder)}
+        )
+
     async def categories(self, request: web.Request) -> web.Response:
         """GET /v1/categories: the subCategory values in the catalogue with their counts (for the page's filter)."""
         counts = await self._service.categories()

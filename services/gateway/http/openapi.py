@@ -437,6 +437,26 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "responses": {"200": _json(_ref("Stats"), "Statistics"), **_errors(503, 504)},
             }
         },
+        "/v1/admin/backup": {
+            "post": {
+                "summary": "Back up the catalogue into GATEWAY_BACKUP_DIR while it serves (python -m jobs.backup)",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "backup": string,
+                                "points": integer,
+                                "seconds": {"type": "number"},
+                                "embedder": string,
+                            },
+                        },
+                        "The backup written",
+                    ),
+                    **_errors(401, 403, 409, 503),
+                },
+            }
+        },
         "/v1/categories": {
             "get": {
                 "summary": "The subCategory values in the catalogue, most frequent first",
