@@ -87,7 +87,7 @@ class SearchRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("attributes", "suggested_name", "keywords", "hits", "applied_filters", "classifier_model", "embedder_model", "refine_terms")
+    __slots__ = ("attributes", "suggested_name", "keywords", "hits", "applied_filters", "classifier_model", "embedder_model", "refine_terms", "reason")
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     SUGGESTED_NAME_FIELD_NUMBER: _ClassVar[int]
     KEYWORDS_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +96,7 @@ class SearchResponse(_message.Message):
     CLASSIFIER_MODEL_FIELD_NUMBER: _ClassVar[int]
     EMBEDDER_MODEL_FIELD_NUMBER: _ClassVar[int]
     REFINE_TERMS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     attributes: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributePrediction]
     suggested_name: str
     keywords: _containers.RepeatedScalarFieldContainer[str]
@@ -104,7 +105,8 @@ class SearchResponse(_message.Message):
     classifier_model: _common_pb2.ModelInfo
     embedder_model: _common_pb2.ModelInfo
     refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
-    def __init__(self, attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ...) -> None: ...
+    reason: str
+    def __init__(self, attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SearchByIdRequest(_message.Message):
     __slots__ = ("id", "top_k", "filter_mode", "filters", "refine_text")
@@ -121,14 +123,16 @@ class SearchByIdRequest(_message.Message):
     def __init__(self, id: _Optional[int] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ...) -> None: ...
 
 class SearchByIdResponse(_message.Message):
-    __slots__ = ("hits", "applied_filters", "refine_terms")
+    __slots__ = ("hits", "applied_filters", "refine_terms", "reason")
     HITS_FIELD_NUMBER: _ClassVar[int]
     APPLIED_FILTERS_FIELD_NUMBER: _ClassVar[int]
     REFINE_TERMS_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
     applied_filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
     refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
-    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ...) -> None: ...
+    reason: str
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class SearchTextRequest(_message.Message):
     __slots__ = ("query", "top_k", "match", "filters")

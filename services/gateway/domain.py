@@ -79,7 +79,8 @@ class TextSearchResult:
     terms: tuple[QueryTerm, ...]
     unknown_words: tuple[str, ...]
     applied_filters: Mapping[str, tuple[str, ...]]
-    #: Why there are no hits, when there are none and it is not just an empty catalogue.
+    #: Why there are no hits, when there are none and it is not just an empty catalogue, or why words were set
+    #: aside for an explicit filter on their field.
     reason: str
     text_model: ModelId | None
     embedder_model: ModelId | None
@@ -113,6 +114,8 @@ class SearchResult:
     hits: tuple[Hit, ...]
     applied_filters: Mapping[str, tuple[str, ...]]
     refine_terms: tuple[QueryTerm, ...] = ()
+    #: Why refine_text's words were set aside for an explicit filter, or left no product with the filters; "".
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -120,6 +123,8 @@ class SimilarResult:
     hits: tuple[Hit, ...]
     applied_filters: Mapping[str, tuple[str, ...]]
     refine_terms: tuple[QueryTerm, ...] = ()
+    #: Why refine_text's words were set aside for an explicit filter, or left no product with the filters; "".
+    reason: str = ""
 
 
 @dataclass(frozen=True)

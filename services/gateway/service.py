@@ -183,10 +183,12 @@ class GatewayService:
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             predicted = classification.top_labels().get("subCategory")
             filters = {"subCategory": (predicted,)} if predicted else {}
-        vector, filters, refine_terms = await self._refine(embedding.vector, filters, options)
+        vector, filters, refine_terms, reason = await self._refine(embedding.vector, filters, options)
         hits: tuple[Hit, ...] = ()
         if await self._check_embedder(embedding):
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
+            if not hits and refine_terms and filters:
+                reason = words.join_reasons(reason, words.nothing_matches(filters))
         neighbour_names = [str(h.payload.get("name", "")) for h in hits]
         return SearchResult(
             classification=classification,
@@ -196,6 +198,7 @@ class GatewayService:
             hits=hits,
             applied_filters=filters,
             refine_terms=refine_terms,
+            reason=reason,
         )
 
     async def search_by_id(self, item_id: int, options: SearchOptions) -> SimilarResult:
@@ -209,25 +212,28 @@ class GatewayService:
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             sub_category = item.payload.get("subCategory")
             filters = {"subCategory": (str(sub_category),)} if sub_category else {}
-        vector, filters, refine_terms = await self._refine(item.vector, filters, options)
+        vector, filters, refine_terms, reason = await self._refine(item.vector, filters, options)
         hits = await self._store("search", self._index.search, vector, top_k, filters, (item_id,))
-        return SimilarResult(hits=tuple(hits), applied_filters=filters, refine_terms=refine_terms)
+        if not hits and refine_terms and filters:
+            reason = words.join_reasons(reason, words.nothing_matches(filters))
+        return SimilarResult(hits=tuple(hits), applied_filters=filters, refine_terms=refine_terms, reason=reason)
 
     async def _refine(
         self, vector: np.ndarray, filters: dict[str, tuple[str, ...]], options: SearchOptions
-    ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], tuple[QueryTerm, ...]]:
-        """The photo's vector and filters refined by options.refine_text (services/gateway/words.py)."""
+    ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], tuple[QueryTerm, ...], str]:
+        """The photo's vector and filters refined by options.refine_text (services/gateway/words.py), and the reason
+        to give when words were set aside for the caller's explicit filters."""
         if not options.refine_text:
-            return vector, filters, ()
+            return vector, filters, (), ""
         try:
             text = await self._embedder.embed_text(check_query(options.refine_text))
         except InvalidArgument as error:
             raise InvalidArgument(f"refine_text: {error.message}") from None
         words.check_refinement(text)
-        refined = words.refine_filters(
-            filters, words.word_filters(text.terms, words.REFINE_MIN_CONFIDENCE), options.mode
-        )
-        return refine_vector(vector, text.vector, words.REFINE_WEIGHT), refined, text.terms
+        named = words.word_filters(text.terms, words.REFINE_MIN_CONFIDENCE)
+        refined = words.refine_filters(filters, named, options.mode)
+        reason = words.set_aside(named, filters) if options.mode is FilterMode.EXPLICIT else ""
+        return refine_vector(vector, text.vector, words.REFINE_WEIGHT), refined, text.terms, reason
 
     async def search_text(self, query: str, options: TextSearchOptions) -> TextSearchResult:
         """Products for a text query: its vector in the photos' space, the attribute values its words name as
@@ -252,8 +258,9 @@ class GatewayService:
             # Filters alone have no ranking: a zero vector is equally far from every (unit) photo vector.
             vector = np.zeros_like(text.vector) if match is TextMatch.FILTERS else text.vector
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters))
-            if not hits and filters:
-                reason = f"no product in the catalogue has {words.describe(filters)}"
+            reason = words.join_reasons(
+                words.set_aside(understood, explicit), words.nothing_matches(filters) if not hits and filters else ""
+            )
         return TextSearchResult(
             hits=hits,
             terms=text.terms,

@@ -136,6 +136,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             classifier_model=model_to_proto(result.classification.model),
             embedder_model=model_to_proto(result.embedder_model),
             refine_terms=terms_to_proto(result.refine_terms),
+            reason=result.reason,
         )
 
     @rpc_errors
@@ -147,6 +148,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             hits=[hit_to_proto(h) for h in result.hits],
             applied_filters=filters_to_proto(result.applied_filters),
             refine_terms=terms_to_proto(result.refine_terms),
+            reason=result.reason,
         )
 
     @rpc_errors

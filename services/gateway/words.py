@@ -45,8 +45,28 @@ def nothing_known(text: TextEmbedding) -> str:
 
 
 def combine(words: Filters, explicit: Mapping[str, tuple[str, ...]]) -> Filters:
-    """The words' filters with the request's explicit ones; on the same field the explicit filter wins."""
+    """The words' filters with the request's explicit ones; on the same field the explicit filter wins (SearchText,
+    and refine_text on photo and by-id searches alike)."""
     return {**words, **explicit}
+
+
+def set_aside(words: Filters, explicit: Mapping[str, tuple[str, ...]]) -> str:
+    """The reason given when words name other values on a field an explicit filter sets (the filter is kept), or
+    ""."""
+    clashes = [name for name, values in words.items() if name in explicit and set(values) != set(explicit[name])]
+    if not clashes:
+        return ""
+    named = describe({name: words[name] for name in clashes})
+    kept = describe({name: explicit[name] for name in clashes})
+    return f"the words name {named}, the request's filter {kept}: the filter is kept"
+
+
+def nothing_matches(filters: Mapping[str, tuple[str, ...]]) -> str:
+    return f"no product in the catalogue has {describe(filters)}"
+
+
+def join_reasons(*reasons: str) -> str:
+    return "; ".join(reason for reason in reasons if reason)
 
 
 def describe(filters: Mapping[str, tuple[str, ...]]) -> str:
@@ -55,11 +75,14 @@ def describe(filters: Mapping[str, tuple[str, ...]]) -> str:
 
 
 def refine_filters(filters: Mapping[str, tuple[str, ...]], words: Filters, mode: FilterMode) -> Filters:
-    """A photo search's filters refined by the words' filters: a word's value replaces the mode's filter on its
-    field, and an article type named in words replaces the photo's predicted subCategory (a jeans refinement of a
-    shirt photo must not stay among tops)."""
+    """A photo search's filters refined by the words' filters. The caller's explicit filters win on their fields,
+    as in SearchText (combine); otherwise a word's value replaces the mode's filter on its field, and an article type
+    named in words replaces the photo's predicted subCategory (a jeans refinement of a shirt photo must not stay
+    among tops)."""
+    if mode is FilterMode.EXPLICIT:
+        return combine(words, filters)
     out = dict(filters)
-    if "articleType" in words and mode is not FilterMode.EXPLICIT:
+    if "articleType" in words:
         out.pop("subCategory", None)
     out.update(words)
     return out

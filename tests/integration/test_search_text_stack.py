@@ -89,6 +89,17 @@ def test_refine_a_photo_and_an_item_with_words(stack):
         timeout=10,
     )
     assert {h.payload.base_colour for h in by_id.hits} == {"Navy Blue"} and by_id.refine_terms[0].value == "Navy Blue"
+    assert reply.reason == by_id.reason == ""
+    kept = stack.stub.SearchById(
+        gateway_pb2.SearchByIdRequest(
+            id=301,
+            refine_text="in red",
+            filter_mode=gateway_pb2.FILTER_MODE_EXPLICIT,
+            filters=[gateway_pb2.FieldFilter(field="baseColour", values=["Navy Blue"])],
+        ),
+        timeout=10,
+    )
+    assert {h.payload.base_colour for h in kept.hits} == {"Navy Blue"} and "filter is kept" in kept.reason
     with pytest.raises(grpc.RpcError) as caught:
         stack.stub.SearchById(gateway_pb2.SearchByIdRequest(id=301, refine_text="xqzt"), timeout=10)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -147,6 +158,10 @@ def test_http_refine_and_openapi(api):
     assert status == 200 and {h["payload"]["base_colour"] for h in body["hits"]} == {"Red"}, body
     status, body = api.json("POST", "/v1/search/by-id", {"id": 301, "filter_mode": "none", "refine": "xqzt"})
     assert "refine_text" in error_of(status, body, 400)
+    # The caller's explicit filter wins over the words on its field, as in /v1/search/text, and the answer says so.
+    status, body = api.json("GET", "/v1/items/304/similar?refine=in%20red&filter.baseColour=Navy%20Blue")
+    assert status == 200 and {h["payload"]["base_colour"] for h in body["hits"]} == {"Navy Blue"}, body
+    assert "baseColour Red" in body["reason"] and "filter is kept" in body["reason"], body
     status, spec = api.json("GET", "/openapi.json")
     assert status == 200 and "/v1/search/text" in spec["paths"]
     assert "QueryTerm" in spec["components"]["schemas"]

@@ -185,6 +185,26 @@ async def test_an_article_type_in_the_words_replaces_the_predicted_subcategory(s
 
 
 @run_async
+async def test_refine_words_and_explicit_filters_follow_search_texts_rule_and_say_why(service):
+    """One rule for photo, by-id and text searches: on the same field the caller's explicit filter wins over what
+    the words name, and the answer says so; words that leave no product with the filters give a reason too."""
+    await load(service)
+    blue = SearchOptions(mode=FilterMode.EXPLICIT, filters=(("baseColour", ("Blue",)),), refine_text="in red")
+    for result in (await service.search(image("photo"), blue), await service.search_by_id(1, blue)):
+        assert result.applied_filters == {"baseColour": ("Blue",)}
+        assert {h.payload["baseColour"] for h in result.hits} == {"Blue"}
+        assert "baseColour Red" in result.reason and "baseColour Blue" in result.reason
+    text = await service.search_text("red", TextSearchOptions(filters=(("baseColour", ("Blue",)),)))
+    assert text.applied_filters == {"baseColour": ("Blue",)} and text.reason == result.reason
+    topwear = SearchOptions(mode=FilterMode.EXPLICIT, filters=(("subCategory", ("Topwear",)),), refine_text="jeans")
+    nothing = await service.search_by_id(1, topwear)
+    assert nothing.hits == ()
+    assert nothing.reason == "no product in the catalogue has articleType Jeans and subCategory Topwear"
+    plain = await service.search_by_id(2, SearchOptions(refine_text="red"))
+    assert plain.hits and plain.reason == ""
+
+
+@run_async
 async def test_refined_more_like_this(service):
     await load(service)
     result = await service.search_by_id(2, SearchOptions(refine_text="red"))

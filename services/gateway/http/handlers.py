@@ -106,6 +106,7 @@ class HttpApi:
                 "classifier_model": model_json(result.classification.model),
                 "embedder_model": model_json(result.embedder_model),
                 "refine_terms": terms_json(result.refine_terms),
+                "reason": result.reason,
             },
         )
 
@@ -145,6 +146,7 @@ class HttpApi:
                 "hits": [self.hit_json(h) for h in result.hits],
                 "applied_filters": filters_json(result.applied_filters),
                 "refine_terms": terms_json(result.refine_terms),
+                "reason": result.reason,
             },
         )
 

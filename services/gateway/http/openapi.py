@@ -40,11 +40,17 @@ def _errors(*statuses: int) -> dict[str, Any]:
 
 # Searching by words: POST /v1/search/text and the refine parameter of photo searches.
 
+REFINE_REASON = {
+    "type": "string",
+    "description": "why refine words were set aside for an explicit filter on their field (the filter wins, as in"
+    " /v1/search/text), or why words and filters left no product; empty otherwise",
+}
 REFINE_PARAMETER = {
     "name": REFINE_PARAM,
     "in": "query",
     "description": "Words that refine the search, e.g. 'in red' or 'for women': the vector moves towards the "
-    "words' vector and the values they name become filters (a multipart field of /v1/search works too)",
+    "words' vector and the values they name become filters, except on a field an explicit filter sets (the filter"
+    " wins; the answer's reason says so); a multipart field of /v1/search works too",
     "schema": {"type": "string", "maxLength": MAX_QUERY_CHARS},
 }
 
@@ -222,6 +228,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "classifier_model": model,
                 "embedder_model": model,
                 "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
+                "reason": REFINE_REASON,
             },
         },
         "SimilarResponse": {
@@ -230,6 +237,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 "hits": {"type": "array", "items": _ref("Hit")},
                 "applied_filters": _ref("AppliedFilters"),
                 "refine_terms": {"type": "array", "items": _ref("QueryTerm")},
+                "reason": REFINE_REASON,
             },
         },
         "SearchByIdRequest": {
