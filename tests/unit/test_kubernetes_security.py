@@ -74,10 +74,12 @@ def test_every_workload_has_an_ingress_policy_and_ports_admit_only_their_callers
     assert metrics_rule["from"][0]["namespaceSelector"] == {}
 
 
-def test_the_indexer_pods_carry_the_label_the_policies_admit():
+def test_the_indexer_pods_carry_the_label_the_policies_admit_and_take_only_scrapes():
     for name in ("indexer.yaml", "indexer-switch.yaml"):
         (job,) = documents(KUBERNETES / "jobs" / name)
         assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "indexer", name
+    assert admitted(ingress_rules("indexer"), 9103) == [PROMETHEUS]
+    assert {p["port"] for rule in ingress_rules("indexer") for p in rule["ports"]} == {9103}
 
 
 def test_the_gateway_service_does_not_expose_metrics():
