@@ -24,7 +24,7 @@ from fashionsearch.model_contract import ModelSpec
 from training import data, probe, robustness
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
-from training.recipe import RECIPES, TrainOptions, get_recipe
+from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
 from training.recipes.text import TextSettings, train_text
 
 log = logging.getLogger("training")
@@ -54,6 +54,7 @@ def cmd_split(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    args.model = recipe_name(args.model)  # a deprecated name runs as its new name, in the new name's run folder
     recipe = get_recipe(args.model)
     dataset, split = _load(args)
     run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
@@ -80,7 +81,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     data.configure_tensorflow(args.threads)
-    run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / args.model
+    run_dir = args.run or data.REPO_ROOT / ".cache" / "runs" / recipe_name(args.model)
     spec = export_model(load_trained(run_dir), args.out, version=args.version, min_parity_images=args.min_parity_images)
     log.info("exported %s to %s", spec.identity, args.out)
     return 0
@@ -203,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_split)
 
     p = commands.add_parser("train", help="train a model (and export it with --out)")
-    p.add_argument("model", help=f"one of: {', '.join(sorted(RECIPES))}")
+    p.add_argument(
+        "model",
+        help=f"one of: {', '.join(sorted(RECIPES))} (deprecated: {', '.join(sorted(DEPRECATED_NAMES))})",
+    )
     _data_args(p)
     p.add_argument("--run", type=Path, default=None, help="working folder (default .cache/runs/<model>)")
     p.add_argument("--out", type=Path, default=None, help="export model.onnx + model.json here")

@@ -25,21 +25,18 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec
 from training import data, lite
+from training.embedding import EMBEDDING_ATTRIBUTES
+from training.heads import HEAD_ATTRIBUTES, LabelledSplits
 from training.metrics import top1_accuracy
 from training.recipe import TrainOptions
-from training.recipes.classifier import HEAD_ATTRIBUTES
-from training.recipes.embedder import EMBEDDING_ATTRIBUTES
 from training.recipes.pretrained import (
-    LabelledSplits,
-    TrunkPlan,
+    LITE_PEAK_LR,
     build_training_model,
-    cached_views,
-    fit_on_views,
-    predict_on_views,
     pretrained_trunk,
     training_losses,
     training_targets,
 )
+from training.view_cache import TrunkPlan, cached_views, fit_on_views, predict_on_views
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +94,9 @@ def probe(
     losses, weights = training_losses(y_train, labelled.sizes)
     targets = training_targets(y_train, plan.views)
     # Epochs high enough that the wall-clock budget always ends the run: every plan trains for the same minutes.
-    schedule, fit_seconds = fit_on_views(model, views["train"], targets, losses, weights, options, 100, minutes)
+    schedule, fit_seconds = fit_on_views(
+        model, views["train"], targets, losses, weights, options, 100, minutes, LITE_PEAK_LR
+    )
 
     accuracy = {}
     for name, key in (("packshot", "val"), ("shopper_view", "val_shopper")):

@@ -23,9 +23,9 @@ import numpy as np
 
 from fashionsearch.model_contract import ModelSpec
 from training import data, evaluate, metrics, probe
+from training import hierarchy as decoding
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 from training.metrics import softmax
-from training.recipes import hierarchy as decoding
 
 log = logging.getLogger("training.production_report")
 

@@ -7,6 +7,7 @@ model.onnx + model.json; evaluation only needs those two files.
 from __future__ import annotations
 
 import importlib
+import logging
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,23 +17,48 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec
 
-# name -> "module:function"; a new recipe is a module in training/recipes/ and one line here.
+log = logging.getLogger(__name__)
+
+# name -> "module:function"; a new recipe is a module in training/recipes/ and one line here. A recipe imports no
+# other recipe: what recipes share lives in training/ (heads, embedding, view_cache, scratch_trunk, hierarchy).
 RECIPES: dict[str, str] = {
     "paper-cnn": "training.recipes.paper:train_cnn",
     "paper-autoencoder": "training.recipes.paper:train_autoencoder",
-    "classifier": "training.recipes.classifier:train_classifier",
-    "classifier-heads": "training.recipes.classifier:train_classifier_heads",
-    "embedder": "training.recipes.embedder:train_embedder",
+    "scratch-classifier": "training.recipes.scratch_classifier:train_classifier",
+    "scratch-classifier-heads": "training.recipes.scratch_classifier:train_classifier_heads",
+    "scratch-embedder": "training.recipes.scratch_embedder:train_embedder",
     "lite-classifier": "training.recipes.pretrained:train_classifier",
     "lite-embedder": "training.recipes.pretrained:train_embedder",
     "lite-student": "training.recipes.student:train_classifier",
     "lite-student-embedder": "training.recipes.student:train_embedder",
 }
 
+# The names of version 0.1, kept for one version (deprecated): `train classifier` built the scratch model while the
+# served classifier came from `train lite-classifier`.
+DEPRECATED_NAMES: dict[str, str] = {
+    "classifier": "scratch-classifier",
+    "classifier-heads": "scratch-classifier-heads",
+    "embedder": "scratch-embedder",
+}
+
+
+def recipe_name(name: str) -> str:
+    """The recipe's current name: `name` itself, or what a deprecated name is called now (with a warning)."""
+    if name in DEPRECATED_NAMES:
+        new = DEPRECATED_NAMES[name]
+        log.warning(
+            "the recipe name %r is deprecated and goes in the next version: it is %r now (the served models come "
+            "from lite-classifier and lite-embedder)",
+            name,
+            new,
+        )
+        return new
+    return name
+
 
 def get_recipe(name: str) -> Callable[..., TrainedModel]:
     try:
-        target = RECIPES[name]
+        target = RECIPES[recipe_name(name)]
     except KeyError:
         raise SystemExit(f"unknown model {name!r}; known: {', '.join(sorted(RECIPES))}") from None
     module, func = target.split(":")

@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FILE = "checkpoint.keras"
 HISTORY_FILE = "history.json"
+#: Share of a ProgressSchedule spent warming up to the peak learning rate (every recipe that uses one).
+WARMUP = 0.03
 
 
 class JsonHistory(keras.callbacks.Callback):

@@ -10,9 +10,9 @@ import onnxruntime as ort
 import pytest
 
 from fashionsearch.model_contract import ModelSpec, preprocess
-from training import data, export, layers, metrics
+from training import data, embedding, export, heads, hierarchy, layers, metrics, scratch_trunk
 from training.recipe import Head, TrainedModel
-from training.recipes import classifier, embedder, hierarchy
+from training.recipes import scratch_classifier, scratch_embedder
 
 pytestmark = pytest.mark.training
 
@@ -43,14 +43,14 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
     import keras
 
     data.configure_tensorflow(1, 0)
-    model = classifier.build_classifier(SIZES, **TINY_TRUNK)
+    model = scratch_classifier.build_classifier(SIZES, **TINY_TRUNK)
     targets = _targets(32)
     model.compile(
         optimizer=keras.optimizers.AdamW(1e-3),
         loss={
             a: layers.MaskedSmoothedCrossEntropy(
-                metrics.class_weights(targets[a], k, classifier.CLASS_WEIGHT_POWER),
-                classifier.LABEL_SMOOTHING,
+                metrics.class_weights(targets[a], k, heads.CLASS_WEIGHT_POWER),
+                heads.LABEL_SMOOTHING,
                 name=f"{a}_ce",
             )
             for a, k in SIZES.items()
@@ -58,11 +58,11 @@ def _train_a_few_steps() -> tuple[object, dict[str, float]]:
         metrics={a: [layers.MaskedAccuracy()] for a in SIZES},
     )
     ds = data.make_tf_dataset(
-        _pixels(32), targets, classifier.PRODUCTION_INPUT, 16, shuffle=True, augment=classifier.AUGMENT
+        _pixels(32), targets, scratch_trunk.SCRATCH_INPUT, 16, shuffle=True, augment=scratch_classifier.AUGMENT
     )
     history = model.fit(ds, epochs=1, verbose=0, shuffle=False)
     assert np.isfinite(history.history["loss"][0])
-    return model, {a: 1.0 + 0.1 * k for k, a in enumerate(classifier.HEAD_ATTRIBUTES)}
+    return model, {a: 1.0 + 0.1 * k for k, a in enumerate(heads.HEAD_ATTRIBUTES)}
 
 
 def _saved_run_loads_in_a_fresh_process(trained: TrainedModel, run_dir) -> str:
@@ -85,21 +85,21 @@ def _classifier(exported: object) -> TrainedModel:
         name="classifier",
         kind="classifier",
         model=exported,
-        input_spec=classifier.PRODUCTION_INPUT,
-        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in classifier.HEAD_ATTRIBUTES),
+        input_spec=scratch_trunk.SCRATCH_INPUT,
+        heads=tuple(Head(a, tuple(f"{a}{i}" for i in range(SIZES[a]))) for a in heads.HEAD_ATTRIBUTES),
         parity_pixels=_pixels(256, seed=3),
     )
 
 
 def test_classifier_trains_and_exports_calibrated_softmax_heads(tmp_path):
     model, temperatures = _train_a_few_steps()
-    assert classifier.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
-    exported = classifier.calibrated_classifier(model, temperatures)
+    assert scratch_trunk.feature_model(model).output_shape == (None, 32)  # pools of the last two stages
+    exported = scratch_classifier.calibrated_classifier(model, temperatures)
     trained = _classifier(exported)
     spec = export.export_model(trained, tmp_path / "classifier")
     loaded = ModelSpec.load(tmp_path / "classifier")
     assert loaded == spec
-    assert [h.attribute for h in loaded.outputs] == list(classifier.HEAD_ATTRIBUTES)
+    assert [h.attribute for h in loaded.outputs] == list(heads.HEAD_ATTRIBUTES)
     assert loaded.input.height == 80 and loaded.input.width == 60
     session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = preprocess(list(_pixels(4, seed=5)), loaded.input)
@@ -117,22 +117,23 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     import keras
 
     model, temperatures = _train_a_few_steps()
-    trunk = classifier.feature_model(model)
+    trunk = scratch_trunk.feature_model(model)
     trunk.trainable = False
     trunk_weights = [w.copy() for w in trunk.get_weights()]
     pixels, targets = _pixels(32), _targets(32)
-    features = np.asarray(trunk.predict(preprocess(list(pixels), classifier.PRODUCTION_INPUT), verbose=0))
-    heads = classifier.build_heads(features.shape[1], SIZES, features.mean(axis=0), features.var(axis=0) + 1e-6)
-    heads.compile(
+    features = np.asarray(trunk.predict(preprocess(list(pixels), scratch_trunk.SCRATCH_INPUT), verbose=0))
+    mean, variance = features.mean(axis=0), features.var(axis=0) + 1e-6
+    head_model = scratch_classifier.build_heads(features.shape[1], SIZES, mean, variance)
+    head_model.compile(
         optimizer=keras.optimizers.Adam(1e-3),
         loss={
-            a: layers.MaskedSmoothedCrossEntropy(np.ones(k), classifier.LABEL_SMOOTHING, name=f"{a}_ce")
+            a: layers.MaskedSmoothedCrossEntropy(np.ones(k), heads.LABEL_SMOOTHING, name=f"{a}_ce")
             for a, k in SIZES.items()
         },
     )
-    assert np.isfinite(heads.fit(features, targets, batch_size=16, epochs=1, verbose=0).history["loss"][0])
-    inputs = keras.Input((80, 60, 3), name=classifier.PRODUCTION_INPUT.name)
-    exported = keras.Model(inputs, classifier.calibrated_outputs(heads(trunk(inputs)), temperatures))
+    assert np.isfinite(head_model.fit(features, targets, batch_size=16, epochs=1, verbose=0).history["loss"][0])
+    inputs = keras.Input((80, 60, 3), name=scratch_trunk.SCRATCH_INPUT.name)
+    exported = keras.Model(inputs, heads.calibrated_outputs(head_model(trunk(inputs)), temperatures))
     for before, after in zip(trunk_weights, trunk.get_weights(), strict=True):
         np.testing.assert_array_equal(before, after)  # the trunk stays as trained (the embedder shares it)
 
@@ -142,7 +143,7 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     session = ort.InferenceSession(str(tmp_path / "classifier" / "model.onnx"), providers=["CPUExecutionProvider"])
     x = preprocess(list(_pixels(4, seed=5)), loaded.input)
     outputs = session.run([h.name for h in loaded.outputs], {loaded.input.name: x})
-    logits = heads.predict(trunk.predict(x, verbose=0), verbose=0)
+    logits = head_model.predict(trunk.predict(x, verbose=0), verbose=0)
     independent = {a: metrics.softmax(np.asarray(logits[a]) / t) for a, t in temperatures.items()}
     for head, probs in zip(loaded.outputs, outputs, strict=True):
         np.testing.assert_allclose(probs, independent[head.attribute], atol=1e-4)
@@ -150,7 +151,7 @@ def test_heads_refit_on_a_frozen_trunk_exports_calibrated_softmax_heads(tmp_path
     # With hierarchical decoding the three hierarchy heads come out decoded under the same names, the rest as
     # before; the run folder loads in a fresh process (training.export registers the layer).
     decoding = hierarchy.hierarchical_decoding([independent[a] for a in hierarchy.HIERARCHY], _hierarchy(), 1.2)
-    decoded = keras.Model(inputs, classifier.calibrated_outputs(heads(trunk(inputs)), temperatures, decoding))
+    decoded = keras.Model(inputs, heads.calibrated_outputs(head_model(trunk(inputs)), temperatures, decoding))
     trained = _classifier(decoded)
     export.export_model(trained, tmp_path / "decoded")
     session = ort.InferenceSession(str(tmp_path / "decoded" / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -174,7 +175,7 @@ def test_masked_loss_ignores_unlabelled_examples_and_weights_classes():
 
 def test_class_weights_favour_rare_classes_and_average_one():
     labels = np.asarray([0] * 90 + [1] * 10 + [-1] * 5)
-    w = metrics.class_weights(labels, 2, classifier.CLASS_WEIGHT_POWER)
+    w = metrics.class_weights(labels, 2, heads.CLASS_WEIGHT_POWER)
     assert w[1] > w[0]
     assert abs((w[0] * 90 + w[1] * 10) / 100 - 1.0) < 1e-5
 
@@ -193,27 +194,27 @@ def test_choose_dimension_prefers_the_smallest_within_tolerance():
         d: {"precision_at_5": {"unfiltered": {"articleType": p}}}
         for d, p in ((16, 0.80), (32, 0.871), (64, 0.875), (128, 0.874))
     }
-    assert embedder.choose_dimension(table) == 32
-    assert embedder.choose_dimension(table, tolerance=0.0) == 64
+    assert embedding.choose_dimension(table) == 32
+    assert embedding.choose_dimension(table, tolerance=0.0) == 64
 
 
 def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
     import keras
 
     data.configure_tensorflow(1, 0)
-    model = classifier.build_classifier(SIZES, **TINY_TRUNK)
-    trunk = classifier.feature_model(model)
+    model = scratch_classifier.build_classifier(SIZES, **TINY_TRUNK)
+    trunk = scratch_trunk.feature_model(model)
     rng = np.random.default_rng(0)
     features = rng.random((64, trunk.output_shape[-1]), dtype=np.float32)
-    targets = {a: rng.integers(0, 3, size=64).astype(np.int32) for a in embedder.EMBEDDING_ATTRIBUTES}
-    projection = embedder.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
+    targets = {a: rng.integers(0, 3, size=64).astype(np.int32) for a in embedding.EMBEDDING_ATTRIBUTES}
+    projection = scratch_embedder.train_projection(features, targets, 16, dict.fromkeys(targets, 3), epochs=1, batch=32)
     inputs = keras.Input((80, 60, 3), name="image")
     embedder_model = keras.Model(inputs, keras.layers.Identity(name="embedding")(projection(trunk(inputs))))
     trained = TrainedModel(
         name="embedder",
         kind="embedder",
         model=embedder_model,
-        input_spec=classifier.PRODUCTION_INPUT,
+        input_spec=scratch_trunk.SCRATCH_INPUT,
         embedding_dim=16,
         parity_pixels=_pixels(256, seed=4),
     )
@@ -231,9 +232,10 @@ def test_embedder_projection_trains_and_exports_unit_vectors(tmp_path):
 
 def test_production_trunk_fits_the_budget():
     data.configure_tensorflow(1, 0)
-    model = classifier.build_classifier({"articleType": 98, "baseColour": 43})
+    model = scratch_classifier.build_classifier({"articleType": 98, "baseColour": 43})
     assert model.count_params() < 1_250_000  # float32 ONNX well under 5 MB
-    assert classifier.feature_model(model).output_shape == (None, classifier.WIDTHS[-1] + classifier.WIDTHS[-2])
+    widths = scratch_classifier.WIDTHS
+    assert scratch_trunk.feature_model(model).output_shape == (None, widths[-1] + widths[-2])
 
 
 def test_search_latency_is_measured():

@@ -1,7 +1,8 @@
 """The import structure that keeps modules independent: no import cycle anywhere in the project's packages (every
 import counts: in functions and under TYPE_CHECKING too), the services never import each other, the shared package
-imports no service, job or training module, training's modules import one another at module level, and the
-benchmarks and training code never reach into tests/ nor load a source file by its path."""
+imports no service, job or training module, no training recipe imports another, training's modules import one
+another at module level, and the benchmarks and training code never reach into tests/ nor load a source file by its
+path."""
 
 from __future__ import annotations
 
@@ -146,6 +147,19 @@ def test_services_import_no_other_service_and_the_shared_package_imports_none():
                 offending.append(f"{module} imports {other}: the shared package depends on nothing above it")
             if top[0] in ("services", "jobs") and theirs[0] in ("training", "testkit", "bench"):
                 offending.append(f"{module} imports {other}: production code imports no training or test code")
+    assert not offending, offending
+
+
+def test_recipes_import_no_recipe():
+    """What recipes share lives in training/ (heads, embedding, view_cache, ...): a recipe is one model's recipe."""
+    graph = _graph(("training",))
+    offending = [
+        f"{module} imports {other}"
+        for module, imported in sorted(graph.items())
+        if module.startswith("training.recipes.")
+        for other in sorted(imported)
+        if other.startswith("training.recipes.")
+    ]
     assert not offending, offending
 
 

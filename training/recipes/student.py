@@ -31,23 +31,17 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec, ModelSpec
 from training import data, lite
+from training.embedding import retrieval_summary
 from training.evaluate import load_model, predict
+from training.heads import HEAD_ATTRIBUTES, HEAD_DROPOUT, LOSS_WEIGHTS, LabelledSplits, head_losses
 from training.recipe import TrainedModel, TrainOptions
-from training.recipes.classifier import (
-    HEAD_ATTRIBUTES,
-    LOSS_WEIGHTS,
-)
-from training.recipes.embedder import retrieval_summary
-from training.recipes.pretrained import (
+from training.view_cache import (
     DEFAULT_BATCH,
-    HEAD_DROPOUT,
     SPLIT_AT,
-    LabelledSplits,
-    calibrated_classifier,
+    calibrated_view_classifier,
     early_features,
     early_session,
     fit_on_views,
-    head_losses,
     shopper_views,
     training_views,
 )
@@ -58,7 +52,7 @@ STUDENT_INPUT = InputSpec(name="image", height=80, width=60, **lite.LITE_SCALING
 STUDENT_VIEWS = 3  # per training image: the packshot and two shopper views, each labelled by the teacher
 VIEW_SEED = 7  # added to the run's seed: views the teacher was not trained on
 DEFAULT_MINUTES = 15.0
-PEAK_LR = 3e-4  # lower than the teacher's: the student starts from the teacher's weights
+STUDENT_PEAK_LR = 3e-4  # lower than the teacher's: the student starts from the teacher's weights
 SOFT_WEIGHT = 0.7  # of each head's loss: the teacher's probabilities; the label has the rest
 EMBEDDING_WEIGHT = 4.0  # on 1 - cosine(student, teacher); about the size of a head's loss early on
 DEFAULT_TEACHER = (data.REPO_ROOT / "models" / "classifier", data.REPO_ROOT / "models" / "embedder")
@@ -156,12 +150,12 @@ def train_classifier(
     epochs = options.epochs or 6
     minutes = DEFAULT_MINUTES if options.max_minutes is None else options.max_minutes
     schedule, fit_seconds = fit_on_views(
-        model, np.concatenate(features), targets, losses, weights, options, epochs, minutes, PEAK_LR
+        model, np.concatenate(features), targets, losses, weights, options, epochs, minutes, STUDENT_PEAK_LR
     )
 
     inputs = keras.Input((STUDENT_INPUT.height, STUDENT_INPUT.width, 3), name=STUDENT_INPUT.name)
     pooled = late(early(inputs))
-    exported, validation = calibrated_classifier(model, inputs, pooled, val_views, y_val, full_train, vocabularies)
+    exported, validation = calibrated_view_classifier(model, inputs, pooled, val_views, y_val, full_train, vocabularies)
     embedding = projection(pooled)
     keras.Model(inputs, embedding, name="embedder").save(run_dir / "embedder.keras")
     return labelled.classifier(
@@ -188,7 +182,7 @@ def train_classifier(
                 "batch_size": batch,
                 "epochs_planned": epochs,
                 "max_minutes": minutes,
-                "peak_lr": PEAK_LR,
+                "peak_lr": STUDENT_PEAK_LR,
                 "train_images": len(train),
                 "val_images": len(val),
                 "seed": options.seed,

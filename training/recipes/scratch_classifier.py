@@ -1,6 +1,7 @@
-"""The production classifier: two recipes.
+"""The scratch classifier (models 5, `models/classifier-scratch`; the served one is `train lite-classifier`): two
+recipes.
 
-Classifier (`python -m training train classifier`)
+Classifier (`python -m training train scratch-classifier`)
     A compact residual CNN of depthwise-separable blocks at the photos' native 80x60 (no resize), one shared
     trunk, pooled features from the last two stages (the "features" layer), and one dropout + dense softmax head
     per attribute. Losses: label-smoothed cross-entropy per head, examples without a usable label masked out
@@ -11,7 +12,7 @@ Classifier (`python -m training train classifier`)
     resumes from it (same run folder). After training, one temperature per head is fitted on the validation
     split (NLL) and baked into the exported softmax.
 
-Classifier heads (`python -m training train classifier-heads`, after the classifier)
+Classifier heads (`python -m training train scratch-classifier-heads`, after the classifier)
     The trained classifier's trunk, frozen, with its heads refitted on the trunk's pooled features of the training
     split (original + mirrored): one shared hidden layer of HEADS_HIDDEN ReLU units and dropout, then a dense
     layer per attribute, same losses, then the same temperature calibration. The masterCategory, subCategory and
@@ -28,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -39,39 +39,25 @@ import numpy as np
 
 from fashionsearch.model_contract import InputSpec
 from training import data
-from training.export import load_trained
-from training.layers import HierarchicalDecoding, MaskedAccuracy, MaskedSmoothedCrossEntropy
-from training.metrics import class_weights, expected_calibration_error, fit_temperature, nll, softmax, top1_accuracy
+from training.heads import (
+    CLASS_WEIGHT_POWER,
+    HEAD_ATTRIBUTES,
+    HEAD_DROPOUT,
+    LABEL_SMOOTHING,
+    LOSS_WEIGHTS,
+    MIN_CLASS_COUNT,
+    calibrate,
+    calibrated_outputs,
+)
+from training.hierarchy import HIERARCHY, decode_hierarchy, hierarchy_matrices
+from training.layers import MaskedAccuracy, MaskedSmoothedCrossEntropy
+from training.metrics import class_weights, nll
 from training.recipe import Head, TrainedModel, TrainOptions
-from training.recipes.hierarchy import HIERARCHY, decode_hierarchy, hierarchy_matrices
-from training.trainer import JsonHistory, ProgressSchedule
+from training.scratch_trunk import SCRATCH_INPUT, load_frozen_trunk, trunk_features
+from training.trainer import WARMUP, JsonHistory, ProgressSchedule
 
 log = logging.getLogger(__name__)
 
-# Native size; ImageNet-free, so a plain [-1, 1] scaling.
-PRODUCTION_INPUT = InputSpec(
-    name="image",
-    height=data.NATIVE_HEIGHT,
-    width=data.NATIVE_WIDTH,
-    scale=2.0 / 255.0,
-    mean=(1.0, 1.0, 1.0),
-    std=(1.0, 1.0, 1.0),
-    resize="stretch",
-)
-# Head order = ONNX output order. articleType first: it is the hardest and the one retrieval is judged on.
-HEAD_ATTRIBUTES = ("masterCategory", "subCategory", "articleType", "gender", "baseColour", "season", "usage")
-LOSS_WEIGHTS = {
-    "masterCategory": 0.3,
-    "subCategory": 0.6,
-    "articleType": 1.0,
-    "gender": 0.6,
-    "baseColour": 0.8,
-    "season": 0.3,
-    "usage": 0.3,
-}
-MIN_CLASS_COUNT = 10  # rare-class rule (data.Vocabulary): classes with fewer training examples are ignored
-CLASS_WEIGHT_POWER = 0.25
-LABEL_SMOOTHING = 0.1
 
 # Trunk: stem conv (stride 2) then stages of depthwise-separable residual blocks. The last two stages are wide
 # (192/384, 576 pooled features) and the first two narrow: late stages run on 10x8 and 5x4 maps, so width there
@@ -80,24 +66,21 @@ LABEL_SMOOTHING = 0.1
 STEM = 24
 WIDTHS = (32, 64, 192, 384)
 DEPTHS = (1, 2, 3, 2)
-HEAD_DROPOUT = 0.2
 
 DEFAULT_EPOCHS = 30
 DEFAULT_BATCH = 64
 DEFAULT_MINUTES = 50.0  # training loop; calibration and export take a few minutes more
-PEAK_LR = 2e-3
+SCRATCH_PEAK_LR = 2e-3  # from scratch: higher than the fine-tuning recipes'
 WEIGHT_DECAY = 5e-5
-WARMUP = 0.03
 AUGMENT = data.Augmentation(shift=0.06, zoom=0.08, rotation_deg=6.0, hflip=True)
 
-# Head refit (`train classifier-heads`): one shared hidden layer for all heads, on the frozen trunk's features.
+# Head refit (`train scratch-classifier-heads`): one shared hidden layer for all heads, on the frozen trunk's features.
 HEADS_HIDDEN = 1024
 HEADS_DROPOUT = 0.2
 HEADS_EPOCHS = 20
 HEADS_BATCH = 256
 HEADS_LR = 2e-3
 
-CLASSIFIER_RUN = data.REPO_ROOT / ".cache" / "runs" / "classifier"
 
 WEIGHTS_FILE = "checkpoint.weights.h5"
 PROGRESS_FILE = "progress.json"
@@ -139,7 +122,7 @@ def build_trunk(inputs: Any, stem: int = STEM, widths: Sequence[int] = WIDTHS, d
 
 
 def build_classifier(
-    head_sizes: Mapping[str, int], input_spec: InputSpec = PRODUCTION_INPUT, **trunk_args: Any
+    head_sizes: Mapping[str, int], input_spec: InputSpec = SCRATCH_INPUT, **trunk_args: Any
 ) -> keras.Model:
     """The training model: image -> one logits output per attribute (named after it)."""
     layers = keras.layers
@@ -150,25 +133,6 @@ def build_classifier(
         h = layers.Dropout(HEAD_DROPOUT, name=f"{attribute}_dropout")(features)
         outputs[attribute] = layers.Dense(n, name=f"{attribute}_logits")(h)
     return keras.Model(inputs, outputs, name="production_classifier")
-
-
-def calibrated_outputs(
-    logits: Mapping[str, Any], temperatures: Mapping[str, float], decoding: HierarchicalDecoding | None = None
-) -> list[Any]:
-    """softmax(logits / T) per head, in HEAD order and named after the attribute (the exported outputs); with
-    `decoding`, the HIERARCHY heads' probabilities go through it first."""
-    layers = keras.layers
-    decoded = set(HIERARCHY) if decoding is not None else set()
-    out = {
-        a: layers.Softmax(name=f"{a}_independent" if a in decoded else a)(
-            layers.Rescaling(1.0 / float(t), name=f"{a}_temperature")(logits[a])
-        )
-        for a, t in temperatures.items()
-    }
-    if decoding is not None:
-        agreed = decoding([out[a] for a in HIERARCHY])
-        out |= {a: layers.Identity(name=a)(q) for a, q in zip(HIERARCHY, agreed, strict=True)}
-    return [out[a] for a in temperatures]
 
 
 def calibrated_classifier(model: keras.Model, temperatures: Mapping[str, float]) -> keras.Model:
@@ -228,29 +192,6 @@ class Validation(keras.callbacks.Callback):
         )
 
 
-def calibrate(
-    logits: Mapping[str, np.ndarray], y_val: Mapping[str, np.ndarray]
-) -> tuple[dict[str, float], dict[str, float], dict[str, Any]]:
-    """Per head on the validation split: (temperature, accuracy, calibration before/after)."""
-    temperatures: dict[str, float] = {}
-    accuracy: dict[str, float] = {}
-    calibration: dict[str, Any] = {}
-    for a in HEAD_ATTRIBUTES:
-        keep = y_val[a] >= 0
-        z, y = logits[a][keep], y_val[a][keep]
-        t = fit_temperature(z, y)
-        temperatures[a] = t
-        accuracy[a] = top1_accuracy(z, y)
-        calibration[a] = {
-            "temperature": round(t, 4),
-            "ece_before": round(expected_calibration_error(softmax(z), y), 4),
-            "ece_after": round(expected_calibration_error(softmax(z / t), y), 4),
-            "nll_before": round(nll(z, y), 4) if len(y) else 0.0,
-            "nll_after": round(nll(z, y, t), 4) if len(y) else 0.0,
-        }
-    return temperatures, accuracy, calibration
-
-
 def predict_logits(model: keras.Model, ds: Any) -> dict[str, np.ndarray]:
     out = model.predict(ds, verbose=0)
     return {k: np.asarray(v) for k, v in out.items()}
@@ -283,7 +224,7 @@ def train_classifier(
         "batch_size": batch,
         "epochs": epochs,
         "max_minutes": budget_s / 60.0,
-        "peak_lr": PEAK_LR,
+        "peak_lr": SCRATCH_PEAK_LR,
         "weight_decay": WEIGHT_DECAY,
         "optimizer": "AdamW",
         "schedule": "warm-up + cosine over progress",
@@ -309,7 +250,7 @@ def train_classifier(
         for a in HEAD_ATTRIBUTES
     }
     model.compile(
-        optimizer=keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
+        optimizer=keras.optimizers.AdamW(SCRATCH_PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=2.0),
         loss=losses,
         loss_weights=LOSS_WEIGHTS,
         metrics={a: [MaskedAccuracy()] for a in HEAD_ATTRIBUTES},
@@ -332,19 +273,24 @@ def train_classifier(
     train_ds = data.make_tf_dataset(
         train.images,
         y_train,
-        PRODUCTION_INPUT,
+        SCRATCH_INPUT,
         batch,
         shuffle=True,
         augment=AUGMENT,
         seed=options.seed,
     )
     schedule = ProgressSchedule(
-        PEAK_LR, epochs * steps_per_epoch, budget_s, WARMUP, offset_steps=offset_steps, offset_seconds=offset_seconds
+        SCRATCH_PEAK_LR,
+        epochs * steps_per_epoch,
+        budget_s,
+        WARMUP,
+        offset_steps=offset_steps,
+        offset_seconds=offset_seconds,
     )
     history = JsonHistory(run_dir / "history.json")
     if initial_epoch and (run_dir / "history.json").is_file():
         history.history = json.loads((run_dir / "history.json").read_text())
-    validation = Validation(val.images, y_val, PRODUCTION_INPUT, run_dir, schedule, settings)
+    validation = Validation(val.images, y_val, SCRATCH_INPUT, run_dir, schedule, settings)
     started = time.monotonic()
     model.fit(
         train_ds,
@@ -358,7 +304,7 @@ def train_classifier(
     log.info("classifier trained for %.0f s (%d steps)", seconds, schedule.steps)
 
     # Temperature per head on the validation split.
-    val_ds = data.make_tf_dataset(val.images, None, PRODUCTION_INPUT, 256)
+    val_ds = data.make_tf_dataset(val.images, None, SCRATCH_INPUT, 256)
     logits = predict_logits(model, val_ds)
     temperatures, accuracy, calibration = calibrate(logits, y_val)
     log.info("validation accuracy %s; calibration %s", accuracy, calibration)
@@ -398,7 +344,7 @@ def _classifier_model(
         name="classifier",
         kind="classifier",
         model=exported,
-        input_spec=PRODUCTION_INPUT,
+        input_spec=SCRATCH_INPUT,
         heads=tuple(Head(attribute=a, labels=vocabularies[a].labels) for a in HEAD_ATTRIBUTES),
         metrics={"validation": {"accuracy": dict(accuracy), "calibration": dict(calibration)}},
         **rest,
@@ -425,7 +371,7 @@ def train_classifier_heads(
 ) -> TrainedModel:
     """The trained classifier's trunk, frozen, with its heads refitted: one shared hidden layer of HEADS_HIDDEN
     ReLU units instead of a linear layer per head, trained in minutes on the trunk's features of the training split
-    (original + mirrored), same losses, then calibrated like the classifier. Runs after `train classifier`."""
+    (original + mirrored), same losses, then calibrated like the classifier. Runs after `train scratch-classifier`."""
     data.configure_tensorflow(options.threads, options.seed)
     run_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -467,7 +413,7 @@ def train_classifier_heads(
     )
     accuracy |= hierarchy["accuracy"]
     log.info("validation accuracy %s; calibration %s; hierarchy %s", accuracy, calibration, hierarchy)
-    inputs = keras.Input((PRODUCTION_INPUT.height, PRODUCTION_INPUT.width, 3), name=PRODUCTION_INPUT.name)
+    inputs = keras.Input((SCRATCH_INPUT.height, SCRATCH_INPUT.width, 3), name=SCRATCH_INPUT.name)
     # The same layers without the training configuration (losses), so the saved model loads anywhere.
     plain_heads = keras.Model(heads.input, heads.output, name="heads")
     outputs = calibrated_outputs(plain_heads(trunk(inputs)), temperatures, decoding)
@@ -500,51 +446,4 @@ def train_classifier_heads(
         },
         parity_pixels=dataset.split(split, "val").images[:256],
         run_dir=run_dir,
-    )
-
-
-# --------------------------------------------------------------------------------------------------------------
-# The trained classifier's trunk, frozen: what the heads refit and the embedder start from
-
-
-def classifier_run_dir() -> Path:
-    """Where the trained classifier's Keras model is read from: $FASHIONSEARCH_CLASSIFIER_RUN, else the default
-    run folder of `python -m training train classifier`."""
-    return Path(os.environ.get("FASHIONSEARCH_CLASSIFIER_RUN", CLASSIFIER_RUN))
-
-
-def feature_model(classifier: keras.Model) -> keras.Model:
-    """image -> the classifier's pooled trunk features (layer "features")."""
-    return keras.Model(classifier.inputs, classifier.get_layer("features").output, name="trunk")
-
-
-def compute_features(trunk: keras.Model, images: np.ndarray, flip: bool = False) -> np.ndarray:
-    pixels = images[:, :, ::-1] if flip else images
-    ds = data.make_tf_dataset(np.ascontiguousarray(pixels), None, PRODUCTION_INPUT, 256)
-    return np.asarray(trunk.predict(ds, verbose=0), dtype=np.float32)
-
-
-def load_frozen_trunk() -> tuple[TrainedModel, keras.Model, Path]:
-    """The trained classifier of classifier_run_dir(), its trunk (frozen) and the folder: what the recipes that
-    build on the classifier (heads refit, embedder) start from."""
-    source = classifier_run_dir()
-    if not (source / "model.keras").is_file():
-        raise data.DataError(
-            f"no trained classifier in {source}: run `python -m training train classifier` "
-            "first (or set FASHIONSEARCH_CLASSIFIER_RUN)"
-        )
-    classifier = load_trained(source)
-    trunk = feature_model(classifier.model)
-    trunk.trainable = False
-    return classifier, trunk, source
-
-
-def trunk_features(
-    trunk: keras.Model, train: data.Dataset, val: data.Dataset
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(training images, the same mirrored, validation images) through the frozen trunk."""
-    return (
-        compute_features(trunk, train.images),
-        compute_features(trunk, train.images, flip=True),
-        compute_features(trunk, val.images),
     )

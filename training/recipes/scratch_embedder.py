@@ -1,6 +1,6 @@
-"""The production embedder.
+"""The scratch embedder (models 5, `models/embedder-scratch`; the served one is `train lite-embedder`).
 
-Embedder (`python -m training train embedder`)
+Embedder (`python -m training train scratch-embedder`)
     The classifier's trunk, frozen, plus a small projection (one hidden layer of EMBEDDING_HIDDEN ReLU units, then
     D dimensions), L2-normalised (Euclidean distance on the unit sphere). The hidden layer raised validation
     articleType precision@5 at D=32 from 78.1% to 80.5% (unfiltered) and 82.4% to 84.6% (filtered) over a linear
@@ -9,7 +9,7 @@ Embedder (`python -m training train embedder`)
     attribute: articleType, baseColour, gender) on the trunk's features of the training split (original +
     mirrored images). The served vector is then pulled part of the way towards the proxies it most likely
     belongs to and re-normalised (ProxyPull, inside the exported graph): classes get tighter at the same
-    dimension. It trains in minutes, so every D in EMBEDDING_DIMS is trained and the dimension is chosen on the
+    dimension. It trains in minutes, so every D in SCRATCH_EMBEDDING_DIMS is trained and the dimension is chosen on the
     validation split (precision@5); the trade-off table goes into model.json.
 
 Only the validation split is used for any choice; the test split is touched by `python -m training evaluate`.
@@ -28,22 +28,23 @@ import keras
 import numpy as np
 
 from training import data
-from training.layers import CosineProxies, MaskedSmoothedCrossEntropy, ProxyPull
-from training.metrics import retrieval_metrics, search_latency_ms
+from training.embedding import (
+    EMBEDDING_ATTRIBUTES,
+    EMBEDDING_HIDDEN,
+    choose_dimension,
+    pulled_projection,
+    retrieval_summary,
+)
+from training.heads import MIN_CLASS_COUNT
+from training.layers import CosineProxies, MaskedSmoothedCrossEntropy
+from training.metrics import search_latency_ms
 from training.recipe import TrainedModel, TrainOptions
-from training.recipes.classifier import MIN_CLASS_COUNT, PRODUCTION_INPUT, load_frozen_trunk, trunk_features
+from training.scratch_trunk import SCRATCH_INPUT, load_frozen_trunk, trunk_features
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_DIMS = (16, 32, 64, 128)
-EMBEDDING_HIDDEN = 1024
-EMBEDDING_ATTRIBUTES = {"articleType": 1.0, "baseColour": 0.5, "gender": 0.3}
-# The served embedding is pulled towards the proxies it most likely belongs to, each attribute with its loss weight
-# above as its strength (ProxyPull). Validation, v4 trunk, 32-d: articleType precision@5 82.5% / 86.0% (unfiltered /
-# filtered) against 81.3% / 85.3% without the pull, baseColour 62.5% against 60.4%, gender 89.9% against 88.5%;
-# strength 2 gave the same, 4 lost colour; appending the probabilities as extra dimensions (178-d) instead was no
-# better. The pull helps the larger dimensions more, so the choice rule moved from 32-d to 64-d (embedder 5: 83.0% /
-# 86.3%).
+#: Every dimension is trained (minutes each) and one chosen on validation (choose_dimension).
+SCRATCH_EMBEDDING_DIMS = (16, 32, 64, 128)
 DEFAULT_EMBEDDING_DIM = 64
 
 
@@ -87,31 +88,6 @@ def train_projection(
     return pulled_projection(training, projection, {a: EMBEDDING_ATTRIBUTES[a] for a in head_sizes})
 
 
-def pulled_projection(training: keras.Model, projection: keras.Model, strengths: Mapping[str, float]) -> keras.Model:
-    """features -> the served embedding: the projection's unit vector through ProxyPull, with the proxies that
-    `training` learned for each attribute of `strengths`."""
-    proxies = [training.get_layer(f"{a}_proxies") for a in strengths]
-    pull = ProxyPull([p.classes for p in proxies], list(strengths.values()), scale=proxies[0].scale, name="proxy_pull")
-    embedding = pull(projection.output)
-    pull.set_weights([np.concatenate([p.get_weights()[0] for p in proxies], axis=1)])
-    return keras.Model(projection.input, embedding, name="pulled_projection")
-
-
-def retrieval_summary(
-    queries: np.ndarray, catalogue: np.ndarray, q_labels: Mapping[str, np.ndarray], c_labels: Mapping[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    r = retrieval_metrics(queries, catalogue, q_labels, c_labels)
-    return {m: {a: round(v, 4) for a, v in r[m].items()} for m in ("unfiltered", "filtered")}
-
-
-def choose_dimension(table: Mapping[int, Mapping[str, Any]], tolerance: float = 0.005) -> int:
-    """The smallest dimension whose validation articleType precision@5 (unfiltered) is within `tolerance` of
-    the best one's: memory and search time grow linearly with the dimension."""
-    score = {d: row["precision_at_5"]["unfiltered"]["articleType"] for d, row in table.items()}
-    best = max(score.values())
-    return min(d for d, s in score.items() if s >= best - tolerance)
-
-
 def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, options: TrainOptions) -> TrainedModel:
     """The retrieval embedder on the trained classifier's frozen trunk (see the module docstring)."""
     data.configure_tensorflow(options.threads, options.seed)
@@ -146,7 +122,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
         "search_ms_per_query": round(search_latency_ms(unit, unit_val[:200]), 3),
     }
     log.info("trunk features (%d-d, L2-normalised), validation: %s", f_train.shape[1], table_raw)
-    for dim in EMBEDDING_DIMS:
+    for dim in SCRATCH_EMBEDDING_DIMS:
         t0 = time.monotonic()
         projection = train_projection(features, y, dim, sizes, epochs=epochs, batch=batch, seed=options.seed)
         e_train = np.asarray(projection.predict(f_train, batch_size=2048, verbose=0))
@@ -167,7 +143,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     log.info("chosen dimension: %d", chosen)
 
     layers = keras.layers
-    inputs = keras.Input((PRODUCTION_INPUT.height, PRODUCTION_INPUT.width, 3), name=PRODUCTION_INPUT.name)
+    inputs = keras.Input((SCRATCH_INPUT.height, SCRATCH_INPUT.width, 3), name=SCRATCH_INPUT.name)
     embedding = projections[chosen](trunk(inputs))
     embedding = layers.Identity(name="embedding")(embedding)
     model = keras.Model(inputs, embedding, name="embedder")
@@ -176,7 +152,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
         name="embedder",
         kind="embedder",
         model=model,
-        input_spec=PRODUCTION_INPUT,
+        input_spec=SCRATCH_INPUT,
         embedding_dim=chosen,
         metrics={
             "validation": {
@@ -200,7 +176,7 @@ def train_embedder(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
                 "epochs": epochs,
                 "batch_size": batch,
                 "optimizer": "Adam 3e-3 cosine",
-                "dims_tried": list(EMBEDDING_DIMS),
+                "dims_tried": list(SCRATCH_EMBEDDING_DIMS),
                 "choice_rule": "smallest dimension within 0.5 points of the best validation "
                 "articleType precision@5 (unfiltered)",
                 "train_images": len(train),
