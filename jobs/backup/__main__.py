@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fashionsearch.errors import StoreError
-from fashionsearch.store import EmbedderIdentity, open_catalog
+from fashionsearch.store import CollectionCatalog, CollectionInfo, EmbedderIdentity, open_catalog
 from fashionsearch.store.backup import (
     BackupInfo,
     backup_name,
@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _catalog(args: argparse.Namespace):  # noqa: ANN202 - CollectionCatalog
+def _catalog(args: argparse.Namespace) -> CollectionCatalog:
     if not (args.edge_dir or args.qdrant_url or args.qdrant_path):
         raise StoreError("name the store: --edge-dir, --qdrant-url or --qdrant-path")
     return open_catalog(data_dir=args.edge_dir, qdrant_url=args.qdrant_url, qdrant_path=args.qdrant_path)
@@ -119,7 +119,7 @@ def create_through_gateway(args: argparse.Namespace) -> BackupInfo:
     return read_manifest(args.backups / answer["backup"])
 
 
-def _expected_embedder(args: argparse.Namespace, live_info) -> EmbedderIdentity | None:  # noqa: ANN001
+def _expected_embedder(args: argparse.Namespace, live_info: CollectionInfo | None) -> EmbedderIdentity | None:
     if args.expect_embedder:
         model, sep, version = args.expect_embedder.rpartition("@")
         if not sep or not model or not version:

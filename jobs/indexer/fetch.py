@@ -27,8 +27,10 @@ import ssl
 import threading
 import time
 import urllib.parse
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 #: Redirects followed per download (curl and browsers allow more; an image URL needs one or two at most).
@@ -256,10 +258,14 @@ class ImageFetcher:
         raise FetchError(f"unreachable URL: {url}: {error.strerror if error and error.strerror else error}")
 
 
-def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple[socket.AddressFamily, tuple]]:
+#: A socket address as getaddrinfo() gives it: (host, port), or (host, port, flowinfo, scope_id) for IPv6.
+_SockAddr = tuple[Any, ...]
+
+
+def _resolve(host: str, port: int, deadline: _Deadline) -> list[tuple[socket.AddressFamily, _SockAddr]]:
     """`host`'s addresses, looked up once (the addresses checked are the ones connected to) within the deadline:
     getaddrinfo() cannot be interrupted, so it runs in a thread that is left to finish on its own if it is slow."""
-    found: list = []
+    found: list[Sequence[tuple[socket.AddressFamily, socket.SocketKind, int, str, _SockAddr]] | OSError] = []
     try:
         ipaddress.ip_address(host)
         literal = True  # an address, not a name: getaddrinfo() answers at once
