@@ -117,7 +117,9 @@ class GatewayServicer:
 
     def UpsertItems(self, request_iterator, context):
         """Adds or replaces catalogue items, streamed one per message; one response per request message, in order.
-        A bad item gets an error in its response and the stream goes on. Upserting the same id twice is idempotent.
+        A bad item gets an error in its response and the stream goes on. An id named a second time in the same stream
+        gets INVALID_ARGUMENT in its response and the first stays (UpsertBatch refuses such a batch whole); upserting
+        the same id again in another call replaces it, idempotently.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -126,7 +128,8 @@ class GatewayServicer:
     def UpsertBatch(self, request, context):
         """Adds or replaces a batch of catalogue items in one call (at most GetStats.max_upsert_batch items and
         GetStats.max_request_bytes bytes): the cheaper way for batch jobs, one message each way instead of one per item. One result per item, in order; a bad item gets
-        an error in its result and the others are stored. INVALID_ARGUMENT when the batch is too large.
+        an error in its result and the others are stored. INVALID_ARGUMENT when the batch is too large or names an id
+        twice.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

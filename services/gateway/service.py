@@ -74,6 +74,16 @@ CATEGORY_FIELD = "subCategory"
 CATEGORY_TTL_S = 30.0
 
 
+def refuse_repeated_ids(items: Sequence[CatalogueItem], where: str) -> None:
+    """InvalidArgument when a request names a product id twice: which of the two should win is not for the gateway
+    to guess (UpsertBatch, POST /v1/items)."""
+    seen: set[int] = set()
+    for item in items:
+        if item.id in seen:
+            raise InvalidArgument(f"product id {item.id} appears more than once in {where}")
+        seen.add(item.id)
+
+
 class GatewayService:
     """Search and catalogue use cases; every dependency is a constructor argument."""
 
@@ -276,6 +286,7 @@ class GatewayService:
         upsert_batch), while the next ones are read from the stream."""
         queue: asyncio.Queue[CatalogueItem | object] = asyncio.Queue(maxsize=2 * self._limits.upsert_batch)
         failure: list[BaseException] = []
+        seen: set[int] = set()  # an id named again in the same stream is refused, as UpsertBatch refuses it
 
         async def read() -> None:
             try:
@@ -299,7 +310,7 @@ class GatewayService:
                         ended = True
                         break
                     batch.append(following)
-                for outcome in await self._upsert_items(batch):  # type: ignore[arg-type]
+                for outcome in await self._upsert_items(batch, seen):  # type: ignore[arg-type]
                     yield outcome
             if failure:
                 raise failure[0]
@@ -310,17 +321,18 @@ class GatewayService:
         """One outcome per item, in order, for a batch given at once (the UpsertBatch call of batch jobs)."""
         if len(batch) > self._limits.upsert_batch:
             raise InvalidArgument(f"a batch holds at most {self._limits.upsert_batch} items, got {len(batch)}")
-        seen: set[int] = set()
-        for item in batch:
-            if item.id in seen:
-                raise InvalidArgument(f"product id {item.id} appears more than once in the batch")
-            seen.add(item.id)
+        refuse_repeated_ids(batch, "the batch")
         return await self._upsert_items(list(batch))
 
-    async def _upsert_items(self, batch: list[CatalogueItem]) -> list[UpsertOutcome]:
+    async def _upsert_items(self, batch: list[CatalogueItem], seen: set[int] | None = None) -> list[UpsertOutcome]:
+        """One outcome per item; with `seen` (the ids a stream named before), an id named again is refused."""
         errors: dict[int, FashionSearchError] = {}
         for index, item in enumerate(batch):
             try:
+                if seen is not None:
+                    if item.id in seen:
+                        raise InvalidArgument(f"product id {item.id} appears more than once in the stream")
+                    seen.add(item.id)
                 self._check_id(item.id)
                 self._check_image(item.image)
                 unknown = unknown_fields(item.payload)

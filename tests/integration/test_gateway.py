@@ -140,9 +140,10 @@ def test_upsert_get_delete_and_stats(stack):
         id=5000, image=jpeg((90, 10, 120)), payload=gateway_pb2.ItemPayload(name="Extra", sub_category="Topwear")
     )
     replies = stack.upsert([extra, gateway_pb2.CatalogueItem(id=5001, image=b"not an image"), extra])
-    assert [(r.id, r.upserted) for r in replies] == [(5000, True), (5001, False), (5000, True)]
+    assert [(r.id, r.upserted) for r in replies] == [(5000, True), (5001, False), (5000, False)]
     assert replies[1].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
     assert "JPEG" in replies[1].error.message
+    assert "appears more than once" in replies[2].error.message  # one stream names an id once, as UpsertBatch
 
     got = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=5000), timeout=10)
     assert got.payload.name == "Extra" and got.payload.sub_category == "Topwear"

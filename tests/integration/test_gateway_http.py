@@ -409,6 +409,11 @@ def test_batch_upsert_reports_each_item_and_batch_delete(api):
     error_of(*api.json("GET", "/v1/items/9101"), 404)
     assert "non-empty" in error_of(*api.json("POST", "/v1/items", {"items": []}), 400)
     assert "base64" in error_of(*api.json("POST", "/v1/items", {"items": [{"id": 1, "image_base64": "@@"}]}), 400)
+    twice = {
+        "items": [{"id": 9104, "image_base64": good}, {"id": 9104, "image_base64": good, "payload": {"gender": "x"}}]
+    }
+    assert "product id 9104 appears more than once" in error_of(*api.json("POST", "/v1/items", twice), 400)
+    error_of(*api.json("GET", "/v1/items/9104"), 404)  # refused whole, as UpsertBatch does: nothing stored
     assert '"ids" list' in error_of(*api.json("POST", "/v1/items/delete", {"ids": 3}), 400)
 
 

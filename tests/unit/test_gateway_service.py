@@ -222,6 +222,18 @@ async def test_upsert_batch_stores_a_batch_at_once_within_the_limit(fakes):
 
 
 @run_async
+async def test_a_repeated_id_in_one_upsert_stream_is_refused_as_in_a_batch(service, fakes):
+    """UpsertBatch refuses a batch that names an id twice; a stream cannot take back what it stored, so the
+    repeat is refused alone, in any of the batches the stream is cut into, and the first one stays."""
+    items = [_item(1, name="Brand Men First"), _item(2), _item(1, name="Brand Men Second")]
+    outcomes = await _load(service, items)
+    assert [(o.id, o.error is None) for o in outcomes] == [(1, True), (2, True), (1, False)]
+    assert isinstance(outcomes[2].error, InvalidArgument)
+    assert "product id 1 appears more than once" in outcomes[2].error.message
+    assert fakes[2].retrieve([1])[0].payload["name"] == "Brand Men First"
+
+
+@run_async
 async def test_upsert_answers_a_slow_stream_item_by_item(service):
     async def slow() -> AsyncIterator[CatalogueItem]:
         for i in (1, 2, 3):

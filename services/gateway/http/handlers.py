@@ -44,7 +44,7 @@ from services.gateway.http.responses import (
     model_json,
     terms_json,
 )
-from services.gateway.service import CATEGORY_FIELD, GatewayService
+from services.gateway.service import CATEGORY_FIELD, GatewayService, refuse_repeated_ids
 from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -230,6 +230,7 @@ class HttpApi:
                     content_hash=str(raw.get("content_hash") or ""),
                 )
             )
+        refuse_repeated_ids(items, "the request")
         return web.json_response({"results": await self._upsert(items)})
 
     async def _upsert(self, items: list[CatalogueItem]) -> list[dict[str, Any]]:
