@@ -1,11 +1,13 @@
 """`make run`: the whole stack on this machine, with the embedded Qdrant Edge store and the sample catalogue.
 
-Starts the classifier, embedder and gateway as separate processes (as ops would), waits until each reports
-SERVING on gRPC health, indexes `sample_catalogue/` through the gateway (incremental: a second run finds it
-already indexed and embeds nothing), prints where to go, and stops everything cleanly on Ctrl-C.
+Starts the classifier, embedder, detector (when models/detector holds one) and gateway as separate processes (as ops
+would), waits until each reports SERVING on gRPC health, indexes `sample_catalogue/` through the gateway
+(incremental: a second run finds it already indexed and embeds nothing), prints where to go, and stops everything
+cleanly on Ctrl-C.
 Everything it writes lives under `var/` (store, logs, reject file; FASHIONSEARCH_VAR_DIR moves it).
-Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50050, 8080) and
-FASHIONSEARCH_{CLASSIFIER,EMBEDDER}_METRICS_PORT (9101, 9102; the gateway's /metrics is on the HTTP port).
+Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,DETECTOR,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50053, 50050, 8080)
+and FASHIONSEARCH_{CLASSIFIER,EMBEDDER,DETECTOR}_METRICS_PORT (9101, 9102, 9104; the gateway's /metrics is on the
+HTTP port).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from fashionsearch.healthcheck import is_serving  # noqa: E402
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
 
 VAR = Path(os.environ.get("FASHIONSEARCH_VAR_DIR", REPO / "var")).resolve()
+#: Outfit search and crop=auto need it; without it the gateway answers those FAILED_PRECONDITION.
+DETECTOR_MODEL = REPO / "models" / "detector" / "model.json"
 START_TIMEOUT_S = 90.0
 
 
@@ -122,6 +126,9 @@ def main() -> int:
     classifier, embedder = port("CLASSIFIER", 50051), port("EMBEDDER", 50052)
     gateway, http = port("GATEWAY", 50050), port("HTTP", 8080)
     classifier_metrics, embedder_metrics = port("CLASSIFIER_METRICS", 9101), port("EMBEDDER_METRICS", 9102)
+    detector, detector_metrics = port("DETECTOR", 50053), port("DETECTOR_METRICS", 9104)
+    with_detector = DETECTOR_MODEL.is_file()
+    metrics_ports = [classifier_metrics, embedder_metrics] + ([detector_metrics] if with_detector else [])
     stack = Stack()
     # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does. SIGINT is set too: a
     # shell script's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt.
@@ -145,8 +152,21 @@ def main() -> int:
                 "EMBEDDER_METRICS_PORT": str(embedder_metrics),
             },
         )
+        if with_detector:
+            stack.start(
+                "detector",
+                {
+                    "DETECTOR_PORT": str(detector),
+                    "DETECTOR_HOST": "127.0.0.1",
+                    "DETECTOR_METRICS_PORT": str(detector_metrics),
+                },
+            )
+        else:
+            print(f"  detector   not started: no {DETECTOR_MODEL.relative_to(REPO)} (outfit search is off)", flush=True)
         stack.wait_serving("classifier", f"127.0.0.1:{classifier}")
         stack.wait_serving("embedder", f"127.0.0.1:{embedder}")
+        if with_detector:
+            stack.wait_serving("detector", f"127.0.0.1:{detector}")
         stack.start(
             "gateway",
             {
@@ -156,6 +176,7 @@ def main() -> int:
                 "GATEWAY_METRICS_PORT": str(http),
                 "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{classifier}",
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
+                "GATEWAY_DETECTOR_ADDR": f"127.0.0.1:{detector}" if with_detector else "",
                 "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
                 "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue"),
                 # Local only (bound to 127.0.0.1): the indexer below writes without an API key.
@@ -170,8 +191,9 @@ def main() -> int:
             "\nfashionsearch is running:\n"
             f"  web page and HTTP API  http://127.0.0.1:{http}/   (OpenAPI: /openapi.json)\n"
             f"  gRPC gateway           127.0.0.1:{gateway}        (fashionsearch.v1.Gateway, reflection on)\n"
-            f"  metrics (Prometheus)   http://127.0.0.1:{http}/metrics  http://127.0.0.1:{classifier_metrics}/metrics"
-            f"  http://127.0.0.1:{embedder_metrics}/metrics\n"
+            f"  metrics (Prometheus)   http://127.0.0.1:{http}/metrics"
+            + "".join(f"  http://127.0.0.1:{p}/metrics" for p in metrics_ports)
+            + "\n"
             "Press Ctrl-C to stop.",
             flush=True,
         )

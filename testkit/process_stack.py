@@ -1,7 +1,7 @@
-"""The three services as separate processes with the tiny fixture models, for fault tests and benchmarks.
+"""The services as separate processes with the tiny fixture models, for fault tests and benchmarks.
 
 stack = ProcessStack(root, gateway_env={...})   # *_env override the defaults; *_model_dir serve real models
-stack.start()                    # classifier, embedder, gateway; each waited for until SERVING
+stack.start()                    # classifier, embedder, (detector,) gateway; each waited for until SERVING
 stack.kill("classifier"); stack.restart("classifier")   # same port, so the gateway can reconnect by itself
 stack.rss_mb("gateway")
 stack.stop()                     # SIGTERM, in reverse order
@@ -20,11 +20,14 @@ from pathlib import Path
 
 from fashionsearch.healthcheck import is_serving
 from fashionsearch.model_contract import ModelSpec
+from testkit.tiny_detector import write_tiny_detector
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 HOST = "127.0.0.1"
 SERVICES = ("classifier", "embedder", "gateway")
+#: Started only with ProcessStack(detector=True), before the gateway.
+OPTIONAL = ("detector",)
 
 
 def free_port() -> int:
@@ -70,14 +73,18 @@ class ProcessStack:
     gateway_env: dict[str, str] = field(default_factory=dict)
     classifier_env: dict[str, str] = field(default_factory=dict)
     embedder_env: dict[str, str] = field(default_factory=dict)
+    detector_env: dict[str, str] = field(default_factory=dict)
     #: Model folders to serve; None: a tiny fixture model written under root.
     classifier_model_dir: Path | None = None
     embedder_model_dir: Path | None = None
+    detector_model_dir: Path | None = None
+    #: Start the detector too (outfit search, crop=auto), and point the gateway at it.
+    detector: bool = False
     #: Write a tiny text model beside the tiny embedder (a given embedder folder brings its own, if any).
     text_model: bool = False
-    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES + OPTIONAL})
     #: Each service's /metrics port (never the defaults 9101, 9102, 8080, which another run may hold).
-    metrics_ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES})
+    metrics_ports: dict[str, int] = field(default_factory=lambda: {name: free_port() for name in SERVICES + OPTIONAL})
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: The gateway's HTTP API (and its /metrics, beside it) on this port; None: no HTTP.
     http_port: int | None = None
@@ -86,17 +93,31 @@ class ProcessStack:
         if self.http_port is not None:
             self.metrics_ports["gateway"] = self.http_port
 
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services this stack runs, in start order."""
+        return ("classifier", "embedder", *(("detector",) if self.detector else ()), "gateway")
+
     def address(self, name: str) -> str:
         return f"{HOST}:{self.ports[name]}"
 
     def model_dir(self, name: str) -> Path:
-        """The model folder the service `name` ("classifier" or "embedder") runs: the given one, else a tiny model."""
-        given = self.classifier_model_dir if name == "classifier" else self.embedder_model_dir
+        """The model folder the service `name` (classifier, embedder, detector) runs: the given one, else a tiny one."""
+        given = {
+            "classifier": self.classifier_model_dir,
+            "embedder": self.embedder_model_dir,
+            "detector": self.detector_model_dir,
+        }[name]
         if given is not None:
             return given
         model_dir = self.root / name
         if not (model_dir / "model.json").is_file():
-            (write_tiny_classifier if name == "classifier" else write_tiny_embedder)(model_dir)
+            if name == "classifier":
+                write_tiny_classifier(model_dir)
+            elif name == "embedder":
+                write_tiny_embedder(model_dir)
+            else:
+                write_tiny_detector(model_dir)
         if name == "embedder" and self.text_model and not (self.root / "text-embedder" / "model.json").is_file():
             write_tiny_text_embedder(self.root / "text-embedder", ModelSpec.load(model_dir))
         return model_dir
@@ -122,11 +143,22 @@ class ProcessStack:
                 "EMBEDDER_METRICS_PORT": str(self.metrics_ports[name]),
                 **self.embedder_env,
             }
+        if name == "detector":
+            return {
+                "DETECTOR_PORT": str(self.ports[name]),
+                "DETECTOR_HOST": HOST,
+                "DETECTOR_MODEL_DIR": str(self.model_dir("detector")),
+                "DETECTOR_INTRA_OP_THREADS": "1",
+                "DETECTOR_LOG_LEVEL": "WARNING",
+                "DETECTOR_METRICS_PORT": str(self.metrics_ports[name]),
+                **self.detector_env,
+            }
         return {
             "GATEWAY_PORT": str(self.ports[name]),
             "GATEWAY_HOST": HOST,
             "GATEWAY_CLASSIFIER_ADDR": self.address("classifier"),
             "GATEWAY_EMBEDDER_ADDR": self.address("embedder"),
+            "GATEWAY_DETECTOR_ADDR": self.address("detector") if self.detector else "",
             "GATEWAY_DATA_DIR": str(self.root / "store"),
             "GATEWAY_HTTP_ENABLED": "false" if self.http_port is None else "true",
             "GATEWAY_HTTP_PORT": str(self.http_port or 0),
@@ -161,7 +193,7 @@ class ProcessStack:
 
     def start(self) -> ProcessStack:
         try:
-            for name in SERVICES:
+            for name in self.services:
                 self.launch(name)
                 self.wait_serving(name)
         except BaseException:
@@ -187,7 +219,7 @@ class ProcessStack:
 
     def stop(self) -> dict[str, int | None]:
         codes: dict[str, int | None] = {}
-        for name in reversed(SERVICES):
+        for name in reversed(self.services):
             process = self.processes.get(name)
             if process is None:
                 continue

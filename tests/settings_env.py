@@ -6,7 +6,7 @@ import importlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PREFIXES = {"classifier": "CLASSIFIER_", "embedder": "EMBEDDER_", "gateway": "GATEWAY_"}
+PREFIXES = {"classifier": "CLASSIFIER_", "embedder": "EMBEDDER_", "detector": "DETECTOR_", "gateway": "GATEWAY_"}
 
 
 class RecordingEnviron(dict):

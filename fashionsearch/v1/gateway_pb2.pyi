@@ -15,6 +15,12 @@ class FilterMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FILTER_MODE_NONE: _ClassVar[FilterMode]
     FILTER_MODE_EXPLICIT: _ClassVar[FilterMode]
 
+class Crop(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    CROP_UNSPECIFIED: _ClassVar[Crop]
+    CROP_NONE: _ClassVar[Crop]
+    CROP_AUTO: _ClassVar[Crop]
+
 class TextMatch(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     TEXT_MATCH_UNSPECIFIED: _ClassVar[TextMatch]
@@ -25,6 +31,9 @@ FILTER_MODE_UNSPECIFIED: FilterMode
 FILTER_MODE_PREDICTED_SUBCATEGORY: FilterMode
 FILTER_MODE_NONE: FilterMode
 FILTER_MODE_EXPLICIT: FilterMode
+CROP_UNSPECIFIED: Crop
+CROP_NONE: Crop
+CROP_AUTO: Crop
 TEXT_MATCH_UNSPECIFIED: TextMatch
 TEXT_MATCH_VECTOR: TextMatch
 TEXT_MATCH_FILTERS: TextMatch
@@ -73,18 +82,20 @@ class SearchHit(_message.Message):
     def __init__(self, id: _Optional[int] = ..., distance: _Optional[float] = ..., payload: _Optional[_Union[ItemPayload, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
-    __slots__ = ("image", "top_k", "filter_mode", "filters", "refine_text")
+    __slots__ = ("image", "top_k", "filter_mode", "filters", "refine_text", "crop")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     FILTER_MODE_FIELD_NUMBER: _ClassVar[int]
     FILTERS_FIELD_NUMBER: _ClassVar[int]
     REFINE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    CROP_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     top_k: int
     filter_mode: FilterMode
     filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
     refine_text: str
-    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ...) -> None: ...
+    crop: Crop
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., filter_mode: _Optional[_Union[FilterMode, str]] = ..., filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., refine_text: _Optional[str] = ..., crop: _Optional[_Union[Crop, str]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
     __slots__ = ("attributes", "suggested_name", "keywords", "hits", "applied_filters", "classifier_model", "embedder_model", "refine_terms", "reason")
@@ -107,6 +118,54 @@ class SearchResponse(_message.Message):
     refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
     reason: str
     def __init__(self, attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ..., reason: _Optional[str] = ...) -> None: ...
+
+class SearchOutfitRequest(_message.Message):
+    __slots__ = ("image", "top_k", "refine_text")
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    TOP_K_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TEXT_FIELD_NUMBER: _ClassVar[int]
+    image: bytes
+    top_k: int
+    refine_text: str
+    def __init__(self, image: _Optional[bytes] = ..., top_k: _Optional[int] = ..., refine_text: _Optional[str] = ...) -> None: ...
+
+class OutfitItem(_message.Message):
+    __slots__ = ("box", "group", "score", "attributes", "suggested_name", "keywords", "hits", "applied_filters")
+    BOX_FIELD_NUMBER: _ClassVar[int]
+    GROUP_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    SUGGESTED_NAME_FIELD_NUMBER: _ClassVar[int]
+    KEYWORDS_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FILTERS_FIELD_NUMBER: _ClassVar[int]
+    box: _common_pb2.Box
+    group: str
+    score: float
+    attributes: _containers.RepeatedCompositeFieldContainer[_common_pb2.AttributePrediction]
+    suggested_name: str
+    keywords: _containers.RepeatedScalarFieldContainer[str]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    applied_filters: _containers.RepeatedCompositeFieldContainer[FieldFilter]
+    def __init__(self, box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., group: _Optional[str] = ..., score: _Optional[float] = ..., attributes: _Optional[_Iterable[_Union[_common_pb2.AttributePrediction, _Mapping]]] = ..., suggested_name: _Optional[str] = ..., keywords: _Optional[_Iterable[str]] = ..., hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., applied_filters: _Optional[_Iterable[_Union[FieldFilter, _Mapping]]] = ...) -> None: ...
+
+class SearchOutfitResponse(_message.Message):
+    __slots__ = ("items", "image_width", "image_height", "detector_model", "classifier_model", "embedder_model", "refine_terms")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_WIDTH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_HEIGHT_FIELD_NUMBER: _ClassVar[int]
+    DETECTOR_MODEL_FIELD_NUMBER: _ClassVar[int]
+    CLASSIFIER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_MODEL_FIELD_NUMBER: _ClassVar[int]
+    REFINE_TERMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[OutfitItem]
+    image_width: int
+    image_height: int
+    detector_model: _common_pb2.ModelInfo
+    classifier_model: _common_pb2.ModelInfo
+    embedder_model: _common_pb2.ModelInfo
+    refine_terms: _containers.RepeatedCompositeFieldContainer[_common_pb2.QueryTerm]
+    def __init__(self, items: _Optional[_Iterable[_Union[OutfitItem, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ..., detector_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., classifier_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., embedder_model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., refine_terms: _Optional[_Iterable[_Union[_common_pb2.QueryTerm, _Mapping]]] = ...) -> None: ...
 
 class SearchByIdRequest(_message.Message):
     __slots__ = ("id", "top_k", "filter_mode", "filters", "refine_text")

@@ -40,6 +40,11 @@ class GatewayStub:
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
                 response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchOutfit = channel.unary_unary(
+                '/fashionsearch.v1.Gateway/SearchOutfit',
+                request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitRequest.SerializeToString,
+                response_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitResponse.FromString,
+                _registered_method=True)
         self.SearchById = channel.unary_unary(
                 '/fashionsearch.v1.Gateway/SearchById',
                 request_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdRequest.SerializeToString,
@@ -91,6 +96,17 @@ class GatewayServicer:
         INVALID_ARGUMENT: bad image, top_k out of range, unknown filter field or inconsistent filter options.
         UNAVAILABLE / DEADLINE_EXCEEDED: the classifier, embedder or vector store is down or too slow.
         FAILED_PRECONDITION: the stored vectors were made by another embedder version than the one running.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchOutfit(self, request, context):
+        """Finds every product in a photo (an outfit, a flat lay, a look in a mirror) with the detector, then classifies,
+        embeds and searches each one within its predicted subCategory: one item per product, best first. A photo
+        without a product gives no items, not an error. INVALID_ARGUMENT: bad image, top_k out of range, bad
+        refine_text. FAILED_PRECONDITION: the gateway has no detector (GATEWAY_DETECTOR_ADDR is empty), or the stored
+        vectors were made by another embedder version. UNAVAILABLE / DEADLINE_EXCEEDED: a service is down or too slow.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -172,6 +188,11 @@ def add_GatewayServicer_to_server(servicer, server):
                     request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
                     response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchResponse.SerializeToString,
             ),
+            'SearchOutfit': grpc.unary_unary_rpc_method_handler(
+                    servicer.SearchOutfit,
+                    request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitRequest.FromString,
+                    response_serializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitResponse.SerializeToString,
+            ),
             'SearchById': grpc.unary_unary_rpc_method_handler(
                     servicer.SearchById,
                     request_deserializer=fashionsearch_dot_v1_dot_gateway__pb2.SearchByIdRequest.FromString,
@@ -241,6 +262,33 @@ class Gateway:
             '/fashionsearch.v1.Gateway/Search',
             fashionsearch_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
             fashionsearch_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchOutfit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fashionsearch.v1.Gateway/SearchOutfit',
+            fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitRequest.SerializeToString,
+            fashionsearch_dot_v1_dot_gateway__pb2.SearchOutfitResponse.FromString,
             options,
             channel_credentials,
             insecure,

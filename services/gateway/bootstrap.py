@@ -15,8 +15,10 @@ from fashionsearch.store.backup import WriteJournal
 from services.gateway.clients import (
     CallBatcher,
     ClassifierPort,
+    DetectorPort,
     EmbedderPort,
     GrpcClassifier,
+    GrpcDetector,
     GrpcEmbedder,
 )
 from services.gateway.service import GatewayService
@@ -59,6 +61,7 @@ def bootstrap(
     classifier: ClassifierPort | None = None,
     embedder: EmbedderPort | None = None,
     index: VectorIndex | None = None,
+    detector: DetectorPort | None = None,
 ) -> Gateway:
     """Build the gateway from settings; any dependency passed in replaces the one settings would make.
 
@@ -89,6 +92,10 @@ def bootstrap(
             max_message_bytes=max_message_bytes(settings),
         )
         batchers.append(embedder.batching)
+    if detector is None and settings.detector_addr is not None:
+        channel = grpc.aio.insecure_channel(str(settings.detector_addr), options=options)
+        channels.append(channel)
+        detector = GrpcDetector(channel, timeout_s=settings.detect_timeout_s)
     if index is None:
         index = open_catalog(
             data_dir=settings.data_dir,
@@ -108,6 +115,7 @@ def bootstrap(
         index,
         settings.limits,
         backups=settings.backup_dir,
+        detector=detector,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

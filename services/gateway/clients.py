@@ -1,4 +1,4 @@
-"""Ports for the gateway's dependencies (classifier, embedder) and their gRPC adapters.
+"""Ports for the gateway's dependencies (classifier, embedder, detector) and their gRPC adapters.
 
 Every call carries the request id being served (x-request-id metadata), so the peers' logs carry it too.
 
@@ -26,6 +26,7 @@ import numpy as np
 from fashionsearch.batching import REQUEST_SLACK_BYTES, BatchPolicy, BatchStats, DynamicBatcher, bounded_chunks
 from fashionsearch.channels import probe_image
 from fashionsearch.classification import AttributePrediction, LabelScore
+from fashionsearch.detection import Detection
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -43,10 +44,12 @@ from fashionsearch.v1 import (
     classifier_pb2,
     classifier_pb2_grpc,
     common_pb2,
+    detector_pb2,
+    detector_pb2_grpc,
     embedder_pb2,
     embedder_pb2_grpc,
 )
-from services.gateway.domain import Classification, Embedding, ModelId, QueryTerm, TextEmbedding
+from services.gateway.domain import Classification, Embedding, FoundProducts, ModelId, QueryTerm, TextEmbedding
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +82,12 @@ class EmbedderPort(Protocol):
     async def embed_text(self, query: str) -> TextEmbedding:
         """A text query's vector in the image space, with the attribute values its words name."""
         ...
+
+
+class DetectorPort(Protocol):
+    """Finds the products in one photo."""
+
+    async def detect(self, image: bytes) -> FoundProducts: ...
 
 
 _ITEM_ERRORS: dict[int, type[FashionSearchError]] = {
@@ -326,3 +335,27 @@ class GrpcEmbedder:
             except Exception as error:  # noqa: BLE001 - stats must answer even when the embedder is down
                 logger.warning("could not learn the embedder model: %s", error)
         return self._model
+
+
+class GrpcDetector:
+    """DetectorPort over the detector service's Detect RPC."""
+
+    def __init__(self, channel: grpc.aio.Channel, *, timeout_s: float) -> None:
+        self._stub = detector_pb2_grpc.DetectorStub(channel)
+        self._timeout_s = timeout_s
+
+    async def detect(self, image: bytes) -> FoundProducts:
+        try:
+            reply = await self._stub.Detect(
+                detector_pb2.DetectRequest(image=image), timeout=self._timeout_s, metadata=request_metadata()
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "the detector") from None
+        found = reply.detections
+        return FoundProducts(
+            detections=tuple(
+                Detection(d.box.left, d.box.top, d.box.width, d.box.height, d.group, d.score) for d in found.detections
+            ),
+            size=(found.image_width, found.image_height),
+            model=model_id(reply.model),
+        )

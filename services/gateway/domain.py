@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from fashionsearch import classification
+from fashionsearch.detection import Detection
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
 from fashionsearch.text_query import QueryTerm as QueryTerm  # part of the gateway's domain vocabulary
@@ -94,15 +95,27 @@ class FilterMode(enum.Enum):
     EXPLICIT = "explicit"
 
 
+class Crop(enum.Enum):
+    """What of the photo a search reads (mirrors the proto enum)."""
+
+    NONE = "none"
+    AUTO = "auto"
+
+
+#: Until a measurement says cutting out the main product finds more (bench/outfit_search.py).
+DEFAULT_CROP = Crop.NONE
+
+
 @dataclass(frozen=True)
 class SearchOptions:
     """top_k None means the default; filters are only allowed with FilterMode.EXPLICIT; refine_text: words that
-    refine a photo or item search ("" for none)."""
+    refine a photo or item search ("" for none); crop: what of a photo is read (photo searches only)."""
 
     top_k: int | None = None
     mode: FilterMode = FilterMode.PREDICTED_SUBCATEGORY
     filters: tuple[tuple[str, tuple[str, ...]], ...] = ()
     refine_text: str = ""
+    crop: Crop = DEFAULT_CROP
 
 
 @dataclass(frozen=True)
@@ -116,6 +129,36 @@ class SearchResult:
     refine_terms: tuple[QueryTerm, ...] = ()
     #: Why refine_text's words were set aside for an explicit filter, or left no product with the filters; "".
     reason: str = ""
+
+
+@dataclass(frozen=True)
+class FoundProducts:
+    """The detector's answer: the products in a photo, boxes in pixels of the photo as sent (`size`)."""
+
+    detections: tuple[Detection, ...]
+    size: tuple[int, int]
+    model: ModelId
+
+
+@dataclass(frozen=True)
+class OutfitItem:
+    """One product found in an outfit photo and the catalogue products most like it."""
+
+    detection: Detection
+    classification: Classification
+    keywords: tuple[str, ...]
+    hits: tuple[Hit, ...]
+    applied_filters: Mapping[str, tuple[str, ...]]
+
+
+@dataclass(frozen=True)
+class OutfitResult:
+    items: tuple[OutfitItem, ...]
+    #: The photo's (width, height) as shown, the frame of the boxes.
+    size: tuple[int, int]
+    detector_model: ModelId
+    embedder_model: ModelId | None
+    refine_terms: tuple[QueryTerm, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,8 @@ Policy (one function, `ApiKeys.authorize`, used by the gRPC interceptor and the 
 - Catalogue writes (UpsertItems, UpsertBatch, DeleteItems; HTTP POST/PUT/DELETE on /v1/items) need a write key.
   With no write keys configured, writes are refused (PERMISSION_DENIED) unless
   GATEWAY_ALLOW_UNAUTHENTICATED_WRITES=true, which is meant for local development only (`make run`, tests).
-- Reads (Search, SearchById, GetItem, ListItems, GetStats and their HTTP forms) are open while no read keys are
-  configured; otherwise they need a read key or a write key.
+- Reads (Search, SearchOutfit, SearchById, SearchText, GetItem, ListItems, GetStats and their HTTP forms) are open
+  while no read keys are configured; otherwise they need a read key or a write key.
 - Health, reflection, the OpenAPI document, the web page and product images stay open.
 
 A client sends its key as `authorization: Bearer <key>` (gRPC metadata or HTTP header) or as `x-api-key: <key>`.
@@ -58,7 +58,7 @@ class Access(enum.Enum):
 
 GATEWAY_SERVICE = gateway_pb2.DESCRIPTOR.services_by_name["Gateway"]
 WRITE_METHODS = frozenset({"UpsertItems", "UpsertBatch", "DeleteItems"})
-READ_METHODS = frozenset({"Search", "SearchById", "SearchText", "GetItem", "ListItems", "GetStats"})
+READ_METHODS = frozenset({"Search", "SearchOutfit", "SearchById", "SearchText", "GetItem", "ListItems", "GetStats"})
 
 
 def grpc_method_access() -> dict[str, Access]:
@@ -284,7 +284,7 @@ def _unread(raw: bytes) -> None:
 # ---- HTTP -------------------------------------------------------------------------------------------------------
 
 _HTTP_WRITE_METHODS = frozenset({"POST", "PUT", "DELETE", "PATCH"})
-_HTTP_READ_POSTS = frozenset({"/v1/search", "/v1/search/by-id", "/v1/search/text"})
+_HTTP_READ_POSTS = frozenset({"/v1/search", "/v1/search/by-id", "/v1/search/text", "/v1/search/outfit"})
 
 
 def http_access(method: str, path: str) -> Access:

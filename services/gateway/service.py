@@ -1,7 +1,9 @@
-"""The gateway's use cases: search, more-like-this and catalogue writes, over injected ports.
+"""The gateway's use cases: search, outfit search, more-like-this and catalogue writes, over injected ports.
 
 The vector store is synchronous (Qdrant Edge runs in process), so its calls run in worker threads with a time
-limit; the classifier and embedder are awaited concurrently.
+limit; the classifier and embedder are awaited concurrently. An outfit search asks the detector where the products
+are, cuts each out (crops.py) and searches each like a photo; its cut-outs' classify and embed calls are made
+together, so they go out as one batch call each.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import numpy as np
 from fashionsearch import metrics, naming
 from fashionsearch.catalogue import CONTENT_HASH_KEY, MAX_ID, stored_payload, unknown_fields
 from fashionsearch.decode_threads import run_decoding
+from fashionsearch.detection import Detection
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
     FashionSearchError,
+    Internal,
     InvalidArgument,
     NotFound,
 )
+from fashionsearch.images import ImageLimits
 from fashionsearch.parsing import check_text
 from fashionsearch.store import (
     FILTER_FIELDS,
@@ -41,19 +46,24 @@ from fashionsearch.store import (
 from fashionsearch.store.backup import BackupInfo, WriteJournal, backup_name, write_backup
 from fashionsearch.text_contract import check_query
 from fashionsearch.text_query import refine_vector
-from services.gateway import words
-from services.gateway.clients import ClassifierPort, EmbedderPort
+from services.gateway import crops, words
+from services.gateway.clients import ClassifierPort, DetectorPort, EmbedderPort
 from services.gateway.domain import (
     CatalogueItem,
     Classification,
+    Crop,
     Embedding,
     FilterMode,
+    FoundProducts,
+    OutfitItem,
+    OutfitResult,
     QueryTerm,
     SearchOptions,
     SearchResult,
     SimilarResult,
     Stats,
     StoredItem,
+    TextEmbedding,
     TextMatch,
     TextSearchOptions,
     TextSearchResult,
@@ -95,8 +105,10 @@ class GatewayService:
         limits: Limits = Limits(),  # noqa: B008 - frozen
         *,
         backups: Path | None = None,
+        detector: DetectorPort | None = None,
     ) -> None:
         self._backups = backups
+        self._detector = detector
         self._classifier = classifier
         self._embedder = embedder
         self._index = index
@@ -183,12 +195,14 @@ class GatewayService:
         self._check_image(image)
         top_k = self._top_k(options.top_k)
         explicit = self._explicit_filters(options)
+        if options.crop is Crop.AUTO:
+            image = await self._main_product(image)
         if self._limits.shrink_above_pixels:
             shrink = partial(
                 shrink_photo, image, above_pixels=self._limits.shrink_above_pixels, side=self._limits.shrink_side
             )
             image = await run_decoding(shrink, [image])
-        classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
+        classification, embedding = await self._analyse(image)
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             predicted = classification.top_labels().get("subCategory")
@@ -209,6 +223,69 @@ class GatewayService:
             applied_filters=filters,
             refine_terms=refine_terms,
             reason=reason,
+        )
+
+    async def _analyse(self, image: bytes) -> tuple[Classification, Embedding]:
+        """A photo's classification and vector: the one path of Search and SearchOutfit (concurrent calls, as an
+        outfit's cut-outs are, go out as one batch call to each service)."""
+        return await _both(self._classifier.classify(image), self._embedder.embed(image))
+
+    def _need_detector(self) -> DetectorPort:
+        if self._detector is None:
+            raise FailedPrecondition("this gateway has no detector (set GATEWAY_DETECTOR_ADDR)")
+        return self._detector
+
+    async def _found(self, image: bytes) -> tuple[FoundProducts, crops.Photo]:
+        """The products the detector finds in the photo, and the photo decoded here to cut them out (both at once)."""
+        detect = self._need_detector().detect(image)
+        decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
+        found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
+        if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
+            raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
+        return found, photo
+
+    async def _main_product(self, image: bytes) -> bytes:
+        """The detector's best product cut out of the photo, or the photo itself when it finds none."""
+        found, photo = await self._found(image)
+        if not found.detections:
+            return image
+        [crop] = await run_decoding(partial(crops.cut_out, photo, found.detections[:1]), [])
+        return crop
+
+    async def search_outfit(self, image: bytes, options: SearchOptions) -> OutfitResult:
+        """Every product the detector finds in the photo, each searched like a photo within its predicted
+        subCategory (refined by options.refine_text); no product found is an empty result, not an error."""
+        self._check_image(image)
+        top_k = self._top_k(options.top_k)
+        self._need_detector()
+        text = await self._refinement(options.refine_text)
+        found, photo = await self._found(image)
+        detections = found.detections
+        cut = await run_decoding(partial(crops.cut_out, photo, detections), []) if detections else []
+        analysed = await asyncio.gather(*(self._analyse(c) for c in cut))
+        searchable = bool(analysed) and await self._check_embedder(analysed[0][1])
+
+        async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
+            predicted = classification.top_labels().get("subCategory")
+            filters: dict[str, tuple[str, ...]] = {"subCategory": (predicted,)} if predicted else {}
+            vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
+            hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
+            names = [str(h.payload.get("name", "")) for h in hits]
+            return OutfitItem(
+                detection=detection,
+                classification=classification,
+                keywords=tuple(naming.add_neighbour_words(classification.keywords, names)),
+                hits=hits,
+                applied_filters=filters,
+            )
+
+        items = await asyncio.gather(*(item(d, c, e) for d, (c, e) in zip(detections, analysed, strict=True)))
+        return OutfitResult(
+            items=tuple(items),
+            size=found.size,
+            detector_model=found.model,
+            embedder_model=analysed[0][1].model if analysed else None,
+            refine_terms=text.terms if text is not None else (),
         )
 
     async def search_by_id(self, item_id: int, options: SearchOptions) -> SimilarResult:
@@ -233,16 +310,28 @@ class GatewayService:
     ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], tuple[QueryTerm, ...], str]:
         """The photo's vector and filters refined by options.refine_text (services/gateway/words.py), and the reason
         to give when words were set aside for the caller's explicit filters."""
-        if not options.refine_text:
-            return vector, filters, (), ""
+        return self._refined(vector, filters, await self._refinement(options.refine_text), options.mode)
+
+    async def _refinement(self, refine_text: str) -> TextEmbedding | None:
+        """What refining words are read as, or None without words."""
+        if not refine_text:
+            return None
         try:
-            text = await self._embedder.embed_text(check_query(options.refine_text))
+            text = await self._embedder.embed_text(check_query(refine_text))
         except InvalidArgument as error:
             raise InvalidArgument(f"refine_text: {error.message}") from None
         words.check_refinement(text)
+        return text
+
+    @staticmethod
+    def _refined(
+        vector: np.ndarray, filters: dict[str, tuple[str, ...]], text: TextEmbedding | None, mode: FilterMode
+    ) -> tuple[np.ndarray, dict[str, tuple[str, ...]], tuple[QueryTerm, ...], str]:
+        if text is None:
+            return vector, filters, (), ""
         named = words.word_filters(text.terms, words.REFINE_MIN_CONFIDENCE)
-        refined = words.refine_filters(filters, named, options.mode)
-        reason = words.set_aside(named, filters) if options.mode is FilterMode.EXPLICIT else ""
+        refined = words.refine_filters(filters, named, mode)
+        reason = words.set_aside(named, filters) if mode is FilterMode.EXPLICIT else ""
         return refine_vector(vector, text.vector, words.REFINE_WEIGHT), refined, text.terms, reason
 
     async def search_text(self, query: str, options: TextSearchOptions) -> TextSearchResult:

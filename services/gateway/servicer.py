@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -14,7 +15,9 @@ from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.store import Hit
 from fashionsearch.v1 import common_pb2, gateway_pb2, gateway_pb2_grpc
 from services.gateway.domain import (
+    DEFAULT_CROP,
     CatalogueItem,
+    Crop,
     FilterMode,
     ModelId,
     QueryTerm,
@@ -32,6 +35,12 @@ _MODES = {
     gateway_pb2.FILTER_MODE_PREDICTED_SUBCATEGORY: FilterMode.PREDICTED_SUBCATEGORY,
     gateway_pb2.FILTER_MODE_NONE: FilterMode.NONE,
     gateway_pb2.FILTER_MODE_EXPLICIT: FilterMode.EXPLICIT,
+}
+
+_CROPS = {
+    gateway_pb2.CROP_UNSPECIFIED: DEFAULT_CROP,
+    gateway_pb2.CROP_NONE: Crop.NONE,
+    gateway_pb2.CROP_AUTO: Crop.AUTO,
 }
 
 _TEXT_MATCHES = {
@@ -56,6 +65,13 @@ def search_options(request: Any) -> SearchOptions:
         filters=tuple((f.field, tuple(f.values)) for f in request.filters),
         refine_text=request.refine_text,
     )
+
+
+def photo_search_options(request: gateway_pb2.SearchRequest) -> SearchOptions:
+    crop = _CROPS.get(request.crop)
+    if crop is None:
+        raise InvalidArgument(f"unknown crop {request.crop}")
+    return dataclasses.replace(search_options(request), crop=crop)
 
 
 def text_search_options(request: gateway_pb2.SearchTextRequest) -> TextSearchOptions:
@@ -126,7 +142,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
     async def Search(
         self, request: gateway_pb2.SearchRequest, context: grpc.aio.ServicerContext
     ) -> gateway_pb2.SearchResponse:
-        result = await self._service.search(request.image, search_options(request))
+        result = await self._service.search(request.image, photo_search_options(request))
         return gateway_pb2.SearchResponse(
             attributes=[attribute_to_proto(a) for a in result.classification.attributes],
             suggested_name=result.suggested_name,
@@ -137,6 +153,41 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServicer):
             embedder_model=model_to_proto(result.embedder_model),
             refine_terms=terms_to_proto(result.refine_terms),
             reason=result.reason,
+        )
+
+    @rpc_errors
+    async def SearchOutfit(
+        self, request: gateway_pb2.SearchOutfitRequest, context: grpc.aio.ServicerContext
+    ) -> gateway_pb2.SearchOutfitResponse:
+        options = SearchOptions(
+            top_k=request.top_k if request.HasField("top_k") else None, refine_text=request.refine_text
+        )
+        result = await self._service.search_outfit(request.image, options)
+        return gateway_pb2.SearchOutfitResponse(
+            items=[
+                gateway_pb2.OutfitItem(
+                    box=common_pb2.Box(
+                        left=item.detection.left,
+                        top=item.detection.top,
+                        width=item.detection.width,
+                        height=item.detection.height,
+                    ),
+                    group=item.detection.group,
+                    score=item.detection.score,
+                    attributes=[attribute_to_proto(a) for a in item.classification.attributes],
+                    suggested_name=item.classification.suggested_name,
+                    keywords=list(item.keywords),
+                    hits=[hit_to_proto(h) for h in item.hits],
+                    applied_filters=filters_to_proto(item.applied_filters),
+                )
+                for item in result.items
+            ],
+            image_width=result.size[0],
+            image_height=result.size[1],
+            detector_model=model_to_proto(result.detector_model),
+            classifier_model=model_to_proto(result.items[0].classification.model) if result.items else None,
+            embedder_model=model_to_proto(result.embedder_model),
+            refine_terms=terms_to_proto(result.refine_terms),
         )
 
     @rpc_errors

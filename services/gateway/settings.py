@@ -23,6 +23,9 @@ class Settings:
     host: str = "[::]"
     classifier_addr: Address = Address("localhost", 50051)
     embedder_addr: Address = Address("localhost", 50052)
+    #: The detector service (outfit search, crop=auto); None (GATEWAY_DETECTOR_ADDR empty): those answer
+    #: FAILED_PRECONDITION and every other call works as before.
+    detector_addr: Address | None = None
     data_dir: Path = Path("data/qdrant-edge")
     qdrant_url: str | None = None
     #: Qdrant's API key (QDRANT__SERVICE__API_KEY on the server), from the file GATEWAY_QDRANT_API_KEY_FILE names.
@@ -31,6 +34,7 @@ class Settings:
     classify_timeout_s: float = 2.0
     embed_timeout_s: float = 2.0
     embed_batch_timeout_s: float = 10.0
+    detect_timeout_s: float = 2.0
     store_timeout_s: float = Limits.store_timeout_s
     #: Concurrent searches' Classify / Embed calls sent together as one batch call of up to this many images
     #: (services/gateway/clients.py); 1 sends each alone. At most the model services' *_MAX_BATCH.
@@ -157,6 +161,7 @@ class Settings:
             host=env.get_str("HOST", cls.host),
             classifier_addr=env.addr("CLASSIFIER_ADDR", str(cls.classifier_addr)),
             embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
+            detector_addr=env.addr("DETECTOR_ADDR", "") if env.get_str("DETECTOR_ADDR", "") else None,
             data_dir=data_dir,
             qdrant_url=qdrant_url,
             qdrant_api_key=read_key_file("GATEWAY_QDRANT_API_KEY_FILE", env.get_str("QDRANT_API_KEY_FILE", "")),
@@ -164,6 +169,7 @@ class Settings:
             classify_timeout_s=env.get_float("CLASSIFY_TIMEOUT_S", cls.classify_timeout_s, min=0.01, max=600),
             embed_timeout_s=env.get_float("EMBED_TIMEOUT_S", cls.embed_timeout_s, min=0.01, max=600),
             embed_batch_timeout_s=env.get_float("EMBED_BATCH_TIMEOUT_S", cls.embed_batch_timeout_s, min=0.01, max=600),
+            detect_timeout_s=env.get_float("DETECT_TIMEOUT_S", cls.detect_timeout_s, min=0.01, max=600),
             store_timeout_s=env.get_float("STORE_TIMEOUT_S", cls.store_timeout_s, min=0.01, max=600),
             batch_max_size=env.get_int("BATCH_MAX_SIZE", cls.batch_max_size, min=1, max=1024),
             default_top_k=default_top_k,

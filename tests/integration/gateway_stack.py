@@ -1,4 +1,4 @@
-"""Classifier, embedder and gateway as real grpc.aio servers in this process, on free ports, for tests.
+"""Classifier, embedder (detector) and gateway as real grpc.aio servers in this process, on free ports, for tests.
 
 The servers run on an event loop in a background thread, so the tests talk to them with ordinary blocking gRPC
 stubs, exactly like an e-commerce backend would.
@@ -24,9 +24,12 @@ from fashionsearch.serving import RunningServer
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.classifier import server as classifier_server
 from services.classifier.settings import Settings as ClassifierSettings
+from services.detector import server as detector_server
+from services.detector.settings import Settings as DetectorSettings
 from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway import server as gateway_server
+from services.gateway.bootstrap import Gateway, bootstrap
 from services.gateway.settings import Settings as GatewaySettings
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 
@@ -75,6 +78,9 @@ class Stack:
     embedder_settings: EmbedderSettings
     gateway_settings: GatewaySettings
     channel: grpc.Channel
+    #: The gateway's wiring (its service, clients and their batchers), for tests that look inside.
+    wired: Gateway
+    detector: RunningServer | None = None
 
     @property
     def stub(self) -> gateway_pb2_grpc.GatewayStub:
@@ -93,8 +99,9 @@ class Stack:
 
     def close(self) -> None:
         self.channel.close()
-        for server in (self.gateway, self.classifier, self.embedder):
-            self.threads.run(server.stop(0))
+        for server in (self.gateway, self.classifier, self.embedder, self.detector):
+            if server is not None:
+                self.threads.run(server.stop(0))
         self.threads.close()
 
 
@@ -104,12 +111,14 @@ def start_stack(
     embedder_start: Any = None,
     embedder_version: str = "tiny-1",
     text_model: bool = False,
+    detector_dir: Path | None = None,
     **gateway_overrides: Any,
 ) -> Stack:
     """Start tiny-model classifier and embedder and a gateway on an Edge store in tmp_path.
 
     `embedder_start` replaces the embedder (a coroutine function taking EmbedderSettings and returning a
     RunningServer), e.g. a deliberately slow one. `text_model`: the embedder serves a tiny text model too.
+    `detector_dir`: a detector model (testkit.tiny_detector) to serve, and the gateway's GATEWAY_DETECTOR_ADDR.
     """
     threads = LoopThread()
     classifier_settings = ClassifierSettings(
@@ -127,6 +136,11 @@ def start_stack(
     )
     classifier = threads.run(classifier_server.start(classifier_settings))
     embedder = threads.run((embedder_start or embedder_server.start)(embedder_settings))
+    detector = None
+    if detector_dir is not None:
+        detector_settings = DetectorSettings(port=0, host=HOST, model_dir=detector_dir, intra_op_threads=1)
+        detector = threads.run(detector_server.start(detector_settings))
+        gateway_overrides.setdefault("detector_addr", peer_addr(detector))
     # Tests write the catalogue without keys unless they configure some (tests/integration/test_gateway_security.py).
     gateway_overrides.setdefault("allow_unauthenticated_writes", True)
     # HTTP only where a test asks for it (with a free port): the default port, 8080, may be taken.
@@ -140,7 +154,8 @@ def start_stack(
         data_dir=tmp_path / "store",
         **gateway_overrides,
     )
-    gateway = threads.run(gateway_server.start(gateway_settings))
+    wired = threads.run(_wire(gateway_settings))
+    gateway = threads.run(gateway_server.start(gateway_settings, wired))
     channel = grpc.insecure_channel(f"{HOST}:{gateway.port}")
     return Stack(
         threads,
@@ -151,7 +166,13 @@ def start_stack(
         embedder_settings,
         gateway_settings,
         channel,
+        wired,
+        detector,
     )
+
+
+async def _wire(settings: GatewaySettings) -> Gateway:
+    return bootstrap(settings)  # inside the servers' event loop: its channels bind to it
 
 
 def peer_addr(server: RunningServer) -> Address:

@@ -8,9 +8,10 @@ import hashlib
 import numpy as np
 
 from fashionsearch.classification import AttributePrediction, LabelScore
+from fashionsearch.detection import Detection
 from fashionsearch.errors import FashionSearchError, InvalidArgument
 from fashionsearch.text_query import QueryVocabulary
-from services.gateway.domain import Classification, Embedding, ModelId, TextEmbedding
+from services.gateway.domain import Classification, Embedding, FoundProducts, ModelId, TextEmbedding
 from testkit.tiny_models import TINY_TERMS
 
 CLASSIFIER_MODEL = ModelId("fake-classifier", "c1", "aa")
@@ -129,3 +130,20 @@ def run_async(fn):
         return asyncio.run(fn(*args, **kwargs))
 
     return wrapper
+
+
+DETECTOR_MODEL = ModelId("fake-detector", "d1", "dd")
+
+
+class FakeDetector:
+    """Answers the detections it is given, for a photo of `size`; records the photos it was asked about."""
+
+    def __init__(self, detections: tuple[Detection, ...] = (), size: tuple[int, int] = (300, 400)) -> None:
+        self.detections = detections
+        self.size = size
+        self.photos: list[bytes] = []
+
+    async def detect(self, data: bytes) -> FoundProducts:
+        self.photos.append(data)
+        await asyncio.sleep(0)
+        return FoundProducts(self.detections, self.size, DETECTOR_MODEL)

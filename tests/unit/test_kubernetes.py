@@ -22,7 +22,7 @@ KUBERNETES = REPO / "deploy" / "kubernetes"
 # The oldest Kubernetes these manifests are for: native gRPC probes are GA from 1.27, per-index Job retries
 # (backoffLimitPerIndex) from 1.33.
 KUBERNETES_VERSION = "1.33.0"
-MODEL_SERVICES = {"classifier": 50051, "embedder": 50052}
+MODEL_SERVICES = {"classifier": 50051, "embedder": 50052, "detector": 50053}
 GRPC_PORTS = {**MODEL_SERVICES, "gateway": 50050}
 
 
@@ -79,7 +79,7 @@ def test_kustomize_renders_valid_kubernetes(kustomization):
     docs = rendered(kustomization)
     for doc in docs:
         validate(doc, f"kubectl kustomize {kustomization}")
-    assert set(by_kind(docs, "Deployment")) == {"classifier", "embedder", "gateway"}
+    assert set(by_kind(docs, "Deployment")) == {"classifier", "embedder", "detector", "gateway"}
     for doc in docs:
         assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "fashionsearch"
 
@@ -134,6 +134,7 @@ def test_model_services_are_headless_and_autoscaled():
     config = by_kind(docs, "ConfigMap")["gateway-config"]["data"]
     assert config["GATEWAY_CLASSIFIER_ADDR"] == "classifier:50051"
     assert config["GATEWAY_EMBEDDER_ADDR"] == "embedder:50052"
+    assert config["GATEWAY_DETECTOR_ADDR"] == "detector:50053"
     assert config["GATEWAY_QDRANT_URL"] == "http://qdrant:6333"
     assert config["GATEWAY_PEER_LB_POLICY"] == "round_robin", "without it one connection goes to one pod only"
     assert services["gateway"]["spec"].get("clusterIP") != "None"

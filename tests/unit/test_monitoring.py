@@ -116,7 +116,7 @@ def test_prometheus_config_is_valid():
 def test_prometheus_scrapes_every_service():
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
     jobs = {job["job_name"]: job["dns_sd_configs"][0] for job in config["scrape_configs"]}
-    assert set(jobs) == {"gateway", "classifier", "embedder", "indexer"}
+    assert set(jobs) == {"gateway", "classifier", "embedder", "detector", "indexer"}
     services = compose_services()
     for name, discovery in jobs.items():
         assert discovery["names"] == [name]

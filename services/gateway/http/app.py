@@ -136,6 +136,7 @@ def create_app(
     app.router.add_post("/v1/search", api.search, expect_handler=expect)
     app.router.add_post("/v1/search/by-id", api.search_by_id, expect_handler=expect)
     app.router.add_post("/v1/search/text", api.search_text, expect_handler=expect)
+    app.router.add_post("/v1/search/outfit", api.search_outfit, expect_handler=expect)
     app.router.add_get("/v1/items", api.list_items)
     app.router.add_post("/v1/items", api.post_items, expect_handler=expect)
     app.router.add_post("/v1/items/delete", api.delete_items, expect_handler=expect)

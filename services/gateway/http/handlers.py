@@ -8,6 +8,7 @@ import binascii
 import json
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +23,18 @@ from services.gateway.domain import CatalogueItem, SearchOptions
 from services.gateway.http.openapi import openapi_document
 from services.gateway.http.parsing import (
     DEFAULT_LIST_CHUNK,
-    body_of,
+    crop_of,
     form_text,
     int_field,
     item_id_of,
     load_json,
     options_from_json,
     options_from_params,
+    outfit_options,
     payload_from_json,
     read_json,
     read_multipart,
+    read_photo,
     single_field,
     text_options,
 )
@@ -39,6 +42,7 @@ from services.gateway.http.responses import (
     ImageLinks,
     answer,
     attribute_json,
+    box_json,
     error_body,
     filters_json,
     model_json,
@@ -76,25 +80,15 @@ class HttpApi:
 
     # -- search --
 
+    @property
+    def body_limit(self) -> int:
+        return self._settings.http_body_limit
+
     async def search(self, request: web.Request) -> web.Response:
-        params = list(request.query.items())
-        content_type = request.content_type
-        if content_type == "multipart/form-data":
-            fields = await read_multipart(request, self._settings.http_body_limit)
-            image = single_field(fields, "image")
-            if image is None:
-                raise InvalidArgument("the multipart body has no 'image' field; attach the photo as image=@photo.jpg")
-            for name, values in fields.items():
-                if name != "image":
-                    params.extend((name, form_text(value, name)) for value, _ in values)
-        elif content_type in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
-            raise web.HTTPUnsupportedMediaType(
-                text="send the photo as multipart/form-data (field 'image') or as the raw request body"
-                " with an image/* or application/octet-stream content type"
-            )
-        else:
-            image = await body_of(request)
-        result = await self._service.search(image, options_from_params(params))
+        image, params = await read_photo(request, self.body_limit)
+        crop, params = crop_of(params)
+        options = options_from_params(params)
+        result = await self._service.search(image, replace(options, crop=crop) if crop else options)
         return answer(
             request,
             {
@@ -109,6 +103,25 @@ class HttpApi:
                 "reason": result.reason,
             },
         )
+
+    async def search_outfit(self, request: web.Request) -> web.Response:
+        """POST /v1/search/outfit: every product in the photo, its box in whole pixels of the uploaded photo, each
+        searched within its predicted subCategory; `attributes` and `hits` as in /v1/search."""
+        image, params = await read_photo(request, self.body_limit)
+        result = await self._service.search_outfit(image, outfit_options(params))
+        items = [
+            {
+                "box": box_json(item.detection, result.size),
+                "group": item.detection.group,
+                "score": round(float(item.detection.score), 4),
+                "attributes": [attribute_json(a) for a in item.classification.attributes],
+                "suggested_name": item.classification.suggested_name,
+                "keywords": list(item.keywords),
+                "hits": [self.hit_json(h) for h in item.hits],
+            }
+            for item in result.items
+        ]
+        return web.json_response({"items": items})
 
     async def search_text(self, request: web.Request) -> web.Response:
         """POST /v1/search/text {"query": "women blue kurtas", "top_k": 5, "match": "both", "filters": {...}}."""

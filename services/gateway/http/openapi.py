@@ -8,7 +8,14 @@ from typing import Any
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.store import FILTER_FIELDS
 from fashionsearch.text_contract import MAX_QUERY_CHARS
-from services.gateway.http.parsing import DEFAULT_LIST_CHUNK, FILTER_MODES, REFINE_PARAM, TEXT_MATCHES
+from services.gateway.http.parsing import (
+    CROP_PARAM,
+    CROPS,
+    DEFAULT_LIST_CHUNK,
+    FILTER_MODES,
+    REFINE_PARAM,
+    TEXT_MATCHES,
+)
 from services.gateway.http.responses import JSON_0_1, JSON_VERSION_HEADER
 from services.gateway.security import API_KEY_HEADER
 from services.gateway.settings import Settings
@@ -126,6 +133,80 @@ def _text_paths() -> dict[str, Any]:
     }
 
 
+def _outfit_schemas() -> dict[str, Any]:
+    integer = {"type": "integer", "minimum": 0}
+    return {
+        "Box": {
+            "type": "object",
+            "description": "Whole pixels of the uploaded photo (after its EXIF orientation), origin at the top left",
+            "required": ["left", "top", "width", "height"],
+            "properties": {"left": integer, "top": integer, "width": integer, "height": integer},
+        },
+        "OutfitItem": {
+            "type": "object",
+            "description": "One product found in the photo: where, what it was read as, the products most like it",
+            "required": ["box", "group", "score", "attributes", "suggested_name", "keywords", "hits"],
+            "additionalProperties": False,
+            "properties": {
+                "box": {"$ref": "#/components/schemas/Box"},
+                "group": {"type": "string", "description": "the detector's coarse group, e.g. top, footwear"},
+                "score": {"type": "number", "minimum": 0, "maximum": 1, "description": "the detector's confidence"},
+                "attributes": {"type": "array", "items": {"$ref": "#/components/schemas/AttributePrediction"}},
+                "suggested_name": {"type": "string"},
+                "keywords": {"type": "array", "items": {"type": "string"}},
+                "hits": {
+                    "type": "array",
+                    "description": "nearest first, within the product's predicted subCategory",
+                    "items": {"$ref": "#/components/schemas/Hit"},
+                },
+            },
+        },
+        "SearchOutfitResponse": {
+            "type": "object",
+            "required": ["items"],
+            "additionalProperties": False,
+            "properties": {
+                "items": {
+                    "type": "array",
+                    "description": "the detector's most confident first; empty when the photo shows no product",
+                    "items": {"$ref": "#/components/schemas/OutfitItem"},
+                }
+            },
+        },
+    }
+
+
+CROP_PARAMETER = {
+    "name": CROP_PARAM,
+    "in": "query",
+    "description": "none (default): read the whole photo; auto: read only the main product the detector finds (the "
+    "whole photo when it finds none; 409 when the gateway has no detector). A multipart field works too.",
+    "schema": {"type": "string", "enum": list(CROPS), "default": "none"},
+}
+
+
+def _outfit_paths(top_k: dict[str, Any], image_body: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "/v1/search/outfit": {
+            "post": {
+                "summary": "Every product in a photo (an outfit, a flat lay): its box, and each searched within its "
+                "predicted subCategory",
+                "parameters": [top_k, REFINE_PARAMETER],
+                "requestBody": {"required": True, "content": image_body},
+                "responses": {
+                    "200": {
+                        "description": "One item per product found; no items (not an error) when there is none",
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/SearchOutfitResponse"}}
+                        },
+                    },
+                    **_errors(400, 409, 413, 415, 503, 504),
+                },
+            }
+        }
+    }
+
+
 def openapi_document(settings: Settings) -> dict[str, Any]:
     """The OpenAPI 3.1 description of the HTTP API."""
     string = {"type": "string"}
@@ -202,25 +283,20 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             f" {JSON_0_1}, as version 0.1 wrote it)",
             "items": _ref("FieldFilter"),
         },
+        "AttributePrediction": {
+            "type": "object",
+            "properties": {
+                "attribute": string,
+                "labels": {
+                    "type": "array",
+                    "items": {"type": "object", "properties": {"label": string, "probability": {"type": "number"}}},
+                },
+            },
+        },
         "SearchResponse": {
             "type": "object",
             "properties": {
-                "attributes": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "attribute": string,
-                            "labels": {
-                                "type": "array",
-                                "items": {
-                                    "type": "object",
-                                    "properties": {"label": string, "probability": {"type": "number"}},
-                                },
-                            },
-                        },
-                    },
-                },
+                "attributes": {"type": "array", "items": _ref("AttributePrediction")},
                 "suggested_name": string,
                 "keywords": {"type": "array", "items": string},
                 "hits": {"type": "array", "items": _ref("Hit")},
@@ -280,6 +356,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         },
         "Health": {"type": "object", "properties": {"status": string}},
         **_text_schemas(settings.max_top_k),
+        **_outfit_schemas(),
     }
     image_body = {
         "multipart/form-data": {
@@ -296,7 +373,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "/v1/search": {
             "post": {
                 "summary": "Search by photo: predicted attributes, suggested name and keywords, similar products",
-                "parameters": search_params,
+                "parameters": [*search_params, CROP_PARAMETER],
                 "requestBody": {"required": True, "content": image_body},
                 "responses": {
                     "200": _json(_ref("SearchResponse"), "Search result"),
@@ -526,6 +603,7 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
             }
         }
     paths.update(_text_paths())
+    paths.update(_outfit_paths(search_params[0], image_body))
     # The answers that hold payloads or applied filters can still be asked for in version 0.1's shape.
     json_version = {
         "name": JSON_VERSION_HEADER,

@@ -15,7 +15,7 @@ from fashionsearch.errors import InvalidArgument
 from fashionsearch.parsing import check_text, parse_int, parse_json
 from fashionsearch.store import FILTER_FIELDS
 from services.gateway.admission import BODY_KEY, BodyTooLarge
-from services.gateway.domain import FilterMode, SearchOptions, TextMatch, TextSearchOptions
+from services.gateway.domain import Crop, FilterMode, SearchOptions, TextMatch, TextSearchOptions
 
 FILTER_MODES = {mode.value: mode for mode in FilterMode}
 FILTER_PREFIX = "filter."
@@ -27,6 +27,11 @@ DEFAULT_LIST_CHUNK = 1000
 #: POST /v1/search/text: its match modes and the fields of its body.
 TEXT_MATCHES = {match.value: match for match in TextMatch}
 _TEXT_FIELDS = ("query", "top_k", "match", "filters")
+#: The photo search's parameter choosing what of the photo is read.
+CROP_PARAM = "crop"
+CROPS = {crop.value: crop for crop in Crop}
+#: POST /v1/search/outfit: its parameters (query string or multipart fields).
+_OUTFIT_PARAMS = ("top_k", REFINE_PARAM)
 
 
 async def body_of(request: web.Request) -> bytes:
@@ -133,6 +138,51 @@ def text_options(body: dict[str, Any]) -> tuple[str, TextSearchOptions]:
     return query, TextSearchOptions(top_k=base.top_k, match=TEXT_MATCHES.get(match or ""), filters=base.filters)
 
 
+def crop_of(params: list[tuple[str, str]]) -> tuple[Crop | None, list[tuple[str, str]]]:
+    """The `crop` parameter of a photo search (None when not given) and the other parameters."""
+    crops = [value.strip() for name, value in params if name == CROP_PARAM]
+    rest = [(name, value) for name, value in params if name != CROP_PARAM]
+    if not crops:
+        return None, rest
+    if len(crops) > 1 or crops[0] not in CROPS:
+        raise InvalidArgument(f"crop must be given once, one of {', '.join(CROPS)}; got {', '.join(crops)}")
+    return CROPS[crops[0]], rest
+
+
+def outfit_options(params: list[tuple[str, str]]) -> SearchOptions:
+    top_k, refine = None, ""
+    for name, value in params:
+        if name == "top_k":
+            top_k = int_field(value, "top_k")
+        elif name == REFINE_PARAM:
+            refine = value
+        else:
+            raise InvalidArgument(f"unknown parameter {name!r}; allowed: {', '.join(_OUTFIT_PARAMS)}")
+    return SearchOptions(top_k=top_k, refine_text=refine)
+
+
+async def read_photo(request: web.Request, body_limit: int) -> tuple[bytes, list[tuple[str, str]]]:
+    """The photo of a photo search (a multipart 'image' field or the raw body) and its parameters (the query
+    string's, then the multipart form's other fields)."""
+    params = list(request.query.items())
+    content_type = request.content_type
+    if content_type == "multipart/form-data":
+        fields = await read_multipart(request, body_limit)
+        image = single_field(fields, "image")
+        if image is None:
+            raise InvalidArgument("the multipart body has no 'image' field; attach the photo as image=@photo.jpg")
+        for name, values in fields.items():
+            if name != "image":
+                params.extend((name, form_text(value, name)) for value, _ in values)
+        return image, params
+    if content_type in ("application/json", "application/x-www-form-urlencoded", "text/plain"):
+        raise web.HTTPUnsupportedMediaType(
+            text="send the photo as multipart/form-data (field 'image') or as the raw request body"
+            " with an image/* or application/octet-stream content type"
+        )
+    return await body_of(request), params
+
+
 def load_json(text: bytes | str, what: str) -> Any:
     """`fashionsearch.parsing.parse_json`; its error as a 400."""
     try:
@@ -150,8 +200,11 @@ async def read_json(request: web.Request) -> dict[str, Any]:
 
 async def read_multipart(request: web.Request, limit: int) -> dict[str, list[tuple[bytes, str | None]]]:
     """Every part of a multipart/form-data body: name -> [(bytes, filename)], at most `limit` bytes in all."""
-    stream = StreamReader(request.protocol, READ_CHUNK, loop=asyncio.get_running_loop())
-    stream.feed_data(await body_of(request))
+    body = await body_of(request)
+    # Its high-water mark above the whole body: the body is already read, and a reader over the connection's
+    # protocol would otherwise pause the connection's parser (an AssertionError in aiohttp) for a body over 2 chunks.
+    stream = StreamReader(request.protocol, max(READ_CHUNK, len(body)), loop=asyncio.get_running_loop())
+    stream.feed_data(body)
     stream.feed_eof()
     try:
         return await _read_parts(MultipartReader(request.headers, stream), limit)

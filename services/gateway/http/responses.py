@@ -12,6 +12,7 @@ from aiohttp import web
 
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.classification import AttributePrediction
+from fashionsearch.detection import Detection
 from fashionsearch.errors import InvalidArgument
 from services.gateway.domain import ModelId, QueryTerm
 
@@ -72,6 +73,15 @@ def term_json(term: QueryTerm) -> dict[str, Any]:
 def terms_json(terms: Sequence[QueryTerm]) -> list[dict[str, Any]]:
     """The words of a query that name an attribute value (search by words, and a photo search's refinement)."""
     return [term_json(t) for t in terms]
+
+
+def box_json(detection: Detection, size: tuple[int, int]) -> dict[str, int]:
+    """The box in whole pixels, inside the photo."""
+    width, height = size
+    left, top = min(max(0, round(detection.left)), width), min(max(0, round(detection.top)), height)
+    right = min(max(left, round(detection.left + detection.width)), width)
+    bottom = min(max(top, round(detection.top + detection.height)), height)
+    return {"left": left, "top": top, "width": right - left, "height": bottom - top}
 
 
 #: The request header asking for version 0.1's JSON names in the answer (deprecated; read for one more version).

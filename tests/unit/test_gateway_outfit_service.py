@@ -1,0 +1,163 @@
+"""Outfit search and crop=auto in GatewayService over fakes: what is cut out of the photo, what is searched where."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+
+import numpy as np
+import pytest
+from gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
+from PIL import Image
+
+from fashionsearch.classification import AttributePrediction, LabelScore
+from fashionsearch.detection import Detection
+from fashionsearch.errors import FailedPrecondition, Internal, InvalidArgument
+from fashionsearch.store.brute import BruteForceIndex
+from services.gateway import crops
+from services.gateway.domain import CatalogueItem, Classification, Crop, SearchOptions
+from services.gateway.limits import Limits
+from services.gateway.service import GatewayService
+
+RED, BLUE = (200, 20, 20), (20, 20, 200)
+#: A 300x400 photo: a red product (left, top 40, 60, 100 x 120) and a blue one (180, 250, 80 x 60) on grey.
+RED_BOX = Detection(40, 60, 100, 120, "top", 0.9)
+BLUE_BOX = Detection(180, 250, 80, 60, "shoes", 0.7)
+
+
+def photo(size: tuple[int, int] = (300, 400)) -> bytes:
+    image = Image.new("RGB", size, (128, 128, 128))
+    image.paste(RED, (40, 60, 140, 180))
+    image.paste(BLUE, (180, 250, 260, 310))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class RecordingClassifier(FakeClassifier):
+    """Predicts subCategory Topwear for a red photo and Shoes otherwise; keeps the photos it saw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[bytes] = []
+
+    async def classify(self, data: bytes) -> Classification:
+        if data.startswith(b"img:"):  # a catalogue item of the fakes, classified at upsert
+            return await super().classify(data)
+        self.seen.append(data)
+        centre = Image.open(io.BytesIO(data)).convert("RGB")
+        red = centre.getpixel((centre.width // 2, centre.height // 2))[0] > 150
+        labels = {**self.labels, "subCategory": "Topwear" if red else "Shoes"}
+        return Classification.of(
+            [AttributePrediction(k, (LabelScore(v, 0.9), LabelScore("Other", 0.1))) for k, v in labels.items()],
+            model=CLASSIFIER_MODEL,
+        )
+
+
+async def _items() -> AsyncIterator[CatalogueItem]:
+    for pid, sub in enumerate(["Topwear", "Topwear", "Shoes", "Shoes", "Bags"], start=1):
+        yield CatalogueItem(id=pid, image=f"img:{pid}".encode(), payload={"name": f"Item {pid}", "subCategory": sub})
+
+
+async def _service(detector: FakeDetector | None) -> tuple[GatewayService, RecordingClassifier, FakeEmbedder]:
+    classifier, embedder = RecordingClassifier(), FakeEmbedder()
+    service = GatewayService(classifier, embedder, BruteForceIndex(), Limits(max_image_bytes=10**6), detector=detector)
+    assert all([o.error is None async for o in service.upsert(_items())])
+    classifier.seen.clear()
+    return service, classifier, embedder
+
+
+@run_async
+async def test_each_product_is_cut_out_and_searched_within_its_predicted_subcategory():
+    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    result = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert [item.detection for item in result.items] == [RED_BOX, BLUE_BOX]
+    assert [item.applied_filters for item in result.items] == [
+        {"subCategory": ("Topwear",)},
+        {"subCategory": ("Shoes",)},
+    ]
+    assert [{h.id for h in item.hits} for item in result.items] == [{1, 2}, {3, 4}]
+    assert result.size == (300, 400) and result.detector_model.name == "fake-detector"
+    # What the classifier saw: each product on white at the catalogue's 3:4, a little room around it.
+    for data, colour in zip(classifier.seen, (RED, BLUE), strict=True):
+        cut = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+        assert cut.shape[1] / cut.shape[0] == pytest.approx(3 / 4, abs=0.02)
+        assert np.abs(cut[cut.shape[0] // 2, cut.shape[1] // 2] - colour).max() < 40
+        assert (cut[0, 0] > 240).all() or (cut[0, 0] == 128).all()  # a corner is padding or the margin
+
+
+@run_async
+async def test_no_product_is_an_empty_result_and_asks_no_model():
+    service, classifier, embedder = await _service(FakeDetector(()))
+    calls = embedder.calls
+    result = await service.search_outfit(photo(), SearchOptions())
+    assert result.items == () and result.embedder_model is None
+    assert classifier.seen == [] and embedder.calls == calls
+
+
+@run_async
+async def test_refine_words_are_read_once_for_every_product():
+    service, _, embedder = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    result = await service.search_outfit(photo(), SearchOptions(refine_text="for women"))
+    assert embedder.text_queries == ["for women"] and result.refine_terms
+    assert all(item.applied_filters.get("gender") == ("Women",) for item in result.items)
+
+
+@run_async
+async def test_without_a_detector_outfit_search_and_crop_auto_are_a_failed_precondition():
+    service, _, _ = await _service(None)
+    with pytest.raises(FailedPrecondition, match="GATEWAY_DETECTOR_ADDR"):
+        await service.search_outfit(photo(), SearchOptions())
+    with pytest.raises(FailedPrecondition, match="GATEWAY_DETECTOR_ADDR"):
+        await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+
+
+@run_async
+async def test_bad_photos_and_options_are_invalid_arguments():
+    service, _, _ = await _service(FakeDetector((RED_BOX,)))
+    with pytest.raises(InvalidArgument, match="not a JPEG, PNG or WebP"):
+        await service.search_outfit(b"%PDF-1.7 not a photo", SearchOptions())
+    with pytest.raises(InvalidArgument, match="top_k"):
+        await service.search_outfit(photo(), SearchOptions(top_k=0))
+    with pytest.raises(InvalidArgument, match="empty"):
+        await service.search_outfit(b"", SearchOptions())
+
+
+@run_async
+async def test_a_detector_that_saw_another_photo_is_an_internal_error():
+    service, _, _ = await _service(FakeDetector((RED_BOX,), size=(400, 300)))
+    with pytest.raises(Internal):
+        await service.search_outfit(photo(), SearchOptions())
+
+
+@run_async
+async def test_crop_auto_reads_the_best_product_or_the_whole_photo():
+    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    result = await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
+    assert result.applied_filters == {"subCategory": ("Topwear",)}  # the red one, the detector's best
+    [seen] = classifier.seen
+    assert seen == crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0]
+    service, classifier, _ = await _service(FakeDetector(()))
+    await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+    assert classifier.seen == [photo()]
+
+
+def test_cut_outs_of_a_photo_decoded_at_a_reduced_scale():
+    # A 4000x3000 JPEG is decoded at 1/2 (at least DECODE_SIDE a side); the boxes are in full-size pixels.
+    image = Image.new("RGB", (4000, 3000), (128, 128, 128))
+    image.paste(RED, (400, 600, 1400, 1800))
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=90)
+    decoded = crops.decode_photo(buffer.getvalue(), crops.ImageLimits())
+    assert decoded.size == (4000, 3000) and decoded.image.size == (2000, 1500)
+    [data] = crops.cut_out(decoded, [Detection(400, 600, 1000, 1200, "top", 0.9)])
+    cut = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
+    # 1000x1200 plus an 8% margin each side, at half scale: 580x696, padded with white to 3:4 (580x773)
+    assert cut.shape[:2] == pytest.approx((773, 580), abs=4)
+    assert np.abs(cut[386, 290] - RED).max() < 30 and (cut[5, 290] > 240).all()
+
+
+def test_a_tiny_cut_out_is_enlarged_so_the_services_accept_it():
+    decoded = crops.decode_photo(photo(), crops.ImageLimits())
+    [data] = crops.cut_out(decoded, [Detection(50, 70, 2, 3, "top", 0.9)])
+    assert min(Image.open(io.BytesIO(data)).size) >= crops.MIN_SIDE
