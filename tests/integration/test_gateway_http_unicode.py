@@ -32,6 +32,7 @@ def _no_error_logged(caplog: pytest.LogCaptureFixture) -> None:
         ("/v1/search/by-id", {"filters": {SURROGATE: "Red"}}, "filter field"),
         ("/v1/search/text", {"query": "red shirt", "filters": {"gender": SURROGATE}}, "gender"),
         ("/v1/search/text", {"query": "red " + SURROGATE}, "query"),
+        ("/v1/search/by-id", {"refine": "in red " + SURROGATE}, "refine"),
     ],
 )
 def test_a_lone_surrogate_in_a_search_is_400_naming_the_field(api, items, caplog, path, body, field):
