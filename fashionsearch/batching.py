@@ -135,6 +135,16 @@ class DynamicBatcher(Generic[In, Out]):
         # default executor.
         self._executor: ThreadPoolExecutor | None = None
 
+    @property
+    def queued(self) -> int:
+        """Requests prepared and waiting for a batch (what a test waits on instead of sleeping)."""
+        return len(self._queue)
+
+    @property
+    def preparing(self) -> int:
+        """Requests inside `submit` still being prepared in a worker thread."""
+        return self._preparing
+
     async def submit(self, prepare: Callable[[], In], *, heavy: bool = False) -> Out:
         """Prepare one request in a worker thread (the heavy-image thread when `heavy`, see
         fashionsearch.decode_threads), then run it in a batch; returns its output or raises its error."""

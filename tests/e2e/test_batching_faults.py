@@ -19,8 +19,8 @@ import time
 import grpc
 import pytest
 
+from testkit.grpc_load import BackgroundLoad
 from testkit.process_stack import ProcessStack
-from tests.e2e.test_faults import BackgroundLoad
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 

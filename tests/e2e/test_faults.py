@@ -20,21 +20,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import csv
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import grpc.aio
 import pytest
-from PIL import Image
 
 from fashionsearch.v1 import (
     classifier_pb2,
@@ -45,6 +41,7 @@ from fashionsearch.v1 import (
     gateway_pb2_grpc,
 )
 from services.gateway.security import client_metadata
+from testkit.grpc_load import CONCURRENCY, BackgroundLoad, load, photo
 from testkit.images import large_png
 from testkit.process_stack import REPO_ROOT, ProcessStack, peak_rss_mb, reset_peak_rss
 
@@ -52,82 +49,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 LOAD_S = float(os.environ.get("FAULT_LOAD_S", "10"))
 WARM_UP_S = max(3.0, LOAD_S / 5)
-CONCURRENCY = 32
 MAX_RSS_GROWTH = 0.05
 WRITE_KEY = "fault-tests-write-key-0123456789"
 #: How fast "fast" is: far below the gateway's 2 s dependency deadlines.
 FAST_FAILURE_S = 1.0
 RECOVERY_S = 10.0
-
-
-def photo(seed: int, size: tuple[int, int] = (60, 80)) -> bytes:
-    """A catalogue-sized JPEG that differs per seed."""
-    picture = Image.new("RGB", size, ((seed * 37) % 256, (seed * 91) % 256, (seed * 53) % 256))
-    picture.paste((255 - (seed * 37) % 256, 20, 20), (0, size[1] // 3, size[0], size[1] // 2))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=90)
-    return buffer.getvalue()
-
-
-QUERIES = [photo(1000 + i) for i in range(16)]
-
-
-@dataclass
-class LoadResult:
-    codes: collections.Counter = field(default_factory=collections.Counter)
-    #: (start time, seconds, status code) of every call
-    calls: list[tuple[float, float, grpc.StatusCode]] = field(default_factory=list)
-
-    @property
-    def errors(self) -> dict[str, int]:
-        return {code.name: n for code, n in self.codes.items() if code is not grpc.StatusCode.OK}
-
-
-async def _load(address: str, duration_s: float, concurrency: int, stop: threading.Event | None = None) -> LoadResult:
-    result = LoadResult()
-    deadline = time.monotonic() + duration_s
-    async with grpc.aio.insecure_channel(address) as channel:
-        stub = gateway_pb2_grpc.GatewayStub(channel)
-
-        async def worker(n: int) -> None:
-            i = n
-            while time.monotonic() < deadline and not (stop and stop.is_set()):
-                request = gateway_pb2.SearchRequest(image=QUERIES[i % len(QUERIES)])
-                i += concurrency
-                started = time.monotonic()
-                try:
-                    await stub.Search(request, timeout=5)
-                    code = grpc.StatusCode.OK
-                except grpc.aio.AioRpcError as error:
-                    code = error.code()
-                result.codes[code] += 1
-                result.calls.append((started, time.monotonic() - started, code))
-
-        await asyncio.gather(*(worker(n) for n in range(concurrency)))
-    return result
-
-
-def load(address: str, duration_s: float, concurrency: int = CONCURRENCY) -> LoadResult:
-    return asyncio.run(_load(address, duration_s, concurrency))
-
-
-class BackgroundLoad:
-    """Load from a thread until stopped."""
-
-    def __init__(self, address: str, concurrency: int) -> None:
-        self._stop = threading.Event()
-        self.result: LoadResult | None = None
-        self._thread = threading.Thread(
-            target=lambda: setattr(self, "result", asyncio.run(_load(address, 600, concurrency, self._stop))),
-            daemon=True,
-        )
-        self._thread.start()
-
-    def stop(self) -> LoadResult:
-        self._stop.set()
-        self._thread.join(30)
-        assert self.result is not None, "the load thread did not finish"
-        return self.result
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from gateway_stack import jpeg, start_stack
 
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
 from fashionsearch.store import backup as backups
 from fashionsearch.store.backup import WriteJournal, list_backups, read_backup, write_backup
 from fashionsearch.v1 import gateway_pb2
 from jobs.backup.__main__ import EXIT_OK, EXIT_REFUSED, main
+from testkit.gateway_stack import jpeg, start_stack
 from testkit.process_stack import free_port
 
 pytestmark = [

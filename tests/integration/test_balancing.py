@@ -12,8 +12,8 @@ from fashionsearch.channels import channel_options
 from services.embedder.server import start
 from services.embedder.settings import Settings
 from services.gateway.clients import GrpcEmbedder
+from testkit.service_helpers import GOOD
 from testkit.tiny_models import write_tiny_embedder
-from tests.integration.service_helpers import GOOD
 
 pytestmark = pytest.mark.integration
 

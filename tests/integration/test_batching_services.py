@@ -8,7 +8,6 @@ a bad image inside a batch; batched answers equal unbatched ones.
 from __future__ import annotations
 
 import asyncio
-import threading
 from dataclasses import replace
 from pathlib import Path
 
@@ -24,43 +23,14 @@ from services.classifier.settings import Settings as ClassifierSettings
 from services.embedder.model import OnnxEmbedder
 from services.embedder.server import start as start_embedder
 from services.embedder.settings import Settings as EmbedderSettings
+from testkit.gated_model import COLOURS, Gated
+from testkit.service_helpers import BAD_IMAGES, GOOD, jpeg
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
-from tests.integration.service_helpers import BAD_IMAGES, GOOD, jpeg
 
 pytestmark = pytest.mark.integration
 
 #: Long enough that the queued requests always share a batch, whatever the machine's load.
 DELAY_MS = 200.0
-COLOURS = ["red", "blue", "green", "yellow", "purple", "orange"]
-
-
-class Gated:
-    """Wraps a model adapter: every batch is recorded, and waits at `gate` (when closed) inside the model."""
-
-    def __init__(self, real: OnnxClassifier | OnnxEmbedder) -> None:
-        self.real = real
-        self.identity = real.identity
-        self.input_size = real.input_size
-        self.gate = threading.Event()
-        self.gate.set()
-        self.entered = threading.Event()
-        self.batches: list[int] = []
-
-    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        return getattr(self.real, name)  # warm_up, prepare, dim, classify, embed
-
-    def _enter(self, batch: np.ndarray) -> None:
-        self.batches.append(len(batch))
-        self.entered.set()
-        assert self.gate.wait(10), "the test never opened the gate"
-
-    def classify_prepared(self, batch, top_k):  # type: ignore[no-untyped-def]
-        self._enter(batch)
-        return self.real.classify_prepared(batch, top_k)
-
-    def embed_prepared(self, batch):  # type: ignore[no-untyped-def]
-        self._enter(batch)
-        return self.real.embed_prepared(batch)
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import Classifier, OnnxClassifier
 from services.classifier.server import start
 from services.classifier.settings import Settings
+from testkit.service_helpers import BAD_IMAGES, GOOD, SERVING, health_status, jpeg
 from testkit.tiny_models import DEFAULT_HEADS, write_tiny_classifier
-from tests.integration.service_helpers import BAD_IMAGES, GOOD, SERVING, health_status, jpeg
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from fashionsearch.model_contract import ModelContractError
 from fashionsearch.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.server import start
 from services.detector.settings import Settings
+from testkit.service_helpers import BAD_IMAGES, SERVING, health_status
 from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
 from testkit.tiny_models import write_tiny_classifier
-from tests.integration.service_helpers import BAD_IMAGES, SERVING, health_status
 
 pytestmark = pytest.mark.integration
 

@@ -16,8 +16,8 @@ from fashionsearch.onnx_model import OnnxModel
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.server import start
 from services.embedder.settings import Settings
+from testkit.service_helpers import BAD_IMAGES, GOOD, SERVING, health_status, jpeg
 from testkit.tiny_models import write_tiny_embedder
-from tests.integration.service_helpers import BAD_IMAGES, GOOD, SERVING, health_status, jpeg
 
 pytestmark = pytest.mark.integration
 

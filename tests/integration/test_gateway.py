@@ -10,12 +10,12 @@ import zlib
 
 import grpc
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc, gateway_pb2
+from testkit.gateway_stack import Stack, jpeg, start_stack
 
 pytestmark = pytest.mark.integration
 

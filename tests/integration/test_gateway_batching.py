@@ -22,9 +22,9 @@ from services.classifier.settings import Settings as ClassifierSettings
 from services.embedder.server import start as start_embedder
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway.clients import GrpcClassifier, GrpcEmbedder
+from testkit.gated_model import COLOURS, Gated
+from testkit.service_helpers import BAD_IMAGES, jpeg
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
-from tests.integration.service_helpers import BAD_IMAGES, jpeg
-from tests.integration.test_batching_services import COLOURS, Gated
 
 pytestmark = pytest.mark.integration
 

@@ -20,12 +20,8 @@ from dataclasses import replace
 from typing import Any
 
 import grpc
-import http_api
 import pytest
-from gateway_stack import jpeg
 from grpc_health.v1 import health_pb2
-from http_api import HOST, MAX_IMAGE, QUERY, SUBCATEGORIES, Http, error_of
-from service_helpers import BAD_IMAGES
 
 from fashionsearch.catalogue import PAYLOAD_FIELDS, PROTO_PAYLOAD_FIELDS
 from fashionsearch.errors import (
@@ -40,6 +36,10 @@ from fashionsearch.errors import (
 from fashionsearch.v1 import gateway_pb2
 from services.gateway.http.app import create_app, start_http
 from services.gateway.http.responses import JSON_VERSION_HEADER
+from testkit import http_api
+from testkit.gateway_stack import jpeg
+from testkit.http_api import HOST, MAX_IMAGE, QUERY, SUBCATEGORIES, Http, error_of
+from testkit.service_helpers import BAD_IMAGES
 
 pytestmark = pytest.mark.integration
 

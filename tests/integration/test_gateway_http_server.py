@@ -11,13 +11,13 @@ import json
 import socket
 from dataclasses import replace
 
-import http_api
 import pytest
-from http_api import HOST, MAX_BODY, Http, error_of, multipart
 
 from services.gateway.domain import StoredItem
 from services.gateway.http.app import start_http
 from services.gateway.settings import Settings as GatewaySettings
+from testkit import http_api
+from testkit.http_api import HOST, MAX_BODY, Http, error_of, multipart
 
 pytestmark = pytest.mark.integration
 

@@ -8,10 +8,11 @@ import base64
 import json
 import logging
 
-import http_api
 import pytest
-from gateway_stack import jpeg
-from http_api import error_of
+
+from testkit import http_api
+from testkit.gateway_stack import jpeg
+from testkit.http_api import error_of
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,6 @@ import urllib.request
 import grpc
 import numpy as np
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
 from PIL import Image
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,8 +28,9 @@ from fashionsearch.v1 import gateway_pb2
 from services.embedder import server as embedder_server
 from services.embedder.model import OnnxEmbedder
 from services.gateway.bootstrap import max_message_bytes
+from testkit.gated_model import Gated
+from testkit.gateway_stack import Stack, jpeg, start_stack
 from testkit.process_stack import free_port
-from tests.integration.test_batching_services import Gated
 
 pytestmark = pytest.mark.integration
 

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fashionsearch.healthcheck import is_serving
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
+from testkit.gateway_stack import Stack, jpeg, start_stack
 from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration

@@ -29,13 +29,13 @@ from PIL import Image
 from fashionsearch.v1 import gateway_pb2
 from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
+from testkit.gateway_stack import HOST, Stack, start_stack
+from testkit.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
+from testkit.indexer_job import addr, counts, digests, job_command, run_job
+from testkit.process_stack import REPO_ROOT
 from testkit.tiny_models import write_tiny_embedder
-from tests.integration.gateway_stack import HOST, Stack, start_stack
-from tests.integration.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")]
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -45,55 +45,6 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
         yield running
     finally:
         running.close()
-
-
-def _addr(server: Any) -> str:
-    return f"{HOST}:{server.port}"
-
-
-def _job_command(tmp_path: Path, *args: str, progress: bool = False) -> list[str]:
-    quiet = ["--progress-every-s", "0.05"] if progress else ["--no-progress"]
-    return [
-        sys.executable,
-        "-m",
-        "jobs.indexer",
-        *args,
-        "--rejects",
-        str(tmp_path / "rejects.csv"),
-        "--summary-json",
-        str(tmp_path / "summary.json"),
-        *quiet,
-    ]
-
-
-def run_job(
-    tmp_path: Path, *args: str, timeout_s: float = 120, env: dict[str, str] | None = None
-) -> tuple[int, dict[str, Any]]:
-    result = subprocess.run(
-        _job_command(tmp_path, *args),
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        env={**os.environ, **(env or {})},
-    )
-    summary_path = tmp_path / "summary.json"
-    assert summary_path.exists(), f"no summary; stdout={result.stdout}\nstderr={result.stderr}"
-    summary = json.loads(summary_path.read_text())
-    summary_path.unlink()
-    return result.returncode, summary
-
-
-def _counts(summary: dict[str, Any]) -> tuple[int, int, int, int, int]:
-    return summary["added"], summary["updated"], summary["unchanged"], summary["deleted"], summary["rejected"]
-
-
-def _digests(stack: Stack) -> dict[int, str]:
-    return {
-        d.id: d.content_hash
-        for page in stack.stub.ListItems(gateway_pb2.ListItemsRequest(), timeout=10)
-        for d in page.items
-    }
 
 
 def _start_embedder(stack: Stack, tmp_path: Path, version: str) -> Any:
@@ -116,15 +67,15 @@ def test_through_the_gateway_incremental_prune_and_rejects(stack: Stack, tmp_pat
         f.write("42,Men,Apparel\n")  # bad row
         f.write("43,Men,Apparel,Topwear,Tshirts,,,2012,,No colour/season/usage: predicted\n")
     (dataset / "images" / "43.jpg").write_bytes(product_jpeg(43))
-    gateway = _addr(stack.gateway)
+    gateway = addr(stack.gateway)
 
     code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway, "--batch-size", "8")
     assert code == 2 and first["complete"]
-    assert _counts(first) == (38, 0, 0, 0, 5)
+    assert counts(first) == (38, 0, 0, 0, 5)
     rejects = (tmp_path / "rejects.csv").read_text()
     for fragment in ("missing file", "undecodable image", "gateway refused the item", "bad row: 3 fields"):
         assert fragment in rejects
-    stored = _digests(stack)
+    stored = digests(stack)
     assert len(stored) == 38 and all(len(h) == 32 for h in stored.values())
     item = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=10), timeout=5)
     assert item.payload.name == "Product 10, size M" and item.content_hash == stored[10]
@@ -133,7 +84,7 @@ def test_through_the_gateway_incremental_prune_and_rejects(stack: Stack, tmp_pat
     assert predicted.article_type == "Tshirts"  # given by the manifest, kept
 
     code, again = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway)
-    assert code == 2 and _counts(again) == (0, 0, 38, 0, 5)
+    assert code == 2 and counts(again) == (0, 0, 38, 0, 5)
     assert again["elapsed_s"] < 10
 
     (dataset / "images" / "8.jpg").write_bytes(product_jpeg(8, variant=3))
@@ -141,8 +92,8 @@ def test_through_the_gateway_incremental_prune_and_rejects(stack: Stack, tmp_pat
     styles = "\n".join(line for line in styles.splitlines() if not line.startswith(("1,", "2,")))
     (dataset / "styles.csv").write_text(styles + "\n")
     code, changed = run_job(tmp_path, "--dataset", str(dataset), "--gateway", gateway, "--prune")
-    assert code == 2 and _counts(changed) == (0, 2, 34, 2, 5)
-    after = _digests(stack)
+    assert code == 2 and counts(changed) == (0, 2, 34, 2, 5)
+    after = digests(stack)
     assert set(after) == set(stored) - {1, 2}
     assert after[8] != stored[8] and after[9] != stored[9] and after[10] == stored[10]
 
@@ -165,17 +116,17 @@ def test_images_over_http_with_unreachable_urls(stack: Stack, tmp_path: Path) ->
     records.append({"id": 6, "image": f"{base}/missing.jpg", "name": "404"})
     records.append({"id": 7, "image": "http://127.0.0.1:9/nothing.jpg", "name": "closed port"})
     manifest = write_jsonl(tmp_path / "products.jsonl", records)
-    job = ["--manifest", str(manifest), "--gateway", _addr(stack.gateway), "--url-timeout-s", "5"]
+    job = ["--manifest", str(manifest), "--gateway", addr(stack.gateway), "--url-timeout-s", "5"]
     try:
         # A manifest from elsewhere cannot make the job fetch from loopback: every row is refused unasked.
         code, refused = run_job(tmp_path, *job)
-        assert code == 2 and _counts(refused) == (0, 0, 0, 0, 7) and requests == []
+        assert code == 2 and counts(refused) == (0, 0, 0, 0, 7) and requests == []
         assert (tmp_path / "rejects.csv").read_text().count("refused URL") == 7
         code, summary = run_job(tmp_path, *job, "--allow-private-urls")  # an intranet image server
     finally:
         server.shutdown()
         server.server_close()
-    assert code == 2 and _counts(summary) == (5, 0, 0, 0, 2)
+    assert code == 2 and counts(summary) == (5, 0, 0, 0, 2)
     rejects = (tmp_path / "rejects.csv").read_text()
     assert "HTTP 404" in rejects and rejects.count("unreachable URL") == 2
     assert stack.stub.GetItem(gateway_pb2.GetItemRequest(id=3), timeout=5).payload.image_ref == f"{base}/3.jpg"
@@ -186,18 +137,18 @@ def test_direct_to_qdrant_local_mode_with_model_upgrade(stack: Stack, tmp_path: 
 
     dataset = write_dataset(tmp_path / "ds", range(1, 31))
     qdrant = tmp_path / "qdrant"
-    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--classifier", _addr(stack.classifier)]
+    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--classifier", addr(stack.classifier)]
 
-    code, first = run_job(tmp_path, *base_args, "--embedder", _addr(stack.embedder))
-    assert code == 0 and _counts(first) == (30, 0, 0, 0, 0)
+    code, first = run_job(tmp_path, *base_args, "--embedder", addr(stack.embedder))
+    assert code == 0 and counts(first) == (30, 0, 0, 0, 0)
     assert "alias catalogue switched to catalogue--tiny-embedder-tiny-1" in first["notes"]
-    code, again = run_job(tmp_path, *base_args, "--embedder", _addr(stack.embedder))
-    assert code == 0 and _counts(again) == (0, 0, 30, 0, 0)
+    code, again = run_job(tmp_path, *base_args, "--embedder", addr(stack.embedder))
+    assert code == 0 and counts(again) == (0, 0, 30, 0, 0)
 
     upgraded = _start_embedder(stack, tmp_path, "tiny-2")
     try:
-        code, staged = run_job(tmp_path, *base_args, "--embedder", _addr(upgraded), "--no-switch")
-        assert code == 0 and _counts(staged) == (30, 0, 0, 0, 0)
+        code, staged = run_job(tmp_path, *base_args, "--embedder", addr(upgraded), "--no-switch")
+        assert code == 0 and counts(staged) == (30, 0, 0, 0, 0)
         client = QdrantClient(path=str(qdrant))
         try:  # the alias still serves the complete old catalogue
             alias = {a.alias_name: a.collection_name for a in client.get_aliases().aliases}
@@ -205,8 +156,8 @@ def test_direct_to_qdrant_local_mode_with_model_upgrade(stack: Stack, tmp_path: 
             assert client.count("catalogue").count == 30
         finally:
             client.close()
-        code, switched = run_job(tmp_path, *base_args, "--embedder", _addr(upgraded), "--keep-old")
-        assert code == 0 and _counts(switched) == (0, 0, 30, 0, 0)  # resumed: nothing embedded twice
+        code, switched = run_job(tmp_path, *base_args, "--embedder", addr(upgraded), "--keep-old")
+        assert code == 0 and counts(switched) == (0, 0, 30, 0, 0)  # resumed: nothing embedded twice
     finally:
         stack.threads.run(upgraded.stop(0))
     client = QdrantClient(path=str(qdrant))
@@ -225,19 +176,19 @@ def test_direct_to_qdrant_local_mode_with_model_upgrade(stack: Stack, tmp_path: 
 
 def test_edge_rebuild_beside_the_live_gateway_then_switch(stack: Stack, tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "ds", range(1, 26))
-    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", _addr(stack.gateway))
+    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", addr(stack.gateway))
     assert code == 0 and first["added"] == 25
     store = stack.gateway_settings.data_dir
     upgraded = _start_embedder(stack, tmp_path, "tiny-2")
     try:
-        rebuild = ["--dataset", str(dataset), "--edge-dir", str(store), "--embedder", _addr(upgraded)]
-        code, staged = run_job(tmp_path, *rebuild, "--no-switch", "--classifier", _addr(stack.classifier))
+        rebuild = ["--dataset", str(dataset), "--edge-dir", str(store), "--embedder", addr(upgraded)]
+        code, staged = run_job(tmp_path, *rebuild, "--no-switch", "--classifier", addr(stack.classifier))
         assert code == 0 and staged["added"] == 25
         stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
         assert stats.stored_embedder.version == "tiny-1" and stats.item_count == 25  # searches see the old one
 
         code, switched = run_job(tmp_path, *rebuild)
-        assert code == 0 and _counts(switched) == (0, 0, 25, 0, 0)
+        assert code == 0 and counts(switched) == (0, 0, 25, 0, 0)
         # The gateway still has the old collection open, so the job leaves the deletion to it.
         assert any("catalogue is still open" in note for note in switched["notes"])
     finally:
@@ -265,12 +216,12 @@ def _kill_when(process: subprocess.Popen[str], ready: Any, timeout_s: float = 60
 def test_sigkill_mid_run_then_resume_through_the_gateway(stack: Stack, tmp_path: Path) -> None:
     total = 600
     dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
-    args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
+    args = ["--dataset", str(dataset), "--gateway", addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
 
     def count() -> int:
         return stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
 
-    process = subprocess.Popen(_job_command(tmp_path, *args), cwd=REPO_ROOT, text=True)
+    process = subprocess.Popen(job_command(tmp_path, *args), cwd=REPO_ROOT, text=True)
     assert _kill_when(process, lambda: count() >= 60), "the job finished before it could be killed"
     assert process.returncode == -signal.SIGKILL
     time.sleep(0.5)  # let the gateway finish the items it had already received
@@ -281,9 +232,9 @@ def test_sigkill_mid_run_then_resume_through_the_gateway(stack: Stack, tmp_path:
     assert code == 0 and resumed["complete"]
     assert resumed["unchanged"] == stored_at_kill  # completed items were not embedded again
     assert resumed["added"] == total - stored_at_kill
-    digests = _digests(stack)
-    assert sorted(digests) == list(range(1, total + 1))  # none lost, none duplicated
-    assert count() == total and all(len(h) == 32 for h in digests.values())
+    stored = digests(stack)
+    assert sorted(stored) == list(range(1, total + 1))  # none lost, none duplicated
+    assert count() == total and all(len(h) == 32 for h in stored.values())
 
 
 @pytest.mark.slow
@@ -292,12 +243,12 @@ def test_sigkill_during_an_edge_rebuild_then_resume_and_switch(stack: Stack, tmp
     dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
     store = stack.gateway_settings.data_dir
     args = [
-        "--dataset", str(dataset), "--edge-dir", str(store), "--embedder", _addr(stack.embedder),
+        "--dataset", str(dataset), "--edge-dir", str(store), "--embedder", addr(stack.embedder),
         "--batch-size", "8", "--inflight", "1",
     ]  # fmt: skip
     rejects_dir = tmp_path / "killed"
     rejects_dir.mkdir()
-    command = _job_command(rejects_dir, *args, progress=True)
+    command = job_command(rejects_dir, *args, progress=True)
     added = 0
     with subprocess.Popen(command, cwd=REPO_ROOT, text=True, stderr=subprocess.PIPE) as process:
         assert process.stderr is not None
@@ -317,7 +268,7 @@ def test_sigkill_during_an_edge_rebuild_then_resume_and_switch(stack: Stack, tmp
     assert added <= resumed["unchanged"] < total
     stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
     assert stats.item_count == total
-    assert sorted(_digests(stack)) == list(range(1, total + 1))
+    assert sorted(digests(stack)) == list(range(1, total + 1))
 
 
 def test_the_job_fails_cleanly_when_the_gateway_is_down(tmp_path: Path) -> None:
@@ -331,9 +282,9 @@ def test_the_job_fails_cleanly_when_the_gateway_is_down(tmp_path: Path) -> None:
 def test_sigterm_stops_after_the_batches_in_flight(stack: Stack, tmp_path: Path) -> None:
     total = 600
     dataset = write_dataset(tmp_path / "ds", range(1, total + 1))
-    args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
+    args = ["--dataset", str(dataset), "--gateway", addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
     with subprocess.Popen(
-        _job_command(tmp_path, *args, progress=True), cwd=REPO_ROOT, text=True, stderr=subprocess.PIPE
+        job_command(tmp_path, *args, progress=True), cwd=REPO_ROOT, text=True, stderr=subprocess.PIPE
     ) as process:
         assert process.stderr is not None
         for line in process.stderr:
@@ -356,7 +307,7 @@ def test_sharded_rebuild_then_switch_only(stack: Stack, tmp_path: Path) -> None:
 
     dataset = write_dataset(tmp_path / "ds", range(1, 41))
     qdrant = tmp_path / "qdrant"
-    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--embedder", _addr(stack.embedder)]
+    base_args = ["--dataset", str(dataset), "--qdrant-path", str(qdrant), "--embedder", addr(stack.embedder)]
     added = []
     for shard in ("0/2", "1/2"):  # one after the other: qdrant-client's local mode allows one process at a time
         code, summary = run_job(tmp_path, *base_args, "--shard", shard)
@@ -383,7 +334,7 @@ def test_gateway_write_key_from_the_environment(tmp_path: Path) -> None:
     stack = start_stack(tmp_path, write_api_keys=(key,), allow_unauthenticated_writes=False)
     try:
         dataset = write_dataset(tmp_path / "ds", range(1, 6))
-        args = ["--dataset", str(dataset), "--gateway", _addr(stack.gateway)]
+        args = ["--dataset", str(dataset), "--gateway", addr(stack.gateway)]
         code, refused = run_job(tmp_path, *args, env={"INDEXER_API_KEY": ""})
         assert code == 1 and "UNAUTHENTICATED" in refused["error"]
         code, accepted = run_job(tmp_path, *args, env={"INDEXER_API_KEY": key})
@@ -413,11 +364,11 @@ def test_batches_are_split_to_fit_the_gateways_request_limit(tmp_path: Path) -> 
         (dataset / "images" / "31.jpg").write_bytes(noise_jpeg(31, 300, 400))  # too large for any request
         assert (dataset / "images" / "31.jpg").stat().st_size > stats.max_request_bytes
 
-        code, summary = run_job(tmp_path, "--dataset", str(dataset), "--gateway", _addr(stack.gateway))
+        code, summary = run_job(tmp_path, "--dataset", str(dataset), "--gateway", addr(stack.gateway))
         assert code == 2 and summary["complete"], summary
-        assert _counts(summary) == (30, 0, 0, 0, 1)
+        assert counts(summary) == (30, 0, 0, 0, 1)
         assert "more than the gateway accepts in one request" in (tmp_path / "rejects.csv").read_text()
-        assert len(_digests(stack)) == 30
+        assert len(digests(stack)) == 30
     finally:
         stack.close()
 
@@ -442,34 +393,34 @@ def test_a_lone_surrogate_in_a_jsonl_row_is_one_reject(stack: Stack, tmp_path: P
     lines[2] = '{"id": 3, "image": "3.jpg", "baseColour": "\\udfff"}'
     manifest = tmp_path / "manifest.jsonl"
     manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    args = ("--manifest", str(manifest), "--gateway", _addr(stack.gateway))
+    args = ("--manifest", str(manifest), "--gateway", addr(stack.gateway))
     code, first = run_job(tmp_path, *args)
-    assert code == 2 and _counts(first) == (2, 0, 0, 0, 2)
+    assert code == 2 and counts(first) == (2, 0, 0, 0, 2)
     rejects = _rejects(tmp_path)
     assert "name is not UTF-8 text" in rejects and "baseColour is not UTF-8 text" in rejects, rejects
-    assert set(_digests(stack)) == {1, 4}
+    assert set(digests(stack)) == {1, 4}
     code, again = run_job(tmp_path, *args)
-    assert code == 2 and _counts(again) == (0, 0, 2, 0, 2)
+    assert code == 2 and counts(again) == (0, 0, 2, 0, 2)
 
 
 def test_a_byte_that_is_not_utf8_in_a_csv_row_is_one_reject(stack: Stack, tmp_path: Path) -> None:
     _images(tmp_path, range(1, 4))
     manifest = tmp_path / "manifest.csv"
     manifest.write_bytes(b"id,image,name\n1,1.jpg,One\n2,2.jpg,Caf\xe9 Latin-1\n3,3.jpg,Three\n")
-    args = ("--manifest", str(manifest), "--gateway", _addr(stack.gateway))
+    args = ("--manifest", str(manifest), "--gateway", addr(stack.gateway))
     code, first = run_job(tmp_path, *args)
-    assert code == 2 and _counts(first) == (2, 0, 0, 0, 1)
+    assert code == 2 and counts(first) == (2, 0, 0, 0, 1)
     assert "name is not UTF-8 text" in _rejects(tmp_path)
-    assert set(_digests(stack)) == {1, 3}
+    assert set(digests(stack)) == {1, 3}
     code, again = run_job(tmp_path, *args)
-    assert code == 2 and _counts(again) == (0, 0, 2, 0, 1)
+    assert code == 2 and counts(again) == (0, 0, 2, 0, 1)
 
 
 def test_a_byte_that_is_not_utf8_in_styles_csv_is_one_reject(stack: Stack, tmp_path: Path) -> None:
     dataset = write_dataset(tmp_path / "ds", range(1, 4))
     styles = (dataset / "styles.csv").read_bytes().replace(b"Product 2, size M", b"Product 2 \xff size M")
     (dataset / "styles.csv").write_bytes(styles)
-    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", _addr(stack.gateway))
-    assert code == 2 and _counts(first) == (2, 0, 0, 0, 1)
+    code, first = run_job(tmp_path, "--dataset", str(dataset), "--gateway", addr(stack.gateway))
+    assert code == 2 and counts(first) == (2, 0, 0, 0, 1)
     assert "the line is not UTF-8 text" in _rejects(tmp_path)
-    assert set(_digests(stack)) == {1, 3}
+    assert set(digests(stack)) == {1, 3}

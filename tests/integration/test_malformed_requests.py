@@ -11,7 +11,8 @@ import logging
 
 import grpc
 import pytest
-from gateway_stack import HOST, Stack, start_stack
+
+from testkit.gateway_stack import HOST, Stack, start_stack
 
 pytestmark = pytest.mark.integration
 

@@ -11,8 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fashionsearch.v1 import gateway_pb2
+from testkit.gateway_stack import jpeg, start_stack
 from testkit.process_stack import free_port
-from tests.integration.gateway_stack import jpeg, start_stack
 
 pytestmark = pytest.mark.integration
 

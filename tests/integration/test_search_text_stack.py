@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
-from test_gateway_http import Http, error_of
 
 from fashionsearch.v1 import gateway_pb2
+from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.http_api import Http, error_of
 from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration

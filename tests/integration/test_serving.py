@@ -20,8 +20,8 @@ from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc
 from services.classifier.model import OnnxClassifier
 from services.classifier.server import start as start_classifier
 from services.classifier.settings import Settings
+from testkit.service_helpers import GOOD, NOT_SERVING, SERVING, health_status
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
-from tests.integration.service_helpers import GOOD, NOT_SERVING, SERVING, health_status
 
 pytestmark = pytest.mark.integration
 

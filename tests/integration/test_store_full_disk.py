@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from testkit.process_stack import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from testkit.tiny_models import write_tiny_classifier
-from tests.training.conftest import make_dataset
+from testkit.training_data import make_dataset
 from training import data, evaluate
 from training.production_report import against_previous
 

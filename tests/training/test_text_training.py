@@ -13,7 +13,7 @@ from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.text_contract import TextModelSpec, TokenizerSpec
 from services.embedder.text_model import OnnxTextEmbedder
 from testkit.tiny_models import write_tiny_embedder
-from tests.training.conftest import make_dataset
+from testkit.training_data import make_dataset
 from training import data, text_report
 from training.recipes import text
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import HEADER, write_image
 
 from fashionsearch.model_contract import InputSpec, preprocess
+from testkit.training_data import HEADER, write_image
 from training import data
 
 pytestmark = pytest.mark.training

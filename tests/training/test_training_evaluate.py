@@ -6,9 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_dataset
 
 from fashionsearch.model_contract import ModelContractError, ModelSpec, file_sha256
+from testkit.training_data import make_dataset
 from training import data, evaluate, export, metrics
 from training.__main__ import main
 from training.recipe import Head, TrainedModel

@@ -11,6 +11,7 @@ import pytest
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.errors import Internal, InvalidArgument, Unavailable
+from testkit.waiting import DEADLINE_S, until
 
 
 class Model:
@@ -27,7 +28,7 @@ class Model:
         self.batches.append(list(items))
         self.entered.set()
         if self.gate is not None:
-            assert self.gate.wait(10)
+            assert self.gate.wait(DEADLINE_S)
         if self.error is not None and 7 in items:
             raise self.error
         return [item * 10 for item in items]
@@ -40,7 +41,7 @@ def batcher(model: Model, max_size: int = 32, max_delay_ms: float = 200) -> Dyna
 async def busy(model: Model, runner: DynamicBatcher[int, int]) -> asyncio.Task[int]:
     """Occupy the model with request -1 (held at the gate), so the next requests queue up behind it."""
     task = asyncio.ensure_future(runner.submit(lambda: -1))
-    assert await asyncio.to_thread(model.entered.wait, 5)
+    assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
     return task
 
 
@@ -51,7 +52,7 @@ def test_concurrent_requests_share_one_model_call_and_get_their_own_rows() -> No
         runner = batcher(model)
         first = await busy(model, runner)
         rest = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(1, 9)]
-        await asyncio.sleep(0.05)  # all eight queued behind the running batch
+        await until(lambda: runner.queued == 8, "all eight queued behind the running batch")
         gate.set()
         assert await first == -10
         assert await asyncio.gather(*rest) == [i * 10 for i in range(1, 9)]
@@ -69,7 +70,7 @@ def test_batches_are_cut_at_max_size() -> None:
         runner = batcher(model, max_size=3)
         first = await busy(model, runner)
         rest = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(7)]
-        await asyncio.sleep(0.05)
+        await until(lambda: runner.queued == 7, "all seven queued")
         gate.set()
         await first
         assert await asyncio.gather(*rest) == [i * 10 for i in range(7)]
@@ -81,10 +82,12 @@ def test_batches_are_cut_at_max_size() -> None:
 
 def test_a_lone_request_does_not_wait_for_the_delay() -> None:
     async def scenario() -> None:
-        runner = batcher(Model(), max_delay_ms=1000)
-        started = time.perf_counter()
+        delay_s = 20.0
+        runner = batcher(Model(), max_delay_ms=delay_s * 1000)
+        started = time.monotonic()
         assert await runner.submit(lambda: 4) == 40
-        assert time.perf_counter() - started < 0.5  # nothing else was in the service: no reason to wait
+        # Nothing else was in the service, so no reason to wait: had it waited, it would have taken the whole delay.
+        assert time.monotonic() - started < delay_s / 2
         await runner.close()
 
     asyncio.run(scenario())
@@ -92,22 +95,27 @@ def test_a_lone_request_does_not_wait_for_the_delay() -> None:
 
 def test_a_batch_waits_for_requests_being_prepared_but_at_most_the_delay() -> None:
     async def scenario() -> None:
+        delay_s = 1.0
         model = Model()
-        runner = batcher(model, max_delay_ms=300)
+        runner = batcher(model, max_delay_ms=delay_s * 1000)
+        soon_ready, late_ready = threading.Event(), threading.Event()
 
-        def slow(value: int, seconds: float) -> int:
-            time.sleep(seconds)
+        def held(value: int, ready: threading.Event) -> int:
+            assert ready.wait(DEADLINE_S)
             return value
 
-        started = time.perf_counter()
+        started = time.monotonic()
+        soon = asyncio.ensure_future(runner.submit(lambda: held(2, soon_ready)))
+        late = asyncio.ensure_future(runner.submit(lambda: held(3, late_ready)))
         quick = asyncio.ensure_future(runner.submit(lambda: 1))
-        soon = asyncio.ensure_future(runner.submit(lambda: slow(2, 0.1)))  # prepared within the delay: joins
-        late = asyncio.ensure_future(runner.submit(lambda: slow(3, 1.0)))  # not: the batch leaves without it
+        await until(lambda: runner.queued == 1 and runner.preparing == 2, "the quick request queued, two preparing")
+        soon_ready.set()  # prepared within the delay: joins the batch
+        # The late one is still being prepared: the batch leaves without it once the delay is over, and not before.
         assert await quick == 10 and await soon == 20
-        waited = time.perf_counter() - started
+        assert time.monotonic() - started >= delay_s
+        late_ready.set()
         assert await late == 30
         assert model.batches == [[1, 2], [3]]
-        assert 0.08 < waited < 0.9, waited
         await runner.close()
 
     asyncio.run(scenario())
@@ -122,9 +130,9 @@ def test_a_cancelled_request_leaves_the_queue_and_the_batch_runs_without_it() ->
         keep = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (1, 2)]
         leaving = asyncio.ensure_future(runner.submit(lambda: 99))
         more = asyncio.ensure_future(runner.submit(lambda: 3))
-        await asyncio.sleep(0.05)
+        await until(lambda: runner.queued == 4, "four queued behind the running batch")
         leaving.cancel()
-        await asyncio.sleep(0)
+        await until(lambda: runner.stats.left == 1, "the cancelled request leaving the queue")
         gate.set()
         await first
         assert await asyncio.gather(*keep, more) == [10, 20, 30]
@@ -143,8 +151,9 @@ def test_a_request_cancelled_while_its_batch_runs_does_not_fail_the_others() -> 
         model = Model(gate)
         runner = batcher(model)
         tasks = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in range(4)]
-        assert await asyncio.to_thread(model.entered.wait, 5)
-        await asyncio.sleep(0.05)  # the batch (all four, or the first and then the rest) is inside the model
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        # The first batch is inside the model and the other requests queued behind it (or in it).
+        await until(lambda: runner.queued + len(model.batches[0]) == 4, "all four in the model or queued")
         tasks[0].cancel()
         gate.set()
         with pytest.raises(asyncio.CancelledError):
@@ -167,7 +176,7 @@ def test_a_request_that_fails_to_prepare_fails_alone() -> None:
 
         good = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (1, 2)]
         broken = asyncio.ensure_future(runner.submit(bad))
-        await asyncio.sleep(0.05)
+        await until(lambda: runner.queued == 2 and runner.preparing == 0, "two queued and the bad one failed")
         gate.set()
         await first
         assert await asyncio.gather(*good) == [10, 20]
@@ -193,7 +202,7 @@ def test_a_failed_batch_fails_only_its_own_requests_each_with_its_own_error(erro
         runner = batcher(model)
         first = await busy(model, runner)
         failing = [asyncio.ensure_future(runner.submit(lambda i=i: i)) for i in (7, 8)]  # one batch, which fails
-        await asyncio.sleep(0.05)
+        await until(lambda: runner.queued == 2, "both queued")
         gate.set()
         assert await first == -10
         errors = await asyncio.gather(*failing, return_exceptions=True)
@@ -235,16 +244,16 @@ def test_a_cancelled_request_leaves_the_queue_when_the_items_are_arrays() -> Non
 
         def run(rows: list[np.ndarray]) -> list[float]:
             seen.append([float(r.sum()) for r in rows])
-            assert gate.wait(10)
+            assert gate.wait(DEADLINE_S)
             return [float(r.sum()) for r in rows]
 
         runner: DynamicBatcher[np.ndarray, float] = DynamicBatcher(run, BatchPolicy(8, 200), name="arrays")
         first = asyncio.ensure_future(runner.submit(lambda: np.ones(3)))
-        await asyncio.sleep(0.1)
+        await until(lambda: len(seen) == 1, "the first request inside the model")
         queued = [asyncio.ensure_future(runner.submit(lambda v=v: np.full(3, v))) for v in (2.0, 3.0, 4.0)]
-        await asyncio.sleep(0.05)
+        await until(lambda: runner.queued == 3, "three queued behind it")
         queued[2].cancel()
-        await asyncio.sleep(0)
+        await until(lambda: runner.stats.left == 1, "the cancelled request leaving the queue")
         gate.set()
         assert await first == 3.0
         assert await asyncio.gather(*queued[:2]) == [6.0, 9.0]
@@ -268,10 +277,9 @@ def test_a_coroutine_batch_call_takes_what_queued_while_it_ran_and_item_errors_f
 
         runner: DynamicBatcher[int, int] = DynamicBatcher(call, BatchPolicy(8), name="rpc")
         first = asyncio.ensure_future(runner.submit_ready(1))
-        await asyncio.sleep(0.01)  # a lone call goes at once
-        assert batches == [[1]]
+        await until(lambda: batches == [[1]], "a lone call going at once")
         queued = [asyncio.ensure_future(runner.submit_ready(i)) for i in (2, 7, 3)]
-        await asyncio.sleep(0.01)
+        await until(lambda: runner.queued == 3, "three queued while the first call runs")
         release.set()
         assert await first == 10
         outcomes = await asyncio.gather(*queued, return_exceptions=True)

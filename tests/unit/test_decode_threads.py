@@ -9,7 +9,7 @@ import time
 import pytest
 
 from fashionsearch import decode_threads
-from tests.png_bytes import png_declaring
+from testkit.png_bytes import png_declaring
 
 HEAVY = png_declaring(3000, 3000)  # a header is all run_decoding reads to route the work
 ORDINARY = png_declaring(100, 100)

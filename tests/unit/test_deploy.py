@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.settings_env import PREFIXES as SERVICES
-from tests.settings_env import variables_read_by
+from testkit.settings_env import PREFIXES as SERVICES
+from testkit.settings_env import variables_read_by
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "deploy" / "docker-compose.yml"

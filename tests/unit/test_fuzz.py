@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import pytest
-from gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, vector_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -35,7 +34,8 @@ from services.gateway.http.parsing import options_from_json, options_from_params
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
 from services.gateway.servicer import search_options
-from tests.png_bytes import png_declaring
+from testkit.gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, vector_for
+from testkit.png_bytes import png_declaring
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "200"))
 #: No single input may take longer than this to decode or validate (generous: CI machines are shared).

@@ -7,7 +7,6 @@ import io
 
 import numpy as np
 import pytest
-from gateway_fakes import FakeClassifier, FakeEmbedder
 from PIL import Image
 
 from fashionsearch.images import ImageLimits, decode_image
@@ -18,6 +17,7 @@ from services.gateway.limits import Limits
 from services.gateway.prepare import shrink_photo
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
+from testkit.gateway_fakes import FakeClassifier, FakeEmbedder
 
 SPEC = InputSpec(name="image", height=80, width=60, scale=1 / 255, mean=(0, 0, 0), std=(1, 1, 1), resize="stretch")
 

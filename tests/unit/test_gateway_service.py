@@ -8,7 +8,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, run_async, vector_for
 
 from fashionsearch.errors import (
     DeadlineExceeded,
@@ -22,6 +21,7 @@ from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import CatalogueItem, Classification, FilterMode, ModelId, SearchOptions
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
+from testkit.gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, run_async, vector_for
 
 CATALOGUE = [
     (1, "Topwear", "Shirts", "Puma Men Navy Blue Casual Shirt"),

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 
 import grpc
 import pytest
-from gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async
 
 from fashionsearch.catalogue import payload_from_proto, payload_to_proto
 from fashionsearch.store.brute import BruteForceIndex
@@ -14,6 +13,7 @@ from fashionsearch.v1 import gateway_pb2
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
 from services.gateway.servicer import GatewayServicer
+from testkit.gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async
 
 
 class Aborted(Exception):

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async, vector_for
 
 from fashionsearch.errors import FailedPrecondition, InvalidArgument
 from fashionsearch.store.brute import BruteForceIndex
@@ -23,6 +22,7 @@ from services.gateway.domain import (
 )
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
+from testkit.gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async, vector_for
 
 # id, gender, subCategory, articleType, baseColour
 CATALOGUE = [

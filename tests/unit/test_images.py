@@ -25,7 +25,7 @@ from fashionsearch.images import (
     to_rgb,
 )
 from testkit.images import large_png
-from tests.png_bytes import png_declaring
+from testkit.png_bytes import png_declaring
 
 
 def encode(image: Image.Image, fmt: str, **params: object) -> bytes:

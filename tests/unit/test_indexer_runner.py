@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -13,70 +12,7 @@ import pytest
 from jobs.indexer.fetch import ImageFetcher
 from jobs.indexer.manifest import Manifest
 from jobs.indexer.runner import Options, Progress, Summary, run
-from jobs.indexer.targets import JobError, StageTimes, WriteItem
-
-JPEG = b"\xff\xd8\xff\xe0"
-
-
-class FakeTarget:
-    """Stores (hash, row) per id; refuses images containing b"REFUSE"; can fail after n writes."""
-
-    def __init__(self, embedder: str = "emb@1", fail_after_writes: int | None = None) -> None:
-        self.embedder = embedder
-        self.points: dict[int, tuple[str, str]] = {}
-        self.writes: list[list[int]] = []
-        self.finished: list[bool] = []
-        self.fail_after_writes = fail_after_writes
-        self.times = StageTimes()
-
-    def prepare(self) -> str:
-        return self.embedder
-
-    def describe(self) -> str:
-        return "fake"
-
-    def digests(self) -> Iterator[tuple[int, str]]:
-        yield from ((i, h) for i, (h, _) in self.points.items())
-
-    def write(self, items: Sequence[WriteItem]) -> list[str | None]:
-        if self.fail_after_writes is not None and len(self.writes) >= self.fail_after_writes:
-            raise JobError("embedder down")
-        self.writes.append([item.row.id for item in items])
-        errors: list[str | None] = []
-        for item in items:
-            if b"REFUSE" in item.image:
-                errors.append("embedder refused the image: corrupt")
-            else:
-                self.points[item.row.id] = (item.content_hash, item.row.name)
-                errors.append(None)
-        return errors
-
-    def delete(self, ids: Sequence[int]) -> int:
-        gone = [i for i in ids if i in self.points]
-        for i in gone:
-            del self.points[i]
-        return len(gone)
-
-    def finish(self, *, complete: bool) -> list[str]:
-        self.finished.append(complete)
-        return ["finished"]
-
-    def close(self) -> None:
-        pass
-
-
-def _catalogue(tmp_path: Path, ids: Sequence[int], *, names: dict[int, str] | None = None) -> Manifest:
-    images = tmp_path / "img"
-    images.mkdir(exist_ok=True)
-    lines = []
-    for i in ids:
-        path = images / f"{i}.jpg"
-        if not path.exists():
-            path.write_bytes(JPEG + f"image {i}".encode())
-        lines.append(json.dumps({"id": i, "image": f"img/{i}.jpg", "name": (names or {}).get(i, f"item {i}")}))
-    manifest = tmp_path / "m.jsonl"
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return Manifest.file(manifest)
+from testkit.indexer_fakes import JPEG, FakeTarget, fake_catalogue
 
 
 def _run(manifest: Manifest, target: FakeTarget, tmp_path: Path, **options: object) -> Summary:
@@ -96,7 +32,7 @@ def _rejects(tmp_path: Path) -> list[dict[str, str]]:
 
 def test_first_run_then_unchanged_then_changed_then_prune(tmp_path: Path) -> None:
     target = FakeTarget()
-    manifest = _catalogue(tmp_path, range(1, 11))
+    manifest = fake_catalogue(tmp_path, range(1, 11))
     first = _run(manifest, target, tmp_path)
     assert (first.added, first.updated, first.unchanged, first.rejected, first.complete) == (10, 0, 0, 0, True)
     assert sorted(target.points) == list(range(1, 11)) and all(len(w) <= 4 for w in target.writes)
@@ -107,11 +43,11 @@ def test_first_run_then_unchanged_then_changed_then_prune(tmp_path: Path) -> Non
     assert len(target.writes) == writes_before  # nothing embedded
 
     (tmp_path / "img" / "3.jpg").write_bytes(JPEG + b"new photo")
-    changed = _run(_catalogue(tmp_path, range(1, 13), names={5: "renamed"}), target, tmp_path)
+    changed = _run(fake_catalogue(tmp_path, range(1, 13), names={5: "renamed"}), target, tmp_path)
     assert (changed.added, changed.updated, changed.unchanged) == (2, 2, 8)
     assert target.points[5][1] == "renamed"
 
-    pruned = _run(_catalogue(tmp_path, range(3, 13), names={5: "renamed"}), target, tmp_path, prune=True)
+    pruned = _run(fake_catalogue(tmp_path, range(3, 13), names={5: "renamed"}), target, tmp_path, prune=True)
     assert (pruned.deleted, pruned.unchanged) == (2, 10)
     assert sorted(target.points) == list(range(3, 13))
     assert target.finished == [True] * 4
@@ -119,14 +55,14 @@ def test_first_run_then_unchanged_then_changed_then_prune(tmp_path: Path) -> Non
 
 def test_a_new_embedder_changes_every_hash(tmp_path: Path) -> None:
     target = FakeTarget()
-    manifest = _catalogue(tmp_path, range(1, 6))
+    manifest = fake_catalogue(tmp_path, range(1, 6))
     _run(manifest, target, tmp_path)
     target.embedder = "emb@2"
     assert _run(manifest, target, tmp_path).updated == 5
 
 
 def test_rejects_are_written_with_reasons_and_the_rest_continue(tmp_path: Path) -> None:
-    manifest = _catalogue(tmp_path, range(1, 8))
+    manifest = fake_catalogue(tmp_path, range(1, 8))
     (tmp_path / "img" / "2.jpg").unlink()
     (tmp_path / "img" / "3.jpg").write_bytes(b"plain text")
     (tmp_path / "img" / "4.jpg").write_bytes(JPEG + b"REFUSE")
@@ -147,8 +83,8 @@ def test_rejects_are_written_with_reasons_and_the_rest_continue(tmp_path: Path) 
 
 def test_prune_keeps_items_that_are_listed_but_rejected(tmp_path: Path) -> None:
     target = FakeTarget()
-    _run(_catalogue(tmp_path, range(1, 6)), target, tmp_path)
-    manifest = _catalogue(tmp_path, range(1, 5))
+    _run(fake_catalogue(tmp_path, range(1, 6)), target, tmp_path)
+    manifest = fake_catalogue(tmp_path, range(1, 5))
     (tmp_path / "img" / "2.jpg").unlink()
     summary = _run(manifest, target, tmp_path, prune=True)
     assert (summary.deleted, summary.rejected) == (1, 1)
@@ -157,17 +93,17 @@ def test_prune_keeps_items_that_are_listed_but_rejected(tmp_path: Path) -> None:
 
 def test_shards_together_index_everything_once(tmp_path: Path) -> None:
     target = FakeTarget()
-    manifest = _catalogue(tmp_path, range(1, 101))
+    manifest = fake_catalogue(tmp_path, range(1, 101))
     added = [_run(manifest, target, tmp_path, shard=(k, 3)).added for k in range(3)]
     assert sum(added) == 100 and min(added) > 15
     assert sorted(target.points) == list(range(1, 101))
     # A sharded prune only touches ids of its own shard.
-    summary = _run(_catalogue(tmp_path, []), target, tmp_path, shard=(1, 3), prune=True)
+    summary = _run(fake_catalogue(tmp_path, []), target, tmp_path, shard=(1, 3), prune=True)
     assert summary.deleted == added[1] and len(target.points) == 100 - added[1]
 
 
 def test_a_failed_run_is_incomplete_and_the_next_run_resumes(tmp_path: Path) -> None:
-    manifest = _catalogue(tmp_path, range(1, 41))
+    manifest = fake_catalogue(tmp_path, range(1, 41))
     target = FakeTarget(fail_after_writes=3)
     failed = _run(manifest, target, tmp_path, prune=True)
     assert not failed.complete and "embedder down" in failed.error
@@ -181,7 +117,7 @@ def test_a_failed_run_is_incomplete_and_the_next_run_resumes(tmp_path: Path) -> 
 
 
 def test_too_many_rejects_block_the_switch(tmp_path: Path) -> None:
-    manifest = _catalogue(tmp_path, range(1, 11))
+    manifest = fake_catalogue(tmp_path, range(1, 11))
     for i in (1, 2):
         (tmp_path / "img" / f"{i}.jpg").unlink()
     target = FakeTarget()

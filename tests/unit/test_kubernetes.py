@@ -16,18 +16,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.settings_env import PREFIXES, REPO, variables_read_by
+from testkit.kubernetes_docs import KUBERNETES, base_docs, by_kind, documents
+from testkit.settings_env import PREFIXES, REPO, variables_read_by
 
-KUBERNETES = REPO / "deploy" / "kubernetes"
 # The oldest Kubernetes these manifests are for: native gRPC probes are GA from 1.27, per-index Job retries
 # (backoffLimitPerIndex) from 1.33.
 KUBERNETES_VERSION = "1.33.0"
 MODEL_SERVICES = {"classifier": 50051, "embedder": 50052, "detector": 50053}
 GRPC_PORTS = {**MODEL_SERVICES, "gateway": 50050}
-
-
-def documents(path: Path) -> list[dict]:
-    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
 def manifest_files() -> list[Path]:
@@ -47,10 +43,6 @@ def validate(doc: dict, where: str) -> None:
         pytest.fail(f"{where}: {doc['kind']} {doc['metadata']['name']}: {path}: {error.message}")
 
 
-def by_kind(docs: list[dict], kind: str) -> dict[str, dict]:
-    return {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == kind}
-
-
 def rendered(kustomization: str) -> list[dict]:
     tool = shutil.which("kubectl")
     if tool is None:
@@ -60,10 +52,6 @@ def rendered(kustomization: str) -> list[dict]:
     )
     assert result.returncode == 0, result.stderr
     return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
-
-
-def base_docs() -> list[dict]:
-    return [doc for path in sorted((KUBERNETES / "base").glob("*.yaml")) for doc in documents(path)]
 
 
 @pytest.mark.parametrize("path", manifest_files(), ids=lambda path: str(path.relative_to(KUBERNETES)))

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from tests.unit.test_kubernetes import KUBERNETES, base_docs, by_kind, documents
+from testkit.kubernetes_docs import KUBERNETES, base_docs, by_kind, documents
 
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
 CALLERS = [{"app.kubernetes.io/name": "gateway"}, {"app.kubernetes.io/name": "indexer"}]

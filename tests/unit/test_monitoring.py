@@ -14,7 +14,7 @@ import yaml
 from prometheus_client import REGISTRY
 
 import fashionsearch.metrics  # noqa: F401 - registers every metric the services export
-from tests.settings_env import REPO
+from testkit.settings_env import REPO
 
 MONITORING = REPO / "deploy" / "monitoring"
 COMPOSE = REPO / "deploy" / "docker-compose.yml"

@@ -19,7 +19,7 @@ from services.classifier.settings import Settings as ClassifierSettings
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway.clients import CallBatcher
 from services.gateway.settings import Settings as GatewaySettings
-from tests.unit.test_indexer_runner import FakeTarget, _catalogue
+from testkit.indexer_fakes import FakeTarget, fake_catalogue
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -112,7 +112,7 @@ def test_the_indexer_reports_its_progress_as_metrics(tmp_path: Path) -> None:
     outcomes = ("added", "updated", "unchanged", "rejected", "deleted")
     before = {outcome: sample("fashionsearch_indexer_items_total", outcome=outcome) for outcome in outcomes}
     target = FakeTarget()
-    manifest: Manifest = _catalogue(tmp_path, range(1, 11))
+    manifest: Manifest = fake_catalogue(tmp_path, range(1, 11))
 
     def indexed(manifest: Manifest, **options: object) -> None:
         progress = Progress(10, enabled=False, metrics=ProgressMetrics(10))
@@ -126,7 +126,7 @@ def test_the_indexer_reports_its_progress_as_metrics(tmp_path: Path) -> None:
         )
 
     indexed(manifest)
-    indexed(_catalogue(tmp_path, range(3, 13)), prune=True)
+    indexed(fake_catalogue(tmp_path, range(3, 13)), prune=True)
     moved = {
         outcome: sample("fashionsearch_indexer_items_total", outcome=outcome) - before[outcome] for outcome in outcomes
     }

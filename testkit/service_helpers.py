@@ -8,7 +8,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
-from tests.png_bytes import png_declaring
+from testkit.png_bytes import png_declaring
 
 
 def jpeg(colour: tuple[int, int, int] | str, size: tuple[int, int] = (60, 80), stripe: bool = True) -> bytes:

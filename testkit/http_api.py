@@ -7,13 +7,14 @@ import json
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
 
 from fashionsearch.v1 import gateway_pb2
+from testkit.gateway_stack import Stack, jpeg, start_stack
 from testkit.process_stack import free_port
 
 HOST = "127.0.0.1"
@@ -141,7 +142,7 @@ def items(catalogue_dir) -> list[gateway_pb2.CatalogueItem]:
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory, catalogue_dir, items) -> Stack:
+def stack(tmp_path_factory, catalogue_dir, items) -> Iterator[Stack]:
     running = start_stack(
         tmp_path_factory.mktemp("stack"),
         max_top_k=20,
