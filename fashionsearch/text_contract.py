@@ -73,6 +73,28 @@ def words(text: str) -> list[str]:
     return _WORD.findall(fold(text))
 
 
+def unread_scripts(text: str) -> list[str]:
+    """The scripts of the text's letters and digits that folding drops (Arabic, Hebrew, Cyrillic, CJK, ...): the
+    tokenizer reads Latin letters (accents folded) and ASCII digits only."""
+    scripts = set()
+    for char in text:
+        if char.isalnum() and not fold(char).strip():
+            script = unicodedata.name(char, "UNKNOWN").split(" ")[0]
+            scripts.add(script if script == "CJK" else script.title())
+    return sorted(scripts)
+
+
+def no_words_reason(text: str) -> str:
+    """Why a query gives the tokenizer no word: a script it does not read, or no letter or digit at all."""
+    scripts = unread_scripts(text)
+    if scripts:
+        return (
+            f"the text query is written in {' and '.join(scripts)} script, which the text model does not read: it"
+            " reads Latin letters (accents are folded: é is e) and digits"
+        )
+    return "the text query holds no letter or digit"
+
+
 def _pieces(word: str, low: int, high: int) -> list[str]:
     padded = f"<{word}>"
     grams = [padded[i : i + n] for n in range(low, high + 1) for i in range(len(padded) - n + 1)]

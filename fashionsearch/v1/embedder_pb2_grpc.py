@@ -79,7 +79,9 @@ class EmbedderServicer:
     def EmbedText(self, request, context):
         """Embeds a text query into the same space as the photos, and says which of its words name attribute values.
         INVALID_ARGUMENT when the query is empty or whitespace only, longer than 256 characters, holds control
-        characters or no letter or digit. FAILED_PRECONDITION when this embedder serves no text model.
+        characters or no letter or digit; a query whose only letters are in a script the model does not read (it reads
+        Latin letters and digits: Arabic, Hebrew, Cyrillic, CJK, ... are not) names that script. FAILED_PRECONDITION
+        when this embedder serves no text model.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

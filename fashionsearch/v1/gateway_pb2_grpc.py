@@ -123,7 +123,8 @@ class GatewayServicer:
     def SearchText(self, request, context):
         """Finds catalogue products by words ("blue denim jacket women"): the text's vector is in the photos' space, and
         words that name an attribute value can become filters (see TextMatch). INVALID_ARGUMENT: empty or
-        whitespace-only query, over 256 characters, control characters, top_k out of range, bad filters. A query
+        whitespace-only query, over 256 characters, control characters, no Latin letter or digit (another script is
+        named as not supported), top_k out of range, bad filters. A query
         whose words are all unknown gets no hits and a reason. FAILED_PRECONDITION: the embedder serves no text model,
         or the stored vectors were made by another embedder version than the one the text model targets.
         """

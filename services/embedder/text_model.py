@@ -18,7 +18,7 @@ import numpy as np
 from fashionsearch.errors import InvalidArgument
 from fashionsearch.model_contract import ModelContractError
 from fashionsearch.onnx_model import ModelIdentity, checked_onnx_file, open_session, shape_matches
-from fashionsearch.text_contract import TextModelSpec, check_query, check_target, tokenize, words
+from fashionsearch.text_contract import TextModelSpec, check_query, check_target, no_words_reason, tokenize, words
 from fashionsearch.text_query import QueryVocabulary, Understanding
 
 logger = logging.getLogger(__name__)
@@ -103,7 +103,7 @@ class OnnxTextEmbedder:
             try:
                 text = check_query(query)
                 if not words(text):
-                    raise InvalidArgument("the text query holds no letter or digit")
+                    raise InvalidArgument(no_words_reason(text))
                 checked.append(text)
             except InvalidArgument as error:
                 checked.append(error)

@@ -84,7 +84,18 @@ def test_embed_text_answers_what_the_model_computes_and_reads_the_words(models):
 
 @pytest.mark.parametrize(
     ("query", "message"),
-    [("", "empty"), ("  ", "empty"), ("x" * 257, "257 characters"), ("a\x1bb", "control"), ("?!", "no letter")],
+    [
+        ("", "empty"),
+        ("  ", "empty"),
+        ("x" * 257, "257 characters"),
+        ("a\x1bb", "control"),
+        ("?!", "no letter"),
+        # A script the text model does not read is named as such, not as a query without letters.
+        ("\u0642\u0645\u064a\u0635 \u0623\u062d\u0645\u0631", "Arabic script, which the text model does not read"),
+        ("\u05d7\u05d5\u05dc\u05e6\u05d4", "Hebrew script"),
+        ("\u043a\u0440\u0430\u0441\u043d\u0430\u044f \u0440\u0443\u0431\u0430\u0448\u043a\u0430", "Cyrillic script"),
+        ("\u7ea2\u8272\u886c\u886b", "CJK script"),
+    ],
 )
 def test_bad_queries_are_invalid_argument(models, query, message):
     image, text = models
