@@ -10,14 +10,14 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from gateway_stack import Stack, jpeg, start_stack
-from http_api import Http, error_of
 from PIL import Image
 
 from fashionsearch.detection import Detection, box_iou
 from fashionsearch.images import ImageLimits
 from fashionsearch.v1 import gateway_pb2
 from services.gateway import crops
+from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.http_api import Http, error_of
 from testkit.process_stack import free_port
 from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
 from testkit.tiny_models import DEFAULT_HEADS

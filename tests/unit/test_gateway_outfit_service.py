@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-from gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
 from PIL import Image
 
 from fashionsearch.classification import AttributePrediction, LabelScore
@@ -18,6 +17,7 @@ from services.gateway import crops
 from services.gateway.domain import CatalogueItem, Classification, Crop, SearchOptions
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
+from testkit.gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
 
 RED, BLUE = (200, 20, 20), (20, 20, 200)
 #: A 300x400 photo: a red product (left, top 40, 60, 100 x 120) and a blue one (180, 250, 80 x 60) on grey.
