@@ -13,7 +13,8 @@ from testkit.kubernetes_docs import KUBERNETES, base_docs, by_kind, documents
 
 PROMETHEUS = {"app.kubernetes.io/name": "prometheus"}
 CALLERS = [{"app.kubernetes.io/name": "gateway"}, {"app.kubernetes.io/name": "indexer"}]
-METRICS_PORTS = {"gateway": 9100, "classifier": 9101, "embedder": 9102}
+METRICS_PORTS = {"gateway": 9100, "classifier": 9101, "embedder": 9102, "detector": 9104}
+MODEL_SERVICES = {"classifier": 50051, "embedder": 50052, "detector": 50053}
 QDRANT_KEY = {"secretKeyRef": {"name": "qdrant-api-key", "key": "api-key"}}
 
 
@@ -56,11 +57,11 @@ def admitted(rules: list[dict[str, Any]], port: int) -> list[dict[str, Any] | No
 def test_every_workload_has_an_ingress_policy_and_ports_admit_only_their_callers():
     docs = base_docs()
     workloads = set(by_kind(docs, "Deployment")) | set(by_kind(docs, "StatefulSet"))
-    assert workloads == {"classifier", "embedder", "gateway", "qdrant"}
+    assert workloads == {*MODEL_SERVICES, "gateway", "qdrant"}
     for port in (6333, 6334):
         assert admitted(ingress_rules("qdrant"), port) == CALLERS
     assert admitted(ingress_rules("qdrant"), 6335) == [{"app.kubernetes.io/name": "qdrant"}]  # cluster peers
-    for name, port in (("classifier", 50051), ("embedder", 50052)):
+    for name, port in MODEL_SERVICES.items():
         assert admitted(ingress_rules(name), port) == CALLERS, name
     for port in (50050, 8080):
         assert admitted(ingress_rules("gateway"), port) == [None], "the public API stays open to clients"
