@@ -8,6 +8,8 @@ const state = {
   file: null,          // the photo being searched (a File or Blob)
   photoResult: null,   // the last photo search result, to come back to after "more like this"
   similarTo: null,     // the hit whose "more like this" is shown (null: the photo's results)
+  outfit: null,        // the last outfit search result ({items}), when "every product" is chosen
+  selected: 0,         // the outfit item whose results are shown
 };
 
 const ATTRIBUTE_NAMES = {
@@ -182,6 +184,7 @@ function usePhoto(file) {
 function clearPhoto() {
   state.file = null;
   state.photoResult = null;
+  state.outfit = null;
   const preview = $("preview");
   preview.hidden = true;
   preview.removeAttribute("src");
@@ -190,9 +193,17 @@ function clearPhoto() {
   $("placeholder").hidden = false;
 }
 
+function findsOutfit() {
+  return document.querySelector('input[name="find"]:checked').value === "outfit";
+}
+
 async function searchPhoto() {
   if (!state.file) {
     return;
+  }
+  $("look-in").hidden = findsOutfit();  // each product is searched in its own predicted category
+  if (findsOutfit()) {
+    return searchOutfit();
   }
   const params = filterParams();
   if (params === null) {
@@ -211,6 +222,7 @@ async function searchPhoto() {
   try {
     const result = await callApi(`/v1/search?${params}`, { method: "POST", body: form });
     state.photoResult = result;
+    state.outfit = null;
     state.similarTo = null;
     renderPhotoResult(result);
     setStatus("");
@@ -235,8 +247,10 @@ async function searchPhoto() {
 function renderPhotoResult(result) {
   $("placeholder").hidden = true;
   $("results").hidden = false;
+  $("outfit").hidden = !state.outfit;
   $("about-photo").hidden = false;
   $("back").hidden = true;
+  $("results-title").textContent = "What we see";
   $("similar-title").textContent = "Similar products";
   $("refine-form").hidden = false;
   renderTerms(result.refine_terms || [], [], "");
@@ -368,6 +382,7 @@ async function moreLikeThis(hit) {
   try {
     const result = await callApi(`/v1/items/${hit.id}/similar?${params}`);
     state.similarTo = hit;
+    $("outfit").hidden = true;
     $("refine-form").hidden = false;
     renderTerms(result.refine_terms || [], [], "");
     $("about-photo").hidden = true;
@@ -422,6 +437,7 @@ async function searchText(query) {
     });
     $("placeholder").hidden = true;
     $("results").hidden = false;
+    $("outfit").hidden = true;
     $("about-photo").hidden = true;
     $("back").hidden = !state.photoResult;
     $("refine-form").hidden = true;
@@ -547,10 +563,112 @@ $("category").addEventListener("change", () => {
 });
 
 $("back").addEventListener("click", () => {
-  if (state.photoResult) {
+  if (state.outfit) {
+    renderOutfit(state.outfit, state.selected);
+  } else if (state.photoResult) {
     renderPhotoResult(state.photoResult);
   }
 });
+
+for (const radio of document.querySelectorAll('input[name="find"]')) {
+  radio.addEventListener("change", searchPhoto);
+}
+
+// ---- outfit: every product in the photo ------------------------------------------------------------------------
+// POST /v1/search/outfit answers {items: [{box, group, score, attributes, suggested_name, keywords, hits}]}, boxes in
+// pixels of the photo as the browser shows it (EXIF orientation applied). Each box is drawn over the photo; clicking
+// one shows that product's attributes, name, keywords and similar products.
+
+async function searchOutfit() {
+  showMessage("");
+  setStatus("Finding the products in your photo…");
+  document.body.classList.add("busy");
+  const form = new FormData();
+  form.append("image", state.file, state.file.name || "photo");
+  const params = new URLSearchParams({ top_k: String(TOP_K) });
+  const refine = refineWords();
+  if (refine) {
+    params.set("refine", refine);
+  }
+  try {
+    const result = await callApi(`/v1/search/outfit?${params}`, { method: "POST", body: form });
+    state.outfit = result;
+    state.photoResult = result;
+    state.similarTo = null;
+    await renderOutfit(result, 0);
+    setStatus("");
+  } catch (error) {
+    setStatus("");
+    if (isAboutWords(error)) {
+      showMessage(explainWords(error));
+      return;
+    }
+    showMessage(error.status === 409 ? `Outfit search is not available here: ${error.message}.` : explain(error, state.file.name));
+    if (error.status === 400 || error.status === 413) {
+      clearPhoto();
+    }
+  } finally {
+    document.body.classList.remove("busy");
+  }
+}
+
+async function renderOutfit(result, selected) {
+  const image = $("outfit-img");
+  image.src = $("preview").src;
+  try {
+    await image.decode();
+  } catch (error) {
+    // not decodable by the browser (the gateway read it): boxes are drawn once it loads, if ever
+  }
+  const count = result.items.length;
+  $("outfit-hint").textContent = count
+    ? `${count} product${count === 1 ? "" : "s"} found. Click a box to see what it is and similar products.`
+    : "No product found in this photo. Try “the product in the photo” instead.";
+  const width = image.naturalWidth || 1;
+  const height = image.naturalHeight || 1;
+  $("boxes").replaceChildren(
+    ...result.items.map((item, index) => {
+      const box = document.createElement("button");
+      box.type = "button";
+      box.className = "box";
+      box.style.left = `${(100 * item.box.left) / width}%`;
+      box.style.top = `${(100 * item.box.top) / height}%`;
+      box.style.width = `${(100 * item.box.width) / width}%`;
+      box.style.height = `${(100 * item.box.height) / height}%`;
+      const label = document.createElement("span");
+      label.textContent = `${index + 1} ${item.group}`;
+      box.append(label);
+      box.title = `${item.suggested_name || item.group} (${Math.round(item.score * 100)}%)`;
+      box.setAttribute("aria-label", `Product ${index + 1}: ${box.title}`);
+      box.addEventListener("click", () => selectOutfitItem(index));
+      return box;
+    })
+  );
+  if (count) {
+    selectOutfitItem(Math.min(selected, count - 1));
+  } else {
+    $("placeholder").hidden = true;
+    $("results").hidden = false;
+    $("outfit").hidden = false;
+    $("about-photo").hidden = true;
+    $("back").hidden = true;
+    $("refine-form").hidden = false;
+    $("applied").textContent = "";
+    $("similar-title").textContent = "";
+    $("hits").replaceChildren();
+  }
+}
+
+function selectOutfitItem(index) {
+  const item = state.outfit.items[index];
+  state.selected = index;
+  state.similarTo = null;
+  [...$("boxes").children].forEach((box, i) => box.classList.toggle("selected", i === index));
+  const sub = item.attributes.find((a) => a.attribute === "subCategory");
+  const filters = sub && sub.labels.length ? [{ field: "subCategory", values: [sub.labels[0].label] }] : [];
+  renderPhotoResult({ ...item, applied_filters: filters, refine_terms: [] });
+  $("results-title").textContent = `Product ${index + 1}: what we see`;
+}
 
 async function loadCategories() {
   const select = $("category");
