@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -23,24 +22,6 @@ from testkit.process_stack import REPO_ROOT, ProcessStack
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 RESERVE_MB = 8
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {error}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=30, check=False)
 
 
 def _upsert(stub: gateway_pb2_grpc.GatewayStub, items: list[gateway_pb2.CatalogueItem]) -> list:

@@ -65,24 +65,6 @@ else:
 """
 
 
-@pytest.fixture
-def small_disk(tmp_path: Path):
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    try:
-        done = subprocess.run(
-            ["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(mount)], capture_output=True, timeout=30
-        )
-    except (OSError, subprocess.TimeoutExpired) as error:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test: {error}")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs for the full-disk test (needs root): {done.stderr.decode().strip()}")
-    try:
-        yield mount
-    finally:
-        subprocess.run(["umount", str(mount)], capture_output=True, timeout=30, check=False)
-
-
 def _child(script: str, *args: str) -> dict[str, object]:
     done = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(script), *args],
