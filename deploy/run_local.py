@@ -6,8 +6,10 @@ would), waits until each reports SERVING on gRPC health, indexes `sample_catalog
 cleanly on Ctrl-C.
 Everything it writes lives under `var/` (store, logs, reject file; FASHIONSEARCH_VAR_DIR moves it).
 Ports: FASHIONSEARCH_{CLASSIFIER,EMBEDDER,DETECTOR,GATEWAY,HTTP}_PORT (defaults 50051, 50052, 50053, 50050, 8080)
-and FASHIONSEARCH_{CLASSIFIER,EMBEDDER,DETECTOR}_METRICS_PORT (9101, 9102, 9104; the gateway's /metrics is on the
-HTTP port).
+and FASHIONSEARCH_{CLASSIFIER,EMBEDDER,DETECTOR,GATEWAY}_METRICS_PORT (9101, 9102, 9104, 9100: the gateway's
+/metrics on a listener of its own, as in compose and Kubernetes, so scrapes do not compete with the API).
+To try API keys, set GATEWAY_READ_API_KEYS / GATEWAY_WRITE_API_KEYS (or their _FILE forms) before `make run`: the
+gateway gets them, and the launcher uses a write key (else a read key) for its own calls and the indexer's.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ sys.path.insert(0, str(REPO))
 
 import grpc  # noqa: E402
 
+from fashionsearch.config import ConfigError  # noqa: E402
 from fashionsearch.healthcheck import is_serving  # noqa: E402
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
+from services.gateway.security import client_metadata, parse_api_keys  # noqa: E402
 
 VAR = Path(os.environ.get("FASHIONSEARCH_VAR_DIR", REPO / "var")).resolve()
 #: Outfit search and crop=auto need it; without it the gateway answers those FAILED_PRECONDITION.
@@ -87,11 +91,25 @@ class Stack:
         self.children.clear()
 
 
-def stored_embedder_is_stale(gateway: int) -> str | None:
+def user_api_keys() -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The read and write keys the user set for the gateway (GATEWAY_*_API_KEYS or their _FILE forms), parsed as the
+    gateway parses them; a bad setting stops the launcher with the gateway's own message."""
+    try:
+        return tuple(
+            parse_api_keys(variable, os.environ.get(variable, ""), os.environ.get(f"{variable}_FILE", ""))
+            for variable in ("GATEWAY_READ_API_KEYS", "GATEWAY_WRITE_API_KEYS")
+        )  # type: ignore[return-value]
+    except ConfigError as bad:
+        raise SystemExit(str(bad)) from None
+
+
+def stored_embedder_is_stale(gateway: int, key: str | None) -> str | None:
     """ "old -> new" when the catalogue holds vectors of another embedder than the running one (a model upgrade
     came with a `git pull`), else None."""
     with grpc.insecure_channel(f"127.0.0.1:{gateway}") as channel:
-        stats = gateway_pb2_grpc.GatewayStub(channel).GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+        stats = gateway_pb2_grpc.GatewayStub(channel).GetStats(
+            gateway_pb2.GetStatsRequest(), timeout=10, metadata=client_metadata(key)
+        )
     if not stats.HasField("stored_embedder"):
         return None
     stored, running = stats.stored_embedder, stats.running_embedder
@@ -100,19 +118,20 @@ def stored_embedder_is_stale(gateway: int) -> str | None:
     return f"{stored.name}@{stored.version} -> {running.name}@{running.version}"
 
 
-def index_sample_catalogue(gateway: int, embedder: int) -> None:
+def index_sample_catalogue(gateway: int, embedder: int, key: str | None) -> None:
     """Through the gateway, embedding only new or changed items. After an embedder upgrade the catalogue is
-    rebuilt beside the live one (the indexer's Edge mode) and the gateway follows the alias once it is complete."""
+    rebuilt beside the live one (the indexer's Edge mode) and the gateway follows the alias once it is complete.
+    `key`: the gateway's API key for these calls (None when it needs none)."""
     command = [sys.executable, "-m", "jobs.indexer", "--dataset", str(REPO / "sample_catalogue")]
     command += ["--rejects", str(VAR / "indexer-rejects.csv")]
-    upgrade = stored_embedder_is_stale(gateway)
+    upgrade = stored_embedder_is_stale(gateway, key)
     if upgrade:
         print(f"Re-embedding the sample catalogue for the new embedder ({upgrade}):", flush=True)
         command += ["--edge-dir", str(VAR / "qdrant-edge"), "--embedder", f"127.0.0.1:{embedder}"]
     else:
         print("Indexing the sample catalogue (only new or changed items are embedded):", flush=True)
         command += ["--gateway", f"127.0.0.1:{gateway}"]
-    indexer = subprocess.run(command, cwd=REPO)
+    indexer = subprocess.run(command, cwd=REPO, env={**os.environ, "INDEXER_API_KEY": key or ""})
     if indexer.returncode not in (0, 2):  # 2: some rows rejected (listed in the reject file); the rest is in
         raise SystemExit(f"indexing failed with exit code {indexer.returncode}")
 
@@ -127,8 +146,13 @@ def main() -> int:
     gateway, http = port("GATEWAY", 50050), port("HTTP", 8080)
     classifier_metrics, embedder_metrics = port("CLASSIFIER_METRICS", 9101), port("EMBEDDER_METRICS", 9102)
     detector, detector_metrics = port("DETECTOR", 50053), port("DETECTOR_METRICS", 9104)
+    gateway_metrics = port("GATEWAY_METRICS", 9100)
+    read_keys, write_keys = user_api_keys()
+    launcher_key = (write_keys or read_keys or (None,))[0]
     with_detector = DETECTOR_MODEL.is_file()
-    metrics_ports = [classifier_metrics, embedder_metrics] + ([detector_metrics] if with_detector else [])
+    metrics_ports = [gateway_metrics, classifier_metrics, embedder_metrics] + (
+        [detector_metrics] if with_detector else []
+    )
     stack = Stack()
     # SIGTERM (e.g. from a test or a process manager) stops the stack like Ctrl-C does. SIGINT is set too: a
     # shell script's background job starts with SIGINT ignored, and Python then never raises KeyboardInterrupt.
@@ -173,28 +197,34 @@ def main() -> int:
                 "GATEWAY_PORT": str(gateway),
                 "GATEWAY_HOST": "127.0.0.1",
                 "GATEWAY_HTTP_PORT": str(http),
-                "GATEWAY_METRICS_PORT": str(http),
+                "GATEWAY_METRICS_PORT": str(gateway_metrics),
                 "GATEWAY_CLASSIFIER_ADDR": f"127.0.0.1:{classifier}",
                 "GATEWAY_EMBEDDER_ADDR": f"127.0.0.1:{embedder}",
                 "GATEWAY_DETECTOR_ADDR": f"127.0.0.1:{detector}" if with_detector else "",
                 "GATEWAY_DATA_DIR": str(VAR / "qdrant-edge"),
                 "GATEWAY_IMAGE_ROOT": str(REPO / "sample_catalogue"),
-                # Local only (bound to 127.0.0.1): the indexer below writes without an API key.
-                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
+                # Local only (bound to 127.0.0.1): without write keys of the user's, the indexer below writes
+                # without one; with them, writes need a key as they would in production.
+                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "false" if write_keys else "true",
             },
         )
         stack.wait_serving("gateway", f"127.0.0.1:{gateway}")
 
-        index_sample_catalogue(gateway, embedder)
+        index_sample_catalogue(gateway, embedder, launcher_key)
 
         print(
             "\nfashionsearch is running:\n"
             f"  web page and HTTP API  http://127.0.0.1:{http}/   (OpenAPI: /openapi.json)\n"
             f"  gRPC gateway           127.0.0.1:{gateway}        (fashionsearch.v1.Gateway, reflection on)\n"
-            f"  metrics (Prometheus)   http://127.0.0.1:{http}/metrics"
+            "  metrics (Prometheus) "
             + "".join(f"  http://127.0.0.1:{p}/metrics" for p in metrics_ports)
             + "\n"
-            "Press Ctrl-C to stop.",
+            + (
+                f"  API keys               {len(read_keys)} read, {len(write_keys)} write (GATEWAY_*_API_KEYS)\n"
+                if read_keys or write_keys
+                else ""
+            )
+            + "Press Ctrl-C to stop.",
             flush=True,
         )
         while True:

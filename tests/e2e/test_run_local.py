@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -77,7 +78,7 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
     for model in ("classifier", "embedder"):
         if not (REPO / "models" / model / "model.onnx").is_file():
             pytest.fail(f"models/{model} is missing: a fresh clone must serve without training")
-    names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS")
+    names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS", "GATEWAY_METRICS")
     ports = {name: free_port() for name in names}
 
     proc, lines = _launch(tmp_path, ports)
@@ -97,12 +98,16 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
         assert reply.hits[0].id == query_id and reply.hits[0].distance < 1e-3
         assert len(reply.hits) == 5 and reply.suggested_name
         assert _indexer_counts(lines)["added"] == stats.item_count  # the first start embeds everything
-        # The launcher prints each service's metrics URL, and each answers in Prometheus's text format.
-        for metrics_port in (ports["HTTP"], ports["CLASSIFIER_METRICS"], ports["EMBEDDER_METRICS"]):
+        # The launcher prints each service's metrics URL, and each answers in Prometheus's text format. The
+        # gateway's is a listener of its own, as in compose and Kubernetes: scrapes do not compete with the API.
+        for metrics_port in (ports["GATEWAY_METRICS"], ports["CLASSIFIER_METRICS"], ports["EMBEDDER_METRICS"]):
             url = f"http://127.0.0.1:{metrics_port}/metrics"
             assert url in "\n".join(lines)
             with urllib.request.urlopen(url, timeout=10) as answer:
                 assert b"grpc_server_handled_total{" in answer.read()
+        with pytest.raises(urllib.error.HTTPError) as not_here:
+            urllib.request.urlopen(f"http://127.0.0.1:{ports['HTTP']}/metrics", timeout=10)
+        assert not_here.value.code == 404
     finally:
         assert _stop(proc) == 0
 
@@ -131,5 +136,31 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
             assert stats.item_count == len((SAMPLE / "styles.csv").read_text().splitlines()) - 1
             reply = gateway.SearchById(gateway_pb2.SearchByIdRequest(id=query_id), timeout=10)
         assert len(reply.hits) == 5
+    finally:
+        assert _stop(proc) == 0
+
+
+def test_launcher_runs_with_the_api_keys_a_user_sets(tmp_path):
+    """A user trying API keys locally sets GATEWAY_READ_API_KEYS and GATEWAY_WRITE_API_KEYS before `make run`: the
+    launcher checks the catalogue and indexes it with the keys, and the gateway asks callers for them. (Before,
+    the write keys contradicted the launcher's unauthenticated writes and the read keys failed its GetStats.)"""
+    read, write = "read-key-for-make-run-0123", "write-key-for-make-run-0123"
+    names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS", "GATEWAY_METRICS")
+    ports = {name: free_port() for name in names}
+    proc, lines = _launch(tmp_path, ports, {"GATEWAY_READ_API_KEYS": read, "GATEWAY_WRITE_API_KEYS": write})
+    try:
+        assert _indexer_counts(lines)["added"] == len((SAMPLE / "styles.csv").read_text().splitlines()) - 1
+        with grpc.insecure_channel(f"127.0.0.1:{ports['GATEWAY']}") as channel:
+            gateway = gateway_pb2_grpc.GatewayStub(channel)
+            with pytest.raises(grpc.RpcError) as refused:
+                gateway.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
+            assert refused.value.code() is grpc.StatusCode.UNAUTHENTICATED
+            keyed = (("authorization", f"Bearer {read}"),)
+            assert gateway.GetStats(gateway_pb2.GetStatsRequest(), timeout=10, metadata=keyed).item_count > 0
+            with pytest.raises(grpc.RpcError) as read_only:
+                gateway.DeleteItems(gateway_pb2.DeleteItemsRequest(ids=[1]), timeout=10, metadata=keyed)
+            assert read_only.value.code() is grpc.StatusCode.PERMISSION_DENIED
+            written = (("authorization", f"Bearer {write}"),)
+            gateway.DeleteItems(gateway_pb2.DeleteItemsRequest(ids=[999_999]), timeout=10, metadata=written)
     finally:
         assert _stop(proc) == 0
