@@ -2,15 +2,19 @@
 columns, the attribute (filter) fields, the one styles.csv line parser, the one product id parser, and the stored
 item: the payload kept beside each vector (what every writer stores, `stored_payload`, and how every reader shows it,
 `payload_record`, and by ItemPayload's field names, `payload_by_field_name`), with the content hash.
+
+Adding an item follows one set of rules, the gateway's writes and the indexer's alike: `check_item` (an id in range,
+payload fields only, text a store can write), `missing_attributes` (what the classifier is asked for), then
+`predicted_attributes` and `stored_payload` (what is stored).
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from fashionsearch.parsing import parse_int
+from fashionsearch.parsing import check_text, parse_int
 from fashionsearch.v1 import gateway_pb2
 
 #: Largest product id: Qdrant point ids are unsigned 64-bit, the gRPC API carries them as int64.
@@ -59,6 +63,36 @@ PROTO_PAYLOAD_FIELDS: dict[str, str] = {
 def unknown_fields(values: Mapping[str, Any]) -> list[str]:
     """The keys of `values` that are not payload fields, sorted."""
     return sorted(set(values) - set(PAYLOAD_FIELDS))
+
+
+def check_id(item_id: int) -> None:
+    """ValueError unless `item_id` is a product id (1 .. MAX_ID)."""
+    if not 1 <= item_id <= MAX_ID:
+        raise ValueError(f"product id must be between 1 and {MAX_ID}, got {item_id}")
+
+
+def check_item(item_id: int, values: Mapping[str, Any], content_hash: str = "") -> None:
+    """The rules an item meets before any writer embeds and stores it: a product id in range, payload fields only,
+    and text (each string value, the content hash) that UTF-8 can carry. ValueError says what is wrong."""
+    check_id(item_id)
+    unknown = unknown_fields(values)
+    if unknown:
+        raise ValueError(f"unknown payload field(s) {', '.join(unknown)}")
+    for key, value in values.items():
+        if isinstance(value, str):
+            check_text(value, f"payload field {key!r}")
+    check_text(content_hash, "content_hash")
+
+
+def missing_attributes(values: Mapping[str, Any]) -> tuple[str, ...]:
+    """The attributes (FILTER_FIELDS) that `values` leaves empty: a writer stores the classifier's answer for them,
+    so that filtered searches find the item."""
+    return tuple(f for f in FILTER_FIELDS if not values.get(f))
+
+
+def predicted_attributes(top_labels: Mapping[str, str], missing: Sequence[str]) -> dict[str, str]:
+    """The classifier's top label (attribute -> label) for each `missing` attribute it has one for."""
+    return {f: top_labels[f] for f in missing if top_labels.get(f)}
 
 
 def stored_payload(

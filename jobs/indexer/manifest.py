@@ -48,10 +48,6 @@ class Row:
     year: int = 0
     line: int = 0
 
-    @property
-    def missing_attributes(self) -> tuple[str, ...]:
-        return tuple(a for a in ATTRIBUTES if not self.attributes.get(a))
-
     def payload_values(self) -> dict[str, Any]:
         """What the manifest says about the item, under the payload's keys (fashionsearch.catalogue)."""
         return {"name": self.name, **self.attributes, "year": self.year, "image_ref": self.image}

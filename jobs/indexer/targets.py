@@ -28,7 +28,14 @@ import grpc
 import numpy as np
 
 from fashionsearch.batching import REQUEST_SLACK_BYTES, bounded_chunks
-from fashionsearch.catalogue import CONTENT_HASH_KEY, payload_to_proto, stored_payload
+from fashionsearch.catalogue import (
+    CONTENT_HASH_KEY,
+    check_item,
+    missing_attributes,
+    payload_to_proto,
+    predicted_attributes,
+    stored_payload,
+)
 from fashionsearch.channels import channel_options, probe_image
 from fashionsearch.store import CollectionCatalog, VectorIndex
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint, versioned_name
@@ -292,17 +299,22 @@ class DirectTarget:
 
     def write(self, items: Sequence[WriteItem]) -> list[str | None]:
         images = [item.image for item in items]
+        values = [item.row.payload_values() for item in items]
         started = time.perf_counter()
         vectors, identity = self._models.embed(images)
         self.times.add("embed", time.perf_counter() - started)
         if identity != self.identity:
             raise JobError(f"the embedder changed from {self.identity} to {identity} during the run; run again")
         errors: list[str | None] = [v if isinstance(v, str) else None for v in vectors]
+        for i, item in enumerate(items):
+            try:
+                check_item(item.row.id, values[i], item.content_hash)
+            except ValueError as bad:
+                errors[i] = str(bad)
+        missing = [missing_attributes(v) for v in values]
         predictions: list[dict[str, str] | None] = [None] * len(items)
         wanted = (
-            [i for i, item in enumerate(items) if errors[i] is None and item.row.missing_attributes]
-            if self._models.has_classifier
-            else []
+            [i for i in range(len(items)) if errors[i] is None and missing[i]] if self._models.has_classifier else []
         )
         if wanted:
             started = time.perf_counter()
@@ -312,12 +324,12 @@ class DirectTarget:
                 if isinstance(result, str):
                     errors[i] = result
                 else:
-                    predictions[i] = result
+                    predictions[i] = predicted_attributes(result, missing[i])
         points = [
             StoredPoint(
                 id=item.row.id,
                 vector=vectors[i],  # type: ignore[arg-type]
-                payload=stored_payload(item.row.payload_values(), predictions[i], item.content_hash),
+                payload=stored_payload(values[i], predictions[i], item.content_hash),
             )
             for i, item in enumerate(items)
             if errors[i] is None

@@ -19,7 +19,14 @@ from typing import Any, TypeVar
 import numpy as np
 
 from fashionsearch import metrics, naming
-from fashionsearch.catalogue import CONTENT_HASH_KEY, MAX_ID, stored_payload, unknown_fields
+from fashionsearch.catalogue import (
+    CONTENT_HASH_KEY,
+    check_id,
+    check_item,
+    missing_attributes,
+    predicted_attributes,
+    stored_payload,
+)
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.detection import Detection
 from fashionsearch.errors import (
@@ -31,7 +38,6 @@ from fashionsearch.errors import (
     NotFound,
 )
 from fashionsearch.images import ImageLimits
-from fashionsearch.parsing import check_text
 from fashionsearch.store import (
     FILTER_FIELDS,
     CollectionMismatchError,
@@ -155,8 +161,10 @@ class GatewayService:
 
     @staticmethod
     def _check_id(item_id: int) -> None:
-        if not 1 <= item_id <= MAX_ID:
-            raise InvalidArgument(f"product id must be between 1 and {MAX_ID}, got {item_id}")
+        try:
+            check_id(item_id)
+        except ValueError as bad:
+            raise InvalidArgument(str(bad)) from None
 
     # ---- store access -----------------------------------------------------------------------------------------
 
@@ -424,10 +432,9 @@ class GatewayService:
                     seen.add(item.id)
                 self._check_id(item.id)
                 self._check_image(item.image)
-                unknown = unknown_fields(item.payload)
-                if unknown:
-                    raise InvalidArgument(f"unknown payload field(s) {', '.join(unknown)}")
-                _check_texts(item)
+                check_item(item.id, item.payload, item.content_hash)
+            except ValueError as bad:
+                errors[index] = InvalidArgument(str(bad))
             except FashionSearchError as error:
                 errors[index] = error
         todo = [i for i in range(len(batch)) if i not in errors]
@@ -466,7 +473,7 @@ class GatewayService:
     ) -> dict[int, dict[str, str] | FashionSearchError]:
         """For items lacking some filter attributes: the classifier's top label for each missing one (stored, so
         that filtered searches find the item), or the error that makes the item fail."""
-        missing = {i: [f for f in FILTER_FIELDS if not batch[i].payload.get(f)] for i in todo}
+        missing = {i: missing_attributes(batch[i].payload) for i in todo}
         wanted = [i for i in todo if missing[i]]
         results = await asyncio.gather(
             *(self._classifier.classify(batch[i].image) for i in wanted), return_exceptions=True
@@ -478,8 +485,7 @@ class GatewayService:
             elif isinstance(result, BaseException):
                 raise result
             else:
-                labels = result.top_labels()
-                predicted[index] = {f: labels[f] for f in missing[index] if labels.get(f)}
+                predicted[index] = predicted_attributes(result.top_labels(), missing[index])
         return predicted
 
     async def _ensure_collection(self, embedding: Embedding) -> None:
@@ -567,17 +573,6 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
-
-
-def _check_texts(item: CatalogueItem) -> None:
-    """InvalidArgument naming the payload field (or the content hash) that holds text no store can write."""
-    try:
-        for key, value in item.payload.items():
-            if isinstance(value, str):
-                check_text(value, f"payload field {key!r}")
-        check_text(item.content_hash, "content_hash")
-    except ValueError as bad:
-        raise InvalidArgument(str(bad)) from None
 
 
 async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from fashionsearch.catalogue import missing_attributes
 from jobs.indexer.digest import StoredDigests, content_hash
 from jobs.indexer.manifest import BadRow, Manifest, Row, in_shard, parse_shard, shard_of
 
@@ -37,7 +38,7 @@ def test_styles_csv_names_with_commas_quotes_and_bad_rows(tmp_path: Path) -> Non
     assert by_id[3413].image == "images/3413.jpg" and by_id[3413].line == 3
     assert by_id[12].name == 'Top 3.5" wide'
     assert by_id[15970].attributes["baseColour"] == "Navy Blue" and by_id[15970].year == 2011
-    assert by_id[13].missing_attributes == ("baseColour", "season") and by_id[13].year == 0
+    assert missing_attributes(by_id[13].payload_values()) == ("baseColour", "season") and by_id[13].year == 0
     reasons = {b.raw_id: b.reason for b in bad}
     assert set(reasons) == {"14", "abc", "15"}
     assert (
