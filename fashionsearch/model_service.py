@@ -27,6 +27,7 @@ from fashionsearch.logs import configure_logging
 from fashionsearch.model_contract import ModelContractError
 from fashionsearch.onnx_model import ModelIdentity
 from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, StopSignal, start_server
+from fashionsearch.v1 import common_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +94,11 @@ class ModelServiceSettings:
             "log_level": env.choice("LOG_LEVEL", cls.log_level, ("DEBUG", "INFO", "WARNING", "ERROR")),
             "metrics_port": env.port("METRICS_PORT", cls.DEFAULT_METRICS_PORT) or None,
         }
+
+
+def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
+    """The model identity every model service returns with its answers."""
+    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
 
 
 class ServedModel(Protocol):

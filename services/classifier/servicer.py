@@ -12,13 +12,9 @@ from fashionsearch.classification import Classification
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
-from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.model_service import model_info
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from services.classifier.model import Classifier
-
-
-def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
 
 
 def to_proto(result: Classification) -> classifier_pb2.Classification:

@@ -14,13 +14,9 @@ from fashionsearch.decode_threads import run_decoding
 from fashionsearch.detection import Detection
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_pixels, displayed_size, is_heavy
-from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.model_service import model_info
 from fashionsearch.v1 import common_pb2, detector_pb2, detector_pb2_grpc
 from services.detector.model import Detector
-
-
-def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
 
 
 @dataclass(frozen=True)

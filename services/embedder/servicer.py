@@ -12,14 +12,10 @@ from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.errors import FailedPrecondition, InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
-from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.model_service import model_info
 from fashionsearch.v1 import common_pb2, embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder
 from services.embedder.text_model import TextEmbedder, TextVector
-
-
-def model_info(identity: ModelIdentity) -> common_pb2.ModelInfo:
-    return common_pb2.ModelInfo(name=identity.name, version=identity.version, onnx_sha256=identity.sha256)
 
 
 class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
