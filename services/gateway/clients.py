@@ -135,6 +135,11 @@ class CallBatcher(Generic[T]):
     def stats(self) -> BatchStats:
         return self._batcher.stats
 
+    @property
+    def queued(self) -> int:
+        """Calls waiting for the batch in flight to finish."""
+        return self._batcher.queued
+
     def takes(self, image: bytes) -> bool:
         return len(image) <= self._max_image_bytes
 

@@ -31,6 +31,7 @@ from services.gateway.bootstrap import max_message_bytes
 from testkit.gated_model import Gated
 from testkit.gateway_stack import Stack, jpeg, start_stack
 from testkit.process_stack import free_port
+from testkit.waiting import DEADLINE_S, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -56,8 +57,7 @@ class GatedEmbeds(Gated):
     """Gated, also for the batch RPC: a search or upsert waits inside the embedder while the gate is closed."""
 
     def embed(self, images):  # type: ignore[no-untyped-def]
-        self._enter(np.zeros(len(images)))
-        return self.real.embed(images)
+        return self.run(len(images), self.real.embed, images)
 
 
 def gated_stack(tmp_path, **overrides) -> tuple[Stack, GatedEmbeds]:  # type: ignore[no-untyped-def]
@@ -127,12 +127,12 @@ def test_calls_over_the_concurrency_limit_are_resource_exhausted_at_once(tmp_pat
         model.gate.clear()
         model.entered.clear()
         stream = limited.stub.UpsertItems(iter([gateway_pb2.UpsertItemsRequest(item=item)]), timeout=30)
-        assert model.entered.wait(10)  # the stream's item is inside the embedder: the one call in progress
-        started = time.monotonic()
+        assert model.entered.wait(DEADLINE_S)  # the stream's item is inside the embedder: the one call in progress
+        started, timeout_s = time.monotonic(), 20.0
         with pytest.raises(grpc.RpcError) as refused:
-            limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
+            limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=timeout_s)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < timeout_s / 2  # refused at once, not queued behind the held call
         model.gate.set()
         assert [r.upserted for r in stream] == [True]
         still_serves(limited)
@@ -246,13 +246,13 @@ def test_bytes_in_flight_are_capped_across_requests(tmp_path):
     port = limited.gateway_settings.http_port
     try:
         upload = _http_head(port, "POST", "/v1/search", 200_000, b"\x89PNG" + b"\0" * 199_995)
-        _wait_for(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.RESOURCE_EXHAUSTED, "the upload")
+        wait_until(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.RESOURCE_EXHAUSTED, "the upload")
         with _http_head(port, "POST", "/v1/search", 150_000) as other:  # would make 350 KB
             assert _answer(other).startswith("HTTP/1.1 503")
         still_serves(limited)  # a catalogue-sized photo still fits
         upload.close()
         # Admitted once the upload is gone (and then not an image).
-        _wait_for(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.INVALID_ARGUMENT, "the release")
+        wait_until(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.INVALID_ARGUMENT, "the release")
     finally:
         limited.close()
 
@@ -332,13 +332,6 @@ def _gauge(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
 
-def _wait_for(condition, what: str, timeout_s: float = 10) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.01)
-
-
 def _read_until_closed(conn: socket.socket) -> bytes:
     """Everything the server sends until it closes the connection (the socket's own timeout bounds the wait)."""
     received = b""
@@ -368,7 +361,7 @@ def test_bodies_that_never_arrive_hold_no_place_and_no_bytes_and_are_timed_out(t
         for first_bytes in (b"", b"\x89", b""):
             silent.append(_http_head(port, "POST", "/v1/search", 900_000, first_bytes))
         started = time.monotonic()
-        _wait_for(lambda: _gauge("http_server_requests_in_flight") >= in_flight + 3, "the three requests to arrive")
+        wait_until(lambda: _gauge("http_server_requests_in_flight") >= in_flight + 3, "the three requests to arrive")
         still_serves(limited)  # a place and the bytes of a photo are free
         with pytest.raises(grpc.RpcError) as invalid:  # 200 KB are admitted (and then not an image)
             limited.stub.Search(gateway_pb2.SearchRequest(image=b"\xff" * 200_000), timeout=10)
@@ -385,7 +378,7 @@ def test_bodies_that_never_arrive_hold_no_place_and_no_bytes_and_are_timed_out(t
         with socket.create_connection((HOST, port), timeout=30 * header_timeout_s + 10) as slow:
             slow.sendall(b"POST /v1/search HTTP/1.1\r\nHost: localhost\r\nContent-Type: image/png\r\n")
             assert _read_until_closed(slow) == b""
-        _wait_for(lambda: _gauge("http_server_requests_in_flight") == in_flight, "the requests to end")
+        wait_until(lambda: _gauge("http_server_requests_in_flight") == in_flight, "the requests to end")
         still_serves(limited)
     finally:
         for conn in silent:
@@ -410,7 +403,7 @@ def test_idle_upsert_streams_hold_no_place_and_are_ended(tmp_path):
         in_flight = _gauge("grpc_server_requests_in_flight", **labels)
         started = time.monotonic()
         streams = [limited.stub.UpsertItems(nothing_yet(), timeout=60) for _ in range(2)]
-        _wait_for(
+        wait_until(
             lambda: _gauge("grpc_server_requests_in_flight", **labels) >= in_flight + 2, "the two streams to start"
         )
         still_serves(limited)
