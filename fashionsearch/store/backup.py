@@ -89,9 +89,11 @@ class WriteJournal:
     def barrier(self) -> threading.Lock:
         return self._write_lock
 
-    def recorded(self) -> set[int]:
-        """The ids written since start(); call while holding barrier()."""
-        return set(self._recording or ())
+    def take(self) -> set[int]:
+        """The ids written since start() or the last take(), and recording goes on from an empty set; under
+        barrier() this is exact (no write can come between)."""
+        taken, self._recording = set(self._recording or ()), set()
+        return taken
 
     # VectorIndex
     def upsert(self, points: Sequence[StoredPoint]) -> None:
@@ -181,10 +183,18 @@ def backup_name(collection: str, when: datetime | None = None) -> str:
 
 
 def write_backup(
-    index: VectorIndex, folder: str | os.PathLike[str], name: str, *, source: str, journal: WriteJournal | None = None
+    index: VectorIndex,
+    folder: str | os.PathLike[str],
+    name: str,
+    *,
+    source: str,
+    journal: WriteJournal | None = None,
+    keep_recording: bool = False,
 ) -> BackupInfo:
     """Copy every point of index into folder/name; with a journal (the index keeps taking writes), consistent as
-    of the end of the copy. Raises StoreError when the index holds no collection."""
+    of the end of the copy, and with keep_recording the journal goes on recording the writes after that end (a
+    compaction replays them). Raises StoreError when the index holds no collection."""
+    done = False
     info = index.info()
     if info is None:
         raise StoreError(f"{source}: no collection to back up")
@@ -228,7 +238,7 @@ def write_backup(
         final = np.concatenate(copied)
         if journal is not None:
             with journal.barrier():  # writes wait here while the ids written during the copy are read again
-                changed = journal.recorded()
+                changed = journal.take()
                 now = index.retrieve(sorted(changed))
             if index.info() != info:
                 raise StoreError("the collection changed embedder during the backup; run it again")
@@ -237,8 +247,9 @@ def write_backup(
             _write_chunk(partial / PATCH, now, info.dim, deleted=deleted)
             files.append(PATCH)
             final = np.setdiff1d(np.union1d(final, np.asarray(sorted(present), np.int64)), deleted)
+        done = True
     finally:
-        if journal is not None:
+        if journal is not None and not (done and keep_recording):
             journal.stop()
     seconds = time.perf_counter() - started
     manifest = {

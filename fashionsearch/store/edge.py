@@ -449,6 +449,10 @@ class EdgeCatalog:
         self._min_free_bytes = min_free_bytes
         self._tuning = tuning
 
+    @property
+    def tuning(self) -> EdgeTuning | None:
+        return self._tuning
+
     def path(self, collection: str) -> Path:
         return self.root / check_name(collection)
 

@@ -1,4 +1,5 @@
-"""``python -m jobs.backup create|restore|list``: back up the catalogue's collection and restore it blue/green.
+"""``python -m jobs.backup create|restore|list|compact``: back up the catalogue's collection, restore it blue/green,
+and have the gateway fold its own writes into a new graph (compact).
 
 Exit codes: 0 done; 1 failed (nothing switched); 3 refused (the backup's embedder is not the one that serves).
 """
@@ -14,6 +15,7 @@ import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from fashionsearch.errors import StoreError
 from fashionsearch.store import CollectionCatalog, CollectionInfo, EmbedderIdentity, open_catalog
@@ -43,6 +45,7 @@ stores (one of):
 examples:
   python -m jobs.backup create --gateway-http http://127.0.0.1:8080 --backups data/backups
   python -m jobs.backup list --backups data/backups
+  python -m jobs.backup compact --gateway-http http://127.0.0.1:8080
   python -m jobs.backup restore catalogue--embedder-8-20261206T081500123456Z --backups data/backups \\
       --edge-dir data/qdrant-edge
 
@@ -59,9 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("command", choices=("create", "restore", "list"))
+    p.add_argument("command", choices=("create", "restore", "list", "compact"))
     p.add_argument("name", nargs="?", help="restore: the backup's name (see list), or 'latest'")
-    p.add_argument("--backups", type=Path, required=True, help="the folder of backups")
+    p.add_argument("--backups", type=Path, help="the folder of backups (all but compact)")
     p.add_argument("--collection", default="catalogue", help="the alias the gateway serves (default: catalogue)")
     store = p.add_mutually_exclusive_group()
     store.add_argument("--gateway-http", metavar="URL", help="the gateway's HTTP address")
@@ -103,20 +106,24 @@ def create(args: argparse.Namespace) -> BackupInfo:
         catalog.close()
 
 
-def create_through_gateway(args: argparse.Namespace) -> BackupInfo:
+def _admin_call(args: argparse.Namespace, what: str) -> dict[str, Any]:
+    """POST /v1/admin/<what> on the gateway with the write key; its JSON answer."""
     key = os.environ.get(args.api_key_env, "")
     request = urllib.request.Request(
-        args.gateway_http.rstrip("/") + "/v1/admin/backup", data=b"{}", method="POST",
+        args.gateway_http.rstrip("/") + f"/v1/admin/{what}", data=b"{}", method="POST",
         headers={"content-type": "application/json", **({"x-api-key": key} if key else {})},
     )  # fmt: skip
     try:
         with urllib.request.urlopen(request, timeout=args.timeout_s) as response:  # noqa: S310 - an operator's URL
-            answer = json.loads(response.read())
+            return dict(json.loads(response.read()))
     except urllib.error.HTTPError as refused:
-        raise StoreError(f"the gateway refused the backup: HTTP {refused.code} {refused.read()[:500]!r}") from None
+        raise StoreError(f"the gateway refused the {what}: HTTP {refused.code} {refused.read()[:500]!r}") from None
     except (urllib.error.URLError, OSError) as down:
         raise StoreError(f"cannot reach the gateway at {args.gateway_http}: {down}") from None
-    return read_manifest(args.backups / answer["backup"])
+
+
+def create_through_gateway(args: argparse.Namespace) -> BackupInfo:
+    return read_manifest(args.backups / _admin_call(args, "backup")["backup"])
 
 
 def _expected_embedder(args: argparse.Namespace, live_info: CollectionInfo | None) -> EmbedderIdentity | None:
@@ -173,6 +180,17 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        if args.command == "compact":
+            if not args.gateway_http:
+                raise StoreError("compact runs in the gateway, which owns the store: --gateway-http URL")
+            done = _admin_call(args, "compact")
+            print(
+                f"compacted {done['previous']} into {done['collection']}: {done['points']} points,"
+                f" {done['replayed_writes']} writes replayed, {done['seconds']:.1f} s"
+            )
+            return EXIT_OK
+        if args.backups is None:
+            raise StoreError(f"{args.command} needs --backups DIR")
         if args.command == "list":
             for b in list_backups(args.backups):
                 print(

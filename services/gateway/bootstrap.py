@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import grpc.aio
@@ -96,19 +97,28 @@ def bootstrap(
         channel = grpc.aio.insecure_channel(str(settings.detector_addr), options=options)
         channels.append(channel)
         detector = GrpcDetector(channel, timeout_s=settings.detect_timeout_s)
+    compaction = None
     if index is None:
-        index = open_catalog(
+        catalog = open_catalog(
             data_dir=settings.data_dir,
             qdrant_url=settings.qdrant_url,
             qdrant_api_key=settings.qdrant_api_key,
             search_threads=settings.store_search_threads,
             min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
             timeout_s=max(1, round(settings.store_timeout_s)),
-        ).live(settings.collection)
+        )
+        index = catalog.live(settings.collection)
         if settings.backup_dir is not None:
-            index = WriteJournal(
-                index
-            )  # a backup taken while writes go on records them (fashionsearch/store/backup.py)
+            # A backup or compaction taken while writes go on records them (fashionsearch/store/backup.py).
+            journal = index = WriteJournal(index)
+            if settings.qdrant_url is None:  # the embedded store, imported only then (as open_catalog does)
+                from fashionsearch.store.edge import EdgeCatalog
+                from fashionsearch.store.edge_compaction import compact
+
+                assert isinstance(catalog, EdgeCatalog)
+
+                work = settings.backup_dir / ".compaction"
+                compaction = partial(compact, catalog, settings.collection, journal, work)
     service = GatewayService(
         classifier,
         embedder,
@@ -116,6 +126,7 @@ def bootstrap(
         settings.limits,
         backups=settings.backup_dir,
         detector=detector,
+        compaction=compaction,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -78,6 +78,9 @@ from services.gateway.domain import (
 from services.gateway.limits import Limits
 from services.gateway.prepare import shrink_photo
 
+if TYPE_CHECKING:  # the embedded store's module loads qdrant-edge: a gateway on a Qdrant server never does
+    from fashionsearch.store.edge_compaction import Compaction
+
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -112,9 +115,11 @@ class GatewayService:
         *,
         backups: Path | None = None,
         detector: DetectorPort | None = None,
+        compaction: Callable[[], Compaction] | None = None,
     ) -> None:
         self._backups = backups
         self._detector = detector
+        self._compaction = compaction
         self._classifier = classifier
         self._embedder = embedder
         self._index = index
@@ -560,6 +565,16 @@ class GatewayService:
             )
         except StoreError as failed:
             raise FailedPrecondition(f"backup {name} failed: {failed}") from None
+
+    async def compact(self) -> Compaction:
+        """Fold the live Edge collection's own writes into a new graph, built in a child process, and switch to it
+        (fashionsearch/store/edge_compaction.py). FailedPrecondition when it is not available or fails."""
+        if self._compaction is None:
+            raise FailedPrecondition("compaction needs the embedded Qdrant Edge store and GATEWAY_BACKUP_DIR")
+        try:
+            return await asyncio.to_thread(self._compaction)
+        except StoreError as failed:
+            raise FailedPrecondition(f"compaction failed: {failed}") from None
 
     async def stats(self) -> Stats:
         count = await self._store("count", self._index.count)

@@ -173,6 +173,13 @@ def test_the_gateway_backs_up_while_it_serves_and_a_restore_switches_it(tmp_path
         got = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=5), timeout=5)
         assert got.payload.name == "item 5"
         assert stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count == 12
+
+        # Compaction: the gateway's own writes folded into a new collection built in a child process.
+        assert all(r.upserted for r in stack.upsert([_item(77, (9, 9, 9))]))
+        assert main(["compact", "--gateway-http", url]) == EXIT_OK
+        assert stack.stub.GetItem(gateway_pb2.GetItemRequest(id=77), timeout=5).payload.name == "item 77"
+        assert stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count == 13
+        assert "compacted" in open_catalog(data_dir=stack.gateway_settings.data_dir).resolve("catalogue")
     finally:
         stack.close()
 

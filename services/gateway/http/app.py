@@ -147,6 +147,7 @@ def create_app(
     app.router.add_get("/v1/items/{id}/image", api.item_image)
     app.router.add_get("/v1/stats", api.stats)
     app.router.add_post("/v1/admin/backup", api.backup)
+    app.router.add_post("/v1/admin/compact", api.compact)
     app.router.add_get("/v1/categories", api.categories)
     app.router.add_get("/healthz", api.healthz)
     app.router.add_get("/openapi.json", api.openapi)

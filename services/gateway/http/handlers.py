@@ -329,6 +329,18 @@ class HttpApi:
             {"backup": made.name, "points": made.points, "seconds": made.seconds, "embedder": str(made.embedder)}
         )
 
+    async def compact(self, request: web.Request) -> web.Response:
+        done = await self._service.compact()
+        return web.json_response(
+            {
+                "previous": done.previous,
+                "collection": done.collection,
+                "points": done.points,
+                "replayed_writes": done.replayed,
+                "seconds": round(done.seconds, 3),
+            }
+        )
+
     async def categories(self, request: web.Request) -> web.Response:
         """GET /v1/categories: the subCategory values in the catalogue with their counts (for the page's filter)."""
         counts = await self._service.categories()

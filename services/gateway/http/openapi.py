@@ -542,6 +542,27 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
                 },
             }
         },
+        "/v1/admin/compact": {
+            "post": {
+                "summary": "Rebuild the embedded store's graph over the gateway's own writes, in the background",
+                "responses": {
+                    "200": _json(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "previous": string,
+                                "collection": string,
+                                "points": integer,
+                                "replayed_writes": integer,
+                                "seconds": {"type": "number"},
+                            },
+                        },
+                        "The collection now served",
+                    ),
+                    **_errors(401, 403, 409, 503),
+                },
+            }
+        },
         "/v1/categories": {
             "get": {
                 "summary": "The subCategory values in the catalogue, most frequent first",

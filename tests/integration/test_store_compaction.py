@@ -1,0 +1,74 @@
+"""Compaction of the live Edge collection: the graph is rebuilt in a child process while this process keeps
+searching and writing through the write journal, and afterwards the collection holds exactly what was written."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from fashionsearch.store import EmbedderIdentity, StoredPoint
+from fashionsearch.store.backup import WriteJournal
+from fashionsearch.store.edge import EdgeCatalog
+from fashionsearch.store.edge_compaction import compact
+from fashionsearch.store.edge_tuning import EdgeTuning
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DIM = 8
+EMBEDDER = EmbedderIdentity("embedder", "8")
+
+
+def _point(pid: int, rng: np.random.Generator, tag: str = "") -> StoredPoint:
+    return StoredPoint(
+        id=pid,
+        vector=rng.normal(size=DIM).astype(np.float32),
+        payload={"subCategory": "Topwear", "name": f"{pid}{tag}"},
+    )
+
+
+def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
+    rng = np.random.default_rng(0)
+    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=500, full_scan_points=50))
+    first = catalog.open("catalogue--embedder-8")
+    first.ensure_collection(DIM, EMBEDDER)
+    expected = {p.id: p for p in (_point(i, rng) for i in range(1, 3001))}
+    first.upsert(list(expected.values()))
+    catalog.release(first)
+    catalog.switch("catalogue", "catalogue--embedder-8")
+    live = WriteJournal(catalog.live("catalogue"))
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(compact(catalog, "catalogue", live, tmp_path / "work"))
+        except BaseException as failed:  # noqa: BLE001 - shown by the assertion below
+            outcome.append(failed)
+
+    worker = threading.Thread(target=run)
+    worker.start()
+    try:
+        k = 0
+        while worker.is_alive() or k < 20:  # writes and searches all along the compaction, and a few after it
+            k += 1
+            point = _point(5000 + k, rng, " new") if k % 3 else _point(int(rng.integers(1, 3001)), rng, " v2")
+            live.upsert([point])
+            expected[point.id] = point
+            if k % 7 == 0:
+                gone = int(rng.integers(1, 3001))
+                live.delete([gone])
+                expected.pop(gone, None)
+            assert live.search(point.vector, 1)[0].id == point.id
+    finally:
+        worker.join()
+    (result,) = outcome
+    assert not isinstance(result, BaseException), result
+    assert live.collection == result.collection != "catalogue--embedder-8"
+    ids = [i for i, _ in live.scroll((), 1000)]
+    stored = {p.id: p for p in live.retrieve(ids)}
+    assert sorted(stored) == sorted(expected)
+    for pid, point in expected.items():
+        assert np.array_equal(stored[pid].vector, point.vector) and dict(stored[pid].payload) == point.payload
+    live.close()
+    assert not (tmp_path / "edge" / "catalogue--embedder-8").exists()  # dropped once the gateway let go
