@@ -79,6 +79,7 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
         if not (REPO / "models" / model / "model.onnx").is_file():
             pytest.fail(f"models/{model} is missing: a fresh clone must serve without training")
     names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS", "GATEWAY_METRICS")
+    names += ("DETECTOR", "DETECTOR_METRICS")  # used when models/detector holds a detector
     ports = {name: free_port() for name in names}
 
     proc, lines = _launch(tmp_path, ports)
@@ -146,6 +147,7 @@ def test_launcher_runs_with_the_api_keys_a_user_sets(tmp_path):
     the write keys contradicted the launcher's unauthenticated writes and the read keys failed its GetStats.)"""
     read, write = "read-key-for-make-run-0123", "write-key-for-make-run-0123"
     names = ("CLASSIFIER", "EMBEDDER", "GATEWAY", "HTTP", "CLASSIFIER_METRICS", "EMBEDDER_METRICS", "GATEWAY_METRICS")
+    names += ("DETECTOR", "DETECTOR_METRICS")  # used when models/detector holds a detector
     ports = {name: free_port() for name in names}
     proc, lines = _launch(tmp_path, ports, {"GATEWAY_READ_API_KEYS": read, "GATEWAY_WRITE_API_KEYS": write})
     try:
