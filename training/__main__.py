@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, probe, robustness
+from training import data, probe, report, robustness
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
@@ -175,6 +175,35 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     ]
     args.report.write_text("\n".join(lines) + "\n")
     log.info("robustness table written to %s", args.report)
+    if args.on == "test":  # each pair's models show their rows in their own reports
+        folders = [data.REPO_ROOT / "reports" / d.name for c, e in pairs.values() for d in (c, e)]
+        render_reports(
+            [f for f in folders if (f / report.REPORT_FILE).is_file()], data.REPO_ROOT / "models", args.report
+        )
+    return 0
+
+
+def render_reports(folders: list[Path], models: Path, robustness_file: Path) -> None:
+    """Each report folder's report.json rendered again into its README.md, a model's report with its robustness
+    section from `robustness_file` (when the model is one of its pairs). No model is run."""
+    results = json.loads(robustness_file.read_text()) if robustness_file.is_file() else None
+    for folder in folders:
+        document = report.load(folder)
+        if results is not None and (models / folder.name / "model.json").is_file():
+            spec = ModelSpec.load(models / folder.name)
+            section = robustness.model_section(results, spec.identity, spec.kind)
+            if section is not None:
+                summary = "summary-against-the-targets-test-split"
+                if document.get(summary) is not None:
+                    document.put(section, after=(summary,))
+                else:
+                    document.put(section, before=("training", "test-accuracy-per-head", "retrieval"))
+        log.info("wrote %s", report.save(document, folder))
+
+
+def cmd_render_reports(args: argparse.Namespace) -> int:
+    folders = args.reports or sorted(p.parent for p in (data.REPO_ROOT / "reports").glob(f"*/{report.REPORT_FILE}"))
+    render_reports(folders, args.models, args.robustness)
     return 0
 
 
@@ -301,6 +330,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "classifier" / "probes.md")
     p.set_defaults(func=cmd_probe_lite)
+
+    p = commands.add_parser(
+        "render-reports", help="render reports/*/report.json into their README.md again (no model or dataset)"
+    )
+    p.add_argument("reports", nargs="*", type=Path, help="report folders (default: every one with a report.json)")
+    p.add_argument("--models", type=Path, default=data.REPO_ROOT / "models")
+    p.add_argument("--robustness", type=Path, default=data.REPO_ROOT / "reports" / "robustness" / "README.json")
+    p.set_defaults(func=cmd_render_reports)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
     p.add_argument("source", type=Path)

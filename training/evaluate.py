@@ -27,6 +27,7 @@ from training.metrics import (
     most_confused,
     retrieval_metrics,
 )
+from training.report import Report, Section, save
 
 log = logging.getLogger(__name__)
 
@@ -206,24 +207,18 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return lines + [""]
-
-
-def _per_class_table(metrics: Mapping[str, Any]) -> list[str]:
+def _per_class_table(section: Section, metrics: Mapping[str, Any]) -> None:
     rows = [
         (c["label"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", c["support"])
         for c in metrics["per_class"]
         if c["support"] > 0
     ]
-    return _table(("class", "precision", "recall", "F1", "support"), rows)
+    section.table(("class", "precision", "recall", "F1", "support"), rows)
 
 
 def _header(
     spec: ModelSpec, dataset: data.Dataset, counts: Mapping[str, int], catalogue: data.Dataset | None = None
-) -> list[str]:
+) -> Report:
     """`counts`: images per split; a held-out set has test images only."""
     report = dataset.report
     if counts["test"] < len(dataset):
@@ -236,17 +231,15 @@ def _header(
         if catalogue is not None:
             where += f"; the retrieval catalogue is the {len(catalogue)}-image train split of the training dataset"
         where += ". Everything below is measured on the held-out set"
-    lines = [
-        f"# {spec.name} (version {spec.version})",
-        "",
+    out = Report(f"{spec.name} (version {spec.version})")
+    out.add("").text(
         f"`model.onnx` sha256 `{spec.onnx_sha256}`; input {spec.input.height}x{spec.input.width} RGB, "
         f"resize `{spec.input.resize}`, scale {spec.input.scale:.6g}, mean {list(spec.input.mean)}, "
-        f"std {list(spec.input.std)}.",
-        "",
+        f"std {list(spec.input.std)}."
+    ).text(
         f"Data: {report.summary() if report else f'{len(dataset)} images'}. {where} with onnxruntime, inputs made "
-        "by `fashionsearch.model_contract.preprocess` from model.json.",
-        "",
-    ]
+        "by `fashionsearch.model_contract.preprocess` from model.json."
+    )
     training = spec.extra.get("training", {})
     if training:
         # Only what the recipe recorded: a schedule-driven run has no "best epoch", a projection no epoch count.
@@ -254,37 +247,33 @@ def _header(
         run = f"{epochs} epochs" if epochs is not None else "trained"
         if training.get("best_epoch") is not None:
             run += f" (best epoch {training['best_epoch']})"
-        lines += [
-            "## Training",
-            "",
+        out.add("Training").text(
             f"Recipe `{training.get('recipe', '?')}`, {training.get('parameters', '?')} parameters; {run} in "
             f"{training.get('seconds', 0) / 60:.1f} minutes on this machine's CPU; settings: "
-            f"`{training.get('settings', {})}`.",
-            "",
-        ]
+            f"`{training.get('settings', {})}`."
+        )
     parity = spec.extra.get("parity")
     if parity:
-        lines += [
+        out.sections[-1].text(
             f"Export parity gate (Keras vs onnxruntime, {parity['images']} validation images): max abs difference "
             f"{parity['max_abs_diff']:.2e} (limit {parity['atol']:g}), {parity['argmax_mismatches']} argmax "
-            "mismatches.",
-            "",
-        ]
-    return lines
+            "mismatches."
+        )
+    return out
 
 
 def evaluate_classifier(
     spec: ModelSpec, session: Any, dataset: data.Dataset, split: Mapping[int, str], report_dir: Path
-) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and test metrics for every head."""
+) -> tuple[list[Section], dict[str, Any]]:
+    """Report sections and test metrics for every head."""
     test = dataset.split(split, "test")
     outputs = predict(session, spec, test.images)
-    lines: list[str] = []
+    sections: list[Section] = []
     test_metrics: dict[str, Any] = {"accuracy": {}, "macro_f1": {}, "ece": {}}
     summary_rows = []
     history = spec.extra.get("training", {}).get("history", {})
     if plot_history(history, report_dir / "curves.png", f"{spec.name}: training and validation"):
-        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
+        sections.append(Section("Training curves").image("training curves", "curves.png"))
     paper_rows: list[tuple[str, ...]] = []
     for head in spec.outputs:
         truth = true_labels(test, head.attribute)
@@ -312,14 +301,13 @@ def evaluate_classifier(
         plot_confusion(
             m["confusion"], head.labels, report_dir / picture, f"{spec.name}: {head.attribute} (test, {m['n']} images)"
         )
-        section = [f"## {head.attribute}", "", f"![confusion matrix]({picture})", ""]
+        section = Section(head.attribute).image("confusion matrix", picture)
         confused = most_confused(m["confusion"], head.labels)
         if confused:
-            section += [
-                "Most confused (true -> predicted, count): " + "; ".join(f"{a} -> {b} ({n})" for a, b, n in confused),
-                "",
-            ]
-        section += _per_class_table(m)
+            section.text(
+                "Most confused (true -> predicted, count): " + "; ".join(f"{a} -> {b} ({n})" for a, b, n in confused)
+            )
+        _per_class_table(section, m)
         if head.attribute == "category":
             # The paper measured on a balanced held-out subset: same six-class sampling, our test split.
             subset, _ = data.paper_subset(dataset, per_class=400, seed=20240601)
@@ -348,22 +336,19 @@ def evaluate_classifier(
                 report_dir / "confusion-category-balanced.png",
                 f"{spec.name}: balanced six-class test subset ({bm['n']} images)",
             )
-            section += [
-                "Balanced six-class test subset (the paper's sampling):",
-                "",
-                "![confusion matrix, balanced](confusion-category-balanced.png)",
-                "",
-            ]
-            section += _per_class_table(bm)
-        lines += section
-    head_lines = ["## Test accuracy per head", ""]
-    head_lines += _table(
-        ("head", "classes", "test images", "accuracy", "macro F1", "ECE", "skipped (label not a class)"), summary_rows
-    )
+            section.text("Balanced six-class test subset (the paper's sampling):")
+            section.image("confusion matrix, balanced", "confusion-category-balanced.png")
+            _per_class_table(section, bm)
+        sections.append(section)
+    heads = [
+        Section("Test accuracy per head").table(
+            ("head", "classes", "test images", "accuracy", "macro F1", "ECE", "skipped (label not a class)"),
+            summary_rows,
+        )
+    ]
     if paper_rows:
-        head_lines += ["## Side by side with the paper", ""]
-        head_lines += _table(("measure", "n", "ours", "paper"), paper_rows)
-    return head_lines + lines, test_metrics
+        heads.append(Section("Side by side with the paper").table(("measure", "n", "ours", "paper"), paper_rows))
+    return heads + sections, test_metrics
 
 
 def evaluate_embedder(
@@ -375,8 +360,8 @@ def evaluate_embedder(
     report_dir: Path,
     threads: int = 2,
     catalogue: data.Dataset | None = None,
-) -> tuple[list[str], dict[str, Any]]:
-    """Markdown lines and test metrics: reconstruction (autoencoders) and retrieval precision@5 against
+) -> tuple[list[Section], dict[str, Any]]:
+    """Report sections and test metrics: reconstruction (autoencoders) and retrieval precision@5 against
     `catalogue` (default: the split's train images)."""
     assert spec.embedding is not None
     test = dataset.split(split, "test")
@@ -395,19 +380,17 @@ def evaluate_embedder(
             k: {a: round(v, 4) for a, v in r[k].items()} for k in ("unfiltered", "filtered")
         }
     }
-    lines = [
-        "## Retrieval",
-        "",
+    retrieval = Section("Retrieval").text(
         f"{r['queries']} test queries against the {r['catalogue']}-item train-split catalogue, Euclidean "
         f"top-{RETRIEVAL_K}. precision@{RETRIEVAL_K} = share of the {RETRIEVAL_K} results whose attribute equals "
         f"the query's. \"With filter\" restricts the catalogue to the query's true {FILTER_ATTRIBUTE} (an oracle "
-        "filter, as if the classifier were always right).",
-        "",
-    ]
-    lines += _table(
+        "filter, as if the classifier were always right)."
+    )
+    retrieval.table(
         ("match on", "without filter", f"with {FILTER_ATTRIBUTE} filter"),
         [(a, _pct(r["unfiltered"][a]), _pct(r["filtered"][a])) for a in MATCH_ATTRIBUTES],
     )
+    sections = [retrieval]
     picks = fixed_queries(test)
     for mode in ("unfiltered", "filtered"):
         neighbours = r["neighbours"][mode][picks]
@@ -424,7 +407,7 @@ def evaluate_embedder(
             captions,
             f"{spec.name}: 8 fixed test queries, top-{RETRIEVAL_K} ({mode})",
         )
-        lines += [f"![8 queries and their top-{RETRIEVAL_K}, {mode}](queries-{mode}.png)", ""]
+        retrieval.image(f"8 queries and their top-{RETRIEVAL_K}, {mode}", f"queries-{mode}.png")
 
     autoencoder_file = "autoencoder.onnx"
     if autoencoder_file in spec.extra.get("files", {}):
@@ -448,25 +431,20 @@ def evaluate_embedder(
             [["reconstruction"]] * len(picks),
             "autoencoder reconstructions (test)",
         )
-        lines = [
-            "## Reconstruction",
-            "",
-            f"Mean squared error per pixel on the {len(test)} test images (inputs in [0, 1]): **{mse:.5f}**.",
-            "",
-            "![reconstructions](reconstructions.png)",
-            "",
-        ] + lines
+        reconstruction = Section("Reconstruction").text(
+            f"Mean squared error per pixel on the {len(test)} test images (inputs in [0, 1]): **{mse:.5f}**."
+        )
+        sections.insert(0, reconstruction.image("reconstructions", "reconstructions.png"))
     history = spec.extra.get("training", {}).get("history", {})
     if plot_history(history, report_dir / "curves.png", f"{spec.name}: training and validation loss"):
-        lines += ["## Training curves", "", "![training curves](curves.png)", ""]
-    lines += [
-        "## Side by side with the paper",
-        "",
-        "The paper shows its autoencoder's retrieval as pictures (its Figures 7 and 8) and gives no "
-        "precision@5; the numbers above are the baseline that the production embedder is measured against.",
-        "",
-    ]
-    return lines, test_metrics
+        sections.append(Section("Training curves").image("training curves", "curves.png"))
+    sections.append(
+        Section("Side by side with the paper").text(
+            "The paper shows its autoencoder's retrieval as pictures (its Figures 7 and 8) and gives no "
+            "precision@5; the numbers above are the baseline that the production embedder is measured against."
+        )
+    )
+    return sections, test_metrics
 
 
 def evaluate_model(
@@ -478,7 +456,8 @@ def evaluate_model(
     update_metrics: bool = True,
     catalogue: data.Dataset | None = None,
 ) -> Path:
-    """Write report_dir/README.md (+ PNGs); with `update_metrics`, model.json's metrics gain a "test" entry.
+    """Write report_dir/report.json and the README.md rendered from it (+ PNGs); with `update_metrics`,
+    model.json's metrics gain a "test" entry.
 
     `catalogue`: what retrieval searches (default: the split's train images); a held-out evaluation (every
     image of `dataset` a test image) passes the training dataset's train split."""
@@ -488,17 +467,16 @@ def evaluate_model(
         raise data.DataError(f"no test images: the split assigns none of the {len(dataset)} images to test")
     spec, session = load_model(model_dir, threads)
     report_dir.mkdir(parents=True, exist_ok=True)
-    lines = _header(spec, dataset, counts, catalogue)
+    report = _header(spec, dataset, counts, catalogue)
     if spec.kind == "classifier":
         body, test_metrics = evaluate_classifier(spec, session, dataset, split, report_dir)
     else:
         body, test_metrics = evaluate_embedder(spec, session, model_dir, dataset, split, report_dir, threads, catalogue)
-    lines += body
+    report.sections += body
     held_out = " --data HELD_OUT_DIR --held-out" if counts["test"] == len(dataset) else ""
     command = f"python -m training evaluate {_rel(model_dir)}{held_out} --report {_rel(report_dir)}"
-    lines += ["", f"Regenerate: `{command}`.", ""]
-    path = report_dir / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+    report.footer = f"Regenerate: `{command}`."
+    path = save(report, report_dir)
     if update_metrics:
         metrics = dict(spec.metrics) | {"test": test_metrics}
         dataclasses.replace(spec, metrics=metrics).write(model_dir)

@@ -36,6 +36,7 @@ from training.recipes.pretrained import (
     training_losses,
     training_targets,
 )
+from training.report import Section
 from training.view_cache import TrunkPlan, cached_views, fit_on_views, predict_on_views
 
 log = logging.getLogger(__name__)
@@ -171,24 +172,36 @@ def markdown(results: Sequence[dict[str, Any]], command: str, settings: ProbeSet
     return "\n".join(lines)
 
 
-def summary_section(results: Sequence[dict[str, Any]]) -> list[str]:
-    """The probes in short for reports/classifier/README.md: articleType and masterCategory, clean and shopper."""
-    lines = [
-        "## Resolution, frozen blocks and training time (validation probes)",
-        "",
+def summary_section(results: Sequence[dict[str, Any]]) -> Section:
+    """The probes in short for reports/classifier: articleType and masterCategory, clean and shopper."""
+    section = Section("Resolution, frozen blocks and training time (validation probes)").text(
         "The served recipe's trunk plan against others, each trained on the same "
         f"{results[0]['train_images']} training photos for the minutes given, validation accuracy of the "
-        "independent heads (`python -m training probe-lite`; every head and the command in [probes.md](probes.md)).",
-        "",
-        "| input | frozen blocks | minutes | steps | ms / step | articleType | on a shopper view | masterCategory on a "
-        "shopper view |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
-    ]
+        "independent heads (`python -m training probe-lite`; every head and the command in [probes.md](probes.md))."
+    )
+    rows = []
     for r in results:
         clean, shopped = r["accuracy"]["packshot"], r["accuracy"]["shopper_view"]
-        lines.append(
-            f"| {r['input'][0]}x{r['input'][1]} | {r['frozen_blocks']} | {r['minutes']:g} | {r['steps']} | "
-            f"{r['ms_per_step']:.0f} | {100 * clean['articleType']:.1f} | {100 * shopped['articleType']:.1f} | "
-            f"{100 * shopped['masterCategory']:.1f} |"
+        rows.append(
+            (
+                f"{r['input'][0]}x{r['input'][1]}",
+                r["frozen_blocks"],
+                f"{r['minutes']:g}",
+                r["steps"],
+                f"{r['ms_per_step']:.0f}",
+                f"{100 * clean['articleType']:.1f}",
+                f"{100 * shopped['articleType']:.1f}",
+                f"{100 * shopped['masterCategory']:.1f}",
+            )
         )
-    return [*lines, ""]
+    header = (
+        "input",
+        "frozen blocks",
+        "minutes",
+        "steps",
+        "ms / step",
+        "articleType",
+        "on a shopper view",
+        "masterCategory on a shopper view",
+    )
+    return section.table(header, rows)

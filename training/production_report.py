@@ -26,6 +26,7 @@ from training import data, evaluate, metrics, probe
 from training import hierarchy as decoding
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 from training.metrics import softmax
+from training.report import Section, load, save, section_id
 
 log = logging.getLogger("training.production_report")
 
@@ -55,14 +56,7 @@ def _verdict(value: float | None, target: float | None, higher: bool = True) -> 
     return "met" if ok else "**not met**"
 
 
-def _prepend(readme: Path, lines: Sequence[str]) -> None:
-    """Put `lines` after the report's first heading (the model identity)."""
-    old = readme.read_text(encoding="utf-8").splitlines()
-    cut = 1 if old and old[0].startswith("#") else 0
-    readme.write_text("\n".join(old[:cut] + [""] + list(lines) + old[cut:]) + "\n", encoding="utf-8")
-
-
-def _budget_lines(rate: float, mb: float, train_s: float | None, extra: str = "") -> list[str]:
+def _budget_table(section: Section, rate: float, mb: float, train_s: float | None, extra: str = "") -> None:
     load = os.getloadavg()[0]
     rows = [
         (
@@ -83,7 +77,7 @@ def _budget_lines(rate: float, mb: float, train_s: float | None, extra: str = ""
                 _verdict(train_s / 60, BUDGET["train_minutes"], higher=False),
             )
         )
-    return evaluate._table(("budget", "measured", "target", ""), rows)
+    section.table(("budget", "measured", "target", ""), rows)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -96,21 +90,18 @@ def hierarchy_section(
     train: data.Dataset,
     hierarchy: Mapping[str, Any],
     rows: Sequence[Sequence[Any]],
-) -> list[str]:
+) -> Section:
     """What the hierarchical decoding changed: validation before/after (model.json), test after."""
     heads = {h.attribute: h for h in spec.outputs}
     matrices = decoding.hierarchy_matrices(train, {a: heads[a].labels for a in decoding.HIERARCHY})
     agree = decoding.agreeing_answers([outputs[heads[a].name] for a in decoding.HIERARCHY], matrices)
     test = {row[0]: row[3] for row in rows}
-    lines = [
-        "## masterCategory, subCategory and articleType agree (hierarchical decoding)",
-        "",
+    section = Section("masterCategory, subCategory and articleType agree (hierarchical decoding)").text(
         "Each article type is scored with its parent subCategory's and masterCategory's probabilities (weight "
         f"{hierarchy['weight']}, then a temperature of {hierarchy['article_temperature']:.2f} fitted on validation); "
-        "the coarse heads are the sums over their article types. Validation numbers from model.json.",
-        "",
-    ]
-    lines += evaluate._table(
+        "the coarse heads are the sums over their article types. Validation numbers from model.json."
+    )
+    return section.table(
         ("head", "validation, independent heads", "validation, decoded", "test, decoded"),
         [
             (a, _pct(hierarchy["accuracy_independent"][a]), _pct(hierarchy["accuracy"][a]), test[a])
@@ -125,12 +116,11 @@ def hierarchy_section(
             )
         ],
     )
-    return lines
 
 
 def classifier_summary(
     model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
-) -> list[str]:
+) -> list[Section]:
     spec, session = evaluate.load_model(model_dir, threads)
     test = dataset.split(split, "test")
     outputs = evaluate.predict(session, spec, test.images)
@@ -180,18 +170,13 @@ def classifier_summary(
                 f"{metrics.expected_calibration_error(probs[keep], y):.3f}",
             )
         )
-    lines = [
-        "## Summary against the targets (test split)",
-        "",
+    summary = Section("Summary against the targets (test split)").text(
         "Accuracy over the test images whose label is one of the head's classes (rare classes, fewer than 10 "
-        "training images, and missing labels are not classes; their count is in the per-head table below).",
-        "",
-    ]
-    lines += evaluate._table(("head", "classes", "test images", "accuracy", "target", ""), rows)
+        "training images, and missing labels are not classes; their count is in the per-head table below)."
+    )
+    sections = [summary.table(("head", "classes", "test images", "accuracy", "target", ""), rows)]
 
-    lines += [
-        "## Calibration",
-        "",
+    calibration_section = Section("Calibration").text(
         "Expected calibration error (15 bins). One temperature per head is fitted on the validation split "
         "(NLL) and baked into the exported softmax; the test columns show the effect on unseen data."
         + (
@@ -199,14 +184,16 @@ def classifier_summary(
             'independent raw probabilities are not in the exported model, so their test "before" is not shown.'
             if hierarchy
             else ""
-        ),
-        "",
-    ]
-    lines += evaluate._table(
-        ("head", "temperature", "ECE val, before", "ECE val, after", "ECE test, before", "ECE test, after"), cal_rows
+        )
+    )
+    sections.append(
+        calibration_section.table(
+            ("head", "temperature", "ECE val, before", "ECE val, after", "ECE test, before", "ECE test, after"),
+            cal_rows,
+        )
     )
     if hierarchy:
-        lines += hierarchy_section(spec, outputs, dataset.split(split, "train"), hierarchy, rows)
+        sections.append(hierarchy_section(spec, outputs, dataset.split(split, "train"), hierarchy, rows))
 
     # The paper's six classes, derived from the subCategory / articleType predictions.
     subset, _ = data.paper_subset(dataset, per_class=400, seed=20240601)
@@ -223,17 +210,15 @@ def classifier_summary(
         paper_spec = ModelSpec.load(paper_dir)
         bal = paper_spec.metrics.get("test", {}).get("accuracy", {}).get("category_balanced")
         paper_row = ("paper CNN (ours, reproduced)", _pct(bal) if bal is not None else "not evaluated")
-    lines += [
-        "## Side by side with the paper's CNN",
-        "",
+    paper = Section("Side by side with the paper's CNN").text(
         f"The paper's six classes on the balanced six-class test subset ({len(balanced)} images); the "
-        "production classifier's class is derived from its subCategory and articleType predictions.",
-        "",
-    ]
-    lines += evaluate._table(
+        "production classifier's class is derived from its subCategory and articleType predictions."
+    )
+    paper.table(
         ("model", "six-class accuracy"),
         [("paper, as published", _pct(evaluate.PAPER_CNN_ACCURACY)), paper_row, ("production classifier", _pct(six))],
     )
+    sections.append(paper)
 
     # Most confused article types, with shares.
     m = _article_metrics(spec, outputs, test)
@@ -241,40 +226,38 @@ def classifier_summary(
     index = {label: i for i, label in enumerate(labels)}
     support = m["confusion"].sum(axis=1)
     pairs = metrics.most_confused(m["confusion"], labels, n=15)
-    lines += ["## articleType: most confused pairs (test)", ""]
-    lines += evaluate._table(
+    confused = Section("articleType: most confused pairs (test)").table(
         ("true", "predicted", "count", "share of the true class"),
         [(a, b, n, _pct(n / max(1, support[index[a]]))) for a, b, n in pairs],
     )
     f1 = sorted((c for c in m["per_class"] if c["support"] > 0), key=lambda c: c["f1"])
-    lines += [
+    confused.text(
         "Lowest per-class F1 (all classes are in the table further down): "
-        + ", ".join(f"{c['label']} {c['f1']:.2f} (n={c['support']})" for c in f1[:10]),
-        "",
-    ]
+        + ", ".join(f"{c['label']} {c['f1']:.2f} (n={c['support']})" for c in f1[:10])
+    )
+    sections.append(confused)
 
     rate, mb = measure_throughput(model_dir, threads, seconds=6.0, batch=64)
     training = spec.extra.get("training", {})
-    lines += ["## Budget", ""]
+    budget = Section("Budget")
     refit = training.get("heads_seconds") is not None
     what = " (trunk training loop + head refit)" if refit else " (training loop)"
-    lines += _budget_lines(rate, mb, training.get("seconds"), what)
-    lines += [
+    _budget_table(budget, rate, mb, training.get("seconds"), what)
+    budget.text(
         f"Parameters: {training.get('parameters', 'n/a'):,}; "
         + (f"{training['epochs_run']} epochs, " if training.get("epochs_run") is not None else "")
-        + f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images.",
-        "",
-    ]
+        + f"{training.get('steps')} steps of {training.get('settings', {}).get('batch_size')} images."
+    )
     if refit:
         heads = training.get("heads_settings", {})
-        lines += [
-            f"Two commands: `train classifier` trained the trunk and linear heads in "
-            f"{float(training.get('trunk_seconds') or 0) / 60:.1f} min; `train classifier-heads` refitted the heads "
-            f"on the frozen trunk's features (one shared hidden layer of {heads.get('hidden')} ReLU units, "
-            f"{heads.get('epochs')} epochs) in {float(training['heads_seconds']) / 60:.1f} min.",
-            "",
-        ]
-    return lines
+        budget.text(
+            f"Two commands: `train scratch-classifier` trained the trunk and linear heads in "
+            f"{float(training.get('trunk_seconds') or 0) / 60:.1f} min; `train scratch-classifier-heads` refitted "
+            f"the heads on the frozen trunk's features (one shared hidden layer of {heads.get('hidden')} ReLU units, "
+            f"{heads.get('epochs')} epochs) in {float(training['heads_seconds']) / 60:.1f} min."
+        )
+    sections.append(budget)
+    return sections
 
 
 def _article_metrics(spec: ModelSpec, outputs: Mapping[str, np.ndarray], test: data.Dataset) -> dict[str, Any]:
@@ -287,13 +270,13 @@ def _article_metrics(spec: ModelSpec, outputs: Mapping[str, np.ndarray], test: d
     return metrics.classification_metrics(y, outputs[head.name][keep].argmax(axis=1), head.labels)
 
 
-def against_previous(models: Path, dataset: data.Dataset, split: Mapping[int, str], threads: int) -> list[str]:
+def against_previous(models: Path, dataset: data.Dataset, split: Mapping[int, str], threads: int) -> Section | None:
     """models/classifier against the classifiers served before it (PREVIOUS_CLASSIFIERS, those present): test
     accuracy and macro F1 per head from their model.json, and the articleType pairs any of them confuses most,
     counted for each (predicted here); nothing when none is present."""
     names = ["classifier"] + [n for n in PREVIOUS_CLASSIFIERS if (models / n / "model.json").is_file()]
     if len(names) == 1:
-        return []
+        return None
     test = dataset.split(split, "test")
     specs: dict[str, ModelSpec] = {}
     confused: dict[str, dict[tuple[str, str], int]] = {}
@@ -316,20 +299,16 @@ def against_previous(models: Path, dataset: data.Dataset, split: Mapping[int, st
         rows.append((head.attribute, *cells))
     pairs = {pair for counts in confused.values() for pair in counts if pair[0] != pair[1]}
     worst = sorted(pairs, key=lambda p: (-max(confused[n].get(p, 0) for n in names), p))[:12]  # ties by name
-    lines = [
-        "## Against the classifiers served before (test split)",
-        "",
+    section = Section("Against the classifiers served before (test split)").text(
         f"{', '.join(names[1:])} are kept in models/ beside the served classifier. Accuracy and macro F1 from each "
         "model.json (`training.evaluate`); the confused pairs are the 12 articleType (true, predicted) pairs with the "
-        "largest count under any of them, counted for each.",
-        "",
-    ]
-    lines += evaluate._table(header, rows)
-    lines += evaluate._table(
+        "largest count under any of them, counted for each."
+    )
+    section.table(header, rows)
+    return section.table(
         ("true", "predicted", *(f"{n}:{specs[n].version}" for n in names)),
         [(a, b, *(confused[n].get((a, b), 0) for n in names)) for a, b in worst],
     )
-    return lines
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -346,7 +325,7 @@ def _retrieval(model_dir: Path, test: data.Dataset, train: data.Dataset, threads
 
 def embedder_summary(
     model_dir: Path, dataset: data.Dataset, split: Mapping[int, str], paper_dir: Path, threads: int
-) -> list[str]:
+) -> list[Section]:
     spec = ModelSpec.load(model_dir)
     if spec.embedding is None:
         raise ValueError(f"{model_dir} is not an embedder")
@@ -354,13 +333,10 @@ def embedder_summary(
     test, train = dataset.split(split, "test"), dataset.split(split, "train")
     ours = _retrieval(model_dir, test, train, threads)
     paper = _retrieval(paper_dir, test, train, threads) if (paper_dir / "model.json").is_file() else None
-    lines = [
-        "## Summary against the targets (test split)",
-        "",
+    summary = Section("Summary against the targets (test split)").text(
         f"{ours['queries']} test queries against the {ours['catalogue']}-item train-split catalogue, Euclidean "
-        "top-5; the filter restricts the catalogue to the query's true subCategory.",
-        "",
-    ]
+        "top-5; the filter restricts the catalogue to the query's true subCategory."
+    )
     rows: list[tuple[str, ...]] = []
     for mode, label in (("filtered", "with subCategory filter"), ("unfiltered", "without filter")):
         value = ours[mode]["articleType"]
@@ -372,9 +348,10 @@ def embedder_summary(
                 _verdict(value, RETRIEVAL_TARGETS[mode]),
             )
         )
-    lines += evaluate._table(("measure", "measured", "target", ""), rows)
+    sections = [summary.table(("measure", "measured", "target", ""), rows)]
 
-    lines += ["## Side by side with the paper's autoencoder (test split, precision@5)", ""]
+    paper_section = Section("Side by side with the paper's autoencoder (test split, precision@5)")
+    sections.append(paper_section)
     rows = []
     for attribute in metrics.MATCH_ATTRIBUTES:
         for mode in ("unfiltered", "filtered"):
@@ -388,7 +365,7 @@ def embedder_summary(
             )
     paper_embedding = ModelSpec.load(paper_dir).embedding if paper else None
     paper_dim = paper_embedding.dim if paper_embedding else "n/a"
-    lines += evaluate._table(
+    paper_section.table(
         ("match on", "filter", f"paper autoencoder ({paper_dim}-d)", f"production embedder ({embedding.dim}-d)"),
         rows,
     )
@@ -396,16 +373,14 @@ def embedder_summary(
     validation = spec.metrics.get("validation", {})
     table = validation.get("dimension_tradeoff", {})
     if table:
-        lines += [
-            "## Embedding dimension trade-off (validation split)",
-            "",
+        tradeoff = Section("Embedding dimension trade-off (validation split)").text(
             "Each dimension is a separate projection of the same frozen trunk, trained with the same recipe; "
             "queries are validation images, the catalogue the training split. Memory is float32 vectors; "
             "search time is exact brute-force top-5 over a catalogue of the same size "
             f"({ours['catalogue']} random vectors), one query at a time (numpy on this shared CPU, the fastest of "
-            "5 passes over 200 queries, measured while writing this report).",
-            "",
-        ]
+            "5 passes over 200 queries, measured while writing this report)."
+        )
+        sections.append(tradeoff)
         rng = np.random.default_rng(0)
         dims = {int(d) for d in table} | (
             {int(validation["trunk_features_l2"]["dim"])} if validation.get("trunk_features_l2") else set()
@@ -440,7 +415,7 @@ def embedder_summary(
                     f"{latency[d]:.2f}",
                 )
             )
-        lines += evaluate._table(
+        tradeoff.table(
             (
                 "dim",
                 "articleType p@5",
@@ -454,26 +429,26 @@ def embedder_summary(
             rows,
         )
         rule = spec.extra.get("training", {}).get("settings", {}).get("choice_rule", "")
-        lines += [f"Choice rule: {rule}.", ""]
+        tradeoff.text(f"Choice rule: {rule}.")
 
     rate, mb = measure_throughput(model_dir, threads, seconds=6.0, batch=64)
     training = spec.extra.get("training", {})
-    lines += ["## Budget", ""]
-    lines += _budget_lines(rate, mb, training.get("seconds"), " (projection; the trunk is the classifier's)")
+    budget = Section("Budget")
+    _budget_table(budget, rate, mb, training.get("seconds"), " (projection; the trunk is the classifier's)")
     if training.get("classifier_seconds"):
-        lines += [
+        budget.text(
             f"The trunk is the production classifier's (trained in {training['classifier_seconds'] / 60:.1f} "
-            "min); the embedder command only trains the projection on the frozen trunk's features.",
-            "",
-        ]
-    return lines
+            "min); the embedder command only trains the projection on the frozen trunk's features."
+        )
+    sections.append(budget)
+    return sections
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Teacher and student
 
 
-def side_by_side(models: Path, reports: Path, threads: int) -> list[str]:
+def side_by_side(models: Path, reports: Path, threads: int) -> Section:
     """The served pair (the teacher) against its distilled student (models/*-student), from their model.json test
     metrics, the robustness table (reports/robustness/README.json, pairs named "lite" and "student") and their
     speed measured here, one after the other."""
@@ -516,18 +491,14 @@ def side_by_side(models: Path, reports: Path, threads: int) -> list[str]:
         )
     )
     student = specs["student"][0].extra.get("training", {}).get("settings", {})
-    lines = [
-        "## Teacher and student side by side (test split)",
-        "",
+    section = Section("Teacher and student side by side (test split)").text(
         f"The student is the same EfficientNet-Lite0 at the photo's own {student.get('input', '80x60')}, started "
         "from the teacher and taught by it (its probabilities for every head, its embedding), "
         "`python -m training train lite-student` then `train lite-student-embedder`; it is served from "
         "models/classifier-student and models/embedder-student. Speed: both pairs measured one after the other "
-        f"in this run (load average {os.getloadavg()[0]:.1f}); compare them as a ratio.",
-        "",
-    ]
-    lines += evaluate._table(("measure", "teacher (served)", "student"), rows)
-    return lines
+        f"in this run (load average {os.getloadavg()[0]:.1f}); compare them as a ratio."
+    )
+    return section.table(("measure", "teacher (served)", "student"), rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -551,40 +522,60 @@ def main(argv: list[str] | None = None) -> int:
         if args.only not in (None, name):
             continue
         model_dir, report_dir = args.models / name, args.reports / name
-        readme = evaluate.evaluate_model(model_dir, dataset, split, report_dir, threads=args.threads)
-        _prepend(readme, summary(model_dir, dataset, split, args.models / paper, args.threads))
-        log.info("wrote %s", readme)
+        evaluate.evaluate_model(model_dir, dataset, split, report_dir, threads=args.threads)
+        put_sections(report_dir, summary(model_dir, dataset, split, args.models / paper, args.threads))
         student = args.models / f"{name}-student"
         if (student / "model.json").is_file():
             log.info("wrote %s", evaluate.evaluate_model(student, dataset, split, args.reports / student.name))
     if args.only is None and (args.models / "classifier-student" / "model.json").is_file():
-        insert_section(args.reports / "classifier" / "README.md", side_by_side(args.models, args.reports, args.threads))
+        put_sections(args.reports / "classifier", [side_by_side(args.models, args.reports, args.threads)])
     if args.only in (None, "classifier"):
         previous = against_previous(args.models, dataset, split, args.threads)
-        if previous:
-            insert_section(args.reports / "classifier" / "README.md", previous)
+        if previous is not None:
+            put_sections(args.reports / "classifier", [previous])
         insert_probes(args.reports / "classifier")
     return 0
 
 
 def insert_probes(report_dir: Path) -> None:
-    """The trunk-plan probes (probes.json, written by `python -m training probe-lite`) in short, before the
-    calibration section of report_dir/README.md (replacing an earlier copy); nothing when they were not run."""
+    """The trunk-plan probes (probes.json, written by `python -m training probe-lite`) in short, into
+    report_dir's report after the summary against the targets (replacing an earlier copy); nothing when they were
+    not run."""
     probes_file = report_dir / "probes.json"
     if not probes_file.is_file():
         return
-    insert_section(report_dir / "README.md", probe.summary_section(json.loads(probes_file.read_text())))
+    put_sections(report_dir, [probe.summary_section(json.loads(probes_file.read_text()))])
 
 
-def insert_section(readme: Path, section: list[str]) -> None:
-    """`section` (its first line the heading) into readme before "## Calibration", after the summary against the
-    targets; a section under the same heading is replaced, not repeated."""
-    text = readme.read_text(encoding="utf-8")
-    if section[0] in text:
-        start = text.index(section[0])
-        text = text[:start] + text[text.index("\n## ", start + 1) + 1 :]
-    cut = text.index("## Calibration")
-    readme.write_text(text[:cut] + "\n".join(section) + "\n" + text[cut:], encoding="utf-8")
+#: Where this report's sections go in the evaluation's report: the summary first, then the comparisons, the
+#: calibration, ... and the evaluation's own sections (the model's identity, training, per head) after them.
+SECTION_ORDER = tuple(
+    section_id(heading)
+    for heading in (
+        "Summary against the targets (test split)",
+        "Teacher and student side by side (test split)",
+        "Against the classifiers served before (test split)",
+        "Resolution, frozen blocks and training time (validation probes)",
+        "Calibration",
+        "masterCategory, subCategory and articleType agree (hierarchical decoding)",
+        "Side by side with the paper's CNN",
+        "Side by side with the paper's autoencoder (test split, precision@5)",
+        "Embedding dimension trade-off (validation split)",
+        "articleType: most confused pairs (test)",
+        "Budget",
+    )
+)
+
+
+def put_sections(report_dir: Path, sections: Sequence[Section]) -> None:
+    """`sections` into report_dir's report (each in place of one with its id, else where SECTION_ORDER puts it,
+    before the evaluation's own sections), rendered again."""
+    report = load(report_dir)
+    for section in sections:
+        rank = SECTION_ORDER.index(section.id)
+        later = set(SECTION_ORDER[rank + 1 :]) | {""}
+        report.put(section, before=[s.id for s in report.sections if s.id in later or s.id not in SECTION_ORDER])
+    log.info("wrote %s", save(report, report_dir))
 
 
 if __name__ == "__main__":

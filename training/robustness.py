@@ -18,6 +18,7 @@ import numpy as np
 
 from training import data, shopper
 from training.evaluate import load_model, predict, retrieval_metrics, true_labels
+from training.report import Section
 
 HEADS = ("articleType", "masterCategory", "subCategory", "gender", "baseColour")
 # Goals of the issue: the most a shift may cost against the clean photo (points, or precision@5 x 100).
@@ -206,3 +207,48 @@ def markdown(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> lis
         cells = [f"{w[metric]:+.1f}" for metric in ("articleType", "masterCategory", "p@5", "p@5 filtered")]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return lines
+
+
+def model_section(results: Mapping[str, Any], identity: str, kind: str) -> Section | None:
+    """The robustness table of one model (`identity` "name:version", a classifier or an embedder) for its own
+    report: its pair's rows of `results` (what `measure` wrote, reports/robustness/README.json), the classifier's
+    articleType and masterCategory accuracy or the embedder's precision@5; None when no pair has the model."""
+    role = "classifier" if kind == "classifier" else "embedder"
+    found = [(name, pair) for name, pair in results["models"].items() if pair[role] == identity]
+    if not found:
+        return None
+    name, pair = found[0]
+    columns = (
+        [("articleType", "articleType"), ("masterCategory", "masterCategory")]
+        if role == "classifier"
+        else [("p@5", "P@5"), ("p@5 filtered", "P@5, subCategory filter")]
+    )
+    rows, worst = [], {metric: 0.0 for metric, _ in columns}
+    for s in SUITE:
+        key = f"{s.family}/{s.severity}"
+        if key not in pair["rows"]:
+            continue
+        cells = [s.family, s.describe]
+        for metric, _ in columns:
+            value, clean = 100 * pair["rows"][key][metric], 100 * pair["rows"]["clean/0"][metric]
+            cells.append(f"{value:.1f}" if s.severity == 0 else f"{value:.1f} ({value - clean:+.1f})")
+            if s.severity:
+                worst[metric] = min(worst[metric], value - clean)
+        rows.append(cells)
+    measured = "accuracy in %" if role == "classifier" else "precision@5 of articleType x 100"
+    section = Section(f"Robustness to shoppers' photos ({results['split']} split)").text(
+        f"{results['images']} {results['split']} photos (a fixed sample), each changed one way at a time, {measured}"
+        + (f" against the clean training split ({results['catalogue']} packshots)" if role == "embedder" else "")
+        + f'; in brackets the change against the clean photo. Measured as the pair "{name}" ({pair["classifier"]} '
+        f"+ {pair['embedder']}); every pair side by side: reports/robustness/README.md."
+    )
+    section.table(["family", "shift", *(label for _, label in columns)], rows)
+    goals = {metric: MAX_DROP.get(metric) for metric, _ in columns}
+    return section.text(
+        "Largest loss against the clean photo over every shift: "
+        + ", ".join(
+            f"{label} {worst[metric]:+.1f}" + (f" (goal >= -{goals[metric]:g})" if goals[metric] else "")
+            for metric, label in columns
+        )
+        + "."
+    )

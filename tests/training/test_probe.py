@@ -70,12 +70,13 @@ def test_probes_train_each_plan_for_the_same_minutes_and_reuse_their_results(tmp
 
 def test_the_production_report_shows_the_probes_before_calibration(tmp_path):
     from training.production_report import insert_probes
+    from training.report import Report, Section, save
 
     accuracy = {"articleType": 0.8406, "masterCategory": 0.9922}
     result = {"input": [128, 96], "frozen_blocks": 8, "minutes": 8, "steps": 1303, "ms_per_step": 369.0}
     result |= {"train_images": 12000, "accuracy": {"packshot": accuracy, "shopper_view": accuracy}}
-    readme = tmp_path / "README.md"
-    readme.write_text("# classifier\n\n## Summary\n\n## Calibration\n")
+    sections = [Section("Summary against the targets (test split)").text("s"), Section("Calibration").text("c")]
+    readme = save(Report("classifier", sections), tmp_path)
     insert_probes(tmp_path)  # no probes.json: left as it is
     assert "probes" not in readme.read_text()
 

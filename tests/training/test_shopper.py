@@ -80,3 +80,28 @@ def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data,
     assert all(0.0 <= r["articleType"] <= 1.0 and 0.0 <= r["p@5"] <= 1.0 for r in rows.values())
     table = "\n".join(robustness.markdown(results, shifts))
     assert "| tiny |" in table and "(+0.0)" not in table.split("\n")[2]  # the clean row shows no change column
+
+
+def test_a_model_report_gets_its_own_rows_of_the_robustness_table():
+    rows = {
+        f"{s.family}/{s.severity}": {"articleType": 0.8, "masterCategory": 0.99, "p@5": 0.7, "p@5 filtered": 0.75}
+        for s in robustness.SUITE
+    }
+    rows["blur/3"] = {"articleType": 0.5, "masterCategory": 0.98, "p@5": 0.4, "p@5 filtered": 0.6}
+    results = {
+        "split": "test",
+        "images": 10,
+        "catalogue": 20,
+        "models": {"lite": {"classifier": "classifier:8", "embedder": "embedder:8", "rows": rows}},
+    }
+    classifier = robustness.model_section(results, "classifier:8", "classifier")
+    assert classifier is not None and classifier.id == "robustness-to-shoppers-photos-test-split"
+    table = classifier.blocks[1]["table"]
+    assert table["header"] == ["family", "shift", "articleType", "masterCategory"]
+    assert ["blur", "Gaussian, radius 2.0", "50.0 (-30.0)", "98.0 (-1.0)"] in table["rows"]
+    assert classifier.blocks[2]["text"].startswith(
+        "Largest loss against the clean photo over every shift: articleType -30.0 (goal >= -6)"
+    )
+    embedder = robustness.model_section(results, "embedder:8", "embedder")
+    assert embedder is not None and embedder.blocks[1]["table"]["header"][2:] == ["P@5", "P@5, subCategory filter"]
+    assert robustness.model_section(results, "classifier:5", "classifier") is None
