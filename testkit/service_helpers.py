@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from PIL import Image
 
+from fashionsearch.batching import DynamicBatcher
+from fashionsearch.serving import RunningServer
 from testkit.png_bytes import png_declaring
 
 
@@ -41,6 +44,18 @@ BAD_IMAGES: dict[str, tuple[bytes, str]] = {
 async def health_status(channel: grpc.aio.Channel, service: str = "") -> int:
     reply = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=2)
     return reply.status
+
+
+def batcher_of(running: RunningServer) -> DynamicBatcher[Any, Any]:
+    """The DynamicBatcher of a started classifier or embedder, whose queue a test waits on instead of sleeping.
+
+    The server holds it only as the closer it registers (`running.add_closer(servicer.batcher.close)`).
+    """
+    for closer in running._closers:
+        owner = getattr(closer, "__self__", None)
+        if isinstance(owner, DynamicBatcher):
+            return owner
+    raise AssertionError("this server has no DynamicBatcher")
 
 
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 #: Long enough that only a fault reaches it, however busy the machine; pytest-timeout stops a test long before a
 #: series of these could add up.
@@ -32,3 +32,14 @@ def wait_until(condition: Callable[[], object], what: str, timeout_s: float = DE
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
         time.sleep(POLL_S)
+
+
+async def repeat_until(
+    action: Callable[[], Awaitable[object]], condition: Callable[[], object], what: str, timeout_s: float = DEADLINE_S
+) -> None:
+    """Await `action()` again and again until `condition()` is true (e.g. calls until every replica answered)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:g} s waiting for {what}")
+        await action()

@@ -14,6 +14,7 @@ from services.embedder.settings import Settings
 from services.gateway.clients import GrpcEmbedder
 from testkit.service_helpers import GOOD
 from testkit.tiny_models import write_tiny_embedder
+from testkit.waiting import repeat_until
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +31,13 @@ def test_calls_are_balanced_over_every_replica(tmp_path):
             async with grpc.aio.insecure_channel(target, options=channel_options(1 << 20, "round_robin")) as channel:
                 embedder = GrpcEmbedder(channel, timeout_s=5)
                 await channel.channel_ready()
-                await asyncio.sleep(0.2)  # both subchannels connected
+                # Round robin spreads calls over the subchannels that are connected: call until both answered.
+                seen: set[str] = set()
+
+                async def call() -> None:
+                    seen.add((await embedder.embed(GOOD)).model.version)
+
+                await repeat_until(call, lambda: len(seen) == 2, "both replicas connected and answering")
                 return Counter([(await embedder.embed(GOOD)).model.version for _ in range(10)])
         finally:
             for running in replicas:

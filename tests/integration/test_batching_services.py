@@ -24,8 +24,9 @@ from services.embedder.model import OnnxEmbedder
 from services.embedder.server import start as start_embedder
 from services.embedder.settings import Settings as EmbedderSettings
 from testkit.gated_model import COLOURS, Gated
-from testkit.service_helpers import BAD_IMAGES, GOOD, jpeg
+from testkit.service_helpers import BAD_IMAGES, GOOD, batcher_of, jpeg
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
+from testkit.waiting import DEADLINE_S, until
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +58,7 @@ async def hold_the_model(model: Gated, call: asyncio.Future) -> None:  # type: i
     """Close the gate and wait until `call` is inside the model; what comes next queues behind it."""
     model.gate.clear()
     model.entered.clear()
-    assert await asyncio.to_thread(model.entered.wait, 5)
+    assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
     model.batches.clear()
     assert not call.done()
 
@@ -76,22 +77,23 @@ def test_requests_with_different_deadlines_and_a_cancelled_one_in_one_batch(clas
                     request = classifier_pb2.ClassifyRequest(image=jpeg(colour), top_k=2)
                     return stub.Classify(request, timeout=timeout)
 
+                batcher = batcher_of(running)
                 first = asyncio.ensure_future(classify("red", 10))
                 await hold_the_model(model, first)
                 short = classify("blue", 0.3)  # its deadline passes while it waits for the model
                 cancelled = classify("green", 10)
                 long_calls = [asyncio.ensure_future(classify(c, 10)) for c in ("yellow", "purple")]
                 short_task, cancelled_task = asyncio.ensure_future(short), asyncio.ensure_future(cancelled)
-                await asyncio.sleep(0.1)
+                # All four queued behind the held call (the short one may already have given up, on a busy machine).
+                await until(lambda: batcher.queued + short_task.done() == 4, "the calls queued behind the held one")
                 cancelled.cancel()
-                await asyncio.sleep(0.5)
-                model.gate.set()
-
                 with pytest.raises(grpc.aio.AioRpcError) as late:
                     await short_task
                 assert late.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
                 with pytest.raises(asyncio.CancelledError):
                     await cancelled_task
+                await until(lambda: batcher.queued == 2, "the cancelled and the late call leaving the queue")
+                model.gate.set()
                 replies = await asyncio.gather(first, *long_calls)
                 # The two that stayed ran together, without the two that left.
                 assert model.batches == [2], model.batches
@@ -127,11 +129,13 @@ def test_a_bad_image_inside_a_batch_fails_alone(embedder_dir: Path) -> None:
                 def embed(image: bytes):  # type: ignore[no-untyped-def]
                     return asyncio.ensure_future(stub.Embed(embedder_pb2.EmbedRequest(image=image), timeout=10))
 
+                batcher = batcher_of(running)
                 first = embed(GOOD)
                 await hold_the_model(model, first)
                 good = [embed(jpeg(c)) for c in COLOURS]
                 bad = [embed(data) for _, (data, _) in bad_cases]
-                await asyncio.sleep(0.5)  # all decoded and queued (on a loaded machine some may still be decoding)
+                await until(lambda: all(task.done() for task in bad), "the bad images refused while decoding")
+                await until(lambda: batcher.queued == len(good), "the good images decoded and queued")
                 model.gate.set()
                 await first
                 replies = await asyncio.gather(*good)
@@ -140,8 +144,8 @@ def test_a_bad_image_inside_a_batch_fails_alone(embedder_dir: Path) -> None:
                         await task
                     assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT, case
                     assert fragment in refused.value.details(), case
-                # The good images shared model calls (one, unless some were still decoding); the bad ones none.
-                assert sum(model.batches) == len(COLOURS) and max(model.batches) > 1, model.batches
+                # The good images shared one model call; the bad ones never reached the model.
+                assert model.batches == [len(COLOURS)], model.batches
                 alone = model.real.embed([decoded(c) for c in COLOURS])
                 for reply, vector in zip(replies, alone, strict=True):
                     np.testing.assert_allclose(reply.embedding.vector, vector, rtol=1e-5, atol=1e-5)
@@ -152,7 +156,7 @@ def test_a_bad_image_inside_a_batch_fails_alone(embedder_dir: Path) -> None:
 
 
 def test_concurrent_calls_are_batched_and_answer_like_unbatched_ones(classifier_dir: Path) -> None:
-    """Without a gate: 24 concurrent calls share model calls, and each answer equals its call with batching off."""
+    """24 calls queued behind a held one share one model call, and each answer equals its call with batching off."""
     on = Gated(OnnxClassifier.from_dir(classifier_dir))
     images = [jpeg(c, size=(60 + i, 80)) for i, c in enumerate(COLOURS * 4)]
 
@@ -161,8 +165,21 @@ def test_concurrent_calls_are_batched_and_answer_like_unbatched_ones(classifier_
         try:
             async with grpc.aio.insecure_channel(running.address) as channel:
                 stub = classifier_pb2_grpc.ClassifierStub(channel)
-                calls = [stub.Classify(classifier_pb2.ClassifyRequest(image=i, top_k=3), timeout=10) for i in images]
-                return list(await asyncio.gather(*calls))
+
+                def classify(image: bytes):  # type: ignore[no-untyped-def]
+                    return asyncio.ensure_future(
+                        stub.Classify(classifier_pb2.ClassifyRequest(image=image, top_k=3), timeout=DEADLINE_S)
+                    )
+
+                if not settings.batch_policy.enabled:
+                    return list(await asyncio.gather(*(classify(image) for image in images)))
+                batcher = batcher_of(running)
+                first = classify(images[0])
+                await hold_the_model(model, first)
+                rest = [classify(image) for image in images[1:]]
+                await until(lambda: batcher.queued == len(rest), "the other calls queued behind the first")
+                model.gate.set()
+                return [await first, *await asyncio.gather(*rest)]
         finally:
             await running.stop(settings.grace_s)
 
@@ -170,7 +187,8 @@ def test_concurrent_calls_are_batched_and_answer_like_unbatched_ones(classifier_
         batched = await answers(classifier_settings(classifier_dir, delay_ms=20), on)
         off = Gated(OnnxClassifier.from_dir(classifier_dir))
         single = await answers(replace(classifier_settings(classifier_dir), batch_max_delay_ms=0), off)
-        assert max(on.batches) > 1 and sum(on.batches) == len(images), on.batches
+        # After the held first call (hold_the_model forgets its batch): the 23 queued ones, cut at batch_max_size 16.
+        assert on.batches == [16, len(images) - 1 - 16], on.batches
         assert set(off.batches) == {1}
         for a, b in zip(batched, single, strict=True):
             assert a.classification.suggested_name == b.classification.suggested_name

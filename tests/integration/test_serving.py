@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -22,6 +23,7 @@ from services.classifier.server import start as start_classifier
 from services.classifier.settings import Settings
 from testkit.service_helpers import GOOD, NOT_SERVING, SERVING, health_status
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
+from testkit.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.integration
 
@@ -78,11 +80,13 @@ def test_a_taken_port_is_a_clear_error() -> None:
 
 
 class SlowClassifier:
-    """Wraps the tiny classifier, taking `delay_s` per call, to have an RPC in flight during shutdown."""
+    """Wraps the tiny classifier, taking `delay_s` per call (after setting `entered`), to have an RPC in flight
+    during shutdown."""
 
     def __init__(self, real: OnnxClassifier, delay_s: float) -> None:
         self.real = real
         self.delay_s = delay_s
+        self.entered = threading.Event()
         self.identity = real.identity
         self.input_size = real.input_size
 
@@ -93,7 +97,8 @@ class SlowClassifier:
         return self.real.prepare(image)
 
     def classify_prepared(self, batch, top_k):  # type: ignore[no-untyped-def]
-        time.sleep(self.delay_s)
+        self.entered.set()
+        time.sleep(self.delay_s)  # the model's work, which the stop must wait for
         return self.real.classify_prepared(batch, top_k)
 
 
@@ -106,7 +111,7 @@ def test_in_flight_calls_finish_during_the_grace_period(tmp_path: Path) -> None:
         async with grpc.aio.insecure_channel(running.address) as channel:
             stub = classifier_pb2_grpc.ClassifierStub(channel)
             call = asyncio.ensure_future(stub.Classify(classifier_pb2.ClassifyRequest(image=GOOD), timeout=5))
-            await asyncio.sleep(0.2)  # the call is now inside the model
+            assert await asyncio.to_thread(classifier.entered.wait, DEADLINE_S)  # the call is inside the model
             stopping = asyncio.ensure_future(running.stop(settings.grace_s))
             reply = await call
             assert reply.classification.attributes

@@ -10,6 +10,7 @@ import pytest
 
 from fashionsearch import decode_threads
 from testkit.png_bytes import png_declaring
+from testkit.waiting import DEADLINE_S, until
 
 HEAVY = png_declaring(3000, 3000)  # a header is all run_decoding reads to route the work
 ORDINARY = png_declaring(100, 100)
@@ -26,17 +27,19 @@ def test_heavy_work_runs_one_at_a_time_and_ordinary_work_does_not_wait_for_it() 
         with lock:
             running.append(1)
             overlap = max(overlap, len(running))
-        release.wait(10)
+        release.wait(DEADLINE_S)
         with lock:
             running.pop()
         return threading.current_thread().name
 
     async def scenario() -> None:
         heavy = [asyncio.ensure_future(decode_threads.run_decoding(heavy_work, [HEAVY])) for _ in range(4)]
-        await asyncio.sleep(0.1)
+        await until(lambda: running == [1], "the first heavy work running, the others queued behind it")
         started = time.monotonic()
         ordinary = await decode_threads.run_decoding(lambda: "ordinary", [ORDINARY, ORDINARY])
-        assert ordinary == "ordinary" and time.monotonic() - started < 1  # not queued behind the heavy ones
+        assert ordinary == "ordinary"
+        # Not queued behind the heavy ones: done while the first is still held, long before its hold ran out.
+        assert running == [1] and time.monotonic() - started < DEADLINE_S / 2
         release.set()
         names = await asyncio.gather(*heavy)
         assert all(name.startswith("heavy-image") for name in names)
@@ -47,11 +50,15 @@ def test_heavy_work_runs_one_at_a_time_and_ordinary_work_does_not_wait_for_it() 
 
 def test_heavy_work_still_queued_when_its_caller_gives_up_never_runs() -> None:
     ran: list[int] = []
-    release = threading.Event()
+    started, release = threading.Event(), threading.Event()
+
+    def held() -> bool:
+        started.set()
+        return release.wait(DEADLINE_S)
 
     async def scenario() -> None:
-        first = asyncio.ensure_future(decode_threads.run_decoding(lambda: release.wait(10), [HEAVY]))
-        await asyncio.sleep(0.1)
+        first = asyncio.ensure_future(decode_threads.run_decoding(held, [HEAVY]))
+        assert await asyncio.to_thread(started.wait, DEADLINE_S)  # the heavy-image thread is busy with it
         with pytest.raises(TimeoutError):  # e.g. the RPC's deadline passed while it waited
             await asyncio.wait_for(decode_threads.run_decoding(lambda: ran.append(1), [HEAVY]), 0.2)
         release.set()

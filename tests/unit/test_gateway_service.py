@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import replace
 
@@ -22,6 +23,7 @@ from services.gateway.domain import CatalogueItem, Classification, FilterMode, M
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
 from testkit.gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, run_async, vector_for
+from testkit.waiting import DEADLINE_S
 
 CATALOGUE = [
     (1, "Topwear", "Shirts", "Puma Men Navy Blue Casual Shirt"),
@@ -286,16 +288,17 @@ async def test_stats_answer_with_dependencies_down(service, fakes):
 async def test_a_slow_store_is_a_deadline(fakes):
     classifier, embedder, index = fakes
 
+    release = threading.Event()
+
     class SlowIndex(BruteForceIndex):
         def count(self) -> int:
-            import time
-
-            time.sleep(0.5)
+            release.wait(DEADLINE_S)  # answers only after the test has seen the deadline
             return 0
 
     service = GatewayService(classifier, embedder, SlowIndex(), Limits(store_timeout_s=0.05))
     with pytest.raises(DeadlineExceeded, match="vector store"):
         await service.stats()
+    release.set()
 
 
 @run_async

@@ -20,6 +20,7 @@ from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway.clients import CallBatcher
 from services.gateway.settings import Settings as GatewaySettings
 from testkit.indexer_fakes import FakeTarget, fake_catalogue
+from testkit.waiting import until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -59,11 +60,9 @@ def test_a_batch_call_carries_one_batch_id_and_logs_the_request_ids_it_holds(cap
             return await batcher.submit(b"image")
 
         first = asyncio.ensure_future(search(0))
-        while not sent:  # the first batch is inside the call; the next 32 queue behind it
-            await asyncio.sleep(0.001)
+        await until(lambda: sent, "the first batch inside the call")  # the next 32 queue behind it
         held = [asyncio.ensure_future(search(n)) for n in range(1, 33)]
-        while len(batcher._batcher._queue) < 32:
-            await asyncio.sleep(0.001)
+        await until(lambda: batcher.queued == 32, "32 searches queued behind it")
         gate.set()
         assert await asyncio.gather(first, *held) == ["ok"] * 33
         await batcher.close()
