@@ -115,8 +115,14 @@ def count_outcome(code: grpc.StatusCode) -> None:
         ERRORS.labels(code.name.lower()).inc()
 
 
-def describe_model(service: str, name: str, version: str, sha256: str) -> None:
-    MODEL.labels(service).info({"name": name, "version": version, "onnx_sha256": sha256})
+def describe_model(
+    service: str, name: str, version: str, sha256: str, precision: str = "float", vectors_of: str = ""
+) -> None:
+    """`precision`: float or int8, the file the service chose; `vectors_of`: the embedder whose vectors a one-pass
+    classifier computes too ("" when none)."""
+    MODEL.labels(service).info(
+        {"name": name, "version": version, "onnx_sha256": sha256, "precision": precision, "vectors_of": vectors_of}
+    )
 
 
 @contextmanager

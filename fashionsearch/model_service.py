@@ -25,7 +25,8 @@ from fashionsearch.config import ConfigError, Env
 from fashionsearch.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, DEFAULT_MIN_SIDE, ImageLimits
 from fashionsearch.logs import configure_logging
 from fashionsearch.model_contract import ModelContractError
-from fashionsearch.onnx_model import ModelIdentity
+from fashionsearch.model_variants import PRECISIONS
+from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter
 from fashionsearch.serving import DEFAULT_MAX_MESSAGE_BYTES, RunningServer, StopSignal, start_server
 from fashionsearch.v1 import common_pb2
 
@@ -46,6 +47,9 @@ class ModelServiceSettings:
     port: int = 0
     host: str = "[::]"
     model_dir: Path = Path("models")
+    #: Which of the model folder's files to serve (fashionsearch/model_variants.py): "auto" takes the int8 variant
+    #: when the CPU has 8-bit dot products (VNNI) and float otherwise; "int8" and "float" force one.
+    precision: str = "auto"
     intra_op_threads: int = 1
     inter_op_threads: int = 1
     max_image_bytes: int = DEFAULT_MAX_BYTES
@@ -81,6 +85,7 @@ class ModelServiceSettings:
             "port": env.port("PORT", cls.port),
             "host": env.get_str("HOST", cls.host),
             "model_dir": env.path("MODEL_DIR", cls.model_dir, must_exist="dir"),
+            "precision": env.choice("PRECISION", cls.precision, PRECISIONS),
             "intra_op_threads": env.get_int("INTRA_OP_THREADS", cls.intra_op_threads, min=0, max=256),
             "inter_op_threads": env.get_int("INTER_OP_THREADS", cls.inter_op_threads, min=0, max=256),
             "max_image_bytes": env.get_int("MAX_IMAGE_BYTES", cls.max_image_bytes, min=1),
@@ -131,12 +136,20 @@ async def start_model_server(
             "model": str(identity),
             **(describe or {}),
             "model_sha256": identity.sha256,
+            "precision": identity.precision,
             "model_dir": str(settings.model_dir),
             "batch_max_size": settings.batch_max_size,
             "batch_max_delay_ms": settings.batch_max_delay_ms,
         },
     )
-    metrics.describe_model(kind, identity.name, identity.version, identity.sha256)
+    metrics.describe_model(
+        kind,
+        identity.name,
+        identity.version,
+        identity.sha256,
+        identity.precision,
+        str((describe or {}).get("vectors_of") or ""),
+    )
     running.serve_metrics(settings.metrics_port)
     try:
         # At the largest batch when batching: the memory a full batch needs is taken before SERVING, not under load.
@@ -145,8 +158,13 @@ async def start_model_server(
         await running.stop(0)
         raise
     await running.set_serving()
-    logger.info("%s %s is SERVING on port %s", kind, identity, running.port)
+    logger.info("%s %s (%s) is SERVING on port %s", kind, identity, identity.precision, running.port)
     return running
+
+
+def served_file(model: OnnxAdapter) -> dict[str, Any]:
+    """For the start-up log: which of the model folder's files is served, and why (*_PRECISION, the CPU)."""
+    return {"model_file": model.variant.describe(), "model_file_chosen": model.variant_reason}
 
 
 S = TypeVar("S", bound=ModelServiceSettings)

@@ -21,6 +21,7 @@ import onnxruntime as ort
 
 from fashionsearch import metrics
 from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256, preprocess
+from fashionsearch.model_variants import EmbedderRef, Variant, choose
 
 logger = logging.getLogger(__name__)
 
@@ -34,16 +35,18 @@ class ModelIdentity:
     name: str
     version: str
     sha256: str
+    #: "float" or "int8": which of the model's files answered (model_variants.py).
+    precision: str = "float"
 
     def __str__(self) -> str:
         return f"{self.name}:{self.version}"
 
 
-def checked_onnx_file(model_dir: Path, expected_sha256: str) -> tuple[Path, str]:
-    """model_dir/model.onnx and its sha256; ModelContractError when it is missing or not the file model.json names."""
-    onnx_path = model_dir / MODEL_FILE
+def checked_onnx_file(model_dir: Path, expected_sha256: str, file: str = MODEL_FILE) -> tuple[Path, str]:
+    """model_dir/file and its sha256; ModelContractError when it is missing or not the file model.json names."""
+    onnx_path = model_dir / file
     if not onnx_path.is_file():
-        raise ModelContractError(f"no {MODEL_FILE} in {model_dir}")
+        raise ModelContractError(f"no {file} in {model_dir}")
     sha256 = file_sha256(onnx_path)
     if sha256 != expected_sha256:
         raise ModelContractError(
@@ -80,14 +83,19 @@ class OnnxModel:
         intra_op_threads: int = 1,
         inter_op_threads: int = 1,
         providers: Sequence[str] = _DEFAULT_PROVIDERS,
+        precision: str = "float",
+        embedding: bool = False,
     ) -> None:
+        """`precision` (auto, int8, float) and `embedding` (prefer the variant that gives the embedder's vectors
+        too) choose which of the folder's files is loaded (fashionsearch/model_variants.py)."""
         self.model_dir = Path(model_dir)
         self.spec = ModelSpec.load(self.model_dir)
         if expected_kind is not None and self.spec.kind != expected_kind:
             raise ModelContractError(
                 f"{self.model_dir} holds a {self.spec.kind} ({self.spec.identity}), but a {expected_kind} is needed"
             )
-        onnx_path, self.sha256 = checked_onnx_file(self.model_dir, self.spec.onnx_sha256)
+        self.variant, self.variant_reason = choose(self.spec, precision, embedding=embedding)
+        onnx_path, self.sha256 = checked_onnx_file(self.model_dir, self.variant.sha256, self.variant.file)
 
         self.session = open_session(onnx_path, intra_op_threads, inter_op_threads, providers)
         self.output_names = self._expected_outputs()
@@ -99,7 +107,12 @@ class OnnxModel:
 
     @property
     def identity(self) -> ModelIdentity:
-        return ModelIdentity(self.spec.name, self.spec.version, self.sha256)
+        return ModelIdentity(self.spec.name, self.spec.version, self.sha256, self.variant.precision)
+
+    @property
+    def embedder(self) -> EmbedderRef | None:
+        """The embedder whose vectors this file also computes (one pass), else None."""
+        return self.variant.embedder
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -108,15 +121,20 @@ class OnnxModel:
 
     def _expected_outputs(self) -> dict[str, tuple[int, ...]]:
         """ONNX output name -> its expected shape after the batch dimension."""
+        outputs: dict[str, tuple[int, ...]]
         if self.spec.kind == "classifier":
-            return {head.name: (len(head.labels),) for head in self.spec.outputs}
-        if self.spec.kind == "detector":
+            outputs = {head.name: (len(head.labels),) for head in self.spec.outputs}
+        elif self.spec.kind == "detector":
             det = self.spec.detection
             assert det is not None  # guaranteed by ModelSpec validation
             grid = (self.spec.input.height // det.stride, self.spec.input.width // det.stride)
-            return {det.heatmap: (*grid, len(det.groups)), det.box_size: (*grid, 2), det.offset: (*grid, 2)}
-        assert self.spec.embedding is not None  # guaranteed by ModelSpec validation
-        return {self.spec.embedding.output: (self.spec.embedding.dim,)}
+            outputs = {det.heatmap: (*grid, len(det.groups)), det.box_size: (*grid, 2), det.offset: (*grid, 2)}
+        else:
+            assert self.spec.embedding is not None  # guaranteed by ModelSpec validation
+            outputs = {self.spec.embedding.output: (self.spec.embedding.dim,)}
+        if self.variant.embedding is not None:
+            outputs[self.variant.embedding.output] = (self.variant.embedding.dim,)
+        return outputs
 
     def _check_signature(self) -> list[str]:
         problems: list[str] = []
@@ -177,7 +195,8 @@ class OnnxModel:
                 raise ModelContractError(f"warm-up: output {name!r} has shape {array.shape}, expected {expected}")
             if not np.all(np.isfinite(array)):
                 raise ModelContractError(f"warm-up: output {name!r} holds NaN or infinite values")
-            if self.spec.kind == "classifier":
+            vectors = self.variant.embedding.output if self.variant.embedding is not None else None
+            if self.spec.kind == "classifier" and name != vectors:
                 sums = array.sum(axis=1)
                 if np.any(array < -1e-6) or not np.allclose(sums, 1.0, atol=1e-3):
                     raise ModelContractError(
@@ -190,7 +209,7 @@ class OnnxModel:
                         f"warm-up: heatmap {name!r} holds values outside [0, 1]; the contract needs the sigmoid "
                         "inside the graph"
                     )
-        logger.info("warm-up passed for %s", self.spec.identity)
+        logger.info("warm-up passed for %s (%s)", self.spec.identity, self.variant.describe())
 
 
 class OnnxAdapter:
@@ -204,15 +223,32 @@ class OnnxAdapter:
 
     @classmethod
     def from_dir(
-        cls, model_dir: str | os.PathLike[str], *, intra_op_threads: int = 1, inter_op_threads: int = 1
+        cls,
+        model_dir: str | os.PathLike[str],
+        *,
+        intra_op_threads: int = 1,
+        inter_op_threads: int = 1,
+        precision: str = "float",
+        embedding: bool = False,
     ) -> Self:
         model = OnnxModel(
             model_dir,
             expected_kind=cls.kind,
             intra_op_threads=intra_op_threads,
             inter_op_threads=inter_op_threads,
+            precision=precision,
+            embedding=embedding,
         )
         return cls(model)
+
+    @property
+    def variant(self) -> Variant:
+        """The file this adapter serves from, and (variant_reason) why it was chosen."""
+        return self._model.variant
+
+    @property
+    def variant_reason(self) -> str:
+        return self._model.variant_reason
 
     @property
     def identity(self) -> ModelIdentity:

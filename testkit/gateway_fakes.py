@@ -45,7 +45,10 @@ class FakeClassifier:
         self.error: FashionSearchError | None = None
         self.delay_s = 0.0
         self.calls = 0
+        self.batches: list[int] = []
         self.cancelled = False
+        #: One pass: answers carry this embedder's vectors (those FakeEmbedder gives), None = no vectors.
+        self.vectors_of: ModelId | None = None
 
     async def classify(self, data: bytes) -> Classification:
         self.calls += 1
@@ -58,12 +61,25 @@ class FakeClassifier:
             raise self.error
         if data.startswith(b"bad"):
             raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+        return self._answer(data)
+
+    async def classify_batch(self, images: list[bytes]) -> list[Classification | FashionSearchError]:
+        self.batches.append(len(images))
+        await asyncio.sleep(self.delay_s)
+        if self.error is not None:
+            raise self.error
+        bad = InvalidArgument("image bytes are not a JPEG, PNG or WebP image")
+        return [bad if data.startswith(b"bad") else self._answer(data) for data in images]
+
+    def _answer(self, data: bytes) -> Classification:
+        embedding = Embedding(vector_for(data), self.vectors_of) if self.vectors_of is not None else None
         return Classification.of(
             [
                 AttributePrediction(attribute=k, labels=(LabelScore(v, 0.9), LabelScore("Other", 0.1)))
                 for k, v in self.labels.items()
             ],
             model=CLASSIFIER_MODEL,
+            embedding=embedding,
         )
 
     async def model(self) -> ModelId | None:

@@ -112,6 +112,8 @@ def start_stack(
     embedder_version: str = "tiny-1",
     text_model: bool = False,
     detector_dir: Path | None = None,
+    classifier_dir: Path | None = None,
+    embedder_dir: Path | None = None,
     **gateway_overrides: Any,
 ) -> Stack:
     """Start tiny-model classifier and embedder and a gateway on an Edge store in tmp_path.
@@ -119,12 +121,16 @@ def start_stack(
     `embedder_start` replaces the embedder (a coroutine function taking EmbedderSettings and returning a
     RunningServer), e.g. a deliberately slow one. `text_model`: the embedder serves a tiny text model too.
     `detector_dir`: a detector model (testkit.tiny_detector) to serve, and the gateway's GATEWAY_DETECTOR_ADDR.
+    `classifier_dir` / `embedder_dir`: other model folders (e.g. testkit's write_tiny_one_pass).
     """
     threads = LoopThread()
     classifier_settings = ClassifierSettings(
-        port=0, host=HOST, model_dir=write_tiny_classifier(tmp_path / "classifier"), intra_op_threads=1
+        port=0,
+        host=HOST,
+        model_dir=classifier_dir or write_tiny_classifier(tmp_path / "classifier"),
+        intra_op_threads=1,
     )
-    image_model = write_tiny_embedder(tmp_path / "embedder", version=embedder_version)
+    image_model = embedder_dir or write_tiny_embedder(tmp_path / "embedder", version=embedder_version)
     embedder_settings = EmbedderSettings(
         port=0,
         host=HOST,

@@ -23,7 +23,9 @@ from fashionsearch.model_contract import (
     OutputHead,
     file_sha256,
 )
+from fashionsearch.model_variants import variants
 from fashionsearch.text_contract import Target, Term, TextModelSpec, TokenizerSpec
+from training import quantize
 
 INPUT_NAME = "image"
 OPSET = 17
@@ -240,3 +242,27 @@ def write_tiny_text_embedder(
         metrics={"note": "tiny test model, untrained"},
     ).write(model_dir)
     return model_dir
+
+
+def write_tiny_one_pass(
+    root: str | os.PathLike[str], *, int8: bool = False, embedder_version: str = "tiny-1"
+) -> tuple[Path, Path]:
+    """A tiny classifier and embedder sharing their trunk (the pooled colours), and the classifier's one-pass
+    variant (its heads and the embedder's vector from one run) listed in its model.json, as
+    `python -m training quantize` writes it; `int8` adds int8 variants of both files, calibrated on random photos.
+    Returns (classifier_dir, embedder_dir)."""
+    root = Path(root)
+    classifier = write_tiny_classifier(root / "classifier")
+    embedder = write_tiny_embedder(root / "embedder", version=embedder_version)
+    one_pass = quantize.add_one_pass(classifier, embedder)
+    listed = [one_pass]
+    if int8:
+        spec = ModelSpec.load(classifier)
+        photos = np.random.default_rng(3).integers(0, 256, size=(32, 80, 60, 3), dtype=np.uint8)
+        for variant in (variants(spec)[0], one_pass):
+            source = classifier / variant.file
+            target = classifier / quantize.int8_file(variant.file)
+            quantize.quantize(source, target, spec.input, photos, quantize.PLANS[0])
+            listed.append(quantize.int8_variant(classifier, variant, {}))
+    quantize.write_variants(classifier, listed)
+    return classifier, embedder

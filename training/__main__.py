@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, probe, report, robustness
+from training import data, probe, quantize, quantize_report, report, robustness
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
@@ -207,6 +207,24 @@ def cmd_render_reports(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    dataset, split = _load(args)
+    dataset = dataset.at_most(args.limit, seed=0)
+    results = quantize.run(
+        args.classifier,
+        args.embedder,
+        dataset,
+        split,
+        calibration_size=args.calibration_images,
+        choose_images=args.choose_images,
+        threads=args.threads,
+    )
+    command = "python -m training quantize " + " ".join(sys.argv[2:])
+    quantize_report.write(results, args.report, command)
+    log.info("int8 report written to %s", args.report)
+    return 0
+
+
 def cmd_install_default(args: argparse.Namespace) -> int:
     """Copy a model folder to a serving default (models/classifier, models/embedder) unless one is there."""
     if args.target.exists() and not args.force:
@@ -338,6 +356,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", type=Path, default=data.REPO_ROOT / "models")
     p.add_argument("--robustness", type=Path, default=data.REPO_ROOT / "reports" / "robustness" / "README.json")
     p.set_defaults(func=cmd_render_reports)
+
+    p = commands.add_parser(
+        "quantize", help="int8 variants and the one-pass model beside the float files, with the parity gate"
+    )
+    _data_args(p)
+    p.add_argument("--classifier", type=Path, default=Path("models/classifier"))
+    p.add_argument("--embedder", type=Path, default=Path("models/embedder"))
+    p.add_argument("--calibration-images", type=int, default=512, help="half packshots, half shopper views")
+    p.add_argument("--choose-images", type=int, default=1000, help="validation photos to choose a plan on")
+    p.add_argument("--limit", type=int, default=None, help="at most this many photos in all (smoke runs)")
+    p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "int8" / "README.md")
+    p.set_defaults(func=cmd_quantize)
 
     p = commands.add_parser("install-default", help="copy a model folder to a serving default if it is absent")
     p.add_argument("source", type=Path)

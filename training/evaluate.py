@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from fashionsearch import model_variants
 from fashionsearch.model_contract import MODEL_FILE, ModelContractError, ModelSpec, file_sha256, preprocess
 from training import data
 from training.inference import onnx_session
@@ -39,12 +40,20 @@ PAPER_CNN_ACCURACY = 0.85
 
 
 def load_model(model_dir: str | Path, threads: int = 2) -> tuple[ModelSpec, Any]:
-    """The validated spec and an onnxruntime session; the sha256 in model.json must match model.onnx."""
+    """The validated spec and an onnxruntime session; the sha256 in model.json must match model.onnx.
+
+    `model_dir` may name one of the folder's variant files instead (models/classifier/model.int8.onnx): then that
+    file runs, and a one-pass classifier variant's spec carries the embedder's embedding section too."""
+    path = Path(model_dir)
+    model_dir, file = (path.parent, path.name) if path.suffix == ".onnx" else (path, MODEL_FILE)
     spec = ModelSpec.load(model_dir)
-    onnx_path = Path(model_dir) / MODEL_FILE
+    variant = model_variants.find(spec, file)
+    onnx_path = model_dir / file
     actual = file_sha256(onnx_path)
-    if actual != spec.onnx_sha256:
-        raise ModelContractError(f"{onnx_path} has sha256 {actual}, model.json says {spec.onnx_sha256}")
+    if actual != variant.sha256:
+        raise ModelContractError(f"{onnx_path} has sha256 {actual}, model.json says {variant.sha256}")
+    if variant.embedding is not None:
+        spec = dataclasses.replace(spec, embedding=variant.embedding)
     return spec, onnx_session(onnx_path, threads)
 
 

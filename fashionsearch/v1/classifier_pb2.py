@@ -25,25 +25,25 @@ _sym_db = _symbol_database.Default()
 from fashionsearch.v1 import common_pb2 as fashionsearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fashionsearch/v1/classifier.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"u\n\x0e\x43lassification\x12\x39\n\nattributes\x18\x01 \x03(\x0b\x32%.fashionsearch.v1.AttributePrediction\x12\x16\n\x0esuggested_name\x18\x02 \x01(\t\x12\x10\n\x08keywords\x18\x03 \x03(\t\"/\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\"x\n\x10\x43lassifyResponse\x12\x38\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32 .fashionsearch.v1.Classification\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"5\n\x14\x43lassifyBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\"\x85\x01\n\x0e\x43lassifyResult\x12:\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32 .fashionsearch.v1.ClassificationH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"v\n\x15\x43lassifyBatchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .fashionsearch.v1.ClassifyResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xc1\x01\n\nClassifier\x12Q\n\x08\x43lassify\x12!.fashionsearch.v1.ClassifyRequest\x1a\".fashionsearch.v1.ClassifyResponse\x12`\n\rClassifyBatch\x12&.fashionsearch.v1.ClassifyBatchRequest\x1a\'.fashionsearch.v1.ClassifyBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!fashionsearch/v1/classifier.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"\x88\x01\n\x0e\x43lassification\x12\x39\n\nattributes\x18\x01 \x03(\x0b\x32%.fashionsearch.v1.AttributePrediction\x12\x16\n\x0esuggested_name\x18\x02 \x01(\t\x12\x10\n\x08keywords\x18\x03 \x03(\t\x12\x11\n\tembedding\x18\x04 \x03(\x02\"G\n\x0f\x43lassifyRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x16\n\x0ewith_embedding\x18\x03 \x01(\x08\"\xad\x01\n\x10\x43lassifyResponse\x12\x38\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32 .fashionsearch.v1.Classification\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x33\n\x0e\x65mbedder_model\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\"M\n\x14\x43lassifyBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\r\n\x05top_k\x18\x02 \x01(\r\x12\x16\n\x0ewith_embedding\x18\x03 \x01(\x08\"\x85\x01\n\x0e\x43lassifyResult\x12:\n\x0e\x63lassification\x18\x01 \x01(\x0b\x32 .fashionsearch.v1.ClassificationH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"\xab\x01\n\x15\x43lassifyBatchResponse\x12\x31\n\x07results\x18\x01 \x03(\x0b\x32 .fashionsearch.v1.ClassifyResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x33\n\x0e\x65mbedder_model\x18\x03 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xc1\x01\n\nClassifier\x12Q\n\x08\x43lassify\x12!.fashionsearch.v1.ClassifyRequest\x1a\".fashionsearch.v1.ClassifyResponse\x12`\n\rClassifyBatch\x12&.fashionsearch.v1.ClassifyBatchRequest\x1a\'.fashionsearch.v1.ClassifyBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fashionsearch.v1.classifier_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CLASSIFICATION']._serialized_start=86
-  _globals['_CLASSIFICATION']._serialized_end=203
-  _globals['_CLASSIFYREQUEST']._serialized_start=205
-  _globals['_CLASSIFYREQUEST']._serialized_end=252
-  _globals['_CLASSIFYRESPONSE']._serialized_start=254
-  _globals['_CLASSIFYRESPONSE']._serialized_end=374
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=376
-  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=429
-  _globals['_CLASSIFYRESULT']._serialized_start=432
-  _globals['_CLASSIFYRESULT']._serialized_end=565
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=567
-  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=685
-  _globals['_CLASSIFIER']._serialized_start=688
-  _globals['_CLASSIFIER']._serialized_end=881
+  _globals['_CLASSIFICATION']._serialized_start=87
+  _globals['_CLASSIFICATION']._serialized_end=223
+  _globals['_CLASSIFYREQUEST']._serialized_start=225
+  _globals['_CLASSIFYREQUEST']._serialized_end=296
+  _globals['_CLASSIFYRESPONSE']._serialized_start=299
+  _globals['_CLASSIFYRESPONSE']._serialized_end=472
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_start=474
+  _globals['_CLASSIFYBATCHREQUEST']._serialized_end=551
+  _globals['_CLASSIFYRESULT']._serialized_start=554
+  _globals['_CLASSIFYRESULT']._serialized_end=687
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_start=690
+  _globals['_CLASSIFYBATCHRESPONSE']._serialized_end=861
+  _globals['_CLASSIFIER']._serialized_start=864
+  _globals['_CLASSIFIER']._serialized_end=1057
 # @@protoc_insertion_point(module_scope)

@@ -9,6 +9,7 @@ import numpy as np
 
 from fashionsearch.classification import AttributePrediction, Classification, LabelScore
 from fashionsearch.model_contract import preprocess
+from fashionsearch.model_variants import EmbedderRef
 from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
 
 
@@ -35,6 +36,16 @@ class Classifier(Protocol):
         """Classify a stack of prepare() rows in one model call, each row with its own top_k."""
         ...
 
+    @property
+    def embedder(self) -> EmbedderRef | None:
+        """The embedder whose vectors `analyse_prepared` gives as well (one pass), or None."""
+        ...
+
+    def analyse_prepared(self, batch: np.ndarray, top_k: Sequence[int]) -> tuple[list[Classification], np.ndarray]:
+        """classify_prepared and the rows' vectors of `embedder` from the same model call; float32 (N, dim), or
+        (N, 0) when this classifier has no embedder."""
+        ...
+
     def warm_up(self, batch_size: int = 1) -> None: ...
 
 
@@ -58,10 +69,26 @@ class OnnxClassifier(OnnxAdapter):
             return []
         return self.classify_prepared(preprocess(images, self._model.spec.input), [top_k] * len(images))
 
+    @property
+    def embedder(self) -> EmbedderRef | None:
+        return self._model.embedder
+
     def classify_prepared(self, batch: np.ndarray, top_k: Sequence[int]) -> list[Classification]:
+        return self.analyse_prepared(batch, top_k)[0]
+
+    def analyse_prepared(self, batch: np.ndarray, top_k: Sequence[int]) -> tuple[list[Classification], np.ndarray]:
+        vectors = self._model.variant.embedding
         if len(batch) == 0:
-            return []
+            return [], np.zeros((0, vectors.dim if vectors else 0), dtype=np.float32)
         outputs = self._model.run(batch)
+        embedded = (
+            np.asarray(outputs[vectors.output], dtype=np.float32)
+            if vectors is not None
+            else np.zeros((len(batch), 0), dtype=np.float32)
+        )
+        return self._classifications(outputs, top_k), embedded
+
+    def _classifications(self, outputs: dict[str, np.ndarray], top_k: Sequence[int]) -> list[Classification]:
         per_head = []
         for head in self._heads:
             probabilities = outputs[head.name]

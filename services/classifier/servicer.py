@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import grpc.aio
 import numpy as np
@@ -17,8 +18,9 @@ from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from services.classifier.model import Classifier
 
 
-def to_proto(result: Classification) -> classifier_pb2.Classification:
+def to_proto(result: Classification, vector: np.ndarray | None = None) -> classifier_pb2.Classification:
     return classifier_pb2.Classification(
+        embedding=vector.tolist() if vector is not None else (),
         attributes=[
             common_pb2.AttributePrediction(
                 attribute=a.attribute,
@@ -48,6 +50,13 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self._default_top_k = default_top_k
         self._max_top_k = max_top_k
         self._model_info = model_info(classifier.identity)
+        embedder = classifier.embedder
+        #: The embedder whose vectors this classifier also computes (one pass), as every answer names it.
+        self._embedder_info = (
+            common_pb2.ModelInfo(name=embedder.name, version=embedder.version, onnx_sha256=embedder.onnx_sha256)
+            if embedder is not None
+            else None
+        )
         # Concurrent Classify calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._classify_rows, batching, name="classifier")
 
@@ -59,8 +68,17 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
     def _prepare(self, data: bytes, top_k: int) -> tuple[np.ndarray, int]:
         return self._classifier.prepare(decode_pixels(data, self._limits, self._classifier.input_size)), top_k
 
-    def _classify_rows(self, rows: list[tuple[np.ndarray, int]]) -> list[Classification]:
-        return self._classifier.classify_prepared(np.stack([row for row, _ in rows]), [k for _, k in rows])
+    def _classify_rows(self, rows: list[tuple[np.ndarray, int]]) -> list[tuple[Classification, np.ndarray | None]]:
+        batch, top_k = np.stack([row for row, _ in rows]), [k for _, k in rows]
+        if self._embedder_info is None:
+            return [(c, None) for c in self._classifier.classify_prepared(batch, top_k)]
+        # One pass: the vectors come from the same model call, whether or not this call wants them.
+        classifications, vectors = self._classifier.analyse_prepared(batch, top_k)
+        return list(zip(classifications, vectors, strict=True))
+
+    def _vectors(self, wanted: bool) -> common_pb2.ModelInfo | None:
+        """The embedder's ModelInfo when the answer carries vectors (asked for, and computed here)."""
+        return self._embedder_info if wanted else None
 
     @rpc_errors
     async def Classify(
@@ -69,14 +87,27 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         top_k = self._top_k(request.top_k)
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
         prepare = functools.partial(self._prepare, request.image, top_k)
-        result = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
-        return classifier_pb2.ClassifyResponse(classification=to_proto(result), model=self._model_info)
+        result, vector = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
+        embedder = self._vectors(request.with_embedding)
+        return classifier_pb2.ClassifyResponse(
+            classification=to_proto(result, vector if embedder else None),
+            model=self._model_info,
+            embedder_model=embedder,
+        )
 
-    def _classify_batch(self, images: list[bytes], top_k: int) -> list[Classification | InvalidArgument]:
+    def _classify_batch(
+        self, images: list[bytes], top_k: int, with_embedding: bool
+    ) -> list[tuple[Classification, np.ndarray | None] | InvalidArgument]:
         decoded = decode_batch(images, self._limits, self._classifier.input_size)
         good = [item for item in decoded if isinstance(item, np.ndarray)]
-        classified = iter(self._classifier.classify(good, top_k))
-        return [next(classified) if isinstance(item, np.ndarray) else item for item in decoded]
+        analysed: Iterator[tuple[Classification, np.ndarray | None]]
+        if with_embedding and good:
+            batch = np.stack([self._classifier.prepare(item) for item in good])
+            classifications, vectors = self._classifier.analyse_prepared(batch, [top_k] * len(good))
+            analysed = zip(classifications, vectors, strict=True)
+        else:
+            analysed = ((c, None) for c in self._classifier.classify(good, top_k))
+        return [next(analysed) if isinstance(item, np.ndarray) else item for item in decoded]
 
     @rpc_errors
     async def ClassifyBatch(
@@ -86,11 +117,14 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
-        outcomes = await run_decoding(functools.partial(self._classify_batch, images, top_k), images)
+        embedder = self._vectors(request.with_embedding)
+        outcomes = await run_decoding(
+            functools.partial(self._classify_batch, images, top_k, embedder is not None), images
+        )
         results = [
             classifier_pb2.ClassifyResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)
-            else classifier_pb2.ClassifyResult(classification=to_proto(outcome))
+            else classifier_pb2.ClassifyResult(classification=to_proto(*outcome))
             for outcome in outcomes
         ]
-        return classifier_pb2.ClassifyBatchResponse(results=results, model=self._model_info)
+        return classifier_pb2.ClassifyBatchResponse(results=results, model=self._model_info, embedder_model=embedder)

@@ -20,6 +20,9 @@ class Settings(ModelServiceSettings):
     DEFAULT_METRICS_PORT: ClassVar[int] = 9101
     default_top_k: int = 3
     max_top_k: int = 10
+    #: Serve the variant with the embedder's projection on the same trunk when model.json lists one, so one model
+    #: call gives a search both the attributes and the vector (CLASSIFIER_ONE_PASS=false: the plain classifier).
+    one_pass: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -29,4 +32,5 @@ class Settings(ModelServiceSettings):
             **cls.common_from_env(env),
             default_top_k=env.get_int("DEFAULT_TOP_K", cls.default_top_k, min=1, max=max_top_k),
             max_top_k=max_top_k,
+            one_pass=env.get_bool("ONE_PASS", cls.one_pass),
         )

@@ -19,6 +19,7 @@ async def start(settings: Settings, detector: Detector | None = None) -> Running
             settings.model_dir,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            precision=settings.precision,
         )
         detector, groups = onnx_detector, onnx_detector.groups
     servicer = DetectorServicer(

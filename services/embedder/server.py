@@ -6,7 +6,7 @@ import asyncio
 import logging
 
 from fashionsearch.model_contract import ModelContractError
-from fashionsearch.model_service import serve_until_stopped, start_model_server
+from fashionsearch.model_service import serve_until_stopped, served_file, start_model_server
 from fashionsearch.serving import RunningServer, service_name
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc
 from services.embedder.model import Embedder, OnnxEmbedder
@@ -21,13 +21,17 @@ async def start(
     settings: Settings, embedder: Embedder | None = None, text_embedder: TextEmbedder | None = None
 ) -> RunningServer:
     """Start the server and return once it is SERVING (models loaded and warmed up)."""
+    describe = {}
     if embedder is None:
         # Refuses to go on, naming every difference, when model.onnx does not match model.json.
-        embedder = OnnxEmbedder.from_dir(
+        loaded = OnnxEmbedder.from_dir(
             settings.model_dir,
             intra_op_threads=settings.intra_op_threads,
             inter_op_threads=settings.inter_op_threads,
+            precision=settings.precision,
         )
+        describe = served_file(loaded)
+        embedder = loaded
     text_refused = ""
     if text_embedder is None and settings.text_model_dir is not None:
         # Refuses, too, a text model trained for another image embedder: its vectors would not meet the photos'.
@@ -60,7 +64,11 @@ async def start(
         embedder,
         lambda server: embedder_pb2_grpc.add_EmbedderServicer_to_server(servicer, server),
         [service_name(embedder_pb2, "Embedder")],
-        describe={"dim": embedder.dim, "text_model": str(text_embedder.identity) if text_embedder else None},
+        describe={
+            "dim": embedder.dim,
+            "text_model": str(text_embedder.identity) if text_embedder else None,
+            **describe,
+        },
     )
     running.add_closer(servicer.batcher.close)
     return running

@@ -22,6 +22,7 @@ from services.gateway.clients import (
     GrpcDetector,
     GrpcEmbedder,
 )
+from services.gateway.one_pass import OnePass
 from services.gateway.service import GatewayService
 from services.gateway.servicer import GatewayServicer
 from services.gateway.settings import Settings
@@ -77,7 +78,9 @@ def bootstrap(
         classifier = GrpcClassifier(
             channel,
             timeout_s=settings.classify_timeout_s,
+            batch_timeout_s=settings.embed_batch_timeout_s,
             top_k=settings.attribute_top_k,
+            with_embedding=settings.one_pass,
             batch_max_size=settings.batch_max_size,
             max_message_bytes=max_message_bytes(settings),
         )
@@ -127,6 +130,7 @@ def bootstrap(
         backups=settings.backup_dir,
         detector=detector,
         compaction=compaction,
+        one_pass=OnePass(settings.one_pass),
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

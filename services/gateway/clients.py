@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
 
 import grpc
@@ -57,9 +57,14 @@ T = TypeVar("T")
 
 
 class ClassifierPort(Protocol):
-    """Predicts attributes of one image."""
+    """Predicts attributes of one image, or of a batch with a result or an error per image; the answers carry the
+    photo's vector when the classifier computes it in the same pass (one pass)."""
 
     async def classify(self, image: bytes) -> Classification: ...
+
+    async def classify_batch(self, images: Sequence[bytes]) -> list[Classification | FashionSearchError]:
+        """One outcome per image, in order; raises only when the whole call fails."""
+        ...
 
     async def model(self) -> ModelId | None:
         """The running model, from the last answer or a probe; None when the classifier cannot be reached."""
@@ -99,6 +104,13 @@ _ITEM_ERRORS: dict[int, type[FashionSearchError]] = {
 def item_error(error: common_pb2.ItemError) -> FashionSearchError:
     """The FashionSearchError an ItemError of a batch reply stands for."""
     return _ITEM_ERRORS.get(error.code, Internal)(error.message or "the item failed")
+
+
+def message_chunks(images: Sequence[bytes], max_message_bytes: int) -> Iterator[list[bytes]]:
+    """The images in order, in as few batch requests as fit in the message limit: every image the gateway accepts
+    fits in one message, but a few of them together may not."""
+    sizes = [len(image) + 16 for image in images]  # + the field's tag and length
+    yield from bounded_chunks(images, sizes, len(images), max_message_bytes - REQUEST_SLACK_BYTES)
 
 
 def model_id(info: common_pb2.ModelInfo) -> ModelId:
@@ -178,20 +190,29 @@ class CallBatcher(Generic[T]):
 
 
 class GrpcClassifier:
-    """ClassifierPort over the classifier service's Classify RPC (ClassifyBatch for concurrent calls)."""
+    """ClassifierPort over the classifier service's Classify RPC (ClassifyBatch for batches and concurrent calls).
+
+    With `with_embedding`, every call asks for the photo's vector too; a classifier that serves the embedder's
+    projection on the same trunk (one pass) answers with it, and the Classification carries it.
+    """
 
     def __init__(
         self,
         channel: grpc.aio.Channel,
         *,
         timeout_s: float,
+        batch_timeout_s: float | None = None,
         top_k: int = 3,
         batch_max_size: int = 1,
         max_message_bytes: int = 4 * 1024 * 1024,
+        with_embedding: bool = False,
     ) -> None:
         self._stub = classifier_pb2_grpc.ClassifierStub(channel)
         self._timeout_s = timeout_s
+        self._batch_timeout_s = batch_timeout_s or timeout_s
         self._top_k = top_k
+        self._max_message_bytes = max_message_bytes
+        self._with_embedding = with_embedding
         self._model: ModelId | None = None
         self.batching = CallBatcher(self._classify_batch, batch_max_size, max_message_bytes, timeout_s, "classifier")
 
@@ -200,19 +221,29 @@ class GrpcClassifier:
             return await self.batching.submit(image)
         try:
             reply = await self._stub.Classify(
-                classifier_pb2.ClassifyRequest(image=image, top_k=self._top_k),
+                classifier_pb2.ClassifyRequest(image=image, top_k=self._top_k, with_embedding=self._with_embedding),
                 timeout=self._timeout_s,
                 metadata=request_metadata(),
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the classifier") from None
         self._model = model_id(reply.model)
-        return self._classification(reply.classification)
+        vectors = model_id(reply.embedder_model) if reply.HasField("embedder_model") else None
+        return self._classification(reply.classification, vectors)
+
+    async def classify_batch(self, images: Sequence[bytes]) -> list[Classification | FashionSearchError]:
+        """One outcome per image, in order, in as few ClassifyBatch calls as the message limit allows."""
+        outcomes: list[Classification | FashionSearchError] = []
+        for chunk in message_chunks(images, self._max_message_bytes):
+            outcomes.extend(await self._classify_batch(chunk, self._batch_timeout_s))
+        return outcomes
 
     async def _classify_batch(self, images: list[bytes], timeout_s: float) -> list[Classification | FashionSearchError]:
         try:
             reply = await self._stub.ClassifyBatch(
-                classifier_pb2.ClassifyBatchRequest(images=images, top_k=self._top_k),
+                classifier_pb2.ClassifyBatchRequest(
+                    images=images, top_k=self._top_k, with_embedding=self._with_embedding
+                ),
                 timeout=timeout_s,
                 metadata=request_metadata(),
             )
@@ -221,15 +252,19 @@ class GrpcClassifier:
         if len(reply.results) != len(images):
             raise Internal(f"the classifier answered {len(reply.results)} results for {len(images)} images")
         self._model = model_id(reply.model)
+        vectors = model_id(reply.embedder_model) if reply.HasField("embedder_model") else None
         return [
-            self._classification(r.classification)
+            self._classification(r.classification, vectors)
             if r.WhichOneof("outcome") == "classification"
             else item_error(r.error)
             for r in reply.results
         ]
 
-    def _classification(self, reply: classifier_pb2.Classification) -> Classification:
+    def _classification(self, reply: classifier_pb2.Classification, vectors: ModelId | None) -> Classification:
         assert self._model is not None
+        embedding = None
+        if vectors is not None and len(reply.embedding):
+            embedding = Embedding(vector=np.asarray(reply.embedding, dtype=np.float32), model=vectors)
         return Classification(
             attributes=tuple(
                 AttributePrediction(
@@ -241,6 +276,7 @@ class GrpcClassifier:
             suggested_name=reply.suggested_name,
             keywords=tuple(reply.keywords),
             model=self._model,
+            embedding=embedding,
         )
 
     async def model(self) -> ModelId | None:
@@ -285,12 +321,9 @@ class GrpcEmbedder:
         return Embedding(vector=np.asarray(reply.embedding.vector, dtype=np.float32), model=self._model)
 
     async def embed_batch(self, images: Sequence[bytes]) -> list[Embedding | FashionSearchError]:
-        # Every image the gateway accepts fits in one message, but a few of them together may not: split by bytes.
-        sizes = [len(image) + 16 for image in images]  # + the field's tag and length
-        budget = self._max_message_bytes - REQUEST_SLACK_BYTES
         outcomes: list[Embedding | FashionSearchError] = []
         models: set[ModelId] = set()
-        for chunk in bounded_chunks(images, sizes, len(images), budget):
+        for chunk in message_chunks(images, self._max_message_bytes):
             part = await self._embed_many(chunk, self._batch_timeout_s)
             models.update(e.model for e in part if isinstance(e, Embedding))
             if len(models) > 1:

@@ -32,15 +32,25 @@ class ModelId:
 @dataclass(frozen=True)
 class Classification(classification.Classification):
     """The classifier's answer as the gateway receives it: the prediction, with its name and keywords, and which
-    model made it."""
+    model made it; with the photo's vector when the classifier computed it in the same pass (one pass)."""
 
     model: ModelId
+    embedding: Embedding | None = None
 
 
 @dataclass(frozen=True)
 class Embedding:
     vector: np.ndarray
     model: ModelId
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """A photo's attributes and its vector (GatewayService.analyse): `classification` is None only where it was not
+    asked for and the vector came from the embedder alone."""
+
+    classification: Classification | None
+    embedding: Embedding
 
 
 @dataclass(frozen=True)

@@ -55,6 +55,7 @@ from fashionsearch.text_query import refine_vector
 from services.gateway import crops, words
 from services.gateway.clients import ClassifierPort, DetectorPort, EmbedderPort
 from services.gateway.domain import (
+    Analysis,
     CatalogueItem,
     Classification,
     Crop,
@@ -76,6 +77,7 @@ from services.gateway.domain import (
     UpsertOutcome,
 )
 from services.gateway.limits import Limits
+from services.gateway.one_pass import OnePass
 from services.gateway.prepare import shrink_photo
 
 if TYPE_CHECKING:  # the embedded store's module loads qdrant-edge: a gateway on a Qdrant server never does
@@ -116,12 +118,14 @@ class GatewayService:
         backups: Path | None = None,
         detector: DetectorPort | None = None,
         compaction: Callable[[], Compaction] | None = None,
+        one_pass: OnePass | None = None,
     ) -> None:
         self._backups = backups
         self._detector = detector
         self._compaction = compaction
         self._classifier = classifier
         self._embedder = embedder
+        self._one_pass = one_pass or OnePass()
         self._index = index
         self._limits = limits
         self._collection_lock = asyncio.Lock()
@@ -240,8 +244,19 @@ class GatewayService:
 
     async def _analyse(self, image: bytes) -> tuple[Classification, Embedding]:
         """A photo's classification and vector: the one path of Search and SearchOutfit (concurrent calls, as an
-        outfit's cut-outs are, go out as one batch call to each service)."""
-        return await _both(self._classifier.classify(image), self._embedder.embed(image))
+        outfit's cut-outs are, go out as one batch call to each service). One classifier call in one pass
+        (services/gateway/one_pass.py), else both services at once."""
+        if self._one_pass.usable():
+            classification = await self._classifier.classify(image)
+            self._one_pass.saw_classifier(classification)
+            if self._one_pass.accepts(classification.embedding):
+                assert classification.embedding is not None
+                return classification, classification.embedding
+            return classification, await self._embedder.embed(image)
+        classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
+        self._one_pass.saw_embedder(embedding.model)
+        self._one_pass.saw_classifier(classification)
+        return classification, embedding
 
     def _need_detector(self) -> DetectorPort:
         if self._detector is None:
@@ -358,6 +373,7 @@ class GatewayService:
             else {}
         )
         text = await self._embedder.embed_text(query)
+        self._one_pass.saw_embedder(text.image_model)
         match = options.match or words.DEFAULT_MATCH
         understood = words.word_filters(text.terms) if match is not TextMatch.VECTOR else {}
         filters = words.combine(understood, explicit)
@@ -445,23 +461,23 @@ class GatewayService:
         todo = [i for i in range(len(batch)) if i not in errors]
         try:
             if todo:
-                embeddings = await self._embedder.embed_batch([batch[i].image for i in todo])
-                predicted = await self._predict_missing(batch, todo)
+                # Items lacking some filter attributes get the classifier's top label for each missing one (stored,
+                # so that filtered searches find the item).
+                missing = {i: missing_attributes(batch[i].payload) for i in todo}
+                analyses = await self.analyse([batch[i].image for i in todo], [bool(missing[i]) for i in todo])
                 points: list[StoredPoint] = []
-                embedded = [e for e in embeddings if not isinstance(e, FashionSearchError)]
+                embedded = [a.embedding for a in analyses if isinstance(a, Analysis)]
                 if embedded:  # one reply, one model: the collection is checked once per batch
                     await self._ensure_collection(embedded[0])
-                for index, embedding in zip(todo, embeddings, strict=True):
-                    if isinstance(embedding, FashionSearchError):
-                        errors[index] = embedding
+                for index, analysis in zip(todo, analyses, strict=True):
+                    if isinstance(analysis, FashionSearchError):
+                        errors[index] = analysis
                         continue
                     item = batch[index]
-                    labels = predicted.get(index, {})
-                    if isinstance(labels, FashionSearchError):
-                        errors[index] = labels
-                        continue
-                    payload = stored_payload(item.payload, labels, item.content_hash)
-                    points.append(StoredPoint(id=item.id, vector=embedding.vector, payload=payload))
+                    labels = analysis.classification.top_labels() if analysis.classification else {}
+                    predicted = predicted_attributes(labels, missing[index])
+                    payload = stored_payload(item.payload, predicted, item.content_hash)
+                    points.append(StoredPoint(id=item.id, vector=analysis.embedding.vector, payload=payload))
                 if points:
                     await self._store("upsert", self._index.upsert, points)
                     self._categories = None
@@ -473,25 +489,89 @@ class GatewayService:
             logger.info("upsert of product %s failed: %s", batch[index].id, failure.message)
         return [UpsertOutcome(id=item.id, error=errors.get(index)) for index, item in enumerate(batch)]
 
-    async def _predict_missing(
-        self, batch: list[CatalogueItem], todo: list[int]
-    ) -> dict[int, dict[str, str] | FashionSearchError]:
-        """For items lacking some filter attributes: the classifier's top label for each missing one (stored, so
-        that filtered searches find the item), or the error that makes the item fail."""
-        missing = {i: missing_attributes(batch[i].payload) for i in todo}
-        wanted = [i for i in todo if missing[i]]
-        results = await asyncio.gather(
-            *(self._classifier.classify(batch[i].image) for i in wanted), return_exceptions=True
-        )
-        predicted: dict[int, dict[str, str] | FashionSearchError] = {}
-        for index, result in zip(wanted, results, strict=True):
-            if isinstance(result, FashionSearchError):
-                predicted[index] = result
-            elif isinstance(result, BaseException):
-                raise result
+    async def analyse(
+        self, images: Sequence[bytes], classify: Sequence[bool] | None = None
+    ) -> list[Analysis | FashionSearchError]:
+        """Attributes and vector of each photo, one outcome per photo in order; raises only when the whole call
+        fails (the embedder down or slow). How every batch of photos is read (catalogue writes, crops of a photo).
+
+        In one pass (services/gateway/one_pass.py) one classifier batch call gives both. Otherwise the embedder's
+        batch call and, at the same time, the classifier's for the photos `classify` marks (all by default; the
+        classification of the others is None), one photo more while it is not known whether one pass is possible.
+        """
+        marked = [True] * len(images) if classify is None else list(classify)
+        if not images:
+            return []
+        if self._one_pass.usable():
+            try:
+                classified = await self._classifier.classify_batch(images)
+            except FashionSearchError as error:  # the embedder may still answer: two calls, for this batch
+                logger.warning("one-pass classification failed, asking the embedder: %s", error.message)
             else:
-                predicted[index] = predicted_attributes(result.top_labels(), missing[index])
-        return predicted
+                return await self._complete(images, classified)
+        if self._one_pass.wants_probe() and not any(marked):
+            marked[0] = True
+        wanted = [i for i, mark in enumerate(marked) if mark]
+        embeddings, classified = await asyncio.gather(
+            self._embedder.embed_batch(images), self._classify_some([images[i] for i in wanted])
+        )
+        for embedding in embeddings:
+            if isinstance(embedding, Embedding):
+                self._one_pass.saw_embedder(embedding.model)
+                break
+        classifications: dict[int, Classification | FashionSearchError] = dict(zip(wanted, classified, strict=True))
+        for outcome in classified:
+            if isinstance(outcome, Classification):
+                self._one_pass.saw_classifier(outcome)
+                break
+        outcomes: list[Analysis | FashionSearchError] = []
+        for index, embedding in enumerate(embeddings):
+            classification = classifications.get(index)
+            if isinstance(embedding, FashionSearchError):
+                outcomes.append(embedding)
+            elif isinstance(classification, FashionSearchError) and marked[index]:
+                outcomes.append(classification)
+            else:
+                outcomes.append(
+                    Analysis(classification if isinstance(classification, Classification) else None, embedding)
+                )
+        return outcomes
+
+    async def _classify_some(self, images: list[bytes]) -> list[Classification | FashionSearchError]:
+        """The classifier's batch answer, its failure standing for each photo's (the embedder may have answered)."""
+        if not images:
+            return []
+        try:
+            return await self._classifier.classify_batch(images)
+        except FashionSearchError as error:
+            return [error] * len(images)
+
+    async def _complete(
+        self, images: Sequence[bytes], classified: list[Classification | FashionSearchError]
+    ) -> list[Analysis | FashionSearchError]:
+        """One-pass answers as analyses; photos whose answer lacks the running embedder's vector (the classifier
+        was just replaced) are embedded by the embedder, and one pass stops until both agree again."""
+        lacking = [
+            i
+            for i, c in enumerate(classified)
+            if isinstance(c, Classification) and not self._one_pass.accepts(c.embedding)
+        ]
+        embedded: dict[int, Embedding | FashionSearchError] = {}
+        if lacking:
+            self._one_pass.saw_classifier(classified[lacking[0]])  # type: ignore[arg-type]
+            embedded = dict(zip(lacking, await self._embedder.embed_batch([images[i] for i in lacking]), strict=True))
+        outcomes: list[Analysis | FashionSearchError] = []
+        for index, outcome in enumerate(classified):
+            if isinstance(outcome, FashionSearchError):
+                outcomes.append(outcome)
+                continue
+            embedding = embedded.get(index, outcome.embedding)
+            if isinstance(embedding, FashionSearchError):
+                outcomes.append(embedding)
+            else:
+                assert embedding is not None
+                outcomes.append(Analysis(outcome, embedding))
+        return outcomes
 
     async def _ensure_collection(self, embedding: Embedding) -> None:
         identity, dim = embedding.model.identity, int(embedding.vector.shape[0])

@@ -93,6 +93,9 @@ class Settings:
     #: How calls spread over the addresses a peer's name resolves to: pick_first (one connection, gRPC's default)
     #: or round_robin (every address, per call: replicas behind a Kubernetes headless Service).
     peer_lb_policy: str = "pick_first"
+    #: Ask the classifier for the photo's vector too, and use it instead of calling the embedder while it is the
+    #: running embedder's (one trunk pass per photo, services/gateway/one_pass.py); false: always both services.
+    one_pass: bool = True
 
     @property
     def http_body_limit(self) -> int:
@@ -172,6 +175,7 @@ class Settings:
             detect_timeout_s=env.get_float("DETECT_TIMEOUT_S", cls.detect_timeout_s, min=0.01, max=600),
             store_timeout_s=env.get_float("STORE_TIMEOUT_S", cls.store_timeout_s, min=0.01, max=600),
             batch_max_size=env.get_int("BATCH_MAX_SIZE", cls.batch_max_size, min=1, max=1024),
+            one_pass=env.get_bool("ONE_PASS", cls.one_pass),
             default_top_k=default_top_k,
             max_top_k=max_top_k,
             attribute_top_k=env.get_int("ATTRIBUTE_TOP_K", cls.attribute_top_k, min=1, max=10),

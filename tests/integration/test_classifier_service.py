@@ -170,6 +170,8 @@ def test_concurrent_calls(settings: Settings) -> None:
 class ExplodingClassifier:
     """A classifier with a bug: the service must answer INTERNAL and keep serving."""
 
+    embedder = None  # no one pass
+
     def __init__(self, real: OnnxClassifier) -> None:
         self.real = real
         self.calls = 0

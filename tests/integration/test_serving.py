@@ -89,6 +89,7 @@ class SlowClassifier:
         self.entered = threading.Event()
         self.identity = real.identity
         self.input_size = real.input_size
+        self.embedder = None  # no one pass
 
     def warm_up(self, batch_size: int = 1) -> None:
         self.real.warm_up(batch_size)
