@@ -16,6 +16,7 @@ from PIL import Image
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc, gateway_pb2
 from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.integration
 
@@ -212,21 +213,22 @@ def test_still_serving_after_bad_input(stack):
 
 
 def test_classifier_down_is_unavailable_within_the_deadline(tmp_path):
-    stack = start_stack(tmp_path, classify_timeout_s=2.0)
+    timeout_s = 20.0
+    stack = start_stack(tmp_path, classify_timeout_s=timeout_s)
     try:
         stack.upsert(CATALOGUE[:4])
         stack.stop_classifier()
         started = time.monotonic()
-        code = _code(stack.stub.Search, gateway_pb2.SearchRequest(image=CATALOGUE[0].image), timeout=10)
+        code = _code(stack.stub.Search, gateway_pb2.SearchRequest(image=CATALOGUE[0].image), timeout=2 * timeout_s)
         elapsed = time.monotonic() - started
         assert code == grpc.StatusCode.UNAVAILABLE
-        assert elapsed < 2.0, f"answered after {elapsed:.2f} s"
+        assert elapsed < timeout_s / 2, f"answered after {elapsed:.2f} s, not long before the {timeout_s} s deadline"
         # The gateway itself still serves what does not need the classifier...
         similar = stack.stub.SearchById(gateway_pb2.SearchByIdRequest(id=CATALOGUE[0].id), timeout=10)
         assert CATALOGUE[0].id not in [h.id for h in similar.hits]
         # ...and searches again once the classifier is back.
         stack.restart_classifier()
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + DEADLINE_S
         while True:
             try:
                 reply = stack.stub.Search(
@@ -242,15 +244,19 @@ def test_classifier_down_is_unavailable_within_the_deadline(tmp_path):
         stack.close()
 
 
+#: How long the slow embedder takes: far longer than the gateway's deadline for it.
+SLOW_S = 20.0
+
+
 class SlowEmbedder(embedder_pb2_grpc.EmbedderServicer):
     """An embedder that takes far longer than the gateway's deadline."""
 
     async def Embed(self, request, context):
-        await asyncio.sleep(5)
+        await asyncio.sleep(SLOW_S)
         return embedder_pb2.EmbedResponse()
 
     async def EmbedBatch(self, request, context):
-        await asyncio.sleep(5)
+        await asyncio.sleep(SLOW_S)
         return embedder_pb2.EmbedBatchResponse()
 
 
@@ -269,10 +275,10 @@ def test_slow_embedder_is_deadline_exceeded(tmp_path):
     stack = start_stack(tmp_path, embedder_start=_start_slow_embedder, embed_timeout_s=0.3, embed_batch_timeout_s=0.3)
     try:
         started = time.monotonic()
-        code = _code(stack.stub.Search, gateway_pb2.SearchRequest(image=CATALOGUE[0].image), timeout=10)
+        code = _code(stack.stub.Search, gateway_pb2.SearchRequest(image=CATALOGUE[0].image), timeout=2 * SLOW_S)
         elapsed = time.monotonic() - started
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert elapsed < 2.0, f"answered after {elapsed:.2f} s"
+        assert elapsed < SLOW_S / 2, f"answered after {elapsed:.2f} s: it waited for the slow embedder"
         replies = stack.upsert(CATALOGUE[:2])
         assert [r.error.code for r in replies] == [grpc.StatusCode.DEADLINE_EXCEEDED.value[0]] * 2
         stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)  # still serving

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from fashionsearch.v1 import gateway_pb2
 from services.embedder import server as embedder_server
@@ -34,6 +35,7 @@ from testkit.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
 from testkit.indexer_job import addr, counts, digests, job_command, run_job
 from testkit.process_stack import REPO_ROOT
 from testkit.tiny_models import write_tiny_embedder
+from testkit.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")]
 
@@ -221,10 +223,16 @@ def test_sigkill_mid_run_then_resume_through_the_gateway(stack: Stack, tmp_path:
     def count() -> int:
         return stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
 
+    upserts = {"grpc_service": "fashionsearch.v1.Gateway", "grpc_method": "UpsertItems"}
+    idle = REGISTRY.get_sample_value("grpc_server_requests_in_flight", upserts) or 0.0
     process = subprocess.Popen(job_command(tmp_path, *args), cwd=REPO_ROOT, text=True)
     assert _kill_when(process, lambda: count() >= 60), "the job finished before it could be killed"
     assert process.returncode == -signal.SIGKILL
-    time.sleep(0.5)  # let the gateway finish the items it had already received
+    # The gateway has finished with the items it had already received once the killed job's stream has ended.
+    wait_until(
+        lambda: (REGISTRY.get_sample_value("grpc_server_requests_in_flight", upserts) or 0.0) == idle,
+        "the killed job's upsert stream to end",
+    )
     stored_at_kill = count()
     assert 60 <= stored_at_kill < total
 
