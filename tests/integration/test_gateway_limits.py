@@ -239,16 +239,28 @@ def _search_code(stack: Stack, image: bytes) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
+def _refused_from_headers(port: int, length: int) -> bool:
+    """Whether a request declaring `length` body bytes is refused from its headers now. It sends no body, so it
+    reserves nothing: a request that is let in waits for its body, and is closed here after a moment."""
+    with _http_head(port, "POST", "/v1/search", length) as probe:
+        probe.settimeout(0.5)
+        try:
+            return _answer(probe).startswith("HTTP/1.1 503")
+        except TimeoutError:
+            return False
+
+
 def test_bytes_in_flight_are_capped_across_requests(tmp_path):
     """A body's bytes count as they arrive: 199,999 of an upload's 200,000 bytes in, a request declaring 150 KB
     more is refused from its headers and a 120 KB gRPC message at once; a small photo still fits."""
-    limited = start_stack(tmp_path, max_bytes_in_flight=300_000, http_port=free_port())
+    # A body timeout far above the waits below: the held upload must not be timed out by a slow machine.
+    limited = start_stack(tmp_path, max_bytes_in_flight=300_000, http_port=free_port(), http_body_timeout_s=120)
     port = limited.gateway_settings.http_port
     try:
         upload = _http_head(port, "POST", "/v1/search", 200_000, b"\x89PNG" + b"\0" * 199_995)
-        wait_until(lambda: _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.RESOURCE_EXHAUSTED, "the upload")
-        with _http_head(port, "POST", "/v1/search", 150_000) as other:  # would make 350 KB
-            assert _answer(other).startswith("HTTP/1.1 503")
+        # Polled with requests that reserve nothing: a poll that took bytes could make the upload the one refused.
+        wait_until(lambda: _refused_from_headers(port, 150_000), "the upload's bytes to be counted")
+        assert _search_code(limited, b"\xff" * 120_000) is grpc.StatusCode.RESOURCE_EXHAUSTED
         still_serves(limited)  # a catalogue-sized photo still fits
         upload.close()
         # Admitted once the upload is gone (and then not an image).
@@ -345,7 +357,9 @@ def test_bodies_that_never_arrive_hold_no_place_and_no_bytes_and_are_timed_out(t
     goes on serving everyone else at once, over gRPC and HTTP, and answers each of them 408 once nothing came for
     GATEWAY_HTTP_BODY_TIMEOUT_S (nginx's client_body_timeout). Before, each held a place and its declared bytes
     until the client went away: 19 such connections made every photo search fail for 60 s."""
-    body_timeout_s = header_timeout_s = 0.3
+    # Small, so the test sees them act; the header timeout less so, since it also closes a slow machine's own
+    # idle keep-alive connections.
+    body_timeout_s, header_timeout_s = 0.3, 2.0
     limited = start_stack(
         tmp_path,
         max_concurrent_rpcs=3,
