@@ -135,7 +135,7 @@ def cmd_probe_lite(args: argparse.Namespace) -> int:
         + f" --views {args.views} --train-images {args.train_images} --minutes {args.minutes:g}"
     )
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.write_text(probe.markdown(results, command, settings))
+    args.report.write_text(report.render(probe.report(results, command, settings)))
     args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     log.info("wrote %s", args.report)
     return 0
@@ -155,31 +155,19 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         name = "README.md" if args.on == "test" else "validation.md"
         args.report = data.REPO_ROOT / "reports" / "robustness" / name
     args.report.parent.mkdir(parents=True, exist_ok=True)
-    args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
-    lines = [
-        "# Robustness of the served models to shoppers' photos",
-        "",
-        "`python -m training robustness "
+    results["command"] = (
+        "python -m training robustness "
         + " ".join(f"--pair {p}" for p in args.pair)
         + f" --images {args.images}"
-        + (f" --on {args.on}`" if args.on != "test" else "`"),
-        "",
-        f"{'Test' if args.on == 'test' else 'Validation'} split, "
-        f"{results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
-        f"precision@5 of articleType x 100 against the clean training split ({results['catalogue']} packshots), "
-        "unfiltered and filtered by the true subCategory. In brackets: the change against the clean photo.",
-        "",
-        "Models: " + "; ".join(f"{m} = {r['classifier']} + {r['embedder']}" for m, r in results["models"].items()),
-        "",
-        *robustness.markdown(results),
-    ]
-    args.report.write_text("\n".join(lines) + "\n")
+        + (f" --on {args.on}" if args.on != "test" else "")
+    )
+    args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
+    args.report.write_text(report.render(robustness.report(results)))
     log.info("robustness table written to %s", args.report)
     if args.on == "test":  # each pair's models show their rows in their own reports
         folders = [data.REPO_ROOT / "reports" / d.name for c, e in pairs.values() for d in (c, e)]
-        render_reports(
-            [f for f in folders if (f / report.REPORT_FILE).is_file()], data.REPO_ROOT / "models", args.report
-        )
+        folders = [f for f in folders if (f / report.REPORT_FILE).is_file()]
+        render_reports(folders, data.REPO_ROOT / "models", args.report.with_suffix(".json"))
     return 0
 
 
@@ -189,9 +177,12 @@ def render_reports(folders: list[Path], models: Path, robustness_file: Path) -> 
     results = json.loads(robustness_file.read_text()) if robustness_file.is_file() else None
     for folder in folders:
         document = report.load(folder)
-        if results is not None and (models / folder.name / "model.json").is_file():
-            spec = ModelSpec.load(models / folder.name)
-            section = robustness.model_section(results, spec.identity, spec.kind)
+        model_json = models / folder.name / "model.json"
+        # Only the name, version and kind: a text model's model.json is another contract (text_contract).
+        spec = json.loads(model_json.read_text()) if model_json.is_file() else {}
+        if results is not None and spec.get("kind") in ("classifier", "embedder"):
+            identity = f"{spec['name']}:{spec['version']}"
+            section = robustness.model_section(results, identity, spec["kind"])
             if section is not None:
                 summary = "summary-against-the-targets-test-split"
                 if document.get(summary) is not None:
@@ -204,6 +195,11 @@ def render_reports(folders: list[Path], models: Path, robustness_file: Path) -> 
 def cmd_render_reports(args: argparse.Namespace) -> int:
     folders = args.reports or sorted(p.parent for p in (data.REPO_ROOT / "reports").glob(f"*/{report.REPORT_FILE}"))
     render_reports(folders, args.models, args.robustness)
+    if not args.reports:  # the robustness tables too, from the results beside them
+        for results_file in sorted(args.robustness.parent.glob("*.json")):
+            results = json.loads(results_file.read_text())
+            results_file.with_suffix(".md").write_text(report.render(robustness.report(results)))
+            log.info("wrote %s", results_file.with_suffix(".md"))
     return 0
 
 
@@ -350,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_probe_lite)
 
     p = commands.add_parser(
-        "render-reports", help="render reports/*/report.json into their README.md again (no model or dataset)"
+        "render-reports",
+        help="render reports/*/report.json and reports/robustness/*.json into Markdown again (no model or dataset)",
     )
     p.add_argument("reports", nargs="*", type=Path, help="report folders (default: every one with a report.json)")
     p.add_argument("--models", type=Path, default=data.REPO_ROOT / "models")

@@ -36,7 +36,7 @@ from training.recipes.pretrained import (
     training_losses,
     training_targets,
 )
-from training.report import Section
+from training.report import Report, Section
 from training.view_cache import TrunkPlan, cached_views, fit_on_views, predict_on_views
 
 log = logging.getLogger(__name__)
@@ -124,33 +124,33 @@ def probe(
     return result
 
 
-def markdown(results: Sequence[dict[str, Any]], command: str, settings: ProbeSettings) -> str:
+def report(results: Sequence[dict[str, Any]], command: str, settings: ProbeSettings) -> Report:
+    """reports/classifier/probes.md: every plan's validation accuracy on packshots and shopper views."""
+
     def pct(x: float) -> str:
         return f"{100 * x:.1f}"
 
-    header = (
-        "| plan | minutes | trained params | steps | ms / step | "
-        + " | ".join(REPORTED)
-        + " | "
-        + " | ".join(f"{a} (shopper)" for a in REPORTED)
-    )
+    header = [
+        "plan",
+        "minutes",
+        "trained params",
+        "steps",
+        "ms / step",
+        *REPORTED,
+        *(f"{a} (shopper)" for a in REPORTED),
+    ]
     train_images = results[0]["train_images"] if results else "?"
     val_images = results[0]["val_images"] if results else "?"
-    lines = [
-        "# Lite classifier: trunk plans probed on an equal budget",
-        "",
-        f"`{command}`",
-        "",
+    section = Section("").text(f"`{command}`")
+    section.text(
         f"The lite classifier's recipe on {train_images} training photos (a fixed random subset), trained for the "
         "minutes in the table (the same wall clock unless marked: a cheaper step buys more steps), seed "
         f"{settings.seed}. Validation split ({val_images} photos): top-1 accuracy in % of the independent heads "
         "(no hierarchy decoding, no calibration) on the packshots, then on one shopper view of each "
         "(training/shopper.py, a seed of its own). Plan: input height x width, Lite0 blocks frozen (of 16; their "
-        "outputs cached), views per training photo.",
-        "",
-        header + " |",
-        "|" + "---|" * (5 + 2 * len(REPORTED)),
-    ]
+        "outputs cached), views per training photo."
+    )
+    rows = []
     for r in results:
         cells = [
             r["plan"],
@@ -161,15 +161,14 @@ def markdown(results: Sequence[dict[str, Any]], command: str, settings: ProbeSet
         ]
         cells += [pct(r["accuracy"]["packshot"][a]) for a in REPORTED]
         cells += [pct(r["accuracy"]["shopper_view"][a]) for a in REPORTED]
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += [
-        "",
+        rows.append(cells)
+    section.table(header, rows)
+    section.text(
         "With about 4,000 validation photos one standard error is about 0.6 points on the packshots (accuracy near "
         "84%) and 0.8 on the shopper views (near 65%), and the machine's load moves the steps a plan gets in its "
-        "minutes: differences under a point are not a finding.",
-        "",
-    ]
-    return "\n".join(lines)
+        "minutes: differences under a point are not a finding."
+    )
+    return Report("Lite classifier: trunk plans probed on an equal budget", [section])
 
 
 def summary_section(results: Sequence[dict[str, Any]]) -> Section:

@@ -46,8 +46,12 @@ class Section:
         self.blocks.append({"text": text})
         return self
 
-    def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]]) -> Section:
-        self.blocks.append({"table": {"header": [str(h) for h in header], "rows": [[str(c) for c in r] for r in rows]}})
+    def table(self, header: Sequence[Any], rows: Iterable[Sequence[Any]], numbers_from: int | None = None) -> Section:
+        """A table; with `numbers_from`, the columns from that index on are numbers (right-aligned)."""
+        table: dict[str, Any] = {"header": [str(h) for h in header], "rows": [[str(c) for c in r] for r in rows]}
+        if numbers_from is not None:
+            table["numbers_from"] = numbers_from
+        self.blocks.append({"table": table})
         return self
 
     def image(self, alt: str, path: str) -> Section:
@@ -103,8 +107,9 @@ class Report:
 
 
 def _table_lines(table: dict[str, Any]) -> list[str]:
-    header, rows = table["header"], table["rows"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    header, rows, numbers = table["header"], table["rows"], table.get("numbers_from", len(table["header"]))
+    rule = [" ---: " if i >= numbers else " --- " for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(rule) + "|"]
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 

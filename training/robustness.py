@@ -18,7 +18,7 @@ import numpy as np
 
 from training import data, shopper
 from training.evaluate import load_model, predict, retrieval_metrics, true_labels
-from training.report import Section
+from training.report import Report, Section
 
 HEADS = ("articleType", "masterCategory", "subCategory", "gender", "baseColour")
 # Goals of the issue: the most a shift may cost against the clean photo (points, or precision@5 x 100).
@@ -178,35 +178,50 @@ def measure(
     return results
 
 
-def markdown(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> list[str]:
-    """The table (accuracy in %, precision@5 x 100), each shift's change against clean in brackets, and which
-    goals every model meets."""
+def report(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> Report:
+    """The robustness report of `results` (what `measure` wrote, with the "command" that ran it, and optionally a
+    "title", a "note" before the description and "remarks" after it, for a table made to choose between models):
+    the table (accuracy in %, precision@5 x 100), each shift's change against clean in brackets, and which goals
+    every model meets."""
     names = list(results["models"])
+    section = Section("").text(f"`{results.get('command', 'python -m training robustness')}`")
+    section.text(
+        (f"{results['note']} " if results.get("note") else "")
+        + f"{'Test' if results['split'] == 'test' else 'Validation'} split, "
+        f"{results['images']} photos (a fixed sample), each changed one way at a time; accuracy in %, "
+        f"precision@5 of articleType x 100 against the clean training split ({results['catalogue']} packshots), "
+        "unfiltered and filtered by the true subCategory. In brackets: the change against the clean photo."
+    )
+    section.text(
+        "Models: " + "; ".join(f"{m} = {r['classifier']} + {r['embedder']}" for m, r in results["models"].items())
+    )
+    for remark in results.get("remarks", ()):
+        section.text(remark)
     columns = [("articleType", "articleType"), ("masterCategory", "master"), ("p@5", "P@5"), ("p@5 filtered", "P@5 f")]
     header = ["family", "shift"] + [f"{m}: {label}" for m in names for _, label in columns]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    rows = []
     worst: dict[str, dict[str, float]] = {m: {} for m in names}
     for s in shifts:
         key = f"{s.family}/{s.severity}"
         cells = [s.family, s.describe]
         for m in names:
-            rows = results["models"][m]["rows"]
+            measured = results["models"][m]["rows"]
             for metric, _ in columns:
-                value, clean = 100 * rows[key][metric], 100 * rows["clean/0"][metric]
+                value, clean = 100 * measured[key][metric], 100 * measured["clean/0"][metric]
                 cells.append(f"{value:.1f}" if s.severity == 0 else f"{value:.1f} ({value - clean:+.1f})")
                 if s.severity:
                     worst[m][metric] = min(worst[m].get(metric, 0.0), value - clean)
-        lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Largest loss against the clean photo over every shift (goal in brackets):", ""]
-    lines += [
-        "| model | articleType (>= -6) | masterCategory (>= -1) | P@5 (>= -8) | P@5 filtered |",
-        "|---|---|---|---|---|",
-    ]
-    for m in names:
-        w = worst[m]
-        cells = [f"{w[metric]:+.1f}" for metric in ("articleType", "masterCategory", "p@5", "p@5 filtered")]
-        lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    return lines
+        rows.append(cells)
+    section.table(header, rows)
+    section.text("Largest loss against the clean photo over every shift (goal in brackets):")
+    section.table(
+        ("model", "articleType (>= -6)", "masterCategory (>= -1)", "P@5 (>= -8)", "P@5 filtered"),
+        [
+            [m, *(f"{worst[m][metric]:+.1f}" for metric in ("articleType", "masterCategory", "p@5", "p@5 filtered"))]
+            for m in names
+        ],
+    )
+    return Report(results.get("title", "Robustness of the served models to shoppers' photos"), [section])
 
 
 def model_section(results: Mapping[str, Any], identity: str, kind: str) -> Section | None:

@@ -38,6 +38,7 @@ from training.recipes.text import (
     nearest,
     training_brands,
 )
+from training.report import Report, save
 
 log = logging.getLogger(__name__)
 
@@ -184,25 +185,23 @@ def _mean(row: Mapping[str, float]) -> float:
     return float(np.mean(list(row.values())))
 
 
-def choose(evaluator: TextEvaluator, val: data.Dataset, brands: Mapping[str, int]) -> tuple[float, str, list[str]]:
+def choose(
+    evaluator: TextEvaluator, val: data.Dataset, brands: Mapping[str, int]
+) -> tuple[float, str, list[list[str]]]:
     """On the validation products' brand-removed names: the confidence threshold at which "both" does best, then
     the mode that does best at that threshold (the default), by mean precision@5 of the three attributes; and the
-    table lines that show it. (Attribute phrases are not used for the choice: they are built from the
+    table rows that show it. (Attribute phrases are not used for the choice: they are built from the
     catalogue's labels, the same for validation and test.)"""
     names = name_queries(val, brands, with_brand=False)
-    lines = [
-        "| min confidence | mode | articleType | baseColour | gender | mean |",
-        "|---|---|---:|---:|---:|---:|",
-    ]
+    rows = []
     tables = {t: evaluator.name_table(names, val, t) for t in THRESHOLDS}
     for threshold, table in tables.items():
         for mode in MODES:
             row = table[mode]
-            cells = " | ".join(f"{row[a]:.1%}" for a in NAME_FIELDS)
-            lines.append(f"| {threshold} | {mode} | {cells} | {_mean(row):.1%} |")
+            rows.append([str(threshold), mode, *(f"{row[a]:.1%}" for a in NAME_FIELDS), f"{_mean(row):.1%}"])
     threshold = max(THRESHOLDS, key=lambda t: (_mean(tables[t]["both"]), t))
     mode = max(MODES, key=lambda m: (_mean(tables[threshold][m]), m == "both"))
-    return threshold, mode, lines
+    return threshold, mode, rows
 
 
 # ---- refining a photo with words --------------------------------------------------------------------------------
@@ -261,8 +260,8 @@ def _refine_label(weight: float, min_confidence: float) -> str:
     return f"{words}, {'no filter' if min_confidence > 1 else f'colour filter at confidence >= {min_confidence:g}'}"
 
 
-def _pct_row(label: str, row: Mapping[str, float]) -> str:
-    return f"| {label} | " + " | ".join(f"{row[a]:.1%}" for a in NAME_FIELDS) + " |"
+def _pct_row(label: str, row: Mapping[str, float]) -> list[str]:
+    return [label, *(f"{row[a]:.1%}" for a in NAME_FIELDS)]
 
 
 def write_report(
@@ -277,23 +276,21 @@ def write_report(
     catalogue_vectors = vectors[[index[int(i)] for i in train.ids]]
     evaluator = TextEvaluator(model_dir, catalogue_vectors, train, threads)
     brands = training_brands([str(n) for n in train.labels["productDisplayName"]])
-    threshold, default_mode, choice_lines = choose(evaluator, val, brands)
+    threshold, default_mode, choice_rows = choose(evaluator, val, brands)
     log.info("chosen on validation: filters at confidence >= %s, default mode %s", threshold, default_mode)
 
-    lines = [
-        f"# Text encoder {spec.identity}",
-        "",
+    report = Report(f"Text encoder {spec.identity}")
+    report.add("").text(
         f"Targets the image embedder **{spec.target}**: text vectors live in its space, so the catalogue's stored "
         f"photo vectors answer text queries without re-indexing. {len(test)} test queries per table, against the "
         f"{len(train)}-item train-split catalogue (embedded by {spec.target}); precision@{RETRIEVAL_K} = share of the "
-        f"top {RETRIEVAL_K} whose attribute equals the query product's (an empty slot is a miss).",
-        "",
+        f"top {RETRIEVAL_K} whose attribute equals the query product's (an empty slot is a miss)."
+    ).text(
         "Modes: **vector** = nearest photo vectors to the text vector; **filters** = only products matching the "
         "attribute values the words name (colour, gender, article type, usage, season), in no particular order; "
         f"**both** = those products, nearest first. Words become filters at confidence >= {threshold}; the default "
-        f"mode is **{default_mode}** (both chosen on the validation split's names, below).",
-        "",
-    ]
+        f"mode is **{default_mode}** (both chosen on the validation split's names, below)."
+    )
     choices: dict[str, Any] = {"default_mode": default_mode, "min_filter_confidence": threshold}
     results: dict[str, Any] = {}
     for with_brand in (True, False):
@@ -303,31 +300,22 @@ def write_report(
         typo_table = evaluator.name_table(with_typos(texts), test, threshold)
         results[f"names_{label.replace(' ', '_')}"] = {"clean": table, "one_typo": typo_table}
         log.info("product names, %s: %s; one typo: %s", label, table, typo_table)
-        lines += [
-            f"## Product-name queries, {label}",
-            "",
-            "| mode | articleType | baseColour | gender |",
-            "|---|---:|---:|---:|",
-        ]
-        lines += [_pct_row(m, table[m]) for m in MODES]
-        lines += [_pct_row(f"{m}, one typo", typo_table[m]) for m in MODES]
-        lines += [""]
+        rows = [_pct_row(m, table[m]) for m in MODES] + [_pct_row(f"{m}, one typo", typo_table[m]) for m in MODES]
+        report.add(f"Product-name queries, {label}").table(("mode", *NAME_FIELDS), rows, numbers_from=1)
     phrases, wanted = attribute_phrases(train)
     if phrases:
         phrase_table = evaluator.phrase_table(phrases, wanted, threshold)
         phrase_typos = evaluator.phrase_table(with_typos(phrases), wanted, threshold)
         results["phrases"] = {"queries": len(phrases), "clean": phrase_table, "one_typo": phrase_typos}
         log.info("attribute phrases: %s; one typo: %s", phrase_table, phrase_typos)
-        lines += [
-            "## Attribute phrases",
-            "",
+        report.add("Attribute phrases").text(
             f'{len(phrases)} phrases "gender colour articleType" (e.g. "{phrases[0]}"), one per combination with at '
-            f"least 5 catalogue items. Share of the top {RETRIEVAL_K} that match every named attribute:",
-            "",
-            "| mode | clean | one typo |",
-            "|---|---:|---:|",
-        ]
-        lines += [f"| {m} | {phrase_table[m]:.1%} | {phrase_typos[m]:.1%} |" for m in MODES]
+            f"least 5 catalogue items. Share of the top {RETRIEVAL_K} that match every named attribute:"
+        ).table(
+            ("mode", "clean", "one typo"),
+            [(m, f"{phrase_table[m]:.1%}", f"{phrase_typos[m]:.1%}") for m in MODES],
+            numbers_from=1,
+        )
     val_photos = vectors[[index[int(i)] for i in val.ids]]
     test_photos = vectors[[index[int(i)] for i in test.ids]]
     val_refine = refine_table(evaluator, val_photos, val, REFINE_SETTINGS)
@@ -337,23 +325,28 @@ def write_report(
     choices["refine_weight"] = refine_choice[0]
     choices["refine_min_filter_confidence"] = refine_choice[1] if refine_choice[1] <= 1 else None
     results["refine"] = {_refine_label(*k): v for k, v in test_refine.items()}
-    lines += [
-        "## Refining a photo with words",
-        "",
+    report.add("Refining a photo with words").text(
         f'"More like this, but in <colour>": each of the {len(test)} test photos with a colour it does not have '
         f'(one of the ten most common, in words: "red"), against the same catalogue; share of the top '
         f"{RETRIEVAL_K} with the asked colour, with the photo's articleType, and with both. The setting is chosen "
-        f'on validation (best "both"): **{_refine_label(*refine_choice)}**; the first row is the photo alone.',
-        "",
-        "| refinement | colour | articleType | both | validation: both |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {_refine_label(*k)} | {v['colour']:.1%} | {v['articleType']:.1%} | {v['both']:.1%} | "
-        f"{val_refine[k]['both']:.1%} |"
-        for k, v in test_refine.items()
-    ]
-    lines += ["", "## Choices on the validation split", ""] + choice_lines + [""]
+        f'on validation (best "both"): **{_refine_label(*refine_choice)}**; the first row is the photo alone.'
+    ).table(
+        ("refinement", "colour", "articleType", "both", "validation: both"),
+        [
+            (
+                _refine_label(*k),
+                f"{v['colour']:.1%}",
+                f"{v['articleType']:.1%}",
+                f"{v['both']:.1%}",
+                f"{val_refine[k]['both']:.1%}",
+            )
+            for k, v in test_refine.items()
+        ],
+        numbers_from=1,
+    )
+    report.add("Choices on the validation split").table(
+        ("min confidence", "mode", *NAME_FIELDS, "mean"), choice_rows, numbers_from=2
+    )
 
     vectors_grid = evaluator.embed(list(GRID_QUERIES))
     filters = [evaluator.vocabulary.understand(q).filters(threshold) for q in GRID_QUERIES]
@@ -373,20 +366,15 @@ def write_report(
         captions,
         f"{spec.identity}: text queries, top-{RETRIEVAL_K} ({default_mode})",
     )
-    lines += ["## Retrieval grid", "", "![text queries and their top 5](queries.png)", ""]
+    report.add("Retrieval grid").image("text queries and their top 5", "queries.png")
     training = spec.extra.get("training", {})
-    lines += [
-        "## Training",
-        "",
+    report.add("Training").text(
         f"{training.get('train_products')} train-split products, {training.get('texts_per_epoch')} texts per epoch "
         f"(names with and without brand, attribute phrases, a third with one typo), "
-        f"{training.get('seconds')} s on this machine. Settings: `{training.get('settings')}`.",
-        "",
-        f"Regenerate: `python -m training train-text` then `python -m training.text_report {model_dir}`.",
-        "",
-    ]
-    path = report_dir / "README.md"
-    path.write_text("\n".join(lines), encoding="utf-8")
+        f"{training.get('seconds')} s on this machine. Settings: `{training.get('settings')}`."
+    )
+    report.footer = f"Regenerate: `python -m training train-text` then `python -m training.text_report {model_dir}`."
+    path = save(report, report_dir)
     # The choices made on validation, which the gateway's defaults follow (services/gateway/words.py).
     spec_metrics = dict(spec.metrics) | {"test": results, "choices": choices}
     dataclasses.replace(spec, metrics=spec_metrics).write(model_dir)

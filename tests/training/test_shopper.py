@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
 from training import robustness, shopper
+from training.report import render
 
 pytestmark = pytest.mark.training
 
@@ -78,8 +81,9 @@ def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data,
     rows = results["models"]["tiny"]["rows"]
     assert set(rows) == {f"{s.family}/{s.severity}" for s in shifts}
     assert all(0.0 <= r["articleType"] <= 1.0 and 0.0 <= r["p@5"] <= 1.0 for r in rows.values())
-    table = "\n".join(robustness.markdown(results, shifts))
-    assert "| tiny |" in table and "(+0.0)" not in table.split("\n")[2]  # the clean row shows no change column
+    table = render(robustness.report(results, shifts))
+    clean_row = next(line for line in table.split("\n") if line.startswith("| clean |"))
+    assert "| tiny |" in table and "(+0.0)" not in clean_row  # the clean row shows no change column
 
 
 def test_a_model_report_gets_its_own_rows_of_the_robustness_table():
@@ -105,3 +109,11 @@ def test_a_model_report_gets_its_own_rows_of_the_robustness_table():
     embedder = robustness.model_section(results, "embedder:8", "embedder")
     assert embedder is not None and embedder.blocks[1]["table"]["header"][2:] == ["P@5", "P@5, subCategory filter"]
     assert robustness.model_section(results, "classifier:5", "classifier") is None
+
+
+def test_the_committed_robustness_tables_are_what_their_results_render_to():
+    from training.data import REPO_ROOT
+
+    for results_file in sorted((REPO_ROOT / "reports" / "robustness").glob("*.json")):
+        results = json.loads(results_file.read_text())
+        assert render(robustness.report(results)) == results_file.with_suffix(".md").read_text(), results_file.name

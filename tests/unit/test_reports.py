@@ -54,3 +54,8 @@ def test_sections_are_put_by_id_and_rendered_with_tables_and_pictures(tmp_path):
 def test_a_table_renders_every_cell_as_text():
     report = Report("t", [Section("x").table(("a", "b"), [(1, ""), ("c", 2.5)])])
     assert "| a | b |\n| --- | --- |\n| 1 |  |\n| c | 2.5 |\n" in render(report)
+
+
+def test_number_columns_are_right_aligned():
+    report = Report("t", [Section("x").table(("mode", "clean", "typo"), [("both", "97.9%", "93.3%")], numbers_from=1)])
+    assert "| mode | clean | typo |\n| --- | ---: | ---: |\n| both | 97.9% | 93.3% |\n" in render(report)
