@@ -14,6 +14,7 @@ import grpc.aio
 from PIL import Image
 
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
+from testkit.waiting import wait_until
 
 CONCURRENCY = 32
 
@@ -28,21 +29,29 @@ def photo(seed: int, size: tuple[int, int] = (60, 80)) -> bytes:
 
 
 QUERIES = [photo(1000 + i) for i in range(16)]
+#: (start time, seconds, status code) of one call
+Call = tuple[float, float, grpc.StatusCode]
 
 
 @dataclass
 class LoadResult:
     codes: collections.Counter = field(default_factory=collections.Counter)
-    #: (start time, seconds, status code) of every call
-    calls: list[tuple[float, float, grpc.StatusCode]] = field(default_factory=list)
+    calls: list[Call] = field(default_factory=list)
 
     @property
     def errors(self) -> dict[str, int]:
         return {code.name: n for code, n in self.codes.items() if code is not grpc.StatusCode.OK}
 
 
-async def _load(address: str, duration_s: float, concurrency: int, stop: threading.Event | None = None) -> LoadResult:
-    result = LoadResult()
+async def _load(
+    address: str,
+    duration_s: float,
+    concurrency: int,
+    stop: threading.Event | None = None,
+    result: LoadResult | None = None,
+) -> LoadResult:
+    """Searches at `concurrency` for `duration_s` (or until `stop`), each call recorded in `result` as it ends."""
+    result = result if result is not None else LoadResult()
     deadline = time.monotonic() + duration_s
     async with grpc.aio.insecure_channel(address) as channel:
         stub = gateway_pb2_grpc.GatewayStub(channel)
@@ -70,16 +79,30 @@ def load(address: str, duration_s: float, concurrency: int = CONCURRENCY) -> Loa
 
 
 class BackgroundLoad:
-    """Load from a thread until stopped."""
+    """Load from a thread until stopped; `wait_for_calls` waits for calls that ended while it runs."""
 
     def __init__(self, address: str, concurrency: int) -> None:
         self._stop = threading.Event()
+        self._live = LoadResult()
         self.result: LoadResult | None = None
         self._thread = threading.Thread(
-            target=lambda: setattr(self, "result", asyncio.run(_load(address, 600, concurrency, self._stop))),
+            target=lambda: setattr(
+                self, "result", asyncio.run(_load(address, 600, concurrency, self._stop, self._live))
+            ),
             daemon=True,
         )
         self._thread.start()
+
+    def calls(self, started_after: float, code: grpc.StatusCode | None = None) -> list[Call]:
+        """The calls that started after `started_after` (time.monotonic()) and have ended, with `code` if given."""
+        return [call for call in list(self._live.calls) if call[0] > started_after and code in (None, call[2])]
+
+    def wait_for_calls(
+        self, count: int, started_after: float, what: str, code: grpc.StatusCode | None = None
+    ) -> list[Call]:
+        """Wait until `count` calls that started after `started_after` have ended (with `code`, if given)."""
+        wait_until(lambda: len(self.calls(started_after, code)) >= count, what)
+        return self.calls(started_after, code)
 
     def stop(self) -> LoadResult:
         self._stop.set()

@@ -65,17 +65,18 @@ def batch_stats(stack: ProcessStack, name: str) -> list[str]:
 @pytest.mark.parametrize("victim", ["embedder", "classifier"])
 def test_a_model_service_killed_with_batches_in_flight(stack, victim):
     background = BackgroundLoad(stack.address("gateway"), concurrency=32)
-    time.sleep(2.0)
-    # Frozen first, so the kill surely finds calls inside it (being decoded, queued for a batch, or in one).
+    background.wait_for_calls(64, time.monotonic(), "the load running", grpc.StatusCode.OK)
+    # Frozen first, so the kill surely finds calls inside it (being decoded, queued for a batch, or in one): a fault
+    # of a fixed length, well inside the gateway's 2 s deadline, not a wait for something to happen.
     os.kill(stack.pid(victim), signal.SIGSTOP)
     time.sleep(0.3)
     killed_at = time.monotonic()
     stack.kill(victim)
-    time.sleep(2.0)
+    background.wait_for_calls(16, killed_at + 0.5, "searches answered while the victim is down")
     restart_at = time.monotonic()
     stack.restart(victim)
     back_at = time.monotonic()
-    time.sleep(4.0)
+    background.wait_for_calls(32, back_at + 2.0, "searches answered after the restart")
     result = background.stop()
 
     assert stack.processes["gateway"].poll() is None

@@ -41,6 +41,7 @@ from fashionsearch.v1 import (
     gateway_pb2_grpc,
 )
 from services.gateway.security import client_metadata
+from services.gateway.settings import Settings as GatewaySettings
 from testkit.grpc_load import CONCURRENCY, BackgroundLoad, load, photo
 from testkit.images import large_png
 from testkit.process_stack import REPO_ROOT, ProcessStack, peak_rss_mb, reset_peak_rss
@@ -51,8 +52,10 @@ LOAD_S = float(os.environ.get("FAULT_LOAD_S", "10"))
 WARM_UP_S = max(3.0, LOAD_S / 5)
 MAX_RSS_GROWTH = 0.05
 WRITE_KEY = "fault-tests-write-key-0123456789"
-#: How fast "fast" is: far below the gateway's 2 s dependency deadlines.
-FAST_FAILURE_S = 1.0
+#: How fast "fast" is: half the gateway's dependency deadline, which a call that waited for the victim would take.
+FAST_FAILURE_S = GatewaySettings.classify_timeout_s / 2
+#: Calls each phase (before the kill, while down, after the recovery) is judged on.
+SAMPLES = 16
 RECOVERY_S = 10.0
 
 
@@ -107,14 +110,15 @@ def test_load_at_concurrency_32_has_no_errors_and_stable_memory(stack):
 def test_a_dependency_killed_during_load_is_unavailable_fast_then_recovers(stack, victim):
     gateway_pid = stack.pid("gateway")
     background = BackgroundLoad(stack.address("gateway"), concurrency=8)
-    time.sleep(1.5)
+    background.wait_for_calls(SAMPLES, time.monotonic(), "searches answered before the kill", grpc.StatusCode.OK)
     killed_at = time.monotonic()
     stack.kill(victim)
-    time.sleep(3)
+    background.wait_for_calls(SAMPLES, killed_at + 0.5, "searches answered while the victim is down")
     restart_at = time.monotonic()
     stack.restart(victim)
     back_at = time.monotonic()
-    time.sleep(RECOVERY_S)
+    first_ok = background.wait_for_calls(1, back_at, "a search answered after the restart", grpc.StatusCode.OK)
+    background.wait_for_calls(SAMPLES, min(s for s, _, _ in first_ok) + 0.5, "searches answered once recovered")
     result = background.stop()
 
     assert stack.pid("gateway") == gateway_pid and stack.processes["gateway"].poll() is None
