@@ -11,8 +11,9 @@ reserved as it comes, with GATEWAY_HTTP_BODY_TIMEOUT_S for the next chunk to com
 408 and the connection closed); the handler then gets the body read. Headers must arrive within
 GATEWAY_HTTP_HEADER_TIMEOUT_S (aiohttp's keep-alive timer: an idle connection, or one whose headers are not all
 there, is closed). A gRPC unary request arrives whole before its handler runs and reserves its size; a request
-stream (UpsertItems) reserves each message from its arrival until its answer is sent, holds a place only while it
-has a message in hand, and is ended (DEADLINE_EXCEEDED) when no message comes for GATEWAY_STREAM_IDLE_TIMEOUT_S.
+stream (UpsertItems) reserves each message from its arrival until its answer is sent (a message that does not fit
+waits up to GATEWAY_STREAM_IDLE_TIMEOUT_S for room: the stream is slowed, not failed), holds a place only while it
+has a message in hand, and is ended (DEADLINE_EXCEEDED) when no message comes for that long.
 
 A call that does not fit is answered at once, never queued: HTTP 503 with ``Retry-After``, gRPC RESOURCE_EXHAUSTED
 with ``retry-after`` and ``grpc-retry-pushback-ms`` trailing metadata (the latter is what gRPC's own retry policy
@@ -62,6 +63,7 @@ class Admission:
         self.refused = 0
         self._logged_at = -_LOG_EVERY_S
         self._logged_count = 0
+        self._freed = asyncio.Event()  # set whenever a call gives back what it held (request streams wait on it)
 
     def has_room(self, nbytes: int) -> bool:
         if self.requests >= self.max_requests:
@@ -79,6 +81,7 @@ class Admission:
     def leave(self, nbytes: int) -> None:
         self.requests -= 1
         self.bytes -= nbytes
+        self._freed.set()
 
     def take_bytes(self, nbytes: int, held: int) -> bool:
         """Reserve `nbytes` more for a call that already holds `held`; False (nothing taken) when they do not fit.
@@ -98,6 +101,16 @@ class Admission:
         self.bytes -= nbytes
         if place:
             self.requests -= 1
+        self._freed.set()
+
+    async def room_freed(self, timeout_s: float) -> bool:
+        """Wait until some call gives back what it held (True), or `timeout_s` passes (False)."""
+        self._freed.clear()
+        try:
+            await asyncio.wait_for(self._freed.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     def note_refusal(self, peer: object) -> None:
         self.refused += 1
@@ -165,8 +178,13 @@ class AdmissionInterceptor(grpc.aio.ServerInterceptor):
                     f"no message came for {self._idle_timeout_s:g} s (GATEWAY_STREAM_IDLE_TIMEOUT_S): the stream is"
                     " ended; send the next message within it, or close the stream when done",
                 )
-            if not ticket.receive(int(message.ByteSize())):
-                await self._refuse(context)
+            nbytes = int(message.ByteSize())
+            # The gateway reads a stream ahead of its answers, so a stream that only sends faster than it is served
+            # waits for room (gRPC's flow control then slows the client; the stream holds nothing more meanwhile)
+            # rather than fail halfway; refused when none comes within the idle timeout.
+            while not ticket.receive(nbytes):
+                if not await self._admission.room_freed(self._idle_timeout_s):
+                    await self._refuse(context)
             yield message
 
     def _counted(self, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:

@@ -433,3 +433,32 @@ def test_idle_upsert_streams_hold_no_place_and_are_ended(tmp_path):
     finally:
         release.set()
         limited.close()
+
+
+def test_upsert_streams_larger_than_the_bytes_in_flight_wait_for_their_answers_instead_of_failing(tmp_path):
+    """A stream's messages are held until answered, and the gateway reads ahead of its answers: two clients
+    streaming more image bytes together than GATEWAY_MAX_BYTES_IN_FLIGHT are slowed down (a stream's next message
+    is taken once one of its own is answered), not refused halfway."""
+    limited = start_stack(tmp_path, max_bytes_in_flight=300_000)
+    try:
+        images = [_noise_png(180, seed) for seed in range(12)]
+        assert all(90_000 < len(image) < 300_000 for image in images)
+        payload = gateway_pb2.ItemPayload(sub_category="Topwear", gender="Men", master_category="Apparel")
+        items = [gateway_pb2.CatalogueItem(id=i + 1, image=image, payload=payload) for i, image in enumerate(images)]
+        results: dict[int, object] = {}
+
+        def stream(number: int) -> None:
+            try:
+                results[number] = [(r.id, r.upserted) for r in limited.upsert(items[number * 6 : number * 6 + 6])]
+            except grpc.RpcError as error:
+                results[number] = error.code()
+
+        threads = [threading.Thread(target=stream, args=(n,)) for n in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert results == {n: [(n * 6 + i + 1, True) for i in range(6)] for n in range(2)}
+        still_serves(limited)  # and nothing is left held
+    finally:
+        limited.close()
