@@ -43,12 +43,15 @@ def service_name(module: Any, service: str) -> str:
 
 
 def server_options(
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES, max_connection_age_s: float | None = None
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    max_connection_age_s: float | None = None,
+    max_streams_per_connection: int | None = None,
 ) -> list[tuple[str, Any]]:
     """Channel options of every server: message size limits (images are larger than gRPC's 4 MB default).
 
     With `max_connection_age_s`, clients are asked to reconnect after that long (in-flight calls get as long again
     to finish), so a round_robin client resolves the name again and finds the replicas added since it connected.
+    `max_streams_per_connection` caps the calls one connection carries at once (HTTP/2 SETTINGS).
     """
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", max_message_bytes),
@@ -58,6 +61,8 @@ def server_options(
     if max_connection_age_s is not None:
         age_ms = int(max_connection_age_s * 1000)
         options += [("grpc.max_connection_age_ms", age_ms), ("grpc.max_connection_age_grace_ms", age_ms)]
+    if max_streams_per_connection is not None:
+        options.append(("grpc.max_concurrent_streams", max_streams_per_connection))
     return options
 
 
@@ -203,6 +208,7 @@ async def start_server(
     credentials: grpc.ServerCredentials | None = None,
     maximum_concurrent_rpcs: int | None = None,
     max_connection_age_s: float | None = None,
+    max_streams_per_connection: int | None = None,
 ) -> RunningServer:
     """Create, wire and start a grpc.aio server; health says NOT_SERVING until `set_serving()`.
 
@@ -210,11 +216,12 @@ async def start_server(
     `describe` (e.g. the model identity) is logged with the listen address. Port 0 picks a free port, which
     `RunningServer.port` reports. With `credentials` (grpc.ssl_server_credentials) the port speaks TLS only.
     Beyond `maximum_concurrent_rpcs` calls in progress, new calls end at once with RESOURCE_EXHAUSTED, which bounds
-    the memory that in-flight requests hold. `max_connection_age_s`: see `server_options`. Every call gets a request
+    the memory that in-flight requests hold (grpc counts a call from its headers, before its request has arrived).
+    `max_connection_age_s`, `max_streams_per_connection`: see `server_options`. Every call gets a request
     id, metrics and an access log line (fashionsearch.interceptors) before `interceptors` see it.
     """
     server = grpc.aio.server(
-        options=server_options(max_message_bytes, max_connection_age_s),
+        options=server_options(max_message_bytes, max_connection_age_s, max_streams_per_connection),
         # First, so that request ids, metrics and access logs also cover what the other interceptors refuse.
         interceptors=[ObservingInterceptor(), *interceptors],
         maximum_concurrent_rpcs=maximum_concurrent_rpcs,

@@ -51,8 +51,10 @@ async def start(settings: Settings, gateway: Gateway | None = None) -> RunningSe
             closers=[gateway.close],
             interceptors=[ApiKeyInterceptor(keys), AdmissionInterceptor(admission, settings.stream_idle_timeout_s)],
             credentials=grpc_server_credentials(settings.tls_cert_file, settings.tls_key_file),
-            # A backstop only: the admission above answers first (with a retry hint), for gRPC and HTTP together.
-            maximum_concurrent_rpcs=2 * settings.max_concurrent_rpcs,
+            # No grpc cap on calls in progress: grpc counts a call from its headers, so calls whose request never
+            # arrives filled it and failed every other call. The admission counts a call once its request is there
+            # (for gRPC and HTTP together, with a retry hint); a connection carries at most this many calls at once.
+            max_streams_per_connection=settings.max_streams_per_connection,
         )
     except BaseException:
         await gateway.close()

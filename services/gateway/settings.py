@@ -83,6 +83,10 @@ class Settings:
     #: the keep-alive timeout too), the longest wait for the next part of a body (408), and the longest an
     #: UpsertItems stream may send nothing while the gateway has nothing of it in hand (DEADLINE_EXCEEDED). Bodies
     #: and stream messages hold the cap only for the bytes that arrived (services/gateway/admission.py).
+    #: gRPC calls one connection may carry at once (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS, as nginx's
+    #: http2_max_concurrent_streams): a call waiting for its request holds no place in the cap above, so this bounds
+    #: what one client can leave waiting.
+    max_streams_per_connection: int = 128
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 10.0
     stream_idle_timeout_s: float = 30.0
@@ -204,6 +208,9 @@ class Settings:
             max_concurrent_rpcs=env.get_int("MAX_CONCURRENT_RPCS", cls.max_concurrent_rpcs, min=1, max=100_000),
             max_bytes_in_flight=env.get_int(
                 "MAX_BYTES_IN_FLIGHT", cls.max_bytes_in_flight, min=1024 * 1024, max=64 * 1024**3
+            ),
+            max_streams_per_connection=env.get_int(
+                "MAX_STREAMS_PER_CONNECTION", cls.max_streams_per_connection, min=1, max=100_000
             ),
             http_header_timeout_s=env.get_float("HTTP_HEADER_TIMEOUT_S", cls.http_header_timeout_s, min=0.01, max=3600),
             http_body_timeout_s=env.get_float("HTTP_BODY_TIMEOUT_S", cls.http_body_timeout_s, min=0.01, max=3600),

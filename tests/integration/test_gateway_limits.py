@@ -18,6 +18,8 @@ import time
 import urllib.request
 
 import grpc
+import h2.config
+import h2.connection
 import numpy as np
 import pytest
 from PIL import Image
@@ -461,4 +463,37 @@ def test_upsert_streams_larger_than_the_bytes_in_flight_wait_for_their_answers_i
         assert results == {n: [(n * 6 + i + 1, True) for i in range(6)] for n in range(2)}
         still_serves(limited)  # and nothing is left held
     finally:
+        limited.close()
+
+
+def _stalled_grpc_calls(port: int, calls: int) -> tuple[socket.socket, h2.connection.H2Connection]:
+    """One HTTP/2 connection carrying `calls` Search calls that each sent headers and the first 5 bytes of a 1 MB
+    message, then nothing: a gRPC client whose requests never arrive."""
+    conn = socket.create_connection((HOST, port), timeout=10)
+    http2 = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    http2.initiate_connection()
+    for _ in range(calls):
+        stream = http2.get_next_available_stream_id()
+        headers = [(":method", "POST"), (":scheme", "http"), (":path", "/fashionsearch.v1.Gateway/Search")]
+        headers += [(":authority", HOST), ("content-type", "application/grpc"), ("te", "trailers")]
+        http2.send_headers(stream, headers)
+        http2.send_data(stream, b"\x00" + (1_000_000).to_bytes(4, "big"))
+    conn.sendall(http2.data_to_send())
+    return conn, http2
+
+
+def test_grpc_calls_whose_requests_never_arrive_hold_no_place(tmp_path):
+    """gRPC's own cap on calls in progress counted calls still waiting for their request: 16 stalled calls on one
+    connection (twice GATEWAY_MAX_CONCURRENT_RPCS) made every other gRPC call fail. The gateway's admission counts a
+    call once its request is all there, and a connection carries at most GATEWAY_MAX_STREAMS_PER_CONNECTION calls."""
+    limited = start_stack(tmp_path, max_concurrent_rpcs=8, max_streams_per_connection=20)
+    stalled, http2 = _stalled_grpc_calls(limited.gateway.port, 20)
+    try:
+        # The stalled calls went out first on their connection; the server has them once it answered its settings.
+        http2.receive_data(stalled.recv(65536))
+        assert http2.remote_settings.max_concurrent_streams == 20  # what one connection may carry at once
+        still_serves(limited)
+        still_serves(limited)
+    finally:
+        stalled.close()
         limited.close()

@@ -47,6 +47,7 @@ def test_every_variable_is_read():
             "GATEWAY_HTTP_HEADER_TIMEOUT_S": "5",
             "GATEWAY_HTTP_BODY_TIMEOUT_S": "2.5",
             "GATEWAY_STREAM_IDLE_TIMEOUT_S": "60",
+            "GATEWAY_MAX_STREAMS_PER_CONNECTION": "64",
             "OTHER_PORT": "1",
         }
     )
@@ -59,7 +60,7 @@ def test_every_variable_is_read():
     assert (settings.default_top_k, settings.max_top_k) == (10, 50)
     assert settings.max_image_bytes == 2048 and settings.upsert_batch == 8
     timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s, settings.stream_idle_timeout_s)
-    assert timeouts == (5, 2.5, 60)
+    assert timeouts == (5, 2.5, 60) and settings.max_streams_per_connection == 64
 
 
 @pytest.mark.parametrize(
