@@ -214,6 +214,7 @@ def cmd_quantize(args: argparse.Namespace) -> int:
         calibration_size=args.calibration_images,
         choose_images=args.choose_images,
         threads=args.threads,
+        plans=[quantize.PLANS[k] for k in args.plans] if args.plans else quantize.PLANS,
     )
     command = "python -m training quantize " + " ".join(sys.argv[2:])
     quantize_report.write(results, args.report, command)
@@ -362,6 +363,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--embedder", type=Path, default=Path("models/embedder"))
     p.add_argument("--calibration-images", type=int, default=512, help="half packshots, half shopper views")
     p.add_argument("--choose-images", type=int, default=1000, help="validation photos to choose a plan on")
+    p.add_argument(
+        "--plans", type=int, nargs="*", help="only these of training.quantize.PLANS (by position; default all)"
+    )
     p.add_argument("--limit", type=int, default=None, help="at most this many photos in all (smoke runs)")
     p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "int8" / "README.md")
     p.set_defaults(func=cmd_quantize)

@@ -52,8 +52,11 @@ from training.trunk import combine, shared_trunk
 log = logging.getLogger(__name__)
 
 ONE_PASS_FILE = "with-embedder.onnx"
-#: The most a variant may lose against float on the validation split (the issue's goals for int8).
-GATE = {"accuracy_points": 0.5, "precision_at_5": 0.01}
+#: The most a variant may lose against float on the validation split (the issue's goals for int8: 0.5 points per
+#: head on the photos as they are, 1 point on shopper views as in the robustness table, 0.01 of precision@5).
+GATE: dict[str, Any] = {"accuracy_points": {"packshot": 0.5, "shopper_view": 1.0}, "precision_at_5": 0.01}
+#: Outputs this close to the one-pass int8 file's count as the same model (its parity numbers stand for them).
+SAME_ATOL = 1e-4
 
 
 @dataclass(frozen=True)
@@ -222,7 +225,7 @@ def gate_problems(comparison: Mapping[str, Any]) -> list[str]:
     for kind, row in comparison.items():
         for head, acc in row.get("accuracy", {}).get("float", {}).items():
             drop = 100 * (acc - row["accuracy"]["int8"][head])
-            if drop > GATE["accuracy_points"]:
+            if drop > GATE["accuracy_points"][kind]:
                 problems.append(f"{kind} {head}: accuracy {drop:.2f} points below float")
         for mode, p in row.get("precision_at_5", {}).get("float", {}).items():
             drop = p - row["precision_at_5"]["int8"][mode]
@@ -295,12 +298,21 @@ def write_variants(model_dir: Path, listed: Sequence[Variant]) -> None:
 
 
 def _choose_plan(
-    source: Path, spec: ModelSpec, output: str | None, calibration: np.ndarray, photos: Photos, threads: int
+    source: Path,
+    spec: ModelSpec,
+    output: str | None,
+    calibration: np.ndarray,
+    photos: Photos,
+    threads: int,
+    plans: Sequence[Plan] = PLANS,
 ) -> tuple[Plan, dict[str, Any]]:
-    """The plan that loses least against float on `photos` among those near the fastest (ties: the earlier)."""
+    """The plan that loses least against float on `photos` among those near the fastest (ties: the earlier); the
+    only one without measuring when one is given."""
+    if len(plans) == 1:
+        return plans[0], {}
     tried: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for k, plan in enumerate(PLANS):
+        for k, plan in enumerate(plans):
             target = Path(tmp) / f"plan{k}.onnx"
             quantize(source, target, spec.input, calibration, plan)
             comparison = compare({"float": source, "int8": target}, spec, output, photos, threads=threads)
@@ -312,7 +324,7 @@ def _choose_plan(
             }
             log.info("plan %r: worst drop %.2f points, %.0f images/s", plan.name, worst_drop(comparison), speed)
     fastest = max(t["images_per_s_batch64"] for t in tried.values())
-    fast = [p for p in PLANS if tried[p.name]["images_per_s_batch64"] >= MIN_SPEED_SHARE * fastest]
+    fast = [p for p in plans if tried[p.name]["images_per_s_batch64"] >= MIN_SPEED_SHARE * fastest]
     best = min(fast, key=lambda p: tried[p.name]["worst_drop_points"])
     return best, tried
 
@@ -326,6 +338,7 @@ def run(
     calibration_size: int = 512,
     choose_images: int = 1000,
     threads: int = 2,
+    plans: Sequence[Plan] = PLANS,
 ) -> dict[str, Any]:
     """Steps 1-4 of the module docstring; returns every number measured (the report is written from it)."""
     train, val, test = (dataset.split(split, name) for name in data.SPLITS)
@@ -337,30 +350,42 @@ def run(
     vectors = one_pass.embedding.output
     source = classifier_dir / ONE_PASS_FILE
     plan, tried = _choose_plan(
-        source, c_spec, vectors, calibration, Photos.of(val.at_most(choose_images, seed=0), donors), threads
+        source, c_spec, vectors, calibration, Photos.of(val.at_most(choose_images, seed=0), donors), threads, plans
     )
     log.info("chosen: %s", plan.name)
-    served = [  # (folder, float variant, spec with the heads, embedding output)
-        (classifier_dir, variants(c_spec)[0], c_spec, None),
-        (classifier_dir, one_pass, c_spec, vectors),
-        (embedder_dir, variants(e_spec)[0], e_spec, e_spec.embedding.output),
-    ]
-    val_photos, test_photos = Photos.of(val, donors, seed=1), Photos.of(test, donors, seed=2)
     results: dict[str, Any] = {
         "calibration": {"images": len(calibration), "packshots": calibration_size // 2, "method": "MinMax"},
         "plans": tried,
         "plan": plan.name,
         "files": {},
     }
+    # The served one-pass file in full: validation (the gate) and test, precision@5 against the training packshots.
+    files = {"float": source, "int8": classifier_dir / int8_file(ONE_PASS_FILE)}
+    quantize(files["float"], files["int8"], c_spec.input, calibration, plan)
+    catalogue = Catalogue.of(files, c_spec.input, vectors, train, threads)
+    val_photos = Photos.of(val, donors, seed=1)
+    entry: dict[str, Any] = {"val": compare(files, c_spec, vectors, val_photos, catalogue, threads)}
+    entry["test"] = compare(files, c_spec, vectors, Photos.of(test, donors, seed=2), catalogue, threads)
+    one_pass_entry = entry
+    reference = run_model(files["int8"], c_spec.input, val.images, threads)
+    # The plain classifier and the embedder, quantized alike: the same numbers when their outputs are the one-pass
+    # file's (the same operators on the same calibration photos), measured in full otherwise.
     listed: dict[Path, list[Variant]] = {classifier_dir: [one_pass], embedder_dir: []}
-    for folder, variant, spec, output in served:
+    plain = [(classifier_dir, variants(c_spec)[0], c_spec, None), (embedder_dir, variants(e_spec)[0], e_spec, vectors)]
+    for folder, variant, spec, output in [(classifier_dir, one_pass, c_spec, vectors), *plain]:
         files = {"float": folder / variant.file, "int8": folder / int8_file(variant.file)}
-        quantize(files["float"], files["int8"], spec.input, calibration, plan)
-        catalogue = Catalogue.of(files, spec.input, output, train, threads) if output else None
-        entry: dict[str, Any] = {"val": compare(files, spec, output, val_photos, catalogue, threads)}
+        if variant is one_pass:
+            entry = one_pass_entry
+        else:
+            quantize(files["float"], files["int8"], spec.input, calibration, plan)
+            got = run_model(files["int8"], spec.input, val.images, threads)
+            diff = max(float(np.abs(got[name] - reference[name]).max()) for name in got)
+            entry = {"same_as": f"{classifier_dir.name}/{int8_file(ONE_PASS_FILE)}", "max_abs_diff": diff}
+            if diff <= SAME_ATOL:
+                entry["val"] = one_pass_entry["val"]
+            else:
+                entry["val"] = compare(files, spec, output, val_photos, None, threads)
         entry["gate"] = gate_problems(entry["val"])
-        if variant.embedding is not None:  # the served one-pass file: the test split too, for the report
-            entry["test"] = compare(files, spec, output, test_photos, catalogue, threads)
         entry["megabytes"] = {name: round(path.stat().st_size / 1e6, 1) for name, path in files.items()}
         h, w = spec.input.height, spec.input.width
         entry["images_per_s_batch64"] = {
