@@ -46,32 +46,57 @@ import onnxruntime as ort  # noqa: E402
 
 from fashionsearch.images import ImageLimits, decode_pixels  # noqa: E402
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess  # noqa: E402
+from fashionsearch.model_variants import choose  # noqa: E402
 from fashionsearch.v1 import classifier_pb2, embedder_pb2, gateway_pb2, gateway_pb2_grpc  # noqa: E402
 from testkit.catalogue_items import catalogue_items  # noqa: E402
 from testkit.process_stack import ProcessStack, cpu_seconds, free_port  # noqa: E402
 
 CLIENT_DIR = REPO_ROOT / "bench" / "client"
 SERVICES = ("classifier", "embedder", "gateway")
+#: --compare-one-pass: the models as served before issue 30, and one trunk pass per photo with int8 where it pays.
+TWO_CALLS_FLOAT = {
+    "CLASSIFIER_PRECISION": "float",
+    "EMBEDDER_PRECISION": "float",
+    "CLASSIFIER_ONE_PASS": "false",
+    "GATEWAY_ONE_PASS": "false",
+}
+ONE_PASS_AUTO = {
+    "CLASSIFIER_PRECISION": "auto",
+    "EMBEDDER_PRECISION": "auto",
+    "CLASSIFIER_ONE_PASS": "true",
+    "GATEWAY_ONE_PASS": "true",
+}
 
 
 # ---- the limit: no RPC ------------------------------------------------------------------------------------------
 
 
-def session(model_dir: Path, threads: int) -> ort.InferenceSession:
+def session(onnx_file: Path, threads: int) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(model_dir / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
+
+
+def served_files(model_dirs: dict[str, Path], one_pass: bool = False) -> dict[str, Path]:
+    """The ONNX files a search runs: model.onnx of both models; with `one_pass`, only the file the classifier
+    serves with PRECISION=auto and one pass on this CPU (fashionsearch/model_variants.py), when it gives vectors."""
+    if one_pass:
+        spec = ModelSpec.load(model_dirs["classifier"])
+        variant, _ = choose(spec, "auto", embedding=True)
+        if variant.embedding is not None:
+            return {"classifier": model_dirs["classifier"] / variant.file}
+    return {name: d / MODEL_FILE for name, d in model_dirs.items()}
 
 
 class BareModels:
-    """Both served models with their preprocessing, called directly."""
+    """The served models with their preprocessing, called directly."""
 
-    def __init__(self, model_dirs: dict[str, Path], threads: int) -> None:
-        self.specs = {name: ModelSpec.load(d) for name, d in model_dirs.items()}
-        self.sessions = {name: session(d, threads) for name, d in model_dirs.items()}
+    def __init__(self, files: dict[str, Path], threads: int) -> None:
+        self.specs = {name: ModelSpec.load(f.parent) for name, f in files.items()}
+        self.sessions = {name: session(f, threads) for name, f in files.items()}
         self.input_names = {name: s.get_inputs()[0].name for name, s in self.sessions.items()}
 
     def search_work(self, images: list[bytes]) -> None:
@@ -117,6 +142,7 @@ def bare_rate(models: BareModels, images: list[bytes], batch: int, loops: int, s
 
 
 def limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> tuple[Limit, Limit]:
+    """`model_dirs`: name -> ONNX file of each model a search runs (served_files)."""
     """The best images/s and the least CPU per image over batch sizes and thread layouts (all cores in
     onnxruntime, or one loop per core)."""
     cores = os.cpu_count() or 1
@@ -133,6 +159,7 @@ def limit(model_dirs: dict[str, Path], images: list[bytes], seconds: float) -> t
 
 
 def bare_latency_ms(model_dirs: dict[str, Path], image: bytes, repeats: int = 300) -> dict[str, float]:
+    """`model_dirs`: name -> ONNX file, as for limit()."""
     """Median ms of one onnxruntime call at batch 1 per model (one thread, as served), preprocessing excluded."""
     models = BareModels(model_dirs, 1)
     out = {}
@@ -237,6 +264,12 @@ def main() -> int:
     parser.add_argument("--protocols", default="grpc,http")
     parser.add_argument("--delay-ms", type=float, default=2.0, help="*_BATCH_MAX_DELAY_MS of the batching stack")
     parser.add_argument("--max-size", type=int, default=32, help="*_BATCH_MAX_SIZE of the batching stack")
+    parser.add_argument(
+        "--compare-one-pass",
+        action="store_true",
+        help="two stacks, both batching: the models as they are (float, a classifier and an embedder call per"
+        " search) and one pass with *_PRECISION=auto (issue 30); each against its own limit",
+    )
     args = parser.parse_args()
     check_client()
 
@@ -258,11 +291,19 @@ def main() -> int:
         "models": {**models_on, "GATEWAY_BATCH_MAX_SIZE": "1"},
         "models+gateway": {**models_on, "GATEWAY_BATCH_MAX_SIZE": str(args.max_size)},
     }
+    files = dict.fromkeys(modes, served_files(model_dirs, one_pass=True))  # the services' defaults
+    if args.compare_one_pass:
+        batching = modes["models+gateway"]
+        modes = {
+            "float, two calls": {**batching, **TWO_CALLS_FLOAT},
+            "one pass, auto": {**batching, **ONE_PASS_AUTO},
+        }
+        files = {"float, two calls": served_files(model_dirs), "one pass, auto": served_files(model_dirs, True)}
 
     load_before = os.getloadavg()
     print("measuring the limit (no RPC) ...", file=sys.stderr, flush=True)
-    limits = list(limit(model_dirs, images, args.limit_seconds))
-    bare = bare_latency_ms(model_dirs, query)
+    limits = {mode: list(limit(f, images, args.limit_seconds)) for mode, f in files.items()}
+    bare = {mode: bare_latency_ms(f, query) for mode, f in files.items()}
 
     rows: dict[tuple[str, int, str], dict] = {}
     rss: dict[str, dict[str, list[float]]] = {}
@@ -335,17 +376,22 @@ def main() -> int:
                 stack.stop()
 
     print("measuring the limit again ...", file=sys.stderr, flush=True)
-    limits += limit(model_dirs, images, args.limit_seconds)
-    rate_limits, cpu_limits = limits[0::2], limits[1::2]
+    for mode, f in files.items():
+        limits[mode] += limit(f, images, args.limit_seconds)
     load_after = os.getloadavg()
-    report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu)
+    report(args, identities, load_before, load_after, limits, files, bare, rows, hops, rss, client_cpu)
     return 0
 
 
-def report(args, identities, load_before, load_after, rate_limits, cpu_limits, bare, rows, hops, rss, client_cpu):
-    the_limit = statistics.fmean(m.per_s for m in rate_limits)
-    limit_cpu_ms = statistics.fmean(m.cpu_ms for m in cpu_limits)
+def report(args, identities, load_before, load_after, limits, files, bare, rows, hops, rss, client_cpu):
+    """`limits`, `files`, `bare`: per mode (the models a mode's search runs may differ: --compare-one-pass)."""
+    baseline = next(iter(limits))
     cores = os.cpu_count() or 1
+    the_limits, limit_cpus = {}, {}
+    for mode, measured in limits.items():
+        rate_limits, cpu_limits = measured[0::2], measured[1::2]
+        the_limits[mode] = statistics.fmean(m.per_s for m in rate_limits)
+        limit_cpus[mode] = statistics.fmean(m.cpu_ms for m in cpu_limits)
     print(
         f"\nGateway Search with dynamic batching off and on, against the limit; {identities['classifier']},"
         f" {identities['embedder']}; {args.items} catalogue items in Qdrant Edge; a catalogue 60x80 JPEG query;"
@@ -355,29 +401,37 @@ def report(args, identities, load_before, load_after, rate_limits, cpu_limits, b
         f" *_BATCH_MAX_SIZE={args.max_size}; of the gateway's calls (gateway): GATEWAY_BATCH_MAX_SIZE={args.max_size};"
         f" {args.repeats} x {args.seconds:g} s per cell, alternating off and on\n"
     )
-    print(
-        "Limit (decode + preprocess + both models, no RPC): "
-        + ", ".join(f"{m.per_s:,.0f} images/s ({m.config})" for m in rate_limits)
-        + f" at the start and the end; the ratios use the mean, {the_limit:,.0f}/s. CPU per image: "
-        + ", ".join(f"{m.cpu_ms:.2f} ms ({m.config})" for m in cpu_limits)
-        + f"; mean {limit_cpu_ms:.2f} ms, i.e. {cores * 1000 / limit_cpu_ms:,.0f} images/s on {cores} idle cores."
-    )
-    print(
-        f"Bare model latency at batch 1 (one onnxruntime thread): classifier {bare['classifier']:.2f} ms,"
-        f" embedder {bare['embedder']:.2f} ms\n"
-    )
+    printed: set[tuple[Path, ...]] = set()
+    for mode, measured in limits.items():
+        served = tuple(files[mode].values())
+        if served in printed:
+            continue
+        printed.add(served)
+        rate_limits, cpu_limits = measured[0::2], measured[1::2]
+        names = ", ".join(f"{p.parent.name}/{p.name}" for p in served)
+        print(
+            f"Limit of {mode} (decode + preprocess + {names}, no RPC): "
+            + ", ".join(f"{m.per_s:,.0f} images/s ({m.config})" for m in rate_limits)
+            + f" at the start and the end; the ratios use the mean, {the_limits[mode]:,.0f}/s. CPU per image: "
+            + ", ".join(f"{m.cpu_ms:.2f} ms ({m.config})" for m in cpu_limits)
+            + f"; mean {limit_cpus[mode]:.2f} ms, i.e. {cores * 1000 / limit_cpus[mode]:,.0f} images/s on {cores}"
+            " idle cores."
+        )
+        latency = ", ".join(f"{name} {ms:.2f} ms" for name, ms in bare[mode].items())
+        print(f"Bare model latency at batch 1 (one onnxruntime thread): {latency}\n")
     print(
         "searches/s and x limit are wall-clock, so they move with the machine's other load; CPU ms per search"
         " (all three services) and x limit by CPU (the bare loop's CPU per image over it) hardly do.\n"
     )
-    print("| protocol | conc. | batching | calls | errors | p50 ms | p99 ms | searches/s | x limit | on / off", end="")
-    print(" | CPU ms per search: gateway + classifier + embedder | x limit by CPU | on / off by CPU |")
+    print(f"| protocol | conc. | mode | calls | errors | p50 ms | p99 ms | searches/s | x limit | / {baseline}", end="")
+    print(f" | CPU ms per search: gateway + classifier + embedder | x limit by CPU | / {baseline} by CPU |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for (protocol, concurrency, mode), r in rows.items():
         ratio = cpu_ratio = ""
         cpu = sum(r["cpu_ms"].values())
-        if mode != "off":
-            off = rows[(protocol, concurrency, "off")]
+        the_limit, limit_cpu_ms = the_limits[mode], limit_cpus[mode]
+        if mode != baseline:
+            off = rows[(protocol, concurrency, baseline)]
             ratio = f"{r['per_s'] / off['per_s']:.2f}x" if off["per_s"] else "-"
             cpu_ratio = f"{sum(off['cpu_ms'].values()) / cpu:.2f}x"
         p50 = f"{r['p50_ms']:.1f}" if r["p50_ms"] is not None else "-"
@@ -408,11 +462,12 @@ def report(args, identities, load_before, load_after, rate_limits, cpu_limits, b
         for name, values in services.items():
             print(f"| {name} | {mode} | " + ", ".join(f"{v:.1f}" for v in values) + " |")
 
-    print("\nGoals (batching on: each mode that batches):")
+    print(f"\nGoals (each mode against {baseline}):")
     for (protocol, concurrency, mode), on in rows.items():
-        if mode == "off" or concurrency not in (1, 32):
+        if mode == baseline or concurrency not in (1, 32):
             continue
-        off = rows[(protocol, concurrency, "off")]
+        off = rows[(protocol, concurrency, baseline)]
+        the_limit, limit_cpu_ms = the_limits[mode], limit_cpus[mode]
         if concurrency == 32:
             on_cpu, off_cpu = sum(on["cpu_ms"].values()), sum(off["cpu_ms"].values())
             print(
@@ -424,8 +479,8 @@ def report(args, identities, load_before, load_after, rate_limits, cpu_limits, b
             print(
                 f"  {protocol} c=1 {mode}: p50 {on['p50_ms']:.2f} ms = {on['p50_ms'] / off['p50_ms']:.2f}x off"
                 " (goal <= 1.1),"
-                f" {on['p50_ms'] - sum(bare.values()):.2f} ms above both bare models one after the other,"
-                f" {on['p50_ms'] - max(bare.values()):.2f} ms above the slower one (goal <= 2)"
+                f" {on['p50_ms'] - sum(bare[mode].values()):.2f} ms above its bare models one after the other,"
+                f" {on['p50_ms'] - max(bare[mode].values()):.2f} ms above the slower one (goal <= 2)"
             )
     total_errors = sum(int(r["errors"]) for r in rows.values())
     print(f"  errors: {total_errors} (goal 0)")

@@ -136,6 +136,83 @@ def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample
     print(f"   => at most {n / total:,.0f} images/s per embedder process for this model on this machine")
 
 
+#: The two configurations --compare-one-pass measures: the models as served before issue 30, and one pass + int8.
+CONFIGURATIONS = {
+    "float, two calls": {
+        "CLASSIFIER_PRECISION": "float",
+        "EMBEDDER_PRECISION": "float",
+        "CLASSIFIER_ONE_PASS": "false",
+        "GATEWAY_ONE_PASS": "false",
+    },
+    "one pass, precision auto": {
+        "CLASSIFIER_PRECISION": "auto",
+        "EMBEDDER_PRECISION": "auto",
+        "CLASSIFIER_ONE_PASS": "true",
+        "GATEWAY_ONE_PASS": "true",
+    },
+}
+
+
+def compare_one_pass(args: argparse.Namespace) -> int:
+    """The gateway's full re-embed (UpsertBatch) with each configuration, runs alternating; images/s and ratio."""
+    with tempfile.TemporaryDirectory(prefix="reembed-one-pass-") as tmp_name:
+        tmp = Path(tmp_name)
+        manifest, data_label = pick_catalogue(args, tmp)
+        embedder_dir, classifier_dir, models_label = pick_models(tmp)
+        threads = str(args.threads)
+
+        def make_stack(label: str, run_dir: Path) -> ProcessStack:
+            env = CONFIGURATIONS[label]
+            return ProcessStack(
+                run_dir,
+                classifier_env={"CLASSIFIER_INTRA_OP_THREADS": threads, **_prefixed(env, "CLASSIFIER_")},
+                embedder_env={"EMBEDDER_INTRA_OP_THREADS": threads, **_prefixed(env, "EMBEDDER_")},
+                gateway_env={
+                    "GATEWAY_DATA_DIR": str(run_dir / "gateway-store"),
+                    "GATEWAY_EMBED_TIMEOUT_S": "30",
+                    "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
+                    "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
+                    **_prefixed(env, "GATEWAY_"),
+                },
+                classifier_model_dir=classifier_dir,
+                embedder_model_dir=embedder_dir,
+            )
+
+        rates: dict[str, list[float]] = {label: [] for label in CONFIGURATIONS}
+        load_before = os.getloadavg()[0]
+        print(f"re-embed through the gateway, one pass + int8 against the models as they are: {data_label}")
+        print(f"models: {models_label}; {platform.machine()}, {os.cpu_count()} CPUs (shared)")
+        options = Options(batch_size=args.batch_size, inflight=args.inflight, fetch_threads=8)
+        fetcher = ImageFetcher(root=manifest.image_root)
+        for repeat in range(args.repeats):
+            for k, label in enumerate(CONFIGURATIONS):
+                # A fresh stack and store each run, so every row is embedded (no incremental skip).
+                stack = make_stack(label, tmp / f"run{repeat}-{k}")
+                stack.start()
+                target = GatewayTarget(stack.address("gateway"), timeout_s=60)
+                try:
+                    summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
+                finally:
+                    target.close()
+                    stack.stop()
+                rates[label].append(summary.embedded_per_s)
+                embedded = summary.added + summary.updated
+                print(f"  run {repeat + 1}, {label}: {embedded} items in {summary.elapsed_s:.1f} s", flush=True)
+    load_after = os.getloadavg()[0]
+    print(f"\nload average {load_before:.1f} before, {load_after:.1f} after; best of {args.repeats} runs each\n")
+    print("| configuration | images/s (each run) | best | x float, two calls |")
+    print("| --- | --- | ---: | ---: |")
+    base = max(rates["float, two calls"])
+    for label, values in rates.items():
+        best = max(values)
+        print(f"| {label} | {', '.join(f'{v:.0f}' for v in values)} | {best:.0f} | {best / base:.2f}x |")
+    return 0
+
+
+def _prefixed(env: dict[str, str], prefix: str) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k.startswith(prefix)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (styles.csv + images/)")
@@ -145,7 +222,16 @@ def main() -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--inflight", type=int, default=Options.inflight)
     parser.add_argument("--sample", type=int, default=2048, help="images for the in-process embedder breakdown")
+    parser.add_argument(
+        "--compare-one-pass",
+        action="store_true",
+        help="only the gateway's full re-embed, with the models as they are (float, two calls per photo) and with one"
+        " pass + *_PRECISION=auto, two stacks side by side, alternating (issue 30)",
+    )
+    parser.add_argument("--repeats", type=int, default=2, help="runs per stack with --compare-one-pass")
     args = parser.parse_args()
+    if args.compare_one_pass:
+        return compare_one_pass(args)
 
     with tempfile.TemporaryDirectory(prefix="reembed-bench-") as tmp_name:
         tmp = Path(tmp_name)
