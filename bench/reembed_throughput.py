@@ -161,23 +161,6 @@ def compare_one_pass(args: argparse.Namespace) -> int:
         embedder_dir, classifier_dir, models_label = pick_models(tmp)
         threads = str(args.threads)
 
-        def make_stack(label: str, run_dir: Path) -> ProcessStack:
-            env = CONFIGURATIONS[label]
-            return ProcessStack(
-                run_dir,
-                classifier_env={"CLASSIFIER_INTRA_OP_THREADS": threads, **_prefixed(env, "CLASSIFIER_")},
-                embedder_env={"EMBEDDER_INTRA_OP_THREADS": threads, **_prefixed(env, "EMBEDDER_")},
-                gateway_env={
-                    "GATEWAY_DATA_DIR": str(run_dir / "gateway-store"),
-                    "GATEWAY_EMBED_TIMEOUT_S": "30",
-                    "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
-                    "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
-                    **_prefixed(env, "GATEWAY_"),
-                },
-                classifier_model_dir=classifier_dir,
-                embedder_model_dir=embedder_dir,
-            )
-
         rates: dict[str, list[float]] = {label: [] for label in CONFIGURATIONS}
         load_before = os.getloadavg()[0]
         print(f"re-embed through the gateway, one pass + int8 against the models as they are: {data_label}")
@@ -187,7 +170,8 @@ def compare_one_pass(args: argparse.Namespace) -> int:
         for repeat in range(args.repeats):
             for k, label in enumerate(CONFIGURATIONS):
                 # A fresh stack and store each run, so every row is embedded (no incremental skip).
-                stack = make_stack(label, tmp / f"run{repeat}-{k}")
+                run_dir = tmp / f"run{repeat}-{k}"
+                stack = bench_stack(run_dir, classifier_dir, embedder_dir, threads, CONFIGURATIONS[label])
                 stack.start()
                 target = GatewayTarget(stack.address("gateway"), timeout_s=60)
                 try:
@@ -209,8 +193,29 @@ def compare_one_pass(args: argparse.Namespace) -> int:
     return 0
 
 
-def _prefixed(env: dict[str, str], prefix: str) -> dict[str, str]:
-    return {k: v for k, v in env.items() if k.startswith(prefix)}
+def bench_stack(
+    root: Path, classifier_dir: Path, embedder_dir: Path, threads: str, env: dict[str, str]
+) -> ProcessStack:
+    """The three services as processes, the gateway on an Edge store in `root`; `env`: more variables, each
+    going to the service its prefix names."""
+
+    def prefixed(prefix: str) -> dict[str, str]:
+        return {k: v for k, v in env.items() if k.startswith(prefix)}
+
+    return ProcessStack(
+        root,
+        classifier_env={"CLASSIFIER_INTRA_OP_THREADS": threads, **prefixed("CLASSIFIER_")},
+        embedder_env={"EMBEDDER_INTRA_OP_THREADS": threads, **prefixed("EMBEDDER_")},
+        gateway_env={
+            "GATEWAY_DATA_DIR": str(root / "gateway-store"),
+            "GATEWAY_EMBED_TIMEOUT_S": "30",
+            "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
+            "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
+            **prefixed("GATEWAY_"),
+        },
+        classifier_model_dir=classifier_dir,
+        embedder_model_dir=embedder_dir,
+    )
 
 
 def main() -> int:
@@ -237,20 +242,7 @@ def main() -> int:
         tmp = Path(tmp_name)
         manifest, data_label = pick_catalogue(args, tmp)
         embedder_dir, classifier_dir, models_label = pick_models(tmp)
-        threads = str(args.threads)
-        stack = ProcessStack(
-            tmp,
-            classifier_env={"CLASSIFIER_INTRA_OP_THREADS": threads},
-            embedder_env={"EMBEDDER_INTRA_OP_THREADS": threads},
-            gateway_env={
-                "GATEWAY_DATA_DIR": str(tmp / "gateway-store"),
-                "GATEWAY_EMBED_TIMEOUT_S": "30",
-                "GATEWAY_CLASSIFY_TIMEOUT_S": "30",
-                "GATEWAY_ALLOW_UNAUTHENTICATED_WRITES": "true",
-            },
-            classifier_model_dir=classifier_dir,
-            embedder_model_dir=embedder_dir,
-        )
+        stack = bench_stack(tmp, classifier_dir, embedder_dir, str(args.threads), {})
         addr = {name: stack.address(name) for name in ("classifier", "embedder", "gateway")}
         stack.start()
         try:

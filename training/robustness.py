@@ -169,7 +169,9 @@ def measure(
                     predicted = labels[probabilities[head.name].argmax(axis=1)]
                     keep = truth[head.attribute] != ""
                     row[head.attribute] = float((predicted[keep] == truth[head.attribute][keep]).mean())
-            queries = predict(e_session, e_spec, images)[e_spec.embedding.output]  # type: ignore[union-attr]
+            # A one-pass file named for both (models/classifier/with-embedder.int8.onnx) gives both in one run.
+            outputs = probabilities if classifier_dir == embedder_dir else predict(e_session, e_spec, images)
+            queries = outputs[e_spec.embedding.output]  # type: ignore[union-attr]
             r = retrieval_metrics(queries, catalogue, test.labels, train.labels)
             row["p@5"] = r["unfiltered"]["articleType"]
             row["p@5 filtered"] = r["filtered"]["articleType"]
