@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 import urllib.request
+from typing import Any
 
 import grpc
 import h2.config
@@ -44,15 +45,8 @@ GOOD = jpeg((30, 150, 60))
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    running = start_stack(
-        tmp_path_factory.mktemp("limits"),
-        max_image_bytes=MAX_IMAGE,
-        http_port=free_port(),
-        http_max_body_bytes=MAX_BODY,
-    )
-    yield running
-    running.close()
+def stack_settings() -> dict[str, Any]:
+    return {"max_image_bytes": MAX_IMAGE, "http_port": free_port(), "http_max_body_bytes": MAX_BODY}
 
 
 class GatedEmbeds(Gated):
@@ -406,7 +400,9 @@ def test_idle_upsert_streams_hold_no_place_and_are_ended(tmp_path):
     """UpsertItems streams that send nothing: a search goes through at once, and each stream ends with
     DEADLINE_EXCEEDED once it sent nothing for GATEWAY_STREAM_IDLE_TIMEOUT_S. Before, each held a place and one
     message's worth of the bytes in flight for as long as it stayed open (25 reserved 98% of the bytes)."""
-    idle_timeout_s = 0.3
+    # Long enough that the test sees both streams open (and searches past them) before they are ended, however busy
+    # the machine; 0.3 s was not, under load.
+    idle_timeout_s = 3.0
     limited = start_stack(tmp_path, max_concurrent_rpcs=2, stream_idle_timeout_s=idle_timeout_s)
     release = threading.Event()
 

@@ -10,6 +10,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fashionsearch.healthcheck import is_serving
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc
 from services.gateway.security import client_metadata
-from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.gateway_stack import jpeg, start_stack
 from testkit.process_stack import free_port
 
 pytestmark = pytest.mark.integration
@@ -56,16 +57,13 @@ def http(port: int, method: str, path: str, key: str | None = None, body: bytes 
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    running = start_stack(
-        tmp_path_factory.mktemp("secured"),
-        read_api_keys=(READ,),
-        write_api_keys=(WRITE,),
-        allow_unauthenticated_writes=False,
-        http_port=free_port(),
-    )
-    yield running
-    running.close()
+def stack_settings() -> dict[str, Any]:
+    return {
+        "read_api_keys": (READ,),
+        "write_api_keys": (WRITE,),
+        "allow_unauthenticated_writes": False,
+        "http_port": free_port(),
+    }
 
 
 def test_grpc_writes_need_a_write_key(stack):

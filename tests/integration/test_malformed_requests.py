@@ -8,11 +8,12 @@ grpc answers a request its deserializer cannot parse with UNKNOWN and logs an ER
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import grpc
 import pytest
 
-from testkit.gateway_stack import HOST, Stack, start_stack
+from testkit.gateway_stack import HOST
 
 pytestmark = pytest.mark.integration
 
@@ -24,16 +25,13 @@ CALLS = 20
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> Stack:
-    running = start_stack(
-        tmp_path_factory.mktemp("malformed"),
-        text_model=True,
-        read_api_keys=(READ,),
-        write_api_keys=(WRITE,),
-        allow_unauthenticated_writes=False,
-    )
-    yield running
-    running.close()
+def stack_settings() -> dict[str, Any]:
+    return {
+        "text_model": True,
+        "read_api_keys": (READ,),
+        "write_api_keys": (WRITE,),
+        "allow_unauthenticated_writes": False,
+    }
 
 
 def _unary(port: int, method: str, payload: bytes, key: str | None = None) -> grpc.RpcError:

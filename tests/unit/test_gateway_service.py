@@ -22,7 +22,7 @@ from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import CatalogueItem, Classification, FilterMode, ModelId, SearchOptions
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
-from testkit.gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, FakeEmbedder, image, run_async, vector_for
+from testkit.gateway_fakes import DIM, EMBEDDER_MODEL, FakeClassifier, image, run_async, vector_for
 from testkit.waiting import DEADLINE_S
 
 CATALOGUE = [
@@ -48,14 +48,8 @@ def _item(pid: int, sub: str = "Topwear", article: str = "Shirts", name: str = "
 
 
 @pytest.fixture
-def fakes():
-    return FakeClassifier(), FakeEmbedder(), BruteForceIndex()
-
-
-@pytest.fixture
-def service(fakes):
-    classifier, embedder, index = fakes
-    return GatewayService(classifier, embedder, index, Limits(max_top_k=10, max_image_bytes=1000))
+def limits() -> Limits:
+    return Limits(max_top_k=10, max_image_bytes=1000)
 
 
 async def _load(service: GatewayService, items=None) -> list:

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from fashionsearch.errors import FailedPrecondition, InvalidArgument
-from fashionsearch.store.brute import BruteForceIndex
 from fashionsearch.text_contract import TextModelSpec
 from fashionsearch.text_query import refine_vector
 from services.gateway import words
@@ -20,9 +19,8 @@ from services.gateway.domain import (
     TextMatch,
     TextSearchOptions,
 )
-from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
-from testkit.gateway_fakes import FakeClassifier, FakeEmbedder, image, run_async, vector_for
+from testkit.gateway_fakes import FakeEmbedder, image, run_async, vector_for
 
 # id, gender, subCategory, articleType, baseColour
 CATALOGUE = [
@@ -33,17 +31,6 @@ CATALOGUE = [
     (5, "Men", "Bottomwear", "Jeans", "Blue"),
     (6, "Men", "Topwear", "Shirts", "Navy Blue"),
 ]
-
-
-@pytest.fixture
-def fakes():
-    return FakeClassifier(), FakeEmbedder(), BruteForceIndex()
-
-
-@pytest.fixture
-def service(fakes):
-    classifier, embedder, index = fakes
-    return GatewayService(classifier, embedder, index, Limits(max_top_k=10))
 
 
 async def load(service: GatewayService) -> None:
