@@ -6,6 +6,8 @@
     python -m training evaluate models/paper-cnn --data DIR --report reports/paper-cnn
     python -m training evaluate models/embedder --data HELD_OUT_DIR --held-out --catalogue-data DIR
     python -m training train-text --embedder models/embedder --out models/text-embedder
+    python -m training train detector --out models/detector
+    python -m training evaluate-detector models/detector
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
 """
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, probe, quantize, quantize_report, report, robustness
+from training import data, probe, quantize, quantize_report, report, robustness, scenes
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
@@ -68,6 +70,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         max_minutes=args.max_minutes,
         jit_compile=not args.no_jit,
         teacher=tuple(args.teacher),
+        scenes=args.scenes,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -111,6 +114,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         catalogue=catalogue,
     )
     log.info("report written to %s", path)
+    return 0
+
+
+def cmd_evaluate_detector(args: argparse.Namespace) -> int:
+    from training import detector_eval
+
+    dataset, split = _load(args)
+    results = detector_eval.evaluate_detector(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
+    command = f"python -m training evaluate-detector {args.model_dir} --photos {args.photos} --seed {args.seed}"
+    path = detector_eval.write_report(results, command, args.report)
+    log.info("wrote %s", path)
     return 0
 
 
@@ -270,6 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         help="distillation recipes (lite-student): the teacher's served classifier and embedder folders "
         "(default models/classifier models/embedder)",
     )
+    p.add_argument("--scenes", type=int, default=None, help="synthesised training scenes (detector)")
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")
     p.set_defaults(func=cmd_train)
@@ -302,6 +317,16 @@ def main(argv: list[str] | None = None) -> int:
         "(default: $FASHIONSEARCH_DATA)",
     )
     p.set_defaults(func=cmd_evaluate)
+
+    p = commands.add_parser(
+        "evaluate-detector", help="mAP@0.5 per group on the composite test split, clean and under shopper shifts"
+    )
+    p.add_argument("model_dir", type=Path, help="folder with the detector's model.onnx + model.json")
+    _data_args(p)
+    p.add_argument("--photos", type=int, default=400, help="composite test photos")
+    p.add_argument("--seed", type=int, default=scenes.TEST_SEED, help="the composite test split's seed")
+    p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "detector")
+    p.set_defaults(func=cmd_evaluate_detector)
 
     p = commands.add_parser(
         "train-text", help="train the text encoder against the served image embedder's frozen vectors, and export it"

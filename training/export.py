@@ -2,7 +2,8 @@
 
 The gate runs the Keras model and the ONNX model on real validation images, both fed by the contract's
 `preprocess()`; the export fails (nothing is written to the model folder) when any output differs by more than
-`PARITY_ATOL` or any classifier head's argmax differs.
+`PARITY_ATOL` or any classifier head's argmax differs. A detector's box sizes (pixels of the input) are compared
+as fractions of the input's longer side, so the limit means the same for every output.
 """
 
 from __future__ import annotations
@@ -86,15 +87,20 @@ def keras_to_onnx(
 
 
 def compare_outputs(
-    reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray], classifier: bool, atol: float = PARITY_ATOL
+    reference: Sequence[np.ndarray],
+    candidate: Sequence[np.ndarray],
+    classifier: bool,
+    atol: float = PARITY_ATOL,
+    scales: Sequence[float] | None = None,
 ) -> ParityResult:
-    """Max abs difference over all outputs and the number of argmax disagreements (classifier heads only);
-    raises ExportError when the gate fails."""
+    """Max abs difference over all outputs (each divided by its `scales` entry, if given) and the number of argmax
+    disagreements (classifier heads only); raises ExportError when the gate fails."""
     if len(reference) != len(candidate):
         raise ExportError(f"the ONNX model has {len(candidate)} outputs, Keras {len(reference)}")
     worst, mismatches, n = 0.0, 0, 0
-    for ref, got in zip(reference, candidate, strict=True):
-        ref, got = np.asarray(ref), np.asarray(got)
+    for k, (ref, got) in enumerate(zip(reference, candidate, strict=True)):
+        scale = 1.0 if scales is None else float(scales[k])
+        ref, got = np.asarray(ref) / scale, np.asarray(got) / scale
         if np.isnan(worst):
             break
         if ref.shape != got.shape:
@@ -122,6 +128,7 @@ def parity_check(
     classifier: bool,
     min_images: int = PARITY_MIN_IMAGES,
     atol: float = PARITY_ATOL,
+    scales: Sequence[float] | None = None,
 ) -> ParityResult:
     """Keras vs onnxruntime on `images` (uint8 HxWx3, any size), both fed by the contract's preprocess()."""
     if len(images) < min_images:
@@ -132,7 +139,7 @@ def parity_check(
         keras_out = [keras_out]
     session = onnx_session(onnx_path)
     onnx_out = session.run(None, {session.get_inputs()[0].name: x})
-    return compare_outputs(keras_out, onnx_out, classifier, atol)
+    return compare_outputs(keras_out, onnx_out, classifier, atol, scales)
 
 
 def export_model(
@@ -158,8 +165,16 @@ def export_model(
         if session_outputs != output_names:
             raise ExportError(f"onnxruntime reports outputs {session_outputs}, the graph {output_names}")
         classifier = trained.kind == "classifier"
+        # A detector's outputs: heatmap, box_size (input pixels), offset.
+        scales = (1.0, float(max(trained.input_spec.height, trained.input_spec.width)), 1.0)
         parity = parity_check(
-            trained.model, onnx_path, trained.input_spec, trained.parity_pixels, classifier, min_parity_images
+            trained.model,
+            onnx_path,
+            trained.input_spec,
+            trained.parity_pixels,
+            classifier,
+            min_parity_images,
+            scales=scales if trained.kind == "detector" else None,
         )
         log.info("parity gate passed: %s", parity)
         extra_files = {}
@@ -177,7 +192,15 @@ def export_model(
                 OutputHead(name=name, attribute=head.attribute, labels=tuple(head.labels))
                 for name, head in zip(session_outputs, trained.heads, strict=True)
             )
-            embedding = None
+            embedding, detection = None, None
+        elif trained.kind == "detector":
+            if trained.detection is None or len(session_outputs) != 3:
+                raise ExportError(f"a detector needs a detection section and 3 outputs, got {session_outputs}")
+            from fashionsearch.model_contract import DetectionSpec  # TODO top-level once detection lands
+
+            names = dict(zip(("heatmap", "box_size", "offset"), session_outputs, strict=True))
+            detection = DetectionSpec.from_dict(dict(trained.detection) | names)
+            outputs, embedding = (), None
         else:
             if len(session_outputs) != 1 or trained.embedding_dim is None:
                 raise ExportError(f"an embedder needs one output and a dimension, got {session_outputs}")
@@ -186,6 +209,7 @@ def export_model(
                 raise ExportError(f"embedding output has width {width}, declared {trained.embedding_dim}")
             outputs = ()
             embedding = EmbeddingSpec(output=session_outputs[0], dim=trained.embedding_dim)
+            detection = None
         spec = ModelSpec(
             name=trained.name,
             kind=trained.kind,
@@ -194,6 +218,7 @@ def export_model(
             input=trained.input_spec,
             outputs=outputs,
             embedding=embedding,
+            detection=detection,
             metrics=dict(trained.metrics),
             extra={
                 "training": trained.training,
@@ -235,6 +260,7 @@ def save_trained(trained: TrainedModel, run_dir: Path) -> None:
         | {"mean": list(trained.input_spec.mean), "std": list(trained.input_spec.std)},
         "heads": [{"attribute": h.attribute, "labels": list(h.labels)} for h in trained.heads],
         "embedding_dim": trained.embedding_dim,
+        "detection": trained.detection,
         "metrics": trained.metrics,
         "training": trained.training,
         "extra_models": extra,
@@ -254,6 +280,7 @@ def load_trained(run_dir: Path) -> TrainedModel:
         input_spec=input_spec,
         heads=tuple(Head(h["attribute"], tuple(h["labels"])) for h in meta["heads"]),
         embedding_dim=meta["embedding_dim"],
+        detection=meta.get("detection"),
         metrics=meta["metrics"],
         training=meta["training"],
         extra_models={f: keras.models.load_model(run_dir / k) for f, k in meta["extra_models"].items()},

@@ -119,6 +119,13 @@ def _block(x: Any, b: Block) -> Any:
     return x
 
 
+def apply_blocks(x: Any, start: int, stop: int, variant: str = "lite0") -> Any:
+    """Blocks [start, stop) applied to the tensor x (a detector taps the trunk between them)."""
+    for b in blocks(variant)[start:stop]:
+        x = _block(x, b)
+    return x
+
+
 def build_early(height: int, width: int, split: int, variant: str = "lite0") -> keras.Model:
     """Scaled RGB (height, width, 3) -> the output of blocks [0, split)."""
     inputs = keras.Input((height, width, 3), name="scaled_image")

@@ -31,6 +31,7 @@ RECIPES: dict[str, str] = {
     "lite-embedder": "training.recipes.pretrained:train_embedder",
     "lite-student": "training.recipes.student:train_classifier",
     "lite-student-embedder": "training.recipes.student:train_embedder",
+    "detector": "training.recipes.detector:train_detector",
 }
 
 # The names of version 0.1, kept for one version (deprecated): `train classifier` built the scratch model while the
@@ -76,6 +77,7 @@ class TrainOptions:
     max_minutes: float | None = None  # wall-clock training budget; None: the recipe's default
     jit_compile: bool = True  # XLA; off for tiny runs, where compiling costs more than it saves
     teacher: tuple[Path, ...] = ()  # served model folders a distillation recipe learns from; () its default
+    scenes: int | None = None  # synthesised training scenes (the detector); None: the recipe's default
 
     @property
     def keras_jit(self) -> bool | str:
@@ -95,7 +97,7 @@ class TrainedModel:
     """A trained Keras model ready for export, and what model.json must say about it."""
 
     name: str
-    kind: Literal["classifier", "embedder"]
+    kind: Literal["classifier", "embedder", "detector"]
     model: Any  # keras.Model, exported as model.onnx
     input_spec: InputSpec
     heads: tuple[Head, ...] = ()
@@ -104,4 +106,5 @@ class TrainedModel:
     training: dict[str, Any] = field(default_factory=dict)  # FitResult.to_dict() and recipe settings
     extra_models: Mapping[str, Any] = field(default_factory=dict)  # file name -> keras.Model, exported beside
     parity_pixels: np.ndarray | None = None  # uint8 validation images (any size) for the parity gate
+    detection: dict[str, Any] | None = None  # a detector's model.json "detection" object (DETECTOR_CONTRACT.md)
     run_dir: Path | None = None

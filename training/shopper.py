@@ -259,19 +259,25 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
         if rng.random() < 0.25:
             patch = donors[rng.integers(0, len(donors))] if donors is not None and rng.random() < 0.5 else None
             img = occlude(img, rng.uniform(0.05, 0.35), rng, patch)
-        if rng.random() < 0.8:
-            img = light(
-                img,
-                brightness=rng.uniform(0.45, 1.25),
-                contrast=rng.uniform(0.6, 1.25),
-                gamma=rng.uniform(0.8, 1.25),
-                gains=tuple(np.asarray(temperature(rng.uniform(-0.12, 0.12))) * rng.uniform(0.94, 1.06, size=3)),
-            )
-        if rng.random() < 0.3:
-            img = blur(img, rng.uniform(0.3, 2.4))
-        if rng.random() < 0.35:
-            img = noise(img, rng.uniform(2, 22), rng, chroma=rng.uniform(0.0, 0.5))
-        if rng.random() < 0.35:
-            img = jpeg(img, int(rng.integers(5, 75)))
-        out[k] = img
+        out[k] = phone_effects(img, rng)
     return out
+
+
+def phone_effects(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """What the phone does to a photo, at random: light and colour cast, blur, sensor noise, JPEG. Nothing moves,
+    so boxes drawn on the photo stay right (the detector's scenes use it too)."""
+    if rng.random() < 0.8:
+        img = light(
+            img,
+            brightness=rng.uniform(0.45, 1.25),
+            contrast=rng.uniform(0.6, 1.25),
+            gamma=rng.uniform(0.8, 1.25),
+            gains=tuple(np.asarray(temperature(rng.uniform(-0.12, 0.12))) * rng.uniform(0.94, 1.06, size=3)),
+        )
+    if rng.random() < 0.3:
+        img = blur(img, rng.uniform(0.3, 2.4))
+    if rng.random() < 0.35:
+        img = noise(img, rng.uniform(2, 22), rng, chroma=rng.uniform(0.0, 0.5))
+    if rng.random() < 0.35:
+        img = jpeg(img, int(rng.integers(5, 75)))
+    return img

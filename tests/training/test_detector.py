@@ -1,0 +1,116 @@
+"""The detector's scenes (boxes where the products are), targets, and a tiny end-to-end run through the export's
+parity gate and the shared decoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fashionsearch.model_contract import InputSpec, ModelSpec
+from tests.training.conftest import make_lite_dataset
+from training import data, scenes
+from training.recipes import detector
+
+COLOURS = np.array([[220, 30, 30], [30, 200, 40], [40, 60, 230], [240, 220, 20]], dtype=np.uint8)
+
+
+def rectangles(count: int) -> scenes.Products:
+    """Packshots of one pure-colour rectangle each on white, 80x60 like the dataset's."""
+    images = np.full((count, 80, 60, 3), 255, dtype=np.uint8)
+    for k in range(count):
+        images[k, 10 + k : 70 - k, 8 + 2 * k : 52 - k] = COLOURS[k]
+    masks = scenes.product_masks(images)
+    return scenes.Products(images, masks, np.arange(count) % len(scenes.GROUPS), np.arange(count) + 100)
+
+
+def test_product_masks_cut_out_the_product_by_the_white_background() -> None:
+    pool = rectangles(2)
+    expected = np.zeros((80, 60), dtype=bool)
+    expected[10:70, 8:52] = True
+    assert np.array_equal(pool.masks[0], expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_scene_boxes_are_the_visible_products(seed: int) -> None:
+    """On a black canvas, each ground-truth box is the bounding box of the pixels of its product's colour."""
+    pool = rectangles(4)
+    rng = np.random.default_rng(seed)
+    canvas = np.zeros((240, 200, 3), dtype=np.float32)
+    scene = scenes.compose(rng, 240, 200, pool, [0, 1, 2, 3], canvas, "scatter", max_angle=0.0)
+    assert len(scene.boxes) >= 1
+    for box, product in zip(scene.boxes, scene.ids, strict=True):
+        colour = COLOURS[int(product) - 100].astype(np.int16)
+        close = np.abs(scene.image.astype(np.int16) - colour).max(axis=-1) < 40
+        ys, xs = np.nonzero(close)
+        seen = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        assert np.abs(seen - box).max() <= 2, (box, seen)
+
+
+def test_letterbox_moves_the_boxes_with_the_pixels() -> None:
+    spec = InputSpec(name="image", height=64, width=64, resize="pad", pad_value=0.0)
+    image = np.zeros((40, 80, 3), dtype=np.uint8)
+    image[10:30, 20:60] = 255
+    scene = scenes.Scene(image, np.array([[20, 10, 60, 30]], np.float32), np.array([0]), np.array([1]))
+    moved = scenes.letterbox(scene, spec)
+    ys, xs = np.nonzero(moved.image[..., 0] > 127)
+    assert np.allclose(moved.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], atol=1)
+
+
+def test_targets_put_each_centre_in_its_cell() -> None:
+    boxes = np.array([[20, 36, 60, 100]], np.float32)  # centre (40, 68): cell (5, 8), offset (0, 0.5)
+    heat, size, offset = detector.targets(boxes, np.array([2]), 128, 96, classes=4)
+    assert heat.shape == (16, 12, 4)
+    assert heat[8, 5, 2] == 1.0 and (heat[..., [0, 1, 3]] == 0).all()
+    assert np.argwhere(heat == 1.0).tolist() == [[8, 5, 2]]
+    assert np.allclose(size[8, 5], [np.log(40), np.log(64), 1])
+    assert np.allclose(offset[8, 5], [0.0, 0.5, 1])
+    assert size[..., 2].sum() == 1
+
+
+def test_average_precision_of_a_perfect_and_a_mixed_ranking() -> None:
+    from training.detector_eval import average_precision
+
+    assert average_precision(np.array([0.9, 0.8]), np.array([True, True]), 2) == pytest.approx(1.0)
+    # right, wrong, right of 2 boxes: precision 1 up to recall 0.5, then 2/3 up to 1.
+    assert average_precision(np.array([0.9, 0.8, 0.7]), np.array([True, False, True]), 2) == pytest.approx(
+        0.5 + 0.5 * 2 / 3
+    )
+
+
+def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fashionsearch.detection import decode_detections
+    from training.detector_eval import detect, score
+    from training.export import export_model
+    from training.recipe import TrainOptions
+
+    root = tmp_path / "data"
+    make_lite_dataset(root)
+    dataset = data.load_dataset(root, tmp_path / "cache")
+    split = data.get_split(dataset, tmp_path / "split.csv", create=True)
+    monkeypatch.setattr(
+        detector, "DETECTOR_INPUT", InputSpec(name="image", height=64, width=64, resize="pad", pad_value=128.0)
+    )
+    options = TrainOptions(epochs=1, batch_size=4, limit=8, threads=1, verbose=0, jit_compile=False)
+    trained = detector.train_detector(dataset, split, tmp_path / "run", options)
+    spec = export_model(trained, tmp_path / "detector", min_parity_images=8)
+
+    loaded = ModelSpec.load(tmp_path / "detector")
+    assert loaded.kind == "detector" and loaded.detection is not None
+    assert [g.name for g in loaded.detection.groups] == list(scenes.GROUP_NAMES)
+    assert spec.extra["parity"]["max_abs_diff"] <= 1e-4
+
+    from training.inference import onnx_session
+
+    session = onnx_session(tmp_path / "detector" / "model.onnx", threads=1)
+    photos = scenes.test_scenes(scenes.split_products(dataset, split, "test"), 2, seed=1)
+    assert all(p.image.shape == (scenes.TEST_HEIGHT, scenes.TEST_WIDTH, 3) for p in photos)
+    found = detect(session, loaded, [p.image for p in photos])
+    result = score(loaded, photos, found)
+    assert 0.0 <= result["box_recall"] <= 1.0
+    names = [o.name for o in session.get_outputs()]
+    outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
+    assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]

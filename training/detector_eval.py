@@ -1,0 +1,203 @@
+"""The detector's report: mAP@0.5 and AP per group on the composite test split, clean and under shopper shifts.
+
+The exported model runs in onnxruntime, fed by the contract's `preprocess()`, and its outputs go through the one
+decoding function, `fashionsearch.detection.decode_detections` (with a low score threshold, so the whole
+precision-recall curve is seen). AP is the area under the interpolated precision envelope (all points, as PASCAL
+VOC 2010+), a detection matching an unmatched ground-truth box of its group at IoU >= 0.5, best score first.
+At the served threshold (model.json's), the class-agnostic box recall and precision, the share of photos whose
+every product was found, and how often a found product's group is right.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fashionsearch.detection import Detection, box_iou, decode_detections
+from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess
+from training import data, scenes, shopper
+from training.inference import onnx_session
+
+IOU = 0.5
+AP_THRESHOLD = 0.01  # decode down to here for AP; the served threshold is model.json's
+
+Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: Shopper shifts that leave the boxes where they are (training/shopper.py's photometric families).
+SHIFTS: tuple[tuple[str, Shift], ...] = (
+    ("clean", lambda img, rng: img),
+    ("dim (brightness 0.5, gamma 1.2)", lambda img, rng: shopper.light(img, brightness=0.5, gamma=1.2)),
+    ("warm cast (+12%)", lambda img, rng: shopper.light(img, gains=shopper.temperature(0.12))),
+    ("low contrast (0.6)", lambda img, rng: shopper.light(img, contrast=0.6)),
+    ("blur (radius 3)", lambda img, rng: shopper.blur(img, 3.0)),
+    ("noise (sigma 15)", lambda img, rng: shopper.noise(img, 15.0, rng)),
+    ("JPEG quality 15", lambda img, rng: shopper.jpeg(img, 15)),
+    ("random phone effects", lambda img, rng: shopper.phone_effects(img, rng)),
+)
+
+
+def detect(session: Any, spec: ModelSpec, images: Sequence[np.ndarray], batch: int = 16) -> list[list[Detection]]:
+    names = [o.name for o in session.get_outputs()]
+    input_name = session.get_inputs()[0].name
+    out: list[list[Detection]] = []
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        arrays = session.run(None, {input_name: preprocess(list(chunk), spec.input)})
+        sizes = [(img.shape[1], img.shape[0]) for img in chunk]
+        out.extend(
+            decode_detections(
+                dict(zip(names, arrays, strict=True)), spec, sizes, score_threshold=AP_THRESHOLD, max_detections=100
+            )
+        )
+    return out
+
+
+def average_precision(scores: np.ndarray, matched: np.ndarray, positives: int) -> float:
+    """All-point interpolated AP of detections (score, matched a ground truth) against `positives` boxes."""
+    if positives == 0:
+        return float("nan")
+    order = np.argsort(-scores, kind="stable")
+    tp = np.cumsum(matched[order])
+    fp = np.cumsum(~matched[order])
+    recall = np.concatenate([[0.0], tp / positives, [1.0]])
+    precision = np.concatenate([[1.0], tp / np.maximum(tp + fp, 1), [0.0]])
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    return float(np.sum((recall[1:] - recall[:-1]) * precision[1:]))
+
+
+def match(dets: list[Detection], boxes: np.ndarray, groups: Sequence[str], same_group: bool) -> np.ndarray:
+    """For each detection (sorted by score), whether it takes a still unmatched ground-truth box at IoU >= 0.5
+    (of its own group when same_group); greedy, best IoU first."""
+    taken = np.zeros(len(boxes), dtype=bool)
+    out = np.zeros(len(dets), dtype=bool)
+    if not len(boxes) or not dets:
+        return out
+    ious = box_iou(np.asarray([d.xyxy for d in dets]), boxes)
+    for k, det in enumerate(dets):
+        candidates = ious[k].copy()
+        candidates[taken] = 0.0
+        if same_group:
+            candidates[[g != det.group for g in groups]] = 0.0
+        best = int(np.argmax(candidates))
+        if candidates[best] >= IOU:
+            taken[best] = out[k] = True
+    return out
+
+
+def score(spec: ModelSpec, photos: Sequence[scenes.Scene], found: list[list[Detection]]) -> dict[str, Any]:
+    """AP per group and mAP (at AP_THRESHOLD), and the served-threshold box metrics."""
+    assert spec.detection is not None
+    names = [g.name for g in spec.detection.groups]
+    threshold = spec.detection.score_threshold
+    per_group: dict[str, tuple[list[float], list[bool]]] = {n: ([], []) for n in names}
+    positives = dict.fromkeys(names, 0)
+    truths = served = hits = photos_all = right_group = 0
+    for scene, dets in zip(photos, found, strict=True):
+        groups = [scenes.GROUP_NAMES[g] for g in scene.groups]
+        for g in groups:
+            positives[g] += 1
+        for name in names:
+            mine = [d for d in dets if d.group == name]
+            ok = match(mine, scene.boxes, groups, same_group=True)
+            per_group[name][0].extend(d.score for d in mine)
+            per_group[name][1].extend(bool(v) for v in ok)
+        kept = [d for d in dets if d.score >= threshold]
+        ok = match(kept, scene.boxes, groups, same_group=False)
+        truths += len(scene.boxes)
+        served += len(kept)
+        hits += int(ok.sum())
+        photos_all += int(ok.sum() == len(scene.boxes))
+        right_group += int(match(kept, scene.boxes, groups, same_group=True).sum())
+    ap = {
+        n: average_precision(np.asarray(per_group[n][0]), np.asarray(per_group[n][1], dtype=bool), positives[n])
+        for n in names
+    }
+    present = [v for v in ap.values() if np.isfinite(v)]
+    return {
+        "mAP50": float(np.mean(present)) if present else float("nan"),
+        "ap50": ap,
+        "boxes": positives,
+        "box_recall": hits / max(truths, 1),
+        "box_precision": hits / max(served, 1),
+        "photos_all_found": photos_all / max(len(photos), 1),
+        "group_right_of_found": right_group / max(hits, 1),
+    }
+
+
+def evaluate_detector(
+    model_dir: Path, dataset: data.Dataset, split: dict[int, str], count: int, seed: int, threads: int = 2
+) -> dict[str, Any]:
+    spec = ModelSpec.load(model_dir)
+    session = onnx_session(model_dir / MODEL_FILE, threads=threads)
+    photos = scenes.composite_test_split(dataset, split, count, seed)
+    results: dict[str, Any] = {
+        "model": spec.identity,
+        "photos": count,
+        "seed": seed,
+        "products": int(sum(len(s.boxes) for s in photos)),
+        "onnx_mb": (model_dir / MODEL_FILE).stat().st_size / 1e6,
+        "shifts": {},
+    }
+    for k, (name, shift) in enumerate(SHIFTS):
+        rng = np.random.default_rng(seed + k)
+        shifted = [scenes.Scene(shift(s.image, rng), s.boxes, s.groups, s.ids) for s in photos]
+        started = time.monotonic()
+        found = detect(session, spec, [s.image for s in shifted])
+        results["shifts"][name] = score(spec, shifted, found) | {"seconds": time.monotonic() - started}
+    results["ms_per_photo_batch1"] = latency_ms(session, spec, photos[0].image)
+    return results
+
+
+def latency_ms(session: Any, spec: ModelSpec, image: np.ndarray, runs: int = 30) -> float:
+    """Median milliseconds of preprocess + model + decode for one 600x800 photo (batch 1)."""
+    times = []
+    for _ in range(runs + 3):
+        started = time.perf_counter()
+        detect(session, spec, [image], batch=1)
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[3:]) * 1000)
+
+
+def markdown(results: dict[str, Any], command: str) -> list[str]:
+    shifts = results["shifts"]
+    clean = shifts["clean"]
+    groups = list(clean["ap50"])
+    lines = [
+        f"`{command}`",
+        "",
+        f"Model {results['model']}; {results['photos']} composite test photos (seed {results['seed']}, "
+        f"{results['products']} products, 600x800 JPEG, 2 to 4 test-split products each); ONNX "
+        f"{results['onnx_mb']:.1f} MB; {results['ms_per_photo_batch1']:.0f} ms per photo at batch 1 on 2 threads "
+        "(preprocess, model, decode).",
+        "",
+        "| photos | mAP@0.5 | box recall | box precision | all products found | group right (found) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, r in shifts.items():
+        lines.append(
+            f"| {name} | {r['mAP50']:.3f} | {r['box_recall']:.3f} | {r['box_precision']:.3f} | "
+            f"{r['photos_all_found']:.3f} | {r['group_right_of_found']:.3f} |"
+        )
+    lines += [
+        "",
+        "AP@0.5 per group (clean; in brackets the ground-truth boxes), and under random phone effects:",
+        "",
+        "| group | boxes | AP@0.5 clean | AP@0.5 phone effects |",
+        "|---|---|---|---|",
+    ]
+    phone = shifts.get("random phone effects", clean)
+    for g in groups:
+        lines.append(f"| {g} | {clean['boxes'][g]} | {clean['ap50'][g]:.3f} | {phone['ap50'][g]:.3f} |")
+    return lines
+
+
+def write_report(results: dict[str, Any], command: str, report_dir: Path, preamble: Sequence[str] = ()) -> Path:
+    report_dir.mkdir(parents=True, exist_ok=True)
+    (report_dir / "results.json").write_text(json.dumps(results, indent=1) + "\n")
+    path = report_dir / "evaluation.md"
+    path.write_text("\n".join(["# Detector evaluation", "", *preamble, *markdown(results, command)]) + "\n")
+    return path
