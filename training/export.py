@@ -26,6 +26,7 @@ import tf2onnx
 import training.layers  # noqa: F401 - registers the custom layers (ProxyPull...) that saved models use
 from fashionsearch.model_contract import (
     MODEL_FILE,
+    DetectionSpec,
     EmbeddingSpec,
     InputSpec,
     ModelSpec,
@@ -196,8 +197,6 @@ def export_model(
         elif trained.kind == "detector":
             if trained.detection is None or len(session_outputs) != 3:
                 raise ExportError(f"a detector needs a detection section and 3 outputs, got {session_outputs}")
-            from fashionsearch.model_contract import DetectionSpec  # TODO top-level once detection lands
-
             names = dict(zip(("heatmap", "box_size", "offset"), session_outputs, strict=True))
             detection = DetectionSpec.from_dict(dict(trained.detection) | names)
             outputs, embedding = (), None

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from fashionsearch import model_contract
 from fashionsearch.model_contract import InputSpec
 from training import data, shopper
 
@@ -324,14 +325,11 @@ def training_scenes(pool: Products, count: int, input_spec: InputSpec, seed: int
 
 def letterbox(scene: Scene, spec: InputSpec) -> Scene:
     """The scene as the model sees it (the contract's "pad" resize) with its boxes moved to match."""
-    from fashionsearch.model_contract import resize_to_input
-
     h, w = scene.image.shape[:2]
-    ratio = min(spec.width / w, spec.height / h)
-    new_w, new_h = max(1, round(w * ratio)), max(1, round(h * ratio))
-    top, left = (spec.height - new_h) // 2, (spec.width - new_w) // 2
-    boxes = scene.boxes * np.float32([new_w / w, new_h / h, new_w / w, new_h / h]) + np.float32([left, top, left, top])
-    return Scene(resize_to_input(scene.image, spec), boxes.astype(np.float32), scene.groups, scene.ids)
+    box = model_contract.letterbox(w, h, spec)
+    scale = np.float32([box.width / w, box.height / h, box.width / w, box.height / h])
+    boxes = scene.boxes * scale + np.float32([box.left, box.top, box.left, box.top])
+    return Scene(model_contract.resize_to_input(scene.image, spec), boxes.astype(np.float32), scene.groups, scene.ids)
 
 
 # --------------------------------------------------------------------------------------------------------------
