@@ -204,3 +204,36 @@ class StopGradient(keras.layers.Layer):
 
     def call(self, x: Any) -> Any:
         return keras.ops.stop_gradient(x)
+
+
+# The detector's losses (training/recipes/detector.py), CenterNet's.
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+def focal_loss(y_true: Any, y_pred: Any) -> Any:
+    """CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), summed and divided by the centres."""
+    ops = keras.ops
+    p = ops.clip(y_pred, 1e-4, 1.0 - 1e-4)
+    positive = ops.cast(ops.greater_equal(y_true, 0.999), "float32")
+    pos_loss = -ops.log(p) * ops.square(1.0 - p) * positive
+    neg_loss = -ops.log(1.0 - p) * ops.square(p) * ops.power(1.0 - y_true, 4.0) * (1.0 - positive)
+    count = ops.maximum(ops.sum(positive), 1.0)
+    return (ops.sum(pos_loss) + ops.sum(neg_loss)) / count
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+def size_loss(y_true: Any, y_pred: Any) -> Any:
+    """L1 on log width and log height at the centre cells (y_true: log w, log h, mask)."""
+    ops = keras.ops
+    mask = y_true[..., 2:3]
+    diff = ops.abs(ops.log(ops.maximum(y_pred, 1e-3)) - y_true[..., :2]) * mask
+    return ops.sum(diff) / ops.maximum(ops.sum(mask), 1.0)
+
+
+@keras.saving.register_keras_serializable(package="fashionsearch")
+def offset_loss(y_true: Any, y_pred: Any) -> Any:
+    """L1 on the centre's position inside its cell, at the centre cells (y_true: dx, dy, mask)."""
+    ops = keras.ops
+    mask = y_true[..., 2:3]
+    diff = ops.abs(y_pred - y_true[..., :2]) * mask
+    return ops.sum(diff) / ops.maximum(ops.sum(mask), 1.0)

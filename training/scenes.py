@@ -15,6 +15,7 @@ reserves them.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -126,15 +127,14 @@ def products(dataset: data.Dataset) -> Products:
 def photo_path(name: str) -> Path:
     """'sklearn:china.jpg' -> the file inside the installed package."""
     package, _, filename = name.partition(":")
-    if package == "sklearn":
-        import sklearn.datasets
-
-        return Path(sklearn.datasets.__file__).parent / "images" / filename
-    if package == "matplotlib":
-        import matplotlib
-
-        return Path(matplotlib.get_data_path()) / "sample_data" / filename
-    raise ValueError(f"unknown photo source {name!r}")
+    folders = {"sklearn": ("sklearn.datasets", "images"), "matplotlib": ("matplotlib", "mpl-data/sample_data")}
+    if package not in folders:
+        raise ValueError(f"unknown photo source {name!r}")
+    module, folder = folders[package]
+    spec = importlib.util.find_spec(module)  # found, not imported: scikit-learn is only a carrier of the photos
+    if spec is None or spec.origin is None:
+        raise data.DataError(f"{name} needs the {package} package (requirements/training.in)")
+    return Path(spec.origin).parent / folder / filename
 
 
 @cache
@@ -196,12 +196,18 @@ def _placements(rng: np.random.Generator, n: int, h: int, w: int, layout: str) -
         return [(rng.uniform(0.1, 0.9) * w, rng.uniform(0.1, 0.9) * h, short * rng.uniform(0.1, 0.3)) for _ in range(n)]
     # scattered: any size, overlaps allowed
     return [
-        (rng.uniform(0.15, 0.85) * w, rng.uniform(0.15, 0.85) * h, short * np.exp(rng.uniform(np.log(0.2), np.log(0.9))))
+        (
+            rng.uniform(0.15, 0.85) * w,
+            rng.uniform(0.15, 0.85) * h,
+            short * np.exp(rng.uniform(np.log(0.2), np.log(0.9))),
+        )
         for _ in range(n)
     ]
 
 
-def _transform(pixels: np.ndarray, mask: np.ndarray, size: float, angle: float, mirror: bool) -> tuple[Image.Image, Image.Image]:
+def _transform(
+    pixels: np.ndarray, mask: np.ndarray, size: float, angle: float, mirror: bool
+) -> tuple[Image.Image, Image.Image]:
     """The product trimmed to its mask, scaled so its long side is `size`, rotated; (RGB, alpha L) images."""
     ys, xs = np.nonzero(mask)
     top, bottom, left, right = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
@@ -327,8 +333,8 @@ def letterbox(scene: Scene, spec: InputSpec) -> Scene:
     """The scene as the model sees it (the contract's "pad" resize) with its boxes moved to match."""
     h, w = scene.image.shape[:2]
     box = model_contract.letterbox(w, h, spec)
-    scale = np.float32([box.width / w, box.height / h, box.width / w, box.height / h])
-    boxes = scene.boxes * scale + np.float32([box.left, box.top, box.left, box.top])
+    scale = np.asarray([box.width / w, box.height / h, box.width / w, box.height / h], dtype=np.float32)
+    boxes = scene.boxes * scale + np.asarray([box.left, box.top, box.left, box.top], dtype=np.float32)
     return Scene(model_contract.resize_to_input(scene.image, spec), boxes.astype(np.float32), scene.groups, scene.ids)
 
 
@@ -340,7 +346,9 @@ TEST_WIDTH, TEST_HEIGHT = 600, 800
 TEST_SEED = 20261206
 
 
-def composite_test_split(dataset: data.Dataset, split: Mapping[int, str], count: int, seed: int = TEST_SEED) -> list[Scene]:
+def composite_test_split(
+    dataset: data.Dataset, split: Mapping[int, str], count: int, seed: int = TEST_SEED
+) -> list[Scene]:
     """The composite test split from the test-split products of `dataset` (what the reports and the gateway-side
     evaluation measure on): a list of Scene with the photo, boxes (left, top, right, bottom), groups and ids."""
     return test_scenes(split_products(dataset, split, "test"), count, seed)

@@ -29,7 +29,10 @@ def test_product_masks_cut_out_the_product_by_the_white_background() -> None:
     pool = rectangles(2)
     expected = np.zeros((80, 60), dtype=bool)
     expected[10:70, 8:52] = True
-    assert np.array_equal(pool.masks[0], expected)
+    ys, xs = np.nonzero(pool.masks[0])
+    assert (ys.min(), ys.max(), xs.min(), xs.max()) == (10, 69, 8, 51)
+    # The background's soft edge may take the corner pixels, nothing more.
+    assert (pool.masks[0] != expected).sum() <= 4
 
 
 @pytest.mark.parametrize("seed", range(6))

@@ -8,9 +8,10 @@ training/scenes.py), `box_size` (width, height in input pixels, exp of the predi
 `offset` (the centre inside its cell, sigmoid). Losses: CenterNet's penalty-reduced focal loss on Gaussian-splatted
 heatmaps, L1 on log sizes and on offsets at the centre cells.
 
-The stem and blocks 0-4 stay frozen (ImageNet); their outputs are computed once per scene with onnxruntime and
-cached, so a step pays only for blocks 5-15, the pyramid and the heads. Scenes are synthesised up front from
-training-split packshots (training/scenes.py), seeded; validation scenes come from validation-split packshots.
+The trunk stays frozen (ImageNet): a step that trained blocks 5-15 took about 5 s at batch 32 on this shared 2-core
+machine, too slow for the 90-minute budget. Its three taps are computed once per scene with onnxruntime and cached
+(float16), so a step pays only for the pyramid and the heads. Scenes are synthesised up front from training-split
+packshots (training/scenes.py), seeded; validation scenes come from validation-split packshots.
 """
 
 from __future__ import annotations
@@ -25,19 +26,22 @@ from typing import Any
 import keras
 import numpy as np
 
-from fashionsearch.model_contract import InputSpec
+from fashionsearch.model_contract import InputSpec, normalize
 from training import data, lite, scenes
+from training.export import keras_to_onnx
+from training.inference import onnx_session
+from training.layers import focal_loss, offset_loss, size_loss
 from training.recipe import TrainedModel, TrainOptions
-from training.recipes.pretrained import early_features, early_session
 from training.trainer import JsonHistory, ProgressSchedule
 
 log = logging.getLogger(__name__)
 
 DETECTOR_INPUT = InputSpec(name="image", height=320, width=256, resize="pad", pad_value=128.0, **lite.LITE_SCALING)
 STRIDE = 8
-SPLIT_AT = 5  # blocks [0, 5) frozen and cached: their output is the stride-8 map (40 x 32 x 40 at 320x256)
-TAPS = (11, 16)  # blocks [5, 11) end at stride 16, [11, 16) at stride 32
-FPN_WIDTH = 64
+SPLIT_AT = 5  # the stem and blocks [0, 5) end at stride 8 (40 x 32 x 40 at 320x256)
+TAPS = (11, 16)  # blocks [5, 11) end at stride 16 (x112), [11, 16) at stride 32 (x320)
+FPN_WIDTH = 96
+TOWER = 3  # depthwise-separable convs after the pyramid
 SIZE_UNIT = 32.0  # box_size = SIZE_UNIT * exp(prediction): 0 means a 32-pixel box
 HEATMAP_PRIOR = 0.01  # initial heatmap probability (CenterNet's bias -2.19), so the focal loss starts calm
 GAUSSIAN_ALPHA = 0.54  # TTFNet's elliptical Gaussian: sigma = alpha * box side / 6
@@ -49,7 +53,6 @@ PEAK_LR = 2e-3
 WEIGHT_DECAY = 1e-4
 WARMUP = 0.04
 STEPS_PER_EPOCH = 150  # an "epoch" is only how often validation, history and the checkpoint are written
-SIZE_WEIGHT, OFFSET_WEIGHT = 1.0, 1.0
 #: Post-processing written to model.json (fashionsearch/detection.py applies it).
 SCORE_THRESHOLD, MAX_DETECTIONS, NMS_IOU = 0.3, 50, 0.6
 
@@ -70,7 +73,7 @@ def targets(
     offset = np.zeros((hs, ws, 3), dtype=np.float32)
     yy, xx = np.mgrid[0:hs, 0:ws].astype(np.float32)
     # Larger boxes first, so a small box's centre written later wins a shared cell.
-    order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])) if len(boxes) else []
+    order = np.argsort(-(boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))
     for k in order:
         left, top, right, bottom = boxes[k]
         w, h = max(right - left, 1.0), max(bottom - top, 1.0)
@@ -86,43 +89,26 @@ def targets(
     return heat, size, offset
 
 
-def focal_loss(y_true: Any, y_pred: Any) -> Any:
-    """CenterNet's penalty-reduced pixel-wise focal loss (alpha 2, beta 4), summed and divided by the centres."""
-    ops = keras.ops
-    p = ops.clip(y_pred, 1e-4, 1.0 - 1e-4)
-    positive = ops.cast(ops.greater_equal(y_true, 0.999), "float32")
-    pos_loss = -ops.log(p) * ops.square(1.0 - p) * positive
-    neg_loss = -ops.log(1.0 - p) * ops.square(p) * ops.power(1.0 - y_true, 4.0) * (1.0 - positive)
-    count = ops.maximum(ops.sum(positive), 1.0)
-    return (ops.sum(pos_loss) + ops.sum(neg_loss)) / count
-
-
-def size_loss(y_true: Any, y_pred: Any) -> Any:
-    """L1 on log width and log height at the centre cells (y_true: log w, log h, mask)."""
-    ops = keras.ops
-    mask = y_true[..., 2:3]
-    diff = ops.abs(ops.log(ops.maximum(y_pred, 1e-3)) - y_true[..., :2]) * mask
-    return SIZE_WEIGHT * ops.sum(diff) / ops.maximum(ops.sum(mask), 1.0)
-
-
-def offset_loss(y_true: Any, y_pred: Any) -> Any:
-    """L1 on the centre's position inside its cell, at the centre cells (y_true: dx, dy, mask)."""
-    ops = keras.ops
-    mask = y_true[..., 2:3]
-    diff = ops.abs(y_pred - y_true[..., :2]) * mask
-    return OFFSET_WEIGHT * ops.sum(diff) / ops.maximum(ops.sum(mask), 1.0)
-
-
 # --------------------------------------------------------------------------------------------------------------
 # The network
 
 
-def build_head(early_shape: tuple[int, int, int], classes: int) -> keras.Model:
-    """Frozen stride-8 features -> blocks 5-15 (trainable), the pyramid and the three heads."""
-    layers = keras.layers
-    c3 = keras.Input(early_shape, name="early_features")
+def build_backbone(input_spec: InputSpec) -> keras.Model:
+    """Scaled image -> the trunk's features at strides 8, 16 and 32 (frozen)."""
+    early = lite.build_early(input_spec.height, input_spec.width, SPLIT_AT)
+    image = keras.Input((input_spec.height, input_spec.width, 3), name="scaled_image")
+    c3 = early(image)
     c4 = lite.apply_blocks(c3, SPLIT_AT, TAPS[0])
     c5 = lite.apply_blocks(c4, TAPS[0], TAPS[1])
+    backbone = keras.Model(image, [c3, c4, c5], name="lite_backbone")
+    backbone.trainable = False
+    return backbone
+
+
+def build_head(shapes: list[tuple[int, int, int]], classes: int) -> keras.Model:
+    """The trunk's three taps -> the pyramid and the three heads (the part that is trained)."""
+    layers = keras.layers
+    c3, c4, c5 = (keras.Input(shape, name=f"c{k}") for k, shape in zip((3, 4, 5), shapes, strict=True))
 
     def lateral(x: Any, name: str) -> Any:
         return layers.Conv2D(FPN_WIDTH, 1, name=f"det_lateral{name}")(x)
@@ -130,7 +116,7 @@ def build_head(early_shape: tuple[int, int, int], classes: int) -> keras.Model:
     p = lateral(c5, "5")
     p = layers.Add(name="det_add4")([lateral(c4, "4"), layers.UpSampling2D(2, name="det_up4")(p)])
     p = layers.Add(name="det_add3")([lateral(c3, "3"), layers.UpSampling2D(2, name="det_up3")(p)])
-    for k in range(2):
+    for k in range(TOWER):
         p = layers.DepthwiseConv2D(3, padding="same", use_bias=False, name=f"det_dw{k}")(p)
         p = layers.Conv2D(FPN_WIDTH, 1, use_bias=False, name=f"det_pw{k}")(p)
         p = layers.BatchNormalization(name=f"det_bn{k}")(p)
@@ -142,22 +128,37 @@ def build_head(early_shape: tuple[int, int, int], classes: int) -> keras.Model:
     size = layers.Conv2D(2, 1, kernel_initializer="zeros", name="det_size")(p)
     size = layers.Rescaling(SIZE_UNIT, name="box_size")(layers.Activation("exponential", name="det_size_exp")(size))
     offset = layers.Conv2D(2, 1, activation="sigmoid", name="offset")(p)
-    return keras.Model(c3, [heat, size, offset], name="detector_head")
+    return keras.Model([c3, c4, c5], [heat, size, offset], name="detector_head")
 
 
 def build_detector(
     input_spec: InputSpec, classes: int, weights: dict[str, list[np.ndarray]] | None
 ) -> tuple[keras.Model, keras.Model, keras.Model]:
-    """(early (frozen), head (trained on cached early features), full: image -> heatmap, box_size, offset)."""
-    early = lite.build_early(input_spec.height, input_spec.width, SPLIT_AT)
-    early.trainable = False
-    head = build_head(tuple(int(d) for d in early.output.shape[1:]), classes)
+    """(backbone (frozen), head (trained on cached features), full: image -> heatmap, box_size, offset)."""
+    backbone = build_backbone(input_spec)
     if weights is not None:
-        lite.load_weights([early, head], weights)
+        lite.load_weights([backbone], weights)
+    head = build_head([(int(t.shape[1]), int(t.shape[2]), int(t.shape[3])) for t in backbone.outputs], classes)
     image = keras.Input((input_spec.height, input_spec.width, 3), name=input_spec.name)
-    outputs = head(early(image))
-    full = keras.Model(image, outputs, name="detector")
-    return early, head, full
+    full = keras.Model(image, head(backbone(image)), name="detector")
+    return backbone, head, full
+
+
+def backbone_session(backbone: keras.Model, threads: int, work: Path, input_spec: InputSpec) -> Any:
+    path = work / "backbone.onnx"
+    keras_to_onnx(backbone, input_spec, path)
+    return onnx_session(path, threads=threads)
+
+
+def backbone_features(session: Any, pixels: np.ndarray, input_spec: InputSpec, chunk: int = 32) -> list[np.ndarray]:
+    """uint8 images at the input size -> the three taps, float16."""
+    name = session.get_inputs()[0].name
+    parts: list[list[np.ndarray]] = [[], [], []]
+    for start in range(0, len(pixels), chunk):
+        outputs = session.run(None, {name: normalize(pixels[start : start + chunk], input_spec)})
+        for k, out in enumerate(outputs):
+            parts[k].append(out.astype(np.float16))
+    return [np.concatenate(p) for p in parts]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -167,10 +168,11 @@ def build_detector(
 def scene_arrays(
     pool: scenes.Products, count: int, input_spec: InputSpec, seed: int, session: Any, chunk: int = 256
 ) -> dict[str, np.ndarray]:
-    """Synthesise `count` scenes and keep what training needs: early features (float16), targets, and the
+    """Synthesise `count` scenes and keep what training needs: the trunk's taps (float16), targets, and the
     scenes' pixels only for the first chunk (parity images)."""
     classes = len(scenes.GROUPS)
-    feats, heats, sizes, offsets = [], [], [], []
+    feats: list[list[np.ndarray]] = [[], [], []]
+    heats, sizes, offsets = [], [], []
     first_pixels = None
     started = time.monotonic()
     for start in range(0, count, chunk):
@@ -178,7 +180,8 @@ def scene_arrays(
         pixels = np.stack([s.image for s in batch])
         if first_pixels is None:
             first_pixels = pixels
-        feats.append(early_features(session, pixels, input_spec))
+        for k, f in enumerate(backbone_features(session, pixels, input_spec)):
+            feats[k].append(f)
         for s in batch:
             heat, size, offset = targets(s.boxes, s.groups, input_spec.height, input_spec.width, classes)
             heats.append((heat * 255 + 0.5).astype(np.uint8))  # 1/255 steps: 4x smaller, the peaks stay exactly 1
@@ -187,7 +190,9 @@ def scene_arrays(
         log.info("%d of %d scenes (%.0f s)", start + len(batch), count, time.monotonic() - started)
     assert first_pixels is not None
     return {
-        "features": np.concatenate(feats),
+        "c3": np.concatenate(feats[0]),
+        "c4": np.concatenate(feats[1]),
+        "c5": np.concatenate(feats[2]),
         "heatmap": np.stack(heats),
         "size": np.stack(sizes),
         "offset": np.stack(offsets),
@@ -200,13 +205,19 @@ def cached_scenes(
 ) -> dict[str, np.ndarray]:
     """scene_arrays, saved as run_dir/scenes-<name>.npz and reused when the count, seed and input match."""
     path = run_dir / f"scenes-{name}.npz"
-    key = {"count": count, "seed": seed, "input": [input_spec.height, input_spec.width], "products": len(pool)}
+    key = {
+        "count": count,
+        "seed": seed,
+        "input": [input_spec.height, input_spec.width],
+        "products": len(pool),
+        "taps": 3,
+    }
     meta = path.with_suffix(".json")
     if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
         with np.load(path) as archive:
             return {k: archive[k] for k in archive.files}
     arrays = scene_arrays(pool, count, input_spec, seed, session)
-    np.savez(path, **arrays)
+    np.savez(path, allow_pickle=False, **arrays)
     meta.write_text(json.dumps(key))
     return arrays
 
@@ -218,7 +229,7 @@ class SceneBatches(keras.utils.PyDataset):
         super().__init__()
         self.arrays, self.batch = arrays, batch
         self.rng = np.random.default_rng(seed)
-        self.count = len(arrays["features"])
+        self.count = len(arrays["c3"])
         self.order = self.rng.permutation(self.count)
         self.steps = steps or math.ceil(self.count / batch)
         self.position = 0
@@ -226,14 +237,15 @@ class SceneBatches(keras.utils.PyDataset):
     def __len__(self) -> int:
         return self.steps
 
-    def __getitem__(self, i: int) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
+    def __getitem__(self, i: int) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
         if self.position + self.batch > self.count:
             self.order, self.position = self.rng.permutation(self.count), 0
         idx = np.sort(self.order[self.position : self.position + self.batch])
         self.position += self.batch
         a = self.arrays
         heat = a["heatmap"][idx].astype(np.float32) / 255.0
-        return a["features"][idx].astype(np.float32), (heat, a["size"][idx], a["offset"][idx])
+        x = tuple(a[k][idx].astype(np.float32) for k in ("c3", "c4", "c5"))
+        return x, (heat, a["size"][idx], a["offset"][idx])
 
 
 class SaveHead(keras.callbacks.Callback):
@@ -262,8 +274,8 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     log.info("%d training products, %d validation products cut out", len(train_pool), len(val_pool))
 
     weights, provenance = lite.load_converted() if options.limit is None else (None, {"weights": "random (smoke)"})
-    early, head, full = build_detector(spec, classes, weights)
-    session = early_session(early, options.threads, run_dir, spec)
+    backbone, head, full = build_detector(spec, classes, weights)
+    session = backbone_session(backbone, options.threads, run_dir, spec)
     started = time.monotonic()
     train = cached_scenes("train", train_pool, count, spec, options.seed, session, run_dir)
     val_count = VAL_SCENES if options.limit is None else 32
@@ -276,9 +288,7 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     epochs = options.epochs or 10_000  # the time budget ends training
     steps = STEPS_PER_EPOCH if options.limit is None else 2
     optimizer = keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=5.0)
-    head.compile(
-        optimizer=optimizer, loss=[focal_loss, size_loss, offset_loss], jit_compile=options.keras_jit
-    )
+    head.compile(optimizer=optimizer, loss=[focal_loss, size_loss, offset_loss], jit_compile=options.keras_jit)
     schedule = ProgressSchedule(PEAK_LR, total_steps=epochs * steps, budget_s=budget_s, warmup=WARMUP)
     history = JsonHistory(run_dir / "history.json")
     fit_started = time.monotonic()
@@ -302,7 +312,9 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "recipe": "detector",
             "trunk": "EfficientNet-Lite0, ImageNet",
             "pretrained": provenance,
-            "frozen_blocks": SPLIT_AT,
+            "frozen": "the whole trunk",
+            "fpn_width": FPN_WIDTH,
+            "tower": TOWER,
             "scenes": count,
             "val_scenes": val_count,
             "batch": batch,
