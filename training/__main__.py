@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, probe, quantize, quantize_report, report, robustness, scenes
+from training import data, detector_eval, probe, quantize, quantize_report, report, robustness, scenes
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
@@ -118,8 +118,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
-    from training import detector_eval
-
     dataset, split = _load(args)
     results = detector_eval.evaluate_detector(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
     command = f"python -m training evaluate-detector {args.model_dir} --photos {args.photos} --seed {args.seed}"
