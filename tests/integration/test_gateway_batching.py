@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import grpc.aio
@@ -47,103 +48,94 @@ def labels(classification) -> list[tuple[str, str]]:  # type: ignore[no-untyped-
     return [(a.attribute, a.labels[0].label) for a in classification.attributes]
 
 
-def test_queued_calls_go_out_as_one_batch_call_and_a_bad_image_fails_alone(classifier_dir: Path) -> None:
+def with_gated_classifier(
+    classifier_dir: Path, body: Callable[[GatedBatches, grpc.aio.Channel], Awaitable[None]]
+) -> None:
+    """Run `body(model, channel)` against a classifier server of its own whose model is gated."""
     model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
     settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+
+    async def scenario() -> None:
+        running = await start_classifier(settings, model)  # type: ignore[arg-type]
+        try:
+            async with grpc.aio.insecure_channel(running.address) as channel:
+                await body(model, channel)
+        finally:
+            model.gate.set()
+            await running.stop(settings.grace_s)
+
+    asyncio.run(scenario())
+
+
+def test_queued_calls_go_out_as_one_batch_call_and_a_bad_image_fails_alone(classifier_dir: Path) -> None:
     images = [jpeg(c) for c in COLOURS]
     bad, fragment = BAD_IMAGES["non-image bytes"]
 
-    async def scenario() -> None:
-        running = await start_classifier(settings, model)  # type: ignore[arg-type]
-        try:
-            async with grpc.aio.insecure_channel(running.address) as channel:
-                batched = GrpcClassifier(channel, timeout_s=10, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
-                alone = GrpcClassifier(channel, timeout_s=10, batch_max_size=1)
-                model.gate.clear()
-                first = asyncio.ensure_future(batched.classify(jpeg("black")))
-                assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
-                model.batches.clear()
-                queued = [asyncio.ensure_future(batched.classify(image)) for image in [*images, bad]]
-                await until(lambda: batched.batching.queued == len(queued), "every call queued behind the held one")
-                model.gate.set()
-                await first
-                outcomes = await asyncio.gather(*queued, return_exceptions=True)
-                assert model.batches == [len(images)], model.batches  # one model call: the bad image never got there
-                assert isinstance(outcomes[-1], InvalidArgument) and fragment in outcomes[-1].message
-                for image, outcome in zip(images, outcomes[:-1], strict=True):
-                    single = await alone.classify(image)
-                    assert labels(outcome) == labels(single)
-                    assert outcome.model == single.model
-                await batched.batching.close()
-        finally:
-            await running.stop(settings.grace_s)
+    async def scenario(model: GatedBatches, channel: grpc.aio.Channel) -> None:
+        batched = GrpcClassifier(channel, timeout_s=10, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+        alone = GrpcClassifier(channel, timeout_s=10, batch_max_size=1)
+        model.gate.clear()
+        first = asyncio.ensure_future(batched.classify(jpeg("black")))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        model.batches.clear()
+        queued = [asyncio.ensure_future(batched.classify(image)) for image in [*images, bad]]
+        await until(lambda: batched.batching.queued == len(queued), "every call queued behind the held one")
+        model.gate.set()
+        await first
+        outcomes = await asyncio.gather(*queued, return_exceptions=True)
+        assert model.batches == [len(images)], model.batches  # one model call: the bad image never got there
+        assert isinstance(outcomes[-1], InvalidArgument) and fragment in outcomes[-1].message
+        for image, outcome in zip(images, outcomes[:-1], strict=True):
+            single = await alone.classify(image)
+            assert labels(outcome) == labels(single)
+            assert outcome.model == single.model
+        await batched.batching.close()
 
-    asyncio.run(scenario())
+    with_gated_classifier(classifier_dir, scenario)
 
 
 def test_a_queued_call_keeps_its_own_deadline(classifier_dir: Path) -> None:
-    model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
-    settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+    async def scenario(model: GatedBatches, channel: grpc.aio.Channel) -> None:
+        # Long enough for the first call to reach the model on a busy machine; the gate holds it far longer.
+        timeout_s = 2.0
+        client = GrpcClassifier(channel, timeout_s=timeout_s, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+        model.gate.clear()
+        first = asyncio.ensure_future(client.classify(jpeg("black")))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        started = time.monotonic()
+        with pytest.raises(DeadlineExceeded, match="the classifier did not answer in time"):
+            await client.classify(jpeg("red"))  # queued behind the held batch, then out of time
+        # Its own deadline ended it, while the batch ahead of it was still held inside the model.
+        assert timeout_s * 0.9 <= time.monotonic() - started and model.finished == 0
+        with pytest.raises(DeadlineExceeded):
+            await first
+        # What is still inside the server (the held batch, perhaps the late call sent after it) goes when the
+        # gate opens at the end: this server is not used again.
+        await client.batching.close()
 
-    async def scenario() -> None:
-        running = await start_classifier(settings, model)  # type: ignore[arg-type]
-        try:
-            async with grpc.aio.insecure_channel(running.address) as channel:
-                # Long enough for the first call to reach the model on a busy machine; the gate holds it far longer.
-                timeout_s = 2.0
-                client = GrpcClassifier(
-                    channel, timeout_s=timeout_s, batch_max_size=16, max_message_bytes=MESSAGE_BYTES
-                )
-                model.gate.clear()
-                first = asyncio.ensure_future(client.classify(jpeg("black")))
-                assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
-                started = time.monotonic()
-                with pytest.raises(DeadlineExceeded, match="the classifier did not answer in time"):
-                    await client.classify(jpeg("red"))  # queued behind the held batch, then out of time
-                # Its own deadline ended it, while the batch ahead of it was still held inside the model.
-                assert timeout_s * 0.9 <= time.monotonic() - started and model.finished == 0
-                with pytest.raises(DeadlineExceeded):
-                    await first
-                # What is still inside the server (the held batch, perhaps the late call sent after it) is its own
-                # business now; this server is not used again.
-                model.gate.set()
-                await client.batching.close()
-        finally:
-            await running.stop(settings.grace_s)
-
-    asyncio.run(scenario())
+    with_gated_classifier(classifier_dir, scenario)
 
 
 def test_a_cancelled_call_leaves_the_queue(classifier_dir: Path) -> None:
-    model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
-    settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+    async def scenario(model: GatedBatches, channel: grpc.aio.Channel) -> None:
+        patient = GrpcClassifier(channel, timeout_s=DEADLINE_S, batch_max_size=16, max_message_bytes=MESSAGE_BYTES)
+        model.gate.clear()
+        held = asyncio.ensure_future(patient.classify(jpeg("black")))
+        assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
+        model.batches.clear()
+        leaving = asyncio.ensure_future(patient.classify(jpeg("red")))
+        staying = asyncio.ensure_future(patient.classify(jpeg("blue")))
+        await until(lambda: patient.batching.queued == 2, "both calls queued behind the held one")
+        leaving.cancel()  # its search was cancelled by its caller
+        await until(lambda: patient.batching.stats.left == 1, "the cancelled call leaving the queue")
+        model.gate.set()
+        await held
+        assert labels(await staying)
+        assert model.batches == [1], model.batches  # the batch after the held one ran without it
+        assert patient.batching.stats.left == 1
+        await patient.batching.close()
 
-    async def scenario() -> None:
-        running = await start_classifier(settings, model)  # type: ignore[arg-type]
-        try:
-            async with grpc.aio.insecure_channel(running.address) as channel:
-                patient = GrpcClassifier(
-                    channel, timeout_s=DEADLINE_S, batch_max_size=16, max_message_bytes=MESSAGE_BYTES
-                )
-                model.gate.clear()
-                held = asyncio.ensure_future(patient.classify(jpeg("black")))
-                assert await asyncio.to_thread(model.entered.wait, DEADLINE_S)
-                model.batches.clear()
-                leaving = asyncio.ensure_future(patient.classify(jpeg("red")))
-                staying = asyncio.ensure_future(patient.classify(jpeg("blue")))
-                await until(lambda: patient.batching.queued == 2, "both calls queued behind the held one")
-                leaving.cancel()  # its search was cancelled by its caller
-                await until(lambda: patient.batching.stats.left == 1, "the cancelled call leaving the queue")
-                model.gate.set()
-                await held
-                assert labels(await staying)
-                assert model.batches == [1], model.batches  # the batch after the held one ran without it
-                assert patient.batching.stats.left == 1
-                await patient.batching.close()
-        finally:
-            await running.stop(settings.grace_s)
-
-    asyncio.run(scenario())
+    with_gated_classifier(classifier_dir, scenario)
 
 
 def test_a_service_that_is_down_fails_each_call_of_a_batch_fast(tmp_path: Path) -> None:
