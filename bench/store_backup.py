@@ -12,7 +12,7 @@ one writes (an upsert, and every tenth a delete) without pause, and:
 
 Prints the times, the searches and writes done and failed during each phase, and their latency.
 
-    python bench/store_backup.py [--points 1000000] [--dir /var/tmp] [--keep]
+    python bench/store_backup.py [--points 200000] [--dir /var/tmp] [--keep]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def ms(values: list[float], q: float) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=1_000_000)
+    parser.add_argument("--points", type=int, default=200_000)
     parser.add_argument("--baseline-s", type=float, default=20.0, help="traffic before the backup, for comparison")
     parser.add_argument("--dir", default=None)
     parser.add_argument("--keep", action="store_true")

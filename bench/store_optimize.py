@@ -7,7 +7,7 @@
 3. Searches on an optimised collection after the gateway's own upserts (which land in an unindexed segment that
    every search scans): p50 / p99 by how many points were written since the last build.
 
-    python bench/store_optimize.py [--points 200000] [--written 0,10000,50000,200000] [--dir /var/tmp]
+    python bench/store_optimize.py [--points 100000] [--written 0,10000,50000,100000] [--dir /var/tmp]
 """
 
 from __future__ import annotations
@@ -75,8 +75,8 @@ index.close()
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=200_000)
-    parser.add_argument("--written", default="0,10000,50000,200000")
+    parser.add_argument("--points", type=int, default=100_000)
+    parser.add_argument("--written", default="0,10000,50000,100000")
     parser.add_argument("--dir", default=None)
     args = parser.parse_args()
     rng = np.random.default_rng(1)

@@ -13,7 +13,7 @@ is a stored vector plus noise. Search settings: exact, and the graph at several 
 Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurrency (its store calls run in
 asyncio.to_thread, min(32, cores + 4) threads).
 
-    python bench/store_search.py [--sizes 40000,1000000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
+    python bench/store_search.py [--sizes 40000,200000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
         [--concurrency 6] [--dir /var/tmp] [--keep]
 """
 
@@ -229,7 +229,7 @@ def recall(answers: list[list[int]], exact: list[list[int]]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="40000,1000000")
+    parser.add_argument("--sizes", default="40000,200000")
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--ef", default="64,128,256", help="hnsw_ef values to measure (the default setting: 128)")
