@@ -21,6 +21,7 @@ from fashionsearch.store.base import (
     VectorIndex,
     check_filters,
 )
+from fashionsearch.store.edge_tuning import EdgeTuning
 
 __all__ = [
     "FILTER_FIELDS",
@@ -49,6 +50,7 @@ def open_catalog(
     search_threads: int | None = None,
     timeout_s: int = 5,
     min_free_bytes: int | None = None,
+    tuning: EdgeTuning | None = None,
 ) -> CollectionCatalog:
     """The one store factory, for the gateway and the indexer alike: a Qdrant server by URL (or qdrant-client's local
     mode on a folder), else the embedded Qdrant Edge store under data_dir. The gateway serves from
@@ -56,7 +58,8 @@ def open_catalog(
     batch job builds and switches collections through the catalog.
 
     Each backend is imported only when chosen, so a gateway on Qdrant Edge does not load qdrant-client.
-    min_free_bytes: Qdrant Edge's free-space reserve (None: its default), below which writes are refused."""
+    min_free_bytes: Qdrant Edge's free-space reserve (None: its default), below which writes are refused.
+    tuning: Qdrant Edge's graph and search parameters (None: the measured defaults)."""
     if qdrant_url or qdrant_path:
         from fashionsearch.store.qdrant_server import QdrantCatalog
 
@@ -65,5 +68,5 @@ def open_catalog(
         from fashionsearch.store.edge import DEFAULT_MIN_FREE_BYTES, EdgeCatalog
 
         reserve = DEFAULT_MIN_FREE_BYTES if min_free_bytes is None else min_free_bytes
-        return EdgeCatalog(data_dir, search_threads=search_threads, min_free_bytes=reserve)
+        return EdgeCatalog(data_dir, search_threads=search_threads, min_free_bytes=reserve, tuning=tuning)
     raise StoreError("either a data directory (Qdrant Edge) or a Qdrant URL is required")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import qdrant_edge as qe
+if TYPE_CHECKING:  # imported where used: gateway settings name EdgeTuning without loading qdrant-edge
+    import qdrant_edge as qe
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,8 @@ class EdgeTuning:
 
     def config(self, dim: int, *, search_threads: int | None = None) -> qe.EdgeConfig:
         """The shard configuration for vectors of dim (Euclidean distance)."""
+        import qdrant_edge as qe
+
         quantization = (
             qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
             if self.scalar_quantization
@@ -77,6 +81,8 @@ class EdgeTuning:
         )
 
     def search_params(self, *, exact: bool = False) -> qe.SearchParams:
+        import qdrant_edge as qe
+
         if exact:
             return qe.SearchParams(exact=True)
         acorn = (

@@ -13,6 +13,7 @@ import grpc.aio
 from fashionsearch.channels import channel_options
 from fashionsearch.store import VectorIndex, open_catalog
 from fashionsearch.store.backup import WriteJournal
+from fashionsearch.store.edge_tuning import EdgeTuning
 from services.gateway.clients import (
     CallBatcher,
     ClassifierPort,
@@ -108,6 +109,7 @@ def bootstrap(
             qdrant_api_key=settings.qdrant_api_key,
             search_threads=settings.store_search_threads,
             min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
+            tuning=EdgeTuning(hnsw_ef=settings.store_hnsw_ef),
             timeout_s=max(1, round(settings.store_timeout_s)),
         )
         index = catalog.live(settings.collection)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from fashionsearch.channels import LB_POLICIES
 from fashionsearch.config import Address, ConfigError, Env
+from fashionsearch.store.edge_tuning import EdgeTuning
 from services.gateway.limits import MESSAGE_OVERHEAD_BYTES, Limits
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
 
@@ -45,6 +46,9 @@ class Settings:
     max_image_bytes: int = Limits.max_image_bytes
     upsert_batch: int = Limits.upsert_batch
     store_search_threads: int = 1
+    #: Qdrant Edge's graph search: candidates kept (recall@5 against exact rises with it, and latency;
+    #: bench/README.md has the measurements).
+    store_hnsw_ef: int = EdgeTuning.hnsw_ef
     #: Qdrant Edge: writes are refused (HTTP 507) while the data directory's disk has less free space than this, so
     #: the store's memory-mapped files never meet a full disk (fashionsearch/store/edge.py).
     store_min_free_mb: int = 64
@@ -186,6 +190,7 @@ class Settings:
             max_image_bytes=env.get_int("MAX_IMAGE_BYTES", cls.max_image_bytes, min=1, max=64 * 1024 * 1024),
             upsert_batch=env.get_int("UPSERT_BATCH", cls.upsert_batch, min=1, max=1024),
             store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
+            store_hnsw_ef=env.get_int("STORE_HNSW_EF", cls.store_hnsw_ef, min=4, max=4096),
             store_min_free_mb=env.get_int("STORE_MIN_FREE_MB", cls.store_min_free_mb, min=0, max=1024**2),
             backup_dir=env.path("BACKUP_DIR", ".") if env.get_str("BACKUP_DIR", "") else None,
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
