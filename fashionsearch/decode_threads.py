@@ -64,3 +64,21 @@ async def run_off_loop(work: Callable[[], T], *, heavy: bool) -> T:
 async def run_decoding(work: Callable[[], T], images: Sequence[bytes]) -> T:
     """Run `work`, which decodes `images`, off the event loop: on the heavy-image thread when any image is heavy."""
     return await run_off_loop(work, heavy=any(is_heavy(data) for data in images))
+
+
+class BatchSlots:
+    """At most `limit` batch calls (ClassifyBatch, EmbedBatch, DetectBatch) decode and run their model at once.
+
+    Each holds a whole batch's decoded photos and activations (about 190 MB for 64 photos with models/embedder) and
+    onnxruntime's arena keeps the peak afterwards, so unbounded, a model service's memory grew with its callers
+    (8 concurrent batches of 64: 1.3 GB against a 1 GiB limit). Callers beyond the limit wait holding only their
+    request (bench/embedder_batch_memory.py).
+    """
+
+    def __init__(self, limit: int) -> None:
+        self._slots = asyncio.Semaphore(limit)
+
+    async def run(self, work: Callable[[], T], images: Sequence[bytes]) -> T:
+        """run_decoding(work, images) once a slot is free."""
+        async with self._slots:
+            return await run_decoding(work, images)

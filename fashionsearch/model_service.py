@@ -56,6 +56,9 @@ class ModelServiceSettings:
     max_image_pixels: int = DEFAULT_MAX_PIXELS
     min_image_side: int = DEFAULT_MIN_SIDE
     max_batch: int = 64
+    #: Batch calls whose decoding and inference run at once; more wait their turn holding only their request. Each
+    #: holds a batch's activations, so this bounds the peak memory whatever callers send (decode_threads.BatchSlots).
+    max_concurrent_batches: int = 1
     #: Dynamic batching of single-image calls, off by default: the gateway already sends concurrent searches as
     #: batch calls, and batching here alone changed CPU per search by only 0.9x to 1.4x (bench/README.md);
     #: worth turning on for other clients that send many single calls at once.
@@ -92,6 +95,7 @@ class ModelServiceSettings:
             "max_image_pixels": env.get_int("MAX_IMAGE_PIXELS", cls.max_image_pixels, min=1),
             "min_image_side": env.get_int("MIN_IMAGE_SIDE", cls.min_image_side, min=1),
             "max_batch": env.get_int("MAX_BATCH", cls.max_batch, min=1, max=4096),
+            "max_concurrent_batches": env.get_int("MAX_CONCURRENT_BATCHES", cls.max_concurrent_batches, min=1, max=64),
             "batch_max_size": env.get_int("BATCH_MAX_SIZE", cls.batch_max_size, min=1, max=4096),
             "batch_max_delay_ms": env.get_float("BATCH_MAX_DELAY_MS", cls.batch_max_delay_ms, min=0, max=1000),
             "max_message_bytes": env.get_int("MAX_MESSAGE_BYTES", cls.max_message_bytes, min=1024),

@@ -30,6 +30,7 @@ async def start(settings: Settings, classifier: Classifier | None = None) -> Run
         classifier,
         settings.image_limits,
         max_batch=settings.max_batch,
+        max_concurrent_batches=settings.max_concurrent_batches,
         default_top_k=settings.default_top_k,
         max_top_k=settings.max_top_k,
         batching=settings.batch_policy,

@@ -10,7 +10,7 @@ import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.classification import Classification
-from fashionsearch.decode_threads import run_decoding
+from fashionsearch.decode_threads import BatchSlots
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
 from fashionsearch.model_service import model_info
@@ -40,6 +40,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         limits: ImageLimits,
         *,
         max_batch: int = 64,
+        max_concurrent_batches: int = 1,
         default_top_k: int = 3,
         max_top_k: int = 10,
         batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
@@ -47,6 +48,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         self._classifier = classifier
         self._limits = limits
         self._max_batch = max_batch
+        self._batch_slots = BatchSlots(max_concurrent_batches)
         self._default_top_k = default_top_k
         self._max_top_k = max_top_k
         self._model_info = model_info(classifier.identity)
@@ -118,7 +120,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
         embedder = self._vectors(request.with_embedding)
-        outcomes = await run_decoding(
+        outcomes = await self._batch_slots.run(
             functools.partial(self._classify_batch, images, top_k, embedder is not None), images
         )
         results = [

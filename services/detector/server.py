@@ -23,7 +23,11 @@ async def start(settings: Settings, detector: Detector | None = None) -> Running
         )
         detector, groups = onnx_detector, onnx_detector.groups
     servicer = DetectorServicer(
-        detector, settings.image_limits, max_batch=settings.max_batch, batching=settings.batch_policy
+        detector,
+        settings.image_limits,
+        max_batch=settings.max_batch,
+        max_concurrent_batches=settings.max_concurrent_batches,
+        batching=settings.batch_policy,
     )
     running = await start_model_server(
         "detector",

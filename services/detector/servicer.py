@@ -10,7 +10,7 @@ import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
-from fashionsearch.decode_threads import run_decoding
+from fashionsearch.decode_threads import BatchSlots
 from fashionsearch.detection import Detection
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_pixels, displayed_size, is_heavy
@@ -58,11 +58,13 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         limits: ImageLimits,
         *,
         max_batch: int = 64,
+        max_concurrent_batches: int = 1,
         batching: BatchPolicy = BatchPolicy(),  # noqa: B008 - frozen
     ) -> None:
         self._detector = detector
         self._limits = limits
         self._max_batch = max_batch
+        self._batch_slots = BatchSlots(max_concurrent_batches)
         self._model_info = model_info(detector.identity)
         # Concurrent Detect calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._detect_rows, batching, name="detector")
@@ -106,7 +108,7 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
-        outcomes = await run_decoding(functools.partial(self._detect_batch, images), images)
+        outcomes = await self._batch_slots.run(functools.partial(self._detect_batch, images), images)
         results = [
             detector_pb2.DetectResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)

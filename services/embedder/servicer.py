@@ -9,7 +9,7 @@ import grpc.aio
 import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
-from fashionsearch.decode_threads import run_decoding
+from fashionsearch.decode_threads import BatchSlots
 from fashionsearch.errors import FailedPrecondition, InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_batch, decode_pixels, is_heavy
 from fashionsearch.model_service import model_info
@@ -33,10 +33,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         self._embedder = embedder
         self._limits = limits
         self._max_batch = max_batch
-        # Each batch inference holds its activations (~190 MB for 64 photos with models/embedder) and onnxruntime's
-        # arena keeps the peak afterwards; callers wait here, holding only their request, so the peak stays about
-        # max_concurrent_batches batches whatever they send (bench/embedder_batch_memory.py).
-        self._batch_slots = asyncio.Semaphore(max_concurrent_batches)
+        self._batch_slots = BatchSlots(max_concurrent_batches)
         self._model_info = model_info(embedder.identity)
         # Concurrent Embed calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._embed_rows, batching, name="embedder")
@@ -74,8 +71,7 @@ class EmbedderServicer(embedder_pb2_grpc.EmbedderServicer):
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
-        async with self._batch_slots:
-            outcomes = await run_decoding(functools.partial(self._embed_batch, images), images)
+        outcomes = await self._batch_slots.run(functools.partial(self._embed_batch, images), images)
         results = [
             embedder_pb2.EmbedResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)

@@ -29,9 +29,6 @@ class Settings(ModelServiceSettings):
     text_model_dir: Path | None = None
     #: True when text_model_dir was configured explicitly (then a text model that does not fit stops the start).
     text_model_required: bool = True
-    #: EmbedBatch calls whose decoding and inference run at once; more wait their turn. Each holds a batch's
-    #: activations, so this bounds the peak memory whatever callers send (bench/embedder_batch_memory.py).
-    max_concurrent_batches: int = 1
     DEFAULT_METRICS_PORT: ClassVar[int] = 9102
 
     @classmethod
@@ -45,9 +42,4 @@ class Settings(ModelServiceSettings):
                 text_model_dir = env.path("TEXT_MODEL_DIR", beside, must_exist="dir")
             elif (beside / "model.json").is_file():
                 text_model_dir, required = beside, False
-        return cls(
-            **common,
-            text_model_dir=text_model_dir,
-            text_model_required=required,
-            max_concurrent_batches=env.get_int("MAX_CONCURRENT_BATCHES", cls.max_concurrent_batches, min=1, max=64),
-        )
+        return cls(**common, text_model_dir=text_model_dir, text_model_required=required)
