@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from fashionsearch.model_contract import InputSpec, ModelSpec
-from tests.training.conftest import make_lite_dataset
+from testkit.training_data import make_lite_dataset
 from training import data, scenes
 from training.recipes import detector
 
