@@ -23,7 +23,6 @@ from fashionsearch.model_contract import (
     OutputHead,
     file_sha256,
 )
-from fashionsearch.model_variants import variants
 from fashionsearch.text_contract import Target, Term, TextModelSpec, TokenizerSpec
 from training import quantize
 
@@ -257,12 +256,10 @@ def write_tiny_one_pass(
     one_pass = quantize.add_one_pass(classifier, embedder)
     listed = [one_pass]
     if int8:
-        spec = ModelSpec.load(classifier)
         photos = np.random.default_rng(3).integers(0, 256, size=(32, 80, 60, 3), dtype=np.uint8)
-        for variant in (variants(spec)[0], one_pass):
-            source = classifier / variant.file
-            target = classifier / quantize.int8_file(variant.file)
-            quantize.quantize(source, target, spec.input, photos, quantize.PLANS[0])
-            listed.append(quantize.int8_variant(classifier, variant, {}))
+        made = quantize.int8_files(classifier, embedder, one_pass, photos, quantize.PLANS[0])
+        for float_file, (variant, _) in made.items():
+            if float_file.parent == classifier:
+                listed.append(quantize.int8_variant(classifier, variant, {}))
     quantize.write_variants(classifier, listed)
     return classifier, embedder

@@ -47,7 +47,7 @@ from fashionsearch.model_variants import VNNI_FLAGS, Variant, variants
 from training import data, shopper
 from training.inference import images_per_second, onnx_session
 from training.metrics import retrieval_metrics
-from training.trunk import combine, shared_trunk
+from training.trunk import TrunkError, combine, shared_trunk, trunk_end
 
 log = logging.getLogger(__name__)
 
@@ -61,21 +61,23 @@ SAME_ATOL = 1e-4
 
 @dataclass(frozen=True)
 class Plan:
-    """Which operators are quantized: `op_types` (None = all onnxruntime can), minus the first convolution when
-    `float_stem` (it sees the raw pixels, where 8 bits lose the most). `exact_weights`: keep each weight's own
-    scale where the int32 bias would want a larger one (onnxruntime widens the weight's scale by default)."""
+    """Which operators are quantized: `op_types` (None = all onnxruntime can) of the trunk only when `float_heads`
+    (the heads' probabilities and the projection's vector stay float: 8-bit probabilities would step by 1/255 and
+    no longer sum to 1), minus the first convolution when `float_stem` (it sees the raw pixels). `exact_weights`:
+    keep each weight's own scale where the int32 bias would want a larger one (onnxruntime widens it by default)."""
 
     name: str
     op_types: tuple[str, ...] | None = None
+    float_heads: bool = True
     float_stem: bool = False
     exact_weights: bool = False
 
 
 PLANS = (
-    Plan("all operators"),
-    Plan("convolutions only (heads and projection in float)", op_types=("Conv",)),
-    Plan("convolutions only, first one in float", op_types=("Conv",), float_stem=True),
-    Plan("all operators, weight scales not widened for the bias", exact_weights=True),
+    Plan("the trunk's operators (heads and projection in float)"),
+    Plan("the trunk's operators, weight scales not widened for the bias", exact_weights=True),
+    Plan("the trunk's operators, its first convolution in float", float_stem=True),
+    Plan("the trunk's convolutions only", op_types=("Conv",)),
 )
 #: A plan slower than this share of the fastest is not chosen, however accurate (the point is speed).
 MIN_SPEED_SHARE = 0.8
@@ -107,13 +109,30 @@ class _Batches(CalibrationDataReader):
         return {self._spec.name: preprocess(list(self._images[start : start + self._batch]), self._spec)}
 
 
-def quantize(source: Path, target: Path, spec: InputSpec, calibration: np.ndarray, plan: Plan) -> None:
-    """Write the statically quantized `source` to `target` (QDQ, per-channel int8 weights, uint8 activations)."""
+def downstream(graph: onnx.GraphProto, tensors: set[str]) -> list[str]:
+    """Names of the nodes that read `tensors` or anything computed from them."""
+    reached, names = set(tensors), []
+    for node in graph.node:  # ONNX graphs are in topological order
+        if reached.intersection(node.input):
+            names.append(node.name)
+            reached.update(node.output)
+    return names
+
+
+def quantize(
+    source: Path, target: Path, spec: InputSpec, calibration: np.ndarray, plan: Plan, trunk_end: set[str]
+) -> None:
+    """Write the statically quantized `source` to `target` (QDQ, per-channel int8 weights, uint8 activations);
+    `trunk_end`: the tensors the heads read from the trunk (what follows them stays float with `float_heads`)."""
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(source), str(prepared))
         graph = onnx.load(str(prepared)).graph
         convolutions = [n.name for n in graph.node if n.op_type == "Conv"]
+        known = {name for node in graph.node for name in node.output}
+        if plan.float_heads and not trunk_end <= known:
+            raise TrunkError(f"the trunk's end {sorted(trunk_end - known)} is not in the prepared graph")
+        heads = downstream(graph, trunk_end) if plan.float_heads else []
         quantize_static(
             str(prepared),
             str(target),
@@ -124,7 +143,7 @@ def quantize(source: Path, target: Path, spec: InputSpec, calibration: np.ndarra
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
             op_types_to_quantize=list(plan.op_types) if plan.op_types else None,
-            nodes_to_exclude=convolutions[:1] if plan.float_stem else None,
+            nodes_to_exclude=heads + (convolutions[:1] if plan.float_stem else []),
             extra_options={"QDQDisableWeightAdjustForInt32Bias": plan.exact_weights},
         )
 
@@ -274,6 +293,28 @@ def add_one_pass(classifier_dir: Path, embedder_dir: Path) -> Variant:
     )
 
 
+def int8_files(
+    classifier_dir: Path, embedder_dir: Path, one_pass: Variant, calibration: np.ndarray, plan: Plan
+) -> dict[Path, tuple[Variant, Path]]:
+    """Quantize the one-pass file, and cut the plain classifier's and the embedder's int8 files out of it (its
+    heads, its embedding output): the same trunk and the same operators, so the three agree exactly.
+    Returns {float file: (its variant, its int8 file)}."""
+    c_model, e_model = (onnx.load(str(d / MODEL_FILE)) for d in (classifier_dir, embedder_dir))
+    c_spec, e_spec = ModelSpec.load(classifier_dir), ModelSpec.load(embedder_dir)
+    assert e_spec.embedding is not None
+    source, target = classifier_dir / one_pass.file, classifier_dir / int8_file(one_pass.file)
+    quantize(source, target, c_spec.input, calibration, plan, trunk_end(c_model, e_model))
+    made = {source: (one_pass, target)}
+    for folder, spec, outputs in (
+        (classifier_dir, c_spec, [h.name for h in c_spec.outputs]),
+        (embedder_dir, e_spec, [e_spec.embedding.output]),
+    ):
+        cut = folder / int8_file(MODEL_FILE)
+        onnx.utils.extract_model(str(target), str(cut), [spec.input.name], outputs)
+        made[folder / MODEL_FILE] = (variants(spec)[0], cut)
+    return made
+
+
 def int8_variant(model_dir: Path, source: Variant, parity: Mapping[str, Any]) -> Variant:
     """The int8 file of `source` as a variant (needing VNNI to be worth serving) with its parity numbers."""
     file = int8_file(source.file)
@@ -304,7 +345,8 @@ def _choose_plan(
     calibration: np.ndarray,
     photos: Photos,
     threads: int,
-    plans: Sequence[Plan] = PLANS,
+    plans: Sequence[Plan],
+    end: set[str],
 ) -> tuple[Plan, dict[str, Any]]:
     """The plan that loses least against float on `photos` among those near the fastest (ties: the earlier); the
     only one without measuring when one is given."""
@@ -314,7 +356,7 @@ def _choose_plan(
     with tempfile.TemporaryDirectory() as tmp:
         for k, plan in enumerate(plans):
             target = Path(tmp) / f"plan{k}.onnx"
-            quantize(source, target, spec.input, calibration, plan)
+            quantize(source, target, spec.input, calibration, plan, end)
             comparison = compare({"float": source, "int8": target}, spec, output, photos, threads=threads)
             speed = images_per_second(target, spec.input.height, spec.input.width, threads, seconds=4.0, batch=64)
             tried[plan.name] = {
@@ -349,9 +391,9 @@ def run(
     calibration = calibration_images(train, calibration_size)
     vectors = one_pass.embedding.output
     source = classifier_dir / ONE_PASS_FILE
-    plan, tried = _choose_plan(
-        source, c_spec, vectors, calibration, Photos.of(val.at_most(choose_images, seed=0), donors), threads, plans
-    )
+    end = trunk_end(onnx.load(str(classifier_dir / MODEL_FILE)), onnx.load(str(embedder_dir / MODEL_FILE)))
+    choose_photos = Photos.of(val.at_most(choose_images, seed=0), donors)
+    plan, tried = _choose_plan(source, c_spec, vectors, calibration, choose_photos, threads, plans, end)
     log.info("chosen: %s", plan.name)
     results: dict[str, Any] = {
         "calibration": {"images": len(calibration), "packshots": calibration_size // 2, "method": "MinMax"},
@@ -359,32 +401,25 @@ def run(
         "plan": plan.name,
         "files": {},
     }
+    made = int8_files(classifier_dir, embedder_dir, one_pass, calibration, plan)
     # The served one-pass file in full: validation (the gate) and test, precision@5 against the training packshots.
-    files = {"float": source, "int8": classifier_dir / int8_file(ONE_PASS_FILE)}
-    quantize(files["float"], files["int8"], c_spec.input, calibration, plan)
+    files = {"float": source, "int8": made[source][1]}
     catalogue = Catalogue.of(files, c_spec.input, vectors, train, threads)
     val_photos = Photos.of(val, donors, seed=1)
-    entry: dict[str, Any] = {"val": compare(files, c_spec, vectors, val_photos, catalogue, threads)}
-    entry["test"] = compare(files, c_spec, vectors, Photos.of(test, donors, seed=2), catalogue, threads)
-    one_pass_entry = entry
+    one_pass_entry: dict[str, Any] = {"val": compare(files, c_spec, vectors, val_photos, catalogue, threads)}
+    one_pass_entry["test"] = compare(files, c_spec, vectors, Photos.of(test, donors, seed=2), catalogue, threads)
     reference = run_model(files["int8"], c_spec.input, val.images, threads)
-    # The plain classifier and the embedder, quantized alike: the same numbers when their outputs are the one-pass
-    # file's (the same operators on the same calibration photos), measured in full otherwise.
     listed: dict[Path, list[Variant]] = {classifier_dir: [one_pass], embedder_dir: []}
-    plain = [(classifier_dir, variants(c_spec)[0], c_spec, None), (embedder_dir, variants(e_spec)[0], e_spec, vectors)]
-    for folder, variant, spec, output in [(classifier_dir, one_pass, c_spec, vectors), *plain]:
-        files = {"float": folder / variant.file, "int8": folder / int8_file(variant.file)}
-        if variant is one_pass:
-            entry = one_pass_entry
-        else:
-            quantize(files["float"], files["int8"], spec.input, calibration, plan)
-            got = run_model(files["int8"], spec.input, val.images, threads)
+    for float_file, (variant, int8_path) in made.items():
+        folder, spec = float_file.parent, ModelSpec.load(float_file.parent)
+        files = {"float": float_file, "int8": int8_path}
+        entry: dict[str, Any] = one_pass_entry
+        if variant is not one_pass:  # cut out of the one-pass file: check that its outputs are that file's
+            got = run_model(int8_path, spec.input, val.images, threads)
             diff = max(float(np.abs(got[name] - reference[name]).max()) for name in got)
             entry = {"same_as": f"{classifier_dir.name}/{int8_file(ONE_PASS_FILE)}", "max_abs_diff": diff}
-            if diff <= SAME_ATOL:
-                entry["val"] = one_pass_entry["val"]
-            else:
-                entry["val"] = compare(files, spec, output, val_photos, None, threads)
+            output = spec.embedding.output if spec.embedding else None
+            entry["val"] = one_pass_entry["val"] if diff <= SAME_ATOL else compare(files, spec, output, val_photos)
         entry["gate"] = gate_problems(entry["val"])
         entry["megabytes"] = {name: round(path.stat().st_size / 1e6, 1) for name, path in files.items()}
         h, w = spec.input.height, spec.input.width
@@ -392,10 +427,10 @@ def run(
             name: round(images_per_second(path, h, w, threads, seconds=6.0, batch=64)) for name, path in files.items()
         }
         entry["load_average"] = round(os.getloadavg()[0], 2)
-        results["files"][f"{folder.name}/{int8_file(variant.file)}"] = entry
+        results["files"][f"{folder.name}/{int8_path.name}"] = entry
         parity = {"plan": plan.name, "calibration_images": len(calibration), "validation": _summary(entry["val"])}
         if entry["gate"]:
-            log.error("%s fails the parity gate, not listed: %s", files["int8"], "; ".join(entry["gate"]))
+            log.error("%s fails the parity gate, not listed: %s", int8_path, "; ".join(entry["gate"]))
             continue
         listed[folder].append(int8_variant(folder, variant, parity))
     for folder, found in listed.items():

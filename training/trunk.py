@@ -136,3 +136,15 @@ def combine(classifier: onnx.ModelProto, embedder: onnx.ModelProto, prefix: str 
     combined.ir_version = classifier.ir_version
     onnx.checker.check_model(combined)
     return combined
+
+
+def trunk_end(classifier: onnx.ModelProto, embedder: onnx.ModelProto) -> set[str]:
+    """The classifier's trunk tensors that anything beyond the trunk reads (in the classifier, or in the embedder's
+    projection grafted by `combine`): where the heads begin."""
+    trunk = shared_trunk(classifier, embedder)
+    inside = set(trunk.tensors.values()) - {i.name for i in classifier.graph.input}
+    mapped = {e: c for e, c in trunk.tensors.items()}
+    heads = [n for n in classifier.graph.node if not set(n.output) <= inside]
+    projection = [n for n in embedder.graph.node if not set(n.output) <= set(mapped)]
+    read = {name for n in heads for name in n.input} | {mapped.get(name, "") for n in projection for name in n.input}
+    return read & inside

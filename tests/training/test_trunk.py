@@ -13,7 +13,7 @@ from fashionsearch.model_variants import variants
 from services.classifier.model import OnnxClassifier
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_one_pass
 from training.inference import onnx_session
-from training.trunk import TrunkError, combine, shared_trunk
+from training.trunk import TrunkError, combine, shared_trunk, trunk_end
 
 
 def _run(model: onnx.ModelProto | Path, x: np.ndarray) -> dict[str, np.ndarray]:
@@ -41,6 +41,7 @@ def test_combined_model_gives_both_models_outputs_exactly(tmp_path: Path) -> Non
     for name, value in expected.items():
         np.testing.assert_array_equal(combined[name], value)
     trunk = shared_trunk(c, e)
+    assert trunk_end(c, e) == {"features"}  # where the heads and the projection begin
     assert trunk.nodes == 4 and len(trunk.sha256) == 64  # Transpose, AveragePool, Flatten, Sub
     # The identity names the trunk, not the files: another embedder head on it has the same trunk.
     other = onnx.load(str(write_tiny_embedder(tmp_path / "e2", dim=8, seed=3) / MODEL_FILE))
@@ -57,15 +58,13 @@ def test_models_on_different_trunks_are_refused(tmp_path: Path) -> None:
 def test_one_pass_and_int8_variants_load_and_agree_with_float(tmp_path: Path) -> None:
     classifier_dir, embedder_dir = write_tiny_one_pass(tmp_path, int8=True)
     spec = ModelSpec.load(classifier_dir)
-    assert [v.file for v in variants(spec)] == [
-        "model.onnx",
-        "with-embedder.onnx",
-        "model.int8.onnx",
-        "with-embedder.int8.onnx",
-    ]
+    files = {"model.onnx", "with-embedder.onnx", "model.int8.onnx", "with-embedder.int8.onnx"}
+    assert {v.file for v in variants(spec)} == files
     assert spec.extra["trunk"] == ModelSpec.load(embedder_dir).extra["trunk"]
     photos = list(np.random.default_rng(1).integers(0, 256, size=(6, 80, 60, 3), dtype=np.uint8))
     served = {p: OnnxClassifier.from_dir(classifier_dir, precision=p, embedding=True) for p in ("float", "int8")}
+    for model in served.values():
+        model.warm_up(4)  # the heads stay float: their probabilities still sum to 1
     assert served["int8"].identity.precision == "int8" and served["float"].identity.precision == "float"
     batch = np.stack([served["float"].prepare(p) for p in photos])
     (floats, f_vec), (int8s, i_vec) = (served[p].analyse_prepared(batch, [1] * 6) for p in ("float", "int8"))
