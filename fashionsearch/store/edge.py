@@ -40,6 +40,7 @@ the reserve, and says so when the disk has less.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -73,6 +74,7 @@ from fashionsearch.store.base import (
 )
 from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
+from fashionsearch.throttle import Throttle, left_out_note
 
 logger = logging.getLogger(__name__)
 
@@ -494,10 +496,21 @@ class EdgeCatalog:
         (self.root / collection / DROP_MARKER).unlink(missing_ok=True)  # switching back to a kept collection
         pointer = self.pointer(alias)
         tmp = pointer.with_name(f".{pointer.name}.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"collection": collection}, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump({"collection": collection}, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as error:
+            tmp.unlink(missing_ok=True)
+            if error.errno != errno.ENOSPC:
+                raise
+            # The pointer is replaced only once written whole, so the alias stays where it was.
+            raise StoreFullError(
+                f"switching alias {alias} to {collection} refused: the disk holding {self.root} is full"
+                f" ({free_bytes(self.root) / _MIB:.1f} MiB free); {alias} still points at {self.resolve(alias)}."
+                " Make room on it and switch again"
+            ) from None
         os.replace(tmp, pointer)
         _fsync_dir(self.root)
         logger.info("alias %s now points at edge collection %s", alias, collection)
@@ -562,6 +575,8 @@ class FollowingEdgeIndex:
         self._current: str = ""
         self._index: EdgeIndex | None = None
         self._closed = False
+        # Every call retries the collection the alias points at, so a refusal would otherwise be logged per call.
+        self._refused_log = Throttle()
         try:
             self._follow()
             self._catalog.drop_requested(keep=self._current)
@@ -589,12 +604,21 @@ class FollowingEdgeIndex:
             if self._index is None or target != self._current:
                 try:
                     new_index = self._catalog.open(target)
-                except (StoreLockedError, StoreFullError):
+                except (StoreLockedError, StoreFullError) as refused:
                     if self._index is None:
                         raise
                     # Whoever switched has not let go of the new collection yet, or the disk is too full to open it:
                     # keep serving, look again next call.
-                    logger.warning("alias %s points at %s, still open elsewhere", self._alias, target, exc_info=True)
+                    left_out = self._refused_log.allow()
+                    if left_out is not None:
+                        logger.warning(
+                            "alias %s points at %s, which cannot be opened yet (%s): still serving %s%s",
+                            self._alias,
+                            target,
+                            refused.message,
+                            self._current,
+                            left_out_note(left_out),
+                        )
                     return self._index
                 old, old_name, self._index, self._current = self._index, self._current, new_index, target
                 if old is not None:

@@ -89,3 +89,64 @@ def test_a_full_disk_refuses_writes_keeps_reads_and_says_why_at_start(small_disk
     for reserve in (RESERVE_BYTES, 0):
         reopened = _child(_REOPEN, str(small_disk), str(reserve))
         assert "unallocated parts" in str(reopened.get("refused")), reopened
+
+
+_SWITCH = """
+import json, logging, os, sys
+import numpy as np
+from fashionsearch.errors import StoreFullError
+from fashionsearch.store.base import EmbedderIdentity, StoredPoint
+from fashionsearch.store.edge import EdgeCatalog
+
+class Count(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines = []
+    def emit(self, record):
+        self.lines.append((record.getMessage(), record.exc_info is not None))
+
+warnings = Count()
+logging.getLogger("fashionsearch.store").addHandler(warnings)
+root, identity = sys.argv[1], EmbedderIdentity("embedder", "1")
+catalog = EdgeCatalog(root, min_free_bytes=int(sys.argv[2]))
+live = catalog.live("catalogue")  # the gateway's index: no collection yet, created fresh (no reload to fill in)
+live.ensure_collection(64, identity)
+live.upsert([StoredPoint(1, np.ones(64, dtype=np.float32), {"name": "live"})])
+built = catalog.open("cat-b")  # a rebuild or restore beside it
+built.ensure_collection(64, identity)
+built.close()
+out = {}
+with open(os.path.join(root, "filler"), "wb") as filler:  # another tenant of the volume takes what is left
+    try:
+        while True:
+            filler.write(bytes(65536))
+            filler.flush()
+    except OSError:
+        pass
+try:
+    catalog.switch("catalogue", "cat-b")
+except StoreFullError as full:
+    out["switch"] = full.message
+out["alias"] = catalog.resolve("catalogue")
+out["leftovers"] = sorted(name for name in os.listdir(root) if name.endswith(".tmp"))
+os.unlink(os.path.join(root, "filler"))
+catalog.switch("catalogue", "cat-b")  # room for the pointer now, not for loading cat-b's shard
+warnings.lines.clear()
+out["served"] = [len(live.search(np.ones(64, dtype=np.float32), 3, {})) for _ in range(20)]
+out["warnings"] = warnings.lines
+print(json.dumps(out))
+live.close()
+"""
+
+
+def test_an_alias_switch_on_a_full_disk_is_refused_and_the_live_collection_keeps_serving(small_disk: Path) -> None:
+    switched = _child(_SWITCH, str(small_disk), str(RESERVE_BYTES))
+    # The pointer file cannot be written: a clear refusal naming the disk, the alias where it was, nothing left over.
+    assert "switching alias catalogue to cat-b refused" in str(switched.get("switch")), switched
+    assert str(small_disk) in str(switched["switch"])
+    assert switched["alias"] == "catalogue" and switched["leftovers"] == []
+    # The alias moved but the new collection cannot be loaded on this disk: the gateway keeps serving the one it
+    # has, and says why once (not a traceback per request).
+    assert switched["served"] == [1] * 20
+    [(message, with_traceback)] = switched["warnings"]
+    assert "cat-b" in message and "free" in message and not with_traceback, switched["warnings"]
