@@ -72,7 +72,7 @@ class BatchSlots:
     Each holds a whole batch's decoded photos and activations (about 190 MB for 64 photos with models/embedder) and
     onnxruntime's arena keeps the peak afterwards, so unbounded, a model service's memory grew with its callers
     (8 concurrent batches of 64: 1.3 GB against a 1 GiB limit). Callers beyond the limit wait holding only their
-    request (bench/embedder_batch_memory.py).
+    request (bench/batch_memory.py).
     """
 
     def __init__(self, limit: int) -> None:

@@ -1,6 +1,6 @@
 """A model service's batch inference is bounded: however many ClassifyBatch / EmbedBatch calls arrive at once, at
 most max_concurrent_batches model calls run together (each holds a batch's activations: 4 at once of 64 photos took
-the real embedder from 346 MB to 955 MB, bench/embedder_batch_memory.py). The servicers share
+the real embedder from 346 MB to 955 MB, bench/batch_memory.py). The servicers share
 fashionsearch.decode_threads.BatchSlots and the *_MAX_CONCURRENT_BATCHES setting (model_service.py)."""
 
 from __future__ import annotations
