@@ -30,6 +30,24 @@ def test_every_variable_a_service_reads_is_set_in_compose(service):
     assert not unknown, f"compose sets {sorted(unknown)} for {service}, which it never reads"
 
 
+def _documented(variable: str, prefix: str, doc: str) -> bool:
+    """Named in the operations guide: itself, as `*_NAME` for every service, or as `NAME(_FILE)`."""
+    return any(
+        (
+            f"`{variable}`" in doc,
+            f"`*_{variable.removeprefix(prefix)}`" in doc,
+            f"`{variable.removesuffix('_FILE')}(_FILE)`" in doc,
+        )
+    )
+
+
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_every_variable_a_service_reads_is_documented(service):
+    doc = (REPO / "deploy" / "README.md").read_text()
+    missing = sorted(v for v in variables_read_by(service) if not _documented(v, SERVICES[service], doc))
+    assert not missing, f"{service} reads {missing} but deploy/README.md does not say what they do"
+
+
 def test_only_the_gateway_publishes_ports_and_images_are_pinned():
     services = compose_services()
     # Of the services that run by default; the monitoring profile's publish on loopback (tests/unit/test_monitoring.py).
