@@ -60,33 +60,31 @@ RECOVERY_S = 10.0
 
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory) -> ProcessStack:
-    running = ProcessStack(
-        tmp_path_factory.mktemp("faults"),
-        gateway_env={"GATEWAY_WRITE_API_KEYS": WRITE_KEY},
-    ).start()
-    try:
-        with grpc.insecure_channel(running.address("gateway")) as channel:
-            items = [
-                gateway_pb2.UpsertItemsRequest(
-                    item=gateway_pb2.CatalogueItem(
-                        id=i,
-                        image=photo(i),
-                        payload=gateway_pb2.ItemPayload(name=f"Item {i}", sub_category="Topwear", gender="Men"),
-                    )
-                )
-                for i in range(1, 65)
-            ]
-            replies = list(
-                gateway_pb2_grpc.GatewayStub(channel).UpsertItems(
-                    iter(items), timeout=60, metadata=client_metadata(WRITE_KEY)
+def stack_options() -> dict[str, Any]:
+    return {"gateway_env": {"GATEWAY_WRITE_API_KEYS": WRITE_KEY}}
+
+
+@pytest.fixture(scope="module")
+def stack(stack: ProcessStack) -> ProcessStack:
+    """The tier's stack (tests/e2e/conftest.py) with 64 items in it."""
+    with grpc.insecure_channel(stack.address("gateway")) as channel:
+        items = [
+            gateway_pb2.UpsertItemsRequest(
+                item=gateway_pb2.CatalogueItem(
+                    id=i,
+                    image=photo(i),
+                    payload=gateway_pb2.ItemPayload(name=f"Item {i}", sub_category="Topwear", gender="Men"),
                 )
             )
-            assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
-        yield running
-    finally:
-        codes = running.stop()
-    assert all(code == 0 for code in codes.values()), codes
+            for i in range(1, 65)
+        ]
+        replies = list(
+            gateway_pb2_grpc.GatewayStub(channel).UpsertItems(
+                iter(items), timeout=60, metadata=client_metadata(WRITE_KEY)
+            )
+        )
+        assert all(r.upserted for r in replies), [r.error.message for r in replies if not r.upserted]
+    return stack
 
 
 def test_load_at_concurrency_32_has_no_errors_and_stable_memory(stack):
