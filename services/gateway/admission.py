@@ -38,6 +38,7 @@ import grpc.aio
 from aiohttp import web
 
 from fashionsearch.interceptors import handler_like
+from services.gateway.http.responses import error_body
 from services.gateway.observability import GRPC_CODE_KEY
 
 logger = logging.getLogger(__name__)
@@ -274,11 +275,8 @@ class _StreamTicket:
 
 def refused_response(admission: Admission) -> web.Response:
     """503 with Retry-After, counted in the metrics as what it is over gRPC: RESOURCE_EXHAUSTED, a refusal."""
-    response = web.json_response(
-        {"error": {"status": 503, "code": "OVERLOADED", "message": admission.refusal()}},
-        status=503,
-        headers={"Retry-After": str(RETRY_AFTER_S)},
-    )
+    response = error_body(503, "OVERLOADED", admission.refusal())
+    response.headers["Retry-After"] = str(RETRY_AFTER_S)
     response[GRPC_CODE_KEY] = grpc.StatusCode.RESOURCE_EXHAUSTED
     return response
 
@@ -303,16 +301,10 @@ class _BodyRefused(Exception):
 
 
 def body_timeout_response(timeout_s: float) -> web.Response:
-    response = web.json_response(
-        {
-            "error": {
-                "status": 408,
-                "code": "REQUEST_TIMEOUT",
-                "message": f"the request body stopped arriving: nothing came for {timeout_s:g} s"
-                " (GATEWAY_HTTP_BODY_TIMEOUT_S)",
-            }
-        },
-        status=408,
+    response = error_body(
+        408,
+        "REQUEST_TIMEOUT",
+        f"the request body stopped arriving: nothing came for {timeout_s:g} s (GATEWAY_HTTP_BODY_TIMEOUT_S)",
     )
     response[GRPC_CODE_KEY] = grpc.StatusCode.DEADLINE_EXCEEDED
     response.force_close()
