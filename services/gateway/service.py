@@ -644,7 +644,7 @@ class GatewayService:
                 write_backup, self._index, self._backups, name, source="gateway", journal=journal
             )
         except StoreError as failed:
-            raise FailedPrecondition(f"backup {name} failed: {failed}") from None
+            raise _store_failure(f"backup {name} failed", failed) from None
 
     async def compact(self) -> Compaction:
         """Fold the live Edge collection's own writes into a new graph, built in a child process, and switch to it
@@ -654,7 +654,7 @@ class GatewayService:
         try:
             return await asyncio.to_thread(self._compaction)
         except StoreError as failed:
-            raise FailedPrecondition(f"compaction failed: {failed}") from None
+            raise _store_failure("compaction failed", failed) from None
 
     async def stats(self) -> Stats:
         count = await self._store("count", self._index.count)
@@ -668,6 +668,14 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
+
+
+def _store_failure(what: str, failed: StoreError) -> FashionSearchError:
+    """An admin operation's store failure with `what` in front and the code of its kind, so a full disk answers
+    RESOURCE_EXHAUSTED / 507 as any write refused for room does; a plain StoreError (a collection held elsewhere,
+    no collection) is FailedPrecondition: the state of the store, not a server fault."""
+    kind = type(failed) if failed.code != StoreError.code else FailedPrecondition
+    return kind(f"{what}: {failed.message}")
 
 
 async def _both(classify: Any, embed: Any) -> tuple[Classification, Embedding]:

@@ -13,11 +13,15 @@ import pytest
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
+    FashionSearchError,
     InvalidArgument,
     NotFound,
+    StoreError,
+    StoreFullError,
     Unavailable,
 )
 from fashionsearch.store import StoreUnavailableError
+from fashionsearch.store.base import EmbedderIdentity
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import CatalogueItem, Classification, FilterMode, ModelId, SearchOptions
 from services.gateway.limits import Limits
@@ -365,3 +369,32 @@ async def test_a_lone_surrogate_in_a_payload_fails_that_item_naming_the_field(se
     assert isinstance(outcomes[1].error, InvalidArgument) and "payload field 'name'" in outcomes[1].error.message
     assert isinstance(outcomes[2].error, InvalidArgument) and "content_hash" in outcomes[2].error.message
     assert fakes[2].count() == 2
+
+
+@run_async
+async def test_a_compaction_or_backup_that_meets_a_full_disk_answers_as_a_full_disk(fakes, tmp_path):
+    """RESOURCE_EXHAUSTED / 507 as every write refused for room, not FailedPrecondition; a plain store failure (a
+    lock held elsewhere) stays FailedPrecondition, naming what failed."""
+    classifier, embedder, _ = fakes
+
+    def full() -> None:
+        raise StoreFullError("switching alias catalogue to c2 refused: the disk holding data is full (0.0 MiB free)")
+
+    def locked() -> None:
+        raise StoreError("the collection c2 is open elsewhere")
+
+    for failure, expected in ((full, StoreFullError), (locked, FailedPrecondition)):
+        service = GatewayService(classifier, embedder, BruteForceIndex(), compaction=failure)  # type: ignore[arg-type]
+        with pytest.raises(FashionSearchError) as raised:
+            await service.compact()
+        assert isinstance(raised.value, expected) and raised.value.message.startswith("compaction failed: ")
+
+    class FullIndex(BruteForceIndex):
+        def scroll(self, fields=(), page_size=1000):
+            raise StoreFullError("the disk holding the backups is full")
+
+    index = FullIndex()
+    index.ensure_collection(DIM, EmbedderIdentity("embedder", "1"))
+    service = GatewayService(classifier, embedder, index, backups=tmp_path)
+    with pytest.raises(StoreFullError, match="^backup .* failed: "):
+        await service.backup()
