@@ -7,6 +7,7 @@
     python -m training evaluate models/embedder --data HELD_OUT_DIR --held-out --catalogue-data DIR
     python -m training train-text --embedder models/embedder --out models/text-embedder
     python -m training train detector --out models/detector
+    python -m training tune-detector models/detector
     python -m training evaluate-detector models/detector
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
@@ -123,6 +124,13 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     command = f"python -m training evaluate-detector {args.model_dir} --photos {args.photos} --seed {args.seed}"
     path = detector_eval.write_report(results, command, args.report)
     log.info("wrote %s", path)
+    return 0
+
+
+def cmd_tune_detector(args: argparse.Namespace) -> int:
+    dataset, split = _load(args)
+    choice = detector_eval.choose_threshold(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
+    log.info("score threshold %s written to %s/model.json", choice["chosen"], args.model_dir)
     return 0
 
 
@@ -325,6 +333,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=scenes.TEST_SEED, help="the composite test split's seed")
     p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "detector")
     p.set_defaults(func=cmd_evaluate_detector)
+
+    p = commands.add_parser(
+        "tune-detector", help="choose the detector's served score threshold on validation scenes (into model.json)"
+    )
+    p.add_argument("model_dir", type=Path)
+    _data_args(p)
+    p.add_argument("--photos", type=int, default=200, help="composite scenes of validation-split products")
+    p.add_argument("--seed", type=int, default=scenes.TEST_SEED + 1)
+    p.set_defaults(func=cmd_tune_detector)
 
     p = commands.add_parser(
         "train-text", help="train the text encoder against the served image embedder's frozen vectors, and export it"

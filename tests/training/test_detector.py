@@ -86,7 +86,7 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fashionsearch.detection import decode_detections
-    from training.detector_eval import detect, score
+    from training.detector_eval import THRESHOLD_CANDIDATES, choose_threshold, detect, score
     from training.export import export_model
     from training.recipe import TrainOptions
 
@@ -114,6 +114,10 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     found = detect(session, loaded, [p.image for p in photos])
     result = score(loaded, photos, found)
     assert 0.0 <= result["box_recall"] <= 1.0
+    choice = choose_threshold(tmp_path / "detector", dataset, split, 2, seed=2, threads=1)
+    tuned = ModelSpec.load(tmp_path / "detector")
+    assert tuned.detection is not None and tuned.detection.score_threshold == choice["chosen"] in THRESHOLD_CANDIDATES
+    assert tuned.onnx_sha256 == spec.onnx_sha256
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
     assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]
