@@ -424,7 +424,7 @@ def report(args, identities, load_before, load_after, limits, files, bare, rows,
         " (all three services) and x limit by CPU (the bare loop's CPU per image over it) hardly do.\n"
     )
     print(f"| protocol | conc. | mode | calls | errors | p50 ms | p99 ms | searches/s | x limit | / {baseline}", end="")
-    print(f" | CPU ms per search: gateway + classifier + embedder | x limit by CPU | / {baseline} by CPU |")
+    print(f" | CPU ms per search: classifier + embedder + gateway | x limit by CPU | / {baseline} by CPU |")
     print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: |")
     for (protocol, concurrency, mode), r in rows.items():
         ratio = cpu_ratio = ""

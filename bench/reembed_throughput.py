@@ -58,10 +58,10 @@ def pick_catalogue(args: argparse.Namespace, tmp: Path) -> tuple[Manifest, str]:
     return manifest, str(data)
 
 
-def pick_models(tmp: Path) -> tuple[Path, Path, str]:
-    embedder, classifier = REPO_ROOT / "models" / "embedder", REPO_ROOT / "models" / "classifier"
+def pick_models(tmp: Path, args: argparse.Namespace) -> tuple[Path, Path, str]:
+    embedder, classifier = args.embedder_model_dir, args.classifier_model_dir
     if (embedder / "model.onnx").is_file() and (classifier / "model.onnx").is_file():
-        return embedder, classifier, "trained models (models/embedder, models/classifier)"
+        return embedder, classifier, f"trained models ({embedder}, {classifier})"
     return (
         write_tiny_embedder(tmp / "embedder", dim=64),
         write_tiny_classifier(tmp / "classifier"),
@@ -158,7 +158,7 @@ def compare_one_pass(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="reembed-one-pass-") as tmp_name:
         tmp = Path(tmp_name)
         manifest, data_label = pick_catalogue(args, tmp)
-        embedder_dir, classifier_dir, models_label = pick_models(tmp)
+        embedder_dir, classifier_dir, models_label = pick_models(tmp, args)
         threads = str(args.threads)
 
         rates: dict[str, list[float]] = {label: [] for label in CONFIGURATIONS}
@@ -222,6 +222,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, help="dataset folder (styles.csv + images/)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N rows")
+    parser.add_argument("--classifier-model-dir", type=Path, default=REPO_ROOT / "models" / "classifier")
+    parser.add_argument("--embedder-model-dir", type=Path, default=REPO_ROOT / "models" / "embedder")
     parser.add_argument("--mode", choices=("direct", "gateway", "both"), default="both")
     parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads per model service (deployed: 1)")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -241,7 +243,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="reembed-bench-") as tmp_name:
         tmp = Path(tmp_name)
         manifest, data_label = pick_catalogue(args, tmp)
-        embedder_dir, classifier_dir, models_label = pick_models(tmp)
+        embedder_dir, classifier_dir, models_label = pick_models(tmp, args)
         stack = bench_stack(tmp, classifier_dir, embedder_dir, str(args.threads), {})
         addr = {name: stack.address(name) for name in ("classifier", "embedder", "gateway")}
         stack.start()
