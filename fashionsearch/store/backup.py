@@ -20,6 +20,7 @@ a point written during the pages is in its final state, a point deleted is absen
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -35,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from fashionsearch.errors import StoreError
+from fashionsearch.errors import StoreError, StoreFullError
 from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, VectorIndex
 
 logger = logging.getLogger(__name__)
@@ -193,16 +194,43 @@ def write_backup(
 ) -> BackupInfo:
     """Copy every point of index into folder/name; with a journal (the index keeps taking writes), consistent as
     of the end of the copy, and with keep_recording the journal goes on recording the writes after that end (a
-    compaction replays them). Raises StoreError when the index holds no collection."""
-    done = False
+    compaction replays them). Raises StoreError when the index holds no collection, StoreFullError when the
+    folder's disk fills up; a backup that fails leaves nothing behind."""
     info = index.info()
     if info is None:
         raise StoreError(f"{source}: no collection to back up")
     root = Path(folder)
-    root.mkdir(parents=True, exist_ok=True)
     partial = root / f".partial-{name}"
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        return _write_into(partial, index, info, root / name, source=source, journal=journal, keep=keep_recording)
+    except BaseException as failed:
+        shutil.rmtree(partial, ignore_errors=True)
+        if not isinstance(failed, OSError):
+            raise
+        if failed.errno == errno.ENOSPC:
+            raise StoreFullError(
+                f"backup {name} refused: the disk holding {root} is full"
+                f" ({shutil.disk_usage(root).free / 2**20:.1f} MiB free); make room on it"
+            ) from None
+        raise StoreError(f"backup {name} could not be written into {root}: {failed}") from None
+
+
+def _write_into(
+    partial: Path,
+    index: VectorIndex,
+    info: CollectionInfo,
+    final_path: Path,
+    *,
+    source: str,
+    journal: WriteJournal | None,
+    keep: bool,
+) -> BackupInfo:
+    """write_backup's copy into the folder `partial`, renamed to final_path once whole."""
+    name = final_path.name
+    done = False
     started = time.perf_counter()
     files: list[str] = []
     total = 0
@@ -249,7 +277,7 @@ def write_backup(
             final = np.setdiff1d(np.union1d(final, np.asarray(sorted(present), np.int64)), deleted)
         done = True
     finally:
-        if journal is not None and not (done and keep_recording):
+        if journal is not None and not (done and keep):
             journal.stop()
     seconds = time.perf_counter() - started
     manifest = {
@@ -267,9 +295,9 @@ def write_backup(
         "files": [[f, _sha256(partial / f)] for f in files],  # in the order restore applies them
     }
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
-    os.replace(partial, root / name)
+    os.replace(partial, final_path)
     logger.info("backup %s of %s: %s points in %.1f s", name, source, total, seconds)
-    return read_manifest(root / name)
+    return read_manifest(final_path)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> BackupInfo:

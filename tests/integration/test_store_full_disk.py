@@ -14,8 +14,13 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from fashionsearch.errors import StoreFullError
+from fashionsearch.store.backup import write_backup
+from fashionsearch.store.base import EmbedderIdentity, StoredPoint
+from fashionsearch.store.brute import BruteForceIndex
 from testkit.process_stack import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -150,3 +155,23 @@ def test_an_alias_switch_on_a_full_disk_is_refused_and_the_live_collection_keeps
     assert switched["served"] == [1] * 20
     [(message, with_traceback)] = switched["warnings"]
     assert "cat-b" in message and "free" in message and not with_traceback, switched["warnings"]
+
+
+def test_a_backup_onto_a_full_disk_is_refused_and_leaves_nothing_behind(small_disk: Path) -> None:
+    index = BruteForceIndex()
+    index.ensure_collection(8, EmbedderIdentity("embedder", "1"))
+    index.upsert([StoredPoint(i, np.full(8, i, dtype=np.float32), {"name": "x" * 200}) for i in range(1, 2001)])
+    with (small_disk / "filler").open("wb") as filler:  # what else lives on the backups' volume
+        try:
+            while True:
+                filler.write(bytes(65536))
+                filler.flush()
+        except OSError:
+            pass
+    backups = small_disk / "backups"
+    with pytest.raises(StoreFullError, match="is full") as refused:
+        write_backup(index, backups, "catalogue-1", source="test")
+    assert str(backups) in refused.value.message
+    assert list(backups.iterdir()) == []  # no .partial- copy left to fill the disk further
+    (small_disk / "filler").unlink()
+    assert write_backup(index, backups, "catalogue-2", source="test").points == 2000
