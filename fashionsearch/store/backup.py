@@ -212,8 +212,8 @@ def write_backup(
             raise
         if failed.errno == errno.ENOSPC:
             raise StoreFullError(
-                f"backup {name} refused: the disk holding {root} is full"
-                f" ({shutil.disk_usage(root).free / 2**20:.1f} MiB free); make room on it"
+                f"the disk holding {root} is full ({shutil.disk_usage(root).free / 2**20:.1f} MiB free), so the"
+                f" backup {name} is not written; make room on it"
             ) from None
         raise StoreError(f"backup {name} could not be written into {root}: {failed}") from None
 
