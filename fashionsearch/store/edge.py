@@ -409,11 +409,21 @@ class EdgeIndex:
             if self._closed:
                 return
             self._closed = True
+            shard, self._shard = self._shard, None
             try:
-                if self._shard is not None:
-                    self._shard.flush()
-                    self._shard.close()
-                    self._shard = None
+                if shard is not None:
+                    try:
+                        shard.flush()
+                    finally:
+                        shard.close()
+            except Exception as error:  # qdrant-edge raises plain Exception
+                # A full disk (another tenant of the volume filled it) fails the flush of the segments; the
+                # acknowledged writes are in the write-ahead log, which the next open replays.
+                kind = StoreFullError if "No space left" in str(error) else StoreError
+                raise kind(
+                    f"closing the Qdrant Edge collection {self._root} could not flush it: {error}; its writes are in"
+                    " its write-ahead log, which the next open replays"
+                ) from None
             finally:
                 self._dir_lock.release()
 
