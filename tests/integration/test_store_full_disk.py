@@ -21,6 +21,7 @@ from fashionsearch.errors import StoreFullError
 from fashionsearch.store.backup import write_backup
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
 from fashionsearch.store.brute import BruteForceIndex
+from testkit.full_disk import fill_up
 from testkit.process_stack import REPO_ROOT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -102,6 +103,7 @@ import numpy as np
 from fashionsearch.errors import StoreFullError
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
 from fashionsearch.store.edge import EdgeCatalog
+from testkit.full_disk import fill_up
 
 class Count(logging.Handler):
     def __init__(self):
@@ -121,20 +123,14 @@ built = catalog.open("cat-b")  # a rebuild or restore beside it
 built.ensure_collection(64, identity)
 built.close()
 out = {}
-with open(os.path.join(root, "filler"), "wb") as filler:  # another tenant of the volume takes what is left
-    try:
-        while True:
-            filler.write(bytes(65536))
-            filler.flush()
-    except OSError:
-        pass
+filler = fill_up(root)  # another tenant of the volume takes what is left
 try:
     catalog.switch("catalogue", "cat-b")
 except StoreFullError as full:
     out["switch"] = full.message
 out["alias"] = catalog.resolve("catalogue")
 out["leftovers"] = sorted(name for name in os.listdir(root) if name.endswith(".tmp"))
-os.unlink(os.path.join(root, "filler"))
+filler.unlink()
 catalog.switch("catalogue", "cat-b")  # room for the pointer now, not for loading cat-b's shard
 warnings.lines.clear()
 out["served"] = [len(live.search(np.ones(64, dtype=np.float32), 3, {})) for _ in range(20)]
@@ -161,39 +157,28 @@ def test_a_backup_onto_a_full_disk_is_refused_and_leaves_nothing_behind(small_di
     index = BruteForceIndex()
     index.ensure_collection(8, EmbedderIdentity("embedder", "1"))
     index.upsert([StoredPoint(i, np.full(8, i, dtype=np.float32), {"name": "x" * 200}) for i in range(1, 2001)])
-    with (small_disk / "filler").open("wb") as filler:  # what else lives on the backups' volume
-        try:
-            while True:
-                filler.write(bytes(65536))
-                filler.flush()
-        except OSError:
-            pass
+    filler = fill_up(small_disk)  # what else lives on the backups' volume
     backups = small_disk / "backups"
     with pytest.raises(StoreFullError, match="is full") as refused:
         write_backup(index, backups, "catalogue-1", source="test")
     assert str(backups) in refused.value.message
     assert list(backups.iterdir()) == []  # no .partial- copy left to fill the disk further
-    (small_disk / "filler").unlink()
+    filler.unlink()
     assert write_backup(index, backups, "catalogue-2", source="test").points == 2000
 
 
 _CLOSE = """
-import json, os, sys
+import json, sys
 import numpy as np
 from fashionsearch.errors import StoreFullError
 from fashionsearch.store.base import EmbedderIdentity, StoredPoint
 from fashionsearch.store.edge import EdgeIndex
+from testkit.full_disk import fill_up
 
 index = EdgeIndex(sys.argv[1], "catalogue", min_free_bytes=int(sys.argv[2]))
 index.ensure_collection(64, EmbedderIdentity("embedder", "1"))
 index.upsert([StoredPoint(i, np.full(64, i, dtype=np.float32), {"name": "x"}) for i in range(1, 65)])
-with open(os.path.join(sys.argv[1], "filler"), "wb") as filler:  # another tenant of the volume takes the rest
-    try:
-        while True:
-            filler.write(bytes(65536))
-            filler.flush()
-    except OSError:
-        pass
+fill_up(sys.argv[1])  # another tenant of the volume takes the rest
 try:
     index.close()
 except StoreFullError as full:
