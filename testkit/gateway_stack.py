@@ -149,6 +149,9 @@ def start_stack(
         gateway_overrides.setdefault("detector_addr", peer_addr(detector))
     # Tests write the catalogue without keys unless they configure some (tests/integration/test_gateway_security.py).
     gateway_overrides.setdefault("allow_unauthenticated_writes", True)
+    # The embedded store's first collection (files created and synced) took over the 5 s default on a loaded 2-core
+    # machine (1 of 10 runs of test_gateway.py beside two busy loops); a test about store deadlines sets its own.
+    gateway_overrides.setdefault("store_timeout_s", 30.0)
     # HTTP only where a test asks for it (with a free port): the default port, 8080, may be taken.
     gateway_overrides.setdefault("http_port", None)
     gateway_overrides.setdefault("metrics_port", None)  # in-process gateways never take the default port 8080
