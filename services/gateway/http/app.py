@@ -14,6 +14,7 @@ from fashionsearch.serving import HealthServicer
 from fashionsearch.throttle import Throttle
 from services.gateway.admission import Admission, BodyTooLarge, http_admission, refused_response, request_bytes
 from services.gateway.http.handlers import WEB_DIR, HttpApi
+from services.gateway.http.parsing import check_query_text
 from services.gateway.http.responses import CATALOGUE_PREFIX, check_length, error_body, too_large
 from services.gateway.observability import (
     http_status_codes,
@@ -40,6 +41,7 @@ def errors_middleware(max_body_bytes: int) -> Callable[..., Awaitable[web.Stream
         if refused is not None:
             return refused
         try:
+            check_query_text(request)
             return await handler(request)
         except FashionSearchError as error:
             status = error.http_status

@@ -5,6 +5,7 @@ that says what was wrong."""
 from __future__ import annotations
 
 import asyncio
+import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
@@ -159,6 +160,18 @@ def outfit_options(params: list[tuple[str, str]]) -> SearchOptions:
         else:
             raise InvalidArgument(f"unknown parameter {name!r}; allowed: {', '.join(_OUTFIT_PARAMS)}")
     return SearchOptions(top_k=top_k, refine_text=refine)
+
+
+def check_query_text(request: web.Request) -> None:
+    """Refuse a query string whose percent-escapes are not UTF-8 (a lone surrogate's %ED%A0%80, a stray %FF): the
+    decoder would put U+FFFD in their place, and a filter would then search for that instead of being refused."""
+    try:
+        urllib.parse.unquote_to_bytes(request.rel_url.raw_query_string).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise InvalidArgument(
+            f"the query string is not UTF-8 text: its percent-escapes decode to a byte sequence that is not"
+            f" ({error.reason} at byte {error.start})"
+        ) from None
 
 
 async def read_photo(request: web.Request, body_limit: int) -> tuple[bytes, list[tuple[str, str]]]:
