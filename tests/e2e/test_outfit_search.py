@@ -104,7 +104,8 @@ def test_the_page_draws_a_box_per_product_and_shows_the_clicked_ones_results(sta
             page.check('input[name="find"][value="outfit"]')
             page.set_input_files("#file", str(photo))
             page.wait_for_function(
-                "() => document.querySelectorAll('#boxes .box').length === 2 && !document.body.classList.contains('busy')",
+                "() => document.querySelectorAll('#boxes .box').length === 2"
+                " && !document.body.classList.contains('busy')",
                 timeout=60000,
             )
             boxes = page.locator("#boxes .box")
