@@ -35,7 +35,7 @@ from testkit.indexer_fixtures import product_jpeg, write_dataset, write_jsonl
 from testkit.indexer_job import addr, counts, digests, job_command, run_job
 from testkit.process_stack import REPO_ROOT
 from testkit.tiny_models import write_tiny_embedder
-from testkit.waiting import wait_until
+from testkit.waiting import DEADLINE_S, wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")]
 
@@ -186,7 +186,7 @@ def test_edge_rebuild_beside_the_live_gateway_then_switch(stack: Stack, tmp_path
         rebuild = ["--dataset", str(dataset), "--edge-dir", str(store), "--embedder", addr(upgraded)]
         code, staged = run_job(tmp_path, *rebuild, "--no-switch", "--classifier", addr(stack.classifier))
         assert code == 0 and staged["added"] == 25
-        stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+        stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=DEADLINE_S)
         assert stats.stored_embedder.version == "tiny-1" and stats.item_count == 25  # searches see the old one
 
         code, switched = run_job(tmp_path, *rebuild)
@@ -195,7 +195,7 @@ def test_edge_rebuild_beside_the_live_gateway_then_switch(stack: Stack, tmp_path
         assert any("catalogue is still open" in note for note in switched["notes"])
     finally:
         stack.threads.run(upgraded.stop(0))
-    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=DEADLINE_S)
     assert stats.stored_embedder.version == "tiny-2" and stats.item_count == 25
     assert json.loads((store / "catalogue.alias").read_text()) == {"collection": "catalogue--tiny-embedder-tiny-2"}
     stack.threads.run(stack.gateway.stop(0))  # lets go of the old collection (after a grace period when serving)
@@ -221,7 +221,7 @@ def test_sigkill_mid_run_then_resume_through_the_gateway(stack: Stack, tmp_path:
     args = ["--dataset", str(dataset), "--gateway", addr(stack.gateway), "--batch-size", "16", "--inflight", "1"]
 
     def count() -> int:
-        return stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
+        return stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=DEADLINE_S).item_count
 
     upserts = {"grpc_service": "fashionsearch.v1.Gateway", "grpc_method": "UpsertItems"}
     idle = REGISTRY.get_sample_value("grpc_server_requests_in_flight", upserts) or 0.0
@@ -274,7 +274,7 @@ def test_sigkill_during_an_edge_rebuild_then_resume_and_switch(stack: Stack, tmp
     assert code == 0 and resumed["added"] + resumed["unchanged"] == total
     # Everything reported written before the kill survived it (plus what was in flight); the rest was added now.
     assert added <= resumed["unchanged"] < total
-    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5)
+    stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=DEADLINE_S)
     assert stats.item_count == total
     assert sorted(digests(stack)) == list(range(1, total + 1))
 
@@ -304,7 +304,7 @@ def test_sigterm_stops_after_the_batches_in_flight(stack: Stack, tmp_path: Path)
         assert process.wait(30) == 1
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["interrupted"] and not summary["complete"] and 50 <= summary["added"] < total
-    stored = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=5).item_count
+    stored = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=DEADLINE_S).item_count
     assert stored == summary["added"]  # the summary counts exactly what was acknowledged
     code, resumed = run_job(tmp_path, *args)
     assert code == 0 and (resumed["added"], resumed["unchanged"]) == (total - stored, stored)
