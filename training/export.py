@@ -135,7 +135,7 @@ def parity_check(
     if len(images) < min_images:
         raise ExportError(f"the parity gate needs at least {min_images} images, got {len(images)}")
     x = preprocess(list(images), input_spec)
-    keras_out = model.predict(x, batch_size=256, verbose=0)
+    keras_out = model.predict(x, batch_size=32, verbose=0)  # 256 at a time took 13 GB for the 320x256 detector
     if not isinstance(keras_out, list | tuple):
         keras_out = [keras_out]
     session = onnx_session(onnx_path)
