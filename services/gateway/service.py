@@ -273,9 +273,13 @@ class GatewayService:
         return found, photo
 
     async def _main_product(self, image: bytes) -> bytes:
-        """The detector's best product cut out of the photo, or the photo itself when it finds none."""
+        """The detector's best product cut out of the photo, or the photo itself when it finds none or the product
+        fills most of it (crops.WHOLE_PHOTO_SHARE)."""
         found, photo = await self._found(image)
         if not found.detections:
+            return image
+        best, (width, height) = found.detections[0], found.size
+        if best.width * best.height >= crops.WHOLE_PHOTO_SHARE * width * height:
             return image
         [crop] = await run_decoding(partial(crops.cut_out, photo, found.detections[:1]), [])
         return crop

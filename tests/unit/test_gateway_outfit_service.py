@@ -161,3 +161,12 @@ def test_a_tiny_cut_out_is_enlarged_so_the_services_accept_it():
     decoded = crops.decode_photo(photo(), crops.ImageLimits())
     [data] = crops.cut_out(decoded, [Detection(50, 70, 2, 3, "top", 0.9)])
     assert min(Image.open(io.BytesIO(data)).size) >= crops.MIN_SIDE
+
+
+@run_async
+async def test_crop_auto_reads_the_whole_photo_when_the_product_fills_most_of_it():
+    # A packshot: the photo is framed around the product already; cutting it out only loses context.
+    filling = Detection(10, 10, 280, 380, "top", 0.9)
+    service, classifier, _ = await _service(FakeDetector((filling,)))
+    await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+    assert classifier.seen == [photo()]
