@@ -18,6 +18,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 DIM = 8
 EMBEDDER = EmbedderIdentity("embedder", "8")
+WRITES = 2000
 
 
 def _point(pid: int, rng: np.random.Generator, tag: str = "") -> StoredPoint:
@@ -50,7 +51,10 @@ def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
     worker.start()
     try:
         k = 0
-        while worker.is_alive() or k < 20:  # writes and searches all along the compaction, and a few after it
+        # Writes and reads all along the compaction (at most WRITES of them, so a slow machine does not grow the
+        # unindexed segment without bound), and a few after it. Each write is read back by id: a nearest-neighbour
+        # search over a graph is approximate, and a miss there would say nothing about a lost write.
+        while (worker.is_alive() and k < WRITES) or k < 20:
             k += 1
             point = _point(5000 + k, rng, " new") if k % 3 else _point(int(rng.integers(1, 3001)), rng, " v2")
             live.upsert([point])
@@ -59,13 +63,15 @@ def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
                 gone = int(rng.integers(1, 3001))
                 live.delete([gone])
                 expected.pop(gone, None)
-            assert live.search(point.vector, 1)[0].id == point.id
+            (stored,) = live.retrieve([point.id])
+            assert np.array_equal(stored.vector, point.vector) and dict(stored.payload) == point.payload
+            assert live.search(point.vector, 5)  # searches go on while the graph is rebuilt
     finally:
         worker.join()
     (result,) = outcome
     assert not isinstance(result, BaseException), result
+    ids = [i for i, _ in live.scroll((), 1000)]  # the live index moves over to the new collection on a call
     assert live.collection == result.collection != "catalogue--embedder-8"
-    ids = [i for i, _ in live.scroll((), 1000)]
     stored = {p.id: p for p in live.retrieve(ids)}
     assert sorted(stored) == sorted(expected)
     for pid, point in expected.items():
