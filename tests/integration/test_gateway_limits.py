@@ -237,9 +237,11 @@ def _search_code(stack: Stack, image: bytes) -> grpc.StatusCode:
 
 def _refused_from_headers(port: int, length: int) -> bool:
     """Whether a request declaring `length` body bytes is refused from its headers now. It sends no body, so it
-    reserves nothing: a request that is let in waits for its body, and is closed here after a moment."""
+    reserves nothing: a request that is let in waits for its body, and is closed here after a while. The while is
+    seconds, not a fraction of one: a refusal that took longer to arrive on a busy machine read as "let in", and
+    every poll of wait_until missed it."""
     with _http_head(port, "POST", "/v1/search", length) as probe:
-        probe.settimeout(0.5)
+        probe.settimeout(3)
         try:
             return _answer(probe).startswith("HTTP/1.1 503")
         except TimeoutError:
