@@ -108,6 +108,7 @@ def test_launcher_serves_the_sample_catalogue_and_restarts_without_embedding(tmp
                 assert b"grpc_server_handled_total{" in answer.read()
         with pytest.raises(urllib.error.HTTPError) as not_here:
             urllib.request.urlopen(f"http://127.0.0.1:{ports['HTTP']}/metrics", timeout=10)
+        not_here.value.close()  # an HTTPError holds the answer's socket open until closed
         assert not_here.value.code == 404
     finally:
         assert _stop(proc) == 0
