@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 
 PARITY_ATOL = 1e-4
 PARITY_MIN_IMAGES = 256
+PARITY_BATCH_PIXELS = 256 * 144 * 108  # how many input pixels the gate's Keras run predicts at a time
 OPSET = 17
 BATCH_DIM = "batch"
 TRAINED_FILE = "trained.json"
@@ -135,7 +136,11 @@ def parity_check(
     if len(images) < min_images:
         raise ExportError(f"the parity gate needs at least {min_images} images, got {len(images)}")
     x = preprocess(list(images), input_spec)
-    keras_out = model.predict(x, batch_size=32, verbose=0)  # 256 at a time took 13 GB for the 320x256 detector
+    # Batches sized by input area: 256 photos at the classifiers' 144x108 as before (a near-tied head of a barely
+    # trained model flipped its argmax when Keras ran it in smaller batches than onnxruntime), and fewer of the
+    # detector's 320x256 scenes, where 256 at a time took 13 GB.
+    batch = max(1, PARITY_BATCH_PIXELS // (input_spec.height * input_spec.width))
+    keras_out = model.predict(x, batch_size=batch, verbose=0)
     if not isinstance(keras_out, list | tuple):
         keras_out = [keras_out]
     session = onnx_session(onnx_path)
