@@ -76,7 +76,11 @@ def decode_image(
     if len(data) > limits.max_bytes:
         raise InvalidArgument(f"image is {len(data)} bytes, more than the limit of {limits.max_bytes} bytes")
     try:
-        image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
+        with warnings.catch_warnings():
+            # A corrupt EXIF block makes Pillow warn ("Truncated File Read") while it reads the JPEG's dpi, which
+            # we never use; the pixels are decoded, or refused, below.
+            warnings.simplefilter("ignore", UserWarning)
+            image: Image.Image = Image.open(io.BytesIO(data), formats=FORMATS)
     except UnidentifiedImageError:
         raise InvalidArgument("image bytes are not a JPEG, PNG or WebP image") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
