@@ -45,9 +45,9 @@ TOWER = 3  # depthwise-separable convs after the pyramid
 SIZE_UNIT = 32.0  # box_size = SIZE_UNIT * exp(prediction): 0 means a 32-pixel box
 HEATMAP_PRIOR = 0.01  # initial heatmap probability (CenterNet's bias -2.19), so the focal loss starts calm
 GAUSSIAN_ALPHA = 0.54  # TTFNet's elliptical Gaussian: sigma = alpha * box side / 6
-DEFAULT_SCENES = 12000
-VAL_SCENES = 256
-DEFAULT_MINUTES = 55.0
+DEFAULT_SCENES = 32000
+VAL_SCENES = 512
+DEFAULT_MINUTES = 50.0
 DEFAULT_BATCH = 32
 PEAK_LR = 2e-3
 WEIGHT_DECAY = 1e-4
@@ -169,42 +169,36 @@ def scene_arrays(
     pool: scenes.Products, count: int, input_spec: InputSpec, seed: int, session: Any, chunk: int = 256
 ) -> dict[str, np.ndarray]:
     """Synthesise `count` scenes and keep what training needs: the trunk's taps (float16), targets, and the
-    scenes' pixels only for the first chunk (parity images)."""
+    scenes' pixels only for the first chunk (parity images). The arrays are allocated once, at full size, from
+    the first chunk's shapes: 32,000 scenes take about 9 GB, and growing lists then concatenating would need twice
+    that."""
     classes = len(scenes.GROUPS)
-    feats: list[list[np.ndarray]] = [[], [], []]
-    heats, sizes, offsets = [], [], []
-    first_pixels = None
+    arrays: dict[str, np.ndarray] = {}
     started = time.monotonic()
     for start in range(0, count, chunk):
         batch = scenes.training_scenes(pool, min(chunk, count - start), input_spec, seed + start)
         pixels = np.stack([s.image for s in batch])
-        if first_pixels is None:
-            first_pixels = pixels
-        for k, f in enumerate(backbone_features(session, pixels, input_spec)):
-            feats[k].append(f)
-        for s in batch:
-            heat, size, offset = targets(s.boxes, s.groups, input_spec.height, input_spec.width, classes)
-            heats.append((heat * 255 + 0.5).astype(np.uint8))  # 1/255 steps: 4x smaller, the peaks stay exactly 1
-            sizes.append(size)
-            offsets.append(offset)
+        parts = dict(zip(("c3", "c4", "c5"), backbone_features(session, pixels, input_spec), strict=True))
+        encoded = [targets(s.boxes, s.groups, input_spec.height, input_spec.width, classes) for s in batch]
+        # 1/255 steps: 4x smaller than float32, and the peaks stay exactly 1
+        parts["heatmap"] = np.stack([(heat * 255 + 0.5).astype(np.uint8) for heat, _, _ in encoded])
+        parts["size"] = np.stack([size for _, size, _ in encoded])
+        parts["offset"] = np.stack([offset for _, _, offset in encoded])
+        if not arrays:
+            arrays = {k: np.empty((count, *v.shape[1:]), dtype=v.dtype) for k, v in parts.items()}
+            arrays["pixels"] = pixels
+        for k, v in parts.items():
+            arrays[k][start : start + len(batch)] = v
         log.info("%d of %d scenes (%.0f s)", start + len(batch), count, time.monotonic() - started)
-    assert first_pixels is not None
-    return {
-        "c3": np.concatenate(feats[0]),
-        "c4": np.concatenate(feats[1]),
-        "c5": np.concatenate(feats[2]),
-        "heatmap": np.stack(heats),
-        "size": np.stack(sizes),
-        "offset": np.stack(offsets),
-        "pixels": first_pixels,
-    }
+    return arrays
 
 
 def cached_scenes(
     name: str, pool: scenes.Products, count: int, input_spec: InputSpec, seed: int, session: Any, run_dir: Path
 ) -> dict[str, np.ndarray]:
-    """scene_arrays, saved as run_dir/scenes-<name>.npz and reused when the count, seed and input match."""
-    path = run_dir / f"scenes-{name}.npz"
+    """scene_arrays, saved as run_dir/scenes-<name>/<array>.npy and reused (memory-mapped, read-only) when the
+    count, seed and input match: a resumed run does not synthesise again."""
+    folder = run_dir / f"scenes-{name}"
     key = {
         "count": count,
         "seed": seed,
@@ -212,13 +206,15 @@ def cached_scenes(
         "products": len(pool),
         "taps": 3,
     }
-    meta = path.with_suffix(".json")
-    if path.is_file() and meta.is_file() and json.loads(meta.read_text()) == key:
-        with np.load(path) as archive:
-            return {k: archive[k] for k in archive.files}
+    meta = folder / "key.json"
+    if meta.is_file() and json.loads(meta.read_text()) == key:
+        return {p.stem: np.load(p, mmap_mode="r") for p in sorted(folder.glob("*.npy"))}
     arrays = scene_arrays(pool, count, input_spec, seed, session)
-    np.savez(path, allow_pickle=False, **arrays)
-    meta.write_text(json.dumps(key))
+    folder.mkdir(parents=True, exist_ok=True)
+    meta.unlink(missing_ok=True)
+    for k, v in arrays.items():
+        np.save(folder / f"{k}.npy", v, allow_pickle=False)
+    meta.write_text(json.dumps(key))  # last: a run killed while saving synthesises again
     return arrays
 
 
@@ -249,14 +245,21 @@ class SceneBatches(keras.utils.PyDataset):
 
 
 class SaveHead(keras.callbacks.Callback):
-    """The head's weights after every epoch, so a stopped run still leaves a model to export."""
+    """The head's weights after every epoch (`last`), so a stopped run still leaves a model to export, and those
+    of the epoch with the lowest validation loss so far (`best`), which is the one exported: with a fixed set of
+    scenes the head starts to learn them by heart, and validation loss rises again while training loss falls."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, last: Path, best: Path) -> None:
         super().__init__()
-        self.path = path
+        self.last, self.best = last, best
+        self.best_loss, self.best_epoch = math.inf, -1
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        self.model.save_weights(self.path)
+        self.model.save_weights(self.last)
+        loss = (logs or {}).get("val_loss")
+        if loss is not None and loss < self.best_loss:
+            self.best_loss, self.best_epoch = float(loss), epoch
+            self.model.save_weights(self.best)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -291,14 +294,23 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     head.compile(optimizer=optimizer, loss=[focal_loss, size_loss, offset_loss], jit_compile=options.keras_jit)
     schedule = ProgressSchedule(PEAK_LR, total_steps=epochs * steps, budget_s=budget_s, warmup=WARMUP)
     history = JsonHistory(run_dir / "history.json")
+    saver = SaveHead(run_dir / "head.weights.h5", run_dir / "head-best.weights.h5")
     fit_started = time.monotonic()
     head.fit(
         SceneBatches(train, batch, options.seed, steps),
         validation_data=SceneBatches(val, batch, options.seed + 1),
         epochs=epochs,
-        callbacks=[schedule, history, SaveHead(run_dir / "head.weights.h5")],
+        callbacks=[schedule, history, saver],
         verbose=options.verbose,
     )
+    if saver.best_epoch >= 0:
+        head.load_weights(saver.best)
+        log.info(
+            "exporting epoch %d of %d (lowest validation loss %.4f)",
+            saver.best_epoch + 1,
+            len(history.history.get("val_loss", [])),
+            saver.best_loss,
+        )
     fit_s = time.monotonic() - fit_started
     hist = history.history
     log.info("trained %d steps in %.0f s", schedule.steps, fit_s)
@@ -307,7 +319,7 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
         kind="detector",
         model=full,
         input_spec=spec,
-        metrics={"val_loss": hist.get("val_loss", [None])[-1]},
+        metrics={"val_loss": saver.best_loss if saver.best_epoch >= 0 else None},
         training={
             "recipe": "detector",
             "trunk": "EfficientNet-Lite0, ImageNet",
@@ -319,6 +331,8 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "val_scenes": val_count,
             "batch": batch,
             "steps": schedule.steps,
+            "exported_epoch": saver.best_epoch + 1,
+            "epochs": len(hist.get("val_loss", [])),
             "seconds_synthesis": round(synthesis_s, 1),
             "seconds_training": round(fit_s, 1),
             "seconds_per_step": round(fit_s / max(schedule.steps, 1), 3),
