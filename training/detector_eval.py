@@ -28,6 +28,10 @@ IOU = 0.5
 AP_THRESHOLD = 0.01  # decode down to here for AP; the served threshold is model.json's
 THRESHOLDS = (0.15, 0.2, 0.25, 0.3, 0.4, 0.5)  # the clean photos' box metrics at these score thresholds too
 THRESHOLD_CANDIDATES = (0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5)
+#: The served threshold keeps box precision at least this high on validation scenes: the issue's goal is 0.85 on
+#: photos we do not have, and three points of margin cover the test split's distance from validation (v1: 0.902 on
+#: validation, 0.881 on test at the same threshold). Among those, the lowest threshold: the most products found.
+PRECISION_FLOOR = 0.88
 
 Shift = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: Shopper shifts that leave the boxes where they are (training/shopper.py's photometric families).
@@ -139,11 +143,24 @@ def score(spec: ModelSpec, photos: Sequence[scenes.Scene], found: list[list[Dete
     } | box_metrics(photos, found, spec.detection.score_threshold)
 
 
+def pick_threshold(table: dict[float, dict[str, float]]) -> tuple[float, str]:
+    """(threshold, the rule that chose it) from box recall and precision per candidate threshold."""
+    precise = [t for t, m in table.items() if m["box_precision"] >= PRECISION_FLOOR]
+    if precise:
+        return min(precise), f"lowest threshold with box precision >= {PRECISION_FLOOR}"
+
+    def f1(m: dict[str, float]) -> float:
+        return 2 * m["box_recall"] * m["box_precision"] / max(m["box_recall"] + m["box_precision"], 1e-9)
+
+    return max(table, key=lambda t: f1(table[t])), f"best F1 (no threshold reached box precision {PRECISION_FLOOR})"
+
+
 def choose_threshold(
     model_dir: Path, dataset: data.Dataset, split: dict[int, str], count: int, seed: int, threads: int = 2
 ) -> dict[str, Any]:
     """The served score threshold, chosen on composite scenes of VALIDATION-split products (never the test split):
-    the candidate with the best F1 of box recall and precision. Written into model.json's detection section."""
+    the lowest candidate whose box precision reaches PRECISION_FLOOR (the best recall that keeps precision), or the
+    best F1 of box recall and precision when none does. Written into model.json's detection section."""
     spec = ModelSpec.load(model_dir)
     assert spec.detection is not None
     session = onnx_session(model_dir / MODEL_FILE, threads=threads)
@@ -151,16 +168,14 @@ def choose_threshold(
     found = detect(session, spec, [p.image for p in photos])
     table = {t: box_metrics(photos, found, t) for t in THRESHOLD_CANDIDATES}
 
-    def f1(m: dict[str, float]) -> float:
-        return 2 * m["box_recall"] * m["box_precision"] / max(m["box_recall"] + m["box_precision"], 1e-9)
-
-    best = max(THRESHOLD_CANDIDATES, key=lambda t: f1(table[t]))
+    best, rule = pick_threshold(table)
     chosen = dataclasses.replace(spec.detection, score_threshold=best)
     choice = {
         "photos": count,
         "seed": seed,
         "split": "val",
         "chosen": best,
+        "rule": rule,
         "by_threshold": {str(t): m for t, m in table.items()},
     }
     dataclasses.replace(spec, detection=chosen, extra=dict(spec.extra) | {"threshold_choice": choice}).write(model_dir)

@@ -121,3 +121,17 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
     assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]
+
+
+def test_served_threshold_is_the_lowest_that_keeps_precision_else_the_best_f1() -> None:
+    from training.detector_eval import PRECISION_FLOOR, pick_threshold
+
+    def table(*rows: tuple[float, float, float]) -> dict[float, dict[str, float]]:
+        return {t: {"box_recall": r, "box_precision": p} for t, r, p in rows}
+
+    precise = table((0.2, 0.95, PRECISION_FLOOR - 0.1), (0.3, 0.9, PRECISION_FLOOR), (0.4, 0.8, 0.95))
+    assert pick_threshold(precise)[0] == 0.3
+    # no threshold keeps the floor: recall and precision balanced (F1 0.78 at 0.3 against 0.66 and 0.75)
+    imprecise = table((0.2, 0.95, 0.5), (0.3, 0.8, 0.76), (0.4, 0.6, PRECISION_FLOOR - 0.01))
+    threshold, rule = pick_threshold(imprecise)
+    assert threshold == 0.3 and "F1" in rule
