@@ -85,6 +85,13 @@ IMAGE_BYTES = Histogram("fashionsearch_image_bytes", "Size of each image receive
 STORE_SECONDS = Histogram(
     "fashionsearch_store_duration_seconds", "Vector store calls, by operation", ["operation"], buckets=SECONDS_BUCKETS
 )
+PHOTOS_ANALYSED = Counter(
+    "fashionsearch_photos_analysed",
+    "Photos the gateway read for attributes and a vector (searches, each cut-out of an outfit, catalogue writes), by "
+    "path: one_pass (the classifier's answer carried the running embedder's vector: one trunk pass) or two_calls "
+    "(the classifier and the embedder each asked)",
+    ["path"],
+)
 CATALOGUE_ITEMS = Gauge("fashionsearch_catalogue_items", "Items in the catalogue collection")
 
 # ---- the indexer ---------------------------------------------------------------------------------------------

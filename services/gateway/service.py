@@ -251,8 +251,11 @@ class GatewayService:
             self._one_pass.saw_classifier(classification)
             if self._one_pass.accepts(classification.embedding):
                 assert classification.embedding is not None
+                metrics.PHOTOS_ANALYSED.labels("one_pass").inc()
                 return classification, classification.embedding
+            metrics.PHOTOS_ANALYSED.labels("two_calls").inc()
             return classification, await self._embedder.embed(image)
+        metrics.PHOTOS_ANALYSED.labels("two_calls").inc()
         classification, embedding = await _both(self._classifier.classify(image), self._embedder.embed(image))
         self._one_pass.saw_embedder(embedding.model)
         self._one_pass.saw_classifier(classification)
@@ -516,6 +519,7 @@ class GatewayService:
         if self._one_pass.wants_probe() and not any(marked):
             marked[0] = True
         wanted = [i for i, mark in enumerate(marked) if mark]
+        metrics.PHOTOS_ANALYSED.labels("two_calls").inc(len(images))
         embeddings, classified = await asyncio.gather(
             self._embedder.embed_batch(images), self._classify_some([images[i] for i in wanted])
         )
@@ -561,6 +565,9 @@ class GatewayService:
             if isinstance(c, Classification) and not self._one_pass.accepts(c.embedding)
         ]
         embedded: dict[int, Embedding | FashionSearchError] = {}
+        answered = sum(isinstance(c, Classification) for c in classified)
+        metrics.PHOTOS_ANALYSED.labels("one_pass").inc(answered - len(lacking))
+        metrics.PHOTOS_ANALYSED.labels("two_calls").inc(len(lacking))
         if lacking:
             self._one_pass.saw_classifier(classified[lacking[0]])  # type: ignore[arg-type]
             embedded = dict(zip(lacking, await self._embedder.embed_batch([images[i] for i in lacking]), strict=True))

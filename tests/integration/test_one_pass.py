@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from prometheus_client import REGISTRY
 
 from fashionsearch.images import ImageLimits, decode_pixels
 from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, gateway_pb2
@@ -75,6 +76,10 @@ def _search(stack: Stack, photo: bytes) -> gateway_pb2.SearchResponse:
     return stack.stub.Search(request, timeout=10)
 
 
+def _analysed(path: str) -> float:
+    return REGISTRY.get_sample_value("fashionsearch_photos_analysed_total", {"path": path}) or 0.0
+
+
 def _answers(stack: Stack) -> list[list[tuple[int, float]]]:
     return [[(h.id, round(h.distance, 4)) for h in _search(stack, p).hits] for p in PHOTOS]
 
@@ -122,10 +127,14 @@ def test_searches_and_writes_skip_the_embedder_and_find_what_two_calls_find(tmp_
     try:
         _search(stack, PHOTOS[0])  # the first search asks both services: is the classifier's vector the embedder's?
         learned = embedder.photos
+        one_before, two_before = _analysed("one_pass"), _analysed("two_calls")
         replies = stack.upsert(_items())
         assert all(not r.HasField("error") for r in replies)
         one_pass = _answers(stack)
         assert embedder.photos == learned  # no photo went to the embedder after the first search
+        # what the metric tells ops: every write and search since was one pass
+        assert _analysed("one_pass") - one_before == 2 * len(PHOTOS)
+        assert _analysed("two_calls") == two_before
         stored = stack.stub.GetItem(gateway_pb2.GetItemRequest(id=10), timeout=10).payload
         assert stored.sub_category  # predicted by the classifier in the same pass
     finally:
@@ -146,9 +155,10 @@ def test_falls_back_to_two_calls_without_a_shared_trunk_or_with_another_embedder
     stack, embedder = _stack(tmp_path / "other", classifier_dir, upgraded)
     try:
         stack.upsert(_items())
-        before = embedder.photos
+        before, two_before = embedder.photos, _analysed("two_calls")
         answers = _answers(stack)
         assert embedder.photos - before == len(PHOTOS)  # every search asked the running embedder
+        assert _analysed("two_calls") - two_before == len(PHOTOS)
         stats = stack.stub.GetStats(gateway_pb2.GetStatsRequest(), timeout=10)
         assert stats.stored_embedder.version == "tiny-2"
     finally:
