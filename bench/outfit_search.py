@@ -83,10 +83,13 @@ def build_store(root: Path, dataset: data.Dataset, data_dir: Path, embedder_dir:
         index.close()
 
 
-def single_photos(pool: scenes.Products, count: int, layout: str, seed: int) -> list[tuple[np.ndarray, int]]:
-    """`count` photos of one test product each (photo, product id) on a texture or a held-out photograph."""
+def single_photos(
+    pool: scenes.Products, count: int, layout: str, seed: int, photo_names: tuple[str, ...] | None = None
+) -> list[tuple[np.ndarray, int]]:
+    """`count` photos of one product of `pool` each (photo, product id) on a texture or a photograph (the
+    held-out one unless `photo_names` says otherwise)."""
     rng = np.random.default_rng(seed)
-    photos = scenes.load_photos(scenes.TEST_PHOTOS)
+    photos = scenes.load_photos(scenes.TEST_PHOTOS if photo_names is None else photo_names)
     out: list[tuple[np.ndarray, int]] = []
     while len(out) < count:
         index = int(rng.integers(0, len(pool)))

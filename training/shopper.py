@@ -17,9 +17,7 @@ import io
 import numpy as np
 from PIL import Image, ImageFilter
 
-WHITE_MIN = 228  # a background pixel: every channel at least this ...
-WHITE_SPREAD = 24  # ... and channels within this of each other (near-grey, not a pale colour)
-
+from fashionsearch.main_product import near_white as catalogue_white
 
 # --------------------------------------------------------------------------------------------------------------
 # The background
@@ -31,8 +29,7 @@ def background_mask(images: np.ndarray, connected: bool = True) -> np.ndarray:
     connected=True keeps only near-white pixels reachable from the border (a white shirt inside a margin stays
     the product); False takes every near-white pixel, as a naive background replacement does. The edge is
     softened by a 3x3 box so a replaced background does not leave a white halo."""
-    x = images.astype(np.int16)
-    near_white = (x.min(axis=-1) >= WHITE_MIN) & ((x.max(axis=-1) - x.min(axis=-1)) <= WHITE_SPREAD)
+    near_white = catalogue_white(images)  # the catalogue's white, as the gateway recognises a packshot by
     if connected:
         filled = np.zeros_like(near_white)
         filled[:, 0, :], filled[:, -1, :], filled[:, :, 0], filled[:, :, -1] = (

@@ -276,16 +276,11 @@ class GatewayService:
         return found, photo
 
     async def _main_product(self, image: bytes) -> bytes:
-        """The detector's best product cut out of the photo, or the photo itself when it finds none or the product
-        fills most of it (crops.WHOLE_PHOTO_SHARE)."""
+        """The detector's best product cut out of the photo, or the photo itself when it is a packshot, the
+        detector finds nothing or the product fills most of it (fashionsearch.main_product)."""
         found, photo = await self._found(image)
-        if not found.detections:
-            return image
-        best, (width, height) = found.detections[0], found.size
-        if best.width * best.height >= crops.WHOLE_PHOTO_SHARE * width * height:
-            return image
-        [crop] = await run_decoding(partial(crops.cut_out, photo, found.detections[:1]), [])
-        return crop
+        crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
+        return image if crop is None else crop
 
     async def search_outfit(self, image: bytes, options: SearchOptions) -> OutfitResult:
         """Every product the detector finds in the photo, each searched like a photo within its predicted

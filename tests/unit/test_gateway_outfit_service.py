@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from fashionsearch import main_product
 from fashionsearch.classification import AttributePrediction, LabelScore
 from fashionsearch.detection import Detection
 from fashionsearch.errors import FailedPrecondition, Internal, InvalidArgument
@@ -25,8 +26,8 @@ RED_BOX = Detection(40, 60, 100, 120, "top", 0.9)
 BLUE_BOX = Detection(180, 250, 80, 60, "shoes", 0.7)
 
 
-def photo(size: tuple[int, int] = (300, 400)) -> bytes:
-    image = Image.new("RGB", size, (128, 128, 128))
+def photo(size: tuple[int, int] = (300, 400), background: tuple[int, int, int] = (128, 128, 128)) -> bytes:
+    image = Image.new("RGB", size, background)
     image.paste(RED, (40, 60, 140, 180))
     image.paste(BLUE, (180, 250, 260, 310))
     buffer = io.BytesIO()
@@ -160,7 +161,7 @@ def test_cut_outs_of_a_photo_decoded_at_a_reduced_scale():
 def test_a_tiny_cut_out_is_enlarged_so_the_services_accept_it():
     decoded = crops.decode_photo(photo(), crops.ImageLimits())
     [data] = crops.cut_out(decoded, [Detection(50, 70, 2, 3, "top", 0.9)])
-    assert min(Image.open(io.BytesIO(data)).size) >= crops.MIN_SIDE
+    assert min(Image.open(io.BytesIO(data)).size) >= main_product.MIN_SIDE
 
 
 @run_async
@@ -170,3 +171,14 @@ async def test_crop_auto_reads_the_whole_photo_when_the_product_fills_most_of_it
     service, classifier, _ = await _service(FakeDetector((filling,)))
     await service.search(photo(), SearchOptions(crop=Crop.AUTO))
     assert classifier.seen == [photo()]
+
+
+@run_async
+async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_scene():
+    # The same products and boxes (each under half the photo): on the catalogue's white the photo is read as it
+    # is, on grey the detector's best product is cut out.
+    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    packshot = photo(background=(255, 255, 255))
+    await service.search(packshot, SearchOptions(crop=Crop.AUTO))
+    await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+    assert classifier.seen == [packshot, crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0]]
