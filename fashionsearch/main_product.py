@@ -37,6 +37,8 @@ CATALOGUE_ASPECT = 3 / 4
 #: A cut-out smaller than this on its short side is enlarged to it (the services refuse images under 8 pixels).
 MIN_SIDE = 64
 WHITE = (255, 255, 255)
+#: A cut-out goes to the model services as a JPEG of this quality.
+JPEG_QUALITY = 95
 
 
 def near_white(pixels: np.ndarray) -> np.ndarray:

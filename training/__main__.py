@@ -169,22 +169,31 @@ def cmd_robustness(args: argparse.Namespace) -> int:
         if not (name and classifier and embedder):
             raise data.DataError(f"--pair wants NAME=CLASSIFIER_DIR,EMBEDDER_DIR, got {item!r}")
         pairs[name] = (Path(classifier), Path(embedder))
+    if args.family and args.report is None:  # a table of some families must not replace the whole one
+        raise data.DataError("--family needs --report: the default reports hold the whole suite")
+    shifts = robustness.of_families(args.family) if args.family else robustness.SUITE
     dataset, split = _load(args)
-    results = robustness.measure(pairs, dataset, split, args.images, threads=args.threads, on=args.on)
+    results = robustness.measure(
+        pairs, dataset, split, args.images, threads=args.threads, shifts=shifts, on=args.on, detector=args.detector
+    )
     if args.report is None:
         name = "README.md" if args.on == "test" else "validation.md"
-        args.report = data.REPO_ROOT / "reports" / "robustness" / name
+        args.report = data.REPO_ROOT / "reports" / "robustness" / (f"crop-auto-{name}" if args.detector else name)
     args.report.parent.mkdir(parents=True, exist_ok=True)
     results["command"] = (
         "python -m training robustness "
         + " ".join(f"--pair {p}" for p in args.pair)
         + f" --images {args.images}"
         + (f" --on {args.on}" if args.on != "test" else "")
+        + (f" --detector {args.detector}" if args.detector else "")
+        + "".join(f" --family '{f}'" for f in args.family)
     )
     args.report.with_suffix(".json").write_text(json.dumps(results, indent=1) + "\n")
     args.report.write_text(report.render(robustness.report(results)))
     log.info("robustness table written to %s", args.report)
-    if args.on == "test":  # each pair's models show their rows in their own reports
+    if args.on == "test" and not (
+        args.detector or args.family
+    ):  # each pair's models show their rows in their own reports
         folders = [data.REPO_ROOT / "reports" / d.name for c, e in pairs.values() for d in (c, e)]
         folders = [f for f in folders if (f / report.REPORT_FILE).is_file()]
         render_reports(folders, data.REPO_ROOT / "models", args.report.with_suffix(".json"))
@@ -362,7 +371,23 @@ def main(argv: list[str] | None = None) -> int:
         "--on", choices=("test", "val"), default="test", help="the split: val to choose between models, test to report"
     )
     p.add_argument(
-        "--report", type=Path, default=None, help="default reports/robustness/README.md (test), validation.md (val)"
+        "--report",
+        type=Path,
+        default=None,
+        help="default reports/robustness/README.md (test), validation.md (val); crop-auto-... with --detector",
+    )
+    p.add_argument(
+        "--detector",
+        type=Path,
+        default=None,
+        help="read every photo as the gateway's Search does with crop=auto, through this detector (models/detector)",
+    )
+    p.add_argument(
+        "--family",
+        action="append",
+        default=[],
+        choices=robustness.FAMILIES,
+        help="only this family of shifts, and the clean photo (repeat)",
     )
     p.set_defaults(func=cmd_robustness)
 

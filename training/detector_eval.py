@@ -47,7 +47,15 @@ SHIFTS: tuple[tuple[str, Shift], ...] = (
 )
 
 
-def detect(session: Any, spec: ModelSpec, images: Sequence[np.ndarray], batch: int = 16) -> list[list[Detection]]:
+def detect(
+    session: Any,
+    spec: ModelSpec,
+    images: Sequence[np.ndarray],
+    batch: int = 16,
+    score_threshold: float | None = AP_THRESHOLD,
+    max_detections: int | None = 100,
+) -> list[list[Detection]]:
+    """Each photo's detections, best first; None for the threshold and the limit: model.json's, as served."""
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
     out: list[list[Detection]] = []
@@ -57,7 +65,11 @@ def detect(session: Any, spec: ModelSpec, images: Sequence[np.ndarray], batch: i
         sizes = [(img.shape[1], img.shape[0]) for img in chunk]
         out.extend(
             decode_detections(
-                dict(zip(names, arrays, strict=True)), spec, sizes, score_threshold=AP_THRESHOLD, max_detections=100
+                dict(zip(names, arrays, strict=True)),
+                spec,
+                sizes,
+                score_threshold=score_threshold,
+                max_detections=max_detections,
             )
         )
     return out

@@ -57,8 +57,11 @@ def load_model(model_dir: str | Path, threads: int = 2) -> tuple[ModelSpec, Any]
     return spec, onnx_session(onnx_path, threads)
 
 
-def predict(session: Any, spec: ModelSpec, images: np.ndarray, batch_size: int = 512) -> dict[str, np.ndarray]:
-    """Every ONNX output for uint8 images (N, h, w, 3), preprocessed by the contract."""
+def predict(
+    session: Any, spec: ModelSpec, images: np.ndarray | Sequence[np.ndarray], batch_size: int = 512
+) -> dict[str, np.ndarray]:
+    """Every ONNX output for uint8 images (N, h, w, 3), or a list of them of any sizes, preprocessed by the
+    contract."""
     input_name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     chunks: dict[str, list[np.ndarray]] = {n: [] for n in names}

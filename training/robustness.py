@@ -1,8 +1,12 @@
 """The robustness suite: served models on test photos changed the way shoppers' photos differ, one change at a time.
 
 Every family of training/shopper.py at three fixed severities (and the clean photo), applied to a fixed sample of
-the test split. The classifier answers on the changed photo; for the embedder the changed photo is the query and
-the catalogue is the clean training split (a shopper's photo against packshots, as the gateway searches).
+the test split, and the two scenes a single-product photo meets most (issue 28): the product on a patch of a real
+photograph (training/scenes.py's: the held-out one for the test split, the training ones for validation) and the
+product small in the frame on a texture. The classifier answers on the changed photo; for the embedder the
+changed photo is the query and the catalogue is the clean training split (a shopper's photo against packshots, as
+the gateway searches). With a detector, each photo is first read as the gateway's Search reads it with crop=auto
+(`as_searched`: fashionsearch.main_product's rule, the detector's main product cut out, or the photo itself).
 `python -m training robustness` writes the table for any number of (classifier, embedder) pairs side by side.
 """
 
@@ -15,8 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
-from training import data, shopper
+from fashionsearch import main_product
+from training import data, detector_eval, scenes, shopper
 from training.evaluate import load_model, predict, retrieval_metrics, true_labels
 from training.report import Report, Section
 
@@ -26,15 +32,27 @@ MAX_DROP = {"articleType": 6.0, "masterCategory": 1.0, "p@5": 8.0}
 
 
 @dataclass(frozen=True)
+class Backdrops:
+    """What the background shifts put behind a product: other packshots (clutter) and real photographs."""
+
+    donors: np.ndarray
+    photos: tuple[np.ndarray, ...] = ()
+
+
+@dataclass(frozen=True)
 class Shift:
     family: str
     severity: int  # 0 = the clean photo, 1..3 mild to strong
     describe: str
-    apply: Callable[[np.ndarray, np.random.Generator, np.ndarray], np.ndarray]  # (image, rng, donors) -> image
+    apply: Callable[[np.ndarray, np.random.Generator, Backdrops], np.ndarray]  # (image, rng, backdrops) -> image
 
 
-def _background(kind: str, connected: bool, texture_scale: float = 1.0) -> Callable[..., np.ndarray]:
-    def apply(img: np.ndarray, rng: np.random.Generator, donors: np.ndarray) -> np.ndarray:
+def _background(kind: str, connected: bool, texture_scale: float = 1.0, size: float = 1.0) -> Callable[..., np.ndarray]:
+    """The white background replaced by `kind`, the product first zoomed out to `size` (on white)."""
+
+    def apply(img: np.ndarray, rng: np.random.Generator, backdrops: Backdrops) -> np.ndarray:
+        if size != 1.0:
+            img = shopper.affine(img, scale=size)
         h, w = img.shape[:2]
         if kind == "beige":  # a textured beige-grey surface, as in the issue's measurement
             base = np.array([196.0, 186.0, 170.0])
@@ -42,8 +60,10 @@ def _background(kind: str, connected: bool, texture_scale: float = 1.0) -> Calla
             bg = base + (n - 0.5) * 70.0 * texture_scale + rng.normal(0, 6 * texture_scale, size=(h, w, 1))
         elif kind == "dark":
             bg = np.broadcast_to(np.array([70.0, 66.0, 62.0]), (h, w, 3)) + rng.normal(0, 4, size=(h, w, 1))
+        elif kind == "photograph":
+            bg = scenes.photo_background(rng, h, w, backdrops.photos)
         else:
-            bg = shopper.texture(rng, h, w, kind, donors)
+            bg = shopper.texture(rng, h, w, kind, backdrops.donors)
         alpha = shopper.background_mask(img[None], connected=connected)[0]
         return shopper.composite(img.astype(np.float32), bg, alpha)
 
@@ -72,6 +92,14 @@ def _suite() -> list[Shift]:
             ("clutter (other products, blurred)", _background("clutter", True)),
         ],
     )
+    family(
+        "background: photograph",
+        [
+            ("a patch of a real photograph", _background("photograph", True)),
+            ("... the product at 80% size", _background("photograph", True, size=0.8)),
+            ("... the product at 65% size", _background("photograph", True, size=0.65)),
+        ],
+    )
     family("dim light", [(f"brightness x{b}", _light(brightness=b)) for b in (0.8, 0.6, 0.4)])
     family("low contrast", [(f"contrast x{c}", _light(contrast=c)) for c in (0.7, 0.5, 0.35)])
     family(
@@ -88,6 +116,13 @@ def _suite() -> list[Shift]:
     family("tilt", [(f"rotated {a} degrees", _affine(angle=a)) for a in (8, 15, 25)])
     family("crop", [(f"central {round(f * 100)}%", _crop(f)) for f in (0.9, 0.8, 0.65)])
     family("zoomed out", [(f"product at {round(z * 100)}% size", _affine(scale=z)) for z in (0.85, 0.7, 0.55)])
+    family(
+        "small on a texture",
+        [
+            (f"product at {round(z * 100)}% size on a beige-grey texture", _background("beige", True, size=z))
+            for z in (0.8, 0.65, 0.5)
+        ],
+    )
     family("occlusion", [(f"{round(a * 100)}% of the photo covered", _occlude(a)) for a in (0.1, 0.2, 0.3)])
     return s
 
@@ -121,13 +156,40 @@ def _occlude(area: float) -> Callable[..., np.ndarray]:
 
 
 SUITE = _suite()
+FAMILIES = tuple(dict.fromkeys(s.family for s in SUITE))
 
 
-def shifted(images: np.ndarray, shift: Shift, donors: np.ndarray) -> np.ndarray:
+def shifted(images: np.ndarray, shift: Shift, backdrops: Backdrops) -> np.ndarray:
     """The shift applied to every image, with randomness seeded by the shift's name (the same photos every run)."""
     seed = int(hashlib.sha256(f"{shift.family}/{shift.severity}".encode()).hexdigest()[:8], 16)
     rng = np.random.default_rng(seed)
-    return np.stack([shift.apply(np.ascontiguousarray(img), rng, donors) for img in images])
+    return np.stack([shift.apply(np.ascontiguousarray(img), rng, backdrops) for img in images])
+
+
+def of_families(families: Sequence[str]) -> list[Shift]:
+    """The suite's shifts of these families, and the clean photo."""
+    unknown = set(families) - set(FAMILIES)
+    if unknown:
+        raise ValueError(f"unknown shift families {sorted(unknown)}; the suite has {', '.join(FAMILIES)}")
+    return [s for s in SUITE if s.severity == 0 or s.family in families]
+
+
+def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.ndarray], float]:
+    """Each photo as the gateway's Search reads it with crop=auto (fashionsearch.main_product): the photo itself,
+    or the detector's main product (model.json's threshold) cut out, JPEG-encoded as the gateway sends it; and the
+    share of photos cut out."""
+    found = detector_eval.detect(session, spec, list(images), score_threshold=None, max_detections=None)
+    out, cut = [], 0
+    for image, detections in zip(images, found, strict=True):
+        size = (image.shape[1], image.shape[0])
+        best = main_product.main_product(image, detections, size)
+        if best is None:
+            out.append(image)
+        else:
+            piece = np.asarray(main_product.cut_out(Image.fromarray(image), best, size))
+            out.append(shopper.jpeg(piece, main_product.JPEG_QUALITY))
+            cut += 1
+    return out, cut / max(len(out), 1)
 
 
 def sample(test: data.Dataset, n: int, seed: int = 20261130) -> data.Dataset:
@@ -144,39 +206,55 @@ def measure(
     threads: int = 2,
     shifts: Sequence[Shift] = SUITE,
     on: str = "test",
+    detector: Path | None = None,
 ) -> dict[str, Any]:
     """{model: {shift key: {head accuracies, p@5 unfiltered/filtered}}} for every (classifier, embedder) pair, on
-    a fixed sample of the `on` split ("val" to choose between models, "test" to report)."""
+    a fixed sample of the `on` split ("val" to choose between models, "test" to report). With a `detector`, each
+    pair is measured twice, on the photos as they are (crop=none) and as crop=auto reads them (`as_searched`; the
+    model "NAME crop=auto"), and "cut" says the share of photos cut out per shift."""
     test = sample(dataset.split(split, on), n)
     if not len(test):
         raise data.DataError(f"the split has no {on} images to measure robustness on")
     train = dataset.split(split, "train")
     donors = train.images[np.random.default_rng(7).permutation(len(train))[:500]]
-    photos = {f"{s.family}/{s.severity}": shifted(test.images, s, donors) for s in shifts}
+    needs_photos = any(s.family == "background: photograph" for s in shifts)
+    names = scenes.TEST_PHOTOS if on == "test" else scenes.TRAIN_PHOTOS  # the held-out photograph is the test's
+    backdrops = Backdrops(donors, scenes.load_photos(names) if needs_photos else ())
+    photos = {f"{s.family}/{s.severity}": shifted(test.images, s, backdrops) for s in shifts}
+    views: dict[str, Mapping[str, np.ndarray | Sequence[np.ndarray]]] = {"": photos}
     truth = {a: true_labels(test, a) for a in HEADS}
     results: dict[str, Any] = {"split": on, "images": len(test), "catalogue": len(train), "models": {}}
+    if needs_photos:
+        results["photographs"] = list(names)
+    if detector is not None:
+        d_spec, d_session = load_model(detector, threads)
+        searched = {key: as_searched(images, d_session, d_spec) for key, images in photos.items()}
+        views[" crop=auto"] = {key: cut_photos for key, (cut_photos, _) in searched.items()}
+        results["detector"], results["cut"] = d_spec.identity, {key: share for key, (_, share) in searched.items()}
     for name, (classifier_dir, embedder_dir) in pairs.items():
         c_spec, c_session = load_model(classifier_dir, threads)
         e_spec, e_session = load_model(embedder_dir, threads)
         catalogue = predict(e_session, e_spec, train.images)[e_spec.embedding.output]  # type: ignore[union-attr]
-        rows = {}
-        for key, images in photos.items():
-            probabilities = predict(c_session, c_spec, images)
-            row = {}
-            for head in c_spec.outputs:
-                if head.attribute in HEADS:
-                    labels = np.asarray(head.labels)
-                    predicted = labels[probabilities[head.name].argmax(axis=1)]
-                    keep = truth[head.attribute] != ""
-                    row[head.attribute] = float((predicted[keep] == truth[head.attribute][keep]).mean())
-            # A one-pass file named for both (models/classifier/with-embedder.int8.onnx) gives both in one run.
-            outputs = probabilities if classifier_dir == embedder_dir else predict(e_session, e_spec, images)
-            queries = outputs[e_spec.embedding.output]  # type: ignore[union-attr]
-            r = retrieval_metrics(queries, catalogue, test.labels, train.labels)
-            row["p@5"] = r["unfiltered"]["articleType"]
-            row["p@5 filtered"] = r["filtered"]["articleType"]
-            rows[key] = row
-        results["models"][name] = {"classifier": c_spec.identity, "embedder": e_spec.identity, "rows": rows}
+        for suffix, view in views.items():
+            rows = {}
+            for key, images in view.items():
+                probabilities = predict(c_session, c_spec, images)
+                row = {}
+                for head in c_spec.outputs:
+                    if head.attribute in HEADS:
+                        labels = np.asarray(head.labels)
+                        predicted = labels[probabilities[head.name].argmax(axis=1)]
+                        keep = truth[head.attribute] != ""
+                        row[head.attribute] = float((predicted[keep] == truth[head.attribute][keep]).mean())
+                # A one-pass file named for both (models/classifier/with-embedder.int8.onnx) gives both in one run.
+                outputs = probabilities if classifier_dir == embedder_dir else predict(e_session, e_spec, images)
+                queries = outputs[e_spec.embedding.output]  # type: ignore[union-attr]
+                r = retrieval_metrics(queries, catalogue, test.labels, train.labels)
+                row["p@5"] = r["unfiltered"]["articleType"]
+                row["p@5 filtered"] = r["filtered"]["articleType"]
+                rows[key] = row
+            model = {"classifier": c_spec.identity, "embedder": e_spec.identity, "rows": rows}
+            results["models"][name + suffix] = model
     return results
 
 
@@ -197,15 +275,30 @@ def report(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> Repor
     section.text(
         "Models: " + "; ".join(f"{m} = {r['classifier']} + {r['embedder']}" for m, r in results["models"].items())
     )
+    if results.get("photographs"):
+        section.text(f"Real photographs behind the product: {', '.join(results['photographs'])} (training/scenes.py).")
+    cut = results.get("cut")
+    if cut is not None:
+        section.text(
+            f"{', '.join(m for m in names if m.endswith(' crop=auto'))}: each photo read as the gateway's Search "
+            f"reads it with crop=auto, detector {results['detector']}: the photo itself when it is a packshot (its "
+            "border the catalogue's white), the detector finds nothing or its best box covers half the photo, else "
+            'that product cut out (fashionsearch/main_product.py); the column "cut out" says how many of the '
+            "photos were. The others read every photo whole (crop=none)."
+        )
     for remark in results.get("remarks", ()):
         section.text(remark)
     columns = [("articleType", "articleType"), ("masterCategory", "master"), ("p@5", "P@5"), ("p@5 filtered", "P@5 f")]
-    header = ["family", "shift"] + [f"{m}: {label}" for m in names for _, label in columns]
+    header = ["family", "shift", *(["cut out"] if cut is not None else [])]
+    header += [f"{m}: {label}" for m in names for _, label in columns]
     rows = []
     worst: dict[str, dict[str, float]] = {m: {} for m in names}
+    measured_keys = set(results["models"][names[0]]["rows"]) if names else set()
     for s in shifts:
         key = f"{s.family}/{s.severity}"
-        cells = [s.family, s.describe]
+        if key not in measured_keys:  # a run of some families only
+            continue
+        cells = [s.family, s.describe, *([f"{100 * cut[key]:.0f}%"] if cut is not None else [])]
         for m in names:
             measured = results["models"][m]["rows"]
             for metric, _ in columns:

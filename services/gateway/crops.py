@@ -22,7 +22,6 @@ from fashionsearch.images import ImageLimits, decode_image, displayed_size
 
 #: The decoded photo keeps at least this many pixels a side (JPEG draft mode reduces by up to 8 above it).
 DECODE_SIDE = 1024
-QUALITY = 95
 
 
 @dataclass(frozen=True)
@@ -52,5 +51,5 @@ def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> bytes | N
 
 def _encode(image: Image.Image) -> bytes:
     buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=QUALITY)
+    image.save(buffer, format="JPEG", quality=main_product.JPEG_QUALITY)
     return buffer.getvalue()

@@ -57,14 +57,41 @@ def test_augment_views_are_seeded_and_shaped_like_the_input() -> None:
 
 def test_every_shift_of_the_suite_is_deterministic_and_the_clean_one_is_the_photo() -> None:
     images = np.stack([packshot(), packshot((20, 20, 160), inner_white=True)])
-    donors = np.stack([packshot((0, 150, 0))] * 3)
+    photograph = np.random.default_rng(3).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)
+    backdrops = robustness.Backdrops(np.stack([packshot((0, 150, 0))] * 3), (photograph,))
     families = {s.family for s in robustness.SUITE}
     assert len(families) >= 12 and all(sum(s.family == f for s in robustness.SUITE) == 3 for f in families - {"clean"})
+    assert {"background: photograph", "small on a texture"} <= families  # issue 28's two scenes
     for s in robustness.SUITE:
-        out = robustness.shifted(images, s, donors)
+        out = robustness.shifted(images, s, backdrops)
         assert out.shape == images.shape and out.dtype == np.uint8
-        assert np.array_equal(out, robustness.shifted(images, s, donors))
+        assert np.array_equal(out, robustness.shifted(images, s, backdrops))
         assert np.array_equal(out, images) == (s.family == "clean"), s
+
+
+def test_small_on_a_texture_leaves_no_white_and_keeps_the_product_smaller() -> None:
+    [small] = [s for s in robustness.SUITE if s.family == "small on a texture" and s.severity == 2]  # 65%
+    out = robustness.shifted(packshot()[None], small, robustness.Backdrops(np.stack([packshot()])))[0]
+    red = (out[..., 0] > 150) & (out[..., 1] < 80)
+    ys, xs = np.nonzero(red)
+    assert abs((ys.max() - ys.min() + 1) / 50 - 0.65) < 0.06 and abs((xs.max() - xs.min() + 1) / 36 - 0.65) < 0.08
+    assert not (out.min(axis=-1) >= 228).any()  # every white pixel around it replaced
+
+
+def test_crop_auto_in_the_suite_reads_a_packshot_whole_and_cuts_a_scene(tmp_path) -> None:
+    from testkit.tiny_detector import TOP_COLOUR, write_tiny_detector
+    from training.evaluate import load_model
+
+    spec, session = load_model(write_tiny_detector(tmp_path / "detector"))
+    on_white = packshot((255, 255, 255))
+    on_white[40:56, 20:32] = TOP_COLOUR  # a small product on the catalogue's white
+    scene = on_white.copy()
+    scene[on_white.min(axis=-1) == 255] = (255, 200, 255)  # the same on a pale magenta wall
+    photos = np.stack([on_white, scene])
+    [whole, cut], share = robustness.as_searched(photos, session, spec)
+    assert np.array_equal(whole, photos[0]) and share == 0.5
+    assert cut.shape[1] / cut.shape[0] == pytest.approx(0.75, abs=0.02) and min(cut.shape[:2]) >= 64
+    assert np.abs(cut[cut.shape[0] // 2, cut.shape[1] // 2].astype(int) - TOP_COLOUR).max() < 40
 
 
 def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data, tmp_path) -> None:
@@ -84,6 +111,24 @@ def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data,
     table = render(robustness.report(results, shifts))
     clean_row = next(line for line in table.split("\n") if line.startswith("| clean |"))
     assert "| tiny |" in table and "(+0.0)" not in clean_row  # the clean row shows no change column
+    # Some families only, read through crop=auto: the rows measured, how many photos were cut out.
+    from testkit.tiny_detector import write_tiny_detector
+
+    shifts = robustness.of_families(["dim light"])
+    detector = write_tiny_detector(tmp_path / "detector")
+    results = robustness.measure(
+        {"tiny": (classifier, embedder)}, dataset, split, n=50, shifts=shifts, detector=detector
+    )
+    assert list(results["models"]) == ["tiny", "tiny crop=auto"]  # crop=none and crop=auto side by side
+    assert (
+        set(results["cut"])
+        == set(results["models"]["tiny crop=auto"]["rows"])
+        == {"clean/0", "dim light/1", "dim light/2", "dim light/3"}
+    )
+    table = render(robustness.report(results))
+    assert "crop=auto" in table and "| cut out |" in table and "| blur |" not in table
+    with pytest.raises(ValueError, match="unknown shift families"):
+        robustness.of_families(["sideways"])
 
 
 def test_a_model_report_gets_its_own_rows_of_the_robustness_table():
