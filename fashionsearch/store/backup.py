@@ -7,10 +7,15 @@ sha256) and ``points-NNNNN.npz`` chunks (ids int64, vectors float32, payloads as
 points written during the backup, re-read at its end, and the ids deleted meanwhile). It is written under a
 ``.partial-`` name and renamed when complete, so a listed backup is a whole one.
 
-Why a logical copy and not the store's own files: Qdrant Edge keeps one process's lock on a shard (the gateway's,
-while it serves), has no snapshot call of its own (its snapshot API reads a Qdrant server's snapshots), and its
-segment files change in place; a copy of them taken while the gateway writes would be torn. Reading the points
+Why a logical copy: it restores into any backend (an Edge store or a Qdrant server), and reading the points
 through the store port takes the shard only for one page at a time, so searches and writes go on between pages.
+Restoring it is a load plus a graph build, though (1,833 s for 1M points on a busy machine, bench/README.md), so a
+backup of an Edge collection also holds a copy of the shard's files, graph included (``shard/``, each file's sha256
+in the manifest), as of the backup's consistency point below: Qdrant Edge has no snapshot call of its own (its
+snapshot API reads a Qdrant server's snapshots) and its segment files change in place, so the files are copied while
+writes go on, then brought up to date with the writes held and the shard flushed (edge_files.py). A restore into an
+Edge store copies those files back and loads them; a restore into a Qdrant server, or of a backup without them,
+writes the points and builds the graph.
 
 Consistency while writes go on (``WriteJournal``): from the start of a backup, the journal records the id of every
 upsert and delete; after the last page, writes are held for a moment while the recorded ids are read again, and
@@ -28,7 +33,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -38,11 +43,13 @@ import numpy as np
 
 from fashionsearch.errors import StoreError, StoreFullError
 from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, VectorIndex
+from fashionsearch.store.edge_files import sync_tree, tree_digests
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 PATCH = "patch.npz"
+SHARD = "shard"
 SCHEMA = 1
 CHUNK_POINTS = 50_000
 PAGE = 2_000
@@ -60,10 +67,13 @@ class BackupInfo:
     points: int
     source: str
     seconds: float
+    #: [relative path, sha256] of the shard files copied with the backup (an Edge collection's); empty without.
+    shard_files: tuple[tuple[str, str], ...] = ()
 
     @property
     def size_bytes(self) -> int:
-        return sum(f.stat().st_size for f in self.path.iterdir() if f.is_file())
+        """Disk space in use (allocated blocks: a shard copy keeps its files' holes)."""
+        return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
 
 
 class WriteJournal:
@@ -191,10 +201,12 @@ def write_backup(
     source: str,
     journal: WriteJournal | None = None,
     keep_recording: bool = False,
+    shard_copy: bool = True,
 ) -> BackupInfo:
     """Copy every point of index into folder/name; with a journal (the index keeps taking writes), consistent as
     of the end of the copy, and with keep_recording the journal goes on recording the writes after that end (a
-    compaction replays them). Raises StoreError when the index holds no collection, StoreFullError when the
+    compaction replays them). With shard_copy, an index that can copy its files (an Edge collection's copy_shard)
+    adds them as of the same moment. Raises StoreError when the index holds no collection, StoreFullError when the
     folder's disk fills up; a backup that fails leaves nothing behind."""
     info = index.info()
     if info is None:
@@ -205,7 +217,10 @@ def write_backup(
         root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir()
-        return _write_into(partial, index, info, root / name, source=source, journal=journal, keep=keep_recording)
+        copy_shard = getattr(index, "copy_shard", None) if shard_copy else None
+        return _write_into(
+            partial, index, info, root / name, source=source, journal=journal, keep=keep_recording, shard=copy_shard
+        )
     except BaseException as failed:
         shutil.rmtree(partial, ignore_errors=True)
         if not isinstance(failed, OSError):
@@ -227,6 +242,7 @@ def _write_into(
     source: str,
     journal: WriteJournal | None,
     keep: bool,
+    shard: Callable[[Path], None] | None,
 ) -> BackupInfo:
     """write_backup's copy into the folder `partial`, renamed to final_path once whole."""
     name = final_path.name
@@ -264,10 +280,24 @@ def _write_into(
             flush_chunk()
         changed: set[int] = set()
         final = np.concatenate(copied)
+        if journal is not None and shard is not None:
+            shard(partial / SHARD)  # most of the files, writes going on; brought up to date behind the barrier
         if journal is not None:
             with journal.barrier():  # writes wait here while the ids written during the copy are read again
+                held = time.perf_counter()
                 changed = journal.take()
                 now = index.retrieve(sorted(changed))
+                reread = time.perf_counter()
+                if shard is not None:  # and while the shard's copy is brought up to date: the same moment
+                    shard(partial / SHARD)
+            logger.info(
+                "backup %s held writes for %.2f s: %s points re-read in %.2f s, shard files updated in %.2f s",
+                name,
+                time.perf_counter() - held,
+                len(changed),
+                reread - held,
+                time.perf_counter() - reread,
+            )
             if index.info() != info:
                 raise StoreError("the collection changed embedder during the backup; run it again")
             present = {p.id for p in now}
@@ -275,6 +305,8 @@ def _write_into(
             _write_chunk(partial / PATCH, now, info.dim, deleted=deleted)
             files.append(PATCH)
             final = np.setdiff1d(np.union1d(final, np.asarray(sorted(present), np.int64)), deleted)
+        elif shard is not None:  # nothing writes (an offline backup)
+            shard(partial / SHARD)
         done = True
     finally:
         if journal is not None and not (done and keep):
@@ -294,6 +326,9 @@ def _write_into(
         "seconds": round(seconds, 3),
         "files": [[f, _sha256(partial / f)] for f in files],  # in the order restore applies them
     }
+    if shard is not None:
+        sync_tree(partial / SHARD)  # after the writes were let go: the copy itself was not synced
+        manifest["shard_files"] = tree_digests(partial / SHARD)
     (partial / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True), encoding="utf-8")
     os.replace(partial, final_path)
     logger.info("backup %s of %s: %s points in %.1f s", name, source, total, seconds)
@@ -315,6 +350,7 @@ def read_manifest(path: str | os.PathLike[str]) -> BackupInfo:
             points=int(data["points"]),
             source=str(data["source"]),
             seconds=float(data["seconds"]),
+            shard_files=tuple((str(f), str(d)) for f, d in data.get("shard_files", ())),
         )
     except FileNotFoundError:
         raise StoreError(f"{folder} is not a backup (no {MANIFEST})") from None
@@ -341,18 +377,32 @@ def read_backup(backup: BackupInfo, *, verify: bool = True) -> Iterator[tuple[li
         yield _read_chunk(path)
 
 
-def restore_into(index: VectorIndex, backup: BackupInfo, *, batch: int = 1000) -> int:
-    """Write the backup into an empty collection of index (created for the backup's embedder) and build its search
-    index; returns the number of points it then holds."""
+def _verified_shard(backup: BackupInfo) -> Path:
+    """The backup's shard copy, every file checked against its sha256 in the manifest."""
+    folder = backup.path / SHARD
+    found = tree_digests(folder) if folder.is_dir() else []
+    if {tuple(f) for f in found} != set(backup.shard_files):
+        raise StoreError(f"{folder} does not match the shard files listed in the manifest: the backup is damaged")
+    return folder
+
+
+def restore_into(index: VectorIndex, backup: BackupInfo, *, batch: int = 1000, shard_copy: bool = True) -> int:
+    """Write the backup into an empty collection of index (created for the backup's embedder) with its search index;
+    returns the number of points it then holds. An Edge collection takes the backup's shard copy when there is one
+    (with shard_copy): no load and no graph build; otherwise the points are written and the graph built."""
     index.ensure_collection(backup.dim, backup.embedder)
     if index.count():
         raise StoreError("restore needs an empty collection")
-    for points, deleted in read_backup(backup):
-        for start in range(0, len(points), batch):
-            index.upsert(points[start : start + batch])
-        if deleted:
-            index.delete(deleted)
-    index.optimize()
+    adopt_shard = getattr(index, "adopt_shard", None)
+    if shard_copy and backup.shard_files and adopt_shard is not None:
+        adopt_shard(_verified_shard(backup), CollectionInfo(dim=backup.dim, embedder=backup.embedder))
+    else:
+        for points, deleted in read_backup(backup):
+            for start in range(0, len(points), batch):
+                index.upsert(points[start : start + batch])
+            if deleted:
+                index.delete(deleted)
+        index.optimize()
     count = index.count()
     if count != backup.points:
         raise StoreError(f"restored {count} points, the backup holds {backup.points}")

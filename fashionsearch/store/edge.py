@@ -72,6 +72,7 @@ from fashionsearch.store.base import (
     stored_points,
     unique_ids,
 )
+from fashionsearch.store.edge_files import copy_tree, refresh_tree, sync_tree
 from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 from fashionsearch.throttle import Throttle, left_out_note
@@ -204,11 +205,12 @@ class EdgeIndex:
     def _config(self, dim: int) -> qe.EdgeConfig:
         return self._tuning.config(dim, search_threads=self._search_threads)
 
-    def _require_space(self, doing: str, loading: bool = False) -> None:
+    def _require_space(self, doing: str, loading: bool = False, extra: int = 0) -> None:
         free = free_bytes(self._root)
-        needed = self._min_free_bytes + (_sparse_bytes(self._shard_path) if loading else 0)
+        needed = self._min_free_bytes + (_sparse_bytes(self._shard_path) if loading else 0) + extra
         if free < needed:
             what = "its files' unallocated parts, which loading fills in, and " if loading else ""
+            what += f"the {extra / _MIB:.1f} MiB it copies, and " if extra else ""
             raise StoreFullError(
                 f"{doing} refused: the disk holding {self._root} has {free / _MIB:.1f} MiB free, less than the"
                 f" {needed / _MIB:.1f} MiB needed ({what}the {self._min_free_bytes / _MIB:.1f} MiB kept free so that"
@@ -277,6 +279,11 @@ class EdgeIndex:
         for name in FILTER_FIELDS:
             shard.update(qe.UpdateOperation.create_field_index(name, qe.PayloadSchemaType.Keyword))
         shard.flush()
+        self._record(info)
+        self._shard, self._info = shard, info
+        logger.info("created edge collection %s for %s (dim %s)", self._root, info.embedder, info.dim)
+
+    def _record(self, info: CollectionInfo) -> None:
         _write_json_atomic(
             self._meta_path,
             {
@@ -288,8 +295,49 @@ class EdgeIndex:
                 "filter_fields": list(FILTER_FIELDS),
             },
         )
-        self._shard, self._info = shard, info
-        logger.info("created edge collection %s for %s (dim %s)", self._root, info.embedder, info.dim)
+
+    def copy_shard(self, target: Path) -> None:
+        """Copy the shard's files, graph included, into target (for a backup; not synced: the caller syncs it once
+        writes go on). A new target gets a whole copy; an existing one, an earlier copy, is brought up to date by
+        rewriting what differs (edge_files.py). Consistent only while nothing writes to this collection: the caller
+        holds the writes (the write journal's barrier) for the last call; searches go on, since they write nothing."""
+        with self._lock:
+            started = time.perf_counter()
+            self._require_shard().flush()
+            flushed = time.perf_counter()
+        written = refresh_tree(self._shard_path, target) if target.exists() else copy_tree(self._shard_path, target)
+        logger.info(
+            "copied the shard of %s: flush %.2f s, %.1f MiB written in %.2f s",
+            self._root,
+            flushed - started,
+            written / _MIB,
+            time.perf_counter() - flushed,
+        )
+
+    def adopt_shard(self, source: Path, info: CollectionInfo) -> None:
+        """Make this empty collection a copy of the shard files at source (a backup's, made by copy_shard) holding
+        vectors of info: the restore that needs no graph build."""
+        with self._lock:
+            self._require_open()
+            if self._info is not None and self.count():
+                raise StoreError(f"collection {self._root} is not empty: a shard copy is restored into an empty one")
+            size = sum(f.stat().st_blocks * 512 for f in source.rglob("*") if f.is_file())
+            self._require_space("restoring the collection", extra=size)
+            if self._shard is not None:
+                self._shard.close()
+                self._shard = None
+            self._info = None
+            self._meta_path.unlink(missing_ok=True)
+            shutil.rmtree(self._shard_path, ignore_errors=True)
+            copy_tree(source, self._shard_path)
+            sync_tree(self._shard_path)
+            try:
+                shard = qe.EdgeShard.load(str(self._shard_path), self._config(info.dim))
+            except Exception as error:  # qdrant-edge raises plain Exception
+                raise StoreError(f"the shard copy at {source} cannot be opened as dim {info.dim}: {error}") from None
+            self._record(info)
+            self._shard, self._info = shard, info
+        logger.info("restored edge collection %s from the shard files at %s", self._root, source)
 
     def info(self) -> CollectionInfo | None:
         return self._info
@@ -687,6 +735,9 @@ class FollowingEdgeIndex:
 
     def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
         return self._follow().scroll(fields, page_size)
+
+    def copy_shard(self, target: Path) -> None:
+        self._follow().copy_shard(target)
 
     def count(self) -> int:
         return self._follow().count()

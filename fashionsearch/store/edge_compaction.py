@@ -83,6 +83,7 @@ def compact(catalog: EdgeCatalog, alias: str, journal: WriteJournal, work_dir: P
         source=f"compaction of {previous}",
         journal=journal,
         keep_recording=True,
+        shard_copy=False,  # the child builds a fresh graph from the points: that is the compaction
     )
     try:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: its GIL is not the gateway's

@@ -49,8 +49,10 @@ examples:
   python -m jobs.backup restore catalogue--embedder-8-20261206T081500123456Z --backups data/backups \\
       --edge-dir data/qdrant-edge
 
-A restore builds a new collection from the backup, builds its search index, checks its point count against the
-backup, then switches the alias (--no-switch leaves it) and drops the previous collection (--keep-old keeps it).
+A restore builds a new collection from the backup (into Qdrant Edge, from the shard files a backup of an Edge
+collection holds, graph included: no index build; --from-points writes the points and builds the graph instead),
+checks its point count against the backup, then switches the alias (--no-switch leaves it) and drops the previous
+collection (--keep-old keeps it).
 It refuses a backup made by another embedder than the live collection's (or --expect-embedder MODEL@VERSION's).
 """
 
@@ -75,6 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--expect-embedder", metavar="MODEL@VERSION", help="restore: the embedder that will serve")
     p.add_argument("--no-switch", action="store_true", help="restore: build the collection, leave the alias")
     p.add_argument("--keep-old", action="store_true", help="restore: keep the collection the alias pointed at")
+    p.add_argument(
+        "--from-points", action="store_true", help="restore: write the points and build the graph, not the shard files"
+    )
     p.add_argument("--timeout-s", type=float, default=3600.0, help="the gateway's backup call (default: 3600)")
     p.add_argument("--log-level", default="WARNING", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return p
@@ -156,7 +161,7 @@ def restore(args: argparse.Namespace) -> int:
         target = check_name(f"{versioned_name(args.collection, chosen.embedder)}-restored-{stamp}")
         index = catalog.open(target)
         try:
-            count = restore_into(index, chosen)
+            count = restore_into(index, chosen, shard_copy=not args.from_points)
         except BaseException:
             catalog.release(index)
             catalog.drop(target)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fashionsearch.errors import StoreError
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
 from fashionsearch.store import backup as backups
 from fashionsearch.store.backup import WriteJournal, list_backups, read_backup, write_backup
@@ -64,6 +65,7 @@ def test_backup_and_restore_keep_every_id_vector_and_payload(edge_dir, tmp_path,
     (made,) = list_backups(tmp_path / "b")
     assert made.points == 4000 and made.embedder == EMBEDDER
     assert sum(1 for _ in read_backup(made)) >= 3
+    assert made.shard_files  # an Edge collection's files too: the Edge restore below takes them
     assert main(["list", "--backups", str(tmp_path / "b")]) == EXIT_OK
     assert made.name in capsys.readouterr().out
 
@@ -134,11 +136,57 @@ def test_a_backup_taken_while_writes_go_on_is_the_collection_at_its_end(edge_dir
     finally:
         live.close()
     assert journal.pages > 2 and made.points == 4000  # +9000, -2
+    assert made.shard_files
+    # The shard copy (taken behind the same barrier) and the points (the logical copy) hold the same end state.
+    for name, shard_copy in (("from-files", True), ("from-points", False)):
+        target = open_catalog(data_dir=tmp_path / "restored").open(name)
+        try:
+            backups.restore_into(target, made, shard_copy=shard_copy)
+            assert _everything(target) == at_end
+            assert _everything(target)[1][1]["name"] == "item 1 v2 é"
+        finally:
+            target.close()
+
+
+def test_a_collection_restored_from_shard_files_takes_updates_of_the_points_it_holds(edge_dir, tmp_path):
+    catalog = open_catalog(data_dir=edge_dir)
+    live = catalog.open("catalogue--embedder-8")
+    try:
+        made = write_backup(live, tmp_path / "b", "files", source="test")
+    finally:
+        catalog.release(live)
+    restored = open_catalog(data_dir=tmp_path / "restored")
+    target = restored.open("copy")
+    try:
+        assert backups.restore_into(target, made) == 4000
+        # Qdrant ignores an operation numbered below a point's version: a copy without its write-ahead log would
+        # number new operations from 1 again and drop this update without a word.
+        target.upsert(_points([7], np.random.default_rng(4), tag=" v2"))
+        target.delete([8])
+    finally:
+        target.close()
+    reopened = restored.open("copy")
+    try:
+        assert reopened.retrieve([7])[0].payload["name"] == "item 7 v2 é"
+        assert reopened.retrieve([8]) == [] and reopened.count() == 3999
+    finally:
+        reopened.close()
+
+
+def test_a_damaged_shard_copy_is_refused(edge_dir, tmp_path):
+    catalog = open_catalog(data_dir=edge_dir)
+    live = catalog.open("catalogue--embedder-8")
+    try:
+        made = write_backup(live, tmp_path / "b", "files", source="test")
+    finally:
+        catalog.release(live)
+    damaged = made.path / backups.SHARD / made.shard_files[-1][0]
+    damaged.write_bytes(damaged.read_bytes() + b"x")
     target = open_catalog(data_dir=tmp_path / "restored").open("copy")
     try:
-        backups.restore_into(target, made)
-        assert _everything(target) == at_end
-        assert _everything(target)[1][1]["name"] == "item 1 v2 é"
+        with pytest.raises(StoreError, match="damaged"):
+            backups.restore_into(target, made)
+        assert target.count() == 0
     finally:
         target.close()
 
