@@ -4,12 +4,14 @@ Starts the classifier, embedder, detector and gateway as separate processes (the
 given), with the whole dataset in the gateway's Qdrant Edge store (the served embedder's vectors, from
 bench/catalogue_vectors.py's cache), then, from this process over gRPC on loopback, one call at a time:
 
-- SearchOutfit p50 for a 600x800 JPEG with 3 products (the first 3-product photo of the composite test split);
+- SearchOutfit p50 for a 600x800 JPEG with 3 products (the first 3-product photo of the composite test split), and
+  Search's with crop=none and crop=auto, for that photo and for a catalogue packshot;
 - on the composite test split (training/scenes.py: test-split products only, 2 to 4 a photo): a product is found
   when a returned box has IoU >= 0.5 with it and that item's top-5 hits hold its articleType; the share of products
   found, of photos with every product found, and the box recall and precision (IoU >= 0.5, any group);
-- single-product photos through Search, crop=none against crop=auto: the catalogue packshot itself, one test
-  product on a texture or a real photograph, and one small in the frame: articleType and masterCategory accuracy of
+- single-product photos through Search, crop=none against crop=auto: the catalogue packshot itself (of the
+  products with a white background), any catalogue photo of a test product, one test product on a texture or a
+  real photograph, and one small in the frame: articleType and masterCategory accuracy of
   the predicted attributes and precision@5 of the hits' articleType.
 
     python bench/outfit_search.py [--scenes 200] [--singles 200] [--runs 40] [--detector models/detector]
@@ -25,6 +27,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -154,6 +157,10 @@ def single_scores(
     return {"articleType": 100 * article / n, "masterCategory": 100 * master / n, "precision@5": precision / n}
 
 
+def search(stub: gateway_pb2_grpc.GatewayStub, image: bytes, crop: gateway_pb2.Crop) -> object:
+    return stub.Search(gateway_pb2.SearchRequest(image=image, crop=crop), timeout=TIMEOUT_S)
+
+
 def p50_ms(call: Callable[[], object], runs: int) -> tuple[float, float]:
     """(p50, p95) milliseconds of `runs` sequential calls, after 3 unmeasured ones."""
     for _ in range(3):
@@ -194,8 +201,13 @@ def main() -> int:
     row = {int(i): k for k, i in enumerate(dataset.ids)}
     truth = {pid: {f: str(dataset.labels[f][k]) for f in ("articleType", "masterCategory")} for pid, k in row.items()}
     packshots = [(jpeg(test.images[k]), int(test.ids[k])) for k in range(min(args.singles, len(test)))]
+    catalogue = dataset.split(split, "test").at_most(args.singles, seed=SINGLE_SEED)
     singles = {
         "packshot as in the catalogue": packshots,
+        # Every kind of catalogue photo, those without a white background too (a model on a studio backdrop).
+        "any catalogue photo of a test product": [
+            (jpeg(image), int(pid)) for image, pid in zip(catalogue.images, catalogue.ids, strict=True)
+        ],
         "one product on a texture or a real photograph": [
             (jpeg(img), pid) for img, pid in single_photos(test, args.singles, "scatter", SINGLE_SEED)
         ],
@@ -227,6 +239,11 @@ def main() -> int:
                     lambda: stub.SearchOutfit(gateway_pb2.SearchOutfitRequest(image=image), timeout=TIMEOUT_S),
                     args.runs,
                 )
+                search_ms = {
+                    (photo, crop): p50_ms(partial(search, stub, data, value), args.runs)
+                    for photo, data in (("600x800 JPEG, 3 products", image), ("catalogue packshot", packshots[0][0]))
+                    for crop, value in (("none", gateway_pb2.CROP_NONE), ("auto", gateway_pb2.CROP_AUTO))
+                }
                 outfit = outfit_scores(stub, outfits, {pid: t["articleType"] for pid, t in truth.items()})
                 single = {
                     (kind, crop): single_scores(stub, photos, truth, value)
@@ -243,6 +260,11 @@ def main() -> int:
     print("| SearchOutfit, 600x800 JPEG, 3 products | p50 ms | p95 ms | runs |")
     print("| --- | --- | --- | --- |")
     print(f"| concurrency 1 | {p50:.1f} | {p95:.1f} | {args.runs} |\n")
+    print("| Search, concurrency 1 | crop | p50 ms | p95 ms | runs |")
+    print("| --- | --- | --- | --- | --- |")
+    for (photo, crop), (p50_search, p95_search) in search_ms.items():
+        print(f"| {photo} | {crop} | {p50_search:.1f} | {p95_search:.1f} | {args.runs} |")
+    print()
     backgrounds = "textures only" if args.no_photographs else "textures and a held-out photograph"
     print(f"| composite test split ({len(outfits)} photos, {outfit['products']} products; {backgrounds}) | value |")
     print("| --- | --- |")

@@ -92,6 +92,13 @@ PHOTOS_ANALYSED = Counter(
     "(the classifier and the embedder each asked)",
     ["path"],
 )
+SEARCH_CROPS = Counter(
+    "fashionsearch_search_crops",
+    "Photo searches with crop=auto (the default), by what was read: cut (the detector's main product), whole (a "
+    "packshot, no product found, or one filling the photo), no_detector (none configured: the whole photo) or "
+    "detector_failed (the detector down or slow: the whole photo)",
+    ["read"],
+)
 CATALOGUE_ITEMS = Gauge("fashionsearch_catalogue_items", "Items in the catalogue collection")
 
 # ---- the indexer ---------------------------------------------------------------------------------------------

@@ -152,14 +152,23 @@ DETECTOR_MODEL = ModelId("fake-detector", "d1", "dd")
 
 
 class FakeDetector:
-    """Answers the detections it is given, for a photo of `size`; records the photos it was asked about."""
+    """Answers the detections it is given, for a photo of `size`, or raises `failure` (a detector down or slow);
+    records the photos it was asked about."""
 
-    def __init__(self, detections: tuple[Detection, ...] = (), size: tuple[int, int] = (300, 400)) -> None:
+    def __init__(
+        self,
+        detections: tuple[Detection, ...] = (),
+        size: tuple[int, int] = (300, 400),
+        failure: FashionSearchError | None = None,
+    ) -> None:
         self.detections = detections
         self.size = size
+        self.failure = failure
         self.photos: list[bytes] = []
 
     async def detect(self, data: bytes) -> FoundProducts:
         self.photos.append(data)
         await asyncio.sleep(0)
+        if self.failure is not None:
+            raise self.failure
         return FoundProducts(self.detections, self.size, DETECTOR_MODEL)

@@ -112,8 +112,9 @@ class Crop(enum.Enum):
     AUTO = "auto"
 
 
-#: Until a measurement says cutting out the main product finds more (bench/outfit_search.py).
-DEFAULT_CROP = Crop.NONE
+#: crop=auto reads a product in a scene far better and a packshot as crop=none does (bench/outfit_search.py,
+#: bench/README.md); best effort: without a detector, or with one down, the whole photo is read.
+DEFAULT_CROP = Crop.AUTO
 
 
 @dataclass(frozen=True)

@@ -36,6 +36,8 @@ from fashionsearch.errors import (
     Internal,
     InvalidArgument,
     NotFound,
+    ResourceExhausted,
+    Unavailable,
 )
 from fashionsearch.images import ImageLimits
 from fashionsearch.store import (
@@ -277,9 +279,19 @@ class GatewayService:
 
     async def _main_product(self, image: bytes) -> bytes:
         """The detector's best product cut out of the photo, or the photo itself when it is a packshot, the
-        detector finds nothing or the product fills most of it (fashionsearch.main_product)."""
-        found, photo = await self._found(image)
+        detector finds nothing or the product fills most of it (fashionsearch.main_product). crop=auto is the
+        default, so it is best effort: without a detector, or with one down, slow or busy, the whole photo is read."""
+        if self._detector is None:
+            metrics.SEARCH_CROPS.labels("no_detector").inc()
+            return image
+        try:
+            found, photo = await self._found(image)
+        except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:
+            logger.warning("crop=auto reads the whole photo: %s", error)
+            metrics.SEARCH_CROPS.labels("detector_failed").inc()
+            return image
         crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
+        metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut").inc()
         return image if crop is None else crop
 
     async def search_outfit(self, image: bytes, options: SearchOptions) -> OutfitResult:

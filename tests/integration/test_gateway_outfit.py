@@ -90,7 +90,7 @@ def test_each_product_is_read_from_its_cut_out(stack):
     reply = stack.stub.SearchOutfit(gateway_pb2.SearchOutfitRequest(image=OUTFIT), timeout=10)
     for item in reply.items:
         [cut] = crops.cut_out(photo, [d for d in detections if d.group == item.group])
-        alone = stack.stub.Search(gateway_pb2.SearchRequest(image=cut), timeout=10)
+        alone = stack.stub.Search(gateway_pb2.SearchRequest(image=cut, crop=gateway_pb2.CROP_NONE), timeout=10)
         assert [a.labels[0].label for a in item.attributes] == [a.labels[0].label for a in alone.attributes]
         assert [h.id for h in item.hits] == [h.id for h in alone.hits]
 
@@ -191,24 +191,32 @@ def test_crop_auto_reads_the_main_product_only(api, stack):
     photo = photo_of_squares(SIZE, [(128, 256, 96, TOP_COLOUR)], image_format="JPEG", background=WALL)
     [cut] = crops.cut_out(crops.decode_photo(photo, ImageLimits()), [Detection(128, 256, 96, 96, "top", 1.0)])
     auto = stack.stub.Search(gateway_pb2.SearchRequest(image=photo, crop=gateway_pb2.CROP_AUTO), timeout=10)
-    alone = stack.stub.Search(gateway_pb2.SearchRequest(image=cut), timeout=10)
+    alone = stack.stub.Search(gateway_pb2.SearchRequest(image=cut, crop=gateway_pb2.CROP_NONE), timeout=10)
+    whole = stack.stub.Search(gateway_pb2.SearchRequest(image=photo, crop=gateway_pb2.CROP_NONE), timeout=10)
     assert [h.id for h in auto.hits] == [h.id for h in alone.hits]
     assert [a.labels[0].probability for a in auto.attributes] == pytest.approx(
         [a.labels[0].probability for a in alone.attributes], abs=1e-6
     )
-    status, body = api.upload("/v1/search?crop=auto", {"image": photo})
-    assert status == 200 and [h["id"] for h in body["hits"]] == [h.id for h in auto.hits]
+    assert [a.labels[0].probability for a in whole.attributes] != pytest.approx(
+        [a.labels[0].probability for a in alone.attributes], abs=1e-6
+    )
+    # auto is the default, over gRPC and HTTP alike
+    default = stack.stub.Search(gateway_pb2.SearchRequest(image=photo), timeout=10)
+    assert [a.labels[0].probability for a in default.attributes] == pytest.approx(
+        [a.labels[0].probability for a in auto.attributes], abs=1e-6
+    )
+    for path in ("/v1/search?crop=auto", "/v1/search"):
+        status, body = api.upload(path, {"image": photo})
+        assert status == 200 and [h["id"] for h in body["hits"]] == [h.id for h in auto.hits]
+    status, body = api.upload("/v1/search?crop=none", {"image": photo})
+    assert status == 200 and [h["id"] for h in body["hits"]] == [h.id for h in whole.hits]
     status, body = api.upload("/v1/search", {"image": photo, "crop": "sideways"})
     assert "crop must be" in error_of(status, body, 400, "INVALID_ARGUMENT")
 
 
-@pytest.mark.parametrize(
-    "squares, background",
-    [([], WALL), ([(128, 256, 96, TOP_COLOUR)], (255, 255, 255))],
-    ids=["no product", "a packshot: a small product on the catalogue's white"],
-)
-def test_crop_auto_reads_the_whole_photo(stack, squares, background):
-    photo = photo_of_squares(SIZE, squares, image_format="JPEG", background=background)
+def test_crop_auto_without_a_product_reads_the_whole_photo(stack):
+    # (A packshot read whole: tests/unit/test_gateway_outfit_service.py; the tiny detector's boxes stay small.)
+    photo = photo_of_squares(SIZE, [], image_format="JPEG", background=WALL)
     auto = stack.stub.Search(gateway_pb2.SearchRequest(image=photo, crop=gateway_pb2.CROP_AUTO), timeout=10)
     whole = stack.stub.Search(gateway_pb2.SearchRequest(image=photo, crop=gateway_pb2.CROP_NONE), timeout=10)
     assert [h.id for h in auto.hits] == [h.id for h in whole.hits]
@@ -225,19 +233,20 @@ def test_openapi_documents_outfit_search_and_crop(api):
     assert set(schemas["SearchOutfitResponse"]["properties"]) == {"items"}
     assert set(schemas["OutfitItem"]["required"]) == ITEM_KEYS
     crop = [p for p in document["paths"]["/v1/search"]["post"]["parameters"] if p["name"] == "crop"]
-    assert crop and crop[0]["schema"]["enum"] == ["none", "auto"]
+    assert crop and crop[0]["schema"]["enum"] == ["none", "auto"] and crop[0]["schema"]["default"] == "auto"
 
 
-def test_without_a_detector_outfit_search_is_a_failed_precondition(tmp_path):
+def test_without_a_detector_outfit_search_is_a_failed_precondition_and_search_reads_the_whole_photo(tmp_path):
     running = start_stack(tmp_path)
     try:
         with pytest.raises(grpc.RpcError) as caught:
             running.stub.SearchOutfit(gateway_pb2.SearchOutfitRequest(image=OUTFIT), timeout=10)
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         assert "GATEWAY_DETECTOR_ADDR" in caught.value.details()
-        with pytest.raises(grpc.RpcError) as caught:
-            running.stub.Search(gateway_pb2.SearchRequest(image=OUTFIT, crop=gateway_pb2.CROP_AUTO), timeout=10)
-        assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-        assert running.stub.Search(gateway_pb2.SearchRequest(image=OUTFIT), timeout=10).suggested_name
+        answers = [
+            running.stub.Search(gateway_pb2.SearchRequest(image=OUTFIT, crop=crop), timeout=10)
+            for crop in (gateway_pb2.CROP_AUTO, gateway_pb2.CROP_UNSPECIFIED, gateway_pb2.CROP_NONE)
+        ]
+        assert len({tuple(a.labels[0].probability for a in answer.attributes) for answer in answers}) == 1
     finally:
         running.close()

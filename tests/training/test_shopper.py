@@ -82,9 +82,9 @@ def test_crop_auto_in_the_suite_reads_a_packshot_whole_and_cuts_a_scene(tmp_path
     from testkit.tiny_detector import TOP_COLOUR, write_tiny_detector
     from training.evaluate import load_model
 
-    spec, session = load_model(write_tiny_detector(tmp_path / "detector"))
-    on_white = packshot((255, 255, 255))
-    on_white[40:56, 20:32] = TOP_COLOUR  # a small product on the catalogue's white
+    # Cells of 16 pixels: the product (36x50 of 60x80) comes back whole, spanning half the photo's height.
+    spec, session = load_model(write_tiny_detector(tmp_path / "detector", stride=16))
+    on_white = packshot(TOP_COLOUR)
     scene = on_white.copy()
     scene[on_white.min(axis=-1) == 255] = (255, 200, 255)  # the same on a pale magenta wall
     photos = np.stack([on_white, scene])

@@ -12,10 +12,17 @@ from PIL import Image
 from fashionsearch import main_product
 from fashionsearch.classification import AttributePrediction, LabelScore
 from fashionsearch.detection import Detection
-from fashionsearch.errors import FailedPrecondition, Internal, InvalidArgument
+from fashionsearch.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    ResourceExhausted,
+    Unavailable,
+)
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway import crops
-from services.gateway.domain import CatalogueItem, Classification, Crop, SearchOptions
+from services.gateway.domain import DEFAULT_CROP, CatalogueItem, Classification, Crop, SearchOptions
 from services.gateway.limits import Limits
 from services.gateway.service import GatewayService
 from testkit.gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
@@ -26,8 +33,8 @@ RED_BOX = Detection(40, 60, 100, 120, "top", 0.9)
 BLUE_BOX = Detection(180, 250, 80, 60, "shoes", 0.7)
 
 
-def photo(size: tuple[int, int] = (300, 400), background: tuple[int, int, int] = (128, 128, 128)) -> bytes:
-    image = Image.new("RGB", size, background)
+def photo(size: tuple[int, int] = (300, 400)) -> bytes:
+    image = Image.new("RGB", size, (128, 128, 128))
     image.paste(RED, (40, 60, 140, 180))
     image.paste(BLUE, (180, 250, 260, 310))
     buffer = io.BytesIO()
@@ -105,12 +112,26 @@ async def test_refine_words_are_read_once_for_every_product():
 
 
 @run_async
-async def test_without_a_detector_outfit_search_and_crop_auto_are_a_failed_precondition():
-    service, _, _ = await _service(None)
+async def test_without_a_detector_outfit_search_is_a_failed_precondition_and_search_reads_the_whole_photo():
+    service, classifier, _ = await _service(None)
     with pytest.raises(FailedPrecondition, match="GATEWAY_DETECTOR_ADDR"):
         await service.search_outfit(photo(), SearchOptions())
-    with pytest.raises(FailedPrecondition, match="GATEWAY_DETECTOR_ADDR"):
-        await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+    await service.search(photo(), SearchOptions(crop=Crop.AUTO))
+    await service.search(photo(), SearchOptions())
+    assert classifier.seen == [photo(), photo()]
+
+
+@pytest.mark.parametrize(
+    "failure", [Unavailable("the detector is unavailable"), DeadlineExceeded("slow"), ResourceExhausted("busy")]
+)
+@run_async
+async def test_crop_auto_reads_the_whole_photo_when_the_detector_fails(failure):
+    # crop=auto is the default: a detector down must not take photo search down with it.
+    service, classifier, _ = await _service(FakeDetector((RED_BOX,), failure=failure))
+    result = await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
+    assert classifier.seen == [photo()] and result.hits
+    with pytest.raises(type(failure)):
+        await service.search_outfit(photo(), SearchOptions())
 
 
 @run_async
@@ -175,10 +196,26 @@ async def test_crop_auto_reads_the_whole_photo_when_the_product_fills_most_of_it
 
 @run_async
 async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_scene():
-    # The same products and boxes (each under half the photo): on the catalogue's white the photo is read as it
-    # is, on grey the detector's best product is cut out.
+    # The same product and box (42% of the photo, spanning 70% of its height): on the catalogue's white the photo
+    # is read as it is, on grey the product is cut out.
+    box = Detection(60, 60, 180, 280, "top", 0.9)
+    service, classifier, _ = await _service(FakeDetector((box,)))
+    shots = []
+    for background in ((255, 255, 255), (128, 128, 128)):
+        image = Image.new("RGB", (300, 400), background)
+        image.paste(RED, (60, 60, 240, 340))
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        shots.append(buffer.getvalue())
+        await service.search(shots[-1], SearchOptions(crop=Crop.AUTO))
+    cut = crops.cut_out(crops.decode_photo(shots[1], crops.ImageLimits()), [box])[0]
+    assert classifier.seen == [shots[0], cut]
+
+
+@run_async
+async def test_a_search_crops_automatically_by_default():
+    assert DEFAULT_CROP is Crop.AUTO and SearchOptions().crop is Crop.AUTO
     service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
-    packshot = photo(background=(255, 255, 255))
-    await service.search(packshot, SearchOptions(crop=Crop.AUTO))
-    await service.search(photo(), SearchOptions(crop=Crop.AUTO))
-    assert classifier.seen == [packshot, crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0]]
+    await service.search(photo(), SearchOptions())
+    await service.search(photo(), SearchOptions(crop=Crop.NONE))
+    assert classifier.seen == [crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0], photo()]

@@ -9,7 +9,9 @@ from PIL import Image
 from fashionsearch import main_product
 from fashionsearch.detection import Detection
 
-SMALL = Detection(20, 30, 20, 20, "watch", 0.9)  # 400 of 60x80 = 4800 pixels: well under half
+#: packshot()'s product: 42% of the photo, spanning 84% of its height.
+PRODUCT = Detection(15, 13, 30, 67, "dress", 0.9)
+SMALL = Detection(20, 30, 15, 15, "watch", 0.9)  # a quarter of the width: far away
 
 
 def packshot(width: int = 60, height: int = 80) -> np.ndarray:
@@ -19,20 +21,38 @@ def packshot(width: int = 60, height: int = 80) -> np.ndarray:
     return pixels
 
 
-def test_a_packshot_is_read_whole_even_when_its_product_is_small_in_the_box():
+def test_a_packshot_is_read_whole_though_its_box_covers_under_half_of_it():
     pixels = packshot()
     assert main_product.white_border_share(pixels) > 0.8
-    assert main_product.main_product(pixels, [SMALL], (60, 80)) is None
+    assert main_product.main_product(pixels, [PRODUCT], (60, 80)) is None
 
 
-def test_a_product_on_a_texture_or_a_pale_colour_is_cut_out():
+def test_a_packshot_under_dim_or_tinted_light_is_still_a_packshot():
+    x = packshot().astype(np.float32)
+    for gains in ((0.5, 0.5, 0.5), (1.12, 1.0, 0.88), (0.88, 1.0, 1.12)):  # a dim room, warm and cool light
+        lit = np.clip(x * np.asarray(gains, np.float32), 0, 255).astype(np.uint8)
+        assert main_product.main_product(lit, [PRODUCT], (60, 80)) is None, gains
+
+
+def test_a_product_far_away_on_white_is_cut_out():
+    # A white table photographed from afar: a white border, but the product does not fill the frame as in the
+    # catalogue.
+    pixels = np.full((80, 60, 3), 250, np.uint8)
+    pixels[30:45, 20:35] = (30, 40, 120)
+    assert main_product.white_border_share(pixels) == 1.0
+    assert main_product.main_product(pixels, [SMALL], (60, 80)) == SMALL
+
+
+def test_a_product_on_a_texture_or_a_coloured_wall_is_cut_out():
     rng = np.random.default_rng(0)
     texture = rng.integers(90, 200, size=(80, 60, 3), dtype=np.uint8)
-    pale_pink = np.broadcast_to(np.asarray((250, 215, 220), np.uint8), (80, 60, 3))  # bright, but not white
-    dim_white = np.full((80, 60, 3), 200, np.uint8)
-    for pixels in (texture, pale_pink, dim_white):
-        assert main_product.white_border_share(pixels) == 0.0
-        assert main_product.main_product(pixels, [SMALL], (60, 80)) == SMALL
+    for colour in ((240, 190, 200), (60, 120, 200), (200, 170, 90)):  # pink, blue, ochre walls
+        wall = packshot()
+        wall[wall[..., 0] == 250] = colour
+        assert main_product.white_border_share(wall) == 0.0, colour
+        assert main_product.main_product(wall, [PRODUCT], (60, 80)) == PRODUCT
+    assert main_product.white_border_share(texture) < 0.1
+    assert main_product.main_product(texture, [PRODUCT], (60, 80)) == PRODUCT
 
 
 def test_the_whole_photo_when_nothing_is_found_or_the_product_fills_it():

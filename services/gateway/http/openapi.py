@@ -8,6 +8,7 @@ from typing import Any
 from fashionsearch.catalogue import PROTO_PAYLOAD_FIELDS
 from fashionsearch.store import FILTER_FIELDS
 from fashionsearch.text_contract import MAX_QUERY_CHARS
+from services.gateway.domain import DEFAULT_CROP
 from services.gateway.http.parsing import (
     CROP_PARAM,
     CROPS,
@@ -179,9 +180,10 @@ def _outfit_schemas() -> dict[str, Any]:
 CROP_PARAMETER = {
     "name": CROP_PARAM,
     "in": "query",
-    "description": "none (default): read the whole photo; auto: read only the main product the detector finds (the "
-    "whole photo when it finds none; 409 when the gateway has no detector). A multipart field works too.",
-    "schema": {"type": "string", "enum": list(CROPS), "default": "none"},
+    "description": "auto (default): read only the main product the detector finds, cut out (the whole photo when "
+    "it is a packshot on the catalogue's white, the product fills half of it, the detector finds none, or the gateway "
+    "has no detector or it is down); none: read the whole photo. A multipart field works too.",
+    "schema": {"type": "string", "enum": list(CROPS), "default": DEFAULT_CROP.value},
 }
 
 
