@@ -12,6 +12,20 @@ Qdrant decides per segment and per query between the graph and an exact scan, fr
 Filtered searches above that use ACORN (Qdrant's filtered graph search that also walks through non-matching
 neighbours), which keeps recall where a plain filtered graph walk loses it (0.78-0.89 at hnsw_ef 512 measured on
 1M points without it, issue 29).
+
+A filter far from the query (a shoe photo filtered to Topwear) is the graph's weak case and no setting here fixes
+it: the exact answers are mostly that subCategory's strays, products lying among another kind's (a shoe that looks
+like a top), which its graph links poorly to the rest of its kind, so a walk from the query stops at the kind's
+edge (its answers lie about 4% farther than the exact ones). ``bench/store_far_filters.py`` on 100k points (real
+embedder vectors and synthetic ones around them; filters matching over 2,000 points on the graph, as over 20,000
+do at 1M), far-filter recall@5 at hnsw_ef 128 / 512: these defaults 0.83 / 0.89 (0.95 at 2048, p50 1.7 ms); m 32
+with ef_construct 200 0.85 / 0.90; ef_construct 400 0.89 / 0.93 at 3.7x the build CPU; payload_m 64 0.83 / 0.90;
+a graph per subCategory only (m 0) 0.81 / 0.89; ACORN for every selectivity 0.83 / 0.89, like 0.5. An exact answer
+costs about 60 ns per matching point here (p50 2.1 ms for Topwear's 35k matches at 100k points, so about 20 ms for
+its 350k at 1M). What does reach it: the graph's answer merged with an exact scan of the filter's "exposed" points
+(one of whose 10 nearest neighbours is of another kind; 5.8% of the catalogue): 0.97 / 0.99 (bench/README.md, the
+next step). So the defaults keep hnsw_ef 128: the gateway's own-subCategory filter has recall 1.000 at p50 0.4 ms
+on 200k points.
 """
 
 from __future__ import annotations
