@@ -148,13 +148,17 @@ def test_a_backup_taken_while_writes_go_on_is_the_collection_at_its_end(edge_dir
             target.close()
 
 
-def test_a_collection_restored_from_shard_files_takes_updates_of_the_points_it_holds(edge_dir, tmp_path):
+def _offline_backup(edge_dir, folder) -> backups.BackupInfo:
     catalog = open_catalog(data_dir=edge_dir)
     live = catalog.open("catalogue--embedder-8")
     try:
-        made = write_backup(live, tmp_path / "b", "files", source="test")
+        return write_backup(live, folder, "files", source="test")
     finally:
         catalog.release(live)
+
+
+def test_a_collection_restored_from_shard_files_takes_updates_of_the_points_it_holds(edge_dir, tmp_path):
+    made = _offline_backup(edge_dir, tmp_path / "b")
     restored = open_catalog(data_dir=tmp_path / "restored")
     target = restored.open("copy")
     try:
@@ -174,12 +178,7 @@ def test_a_collection_restored_from_shard_files_takes_updates_of_the_points_it_h
 
 
 def test_a_damaged_shard_copy_is_refused(edge_dir, tmp_path):
-    catalog = open_catalog(data_dir=edge_dir)
-    live = catalog.open("catalogue--embedder-8")
-    try:
-        made = write_backup(live, tmp_path / "b", "files", source="test")
-    finally:
-        catalog.release(live)
+    made = _offline_backup(edge_dir, tmp_path / "b")
     damaged = made.path / backups.SHARD / made.shard_files[-1][0]
     damaged.write_bytes(damaged.read_bytes() + b"x")
     target = open_catalog(data_dir=tmp_path / "restored").open("copy")

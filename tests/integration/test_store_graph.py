@@ -37,6 +37,13 @@ def _points(n: int, rng: np.random.Generator, start: int = 1) -> list[StoredPoin
     ]
 
 
+def _load(stores, points: list[StoredPoint], batch: int) -> None:
+    for store in stores:
+        store.ensure_collection(DIM, EMBEDDER)
+        for start in range(0, len(points), batch):
+            store.upsert(points[start : start + batch])
+
+
 def _recall(index, reference, queries, filters) -> float:
     found = []
     for q in queries:
@@ -56,11 +63,7 @@ def test_graph_recall_matches_exact_search(tmp_path):
     index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=TUNING)
     reference = BruteForceIndex()
     try:
-        for store in (index, reference):
-            store.ensure_collection(DIM, EMBEDDER)
-            for start in range(0, len(points), 500):
-                store.upsert(points[start : start + 500])
-            store.upsert(rare)
+        _load((index, reference), points + rare, 500)
         assert index.graph_points() == 0  # no graph while loading: the bulk load never waits for one
         assert index.optimize() is True
         assert index.graph_points() > 0
@@ -115,10 +118,7 @@ def test_a_filter_far_from_the_query_keeps_its_recall(tmp_path, tuning, far_reca
     index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=tuning)
     reference = BruteForceIndex()
     try:
-        for store in (index, reference):
-            store.ensure_collection(DIM, EMBEDDER)
-            for start in range(0, len(points), 1000):
-                store.upsert(points[start : start + 1000])
+        _load((index, reference), points, 1000)
         assert index.optimize() is True and index.graph_points() > 0
         asked = points[:: len(points) // 80]
         queries = [p.vector + 0.1 * rng.normal(size=DIM).astype(np.float32) for p in asked]
