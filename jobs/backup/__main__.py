@@ -157,7 +157,7 @@ def restore(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_REFUSED
-        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")  # to the microsecond: two restores in one second
         target = check_name(f"{versioned_name(args.collection, chosen.embedder)}-restored-{stamp}")
         index = catalog.open(target)
         try:

@@ -82,6 +82,19 @@ def test_backup_and_restore_keep_every_id_vector_and_payload(edge_dir, tmp_path,
     finally:
         live.close()
 
+    # From the points instead of the shard files: the same catalogue, its graph built by the restore.
+    restore_flags = ["--backups", str(tmp_path / "b"), "--from-points", "--no-switch"]
+    assert main(["restore", made.name, *restore_flags, *store]) == EXIT_OK
+    rebuilt = sorted(
+        p.name for p in edge_dir.iterdir() if "restored" in p.name and p.is_dir() and p.name != restored_name
+    )
+    assert len(rebuilt) == 1
+    from_points = catalog.open(rebuilt[0])
+    try:
+        assert _everything(from_points) == before
+    finally:
+        catalog.release(from_points)
+
     # The same backup into a Qdrant (qdrant-client's local mode): the format is the store port's, not Edge's.
     assert main(["restore", "latest", "--backups", str(tmp_path / "b"), "--qdrant-path", str(tmp_path / "q")]) == 0
     qdrant = open_catalog(qdrant_path=tmp_path / "q").live("catalogue")
