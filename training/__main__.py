@@ -178,7 +178,9 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     )
     if args.report is None:
         name = "README.md" if args.on == "test" else "validation.md"
-        args.report = data.REPO_ROOT / "reports" / "robustness" / (f"crop-auto-{name}" if args.detector else name)
+        if args.detector:
+            name = "crop-auto.md" if args.on == "test" else "crop-auto-validation.md"
+        args.report = data.REPO_ROOT / "reports" / "robustness" / name
     args.report.parent.mkdir(parents=True, exist_ok=True)
     results["command"] = (
         "python -m training robustness "
@@ -374,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
         "--report",
         type=Path,
         default=None,
-        help="default reports/robustness/README.md (test), validation.md (val); crop-auto-... with --detector",
+        help="default reports/robustness/README.md (test), validation.md (val); crop-auto.md, ... with --detector",
     )
     p.add_argument(
         "--detector",
