@@ -21,6 +21,7 @@ from PIL import Image
 
 from fashionsearch.model_contract import DetectionGroup, DetectionSpec, InputSpec, ModelSpec
 from testkit.tiny_models import INPUT_NAME, _input_info, _save
+from training import quantize_detector
 
 GROUPS = (DetectionGroup("top", ("Topwear",)), DetectionGroup("shoes", ("Shoes",)))
 #: The tent blur's half width in cells; a square up to 2 * REACH + 1 cells wide gets its area right.
@@ -130,3 +131,17 @@ def photo_of_squares(
     buffer = io.BytesIO()
     image.save(buffer, format=image_format, **({"quality": 95} if image_format == "JPEG" else {}))
     return buffer.getvalue()
+
+
+def add_int8_variant(model_dir: Path) -> Path:
+    """The tiny detector's model.int8.onnx, listed in its model.json as `python -m training quantize-detector`
+    writes it (what follows the output convolutions' input in float), calibrated on photos of squares."""
+    rng = np.random.default_rng(4)
+    photos = []
+    for _ in range(16):
+        squares = [(int(rng.integers(0, 64)), int(rng.integers(0, 96)), 32, c) for c in (TOP_COLOUR, SHOES_COLOUR)]
+        photos.append(np.asarray(Image.open(io.BytesIO(photo_of_squares((96, 128), squares))).convert("RGB")))
+    target = model_dir / "model.int8.onnx"
+    quantize_detector.quantize_file(model_dir, target, np.stack(photos), quantize_detector.PLANS[-1])
+    quantize_detector.list_int8(model_dir, {})
+    return target

@@ -9,6 +9,8 @@
     python -m training train detector --out models/detector
     python -m training tune-detector models/detector
     python -m training evaluate-detector models/detector
+    python -m training quantize-detector models/detector
+    python -m training evaluate-detector models/detector --precision int8
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
 """
@@ -24,7 +26,17 @@ import time
 from pathlib import Path
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, detector_eval, probe, quantize, quantize_report, report, robustness, scenes
+from training import (
+    data,
+    detector_eval,
+    probe,
+    quantize,
+    quantize_detector,
+    quantize_report,
+    report,
+    robustness,
+    scenes,
+)
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
@@ -120,9 +132,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     dataset, split = _load(args)
-    results = detector_eval.evaluate_detector(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
     command = f"python -m training evaluate-detector {args.model_dir} --photos {args.photos} --seed {args.seed}"
-    path = detector_eval.write_report(results, command, args.report)
+    if args.precision == "int8":  # float and int8 side by side (int8.md), the float report left as it is
+        compared = quantize_detector.compare_on_test(
+            args.model_dir, dataset, split, args.photos, args.seed, args.threads
+        )
+        path = quantize_detector.write_report(compared, command + " --precision int8", args.report)
+    else:
+        results = detector_eval.evaluate_detector(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
+        path = detector_eval.write_report(results, command, args.report)
     log.info("wrote %s", path)
     return 0
 
@@ -253,6 +271,20 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_quantize_detector(args: argparse.Namespace) -> int:
+    dataset, split = _load(args)
+    results = quantize_detector.run(
+        args.model_dir,
+        dataset,
+        split,
+        calibration_size=args.calibration_scenes,
+        choose_photos=args.choose_photos,
+        threads=args.threads,
+    )
+    log.info("%s", json.dumps(results, indent=1))
+    return 0
+
+
 def cmd_install_default(args: argparse.Namespace) -> int:
     """Copy a model folder to a serving default (models/classifier, models/embedder) unless one is there."""
     if args.target.exists() and not args.force:
@@ -343,7 +375,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--photos", type=int, default=400, help="composite test photos")
     p.add_argument("--seed", type=int, default=scenes.TEST_SEED, help="the composite test split's seed")
     p.add_argument("--report", type=Path, default=data.REPO_ROOT / "reports" / "detector")
+    p.add_argument(
+        "--precision",
+        choices=("float", "int8"),
+        default="float",
+        help="int8: model.int8.onnx beside model.onnx on the same photos, into int8.md (evaluation.md untouched)",
+    )
     p.set_defaults(func=cmd_evaluate_detector)
+
+    p = commands.add_parser(
+        "quantize-detector", help="the detector's int8 variant (model.int8.onnx), gated on validation scenes"
+    )
+    p.add_argument("model_dir", type=Path)
+    _data_args(p)
+    p.add_argument("--calibration-scenes", type=int, default=300, help="seeded training scenes for the ranges")
+    p.add_argument("--choose-photos", type=int, default=200, help="validation composite scenes to choose and gate on")
+    p.set_defaults(func=cmd_quantize_detector)
 
     p = commands.add_parser(
         "tune-detector", help="choose the detector's served score threshold on validation scenes (into model.json)"

@@ -195,17 +195,28 @@ def choose_threshold(
 
 
 def evaluate_detector(
-    model_dir: Path, dataset: data.Dataset, split: dict[int, str], count: int, seed: int, threads: int = 2
+    model_dir: Path,
+    dataset: data.Dataset,
+    split: dict[int, str],
+    count: int,
+    seed: int,
+    threads: int = 2,
+    file: str = MODEL_FILE,
+    photos: Sequence[scenes.Scene] | None = None,
 ) -> dict[str, Any]:
+    """`file`: which of the folder's ONNX files (model.onnx, or a variant such as model.int8.onnx); `photos`: the
+    composite test split when already made (it is the same for the same count and seed)."""
     spec = ModelSpec.load(model_dir)
-    session = onnx_session(model_dir / MODEL_FILE, threads=threads)
-    photos = scenes.composite_test_split(dataset, split, count, seed)
+    session = onnx_session(model_dir / file, threads=threads)
+    if photos is None:
+        photos = scenes.composite_test_split(dataset, split, count, seed)
     results: dict[str, Any] = {
         "model": spec.identity,
+        "file": file,
         "photos": count,
         "seed": seed,
         "products": int(sum(len(s.boxes) for s in photos)),
-        "onnx_mb": (model_dir / MODEL_FILE).stat().st_size / 1e6,
+        "onnx_mb": (model_dir / file).stat().st_size / 1e6,
         "shifts": {},
     }
     for k, (name, shift) in enumerate(SHIFTS):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
@@ -13,14 +14,16 @@ import numpy as np
 import pytest
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
+from prometheus_client import REGISTRY
 
 from fashionsearch.detection import box_iou
-from fashionsearch.model_contract import ModelContractError
+from fashionsearch.model_contract import ModelContractError, file_sha256
+from fashionsearch.model_variants import VNNI_FLAGS, cpu_flags
 from fashionsearch.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.server import start
 from services.detector.settings import Settings
 from testkit.service_helpers import BAD_IMAGES, SERVING, health_status
-from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
+from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, add_int8_variant, photo_of_squares, write_tiny_detector
 from testkit.tiny_models import write_tiny_classifier
 
 pytestmark = pytest.mark.integration
@@ -222,3 +225,32 @@ def test_a_classifier_folder_is_refused(tmp_path: Path, settings: Settings) -> N
             await start(wrong)
 
     asyncio.run(scenario())
+
+
+def answered_by(sha: str, precision: str) -> Body:
+    """A scenario: the reply names the file `sha`, finds the squares, and model_info says `precision`."""
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)
+        assert reply.model.onnx_sha256 == sha
+        assert_found(reply.detections, EXPECTED, min_iou=0.9)
+        labels = {"service": "detector", "name": "tiny-detector", "version": "tiny-1", "onnx_sha256": sha}
+        assert (
+            REGISTRY.get_sample_value("fashionsearch_model_info", labels | {"precision": precision, "vectors_of": ""})
+            == 1.0
+        )
+
+    return body
+
+
+def test_the_int8_variant_is_served_as_detector_precision_says(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = write_tiny_detector(tmp_path / "detector")
+    files = {"int8": file_sha256(add_int8_variant(model_dir)), "float": file_sha256(model_dir / "model.onnx")}
+    auto = "int8" if cpu_flags() & set(VNNI_FLAGS) else "float"  # auto takes int8 only on a CPU with VNNI
+    for precision, served in (("int8", "int8"), ("float", "float"), ("auto", auto)):
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run(replace(settings, model_dir=model_dir, precision=precision), answered_by(files[served], served))
+        assert f"({served}) is SERVING" in caplog.text, precision

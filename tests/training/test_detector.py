@@ -122,6 +122,26 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
     assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]
 
+    # The int8 variant: the trunk's three taps found by the head's name scope, both plans measured, the file
+    # written, listed in model.json only when it passes the gate, and the test split compared side by side.
+    import onnx
+
+    from fashionsearch.model_variants import variants
+    from training import quantize_detector
+
+    taps = quantize_detector.trunk_taps(onnx.load(str(tmp_path / "detector" / "model.onnx")))
+    assert len(taps) == 3, taps
+    made = quantize_detector.run(tmp_path / "detector", dataset, split, calibration_size=4, choose_photos=2, threads=1)
+    assert set(made["plans"]) == {p.plan.name for p in quantize_detector.PLANS} and made["plan"] in made["plans"]
+    listed = [v.file for v in variants(ModelSpec.load(tmp_path / "detector"))]
+    assert listed == ["model.onnx", "model.int8.onnx"] if made["listed"] else ["model.onnx"]
+    assert made["listed"] == (made["gate_problems"] == [])
+    compared = quantize_detector.compare_on_test(tmp_path / "detector", dataset, split, 2, seed=1, threads=1)
+    assert [compared[k]["file"] for k in ("float", "int8")] == ["model.onnx", "model.int8.onnx"]
+    assert all(0.0 <= compared["int8"]["shifts"][shift]["box_recall"] <= 1.0 for shift in compared["float"]["shifts"])
+    path = quantize_detector.write_report(compared, "a command", tmp_path / "report")
+    assert "| clean |" in path.read_text()
+
 
 def test_served_threshold_is_the_lowest_that_keeps_precision_else_the_best_f1() -> None:
     from training.detector_eval import PRECISION_FLOOR, pick_threshold
