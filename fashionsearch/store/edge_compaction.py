@@ -74,7 +74,9 @@ def compact(catalog: EdgeCatalog, alias: str, journal: WriteJournal, work_dir: P
     previous = catalog.resolve(alias)
     if previous is None:
         raise StoreError(f"no collection behind {alias} to compact")
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    # to the microsecond: a compaction started within the second the previous one switched would name its target
+    # after the collection it replaces
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%f")
     target = check_name(f"{previous.split('--compacted-')[0]}--compacted-{stamp}")
     made = write_backup(
         journal,

@@ -78,3 +78,21 @@ def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
         assert np.array_equal(stored[pid].vector, point.vector) and dict(stored[pid].payload) == point.payload
     live.close()
     assert not (tmp_path / "edge" / "catalogue--embedder-8").exists()  # dropped once the gateway let go
+
+
+def test_compacting_twice_in_a_row_names_a_new_collection_each_time(tmp_path):
+    rng = np.random.default_rng(1)
+    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
+    first = catalog.open("catalogue--embedder-8")
+    first.ensure_collection(DIM, EMBEDDER)
+    points = [_point(i, rng) for i in range(1, 101)]
+    first.upsert(points)
+    catalog.release(first)
+    catalog.switch("catalogue", "catalogue--embedder-8")
+    live = WriteJournal(catalog.live("catalogue"))
+    once = compact(catalog, "catalogue", live, tmp_path / "work")
+    twice = compact(catalog, "catalogue", live, tmp_path / "work")
+    assert len({"catalogue--embedder-8", once.collection, twice.collection}) == 3
+    assert catalog.resolve("catalogue") == twice.collection
+    assert sorted(p.id for p in live.retrieve([p.id for p in points])) == [p.id for p in points]
+    live.close()
