@@ -26,7 +26,6 @@ a point written during the pages is in its final state, a point deleted is absen
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ import numpy as np
 
 from fashionsearch.errors import StoreError, StoreFullError
 from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, VectorIndex
-from fashionsearch.store.edge_files import sync_tree, tree_digests
+from fashionsearch.store.edge_files import file_sha256, sync_tree, tree_digests
 
 logger = logging.getLogger(__name__)
 
@@ -153,14 +152,6 @@ class WriteJournal:
 
     def __getattr__(self, name: str) -> Any:  # e.g. FollowingEdgeIndex.collection
         return getattr(self.index, name)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_chunk(path: Path, points: Sequence[StoredPoint], dim: int, deleted: Sequence[int] = ()) -> None:
@@ -324,7 +315,7 @@ def _write_into(
         "points": int(len(np.unique(final))),
         "points_rewritten": len(changed),
         "seconds": round(seconds, 3),
-        "files": [[f, _sha256(partial / f)] for f in files],  # in the order restore applies them
+        "files": [[f, file_sha256(partial / f)] for f in files],  # in the order restore applies them
     }
     if shard is not None:
         sync_tree(partial / SHARD)  # after the writes were let go: the copy itself was not synced
@@ -372,7 +363,7 @@ def read_backup(backup: BackupInfo, *, verify: bool = True) -> Iterator[tuple[li
     data = json.loads((backup.path / MANIFEST).read_text(encoding="utf-8"))
     for name, digest in data["files"]:
         path = backup.path / name
-        if verify and _sha256(path) != digest:
+        if verify and file_sha256(path) != digest:
             raise StoreError(f"{path} does not match its sha256 in the manifest: the backup is damaged")
         yield _read_chunk(path)
 

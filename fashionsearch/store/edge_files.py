@@ -63,16 +63,7 @@ def copy_tree(source: Path, target: Path) -> int:
     """Copy the folder source to target (which must not exist), keeping the files' holes; symbolic links, sockets
     and other non-regular files are left out (a shard has none). Returns the bytes written."""
     target.mkdir(parents=True)
-    written = 0
-    for folder, subfolders, files in os.walk(source):
-        here = Path(folder)
-        there = target / here.relative_to(source)
-        for name in subfolders:
-            (there / name).mkdir()
-        for name in files:
-            if (here / name).is_file() and not (here / name).is_symlink():
-                written += copy_file_sparse(here / name, there / name)
-    return written
+    return refresh_tree(source, target)  # every file new to the empty target: written whole
 
 
 def refresh_tree(source: Path, target: Path) -> int:
@@ -111,13 +102,15 @@ def sync_tree(folder: Path) -> None:
             os.close(fd)
 
 
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def tree_digests(folder: Path) -> list[list[str]]:
     """[relative path, sha256] of every regular file under folder, sorted by path."""
-    found = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()):
-        digest = hashlib.sha256()
-        with path.open("rb") as f:
-            for block in iter(lambda: f.read(_BLOCK), b""):
-                digest.update(block)
-        found.append([path.relative_to(folder).as_posix(), digest.hexdigest()])
-    return found
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
+    return [[path.relative_to(folder).as_posix(), file_sha256(path)] for path in files]
