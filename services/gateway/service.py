@@ -80,7 +80,7 @@ from services.gateway.domain import (
 )
 from services.gateway.limits import Limits
 from services.gateway.one_pass import OnePass
-from services.gateway.prepare import shrink_photo
+from services.gateway.prepare import may_shrink, shrink_photo
 
 if TYPE_CHECKING:  # the embedded store's module loads qdrant-edge: a gateway on a Qdrant server never does
     from fashionsearch.store.edge_compaction import Compaction
@@ -216,7 +216,7 @@ class GatewayService:
         explicit = self._explicit_filters(options)
         if options.crop is Crop.AUTO:
             image = await self._main_product(image)
-        if self._limits.shrink_above_pixels:
+        if may_shrink(image, self._limits.shrink_above_pixels):  # most photos: no worker-thread hop (prepare.py)
             shrink = partial(
                 shrink_photo, image, above_pixels=self._limits.shrink_above_pixels, side=self._limits.shrink_side
             )

@@ -14,7 +14,7 @@ from fashionsearch.model_contract import InputSpec, preprocess
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway.domain import SearchOptions
 from services.gateway.limits import Limits
-from services.gateway.prepare import shrink_photo
+from services.gateway.prepare import may_shrink, shrink_photo
 from services.gateway.service import GatewayService
 from services.gateway.settings import Settings
 from testkit.gateway_fakes import FakeClassifier, FakeEmbedder
@@ -78,6 +78,29 @@ def test_exif_orientation_is_applied_before_the_exif_is_dropped():
 )
 def test_everything_else_passes_through_unchanged(data, above):
     assert shrink_photo(data, above_pixels=above, side=256) is data
+
+
+@pytest.mark.parametrize(
+    ("data", "above", "may"),
+    [
+        (photo(600, 800), 2_000_000, False),  # the usual search photo: read on the event loop, no thread
+        (photo(600, 800), 480_000, False),  # exactly at the threshold: shrink_photo keeps it too
+        (photo(600, 800), 479_999, True),
+        (photo(2000, 1500, fmt="PNG"), 4_000_000, True),  # not a JPEG: Pillow decides, in the worker thread
+        (b"\xff\xd8\xff\xe0 not really a jpeg", 1, True),
+        (photo(2000, 1500), 0, False),  # turned off
+    ],
+    ids=["small", "at-threshold", "above", "png", "broken", "off"],
+)
+def test_may_shrink_is_false_only_where_shrink_photo_passes_the_photo_through(data, above, may):
+    assert may_shrink(data, above) is may
+    if not may:
+        assert shrink_photo(data, above_pixels=above, side=256) is data
+
+
+def test_may_shrink_a_large_jpeg(large):
+    assert may_shrink(large, 2_000_000)
+    assert shrink_photo(large, above_pixels=2_000_000, side=256) is not large
 
 
 def test_a_large_png_is_decoded_once_here_and_sent_on_small_and_lossless():
