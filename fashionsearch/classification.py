@@ -3,6 +3,7 @@ the top labels of every attribute head, and the product name and search keywords
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Self
@@ -44,5 +45,13 @@ class Classification:
     def of(cls, attributes: Sequence[AttributePrediction], **extra: Any) -> Self:
         """The classification of these predictions, with the name and keywords their top labels suggest (the one
         place they are computed); `extra` fills a subclass's own fields."""
-        top = {a.attribute: a.top for a in attributes if a.top is not None}
-        return cls(tuple(attributes), suggest_name(top), tuple(suggest_keywords(top)), **extra)
+        name, keywords = _suggestions(tuple((a.attribute, top) for a in attributes if (top := a.top) is not None))
+        return cls(tuple(attributes), name, keywords, **extra)
+
+
+@functools.lru_cache(maxsize=4096)
+def _suggestions(top: tuple[tuple[str, str], ...]) -> tuple[str, tuple[str, ...]]:
+    """The name and keywords that (attribute, top label) pairs suggest. Cached: the classifier computes them for
+    every photo (about 25 us), and photos share a few hundred label combinations; bounded, a few MB at most."""
+    labels = dict(top)
+    return suggest_name(labels), tuple(suggest_keywords(labels))

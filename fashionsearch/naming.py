@@ -11,6 +11,7 @@ seen among the neighbours is removed from all their names.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -155,14 +156,23 @@ def _tokens(words: Iterable[str]) -> list[str]:
     return out
 
 
+@functools.lru_cache(maxsize=8192)
+def _name_tokens(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The tokens of a product name's brand words and of its other words. Cached: every search reads the names of
+    its nearest products, and the same catalogue names come back search after search (splitting five names took
+    about 50 us a search, bench/README.md); bounded, so a large catalogue costs at most a few MB."""
+    brand, rest = split_brand(name)
+    return tuple(_tokens(brand)), tuple(_tokens(rest))
+
+
 def neighbour_words(names: Sequence[str], *, min_count: int = 2, limit: int = 8) -> list[str]:
     """Words (lower-case) used by at least min_count of the names, brands removed, most common first."""
-    split = [split_brand(name) for name in names if name and name.strip()]
-    brand_words = {token for brand, _ in split for token in _tokens(brand)}
+    split = [_name_tokens(name) for name in names if name and name.strip()]
+    brand_words = {token for brand, _ in split for token in brand}
     counts: Counter[str] = Counter()
     first_seen: dict[str, int] = {}
     for _, rest in split:
-        for token in dict.fromkeys(_tokens(rest)):
+        for token in dict.fromkeys(rest):
             if token in brand_words:
                 continue
             counts[token] += 1

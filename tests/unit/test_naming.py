@@ -69,6 +69,14 @@ def test_neighbour_words_drop_brands_numbers_and_rare_words():
     assert not {"puma", "nike", "wrangler", "men", "bclh01", "04", "polo", "navy"} & set(words)
 
 
+def test_which_words_are_brands_is_decided_per_call_not_cached_per_name():
+    """Each name's tokens are cached; whether a token is a brand word depends on the other names of the call."""
+    with_brand = ["Puma Men Grey T-shirt", "Nike Men Puma Grey T-shirt", "Nike Men Puma Grey T-shirt"]
+    assert "puma" not in neighbour_words(with_brand)  # the brand of the first name
+    without = ["Nike Men Puma Grey T-shirt", "Adidas Men Puma Grey T-shirt"]
+    assert neighbour_words(without) == neighbour_words(list(without)) == ["puma", "grey", "t-shirt"]
+
+
 def test_suggest_keywords_example():
     attributes = {
         "gender": "Men",
