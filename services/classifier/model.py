@@ -94,15 +94,17 @@ class OnnxClassifier(OnnxAdapter):
             probabilities = outputs[head.name]
             # Stable sort, so equal probabilities keep the model's label order.
             order = np.argsort(-probabilities, axis=1, kind="stable")[:, : min(max(top_k), len(head.labels))]
-            per_head.append((head, probabilities, order))
+            # As Python lists: the same floats as float(probabilities[row, i]), without a NumPy scalar per label.
+            top = np.take_along_axis(probabilities, order, axis=1)
+            per_head.append((head, order.tolist(), top.tolist()))
         results = []
         for row, k in enumerate(top_k):
             attributes = tuple(
                 AttributePrediction(
                     head.attribute,
-                    tuple(LabelScore(head.labels[i], float(probabilities[row, i])) for i in order[row, :k]),
+                    tuple(LabelScore(head.labels[i], p) for i, p in zip(order[row][:k], top[row][:k], strict=True)),
                 )
-                for head, probabilities, order in per_head
+                for head, order, top in per_head
             )
             results.append(Classification.of(attributes))
         return results

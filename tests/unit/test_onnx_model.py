@@ -13,6 +13,7 @@ import pytest
 from fashionsearch.detection import decode_detections
 from fashionsearch.model_contract import ModelContractError, file_sha256, preprocess
 from fashionsearch.onnx_model import OnnxModel
+from services.classifier.model import OnnxClassifier
 from testkit.tiny_detector import write_tiny_detector
 from testkit.tiny_models import DEFAULT_HEADS, head_output_name, write_tiny_classifier, write_tiny_embedder
 
@@ -142,3 +143,17 @@ def test_detector_outputs_must_match_its_groups(tmp_path: Path) -> None:
     edit_spec(tmp_path, lambda d: d["detection"].update(stride=16))
     with pytest.raises(ModelContractError, match=r"'box_size' shape: expected \[batch, 8, 6, 2\]"):
         OnnxModel(tmp_path)
+
+
+def test_classifier_results_are_each_rows_top_labels_with_the_models_probabilities(tmp_path: Path) -> None:
+    """Most probable first, equal probabilities in the model's label order, each row with its own top_k, and the
+    probabilities exactly the model's float32 values."""
+    classifier = OnnxClassifier.from_dir(write_tiny_classifier(tmp_path, heads={"colour": ("a", "b", "c", "d")}))
+    probabilities = np.array([[0.2, 0.5, 0.2, 0.1], [0.1, 0.1, 0.1, 0.7]], dtype=np.float32)
+    results = classifier._classifications({head_output_name("colour"): probabilities}, [3, 2])
+    labels = [[(s.label, s.probability) for s in result.attributes[0].labels] for result in results]
+    assert labels == [
+        [("b", float(probabilities[0, 1])), ("a", float(probabilities[0, 0])), ("c", float(probabilities[0, 2]))],
+        [("d", float(probabilities[1, 3])), ("a", float(probabilities[1, 0]))],
+    ]
+    assert all(type(p) is float for row in labels for _, p in row)
