@@ -6,12 +6,16 @@ The detector (DETECTOR_CONTRACT.md) sees the photo letterboxed into its input an
 maxima (3x3), keeps those at or above the score threshold, builds each box around its centre, maps it back
 through the same letterbox `preprocess()` applied, clips it to the photo, and removes boxes that overlap a
 better one (class-agnostic NMS). Plain NumPy: the services import no TensorFlow.
+
+`run_detector` is the one path from a preprocessed batch to detections, serving's and evaluation's alike: with the
+flip test (CenterNet's test-time augmentation) the batch and its mirror images go through the model in one run,
+the mirror's maps are mirrored back and averaged with the photo's, and the average is decoded as above.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,6 +48,62 @@ def detection_spec(spec: ModelSpec) -> DetectionSpec:
     if spec.detection is None:
         raise ModelContractError(f"{spec.identity} is a {spec.kind}, not a detector: it has no detection section")
     return spec.detection
+
+
+#: One model run: a preprocessed float32 (N, H, W, 3) batch -> output name -> array.
+RunModel = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+
+
+def run_detector(
+    run: RunModel,
+    batch: np.ndarray,
+    spec: ModelSpec,
+    original_sizes: Sequence[tuple[int, int]],
+    *,
+    flip_test: bool | None = None,
+    score_threshold: float | None = None,
+    max_detections: int | None = None,
+) -> list[list[Detection]]:
+    """Detections of a preprocessed batch (`decode_detections`), with the flip test or without.
+
+    `flip_test` None: model.json's choice (`detection.flip_test`). The served score threshold is the one chosen for
+    the mode in use (`DetectionSpec.served_threshold`); `score_threshold` overrides it, as in decode_detections.
+    """
+    det = detection_spec(spec)
+    flip = det.flip_test if flip_test is None else flip_test
+    outputs = merge_mirrored(run(with_mirrors(batch)), det, len(batch)) if flip else run(batch)
+    threshold = det.served_threshold(flip) if score_threshold is None else score_threshold
+    return decode_detections(outputs, spec, original_sizes, score_threshold=threshold, max_detections=max_detections)
+
+
+def with_mirrors(batch: np.ndarray) -> np.ndarray:
+    """The NHWC batch followed by its rows mirrored left to right, so one model run sees both.
+
+    Mirroring the model's input (letterbox padding included) rather than the photo keeps the maps of the two in
+    the same input frame, whatever side the letterbox put an odd pixel of padding on.
+    """
+    return np.concatenate([batch, batch[:, :, ::-1, :]])
+
+
+def merge_mirrored(outputs: Mapping[str, np.ndarray], det: DetectionSpec, count: int) -> dict[str, np.ndarray]:
+    """The flip test's maps for `count` photos from the outputs of `with_mirrors(batch)` (2 x count rows).
+
+    A mirror image's cell column c is the photo's column cols - 1 - c, so its maps are reversed along the width.
+    Heatmaps and box sizes (width and height do not change in a mirror) are then averaged as they are; a centre at
+    (c + dx) * stride in the mirror lies at (cols - c - dx) * stride = ((cols - 1 - c) + (1 - dx)) * stride in the
+    photo, so the mirror's x offset becomes 1 - dx before it is averaged (dy is the same in both).
+    """
+    merged = {}
+    for name in (det.heatmap, det.box_size, det.offset):
+        array = np.asarray(outputs[name]) if name in outputs else None
+        if array is None or len(array) != 2 * count:
+            got = "missing" if array is None else f"{len(array)} rows"
+            raise ModelContractError(f"flip test: detector output {name!r} needs {2 * count} rows, got {got}")
+        plain, mirrored = array[:count], array[count:, :, ::-1, :].copy()
+        if name == det.offset:
+            mirrored[..., 0] = 1.0 - mirrored[..., 0]
+        merged[name] = (plain + mirrored) / 2
+    return merged
 
 
 def decode_detections(

@@ -121,6 +121,18 @@ class DetectionSpec:
     score_threshold: float = 0.3
     max_detections: int = 50
     nms_iou: float = 0.6
+    #: Serve the flip test (fashionsearch/detection.py `run_detector`): the photo and its mirror image in one model
+    #: run, their maps averaged. Off in files written before it existed.
+    flip_test: bool = False
+    #: The score threshold chosen for the flip test's averaged maps (tune-detector --flip-test on); None: the flip
+    #: test uses score_threshold too.
+    flip_test_score_threshold: float | None = None
+
+    def served_threshold(self, flip_test: bool) -> float:
+        """The score threshold a detection needs to be served, with or without the flip test."""
+        if flip_test and self.flip_test_score_threshold is not None:
+            return self.flip_test_score_threshold
+        return self.score_threshold
 
     def problems(self, input_spec: InputSpec) -> list[str]:
         """What is wrong with this section for a model with `input_spec`; empty when it is valid."""
@@ -148,6 +160,12 @@ class DetectionSpec:
             problems.append(f"detection.max_detections must be a positive integer, got {self.max_detections!r}")
         if not (isinstance(self.nms_iou, int | float) and 0.0 < self.nms_iou <= 1.0):
             problems.append(f"detection.nms_iou must be in (0, 1], got {self.nms_iou!r}")
+        flip_test: object = self.flip_test  # model.json may hold anything here
+        if not isinstance(flip_test, bool):
+            problems.append(f"detection.flip_test must be true or false, got {flip_test!r}")
+        flip_threshold = self.flip_test_score_threshold
+        if flip_threshold is not None and not (isinstance(flip_threshold, int | float) and 0 <= flip_threshold <= 1):
+            problems.append(f"detection.flip_test_score_threshold must be in [0, 1] or absent, got {flip_threshold!r}")
         if input_spec.resize != "pad":
             problems.append(
                 f"a detector needs input.resize 'pad' (letterbox), so boxes map back to the photo; got "
@@ -178,6 +196,8 @@ class DetectionSpec:
             score_threshold=data.get("score_threshold", cls.score_threshold),
             max_detections=data.get("max_detections", cls.max_detections),
             nms_iou=data.get("nms_iou", cls.nms_iou),
+            flip_test=data.get("flip_test", cls.flip_test),
+            flip_test_score_threshold=data.get("flip_test_score_threshold"),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -187,6 +207,8 @@ class DetectionSpec:
             | ({"article_types": list(g.article_types)} if g.article_types else {})
             for g in self.groups
         ]
+        if self.flip_test_score_threshold is None:  # files that never chose one stay as they were written
+            del data["flip_test_score_threshold"]
         return data
 
 

@@ -11,6 +11,8 @@
     python -m training evaluate-detector models/detector
     python -m training quantize-detector models/detector
     python -m training evaluate-detector models/detector --precision int8
+    python -m training tune-detector models/detector --flip-test on
+    python -m training evaluate-detector models/detector --flip-test
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
 """
@@ -25,9 +27,10 @@ import sys
 import time
 from pathlib import Path
 
-from fashionsearch.model_contract import ModelSpec
+from fashionsearch.model_contract import MODEL_FILE, ModelSpec
 from training import (
     data,
+    detector_compare,
     detector_eval,
     probe,
     quantize,
@@ -39,6 +42,7 @@ from training import (
 )
 from training.evaluate import evaluate_model
 from training.export import ExportError, export_model, load_trained, save_trained
+from training.quantize import int8_file
 from training.recipe import DEPRECATED_NAMES, RECIPES, TrainOptions, get_recipe, recipe_name
 from training.recipes.text import TextSettings, train_text
 
@@ -133,7 +137,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_evaluate_detector(args: argparse.Namespace) -> int:
     dataset, split = _load(args)
     command = f"python -m training evaluate-detector {args.model_dir} --photos {args.photos} --seed {args.seed}"
-    if args.precision == "int8":  # float and int8 side by side (int8.md), the float report left as it is
+    if args.flip_test:  # the chosen file without and with the flip test side by side, the other reports untouched
+        file = MODEL_FILE if args.precision == "float" else int8_file(MODEL_FILE)
+        flipped = detector_compare.compare_flip_test(
+            args.model_dir, dataset, split, args.photos, args.seed, args.threads, file
+        )
+        precision = "" if args.precision == "float" else f" --precision {args.precision}"
+        path = detector_compare.write_flip_report(flipped, command + precision + " --flip-test", args.report)
+    elif args.precision == "int8":  # float and int8 side by side (int8.md), the float report left as it is
         compared = quantize_detector.compare_on_test(
             args.model_dir, dataset, split, args.photos, args.seed, args.threads
         )
@@ -147,8 +158,12 @@ def cmd_evaluate_detector(args: argparse.Namespace) -> int:
 
 def cmd_tune_detector(args: argparse.Namespace) -> int:
     dataset, split = _load(args)
-    choice = detector_eval.choose_threshold(args.model_dir, dataset, split, args.photos, args.seed, args.threads)
-    log.info("score threshold %s written to %s/model.json", choice["chosen"], args.model_dir)
+    flip = None if args.flip_test == "auto" else args.flip_test == "on"
+    choice = detector_eval.choose_threshold(
+        args.model_dir, dataset, split, args.photos, args.seed, args.threads, flip, args.serve
+    )
+    mode = "with the flip test" if choice["flip_test"] else "without the flip test"
+    log.info("score threshold %s %s written to %s/model.json", choice["chosen"], mode, args.model_dir)
     return 0
 
 
@@ -381,6 +396,12 @@ def main(argv: list[str] | None = None) -> int:
         default="float",
         help="int8: model.int8.onnx beside model.onnx on the same photos, into int8.md (evaluation.md untouched)",
     )
+    p.add_argument(
+        "--flip-test",
+        action="store_true",
+        help="the file of --precision without and with the flip test on the same photos, each at its own served "
+        "threshold, into flip-test.md (flip-test-int8.md); the other reports untouched",
+    )
     p.set_defaults(func=cmd_evaluate_detector)
 
     p = commands.add_parser(
@@ -399,6 +420,14 @@ def main(argv: list[str] | None = None) -> int:
     _data_args(p)
     p.add_argument("--photos", type=int, default=200, help="composite scenes of validation-split products")
     p.add_argument("--seed", type=int, default=scenes.TEST_SEED + 1)
+    p.add_argument(
+        "--flip-test",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="the threshold of which mode (model.json keeps one each): with the flip test, without, or auto: the "
+        "mode model.json serves",
+    )
+    p.add_argument("--serve", action="store_true", help="and make that mode the one model.json serves")
     p.set_defaults(func=cmd_tune_detector)
 
     p = commands.add_parser(

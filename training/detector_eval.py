@@ -1,11 +1,12 @@
 """The detector's report: mAP@0.5 and AP per group on the composite test split, clean and under shopper shifts.
 
 The exported model runs in onnxruntime, fed by the contract's `preprocess()`, and its outputs go through the one
-decoding function, `fashionsearch.detection.decode_detections` (with a low score threshold, so the whole
-precision-recall curve is seen). AP is the area under the interpolated precision envelope (all points, as PASCAL
-VOC 2010+), a detection matching an unmatched ground-truth box of its group at IoU >= 0.5, best score first.
-At the served threshold (model.json's), the class-agnostic box recall and precision, the share of photos whose
-every product was found, and how often a found product's group is right.
+path the detector service uses, `fashionsearch.detection.run_detector` (with the flip test or without, and with a
+low score threshold, so the whole precision-recall curve is seen). AP is the area under the interpolated
+precision envelope (all points, as PASCAL VOC 2010+), a detection matching an unmatched ground-truth box of its
+group at IoU >= 0.5, best score first. At the served threshold (model.json's, for the mode measured), the
+class-agnostic box recall and precision, the share of photos whose every product was found, and how often a found
+product's group is right.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from fashionsearch.detection import Detection, box_iou, decode_detections
+from fashionsearch.detection import Detection, box_iou, run_detector
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess
 from training import data, scenes, shopper
 from training.inference import onnx_session
@@ -54,20 +55,28 @@ def detect(
     batch: int = 16,
     score_threshold: float | None = AP_THRESHOLD,
     max_detections: int | None = 100,
+    flip_test: bool | None = None,
 ) -> list[list[Detection]]:
-    """Each photo's detections, best first; None for the threshold and the limit: model.json's, as served."""
+    """Each photo's detections, best first; None for the threshold, the limit and the flip test: model.json's, as
+    served."""
     names = [o.name for o in session.get_outputs()]
     input_name = session.get_inputs()[0].name
+
+    def run(rows: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(names, session.run(None, {input_name: rows}), strict=True))
+
     out: list[list[Detection]] = []
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        arrays = session.run(None, {input_name: preprocess(list(chunk), spec.input)})
         sizes = [(img.shape[1], img.shape[0]) for img in chunk]
+        rows = preprocess(list(chunk), spec.input)
         out.extend(
-            decode_detections(
-                dict(zip(names, arrays, strict=True)),
+            run_detector(
+                run,
+                rows,
                 spec,
                 sizes,
+                flip_test=flip_test,
                 score_threshold=score_threshold,
                 max_detections=max_detections,
             )
@@ -128,8 +137,17 @@ def box_metrics(photos: Sequence[scenes.Scene], found: list[list[Detection]], th
     }
 
 
-def score(spec: ModelSpec, photos: Sequence[scenes.Scene], found: list[list[Detection]]) -> dict[str, Any]:
-    """AP per group and mAP (detections down to AP_THRESHOLD), and the box metrics at the served threshold."""
+def flip_test_of(spec: ModelSpec, flip_test: bool | None) -> bool:
+    """Whether the flip test is on: `flip_test`, or model.json's choice when None."""
+    assert spec.detection is not None
+    return spec.detection.flip_test if flip_test is None else flip_test
+
+
+def score(
+    spec: ModelSpec, photos: Sequence[scenes.Scene], found: list[list[Detection]], flip_test: bool | None = None
+) -> dict[str, Any]:
+    """AP per group and mAP (detections down to AP_THRESHOLD), and the box metrics at the served threshold of the
+    mode the detections were made in (`flip_test`; None: model.json's)."""
     assert spec.detection is not None
     names = [g.name for g in spec.detection.groups]
     per_group: dict[str, tuple[list[float], list[bool]]] = {n: ([], []) for n in names}
@@ -152,7 +170,7 @@ def score(spec: ModelSpec, photos: Sequence[scenes.Scene], found: list[list[Dete
         "mAP50": float(np.mean(present)) if present else float("nan"),
         "ap50": ap,
         "boxes": positives,
-    } | box_metrics(photos, found, spec.detection.score_threshold)
+    } | box_metrics(photos, found, spec.detection.served_threshold(flip_test_of(spec, flip_test)))
 
 
 def pick_threshold(table: dict[float, dict[str, float]]) -> tuple[float, str]:
@@ -168,29 +186,46 @@ def pick_threshold(table: dict[float, dict[str, float]]) -> tuple[float, str]:
 
 
 def choose_threshold(
-    model_dir: Path, dataset: data.Dataset, split: dict[int, str], count: int, seed: int, threads: int = 2
+    model_dir: Path,
+    dataset: data.Dataset,
+    split: dict[int, str],
+    count: int,
+    seed: int,
+    threads: int = 2,
+    flip_test: bool | None = None,
+    serve: bool = False,
 ) -> dict[str, Any]:
     """The served score threshold, chosen on composite scenes of VALIDATION-split products (never the test split):
     the lowest candidate whose box precision reaches PRECISION_FLOOR (the best recall that keeps precision), or the
-    best F1 of box recall and precision when none does. Written into model.json's detection section."""
+    best F1 of box recall and precision when none does. Written into model.json's detection section, one per mode:
+    `score_threshold` without the flip test, `flip_test_score_threshold` with it (`flip_test` None: the mode
+    model.json serves). `serve`: model.json then serves that mode (`detection.flip_test`)."""
     spec = ModelSpec.load(model_dir)
     assert spec.detection is not None
+    flip = flip_test_of(spec, flip_test)
     session = onnx_session(model_dir / MODEL_FILE, threads=threads)
     photos = scenes.test_scenes(scenes.split_products(dataset, split, "val"), count, seed)
-    found = detect(session, spec, [p.image for p in photos])
+    found = detect(session, spec, [p.image for p in photos], flip_test=flip)
     table = {t: box_metrics(photos, found, t) for t in THRESHOLD_CANDIDATES}
 
     best, rule = pick_threshold(table)
-    chosen = dataclasses.replace(spec.detection, score_threshold=best)
+    if flip:
+        chosen = dataclasses.replace(spec.detection, flip_test_score_threshold=best)
+    else:
+        chosen = dataclasses.replace(spec.detection, score_threshold=best)
+    if serve:
+        chosen = dataclasses.replace(chosen, flip_test=flip)
     choice = {
         "photos": count,
         "seed": seed,
         "split": "val",
+        "flip_test": flip,
         "chosen": best,
         "rule": rule,
         "by_threshold": {str(t): m for t, m in table.items()},
     }
-    dataclasses.replace(spec, detection=chosen, extra=dict(spec.extra) | {"threshold_choice": choice}).write(model_dir)
+    key = "flip_test_threshold_choice" if flip else "threshold_choice"
+    dataclasses.replace(spec, detection=chosen, extra=dict(spec.extra) | {key: choice}).write(model_dir)
     return choice
 
 
@@ -203,16 +238,22 @@ def evaluate_detector(
     threads: int = 2,
     file: str = MODEL_FILE,
     photos: Sequence[scenes.Scene] | None = None,
+    flip_test: bool | None = None,
 ) -> dict[str, Any]:
     """`file`: which of the folder's ONNX files (model.onnx, or a variant such as model.int8.onnx); `photos`: the
-    composite test split when already made (it is the same for the same count and seed)."""
+    composite test split when already made (it is the same for the same count and seed); `flip_test`: with the
+    flip test or without (None: as model.json serves)."""
     spec = ModelSpec.load(model_dir)
+    assert spec.detection is not None
+    flip = flip_test_of(spec, flip_test)
     session = onnx_session(model_dir / file, threads=threads)
     if photos is None:
         photos = scenes.composite_test_split(dataset, split, count, seed)
     results: dict[str, Any] = {
         "model": spec.identity,
         "file": file,
+        "flip_test": flip,
+        "score_threshold": spec.detection.served_threshold(flip),
         "photos": count,
         "seed": seed,
         "products": int(sum(len(s.boxes) for s in photos)),
@@ -223,20 +264,22 @@ def evaluate_detector(
         rng = np.random.default_rng(seed + k)
         shifted = [scenes.Scene(shift(s.image, rng), s.boxes, s.groups, s.ids) for s in photos]
         started = time.monotonic()
-        found = detect(session, spec, [s.image for s in shifted])
-        results["shifts"][name] = score(spec, shifted, found) | {"seconds": time.monotonic() - started}
+        found = detect(session, spec, [s.image for s in shifted], flip_test=flip)
+        results["shifts"][name] = score(spec, shifted, found, flip) | {"seconds": time.monotonic() - started}
         if name == "clean":
             results["clean_by_threshold"] = {str(t): box_metrics(shifted, found, t) for t in THRESHOLDS}
-    results["ms_per_photo_batch1"] = latency_ms(session, spec, photos[0].image)
+    results["ms_per_photo_batch1"] = latency_ms(session, spec, photos[0].image, flip_test=flip)
     return results
 
 
-def latency_ms(session: Any, spec: ModelSpec, image: np.ndarray, runs: int = 30) -> float:
-    """Median milliseconds of preprocess + model + decode for one 600x800 photo (batch 1)."""
+def latency_ms(
+    session: Any, spec: ModelSpec, image: np.ndarray, runs: int = 30, flip_test: bool | None = None
+) -> float:
+    """Median milliseconds of preprocess + model + decode for one 600x800 photo (batch 1), decoded as served."""
     times = []
     for _ in range(runs + 3):
         started = time.perf_counter()
-        detect(session, spec, [image], batch=1)
+        detect(session, spec, [image], batch=1, score_threshold=None, max_detections=None, flip_test=flip_test)
         times.append(time.perf_counter() - started)
     return float(np.median(times[3:]) * 1000)
 
@@ -248,7 +291,9 @@ def markdown(results: dict[str, Any], command: str) -> list[str]:
     lines = [
         f"`{command}`",
         "",
-        f"Model {results['model']}; {results['photos']} composite test photos (seed {results['seed']}, "
+        f"Model {results['model']} ({results.get('file', MODEL_FILE)}, flip test "
+        f"{'on' if results.get('flip_test') else 'off'}, score threshold {results.get('score_threshold', '?')}); "
+        f"{results['photos']} composite test photos (seed {results['seed']}, "
         f"{results['products']} products, 600x800 JPEG, 2 to 4 test-split products each); ONNX "
         f"{results['onnx_mb']:.1f} MB; {results['ms_per_photo_batch1']:.0f} ms per photo at batch 1 on 2 threads "
         "(preprocess, model, decode).",

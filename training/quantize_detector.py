@@ -17,7 +17,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +25,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from fashionsearch.model_contract import MODEL_FILE, ModelSpec, preprocess
+from fashionsearch.model_contract import MODEL_FILE, ModelSpec
 from fashionsearch.model_variants import Variant
-from training import data, detector_eval, scenes
+from training import data, detector_compare, detector_eval, scenes
 from training.inference import onnx_session
 from training.quantize import MIN_SPEED_SHARE, Plan, downstream, int8_file, int8_variant, quantize, write_variants
 
@@ -102,8 +101,6 @@ def calibration_scenes(dataset: data.Dataset, split: dict[int, str], spec: Model
 
 #: The photos a plan is chosen on: as they are, and under the phone's random effects (as users take them).
 SHIFTS = ("clean", "random phone effects")
-#: Latency rounds of 20 photos per file in compare_on_test.
-ROUNDS = 7
 
 
 def choice_photos(dataset: data.Dataset, split: dict[int, str], count: int) -> dict[str, list[scenes.Scene]]:
@@ -205,9 +202,9 @@ def run(
 def compare_on_test(
     model_dir: Path, dataset: data.Dataset, split: dict[int, str], count: int, seed: int, threads: int = 2
 ) -> dict[str, Any]:
-    """detector_eval's evaluation of model.onnx and model.int8.onnx on the same composite test photos; the
-    latencies measured again at the end in ROUNDS, the two files alternating, so both meet the same machine load:
-    the whole photo (preprocess, model, decode) and the model alone."""
+    """detector_eval's evaluation of model.onnx and model.int8.onnx on the same composite test photos (in the mode
+    model.json serves, with the flip test or without); the latencies measured again at the end, the two files
+    alternating (detector_compare.alternating_ms): the whole photo (preprocess, model, decode) and the model alone."""
     spec = ModelSpec.load(model_dir)
     photos = scenes.composite_test_split(dataset, split, count, seed)
     files = {"float": MODEL_FILE, "int8": int8_file(MODEL_FILE)}
@@ -215,59 +212,24 @@ def compare_on_test(
         name: detector_eval.evaluate_detector(model_dir, dataset, split, count, seed, threads, file, photos)
         for name, file in files.items()
     }
-    sessions = {name: onnx_session(model_dir / file, threads=threads) for name, file in files.items()}
-    image = photos[0].image
-    feed = {spec.input.name: preprocess([image], spec.input)}
-    times: dict[str, dict[str, list[float]]] = {name: {"photo": [], "model": []} for name in files}
-    for _ in range(ROUNDS):
-        for name, session in sessions.items():
-            times[name]["photo"].append(detector_eval.latency_ms(session, spec, image, runs=20))
-            started = time.perf_counter()
-            for _ in range(20):
-                session.run(None, feed)
-            times[name]["model"].append((time.perf_counter() - started) / 20 * 1000)
-    for name in files:  # the fastest round is the least disturbed one on a shared machine; the median beside it
-        results[name]["ms_per_photo_batch1"] = min(times[name]["photo"])
-        results[name]["latency_ms"] = {
-            part: {"fastest": min(t), "median": float(np.median(t))} for part, t in times[name].items()
-        }
+    contenders = {
+        name: detector_compare.timed_parts(
+            onnx_session(model_dir / file, threads=threads), spec, photos[0].image, results[name]["flip_test"]
+        )
+        for name, file in files.items()
+    }
+    detector_compare.add_latencies(results, contenders)
     return results
 
 
 def markdown(results: dict[str, Any], command: str) -> list[str]:
     """Float and int8 side by side: every shift's mAP@0.5 and box recall and precision at the served threshold."""
     f, q = results["float"], results["int8"]
-    lines = [
-        f"`{command}`",
-        "",
-        f"Model {f['model']}; {f['photos']} composite test photos (seed {f['seed']}, {f['products']} products). "
-        f"ONNX {f['onnx_mb']:.1f} MB float, {q['onnx_mb']:.1f} MB int8.",
-        "",
-        f"Milliseconds at batch 1 on 2 threads, the two files alternating ({ROUNDS} rounds of 20; fastest round, "
-        "median in brackets):",
-        "",
-        "| | float | int8 | float / int8 (fastest) |",
-        "|---|---|---|---|",
-    ]
-    for part, title in (("photo", "a 600x800 photo: preprocess, model, decode"), ("model", "the model alone")):
-        a, b = f["latency_ms"][part], q["latency_ms"][part]
-        lines.append(
-            f"| {title} | {a['fastest']:.1f} ({a['median']:.1f}) | {b['fastest']:.1f} ({b['median']:.1f}) | "
-            f"{a['fastest'] / b['fastest']:.2f}x |"
-        )
-    lines += [
-        "",
-        "mAP@0.5, and box recall and precision at the served score threshold (model.json's), each file on the same "
-        "photos (detector_eval's shifts):",
-        "",
-        "| photos | mAP@0.5 float | int8 | box recall float | int8 | box precision float | int8 |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for name, a in f["shifts"].items():
-        b = q["shifts"][name]
-        cells = [f"{a[k]:.3f} | {b[k]:.3f}" for k in ("mAP50", "box_recall", "box_precision")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return lines
+    intro = (
+        f"Model {f['model']}; {f['photos']} composite test photos (seed {f['seed']}, {f['products']} products), flip "
+        f"test {'on' if f.get('flip_test') else 'off'}. ONNX {f['onnx_mb']:.1f} MB float, {q['onnx_mb']:.1f} MB int8."
+    )
+    return [f"`{command}`", "", *detector_compare.side_by_side(results, intro, "the two files alternating")]
 
 
 def write_report(results: dict[str, Any], command: str, report_dir: Path) -> Path:

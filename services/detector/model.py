@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fashionsearch.detection import Detection, decode_detections
+from fashionsearch.detection import Detection, run_detector
 from fashionsearch.model_contract import preprocess
 from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
 
@@ -44,9 +44,18 @@ class OnnxDetector(OnnxAdapter):
     kind = "detector"
 
     def __init__(self, model: OnnxModel) -> None:
-        if model.spec.kind != "detector":
+        if model.spec.kind != "detector" or model.spec.detection is None:
             raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not a detector")
         super().__init__(model)
+        #: Each photo and its mirror image in one model run, their maps averaged (DETECTOR_FLIP_TEST); model.json's
+        #: choice until the service sets it.
+        self.flip_test = model.spec.detection.flip_test
+
+    @property
+    def score_threshold(self) -> float:
+        """The score a detection needs to be served, in the mode served (model.json keeps one per mode)."""
+        assert self._model.spec.detection is not None
+        return self._model.spec.detection.served_threshold(self.flip_test)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -62,4 +71,8 @@ class OnnxDetector(OnnxAdapter):
     def detect_prepared(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
         if len(batch) == 0:
             return []
-        return decode_detections(self._model.run(batch), self._model.spec, sizes)
+        return run_detector(self._model.run, batch, self._model.spec, sizes, flip_test=self.flip_test)
+
+    def warm_up(self, batch_size: int = 1) -> None:
+        # With the flip test the model sees twice the photos: take that memory before SERVING too.
+        super().warm_up(2 * batch_size if self.flip_test else batch_size)

@@ -12,7 +12,7 @@ from services.detector.settings import Settings
 
 async def start(settings: Settings, detector: Detector | None = None) -> RunningServer:
     """Start the server and return once it is SERVING (model loaded and warmed up)."""
-    groups: tuple[str, ...] = ()
+    described: dict[str, object] | None = None
     if detector is None:
         # Refuses to go on, naming every difference, when model.onnx does not match model.json.
         onnx_detector = OnnxDetector.from_dir(
@@ -21,7 +21,14 @@ async def start(settings: Settings, detector: Detector | None = None) -> Running
             inter_op_threads=settings.inter_op_threads,
             precision=settings.precision,
         )
-        detector, groups = onnx_detector, onnx_detector.groups
+        if settings.flip_test is not None:
+            onnx_detector.flip_test = settings.flip_test
+        detector = onnx_detector
+        described = {
+            "groups": list(onnx_detector.groups),
+            "flip_test": onnx_detector.flip_test,
+            "score_threshold": onnx_detector.score_threshold,
+        }
     servicer = DetectorServicer(
         detector,
         settings.image_limits,
@@ -35,7 +42,7 @@ async def start(settings: Settings, detector: Detector | None = None) -> Running
         detector,
         lambda server: detector_pb2_grpc.add_DetectorServicer_to_server(servicer, server),
         [service_name(detector_pb2, "Detector")],
-        describe={"groups": list(groups)} if groups else None,
+        describe=described,
     )
     running.add_closer(servicer.batcher.close)
     return running

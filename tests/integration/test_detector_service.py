@@ -16,8 +16,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from PIL import Image
 from prometheus_client import REGISTRY
 
+from fashionsearch.config import ConfigError
 from fashionsearch.detection import box_iou
-from fashionsearch.model_contract import ModelContractError, file_sha256
+from fashionsearch.model_contract import ModelContractError, ModelSpec, file_sha256
 from fashionsearch.model_variants import VNNI_FLAGS, cpu_flags
 from fashionsearch.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.server import start
@@ -75,7 +76,12 @@ def assert_found(detections: detector_pb2.Detections, expected, min_iou: float =
 def test_settings_from_the_detector_environment(tmp_path: Path) -> None:
     settings = Settings.from_env({"DETECTOR_MODEL_DIR": str(tmp_path), "DETECTOR_BATCH_MAX_DELAY_MS": "2"})
     assert settings.port == 50053 and settings.metrics_port == 9104 and settings.model_dir == tmp_path
-    assert settings.batch_policy.enabled
+    assert settings.batch_policy.enabled and settings.flip_test is None  # model.json's choice
+    for raw, flip_test in (("auto", None), ("true", True), ("off", False), ("AUTO", None)):
+        env = {"DETECTOR_MODEL_DIR": str(tmp_path), "DETECTOR_FLIP_TEST": raw}
+        assert Settings.from_env(env).flip_test is flip_test, raw
+    with pytest.raises(ConfigError, match="DETECTOR_FLIP_TEST"):
+        Settings.from_env({"DETECTOR_MODEL_DIR": str(tmp_path), "DETECTOR_FLIP_TEST": "sometimes"})
 
 
 def test_health_is_serving_and_reflection_lists_the_services(settings: Settings) -> None:
@@ -254,3 +260,50 @@ def test_the_int8_variant_is_served_as_detector_precision_says(
         with caplog.at_level(logging.INFO):
             run(replace(settings, model_dir=model_dir, precision=precision), answered_by(files[served], served))
         assert f"({served}) is SERVING" in caplog.text, precision
+
+
+def images_through_the_model() -> float:
+    return REGISTRY.get_sample_value("fashionsearch_inference_batch_size_sum", {"service": "detector"}) or 0.0
+
+
+def test_the_flip_test_is_served_as_model_json_and_detector_flip_test_say(
+    tmp_path: Path, settings: Settings, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = write_tiny_detector(tmp_path / "detector")
+    spec = ModelSpec.load(model_dir)
+    assert spec.detection is not None
+
+    def serve_flip_test(threshold: float) -> None:
+        """model.json serves the flip test, at a score threshold of its own."""
+        flip = replace(spec.detection, flip_test=True, flip_test_score_threshold=threshold)  # type: ignore[arg-type]
+        replace(spec, detection=flip).write(model_dir)
+
+    def answers(expected: list[tuple[str, tuple[int, ...]]], images_per_photo: int) -> Body:
+        async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+            before = images_through_the_model()
+            reply = await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)
+            assert_found(reply.detections, expected)
+            batch = await stub.DetectBatch(detector_pb2.DetectBatchRequest(images=[SCENE, WHITE]), timeout=5)
+            assert batch.results[0].detections == reply.detections
+            # With the flip test the photos' mirror images go through the model too, in the same runs.
+            assert images_through_the_model() - before == 3 * images_per_photo
+
+        return body
+
+    def started_with(environ: dict[str, str], body: Body) -> tuple[bool, float]:
+        chosen = Settings.from_env({"DETECTOR_MODEL_DIR": str(model_dir), "DETECTOR_PORT": "0"} | environ)
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            run(replace(settings, model_dir=model_dir, flip_test=chosen.flip_test), body)
+        [started] = [r for r in caplog.records if hasattr(r, "flip_test")]
+        return started.flip_test, started.score_threshold
+
+    serve_flip_test(0.5)  # the squares score about 0.85
+    assert started_with({}, answers(EXPECTED, 2)) == (True, 0.5)
+    serve_flip_test(0.9)
+    assert started_with({}, answers([], 2)) == (True, 0.9)
+    assert started_with({"DETECTOR_FLIP_TEST": "auto"}, answers([], 2)) == (True, 0.9)
+    assert started_with({"DETECTOR_FLIP_TEST": "false"}, answers(EXPECTED, 1)) == (False, 0.3)
+    replace(spec, detection=replace(spec.detection, flip_test_score_threshold=0.9)).write(model_dir)  # type: ignore[arg-type]
+    assert started_with({}, answers(EXPECTED, 1)) == (False, 0.3)
+    assert started_with({"DETECTOR_FLIP_TEST": "true"}, answers([], 2)) == (True, 0.9)

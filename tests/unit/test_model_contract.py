@@ -174,7 +174,19 @@ def test_a_detector_round_trips_with_its_detection_section(tmp_path):
         "score_threshold": 0.25,
         "max_detections": 50,
         "nms_iou": 0.6,
+        "flip_test": False,
     }
+
+
+def test_the_flip_test_and_its_own_threshold_round_trip_and_pick_the_served_threshold(tmp_path):
+    spec = _detector_spec(score_threshold=0.35, flip_test=True, flip_test_score_threshold=0.4)
+    spec.write(tmp_path)
+    assert ModelSpec.load(tmp_path) == spec
+    written = json.loads((tmp_path / "model.json").read_text())["detection"]
+    assert written["flip_test"] is True and written["flip_test_score_threshold"] == 0.4
+    assert spec.detection.served_threshold(True) == 0.4 and spec.detection.served_threshold(False) == 0.35
+    # Without a threshold of its own, the flip test is served at score_threshold.
+    assert _detector_spec(score_threshold=0.35).detection.served_threshold(True) == 0.35
 
 
 def test_the_detection_section_defaults_what_it_leaves_out(tmp_path):
@@ -198,6 +210,8 @@ def test_the_detection_section_defaults_what_it_leaves_out(tmp_path):
         (lambda d: d["detection"].update(score_threshold=1.5), "score_threshold"),
         (lambda d: d["detection"].update(max_detections=0), "max_detections"),
         (lambda d: d["detection"].update(nms_iou=0), "nms_iou"),
+        (lambda d: d["detection"].update(flip_test="yes"), "flip_test must be true or false"),
+        (lambda d: d["detection"].update(flip_test_score_threshold=2), "flip_test_score_threshold must be in"),
         (lambda d: d["input"].update(resize="stretch"), "needs input.resize 'pad'"),
     ],
 )
