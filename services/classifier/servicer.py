@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterator
+from typing import Any
 
 import grpc.aio
 import numpy as np
@@ -18,19 +19,19 @@ from fashionsearch.v1 import classifier_pb2, classifier_pb2_grpc, common_pb2
 from services.classifier.model import Classifier
 
 
-def to_proto(result: Classification, vector: np.ndarray | None = None) -> classifier_pb2.Classification:
-    return classifier_pb2.Classification(
-        embedding=vector.tolist() if vector is not None else (),
-        attributes=[
-            common_pb2.AttributePrediction(
-                attribute=a.attribute,
-                labels=[common_pb2.LabelScore(label=s.label, probability=s.probability) for s in a.labels],
-            )
+def classification_fields(result: Classification, vector: np.ndarray | None = None) -> dict[str, Any]:
+    """A classifier_pb2.Classification's fields as plain values: a reply built from these in one go is the same
+    message, made in about 0.4x the time of one built from a message per label and attribute, each copied into its
+    parent (14 against 34 us a photo, bench/README.md)."""
+    return {
+        "embedding": vector.tolist() if vector is not None else (),
+        "attributes": [
+            {"attribute": a.attribute, "labels": [{"label": s.label, "probability": s.probability} for s in a.labels]}
             for a in result.attributes
         ],
-        suggested_name=result.suggested_name,
-        keywords=list(result.keywords),
-    )
+        "suggested_name": result.suggested_name,
+        "keywords": result.keywords,
+    }
 
 
 class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
@@ -92,7 +93,7 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
         result, vector = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         embedder = self._vectors(request.with_embedding)
         return classifier_pb2.ClassifyResponse(
-            classification=to_proto(result, vector if embedder else None),
+            classification=classification_fields(result, vector if embedder else None),
             model=self._model_info,
             embedder_model=embedder,
         )
@@ -124,9 +125,9 @@ class ClassifierServicer(classifier_pb2_grpc.ClassifierServicer):
             functools.partial(self._classify_batch, images, top_k, embedder is not None), images
         )
         results = [
-            classifier_pb2.ClassifyResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
+            {"error": item_error_fields(outcome)}
             if isinstance(outcome, InvalidArgument)
-            else classifier_pb2.ClassifyResult(classification=to_proto(*outcome))
+            else {"classification": classification_fields(*outcome)}
             for outcome in outcomes
         ]
         return classifier_pb2.ClassifyBatchResponse(results=results, model=self._model_info, embedder_model=embedder)
