@@ -202,6 +202,28 @@ def load(protocol: str, target: str, method: str, body: Path, concurrency: int, 
     return json.loads(done.stdout)
 
 
+def measured_load(
+    stack: ProcessStack,
+    label: str,
+    protocol: str,
+    target: str,
+    method: str,
+    body: Path,
+    concurrency: int,
+    seconds: float,
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """load() against `stack`, with each service's CPU seconds over the cell; a progress line on stderr."""
+    before = {n: cpu_seconds(stack.pid(n)) for n in SERVICES}
+    result = load(protocol, target, method, body, concurrency, seconds)
+    cpu = {n: cpu_seconds(stack.pid(n)) - before[n] for n in SERVICES}
+    print(
+        f"  {label}: {result['per_s']:.0f}/s, p50 {result['p50_ms'] or 0:.1f} ms, errors {result['errors']}",
+        file=sys.stderr,
+        flush=True,
+    )
+    return result, cpu
+
+
 def start_stack(root: Path, model_dirs: dict[str, Path], batching: dict[str, str], http_port: int) -> ProcessStack:
     """The three services; `batching` holds *_BATCH_* variables without their service prefix, e.g.
     {"CLASSIFIER_BATCH_MAX_DELAY_MS": "2", "GATEWAY_BATCH_MAX_SIZE": "1"}."""
@@ -351,20 +373,16 @@ def main() -> int:
                                 body = "search.bin"
                             else:
                                 target, method, body = f"127.0.0.1:{http_ports[mode]}", "/v1/search", "image.jpg"
-                            before = {n: cpu_seconds(stack.pid(n)) for n in SERVICES}
-                            result = load(protocol, target, method, bodies / body, concurrency, args.seconds)
+                            label = f"{protocol} c={concurrency} batching {mode}"
+                            result, cpu = measured_load(
+                                stack, label, protocol, target, method, bodies / body, concurrency, args.seconds
+                            )
                             for n in SERVICES:
-                                cpu_s[mode][n] += cpu_seconds(stack.pid(n)) - before[n]
+                                cpu_s[mode][n] += cpu[n]
                             # The client's 1 s warm-up is inside the CPU window, so its calls count too.
                             searches[mode] += int(result["calls"]) + int(result["warmup_calls"])
                             client_cpu += float(result["client_cpu_s"])
                             results[mode].append(result)
-                            print(
-                                f"  {protocol} c={concurrency} batching {mode}: {result['per_s']:.0f}/s,"
-                                f" p50 {result['p50_ms'] or 0:.1f} ms, errors {result['errors']}",
-                                file=sys.stderr,
-                                flush=True,
-                            )
                     for mode in modes:
                         cpu_ms = {n: cpu_s[mode][n] * 1000 / max(searches[mode], 1) for n in SERVICES}
                         rows[(protocol, concurrency, mode)] = cell(results[mode], cpu_ms)

@@ -88,6 +88,8 @@ class ProcessStack:
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
     #: The gateway's HTTP API (and its /metrics, beside it) on this port; None: no HTTP.
     http_port: int | None = None
+    #: The checkout whose services run (bench/code_versions.py runs an older one beside this one).
+    code_root: Path = REPO_ROOT
 
     def __post_init__(self) -> None:
         if self.http_port is not None:
@@ -175,7 +177,11 @@ class ProcessStack:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env(name)}
         with self.log(name).open("ab") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", f"services.{name}"], cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT
+                [sys.executable, "-m", f"services.{name}"],
+                cwd=self.code_root,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
             )
         self.processes[name] = process
         return process
