@@ -37,12 +37,14 @@ def timed_parts(session: Any, spec: ModelSpec, image: np.ndarray, flip_test: boo
     }
 
 
-def alternating_ms(contenders: Mapping[str, Mapping[str, Callable[[], object]]]) -> dict[str, Any]:
-    """contender -> part -> the fastest and the median of ROUNDS rounds of RUNS calls, in ms per call; every
+def alternating_ms(
+    contenders: Mapping[str, Mapping[str, Callable[[], object]]], rounds: int = ROUNDS
+) -> dict[str, Any]:
+    """contender -> part -> the fastest and the median of `rounds` rounds of RUNS calls, in ms per call; every
     contender's every part is timed in turn within each round, so all meet the same machine load (the fastest
     round is the least disturbed one on a shared machine)."""
     times: dict[str, dict[str, list[float]]] = {c: {part: [] for part in parts} for c, parts in contenders.items()}
-    for _ in range(ROUNDS):
+    for _ in range(rounds):
         for name, parts in contenders.items():
             for part, call in parts.items():
                 call()  # one untimed call: the timed ones meet warm caches
@@ -108,19 +110,24 @@ def side_by_side(results: dict[str, Any], intro: str, alternating: str, cost: bo
             f"| {title} | {x['fastest']:.1f} ({x['median']:.1f}) | {y['fastest']:.1f} ({y['median']:.1f}) | "
             f"{ratio:.2f}x |"
         )
-    lines += [
+    return [
+        *lines,
         "",
         "mAP@0.5, and box recall and precision at the served score threshold (model.json's), each on the same "
         "photos (detector_eval's shifts):",
         "",
-        f"| photos | mAP@0.5 {a_name} | {b_name} | box recall {a_name} | {b_name} | box precision {a_name} | "
-        f"{b_name} |",
-        "|---|---|---|---|---|---|---|",
+        *per_shift(results, {"mAP50": "mAP@0.5", "box_recall": "box recall", "box_precision": "box precision"}),
     ]
+
+
+def per_shift(results: dict[str, Any], metrics: dict[str, str]) -> list[str]:
+    """A table of the first two contenders' `metrics` (key -> title) under every shift, side by side."""
+    (a_name, a), (b_name, b) = list(results.items())[:2]
+    header = "".join(f" {title} {a_name} | {b_name} |" for title in metrics.values())
+    lines = [f"| photos |{header}", "|---|" + "---|---|" * len(metrics)]
     for name, x in a["shifts"].items():
         y = b["shifts"][name]
-        cells = [f"{x[k]:.3f} | {y[k]:.3f}" for k in ("mAP50", "box_recall", "box_precision")]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {name} | " + " | ".join(f"{x[k]:.3f} | {y[k]:.3f}" for k in metrics) + " |")
     return lines
 
 
@@ -134,6 +141,10 @@ def flip_markdown(results: dict[str, Any], command: str) -> list[str]:
     )
     lines = [f"`{command}`", "", *side_by_side(results, intro, "the two modes alternating", cost=True)]
     lines += [
+        "",
+        "At the served threshold: photos whose every product was found, and found products whose group is right:",
+        "",
+        *per_shift(results, {"photos_all_found": "all found", "group_right_of_found": "group right"}),
         "",
         "Clean photos at other score thresholds (box recall / box precision):",
         "",

@@ -118,6 +118,16 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     tuned = ModelSpec.load(tmp_path / "detector")
     assert tuned.detection is not None and tuned.detection.score_threshold == choice["chosen"] in THRESHOLD_CANDIDATES
     assert tuned.onnx_sha256 == spec.onnx_sha256
+    # The flip test's threshold is chosen apart and kept beside the other; --serve makes it the served mode.
+    flipped = choose_threshold(tmp_path / "detector", dataset, split, 2, seed=2, threads=1, flip_test=True, serve=True)
+    both = ModelSpec.load(tmp_path / "detector")
+    assert both.detection is not None and both.detection.flip_test and flipped["flip_test"]
+    assert both.detection.flip_test_score_threshold == flipped["chosen"] in THRESHOLD_CANDIDATES
+    assert both.detection.score_threshold == choice["chosen"]
+    assert (
+        both.extra["threshold_choice"] == tuned.extra["threshold_choice"] and "flip_test_threshold_choice" in both.extra
+    )
+    assert score(both, photos, found, flip_test=False)["box_recall"] == result["box_recall"]
     names = [o.name for o in session.get_outputs()]
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
     assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]
@@ -139,8 +149,19 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     compared = quantize_detector.compare_on_test(tmp_path / "detector", dataset, split, 2, seed=1, threads=1)
     assert [compared[k]["file"] for k in ("float", "int8")] == ["model.onnx", "model.int8.onnx"]
     assert all(0.0 <= compared["int8"]["shifts"][shift]["box_recall"] <= 1.0 for shift in compared["float"]["shifts"])
+    assert compared["float"]["flip_test"] and compared["int8"]["flip_test"]  # the mode model.json serves
     path = quantize_detector.write_report(compared, "a command", tmp_path / "report")
     assert "| clean |" in path.read_text()
+
+    from training import detector_compare
+
+    modes = detector_compare.compare_flip_test(tmp_path / "detector", dataset, split, 2, seed=1, threads=1)
+    assert [modes[m]["flip_test"] for m in ("without", "flip test")] == [False, True]
+    assert modes["without"]["score_threshold"] == choice["chosen"]
+    assert modes["flip test"]["score_threshold"] == flipped["chosen"]
+    assert all(m["latency_ms"]["model"]["fastest"] > 0 for m in modes.values())
+    path = detector_compare.write_flip_report(modes, "a command", tmp_path / "report")
+    assert path.name == "flip-test.md" and "| clean |" in path.read_text()
 
 
 def test_served_threshold_is_the_lowest_that_keeps_precision_else_the_best_f1() -> None:
