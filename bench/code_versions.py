@@ -5,7 +5,8 @@ services of its own checkout (classifier, embedder, gateway as processes, Qdrant
 upserted), all serving the same model folders, with the batching as deployed (bench/gateway_batching.py's
 --compare-one-pass stacks): "float, two calls" of the older checkout (the models as served before issue 30),
 then "one pass" of the older checkout and of this one. The cells alternate between the stacks, so all see the
-same machine. The load comes from bench/client/loadgen.mjs (Node.js; `npm ci --prefix bench/client` once).
+same machine; each round starts one stack later, so none always runs right after the same other one. The load
+comes from bench/client/loadgen.mjs (Node.js; `npm ci --prefix bench/client` once).
 
     git -C . archive BASE | tar -x -C /tmp/before     # the older code, e.g. main before a change
     python bench/code_versions.py /tmp/before [--concurrency 1,32] [--seconds 4] [--repeats 3]
@@ -103,8 +104,11 @@ def main() -> int:
                 results: dict[str, list[dict[str, Any]]] = {label: [] for label in stacks}
                 cpu_s = {label: dict.fromkeys(SERVICES, 0.0) for label in stacks}
                 searches = dict.fromkeys(stacks, 0)
-                for _ in range(args.repeats):
-                    for label, stack in stacks.items():
+                order = list(stacks.items())
+                for round_number in range(args.repeats):
+                    # Each round starts one stack later, so no stack always follows the same one.
+                    shift = round_number % len(order)
+                    for label, stack in order[shift:] + order[:shift]:
                         target, method = stack.address("gateway"), "/fashionsearch.v1.Gateway/Search"
                         cell = f"c={concurrency} {label}"
                         result, cpu = measured_load(
