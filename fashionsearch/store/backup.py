@@ -10,8 +10,9 @@ points written during the backup, re-read at its end, and the ids deleted meanwh
 Why a logical copy: it restores into any backend (an Edge store or a Qdrant server), and reading the points
 through the store port takes the shard only for one page at a time, so searches and writes go on between pages.
 Restoring it is a load plus a graph build, though (1,833 s for 1M points on a busy machine, bench/README.md), so a
-backup of an Edge collection also holds a copy of the shard's files, graph included (``shard/``, each file's sha256
-in the manifest), as of the backup's consistency point below: Qdrant Edge has no snapshot call of its own (its
+backup of an Edge collection also holds a copy of the shard's files, graph included, and of its exposed copies'
+shard (``shard/shard/`` and ``shard/exposed/``; a backup made before those copies existed holds the shard's files
+directly in ``shard/``; each file's sha256 in the manifest), as of the backup's consistency point below: Qdrant Edge has no snapshot call of its own (its
 snapshot API reads a Qdrant server's snapshots) and its segment files change in place, so the files are copied while
 writes go on, then brought up to date with the writes held and the shard flushed (edge_files.py). A restore into an
 Edge store copies those files back and loads them; a restore into a Qdrant server, or of a backup without them,

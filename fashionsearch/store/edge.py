@@ -3,6 +3,8 @@
 Layout under ``data_dir/<collection>/``, with ``data_dir/<collection>.lock`` beside it (held while open):
 
 - ``shard/``: the Edge shard (segments, WAL, edge_config.json), owned by qdrant-edge.
+- ``exposed/``: a second, small Edge shard holding copies of the points a filter far from the query needs, written
+  after each graph build and searched exactly beside the graph (edge_exposed.py).
 - ``collection.json``: what this module records about the vectors (dim, embedder model/version, distance),
   written atomically *after* the shard and its payload indexes exist. A shard directory without this file is an
   interrupted creation and is rebuilt on the next ensure_collection.
@@ -72,6 +74,7 @@ from fashionsearch.store.base import (
     stored_points,
     unique_ids,
 )
+from fashionsearch.store.edge_exposed import EXPOSED_DIR, ExposedCopies, merged
 from fashionsearch.store.edge_files import copy_tree, refresh_tree, sync_tree
 from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
@@ -85,6 +88,7 @@ ALIAS_SUFFIX = ".alias"
 DIRECTORY_LOCK = ".lock"
 DROP_MARKER = "drop-requested"
 _META_SCHEMA = 1
+_EXACT = qe.SearchParams(exact=True)
 #: Free space kept on the data directory's disk (see the module docstring); below it writes are refused.
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 _MIB = 1024 * 1024
@@ -162,12 +166,17 @@ class EdgeIndex:
         self._root = Path(data_dir) / collection
         self._meta_path = self._root / META_FILE
         self._shard_path = self._root / SHARD_DIR
+        self._exposed_path = self._root / EXPOSED_DIR
         self._search_threads = search_threads
         self._min_free_bytes = min_free_bytes
         self._tuning = tuning or EdgeTuning()
+        # Searches merge the exposed copies unless exact or turned off; the copies are opened either way, so that
+        # writes drop them (a copy must never outlive its point's version).
+        self._merge_exposed = not exact and self._tuning.exposed_neighbours > 0
         self._params = self._tuning.search_params(exact=exact)
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
+        self._exposed: ExposedCopies | None = None
         self._closed = False
         # One writer per collection, from before its folder exists until close(): Qdrant Edge's own lock comes
         # with the shard, too late for two processes that both find no shard and both create (and delete) it.
@@ -186,6 +195,7 @@ class EdgeIndex:
                     raise StoreError(
                         f"cannot open the Qdrant Edge shard at {self._shard_path}{hint}: {error}"
                     ) from None
+                self._open_exposed(self._info.dim)
         except BaseException:
             self._dir_lock.release()
             raise
@@ -205,9 +215,27 @@ class EdgeIndex:
     def _config(self, dim: int) -> qe.EdgeConfig:
         return self._tuning.config(dim, search_threads=self._search_threads)
 
+    def _open_exposed(self, dim: int) -> None:
+        """Open the exposed points' copies, if flagged. They are derived data: copies that cannot be loaded are
+        removed (searches fall back to the graph alone) and the next optimize() flags afresh."""
+        assert self._shard is not None
+        try:
+            self._exposed = ExposedCopies(self._exposed_path, self._config(dim))
+        except Exception as error:  # qdrant-edge raises plain Exception
+            logger.warning("the exposed copies at %s cannot be opened (%s): removed", self._exposed_path, error)
+            shutil.rmtree(self._exposed_path, ignore_errors=True)
+            self._exposed = ExposedCopies(self._exposed_path, self._config(dim))
+        self._exposed.note_counts(self._shard)
+
+    def _close_exposed(self) -> None:
+        if self._exposed is not None:
+            self._exposed.close()
+            self._exposed = None
+
     def _require_space(self, doing: str, loading: bool = False, extra: int = 0) -> None:
         free = free_bytes(self._root)
-        needed = self._min_free_bytes + (_sparse_bytes(self._shard_path) if loading else 0) + extra
+        sparse = _sparse_bytes(self._shard_path) + _sparse_bytes(self._exposed_path) if loading else 0
+        needed = self._min_free_bytes + sparse + extra
         if free < needed:
             what = "its files' unallocated parts, which loading fills in, and " if loading else ""
             what += f"the {extra / _MIB:.1f} MiB it copies, and " if extra else ""
@@ -268,11 +296,13 @@ class EdgeIndex:
 
     def _create(self, info: CollectionInfo) -> None:
         self._require_space("creating the collection")
+        self._close_exposed()
         if self._shard is not None:
             self._shard.close()
             self._shard = None
         self._info = None
         self._meta_path.unlink(missing_ok=True)
+        shutil.rmtree(self._exposed_path, ignore_errors=True)
         if self._shard_path.exists():
             shutil.rmtree(self._shard_path)
         shard = qe.EdgeShard.create(str(self._shard_path), self._config(info.dim))
@@ -281,6 +311,7 @@ class EdgeIndex:
         shard.flush()
         self._record(info)
         self._shard, self._info = shard, info
+        self._open_exposed(info.dim)
         logger.info("created edge collection %s for %s (dim %s)", self._root, info.embedder, info.dim)
 
     def _record(self, info: CollectionInfo) -> None:
@@ -297,15 +328,25 @@ class EdgeIndex:
         )
 
     def copy_shard(self, target: Path) -> None:
-        """Copy the shard's files, graph included, into target (for a backup; not synced: the caller syncs it once
-        writes go on). A new target gets a whole copy; an existing one, an earlier copy, is brought up to date by
-        rewriting what differs (edge_files.py). Consistent only while nothing writes to this collection: the caller
-        holds the writes (the write journal's barrier) for the last call; searches go on, since they write nothing."""
+        """Copy the shard's files, graph included, and the exposed copies' shard into target's ``shard/`` and
+        ``exposed/`` (for a backup; not synced: the caller syncs it once writes go on). A new target gets a whole
+        copy; an existing one, an earlier copy, is brought up to date by rewriting what differs (edge_files.py).
+        Consistent only while nothing writes to this collection: the caller holds the writes (the write journal's
+        barrier) for the last call; searches go on, since they write nothing."""
         with self._lock:
             started = time.perf_counter()
             self._require_shard().flush()
+            if self._exposed is not None:
+                self._exposed.flush()
             flushed = time.perf_counter()
-        written = refresh_tree(self._shard_path, target) if target.exists() else copy_tree(self._shard_path, target)
+        target.mkdir(exist_ok=True)
+        written = 0
+        for source in (self._shard_path, self._exposed_path):
+            there = target / source.name
+            if source.is_dir():
+                written += refresh_tree(source, there) if there.exists() else copy_tree(source, there)
+            else:
+                shutil.rmtree(there, ignore_errors=True)
         logger.info(
             "copied the shard of %s: flush %.2f s, %.1f MiB written in %.2f s",
             self._root,
@@ -323,20 +364,29 @@ class EdgeIndex:
                 raise StoreError(f"collection {self._root} is not empty: a shard copy is restored into an empty one")
             size = sum(f.stat().st_blocks * 512 for f in source.rglob("*") if f.is_file())
             self._require_space("restoring the collection", extra=size)
+            self._close_exposed()
             if self._shard is not None:
                 self._shard.close()
                 self._shard = None
             self._info = None
             self._meta_path.unlink(missing_ok=True)
             shutil.rmtree(self._shard_path, ignore_errors=True)
-            copy_tree(source, self._shard_path)
+            shutil.rmtree(self._exposed_path, ignore_errors=True)
+            # A backup made before the exposed copies holds the shard's files directly: restored without copies
+            # (far filters answered by the graph alone until the next optimize()).
+            shard_files = source / SHARD_DIR if (source / SHARD_DIR).is_dir() else source
+            copy_tree(shard_files, self._shard_path)
             sync_tree(self._shard_path)
+            if (source / EXPOSED_DIR).is_dir():
+                copy_tree(source / EXPOSED_DIR, self._exposed_path)
+                sync_tree(self._exposed_path)
             try:
                 shard = qe.EdgeShard.load(str(self._shard_path), self._config(info.dim))
             except Exception as error:  # qdrant-edge raises plain Exception
                 raise StoreError(f"the shard copy at {source} cannot be opened as dim {info.dim}: {error}") from None
             self._record(info)
             self._shard, self._info = shard, info
+            self._open_exposed(info.dim)
         logger.info("restored edge collection %s from the shard files at %s", self._root, source)
 
     def info(self) -> CollectionInfo | None:
@@ -351,8 +401,8 @@ class EdgeIndex:
             started = time.perf_counter()
             changed = bool(shard.optimize())
             shard.flush()
+            info = shard.info()
             if changed:
-                info = shard.info()
                 logger.info(
                     "optimised edge collection %s in %.1f s: %s of %s points in a graph, %s segments",
                     self._root,
@@ -361,7 +411,28 @@ class EdgeIndex:
                     info.points_count,
                     info.segments_count,
                 )
-            return changed
+            return self._flag_exposed(changed, graph=info.indexed_vectors_count > 0) or changed
+
+    def _flag_exposed(self, rebuilt: bool, *, graph: bool) -> bool:
+        """Copy the exposed points after a graph build (or the first optimize() of a graph without copies: a
+        restore of an older backup); True when the copies were written."""
+        copies = self._exposed
+        assert copies is not None
+        if not graph or not self._tuning.exposed_neighbours:
+            if copies.flagged:
+                copies.remove()
+            return False
+        if copies.flagged and not rebuilt:
+            return False
+        assert self._shard is not None
+        copies.flag(self._shard, self._tuning.exposed_neighbours)
+        return True
+
+    def exposed_points(self) -> int:
+        """How many exposed points are copied beside the graph (0 before the first graph build)."""
+        with self._lock:
+            self._require_shard()
+            return self._exposed.count() if self._exposed is not None else 0
 
     def graph_points(self) -> int:
         """How many points the graph index covers (0 before optimize(), or below index_from_points)."""
@@ -379,6 +450,8 @@ class EdgeIndex:
             # One conversion and one finiteness check for the whole batch (per point they cost more than the write).
             vectors = as_vectors([p.vector for p in points], dim).tolist()
             batch = [qe.Point(int(p.id), v, dict(p.payload)) for p, v in zip(points, vectors, strict=True)]
+            if self._exposed is not None:  # first: a copy must never outlive its point's version
+                self._exposed.drop(unique_ids([p.id for p in points]))
             shard.update(qe.UpdateOperation.upsert_points(batch))
 
     def _records(self, wanted: list[int], *, with_data: bool) -> list[Any]:
@@ -395,6 +468,8 @@ class EdgeIndex:
             present = [int(r.id) for r in self._records(wanted, with_data=False)]
             if present and self._shard is not None:
                 self._require_space("deleting items")  # a delete is a write-ahead log record too
+                if self._exposed is not None:
+                    self._exposed.drop(present)
                 self._shard.update(qe.UpdateOperation.delete_points(list[Any](present)))
             return [i for i in wanted if i in set(present)]
 
@@ -417,15 +492,22 @@ class EdgeIndex:
             if self._shard is None or self._info is None or top_k <= 0:
                 return []
             query = as_vector(vector, self._info.dim).tolist()
-            request = qe.QueryRequest(
-                limit=int(top_k),
-                query=qe.Query.Nearest(query),
-                filter=_build_filter(wanted, exclude_ids),
-                with_payload=True,
-                with_vector=False,
-                params=self._params,
-            )
-            points = self._shard.query(request)
+            where = _build_filter(wanted, exclude_ids)
+
+            def request(params: qe.SearchParams) -> qe.QueryRequest:
+                return qe.QueryRequest(
+                    limit=int(top_k),
+                    query=qe.Query.Nearest(query),
+                    filter=where,
+                    with_payload=True,
+                    with_vector=False,
+                    params=params,
+                )
+
+            points = self._shard.query(request(self._params))
+            copies = self._exposed
+            if self._merge_exposed and copies is not None and copies.wanted(wanted, self._tuning.full_scan_points):
+                points = merged(points, copies.search(request(_EXACT)), int(top_k))
         return scored_hits(points)
 
     def scroll(self, fields: Sequence[str] = (), page_size: int = 1000) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -459,6 +541,7 @@ class EdgeIndex:
             self._closed = True
             shard, self._shard = self._shard, None
             try:
+                self._close_exposed()
                 if shard is not None:
                     try:
                         shard.flush()

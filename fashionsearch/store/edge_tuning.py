@@ -60,11 +60,17 @@ class EdgeTuning:
     scalar_quantization: bool = False
     #: Threads that build a graph (0: as many as cores).
     indexing_threads: int = 0
+    #: A point is exposed when one of this many nearest neighbours has another subCategory; exposed points are
+    #: copied after each graph build and scanned exactly beside the graph for a subCategory filter (edge_exposed.py).
+    #: 0: no copies, the graph alone.
+    exposed_neighbours: int = 10
 
     def __post_init__(self) -> None:
         for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "index_from_points", "full_scan_points", "segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EdgeTuning.{name} must be at least 1, not {getattr(self, name)}")
+        if self.exposed_neighbours < 0:
+            raise ValueError(f"EdgeTuning.exposed_neighbours must be at least 0, not {self.exposed_neighbours}")
         if not 0.0 <= self.acorn_max_selectivity <= 1.0:
             raise ValueError(f"EdgeTuning.acorn_max_selectivity must be in [0, 1], not {self.acorn_max_selectivity}")
 
