@@ -9,12 +9,14 @@ For each size and each quantization setting, a child process builds the collecti
 (EdgeIndex.upsert in batches of 1000, then optimize(): the indexer's rebuild), and another child opens it and
 searches, so each reports its own memory (RSS, the peak during the build). Query sets: unfiltered, filtered by one
 subCategory drawn from the catalogue's distribution (the gateway's default search), and the rare value; each query
-is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters).
+is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters),
+each without and with the exposed copies merged in (edge_exposed.py; the build flags them after the graph, timed
+apart: "flag s", and "exposed" is the share of points copied).
 Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurrency (its store calls run in
 asyncio.to_thread, min(32, cores + 4) threads).
 
     python bench/store_search.py [--sizes 40000,200000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
-        [--concurrency 6] [--dir /var/tmp] [--keep]
+        [--concurrency 6] [--full-scan 20000] [--exposed 10] [--dir /var/tmp] [--keep]
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -142,7 +145,7 @@ def _rss_mib() -> tuple[float, float]:
 def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
     vectors = np.load(f"{data}/vectors.npy", mmap_mode="r")
     cats = np.load(f"{data}/cats.npy")
-    index = EdgeIndex(folder, "bench", search_threads=1, tuning=tuning)
+    index = EdgeIndex(folder, "bench", search_threads=1, tuning=replace(tuning, exposed_neighbours=0))
     started = time.perf_counter()
     index.ensure_collection(vectors.shape[1], EMBEDDER)
     for start in range(0, len(vectors), BATCH):
@@ -158,9 +161,18 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
     optimised = time.perf_counter()
     graph = index.graph_points()
     index.close()
+    # The exposed copies, timed apart from the graph: optimize() of a graph without copies flags them.
+    index = EdgeIndex(folder, "bench", search_threads=1, tuning=tuning)
+    flag_started = time.perf_counter()
+    index.optimize()
+    flagged = time.perf_counter()
+    exposed = index.exposed_points()
+    index.close()
     return {
         "load_s": loaded - started,
         "optimize_s": optimised - loaded,
+        "flag_s": flagged - flag_started,
+        "exposed": exposed / max(1, len(vectors)),
         "graph_points": graph,
         "peak_rss_mib": _rss_mib()[1],
         "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
@@ -178,13 +190,18 @@ def _timed(index: EdgeIndex, queries: np.ndarray, filters: Sequence[str | None])
 
 
 def search_child(
-    folder: str, data: str, tuning: EdgeTuning, settings: list[tuple[str, bool, int, float]], concurrency: int
+    folder: str, data: str, tuning: EdgeTuning, settings: list[tuple[str, bool, int, float, bool]], concurrency: int
 ) -> dict[str, Any]:
     queries = np.load(f"{data}/queries.npy")
     kinds = np.load(f"{data}/query_kinds.npy", allow_pickle=True).item()
     results: dict[str, Any] = {"latency": {}, "answers": {}}
-    for label, exact, ef, acorn in settings:
-        variant = EdgeTuning(**{**tuning.__dict__, "hnsw_ef": ef or tuning.hnsw_ef, "acorn_max_selectivity": acorn})
+    for label, exact, ef, acorn, exposed in settings:
+        variant = replace(
+            tuning,
+            hnsw_ef=ef or tuning.hnsw_ef,
+            acorn_max_selectivity=acorn,
+            exposed_neighbours=tuning.exposed_neighbours if exposed else 0,
+        )
         index = EdgeIndex(folder, "bench", search_threads=1, exact=exact, tuning=variant)
         try:
             _timed(index, queries[:20], [None] * 20)  # warm-up: the first searches page the graph in
@@ -250,6 +267,8 @@ def main() -> int:
     parser.add_argument("--quantization", default="off,on", help="off, on or both (scalar int8)")
     parser.add_argument("--concurrency", type=int, default=min(32, (os.cpu_count() or 1) + 4))
     parser.add_argument("--index-from", type=int, default=None, help="EdgeTuning.index_from_points (default: its own)")
+    parser.add_argument("--full-scan", type=int, default=None, help="EdgeTuning.full_scan_points (default: its own)")
+    parser.add_argument("--exposed", type=int, default=None, help="EdgeTuning.exposed_neighbours (default: its own)")
     parser.add_argument("--dir", default=None, help="where to build (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the built collections")
     parser.add_argument("--seed", type=int, default=0)
@@ -259,9 +278,10 @@ def main() -> int:
 
     efs = [int(e) for e in args.ef.split(",") if e]
     acorn = EdgeTuning.acorn_max_selectivity
-    settings: list[tuple[str, bool, int, float]] = [("exact", True, 0, acorn)]
-    settings += [(f"graph ef {ef}", False, ef, acorn) for ef in efs]
-    settings += [(f"ef {ef} no ACORN", False, ef, 0.0) for ef in efs[-1:] if args.no_acorn]
+    settings: list[tuple[str, bool, int, float, bool]] = [("exact", True, 0, acorn, False)]
+    for ef in efs:
+        settings += [(f"graph ef {ef}", False, ef, acorn, False), (f"ef {ef} + exposed", False, ef, acorn, True)]
+    settings += [(f"ef {ef} no ACORN", False, ef, 0.0, False) for ef in efs[-1:] if args.no_acorn]
     rows: list[str] = []
     builds: list[str] = []
     source = ""
@@ -305,7 +325,11 @@ def main() -> int:
             for quantization in args.quantization.split(","):
                 tuning = EdgeTuning(scalar_quantization=quantization == "on")
                 if args.index_from:
-                    tuning = EdgeTuning(**{**tuning.__dict__, "index_from_points": args.index_from})
+                    tuning = replace(tuning, index_from_points=args.index_from)
+                if args.full_scan:
+                    tuning = replace(tuning, full_scan_points=args.full_scan)
+                if args.exposed is not None:
+                    tuning = replace(tuning, exposed_neighbours=args.exposed)
                 folder = work / f"edge-{quantization}"
                 built = in_child(build_child, str(folder), str(data), tuning)
                 size = disk_mib(folder / "bench")
@@ -313,7 +337,8 @@ def main() -> int:
                 res = in_child(search_child, str(folder), str(data), tuning, settings, args.concurrency)
                 builds.append(
                     f"| {n:>9,} | {quantization:>3} | {built['load_s']:7.0f} | {built['optimize_s']:8.0f} |"
-                    f" {built['cpu_s']:7.0f} | {built['graph_points']:>9,} | {built['peak_rss_mib']:8.0f} |"
+                    f" {built['flag_s']:6.1f} | {built['exposed']:6.1%} | {built['cpu_s']:7.0f} |"
+                    f" {built['graph_points']:>9,} | {built['peak_rss_mib']:8.0f} |"
                     f" {res['rss_mib']:8.0f} | {size:8.0f} |"
                 )
                 for label, *_ in settings:
@@ -342,8 +367,14 @@ def main() -> int:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("\nBuild (load = upserts in batches of 1000; optimize = graph and segment merge; peak RSS of the build")
     print("process; RSS of the search process after its queries; disk = the collection folder)\n")
-    print("| points    | sq  | load s  | optimize s | cpu s | graph pts | peak MiB | serve MiB | disk MiB |")
-    print("|-----------|-----|---------|------------|-------|-----------|----------|-----------|----------|")
+    print(
+        "| points    | sq  | load s  | optimize s | flag s | exposed | cpu s | graph pts | peak MiB | serve MiB |"
+        " disk MiB |"
+    )
+    print(
+        "|-----------|-----|---------|------------|--------|---------|-------|-----------|----------|-----------|"
+        "----------|"
+    )
     print("\n".join(builds))
     print(
         f"\nSearch (one thread, then filtered at concurrency {args.concurrency}: per-search latency,"
