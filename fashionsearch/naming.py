@@ -160,7 +160,7 @@ def _tokens(words: Iterable[str]) -> list[str]:
 def _name_tokens(name: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """The tokens of a product name's brand words and of its other words. Cached: every search reads the names of
     its nearest products, and the same catalogue names come back search after search (splitting five names took
-    about 50 us a search, bench/README.md); bounded, so a large catalogue costs at most a few MB."""
+    about 30 us a search, bench/README.md); bounded, so a large catalogue costs at most a few MB."""
     brand, rest = split_brand(name)
     return tuple(_tokens(brand)), tuple(_tokens(rest))
 
