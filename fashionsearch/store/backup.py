@@ -12,11 +12,11 @@ through the store port takes the shard only for one page at a time, so searches 
 Restoring it is a load plus a graph build, though (1,833 s for 1M points on a busy machine, bench/README.md), so a
 backup of an Edge collection also holds a copy of the shard's files, graph included, and of its exposed copies'
 shard (``shard/shard/`` and ``shard/exposed/``; a backup made before those copies existed holds the shard's files
-directly in ``shard/``; each file's sha256 in the manifest), as of the backup's consistency point below: Qdrant Edge has no snapshot call of its own (its
-snapshot API reads a Qdrant server's snapshots) and its segment files change in place, so the files are copied while
-writes go on, then brought up to date with the writes held and the shard flushed (edge_files.py). A restore into an
-Edge store copies those files back and loads them; a restore into a Qdrant server, or of a backup without them,
-writes the points and builds the graph.
+directly in ``shard/``; each file's sha256 in the manifest), as of the backup's consistency point below: Qdrant
+Edge has no snapshot call of its own (its snapshot API reads a Qdrant server's snapshots) and its segment files
+change in place, so the files are copied while writes go on, then brought up to date with the writes held and the
+shard flushed (edge_files.py). A restore into an Edge store copies those files back and loads them; a restore into
+a Qdrant server, or of a backup without them, writes the points and builds the graph.
 
 Consistency while writes go on (``WriteJournal``): from the start of a backup, the journal records the id of every
 upsert and delete; after the last page, writes are held for a moment while the recorded ids are read again, and

@@ -22,10 +22,11 @@ do at 1M), far-filter recall@5 at hnsw_ef 128 / 512: these defaults 0.83 / 0.89 
 with ef_construct 200 0.85 / 0.90; ef_construct 400 0.89 / 0.93 at 3.7x the build CPU; payload_m 64 0.83 / 0.90;
 a graph per subCategory only (m 0) 0.81 / 0.89; ACORN for every selectivity 0.83 / 0.89, like 0.5. An exact answer
 costs about 60 ns per matching point here (p50 2.1 ms for Topwear's 35k matches at 100k points, so about 20 ms for
-its 350k at 1M). What does reach it: the graph's answer merged with an exact scan of the filter's "exposed" points
-(one of whose 10 nearest neighbours is of another kind; 5.8% of the catalogue): 0.97 / 0.99 (bench/README.md, the
-next step). So the defaults keep hnsw_ef 128: the gateway's own-subCategory filter has recall 1.000 at p50 0.4 ms
-on 200k points.
+its 350k at 1M). What helps: the graph's answer merged with an exact search of copies of the "exposed" points
+(one of whose ``exposed_neighbours`` nearest is of another kind), edge_exposed.py: at 1M points far-filter recall@5
+0.55 -> 0.87 at hnsw_ef 128 and 0.65 -> 0.94 at 512, for about 0.6 ms more p50 on every subCategory-filtered search
+the graph answers (bench/README.md). So the defaults keep hnsw_ef 128: the gateway's own-subCategory filter has
+recall 0.997 to 1.000 at p50 about 1 ms on 1M points.
 """
 
 from __future__ import annotations
@@ -62,8 +63,9 @@ class EdgeTuning:
     indexing_threads: int = 0
     #: A point is exposed when one of this many nearest neighbours has another subCategory; exposed points are
     #: copied after each graph build and scanned exactly beside the graph for a subCategory filter (edge_exposed.py).
-    #: 0: no copies, the graph alone.
-    exposed_neighbours: int = 10
+    #: The neighbourhood shrinks as the catalogue grows denser: 10 copied 6.2% of 100k points and 1.4% of 1M (far
+    #: filter recall@5 0.55 -> 0.60 at 1M), 50 copies 14.6% and 6.3% (0.55 -> 0.87). 0: no copies, the graph alone.
+    exposed_neighbours: int = 50
 
     def __post_init__(self) -> None:
         for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "index_from_points", "full_scan_points", "segments"):

@@ -188,7 +188,7 @@ def test_rebuild_optimises_in_its_own_process_while_the_live_collection_serves(t
 
 
 # A weak graph (hnsw_ef 16: far-filter recall 0.92 on these points), so that it misses some strays at this size.
-WEAK = EdgeTuning(index_from_points=500, full_scan_points=100, indexing_threads=1, hnsw_ef=16)
+WEAK = EdgeTuning(index_from_points=500, full_scan_points=100, indexing_threads=1, hnsw_ef=16, exposed_neighbours=10)
 
 
 def _far_queries(points: list[StoredPoint], rng: np.random.Generator) -> list[tuple[np.ndarray, str]]:
