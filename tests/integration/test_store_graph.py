@@ -5,6 +5,8 @@ process (the blue/green rebuild) leaves the live one serving searches and writes
 
 from __future__ import annotations
 
+import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,9 +16,10 @@ import numpy as np
 import pytest
 
 from fashionsearch.store import EmbedderIdentity, StoredPoint
-from fashionsearch.store.backup import restore_into, write_backup
+from fashionsearch.store.backup import read_manifest, restore_into, write_backup
 from fashionsearch.store.brute import BruteForceIndex
 from fashionsearch.store.edge import EdgeCatalog, EdgeIndex
+from fashionsearch.store.edge_files import tree_digests
 from fashionsearch.store.edge_tuning import EdgeTuning
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -306,5 +309,36 @@ def test_a_backup_carries_the_exposed_copies_into_its_restore(tmp_path):
         assert restored.exposed_points() == copies
         assert restored.optimize() is False  # the graph and the copies came with the backup: nothing to build
         assert _answers(restored, queries) == before
+    finally:
+        restored.close()
+
+
+def test_a_backup_made_before_the_exposed_copies_restores_without_them(tmp_path):
+    """Such a backup holds the shard's files directly in shard/: restored, the graph answers alone until the next
+    graph build flags the copies."""
+    points = _kinds(3000, np.random.default_rng(5), stray=0.05)
+    catalog = EdgeCatalog(tmp_path / "data", tuning=WEAK)
+    index = catalog.open("blue")
+    try:
+        _load((index,), points, 1000)
+        index.optimize()
+        made = write_backup(index, tmp_path / "backups", "blue-1", source="test")
+    finally:
+        index.close()
+    shard = made.path / "shard"
+    shutil.rmtree(shard / "exposed")
+    for entry in (shard / "shard").iterdir():
+        entry.rename(shard / entry.name)
+    (shard / "shard").rmdir()
+    manifest = json.loads((made.path / "manifest.json").read_text())
+    manifest["shard_files"] = tree_digests(shard)
+    (made.path / "manifest.json").write_text(json.dumps(manifest))
+    restored = catalog.open("green")
+    try:
+        assert restore_into(restored, read_manifest(made.path)) == len(points)
+        assert restored.graph_points() > 0 and restored.exposed_points() == 0
+        assert [h.id for h in restored.search(points[7].vector, 1)] == [points[7].id]
+        assert restored.optimize() is True  # a graph without copies: they are flagged now
+        assert restored.exposed_points() > 0
     finally:
         restored.close()
