@@ -88,6 +88,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         jit_compile=not args.no_jit,
         teacher=tuple(args.teacher),
         scenes=args.scenes,
+        photo_views=args.photo_views,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -349,6 +350,12 @@ def main(argv: list[str] | None = None) -> int:
         "(default models/classifier models/embedder)",
     )
     p.add_argument("--scenes", type=int, default=None, help="synthesised training scenes (detector)")
+    p.add_argument(
+        "--photo-views",
+        action="store_true",
+        help="lite-classifier: some shopper views on real photographs, half of them framed as the gateway cuts a"
+        " detected product out (training/shopper.py; not in models 8)",
+    )
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")
     p.set_defaults(func=cmd_train)

@@ -78,6 +78,7 @@ class TrainOptions:
     jit_compile: bool = True  # XLA; off for tiny runs, where compiling costs more than it saves
     teacher: tuple[Path, ...] = ()  # served model folders a distillation recipe learns from; () its default
     scenes: int | None = None  # synthesised training scenes (the detector); None: the recipe's default
+    photo_views: bool = False  # lite recipes: some shopper views on the training photographs, framed as cut-outs
 
     @property
     def keras_jit(self) -> bool | str:

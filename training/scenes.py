@@ -144,14 +144,7 @@ def load_photos(names: tuple[str, ...]) -> tuple[np.ndarray, ...]:
 
 def photo_background(rng: np.random.Generator, h: int, w: int, photos: Sequence[np.ndarray]) -> np.ndarray:
     """A random crop of a random photograph (30% to all of it), mirrored at random, at (h, w), float32."""
-    photo = photos[int(rng.integers(0, len(photos)))]
-    ph, pw = photo.shape[:2]
-    scale = rng.uniform(0.3, 1.0) * min(ph / h, pw / w)
-    ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
-    top, left = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
-    crop = Image.fromarray(photo[top : top + ch, left : left + cw]).resize((w, h), Image.Resampling.BILINEAR)
-    out = np.asarray(crop, dtype=np.float32)
-    return out[:, ::-1] if rng.random() < 0.5 else out
+    return shopper.photo_patch(rng, h, w, photos, zoom=(0.3, 1.0))
 
 
 def background(

@@ -13,10 +13,13 @@ an auto-white-balanced phone photo keeps), so a red shirt stays red; nothing cha
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageFilter
 
+from fashionsearch.detection import Detection
+from fashionsearch.main_product import cut_out
 from fashionsearch.main_product import near_white as catalogue_white
 
 # --------------------------------------------------------------------------------------------------------------
@@ -113,6 +116,21 @@ def texture(rng: np.random.Generator, h: int, w: int, kind: str, donors: np.ndar
 
 
 BACKGROUND_KINDS = ("solid", "gradient", "blotches", "stripes", "clutter")
+
+
+def photo_patch(
+    rng: np.random.Generator, h: int, w: int, photos: Sequence[np.ndarray], zoom: tuple[float, float]
+) -> np.ndarray:
+    """A random crop of a random photograph at (h, w), float32, mirrored at random; `zoom` bounds its size as a
+    share of the largest (h, w)-shaped crop the photograph holds."""
+    photo = photos[int(rng.integers(0, len(photos)))]
+    ph, pw = photo.shape[:2]
+    scale = rng.uniform(*zoom) * min(ph / h, pw / w)
+    ch, cw = max(8, int(h * scale)), max(8, int(w * scale))
+    top, left = int(rng.integers(0, ph - ch + 1)), int(rng.integers(0, pw - cw + 1))
+    crop = Image.fromarray(photo[top : top + ch, left : left + cw]).resize((w, h), Image.Resampling.BILINEAR)
+    out = np.asarray(crop, dtype=np.float32)
+    return out[:, ::-1] if rng.random() < 0.5 else out
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -217,13 +235,29 @@ def occlude(img: np.ndarray, area: float, rng: np.random.Generator, patch: np.nd
 # Random training views
 
 
-# Bumped whenever augment_views changes, so cached views of an older version are not reused.
+# Bumped whenever augment_views changes, so cached views of an older version are not reused (views on photographs
+# are keyed by the photographs' names instead: without them a view is drawn as in version 2).
 AUGMENT_VERSION = 2
 
+#: With photographs given: the share of replaced backgrounds that are a patch of one (a product in a room or a
+#: street), their zoom (a cut-out shows a small part of the scene behind the product), and the share of those
+#: views framed as the gateway cuts a detected product out (issue 28).
+PHOTO_SHARE = 0.35
+PHOTO_ZOOM = (0.08, 0.6)
+CUT_OUT_SHARE = 0.5
+#: How far a detector's box may miss the product's own, per side, as a share of its size.
+BOX_JITTER = 0.08
 
-def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarray | None = None) -> np.ndarray:
+
+def augment_views(
+    images: np.ndarray,
+    rng: np.random.Generator,
+    donors: np.ndarray | None = None,
+    photos: Sequence[np.ndarray] = (),
+) -> np.ndarray:
     """One random shopper-like view of each uint8 (N, H, W, 3) packshot. `donors` are other packshots, cut up for
-    clutter backgrounds and occluders."""
+    clutter backgrounds and occluders; `photos`, real photographs: with them, some backgrounds are patches of a
+    photograph, and half of those views are framed as the gateway cuts out a product the detector found."""
     n, h, w = images.shape[:3]
     out = np.empty_like(images)
     for k in range(n):
@@ -244,20 +278,45 @@ def augment_views(images: np.ndarray, rng: np.random.Generator, donors: np.ndarr
         out[k] = img
     # Backgrounds for about 60% of the views, masks computed for the whole batch at once.
     replace = np.asarray(rng.random(n) < 0.6)
+    cut: dict[int, np.ndarray] = {}  # view -> its product mask, for the views framed as cut-outs
     if replace.any():
         idx = np.flatnonzero(replace)
         connected = rng.random() < 0.85
         alpha = background_mask(out[idx], connected=connected)
         kinds = rng.choice(BACKGROUND_KINDS, size=len(idx), p=(0.15, 0.15, 0.3, 0.15, 0.25))
         backgrounds = np.stack([texture(rng, h, w, kind, donors) for kind in kinds])
+        if photos:
+            for j in np.flatnonzero(rng.random(len(idx)) < PHOTO_SHARE):
+                backgrounds[j] = photo_patch(rng, h, w, photos, PHOTO_ZOOM)
+                if rng.random() < CUT_OUT_SHARE:
+                    cut[int(idx[j])] = alpha[j] < 0.5
         out[idx] = composite(out[idx].astype(np.float32), backgrounds, alpha)
     for k in range(n):
         img = out[k]
         if rng.random() < 0.25:
             patch = donors[rng.integers(0, len(donors))] if donors is not None and rng.random() < 0.5 else None
             img = occlude(img, rng.uniform(0.05, 0.35), rng, patch)
-        out[k] = phone_effects(img, rng)
+        img = phone_effects(img, rng)
+        out[k] = as_cut_out(img, cut[k], rng) if k in cut else img
     return out
+
+
+def as_cut_out(img: np.ndarray, product: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The view as the gateway reads a detected product (fashionsearch.main_product.cut_out): the product's box,
+    missed by up to BOX_JITTER a side as a detector's is, with the served margin, on white at the catalogue's
+    aspect, back at the view's size. A view whose product is not visible stays as it is."""
+    rows, cols = np.flatnonzero(product.any(axis=1)), np.flatnonzero(product.any(axis=0))
+    if len(rows) < 4 or len(cols) < 4:
+        return img
+    h, w = img.shape[:2]
+    top, bottom, left, right = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    bh, bw = bottom - top, right - left
+    top, bottom = (v + rng.uniform(-BOX_JITTER, BOX_JITTER) * bh for v in (top, bottom))
+    left, right = (v + rng.uniform(-BOX_JITTER, BOX_JITTER) * bw for v in (left, right))
+    width, height = max(2.0, right - left), max(2.0, bottom - top)
+    box = Detection(left=left, top=top, width=width, height=height, group="", score=1.0)
+    framed = cut_out(Image.fromarray(img), box, (w, h)).resize((w, h), Image.Resampling.BILINEAR)
+    return np.asarray(framed)
 
 
 def phone_effects(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:

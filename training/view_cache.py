@@ -18,7 +18,7 @@ import keras
 import numpy as np
 
 from fashionsearch.model_contract import InputSpec, normalize
-from training import data, lite, shopper
+from training import data, lite, scenes, shopper
 from training.export import keras_to_onnx
 from training.heads import HEAD_ATTRIBUTES, calibrate, calibrated_outputs
 from training.hierarchy import HIERARCHY, decode_hierarchy, hierarchy_matrices
@@ -44,6 +44,9 @@ class TrunkPlan:
     input_spec: InputSpec = LITE_INPUT
     split_at: int = SPLIT_AT
     views: int = VIEWS
+    #: Real photographs (training/scenes.py names) behind some shopper views, some framed as the gateway cuts a
+    #: detected product out (`train --photo-views`); () for the views models 8 were trained on.
+    photographs: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:
@@ -70,14 +73,20 @@ def early_features(
     return np.concatenate(out)
 
 
-def shopper_views(images: np.ndarray, seed: int, donors: np.ndarray, chunk: int = 512) -> np.ndarray:
+def shopper_views(
+    images: np.ndarray, seed: int, donors: np.ndarray, photographs: tuple[str, ...] = (), chunk: int = 512
+) -> np.ndarray:
+    """A random shopper view of each image; with `photographs`, some on a patch of one of them."""
     rng = np.random.default_rng(seed)
+    photos = scenes.load_photos(photographs) if photographs else ()
     return np.concatenate(
-        [shopper.augment_views(images[s : s + chunk], rng, donors) for s in range(0, len(images), chunk)]
+        [shopper.augment_views(images[s : s + chunk], rng, donors, photos) for s in range(0, len(images), chunk)]
     )
 
 
-def training_views(images: np.ndarray, seed: int, count: int) -> Iterator[np.ndarray]:
+def training_views(
+    images: np.ndarray, seed: int, count: int, photographs: tuple[str, ...] = ()
+) -> Iterator[np.ndarray]:
     """`count` views of every uint8 packshot, one array per view: view 0 the packshots, each mirrored at random;
     the others random shopper views (seeded, clutter cut from other packshots of the same set)."""
     rng = np.random.default_rng(seed)
@@ -87,7 +96,7 @@ def training_views(images: np.ndarray, seed: int, count: int) -> Iterator[np.nda
             yield np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         else:
             donors = images[rng.permutation(len(images))[:2000]]
-            yield shopper_views(images, seed + v, donors)
+            yield shopper_views(images, seed + v, donors, photographs)
 
 
 def cached_views(
@@ -109,7 +118,7 @@ def cached_views(
         "split_at": plan.split_at,
         "input": [plan.input_spec.height, plan.input_spec.width],
         "augment": shopper.AUGMENT_VERSION,
-    }
+    } | ({"photographs": list(plan.photographs)} if plan.photographs else {})
     meta = run_dir / "views.json"
     names = ("train", "val", "val_shopper")
     if (
@@ -121,7 +130,7 @@ def cached_views(
     started = time.monotonic()
     session = early_session(early, threads, run_dir, plan.input_spec)
     parts = []
-    for v, views in enumerate(training_views(train_images, seed, plan.views)):
+    for v, views in enumerate(training_views(train_images, seed, plan.views, plan.photographs)):
         parts.append(early_features(session, views, plan.input_spec))
         log.info("view %d of %d cached (%.0f s)", v + 1, plan.views, time.monotonic() - started)
     out = {
@@ -129,7 +138,7 @@ def cached_views(
         "val": early_features(session, val_images, plan.input_spec),
         # A fixed seed of its own: validation shopper views never match a training view.
         "val_shopper": early_features(
-            session, shopper_views(val_images, seed + 1000, train_images[:2000]), plan.input_spec
+            session, shopper_views(val_images, seed + 1000, train_images[:2000], plan.photographs), plan.input_spec
         ),
     }
     for n, a in out.items():

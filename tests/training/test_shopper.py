@@ -55,6 +55,30 @@ def test_augment_views_are_seeded_and_shaped_like_the_input() -> None:
     assert not np.array_equal(a, images)
 
 
+def test_views_on_photographs_are_seeded_and_differ_from_views_without() -> None:
+    images = np.stack([packshot((c, 60, 200 - c)) for c in range(0, 200, 20)])
+    photograph = np.random.default_rng(3).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)
+    with_photos = [shopper.augment_views(images, np.random.default_rng(1), images, (photograph,)) for _ in range(2)]
+    assert np.array_equal(*with_photos) and with_photos[0].shape == images.shape
+    without = shopper.augment_views(images, np.random.default_rng(1), images)
+    assert not np.array_equal(with_photos[0], without)
+
+
+def test_a_cut_out_view_frames_the_product_on_white_at_the_catalogue_aspect() -> None:
+    # A wide product (a shoe) on a dark scene: the cut-out fills the view's width, white above and below it.
+    img = np.full((80, 60, 3), 40, dtype=np.uint8)
+    img[50:62, 10:40] = (200, 30, 30)
+    product = np.zeros((80, 60), dtype=bool)
+    product[50:62, 10:40] = True
+    out = shopper.as_cut_out(img, product, np.random.default_rng(0))
+    assert out.shape == img.shape and out.dtype == np.uint8
+    red = (out[..., 0] > 150) & (out[..., 1] < 80)
+    assert red[:, 5:55].any(axis=0).mean() > 0.8  # enlarged to the view's width (it spanned half of it)
+    assert (out[:10].min(axis=-1) >= 250).all() and (out[-10:].min(axis=-1) >= 250).all()  # white bars
+    nothing = np.zeros((80, 60), dtype=bool)
+    assert np.array_equal(shopper.as_cut_out(img, nothing, np.random.default_rng(0)), img)
+
+
 def test_every_shift_of_the_suite_is_deterministic_and_the_clean_one_is_the_photo() -> None:
     images = np.stack([packshot(), packshot((20, 20, 160), inner_white=True)])
     photograph = np.random.default_rng(3).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)

@@ -32,7 +32,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from training import data, lite
+from training import data, lite, scenes
 from training.embedding import (
     EMBEDDING_ATTRIBUTES,
     EMBEDDING_HIDDEN,
@@ -137,7 +137,8 @@ def train_classifier(
     embedding_sizes = {a: sizes[a] for a in EMBEDDING_ATTRIBUTES}
 
     early, late, provenance = pretrained_trunk()
-    views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads)
+    plan = TrunkPlan(photographs=scenes.TRAIN_PHOTOS if options.photo_views else ())
+    views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads, plan)
     cache_seconds = time.monotonic() - started
     targets = training_targets(y_train, VIEWS)
 
@@ -164,6 +165,7 @@ def train_classifier(
         "trunk": "EfficientNet-Lite0, ImageNet weights",
         "frozen_blocks": SPLIT_AT,
         "views_per_image": VIEWS,
+        "photo_views": list(plan.photographs),
         "batch_size": batch,
         "epochs_planned": epochs,
         "max_minutes": minutes,
