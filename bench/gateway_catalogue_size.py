@@ -86,12 +86,9 @@ def build_store(
     try:
         index.ensure_collection(points.shape[1], EmbedderIdentity(model=spec.name, version=spec.version))
         for start in range(0, len(points), UPSERT_BATCH):
-            stop = start + UPSERT_BATCH
+            rows = range(start, min(start + UPSERT_BATCH, len(points)))
             index.upsert(
-                [
-                    StoredPoint(id=int(pid), vector=vector, payload=stored[int(source)])
-                    for pid, vector, source in zip(point_ids[start:stop], points[start:stop], sources[start:stop])
-                ]
+                [StoredPoint(id=int(point_ids[k]), vector=points[k], payload=stored[int(sources[k])]) for k in rows]
             )
         index.optimize()
         return index.count(), time.perf_counter() - started
