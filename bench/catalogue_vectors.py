@@ -15,19 +15,36 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from fashionsearch.catalogue import FILTER_FIELDS, stored_payload  # noqa: E402
 from fashionsearch.images import decode_image  # noqa: E402
 from fashionsearch.onnx_model import OnnxModel  # noqa: E402
 from services.embedder.model import OnnxEmbedder  # noqa: E402
 
+if TYPE_CHECKING:
+    from training import data
+
 DEFAULT_DATA = Path(os.environ.get("FASHIONSEARCH_DATA", REPO_ROOT.parent / "shared/data/fashion-product-images-small"))
 CACHE = REPO_ROOT / ".cache" / "catalogue-vectors"
 BATCH = 64
+
+
+def dataset_payloads(dataset: data.Dataset) -> dict[int, dict[str, object]]:
+    """Each product's stored payload, as the indexer writes it, by product id."""
+    out = {}
+    for k, pid in enumerate(dataset.ids.tolist()):
+        values = {f: str(dataset.labels[f][k]) for f in FILTER_FIELDS} | {
+            "name": str(dataset.labels["productDisplayName"][k]),
+            "image_ref": f"images/{pid}.jpg",
+        }
+        out[int(pid)] = stored_payload(values)
+    return out
 
 
 def cache_path(model_dir: Path) -> Path:

@@ -34,8 +34,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import grpc  # noqa: E402
 
-from bench.catalogue_vectors import load_or_embed  # noqa: E402
-from fashionsearch.catalogue import FILTER_FIELDS, stored_payload  # noqa: E402
+from bench.catalogue_vectors import dataset_payloads, load_or_embed  # noqa: E402
+from bench.store_search import points_around  # noqa: E402
 from fashionsearch.model_contract import ModelSpec  # noqa: E402
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog  # noqa: E402
 from fashionsearch.v1 import gateway_pb2, gateway_pb2_grpc  # noqa: E402
@@ -49,31 +49,14 @@ TIMEOUT_S = 30
 UPSERT_BATCH = 1000
 
 
-def payloads(dataset: data.Dataset) -> dict[int, dict[str, object]]:
-    """Each product's stored payload, as the indexer writes it."""
-    out = {}
-    for k, pid in enumerate(dataset.ids.tolist()):
-        values = {f: str(dataset.labels[f][k]) for f in FILTER_FIELDS} | {
-            "name": str(dataset.labels["productDisplayName"][k]),
-            "image_ref": f"images/{pid}.jpg",
-        }
-        out[int(pid)] = stored_payload(values)
-    return out
-
-
 def catalogue(size: int, ids: np.ndarray, vectors: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(point ids, vectors, the dataset id whose payload each point carries): the first `size` real points, or all
-    of them and synthetic ones around them (noise at a tenth of the typical distance between products)."""
+    of them and synthetic ones around them (bench/store_search.py's)."""
     if size <= len(ids):
         return ids[:size], vectors[:size], ids[:size]
-    rng = np.random.default_rng(seed)
-    sample = vectors[rng.integers(0, len(vectors), 2000)]
-    scale = 0.1 * float(np.median(np.linalg.norm(sample[:, None, :] - sample[None, :200, :], axis=2)))
-    picks = rng.integers(0, len(ids), size - len(ids))
-    noise = rng.normal(scale=scale / np.sqrt(vectors.shape[1]), size=(len(picks), vectors.shape[1]))
-    synthetic = (vectors[picks] + noise).astype(np.float32)
-    point_ids = np.concatenate([ids, SYNTHETIC_ID_BASE + np.arange(len(picks))])
-    return point_ids, np.concatenate([vectors, synthetic]), np.concatenate([ids, ids[picks]])
+    points, picks = points_around(vectors, size, np.random.default_rng(seed))
+    point_ids = np.concatenate([ids, SYNTHETIC_ID_BASE + np.arange(size - len(ids))])
+    return point_ids, points, ids[picks]
 
 
 def build_store(
@@ -152,7 +135,7 @@ def main() -> int:
         photos.append(buffer.getvalue())
     embedder_dir = args.models / "embedder"
     ids, vectors, _ = load_or_embed(args.data, embedder_dir)
-    stored = payloads(dataset)
+    stored = dataset_payloads(dataset)
     keep = np.asarray([int(i) in stored for i in ids])
     ids, vectors = ids[keep], vectors[keep].astype(np.float32)
     spec = ModelSpec.load(embedder_dir)

@@ -38,8 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 import grpc  # noqa: E402
 
-from bench.catalogue_vectors import load_or_embed  # noqa: E402
-from fashionsearch.catalogue import FILTER_FIELDS, stored_payload  # noqa: E402
+from bench.catalogue_vectors import dataset_payloads, load_or_embed  # noqa: E402
 from fashionsearch.detection import box_iou  # noqa: E402
 from fashionsearch.model_contract import ModelSpec  # noqa: E402
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog  # noqa: E402
@@ -64,20 +63,14 @@ def build_store(root: Path, dataset: data.Dataset, data_dir: Path, embedder_dir:
     """The whole dataset in a Qdrant Edge store under root (the gateway's GATEWAY_DATA_DIR), written directly."""
     ids, vectors, _ = load_or_embed(data_dir, embedder_dir)
     spec = ModelSpec.load(embedder_dir)
-    row = {int(i): k for k, i in enumerate(dataset.ids)}
+    payloads = dataset_payloads(dataset)
     index = open_catalog(data_dir=root).live("catalogue")
     try:
         index.ensure_collection(vectors.shape[1], EmbedderIdentity(model=spec.name, version=spec.version))
         points = []
         for pid, vector in zip(ids.tolist(), vectors, strict=True):
-            k = row.get(int(pid))
-            if k is None:
-                continue
-            values = {f: str(dataset.labels[f][k]) for f in FILTER_FIELDS} | {
-                "name": str(dataset.labels["productDisplayName"][k]),
-                "image_ref": f"images/{pid}.jpg",
-            }
-            points.append(StoredPoint(id=int(pid), vector=vector, payload=stored_payload(values)))
+            if int(pid) in payloads:
+                points.append(StoredPoint(id=int(pid), vector=vector, payload=payloads[int(pid)]))
         for start in range(0, len(points), 1000):
             index.upsert(points[start : start + 1000])
         index.optimize()

@@ -77,23 +77,30 @@ def seed_points(dim: int, rng: np.random.Generator, real: bool) -> tuple[np.ndar
     return vectors.astype(np.float32), names[picks], "clustered synthetic vectors"
 
 
+def points_around(base: np.ndarray, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`n` points: `base` itself, then synthetic points around its rows; and the row of `base` each was made from."""
+    dim = base.shape[1]
+    # Noise at the scale of each seed point's neighbourhood: the mean distance to a sample of 2,000 points,
+    # scaled down, so a synthetic point lies among the real ones of its kind rather than in empty space.
+    sample = base[rng.integers(0, len(base), 2000)]
+    scale = 0.1 * float(np.median(np.linalg.norm(base[:2000, None, :] - sample[None, :200, :], axis=2)))
+    picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), n - len(base))])
+    vectors = np.empty((n, dim), np.float32)
+    for start in range(0, n, 1_000_000):
+        rows = picks[start : start + 1_000_000]
+        noise = rng.normal(scale=scale / np.sqrt(dim), size=(len(rows), dim)).astype(np.float32)
+        noise[: max(0, len(base) - start)] = 0.0  # the real points themselves
+        vectors[start : start + len(rows)] = base[rows] + noise
+    return vectors, picks
+
+
 def make_catalogue(n: int, dim: int, seed: int, real: bool) -> tuple[np.ndarray, np.ndarray, str]:
     rng = np.random.default_rng(seed)
     base, categories, source = seed_points(dim, rng, real)
     if n <= len(base):
         vectors, cats = base[:n].copy(), categories[:n].copy()
     else:
-        # Noise at the scale of each seed point's neighbourhood: the mean distance to a sample of 2,000 points,
-        # scaled down, so a synthetic point lies among the real ones of its kind rather than in empty space.
-        sample = base[rng.integers(0, len(base), 2000)]
-        scale = 0.1 * float(np.median(np.linalg.norm(base[:2000, None, :] - sample[None, :200, :], axis=2)))
-        picks = np.concatenate([np.arange(len(base)), rng.integers(0, len(base), n - len(base))])
-        vectors = np.empty((n, dim), np.float32)
-        for start in range(0, n, 1_000_000):
-            rows = picks[start : start + 1_000_000]
-            noise = rng.normal(scale=scale / np.sqrt(dim), size=(len(rows), dim)).astype(np.float32)
-            noise[: max(0, len(base) - start)] = 0.0  # the real points themselves
-            vectors[start : start + len(rows)] = base[rows] + noise
+        vectors, picks = points_around(base, n, rng)
         cats = categories[picks]
     cats = cats.astype(object)
     cats[rng.choice(n, RARE_COUNT, replace=False)] = RARE
