@@ -292,7 +292,18 @@ def main() -> int:
         help="two stacks, both batching: the models as they are (float, a classifier and an embedder call per"
         " search) and one pass with *_PRECISION=auto (issue 30); each against its own limit",
     )
+    parser.add_argument(
+        "--one-pass-variant",
+        action="append",
+        default=[],
+        metavar="LABEL:VAR=VALUE[,VAR=VALUE]",
+        help="with --compare-one-pass, one more one-pass stack with these settings on top (repeatable), e.g."
+        " 'two in flight:GATEWAY_BATCH_IN_FLIGHT=2,CLASSIFIER_MAX_CONCURRENT_BATCHES=2'",
+    )
     args = parser.parse_args()
+    if args.one_pass_variant and not args.compare_one_pass:
+        parser.error("--one-pass-variant needs --compare-one-pass")
+    variants = [parse_variant(parser, text) for text in args.one_pass_variant]
     check_client()
 
     model_dirs = {"classifier": args.classifier_model_dir, "embedder": args.embedder_model_dir}
@@ -321,6 +332,9 @@ def main() -> int:
             "one pass, auto": {**batching, **ONE_PASS_AUTO},
         }
         files = {"float, two calls": served_files(model_dirs), "one pass, auto": served_files(model_dirs, True)}
+        for label, settings in variants:
+            modes[f"one pass, auto, {label}"] = {**batching, **ONE_PASS_AUTO, **settings}
+            files[f"one pass, auto, {label}"] = served_files(model_dirs, True)
 
     load_before = os.getloadavg()
     print("measuring the limit (no RPC) ...", file=sys.stderr, flush=True)
@@ -399,6 +413,15 @@ def main() -> int:
     load_after = os.getloadavg()
     report(args, identities, load_before, load_after, limits, files, bare, rows, hops, rss, client_cpu)
     return 0
+
+
+def parse_variant(parser: argparse.ArgumentParser, text: str) -> tuple[str, dict[str, str]]:
+    """'LABEL:VAR=VALUE,VAR=VALUE' -> (label, settings); a malformed one stops the bench with a usage error."""
+    label, _, pairs = text.partition(":")
+    settings = dict(pair.split("=", 1) for pair in pairs.split(",") if "=" in pair)
+    if not label or not settings or len(settings) != len(pairs.split(",")):
+        parser.error(f"--one-pass-variant {text!r}: expected LABEL:VAR=VALUE[,VAR=VALUE]")
+    return label, settings
 
 
 def report(args, identities, load_before, load_after, limits, files, bare, rows, hops, rss, client_cpu):

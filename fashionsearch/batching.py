@@ -7,8 +7,10 @@ way Triton's dynamic batcher does:
     batcher = DynamicBatcher(run_batch, BatchPolicy(max_size=32, max_delay_ms=2), name="classifier")
     result = await batcher.submit(prepare)     # prepare(): decode + preprocess one request, in a worker thread
 
-Each request is prepared (decoded, preprocessed) on its own in a worker thread, then queued. One batch at a time
-runs on a dedicated inference thread: it takes what is queued, up to `max_size`. Before starting it waits for the
+Each request is prepared (decoded, preprocessed) on its own in a worker thread, then queued. A batch runs on a
+dedicated inference thread (`in_flight` batches at once, each on its own thread: 1 by default, more where one
+batch's work leaves cores idle, e.g. the gateway's batch calls to a model service that runs two of them at once): it
+takes what is queued, up to `max_size`. Before starting it waits for the
 requests that are still being prepared, but never longer than `max_delay_ms` after its first request was queued
 and never for requests that have not arrived: a lone request starts at once, so batching costs a request at
 concurrency 1 nothing but a thread hop, and under load the queue fills while the previous batch runs.
@@ -59,12 +61,16 @@ class BatchPolicy:
     max_size: int = 32
     #: How long a batch may wait for requests still being prepared; 0 turns batching off.
     max_delay_ms: float = 0.0
+    #: Batches running at once; the next batch forms from what is queued as soon as one of them is free.
+    in_flight: int = 1
 
     def __post_init__(self) -> None:
         if self.max_size < 1:
             raise ValueError(f"max_size must be at least 1, got {self.max_size}")
         if self.max_delay_ms < 0:
             raise ValueError(f"max_delay_ms must not be negative, got {self.max_delay_ms}")
+        if self.in_flight < 1:
+            raise ValueError(f"in_flight must be at least 1, got {self.in_flight}")
 
     @property
     def enabled(self) -> bool:
@@ -131,7 +137,8 @@ class DynamicBatcher(Generic[In, Out]):
         self._preparing = 0
         self._wake = asyncio.Event()
         self._worker: asyncio.Task[None] | None = None
-        # One thread runs the model: batches never compete with each other, nor wait behind decodes in the
+        self._running: set[asyncio.Task[None]] = set()
+        # Threads of their own run the model (one per batch in flight): batches never wait behind decodes in the
         # default executor.
         self._executor: ThreadPoolExecutor | None = None
 
@@ -188,14 +195,26 @@ class DynamicBatcher(Generic[In, Out]):
     def _ensure_worker(self) -> None:
         if self._worker is None or self._worker.done():
             if self._executor is None and not self._on_loop:
-                self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"{self.name}-batch")
+                self._executor = ThreadPoolExecutor(
+                    max_workers=self.policy.in_flight, thread_name_prefix=f"{self.name}-batch"
+                )
             self._worker = asyncio.get_running_loop().create_task(self._work(), name=f"{self.name} batcher")
+
+    @property
+    def running(self) -> int:
+        """Batches running now (at most `policy.in_flight`)."""
+        return len(self._running)
 
     async def _work(self) -> None:
         while True:
+            if len(self._running) >= self.policy.in_flight:
+                await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+                continue
             batch = await self._next_batch()
             if batch:
-                await self._run(batch)
+                task = asyncio.get_running_loop().create_task(self._run(batch), name=f"{self.name} batch")
+                self._running.add(task)
+                task.add_done_callback(self._running.discard)
 
     async def _next_batch(self) -> list[_Queued[In, Out]]:
         """Wait until a batch should start, then take it from the queue (cancelled requests are left out)."""
@@ -251,14 +270,17 @@ class DynamicBatcher(Generic[In, Out]):
                 _settle(queued.future, result=output)
 
     async def close(self) -> None:
-        """Stop the worker and its thread (after the server stopped: nothing is queued then). Idempotent."""
-        if self._worker is not None:
-            self._worker.cancel()
+        """Stop the worker, its batches and their threads (after the server stopped: nothing is queued then).
+        Idempotent."""
+        tasks = [self._worker, *self._running] if self._worker is not None else list(self._running)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._worker
+                await task
             except asyncio.CancelledError:
                 pass
-            self._worker = None
+        self._worker = None
         for queued in self._queue:
             queued.future.cancel()
         self._queue.clear()

@@ -83,6 +83,7 @@ def bootstrap(
             top_k=settings.attribute_top_k,
             with_embedding=settings.one_pass,
             batch_max_size=settings.batch_max_size,
+            batch_in_flight=settings.batch_in_flight,
             max_message_bytes=max_message_bytes(settings),
         )
         batchers.append(classifier.batching)
@@ -94,6 +95,7 @@ def bootstrap(
             timeout_s=settings.embed_timeout_s,
             batch_timeout_s=settings.embed_batch_timeout_s,
             batch_max_size=settings.batch_max_size,
+            batch_in_flight=settings.batch_in_flight,
             max_message_bytes=max_message_bytes(settings),
         )
         batchers.append(embedder.batching)

@@ -133,10 +133,11 @@ class CallBatcher(Generic[T]):
         max_message_bytes: int,
         timeout_s: float,
         peer: str,
+        in_flight: int = 1,
     ) -> None:
         self._send = send
         self._batcher: DynamicBatcher[tuple[bytes, float, str | None], T] = DynamicBatcher(
-            self._run, BatchPolicy(max_size), name=f"gateway to {peer}"
+            self._run, BatchPolicy(max_size, in_flight=in_flight), name=f"gateway to {peer}"
         )
         #: Larger images go alone, so a full batch always fits in one message.
         self._max_image_bytes = max_message_bytes // max_size if max_size > 1 else -1
@@ -204,6 +205,7 @@ class GrpcClassifier:
         batch_timeout_s: float | None = None,
         top_k: int = 3,
         batch_max_size: int = 1,
+        batch_in_flight: int = 1,
         max_message_bytes: int = 4 * 1024 * 1024,
         with_embedding: bool = False,
     ) -> None:
@@ -214,7 +216,9 @@ class GrpcClassifier:
         self._max_message_bytes = max_message_bytes
         self._with_embedding = with_embedding
         self._model: ModelId | None = None
-        self.batching = CallBatcher(self._classify_batch, batch_max_size, max_message_bytes, timeout_s, "classifier")
+        self.batching = CallBatcher(
+            self._classify_batch, batch_max_size, max_message_bytes, timeout_s, "classifier", batch_in_flight
+        )
 
     async def classify(self, image: bytes) -> Classification:
         if self.batching.takes(image):
@@ -298,6 +302,7 @@ class GrpcEmbedder:
         timeout_s: float,
         batch_timeout_s: float | None = None,
         batch_max_size: int = 1,
+        batch_in_flight: int = 1,
         max_message_bytes: int = 4 * 1024 * 1024,
     ) -> None:
         """`max_message_bytes`: the channel's message limit; a batch is sent in as many calls as fit in it."""
@@ -306,7 +311,9 @@ class GrpcEmbedder:
         self._batch_timeout_s = batch_timeout_s or timeout_s
         self._max_message_bytes = max_message_bytes
         self._model: ModelId | None = None
-        self.batching = CallBatcher(self._embed_many, batch_max_size, max_message_bytes, timeout_s, "embedder")
+        self.batching = CallBatcher(
+            self._embed_many, batch_max_size, max_message_bytes, timeout_s, "embedder", batch_in_flight
+        )
 
     async def embed(self, image: bytes) -> Embedding:
         if self.batching.takes(image):

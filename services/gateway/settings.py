@@ -40,6 +40,10 @@ class Settings:
     #: Concurrent searches' Classify / Embed calls sent together as one batch call of up to this many images
     #: (services/gateway/clients.py); 1 sends each alone. At most the model services' *_MAX_BATCH.
     batch_max_size: int = 32
+    #: Batch calls to each model service in flight at once (GATEWAY_BATCH_IN_FLIGHT). With one pass the
+    #: classifier does a search's model work alone; two calls in flight let it use two cores when it runs two
+    #: batches at once (CLASSIFIER_MAX_CONCURRENT_BATCHES), measured in bench/README.md.
+    batch_in_flight: int = 1
     default_top_k: int = Limits.default_top_k
     max_top_k: int = Limits.max_top_k
     attribute_top_k: int = 3
@@ -183,6 +187,7 @@ class Settings:
             detect_timeout_s=env.get_float("DETECT_TIMEOUT_S", cls.detect_timeout_s, min=0.01, max=600),
             store_timeout_s=env.get_float("STORE_TIMEOUT_S", cls.store_timeout_s, min=0.01, max=600),
             batch_max_size=env.get_int("BATCH_MAX_SIZE", cls.batch_max_size, min=1, max=1024),
+            batch_in_flight=env.get_int("BATCH_IN_FLIGHT", cls.batch_in_flight, min=1, max=16),
             one_pass=env.get_bool("ONE_PASS", cls.one_pass),
             default_top_k=default_top_k,
             max_top_k=max_top_k,

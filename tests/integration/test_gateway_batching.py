@@ -49,11 +49,19 @@ def labels(classification) -> list[tuple[str, str]]:  # type: ignore[no-untyped-
 
 
 def with_gated_classifier(
-    classifier_dir: Path, body: Callable[[GatedBatches, grpc.aio.Channel], Awaitable[None]]
+    classifier_dir: Path,
+    body: Callable[[GatedBatches, grpc.aio.Channel], Awaitable[None]],
+    max_concurrent_batches: int = 1,
 ) -> None:
     """Run `body(model, channel)` against a classifier server of its own whose model is gated."""
     model = GatedBatches(OnnxClassifier.from_dir(classifier_dir))
-    settings = ClassifierSettings(port=0, host="127.0.0.1", model_dir=classifier_dir, grace_s=0.5)
+    settings = ClassifierSettings(
+        port=0,
+        host="127.0.0.1",
+        model_dir=classifier_dir,
+        grace_s=0.5,
+        max_concurrent_batches=max_concurrent_batches,
+    )
 
     async def scenario() -> None:
         running = await start_classifier(settings, model)  # type: ignore[arg-type]
@@ -92,6 +100,31 @@ def test_queued_calls_go_out_as_one_batch_call_and_a_bad_image_fails_alone(class
         await batched.batching.close()
 
     with_gated_classifier(classifier_dir, scenario)
+
+
+def test_two_batch_calls_in_flight_run_in_the_classifier_at_once_and_the_rest_queue(classifier_dir: Path) -> None:
+    """GATEWAY_BATCH_IN_FLIGHT=2 with CLASSIFIER_MAX_CONCURRENT_BATCHES=2: a second batch call reaches the model
+    while the first is held there; the calls after them queue in the client and go out as one batch."""
+    images = [jpeg(c) for c in COLOURS]
+
+    async def scenario(model: GatedBatches, channel: grpc.aio.Channel) -> None:
+        client = GrpcClassifier(
+            channel, timeout_s=DEADLINE_S, batch_max_size=16, batch_in_flight=2, max_message_bytes=MESSAGE_BYTES
+        )
+        model.gate.clear()
+        model.batches.clear()
+        first = asyncio.ensure_future(client.classify(jpeg("black")))
+        await until(lambda: model.batches == [1], "the first call held in the model")
+        second = asyncio.ensure_future(client.classify(jpeg("white")))
+        await until(lambda: model.batches == [1, 1], "a second batch call in the model at the same time")
+        queued = [asyncio.ensure_future(client.classify(image)) for image in images]
+        await until(lambda: client.batching.queued == len(images), "the rest queued behind the two in flight")
+        model.gate.set()
+        await asyncio.gather(first, second, *queued)
+        assert model.batches == [1, 1, len(images)], model.batches
+        await client.batching.close()
+
+    with_gated_classifier(classifier_dir, scenario, max_concurrent_batches=2)
 
 
 def test_a_queued_call_keeps_its_own_deadline(classifier_dir: Path) -> None:

@@ -289,3 +289,82 @@ def test_a_coroutine_batch_call_takes_what_queued_while_it_ran_and_item_errors_f
         await runner.close()
 
     asyncio.run(scenario())
+
+
+def test_with_two_in_flight_a_second_batch_starts_while_the_first_runs_and_a_third_waits() -> None:
+    """in_flight 2 (the gateway's calls to a classifier that runs two batches at once): the second call goes out
+    while the first is inside the model; further calls queue until one of the two returns, then go as one batch."""
+
+    async def scenario() -> None:
+        release = {1: asyncio.Event(), 2: asyncio.Event(), 3: asyncio.Event()}
+        batches: list[list[int]] = []
+
+        async def call(items: list[int]) -> list[int]:
+            batches.append(items)
+            await release[items[0]].wait()
+            return [i * 10 for i in items]
+
+        runner: DynamicBatcher[int, int] = DynamicBatcher(call, BatchPolicy(8, in_flight=2), name="rpc")
+        first = asyncio.ensure_future(runner.submit_ready(1))
+        await until(lambda: batches == [[1]], "the first call going at once")
+        second = asyncio.ensure_future(runner.submit_ready(2))
+        await until(lambda: batches == [[1], [2]], "the second call going while the first runs")
+        assert runner.running == 2
+        later = [asyncio.ensure_future(runner.submit_ready(i)) for i in (3, 4, 5)]
+        await until(lambda: runner.queued == 3, "three queued while two batches run")
+        assert batches == [[1], [2]]
+        release[2].set()  # the second returns first: the queued three go together
+        assert await second == 20
+        await until(lambda: batches == [[1], [2], [3, 4, 5]], "the queued calls going as one batch")
+        release[3].set()
+        assert await asyncio.gather(*later) == [30, 40, 50]
+        assert not first.done()
+        release[1].set()
+        assert await first == 10
+        assert runner.stats.batches == 3
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_two_batches_in_flight_run_on_two_threads_and_close_cancels_both() -> None:
+    async def scenario() -> None:
+        both_inside = threading.Barrier(2, timeout=DEADLINE_S)
+        gate = threading.Event()
+        threads: set[str] = set()
+
+        def run(items: list[int]) -> list[int]:
+            threads.add(threading.current_thread().name)
+            both_inside.wait()  # only returns when two batches are inside the model at once
+            assert gate.wait(DEADLINE_S)
+            return [i * 10 for i in items]
+
+        runner: DynamicBatcher[int, int] = DynamicBatcher(run, BatchPolicy(8, 200, in_flight=2), name="two")
+        calls = [asyncio.ensure_future(runner.submit(lambda: 1))]
+        await until(lambda: len(threads) == 1, "the first batch inside the model")
+        calls.append(asyncio.ensure_future(runner.submit(lambda: 2)))
+        await until(lambda: len(threads) == 2, "a second batch inside the model at once, on a second thread")
+        gate.set()
+        assert sorted(await asyncio.gather(*calls)) == [10, 20]
+        held = asyncio.Event()
+
+        async def hold(items: list[int]) -> list[int]:
+            await held.wait()
+            return items
+
+        pending: DynamicBatcher[int, int] = DynamicBatcher(hold, BatchPolicy(8, in_flight=2), name="held")
+        waiting = [asyncio.ensure_future(pending.submit_ready(1))]
+        await until(lambda: pending.running == 1, "a batch running")
+        waiting.append(asyncio.ensure_future(pending.submit_ready(2)))
+        await until(lambda: pending.running == 2, "two batches running")
+        await pending.close()
+        outcomes = await asyncio.gather(*waiting, return_exceptions=True)
+        assert all(isinstance(outcome, asyncio.CancelledError) for outcome in outcomes) and pending.running == 0
+        await runner.close()
+
+    asyncio.run(scenario())
+
+
+def test_in_flight_must_be_at_least_one() -> None:
+    with pytest.raises(ValueError, match="in_flight"):
+        BatchPolicy(in_flight=0)
