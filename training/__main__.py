@@ -247,7 +247,9 @@ def render_reports(folders: list[Path], models: Path, robustness_file: Path) -> 
         spec = json.loads(model_json.read_text()) if model_json.is_file() else {}
         if results is not None and spec.get("kind") in ("classifier", "embedder"):
             identity = f"{spec['name']}:{spec['version']}"
-            section = robustness.model_section(results, identity, spec["kind"])
+            source = robustness_file.with_suffix(".md")
+            shown = source.relative_to(data.REPO_ROOT) if source.is_relative_to(data.REPO_ROOT) else source
+            section = robustness.model_section(results, identity, spec["kind"], source=str(shown))
             if section is not None:
                 summary = "summary-against-the-targets-test-split"
                 if document.get(summary) is not None:

@@ -450,7 +450,7 @@ def embedder_summary(
 
 def side_by_side(models: Path, reports: Path, threads: int) -> Section:
     """The served pair (the teacher) against its distilled student (models/*-student), from their model.json test
-    metrics, the robustness table (reports/robustness/README.json, pairs named "lite" and "student") and their
+    metrics, the robustness table (reports/robustness/README.json, the pairs holding their classifiers) and their
     speed measured here, one after the other."""
     pairs = {"teacher": ("classifier", "embedder"), "student": ("classifier-student", "embedder-student")}
     specs = {who: [ModelSpec.load(models / name) for name in names] for who, names in pairs.items()}
@@ -474,10 +474,13 @@ def side_by_side(models: Path, reports: Path, threads: int) -> Section:
                 for w in pairs
             )
         )
+    # Each pair's rows by the classifier it measured, so a table of an earlier served version is never shown as
+    # this one's (n/a until the robustness command is run again with the served pair).
+    measured = {pair["classifier"]: pair.get("rows", {}) for pair in robust.values()}
     for key, label in (("articleType", "articleType"), ("masterCategory", "masterCategory"), ("p@5", "P@5")):
         cells = []
-        for name in ("lite", "student"):
-            table = robust.get(name, {}).get("rows", {})
+        for who in pairs:
+            table = measured.get(str(specs[who][0].identity), {})
             losses = [100 * (r[key] - table["clean/0"][key]) for k, r in table.items() if k != "clean/0"]
             cells.append(f"{min(losses):+.1f}" if losses else "n/a")
         rows.append((f"largest loss on a shifted photo, {label} (points)", *cells))

@@ -319,7 +319,9 @@ def report(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> Repor
     return Report(results.get("title", "Robustness of the served models to shoppers' photos"), [section])
 
 
-def model_section(results: Mapping[str, Any], identity: str, kind: str) -> Section | None:
+def model_section(
+    results: Mapping[str, Any], identity: str, kind: str, source: str = "reports/robustness/README.md"
+) -> Section | None:
     """The robustness table of one model (`identity` "name:version", a classifier or an embedder) for its own
     report: its pair's rows of `results` (what `measure` wrote, reports/robustness/README.json), the classifier's
     articleType and masterCategory accuracy or the embedder's precision@5; None when no pair has the model."""
@@ -350,7 +352,7 @@ def model_section(results: Mapping[str, Any], identity: str, kind: str) -> Secti
         f"{results['images']} {results['split']} photos (a fixed sample), each changed one way at a time, {measured}"
         + (f" against the clean training split ({results['catalogue']} packshots)" if role == "embedder" else "")
         + f'; in brackets the change against the clean photo. Measured as the pair "{name}" ({pair["classifier"]} '
-        f"+ {pair['embedder']}); every pair side by side: reports/robustness/README.md."
+        f"+ {pair['embedder']}); every pair side by side: {source}."
     )
     section.table(["family", "shift", *(label for _, label in columns)], rows)
     goals = {metric: MAX_DROP.get(metric) for metric, _ in columns}
