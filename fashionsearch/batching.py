@@ -10,10 +10,10 @@ way Triton's dynamic batcher does:
 Each request is prepared (decoded, preprocessed) on its own in a worker thread, then queued. A batch runs on a
 dedicated inference thread (`in_flight` batches at once, each on its own thread: 1 by default, more where one
 batch's work leaves cores idle, e.g. the gateway's batch calls to a model service that runs two of them at once): it
-takes what is queued, up to `max_size`. Before starting it waits for the
-requests that are still being prepared, but never longer than `max_delay_ms` after its first request was queued
-and never for requests that have not arrived: a lone request starts at once, so batching costs a request at
-concurrency 1 nothing but a thread hop, and under load the queue fills while the previous batch runs.
+takes what is queued, up to `max_size`. Before starting it waits for the requests that are still being prepared,
+but never longer than `max_delay_ms` after its first request was queued and never for requests that have not
+arrived: a lone request starts at once, so batching costs a request at concurrency 1 nothing but a thread hop, and
+under load the queue fills while the previous batch runs.
 
 Per request: a request whose RPC is cancelled (a client cancel or its deadline; grpc.aio cancels the handler)
 leaves the queue and never reaches the model; if its batch already runs, its row is computed and dropped. A
@@ -272,7 +272,7 @@ class DynamicBatcher(Generic[In, Out]):
     async def close(self) -> None:
         """Stop the worker, its batches and their threads (after the server stopped: nothing is queued then).
         Idempotent."""
-        tasks = [self._worker, *self._running] if self._worker is not None else list(self._running)
+        tasks = [task for task in (self._worker, *self._running) if task is not None]
         for task in tasks:
             task.cancel()
         for task in tasks:

@@ -480,7 +480,7 @@ def side_by_side(models: Path, reports: Path, threads: int) -> Section:
     for key, label in (("articleType", "articleType"), ("masterCategory", "masterCategory"), ("p@5", "P@5")):
         cells = []
         for who in pairs:
-            table = measured.get(str(specs[who][0].identity), {})
+            table = measured.get(specs[who][0].identity, {})
             losses = [100 * (r[key] - table["clean/0"][key]) for k, r in table.items() if k != "clean/0"]
             cells.append(f"{min(losses):+.1f}" if losses else "n/a")
         rows.append((f"largest loss on a shifted photo, {label} (points)", *cells))
