@@ -15,6 +15,7 @@ bench/catalogue_vectors.py's cache), then, from this process over gRPC on loopba
   the predicted attributes and precision@5 of the hits' articleType.
 
     python bench/outfit_search.py [--scenes 200] [--singles 200] [--runs 40] [--detector models/detector]
+        [--outfit-flip-test on|off]
 """
 
 from __future__ import annotations
@@ -176,6 +177,13 @@ def main() -> int:
     parser.add_argument("--singles", type=int, default=200, help="single-product photos of each kind")
     parser.add_argument("--runs", type=int, default=40, help="timed SearchOutfit calls for the p50")
     parser.add_argument(
+        "--outfit-flip-test",
+        choices=("on", "off"),
+        default="on",
+        help="the gateway's GATEWAY_OUTFIT_FLIP_TEST (on, its default: SearchOutfit reads the photo and each cut-out "
+        "as they are and mirrored)",
+    )
+    parser.add_argument(
         "--no-photographs",
         action="store_true",
         help="textures only as backgrounds (where scikit-learn, whose wheel holds the held-out photograph, is missing)",
@@ -220,7 +228,10 @@ def main() -> int:
             embedder_model_dir=args.models / "embedder",
             detector_model_dir=args.detector,
             detector=True,
-            gateway_env={"GATEWAY_LOG_LEVEL": "WARNING"},
+            gateway_env={
+                "GATEWAY_LOG_LEVEL": "WARNING",
+                "GATEWAY_OUTFIT_FLIP_TEST": str(args.outfit_flip_test == "on").lower(),
+            },
         )
         stack.start()
         try:
@@ -247,8 +258,9 @@ def main() -> int:
             stack.stop()
 
     print(
-        f"\ndetector {detector.detector_model.name}:{detector.detector_model.version}, classifier and embedder from "
-        f"{args.models}, {count} products indexed; one client on loopback, one call at a time\n"
+        f"\ndetector {detector.detector_model.name}:{detector.detector_model.version} ({args.detector}), classifier "
+        f"and embedder from {args.models}, {count} products indexed, outfit flip test {args.outfit_flip_test}; one "
+        "client on loopback, one call at a time\n"
     )
     print("| SearchOutfit, 600x800 JPEG, 3 products | p50 ms | p95 ms | runs |")
     print("| --- | --- | --- | --- |")

@@ -153,7 +153,7 @@ DETECTOR_MODEL = ModelId("fake-detector", "d1", "dd")
 
 class FakeDetector:
     """Answers the detections it is given, for a photo of `size`, or raises `failure` (a detector down or slow);
-    records the photos it was asked about."""
+    records the photos it was asked about and the flip test each call asked for."""
 
     def __init__(
         self,
@@ -165,9 +165,11 @@ class FakeDetector:
         self.size = size
         self.failure = failure
         self.photos: list[bytes] = []
+        self.flip_tests: list[bool | None] = []
 
-    async def detect(self, data: bytes) -> FoundProducts:
+    async def detect(self, data: bytes, flip_test: bool | None = None) -> FoundProducts:
         self.photos.append(data)
+        self.flip_tests.append(flip_test)
         await asyncio.sleep(0)
         if self.failure is not None:
             raise self.failure

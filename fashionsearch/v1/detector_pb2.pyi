@@ -28,10 +28,12 @@ class Detections(_message.Message):
     def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("image",)
+    __slots__ = ("image", "flip_test")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
+    FLIP_TEST_FIELD_NUMBER: _ClassVar[int]
     image: bytes
-    def __init__(self, image: _Optional[bytes] = ...) -> None: ...
+    flip_test: bool
+    def __init__(self, image: _Optional[bytes] = ..., flip_test: _Optional[bool] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
     __slots__ = ("detections", "model")
@@ -42,10 +44,12 @@ class DetectResponse(_message.Message):
     def __init__(self, detections: _Optional[_Union[Detections, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ...) -> None: ...
 
 class DetectBatchRequest(_message.Message):
-    __slots__ = ("images",)
+    __slots__ = ("images", "flip_test")
     IMAGES_FIELD_NUMBER: _ClassVar[int]
+    FLIP_TEST_FIELD_NUMBER: _ClassVar[int]
     images: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, images: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    flip_test: bool
+    def __init__(self, images: _Optional[_Iterable[bytes]] = ..., flip_test: _Optional[bool] = ...) -> None: ...
 
 class DetectResult(_message.Message):
     __slots__ = ("detections", "error")

@@ -23,15 +23,18 @@ class Detector(Protocol):
         """(width, height) the model sees; lets the decoder skip pixels it would throw away."""
         ...
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
-        """Detect in RGB images (uint8 HxWx3) in one model call; per image its detections, in that image's pixels."""
+    def detect(self, images: Sequence[np.ndarray], flip_test: bool | None = None) -> list[list[Detection]]:
+        """Detect in RGB images (uint8 HxWx3) in one model call; per image its detections, in that image's pixels.
+        `flip_test`: with the flip test or without; None: the detector's setting."""
         ...
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
         """One RGB image (uint8 HxWx3) -> its model input row, for detect_prepared."""
         ...
 
-    def detect_prepared(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
+    def detect_prepared(
+        self, batch: np.ndarray, sizes: Sequence[tuple[int, int]], flip_test: bool | None = None
+    ) -> list[list[Detection]]:
         """Detect in a stack of prepare() rows in one model call; `sizes` are the images' (width, height)."""
         ...
 
@@ -48,7 +51,7 @@ class OnnxDetector(OnnxAdapter):
             raise ValueError(f"{model.spec.identity} is a {model.spec.kind}, not a detector")
         super().__init__(model)
         #: Each photo and its mirror image in one model run, their maps averaged (DETECTOR_FLIP_TEST); model.json's
-        #: choice until the service sets it.
+        #: choice until the service sets it. A call may choose otherwise (DetectRequest.flip_test).
         self.flip_test = model.spec.detection.flip_test
 
     @property
@@ -62,17 +65,21 @@ class OnnxDetector(OnnxAdapter):
         assert self._model.spec.detection is not None  # guaranteed by ModelSpec validation
         return tuple(group.name for group in self._model.spec.detection.groups)
 
-    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+    def detect(self, images: Sequence[np.ndarray], flip_test: bool | None = None) -> list[list[Detection]]:
         if not images:
             return []
         sizes = [(image.shape[1], image.shape[0]) for image in images]
-        return self.detect_prepared(preprocess(images, self._model.spec.input), sizes)
+        return self.detect_prepared(preprocess(images, self._model.spec.input), sizes, flip_test)
 
-    def detect_prepared(self, batch: np.ndarray, sizes: Sequence[tuple[int, int]]) -> list[list[Detection]]:
+    def detect_prepared(
+        self, batch: np.ndarray, sizes: Sequence[tuple[int, int]], flip_test: bool | None = None
+    ) -> list[list[Detection]]:
         if len(batch) == 0:
             return []
-        return run_detector(self._model.run, batch, self._model.spec, sizes, flip_test=self.flip_test)
+        flip = self.flip_test if flip_test is None else flip_test
+        return run_detector(self._model.run, batch, self._model.spec, sizes, flip_test=flip)
 
     def warm_up(self, batch_size: int = 1) -> None:
-        # With the flip test the model sees twice the photos: take that memory before SERVING too.
-        super().warm_up(2 * batch_size if self.flip_test else batch_size)
+        # Any call may ask for the flip test, in which the model sees twice the photos: take that memory before
+        # SERVING too.
+        super().warm_up(2 * batch_size)

@@ -21,11 +21,13 @@ from services.detector.model import Detector
 
 @dataclass(frozen=True)
 class Prepared:
-    """One decoded image ready for the model: its input row, the size it was decoded at, and its full size."""
+    """One decoded image ready for the model: its input row, the size it was decoded at, its full size, and the
+    flip test its call asked for (None: the detector's setting)."""
 
     row: np.ndarray
     decoded_size: tuple[int, int]
     full_size: tuple[int, int]
+    flip_test: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -69,32 +71,38 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         # Concurrent Detect calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._detect_rows, batching, name="detector")
 
-    def _prepare(self, data: bytes) -> Prepared:
+    def _prepare(self, data: bytes, flip_test: bool | None = None) -> Prepared:
         # A large JPEG is decoded at a reduced scale (still twice the model's input); boxes are scaled back to the
         # photo's full size, the frame the caller knows.
         pixels = decode_pixels(data, self._limits, self._detector.input_size)
         decoded = (pixels.shape[1], pixels.shape[0])
-        return Prepared(self._detector.prepare(pixels), decoded, displayed_size(data))
+        return Prepared(self._detector.prepare(pixels), decoded, displayed_size(data), flip_test)
 
     def _detect_rows(self, rows: Sequence[Prepared]) -> list[Found]:
-        batch = np.stack([p.row for p in rows])
-        found = self._detector.detect_prepared(batch, [p.decoded_size for p in rows])
-        return [_full_size(detections, p) for detections, p in zip(found, rows, strict=True)]
+        """One model call per flip test mode among the rows (calls batched together may have asked for either)."""
+        found: dict[int, list[Detection]] = {}
+        for mode in dict.fromkeys(p.flip_test for p in rows):
+            mine = [k for k, p in enumerate(rows) if p.flip_test == mode]
+            batch = np.stack([rows[k].row for k in mine])
+            detections = self._detector.detect_prepared(batch, [rows[k].decoded_size for k in mine], mode)
+            found.update(zip(mine, detections, strict=True))
+        return [_full_size(found[k], p) for k, p in enumerate(rows)]
 
     @rpc_errors
     async def Detect(
         self, request: detector_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> detector_pb2.DetectResponse:
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
-        prepare = functools.partial(self._prepare, request.image)
+        flip_test = request.flip_test if request.HasField("flip_test") else None
+        prepare = functools.partial(self._prepare, request.image, flip_test)
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         return detector_pb2.DetectResponse(detections=to_proto(found), model=self._model_info)
 
-    def _detect_batch(self, images: list[bytes]) -> list[Found | InvalidArgument]:
+    def _detect_batch(self, images: list[bytes], flip_test: bool | None) -> list[Found | InvalidArgument]:
         prepared: list[Prepared | InvalidArgument] = []
         for data in images:
             try:
-                prepared.append(self._prepare(data))
+                prepared.append(self._prepare(data, flip_test))
             except InvalidArgument as bad:
                 prepared.append(bad)
         good = [p for p in prepared if isinstance(p, Prepared)]
@@ -108,7 +116,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         if len(request.images) > self._max_batch:
             raise InvalidArgument(f"a batch holds at most {self._max_batch} images, got {len(request.images)}")
         images = list(request.images)
-        outcomes = await self._batch_slots.run(functools.partial(self._detect_batch, images), images)
+        flip_test = request.flip_test if request.HasField("flip_test") else None
+        outcomes = await self._batch_slots.run(functools.partial(self._detect_batch, images, flip_test), images)
         results = [
             detector_pb2.DetectResult(error=common_pb2.ItemError(**item_error_fields(outcome)))
             if isinstance(outcome, InvalidArgument)

@@ -135,6 +135,7 @@ def bootstrap(
         detector=detector,
         compaction=compaction,
         one_pass=OnePass(settings.one_pass),
+        outfit_flip_test=settings.outfit_flip_test,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

@@ -92,7 +92,9 @@ class EmbedderPort(Protocol):
 class DetectorPort(Protocol):
     """Finds the products in one photo."""
 
-    async def detect(self, image: bytes) -> FoundProducts: ...
+    async def detect(self, image: bytes, flip_test: bool | None = None) -> FoundProducts:
+        """`flip_test`: ask for the detector's flip test (True), not (False), or its own setting (None)."""
+        ...
 
 
 _ITEM_ERRORS: dict[int, type[FashionSearchError]] = {
@@ -389,10 +391,12 @@ class GrpcDetector:
         self._stub = detector_pb2_grpc.DetectorStub(channel)
         self._timeout_s = timeout_s
 
-    async def detect(self, image: bytes) -> FoundProducts:
+    async def detect(self, image: bytes, flip_test: bool | None = None) -> FoundProducts:
         try:
             reply = await self._stub.Detect(
-                detector_pb2.DetectRequest(image=image), timeout=self._timeout_s, metadata=request_metadata()
+                detector_pb2.DetectRequest(image=image, flip_test=flip_test),
+                timeout=self._timeout_s,
+                metadata=request_metadata(),
             )
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, "the detector") from None

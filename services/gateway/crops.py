@@ -38,9 +38,13 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Photo:
     return Photo(image, displayed_size(data))
 
 
-def cut_out(photo: Photo, detections: Sequence[Detection]) -> list[bytes]:
-    """One encoded JPEG per detection, in order."""
-    return [_encode(main_product.cut_out(photo.image, detection, photo.size)) for detection in detections]
+def cut_out(photo: Photo, detections: Sequence[Detection], mirrored: bool = False) -> list[bytes]:
+    """One encoded JPEG per detection, in order; `mirrored`: followed by their mirror images, in the same order
+    (outfit search's flip test, services/gateway/flip_test.py)."""
+    cuts = [main_product.cut_out(photo.image, detection, photo.size) for detection in detections]
+    if mirrored:
+        cuts += [cut.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for cut in cuts]
+    return [_encode(cut) for cut in cuts]
 
 
 def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> bytes | None:

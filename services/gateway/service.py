@@ -54,7 +54,7 @@ from fashionsearch.store import (
 from fashionsearch.store.backup import BackupInfo, WriteJournal, backup_name, write_backup
 from fashionsearch.text_contract import check_query
 from fashionsearch.text_query import refine_vector
-from services.gateway import crops, words
+from services.gateway import crops, flip_test, words
 from services.gateway.clients import ClassifierPort, DetectorPort, EmbedderPort
 from services.gateway.domain import (
     Analysis,
@@ -121,8 +121,12 @@ class GatewayService:
         detector: DetectorPort | None = None,
         compaction: Callable[[], Compaction] | None = None,
         one_pass: OnePass | None = None,
+        outfit_flip_test: bool = True,
     ) -> None:
         self._backups = backups
+        #: SearchOutfit asks the detector for its flip test and reads each product cut out of the photo twice, as
+        #: it is and mirrored (GATEWAY_OUTFIT_FLIP_TEST; services/gateway/flip_test.py).
+        self._outfit_flip_test = outfit_flip_test
         self._detector = detector
         self._compaction = compaction
         self._classifier = classifier
@@ -268,9 +272,10 @@ class GatewayService:
             raise FailedPrecondition("this gateway has no detector (set GATEWAY_DETECTOR_ADDR)")
         return self._detector
 
-    async def _found(self, image: bytes) -> tuple[FoundProducts, crops.Photo]:
-        """The products the detector finds in the photo, and the photo decoded here to cut them out (both at once)."""
-        detect = self._need_detector().detect(image)
+    async def _found(self, image: bytes, flip_test: bool | None = None) -> tuple[FoundProducts, crops.Photo]:
+        """The products the detector finds in the photo (with its flip test or without; None: the detector's
+        setting), and the photo decoded here to cut them out (both at once)."""
+        detect = self._need_detector().detect(image, flip_test)
         decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
         found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
         if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
@@ -301,10 +306,12 @@ class GatewayService:
         top_k = self._top_k(options.top_k)
         self._need_detector()
         text = await self._refinement(options.refine_text)
-        found, photo = await self._found(image)
+        flip = self._outfit_flip_test
+        found, photo = await self._found(image, flip_test=True if flip else None)
         detections = found.detections
-        cut = await run_decoding(partial(crops.cut_out, photo, detections), []) if detections else []
-        analysed = await asyncio.gather(*(self._analyse(c) for c in cut))
+        cut = await run_decoding(partial(crops.cut_out, photo, detections, mirrored=flip), []) if detections else []
+        readings = await asyncio.gather(*(self._analyse(c) for c in cut))
+        analysed = flip_test.merged(readings) if flip else readings
         searchable = bool(analysed) and await self._check_embedder(analysed[0][1])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:

@@ -27,6 +27,10 @@ class Settings:
     #: The detector service (outfit search, crop=auto); None (GATEWAY_DETECTOR_ADDR empty): those answer
     #: FAILED_PRECONDITION and every other call works as before.
     detector_addr: Address | None = None
+    #: SearchOutfit reads each photo and each product cut out of it twice, as they are and mirrored (the
+    #: detector's flip test and services/gateway/flip_test.py): more products found, for about twice the work of
+    #: an outfit search (bench/README.md). Search's crop=auto is not affected.
+    outfit_flip_test: bool = True
     data_dir: Path = Path("data/qdrant-edge")
     qdrant_url: str | None = None
     #: Qdrant's API key (QDRANT__SERVICE__API_KEY on the server), from the file GATEWAY_QDRANT_API_KEY_FILE names.
@@ -177,6 +181,7 @@ class Settings:
             classifier_addr=env.addr("CLASSIFIER_ADDR", str(cls.classifier_addr)),
             embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
             detector_addr=env.addr("DETECTOR_ADDR", "") if env.get_str("DETECTOR_ADDR", "") else None,
+            outfit_flip_test=env.get_bool("OUTFIT_FLIP_TEST", cls.outfit_flip_test),
             data_dir=data_dir,
             qdrant_url=qdrant_url,
             qdrant_api_key=read_key_file("GATEWAY_QDRANT_API_KEY_FILE", env.get_str("QDRANT_API_KEY_FILE", "")),

@@ -307,3 +307,28 @@ def test_the_flip_test_is_served_as_model_json_and_detector_flip_test_say(
     replace(spec, detection=replace(spec.detection, flip_test_score_threshold=0.9)).write(model_dir)  # type: ignore[arg-type]
     assert started_with({}, answers(EXPECTED, 1)) == (False, 0.3)
     assert started_with({"DETECTOR_FLIP_TEST": "true"}, answers([], 2)) == (True, 0.9)
+
+
+def test_a_call_chooses_the_flip_test_and_batched_calls_of_both_modes_answer_as_alone(settings: Settings) -> None:
+    batched = replace(settings, batch_max_delay_ms=50.0, batch_max_size=8, flip_test=False)
+    modes = [True, False, None] * 3
+
+    async def detect(stub: detector_pb2_grpc.DetectorStub, flip_test: bool | None) -> detector_pb2.Detections:
+        reply = await stub.Detect(detector_pb2.DetectRequest(image=SCENE, flip_test=flip_test), timeout=10)
+        return reply.detections
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        alone = {}
+        for mode in (True, False, None):
+            before = images_through_the_model()
+            alone[mode] = await detect(stub, mode)
+            # The flip test sends the photo's mirror image through the model too; unset is the service's setting.
+            assert images_through_the_model() - before == (2 if mode else 1)
+            assert_found(alone[mode], EXPECTED, min_iou=0.9)
+        assert alone[None] == alone[False]
+        together = await asyncio.gather(*(detect(stub, mode) for mode in modes))
+        assert [found(d) for d in together] == [found(alone[mode]) for mode in modes]
+        batch = await stub.DetectBatch(detector_pb2.DetectBatchRequest(images=[SCENE], flip_test=True), timeout=5)
+        assert batch.results[0].detections == alone[True]
+
+    run(batched, body)

@@ -86,7 +86,7 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from fashionsearch.detection import decode_detections
-    from training.detector_eval import THRESHOLD_CANDIDATES, choose_threshold, detect, score
+    from training.detector_eval import NMS_CANDIDATES, THRESHOLD_CANDIDATES, choose_threshold, detect, score
     from training.export import export_model
     from training.recipe import TrainOptions
 
@@ -118,6 +118,9 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     tuned = ModelSpec.load(tmp_path / "detector")
     assert tuned.detection is not None and tuned.detection.score_threshold == choice["chosen"] in THRESHOLD_CANDIDATES
     assert tuned.onnx_sha256 == spec.onnx_sha256
+    # The served mode's NMS IoU is chosen with its threshold, each candidate measured.
+    assert tuned.detection.nms_iou == choice["nms_iou"] in NMS_CANDIDATES
+    assert sorted(float(n) for n in choice["by_nms_iou"]) == sorted(NMS_CANDIDATES)
     # The flip test's threshold is chosen apart and kept beside the other; --serve makes it the served mode.
     flipped = choose_threshold(tmp_path / "detector", dataset, split, 2, seed=2, threads=1, flip_test=True, serve=True)
     both = ModelSpec.load(tmp_path / "detector")

@@ -67,9 +67,14 @@ async def _items() -> AsyncIterator[CatalogueItem]:
         yield CatalogueItem(id=pid, image=f"img:{pid}".encode(), payload={"name": f"Item {pid}", "subCategory": sub})
 
 
-async def _service(detector: FakeDetector | None) -> tuple[GatewayService, RecordingClassifier, FakeEmbedder]:
+async def _service(
+    detector: FakeDetector | None, outfit_flip_test: bool = True
+) -> tuple[GatewayService, RecordingClassifier, FakeEmbedder]:
     classifier, embedder = RecordingClassifier(), FakeEmbedder()
-    service = GatewayService(classifier, embedder, BruteForceIndex(), Limits(max_image_bytes=10**6), detector=detector)
+    limits = Limits(max_image_bytes=10**6)
+    service = GatewayService(
+        classifier, embedder, BruteForceIndex(), limits, detector=detector, outfit_flip_test=outfit_flip_test
+    )
     assert all([o.error is None async for o in service.upsert(_items())])
     classifier.seen.clear()
     return service, classifier, embedder
@@ -86,12 +91,37 @@ async def test_each_product_is_cut_out_and_searched_within_its_predicted_subcate
     ]
     assert [{h.id for h in item.hits} for item in result.items] == [{1, 2}, {3, 4}]
     assert result.size == (300, 400) and result.detector_model.name == "fake-detector"
-    # What the classifier saw: each product on white at the catalogue's 3:4, a little room around it.
-    for data, colour in zip(classifier.seen, (RED, BLUE), strict=True):
+    # What the classifier saw: each product on white at the catalogue's 3:4, a little room around it, then (the
+    # flip test, on by default) each cut-out's mirror image.
+    assert len(classifier.seen) == 4
+    for data, colour in zip(classifier.seen[:2], (RED, BLUE), strict=True):
         cut = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=int)
         assert cut.shape[1] / cut.shape[0] == pytest.approx(3 / 4, abs=0.02)
         assert np.abs(cut[cut.shape[0] // 2, cut.shape[1] // 2] - colour).max() < 40
         assert (cut[0, 0] > 240).all() or (cut[0, 0] == 128).all()  # a corner is padding or the margin
+    for plain, mirror in zip(classifier.seen[:2], classifier.seen[2:], strict=True):
+        seen = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), dtype=int) for d in (plain, mirror)]
+        assert np.abs(seen[0][:, ::-1] - seen[1]).mean() < 2  # the same pixels, mirrored (JPEG's noise apart)
+
+
+@run_async
+async def test_outfit_flip_test_asks_the_detector_for_it_and_can_be_turned_off():
+    detector = FakeDetector((RED_BOX, BLUE_BOX))
+    service, classifier, _ = await _service(detector)
+    flipped = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert detector.flip_tests == [True] and len(classifier.seen) == 4
+    # Search's crop=auto leaves the flip test to the detector's own setting.
+    await service.search(photo(), SearchOptions(top_k=5))
+    assert detector.flip_tests == [True, None]
+
+    detector = FakeDetector((RED_BOX, BLUE_BOX))
+    service, classifier, _ = await _service(detector, outfit_flip_test=False)
+    plain = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert detector.flip_tests == [None] and len(classifier.seen) == 2
+    # The fakes read a product and its mirror image alike, so the averaged answer is the plain one.
+    for a, b in zip(flipped.items, plain.items, strict=True):
+        assert a.applied_filters == b.applied_filters and [h.id for h in a.hits] == [h.id for h in b.hits]
+        assert a.classification.top_labels() == b.classification.top_labels()
 
 
 @run_async

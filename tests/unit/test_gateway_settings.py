@@ -48,10 +48,12 @@ def test_every_variable_is_read():
             "GATEWAY_HTTP_BODY_TIMEOUT_S": "2.5",
             "GATEWAY_STREAM_IDLE_TIMEOUT_S": "60",
             "GATEWAY_MAX_STREAMS_PER_CONNECTION": "64",
+            "GATEWAY_OUTFIT_FLIP_TEST": "false",
             "OTHER_PORT": "1",
         }
     )
     assert settings.port == 6000
+    assert settings.outfit_flip_test is False and Settings().outfit_flip_test is True
     assert settings.classifier_addr == Address("classifier", 7001)
     assert settings.embedder_addr == Address("::1", 7002)
     assert settings.data_dir == Path("/var/lib/fashionsearch")
