@@ -255,3 +255,56 @@ def crop_box(detection: Detection, width: int, height: int, margin: float = CROP
     right = max(min(width, int(np.ceil(x2 + grow_x))), left + 1)
     bottom = max(min(height, int(np.ceil(y2 + grow_y))), top + 1)
     return left, top, right, bottom
+
+
+@dataclasses.dataclass(frozen=True)
+class BoxVerification:
+    """A second look at a detector's boxes, with the classifier (model.json's `box_verification`, fitted by
+    `python -m training fit-box-verification`): every detection down to `candidate_threshold` is cut out and
+    classified, and kept when the chance that it is a product, a logistic function of the detector's score and the
+    classifier's top subCategory probability for the cut-out, reaches `keep_probability`. The classifier knows
+    products far better than the detector's heatmap, so a weak box it reads with confidence is kept and a strong
+    box it cannot place is dropped: on validation scenes more products are found at the same box precision
+    (reports/detector/README.md). Fitted with one classifier (`classifier`, "name:version") and the flip test on
+    both models; its probabilities are not those of another classifier."""
+
+    candidate_threshold: float
+    intercept: float
+    score_weight: float
+    confidence_weight: float
+    keep_probability: float
+    classifier: str
+
+    def product_probability(self, score: float, confidence: float) -> float:
+        z = self.intercept + self.score_weight * score + self.confidence_weight * confidence
+        return float(1.0 / (1.0 + np.exp(-z)))
+
+    def keeps(self, score: float, confidence: float) -> bool:
+        return (
+            score >= self.candidate_threshold and self.product_probability(score, confidence) >= self.keep_probability
+        )
+
+    def problems(self) -> list[str]:
+        numbers = (self.candidate_threshold, self.intercept, self.score_weight, self.confidence_weight)
+        problems = []
+        if not all(isinstance(v, int | float) and np.isfinite(v) for v in numbers):
+            problems.append(f"box_verification needs finite numbers, got {numbers}")
+        if not 0.0 <= self.candidate_threshold <= 1.0 or not 0.0 < self.keep_probability < 1.0:
+            problems.append("box_verification: candidate_threshold must be in [0, 1] and keep_probability in (0, 1)")
+        if not isinstance(self.classifier, str) or ":" not in self.classifier:
+            problems.append(f"box_verification.classifier must be 'name:version', got {self.classifier!r}")
+        return problems
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> BoxVerification | None:
+        """The detector's rule (model.json's top-level `box_verification`), or None when it has none."""
+        data = spec.extra.get("box_verification")
+        if not data:
+            return None
+        try:
+            rule = cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+        except (KeyError, TypeError) as error:
+            raise ModelContractError(f"{spec.identity}: box_verification lacks or mistypes {error}") from None
+        if problems := rule.problems():
+            raise ModelContractError(f"{spec.identity}: " + "; ".join(problems))
+        return rule

@@ -92,6 +92,13 @@ PHOTOS_ANALYSED = Counter(
     "(the classifier and the embedder each asked)",
     ["path"],
 )
+OUTFIT_BOXES = Counter(
+    "fashionsearch_outfit_boxes",
+    "Outfit search's detections read under the detector's box verification, by outcome: kept, dropped (the rule "
+    "says it is not a product) or unverified (the rule was fitted on another classifier: the detector's own "
+    "threshold decided)",
+    ["outcome"],
+)
 SEARCH_CROPS = Counter(
     "fashionsearch_search_crops",
     "Photo searches with crop=auto (the default), by what was read: cut (the detector's main product), whole (a "

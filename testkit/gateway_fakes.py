@@ -8,7 +8,7 @@ import hashlib
 import numpy as np
 
 from fashionsearch.classification import AttributePrediction, LabelScore
-from fashionsearch.detection import Detection
+from fashionsearch.detection import BoxVerification, Detection
 from fashionsearch.errors import FashionSearchError, InvalidArgument
 from fashionsearch.text_query import QueryVocabulary
 from services.gateway.domain import Classification, Embedding, FoundProducts, ModelId, TextEmbedding
@@ -160,17 +160,26 @@ class FakeDetector:
         detections: tuple[Detection, ...] = (),
         size: tuple[int, int] = (300, 400),
         failure: FashionSearchError | None = None,
+        verification: BoxVerification | None = None,
+        score_threshold: float = 0.0,
     ) -> None:
         self.detections = detections
         self.size = size
         self.failure = failure
+        #: Asked for candidates, all `detections` come with this rule; else those at or above `score_threshold`.
+        self.verification = verification
+        self.score_threshold = score_threshold
         self.photos: list[bytes] = []
         self.flip_tests: list[bool | None] = []
 
-    async def detect(self, data: bytes, flip_test: bool | None = None) -> FoundProducts:
+    async def detect(self, data: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
         self.photos.append(data)
         self.flip_tests.append(flip_test)
         await asyncio.sleep(0)
         if self.failure is not None:
             raise self.failure
-        return FoundProducts(self.detections, self.size, DETECTOR_MODEL)
+        if with_candidates and self.verification is not None:
+            return FoundProducts(self.detections, self.size, DETECTOR_MODEL, self.verification, self.score_threshold)
+        return FoundProducts(
+            tuple(d for d in self.detections if d.score >= self.score_threshold), self.size, DETECTOR_MODEL
+        )

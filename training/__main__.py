@@ -12,6 +12,7 @@
     python -m training quantize-detector models/detector
     python -m training evaluate-detector models/detector --precision int8
     python -m training tune-detector models/detector --flip-test on
+    python -m training fit-box-verification models/detector --classifier models/classifier
     python -m training evaluate-detector models/detector --flip-test
 
 The data folder defaults to $FASHIONSEARCH_DATA (else ../shared/data/fashion-product-images-small).
@@ -29,6 +30,7 @@ from pathlib import Path
 
 from fashionsearch.model_contract import MODEL_FILE, ModelSpec
 from training import (
+    box_verification,
     data,
     detector_compare,
     detector_eval,
@@ -165,6 +167,15 @@ def cmd_tune_detector(args: argparse.Namespace) -> int:
     )
     mode = "with the flip test" if choice["flip_test"] else "without the flip test"
     log.info("score threshold %s %s written to %s/model.json", choice["chosen"], mode, args.model_dir)
+    return 0
+
+
+def cmd_fit_box_verification(args: argparse.Namespace) -> int:
+    dataset, split = _load(args)
+    fitted = box_verification.fit(args.model_dir, args.classifier, dataset, split, args.photos, args.seed, args.threads)
+    log.info("box verification %s written to %s/model.json", fitted["rule"], args.model_dir)
+    log.info("on the validation scenes: %s", fitted["by_keep_probability"][str(fitted["rule"]["keep_probability"])])
+    log.info("the flip test's threshold alone: %s", fitted["flip_test_threshold_alone"])
     return 0
 
 
@@ -438,6 +449,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--serve", action="store_true", help="and make that mode the one model.json serves")
     p.set_defaults(func=cmd_tune_detector)
+
+    p = commands.add_parser(
+        "fit-box-verification",
+        help="fit the detector's second look at its boxes with the classifier, on validation scenes (into model.json)",
+    )
+    p.add_argument("model_dir", type=Path)
+    _data_args(p)
+    p.add_argument("--classifier", type=Path, default=Path("models/classifier"), help="the served classifier")
+    p.add_argument("--photos", type=int, default=300, help="composite scenes of validation-split products")
+    p.add_argument("--seed", type=int, default=scenes.TEST_SEED + 1)
+    p.set_defaults(func=cmd_fit_box_verification)
 
     p = commands.add_parser(
         "train-text", help="train the text encoder against the served image embedder's frozen vectors, and export it"

@@ -7,7 +7,7 @@ from typing import Protocol
 
 import numpy as np
 
-from fashionsearch.detection import Detection, run_detector
+from fashionsearch.detection import BoxVerification, Detection, run_detector
 from fashionsearch.model_contract import preprocess
 from fashionsearch.onnx_model import ModelIdentity, OnnxAdapter, OnnxModel
 
@@ -33,9 +33,28 @@ class Detector(Protocol):
         ...
 
     def detect_prepared(
-        self, batch: np.ndarray, sizes: Sequence[tuple[int, int]], flip_test: bool | None = None
+        self,
+        batch: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        flip_test: bool | None = None,
+        score_threshold: float | None = None,
     ) -> list[list[Detection]]:
-        """Detect in a stack of prepare() rows in one model call; `sizes` are the images' (width, height)."""
+        """Detect in a stack of prepare() rows in one model call; `sizes` are the images' (width, height).
+        `score_threshold`: down to this score instead of the served one (the box verification's candidates)."""
+        ...
+
+    @property
+    def verification(self) -> BoxVerification | None:
+        """The model's box verification (model.json), for callers that ask for candidates."""
+        ...
+
+    @property
+    def flip_test(self) -> bool:
+        """Whether a call that does not choose gets the flip test."""
+        ...
+
+    def served_threshold(self, flip_test: bool) -> float:
+        """The score a detection needs to be served with the flip test or without."""
         ...
 
     def warm_up(self, batch_size: int = 1) -> None: ...
@@ -53,12 +72,16 @@ class OnnxDetector(OnnxAdapter):
         #: Each photo and its mirror image in one model run, their maps averaged (DETECTOR_FLIP_TEST); model.json's
         #: choice until the service sets it. A call may choose otherwise (DetectRequest.flip_test).
         self.flip_test = model.spec.detection.flip_test
+        self._verification = BoxVerification.of(model.spec)  # a malformed rule refuses to start, as a bad model.json
 
     @property
     def score_threshold(self) -> float:
         """The score a detection needs to be served, in the mode served (model.json keeps one per mode)."""
+        return self.served_threshold(self.flip_test)
+
+    def served_threshold(self, flip_test: bool) -> float:
         assert self._model.spec.detection is not None
-        return self._model.spec.detection.served_threshold(self.flip_test)
+        return self._model.spec.detection.served_threshold(flip_test)
 
     @property
     def groups(self) -> tuple[str, ...]:
@@ -72,12 +95,21 @@ class OnnxDetector(OnnxAdapter):
         return self.detect_prepared(preprocess(images, self._model.spec.input), sizes, flip_test)
 
     def detect_prepared(
-        self, batch: np.ndarray, sizes: Sequence[tuple[int, int]], flip_test: bool | None = None
+        self,
+        batch: np.ndarray,
+        sizes: Sequence[tuple[int, int]],
+        flip_test: bool | None = None,
+        score_threshold: float | None = None,
     ) -> list[list[Detection]]:
         if len(batch) == 0:
             return []
         flip = self.flip_test if flip_test is None else flip_test
-        return run_detector(self._model.run, batch, self._model.spec, sizes, flip_test=flip)
+        spec = self._model.spec
+        return run_detector(self._model.run, batch, spec, sizes, flip_test=flip, score_threshold=score_threshold)
+
+    @property
+    def verification(self) -> BoxVerification | None:
+        return self._verification
 
     def warm_up(self, batch_size: int = 1) -> None:
         # Any call may ask for the flip test, in which the model sees twice the photos: take that memory before

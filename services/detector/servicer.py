@@ -21,13 +21,14 @@ from services.detector.model import Detector
 
 @dataclass(frozen=True)
 class Prepared:
-    """One decoded image ready for the model: its input row, the size it was decoded at, its full size, and the
-    flip test its call asked for (None: the detector's setting)."""
+    """One decoded image ready for the model: its input row, the size it was decoded at, its full size, the flip
+    test its call asked for (None: the detector's setting) and the score to detect down to (None: the served one)."""
 
     row: np.ndarray
     decoded_size: tuple[int, int]
     full_size: tuple[int, int]
     flip_test: bool | None = None
+    score_threshold: float | None = None
 
 
 @dataclass(frozen=True)
@@ -71,22 +72,39 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         # Concurrent Detect calls share model calls (off when batching.max_delay_ms is 0).
         self.batcher = DynamicBatcher(self._detect_rows, batching, name="detector")
 
-    def _prepare(self, data: bytes, flip_test: bool | None = None) -> Prepared:
+    def _prepare(self, data: bytes, flip_test: bool | None = None, score_threshold: float | None = None) -> Prepared:
         # A large JPEG is decoded at a reduced scale (still twice the model's input); boxes are scaled back to the
         # photo's full size, the frame the caller knows.
         pixels = decode_pixels(data, self._limits, self._detector.input_size)
         decoded = (pixels.shape[1], pixels.shape[0])
-        return Prepared(self._detector.prepare(pixels), decoded, displayed_size(data), flip_test)
+        return Prepared(self._detector.prepare(pixels), decoded, displayed_size(data), flip_test, score_threshold)
 
     def _detect_rows(self, rows: Sequence[Prepared]) -> list[Found]:
-        """One model call per flip test mode among the rows (calls batched together may have asked for either)."""
+        """One model call per mode among the rows (calls batched together may have asked for the flip test or not,
+        for candidates or not)."""
         found: dict[int, list[Detection]] = {}
-        for mode in dict.fromkeys(p.flip_test for p in rows):
-            mine = [k for k, p in enumerate(rows) if p.flip_test == mode]
+        for flip_test, threshold in dict.fromkeys((p.flip_test, p.score_threshold) for p in rows):
+            mine = [k for k, p in enumerate(rows) if (p.flip_test, p.score_threshold) == (flip_test, threshold)]
             batch = np.stack([rows[k].row for k in mine])
-            detections = self._detector.detect_prepared(batch, [rows[k].decoded_size for k in mine], mode)
-            found.update(zip(mine, detections, strict=True))
+            sizes = [rows[k].decoded_size for k in mine]
+            found.update(zip(mine, self._detector.detect_prepared(batch, sizes, flip_test, threshold), strict=True))
         return [_full_size(found[k], p) for k, p in enumerate(rows)]
+
+    def _verification(self, request: detector_pb2.DetectRequest) -> detector_pb2.BoxVerification | None:
+        """The rule to send with candidates, when the call asks for them and the model has one."""
+        rule = self._detector.verification if request.with_candidates else None
+        if rule is None:
+            return None
+        flip_test = request.flip_test if request.HasField("flip_test") else self._detector.flip_test
+        return detector_pb2.BoxVerification(
+            candidate_threshold=rule.candidate_threshold,
+            score_threshold=self._detector.served_threshold(flip_test),
+            intercept=rule.intercept,
+            score_weight=rule.score_weight,
+            confidence_weight=rule.confidence_weight,
+            keep_probability=rule.keep_probability,
+            classifier=rule.classifier,
+        )
 
     @rpc_errors
     async def Detect(
@@ -94,9 +112,14 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     ) -> detector_pb2.DetectResponse:
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
         flip_test = request.flip_test if request.HasField("flip_test") else None
-        prepare = functools.partial(self._prepare, request.image, flip_test)
+        verification = self._verification(request)
+        rule = self._detector.verification if verification is not None else None
+        threshold = rule.candidate_threshold if rule is not None else None
+        prepare = functools.partial(self._prepare, request.image, flip_test, threshold)
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
-        return detector_pb2.DetectResponse(detections=to_proto(found), model=self._model_info)
+        return detector_pb2.DetectResponse(
+            detections=to_proto(found), model=self._model_info, verification=verification
+        )
 
     def _detect_batch(self, images: list[bytes], flip_test: bool | None) -> list[Found | InvalidArgument]:
         prepared: list[Prepared | InvalidArgument] = []

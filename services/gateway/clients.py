@@ -26,7 +26,7 @@ import numpy as np
 from fashionsearch.batching import REQUEST_SLACK_BYTES, BatchPolicy, BatchStats, DynamicBatcher, bounded_chunks
 from fashionsearch.channels import probe_image
 from fashionsearch.classification import AttributePrediction, LabelScore
-from fashionsearch.detection import Detection
+from fashionsearch.detection import BoxVerification, Detection
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -92,8 +92,9 @@ class EmbedderPort(Protocol):
 class DetectorPort(Protocol):
     """Finds the products in one photo."""
 
-    async def detect(self, image: bytes, flip_test: bool | None = None) -> FoundProducts:
-        """`flip_test`: ask for the detector's flip test (True), not (False), or its own setting (None)."""
+    async def detect(self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
+        """`flip_test`: ask for the detector's flip test (True), not (False), or its own setting (None);
+        `with_candidates`: also the weak boxes, with the rule to verify them by (FoundProducts.verification)."""
         ...
 
 
@@ -391,10 +392,10 @@ class GrpcDetector:
         self._stub = detector_pb2_grpc.DetectorStub(channel)
         self._timeout_s = timeout_s
 
-    async def detect(self, image: bytes, flip_test: bool | None = None) -> FoundProducts:
+    async def detect(self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
         try:
             reply = await self._stub.Detect(
-                detector_pb2.DetectRequest(image=image, flip_test=flip_test),
+                detector_pb2.DetectRequest(image=image, flip_test=flip_test, with_candidates=with_candidates),
                 timeout=self._timeout_s,
                 metadata=request_metadata(),
             )
@@ -407,4 +408,17 @@ class GrpcDetector:
             ),
             size=(found.image_width, found.image_height),
             model=model_id(reply.model),
+            verification=_verification(reply.verification) if reply.HasField("verification") else None,
+            score_threshold=reply.verification.score_threshold,
         )
+
+
+def _verification(rule: detector_pb2.BoxVerification) -> BoxVerification:
+    return BoxVerification(
+        candidate_threshold=rule.candidate_threshold,
+        intercept=rule.intercept,
+        score_weight=rule.score_weight,
+        confidence_weight=rule.confidence_weight,
+        keep_probability=rule.keep_probability,
+        classifier=rule.classifier,
+    )

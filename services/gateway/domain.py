@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from fashionsearch import classification
-from fashionsearch.detection import Detection
+from fashionsearch.detection import BoxVerification, Detection
 from fashionsearch.errors import FashionSearchError
 from fashionsearch.store import EmbedderIdentity, Hit
 from fashionsearch.text_query import QueryTerm as QueryTerm  # part of the gateway's domain vocabulary
@@ -144,11 +144,15 @@ class SearchResult:
 
 @dataclass(frozen=True)
 class FoundProducts:
-    """The detector's answer: the products in a photo, boxes in pixels of the photo as sent (`size`)."""
+    """The detector's answer: the products in a photo, boxes in pixels of the photo as sent (`size`). Asked for
+    candidates, with the rule to verify them by (`verification`; the detections are then down to its candidate
+    threshold, and `score_threshold` is what the detector alone would serve)."""
 
     detections: tuple[Detection, ...]
     size: tuple[int, int]
     model: ModelId
+    verification: BoxVerification | None = None
+    score_threshold: float = 0.0
 
 
 @dataclass(frozen=True)

@@ -272,10 +272,12 @@ class GatewayService:
             raise FailedPrecondition("this gateway has no detector (set GATEWAY_DETECTOR_ADDR)")
         return self._detector
 
-    async def _found(self, image: bytes, flip_test: bool | None = None) -> tuple[FoundProducts, crops.Photo]:
-        """The products the detector finds in the photo (with its flip test or without; None: the detector's
-        setting), and the photo decoded here to cut them out (both at once)."""
-        detect = self._need_detector().detect(image, flip_test)
+    async def _found(
+        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False
+    ) -> tuple[FoundProducts, crops.Photo]:
+        """The products the detector finds in the photo (with its flip test or without, None: the detector's
+        setting; with its candidates or not), and the photo decoded here to cut them out (both at once)."""
+        detect = self._need_detector().detect(image, flip_test, with_candidates)
         decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
         found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
         if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
@@ -301,18 +303,22 @@ class GatewayService:
 
     async def search_outfit(self, image: bytes, options: SearchOptions) -> OutfitResult:
         """Every product the detector finds in the photo, each searched like a photo within its predicted
-        subCategory (refined by options.refine_text); no product found is an empty result, not an error."""
+        subCategory (refined by options.refine_text); no product found is an empty result, not an error.
+
+        With the outfit flip test (the default), the detector's weak boxes come too, with its box verification
+        rule: each box is read, and kept when the rule says it is a product (`_verified`)."""
         self._check_image(image)
         top_k = self._top_k(options.top_k)
         self._need_detector()
         text = await self._refinement(options.refine_text)
         flip = self._outfit_flip_test
-        found, photo = await self._found(image, flip_test=True if flip else None)
+        found, photo = await self._found(image, flip_test=True if flip else None, with_candidates=flip)
         detections = found.detections
         cut = await run_decoding(partial(crops.cut_out, photo, detections, mirrored=flip), []) if detections else []
         readings = await asyncio.gather(*(self._analyse(c) for c in cut))
         analysed = flip_test.merged(readings) if flip else readings
-        searchable = bool(analysed) and await self._check_embedder(analysed[0][1])
+        kept = [(d, a) for d, a in zip(detections, analysed, strict=True) if self._verified(found, d, a[0])]
+        searchable = bool(kept) and await self._check_embedder(kept[0][1][1])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
             predicted = classification.top_labels().get("subCategory")
@@ -328,14 +334,31 @@ class GatewayService:
                 applied_filters=filters,
             )
 
-        items = await asyncio.gather(*(item(d, c, e) for d, (c, e) in zip(detections, analysed, strict=True)))
+        items = await asyncio.gather(*(item(d, c, e) for d, (c, e) in kept))
         return OutfitResult(
             items=tuple(items),
             size=found.size,
             detector_model=found.model,
-            embedder_model=analysed[0][1].model if analysed else None,
+            embedder_model=kept[0][1][1].model if kept else None,
             refine_terms=text.terms if text is not None else (),
         )
+
+    @staticmethod
+    def _verified(found: FoundProducts, detection: Detection, classification: Classification) -> bool:
+        """Whether a detection is served: by the detector's box verification when it came with one fitted on this
+        classifier (its top subCategory probability for the cut-out), else by the detector's own threshold."""
+        rule = found.verification
+        if rule is None:
+            return True  # the detector sent only what it serves
+        model = classification.model
+        if rule.classifier != f"{model.name}:{model.version}":
+            metrics.OUTFIT_BOXES.labels("unverified").inc()
+            return detection.score >= found.score_threshold
+        sub_categories = [a for a in classification.attributes if a.attribute == "subCategory" and a.labels]
+        confidence = sub_categories[0].labels[0].probability if sub_categories else 0.0
+        kept = rule.keeps(detection.score, confidence)
+        metrics.OUTFIT_BOXES.labels("kept" if kept else "dropped").inc()
+        return kept
 
     async def search_by_id(self, item_id: int, options: SearchOptions) -> SimilarResult:
         self._check_id(item_id)

@@ -332,3 +332,44 @@ def test_a_call_chooses_the_flip_test_and_batched_calls_of_both_modes_answer_as_
         assert batch.results[0].detections == alone[True]
 
     run(batched, body)
+
+
+def test_candidates_come_with_the_models_box_verification(tmp_path: Path, settings: Settings) -> None:
+    model_dir = write_tiny_detector(tmp_path / "detector")
+    spec = ModelSpec.load(model_dir)
+    rule = {
+        "candidate_threshold": 0.001,
+        "intercept": -5.0,
+        "score_weight": 8.0,
+        "confidence_weight": 3.0,
+        "keep_probability": 0.45,
+        "classifier": "classifier:9",
+    }
+    # The served threshold above the squares' scores: only candidates find them.
+    spec = replace(spec, detection=replace(spec.detection, score_threshold=0.9))  # type: ignore[arg-type]
+    replace(spec, extra=dict(spec.extra) | {"box_verification": rule}).write(model_dir)
+
+    async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        served = await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)
+        assert not served.HasField("verification")
+        asked = await stub.Detect(detector_pb2.DetectRequest(image=SCENE, with_candidates=True), timeout=5)
+        got = asked.verification
+        assert got.classifier == "classifier:9" and got.keep_probability == pytest.approx(0.45)
+        assert got.score_threshold == pytest.approx(0.9)
+        assert (got.intercept, got.score_weight, got.confidence_weight) == (-5.0, 8.0, 3.0)
+        # Down to the candidate threshold: boxes under the served threshold come too, best first.
+        assert found(served.detections) == []
+        assert_found(asked.detections, EXPECTED)
+        scores = [d.score for d in asked.detections.detections]
+        assert min(scores) >= 0.001 and scores == sorted(scores, reverse=True)
+
+    run(replace(settings, model_dir=model_dir), body)
+
+    broken = replace(spec, extra=dict(spec.extra) | {"box_verification": rule | {"keep_probability": 2}})
+    broken.write(model_dir)
+
+    async def refused() -> None:
+        with pytest.raises(ModelContractError, match="keep_probability"):
+            await start(replace(settings, model_dir=model_dir))
+
+    asyncio.run(refused())

@@ -1,10 +1,19 @@
 """The one decoding function on hand-made detector outputs whose boxes are known."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from PIL import Image
 
-from fashionsearch.detection import Detection, box_iou, crop_box, decode_detections, non_max_suppression
+from fashionsearch.detection import (
+    BoxVerification,
+    Detection,
+    box_iou,
+    crop_box,
+    decode_detections,
+    non_max_suppression,
+)
 from fashionsearch.model_contract import (
     DetectionGroup,
     DetectionSpec,
@@ -192,3 +201,42 @@ def test_crop_box_adds_a_margin_in_whole_pixels_inside_the_photo():
     edge = Detection(left=199.5, top=299.9, width=0.5, height=0.1, group="top", score=0.9)
     assert crop_box(edge, 200, 300, margin=0.0) == (199, 299, 200, 300)  # never empty
     assert box.scaled(2, 0.5).xyxy == pytest.approx((20.4, 10.0, 120.4, 60.0))
+
+
+RULE = {
+    "candidate_threshold": 0.2,
+    "intercept": -14.0,
+    "score_weight": 10.0,
+    "confidence_weight": 10.0,
+    "keep_probability": 0.5,
+    "classifier": "classifier:9",
+}
+
+
+def test_box_verification_weighs_the_score_against_the_classifiers_confidence():
+    rule = BoxVerification.of(dataclasses.replace(_spec(), extra={"box_verification": RULE}))
+    assert rule is not None and rule.classifier == "classifier:9"
+    assert rule.product_probability(0.7, 0.7) == pytest.approx(0.5)
+    assert rule.keeps(0.5, 0.95)  # a weak box the classifier reads with confidence
+    assert not rule.keeps(0.9, 0.4)  # a strong box it cannot place
+    assert not rule.keeps(0.19, 1.0)  # below the candidates
+    assert BoxVerification.of(_spec()) is None  # a detector without a rule
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"keep_probability": 1.0}, "keep_probability in"),
+        ({"candidate_threshold": -0.1}, "candidate_threshold must be"),
+        ({"intercept": float("nan")}, "finite numbers"),
+        ({"classifier": "classifier"}, "'name:version'"),
+        ({"score_weight": None}, "box_verification"),
+    ],
+)
+def test_a_malformed_box_verification_is_refused(change, message):
+    spec = dataclasses.replace(_spec(), extra={"box_verification": RULE | change})
+    with pytest.raises(ModelContractError, match=message):
+        BoxVerification.of(spec)
+    missing = {k: v for k, v in RULE.items() if k != "intercept"}
+    with pytest.raises(ModelContractError, match="intercept"):
+        BoxVerification.of(dataclasses.replace(_spec(), extra={"box_verification": missing}))

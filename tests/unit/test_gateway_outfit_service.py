@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 from collections.abc import AsyncIterator
 
@@ -11,7 +12,7 @@ from PIL import Image
 
 from fashionsearch import main_product
 from fashionsearch.classification import AttributePrediction, LabelScore
-from fashionsearch.detection import Detection
+from fashionsearch.detection import BoxVerification, Detection
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -54,10 +55,11 @@ class RecordingClassifier(FakeClassifier):
             return await super().classify(data)
         self.seen.append(data)
         centre = Image.open(io.BytesIO(data)).convert("RGB")
-        red = centre.getpixel((centre.width // 2, centre.height // 2))[0] > 150
-        labels = {**self.labels, "subCategory": "Topwear" if red else "Shoes"}
+        r, _, b = centre.getpixel((centre.width // 2, centre.height // 2))
+        labels = {**self.labels, "subCategory": "Topwear" if r > 150 else "Shoes"}
+        p = 0.9 if max(r, b) > 150 else 0.3  # the grey background: not a product it knows
         return Classification.of(
-            [AttributePrediction(k, (LabelScore(v, 0.9), LabelScore("Other", 0.1))) for k, v in labels.items()],
+            [AttributePrediction(k, (LabelScore(v, p), LabelScore("Other", 0.05))) for k, v in labels.items()],
             model=CLASSIFIER_MODEL,
         )
 
@@ -249,3 +251,34 @@ async def test_a_search_crops_automatically_by_default():
     await service.search(photo(), SearchOptions())
     await service.search(photo(), SearchOptions(crop=Crop.NONE))
     assert classifier.seen == [crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0], photo()]
+
+
+#: Kept when 10 x score + 10 x the classifier's confidence >= 14 (CLASSIFIER_MODEL's rule).
+RULE = BoxVerification(0.2, -14.0, 10.0, 10.0, 0.5, f"{CLASSIFIER_MODEL.name}:{CLASSIFIER_MODEL.version}")
+GREY_BOX = Detection(150, 20, 100, 100, "bag", 0.8)  # background only
+
+
+@run_async
+async def test_the_detectors_box_verification_decides_which_boxes_are_products():
+    weak_blue = dataclasses.replace(BLUE_BOX, score=0.55)  # under the detector's own threshold, read with confidence
+    detector = FakeDetector((RED_BOX, GREY_BOX, weak_blue), verification=RULE, score_threshold=0.6)
+    service, classifier, _ = await _service(detector)
+    result = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    # Every candidate was read (and mirrored); the grey one, strong as its score is, is dropped.
+    assert len(classifier.seen) == 6
+    assert [item.detection for item in result.items] == [RED_BOX, weak_blue]
+
+    # Without the outfit flip test (the rule was fitted with it) no candidates are asked for.
+    service, classifier, _ = await _service(detector, outfit_flip_test=False)
+    result = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert [item.detection for item in result.items] == [RED_BOX, GREY_BOX]
+
+
+@run_async
+async def test_a_rule_fitted_on_another_classifier_leaves_the_choice_to_the_detectors_threshold():
+    other = dataclasses.replace(RULE, classifier="classifier:other")
+    weak_blue = dataclasses.replace(BLUE_BOX, score=0.55)
+    detector = FakeDetector((RED_BOX, GREY_BOX, weak_blue), verification=other, score_threshold=0.6)
+    service, _, _ = await _service(detector)
+    result = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert [item.detection for item in result.items] == [RED_BOX, GREY_BOX]
