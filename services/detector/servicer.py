@@ -115,6 +115,10 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         verification = self._verification(request)
         rule = self._detector.verification if verification is not None else None
         threshold = rule.candidate_threshold if rule is not None else None
+        if request.HasField("min_score"):
+            if not 0.0 <= request.min_score <= 1.0:
+                raise InvalidArgument(f"min_score must be in [0, 1], got {request.min_score}")
+            threshold = request.min_score
         prepare = functools.partial(self._prepare, request.image, flip_test, threshold)
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         return detector_pb2.DetectResponse(

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from fashionsearch import metrics, naming
+from fashionsearch import main_product, metrics, naming
 from fashionsearch.catalogue import (
     CONTENT_HASH_KEY,
     check_id,
@@ -273,11 +273,12 @@ class GatewayService:
         return self._detector
 
     async def _found(
-        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False
+        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False, min_score: float | None = None
     ) -> tuple[FoundProducts, crops.Photo]:
         """The products the detector finds in the photo (with its flip test or without, None: the detector's
-        setting; with its candidates or not), and the photo decoded here to cut them out (both at once)."""
-        detect = self._need_detector().detect(image, flip_test, with_candidates)
+        setting; with its candidates or not; down to min_score or its served threshold), and the photo decoded here
+        to cut them out (both at once)."""
+        detect = self._need_detector().detect(image, flip_test, with_candidates, min_score)
         decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
         found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
         if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
@@ -292,7 +293,7 @@ class GatewayService:
             metrics.SEARCH_CROPS.labels("no_detector").inc()
             return image
         try:
-            found, photo = await self._found(image)
+            found, photo = await self._found(image, min_score=main_product.MIN_SCORE)
         except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
