@@ -93,17 +93,20 @@ def main_product(
     size: tuple[int, int],
     packshot_border: float = PACKSHOT_WHITE_BORDER,
     packshot_span: float = PACKSHOT_MIN_SPAN,
+    served_threshold: float = 0.0,
 ) -> Detection | None:
     """The product to cut out of the photo (uint8 RGB pixels, maybe at a reduced scale; the detections in pixels
-    of its full `size`, best first), or None to read the whole photo: no product found, a best box that covers
-    WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to
-    measure them)."""
+    of its full `size`, best first, maybe down to MIN_SCORE), or None to read the whole photo: no product found, a
+    best box that covers WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other
+    thresholds, to measure them). A best box under the detector's `served_threshold` counts as spanning the photo:
+    a packshot whose product the detector barely sees (a part of it, weakly) is read whole, as it was before weak
+    boxes were asked for."""
     if not detections:
         return None
     best, (width, height) = detections[0], size
     if best.width * best.height >= WHOLE_PHOTO_SHARE * width * height:
         return None
-    spans = max(best.width / width, best.height / height) >= packshot_span
+    spans = max(best.width / width, best.height / height) >= packshot_span or best.score < served_threshold
     if spans and white_border_share(pixels) >= packshot_border:
         return None
     return best

@@ -185,4 +185,5 @@ class FakeDetector:
         if with_candidates and self.verification is not None:
             return FoundProducts(self.detections, self.size, DETECTOR_MODEL, self.verification, self.score_threshold)
         floor = self.score_threshold if min_score is None else min_score
-        return FoundProducts(tuple(d for d in self.detections if d.score >= floor), self.size, DETECTOR_MODEL)
+        found = tuple(d for d in self.detections if d.score >= floor)
+        return FoundProducts(found, self.size, DETECTOR_MODEL, score_threshold=self.score_threshold)

@@ -181,10 +181,11 @@ def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.nd
     found = detector_eval.detect(
         session, spec, list(images), score_threshold=main_product.MIN_SCORE, max_detections=None
     )
+    served = spec.detection.served_threshold(spec.detection.flip_test)
     out, cut = [], 0
     for image, detections in zip(images, found, strict=True):
         size = (image.shape[1], image.shape[0])
-        best = main_product.main_product(image, detections, size)
+        best = main_product.main_product(image, detections, size, served_threshold=served)
         if best is None:
             out.append(image)
         else:

@@ -40,32 +40,32 @@ class DetectRequest(_message.Message):
     def __init__(self, image: _Optional[bytes] = ..., flip_test: _Optional[bool] = ..., with_candidates: _Optional[bool] = ..., min_score: _Optional[float] = ...) -> None: ...
 
 class BoxVerification(_message.Message):
-    __slots__ = ("candidate_threshold", "score_threshold", "intercept", "score_weight", "confidence_weight", "keep_probability", "classifier")
+    __slots__ = ("candidate_threshold", "intercept", "score_weight", "confidence_weight", "keep_probability", "classifier")
     CANDIDATE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
-    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     INTERCEPT_FIELD_NUMBER: _ClassVar[int]
     SCORE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     KEEP_PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     CLASSIFIER_FIELD_NUMBER: _ClassVar[int]
     candidate_threshold: float
-    score_threshold: float
     intercept: float
     score_weight: float
     confidence_weight: float
     keep_probability: float
     classifier: str
-    def __init__(self, candidate_threshold: _Optional[float] = ..., score_threshold: _Optional[float] = ..., intercept: _Optional[float] = ..., score_weight: _Optional[float] = ..., confidence_weight: _Optional[float] = ..., keep_probability: _Optional[float] = ..., classifier: _Optional[str] = ...) -> None: ...
+    def __init__(self, candidate_threshold: _Optional[float] = ..., intercept: _Optional[float] = ..., score_weight: _Optional[float] = ..., confidence_weight: _Optional[float] = ..., keep_probability: _Optional[float] = ..., classifier: _Optional[str] = ...) -> None: ...
 
 class DetectResponse(_message.Message):
-    __slots__ = ("detections", "model", "verification")
+    __slots__ = ("detections", "model", "verification", "score_threshold")
     DETECTIONS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERIFICATION_FIELD_NUMBER: _ClassVar[int]
+    SCORE_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
     detections: Detections
     model: _common_pb2.ModelInfo
     verification: BoxVerification
-    def __init__(self, detections: _Optional[_Union[Detections, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., verification: _Optional[_Union[BoxVerification, _Mapping]] = ...) -> None: ...
+    score_threshold: float
+    def __init__(self, detections: _Optional[_Union[Detections, _Mapping]] = ..., model: _Optional[_Union[_common_pb2.ModelInfo, _Mapping]] = ..., verification: _Optional[_Union[BoxVerification, _Mapping]] = ..., score_threshold: _Optional[float] = ...) -> None: ...
 
 class DetectBatchRequest(_message.Message):
     __slots__ = ("images", "flip_test")

@@ -95,10 +95,8 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         rule = self._detector.verification if request.with_candidates else None
         if rule is None:
             return None
-        flip_test = request.flip_test if request.HasField("flip_test") else self._detector.flip_test
         return detector_pb2.BoxVerification(
             candidate_threshold=rule.candidate_threshold,
-            score_threshold=self._detector.served_threshold(flip_test),
             intercept=rule.intercept,
             score_weight=rule.score_weight,
             confidence_weight=rule.confidence_weight,
@@ -121,8 +119,9 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             threshold = request.min_score
         prepare = functools.partial(self._prepare, request.image, flip_test, threshold)
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
+        served = self._detector.served_threshold(self._detector.flip_test if flip_test is None else flip_test)
         return detector_pb2.DetectResponse(
-            detections=to_proto(found), model=self._model_info, verification=verification
+            detections=to_proto(found), model=self._model_info, verification=verification, score_threshold=served
         )
 
     def _detect_batch(self, images: list[bytes], flip_test: bool | None) -> list[Found | InvalidArgument]:

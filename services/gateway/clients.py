@@ -417,7 +417,7 @@ class GrpcDetector:
             size=(found.image_width, found.image_height),
             model=model_id(reply.model),
             verification=_verification(reply.verification) if reply.HasField("verification") else None,
-            score_threshold=reply.verification.score_threshold,
+            score_threshold=reply.score_threshold,
         )
 
 

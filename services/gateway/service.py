@@ -298,7 +298,8 @@ class GatewayService:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
             return image
-        crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
+        cut = partial(crops.main_product_cut, photo, found.detections, found.score_threshold)
+        crop = await run_decoding(cut, [])
         metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut").inc()
         return image if crop is None else crop
 

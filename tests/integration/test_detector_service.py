@@ -364,7 +364,7 @@ def test_candidates_come_with_the_models_box_verification(tmp_path: Path, settin
         asked = await stub.Detect(detector_pb2.DetectRequest(image=SCENE, with_candidates=True), timeout=5)
         got = asked.verification
         assert got.classifier == "classifier:9" and got.keep_probability == pytest.approx(0.45)
-        assert got.score_threshold == pytest.approx(0.9)
+        assert asked.score_threshold == pytest.approx(0.9) == served.score_threshold
         assert (got.intercept, got.score_weight, got.confidence_weight) == (-5.0, 8.0, 3.0)
         # Down to the candidate threshold: boxes under the served threshold come too, best first.
         assert found(served.detections) == []
