@@ -11,7 +11,7 @@ import numpy as np
 
 from fashionsearch.batching import BatchPolicy, DynamicBatcher
 from fashionsearch.decode_threads import BatchSlots
-from fashionsearch.detection import Detection
+from fashionsearch.detection import BoxVerification, Detection
 from fashionsearch.errors import InvalidArgument, item_error_fields, rpc_errors
 from fashionsearch.images import ImageLimits, decode_pixels, displayed_size, is_heavy
 from fashionsearch.model_service import model_info
@@ -54,6 +54,17 @@ def to_proto(found: Found) -> detector_pb2.Detections:
     )
 
 
+def rule_to_proto(rule: BoxVerification) -> detector_pb2.BoxVerification:
+    return detector_pb2.BoxVerification(
+        candidate_threshold=rule.candidate_threshold,
+        intercept=rule.intercept,
+        score_weight=rule.score_weight,
+        confidence_weight=rule.confidence_weight,
+        keep_probability=rule.keep_probability,
+        classifier=rule.classifier,
+    )
+
+
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):
     def __init__(
         self,
@@ -90,28 +101,14 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
             found.update(zip(mine, self._detector.detect_prepared(batch, sizes, flip_test, threshold), strict=True))
         return [_full_size(found[k], p) for k, p in enumerate(rows)]
 
-    def _verification(self, request: detector_pb2.DetectRequest) -> detector_pb2.BoxVerification | None:
-        """The rule to send with candidates, when the call asks for them and the model has one."""
-        rule = self._detector.verification if request.with_candidates else None
-        if rule is None:
-            return None
-        return detector_pb2.BoxVerification(
-            candidate_threshold=rule.candidate_threshold,
-            intercept=rule.intercept,
-            score_weight=rule.score_weight,
-            confidence_weight=rule.confidence_weight,
-            keep_probability=rule.keep_probability,
-            classifier=rule.classifier,
-        )
-
     @rpc_errors
     async def Detect(
         self, request: detector_pb2.DetectRequest, context: grpc.aio.ServicerContext
     ) -> detector_pb2.DetectResponse:
         # Decoding and inference block, so they run in worker threads and the event loop keeps serving.
         flip_test = request.flip_test if request.HasField("flip_test") else None
-        verification = self._verification(request)
-        rule = self._detector.verification if verification is not None else None
+        # Candidates, when asked for and the model has a rule to verify them by: down to its candidate threshold.
+        rule = self._detector.verification if request.with_candidates else None
         threshold = rule.candidate_threshold if rule is not None else None
         if request.HasField("min_score"):
             if not 0.0 <= request.min_score <= 1.0:
@@ -121,7 +118,10 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         served = self._detector.served_threshold(self._detector.flip_test if flip_test is None else flip_test)
         return detector_pb2.DetectResponse(
-            detections=to_proto(found), model=self._model_info, verification=verification, score_threshold=served
+            detections=to_proto(found),
+            model=self._model_info,
+            verification=rule_to_proto(rule) if rule is not None else None,
+            score_threshold=served,
         )
 
     def _detect_batch(self, images: list[bytes], flip_test: bool | None) -> list[Found | InvalidArgument]:

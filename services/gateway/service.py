@@ -319,8 +319,8 @@ class GatewayService:
         cut = await run_decoding(partial(crops.cut_out, photo, detections, mirrored=flip), []) if detections else []
         readings = await asyncio.gather(*(self._analyse(c) for c in cut))
         analysed = flip_test.merged(readings) if flip else readings
-        kept = [(d, a) for d, a in zip(detections, analysed, strict=True) if self._verified(found, d, a[0])]
-        searchable = bool(kept) and await self._check_embedder(kept[0][1][1])
+        kept = [(d, c, e) for d, (c, e) in zip(detections, analysed, strict=True) if self._verified(found, d, c)]
+        searchable = bool(kept) and await self._check_embedder(kept[0][2])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
             predicted = classification.top_labels().get("subCategory")
@@ -336,12 +336,12 @@ class GatewayService:
                 applied_filters=filters,
             )
 
-        items = await asyncio.gather(*(item(d, c, e) for d, (c, e) in kept))
+        items = await asyncio.gather(*(item(d, c, e) for d, c, e in kept))
         return OutfitResult(
             items=tuple(items),
             size=found.size,
             detector_model=found.model,
-            embedder_model=kept[0][1][1].model if kept else None,
+            embedder_model=kept[0][2].model if kept else None,
             refine_terms=text.terms if text is not None else (),
         )
 
