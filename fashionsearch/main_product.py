@@ -52,12 +52,6 @@ MIN_SIDE = 64
 WHITE = (255, 255, 255)
 #: A cut-out goes to the model services as a JPEG of this quality.
 JPEG_QUALITY = 95
-#: crop=auto reads the best box the detector finds down to this score, under the detector's served threshold: a
-#: single-product search says a product is there, so its best box, however weak, is read rather than the whole
-#: scene. On 300 validation products small in the frame, masterCategory 91.0 -> 95.3% and articleType 74.7 ->
-#: 79.0% (scenes read whole 27 -> 6), on 300 scattered 96.3 -> 97.7% and 77.7 -> 78.0%; 600 catalogue photos
-#: unchanged (one more read whole); 0.1 measured no better.
-MIN_SCORE = 0.2
 
 
 def near_white(pixels: np.ndarray) -> np.ndarray:
@@ -93,20 +87,17 @@ def main_product(
     size: tuple[int, int],
     packshot_border: float = PACKSHOT_WHITE_BORDER,
     packshot_span: float = PACKSHOT_MIN_SPAN,
-    served_threshold: float = 0.0,
 ) -> Detection | None:
     """The product to cut out of the photo (uint8 RGB pixels, maybe at a reduced scale; the detections in pixels
-    of its full `size`, best first, maybe down to MIN_SCORE), or None to read the whole photo: no product found, a
-    best box that covers WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other
-    thresholds, to measure them). A best box under the detector's `served_threshold` counts as spanning the photo:
-    a packshot whose product the detector barely sees (a part of it, weakly) is read whole, as it was before weak
-    boxes were asked for."""
+    of its full `size`, best first), or None to read the whole photo: no product found, a best box that covers
+    WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to
+    measure them)."""
     if not detections:
         return None
     best, (width, height) = detections[0], size
     if best.width * best.height >= WHOLE_PHOTO_SHARE * width * height:
         return None
-    spans = max(best.width / width, best.height / height) >= packshot_span or best.score < served_threshold
+    spans = max(best.width / width, best.height / height) >= packshot_span
     if spans and white_border_share(pixels) >= packshot_border:
         return None
     return best

@@ -171,19 +171,14 @@ class FakeDetector:
         self.score_threshold = score_threshold
         self.photos: list[bytes] = []
         self.flip_tests: list[bool | None] = []
-        self.min_scores: list[float | None] = []
 
-    async def detect(
-        self, data: bytes, flip_test: bool | None = None, with_candidates: bool = False, min_score: float | None = None
-    ) -> FoundProducts:
+    async def detect(self, data: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
         self.photos.append(data)
         self.flip_tests.append(flip_test)
-        self.min_scores.append(min_score)
         await asyncio.sleep(0)
         if self.failure is not None:
             raise self.failure
         if with_candidates and self.verification is not None:
             return FoundProducts(self.detections, self.size, DETECTOR_MODEL, self.verification, self.score_threshold)
-        floor = self.score_threshold if min_score is None else min_score
-        found = tuple(d for d in self.detections if d.score >= floor)
+        found = tuple(d for d in self.detections if d.score >= self.score_threshold)
         return FoundProducts(found, self.size, DETECTOR_MODEL, score_threshold=self.score_threshold)

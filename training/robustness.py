@@ -176,16 +176,13 @@ def of_families(families: Sequence[str]) -> list[Shift]:
 
 def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.ndarray], float]:
     """Each photo as the gateway's Search reads it with crop=auto (fashionsearch.main_product): the photo itself,
-    or the detector's main product (its best box down to main_product.MIN_SCORE, as the gateway asks for it) cut
-    out, JPEG-encoded as the gateway sends it; and the share of photos cut out."""
-    found = detector_eval.detect(
-        session, spec, list(images), score_threshold=main_product.MIN_SCORE, max_detections=None
-    )
-    served = spec.detection.served_threshold(spec.detection.flip_test)
+    or the detector's main product (model.json's threshold) cut out, JPEG-encoded as the gateway sends it; and the
+    share of photos cut out."""
+    found = detector_eval.detect(session, spec, list(images), score_threshold=None, max_detections=None)
     out, cut = [], 0
     for image, detections in zip(images, found, strict=True):
         size = (image.shape[1], image.shape[0])
-        best = main_product.main_product(image, detections, size, served_threshold=served)
+        best = main_product.main_product(image, detections, size)
         if best is None:
             out.append(image)
         else:

@@ -28,16 +28,14 @@ class Detections(_message.Message):
     def __init__(self, detections: _Optional[_Iterable[_Union[Detection, _Mapping]]] = ..., image_width: _Optional[int] = ..., image_height: _Optional[int] = ...) -> None: ...
 
 class DetectRequest(_message.Message):
-    __slots__ = ("image", "flip_test", "with_candidates", "min_score")
+    __slots__ = ("image", "flip_test", "with_candidates")
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     FLIP_TEST_FIELD_NUMBER: _ClassVar[int]
     WITH_CANDIDATES_FIELD_NUMBER: _ClassVar[int]
-    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     image: bytes
     flip_test: bool
     with_candidates: bool
-    min_score: float
-    def __init__(self, image: _Optional[bytes] = ..., flip_test: _Optional[bool] = ..., with_candidates: _Optional[bool] = ..., min_score: _Optional[float] = ...) -> None: ...
+    def __init__(self, image: _Optional[bytes] = ..., flip_test: _Optional[bool] = ..., with_candidates: _Optional[bool] = ...) -> None: ...
 
 class BoxVerification(_message.Message):
     __slots__ = ("candidate_threshold", "intercept", "score_weight", "confidence_weight", "keep_probability", "classifier")

@@ -110,10 +110,6 @@ class DetectorServicer(detector_pb2_grpc.DetectorServicer):
         # Candidates, when asked for and the model has a rule to verify them by: down to its candidate threshold.
         rule = self._detector.verification if request.with_candidates else None
         threshold = rule.candidate_threshold if rule is not None else None
-        if request.HasField("min_score"):
-            if not 0.0 <= request.min_score <= 1.0:
-                raise InvalidArgument(f"min_score must be in [0, 1], got {request.min_score}")
-            threshold = request.min_score
         prepare = functools.partial(self._prepare, request.image, flip_test, threshold)
         found = await self.batcher.submit(prepare, heavy=is_heavy(request.image))
         served = self._detector.served_threshold(self._detector.flip_test if flip_test is None else flip_test)

@@ -92,12 +92,9 @@ class EmbedderPort(Protocol):
 class DetectorPort(Protocol):
     """Finds the products in one photo."""
 
-    async def detect(
-        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False, min_score: float | None = None
-    ) -> FoundProducts:
+    async def detect(self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
         """`flip_test`: ask for the detector's flip test (True), not (False), or its own setting (None);
-        `with_candidates`: also the weak boxes, with the rule to verify them by (FoundProducts.verification);
-        `min_score`: the boxes down to this score rather than the served ones."""
+        `with_candidates`: also the weak boxes, with the rule to verify them by (FoundProducts.verification)."""
         ...
 
 
@@ -395,12 +392,8 @@ class GrpcDetector:
         self._stub = detector_pb2_grpc.DetectorStub(channel)
         self._timeout_s = timeout_s
 
-    async def detect(
-        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False, min_score: float | None = None
-    ) -> FoundProducts:
-        request = detector_pb2.DetectRequest(
-            image=image, flip_test=flip_test, with_candidates=with_candidates, min_score=min_score
-        )
+    async def detect(self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False) -> FoundProducts:
+        request = detector_pb2.DetectRequest(image=image, flip_test=flip_test, with_candidates=with_candidates)
         try:
             reply = await self._stub.Detect(
                 request,

@@ -47,9 +47,9 @@ def cut_out(photo: Photo, detections: Sequence[Detection], mirrored: bool = Fals
     return [_encode(cut) for cut in cuts]
 
 
-def main_product_cut(photo: Photo, detections: Sequence[Detection], served_threshold: float = 0.0) -> bytes | None:
+def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> bytes | None:
     """What crop=auto reads (fashionsearch.main_product): the main product cut out, None for the whole photo."""
-    best = main_product.main_product(np.asarray(photo.image), detections, photo.size, served_threshold=served_threshold)
+    best = main_product.main_product(np.asarray(photo.image), detections, photo.size)
     return None if best is None else _encode(main_product.cut_out(photo.image, best, photo.size))
 
 

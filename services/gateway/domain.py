@@ -146,7 +146,7 @@ class SearchResult:
 class FoundProducts:
     """The detector's answer: the products in a photo, boxes in pixels of the photo as sent (`size`), and the score
     a detection needs to be served (`score_threshold`). Asked for candidates, with the rule to verify them by
-    (`verification`; the detections are then down to its candidate threshold); asked for a min_score, down to it."""
+    (`verification`; the detections are then down to its candidate threshold)."""
 
     detections: tuple[Detection, ...]
     size: tuple[int, int]

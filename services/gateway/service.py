@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from fashionsearch import main_product, metrics, naming
+from fashionsearch import metrics, naming
 from fashionsearch.catalogue import (
     CONTENT_HASH_KEY,
     check_id,
@@ -273,12 +273,11 @@ class GatewayService:
         return self._detector
 
     async def _found(
-        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False, min_score: float | None = None
+        self, image: bytes, flip_test: bool | None = None, with_candidates: bool = False
     ) -> tuple[FoundProducts, crops.Photo]:
         """The products the detector finds in the photo (with its flip test or without, None: the detector's
-        setting; with its candidates or not; down to min_score or its served threshold), and the photo decoded here
-        to cut them out (both at once)."""
-        detect = self._need_detector().detect(image, flip_test, with_candidates, min_score)
+        setting; with its candidates or not), and the photo decoded here to cut them out (both at once)."""
+        detect = self._need_detector().detect(image, flip_test, with_candidates)
         decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
         found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
         if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
@@ -293,13 +292,12 @@ class GatewayService:
             metrics.SEARCH_CROPS.labels("no_detector").inc()
             return image
         try:
-            found, photo = await self._found(image, min_score=main_product.MIN_SCORE)
+            found, photo = await self._found(image)
         except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
             return image
-        cut = partial(crops.main_product_cut, photo, found.detections, found.score_threshold)
-        crop = await run_decoding(cut, [])
+        crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
         metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut").inc()
         return image if crop is None else crop
 

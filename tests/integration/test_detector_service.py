@@ -352,15 +352,6 @@ def test_candidates_come_with_the_models_box_verification(tmp_path: Path, settin
     async def body(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
         served = await stub.Detect(detector_pb2.DetectRequest(image=SCENE), timeout=5)
         assert not served.HasField("verification")
-        # min_score: down to it rather than the served threshold (crop=auto), with no rule unless asked.
-        weak = await stub.Detect(detector_pb2.DetectRequest(image=SCENE, min_score=0.5), timeout=5)
-        assert_found(weak.detections, EXPECTED)
-        assert not weak.HasField("verification")
-        for bad in (-0.1, 1.5):
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Detect(detector_pb2.DetectRequest(image=SCENE, min_score=bad), timeout=5)
-            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-            assert "min_score must be in [0, 1]" in caught.value.details()
         asked = await stub.Detect(detector_pb2.DetectRequest(image=SCENE, with_candidates=True), timeout=5)
         got = asked.verification
         assert got.classifier == "classifier:9" and got.keep_probability == pytest.approx(0.45)

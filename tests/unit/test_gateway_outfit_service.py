@@ -112,9 +112,9 @@ async def test_outfit_flip_test_asks_the_detector_for_it_and_can_be_turned_off()
     service, classifier, _ = await _service(detector)
     flipped = await service.search_outfit(photo(), SearchOptions(top_k=5))
     assert detector.flip_tests == [True] and len(classifier.seen) == 4
-    # Search's crop=auto leaves the flip test to the detector's own setting, and asks for boxes down to MIN_SCORE.
+    # Search's crop=auto leaves the flip test to the detector's own setting.
     await service.search(photo(), SearchOptions(top_k=5))
-    assert detector.flip_tests == [True, None] and detector.min_scores == [None, main_product.MIN_SCORE]
+    assert detector.flip_tests == [True, None]
 
     detector = FakeDetector((RED_BOX, BLUE_BOX))
     service, classifier, _ = await _service(detector, outfit_flip_test=False)
@@ -282,19 +282,3 @@ async def test_a_rule_fitted_on_another_classifier_leaves_the_choice_to_the_dete
     service, _, _ = await _service(detector)
     result = await service.search_outfit(photo(), SearchOptions(top_k=5))
     assert [item.detection for item in result.items] == [RED_BOX, GREY_BOX]
-
-
-@run_async
-async def test_crop_auto_reads_the_best_box_even_under_the_detectors_served_threshold():
-    # A single-product search says a product is there: a weak box beats reading the whole scene.
-    weak_red = dataclasses.replace(RED_BOX, score=main_product.MIN_SCORE + 0.05)
-    service, classifier, _ = await _service(FakeDetector((weak_red,), score_threshold=0.5))
-    result = await service.search(photo(), SearchOptions(top_k=5))
-    [seen] = classifier.seen
-    cut = Image.open(io.BytesIO(seen))
-    assert cut.size != (300, 400) and result.classification.top_labels()["subCategory"] == "Topwear"
-    # Under MIN_SCORE the whole photo is read.
-    faint_red = dataclasses.replace(RED_BOX, score=main_product.MIN_SCORE - 0.05)
-    service, classifier, _ = await _service(FakeDetector((faint_red,), score_threshold=0.5))
-    await service.search(photo(), SearchOptions(top_k=5))
-    assert Image.open(io.BytesIO(classifier.seen[0])).size == (300, 400)
