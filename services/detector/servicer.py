@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -55,14 +56,7 @@ def to_proto(found: Found) -> detector_pb2.Detections:
 
 
 def rule_to_proto(rule: BoxVerification) -> detector_pb2.BoxVerification:
-    return detector_pb2.BoxVerification(
-        candidate_threshold=rule.candidate_threshold,
-        intercept=rule.intercept,
-        score_weight=rule.score_weight,
-        confidence_weight=rule.confidence_weight,
-        keep_probability=rule.keep_probability,
-        classifier=rule.classifier,
-    )
+    return detector_pb2.BoxVerification(**dataclasses.asdict(rule))  # the message has the rule's fields, by name
 
 
 class DetectorServicer(detector_pb2_grpc.DetectorServicer):

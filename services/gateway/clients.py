@@ -15,6 +15,7 @@ search, which is most of its CPU per search. An image too large to share a messa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Generic, Protocol, TypeVar
@@ -415,11 +416,5 @@ class GrpcDetector:
 
 
 def _verification(rule: detector_pb2.BoxVerification) -> BoxVerification:
-    return BoxVerification(
-        candidate_threshold=rule.candidate_threshold,
-        intercept=rule.intercept,
-        score_weight=rule.score_weight,
-        confidence_weight=rule.confidence_weight,
-        keep_probability=rule.keep_probability,
-        classifier=rule.classifier,
-    )
+    """The detector's rule from its message, which has the rule's fields by name."""
+    return BoxVerification(**{f.name: getattr(rule, f.name) for f in dataclasses.fields(BoxVerification)})

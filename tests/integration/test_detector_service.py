@@ -17,12 +17,13 @@ from PIL import Image
 from prometheus_client import REGISTRY
 
 from fashionsearch.config import ConfigError
-from fashionsearch.detection import box_iou
+from fashionsearch.detection import BoxVerification, box_iou
 from fashionsearch.model_contract import ModelContractError, ModelSpec, file_sha256
 from fashionsearch.model_variants import VNNI_FLAGS, cpu_flags
 from fashionsearch.v1 import detector_pb2, detector_pb2_grpc
 from services.detector.server import start
 from services.detector.settings import Settings
+from services.gateway.clients import GrpcDetector
 from testkit.service_helpers import BAD_IMAGES, SERVING, health_status
 from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, add_int8_variant, photo_of_squares, write_tiny_detector
 from testkit.tiny_models import write_tiny_classifier
@@ -364,6 +365,15 @@ def test_candidates_come_with_the_models_box_verification(tmp_path: Path, settin
         assert min(scores) >= 0.001 and scores == sorted(scores, reverse=True)
 
     run(replace(settings, model_dir=model_dir), body)
+
+    async def through_the_gateways_client(stub: detector_pb2_grpc.DetectorStub, channel: grpc.aio.Channel) -> None:
+        found = await GrpcDetector(channel, timeout_s=5).detect(SCENE, flip_test=False, with_candidates=True)
+        assert found.verification == BoxVerification(**rule) and found.score_threshold == pytest.approx(0.9)
+        assert sorted(d.group for d in found.detections) == ["shoes", "top"]
+        plain = await GrpcDetector(channel, timeout_s=5).detect(SCENE)
+        assert plain.verification is None and plain.detections == ()
+
+    run(replace(settings, model_dir=model_dir), through_the_gateways_client)
 
     broken = replace(spec, extra=dict(spec.extra) | {"box_verification": rule | {"keep_probability": 2}})
     broken.write(model_dir)

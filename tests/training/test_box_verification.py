@@ -33,15 +33,22 @@ def _candidates(photos, detector_dir, classifier_dir, _photos, threads=2):  # no
     return out
 
 
-def test_the_rule_is_fitted_on_validation_scenes_and_written_for_the_detector_service(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def folders(tmp_path: Path) -> tuple[data.Dataset, dict[int, str], Path, Path]:
+    """A tiny dataset with its split, a tiny detector and a classifier named classifier:9."""
     root = tmp_path / "data"
     make_lite_dataset(root)
     dataset = data.load_dataset(root, tmp_path / "cache")
     split = data.get_split(dataset, tmp_path / "split.csv", create=True)
     detector_dir = write_tiny_detector(tmp_path / "detector")
     classifier_dir = write_tiny_classifier(tmp_path / "classifier", name="classifier", version="9")
+    return dataset, split, detector_dir, classifier_dir
+
+
+def test_the_rule_is_fitted_on_validation_scenes_and_written_for_the_detector_service(
+    folders: tuple[data.Dataset, dict[int, str], Path, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dataset, split, detector_dir, classifier_dir = folders
     photos = scenes.test_scenes(scenes.split_products(dataset, split, "val"), 4, seed=3)
     monkeypatch.setattr(box_verification, "candidates", lambda d, c, p, t=2: _candidates(photos, d, c, p, t))
 
@@ -58,14 +65,9 @@ def test_the_rule_is_fitted_on_validation_scenes_and_written_for_the_detector_se
 
 
 def test_scenes_with_only_products_or_none_are_refused_with_a_clear_error(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    folders: tuple[data.Dataset, dict[int, str], Path, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root = tmp_path / "data"
-    make_lite_dataset(root)
-    dataset = data.load_dataset(root, tmp_path / "cache")
-    split = data.get_split(dataset, tmp_path / "split.csv", create=True)
-    detector_dir = write_tiny_detector(tmp_path / "detector")
-    classifier_dir = write_tiny_classifier(tmp_path / "classifier")
+    dataset, split, detector_dir, classifier_dir = folders
     monkeypatch.setattr(
         box_verification, "candidates", lambda d, c, p, t=2: [box_verification.Candidates([], np.zeros(0))] * len(p)
     )
