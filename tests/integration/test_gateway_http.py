@@ -7,11 +7,13 @@ Requests go through urllib and raw sockets, like any HTTP client would send them
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
 import socket
 import struct
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -429,14 +431,30 @@ def test_list_items_streams_every_item_whatever_the_chunk_size(api, items):
     assert "allowed: chunk_size" in error_of(*api.json("GET", "/v1/items?limit=3"), 400)
 
 
-def test_a_client_leaving_mid_listing_is_one_info_line(stack, caplog):
+def test_a_client_leaving_mid_listing_is_one_info_line(stack, caplog, monkeypatch):
     """Closing the connection while GET /v1/items streams is ordinary: no ERROR, no traceback."""
+    reset = threading.Event()
+    listing = stack.wired.service.list_digests
+
+    async def held_after_the_first_chunk(page_size):
+        # The gateway writes the next chunk only once the client has reset the connection, so that write finds it
+        # gone whatever the machine's speed (a small catalogue could otherwise be written out before the reset).
+        pages = listing(page_size)
+        first = await anext(pages, None)
+        if first is not None:
+            yield first
+        await asyncio.to_thread(reset.wait, 10)
+        async for page in pages:
+            yield page
+
+    monkeypatch.setattr(stack.wired.service, "list_digests", held_after_the_first_chunk)
     with caplog.at_level(logging.INFO, logger="services.gateway"):
         with socket.create_connection((HOST, stack.gateway_settings.http_port), timeout=10) as client:
             client.sendall(b"GET /v1/items?chunk_size=1 HTTP/1.1\r\nHost: test\r\n\r\n")
             assert client.recv(64).startswith(b"HTTP/1.1 200")
             # Reset at once (SO_LINGER 0): the gateway's next write finds the connection gone.
             client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        reset.set()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and not any("closed the connection" in r.message for r in caplog.records):
             time.sleep(0.05)
