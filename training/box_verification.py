@@ -78,6 +78,11 @@ def kept(read: Sequence[Candidates], rule: BoxVerification) -> list[list[Detecti
     return [[d for d, c in zip(r.detections, r.confidence, strict=True) if rule.keeps(d.score, float(c))] for r in read]
 
 
+def kept_above(read: Sequence[Candidates], threshold: float) -> list[list[Detection]]:
+    """The detections the detector's threshold alone would serve, to set the rule against."""
+    return [[d for d in r.detections if d.score >= threshold] for r in read]
+
+
 def fit(
     detector_dir: Path,
     classifier_dir: Path,
@@ -136,7 +141,3 @@ def fit(
     extra = dict(spec.extra) | {"box_verification": dataclasses.asdict(rule), "box_verification_choice": choice}
     dataclasses.replace(spec, extra=extra).write(detector_dir)
     return {"rule": dataclasses.asdict(rule)} | choice
-
-
-def kept_above(read: Sequence[Candidates], threshold: float) -> list[list[Detection]]:
-    return [[d for d in r.detections if d.score >= threshold] for r in read]

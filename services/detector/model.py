@@ -23,9 +23,8 @@ class Detector(Protocol):
         """(width, height) the model sees; lets the decoder skip pixels it would throw away."""
         ...
 
-    def detect(self, images: Sequence[np.ndarray], flip_test: bool | None = None) -> list[list[Detection]]:
-        """Detect in RGB images (uint8 HxWx3) in one model call; per image its detections, in that image's pixels.
-        `flip_test`: with the flip test or without; None: the detector's setting."""
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
+        """Detect in RGB images (uint8 HxWx3) in one model call; per image its detections, in that image's pixels."""
         ...
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
@@ -88,11 +87,11 @@ class OnnxDetector(OnnxAdapter):
         assert self._model.spec.detection is not None  # guaranteed by ModelSpec validation
         return tuple(group.name for group in self._model.spec.detection.groups)
 
-    def detect(self, images: Sequence[np.ndarray], flip_test: bool | None = None) -> list[list[Detection]]:
+    def detect(self, images: Sequence[np.ndarray]) -> list[list[Detection]]:
         if not images:
             return []
         sizes = [(image.shape[1], image.shape[0]) for image in images]
-        return self.detect_prepared(preprocess(images, self._model.spec.input), sizes, flip_test)
+        return self.detect_prepared(preprocess(images, self._model.spec.input), sizes)
 
     def detect_prepared(
         self,
