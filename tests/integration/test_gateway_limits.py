@@ -308,28 +308,28 @@ def test_refusals_at_the_cap_are_counted_as_refused_by_a_limit_not_as_errors(tmp
         with pytest.raises(grpc.RpcError) as refused:
             limited.stub.Search(gateway_pb2.SearchRequest(image=GOOD), timeout=10)
         assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-        # An aborted call's status leaves before its interceptor counts it: give the count a moment.
+        grpc_refused = {
+            "grpc_service": "fashionsearch.v1.Gateway",
+            "grpc_method": "Search",
+            "grpc_code": "RESOURCE_EXHAUSTED",
+        }
+
+        def counted(after: dict[Any, float]) -> bool:
+            return (
+                _moved(before, after, "fashionsearch_requests_refused_total", reason="limit") >= 3
+                and _moved(before, after, "grpc_server_handled_total", **grpc_refused) >= 1
+            )
+
+        # An aborted call's status leaves before its interceptors count it: wait for both counts.
         deadline = time.monotonic() + 5
         after = _scrape(port)
-        while _moved(before, after, "fashionsearch_requests_refused_total", reason="limit") < 3:
-            if time.monotonic() > deadline:
-                break
+        while not counted(after) and time.monotonic() < deadline:
             time.sleep(0.05)
             after = _scrape(port)
         assert _moved(before, after, "fashionsearch_requests_refused_total", reason="limit") == 3
         assert _moved(before, after, "fashionsearch_errors_total", kind="unavailable") == 0
         assert _moved(before, after, "http_server_requests_total", method="POST", route="/v1/search", code="503") == 2
-        assert (
-            _moved(
-                before,
-                after,
-                "grpc_server_handled_total",
-                grpc_service="fashionsearch.v1.Gateway",
-                grpc_method="Search",
-                grpc_code="RESOURCE_EXHAUSTED",
-            )
-            == 1
-        )
+        assert _moved(before, after, "grpc_server_handled_total", **grpc_refused) == 1
         model.gate.set()
         assert _answer(upload).startswith("HTTP/1.1 200")
         upload.close()
