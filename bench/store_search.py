@@ -11,12 +11,13 @@ searches, so each reports its own memory (RSS, the peak during the build). Query
 subCategory drawn from the catalogue's distribution (the gateway's default search), and the rare value; each query
 is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters),
 each without and with the exposed copies merged in (edge_exposed.py; the build flags them after the graph, timed
-apart: "flag s", and "exposed" is the share of points copied).
+apart: "flag s", and "exposed" is the share of points copied), and with the copies and the far check (a filter far
+from the query searched with EdgeTuning.far_filter_ef candidates: the served path).
 Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurrency (its store calls run in
 asyncio.to_thread, min(32, cores + 4) threads).
 
     python bench/store_search.py [--sizes 40000,200000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
-        [--concurrency 6] [--full-scan 20000] [--exposed 10] [--dir /var/tmp] [--keep]
+        [--far-ef 1024] [--concurrency 6] [--full-scan 20000] [--exposed 10] [--dir /var/tmp] [--keep]
 """
 
 from __future__ import annotations
@@ -166,6 +167,7 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
     loaded = time.perf_counter()
     index.optimize()
     optimised = time.perf_counter()
+    graph_peak = _rss_mib()[1]
     graph = index.graph_points()
     index.close()
     # The exposed copies, timed apart from the graph: optimize() of a graph without copies flags them.
@@ -181,6 +183,7 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
         "flag_s": flagged - flag_started,
         "exposed": exposed / max(1, len(vectors)),
         "graph_points": graph,
+        "graph_peak_rss_mib": graph_peak,
         "peak_rss_mib": _rss_mib()[1],
         "cpu_s": resource.getrusage(resource.RUSAGE_SELF).ru_utime + resource.getrusage(resource.RUSAGE_SELF).ru_stime,
     }
@@ -197,17 +200,22 @@ def _timed(index: EdgeIndex, queries: np.ndarray, filters: Sequence[str | None])
 
 
 def search_child(
-    folder: str, data: str, tuning: EdgeTuning, settings: list[tuple[str, bool, int, float, bool]], concurrency: int
+    folder: str,
+    data: str,
+    tuning: EdgeTuning,
+    settings: list[tuple[str, bool, int, float, bool, int]],
+    concurrency: int,
 ) -> dict[str, Any]:
     queries = np.load(f"{data}/queries.npy")
     kinds = np.load(f"{data}/query_kinds.npy", allow_pickle=True).item()
     results: dict[str, Any] = {"latency": {}, "answers": {}}
-    for label, exact, ef, acorn, exposed in settings:
+    for label, exact, ef, acorn, exposed, far_ef in settings:
         variant = replace(
             tuning,
             hnsw_ef=ef or tuning.hnsw_ef,
             acorn_max_selectivity=acorn,
             exposed_neighbours=tuning.exposed_neighbours if exposed else 0,
+            far_filter_ef=far_ef,
         )
         index = EdgeIndex(folder, "bench", search_threads=1, exact=exact, tuning=variant)
         try:
@@ -271,6 +279,9 @@ def main() -> int:
     parser.add_argument("--dim", type=int, default=32)
     parser.add_argument("--queries", type=int, default=300)
     parser.add_argument("--ef", default="64,128,256", help="hnsw_ef values to measure (the default setting: 128)")
+    parser.add_argument(
+        "--far-ef", default=str(EdgeTuning.far_filter_ef), help="far_filter_ef values, with the copies, at each ef"
+    )
     parser.add_argument("--quantization", default="off,on", help="off, on or both (scalar int8)")
     parser.add_argument("--concurrency", type=int, default=min(32, (os.cpu_count() or 1) + 4))
     parser.add_argument("--index-from", type=int, default=None, help="EdgeTuning.index_from_points (default: its own)")
@@ -285,10 +296,12 @@ def main() -> int:
 
     efs = [int(e) for e in args.ef.split(",") if e]
     acorn = EdgeTuning.acorn_max_selectivity
-    settings: list[tuple[str, bool, int, float, bool]] = [("exact", True, 0, acorn, False)]
+    far_efs = [int(e) for e in args.far_ef.split(",") if e]
+    settings: list[tuple[str, bool, int, float, bool, int]] = [("exact", True, 0, acorn, False, 0)]
     for ef in efs:
-        settings += [(f"graph ef {ef}", False, ef, acorn, False), (f"ef {ef} + exposed", False, ef, acorn, True)]
-    settings += [(f"ef {ef} no ACORN", False, ef, 0.0, False) for ef in efs[-1:] if args.no_acorn]
+        settings += [(f"graph ef {ef}", False, ef, acorn, False, 0), (f"ef {ef} + exposed", False, ef, acorn, True, 0)]
+        settings += [(f"ef {ef} + exp, far {f}", False, ef, acorn, True, f) for f in far_efs if f > ef]
+    settings += [(f"ef {ef} no ACORN", False, ef, 0.0, False, 0) for ef in efs[-1:] if args.no_acorn]
     rows: list[str] = []
     builds: list[str] = []
     source = ""
@@ -345,21 +358,22 @@ def main() -> int:
                 builds.append(
                     f"| {n:>9,} | {quantization:>3} | {built['load_s']:7.0f} | {built['optimize_s']:8.0f} |"
                     f" {built['flag_s']:6.1f} | {built['exposed']:6.1%} | {built['cpu_s']:7.0f} |"
-                    f" {built['graph_points']:>9,} | {built['peak_rss_mib']:8.0f} |"
+                    f" {built['graph_points']:>9,} | {built['graph_peak_rss_mib']:14.0f} |"
+                    f" {built['peak_rss_mib']:8.0f} |"
                     f" {res['rss_mib']:8.0f} | {size:8.0f} |"
                 )
                 for label, *_ in settings:
                     for kind in kinds:
                         lat = res["latency"][(label, kind)]
                         rows.append(
-                            f"| {n:>9,} | {quantization:>3} | {label:<15} | {kind:<16} | {pct(lat, 50):7.2f} |"
+                            f"| {n:>9,} | {quantization:>3} | {label:<22} | {kind:<16} | {pct(lat, 50):7.2f} |"
                             f" {pct(lat, 95):7.2f} | {pct(lat, 99):7.2f} | {1 / np.mean(lat):7.0f} |"
                             f" {recall(res['answers'][(label, kind)], reference[kind]):6.3f} |"
                             f" {distance_ratio(stored, queries, res['answers'][(label, kind)], reference[kind]):6.4f} |"
                         )
                 lat, wall = res["concurrent"]
                 rows.append(
-                    f"| {n:>9,} | {quantization:>3} | ef {tuning.hnsw_ef} x{args.concurrency:<6} | own subCategory "
+                    f"| {n:>9,} | {quantization:>3} | ef {tuning.hnsw_ef} x{args.concurrency:<13} | own subCategory "
                     f" | {pct(lat, 50):7.2f} | {pct(lat, 95):7.2f} | {pct(lat, 99):7.2f} |"
                     f" {len(lat) / wall:7.0f} |    --- |    --- |"
                 )
@@ -373,14 +387,15 @@ def main() -> int:
     print(f"\nQdrant Edge through EdgeIndex, dim {args.dim}, top-{TOP_K}, {source}; {args.queries} queries per set")
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print("\nBuild (load = upserts in batches of 1000; optimize = graph and segment merge; peak RSS of the build")
-    print("process; RSS of the search process after its queries; disk = the collection folder)\n")
+    print("process after the graph and after the flagging; RSS of the search process after its queries; disk = the")
+    print("collection folder)\n")
     print(
-        "| points    | sq  | load s  | optimize s | flag s | exposed | cpu s | graph pts | peak MiB | serve MiB |"
-        " disk MiB |"
+        "| points    | sq  | load s  | optimize s | flag s | exposed | cpu s | graph pts | graph peak MiB | peak MiB |"
+        " serve MiB | disk MiB |"
     )
     print(
-        "|-----------|-----|---------|------------|--------|---------|-------|-----------|----------|-----------|"
-        "----------|"
+        "|-----------|-----|---------|------------|--------|---------|-------|-----------|----------------|----------|"
+        "-----------|----------|"
     )
     print("\n".join(builds))
     print(
@@ -389,11 +404,11 @@ def main() -> int:
     )
     print("(dist@5: the 5th answer's distance over the exact 5th's, mean; 1.0000 where nothing was missed)\n")
     print(
-        "| points    | sq  | setting         | filter           | p50 ms  | p95 ms  | p99 ms  | q/s     | recall@5 |"
-        " dist@5 |"
+        "| points    | sq  | setting                | filter           | p50 ms  | p95 ms  | p99 ms  | q/s     |"
+        " recall@5 | dist@5 |"
     )
     print(
-        "|-----------|-----|-----------------|------------------|---------|---------|---------|---------|----------|"
+        "|-----------|-----|------------------------|------------------|---------|---------|---------|---------|----------|"
         "--------|"
     )
     print("\n".join(rows))

@@ -74,7 +74,7 @@ from fashionsearch.store.base import (
     stored_points,
     unique_ids,
 )
-from fashionsearch.store.edge_exposed import EXPOSED_DIR, ExposedCopies, merged
+from fashionsearch.store.edge_exposed import EXPOSED_DIR, FIELD, ExposedCopies, far_from, merged
 from fashionsearch.store.edge_files import copy_tree, refresh_tree, sync_tree
 from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
@@ -174,6 +174,10 @@ class EdgeIndex:
         # writes drop them (a copy must never outlive its point's version).
         self._merge_exposed = not exact and self._tuning.exposed_neighbours > 0
         self._params = self._tuning.search_params(exact=exact)
+        # Filters far from the query search wider (edge_exposed.far_from); only beside the copies, whose counts say
+        # which filters the graph answers.
+        wider = self._merge_exposed and self._tuning.far_filter_ef > self._tuning.hnsw_ef
+        self._far_params = self._tuning.search_params(far=True) if wider else None
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
         self._exposed: ExposedCopies | None = None
@@ -504,9 +508,14 @@ class EdgeIndex:
                     params=params,
                 )
 
-            points = self._shard.query(request(self._params))
             copies = self._exposed
-            if self._merge_exposed and copies is not None and copies.wanted(wanted, self._tuning.full_scan_points):
+            merge = self._merge_exposed and copies is not None and copies.wanted(wanted, self._tuning.full_scan_points)
+            params = self._params
+            if merge and self._far_params is not None and far_from(self._shard, query, wanted[FIELD]):
+                params = self._far_params  # a walk towards a far kind ends at its edge: search wider
+            points = self._shard.query(request(params))
+            if merge:
+                assert copies is not None
                 points = merged(points, copies.search(request(_EXACT)), int(top_k))
         return scored_hits(points)
 

@@ -25,8 +25,12 @@ costs about 60 ns per matching point here (p50 2.1 ms for Topwear's 35k matches 
 its 350k at 1M). What helps: the graph's answer merged with an exact search of copies of the "exposed" points
 (one of whose ``exposed_neighbours`` nearest is of another kind), edge_exposed.py: at 1M points far-filter recall@5
 0.55 -> 0.87 at hnsw_ef 128 and 0.65 -> 0.94 at 512, for about 0.6 ms more p50 on every subCategory-filtered search
-the graph answers (bench/README.md). So the defaults keep hnsw_ef 128: the gateway's own-subCategory filter has
-recall 0.997 to 1.000 at p50 about 1 ms on 1M points.
+the graph answers (bench/README.md). And a wider search for the far filters alone: a search checks first whether
+its filter is far (none of the query's nearest few points holds its value, an unfiltered search of about 0.2 ms)
+and then searches with ``far_filter_ef`` instead of ``hnsw_ef`` (at 1M points, with the copies: far-filter recall@5
+0.90 -> 0.985, p50 2.2 to 2.7 ms; 2 of 300 own-subCategory searches were taken for far). So the defaults keep
+hnsw_ef 128 for the rest: the gateway's own-subCategory filter has recall 0.997 to 1.000 at p50 about 1 ms on 1M
+points.
 """
 
 from __future__ import annotations
@@ -66,13 +70,19 @@ class EdgeTuning:
     #: The neighbourhood shrinks as the catalogue grows denser: 10 copied 6.2% of 100k points and 1.4% of 1M (far
     #: filter recall@5 0.55 -> 0.60 at 1M), 50 copies 14.6% and 6.3% (0.55 -> 0.87). 0: no copies, the graph alone.
     exposed_neighbours: int = 50
+    #: Candidates of a graph search whose subCategory filter is far from the query: none of the query's
+    #: ``FAR_CHECK_NEIGHBOURS`` nearest points (edge_exposed.py) holds a value of the filter. Such a walk ends at
+    #: the kind's edge, so it searches wider; near filters (the gateway's own) keep hnsw_ef. Far-filter recall@5 at
+    #: 1M points with the copies: 0.90 / 0.97 / 0.985 at 128 / 512 / 1024, p50 1.2 / 1.4 / 2.2 ms. 0: no far check.
+    far_filter_ef: int = 1024
 
     def __post_init__(self) -> None:
         for name in ("hnsw_m", "hnsw_ef_construct", "hnsw_ef", "index_from_points", "full_scan_points", "segments"):
             if getattr(self, name) < 1:
                 raise ValueError(f"EdgeTuning.{name} must be at least 1, not {getattr(self, name)}")
-        if self.exposed_neighbours < 0:
-            raise ValueError(f"EdgeTuning.exposed_neighbours must be at least 0, not {self.exposed_neighbours}")
+        for name in ("exposed_neighbours", "far_filter_ef"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"EdgeTuning.{name} must be at least 0, not {getattr(self, name)}")
         if not 0.0 <= self.acorn_max_selectivity <= 1.0:
             raise ValueError(f"EdgeTuning.acorn_max_selectivity must be in [0, 1], not {self.acorn_max_selectivity}")
 
@@ -102,7 +112,8 @@ class EdgeTuning:
             max_search_threads=search_threads,
         )
 
-    def search_params(self, *, exact: bool = False) -> qe.SearchParams:
+    def search_params(self, *, exact: bool = False, far: bool = False) -> qe.SearchParams:
+        """The search parameters: exact, or the graph's (wider for a filter far from the query)."""
         import qdrant_edge as qe
 
         if exact:
@@ -113,7 +124,8 @@ class EdgeTuning:
             else None
         )
         quantization = qe.QuantizationSearchParams(rescore=True, oversampling=2.0) if self.scalar_quantization else None
-        return qe.SearchParams(hnsw_ef=self.hnsw_ef, acorn=acorn, quantization=quantization)
+        ef = max(self.hnsw_ef, self.far_filter_ef) if far else self.hnsw_ef
+        return qe.SearchParams(hnsw_ef=ef, acorn=acorn, quantization=quantization)
 
 
 def _kilobytes(points: int, dim: int) -> int:

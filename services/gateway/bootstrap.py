@@ -111,7 +111,7 @@ def bootstrap(
             qdrant_api_key=settings.qdrant_api_key,
             search_threads=settings.store_search_threads,
             min_free_bytes=settings.store_min_free_mb * 1024 * 1024,
-            tuning=EdgeTuning(hnsw_ef=settings.store_hnsw_ef),
+            tuning=EdgeTuning(hnsw_ef=settings.store_hnsw_ef, far_filter_ef=settings.store_far_filter_ef),
             timeout_s=max(1, round(settings.store_timeout_s)),
         )
         index = catalog.live(settings.collection)

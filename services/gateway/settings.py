@@ -57,6 +57,8 @@ class Settings:
     #: Qdrant Edge's graph search: candidates kept (recall@5 against exact rises with it, and latency;
     #: bench/README.md has the measurements).
     store_hnsw_ef: int = EdgeTuning.hnsw_ef
+    #: ... and for a subCategory filter far from the photo (none of its nearest points holds it); 0: as hnsw_ef.
+    store_far_filter_ef: int = EdgeTuning.far_filter_ef
     #: Qdrant Edge: writes are refused (HTTP 507) while the data directory's disk has less free space than this, so
     #: the store's memory-mapped files never meet a full disk (fashionsearch/store/edge.py).
     store_min_free_mb: int = 64
@@ -201,6 +203,7 @@ class Settings:
             upsert_batch=env.get_int("UPSERT_BATCH", cls.upsert_batch, min=1, max=1024),
             store_search_threads=env.get_int("STORE_SEARCH_THREADS", cls.store_search_threads, min=1, max=64),
             store_hnsw_ef=env.get_int("STORE_HNSW_EF", cls.store_hnsw_ef, min=4, max=4096),
+            store_far_filter_ef=env.get_int("STORE_FAR_FILTER_EF", cls.store_far_filter_ef, min=0, max=4096),
             store_min_free_mb=env.get_int("STORE_MIN_FREE_MB", cls.store_min_free_mb, min=0, max=1024**2),
             backup_dir=env.path("BACKUP_DIR", ".") if env.get_str("BACKUP_DIR", "") else None,
             grace_s=env.get_float("GRACE_S", cls.grace_s, min=0, max=600),
