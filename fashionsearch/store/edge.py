@@ -174,10 +174,8 @@ class EdgeIndex:
         # writes drop them (a copy must never outlive its point's version).
         self._merge_exposed = not exact and self._tuning.exposed_neighbours > 0
         self._params = self._tuning.search_params(exact=exact)
-        # Filters far from the query search wider (edge_exposed.far_from); only beside the copies, whose counts say
-        # which filters the graph answers.
-        wider = self._merge_exposed and self._tuning.far_filter_ef > self._tuning.hnsw_ef
-        self._far_params = self._tuning.search_params(far=True) if wider else None
+        # Filters far from the query search wider (edge_exposed.far_from).
+        self._far_params = self._tuning.search_params(exact=exact, far=True)
         self._lock = threading.RLock()
         self._shard: qe.EdgeShard | None = None
         self._exposed: ExposedCopies | None = None
@@ -508,13 +506,17 @@ class EdgeIndex:
                     params=params,
                 )
 
+            # A filter far from the query (edge_exposed.py): a walk towards its kind ends at the kind's edge, so the
+            # graph searches wider and the exposed copies are searched beside it. A near filter needs neither.
             copies = self._exposed
-            merge = self._merge_exposed and copies is not None and copies.wanted(wanted, self._tuning.full_scan_points)
-            params = self._params
-            if merge and self._far_params is not None and far_from(self._shard, query, wanted[FIELD]):
-                params = self._far_params  # a walk towards a far kind ends at its edge: search wider
-            points = self._shard.query(request(params))
-            if merge:
+            far = (
+                self._merge_exposed
+                and copies is not None
+                and copies.wanted(wanted, self._tuning.full_scan_points)
+                and far_from(self._shard, query, wanted[FIELD])
+            )
+            points = self._shard.query(request(self._far_params if far else self._params))
+            if far:
                 assert copies is not None
                 points = merged(points, copies.search(request(_EXACT)), int(top_k))
         return scored_hits(points)

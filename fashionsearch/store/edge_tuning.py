@@ -24,13 +24,12 @@ a graph per subCategory only (m 0) 0.81 / 0.89; ACORN for every selectivity 0.83
 costs about 60 ns per matching point here (p50 2.1 ms for Topwear's 35k matches at 100k points, so about 20 ms for
 its 350k at 1M). What helps: the graph's answer merged with an exact search of copies of the "exposed" points
 (one of whose ``exposed_neighbours`` nearest is of another kind), edge_exposed.py: at 1M points far-filter recall@5
-0.55 -> 0.87 at hnsw_ef 128 and 0.65 -> 0.94 at 512, for about 0.6 ms more p50 on every subCategory-filtered search
-the graph answers (bench/README.md). And a wider search for the far filters alone: a search checks first whether
-its filter is far (none of the query's nearest few points holds its value, an unfiltered search of about 0.2 ms)
-and then searches with ``far_filter_ef`` instead of ``hnsw_ef`` (at 1M points, with the copies: far-filter recall@5
-0.90 -> 0.985, p50 2.2 to 2.7 ms; 2 of 300 own-subCategory searches were taken for far). So the defaults keep
-hnsw_ef 128 for the rest: the gateway's own-subCategory filter has recall 0.997 to 1.000 at p50 about 1 ms on 1M
-points.
+0.55 -> 0.87 at hnsw_ef 128 and 0.65 -> 0.94 at 512 (bench/README.md); and a wider graph search beside them. Both
+for far filters alone: a search checks first whether its filter is far (none of the query's nearest few points
+holds its value, an unfiltered search of about 0.2 ms), and only then merges the copies and searches with
+``far_filter_ef`` instead of ``hnsw_ef`` (at 1M points: far-filter recall@5 0.90 -> 0.985, p50 2.2 to 2.7 ms; 2 of
+300 own-subCategory searches were taken for far). So the defaults keep hnsw_ef 128 for the rest: the gateway's
+own-subCategory filter has recall 0.997 at p50 about 0.5 ms on 1M points.
 """
 
 from __future__ import annotations
@@ -73,7 +72,8 @@ class EdgeTuning:
     #: Candidates of a graph search whose subCategory filter is far from the query: none of the query's
     #: ``FAR_CHECK_NEIGHBOURS`` nearest points (edge_exposed.py) holds a value of the filter. Such a walk ends at
     #: the kind's edge, so it searches wider; near filters (the gateway's own) keep hnsw_ef. Far-filter recall@5 at
-    #: 1M points with the copies: 0.90 / 0.97 / 0.985 at 128 / 512 / 1024, p50 1.2 / 1.4 / 2.2 ms. 0: no far check.
+    #: 1M points with the copies: 0.90 / 0.97 / 0.985 at 128 / 512 / 1024, p50 1.2 / 1.4 / 2.2 ms. At most hnsw_ef
+    #: (0): far filters search as near ones do, with the copies beside them.
     far_filter_ef: int = 1024
 
     def __post_init__(self) -> None:

@@ -191,7 +191,7 @@ def test_rebuild_optimises_in_its_own_process_while_the_live_collection_serves(t
 
 
 # A weak graph (hnsw_ef 16: far-filter recall 0.92 on these points), so that it misses some strays at this size;
-# without the far check's wider search, so that the copies' share shows.
+# far filters search no wider (far_filter_ef 0), so that the copies' share shows.
 WEAK = EdgeTuning(
     index_from_points=500, full_scan_points=100, indexing_threads=1, hnsw_ef=16, exposed_neighbours=10, far_filter_ef=0
 )
