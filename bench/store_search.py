@@ -9,10 +9,10 @@ For each size and each quantization setting, a child process builds the collecti
 (EdgeIndex.upsert in batches of 1000, then optimize(): the indexer's rebuild), and another child opens it and
 searches, so each reports its own memory (RSS, the peak during the build). Query sets: unfiltered, filtered by one
 subCategory drawn from the catalogue's distribution (the gateway's default search), and the rare value; each query
-is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters),
-each without and with the exposed copies merged in (edge_exposed.py; the build flags them after the graph, timed
-apart: "flag s", and "exposed" is the share of points copied), and with the copies and the far check (a filter far
-from the query searched with EdgeTuning.far_filter_ef candidates: the served path).
+is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters):
+alone ("graph"); with the exposed copies merged in for a filter far from the query ("+ exposed"; edge_exposed.py;
+the build flags them after the graph, timed apart: "flag s", and "exposed" is the share of points copied); and, the
+served path, with the copies and a wider graph search for such a filter ("+ exp, far N": far_filter_ef N).
 Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurrency (its store calls run in
 asyncio.to_thread, min(32, cores + 4) threads).
 
