@@ -9,8 +9,8 @@ graph build every point is looked up once (one unfiltered graph search for its `
 ``FLAG_EF``, in batches), and a point one of whose neighbours has another subCategory is *exposed*: a copy of it
 (vector and whole payload) goes into a second, small shard, ``<collection>/exposed/`` (6.3% of a 1M-point catalogue
 with the default 50 neighbours). A copy, not a flag in the payload: Qdrant moves a point whose payload changes out
-of its indexed segment. Measured at 1M points (bench/README.md): far-filter recall@5 0.55 -> 0.87 at hnsw_ef 128
-and 0.65 -> 0.94 at 512, short of the 0.97 goal; the flagging takes about as long as the graph build.
+of its indexed segment. Measured at 1M points (bench/README.md), the copies alone: far-filter recall@5 0.55 -> 0.87
+at hnsw_ef 128 and 0.65 -> 0.94 at 512; the flagging takes about 1.3 times the graph build (176 s beside 137 s).
 
 A search whose subCategory filter is far from the query (``far_from``: none of the query's
 ``FAR_CHECK_NEIGHBOURS`` nearest points holds a value of the filter, one unfiltered search of about 0.2 ms) is
