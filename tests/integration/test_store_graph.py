@@ -216,13 +216,18 @@ def _strays(points: list[StoredPoint], rng_seed: int) -> list[StoredPoint]:
     return [p for p, q in zip(points, plain, strict=True) if p.payload["subCategory"] != q.payload["subCategory"]]
 
 
-def test_the_exposed_copies_find_the_strays_a_far_filter_needs_and_the_graph_misses(tmp_path):
+def _far_case() -> tuple[list[StoredPoint], list[tuple[np.ndarray, str]], list[list[int]]]:
+    """Points with 5% strays, far-filter queries on them, and the queries' exact answers."""
     rng = np.random.default_rng(11)
     points = _kinds(8000, rng, stray=0.05)
     queries = _far_queries(points, rng)
     reference = BruteForceIndex()
     _load((reference,), points, 1000)
-    exact = _answers(reference, queries)
+    return points, queries, _answers(reference, queries)
+
+
+def test_the_exposed_copies_find_the_strays_a_far_filter_needs_and_the_graph_misses(tmp_path):
+    points, queries, exact = _far_case()
     index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=WEAK)
     try:
         _load((index,), points, 1000)
@@ -264,14 +269,9 @@ def test_the_exposed_copies_find_the_strays_a_far_filter_needs_and_the_graph_mis
 
 
 def test_a_filter_far_from_the_query_searches_wider_and_the_query_s_own_does_not(tmp_path, monkeypatch):
-    rng = np.random.default_rng(11)
-    points = _kinds(8000, rng, stray=0.05)
-    far_queries = _far_queries(points, rng)
+    points, far_queries, exact = _far_case()
     asked = points[:: len(points) // 120]
     own_queries = [(q, str(p.payload["subCategory"])) for (q, _), p in zip(far_queries, asked, strict=True)]
-    reference = BruteForceIndex()
-    _load((reference,), points, 1000)
-    exact = _answers(reference, far_queries)
     index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=WEAK)
     try:
         _load((index,), points, 1000)
