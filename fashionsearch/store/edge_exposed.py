@@ -57,6 +57,8 @@ _FLAG_BATCH = 64
 #: and 2 of 300 own-subCategory ones taken for far, with 5 or 10), and the candidates of that unfiltered search.
 FAR_CHECK_NEIGHBOURS = 5
 _FAR_CHECK = qe.SearchParams(hnsw_ef=64)
+#: The one payload field the far check and the flagging read (built once: the far check is on the search path).
+_FIELD_ONLY = qe.PayloadSelector.Include([FIELD])
 _PAGE = 1024
 
 
@@ -191,9 +193,7 @@ class _Kinds:
         kinds: list[int] = []
         offset: Any = None
         while True:
-            records, offset = source.scroll(
-                qe.ScrollRequest(offset=offset, limit=_PAGE * 8, with_payload=qe.PayloadSelector.Include([FIELD]))
-            )
+            records, offset = source.scroll(qe.ScrollRequest(offset=offset, limit=_PAGE * 8, with_payload=_FIELD_ONLY))
             for r in records:
                 ids.append(int(r.id))
                 kinds.append(codes.setdefault((r.payload or {}).get(FIELD), len(codes)))
@@ -224,7 +224,7 @@ def far_from(source: qe.EdgeShard, query: list[float], values: Collection[str]) 
         qe.QueryRequest(
             limit=FAR_CHECK_NEIGHBOURS,
             query=qe.Query.Nearest(query),
-            with_payload=qe.PayloadSelector.Include([FIELD]),
+            with_payload=_FIELD_ONLY,
             with_vector=False,
             params=_FAR_CHECK,
         )
