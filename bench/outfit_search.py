@@ -15,7 +15,10 @@ bench/catalogue_vectors.py's cache), then, from this process over gRPC on loopba
   the predicted attributes and precision@5 of the hits' articleType.
 
     python bench/outfit_search.py [--scenes 200] [--singles 200] [--runs 40] [--detector models/detector]
-        [--outfit-flip-test on|off]
+        [--outfit-flip-test on|off] [--split test|val] [--gateway-env NAME=VALUE ...]
+
+`--split val` measures on validation-split products instead (composite scenes of the seed tune-detector uses, and
+single photos of another seed): the split to choose a setting or a model on; the test split only reports.
 """
 
 from __future__ import annotations
@@ -184,6 +187,19 @@ def main() -> int:
         "as they are and mirrored)",
     )
     parser.add_argument(
+        "--split",
+        choices=("test", "val"),
+        default="test",
+        help="whose products the photos show: the test split (reports) or the validation split (choices)",
+    )
+    parser.add_argument(
+        "--gateway-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a gateway setting for this run, e.g. GATEWAY_PREDICTED_SUBCATEGORY_MASS=0.8 (repeatable)",
+    )
+    parser.add_argument(
         "--no-photographs",
         action="store_true",
         help="textures only as backgrounds (where scikit-learn, whose wheel holds the held-out photograph, is missing)",
@@ -197,12 +213,14 @@ def main() -> int:
     started = time.perf_counter()
     dataset = data.load_dataset(args.data)
     split = data.get_split(dataset)
-    test = scenes.split_products(dataset, split, "test")
-    outfits = scenes.composite_test_split(dataset, split, args.scenes)
+    test = scenes.split_products(dataset, split, args.split)
+    # validation scenes: tune-detector's seed; the single photos below take another seed on either split
+    outfits = scenes.test_scenes(test, args.scenes, scenes.TEST_SEED + (args.split == "val"))
     row = {int(i): k for k, i in enumerate(dataset.ids)}
     truth = {pid: {f: str(dataset.labels[f][k]) for f in ("articleType", "masterCategory")} for pid, k in row.items()}
     packshots = [(jpeg(test.images[k]), int(test.ids[k])) for k in range(min(args.singles, len(test)))]
-    catalogue = dataset.split(split, "test").at_most(args.singles, seed=SINGLE_SEED)
+    single_seed = SINGLE_SEED + (1000 if args.split == "val" else 0)
+    catalogue = dataset.split(split, args.split).at_most(args.singles, seed=single_seed)
     singles = {
         "packshot as in the catalogue": packshots,
         # Every kind of catalogue photo, those without a white background too (a model on a studio backdrop).
@@ -210,10 +228,10 @@ def main() -> int:
             (jpeg(image), int(pid)) for image, pid in zip(catalogue.images, catalogue.ids, strict=True)
         ],
         "one product on a texture or a real photograph": [
-            (jpeg(img), pid) for img, pid in single_photos(test, args.singles, "scatter", SINGLE_SEED)
+            (jpeg(img), pid) for img, pid in single_photos(test, args.singles, "scatter", single_seed)
         ],
         "one product small in the frame": [
-            (jpeg(img), pid) for img, pid in single_photos(test, args.singles, "small", SINGLE_SEED + 1)
+            (jpeg(img), pid) for img, pid in single_photos(test, args.singles, "small", single_seed + 1)
         ],
     }
     three = next(s for s in outfits if len(s.ids) == 3)
@@ -231,6 +249,7 @@ def main() -> int:
             gateway_env={
                 "GATEWAY_LOG_LEVEL": "WARNING",
                 "GATEWAY_OUTFIT_FLIP_TEST": str(args.outfit_flip_test == "on").lower(),
+                **dict(setting.split("=", 1) for setting in args.gateway_env),
             },
         )
         stack.start()
@@ -259,8 +278,8 @@ def main() -> int:
 
     print(
         f"\ndetector {detector.detector_model.name}:{detector.detector_model.version} ({args.detector}), classifier "
-        f"and embedder from {args.models}, {count} products indexed, outfit flip test {args.outfit_flip_test}; one "
-        "client on loopback, one call at a time\n"
+        f"and embedder from {args.models}, {count} products indexed, outfit flip test {args.outfit_flip_test}, "
+        f"gateway settings {args.gateway_env or 'as served'}; one client on loopback, one call at a time\n"
     )
     print("| SearchOutfit, 600x800 JPEG, 3 products | p50 ms | p95 ms | runs |")
     print("| --- | --- | --- | --- |")
@@ -271,7 +290,8 @@ def main() -> int:
         print(f"| {photo} | {crop} | {p50_search:.1f} | {p95_search:.1f} | {args.runs} |")
     print()
     backgrounds = "textures only" if args.no_photographs else "textures and a held-out photograph"
-    print(f"| composite test split ({len(outfits)} photos, {outfit['products']} products; {backgrounds}) | value |")
+    split_name = "composite test split" if args.split == "test" else "composite validation scenes"
+    print(f"| {split_name} ({len(outfits)} photos, {outfit['products']} products; {backgrounds}) | value |")
     print("| --- | --- |")
     print(f"| products found (box IoU >= 0.5 and its top-5 hold the articleType) | {100 * outfit['found']:.1f}% |")
     print(f"| photos with every product found | {100 * outfit['all_found']:.1f}% |")

@@ -8,7 +8,9 @@ arrive, and its place among the requests in flight once all of it is there. Rese
 a place before the body came let 19 connections that sent only headers fail every photo search for a minute, and
 32 that trickled a byte at a time block every call. So an HTTP body is read here, chunk by chunk, each chunk
 reserved as it comes, with GATEWAY_HTTP_BODY_TIMEOUT_S for the next chunk to come (nginx's client_body_timeout:
-408 and the connection closed); the handler then gets the body read. Headers must arrive within
+408 and the connection closed), and GATEWAY_HTTP_BODY_MIN_RATE_BPS for the whole body after that (Apache's
+MinRate: a byte sent just before each timeout would hold a connection for hours); the handler then gets the body
+read. Headers must arrive within
 GATEWAY_HTTP_HEADER_TIMEOUT_S (aiohttp's keep-alive timer: an idle connection, or one whose headers are not all
 there, is closed). A gRPC unary request arrives whole before its handler runs and reserves its size; a request
 stream (UpsertItems) reserves each message from its arrival until its answer is sent (a message that does not fit
@@ -300,27 +302,43 @@ class _BodyRefused(Exception):
     """The body's next chunk does not fit in the bytes in flight."""
 
 
-def body_timeout_response(timeout_s: float) -> web.Response:
-    response = error_body(
-        408,
-        "REQUEST_TIMEOUT",
-        f"the request body stopped arriving: nothing came for {timeout_s:g} s (GATEWAY_HTTP_BODY_TIMEOUT_S)",
-    )
+class _BodyTooSlow(Exception):
+    """The body came slower than the minimum rate allows."""
+
+
+def body_timeout_response(message: str) -> web.Response:
+    response = error_body(408, "REQUEST_TIMEOUT", message)
     response[GRPC_CODE_KEY] = grpc.StatusCode.DEADLINE_EXCEEDED
     response.force_close()
     return response
 
 
 def http_admission(
-    admission: Admission, body_limit: int, body_timeout_s: float
+    admission: Admission, body_limit: int, body_timeout_s: float, body_min_rate_bps: int = 0
 ) -> Callable[..., Awaitable[web.StreamResponse]]:
     """aiohttp middleware running each request (but health checks and scrapes) under a ticket: the body is read
     here, its bytes reserved as they arrive, then the request takes its place and the handler runs."""
+    stopped = f"the request body stopped arriving: nothing came for {body_timeout_s:g} s (GATEWAY_HTTP_BODY_TIMEOUT_S)"
 
     async def read_body(request: web.Request, held: list[int]) -> bytes:
         body = bytearray()
+        started = last = time.monotonic()
         while True:
-            chunk = await asyncio.wait_for(request.content.readany(), body_timeout_s)
+            # the next chunk's deadline, and the whole body's: the body timeout, then a second more for each
+            # MIN_RATE bytes come; whichever is sooner says why the body is refused
+            next_by = last + body_timeout_s
+            whole_by = started + body_timeout_s + len(body) / body_min_rate_bps if body_min_rate_bps else next_by
+            try:
+                chunk = await asyncio.wait_for(request.content.readany(), min(next_by, whole_by) - time.monotonic())
+            except TimeoutError:
+                if whole_by < next_by:
+                    raise _BodyTooSlow(
+                        f"the request body came too slowly: {len(body)} bytes in {time.monotonic() - started:.1f} s"
+                        f" (at least {body_min_rate_bps} bytes a second after the first {body_timeout_s:g} s,"
+                        " GATEWAY_HTTP_BODY_MIN_RATE_BPS)"
+                    ) from None
+                raise
+            last = time.monotonic()
             if not chunk:
                 return bytes(body)
             if len(body) + len(chunk) > body_limit:
@@ -347,7 +365,10 @@ def http_admission(
                     request[BODY_KEY] = await read_body(request, held)
                 except TimeoutError:
                     logger.info("%s %s: %s", request.method, request.path, "the body stopped arriving")
-                    return body_timeout_response(body_timeout_s)
+                    return body_timeout_response(stopped)
+                except _BodyTooSlow as slow:
+                    logger.info("%s %s: %s", request.method, request.path, slow)
+                    return body_timeout_response(str(slow))
                 except _BodyRefused:
                     admission.note_refusal(request.remote)
                     refused = refused_response(admission)

@@ -136,6 +136,7 @@ def bootstrap(
         compaction=compaction,
         one_pass=OnePass(settings.one_pass),
         outfit_flip_test=settings.outfit_flip_test,
+        predicted_subcategory_mass=settings.predicted_subcategory_mass,
     )
     return Gateway(
         servicer=GatewayServicer(service), service=service, index=index, channels=channels, batchers=batchers

@@ -122,11 +122,13 @@ class GatewayService:
         compaction: Callable[[], Compaction] | None = None,
         one_pass: OnePass | None = None,
         outfit_flip_test: bool = True,
+        predicted_subcategory_mass: float = 0.0,
     ) -> None:
         self._backups = backups
         #: SearchOutfit asks the detector for its flip test and reads each product cut out of the photo twice, as
         #: it is and mirrored (GATEWAY_OUTFIT_FLIP_TEST; services/gateway/flip_test.py).
         self._outfit_flip_test = outfit_flip_test
+        self._predicted_mass = predicted_subcategory_mass
         self._detector = detector
         self._compaction = compaction
         self._classifier = classifier
@@ -228,8 +230,7 @@ class GatewayService:
         classification, embedding = await self._analyse(image)
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
-            predicted = classification.top_labels().get("subCategory")
-            filters = {"subCategory": (predicted,)} if predicted else {}
+            filters = predicted_filter(classification, self._predicted_mass)
         vector, filters, refine_terms, reason = await self._refine(embedding.vector, filters, options)
         hits: tuple[Hit, ...] = ()
         if await self._check_embedder(embedding):
@@ -321,8 +322,7 @@ class GatewayService:
         searchable = bool(kept) and await self._check_embedder(kept[0][2])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
-            predicted = classification.top_labels().get("subCategory")
-            filters: dict[str, tuple[str, ...]] = {"subCategory": (predicted,)} if predicted else {}
+            filters = predicted_filter(classification, self._predicted_mass)
             vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
             names = [str(h.payload.get("name", "")) for h in hits]
@@ -716,6 +716,22 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
+
+
+def predicted_filter(classification: Classification, mass: float) -> dict[str, tuple[str, ...]]:
+    """The subCategory filter a search takes from its photo's classification: the most probable subCategory, then
+    the next most probable ones (of those the classifier sent) while the probabilities taken sum to less than
+    `mass`. A product the classifier is unsure of (a cut-out read 0.55 Topwear, 0.40 Innerwear) is then searched in
+    both, its neighbours ranked by distance alone; 0 takes the most probable alone."""
+    labels = next((a.labels for a in classification.attributes if a.attribute == CATEGORY_FIELD), ())
+    taken: list[str] = []
+    total = 0.0
+    for label in labels:
+        if taken and total >= mass:
+            break
+        taken.append(label.label)
+        total += label.probability
+    return {CATEGORY_FIELD: tuple(taken)} if taken else {}
 
 
 def _store_failure(what: str, failed: StoreError) -> FashionSearchError:

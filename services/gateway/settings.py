@@ -31,6 +31,10 @@ class Settings:
     #: detector's flip test and services/gateway/flip_test.py): more products found, for about twice the work of
     #: an outfit search (bench/README.md). Search's crop=auto is not affected.
     outfit_flip_test: bool = True
+    #: A search filtered by the photo's predicted subCategory also takes the classifier's next most probable ones
+    #: while the probabilities taken sum to less than this (GATEWAY_PREDICTED_SUBCATEGORY_MASS; at most
+    #: attribute_top_k values); 0 takes the most probable alone. Chosen on validation scenes (bench/README.md).
+    predicted_subcategory_mass: float = 0.0
     data_dir: Path = Path("data/qdrant-edge")
     qdrant_url: str | None = None
     #: Qdrant's API key (QDRANT__SERVICE__API_KEY on the server), from the file GATEWAY_QDRANT_API_KEY_FILE names.
@@ -103,6 +107,10 @@ class Settings:
     max_streams_per_connection: int = 128
     http_header_timeout_s: float = 10.0
     http_body_timeout_s: float = 10.0
+    #: ... and the slowest a body may come on the whole (Apache mod_reqtimeout's MinRate): after the body timeout,
+    #: each second more needs this many bytes more, or 408. A body that trickles a byte short of each body timeout
+    #: would otherwise hold its connection and its bytes for hours; 0 turns it off.
+    http_body_min_rate_bps: int = 500
     stream_idle_timeout_s: float = 30.0
 
     #: Port of GET /metrics (Prometheus): the same as http_port serves it beside the API, another port on a listener
@@ -184,6 +192,9 @@ class Settings:
             embedder_addr=env.addr("EMBEDDER_ADDR", str(cls.embedder_addr)),
             detector_addr=env.addr("DETECTOR_ADDR", "") if env.get_str("DETECTOR_ADDR", "") else None,
             outfit_flip_test=env.get_bool("OUTFIT_FLIP_TEST", cls.outfit_flip_test),
+            predicted_subcategory_mass=env.get_float(
+                "PREDICTED_SUBCATEGORY_MASS", cls.predicted_subcategory_mass, min=0.0, max=1.0
+            ),
             data_dir=data_dir,
             qdrant_url=qdrant_url,
             qdrant_api_key=read_key_file("GATEWAY_QDRANT_API_KEY_FILE", env.get_str("QDRANT_API_KEY_FILE", "")),
@@ -232,6 +243,7 @@ class Settings:
             ),
             http_header_timeout_s=env.get_float("HTTP_HEADER_TIMEOUT_S", cls.http_header_timeout_s, min=0.01, max=3600),
             http_body_timeout_s=env.get_float("HTTP_BODY_TIMEOUT_S", cls.http_body_timeout_s, min=0.01, max=3600),
+            http_body_min_rate_bps=env.get_int("HTTP_BODY_MIN_RATE_BPS", cls.http_body_min_rate_bps, min=0),
             stream_idle_timeout_s=env.get_float("STREAM_IDLE_TIMEOUT_S", cls.stream_idle_timeout_s, min=0.01, max=3600),
             peer_lb_policy=env.choice("PEER_LB_POLICY", cls.peer_lb_policy, LB_POLICIES),
             metrics_port=env.port("METRICS_PORT", DEFAULT_HTTP_PORT if http_port is None else http_port) or None,

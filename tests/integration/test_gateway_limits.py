@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import select
 import socket
 import threading
 import time
@@ -395,6 +396,33 @@ def test_bodies_that_never_arrive_hold_no_place_and_no_bytes_and_are_timed_out(t
     finally:
         for conn in silent:
             conn.close()
+        limited.close()
+
+
+def test_a_body_trickled_just_under_the_body_timeout_is_cut_off_by_the_minimum_rate(tmp_path):
+    """A client that sends a few bytes before each body timeout would hold its connection and its bytes for as long
+    as it liked (at 20 bytes a 9 s, a 10 MB body for two months). After the body timeout the whole body must come
+    at GATEWAY_HTTP_BODY_MIN_RATE_BPS: answered 408, with the rule named, long before it is all sent."""
+    body_timeout_s, min_rate = 0.3, 1000
+    limited = start_stack(
+        tmp_path, http_port=free_port(), http_body_timeout_s=body_timeout_s, http_body_min_rate_bps=min_rate
+    )
+    port = limited.gateway_settings.http_port
+    try:
+        with _http_head(port, "POST", "/v1/search", 100_000) as trickle:
+            sent, answered = 0, False
+            while not answered and sent < 20_000:  # at most 20 s of trickling
+                trickle.sendall(b"\x89" * 20)  # 20 bytes each 0.05 s: 400 bytes a second, gaps far under 0.3 s
+                sent += 20
+                answered = bool(select.select([trickle], [], [], 0.05)[0])
+            assert answered, f"no answer after {sent} of 100000 bytes"
+            trickle.settimeout(10)
+            answer = _read_until_closed(trickle).decode("latin-1")
+        assert answer.startswith("HTTP/1.1 408"), answer[:300]
+        assert "GATEWAY_HTTP_BODY_MIN_RATE_BPS" in answer and "too slowly" in answer
+        assert sent < 100_000
+        still_serves(limited)
+    finally:
         limited.close()
 
 

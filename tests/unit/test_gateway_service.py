@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from fashionsearch.classification import LabelScore
 from fashionsearch.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -74,6 +75,36 @@ async def test_search_filters_by_predicted_subcategory_and_names_the_item(servic
     assert result.keywords[:2] == ("shirts", "shirt")
     assert "casual" in result.keywords and "puma" not in result.keywords and "wrangler" not in result.keywords
     assert result.embedder_model == EMBEDDER_MODEL
+
+
+@run_async
+async def test_an_unsure_subcategory_is_searched_with_the_next_ones_up_to_the_predicted_mass(fakes, limits):
+    # GATEWAY_PREDICTED_SUBCATEGORY_MASS: the classifier's next subCategories join the filter while the
+    # probabilities taken sum to less than the mass; 0 (the default) keeps the most probable alone.
+    class UnsureClassifier(FakeClassifier):
+        def _answer(self, data: bytes) -> Classification:
+            answer = super()._answer(data)
+            unsure = (LabelScore("Topwear", 0.55), LabelScore("Shoes", 0.40), LabelScore("Bottomwear", 0.05))
+            attributes = tuple(
+                replace(a, labels=unsure) if a.attribute == "subCategory" else a for a in answer.attributes
+            )
+            return replace(answer, attributes=attributes)
+
+    _, embedder, index = fakes
+    await _load(GatewayService(UnsureClassifier(), embedder, index, limits))
+    embedder.vectors[image("query")] = vector_for(image("5")) + 0.001  # the shoe, read as a top at 0.55
+    expected = {
+        0.0: ("Topwear",),
+        0.55: ("Topwear",),
+        0.9: ("Topwear", "Shoes"),
+        1.0: ("Topwear", "Shoes", "Bottomwear"),
+    }
+    for mass, sub_categories in expected.items():
+        service = GatewayService(UnsureClassifier(), embedder, index, limits, predicted_subcategory_mass=mass)
+        result = await service.search(image("query"), SearchOptions())
+        assert result.applied_filters == {"subCategory": sub_categories}, mass
+        assert (result.hits[0].id == 5) is ("Shoes" in sub_categories), mass
+        assert {h.payload["subCategory"] for h in result.hits} <= set(sub_categories)
 
 
 @run_async

@@ -46,14 +46,17 @@ def test_every_variable_is_read():
             "GATEWAY_UPSERT_BATCH": "8",
             "GATEWAY_HTTP_HEADER_TIMEOUT_S": "5",
             "GATEWAY_HTTP_BODY_TIMEOUT_S": "2.5",
+            "GATEWAY_HTTP_BODY_MIN_RATE_BPS": "0",
             "GATEWAY_STREAM_IDLE_TIMEOUT_S": "60",
             "GATEWAY_MAX_STREAMS_PER_CONNECTION": "64",
             "GATEWAY_OUTFIT_FLIP_TEST": "false",
+            "GATEWAY_PREDICTED_SUBCATEGORY_MASS": "0.8",
             "OTHER_PORT": "1",
         }
     )
     assert settings.port == 6000
     assert settings.outfit_flip_test is False and Settings().outfit_flip_test is True
+    assert settings.predicted_subcategory_mass == 0.8
     assert settings.classifier_addr == Address("classifier", 7001)
     assert settings.embedder_addr == Address("::1", 7002)
     assert settings.data_dir == Path("/var/lib/fashionsearch")
@@ -63,6 +66,7 @@ def test_every_variable_is_read():
     assert settings.max_image_bytes == 2048 and settings.upsert_batch == 8
     timeouts = (settings.http_header_timeout_s, settings.http_body_timeout_s, settings.stream_idle_timeout_s)
     assert timeouts == (5, 2.5, 60) and settings.max_streams_per_connection == 64
+    assert settings.http_body_min_rate_bps == 0 and Settings().http_body_min_rate_bps == 500
 
 
 @pytest.mark.parametrize(
@@ -77,6 +81,7 @@ def test_every_variable_is_read():
         ({"GATEWAY_DEFAULT_TOP_K": "20", "GATEWAY_MAX_TOP_K": "10"}, "GATEWAY_DEFAULT_TOP_K"),
         ({"GATEWAY_LOG_LEVEL": "LOUD"}, "GATEWAY_LOG_LEVEL"),
         ({"GATEWAY_HTTP_BODY_TIMEOUT_S": "0"}, "GATEWAY_HTTP_BODY_TIMEOUT_S"),
+        ({"GATEWAY_PREDICTED_SUBCATEGORY_MASS": "1.5"}, "GATEWAY_PREDICTED_SUBCATEGORY_MASS"),
     ],
 )
 def test_bad_values_name_the_variable(environ, message):

@@ -130,7 +130,7 @@ def create_app(
         observe,
         errors_middleware(limit),
         http_middleware(settings.api_keys, refusals),
-        http_admission(admission, limit, settings.http_body_timeout_s),
+        http_admission(admission, limit, settings.http_body_timeout_s, settings.http_body_min_rate_bps),
     ]
     app = web.Application(client_max_size=limit, middlewares=middlewares)
     app.on_response_prepare.append(server_header)
