@@ -23,5 +23,6 @@ needs in the largest form a request can carry it; GATEWAY_HTTP_MAX_BODY_BYTES ca
 from Content-Length before any of the body is read (also answering ``Expect: 100-continue`` that way), otherwise
 while it streams in. Requests beyond the gateway's cap on work in flight, shared with gRPC, are answered 503 with
 Retry-After before their body is read; a body holds the cap only for the bytes that arrived, and one that stops
-arriving is answered 408 (services/gateway/admission.py).
+arriving, or comes slower than GATEWAY_HTTP_BODY_MIN_RATE_BPS on the whole, is answered 408
+(services/gateway/admission.py).
 """
