@@ -18,6 +18,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
+from fashionsearch.classification import AttributePrediction, Classification, LabelScore
 from fashionsearch.config import Address
 from fashionsearch.model_contract import ModelSpec
 from fashionsearch.serving import RunningServer
@@ -30,6 +31,7 @@ from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway import server as gateway_server
 from services.gateway.bootstrap import Gateway, bootstrap
+from services.gateway.service import PREDICTED_SUBCATEGORY_MASS, predicted_filter
 from services.gateway.settings import Settings as GatewaySettings
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 
@@ -186,3 +188,11 @@ async def _wire(settings: GatewaySettings) -> Gateway:
 
 def peer_addr(server: RunningServer) -> Address:
     return Address(HOST, server.port)
+
+
+def predicted_subcategories(labels: list[tuple[str, float]]) -> list[str]:
+    """The subCategories a predicted-subCategory search of a photo filters by, from the (label, probability) pairs
+    its answer shows, by the gateway's own rule at the default GATEWAY_PREDICTED_SUBCATEGORY_MASS."""
+    attribute = AttributePrediction("subCategory", tuple(LabelScore(label, p) for label, p in labels))
+    classification = Classification.of([attribute])
+    return list(predicted_filter(classification, PREDICTED_SUBCATEGORY_MASS)["subCategory"])

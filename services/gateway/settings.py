@@ -11,6 +11,7 @@ from fashionsearch.config import Address, ConfigError, Env
 from fashionsearch.store.edge_tuning import EdgeTuning
 from services.gateway.limits import MESSAGE_OVERHEAD_BYTES, Limits
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
+from services.gateway.service import PREDICTED_SUBCATEGORY_MASS
 
 DEFAULT_HTTP_PORT = 8080
 
@@ -33,8 +34,8 @@ class Settings:
     outfit_flip_test: bool = True
     #: A search filtered by the photo's predicted subCategory also takes the classifier's next most probable ones
     #: while the probabilities taken sum to less than this (GATEWAY_PREDICTED_SUBCATEGORY_MASS; at most
-    #: attribute_top_k values); 0 takes the most probable alone. Chosen on validation scenes (bench/README.md).
-    predicted_subcategory_mass: float = 0.0
+    #: attribute_top_k values); 0 takes the most probable alone.
+    predicted_subcategory_mass: float = PREDICTED_SUBCATEGORY_MASS
     data_dir: Path = Path("data/qdrant-edge")
     qdrant_url: str | None = None
     #: Qdrant's API key (QDRANT__SERVICE__API_KEY on the server), from the file GATEWAY_QDRANT_API_KEY_FILE names.

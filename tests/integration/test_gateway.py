@@ -15,7 +15,7 @@ from PIL import Image
 
 from fashionsearch.serving import RunningServer, service_name, start_server
 from fashionsearch.v1 import embedder_pb2, embedder_pb2_grpc, gateway_pb2
-from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.gateway_stack import Stack, jpeg, predicted_subcategories, start_stack
 from testkit.waiting import DEADLINE_S
 
 pytestmark = pytest.mark.integration
@@ -101,9 +101,11 @@ def test_search_finds_the_same_image_first(stack):
 
 def test_search_default_filter_is_the_predicted_subcategory(stack):
     reply = stack.stub.Search(gateway_pb2.SearchRequest(image=CATALOGUE[0].image, top_k=20), timeout=10)
-    predicted = {a.attribute: a.labels[0].label for a in reply.attributes}["subCategory"]
-    assert [(f.field, list(f.values)) for f in reply.applied_filters] == [("subCategory", [predicted])]
-    assert all(h.payload.sub_category == predicted for h in reply.hits)
+    labels = next(a.labels for a in reply.attributes if a.attribute == "subCategory")
+    predicted = predicted_subcategories([(label.label, label.probability) for label in labels])
+    assert predicted[0] == labels[0].label
+    assert [(f.field, list(f.values)) for f in reply.applied_filters] == [("subCategory", predicted)]
+    assert all(h.payload.sub_category in predicted for h in reply.hits)
 
 
 def test_search_with_explicit_filters(stack):

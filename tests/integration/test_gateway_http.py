@@ -39,7 +39,7 @@ from fashionsearch.v1 import gateway_pb2
 from services.gateway.http.app import create_app, start_http
 from services.gateway.http.responses import JSON_VERSION_HEADER
 from testkit import http_api
-from testkit.gateway_stack import jpeg
+from testkit.gateway_stack import jpeg, predicted_subcategories
 from testkit.http_api import HOST, MAX_IMAGE, QUERY, SUBCATEGORIES, Http, error_of
 from testkit.service_helpers import BAD_IMAGES
 
@@ -79,9 +79,11 @@ def test_search_by_raw_body_with_top_k(api):
 def test_search_default_filter_is_the_predicted_subcategory(api):
     status, body = api.upload("/v1/search", {"image": QUERY})
     assert status == 200
-    predicted = next(a["labels"][0]["label"] for a in body["attributes"] if a["attribute"] == "subCategory")
-    assert body["applied_filters"] == [{"field": "subCategory", "values": [predicted]}]
-    assert all(h["payload"]["sub_category"] == predicted for h in body["hits"])
+    labels = next(a["labels"] for a in body["attributes"] if a["attribute"] == "subCategory")
+    predicted = predicted_subcategories([(label["label"], label["probability"]) for label in labels])
+    assert predicted[0] == labels[0]["label"]
+    assert body["applied_filters"] == [{"field": "subCategory", "values": predicted}]
+    assert all(h["payload"]["sub_category"] in predicted for h in body["hits"])
 
 
 def test_search_with_explicit_filters_in_form_fields(api):

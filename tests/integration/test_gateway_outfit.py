@@ -16,7 +16,7 @@ from fashionsearch.detection import Detection, box_iou
 from fashionsearch.images import ImageLimits
 from fashionsearch.v1 import gateway_pb2
 from services.gateway import crops
-from testkit.gateway_stack import Stack, jpeg, start_stack
+from testkit.gateway_stack import Stack, jpeg, predicted_subcategories, start_stack
 from testkit.http_api import Http, error_of
 from testkit.process_stack import free_port
 from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
@@ -77,9 +77,11 @@ def test_search_outfit_finds_each_product_and_searches_it_in_its_predicted_subca
     assert_boxes([(i.group, xyxy(i.box)) for i in reply.items], EXPECTED)
     assert [i.score for i in reply.items] == sorted((i.score for i in reply.items), reverse=True)
     for item in reply.items:
-        predicted = {a.attribute: a.labels[0].label for a in item.attributes}["subCategory"]
-        assert [(f.field, list(f.values)) for f in item.applied_filters] == [("subCategory", [predicted])]
-        assert 1 <= len(item.hits) <= 3 and {h.payload.sub_category for h in item.hits} == {predicted}
+        labels = next(a.labels for a in item.attributes if a.attribute == "subCategory")
+        predicted = predicted_subcategories([(label.label, label.probability) for label in labels])
+        assert predicted[0] == labels[0].label
+        assert [(f.field, list(f.values)) for f in item.applied_filters] == [("subCategory", predicted)]
+        assert 1 <= len(item.hits) <= 3 and {h.payload.sub_category for h in item.hits} <= set(predicted)
         assert item.suggested_name and item.keywords
 
 
