@@ -41,7 +41,8 @@ GATE = {"mAP50": 0.01, "box_recall": 0.01, "box_precision": 0.01}
 
 @dataclass(frozen=True)
 class DetectorPlan:
-    """`float_from`: "pyramid" keeps everything after the trunk's three taps in float, "outputs" only the three
+    """`float_from`: "pyramid" keeps everything after the frozen trunk's taps in float (the head model: the trained
+    stride-32 stage, the pyramid, the tower and the heads), "outputs" only the three
     1x1 output convolutions and their activations (the pyramid and the tower in int8 too)."""
 
     plan: Plan
@@ -49,13 +50,15 @@ class DetectorPlan:
 
 
 PLANS = (
-    DetectorPlan(Plan("the trunk in int8 (pyramid, tower and heads in float)"), "pyramid"),
+    DetectorPlan(
+        Plan("the frozen trunk in int8 (its trained stride-32 stage, pyramid, tower and heads in float)"), "pyramid"
+    ),
     DetectorPlan(Plan("trunk, pyramid and tower in int8 (the output convolutions in float)"), "outputs"),
 )
 
 
 def trunk_taps(model: onnx.ModelProto) -> set[str]:
-    """The trunk's tensors the head model reads (its stride 8, 16 and 32 features): the head is every node named in
+    """The frozen trunk's tensors the head model reads (its stride 8 and 16 features): the head is every node named in
     HEAD_SCOPE and everything computed from them (the exporter leaves some nodes without the scope)."""
     graph = model.graph
     scoped = {o for n in graph.node if HEAD_SCOPE in n.name for o in n.output}

@@ -135,7 +135,7 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     outputs = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 64, 64, 3), np.float32)})
     assert decode_detections(dict(zip(names, outputs, strict=True)), loaded, [(600, 800)], score_threshold=1.0) == [[]]
 
-    # The int8 variant: the trunk's three taps found by the head's name scope, both plans measured, the file
+    # The int8 variant: the frozen trunk's taps found by the head's name scope, both plans measured, the file
     # written, listed in model.json only when it passes the gate, and the test split compared side by side.
     import onnx
 
@@ -143,7 +143,7 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     from training import quantize_detector
 
     taps = quantize_detector.trunk_taps(onnx.load(str(tmp_path / "detector" / "model.onnx")))
-    assert len(taps) == 3, taps
+    assert len(taps) == len(detector.TAP_NAMES), taps
     made = quantize_detector.run(tmp_path / "detector", dataset, split, calibration_size=4, choose_photos=2, threads=1)
     assert set(made["plans"]) == {p.plan.name for p in quantize_detector.PLANS} and made["plan"] in made["plans"]
     listed = [v.file for v in variants(ModelSpec.load(tmp_path / "detector"))]

@@ -8,10 +8,13 @@ training/scenes.py), `box_size` (width, height in input pixels, exp of the predi
 `offset` (the centre inside its cell, sigmoid). Losses: CenterNet's penalty-reduced focal loss on Gaussian-splatted
 heatmaps, L1 on log sizes and on offsets at the centre cells.
 
-The trunk stays frozen (ImageNet): a step that trained blocks 5-15 took about 5 s at batch 32 on this shared 2-core
-machine, too slow for the 90-minute budget. Its three taps are computed once per scene with onnxruntime and cached
-(float16), so a step pays only for the pyramid and the heads. Scenes are synthesised up front from training-split
-packshots (training/scenes.py), seeded; validation scenes come from validation-split packshots.
+The trunk up to stride 16 stays frozen (ImageNet): a step that trained blocks 5-15 took about 5 s at batch 32 on this
+shared 2-core machine, too slow for the 90-minute budget. Its two taps (strides 8 and 16) are computed once per scene
+with onnxruntime and cached (float16). The stride-32 stage (blocks 11-15, TRAINED_FROM) runs on a 10 x 8 map, so it
+is trained with the head at a fraction of its learning rate (TRUNK_LR_FACTOR, the pretrained classifier's fine-tuning
+rate) and its batch norms frozen (their ImageNet statistics; a batch of scenes is too few to replace them).
+Scenes are synthesised up front from training-split packshots (training/scenes.py), seeded; validation scenes come
+from validation-split packshots.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ DETECTOR_INPUT = InputSpec(name="image", height=320, width=256, resize="pad", pa
 STRIDE = 8
 SPLIT_AT = 5  # the stem and blocks [0, 5) end at stride 8 (40 x 32 x 40 at 320x256)
 TAPS = (11, 16)  # blocks [5, 11) end at stride 16 (x112), [11, 16) at stride 32 (x320)
+TRAINED_FROM = TAPS[0]  # blocks [TRAINED_FROM, 16) are trained with the head, on the cached stride-16 tap
+TRUNK_LR_FACTOR = 0.3  # the trained trunk blocks' learning rate, as a fraction of the head's
 FPN_WIDTH = 96
 TOWER = 3  # depthwise-separable convs after the pyramid
 SIZE_UNIT = 32.0  # box_size = SIZE_UNIT * exp(prediction): 0 means a 32-pixel box
@@ -94,21 +99,21 @@ def targets(
 
 
 def build_backbone(input_spec: InputSpec) -> keras.Model:
-    """Scaled image -> the trunk's features at strides 8, 16 and 32 (frozen)."""
+    """Scaled image -> the trunk's features at strides 8 and 16 (frozen, cached per scene)."""
     early = lite.build_early(input_spec.height, input_spec.width, SPLIT_AT)
     image = keras.Input((input_spec.height, input_spec.width, 3), name="scaled_image")
     c3 = early(image)
-    c4 = lite.apply_blocks(c3, SPLIT_AT, TAPS[0])
-    c5 = lite.apply_blocks(c4, TAPS[0], TAPS[1])
-    backbone = keras.Model(image, [c3, c4, c5], name="lite_backbone")
+    c4 = lite.apply_blocks(c3, SPLIT_AT, TRAINED_FROM)
+    backbone = keras.Model(image, [c3, c4], name="lite_backbone")
     backbone.trainable = False
     return backbone
 
 
 def build_head(shapes: list[tuple[int, int, int]], classes: int) -> keras.Model:
-    """The trunk's three taps -> the pyramid and the three heads (the part that is trained)."""
+    """The trunk's two cached taps -> its stride-32 stage, the pyramid and the three heads (the part trained)."""
     layers = keras.layers
-    c3, c4, c5 = (keras.Input(shape, name=f"c{k}") for k, shape in zip((3, 4, 5), shapes, strict=True))
+    c3, c4 = (keras.Input(shape, name=f"c{k}") for k, shape in zip((3, 4), shapes, strict=True))
+    c5 = lite.apply_blocks(c4, TRAINED_FROM, TAPS[1])
 
     def lateral(x: Any, name: str) -> Any:
         return layers.Conv2D(FPN_WIDTH, 1, name=f"det_lateral{name}")(x)
@@ -128,7 +133,11 @@ def build_head(shapes: list[tuple[int, int, int]], classes: int) -> keras.Model:
     size = layers.Conv2D(2, 1, kernel_initializer="zeros", name="det_size")(p)
     size = layers.Rescaling(SIZE_UNIT, name="box_size")(layers.Activation("exponential", name="det_size_exp")(size))
     offset = layers.Conv2D(2, 1, activation="sigmoid", name="offset")(p)
-    return keras.Model([c3, c4, c5], [heat, size, offset], name="detector_head")
+    head = keras.Model([c3, c4], [heat, size, offset], name="detector_head")
+    for layer in head.layers:
+        if isinstance(layer, layers.BatchNormalization) and layer.name.startswith("block"):
+            layer.trainable = False  # a frozen batch norm also runs on its moving statistics in training
+    return head
 
 
 def build_detector(
@@ -136,9 +145,9 @@ def build_detector(
 ) -> tuple[keras.Model, keras.Model, keras.Model]:
     """(backbone (frozen), head (trained on cached features), full: image -> heatmap, box_size, offset)."""
     backbone = build_backbone(input_spec)
-    if weights is not None:
-        lite.load_weights([backbone], weights)
     head = build_head([(int(t.shape[1]), int(t.shape[2]), int(t.shape[3])) for t in backbone.outputs], classes)
+    if weights is not None:
+        lite.load_weights([backbone, head], weights)
     image = keras.Input((input_spec.height, input_spec.width, 3), name=input_spec.name)
     full = keras.Model(image, head(backbone(image)), name="detector")
     return backbone, head, full
@@ -151,9 +160,9 @@ def backbone_session(backbone: keras.Model, threads: int, work: Path, input_spec
 
 
 def backbone_features(session: Any, pixels: np.ndarray, input_spec: InputSpec, chunk: int = 32) -> list[np.ndarray]:
-    """uint8 images at the input size -> the three taps, float16."""
+    """uint8 images at the input size -> the backbone's taps, float16."""
     name = session.get_inputs()[0].name
-    parts: list[list[np.ndarray]] = [[], [], []]
+    parts: list[list[np.ndarray]] = [[] for _ in session.get_outputs()]
     for start in range(0, len(pixels), chunk):
         outputs = session.run(None, {name: normalize(pixels[start : start + chunk], input_spec)})
         for k, out in enumerate(outputs):
@@ -161,8 +170,26 @@ def backbone_features(session: Any, pixels: np.ndarray, input_spec: InputSpec, c
     return [np.concatenate(p) for p in parts]
 
 
+class TrunkSlowerAdamW(keras.optimizers.AdamW):
+    """AdamW whose steps on the trunk's pretrained blocks are TRUNK_LR_FACTOR of the head's (Keras has no per-layer
+    learning rate; Adam's step does not scale with the gradient, so scaling gradients would not do it)."""
+
+    def build(self, variables: list[Any]) -> None:
+        super().build(variables)
+        # update_step may get the backend's own variable (no path): match by the optimizer's index instead
+        self.trunk_indices = {k for k, v in enumerate(variables) if v.path.split("/")[-2].startswith("block")}
+
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
+        if self._get_variable_index(variable) in self.trunk_indices:
+            learning_rate = learning_rate * TRUNK_LR_FACTOR
+        super().update_step(gradient, variable, learning_rate)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Cached scenes
+
+#: The backbone's outputs, cached per scene: the stride-8 and stride-16 taps.
+TAP_NAMES = ("c3", "c4")
 
 
 def scene_arrays(
@@ -178,7 +205,7 @@ def scene_arrays(
     for start in range(0, count, chunk):
         batch = scenes.training_scenes(pool, min(chunk, count - start), input_spec, seed + start)
         pixels = np.stack([s.image for s in batch])
-        parts = dict(zip(("c3", "c4", "c5"), backbone_features(session, pixels, input_spec), strict=True))
+        parts = dict(zip(TAP_NAMES, backbone_features(session, pixels, input_spec), strict=True))
         encoded = [targets(s.boxes, s.groups, input_spec.height, input_spec.width, classes) for s in batch]
         # 1/255 steps: 4x smaller than float32, and the peaks stay exactly 1
         parts["heatmap"] = np.stack([(heat * 255 + 0.5).astype(np.uint8) for heat, _, _ in encoded])
@@ -204,7 +231,7 @@ def cached_scenes(
         "seed": seed,
         "input": [input_spec.height, input_spec.width],
         "products": len(pool),
-        "taps": 3,
+        "taps": list(TAP_NAMES),
     }
     meta = folder / "key.json"
     if meta.is_file() and json.loads(meta.read_text()) == key:
@@ -240,7 +267,7 @@ class SceneBatches(keras.utils.PyDataset):
         self.position += self.batch
         a = self.arrays
         heat = a["heatmap"][idx].astype(np.float32) / 255.0
-        x = tuple(a[k][idx].astype(np.float32) for k in ("c3", "c4", "c5"))
+        x = tuple(a[k][idx].astype(np.float32) for k in TAP_NAMES)
         return x, (heat, a["size"][idx], a["offset"][idx])
 
 
@@ -290,7 +317,7 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
     budget_s = 60.0 * (options.max_minutes if options.max_minutes is not None else DEFAULT_MINUTES)
     epochs = options.epochs or 10_000  # the time budget ends training
     steps = STEPS_PER_EPOCH if options.limit is None else 2
-    optimizer = keras.optimizers.AdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=5.0)
+    optimizer = TrunkSlowerAdamW(PEAK_LR, weight_decay=WEIGHT_DECAY, clipnorm=5.0)
     head.compile(optimizer=optimizer, loss=[focal_loss, size_loss, offset_loss], jit_compile=options.keras_jit)
     schedule = ProgressSchedule(PEAK_LR, total_steps=epochs * steps, budget_s=budget_s, warmup=WARMUP)
     history = JsonHistory(run_dir / "history.json")
@@ -324,7 +351,9 @@ def train_detector(dataset: data.Dataset, split: dict[int, str], run_dir: Path, 
             "recipe": "detector",
             "trunk": "EfficientNet-Lite0, ImageNet",
             "pretrained": provenance,
-            "frozen": "the whole trunk",
+            "frozen": f"the stem and blocks 0-{TRAINED_FROM - 1}",
+            "trained_trunk": f"blocks {TRAINED_FROM}-{TAPS[1] - 1} at {TRUNK_LR_FACTOR} x the head's learning rate,"
+            " batch norms frozen",
             "fpn_width": FPN_WIDTH,
             "tower": TOWER,
             "scenes": count,
