@@ -18,7 +18,7 @@ import grpc
 import numpy as np
 from PIL import Image
 
-from fashionsearch.classification import AttributePrediction, Classification, LabelScore
+from fashionsearch.classification import AttributePrediction, LabelScore
 from fashionsearch.config import Address
 from fashionsearch.model_contract import ModelSpec
 from fashionsearch.serving import RunningServer
@@ -194,5 +194,4 @@ def predicted_subcategories(labels: list[tuple[str, float]]) -> list[str]:
     """The subCategories a predicted-subCategory search of a photo filters by, from the (label, probability) pairs
     its answer shows, by the gateway's own rule at the default GATEWAY_PREDICTED_SUBCATEGORY_MASS."""
     attribute = AttributePrediction("subCategory", tuple(LabelScore(label, p) for label, p in labels))
-    classification = Classification.of([attribute])
-    return list(predicted_filter(classification, PREDICTED_SUBCATEGORY_MASS)["subCategory"])
+    return list(predicted_filter([attribute], PREDICTED_SUBCATEGORY_MASS)["subCategory"])

@@ -27,6 +27,7 @@ from fashionsearch.catalogue import (
     predicted_attributes,
     stored_payload,
 )
+from fashionsearch.classification import AttributePrediction
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.detection import Detection
 from fashionsearch.errors import (
@@ -233,7 +234,7 @@ class GatewayService:
         classification, embedding = await self._analyse(image)
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
-            filters = predicted_filter(classification, self._predicted_mass)
+            filters = predicted_filter(classification.attributes, self._predicted_mass)
         vector, filters, refine_terms, reason = await self._refine(embedding.vector, filters, options)
         hits: tuple[Hit, ...] = ()
         if await self._check_embedder(embedding):
@@ -325,7 +326,7 @@ class GatewayService:
         searchable = bool(kept) and await self._check_embedder(kept[0][2])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
-            filters = predicted_filter(classification, self._predicted_mass)
+            filters = predicted_filter(classification.attributes, self._predicted_mass)
             vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
             names = [str(h.payload.get("name", "")) for h in hits]
@@ -721,12 +722,12 @@ class GatewayService:
         )
 
 
-def predicted_filter(classification: Classification, mass: float) -> dict[str, tuple[str, ...]]:
-    """The subCategory filter a search takes from its photo's classification: the most probable subCategory, then
+def predicted_filter(attributes: Sequence[AttributePrediction], mass: float) -> dict[str, tuple[str, ...]]:
+    """The subCategory filter a search takes from its photo's predicted attributes: the most probable subCategory, then
     the next most probable ones (of those the classifier sent) while the probabilities taken sum to less than
     `mass`. A product the classifier is unsure of (a cut-out read 0.55 Topwear, 0.40 Innerwear) is then searched in
     both, its neighbours ranked by distance alone; 0 takes the most probable alone."""
-    labels = next((a.labels for a in classification.attributes if a.attribute == CATEGORY_FIELD), ())
+    labels = next((a.labels for a in attributes if a.attribute == CATEGORY_FIELD), ())
     taken: list[str] = []
     total = 0.0
     for label in labels:

@@ -248,8 +248,8 @@ def openapi_document(settings: Settings) -> dict[str, Any]:
         "FilterMode": {
             "type": "string",
             "enum": list(FILTER_MODES),
-            "description": "predicted_subcategory (default): the predicted subCategory, with the next most probable ones"
-            " while the classifier is unsure (GATEWAY_PREDICTED_SUBCATEGORY_MASS; for by-id, the item's);"
+            "description": "predicted_subcategory (default): the predicted subCategory, with the next most probable"
+            " ones while the classifier is unsure (GATEWAY_PREDICTED_SUBCATEGORY_MASS; for by-id, the item's);"
             " none: the whole catalogue; explicit: the filter.<field> parameters.",
         },
         "Payload": {
