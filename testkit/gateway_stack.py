@@ -31,7 +31,7 @@ from services.embedder import server as embedder_server
 from services.embedder.settings import Settings as EmbedderSettings
 from services.gateway import server as gateway_server
 from services.gateway.bootstrap import Gateway, bootstrap
-from services.gateway.service import PREDICTED_SUBCATEGORY_MASS, predicted_filter
+from services.gateway.predicted import PREDICTED_SUBCATEGORY_MASS, predicted_filter
 from services.gateway.settings import Settings as GatewaySettings
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_text_embedder
 

@@ -27,7 +27,6 @@ from fashionsearch.catalogue import (
     predicted_attributes,
     stored_payload,
 )
-from fashionsearch.classification import AttributePrediction
 from fashionsearch.decode_threads import run_decoding
 from fashionsearch.detection import Detection
 from fashionsearch.errors import (
@@ -81,6 +80,7 @@ from services.gateway.domain import (
 )
 from services.gateway.limits import Limits
 from services.gateway.one_pass import OnePass
+from services.gateway.predicted import CATEGORY_FIELD, PREDICTED_SUBCATEGORY_MASS, predicted_filter
 from services.gateway.prepare import may_shrink, shrink_photo
 
 if TYPE_CHECKING:  # the embedded store's module loads qdrant-edge: a gateway on a Qdrant server never does
@@ -92,12 +92,8 @@ T = TypeVar("T")
 
 _END = object()
 
-#: The field the catalogue's categories are counted on (the web page's filter), and how long a count is kept: a
-#: count reads every stored item, and every write through this service drops it.
-CATEGORY_FIELD = "subCategory"
-#: predicted_filter's default mass (GATEWAY_PREDICTED_SUBCATEGORY_MASS): chosen on 300 validation scenes, where 0,
-#: 0.6, 0.8, 0.9 and 0.95 found 76.3, 76.9, 77.4, 77.8 and 77.8% of the products (bench/README.md).
-PREDICTED_SUBCATEGORY_MASS = 0.9
+#: How long a count of the catalogue's categories (CATEGORY_FIELD, the web page's filter) is kept: a count reads
+#: every stored item, and every write through this service drops it.
 CATEGORY_TTL_S = 30.0
 
 
@@ -720,22 +716,6 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
-
-
-def predicted_filter(attributes: Sequence[AttributePrediction], mass: float) -> dict[str, tuple[str, ...]]:
-    """The subCategory filter a search takes from its photo's predicted attributes: the most probable subCategory, then
-    the next most probable ones (of those the classifier sent) while the probabilities taken sum to less than
-    `mass`. A product the classifier is unsure of (a cut-out read 0.55 Topwear, 0.40 Innerwear) is then searched in
-    both, its neighbours ranked by distance alone; 0 takes the most probable alone."""
-    labels = next((a.labels for a in attributes if a.attribute == CATEGORY_FIELD), ())
-    taken: list[str] = []
-    total = 0.0
-    for label in labels:
-        if taken and total >= mass:
-            break
-        taken.append(label.label)
-        total += label.probability
-    return {CATEGORY_FIELD: tuple(taken)} if taken else {}
 
 
 def _store_failure(what: str, failed: StoreError) -> FashionSearchError:

@@ -10,8 +10,8 @@ from fashionsearch.channels import LB_POLICIES
 from fashionsearch.config import Address, ConfigError, Env
 from fashionsearch.store.edge_tuning import EdgeTuning
 from services.gateway.limits import MESSAGE_OVERHEAD_BYTES, Limits
+from services.gateway.predicted import PREDICTED_SUBCATEGORY_MASS
 from services.gateway.security import ApiKeys, check_tls_files, parse_api_keys
-from services.gateway.service import PREDICTED_SUBCATEGORY_MASS
 
 DEFAULT_HTTP_PORT = 8080
 

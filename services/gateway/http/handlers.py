@@ -48,7 +48,8 @@ from services.gateway.http.responses import (
     model_json,
     terms_json,
 )
-from services.gateway.service import CATEGORY_FIELD, GatewayService, refuse_repeated_ids
+from services.gateway.predicted import CATEGORY_FIELD
+from services.gateway.service import GatewayService, refuse_repeated_ids
 from services.gateway.settings import Settings
 
 logger = logging.getLogger(__name__)
