@@ -215,7 +215,7 @@ def main() -> int:
     split = data.get_split(dataset)
     test = scenes.split_products(dataset, split, args.split)
     # validation scenes: tune-detector's seed; the single photos below take another seed on either split
-    outfits = scenes.test_scenes(test, args.scenes, scenes.TEST_SEED + (args.split == "val"))
+    outfits = scenes.test_scenes(test, args.scenes, scenes.TEST_SEED + 1 if args.split == "val" else scenes.TEST_SEED)
     row = {int(i): k for k, i in enumerate(dataset.ids)}
     truth = {pid: {f: str(dataset.labels[f][k]) for f in ("articleType", "masterCategory")} for pid, k in row.items()}
     packshots = [(jpeg(test.images[k]), int(test.ids[k])) for k in range(min(args.singles, len(test)))]

@@ -45,6 +45,14 @@ SPLIT_AT = 5  # the stem and blocks [0, 5) end at stride 8 (40 x 32 x 40 at 320x
 TAPS = (11, 16)  # blocks [5, 11) end at stride 16 (x112), [11, 16) at stride 32 (x320)
 TRAINED_FROM = TAPS[0]  # blocks [TRAINED_FROM, 16) are trained with the head, on the cached stride-16 tap
 TRUNK_LR_FACTOR = 0.3  # the trained trunk blocks' learning rate, as a fraction of the head's
+
+
+def is_trunk_layer(name: str) -> bool:
+    """Whether a layer (or a variable's layer) of the head model is one of the trunk's pretrained blocks
+    (training/lite.py names them block<k>_...), not the detector's own."""
+    return name.startswith("block")
+
+
 FPN_WIDTH = 96
 TOWER = 3  # depthwise-separable convs after the pyramid
 SIZE_UNIT = 32.0  # box_size = SIZE_UNIT * exp(prediction): 0 means a 32-pixel box
@@ -135,7 +143,7 @@ def build_head(shapes: list[tuple[int, int, int]], classes: int) -> keras.Model:
     offset = layers.Conv2D(2, 1, activation="sigmoid", name="offset")(p)
     head = keras.Model([c3, c4], [heat, size, offset], name="detector_head")
     for layer in head.layers:
-        if isinstance(layer, layers.BatchNormalization) and layer.name.startswith("block"):
+        if isinstance(layer, layers.BatchNormalization) and is_trunk_layer(layer.name):
             layer.trainable = False  # a frozen batch norm also runs on its moving statistics in training
     return head
 
@@ -177,7 +185,7 @@ class TrunkSlowerAdamW(keras.optimizers.AdamW):
     def build(self, variables: list[Any]) -> None:
         super().build(variables)
         # update_step may get the backend's own variable (no path): match by the optimizer's index instead
-        self.trunk_indices = {k for k, v in enumerate(variables) if v.path.split("/")[-2].startswith("block")}
+        self.trunk_indices = {k for k, v in enumerate(variables) if is_trunk_layer(v.path.split("/")[-2])}
 
     def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if self._get_variable_index(variable) in self.trunk_indices:
