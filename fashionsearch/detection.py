@@ -24,7 +24,8 @@ from fashionsearch.model_contract import DetectionSpec, ModelContractError, Mode
 
 @dataclasses.dataclass(frozen=True)
 class Detection:
-    """One product found in a photo: its box in pixels of the original photo, its group and score."""
+    """One product found in a photo: its box in pixels of the original photo, its group and score, and the catalogue
+    subCategories that group covers (model.json's detection.groups; empty for a group of articleTypes alone)."""
 
     left: float
     top: float
@@ -32,6 +33,7 @@ class Detection:
     height: float
     group: str
     score: float
+    sub_categories: tuple[str, ...] = ()
 
     @property
     def xyxy(self) -> tuple[float, float, float, float]:
@@ -204,6 +206,7 @@ def _decode_one(
             height=float(b[3] - b[1]),
             group=det.groups[g].name,
             score=float(s),
+            sub_categories=det.groups[g].sub_categories,
         )
         for b, g, s in zip(boxes[kept], chosen_groups, chosen_scores, strict=True)
     ]

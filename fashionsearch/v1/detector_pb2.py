@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fashionsearch.v1 import common_pb2 as fashionsearch_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x61shionsearch/v1/detector.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"M\n\tDetection\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.fashionsearch.v1.Box\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\"h\n\nDetections\x12/\n\ndetections\x18\x01 \x03(\x0b\x32\x1b.fashionsearch.v1.Detection\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\"]\n\rDetectRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x16\n\tflip_test\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0fwith_candidates\x18\x03 \x01(\x08\x42\x0c\n\n_flip_test\"\xa6\x01\n\x0f\x42oxVerification\x12\x1b\n\x13\x63\x61ndidate_threshold\x18\x01 \x01(\x01\x12\x11\n\tintercept\x18\x03 \x01(\x01\x12\x14\n\x0cscore_weight\x18\x04 \x01(\x01\x12\x19\n\x11\x63onfidence_weight\x18\x05 \x01(\x01\x12\x18\n\x10keep_probability\x18\x06 \x01(\x01\x12\x12\n\nclassifier\x18\x07 \x01(\tJ\x04\x08\x02\x10\x03\"\xc0\x01\n\x0e\x44\x65tectResponse\x12\x30\n\ndetections\x18\x01 \x01(\x0b\x32\x1c.fashionsearch.v1.Detections\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x37\n\x0cverification\x18\x03 \x01(\x0b\x32!.fashionsearch.v1.BoxVerification\x12\x17\n\x0fscore_threshold\x18\x04 \x01(\x01\"J\n\x12\x44\x65tectBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x16\n\tflip_test\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_flip_test\"{\n\x0c\x44\x65tectResult\x12\x32\n\ndetections\x18\x01 \x01(\x0b\x32\x1c.fashionsearch.v1.DetectionsH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"r\n\x13\x44\x65tectBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.fashionsearch.v1.DetectResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xb3\x01\n\x08\x44\x65tector\x12K\n\x06\x44\x65tect\x12\x1f.fashionsearch.v1.DetectRequest\x1a .fashionsearch.v1.DetectResponse\x12Z\n\x0b\x44\x65tectBatch\x12$.fashionsearch.v1.DetectBatchRequest\x1a%.fashionsearch.v1.DetectBatchResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x66\x61shionsearch/v1/detector.proto\x12\x10\x66\x61shionsearch.v1\x1a\x1d\x66\x61shionsearch/v1/common.proto\"e\n\tDetection\x12\"\n\x03\x62ox\x18\x01 \x01(\x0b\x32\x15.fashionsearch.v1.Box\x12\r\n\x05group\x18\x02 \x01(\t\x12\r\n\x05score\x18\x03 \x01(\x02\x12\x16\n\x0esub_categories\x18\x04 \x03(\t\"h\n\nDetections\x12/\n\ndetections\x18\x01 \x03(\x0b\x32\x1b.fashionsearch.v1.Detection\x12\x13\n\x0bimage_width\x18\x02 \x01(\r\x12\x14\n\x0cimage_height\x18\x03 \x01(\r\"]\n\rDetectRequest\x12\r\n\x05image\x18\x01 \x01(\x0c\x12\x16\n\tflip_test\x18\x02 \x01(\x08H\x00\x88\x01\x01\x12\x17\n\x0fwith_candidates\x18\x03 \x01(\x08\x42\x0c\n\n_flip_test\"\xa6\x01\n\x0f\x42oxVerification\x12\x1b\n\x13\x63\x61ndidate_threshold\x18\x01 \x01(\x01\x12\x11\n\tintercept\x18\x03 \x01(\x01\x12\x14\n\x0cscore_weight\x18\x04 \x01(\x01\x12\x19\n\x11\x63onfidence_weight\x18\x05 \x01(\x01\x12\x18\n\x10keep_probability\x18\x06 \x01(\x01\x12\x12\n\nclassifier\x18\x07 \x01(\tJ\x04\x08\x02\x10\x03\"\xc0\x01\n\x0e\x44\x65tectResponse\x12\x30\n\ndetections\x18\x01 \x01(\x0b\x32\x1c.fashionsearch.v1.Detections\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo\x12\x37\n\x0cverification\x18\x03 \x01(\x0b\x32!.fashionsearch.v1.BoxVerification\x12\x17\n\x0fscore_threshold\x18\x04 \x01(\x01\"J\n\x12\x44\x65tectBatchRequest\x12\x0e\n\x06images\x18\x01 \x03(\x0c\x12\x16\n\tflip_test\x18\x02 \x01(\x08H\x00\x88\x01\x01\x42\x0c\n\n_flip_test\"{\n\x0c\x44\x65tectResult\x12\x32\n\ndetections\x18\x01 \x01(\x0b\x32\x1c.fashionsearch.v1.DetectionsH\x00\x12,\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ItemErrorH\x00\x42\t\n\x07outcome\"r\n\x13\x44\x65tectBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.fashionsearch.v1.DetectResult\x12*\n\x05model\x18\x02 \x01(\x0b\x32\x1b.fashionsearch.v1.ModelInfo2\xb3\x01\n\x08\x44\x65tector\x12K\n\x06\x44\x65tect\x12\x1f.fashionsearch.v1.DetectRequest\x1a .fashionsearch.v1.DetectResponse\x12Z\n\x0b\x44\x65tectBatch\x12$.fashionsearch.v1.DetectBatchRequest\x1a%.fashionsearch.v1.DetectBatchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,21 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fashionsearch.v1.detector_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_DETECTION']._serialized_start=84
-  _globals['_DETECTION']._serialized_end=161
-  _globals['_DETECTIONS']._serialized_start=163
-  _globals['_DETECTIONS']._serialized_end=267
-  _globals['_DETECTREQUEST']._serialized_start=269
-  _globals['_DETECTREQUEST']._serialized_end=362
-  _globals['_BOXVERIFICATION']._serialized_start=365
-  _globals['_BOXVERIFICATION']._serialized_end=531
-  _globals['_DETECTRESPONSE']._serialized_start=534
-  _globals['_DETECTRESPONSE']._serialized_end=726
-  _globals['_DETECTBATCHREQUEST']._serialized_start=728
-  _globals['_DETECTBATCHREQUEST']._serialized_end=802
-  _globals['_DETECTRESULT']._serialized_start=804
-  _globals['_DETECTRESULT']._serialized_end=927
-  _globals['_DETECTBATCHRESPONSE']._serialized_start=929
-  _globals['_DETECTBATCHRESPONSE']._serialized_end=1043
-  _globals['_DETECTOR']._serialized_start=1046
-  _globals['_DETECTOR']._serialized_end=1225
+  _globals['_DETECTION']._serialized_end=185
+  _globals['_DETECTIONS']._serialized_start=187
+  _globals['_DETECTIONS']._serialized_end=291
+  _globals['_DETECTREQUEST']._serialized_start=293
+  _globals['_DETECTREQUEST']._serialized_end=386
+  _globals['_BOXVERIFICATION']._serialized_start=389
+  _globals['_BOXVERIFICATION']._serialized_end=555
+  _globals['_DETECTRESPONSE']._serialized_start=558
+  _globals['_DETECTRESPONSE']._serialized_end=750
+  _globals['_DETECTBATCHREQUEST']._serialized_start=752
+  _globals['_DETECTBATCHREQUEST']._serialized_end=826
+  _globals['_DETECTRESULT']._serialized_start=828
+  _globals['_DETECTRESULT']._serialized_end=951
+  _globals['_DETECTBATCHRESPONSE']._serialized_start=953
+  _globals['_DETECTBATCHRESPONSE']._serialized_end=1067
+  _globals['_DETECTOR']._serialized_start=1070
+  _globals['_DETECTOR']._serialized_end=1249
 # @@protoc_insertion_point(module_scope)

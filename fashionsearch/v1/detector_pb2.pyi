@@ -8,14 +8,16 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class Detection(_message.Message):
-    __slots__ = ("box", "group", "score")
+    __slots__ = ("box", "group", "score", "sub_categories")
     BOX_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     SCORE_FIELD_NUMBER: _ClassVar[int]
+    SUB_CATEGORIES_FIELD_NUMBER: _ClassVar[int]
     box: _common_pb2.Box
     group: str
     score: float
-    def __init__(self, box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., group: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+    sub_categories: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, box: _Optional[_Union[_common_pb2.Box, _Mapping]] = ..., group: _Optional[str] = ..., score: _Optional[float] = ..., sub_categories: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Detections(_message.Message):
     __slots__ = ("detections", "image_width", "image_height")

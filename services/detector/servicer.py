@@ -47,6 +47,7 @@ def to_proto(found: Found) -> detector_pb2.Detections:
                 box=common_pb2.Box(left=d.left, top=d.top, width=d.width, height=d.height),
                 group=d.group,
                 score=d.score,
+                sub_categories=d.sub_categories,
             )
             for d in found.detections
         ],

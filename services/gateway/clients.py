@@ -406,7 +406,8 @@ class GrpcDetector:
         found = reply.detections
         return FoundProducts(
             detections=tuple(
-                Detection(d.box.left, d.box.top, d.box.width, d.box.height, d.group, d.score) for d in found.detections
+                Detection(d.box.left, d.box.top, d.box.width, d.box.height, d.group, d.score, tuple(d.sub_categories))
+                for d in found.detections
             ),
             size=(found.image_width, found.image_height),
             model=model_id(reply.model),

@@ -80,7 +80,14 @@ from services.gateway.domain import (
 )
 from services.gateway.limits import Limits
 from services.gateway.one_pass import OnePass
-from services.gateway.predicted import CATEGORY_FIELD, PREDICTED_SUBCATEGORY_MASS, predicted_filter
+from services.gateway.predicted import (
+    CATEGORY_FIELD,
+    PREDICTED_SUBCATEGORY_MASS,
+    TYPE_FIELD,
+    missing_type,
+    predicted_filter,
+    widened_by_group,
+)
 from services.gateway.prepare import may_shrink, shrink_photo
 
 if TYPE_CHECKING:  # the embedded store's module loads qdrant-edge: a gateway on a Qdrant server never does
@@ -322,9 +329,14 @@ class GatewayService:
         searchable = bool(kept) and await self._check_embedder(kept[0][2])
 
         async def item(detection: Detection, classification: Classification, embedding: Embedding) -> OutfitItem:
-            filters = predicted_filter(classification.attributes, self._predicted_mass)
+            filters = widened_by_group(predicted_filter(classification.attributes, self._predicted_mass), detection)
             vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
+            missing = missing_type(classification.attributes, hits, top_k)
+            if missing is not None:
+                typed = {**filters, TYPE_FIELD: (missing,)}
+                nearest = await self._store("search", self._index.search, vector, 1, typed)
+                hits = (*hits[:-1], *nearest) if nearest else hits
             names = [str(h.payload.get("name", "")) for h in hits]
             return OutfitItem(
                 detection=detection,

@@ -25,7 +25,14 @@ from services.detector.server import start
 from services.detector.settings import Settings
 from services.gateway.clients import GrpcDetector
 from testkit.service_helpers import BAD_IMAGES, SERVING, health_status
-from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, add_int8_variant, photo_of_squares, write_tiny_detector
+from testkit.tiny_detector import (
+    GROUPS,
+    SHOES_COLOUR,
+    TOP_COLOUR,
+    add_int8_variant,
+    photo_of_squares,
+    write_tiny_detector,
+)
 from testkit.tiny_models import write_tiny_classifier
 
 pytestmark = pytest.mark.integration
@@ -106,6 +113,9 @@ def test_detect_finds_each_product_in_pixels_of_the_photo(settings: Settings) ->
         assert_found(reply.detections, EXPECTED)
         scores = [d.score for d in reply.detections.detections]
         assert scores == sorted(scores, reverse=True) and all(0.3 <= s <= 1 for s in scores)
+        # each with the catalogue subCategories of its group, as the model's model.json lists them
+        covered = {g.name: list(g.sub_categories) for g in GROUPS}
+        assert all(list(d.sub_categories) == covered[d.group] for d in reply.detections.detections)
 
     run(settings, body)
 

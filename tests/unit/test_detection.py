@@ -66,7 +66,11 @@ def test_a_peak_becomes_a_box_around_its_centre():
     _put(out, row=3, col=2, group="top", score=0.9, size=(16, 24), offset=(0.5, 0.25))
     [found] = decode_detections(out, _spec(), [(WIDTH, HEIGHT)])
     # centre = ((2 + 0.5) * 8, (3 + 0.25) * 8) = (20, 26); box = centre -+ (8, 12)
-    assert found == [Detection(left=12.0, top=14.0, width=16.0, height=24.0, group="top", score=pytest.approx(0.9))]
+    assert found == [
+        Detection(
+            left=12.0, top=14.0, width=16.0, height=24.0, group="top", score=pytest.approx(0.9), sub_categories=("Top",)
+        )
+    ]
 
 
 def test_the_letterbox_is_undone():

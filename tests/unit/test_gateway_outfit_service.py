@@ -64,20 +64,31 @@ class RecordingClassifier(FakeClassifier):
         )
 
 
-async def _items() -> AsyncIterator[CatalogueItem]:
-    for pid, sub in enumerate(["Topwear", "Topwear", "Shoes", "Shoes", "Bags"], start=1):
-        yield CatalogueItem(id=pid, image=f"img:{pid}".encode(), payload={"name": f"Item {pid}", "subCategory": sub})
+#: The catalogue of these tests: (subCategory, articleType) of products 1, 2, ...
+CATALOGUE = (
+    ("Topwear", "Tshirts"),
+    ("Topwear", "Tshirts"),
+    ("Shoes", "Heels"),
+    ("Shoes", "Heels"),
+    ("Bags", "Handbags"),
+)
+
+
+async def _items(catalogue: tuple[tuple[str, str], ...]) -> AsyncIterator[CatalogueItem]:
+    for pid, (sub, article) in enumerate(catalogue, start=1):
+        payload = {"name": f"Item {pid}", "subCategory": sub, "articleType": article}
+        yield CatalogueItem(id=pid, image=f"img:{pid}".encode(), payload=payload)
 
 
 async def _service(
-    detector: FakeDetector | None, outfit_flip_test: bool = True
+    detector: FakeDetector | None, outfit_flip_test: bool = True, catalogue: tuple[tuple[str, str], ...] = CATALOGUE
 ) -> tuple[GatewayService, RecordingClassifier, FakeEmbedder]:
     classifier, embedder = RecordingClassifier(), FakeEmbedder()
     limits = Limits(max_image_bytes=10**6)
     service = GatewayService(
         classifier, embedder, BruteForceIndex(), limits, detector=detector, outfit_flip_test=outfit_flip_test
     )
-    assert all([o.error is None async for o in service.upsert(_items())])
+    assert all([o.error is None async for o in service.upsert(_items(catalogue))])
     classifier.seen.clear()
     return service, classifier, embedder
 
@@ -104,6 +115,41 @@ async def test_each_product_is_cut_out_and_searched_within_its_predicted_subcate
     for plain, mirror in zip(classifier.seen[:2], classifier.seen[2:], strict=True):
         seen = [np.asarray(Image.open(io.BytesIO(d)).convert("RGB"), dtype=int) for d in (plain, mirror)]
         assert np.abs(seen[0][:, ::-1] - seen[1]).mean() < 2  # the same pixels, mirrored (JPEG's noise apart)
+
+
+@run_async
+async def test_the_detectors_group_widens_a_products_filter_to_the_subcategories_it_covers():
+    # The blue product reads Shoes; its box's group covers Shoes and Bags, so both are searched. The red one reads
+    # Topwear in a box whose group covers Topwear alone: its filter stays as the classifier put it.
+    red = dataclasses.replace(RED_BOX, sub_categories=("Topwear",))
+    blue = dataclasses.replace(BLUE_BOX, sub_categories=("Shoes", "Bags"))
+    service, _, _ = await _service(FakeDetector((red, blue)))
+    result = await service.search_outfit(photo(), SearchOptions(top_k=5))
+    assert [item.applied_filters for item in result.items] == [
+        {"subCategory": ("Topwear",)},
+        {"subCategory": ("Shoes", "Bags")},
+    ]
+    assert [{h.id for h in item.hits} for item in result.items] == [{1, 2}, {3, 4, 5}]
+
+
+@run_async
+async def test_a_full_page_of_hits_shows_the_nearest_product_of_the_predicted_article_type():
+    # The classifier names every product Shirts (FakeClassifier's articleType). Four T-shirts, nearest first:
+    tshirts = (("Topwear", "Tshirts"),) * 4
+    service, _, _ = await _service(FakeDetector((RED_BOX,)), catalogue=tshirts)
+    order = [h.id for h in (await service.search_outfit(photo(), SearchOptions(top_k=4))).items[0].hits]
+    assert sorted(order) == [1, 2, 3, 4]  # no shirt in the catalogue: the nearest products as they are
+    # The same catalogue with the farthest of them a shirt: a page of two ends with it instead of the second nearest,
+    # a page that shows it anyway and a page of one are the nearest products as they are.
+    catalogue = tuple(("Topwear", "Shirts" if pid == order[-1] else "Tshirts") for pid in range(1, 5))
+    service, _, _ = await _service(FakeDetector((RED_BOX,)), catalogue=catalogue)
+
+    async def page(top_k: int) -> list[int]:
+        return [h.id for h in (await service.search_outfit(photo(), SearchOptions(top_k=top_k))).items[0].hits]
+
+    assert await page(2) == [order[0], order[-1]]
+    assert await page(4) == order
+    assert await page(1) == [order[0]]
 
 
 @run_async
