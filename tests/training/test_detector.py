@@ -146,6 +146,7 @@ def test_tiny_detector_trains_exports_through_the_parity_gate_and_decodes(
     assert len(taps) == len(detector.TAP_NAMES), taps
     made = quantize_detector.run(tmp_path / "detector", dataset, split, calibration_size=4, choose_photos=2, threads=1)
     assert set(made["plans"]) == {p.plan.name for p in quantize_detector.PLANS} and made["plan"] in made["plans"]
+    assert all(t["ms_per_photo_batch1"] > 0 for t in made["plans"].values())  # timed alternating, each plan
     listed = [v.file for v in variants(ModelSpec.load(tmp_path / "detector"))]
     assert listed == ["model.onnx", "model.int8.onnx"] if made["listed"] else ["model.onnx"]
     assert made["listed"] == (made["gate_problems"] == [])
