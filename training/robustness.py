@@ -6,7 +6,8 @@ photograph (training/scenes.py's: the held-out one for the test split, the train
 product small in the frame on a texture. The classifier answers on the changed photo; for the embedder the
 changed photo is the query and the catalogue is the clean training split (a shopper's photo against packshots, as
 the gateway searches). With a detector, each photo is first read as the gateway's Search reads it with crop=auto
-(`as_searched`: fashionsearch.main_product's rule, the detector's main product cut out, or the photo itself).
+(`as_searched`: fashionsearch.main_product's rule, the detector's main product cut out, and read beside the whole
+photo when it covers enough of it (`read_both`), or the photo itself).
 `python -m training robustness` writes the table for any number of (classifier, embedder) pairs side by side.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -174,22 +176,50 @@ def of_families(families: Sequence[str]) -> list[Shift]:
     return [s for s in SUITE if s.severity == 0 or s.family in families]
 
 
-def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.ndarray], float]:
-    """Each photo as the gateway's Search reads it with crop=auto (fashionsearch.main_product): the photo itself,
-    or the detector's main product (model.json's threshold) cut out, JPEG-encoded as the gateway sends it; and the
-    share of photos cut out."""
+def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.ndarray], np.ndarray, float]:
+    """Each photo's main product as the gateway's Search cuts it with crop=auto (fashionsearch.main_product): the
+    detector's main product (model.json's threshold) cut out, JPEG-encoded as the gateway sends it, or the photo
+    itself when none is cut out; which cut-outs Search reads beside the whole photo, averaging the two readings
+    (main_product.read_beside_whole, `read_both`); and the share of photos cut out."""
     found = detector_eval.detect(session, spec, list(images), score_threshold=None, max_detections=None)
-    out, cut = [], 0
+    out, beside, cut = [], [], 0
     for image, detections in zip(images, found, strict=True):
         size = (image.shape[1], image.shape[0])
         best = main_product.main_product(image, detections, size)
         if best is None:
             out.append(image)
+            beside.append(False)
         else:
             piece = np.asarray(main_product.cut_out(Image.fromarray(image), best, size))
             out.append(shopper.jpeg(piece, main_product.JPEG_QUALITY))
+            beside.append(main_product.read_beside_whole(best, size))
             cut += 1
-    return out, cut / max(len(out), 1)
+    return out, np.asarray(beside, dtype=bool), cut / max(len(out), 1)
+
+
+def outputs_of(
+    c_session: Any, c_spec: Any, e_session: Any, e_spec: Any, images: Any, one_file: bool
+) -> dict[str, np.ndarray]:
+    """The classifier's outputs for the photos, with the embedder's vector; a one-pass file named for both
+    (`one_file`: models/classifier/with-embedder.int8.onnx) gives both in one run."""
+    outputs = predict(c_session, c_spec, images)
+    if one_file:
+        return outputs
+    vector = e_spec.embedding.output
+    return outputs | {vector: predict(e_session, e_spec, images)[vector]}
+
+
+def read_both(first: Mapping[str, np.ndarray], second: Mapping[str, np.ndarray], vector: str) -> dict[str, np.ndarray]:
+    """Two readings of the same photos (model outputs by name) averaged as the gateway averages them
+    (services/gateway/readings.py): each head's probabilities, and the `vector` output at the two vectors' mean
+    length. The gateway averages the top labels the classifier sends (of its hierarchical decoding); here every
+    label's probability, each head decoded alone."""
+    averaged = {name: (first[name] + second[name]) / 2 for name in first}
+    a, b = first[vector], second[vector]
+    length = (np.linalg.norm(a, axis=1, keepdims=True) + np.linalg.norm(b, axis=1, keepdims=True)) / 2
+    norm = np.maximum(np.linalg.norm(averaged[vector], axis=1, keepdims=True), 1e-12)
+    averaged[vector] = averaged[vector] * (length / norm)
+    return averaged
 
 
 def sample(test: data.Dataset, n: int, seed: int = 20261130) -> data.Dataset:
@@ -222,6 +252,7 @@ def measure(
     backdrops = Backdrops(donors, scenes.load_photos(names) if needs_photos else ())
     photos = {f"{s.family}/{s.severity}": shifted(test.images, s, backdrops) for s in shifts}
     views: dict[str, Mapping[str, np.ndarray | Sequence[np.ndarray]]] = {"": photos}
+    beside_whole: dict[str, np.ndarray] = {}  # crop=auto: the photos whose cut-out is read beside the whole photo
     truth = {a: true_labels(test, a) for a in HEADS}
     results: dict[str, Any] = {"split": on, "images": len(test), "catalogue": len(train), "models": {}}
     if needs_photos:
@@ -229,27 +260,30 @@ def measure(
     if detector is not None:
         d_spec, d_session = load_model(detector, threads)
         searched = {key: as_searched(images, d_session, d_spec) for key, images in photos.items()}
-        views[" crop=auto"] = {key: cut_photos for key, (cut_photos, _) in searched.items()}
-        results["detector"], results["cut"] = d_spec.identity, {key: share for key, (_, share) in searched.items()}
+        views[" crop=auto"] = {key: cut_photos for key, (cut_photos, _, _) in searched.items()}
+        beside_whole = {key: beside for key, (_, beside, _) in searched.items()}
+        results["detector"], results["cut"] = d_spec.identity, {key: share for key, (_, _, share) in searched.items()}
     for name, (classifier_dir, embedder_dir) in pairs.items():
         c_spec, c_session = load_model(classifier_dir, threads)
         e_spec, e_session = load_model(embedder_dir, threads)
         catalogue = predict(e_session, e_spec, train.images)[e_spec.embedding.output]  # type: ignore[union-attr]
+        vector = e_spec.embedding.output  # type: ignore[union-attr]
+        read = partial(outputs_of, c_session, c_spec, e_session, e_spec, one_file=classifier_dir == embedder_dir)
         for suffix, view in views.items():
             rows = {}
             for key, images in view.items():
-                probabilities = predict(c_session, c_spec, images)
+                outputs = read(images)
+                if suffix and beside_whole[key].any():  # crop=auto: the larger cut-outs read beside their photos
+                    both = read_both(outputs, read(photos[key]), vector)
+                    outputs = {name: np.where(beside_whole[key][:, None], both[name], o) for name, o in outputs.items()}
                 row = {}
                 for head in c_spec.outputs:
                     if head.attribute in HEADS:
                         labels = np.asarray(head.labels)
-                        predicted = labels[probabilities[head.name].argmax(axis=1)]
+                        predicted = labels[outputs[head.name].argmax(axis=1)]
                         keep = truth[head.attribute] != ""
                         row[head.attribute] = float((predicted[keep] == truth[head.attribute][keep]).mean())
-                # A one-pass file named for both (models/classifier/with-embedder.int8.onnx) gives both in one run.
-                outputs = probabilities if classifier_dir == embedder_dir else predict(e_session, e_spec, images)
-                queries = outputs[e_spec.embedding.output]  # type: ignore[union-attr]
-                r = retrieval_metrics(queries, catalogue, test.labels, train.labels)
+                r = retrieval_metrics(outputs[vector], catalogue, test.labels, train.labels)
                 row["p@5"] = r["unfiltered"]["articleType"]
                 row["p@5 filtered"] = r["filtered"]["articleType"]
                 rows[key] = row
@@ -283,8 +317,9 @@ def report(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> Repor
             f"{', '.join(m for m in names if m.endswith(' crop=auto'))}: each photo read as the gateway's Search "
             f"reads it with crop=auto, detector {results['detector']}: the photo itself when it is a packshot (its "
             "border the catalogue's white), the detector finds nothing or its best box covers half the photo, else "
-            'that product cut out (fashionsearch/main_product.py); the column "cut out" says how many of the '
-            "photos were. The others read every photo whole (crop=none)."
+            "that product cut out (fashionsearch/main_product.py), and read beside the whole photo when its box "
+            "covers 15% of it or more, the two readings averaged (services/gateway/readings.py); the column "
+            '"cut out" says how many of the photos were cut out. The others read every photo whole (crop=none).'
         )
     for remark in results.get("remarks", ()):
         section.text(remark)

@@ -40,17 +40,28 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Photo:
 
 def cut_out(photo: Photo, detections: Sequence[Detection], mirrored: bool = False) -> list[bytes]:
     """One encoded JPEG per detection, in order; `mirrored`: followed by their mirror images, in the same order
-    (outfit search's flip test, services/gateway/flip_test.py)."""
+    (outfit search's flip test, services/gateway/readings.py)."""
     cuts = [main_product.cut_out(photo.image, detection, photo.size) for detection in detections]
     if mirrored:
         cuts += [cut.transpose(Image.Transpose.FLIP_LEFT_RIGHT) for cut in cuts]
     return [_encode(cut) for cut in cuts]
 
 
-def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> bytes | None:
-    """What crop=auto reads (fashionsearch.main_product): the main product cut out, None for the whole photo."""
+@dataclass(frozen=True)
+class MainProduct:
+    """What crop=auto reads of a scene: the main product cut out, and whether beside the whole photo."""
+
+    cut: bytes
+    beside_whole: bool
+
+
+def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> MainProduct | None:
+    """What crop=auto reads (fashionsearch.main_product): the main product cut out, None for the whole photo alone."""
     best = main_product.main_product(np.asarray(photo.image), detections, photo.size)
-    return None if best is None else _encode(main_product.cut_out(photo.image, best, photo.size))
+    if best is None:
+        return None
+    cut = _encode(main_product.cut_out(photo.image, best, photo.size))
+    return MainProduct(cut, main_product.read_beside_whole(best, photo.size))
 
 
 def _encode(image: Image.Image) -> bytes:

@@ -54,7 +54,7 @@ from fashionsearch.store import (
 from fashionsearch.store.backup import BackupInfo, WriteJournal, backup_name, write_backup
 from fashionsearch.text_contract import check_query
 from fashionsearch.text_query import refine_vector
-from services.gateway import crops, flip_test, words
+from services.gateway import crops, readings, words
 from services.gateway.clients import ClassifierPort, DetectorPort, EmbedderPort
 from services.gateway.domain import (
     Analysis,
@@ -133,7 +133,7 @@ class GatewayService:
     ) -> None:
         self._backups = backups
         #: SearchOutfit asks the detector for its flip test and reads each product cut out of the photo twice, as
-        #: it is and mirrored (GATEWAY_OUTFIT_FLIP_TEST; services/gateway/flip_test.py).
+        #: it is and mirrored (GATEWAY_OUTFIT_FLIP_TEST; services/gateway/readings.py).
         self._outfit_flip_test = outfit_flip_test
         self._predicted_mass = predicted_subcategory_mass
         self._detector = detector
@@ -227,14 +227,19 @@ class GatewayService:
         self._check_image(image)
         top_k = self._top_k(options.top_k)
         explicit = self._explicit_filters(options)
-        if options.crop is Crop.AUTO:
-            image = await self._main_product(image)
+        cut = await self._main_product(image) if options.crop is Crop.AUTO else None
         if may_shrink(image, self._limits.shrink_above_pixels):  # most photos: no worker-thread hop (prepare.py)
             shrink = partial(
                 shrink_photo, image, above_pixels=self._limits.shrink_above_pixels, side=self._limits.shrink_side
             )
             image = await run_decoding(shrink, [image])
-        classification, embedding = await self._analyse(image)
+        if cut is None:
+            classification, embedding = await self._analyse(image)
+        elif cut.beside_whole:  # the main product cut out and the whole photo, read together and averaged
+            product, whole = await asyncio.gather(self._analyse(cut.cut), self._analyse(image))
+            classification, embedding = readings.average(product, whole)
+        else:
+            classification, embedding = await self._analyse(cut.cut)
         filters = explicit
         if options.mode is FilterMode.PREDICTED_SUBCATEGORY:
             filters = predicted_filter(classification.attributes, self._predicted_mass)
@@ -292,22 +297,23 @@ class GatewayService:
             raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
         return found, photo
 
-    async def _main_product(self, image: bytes) -> bytes:
-        """The detector's best product cut out of the photo, or the photo itself when it is a packshot, the
-        detector finds nothing or the product fills most of it (fashionsearch.main_product). crop=auto is the
-        default, so it is best effort: without a detector, or with one down, slow or busy, the whole photo is read."""
+    async def _main_product(self, image: bytes) -> crops.MainProduct | None:
+        """The detector's best product cut out of the photo (and whether to read it beside the whole photo), or None
+        to read the photo alone: a packshot, the detector finds nothing or the product fills most of it
+        (fashionsearch.main_product). crop=auto is the default, so it is best effort: without a detector, or with one
+        down, slow or busy, the whole photo is read."""
         if self._detector is None:
             metrics.SEARCH_CROPS.labels("no_detector").inc()
-            return image
+            return None
         try:
             found, photo = await self._found(image)
         except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
-            return image
+            return None
         crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
-        metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut").inc()
-        return image if crop is None else crop
+        metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut_and_whole" if crop.beside_whole else "cut").inc()
+        return crop
 
     async def search_outfit(self, image: bytes, options: SearchOptions) -> OutfitResult:
         """Every product the detector finds in the photo, each searched like a photo within its predicted
@@ -323,8 +329,8 @@ class GatewayService:
         found, photo = await self._found(image, flip_test=True if flip else None, with_candidates=flip)
         detections = found.detections
         cut = await run_decoding(partial(crops.cut_out, photo, detections, mirrored=flip), []) if detections else []
-        readings = await asyncio.gather(*(self._analyse(c) for c in cut))
-        analysed = flip_test.merged(readings) if flip else readings
+        read = await asyncio.gather(*(self._analyse(c) for c in cut))
+        analysed = readings.merged(read) if flip else read
         kept = [(d, c, e) for d, (c, e) in zip(detections, analysed, strict=True) if self._verified(found, d, c)]
         searchable = bool(kept) and await self._check_embedder(kept[0][2])
 

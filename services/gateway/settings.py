@@ -29,7 +29,7 @@ class Settings:
     #: FAILED_PRECONDITION and every other call works as before.
     detector_addr: Address | None = None
     #: SearchOutfit reads each photo and each product cut out of it twice, as they are and mirrored (the
-    #: detector's flip test and services/gateway/flip_test.py): more products found, for about twice the work of
+    #: detector's flip test and services/gateway/readings.py): more products found, for about twice the work of
     #: an outfit search (bench/README.md). Search's crop=auto is not affected.
     outfit_flip_test: bool = True
     #: A search filtered by the photo's predicted subCategory also takes the classifier's next most probable ones

@@ -112,10 +112,21 @@ def test_crop_auto_in_the_suite_reads_a_packshot_whole_and_cuts_a_scene(tmp_path
     scene = on_white.copy()
     scene[on_white.min(axis=-1) == 255] = (255, 200, 255)  # the same on a pale magenta wall
     photos = np.stack([on_white, scene])
-    [whole, cut], share = robustness.as_searched(photos, session, spec)
+    [whole, cut], beside_whole, share = robustness.as_searched(photos, session, spec)
     assert np.array_equal(whole, photos[0]) and share == 0.5
+    assert list(beside_whole) == [False, True]  # the product cut out covers more than 15% of the photo
     assert cut.shape[1] / cut.shape[0] == pytest.approx(0.75, abs=0.02) and min(cut.shape[:2]) >= 64
     assert np.abs(cut[cut.shape[0] // 2, cut.shape[1] // 2].astype(int) - TOP_COLOUR).max() < 40
+
+
+def test_a_cut_out_read_beside_its_whole_photo_averages_the_two_readings_as_the_gateway_does() -> None:
+    cut = {"head": np.array([[0.9, 0.1]]), "vec": np.array([[1.0, 0.0]])}
+    whole = {"head": np.array([[0.3, 0.7]]), "vec": np.array([[0.0, 1.0]])}
+    both = robustness.read_both(cut, whole, "vec")
+    assert both["head"] == pytest.approx(np.array([[0.6, 0.4]]))
+    assert both["vec"] == pytest.approx(np.array([[2**-0.5, 2**-0.5]]))  # their mean direction, at their length
+    same = robustness.read_both(cut, cut, "vec")  # a photo not cut out: read twice, unchanged
+    assert all(np.allclose(same[k], cut[k]) for k in cut)
 
 
 def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data, tmp_path) -> None:

@@ -235,11 +235,29 @@ async def test_crop_auto_reads_the_best_product_or_the_whole_photo():
     service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
     result = await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
     assert result.applied_filters == {"subCategory": ("Topwear",)}  # the red one, the detector's best
-    [seen] = classifier.seen
+    [seen] = classifier.seen  # its box covers 10% of the photo: read cut out alone
     assert seen == crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0]
     service, classifier, _ = await _service(FakeDetector(()))
     await service.search(photo(), SearchOptions(crop=Crop.AUTO))
     assert classifier.seen == [photo()]
+
+
+@run_async
+async def test_crop_auto_reads_a_larger_product_beside_the_whole_photo_and_averages_the_readings():
+    # The red product's box widened to 18% of the photo (BESIDE_WHOLE_SHARE 15%): cut out, and the photo with it.
+    larger = dataclasses.replace(RED_BOX, width=150, height=144)
+    assert larger.width * larger.height / (300 * 400) >= main_product.BESIDE_WHOLE_SHARE
+    service, classifier, _ = await _service(FakeDetector((larger,)))
+    result = await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
+    cut = crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [larger])[0]
+    assert classifier.seen == [cut, photo()]
+    # The two readings averaged: the cut-out's Topwear (0.9) halved, the grey photo's Shoes (0.3) halved.
+    [sub] = [a for a in result.classification.attributes if a.attribute == "subCategory"]
+    assert [(label.label, label.probability) for label in sub.labels] == [
+        ("Topwear", pytest.approx(0.45)),
+        ("Shoes", pytest.approx(0.15)),
+    ]
+    assert result.applied_filters == {"subCategory": ("Topwear", "Shoes")}  # unsure: both, the mass at work
 
 
 def test_cut_outs_of_a_photo_decoded_at_a_reduced_scale():
@@ -287,7 +305,7 @@ async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_sc
         shots.append(buffer.getvalue())
         await service.search(shots[-1], SearchOptions(crop=Crop.AUTO))
     cut = crops.cut_out(crops.decode_photo(shots[1], crops.ImageLimits()), [box])[0]
-    assert classifier.seen == [shots[0], cut]
+    assert classifier.seen == [shots[0], cut, shots[1]]  # the box covers 42%: the scene is read beside it
 
 
 @run_async

@@ -1,7 +1,13 @@
-"""The flip test of outfit search's cut-outs: each product is read as it is and mirrored, and the two readings are
-averaged, as the detector's flip test averages its maps (fashionsearch/detection.py). A product and its mirror image
-are the same product, so what differs between the two readings is the models' noise; averaging it out finds more of
-an outfit's products (bench/README.md has the measurement) for twice the cut-outs' model work.
+"""Two readings of one product (its classification and vector) averaged into one, where a search reads it twice:
+
+- the flip test of outfit search's cut-outs: each product is read as it is and mirrored, as the detector's flip test
+  averages its maps (fashionsearch/detection.py). A product and its mirror image are the same product, so what
+  differs between the two readings is the models' noise; averaging it out finds more of an outfit's products
+  (bench/README.md has the measurement) for twice the cut-outs' model work;
+- Search with crop=auto, where the detector's main product is cut out of a scene: the cut-out and the whole photo.
+  Each fails in its own way (a cut-out framed wrong or of the wrong product, a whole photo where the product is
+  small among its background), and their average read better than either on the robustness suite's validation
+  split (reports/robustness/crop-auto.md).
 """
 
 from __future__ import annotations

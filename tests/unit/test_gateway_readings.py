@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 
 from fashionsearch.classification import AttributePrediction, LabelScore
-from services.gateway import flip_test
+from services.gateway import readings
 from services.gateway.domain import Classification, Embedding, ModelId
 from testkit.gateway_fakes import CLASSIFIER_MODEL, EMBEDDER_MODEL
 
 
 def reading(
     labels: dict[str, list[tuple[str, float]]], vector: list[float], *, one_pass: bool = False
-) -> flip_test.Reading:
+) -> readings.Reading:
     embedding = Embedding(vector=np.asarray(vector, np.float32), model=EMBEDDER_MODEL)
     classification = Classification.of(
         [AttributePrediction(a, tuple(LabelScore(k, p) for k, p in ls)) for a, ls in labels.items()],
@@ -30,7 +30,7 @@ def test_probabilities_are_averaged_over_both_top_lists_and_the_name_follows_the
     mirror = reading(
         {"articleType": [("Shirts", 0.7), ("Tshirts", 0.2), ("Kurtas", 0.1)], "baseColour": [("Blue", 0.8)]}, [0, 1]
     )
-    classification, embedding = flip_test.average(plain, mirror)
+    classification, embedding = readings.average(plain, mirror)
     article = classification.attributes[0]
     assert [(s.label, s.probability) for s in article.labels] == [
         ("Shirts", pytest.approx(0.55)),
@@ -50,7 +50,7 @@ def test_probabilities_are_averaged_over_both_top_lists_and_the_name_follows_the
 def test_a_one_pass_reading_carries_the_averaged_vector():
     plain = reading({"subCategory": [("Topwear", 1.0)]}, [0.6, 0.8], one_pass=True)
     mirror = reading({"subCategory": [("Topwear", 1.0)]}, [0.8, 0.6], one_pass=True)
-    classification, embedding = flip_test.average(plain, mirror)
+    classification, embedding = readings.average(plain, mirror)
     assert classification.embedding == embedding
     assert np.linalg.norm(embedding.vector) == pytest.approx(1.0)
 
@@ -58,12 +58,12 @@ def test_a_one_pass_reading_carries_the_averaged_vector():
 def test_readings_of_two_models_are_not_mixed():
     plain = reading({"subCategory": [("Topwear", 0.9)]}, [1, 0])
     other = Classification.of(plain[0].attributes, model=ModelId("classifier", "other"))
-    assert flip_test.average(plain, (other, plain[1])) == plain
+    assert readings.average(plain, (other, plain[1])) == plain
 
 
 def test_merged_pairs_each_cut_out_with_its_mirror_and_refuses_an_odd_count():
     a, b = reading({"subCategory": [("Topwear", 1.0)]}, [1, 0]), reading({"subCategory": [("Shoes", 1.0)]}, [0, 1])
-    out = flip_test.merged([a, b, a, b])
+    out = readings.merged([a, b, a, b])
     assert [c.top_labels()["subCategory"] for c, _ in out] == ["Topwear", "Shoes"]
     with pytest.raises(ValueError, match="two readings"):
-        flip_test.merged([a, b, a])
+        readings.merged([a, b, a])
