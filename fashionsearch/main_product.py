@@ -49,7 +49,7 @@ WHOLE_PHOTO_SHARE = 0.5
 #: cut out and in the whole photo, and the two readings averaged (services/gateway/readings.py): a box that holds
 #: only part of the product, or another product, is then corrected by the photo around it. A smaller box is read
 #: cut out alone: the whole photo, shrunk to the models' input, shows such a product in a few pixels and reads as
-#: its background. Chosen on validation photos (reports/robustness/README.md, "crop=auto"): with the two readings
+#: its background. Chosen on validation photos (bench/README.md, "Outfit search and crop=auto"): with the two readings
 #: averaged for every box, the single products small in 600x800 scenes lost 4 points of articleType; from 0.15 up
 #: they lost nothing, and the suite's packshots on backgrounds kept most of the gain (masterCategory +0.5 on
 #: average, +1.0 on the worst shift).

@@ -338,7 +338,7 @@ class GatewayService:
             filters = widened_by_group(predicted_filter(classification.attributes, self._predicted_mass), detection)
             vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
-            missing = missing_type(classification.attributes, hits, top_k)
+            missing = missing_type(classification.attributes, hits, top_k, filters)
             if missing is not None:
                 typed = {**filters, TYPE_FIELD: (missing,)}
                 nearest = await self._store("search", self._index.search, vector, 1, typed)

@@ -21,10 +21,12 @@ from fashionsearch.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from fashionsearch.store import Hit
 from fashionsearch.store.brute import BruteForceIndex
 from services.gateway import crops
 from services.gateway.domain import DEFAULT_CROP, CatalogueItem, Classification, Crop, SearchOptions
 from services.gateway.limits import Limits
+from services.gateway.predicted import missing_type
 from services.gateway.service import GatewayService
 from testkit.gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
 
@@ -150,6 +152,11 @@ async def test_a_full_page_of_hits_shows_the_nearest_product_of_the_predicted_ar
     assert await page(2) == [order[0], order[-1]]
     assert await page(4) == order
     assert await page(1) == [order[0]]
+    # Filters that name articleTypes (refine words) are the caller's: no product of another type is put in.
+    tshirt = [Hit(1, 0.1, {"articleType": "Tshirts"}), Hit(2, 0.2, {"articleType": "Tshirts"})]
+    shirts = [AttributePrediction("articleType", (LabelScore("Shirts", 0.8),))]
+    assert missing_type(shirts, tshirt, 2, {"subCategory": ("Topwear",)}) == "Shirts"
+    assert missing_type(shirts, tshirt, 2, {"articleType": ("Tshirts",)}) is None
 
 
 @run_async
