@@ -19,7 +19,7 @@ import importlib.util
 import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +107,11 @@ class Products:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    @cached_property
+    def members(self) -> Mapping[int, np.ndarray]:
+        """group -> the indices of its products, worked out once per pool (drawing a scene's products needs it)."""
+        return {g: np.flatnonzero(self.groups == g) for g in range(len(GROUPS))}
 
 
 def products(dataset: data.Dataset) -> Products:
@@ -267,22 +272,12 @@ def compose(
 
 def _choose(rng: np.random.Generator, pool: Products, n: int, group_weights: np.ndarray) -> list[int]:
     """n products: a group drawn by `group_weights`, then a product of that group."""
-    by_group = _members(pool)
+    by_group = pool.members
     out = []
     for g in rng.choice(len(GROUPS), size=n, p=group_weights):
         members = by_group[int(g)]
         out.append(int(members[rng.integers(0, len(members))]))
     return out
-
-
-_MEMBERS: dict[int, Mapping[int, np.ndarray]] = {}
-
-
-def _members(pool: Products) -> Mapping[int, np.ndarray]:
-    key = id(pool)
-    if key not in _MEMBERS:
-        _MEMBERS[key] = {g: np.flatnonzero(pool.groups == g) for g in range(len(GROUPS))}
-    return _MEMBERS[key]
 
 
 def group_weights(pool: Products, power: float = 0.5) -> np.ndarray:

@@ -19,7 +19,7 @@ from services.gateway import crops
 from testkit.gateway_stack import Stack, jpeg, predicted_subcategories, start_stack
 from testkit.http_api import Http, error_of
 from testkit.process_stack import free_port
-from testkit.tiny_detector import SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
+from testkit.tiny_detector import GROUPS, SHOES_COLOUR, TOP_COLOUR, photo_of_squares, write_tiny_detector
 from testkit.tiny_models import DEFAULT_HEADS
 
 pytestmark = pytest.mark.integration
@@ -76,23 +76,33 @@ def test_search_outfit_finds_each_product_and_searches_it_in_its_predicted_subca
     assert reply.embedder_model.name == "tiny-embedder"
     assert_boxes([(i.group, xyxy(i.box)) for i in reply.items], EXPECTED)
     assert [i.score for i in reply.items] == sorted((i.score for i in reply.items), reverse=True)
+    covered = {g.name: list(g.sub_categories) for g in GROUPS}
     for item in reply.items:
         labels = next(a.labels for a in item.attributes if a.attribute == "subCategory")
         predicted = predicted_subcategories([(label.label, label.probability) for label in labels])
         assert predicted[0] == labels[0].label
-        assert [(f.field, list(f.values)) for f in item.applied_filters] == [("subCategory", predicted)]
-        assert 1 <= len(item.hits) <= 3 and {h.payload.sub_category for h in item.hits} <= set(predicted)
+        # the classifier's subCategories, then those of the detector's group for the box
+        searched = list(dict.fromkeys(predicted + covered[item.group]))
+        assert [(f.field, list(f.values)) for f in item.applied_filters] == [("subCategory", searched)]
+        assert 1 <= len(item.hits) <= 3 and {h.payload.sub_category for h in item.hits} <= set(searched)
         assert item.suggested_name and item.keywords
 
 
 def test_each_product_is_read_from_its_cut_out(stack):
-    # What the gateway classifies for a product is what Search answers for that product cut out alone.
+    # What the gateway classifies for a product is what Search answers for that product cut out alone (searched
+    # with the outfit item's filters: the predicted subCategory widened by the detector's group).
     detections = [Detection(*box[:2], box[2] - box[0], box[3] - box[1], group, 1.0) for group, box in EXPECTED]
     photo = crops.decode_photo(OUTFIT, ImageLimits())
     reply = stack.stub.SearchOutfit(gateway_pb2.SearchOutfitRequest(image=OUTFIT), timeout=10)
     for item in reply.items:
         [cut] = crops.cut_out(photo, [d for d in detections if d.group == item.group])
-        alone = stack.stub.Search(gateway_pb2.SearchRequest(image=cut, crop=gateway_pb2.CROP_NONE), timeout=10)
+        request = gateway_pb2.SearchRequest(
+            image=cut,
+            crop=gateway_pb2.CROP_NONE,
+            filter_mode=gateway_pb2.FILTER_MODE_EXPLICIT,
+            filters=item.applied_filters,
+        )
+        alone = stack.stub.Search(request, timeout=10)
         assert [a.labels[0].label for a in item.attributes] == [a.labels[0].label for a in alone.attributes]
         assert [h.id for h in item.hits] == [h.id for h in alone.hits]
 
