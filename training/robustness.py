@@ -269,13 +269,16 @@ def measure(
         catalogue = predict(e_session, e_spec, train.images)[e_spec.embedding.output]  # type: ignore[union-attr]
         vector = e_spec.embedding.output  # type: ignore[union-attr]
         read = partial(outputs_of, c_session, c_spec, e_session, e_spec, one_file=classifier_dir == embedder_dir)
+        whole: dict[str, dict[str, np.ndarray]] = {}  # the photos' own readings (crop=none), reused by crop=auto
         for suffix, view in views.items():
             rows = {}
             for key, images in view.items():
                 outputs = read(images)
-                if suffix and beside_whole[key].any():  # crop=auto: the larger cut-outs read beside their photos
-                    both = read_both(outputs, read(photos[key]), vector)
-                    outputs = {name: np.where(beside_whole[key][:, None], both[name], o) for name, o in outputs.items()}
+                if not suffix:
+                    whole[key] = outputs
+                elif beside_whole[key].any():  # crop=auto: the larger cut-outs read beside their photos
+                    both = read_both(outputs, whole[key], vector)
+                    outputs = {out: np.where(beside_whole[key][:, None], both[out], o) for out, o in outputs.items()}
                 row = {}
                 for head in c_spec.outputs:
                     if head.attribute in HEADS:
