@@ -53,12 +53,15 @@ from testkit.process_stack import ProcessStack, cpu_seconds, free_port  # noqa: 
 
 CLIENT_DIR = REPO_ROOT / "bench" / "client"
 SERVICES = ("classifier", "embedder", "gateway")
-#: --compare-one-pass: the models as served before issue 30, and one trunk pass per photo with int8 where it pays.
+#: --compare-one-pass: the models as served before issue 30 (float, two calls a photo, each model service running one
+#: batch call at a time), and the defaults since: one trunk pass per photo, int8 where it pays, two batch calls at once.
 TWO_CALLS_FLOAT = {
     "CLASSIFIER_PRECISION": "float",
     "EMBEDDER_PRECISION": "float",
     "CLASSIFIER_ONE_PASS": "false",
     "GATEWAY_ONE_PASS": "false",
+    "CLASSIFIER_MAX_CONCURRENT_BATCHES": "1",
+    "EMBEDDER_MAX_CONCURRENT_BATCHES": "1",
 }
 ONE_PASS_AUTO = {
     "CLASSIFIER_PRECISION": "auto",

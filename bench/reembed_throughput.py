@@ -31,6 +31,7 @@ from typing import Any, cast
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from bench.gateway_batching import ONE_PASS_AUTO, TWO_CALLS_FLOAT  # noqa: E402
 from fashionsearch.store.edge import EdgeCatalog  # noqa: E402
 from jobs.indexer.fetch import ImageFetcher  # noqa: E402
 from jobs.indexer.manifest import Manifest, Row  # noqa: E402
@@ -136,20 +137,17 @@ def embedder_internals(manifest: Manifest, model_dir: Path, threads: int, sample
     print(f"   => at most {n / total:,.0f} images/s per embedder process for this model on this machine")
 
 
-#: The two configurations --compare-one-pass measures: the models as served before issue 30, and one pass + int8.
+#: The configurations --compare-one-pass measures: the models as served before issue 30, the same with two batch calls
+#: at once (what that setting alone gives), one pass + int8 one batch call at a time, and the defaults since.
 CONFIGURATIONS = {
-    "float, two calls": {
-        "CLASSIFIER_PRECISION": "float",
-        "EMBEDDER_PRECISION": "float",
-        "CLASSIFIER_ONE_PASS": "false",
-        "GATEWAY_ONE_PASS": "false",
+    "float, two calls": TWO_CALLS_FLOAT,
+    "float, two calls, two batches at once": {
+        **TWO_CALLS_FLOAT,
+        "CLASSIFIER_MAX_CONCURRENT_BATCHES": "2",
+        "EMBEDDER_MAX_CONCURRENT_BATCHES": "2",
     },
-    "one pass, precision auto": {
-        "CLASSIFIER_PRECISION": "auto",
-        "EMBEDDER_PRECISION": "auto",
-        "CLASSIFIER_ONE_PASS": "true",
-        "GATEWAY_ONE_PASS": "true",
-    },
+    "one pass, precision auto, one batch at a time": {**ONE_PASS_AUTO, "CLASSIFIER_MAX_CONCURRENT_BATCHES": "1"},
+    "one pass, precision auto (the defaults)": ONE_PASS_AUTO,
 }
 
 
@@ -162,6 +160,7 @@ def compare_one_pass(args: argparse.Namespace) -> int:
         threads = str(args.threads)
 
         rates: dict[str, list[float]] = {label: [] for label in CONFIGURATIONS}
+        cpu_ms: dict[str, list[dict[str, float]]] = {label: [] for label in CONFIGURATIONS}  # CPU ms per image
         load_before = os.getloadavg()[0]
         print(f"re-embed through the gateway, one pass + int8 against the models as they are: {data_label}")
         print(f"models: {models_label}; {platform.machine()}, {os.cpu_count()} CPUs (shared)")
@@ -175,12 +174,15 @@ def compare_one_pass(args: argparse.Namespace) -> int:
                 stack.start()
                 target = GatewayTarget(stack.address("gateway"), timeout_s=60)
                 try:
+                    before = cpu_by_process(stack)
                     summary = run(manifest, target, fetcher, options, rejects_path=tmp / "rejects.csv")
+                    after = cpu_by_process(stack)
                 finally:
                     target.close()
                     stack.stop()
                 rates[label].append(summary.embedded_per_s)
                 embedded = summary.added + summary.updated
+                cpu_ms[label].append({name: 1000 * (after[name] - before[name]) / max(embedded, 1) for name in after})
                 print(f"  run {repeat + 1}, {label}: {embedded} items in {summary.elapsed_s:.1f} s", flush=True)
     load_after = os.getloadavg()[0]
     print(f"\nload average {load_before:.1f} before, {load_after:.1f} after; best of {args.repeats} runs each\n")
@@ -190,6 +192,14 @@ def compare_one_pass(args: argparse.Namespace) -> int:
     for label, values in rates.items():
         best = max(values)
         print(f"| {label} | {', '.join(f'{v:.0f}' for v in values)} | {best:.0f} | {best / base:.2f}x |")
+    # Where each configuration spends the two cores: CPU per image written, by process, from the best run.
+    names = list(next(iter(cpu_ms.values()))[0])
+    print("\nCPU ms per image written (the best run of each):\n")
+    print("| configuration | " + " | ".join(names) + " | total |")
+    print("| --- |" + " ---: |" * (len(names) + 1))
+    for label, values in rates.items():
+        used = cpu_ms[label][values.index(max(values))]
+        print(f"| {label} | " + " | ".join(f"{used[n]:.2f}" for n in names) + f" | {sum(used.values()):.2f} |")
     return 0
 
 

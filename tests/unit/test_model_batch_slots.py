@@ -99,7 +99,7 @@ def test_concurrent_classify_batch_calls_run_at_most_the_configured_model_calls(
     ("settings", "prefix"),
     [(ClassifierSettings, "CLASSIFIER_"), (EmbedderSettings, "EMBEDDER_"), (DetectorSettings, "DETECTOR_")],
 )
-def test_the_bound_is_a_setting_of_one_by_default(settings: type, prefix: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    assert settings().max_concurrent_batches == 1
+def test_the_bound_is_a_setting_of_two_by_default(settings: type, prefix: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    assert settings().max_concurrent_batches == 2
     env = {f"{prefix}MAX_CONCURRENT_BATCHES": "3", f"{prefix}MODEL_DIR": str(tmp_path)}
     assert settings.from_env(env).max_concurrent_batches == 3
