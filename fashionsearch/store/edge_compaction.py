@@ -17,6 +17,7 @@ builds the graph in a separate process instead, blue/green:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import shutil
@@ -67,6 +68,12 @@ def _replay(ids: set[int], source: VectorIndex, target: VectorIndex) -> None:
             target.delete(sorted(gone))
 
 
+def _remove_if_empty(folder: Path) -> None:
+    """The compaction's work folder, once its backup is gone (another compaction may be using it: then it stays)."""
+    with contextlib.suppress(OSError):
+        folder.rmdir()
+
+
 def compact(catalog: EdgeCatalog, alias: str, journal: WriteJournal, work_dir: Path) -> Compaction:
     """Rebuild the alias's live collection with a graph over all its points, in a child process, and switch to it;
     the journal wraps the index the gateway serves from (its writes wait only for the last replay and the switch)."""
@@ -87,30 +94,35 @@ def compact(catalog: EdgeCatalog, alias: str, journal: WriteJournal, work_dir: P
         keep_recording=True,
         shard_copy=False,  # the child builds a fresh graph from the points: that is the compaction
     )
+    index: VectorIndex | None = None
     try:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter: its GIL is not the gateway's
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=context) as pool:
             build = pool.submit(build_from_backup, str(catalog.root), target, str(made.path), catalog.tuning)
             points = build.result()
         index = catalog.open(target)
-        try:
-            with journal.barrier():
-                first = journal.take()
-            _replay(first, journal.index, index)  # most of the writes made during the build, writes going on
-            with journal.barrier():  # the rest, then the switch, with writes held
-                if catalog.resolve(alias) != previous:
-                    raise StoreError(f"alias {alias} was switched during the compaction; nothing changed")
-                last = journal.take()
-                _replay(last, journal.index, index)
-                catalog.release(index)
-                catalog.switch(alias, target)
-        except BaseException:
+        with journal.barrier():
+            first = journal.take()
+        _replay(first, journal.index, index)  # most of the writes made during the build, writes going on
+        with journal.barrier():  # the rest, then the switch, with writes held
+            if catalog.resolve(alias) != previous:
+                raise StoreError(f"alias {alias} was switched during the compaction; nothing changed")
+            last = journal.take()
+            _replay(last, journal.index, index)
             catalog.release(index)
-            catalog.drop(target)
-            raise
+            index = None
+            catalog.switch(alias, target)
+    except BaseException:
+        # Nothing points at the new collection: a build that failed half-way (a full disk, the child killed)
+        # or a switch that did not happen leaves no collection behind.
+        if index is not None:
+            catalog.release(index)
+        catalog.drop(target)
+        raise
     finally:
         journal.stop()
         shutil.rmtree(made.path, ignore_errors=True)
+        _remove_if_empty(work_dir)
     catalog.drop(previous)  # marked: the gateway's index drops it when it has moved over
     seconds = time.perf_counter() - started
     replayed = len(first) + len(last)

@@ -3,12 +3,13 @@ searching and writing through the write journal, and afterwards the collection h
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 
 import numpy as np
 import pytest
 
-from fashionsearch.store import EmbedderIdentity, StoredPoint
+from fashionsearch.store import EmbedderIdentity, StoredPoint, edge_compaction
 from fashionsearch.store.backup import WriteJournal
 from fashionsearch.store.edge import EdgeCatalog
 from fashionsearch.store.edge_compaction import compact
@@ -95,4 +96,41 @@ def test_compacting_twice_in_a_row_names_a_new_collection_each_time(tmp_path):
     assert len({"catalogue--embedder-8", once.collection, twice.collection}) == 3
     assert catalog.resolve("catalogue") == twice.collection
     assert sorted(p.id for p in live.retrieve([p.id for p in points])) == [p.id for p in points]
+    live.close()
+
+
+class _InThisProcess(concurrent.futures.ThreadPoolExecutor):
+    """The child process's pool, as a thread: the build below runs here, where the test can make it fail."""
+
+    def __init__(self, workers: int, mp_context: object = None) -> None:
+        super().__init__(workers)
+
+
+def test_a_build_that_fails_half_way_leaves_no_collection_and_no_work_folder(tmp_path, monkeypatch):
+    rng = np.random.default_rng(2)
+    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
+    first = catalog.open("catalogue--embedder-8")
+    first.ensure_collection(DIM, EMBEDDER)
+    points = [_point(i, rng) for i in range(1, 101)]
+    first.upsert(points)
+    catalog.release(first)
+    catalog.switch("catalogue", "catalogue--embedder-8")
+    live = WriteJournal(catalog.live("catalogue"))
+
+    def half_built(data_dir: str, collection: str, backup: str, tuning: EdgeTuning | None) -> int:
+        index = EdgeCatalog(data_dir, tuning=tuning).open(collection)
+        index.ensure_collection(DIM, EMBEDDER)
+        index.upsert(points[:10])
+        index.close()
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(edge_compaction.concurrent.futures, "ProcessPoolExecutor", _InThisProcess)
+    monkeypatch.setattr(edge_compaction, "build_from_backup", half_built)
+    with pytest.raises(OSError, match="No space left"):
+        compact(catalog, "catalogue", live, tmp_path / "work")
+    assert catalog.resolve("catalogue") == "catalogue--embedder-8"
+    assert sorted(path.name for path in (tmp_path / "edge").iterdir() if path.is_dir()) == ["catalogue--embedder-8"]
+    assert not (tmp_path / "work").exists()
+    live.upsert([_point(500, rng)])  # the live collection serves on
+    assert sorted(p.id for p in live.retrieve([1, 500])) == [1, 500]
     live.close()
