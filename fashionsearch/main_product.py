@@ -91,14 +91,15 @@ def white_border_share(pixels: np.ndarray) -> float:
 
 
 def main_product(
-    pixels: np.ndarray,
+    pixels: np.ndarray | Image.Image,
     detections: Sequence[Detection],
     size: tuple[int, int],
     packshot_border: float = PACKSHOT_WHITE_BORDER,
     packshot_span: float = PACKSHOT_MIN_SPAN,
 ) -> Detection | None:
-    """The product to cut out of the photo (uint8 RGB pixels, maybe at a reduced scale; the detections in pixels
-    of its full `size`, best first), or None to read the whole photo: no product found, a best box that covers
+    """The product to cut out of the photo (uint8 RGB pixels, or the decoded RGB image: its pixels are read only when
+    the packshot rule needs them; maybe at a reduced scale; the detections in pixels of its full `size`, best first),
+    or None to read the whole photo: no product found, a best box that covers
     WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to
     measure them)."""
     if not detections:
@@ -107,7 +108,7 @@ def main_product(
     if best.width * best.height >= WHOLE_PHOTO_SHARE * width * height:
         return None
     spans = max(best.width / width, best.height / height) >= packshot_span
-    if spans and white_border_share(pixels) >= packshot_border:
+    if spans and white_border_share(np.asarray(pixels)) >= packshot_border:
         return None
     return best
 

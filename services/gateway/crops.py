@@ -13,7 +13,6 @@ import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 from PIL import Image
 
 from fashionsearch import main_product
@@ -57,7 +56,7 @@ class MainProduct:
 
 def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> MainProduct | None:
     """What crop=auto reads (fashionsearch.main_product): the main product cut out, None for the whole photo alone."""
-    best = main_product.main_product(np.asarray(photo.image), detections, photo.size)
+    best = main_product.main_product(photo.image, detections, photo.size)
     if best is None:
         return None
     cut = _encode(main_product.cut_out(photo.image, best, photo.size))

@@ -27,6 +27,14 @@ def test_a_packshot_is_read_whole_though_its_box_covers_under_half_of_it():
     assert main_product.main_product(pixels, [PRODUCT], (60, 80)) is None
 
 
+def test_the_decoded_image_is_read_as_its_pixels_are():
+    # The gateway passes its decoded photo (services/gateway/crops.py), whose pixels are read only when needed.
+    shot, wall = packshot(), packshot()
+    wall[wall[..., 0] == 250] = (60, 120, 200)
+    assert main_product.main_product(Image.fromarray(shot), [PRODUCT], (60, 80)) is None
+    assert main_product.main_product(Image.fromarray(wall), [PRODUCT], (60, 80)) == PRODUCT
+
+
 def test_a_packshot_under_dim_or_tinted_light_is_still_a_packshot():
     x = packshot().astype(np.float32)
     for gains in ((0.5, 0.5, 0.5), (1.12, 1.0, 0.88), (0.88, 1.0, 1.12)):  # a dim room, warm and cool light
