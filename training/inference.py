@@ -8,6 +8,8 @@ reports, against the production models' budget.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +36,35 @@ def measure_throughput(model_dir: Path, threads: int, seconds: float, batch: int
     spec = ModelSpec.load(model_dir)
     rate = images_per_second(model_dir / MODEL_FILE, spec.input.height, spec.input.width, threads, seconds, batch)
     return rate, (model_dir / MODEL_FILE).stat().st_size / 1e6
+
+
+def images_per_second_alternating(
+    onnx_files: Mapping[str, Path],
+    height: int,
+    width: int,
+    threads: int,
+    batch: int = 64,
+    rounds: int = 5,
+    calls: int = 8,
+) -> dict[str, float]:
+    """name -> images per second of each ONNX file on the same random (batch, height, width, 3) input, the files
+    timed in turn within each round (`calls` batches each) and each file's fastest round kept: every file meets the
+    same machine load, so a busy moment on a shared machine does not favour one of them."""
+    x = np.random.default_rng(0).random((batch, height, width, 3), dtype=np.float32)
+    runs = {}
+    for name, path in onnx_files.items():
+        session = onnx_session(path, threads)
+        feed = {session.get_inputs()[0].name: x}
+        session.run(None, feed)  # the first call allocates: not timed
+        runs[name] = partial(session.run, None, feed)
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            started = time.perf_counter()
+            for _ in range(calls):
+                run()
+            best[name] = max(best[name], calls * batch / (time.perf_counter() - started))
+    return best
 
 
 def images_per_second(onnx_file: Path, height: int, width: int, threads: int, seconds: float, batch: int) -> float:

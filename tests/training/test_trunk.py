@@ -12,7 +12,7 @@ from fashionsearch.model_contract import MODEL_FILE, ModelSpec
 from fashionsearch.model_variants import variants
 from services.classifier.model import OnnxClassifier
 from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder, write_tiny_one_pass
-from training.inference import onnx_session
+from training.inference import images_per_second_alternating, onnx_session
 from training.trunk import TrunkError, combine, shared_trunk, trunk_end
 
 
@@ -71,3 +71,14 @@ def test_one_pass_and_int8_variants_load_and_agree_with_float(tmp_path: Path) ->
     cosine = (f_vec * i_vec).sum(1) / np.linalg.norm(f_vec, axis=1) / np.linalg.norm(i_vec, axis=1)
     assert cosine.min() > 0.99
     assert [c.top_labels()["masterCategory"] for c in floats] == [c.top_labels()["masterCategory"] for c in int8s]
+
+
+def test_quantization_plans_are_timed_in_alternating_rounds(tmp_path: Path) -> None:
+    # training/quantize.py chooses its plan and reports int8 against float by these speeds.
+    classifier_dir, _ = write_tiny_one_pass(tmp_path, int8=True)
+    spec = ModelSpec.load(classifier_dir)
+    files = {"float": classifier_dir / "with-embedder.onnx", "int8": classifier_dir / "with-embedder.int8.onnx"}
+    speeds = images_per_second_alternating(
+        files, spec.input.height, spec.input.width, threads=1, batch=4, rounds=2, calls=2
+    )
+    assert list(speeds) == ["float", "int8"] and all(speed > 0 for speed in speeds.values())
