@@ -57,7 +57,7 @@ from typing import Any
 import numpy as np
 import qdrant_edge as qe
 
-from fashionsearch.errors import CollectionMismatchError, StoreError, StoreFullError
+from fashionsearch.errors import CollectionMismatchError, StoreError, StoreFullError, StoreUnavailableError
 from fashionsearch.store.base import (
     FILTER_FIELDS,
     CollectionInfo,
@@ -743,7 +743,9 @@ class FollowingEdgeIndex:
             return None
         return (st.st_ino, st.st_mtime_ns)
 
-    def _follow(self) -> EdgeIndex:
+    def _follow(self, write: bool = False) -> EdgeIndex:
+        """The index of the collection the alias points at. When that collection cannot be opened yet, reads go on
+        from the one it replaced, but a `write` is refused: it would land in a collection nobody reads any more."""
         stamp = self._stat()
         with self._lock:
             if self._closed:
@@ -760,7 +762,15 @@ class FollowingEdgeIndex:
                     if self._index is None:
                         raise
                     # Whoever switched has not let go of the new collection yet, or the disk is too full to open it:
-                    # keep serving, look again next call.
+                    # keep serving reads, look again next call.
+                    if write:
+                        if isinstance(refused, StoreFullError):
+                            raise
+                        raise StoreUnavailableError(
+                            f"alias {self._alias} now points at {target}, which cannot be opened yet"
+                            f" ({refused.message}); writes are refused until it can be, so that none lands in"
+                            f" {self._current}, which it replaced. Retry shortly"
+                        ) from None
                     left_out = self._refused_log.allow()
                     if left_out is not None:
                         logger.warning(
@@ -801,19 +811,19 @@ class FollowingEdgeIndex:
         return self._current
 
     def ensure_collection(self, dim: int, embedder: EmbedderIdentity) -> None:
-        self._follow().ensure_collection(dim, embedder)
+        self._follow(write=True).ensure_collection(dim, embedder)
 
     def info(self) -> CollectionInfo | None:
         return self._follow().info()
 
     def optimize(self) -> bool:
-        return self._follow().optimize()
+        return self._follow(write=True).optimize()
 
     def upsert(self, points: Sequence[StoredPoint]) -> None:
-        self._follow().upsert(points)
+        self._follow(write=True).upsert(points)
 
     def delete(self, ids: Sequence[int]) -> list[int]:
-        return self._follow().delete(ids)
+        return self._follow(write=True).delete(ids)
 
     def retrieve(self, ids: Sequence[int]) -> list[StoredPoint]:
         return self._follow().retrieve(ids)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from qdrant_client import QdrantClient
 
-from fashionsearch.errors import StoreError
+from fashionsearch.errors import StoreError, StoreUnavailableError
 from fashionsearch.store import EmbedderIdentity, StoredPoint, open_catalog
 from fashionsearch.store.base import versioned_name
 from fashionsearch.store.edge import EdgeCatalog, FollowingEdgeIndex
@@ -64,6 +64,31 @@ def test_edge_alias_switch_is_followed_by_a_reader(tmp_path: Path) -> None:
     (tmp_path / "catalogue.alias").write_text("{bad json", encoding="utf-8")
     with pytest.raises(StoreError, match="alias file"):
         catalog.resolve("catalogue")
+
+
+def test_a_write_waits_for_the_collection_the_alias_now_points_at(tmp_path: Path) -> None:
+    # The job that switched still holds the new collection: reads go on from the old one, but a write there would
+    # be lost when the reader moves over, so it is refused as retryable until the new one opens.
+    catalog = EdgeCatalog(tmp_path)
+    old = catalog.open("catalogue--emb-1")
+    _fill(old, V1, range(1, 4), 1.0)
+    catalog.release(old)
+    catalog.switch("catalogue", "catalogue--emb-1")
+    reader = FollowingEdgeIndex(catalog, "catalogue")
+    held = catalog.open("catalogue--emb-2")
+    _fill(held, V1, range(1, 6), 2.0)
+    catalog.switch("catalogue", "catalogue--emb-2")
+    assert reader.count() == 3 and reader.collection == "catalogue--emb-1"
+    point = StoredPoint(9, np.full(4, 9.0, dtype=np.float32), {"content_hash": "h9"})
+    with pytest.raises(StoreUnavailableError, match="writes are refused until it can be"):
+        reader.upsert([point])
+    with pytest.raises(StoreUnavailableError):
+        reader.delete([1])
+    assert reader.count() == 3  # nothing written to the collection the alias left
+    catalog.release(held)
+    reader.upsert([point])
+    assert reader.collection == "catalogue--emb-2" and sorted(i for i, _ in reader.scroll()) == [1, 2, 3, 4, 5, 9]
+    reader.close()
 
 
 @pytest.mark.filterwarnings("ignore:Payload indexes have no effect:UserWarning")
