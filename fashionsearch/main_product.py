@@ -97,11 +97,10 @@ def main_product(
     packshot_border: float = PACKSHOT_WHITE_BORDER,
     packshot_span: float = PACKSHOT_MIN_SPAN,
 ) -> Detection | None:
-    """The product to cut out of the photo (uint8 RGB pixels, or the decoded RGB image: its pixels are read only when
-    the packshot rule needs them; maybe at a reduced scale; the detections in pixels of its full `size`, best first),
-    or None to read the whole photo: no product found, a best box that covers
-    WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to
-    measure them)."""
+    """The product to cut out of the photo (uint8 RGB pixels, or the decoded RGB image, whose pixels are read only
+    when the packshot rule needs them; maybe at a reduced scale; the detections in pixels of its full `size`, best
+    first), or None to read the whole photo: no product found, a best box that covers WHOLE_PHOTO_SHARE of the
+    photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to measure them)."""
     if not detections:
         return None
     best, (width, height) = detections[0], size

@@ -60,7 +60,8 @@ class ModelServiceSettings:
     #: holds a batch's activations, so this bounds the peak memory whatever callers send (decode_threads.BatchSlots).
     #: Two: each runs on one onnxruntime thread, so two batch calls (the indexer's, or the gateway's UpsertBatch
     #: ones) use both cores of the 2-core deployment: re-embedding through one-pass int8 1.6x the images/s of one at
-    #: a time (bench/README.md, issue 30), for a second batch's activations (tens of MB with the served models).
+    #: a time (bench/README.md, issue 30), for a second batch's activations (peak about 300 MB against 210 MB with
+    #: the served models, bench/batch_memory.py).
     max_concurrent_batches: int = 2
     #: Dynamic batching of single-image calls, off by default: the gateway already sends concurrent searches as
     #: batch calls, and batching here alone changed CPU per search by only 0.9x to 1.4x (bench/README.md);
