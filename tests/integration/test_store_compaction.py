@@ -30,6 +30,19 @@ def _point(pid: int, rng: np.random.Generator, tag: str = "") -> StoredPoint:
     )
 
 
+def _small_live_catalogue(tmp_path, rng: np.random.Generator) -> tuple[EdgeCatalog, WriteJournal, list[StoredPoint]]:  # type: ignore[no-untyped-def]
+    """100 points in catalogue--embedder-8 behind the alias "catalogue", served through a write journal."""
+    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
+    first = catalog.open("catalogue--embedder-8")
+    first.ensure_collection(DIM, EMBEDDER)
+    points = [_point(i, rng) for i in range(1, 101)]
+    first.upsert(points)
+    catalog.release(first)
+    catalog.switch("catalogue", "catalogue--embedder-8")
+    live = WriteJournal(catalog.live("catalogue"))
+    return catalog, live, points
+
+
 def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
     rng = np.random.default_rng(0)
     catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=500, full_scan_points=50))
@@ -83,14 +96,7 @@ def test_compaction_keeps_every_write_made_while_it_runs(tmp_path):
 
 def test_compacting_twice_in_a_row_names_a_new_collection_each_time(tmp_path):
     rng = np.random.default_rng(1)
-    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
-    first = catalog.open("catalogue--embedder-8")
-    first.ensure_collection(DIM, EMBEDDER)
-    points = [_point(i, rng) for i in range(1, 101)]
-    first.upsert(points)
-    catalog.release(first)
-    catalog.switch("catalogue", "catalogue--embedder-8")
-    live = WriteJournal(catalog.live("catalogue"))
+    catalog, live, points = _small_live_catalogue(tmp_path, rng)
     once = compact(catalog, "catalogue", live, tmp_path / "work")
     twice = compact(catalog, "catalogue", live, tmp_path / "work")
     assert len({"catalogue--embedder-8", once.collection, twice.collection}) == 3
@@ -108,14 +114,7 @@ class _InThisProcess(concurrent.futures.ThreadPoolExecutor):
 
 def test_a_build_that_fails_half_way_leaves_no_collection_and_no_work_folder(tmp_path, monkeypatch):
     rng = np.random.default_rng(2)
-    catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
-    first = catalog.open("catalogue--embedder-8")
-    first.ensure_collection(DIM, EMBEDDER)
-    points = [_point(i, rng) for i in range(1, 101)]
-    first.upsert(points)
-    catalog.release(first)
-    catalog.switch("catalogue", "catalogue--embedder-8")
-    live = WriteJournal(catalog.live("catalogue"))
+    catalog, live, points = _small_live_catalogue(tmp_path, rng)
 
     def half_built(data_dir: str, collection: str, backup: str, tuning: EdgeTuning | None) -> int:
         index = EdgeCatalog(data_dir, tuning=tuning).open(collection)
