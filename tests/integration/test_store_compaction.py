@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -30,7 +31,9 @@ def _point(pid: int, rng: np.random.Generator, tag: str = "") -> StoredPoint:
     )
 
 
-def _small_live_catalogue(tmp_path, rng: np.random.Generator) -> tuple[EdgeCatalog, WriteJournal, list[StoredPoint]]:  # type: ignore[no-untyped-def]
+def _small_live_catalogue(
+    tmp_path: Path, rng: np.random.Generator
+) -> tuple[EdgeCatalog, WriteJournal, list[StoredPoint]]:
     """100 points in catalogue--embedder-8 behind the alias "catalogue", served through a write journal."""
     catalog = EdgeCatalog(tmp_path / "edge", tuning=EdgeTuning(index_from_points=50, full_scan_points=10))
     first = catalog.open("catalogue--embedder-8")
@@ -123,7 +126,7 @@ def test_a_build_that_fails_half_way_leaves_no_collection_and_no_work_folder(tmp
         index.close()
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(edge_compaction.concurrent.futures, "ProcessPoolExecutor", _InThisProcess)
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", _InThisProcess)
     monkeypatch.setattr(edge_compaction, "build_from_backup", half_built)
     with pytest.raises(OSError, match="No space left"):
         compact(catalog, "catalogue", live, tmp_path / "work")
