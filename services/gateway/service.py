@@ -84,8 +84,10 @@ from services.gateway.predicted import (
     CATEGORY_FIELD,
     PREDICTED_SUBCATEGORY_MASS,
     TYPE_FIELD,
-    missing_type,
+    missing_types,
     predicted_filter,
+    put_in,
+    wanted_types,
     widened_by_group,
 )
 from services.gateway.prepare import may_shrink, shrink_photo
@@ -338,11 +340,13 @@ class GatewayService:
             filters = widened_by_group(predicted_filter(classification.attributes, self._predicted_mass), detection)
             vector, filters, _, _ = self._refined(embedding.vector, filters, text, FilterMode.PREDICTED_SUBCATEGORY)
             hits = tuple(await self._store("search", self._index.search, vector, top_k, filters)) if searchable else ()
-            missing = missing_type(classification.attributes, hits, top_k, filters)
-            if missing is not None:
-                typed = {**filters, TYPE_FIELD: (missing,)}
-                nearest = await self._store("search", self._index.search, vector, 1, typed)
-                hits = (*hits[:-1], *nearest) if nearest else hits
+            wanted = wanted_types(classification.attributes, top_k)
+            missing = missing_types(wanted, hits, top_k, filters)
+            nearest = await asyncio.gather(
+                *(self._store("search", self._index.search, vector, 1, {**filters, TYPE_FIELD: (k,)}) for k in missing)
+            )
+            for found_hits in nearest:
+                hits = put_in(hits, found_hits[0], wanted) if found_hits else hits
             names = [str(h.payload.get("name", "")) for h in hits]
             return OutfitItem(
                 detection=detection,

@@ -26,7 +26,7 @@ from fashionsearch.store.brute import BruteForceIndex
 from services.gateway import crops
 from services.gateway.domain import DEFAULT_CROP, CatalogueItem, Classification, Crop, SearchOptions
 from services.gateway.limits import Limits
-from services.gateway.predicted import missing_type
+from services.gateway.predicted import missing_types, put_in, wanted_types
 from services.gateway.service import GatewayService
 from testkit.gateway_fakes import CLASSIFIER_MODEL, FakeClassifier, FakeDetector, FakeEmbedder, run_async
 
@@ -155,8 +155,25 @@ async def test_a_full_page_of_hits_shows_the_nearest_product_of_the_predicted_ar
     # Filters that name articleTypes (refine words) are the caller's: no product of another type is put in.
     tshirt = [Hit(1, 0.1, {"articleType": "Tshirts"}), Hit(2, 0.2, {"articleType": "Tshirts"})]
     shirts = [AttributePrediction("articleType", (LabelScore("Shirts", 0.8),))]
-    assert missing_type(shirts, tshirt, 2, {"subCategory": ("Topwear",)}) == "Shirts"
-    assert missing_type(shirts, tshirt, 2, {"articleType": ("Tshirts",)}) is None
+    assert missing_types(wanted_types(shirts, 2), tshirt, 2, {"subCategory": ("Topwear",)}) == ["Shirts"]
+    assert missing_types(wanted_types(shirts, 2), tshirt, 2, {"articleType": ("Tshirts",)}) == []
+
+
+def test_an_outfit_page_shows_the_runner_up_type_when_the_classifier_gives_it_enough():
+    def read(*labels: tuple[str, float]) -> list[AttributePrediction]:
+        return [AttributePrediction("articleType", tuple(LabelScore(label, p) for label, p in labels))]
+
+    unsure, sure = read(("Tshirts", 0.6), ("Tops", 0.3)), read(("Tshirts", 0.95), ("Tops", 0.04))
+    assert wanted_types(unsure, 5) == ["Tshirts", "Tops"] and wanted_types(sure, 5) == ["Tshirts"]
+    assert wanted_types(unsure, 2) == ["Tshirts"] and wanted_types(unsure, 1) == []  # a page with room only
+    page = [Hit(k, k / 10, {"articleType": kind}) for k, kind in enumerate(["Shirts", "Tshirts", "Shirts"], 1)]
+    assert missing_types(["Tshirts", "Tops"], page, 3, {}) == ["Tops"]
+    assert missing_types(["Tshirts", "Tops"], page[:2], 3, {}) == []  # not a full page: the filter holds no more
+    # The runner-up's nearest product replaces the last hit no wanted type needs: the only T-shirt stays.
+    top = Hit(9, 0.9, {"articleType": "Tops"})
+    assert [h.id for h in put_in(page, top, ["Tshirts", "Tops"])] == [1, 2, 9]
+    shirts_only = [Hit(1, 0.1, {"articleType": "Tshirts"}), Hit(2, 0.2, {"articleType": "Shirts"})]
+    assert [h.id for h in put_in(shirts_only, top, ["Tshirts", "Shirts"])] == [1, 2]  # every hit needed
 
 
 @run_async
