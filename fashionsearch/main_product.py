@@ -3,7 +3,7 @@
 A packshot (the catalogue's kind of photo: the product on white, framed around it, also under a phone's dim or
 tinted light) is read whole: the models were trained on exactly that, and cutting it out again only changes its
 framing (on catalogue packshots that cost 2.5 points of articleType accuracy). Anything else is a scene: the
-detector's largest product is cut out with a margin and put on white at the catalogue's 3:4, never stretched, so the
+detector's best product is cut out with a margin and put on white at the catalogue's 3:4, never stretched, so the
 models see a packshot again.
 
 One home for the rule, used by the gateway (services/gateway/crops.py) and by the robustness suite
@@ -34,7 +34,7 @@ WHITE_PERCENTILE = 99.0
 PAPER_LEVEL = 0.9
 PAPER_CHROMA = 0.1
 PAPER_GREY_SLACK = 12.0
-#: A photo whose border is the photo's own white for at least this share of its pixels, and whose largest box spans
+#: A photo whose border is the photo's own white for at least this share of its pixels, and whose best box spans
 #: at least PACKSHOT_MIN_SPAN of its width or height (as the catalogue frames a product; one far away on a white
 #: table does not), is a packshot, read whole. Chosen on validation-split photos with detector 1
 #: (bench/packshot_rule.py, bench/README.md): crop=auto then reads 99.1% of the white-background packshots whole
@@ -43,7 +43,7 @@ PAPER_GREY_SLACK = 12.0
 #: finds nothing or a box covering half the photo), 1.7 to those on a plain wall of a random colour.
 PACKSHOT_WHITE_BORDER = 0.6
 PACKSHOT_MIN_SPAN = 0.3
-#: A photo whose largest box covers at least this share of it is framed around the product already: read whole.
+#: A photo whose best box covers at least this share of it is framed around the product already: read whole.
 WHOLE_PHOTO_SHARE = 0.5
 #: A main product whose box covers at least this share of the photo (and less than WHOLE_PHOTO_SHARE) is read twice,
 #: cut out and in the whole photo, and the two readings averaged (services/gateway/readings.py): a box that holds
@@ -98,15 +98,12 @@ def main_product(
     packshot_span: float = PACKSHOT_MIN_SPAN,
 ) -> Detection | None:
     """The product to cut out of the photo (uint8 RGB pixels, or the decoded RGB image, whose pixels are read only
-    when the packshot rule needs them; maybe at a reduced scale; the detections, those the detector serves, in
-    pixels of its full `size`): the largest, or None to read the whole photo: no product found, a largest box that
-    covers WHOLE_PHOTO_SHARE of the photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to
-    measure them)."""
+    when the packshot rule needs them; maybe at a reduced scale; the detections in pixels of its full `size`, best
+    first), or None to read the whole photo: no product found, a best box that covers WHOLE_PHOTO_SHARE of the
+    photo, or a packshot (`packshot_border`, `packshot_span`: other thresholds, to measure them)."""
     if not detections:
         return None
-    # The largest box, not the best scored: a shopper frames the product they mean large, and in a cluttered scene
-    # the best scored box is often another product behind it (bench/README.md, "Outfit search and crop=auto").
-    best, (width, height) = max(detections, key=lambda d: d.width * d.height), size
+    best, (width, height) = detections[0], size
     if best.width * best.height >= WHOLE_PHOTO_SHARE * width * height:
         return None
     spans = max(best.width / width, best.height / height) >= packshot_span

@@ -300,8 +300,8 @@ class GatewayService:
         return found, photo
 
     async def _main_product(self, image: bytes) -> crops.MainProduct | None:
-        """The detector's main product (its largest) cut out of the photo (and whether to read it beside the whole
-        photo), or None to read the photo alone: a packshot, the detector finds nothing or the product fills most of it
+        """The detector's best product cut out of the photo (and whether to read it beside the whole photo), or None
+        to read the photo alone: a packshot, the detector finds nothing or the product fills most of it
         (fashionsearch.main_product). crop=auto is the default, so it is best effort: without a detector, or with one
         down, slow or busy, the whole photo is read."""
         if self._detector is None:

@@ -27,15 +27,6 @@ def test_a_packshot_is_read_whole_though_its_box_covers_under_half_of_it():
     assert main_product.main_product(pixels, [PRODUCT], (60, 80)) is None
 
 
-def test_the_main_product_is_the_largest_box_not_the_best_scored():
-    # A product photographed in front of other products: the detector may score one behind it higher.
-    rng = np.random.default_rng(1)
-    scene = rng.integers(90, 200, size=(80, 60, 3), dtype=np.uint8)
-    behind = Detection(2, 2, 12, 12, "bag", 0.95)
-    assert main_product.main_product(scene, [behind, PRODUCT], (60, 80)) == PRODUCT
-    assert main_product.main_product(scene, [behind], (60, 80)) == behind
-
-
 def test_the_decoded_image_is_read_as_its_pixels_are():
     # The gateway passes its decoded photo (services/gateway/crops.py), whose pixels are read only when needed.
     shot, wall = packshot(), packshot()
