@@ -54,6 +54,13 @@ WHOLE_PHOTO_SHARE = 0.5
 #: they lost nothing, and the suite's packshots on backgrounds kept most of the gain (masterCategory +0.5 on
 #: average, +1.0 on the worst shift).
 BESIDE_WHOLE_SHARE = 0.15
+#: Another product scored at least this share of the main product's score makes the choice uncertain (other products
+#: lying around it, or an object over it that reads as one): the main product cut out is then read beside the whole
+#: photo whatever its size. Chosen on validation photos (bench/README.md, "Outfit search and crop=auto"): on the
+#: suite's clutter the detector's best box was often another product, and masterCategory fell 4.0 points cut out
+#: against 0.8 read whole; with this rule 1.3, while the bench's single products small in a scene (one box each, as a
+#: rule) read as before.
+RIVAL_SCORE_SHARE = 0.5
 #: Width / height of the catalogue's photos (60x80 and their larger originals).
 CATALOGUE_ASPECT = 3 / 4
 #: A cut-out smaller than this on its short side is enlarged to it (the services refuse images under 8 pixels).
@@ -112,9 +119,14 @@ def main_product(
     return best
 
 
-def read_beside_whole(best: Detection, size: tuple[int, int]) -> bool:
-    """Whether the main product cut out (in a photo of `size`) is read beside the whole photo (BESIDE_WHOLE_SHARE)."""
-    return best.width * best.height >= BESIDE_WHOLE_SHARE * size[0] * size[1]
+def read_beside_whole(detections: Sequence[Detection], size: tuple[int, int]) -> bool:
+    """Whether the main product (`detections[0]`, the best, as `main_product` chose it) cut out of a photo of `size` is
+    read beside the whole photo: its box covers BESIDE_WHOLE_SHARE of the photo, or another detection scores
+    RIVAL_SCORE_SHARE of its score."""
+    best = detections[0]
+    if best.width * best.height >= BESIDE_WHOLE_SHARE * size[0] * size[1]:
+        return True
+    return any(other.score >= RIVAL_SCORE_SHARE * best.score for other in detections[1:])
 
 
 def cut_out(image: Image.Image, detection: Detection, size: tuple[int, int]) -> Image.Image:

@@ -60,7 +60,7 @@ def main_product_cut(photo: Photo, detections: Sequence[Detection]) -> MainProdu
     if best is None:
         return None
     cut = _encode(main_product.cut_out(photo.image, best, photo.size))
-    return MainProduct(cut, main_product.read_beside_whole(best, photo.size))
+    return MainProduct(cut, main_product.read_beside_whole(detections, photo.size))
 
 
 def _encode(image: Image.Image) -> bytes:

@@ -256,7 +256,8 @@ async def test_a_detector_that_saw_another_photo_is_an_internal_error():
 
 @run_async
 async def test_crop_auto_reads_the_best_product_or_the_whole_photo():
-    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    faint_blue = dataclasses.replace(BLUE_BOX, score=0.4)  # under RIVAL_SCORE_SHARE of the red one's 0.9
+    service, classifier, _ = await _service(FakeDetector((RED_BOX, faint_blue)))
     result = await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
     assert result.applied_filters == {"subCategory": ("Topwear",)}  # the red one, the detector's best
     [seen] = classifier.seen  # its box covers 10% of the photo: read cut out alone
@@ -264,6 +265,17 @@ async def test_crop_auto_reads_the_best_product_or_the_whole_photo():
     service, classifier, _ = await _service(FakeDetector(()))
     await service.search(photo(), SearchOptions(crop=Crop.AUTO))
     assert classifier.seen == [photo()]
+
+
+@run_async
+async def test_crop_auto_reads_the_best_product_beside_the_whole_photo_when_another_scores_close_to_it():
+    # The blue product scores 0.7 against the red one's 0.9: which one the shopper means is uncertain, so the red
+    # one's cut-out (10% of the photo, read alone otherwise) is read with the whole photo.
+    assert BLUE_BOX.score >= main_product.RIVAL_SCORE_SHARE * RED_BOX.score
+    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    await service.search(photo(), SearchOptions(crop=Crop.AUTO, top_k=5))
+    cut = crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0]
+    assert classifier.seen == [cut, photo()]
 
 
 @run_async
@@ -335,7 +347,7 @@ async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_sc
 @run_async
 async def test_a_search_crops_automatically_by_default():
     assert DEFAULT_CROP is Crop.AUTO and SearchOptions().crop is Crop.AUTO
-    service, classifier, _ = await _service(FakeDetector((RED_BOX, BLUE_BOX)))
+    service, classifier, _ = await _service(FakeDetector((RED_BOX,)))
     await service.search(photo(), SearchOptions())
     await service.search(photo(), SearchOptions(crop=Crop.NONE))
     assert classifier.seen == [crops.cut_out(crops.decode_photo(photo(), crops.ImageLimits()), [RED_BOX])[0], photo()]

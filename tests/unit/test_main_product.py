@@ -82,3 +82,13 @@ def test_a_cut_out_is_on_white_at_the_catalogue_aspect():
     assert cut.width / cut.height == pytest.approx(main_product.CATALOGUE_ASPECT, abs=0.02)
     pixels = np.asarray(cut)
     assert (pixels[0, 0] == 255).all() and (pixels[cut.height // 2, cut.width // 2] == 100).all()
+
+
+def test_a_small_main_product_is_read_beside_the_whole_photo_when_another_product_scores_close_to_it():
+    size = (60, 80)
+    assert not main_product.read_beside_whole([SMALL], size)  # 5% of the photo: the cut-out alone
+    close = Detection(0, 0, 10, 10, "bag", main_product.RIVAL_SCORE_SHARE * SMALL.score)
+    faint = Detection(0, 0, 10, 10, "bag", 0.99 * main_product.RIVAL_SCORE_SHARE * SMALL.score)
+    assert main_product.read_beside_whole([SMALL, close], size)
+    assert not main_product.read_beside_whole([SMALL, faint], size)
+    assert main_product.read_beside_whole([PRODUCT], size)  # 42% of the photo: beside it whatever else is found
