@@ -327,8 +327,9 @@ def report(results: Mapping[str, Any], shifts: Sequence[Shift] = SUITE) -> Repor
             f"{', '.join(m for m in names if m.endswith(' crop=auto'))}: each photo read as the gateway's Search "
             f"reads it with crop=auto, detector {results['detector']}: the photo itself when it is a packshot (its "
             "border the catalogue's white), the detector finds nothing or its best box covers half the photo, else "
-            f"that product cut out (fashionsearch/main_product.py), and read beside the whole photo when "
-            f"{results.get('beside_whole', BESIDE_WHOLE_BEFORE)}, the two readings averaged (services/gateway/readings.py); "
+            "that product cut out (fashionsearch/main_product.py), and read beside the whole photo when "
+            f"{results.get('beside_whole', BESIDE_WHOLE_BEFORE)}, the two readings averaged "
+            "(services/gateway/readings.py); "
             'the column "cut out" says how many of the photos were cut out. The others read every photo whole '
             "(crop=none)."
         )
