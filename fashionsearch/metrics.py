@@ -102,9 +102,9 @@ OUTFIT_BOXES = Counter(
 SEARCH_CROPS = Counter(
     "fashionsearch_search_crops",
     "Photo searches with crop=auto (the default), by what was read: cut (the detector's main product cut out), "
-    "cut_and_whole (a larger one cut out and read beside the whole photo), whole (a packshot, no product found, or "
-    "one filling the photo), no_detector (none configured: the whole photo) or detector_failed (the detector down "
-    "or slow: the whole photo)",
+    "cut_and_whole (a larger one, or one with a close rival, cut out and read beside the whole photo), whole (a "
+    "packshot, no product found, or one filling the photo), no_detector (none configured: the whole photo) or "
+    "detector_failed (the detector down or slow: the whole photo)",
     ["read"],
 )
 CATALOGUE_ITEMS = Gauge("fashionsearch_catalogue_items", "Items in the catalogue collection")

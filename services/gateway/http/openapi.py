@@ -181,7 +181,8 @@ CROP_PARAMETER = {
     "name": CROP_PARAM,
     "in": "query",
     "description": "auto (default): read the main product the detector finds, cut out (one covering 15% of the photo "
-    "or more is read cut out and whole, the two readings averaged; the whole photo alone when it is a packshot on "
+    "or more, or with another product scored at least half as high, is read cut out and whole, the two readings "
+    "averaged; the whole photo alone when it is a packshot on "
     "the catalogue's white, the product fills half of it, the detector finds none, or the gateway has no detector or "
     "it is down); none: read the whole photo. A multipart field works too.",
     "schema": {"type": "string", "enum": list(CROPS), "default": DEFAULT_CROP.value},
