@@ -2,9 +2,11 @@
 
 A packshot (the catalogue's kind of photo: the product on white, framed around it, also under a phone's dim or
 tinted light) is read whole: the models were trained on exactly that, and cutting it out again only changes its
-framing (on catalogue packshots that cost 2.5 points of articleType accuracy). Anything else is a scene: the
-detector's best product is cut out with a margin and put on white at the catalogue's 3:4, never stretched, so the
-models see a packshot again.
+framing (on catalogue packshots that cost 2.5 points of articleType accuracy). Most packshots are told from their
+pixels alone (`is_packshot`: a white border, and what is not white spans enough of the frame), before the detector is
+asked, so searching one costs no detector call; the rest by the detector's best box (`main_product`). Anything else is
+a scene: the detector's best product is cut out with a margin and put on white at the catalogue's 3:4, never
+stretched, so the models see a packshot again.
 
 One home for the rule, used by the gateway (services/gateway/crops.py) and by the robustness suite
 (training/robustness.py), so the suite measures the path a search takes. Plain NumPy and Pillow.
@@ -43,6 +45,8 @@ PAPER_GREY_SLACK = 12.0
 #: finds nothing or a box covering half the photo), 1.7 to those on a plain wall of a random colour.
 PACKSHOT_WHITE_BORDER = 0.6
 PACKSHOT_MIN_SPAN = 0.3
+#: product_span: a row or column of the photo counts as the product's when at least this share of it is not white.
+EXTENT_MIN_SHARE = 0.02
 #: A photo whose best box covers at least this share of it is framed around the product already: read whole.
 WHOLE_PHOTO_SHARE = 0.5
 #: A main product whose box covers at least this share of the photo (and less than WHOLE_PHOTO_SHARE) is read twice,
@@ -78,23 +82,55 @@ def near_white(pixels: np.ndarray) -> np.ndarray:
     return white
 
 
+def _photo_white(pixels: np.ndarray) -> np.ndarray:
+    """The photo's own white, each channel's WHITE_PERCENTILE level (from a sample of its pixels: a decoded photo is
+    big)."""
+    step = max(1, min(pixels.shape[:2]) // 128)
+    white: np.ndarray = np.percentile(pixels[::step, ::step].reshape(-1, 3), WHITE_PERCENTILE, axis=0)
+    return white.astype(np.float32)
+
+
+def _paper(pixels: np.ndarray, white: np.ndarray) -> np.ndarray:
+    """bool (...): where uint8 RGB pixels (..., 3) are the photo's `white` background (PAPER_LEVEL, PAPER_CHROMA)."""
+    x = pixels.astype(np.float32)
+    high, low = x.max(axis=-1), x.min(axis=-1)
+    grey = high - low <= PAPER_CHROMA * high + PAPER_GREY_SLACK
+    paper: np.ndarray = grey & (x >= PAPER_LEVEL * np.maximum(white, 32.0)).all(axis=-1)  # 32: black has no white
+    return paper
+
+
 def white_border_share(pixels: np.ndarray) -> float:
     """The share of the photo's border (BORDER of its short side, all around) that is the photo's own white: the
     catalogue's white background, however the light made it look (see PAPER_LEVEL)."""
     height, width = pixels.shape[:2]
-    step = max(1, min(height, width) // 128)  # the photo's white from a sample of its pixels: a decoded photo is big
-    white = np.percentile(pixels[::step, ::step].reshape(-1, 3), WHITE_PERCENTILE, axis=0).astype(np.float32)
     k = max(1, round(BORDER * min(height, width)))
     if height <= 2 * k or width <= 2 * k:
         border = pixels.reshape(-1, 3)
     else:
         strips = (pixels[:k], pixels[-k:], pixels[k:-k, :k], pixels[k:-k, -k:])
         border = np.concatenate([strip.reshape(-1, 3) for strip in strips])
-    x = border.astype(np.float32)
-    high, low = x.max(axis=1), x.min(axis=1)
-    grey = high - low <= PAPER_CHROMA * high + PAPER_GREY_SLACK
-    paper = (x >= PAPER_LEVEL * np.maximum(white, 32.0)).all(axis=1)  # 32: a black photo has no white to find
-    return float((grey & paper).mean())
+    return float(_paper(border, _photo_white(pixels)).mean())
+
+
+def product_span(pixels: np.ndarray) -> float:
+    """How far what is not the photo's own white reaches: its bounding box's larger share of the photo's width or
+    height (rows and columns with fewer than EXTENT_MIN_SHARE of such pixels do not count: JPEG noise, a speck)."""
+    step = max(1, min(pixels.shape[:2]) // 128)
+    sample = pixels[::step, ::step]
+    product = ~_paper(sample, _photo_white(pixels))
+    rows = np.flatnonzero(product.mean(axis=1) >= EXTENT_MIN_SHARE)
+    columns = np.flatnonzero(product.mean(axis=0) >= EXTENT_MIN_SHARE)
+    if not len(rows) or not len(columns):
+        return 0.0
+    height, width = product.shape
+    return float(max((rows[-1] - rows[0] + 1) / height, (columns[-1] - columns[0] + 1) / width))
+
+
+def is_packshot(pixels: np.ndarray | Image.Image, packshot_border: float = PACKSHOT_WHITE_BORDER) -> bool:
+    """A packshot told from its pixels alone, before any detector runs: its border is its own white
+    (`packshot_border`) and the product on it spans PACKSHOT_MIN_SPAN of its width or height."""
+    array = np.asarray(pixels)
+    return white_border_share(array) >= packshot_border and product_span(array) >= PACKSHOT_MIN_SPAN
 
 
 def main_product(

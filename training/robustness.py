@@ -191,7 +191,8 @@ def as_searched(images: np.ndarray, session: Any, spec: Any) -> tuple[list[np.nd
     out, beside, cut = [], [], 0
     for image, detections in zip(images, found, strict=True):
         size = (image.shape[1], image.shape[0])
-        best = main_product.main_product(image, detections, size)
+        # A packshot by its pixels is read whole before the detector is asked (the gateway does not call it then).
+        best = None if main_product.is_packshot(image) else main_product.main_product(image, detections, size)
         if best is None:
             out.append(image)
             beside.append(False)

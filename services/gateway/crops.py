@@ -10,7 +10,7 @@ JPEG for the model services; crop=auto chooses what to read by the same module's
 from __future__ import annotations
 
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -35,6 +35,13 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Photo:
     """The photo, decoded once; InvalidArgument, with the services' messages, for anything they would refuse."""
     image = decode_image(data, limits, target_size=(DECODE_SIDE // 2, DECODE_SIDE // 2))
     return Photo(image, displayed_size(data))
+
+
+def with_packshot_check(decode: Callable[[], Photo]) -> tuple[Photo, bool]:
+    """The photo `decode` gives, and whether it is a packshot by its pixels alone (main_product.is_packshot): one
+    worker-thread hop for both."""
+    photo = decode()
+    return photo, main_product.is_packshot(photo.image)
 
 
 def cut_out(photo: Photo, detections: Sequence[Detection], mirrored: bool = False) -> list[bytes]:

@@ -301,18 +301,25 @@ class GatewayService:
 
     async def _main_product(self, image: bytes) -> crops.MainProduct | None:
         """The detector's best product cut out of the photo (and whether to read it beside the whole photo), or None
-        to read the photo alone: a packshot, the detector finds nothing or the product fills most of it
-        (fashionsearch.main_product). crop=auto is the default, so it is best effort: without a detector, or with one
-        down, slow or busy, the whole photo is read."""
+        to read the photo alone: a packshot (told from its pixels first, without the detector), the detector finds
+        nothing or the product fills most of it (fashionsearch.main_product). crop=auto is the default, so it is best
+        effort: without a detector, or with one down, slow or busy, the whole photo is read."""
         if self._detector is None:
             metrics.SEARCH_CROPS.labels("no_detector").inc()
             return None
+        decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
+        photo, packshot = await run_decoding(partial(crops.with_packshot_check, decode), [image])
+        if packshot:  # told from its pixels: the detector's call (most of a packshot search's time) is not needed
+            metrics.SEARCH_CROPS.labels("whole").inc()
+            return None
         try:
-            found, photo = await self._found(image)
+            found = await self._detector.detect(image, None, False)
         except (Unavailable, DeadlineExceeded, ResourceExhausted) as error:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
             return None
+        if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
+            raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
         crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
         metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut_and_whole" if crop.beside_whole else "cut").inc()
         return crop

@@ -331,7 +331,8 @@ async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_sc
     # The same product and box (42% of the photo, spanning 70% of its height): on the catalogue's white the photo
     # is read as it is, on grey the product is cut out.
     box = Detection(60, 60, 180, 280, "top", 0.9)
-    service, classifier, _ = await _service(FakeDetector((box,)))
+    detector = FakeDetector((box,))
+    service, classifier, _ = await _service(detector)
     shots = []
     for background in ((255, 255, 255), (128, 128, 128)):
         image = Image.new("RGB", (300, 400), background)
@@ -342,6 +343,7 @@ async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_sc
         await service.search(shots[-1], SearchOptions(crop=Crop.AUTO))
     cut = crops.cut_out(crops.decode_photo(shots[1], crops.ImageLimits()), [box])[0]
     assert classifier.seen == [shots[0], cut, shots[1]]  # the box covers 42%: the scene is read beside it
+    assert detector.photos == [shots[1]]  # the packshot is told from its pixels: the detector is not asked
 
 
 @run_async

@@ -92,3 +92,26 @@ def test_a_small_main_product_is_read_beside_the_whole_photo_when_another_produc
     assert main_product.read_beside_whole([SMALL, close], size)
     assert not main_product.read_beside_whole([SMALL, faint], size)
     assert main_product.read_beside_whole([PRODUCT], size)  # 42% of the photo: beside it whatever else is found
+
+
+def test_a_packshot_is_told_from_its_pixels_before_any_detector_runs():
+    # What Search checks before it calls the detector: a white border and a product spanning 30% of the frame.
+    shot = packshot()
+    assert main_product.product_span(shot) == pytest.approx(67 / 80, abs=0.03)
+    assert main_product.is_packshot(shot) and main_product.is_packshot(Image.fromarray(shot))
+    far = np.full((80, 60, 3), 250, np.uint8)
+    far[30:45, 20:35] = (30, 40, 120)  # a product far away on a white table
+    assert main_product.product_span(far) == pytest.approx(15 / 60, abs=0.03)  # a quarter of the width
+    assert not main_product.is_packshot(far)
+    wall = packshot()
+    wall[wall[..., 0] == 250] = (60, 120, 200)
+    assert not main_product.is_packshot(wall)  # no white border
+    blank = np.full((80, 60, 3), 250, np.uint8)
+    assert main_product.product_span(blank) == 0.0 and not main_product.is_packshot(blank)
+
+
+def test_a_speck_on_the_white_does_not_stretch_the_product():
+    shot = np.full((80, 60, 3), 250, np.uint8)
+    shot[30:45, 20:35] = (30, 40, 120)
+    shot[2, 2] = shot[77, 57] = (0, 0, 0)  # two dark pixels in the corners, under EXTENT_MIN_SHARE of a row
+    assert main_product.product_span(shot) == pytest.approx(15 / 60, abs=0.03)
