@@ -329,9 +329,10 @@ async def test_crop_auto_reads_the_whole_photo_when_the_product_fills_most_of_it
 @run_async
 async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_scene():
     # The same product and box (42% of the photo, spanning 70% of its height): on the catalogue's white the photo
-    # is read as it is, on grey the product is cut out.
+    # is read as it is, told from its pixels without asking the detector; on grey the product is cut out.
     box = Detection(60, 60, 180, 280, "top", 0.9)
-    service, classifier, _ = await _service(FakeDetector((box,)))
+    detector = FakeDetector((box,))
+    service, classifier, _ = await _service(detector)
     shots = []
     for background in ((255, 255, 255), (128, 128, 128)):
         image = Image.new("RGB", (300, 400), background)
@@ -342,24 +343,6 @@ async def test_crop_auto_reads_a_packshot_whole_and_cuts_the_product_out_of_a_sc
         await service.search(shots[-1], SearchOptions(crop=Crop.AUTO))
     cut = crops.cut_out(crops.decode_photo(shots[1], crops.ImageLimits()), [box])[0]
     assert classifier.seen == [shots[0], cut, shots[1]]  # the box covers 42%: the scene is read beside it
-
-
-@run_async
-async def test_a_packshot_search_does_not_ask_the_detector():
-    # Told from its pixels (white border, the product spanning 70% of the height): no detector call. A scene is
-    # still asked about.
-    shots = []
-    for background in ((255, 255, 255), (128, 128, 128)):
-        image = Image.new("RGB", (300, 400), background)
-        image.paste(RED, (60, 60, 240, 340))
-        buffer = io.BytesIO()
-        image.save(buffer, format="PNG")
-        shots.append(buffer.getvalue())
-    detector = FakeDetector()
-    service, classifier, _ = await _service(detector)
-    for shot in shots:
-        await service.search(shot, SearchOptions(crop=Crop.AUTO))
-    assert classifier.seen == shots
     assert detector.photos == [shots[1]]
 
 
