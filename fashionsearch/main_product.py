@@ -99,9 +99,9 @@ def _paper(pixels: np.ndarray, white: np.ndarray) -> np.ndarray:
     return paper
 
 
-def white_border_share(pixels: np.ndarray) -> float:
-    """The share of the photo's border (BORDER of its short side, all around) that is the photo's own white: the
-    catalogue's white background, however the light made it look (see PAPER_LEVEL)."""
+def white_border_share(pixels: np.ndarray, white: np.ndarray | None = None) -> float:
+    """The share of the photo's border (BORDER of its short side, all around) that is the photo's own white (`white`,
+    found here when not given): the catalogue's white background, however the light made it look (see PAPER_LEVEL)."""
     height, width = pixels.shape[:2]
     k = max(1, round(BORDER * min(height, width)))
     if height <= 2 * k or width <= 2 * k:
@@ -109,15 +109,16 @@ def white_border_share(pixels: np.ndarray) -> float:
     else:
         strips = (pixels[:k], pixels[-k:], pixels[k:-k, :k], pixels[k:-k, -k:])
         border = np.concatenate([strip.reshape(-1, 3) for strip in strips])
-    return float(_paper(border, _photo_white(pixels)).mean())
+    return float(_paper(border, _photo_white(pixels) if white is None else white).mean())
 
 
-def product_span(pixels: np.ndarray) -> float:
-    """How far what is not the photo's own white reaches: its bounding box's larger share of the photo's width or
-    height (rows and columns with fewer than EXTENT_MIN_SHARE of such pixels do not count: JPEG noise, a speck)."""
+def product_span(pixels: np.ndarray, white: np.ndarray | None = None) -> float:
+    """How far what is not the photo's own white (`white`, found here when not given) reaches: its bounding box's
+    larger share of the photo's width or height (rows and columns with fewer than EXTENT_MIN_SHARE of such pixels do
+    not count: JPEG noise, a speck)."""
     step = max(1, min(pixels.shape[:2]) // 128)
     sample = pixels[::step, ::step]
-    product = ~_paper(sample, _photo_white(pixels))
+    product = ~_paper(sample, _photo_white(pixels) if white is None else white)
     rows = np.flatnonzero(product.mean(axis=1) >= EXTENT_MIN_SHARE)
     columns = np.flatnonzero(product.mean(axis=0) >= EXTENT_MIN_SHARE)
     if not len(rows) or not len(columns):
@@ -130,7 +131,8 @@ def is_packshot(pixels: np.ndarray | Image.Image, packshot_border: float = PACKS
     """A packshot told from its pixels alone, before any detector runs: its border is its own white
     (`packshot_border`) and the product on it spans PACKSHOT_MIN_SPAN of its width or height."""
     array = np.asarray(pixels)
-    return white_border_share(array) >= packshot_border and product_span(array) >= PACKSHOT_MIN_SPAN
+    white = _photo_white(array)
+    return white_border_share(array, white) >= packshot_border and product_span(array, white) >= PACKSHOT_MIN_SPAN
 
 
 def main_product(

@@ -10,7 +10,7 @@ JPEG for the model services; crop=auto chooses what to read by the same module's
 from __future__ import annotations
 
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from PIL import Image
@@ -42,10 +42,10 @@ def decode_photo(data: bytes, limits: ImageLimits) -> Photo:
 PACKSHOT_CHECK_SIDE = 128
 
 
-def with_packshot_check(decode: Callable[[], Photo]) -> tuple[Photo, bool]:
-    """The photo `decode` gives, and whether it is a packshot by its pixels alone (main_product.is_packshot): one
+def decode_photo_checked(data: bytes, limits: ImageLimits) -> tuple[Photo, bool]:
+    """decode_photo, and whether the photo is a packshot by its pixels alone (main_product.is_packshot): one
     worker-thread hop for both."""
-    photo = decode()
+    photo = decode_photo(data, limits)
     factor = min(photo.image.size) // PACKSHOT_CHECK_SIDE
     small = photo.image.reduce(factor) if factor > 1 else photo.image
     return photo, main_product.is_packshot(small)

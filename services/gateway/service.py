@@ -293,11 +293,14 @@ class GatewayService:
         """The products the detector finds in the photo (with its flip test or without, None: the detector's
         setting; with its candidates or not), and the photo decoded here to cut them out (both at once)."""
         detect = self._need_detector().detect(image, flip_test, with_candidates)
-        decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
+        decode = partial(crops.decode_photo, image, self._photo_limits)
         found, photo = await asyncio.gather(detect, run_decoding(decode, [image]))
-        if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
-            raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
-        return found, photo
+        return _same_photo(found, photo), photo
+
+    @property
+    def _photo_limits(self) -> ImageLimits:
+        """What the gateway decodes to cut products out: any photo the model services would take."""
+        return ImageLimits(max_bytes=self._limits.max_image_bytes)
 
     async def _main_product(self, image: bytes) -> crops.MainProduct | None:
         """The detector's best product cut out of the photo (and whether to read it beside the whole photo), or None
@@ -310,8 +313,7 @@ class GatewayService:
         # The photo is decoded first: a packshot, told from its pixels, needs no detector call (most of a packshot
         # search's time and work otherwise). A scene then waits for the decoding before the detector is asked: about
         # 2 to 3 ms more on a 600x800 JPEG than asking both at once (bench/README.md, "Outfit search and crop=auto").
-        decode = partial(crops.decode_photo, image, ImageLimits(max_bytes=self._limits.max_image_bytes))
-        photo, packshot = await run_decoding(partial(crops.with_packshot_check, decode), [image])
+        photo, packshot = await run_decoding(partial(crops.decode_photo_checked, image, self._photo_limits), [image])
         if packshot:
             metrics.SEARCH_CROPS.labels("whole").inc()
             return None
@@ -321,9 +323,7 @@ class GatewayService:
             logger.warning("crop=auto reads the whole photo: %s", error)
             metrics.SEARCH_CROPS.labels("detector_failed").inc()
             return None
-        if found.size != photo.size:  # both read the same bytes: a detector that disagrees has a bug
-            raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
-        crop = await run_decoding(partial(crops.main_product_cut, photo, found.detections), [])
+        crop = await run_decoding(partial(crops.main_product_cut, photo, _same_photo(found, photo).detections), [])
         metrics.SEARCH_CROPS.labels("whole" if crop is None else "cut_and_whole" if crop.beside_whole else "cut").inc()
         return crop
 
@@ -748,6 +748,14 @@ class GatewayService:
             max_upsert_batch=self._limits.upsert_batch,
             max_request_bytes=self._limits.max_request_bytes,
         )
+
+
+def _same_photo(found: FoundProducts, photo: crops.Photo) -> FoundProducts:
+    """`found`, checked against the gateway's own decoding: both read the same bytes, so a detector that saw another
+    size has a bug."""
+    if found.size != photo.size:
+        raise Internal(f"the detector saw a {found.size} photo, the gateway a {photo.size} one")
+    return found
 
 
 def _store_failure(what: str, failed: StoreError) -> FashionSearchError:
