@@ -73,6 +73,7 @@ def build_store(
             index.upsert(
                 [StoredPoint(id=int(point_ids[k]), vector=points[k], payload=stored[int(sources[k])]) for k in rows]
             )
+            index.build_full_segment()
         index.optimize()
         return index.count(), time.perf_counter() - started
     finally:

@@ -6,7 +6,8 @@ its nearest neighbour's scale, keeping its subCategory), so the clusters and the
 catalogue's; plus a rare subCategory of 10 points. Without the dataset or the model: clustered synthetic points.
 
 For each size and each quantization setting, a child process builds the collection through the store adapter
-(EdgeIndex.upsert in batches of 1000, then optimize(): the indexer's rebuild), and another child opens it and
+(EdgeIndex.upsert in batches of 1000, a graph per EdgeTuning.segment_points points on the way, then optimize(): the
+indexer's rebuild), and another child opens it and
 searches, so each reports its own memory (RSS, the peak during the build). Query sets: unfiltered, filtered by one
 subCategory drawn from the catalogue's distribution (the gateway's default search), and the rare value; each query
 is a stored vector plus noise. Search settings: exact, and the graph at several hnsw_ef (ACORN on for filters):
@@ -17,7 +18,8 @@ Latency per search thread (one thread, p50/p95/p99) and at the gateway's concurr
 asyncio.to_thread, min(32, cores + 4) threads).
 
     python bench/store_search.py [--sizes 40000,200000] [--queries 300] [--ef 64,128,256] [--quantization off,on]
-        [--far-ef 1024] [--concurrency 6] [--full-scan 20000] [--exposed 10] [--dir /var/tmp] [--keep]
+        [--far-ef 1024] [--concurrency 6] [--full-scan 20000] [--exposed 10] [--m 16] [--ef-construct 100]
+        [--payload-m 16] [--segment-points 2500000] [--dir /var/tmp] [--keep]
 """
 
 from __future__ import annotations
@@ -155,6 +157,7 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
     cats = np.load(f"{data}/cats.npy")
     index = EdgeIndex(folder, "bench", search_threads=1, tuning=replace(tuning, exposed_neighbours=0))
     started = time.perf_counter()
+    segments_s = 0.0  # the graphs built during the load, one per EdgeTuning.segment_points points
     index.ensure_collection(vectors.shape[1], EMBEDDER)
     for start in range(0, len(vectors), BATCH):
         chunk = np.asarray(vectors[start : start + BATCH])
@@ -164,6 +167,9 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
                 for i, v in enumerate(chunk)
             ]
         )
+        segment_started = time.perf_counter()
+        if index.build_full_segment():
+            segments_s += time.perf_counter() - segment_started
     loaded = time.perf_counter()
     index.optimize()
     optimised = time.perf_counter()
@@ -178,8 +184,8 @@ def build_child(folder: str, data: str, tuning: EdgeTuning) -> dict[str, float]:
     exposed = index.exposed_points()
     index.close()
     return {
-        "load_s": loaded - started,
-        "optimize_s": optimised - loaded,
+        "load_s": loaded - started - segments_s,
+        "optimize_s": optimised - loaded + segments_s,
         "flag_s": flagged - flag_started,
         "exposed": exposed / max(1, len(vectors)),
         "graph_points": graph,
@@ -287,6 +293,12 @@ def main() -> int:
     parser.add_argument("--index-from", type=int, default=None, help="EdgeTuning.index_from_points (default: its own)")
     parser.add_argument("--full-scan", type=int, default=None, help="EdgeTuning.full_scan_points (default: its own)")
     parser.add_argument("--exposed", type=int, default=None, help="EdgeTuning.exposed_neighbours (default: its own)")
+    parser.add_argument("--m", type=int, default=None, help="EdgeTuning.hnsw_m (default: its own)")
+    parser.add_argument("--ef-construct", type=int, default=None, help="EdgeTuning.hnsw_ef_construct (default: own)")
+    parser.add_argument("--payload-m", type=int, default=None, help="EdgeTuning.hnsw_payload_m (default: its own)")
+    parser.add_argument(
+        "--segment-points", type=int, default=None, help="EdgeTuning.segment_points (default: its own; 0: one graph)"
+    )
     parser.add_argument("--dir", default=None, help="where to build (default: the system's temp folder)")
     parser.add_argument("--keep", action="store_true", help="keep the built collections")
     parser.add_argument("--seed", type=int, default=0)
@@ -350,6 +362,14 @@ def main() -> int:
                     tuning = replace(tuning, full_scan_points=args.full_scan)
                 if args.exposed is not None:
                     tuning = replace(tuning, exposed_neighbours=args.exposed)
+                if args.m:
+                    tuning = replace(tuning, hnsw_m=args.m)
+                if args.payload_m is not None:
+                    tuning = replace(tuning, hnsw_payload_m=args.payload_m)
+                if args.segment_points is not None:
+                    tuning = replace(tuning, segment_points=args.segment_points)
+                if args.ef_construct:
+                    tuning = replace(tuning, hnsw_ef_construct=args.ef_construct)
                 folder = work / f"edge-{quantization}"
                 built = in_child(build_child, str(folder), str(data), tuning)
                 size = disk_mib(folder / "bench")

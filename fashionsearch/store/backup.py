@@ -148,6 +148,9 @@ class WriteJournal:
     def optimize(self) -> bool:
         return self.index.optimize()
 
+    def build_full_segment(self) -> bool:
+        return self.index.build_full_segment()
+
     def close(self) -> None:
         self.index.close()
 
@@ -392,6 +395,7 @@ def restore_into(index: VectorIndex, backup: BackupInfo, *, batch: int = 1000, s
         for points, deleted in read_backup(backup):
             for start in range(0, len(points), batch):
                 index.upsert(points[start : start + batch])
+                index.build_full_segment()
             if deleted:
                 index.delete(deleted)
         index.optimize()

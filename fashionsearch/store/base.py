@@ -117,6 +117,11 @@ class VectorIndex(Protocol):
         do. A Qdrant server optimises by itself; Qdrant Edge only when asked (edge.py says why not in the gateway)."""
         ...
 
+    def build_full_segment(self) -> bool:
+        """A bulk load's step after each batch: build the graph of the points written so far once there are enough
+        for a segment of their own (Qdrant Edge, EdgeTuning.segment_points); False when it did not."""
+        ...
+
     def close(self) -> None:
         """Release resources; idempotent."""
         ...

@@ -107,5 +107,8 @@ class BruteForceIndex:
     def optimize(self) -> bool:
         return False
 
+    def build_full_segment(self) -> bool:
+        return False
+
     def close(self) -> None:
         """Nothing to release; kept for the VectorIndex protocol."""

@@ -243,6 +243,9 @@ class QdrantServerIndex:
     def optimize(self) -> bool:
         return False
 
+    def build_full_segment(self) -> bool:
+        return False
+
     def close(self) -> None:
         with self._lock:
             if self._closed:

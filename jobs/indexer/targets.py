@@ -337,6 +337,9 @@ class DirectTarget:
         started = time.perf_counter()
         self._open_index().upsert(points)
         self.times.add("upsert", time.perf_counter() - started)
+        started = time.perf_counter()
+        if self._open_index().build_full_segment():
+            self.times.add("optimize", time.perf_counter() - started)
         return errors
 
     def delete(self, ids: Sequence[int]) -> int:

@@ -107,6 +107,47 @@ def _kinds(n: int, rng: np.random.Generator, stray: float) -> list[StoredPoint]:
     ]
 
 
+def test_a_bulk_load_builds_a_graph_per_segment_and_a_catalogue_past_one_drops_the_exposed_copies(tmp_path):
+    rng = np.random.default_rng(11)
+    points = _points(4000, rng)
+    tuning = replace(TUNING, segment_points=1000, exposed_neighbours=10)
+    index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=tuning)
+    reference = BruteForceIndex()
+    try:
+        _load((index, reference), points[:800], 800)
+        assert index.build_full_segment() is False
+        assert index.optimize() is True
+        assert index.exposed_points() > 0  # one segment: the copies are there
+        built = []
+        for start in range(800, len(points), 400):
+            _load((index, reference), points[start : start + 400], 400)
+            built.append(index.build_full_segment())
+        assert built == [False, False, True] * 2 + [False, False]  # a graph once 1,000 new points wait for one
+        assert index.segment_count() >= 4  # none merged past segment_points
+        index.optimize()
+        assert index.graph_points() == len(points)
+        assert index.exposed_points() == 0  # past one segment: no copies (edge.py, _flag_exposed)
+        assert index.optimize() is False
+
+        queries = [p.vector + 0.2 * rng.normal(size=DIM).astype(np.float32) for p in points[:: len(points) // 60]]
+        assert _recall(index, reference, queries, None) >= 0.95
+        assert _recall(index, reference, queries, {"subCategory": "Bags"}) >= 0.95
+    finally:
+        index.close()
+
+
+def test_a_load_without_segment_points_builds_no_graph_until_optimize(tmp_path):
+    index = EdgeIndex(tmp_path, "catalogue", search_threads=1, tuning=replace(TUNING, segment_points=0))
+    try:
+        _load((index,), _points(2000, np.random.default_rng(3)), 500)
+        assert index.build_full_segment() is False
+        assert index.graph_points() == 0
+        assert index.optimize() is True
+        assert index.graph_points() == 2000
+    finally:
+        index.close()
+
+
 @pytest.mark.parametrize(
     ("tuning", "far_recall"),
     [
