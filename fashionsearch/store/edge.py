@@ -11,9 +11,9 @@ Layout under ``data_dir/<collection>/``, with ``data_dir/<collection>.lock`` bes
 
 Qdrant Edge 0.9 reports Euclid scores as the true Euclidean distance (checked by the congruence test), so scores
 are passed through unchanged.  Writes are durable through the shard's write-ahead log (replayed on load), so they
-are not flushed one by one (a flush costs ~15 ms); close() flushes.  The graph index (HNSW) is built by optimize(),
-never on a write: a bulk load (the indexer's rebuild, a restore) optimises before it switches the alias; a
-collection smaller than ``EdgeTuning.index_from_points`` has no graph and is scanned exactly, which is faster there
+are not flushed one by one (a flush costs ~15 ms); close() flushes.  The graph index (HNSW) is built by optimize()
+(and, for every ``EdgeTuning.segment_points`` points, by a bulk load's build_full_segment()), never on a write: a bulk
+load (the indexer's rebuild, a restore) optimises before it switches the alias; a collection smaller than ``EdgeTuning.index_from_points`` has no graph and is scanned exactly, which is faster there
 (edge_tuning.py).  Qdrant Edge's optimize() holds the GIL for the whole build (measured: 65 s at 100k points, with
 searches and writes of the same process waiting), so the gateway never optimises its live collection: its own
 upserts land in a small unindexed segment that every search scans exactly, and the next rebuild or restore
@@ -438,8 +438,8 @@ class EdgeIndex:
     def _flag_exposed(self, rebuilt: bool, *, graph: bool, points: int) -> bool:
         """Copy the exposed points after a graph build (or the first optimize() of a graph without copies: a
         restore of an older backup); True when the copies were written. A catalogue of more than one segment
-        (``EdgeTuning.segment_points``) has none: flagging searches every segment for every point, longer than the
-        graphs' build (1.3 times the graph at 1M points, one segment), and what the copies add shrinks as the
+        (``EdgeTuning.segment_points``) has none: flagging took 1.3 to 1.6 times the graph's build at 1M and 4M points
+        (one graph), each of its searches would visit every segment's graph, and what the copies add shrinks as the
         catalogue grows denser (far-filter recall@5 0.40 -> 0.63 at 4M, bench/README.md)."""
         copies = self._exposed
         assert copies is not None
