@@ -13,9 +13,10 @@ Qdrant Edge 0.9 reports Euclid scores as the true Euclidean distance (checked by
 are passed through unchanged.  Writes are durable through the shard's write-ahead log (replayed on load), so they
 are not flushed one by one (a flush costs ~15 ms); close() flushes.  The graph index (HNSW) is built by optimize()
 (and, for every ``EdgeTuning.segment_points`` points, by a bulk load's build_full_segment()), never on a write: a bulk
-load (the indexer's rebuild, a restore) optimises before it switches the alias; a collection smaller than ``EdgeTuning.index_from_points`` has no graph and is scanned exactly, which is faster there
-(edge_tuning.py).  Qdrant Edge's optimize() holds the GIL for the whole build (measured: 65 s at 100k points, with
-searches and writes of the same process waiting), so the gateway never optimises its live collection: its own
+load (the indexer's rebuild, a restore) optimises before it switches the alias; a collection smaller than
+``EdgeTuning.index_from_points`` has no graph and is scanned exactly, which is faster there (edge_tuning.py).
+Qdrant Edge's optimize() holds the GIL for the whole build (measured: 65 s at 100k points, with searches and writes
+of the same process waiting), so the gateway never optimises its live collection: its own
 upserts land in a small unindexed segment that every search scans exactly, and the next rebuild or restore
 compacts them into the graph (deploy/README.md, the store's capacity planning).
 
