@@ -30,8 +30,8 @@ holds its value, an unfiltered search of about 0.2 ms), and only then merges the
 ``far_filter_ef`` instead of ``hnsw_ef`` (at 1M points: far-filter recall@5 0.90 -> 0.985, p50 2.2 to 2.7 ms; 2 of
 300 own-subCategory searches were taken for far). So the defaults keep hnsw_ef 128 for the rest: the gateway's
 own-subCategory filter has recall 0.997 at p50 about 0.5 ms on 1M points. At 4M points (synthetic, about 100 per
-real product) unfiltered and own-subCategory recall@5 fall to 0.965 / 0.970 at hnsw_ef 128 (0.978 / 0.981 at 256),
-and far filters to 0.63: the copies shrink to 2.3% of the points (bench/README.md, far filters).
+real product) as one graph, unfiltered and own-subCategory recall@5 fell to 0.965 / 0.970 at hnsw_ef 128, and far
+filters to 0.63: the copies shrink to 2.3% of the points (bench/README.md, far filters).
 
 A large catalogue is built as several graphs (``segment_points``). At 10M points (about 250 synthetic points around
 each real product) one graph read recall@5 0.914 unfiltered and 0.921 filtered at hnsw_ef 128, and 0.937 / 0.945 at
@@ -39,7 +39,8 @@ each real product) one graph read recall@5 0.914 unfiltered and 0.921 filtered a
 points around 4,000 products read the same 0.887 / 0.916). A graph per 2.5M points, each region a quarter as dense,
 reads 0.990 / 0.994 at 128, and its build took 33 minutes where one graph took 93 (smaller graphs build faster), for
 four graph searches per query: p50 2.3 to 2.6 ms against 0.7 to 1.4 (bench/README.md, a graph per 2.5 million
-points). Such a catalogue has no far-filter copies (edge.py): far filters read 0.52 there.
+points). Such a catalogue has no far-filter copies (edge.py): far filters read 0.52 there. At 4M, two graphs read
+0.978 / 0.985 at 128 (far filters 0.50, where one graph with the copies read 0.63).
 """
 
 from __future__ import annotations
