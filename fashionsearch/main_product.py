@@ -82,11 +82,20 @@ def near_white(pixels: np.ndarray) -> np.ndarray:
     return white
 
 
+#: The photo's white and the product's span are read on a sample of about this many pixels on the short side: the
+#: shares they measure do not depend on the scale, and a decoded photo is big.
+SAMPLE_SIDE = 128
+
+
+def _sampled(pixels: np.ndarray) -> np.ndarray:
+    """Every step-th pixel each way, for a sample of about SAMPLE_SIDE pixels on the short side."""
+    step = max(1, min(pixels.shape[:2]) // SAMPLE_SIDE)
+    return pixels[::step, ::step]
+
+
 def _photo_white(pixels: np.ndarray) -> np.ndarray:
-    """The photo's own white, each channel's WHITE_PERCENTILE level (from a sample of its pixels: a decoded photo is
-    big)."""
-    step = max(1, min(pixels.shape[:2]) // 128)
-    white: np.ndarray = np.percentile(pixels[::step, ::step].reshape(-1, 3), WHITE_PERCENTILE, axis=0)
+    """The photo's own white, each channel's WHITE_PERCENTILE level."""
+    white: np.ndarray = np.percentile(_sampled(pixels).reshape(-1, 3), WHITE_PERCENTILE, axis=0)
     return white.astype(np.float32)
 
 
@@ -116,9 +125,7 @@ def product_span(pixels: np.ndarray, white: np.ndarray | None = None) -> float:
     """How far what is not the photo's own white (`white`, found here when not given) reaches: its bounding box's
     larger share of the photo's width or height (rows and columns with fewer than EXTENT_MIN_SHARE of such pixels do
     not count: JPEG noise, a speck)."""
-    step = max(1, min(pixels.shape[:2]) // 128)
-    sample = pixels[::step, ::step]
-    product = ~_paper(sample, _photo_white(pixels) if white is None else white)
+    product = ~_paper(_sampled(pixels), _photo_white(pixels) if white is None else white)
     rows = np.flatnonzero(product.mean(axis=1) >= EXTENT_MIN_SHARE)
     columns = np.flatnonzero(product.mean(axis=0) >= EXTENT_MIN_SHARE)
     if not len(rows) or not len(columns):
