@@ -76,7 +76,7 @@ from fashionsearch.store.base import (
     unique_ids,
 )
 from fashionsearch.store.edge_exposed import EXPOSED_DIR, FIELD, ExposedCopies, far_from, merged
-from fashionsearch.store.edge_files import copy_tree, refresh_tree, sync_tree
+from fashionsearch.store.edge_files import copy_tree, refresh_tree, sync_tree, tree_data_bytes, warm_page_cache
 from fashionsearch.store.edge_tuning import EdgeTuning
 from fashionsearch.store.lock import StoreLock, StoreLockedError, lock_path
 from fashionsearch.throttle import Throttle, left_out_note
@@ -93,6 +93,18 @@ _EXACT = qe.SearchParams(exact=True)
 #: Free space kept on the data directory's disk (see the module docstring); below it writes are refused.
 DEFAULT_MIN_FREE_BYTES = 64 * 1024 * 1024
 _MIB = 1024 * 1024
+
+
+def _available_memory() -> int:
+    """Bytes of memory the machine can give without swapping (Linux's MemAvailable), 0 where it does not say."""
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def free_bytes(path: Path) -> int:
@@ -203,6 +215,7 @@ class EdgeIndex:
             self._dir_lock.release()
             raise
         if self._info is not None:
+            self._warm_page_cache()
             logger.info(
                 "opened edge collection %s: %s vectors of %s (dim %s)",
                 self._root,
@@ -214,6 +227,26 @@ class EdgeIndex:
     @property
     def path(self) -> Path:
         return self._root
+
+    def _warm_page_cache(self) -> None:
+        """Read the segments' files into the OS page cache (edge_files.warm_page_cache says why), when they take at
+        most half the memory the machine has available; a larger catalogue is left to be read as searches need it."""
+        segments = self._shard_path / "segments"
+        size = tree_data_bytes(segments)
+        available = _available_memory()
+        if size > available // 2:
+            logger.info(
+                "edge collection %s: its %.0f MiB of files are not read ahead (%.0f MiB of memory available)",
+                self._root,
+                size / _MIB,
+                available / _MIB,
+            )
+            return
+        started = time.monotonic()
+        read = warm_page_cache(segments)
+        logger.info(
+            "edge collection %s: read %.0f MiB ahead in %.1f s", self._root, read / _MIB, time.monotonic() - started
+        )
 
     def _config(self, dim: int) -> qe.EdgeConfig:
         return self._tuning.config(dim, search_threads=self._search_threads)

@@ -1,4 +1,5 @@
-"""Copies of a Qdrant Edge shard's files, for backups that restore without rebuilding the graph.
+"""A Qdrant Edge shard's files: copies for backups that restore without rebuilding the graph, and reading them
+into the OS page cache when a collection opens (``warm_page_cache``).
 
 A shard's files are only consistent while nothing writes to it and after a flush, and writing a copy is slow on a
 busy disk (50 MB/s measured here: 4.4 s for a 200k-point shard, over the gateway's 5 s store timeout at 1M points).
@@ -114,3 +115,40 @@ def tree_digests(folder: Path) -> list[list[str]]:
     """[relative path, sha256] of every regular file under folder, sorted by path."""
     files = sorted(p for p in folder.rglob("*") if p.is_file() and not p.is_symlink())
     return [[path.relative_to(folder).as_posix(), file_sha256(path)] for path in files]
+
+
+def tree_data_bytes(folder: Path) -> int:
+    """Bytes of data (holes left out) of the regular files under folder."""
+    total = 0
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            total += path.stat().st_blocks * 512
+    return total
+
+
+def warm_page_cache(folder: Path) -> int:
+    """Read every regular file under folder once, so that its pages are in the OS page cache; returns the bytes read.
+
+    Why: Qdrant Edge loads a segment's vectors and graph into memory, but reads its payloads and payload indexes
+    through memory maps on demand, and it drops the shard's pages from the cache when it closes. At 10M points the
+    first searches after an open then wait for the disk (5 page faults a search for the hits' payloads alone): p50
+    7 to 10 ms over the first hundred, 3 over the next hundreds, against 2.4 from the first search once the files
+    were read (bench/README.md, "The gateway over ten million products"). Files vanishing meanwhile (a compaction
+    removing a segment) are skipped."""
+    read = 0
+    for path in sorted(folder.rglob("*")):
+        try:
+            if not path.is_file() or path.is_symlink():
+                continue
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            size = os.fstat(fd).st_size
+            for offset, length in _data_blocks(fd, size):
+                read += len(os.pread(fd, length, offset))
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return read

@@ -39,8 +39,11 @@ each real product) one graph read recall@5 0.914 unfiltered and 0.921 filtered a
 points around 4,000 products read the same 0.887 / 0.916). A graph per 2.5M points, each region a quarter as dense,
 reads 0.990 / 0.994 at 128, and its build took 33 minutes where one graph took 93 (smaller graphs build faster), for
 four graph searches per query: p50 2.3 to 2.6 ms against 0.7 to 1.4 (bench/README.md, a graph per 2.5 million
-points). Such a catalogue has no far-filter copies (edge.py): far filters read 0.52 there. At 4M, two graphs read
-0.978 / 0.985 at 128 (far filters 0.50, where one graph with the copies read 0.63).
+points). Four graphs each need fewer of the five answers, so there hnsw_ef 64 still reads 0.989 / 0.991 (0.995 / 0.996
+at 128 in the same build), and with two search threads the gateway's search at 10M costs 1.2 ms more than on the
+sample catalogue (deploy/README.md gives both settings past about 5M products; 128 stays the default, which two
+graphs at 4M need). Such a catalogue has no far-filter copies (edge.py): far filters read 0.52 there. At 4M, two
+graphs read 0.978 / 0.985 at 128 (far filters 0.50, where one graph with the copies read 0.63).
 """
 
 from __future__ import annotations

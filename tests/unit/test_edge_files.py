@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from fashionsearch.store.edge_files import copy_tree, refresh_tree, tree_digests
+from fashionsearch.store.edge_files import copy_tree, refresh_tree, tree_data_bytes, tree_digests, warm_page_cache
 
 
 def test_a_copy_keeps_the_bytes_and_the_holes(tmp_path):
@@ -59,3 +59,19 @@ def test_a_refresh_rewrites_only_what_changed_and_follows_new_and_removed_files(
     assert tree_digests(tmp_path / "copy") == tree_digests(source)
     assert written < 3 << 20  # the two changed blocks and the small files, not the whole 3 MiB of data again
     assert not (tmp_path / "copy" / "segments" / "a" / "gone").exists()
+
+
+def test_reading_ahead_reads_each_file_s_data_and_skips_the_holes_and_what_vanished(tmp_path):
+    folder = tmp_path / "segments"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "payload.dat").write_bytes(b"x" * 300_000)
+    with (folder / "sparse.dat").open("wb") as f:  # 1 MiB of data in a 64 MiB file: its holes are not read
+        f.write(b"y" * (1 << 20))
+        f.truncate(64 << 20)
+    os.symlink(folder / "a" / "payload.dat", folder / "link")
+
+    read = warm_page_cache(folder)
+
+    assert (1 << 20) + 300_000 <= read < 2 * (1 << 20) + 300_000  # whole blocks of data, a link not followed
+    assert tree_data_bytes(folder) >= (1 << 20) + 300_000
+    assert warm_page_cache(tmp_path / "gone") == 0

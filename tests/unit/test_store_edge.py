@@ -14,6 +14,7 @@ from fashionsearch.store import (
     StoredPoint,
     StoreError,
     UnknownFilterFieldError,
+    edge,
 )
 from fashionsearch.store.edge import META_FILE, SHARD_DIR, EdgeIndex
 
@@ -231,3 +232,25 @@ def test_writes_below_the_free_space_reserve_are_refused_and_reads_go_on(tmp_pat
         index.close()
     with pytest.raises(StoreFullError, match="opening the collection refused.*unallocated parts"):
         EdgeIndex(tmp_path, "catalogue", min_free_bytes=10 * mib)
+
+
+def test_opening_a_collection_reads_its_files_ahead_when_they_fit_in_half_the_available_memory(tmp_path, monkeypatch):
+    """The first searches after an open would otherwise wait for the disk (edge_files.warm_page_cache)."""
+    first = EdgeIndex(tmp_path, "catalogue", search_threads=1)
+    first.ensure_collection(2, V1)
+    first.upsert([_point(i, float(i), 0.0, gender="Men") for i in range(50)])
+    first.close()
+    warmed: list[str] = []
+    monkeypatch.setattr(edge, "warm_page_cache", lambda folder: warmed.append(folder.name) or 0)
+
+    monkeypatch.setattr(edge, "_available_memory", lambda: 1 << 40)
+    EdgeIndex(tmp_path, "catalogue", search_threads=1).close()
+    assert warmed == ["segments"]
+
+    monkeypatch.setattr(edge, "_available_memory", lambda: 1024)  # files larger than half of it: left to the disk
+    reopened = EdgeIndex(tmp_path, "catalogue", search_threads=1)
+    try:
+        assert warmed == ["segments"]
+        assert [h.id for h in reopened.search(np.zeros(2), 1)] == [0]
+    finally:
+        reopened.close()
