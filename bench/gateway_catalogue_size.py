@@ -11,6 +11,9 @@ way) and times Search from this process over gRPC on loopback, one call at a tim
 products, the same ones for every size.
 
     python bench/gateway_catalogue_size.py [--sizes 998,1000000] [--runs 300] [--rounds 2] [--dir /var/tmp]
+        [--env GATEWAY_STORE_SEARCH_THREADS=2 --env GATEWAY_STORE_HNSW_EF=64]
+
+``--env`` sets a gateway variable for every size (deploy/README.md's settings for a catalogue of several graphs).
 """
 
 from __future__ import annotations
@@ -123,7 +126,14 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds, each starting a stack per size in turn")
     parser.add_argument("--photos", type=int, default=200, help="distinct query photos (test-split packshots)")
     parser.add_argument("--dir", type=Path, default=None, help="where the stores are built (a temporary folder)")
+    parser.add_argument("--env", action="append", default=[], help="NAME=VALUE for the gateway, for every size")
     args = parser.parse_args()
+    gateway_env = {"GATEWAY_LOG_LEVEL": "WARNING"}
+    for setting in args.env:
+        name, equals, value = setting.partition("=")
+        if not equals or not name.startswith("GATEWAY_"):
+            parser.error(f"--env takes GATEWAY_NAME=VALUE, not {setting!r}")
+        gateway_env[name] = value
     sizes = [int(s) for s in args.sizes.split(",")]
 
     dataset = data.load_dataset(args.data)
@@ -154,7 +164,7 @@ def main() -> int:
                     roots[size],
                     classifier_model_dir=args.models / "classifier",
                     embedder_model_dir=embedder_dir,
-                    gateway_env={"GATEWAY_LOG_LEVEL": "WARNING"},
+                    gateway_env=gateway_env,
                 )
                 stack.start()
                 try:
@@ -166,7 +176,8 @@ def main() -> int:
 
     base = sizes[0]
     base_p50 = statistics.median([v for latencies, _ in results[base] for v in latencies])
-    print(f"\nSearch, gRPC, concurrency 1, the gateway's defaults; {args.runs} searches per size and round\n")
+    settings = ", ".join(args.env) or "the gateway's defaults"
+    print(f"\nSearch, gRPC, concurrency 1, {settings}; {args.runs} searches per size and round\n")
     print("| catalogue | round | p50 ms | p95 ms | p99 ms | store search, mean ms |")
     print("| ---: | ---: | ---: | ---: | ---: | ---: |")
     for size in sizes:
