@@ -121,8 +121,11 @@ def tree_data_bytes(folder: Path) -> int:
     """Bytes of data (holes left out) of the regular files under folder."""
     total = 0
     for path in folder.rglob("*"):
-        if path.is_file() and not path.is_symlink():
-            total += path.stat().st_blocks * 512
+        try:
+            if path.is_file() and not path.is_symlink():
+                total += path.stat().st_blocks * 512
+        except OSError:
+            continue  # gone meanwhile
     return total
 
 
@@ -133,8 +136,8 @@ def warm_page_cache(folder: Path) -> int:
     through memory maps on demand, and it drops the shard's pages from the cache when it closes. At 10M points the
     first searches after an open then wait for the disk (5 page faults a search for the hits' payloads alone): p50
     7 to 10 ms over the first hundred, 3 over the next hundreds, against 2.4 from the first search once the files
-    were read (bench/README.md, "The gateway over ten million products"). Files vanishing meanwhile (a compaction
-    removing a segment) are skipped."""
+    were read (bench/README.md, "Ten million points: the files read ahead at open"). Files vanishing meanwhile (a
+    compaction removing a segment) are skipped."""
     read = 0
     for path in sorted(folder.rglob("*")):
         try:
