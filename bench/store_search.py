@@ -48,6 +48,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from fashionsearch.store import EmbedderIdentity, StoredPoint  # noqa: E402
 from fashionsearch.store.edge import EdgeIndex  # noqa: E402
+from fashionsearch.store.edge_files import tree_data_bytes  # noqa: E402
 from fashionsearch.store.edge_tuning import EdgeTuning  # noqa: E402
 
 TOP_K = 5
@@ -265,7 +266,7 @@ def in_child(fn: Any, *args: Any) -> Any:
 
 def disk_mib(folder: Path) -> float:
     """Disk space in use (allocated blocks: Qdrant preallocates sparse files of 32 MiB)."""
-    return sum(f.stat().st_blocks * 512 for f in folder.rglob("*") if f.is_file()) / 2**20
+    return tree_data_bytes(folder) / 2**20
 
 
 # --------------------------------------------------------------------------------------------------------------

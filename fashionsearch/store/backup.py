@@ -43,7 +43,7 @@ import numpy as np
 
 from fashionsearch.errors import StoreError, StoreFullError
 from fashionsearch.store.base import CollectionInfo, EmbedderIdentity, Hit, StoredPoint, VectorIndex
-from fashionsearch.store.edge_files import file_sha256, sync_tree, tree_digests
+from fashionsearch.store.edge_files import file_sha256, sync_tree, tree_data_bytes, tree_digests
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class BackupInfo:
     @property
     def size_bytes(self) -> int:
         """Disk space in use (allocated blocks: a shard copy keeps its files' holes)."""
-        return sum(f.stat().st_blocks * 512 for f in self.path.rglob("*") if f.is_file())
+        return tree_data_bytes(self.path)
 
 
 class WriteJournal:

@@ -398,7 +398,7 @@ class EdgeIndex:
             self._require_open()
             if self._info is not None and self.count():
                 raise StoreError(f"collection {self._root} is not empty: a shard copy is restored into an empty one")
-            size = sum(f.stat().st_blocks * 512 for f in source.rglob("*") if f.is_file())
+            size = tree_data_bytes(source)
             self._require_space("restoring the collection", extra=size)
             self._close_exposed()
             if self._shard is not None:
