@@ -1,7 +1,7 @@
 """Serving speed of the EfficientNet-Lite trunks (Lite0, Lite1, Lite2) at several input sizes, against the budget.
 
     python bench/lite_variants.py [--variants lite0,lite1,lite2] [--sizes 128x96,144x108,160x120]
-        [--threads 2] [--seconds 6] [--batch 64]
+        [--threads 2] [--seconds 6] [--batch 64] [--int8]
 
 Which trunk and input size a recipe can afford to serve (issue 20: >= 500 images/s at batch 64 on 2 threads,
 each ONNX file <= 20 MB) is a question of architecture, not of training: each trunk is built by `training.lite`
@@ -9,11 +9,16 @@ with random weights (speed and size do not depend on them), with the pooled feat
 like the classifier's articleType, exported through tf2onnx as the served models are, and timed with
 onnxruntime on random input. The served models/classifier is measured in the same run for reference (its seven
 heads and the hierarchy decoding cost little beside the trunk). Needs TensorFlow (requirements/training.txt).
+
+`--int8` adds each trunk statically quantized as the served int8 files are (`training.quantize`: QDQ, per-channel
+int8 weights, uint8 activations; calibrated on random photos, which sets the scales but not the speed) and the served
+classifier's int8 file: what a larger trunk costs once eight-bit inference pays for it (issue 30, step 3).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -23,13 +28,23 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 import keras  # noqa: E402
+import numpy as np  # noqa: E402
 
 from fashionsearch.model_contract import InputSpec  # noqa: E402
 from training import lite  # noqa: E402
 from training.export import keras_to_onnx  # noqa: E402
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, images_per_second, measure_throughput  # noqa: E402
+from training.quantize import Plan, int8_file, quantize  # noqa: E402
 
 ARTICLE_TYPES = 98  # the classifier's articleType head
+#: Every operator onnxruntime can quantize, the head included (one small Dense: its precision does not move the speed).
+INT8_PLAN = Plan("every operator", float_heads=False)
+
+
+def input_size(model_dir: Path) -> tuple[int, int]:
+    """(height, width) of a model folder's input, from its model.json."""
+    spec = json.loads((model_dir / "model.json").read_text())["input"]
+    return spec["height"], spec["width"]
 
 
 def trunk_model(variant: str, height: int, width: int) -> keras.Model:
@@ -55,6 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=6.0, help="measuring time per model")
     parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--int8", action="store_true", help="each trunk statically quantized too")
     args = parser.parse_args(argv)
     variants = args.variants.split(",")
     unknown = sorted(set(variants) - set(lite.VARIANTS))
@@ -67,6 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     if (served / "model.json").is_file():
         rate, mb = measure_throughput(served, args.threads, args.seconds, args.batch)
         rows.append(("models/classifier (served)", "", "", mb, rate))
+        served_int8 = served / int8_file("model.onnx")
+        if args.int8 and served_int8.is_file():
+            height, width = input_size(served)
+            rate = images_per_second(served_int8, height, width, args.threads, args.seconds, args.batch)
+            rows.append(("models/classifier (served, int8)", "", "", served_int8.stat().st_size / 1e6, rate))
+    calibration = np.random.default_rng(0).integers(0, 256, (64, 80, 60, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
             for height, width in sizes:
@@ -74,9 +96,14 @@ def main(argv: list[str] | None = None) -> int:
                 path = Path(tmp) / f"{variant}-{height}x{width}.onnx"
                 spec = InputSpec(name="image", height=height, width=width, **lite.LITE_SCALING)
                 keras_to_onnx(model, spec, path)
-                rate = images_per_second(path, height, width, args.threads, args.seconds, args.batch)
                 blocks = str(len(lite.blocks(variant)))
-                rows.append((variant, f"{height}x{width}", blocks, path.stat().st_size / 1e6, rate))
+                files = [(variant, path)]
+                if args.int8:
+                    quantize(path, path.with_suffix(".int8.onnx"), spec, calibration, INT8_PLAN, set())
+                    files.append((f"{variant} int8", path.with_suffix(".int8.onnx")))
+                for name, file in files:
+                    rate = images_per_second(file, height, width, args.threads, args.seconds, args.batch)
+                    rows.append((name, f"{height}x{width}", blocks, file.stat().st_size / 1e6, rate))
                 keras.backend.clear_session()
 
     load = os.getloadavg()[0]

@@ -504,7 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         "probe-lite", help="the lite classifier's recipe with other input sizes / frozen blocks, equal minutes each"
     )
     p.add_argument(
-        "--plan", action="append", required=True, help="HEIGHTxWIDTH:FROZEN_BLOCKS[@MINUTES], e.g. 128x96:8 (repeat)"
+        "--plan",
+        action="append",
+        required=True,
+        help="[TRUNK:]HEIGHTxWIDTH:FROZEN_BLOCKS[@MINUTES], e.g. 128x96:8 or lite1:144x108:11 (repeat; default Lite0)",
     )
     _data_args(p)
     p.add_argument("--views", type=int, default=2, help="views per training photo: the packshot and VIEWS-1 shopper")

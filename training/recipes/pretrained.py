@@ -118,8 +118,8 @@ def training_targets(y_train: Mapping[str, np.ndarray], views: int) -> dict[str,
 def pretrained_trunk(
     plan: TrunkPlan = TrunkPlan(),  # noqa: B008 - frozen
 ) -> tuple[keras.Model, keras.Model, dict[str, Any]]:
-    early, late = lite.build_trunk(plan.input_spec.height, plan.input_spec.width, plan.split_at)
-    weights, provenance = lite.load_converted()
+    early, late = lite.build_trunk(plan.input_spec.height, plan.input_spec.width, plan.split_at, plan.variant)
+    weights, provenance = lite.load_converted(variant=plan.variant)
     lite.load_weights([early, late], weights)
     early.trainable = False
     return early, late, provenance
