@@ -34,6 +34,7 @@ from training import (
     data,
     detector_compare,
     detector_eval,
+    lite,
     probe,
     quantize,
     quantize_detector,
@@ -91,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         teacher=tuple(args.teacher),
         scenes=args.scenes,
         photo_views=args.photo_views,
+        trunk=args.trunk,
     )
     started = time.monotonic()
     trained = recipe(dataset, split, run_dir, options)
@@ -368,6 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="lite-classifier: some shopper views on real photographs, half of them framed as the gateway cuts a"
         " detected product out (training/shopper.py; not in models 8)",
+    )
+    p.add_argument(
+        "--trunk",
+        default="lite0",
+        choices=sorted(lite.VARIANTS),
+        help="lite-classifier: the pretrained EfficientNet-Lite (lite0 served; lite1, lite2 larger)",
     )
     p.add_argument("--version", default="1")
     p.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2), help="Keras: 1 progress bar, 2 per epoch")

@@ -91,13 +91,24 @@ def _round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * scaled else rounded
 
 
-def blocks(variant: str = "lite0") -> list[Block]:
-    """The MBConv blocks of a Lite variant in order (16 for Lite0)."""
-    width, depth = VARIANTS[variant]
-    out: list[Block] = []
+def stage_repeats(variant: str = "lite0") -> list[int]:
+    """Blocks per stage of a Lite variant (Lite0: 1, 2, 2, 3, 3, 4, 1); depth scales all but the first and last."""
+    _, depth = VARIANTS[variant]
     last = len(LITE0_STAGES) - 1
-    for stage, (repeats, kernel, stride, expand, cin, cout) in enumerate(LITE0_STAGES):
-        repeats = repeats if stage in (0, last) else math.ceil(depth * repeats)
+    return [r if stage in (0, last) else math.ceil(depth * r) for stage, (r, *_) in enumerate(LITE0_STAGES)]
+
+
+def stride16_end(variant: str = "lite0") -> int:
+    """How many blocks end at stride 16 (stages 0 to 3): where Lite0's recipes cut the trunk (8), in any variant."""
+    return sum(stage_repeats(variant)[:4])
+
+
+def blocks(variant: str = "lite0") -> list[Block]:
+    """The MBConv blocks of a Lite variant in order (16 for Lite0, 21 for Lite1 and Lite2)."""
+    width, _ = VARIANTS[variant]
+    out: list[Block] = []
+    for stage, repeats in enumerate(stage_repeats(variant)):
+        _, kernel, stride, expand, cin, cout = LITE0_STAGES[stage]
         cin, cout = (STEM if stage == 0 else _round_filters(cin, width)), _round_filters(cout, width)
         for r in range(repeats):
             out.append(Block(len(out), kernel, stride if r == 0 else 1, expand, cin if r == 0 else cout, cout))

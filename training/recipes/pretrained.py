@@ -2,7 +2,8 @@
 
 Classifier (`python -m training train lite-classifier`)
     The packshots are upsampled to 144x108 (LITE_INPUT; models 7 used 128x96) and go through Lite0 (training/lite.py)
-    with its ImageNet weights. The first SPLIT_AT of its 16 blocks stay frozen: their outputs are computed once, with
+    with its ImageNet weights (`--trunk lite1` / `lite2`: the larger Lite1 / Lite2 instead). The blocks up to stride 16
+    (SPLIT_AT = 8 of Lite0's 16, 11 of the others' 21) stay frozen: their outputs are computed once, with
     onnxruntime, for VIEWS views of every training image (view 0 the packshot, mirrored at random; the others random
     shopper views from training/shopper.py: new backgrounds, light, colour casts, noise, blur, JPEG, crops, tilt, scale,
     occlusion) and cached, so training pays only for the rest of the trunk. The rest of the trunk and one dropout +
@@ -46,7 +47,6 @@ from training.recipe import TrainedModel, TrainOptions
 from training.view_cache import (
     DEFAULT_BATCH,
     LITE_INPUT,
-    SPLIT_AT,
     VIEWS,
     WEIGHT_DECAY,
     TrunkPlan,
@@ -136,8 +136,12 @@ def train_classifier(
     sizes, y_train, y_val = labelled.sizes, labelled.y_train, labelled.y_val
     embedding_sizes = {a: sizes[a] for a in EMBEDDING_ATTRIBUTES}
 
-    early, late, provenance = pretrained_trunk()
-    plan = TrunkPlan(photographs=scenes.TRAIN_PHOTOS if options.photo_views else ())
+    plan = TrunkPlan(
+        split_at=lite.stride16_end(options.trunk),
+        photographs=scenes.TRAIN_PHOTOS if options.photo_views else (),
+        variant=options.trunk,
+    )
+    early, late, provenance = pretrained_trunk(plan)
     views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads, plan)
     cache_seconds = time.monotonic() - started
     targets = training_targets(y_train, VIEWS)
@@ -162,8 +166,8 @@ def train_classifier(
     keras.Model(inputs, pooled, name="trunk").save(run_dir / "trunk.keras")
     settings = {
         "input": f"{LITE_INPUT.height}x{LITE_INPUT.width} (80x60 packshots upsampled bilinearly)",
-        "trunk": "EfficientNet-Lite0, ImageNet weights",
-        "frozen_blocks": SPLIT_AT,
+        "trunk": f"EfficientNet-{options.trunk.capitalize()}, ImageNet weights",
+        "frozen_blocks": plan.split_at,
         "views_per_image": VIEWS,
         "photo_views": list(plan.photographs),
         "batch_size": batch,
