@@ -30,7 +30,7 @@ from training.trainer import WARMUP, ProgressSchedule
 log = logging.getLogger(__name__)
 
 LITE_INPUT = InputSpec(name="image", height=144, width=108, **lite.LITE_SCALING)
-SPLIT_AT = 8  # blocks frozen and cached (stride 16: 9x7x80 per view at 144x108)
+SPLIT_AT = lite.stride16_end()  # 8 blocks frozen and cached (stride 16: 9x7x80 per view at 144x108)
 VIEWS = 5  # per training image: the packshot and four shopper views
 DEFAULT_BATCH = 64
 WEIGHT_DECAY = 1e-5
