@@ -18,7 +18,6 @@ classifier's int8 file: what a larger trunk costs once eight-bit inference pays 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -30,7 +29,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from fashionsearch.model_contract import InputSpec  # noqa: E402
+from fashionsearch.model_contract import MODEL_FILE, InputSpec  # noqa: E402
 from training import lite  # noqa: E402
 from training.export import keras_to_onnx  # noqa: E402
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, images_per_second, measure_throughput  # noqa: E402
@@ -39,12 +38,6 @@ from training.quantize import Plan, int8_file, quantize  # noqa: E402
 ARTICLE_TYPES = 98  # the classifier's articleType head
 #: Every operator onnxruntime can quantize, the head included (one small Dense: its precision does not move the speed).
 INT8_PLAN = Plan("every operator", float_heads=False)
-
-
-def input_size(model_dir: Path) -> tuple[int, int]:
-    """(height, width) of a model folder's input, from its model.json."""
-    spec = json.loads((model_dir / "model.json").read_text())["input"]
-    return spec["height"], spec["width"]
 
 
 def trunk_model(variant: str, height: int, width: int) -> keras.Model:
@@ -83,11 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     if (served / "model.json").is_file():
         rate, mb = measure_throughput(served, args.threads, args.seconds, args.batch)
         rows.append(("models/classifier (served)", "", "", mb, rate))
-        served_int8 = served / int8_file("model.onnx")
-        if args.int8 and served_int8.is_file():
-            height, width = input_size(served)
-            rate = images_per_second(served_int8, height, width, args.threads, args.seconds, args.batch)
-            rows.append(("models/classifier (served, int8)", "", "", served_int8.stat().st_size / 1e6, rate))
+        if args.int8 and (served / int8_file(MODEL_FILE)).is_file():
+            rate, mb = measure_throughput(served, args.threads, args.seconds, args.batch, int8_file(MODEL_FILE))
+            rows.append(("models/classifier (served, int8)", "", "", mb, rate))
     calibration = np.random.default_rng(0).integers(0, 256, (64, 80, 60, 3), dtype=np.uint8)
     with tempfile.TemporaryDirectory() as tmp:
         for variant in variants:
@@ -99,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 blocks = str(len(lite.blocks(variant)))
                 files = [(variant, path)]
                 if args.int8:
-                    quantize(path, path.with_suffix(".int8.onnx"), spec, calibration, INT8_PLAN, set())
-                    files.append((f"{variant} int8", path.with_suffix(".int8.onnx")))
+                    quantized = path.with_name(int8_file(path.name))
+                    quantize(path, quantized, spec, calibration, INT8_PLAN, set())
+                    files.append((f"{variant} int8", quantized))
                 for name, file in files:
                     rate = images_per_second(file, height, width, args.threads, args.seconds, args.batch)
                     rows.append((name, f"{height}x{width}", blocks, file.stat().st_size / 1e6, rate))

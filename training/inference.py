@@ -31,11 +31,14 @@ def onnx_session(path: str | Path, threads: int = 2) -> Any:
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def measure_throughput(model_dir: Path, threads: int, seconds: float, batch: int) -> tuple[float, float]:
-    """(images per second, ONNX megabytes) for one model folder, on random input of the model's size."""
+def measure_throughput(
+    model_dir: Path, threads: int, seconds: float, batch: int, file: str = MODEL_FILE
+) -> tuple[float, float]:
+    """(images per second, ONNX megabytes) for one model folder's `file` (model.onnx or a variant beside it, such as
+    model.int8.onnx), on random input of the model's size."""
     spec = ModelSpec.load(model_dir)
-    rate = images_per_second(model_dir / MODEL_FILE, spec.input.height, spec.input.width, threads, seconds, batch)
-    return rate, (model_dir / MODEL_FILE).stat().st_size / 1e6
+    rate = images_per_second(model_dir / file, spec.input.height, spec.input.width, threads, seconds, batch)
+    return rate, (model_dir / file).stat().st_size / 1e6
 
 
 def images_per_second_alternating(
