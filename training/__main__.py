@@ -92,6 +92,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         teacher=tuple(args.teacher),
         scenes=args.scenes,
         photo_views=args.photo_views,
+        scene_views=args.scene_views,
         trunk=args.trunk,
     )
     started = time.monotonic()
@@ -370,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="lite-classifier: some shopper views on real photographs, half of them framed as the gateway cuts a"
         " detected product out (training/shopper.py; not in models 8)",
+    )
+    p.add_argument(
+        "--scene-views",
+        action="store_true",
+        help="lite-classifier: harder scene shifts in the shopper views: smaller products, more occluders, more"
+        " photographs (training/shopper.py SCENE_MIX; not in models 9)",
     )
     p.add_argument(
         "--trunk",

@@ -79,6 +79,7 @@ class TrainOptions:
     teacher: tuple[Path, ...] = ()  # served model folders a distillation recipe learns from; () its default
     scenes: int | None = None  # synthesised training scenes (the detector); None: the recipe's default
     photo_views: bool = False  # lite recipes: some shopper views on the training photographs, framed as cut-outs
+    scene_views: bool = False  # lite-classifier: harder scene shifts in the shopper views (shopper.SCENE_MIX)
     trunk: str = "lite0"  # lite-classifier: the EfficientNet-Lite variant (training/lite.py VARIANTS)
 
     @property

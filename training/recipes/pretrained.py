@@ -23,6 +23,7 @@ Only the validation split is used for any choice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -33,7 +34,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from training import data, lite, scenes
+from training import data, lite, scenes, shopper
 from training.embedding import (
     EMBEDDING_ATTRIBUTES,
     EMBEDDING_HIDDEN,
@@ -140,6 +141,7 @@ def train_classifier(
         split_at=lite.stride16_end(options.trunk),
         photographs=scenes.TRAIN_PHOTOS if options.photo_views else (),
         variant=options.trunk,
+        mix=shopper.SCENE_MIX if options.scene_views else shopper.DEFAULT_MIX,
     )
     early, late, provenance = pretrained_trunk(plan)
     views = cached_views(train.images, val.images, early, run_dir, options.seed, options.threads, plan)
@@ -170,6 +172,7 @@ def train_classifier(
         "frozen_blocks": plan.split_at,
         "views_per_image": VIEWS,
         "photo_views": list(plan.photographs),
+        **({"scene_views": dataclasses.asdict(plan.mix)} if options.scene_views else {}),
         "batch_size": batch,
         "epochs_planned": epochs,
         "max_minutes": minutes,
