@@ -9,7 +9,9 @@ stack.stop()                     # SIGTERM, in reverse order
 
 from __future__ import annotations
 
+import itertools
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -30,10 +32,33 @@ SERVICES = ("classifier", "embedder", "gateway")
 OPTIONAL = ("detector",)
 
 
+def _ephemeral_low(path: Path = Path("/proc/sys/net/ipv4/ip_local_port_range")) -> int:
+    """The first port of the kernel's range for outgoing connections' source ports (Linux; 32768 elsewhere)."""
+    try:
+        return max(2048, int(path.read_text().split()[0]))
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+#: Ports for test services come from below the ephemeral range, one after another from a random start. A port the
+#: kernel hands out as free (bind to 0) lies in the range outgoing connections take their source ports from, so one
+#: of the suite's own connections could take it before the service binds it ("address already in use", seen in CI);
+#: counting up also never hands the same port out twice while its service has not bound it yet.
+_PORTS_BELOW = _ephemeral_low()
+_PORTS_SPAN = min(12_000, _PORTS_BELOW - 1024)
+_next_port = itertools.count(random.randrange(_PORTS_SPAN))
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+    for _ in range(_PORTS_SPAN):
+        port = _PORTS_BELOW - _PORTS_SPAN + next(_next_port) % _PORTS_SPAN
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:  # taken by another process on the machine: the next one
+                continue
+            return port
+    raise RuntimeError(f"no free port below {_PORTS_BELOW} on {HOST}")
 
 
 def rss_mb(pid: int) -> float:
