@@ -244,6 +244,8 @@ AUGMENT_VERSION = 2
 #: share of the views on a photograph framed as the gateway cuts a detected product out (issue 28).
 PHOTO_ZOOM = (0.08, 0.6)
 CUT_OUT_SHARE = 0.5
+#: How far a detector's box may miss the product's own, per side, as a share of its size.
+BOX_JITTER = 0.08
 
 
 @dataclass(frozen=True)
@@ -265,8 +267,6 @@ DEFAULT_MIX = ViewMix()
 #: Harder scenes (`train --scene-views`): smaller products, more and larger occluders, more photographs: the
 #: shifts issue 28 still misses (reports/robustness/crop-auto-rival-1500.md).
 SCENE_MIX = ViewMix(min_scale=0.4, occlusion_share=0.4, occlusion_area=(0.05, 0.4), photo_share=0.5)
-#: How far a detector's box may miss the product's own, per side, as a share of its size.
-BOX_JITTER = 0.08
 
 
 def augment_views(

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from jobs.indexer.fetch import FetchError, ImageFetcher, looks_like_image, refused_address
+from testkit.process_stack import free_port
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\0" * 100
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 20
@@ -37,12 +38,6 @@ def http_root(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.shutdown()
         server.server_close()
-
-
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_signatures() -> None:
@@ -81,7 +76,7 @@ def test_urls(http_root: tuple[str, Path], tmp_path: Path) -> None:
     with pytest.raises(FetchError, match="undecodable image"):
         fetcher.fetch(f"{base}/junk.jpg")
     with pytest.raises(FetchError, match="unreachable URL"):
-        fetcher.fetch(f"http://127.0.0.1:{_closed_port()}/a.jpg")
+        fetcher.fetch(f"http://127.0.0.1:{free_port()}/a.jpg")  # nothing listens there
 
 
 def test_paths_stay_inside_the_image_root(tmp_path: Path) -> None:
