@@ -42,7 +42,8 @@ CLASSIFIER_TARGETS = {
 RETRIEVAL_TARGETS = {"unfiltered": 0.87, "filtered": 0.90}  # articleType precision@5 (issue 20's goals)
 #: The classifiers served before models/classifier, kept beside it so a user can choose (those present are compared).
 PREVIOUS_CLASSIFIERS = ("classifier-v7", "classifier-scratch")
-BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 90.0}
+#: Issue 30 lets the committed training commands of the served models take up to 150 minutes in all (it was 90).
+BUDGET = {"images_per_s": BUDGET_IMAGES_PER_S, "onnx_mb": BUDGET_ONNX_MB, "train_minutes": 150.0}
 
 
 def _pct(x: float | None) -> str:

@@ -93,3 +93,31 @@ def test_train_export_serve_and_report_on_a_tiny_dataset(tmp_path, monkeypatch):
     assert "Product-name queries, brand removed" in readme and "(queries.png)" in readme
     assert (tmp_path / "report" / "queries.png").is_file()
     assert "test" in TextModelSpec.load(out).metrics
+
+
+class _ScriptedEvaluator:
+    """Scores by threshold: names read best with few filters, phrases need them."""
+
+    names = {0.5: 0.80, 0.7: 0.82, 0.9: 0.83}
+    phrases = {0.5: 0.95, 0.7: 0.97, 0.9: 0.87}
+
+    def name_table(self, texts, queries, min_confidence):
+        score = self.names[min_confidence]
+        return {m: dict.fromkeys(text_report.NAME_FIELDS, score - (m != "both") * 0.1) for m in text_report.MODES}
+
+    def phrase_table(self, texts, wanted, min_confidence):
+        assert texts, "the validation phrases are built from the validation products"
+        return {m: self.phrases[min_confidence] - (m != "both") * 0.1 for m in text_report.MODES}
+
+
+def test_the_filter_threshold_is_chosen_on_validation_names_and_phrases_together(tmp_path):
+    make_dataset(tmp_path / "data", per_kind=40)  # enough validation products to share a combination
+    dataset = data.load_dataset(tmp_path / "data")
+    val = dataset.split(data.get_split(dataset, tmp_path / "split.csv", create=True), "val")
+
+    threshold, mode, rows = text_report.choose(_ScriptedEvaluator(), val, {})
+
+    # 0.9 reads the names best (0.83) but loses the phrases (0.87): the mean of the four prefers 0.7.
+    assert (threshold, mode) == (0.7, "both")
+    assert len(rows) == len(text_report.THRESHOLDS) * len(text_report.MODES)
+    assert rows[3][:2] == ["0.7", "vector"] and rows[5][-2:] == ["97.0%", "85.8%"]
