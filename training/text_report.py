@@ -369,9 +369,7 @@ def write_report(
         "Precision@5 on the validation products' brand-removed names, the all-attributes match of attribute phrases "
         f"built from the validation products' labels (combinations of at least {VAL_PHRASE_MIN_ITEMS}), and their "
         "mean, by which the threshold (for both) and then the default mode are chosen."
-    ).table(
-        ("min confidence", "mode", *NAME_FIELDS, "phrases", "mean"), choice_rows, numbers_from=2
-    )
+    ).table(("min confidence", "mode", *NAME_FIELDS, "phrases", "mean"), choice_rows, numbers_from=2)
 
     vectors_grid = evaluator.embed(list(GRID_QUERIES))
     filters = [evaluator.vocabulary.understand(q).filters(threshold) for q in GRID_QUERIES]
