@@ -1,6 +1,7 @@
 """The one decoding function on hand-made detector outputs whose boxes are known."""
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -244,3 +245,13 @@ def test_a_malformed_box_verification_is_refused(change, message):
     missing = {k: v for k, v in RULE.items() if k != "intercept"}
     with pytest.raises(ModelContractError, match="intercept"):
         BoxVerification.of(dataclasses.replace(_spec(), extra={"box_verification": missing}))
+
+
+def test_the_committed_detectors_box_verification_is_fitted_for_the_committed_classifier():
+    # The gateway applies the rule only beside the classifier it was fitted with and otherwise falls back to the
+    # detector's own threshold, silently but for a metric: serving a new classifier means refitting it
+    # (`python -m training fit-box-verification models/detector --classifier models/classifier`).
+    models = Path(__file__).resolve().parents[2] / "models"
+    rule = BoxVerification.of(ModelSpec.load(models / "detector"))
+    classifier = ModelSpec.load(models / "classifier")
+    assert rule is not None and rule.classifier == classifier.identity
