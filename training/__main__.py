@@ -246,38 +246,15 @@ def cmd_robustness(args: argparse.Namespace) -> int:
     ):  # each pair's models show their rows in their own reports
         folders = [data.REPO_ROOT / "reports" / d.name for c, e in pairs.values() for d in (c, e)]
         folders = [f for f in folders if (f / report.REPORT_FILE).is_file()]
-        render_reports(folders, data.REPO_ROOT / "models", args.report.with_suffix(".json"))
+        robustness.render_model_reports(folders, data.REPO_ROOT / "models", [args.report.with_suffix(".json")])
     return 0
-
-
-def render_reports(folders: list[Path], models: Path, robustness_file: Path) -> None:
-    """Each report folder's report.json rendered again into its README.md, a model's report with its robustness
-    section from `robustness_file` (when the model is one of its pairs). No model is run."""
-    results = json.loads(robustness_file.read_text()) if robustness_file.is_file() else None
-    for folder in folders:
-        document = report.load(folder)
-        model_json = models / folder.name / "model.json"
-        # Only the name, version and kind: a text model's model.json is another contract (text_contract).
-        spec = json.loads(model_json.read_text()) if model_json.is_file() else {}
-        if results is not None and spec.get("kind") in ("classifier", "embedder"):
-            identity = f"{spec['name']}:{spec['version']}"
-            source = robustness_file.with_suffix(".md")
-            shown = source.relative_to(data.REPO_ROOT) if source.is_relative_to(data.REPO_ROOT) else source
-            section = robustness.model_section(results, identity, spec["kind"], source=str(shown))
-            if section is not None:
-                summary = "summary-against-the-targets-test-split"
-                if document.get(summary) is not None:
-                    document.put(section, after=(summary,))
-                else:
-                    document.put(section, before=("training", "test-accuracy-per-head", "retrieval"))
-        log.info("wrote %s", report.save(document, folder))
 
 
 def cmd_render_reports(args: argparse.Namespace) -> int:
     folders = args.reports or sorted(p.parent for p in (data.REPO_ROOT / "reports").glob(f"*/{report.REPORT_FILE}"))
-    render_reports(folders, args.models, args.robustness)
+    robustness.render_model_reports(folders, args.models, args.robustness or [robustness.DEFAULT_RESULTS])
     if not args.reports:  # the robustness tables too, from the results beside them
-        for results_file in sorted(args.robustness.parent.glob("*.json")):
+        for results_file in sorted(robustness.DEFAULT_RESULTS.parent.glob("*.json")):
             results = json.loads(results_file.read_text())
             results_file.with_suffix(".md").write_text(report.render(robustness.report(results)))
             log.info("wrote %s", results_file.with_suffix(".md"))
@@ -544,7 +521,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("reports", nargs="*", type=Path, help="report folders (default: every one with a report.json)")
     p.add_argument("--models", type=Path, default=data.REPO_ROOT / "models")
-    p.add_argument("--robustness", type=Path, default=data.REPO_ROOT / "reports" / "robustness" / "README.json")
+    p.add_argument(
+        "--robustness",
+        type=Path,
+        action="append",
+        help="robustness results (repeat; each model's section from the first holding it; default "
+        "reports/robustness/README.json)",
+    )
     p.set_defaults(func=cmd_render_reports)
 
     p = commands.add_parser(

@@ -2,10 +2,12 @@
 side by side, the embedding-dimension trade-off and throughput.
 
     python -m training.production_report [--data DIR] [--models models] [--reports reports] [--threads 2]
+        [--robustness reports/robustness/FILE.json ...]
 
 Runs `training.evaluate.evaluate_model` on models/classifier and models/embedder (test split; writes the test
 metrics into their model.json), then puts a summary against the issue's targets at the top of
-reports/classifier/README.md and reports/embedder/README.md.
+reports/classifier/README.md and reports/embedder/README.md, and each model's robustness rows back in (from the
+first `--robustness` results holding the model).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from fashionsearch.model_contract import ModelSpec
-from training import data, evaluate, metrics, probe
+from training import data, evaluate, metrics, probe, robustness
 from training import hierarchy as decoding
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 from training.metrics import softmax
@@ -517,6 +519,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reports", type=Path, default=data.REPO_ROOT / "reports")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=("classifier", "embedder"), default=None)
+    parser.add_argument(
+        "--robustness",
+        type=Path,
+        action="append",
+        help="robustness results whose rows each report shows (repeat; each model's from the first holding it; "
+        "default reports/robustness/README.json)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     dataset = data.load_dataset(args.data)
@@ -538,6 +547,13 @@ def main(argv: list[str] | None = None) -> int:
         if previous is not None:
             put_sections(args.reports / "classifier", [previous])
         insert_probes(args.reports / "classifier")
+    # The evaluation wrote each report anew, without the robustness section `python -m training robustness` put in.
+    written = [args.reports / n for n in ("classifier", "embedder", "classifier-student", "embedder-student")]
+    robustness.render_model_reports(
+        [f for f in written if (f / "report.json").is_file()],
+        args.models,
+        args.robustness or [robustness.DEFAULT_RESULTS],
+    )
     return 0
 
 

@@ -14,6 +14,8 @@ photo when it covers enough of it (`read_both`), or the photo itself).
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -25,8 +27,11 @@ from PIL import Image
 
 from fashionsearch import main_product
 from training import data, detector_eval, scenes, shopper
+from training import report as reports
 from training.evaluate import load_model, predict, retrieval_metrics, true_labels
 from training.report import Report, Section
+
+log = logging.getLogger("training.robustness")
 
 HEADS = ("articleType", "masterCategory", "subCategory", "gender", "baseColour")
 # Goals of the issue: the most a shift may cost against the clean photo (points, or precision@5 x 100).
@@ -412,3 +417,34 @@ def model_section(
         )
         + "."
     )
+
+
+#: The 1,500-photo table of every pair (`python -m training robustness` on the test split, no detector).
+DEFAULT_RESULTS = data.REPO_ROOT / "reports" / "robustness" / "README.json"
+
+
+def render_model_reports(folders: Sequence[Path], models: Path, results_files: Sequence[Path]) -> None:
+    """Each report folder's report.json rendered again into its README.md, a classifier's or embedder's report with
+    its robustness section (`model_section`) from the first of `results_files` that has a pair holding the model
+    (its version as models/<folder>/model.json says). No model is run."""
+    results = [(f, json.loads(f.read_text())) for f in results_files if f.is_file()]
+    for folder in folders:
+        document = reports.load(folder)
+        model_json = models / folder.name / "model.json"
+        # Only the name, version and kind: a text model's model.json is another contract (text_contract).
+        spec = json.loads(model_json.read_text()) if model_json.is_file() else {}
+        if spec.get("kind") in ("classifier", "embedder"):
+            identity = f"{spec['name']}:{spec['version']}"
+            for results_file, measured in results:
+                source = results_file.with_suffix(".md")
+                shown = source.relative_to(data.REPO_ROOT) if source.is_relative_to(data.REPO_ROOT) else source
+                section = model_section(measured, identity, spec["kind"], source=str(shown))
+                if section is None:
+                    continue
+                summary = "summary-against-the-targets-test-split"
+                if document.get(summary) is not None:
+                    document.put(section, after=(summary,))
+                else:
+                    document.put(section, before=("training", "test-accuracy-per-head", "retrieval"))
+                break
+        log.info("wrote %s", reports.save(document, folder))

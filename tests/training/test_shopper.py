@@ -212,6 +212,38 @@ def test_a_model_report_gets_its_own_rows_of_the_robustness_table():
     assert robustness.model_section(results, "classifier:5", "classifier") is None
 
 
+def test_a_rewritten_model_report_gets_its_rows_from_the_first_results_holding_the_model(tmp_path):
+    from training.report import Report, load, save
+
+    def results(version: str, articletype: float) -> dict:
+        rows = {
+            f"{s.family}/{s.severity}": {"articleType": articletype, "masterCategory": 0.99, "p@5": 0.7}
+            for s in robustness.SUITE
+        }
+        pair = {"classifier": f"classifier:{version}", "embedder": f"embedder:{version}", "rows": rows}
+        return {"split": "test", "images": 10, "catalogue": 20, "models": {f"v{version}": pair}}
+
+    older, newer = tmp_path / "README.json", tmp_path / "crop-auto-v10.json"
+    older.write_text(json.dumps(results("9", 0.8)))
+    newer.write_text(json.dumps(results("10", 0.9)))
+    (tmp_path / "models" / "classifier").mkdir(parents=True)
+    (tmp_path / "models" / "classifier" / "model.json").write_text(
+        json.dumps({"name": "classifier", "version": "10", "kind": "classifier"})
+    )
+    folder = tmp_path / "reports" / "classifier"
+    folder.mkdir(parents=True)
+    written = Report("classifier (version 10)")
+    written.add("Training").text("as the evaluation writes it, with no robustness section")
+    save(written, folder)
+
+    robustness.render_model_reports([folder], tmp_path / "models", [tmp_path / "missing.json", older, newer])
+
+    section = load(folder).get("robustness-to-shoppers-photos-test-split")
+    assert section is not None and '"v10" (classifier:10 + embedder:10)' in section.blocks[0]["text"]
+    assert "crop-auto-v10.md" in section.blocks[0]["text"] and "| 90.0 |" in (folder / "README.md").read_text()
+    assert [s.id for s in load(folder).sections] == ["robustness-to-shoppers-photos-test-split", "training"]
+
+
 def test_the_committed_robustness_tables_are_what_their_results_render_to():
     from training.data import REPO_ROOT
 
