@@ -426,8 +426,11 @@ DEFAULT_RESULTS = data.REPO_ROOT / "reports" / "robustness" / "README.json"
 def render_model_reports(folders: Sequence[Path], models: Path, results_files: Sequence[Path]) -> None:
     """Each report folder's report.json rendered again into its README.md, a classifier's or embedder's report with
     its robustness section (`model_section`) from the first of `results_files` that has a pair holding the model
-    (its version as models/<folder>/model.json says). No model is run."""
-    results = [(f, json.loads(f.read_text())) for f in results_files if f.is_file()]
+    (its version as models/<folder>/model.json says). No model is run; a results file that is not there is a
+    DataError (a mistyped path would otherwise leave the reports without their rows, silently)."""
+    if missing := [str(f) for f in results_files if not f.is_file()]:
+        raise data.DataError(f"robustness results not found: {', '.join(missing)}")
+    results = [(f, json.loads(f.read_text())) for f in results_files]
     for folder in folders:
         document = reports.load(folder)
         model_json = models / folder.name / "model.json"

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training import robustness, shopper
+from training import data, robustness, shopper
 from training.report import render
 
 pytestmark = pytest.mark.training
@@ -152,7 +152,6 @@ def test_a_cut_out_read_beside_its_whole_photo_averages_the_two_readings_as_the_
 
 def test_robustness_table_reports_every_shift_and_the_worst_loss(synthetic_data, tmp_path) -> None:
     from testkit.tiny_models import write_tiny_classifier, write_tiny_embedder
-    from training import data
 
     dataset = data.load_dataset(synthetic_data, tmp_path / "cache")
     split = data.make_split(dataset.ids, dataset.labels["articleType"], fractions=(0.5, 0.25, 0.25), seed=1)
@@ -236,7 +235,9 @@ def test_a_rewritten_model_report_gets_its_rows_from_the_first_results_holding_t
     written.add("Training").text("as the evaluation writes it, with no robustness section")
     save(written, folder)
 
-    robustness.render_model_reports([folder], tmp_path / "models", [tmp_path / "missing.json", older, newer])
+    with pytest.raises(data.DataError, match="robustness results not found: .*missing.json"):
+        robustness.render_model_reports([folder], tmp_path / "models", [tmp_path / "missing.json", older])
+    robustness.render_model_reports([folder], tmp_path / "models", [older, newer])
 
     section = load(folder).get("robustness-to-shoppers-photos-test-split")
     assert section is not None and '"v10" (classifier:10 + embedder:10)' in section.blocks[0]["text"]
