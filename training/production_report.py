@@ -28,7 +28,7 @@ from training import data, evaluate, metrics, probe, robustness
 from training import hierarchy as decoding
 from training.inference import BUDGET_IMAGES_PER_S, BUDGET_ONNX_MB, measure_throughput
 from training.metrics import softmax
-from training.report import Section, load, save, section_id
+from training.report import REPORT_FILE, Section, load, save, section_id
 
 log = logging.getLogger("training.production_report")
 
@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> int:
     # The evaluation wrote each report anew, without the robustness section `python -m training robustness` put in.
     written = [args.reports / n for n in ("classifier", "embedder", "classifier-student", "embedder-student")]
     robustness.render_model_reports(
-        [f for f in written if (f / "report.json").is_file()],
+        [f for f in written if (f / REPORT_FILE).is_file()],
         args.models,
         args.robustness or [robustness.DEFAULT_RESULTS],
     )

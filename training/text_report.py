@@ -181,10 +181,6 @@ def with_typos(texts: Sequence[str], seed: int = 5) -> list[str]:
     return [add_typo(t, rng) for t in texts]
 
 
-def _mean(row: Mapping[str, float]) -> float:
-    return float(np.mean(list(row.values())))
-
-
 #: Validation phrases come from combinations at least this many validation products share (the split is an
 #: eighth of the catalogue the test phrases are counted in, hence fewer than their 5).
 VAL_PHRASE_MIN_ITEMS = 2
@@ -201,15 +197,16 @@ def choose(
     and these phrases 7.4 points below, the test phrases 10.4), though a shopper who names a colour wants it."""
     names = name_queries(val, brands, with_brand=False)
     phrases, wanted = attribute_phrases(val, VAL_PHRASE_MIN_ITEMS)
+    # All thresholds of one query set, then of the other: the evaluator keeps the last set's vectors and neighbours.
+    name_tables = {t: evaluator.name_table(names, val, t) for t in THRESHOLDS}
+    # A validation split too small to hold a combination twice (a smoke run) is scored on its names alone.
+    phrase_tables = {t: evaluator.phrase_table(phrases, wanted, t) if phrases else {} for t in THRESHOLDS}
     rows = []
     scores: dict[tuple[float, str], float] = {}
     for threshold in THRESHOLDS:
-        table = evaluator.name_table(names, val, threshold)
-        # A validation split too small to hold a combination twice (a smoke run) is scored on its names alone.
-        phrase_table = evaluator.phrase_table(phrases, wanted, threshold) if phrases else {}
         for mode in MODES:
-            row = table[mode]
-            phrase = [phrase_table[mode]] if phrase_table else []
+            row = name_tables[threshold][mode]
+            phrase = [phrase_tables[threshold][mode]] if phrases else []
             scores[threshold, mode] = float(np.mean([*row.values(), *phrase]))
             rows.append(
                 [
